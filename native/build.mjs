@@ -1,0 +1,22 @@
+// Builds the native addon with node-gyp during `npm install` / `npm ci`.
+// A failed build leaves v4tune on the tfjs backend (it says why, once, at run time),
+// except under CI=true, where a failed build fails the install so CI never passes on the fallback.
+import { spawnSync } from 'node:child_process';
+import { existsSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const gypFile = join(here, 'binding.gyp');
+if (!existsSync(gypFile)) process.exit(0);
+const force = process.argv.includes('--force');
+const nodeGyp = process.env.npm_config_node_gyp;
+const [cmd, args] = nodeGyp ? [process.execPath, [nodeGyp]] : ['node-gyp', []];
+const r = spawnSync(cmd, [...args, 'rebuild'], { cwd: here, stdio: 'inherit', env: process.env });
+const failed = r.status !== 0 || r.error;
+mkdirSync(join(here, 'build'), { recursive: true });
+writeFileSync(join(here, 'build', 'build-status.json'), JSON.stringify({ ok: !failed, error: failed ? String(r.error ?? `node-gyp exited ${r.status}`) : null }) + '\n');
+if (failed) {
+  console.error(`v4tune: native addon build failed (${r.error ?? `node-gyp exited ${r.status}`}); v4tune will run on the tfjs backend.`);
+  if (process.env.CI === 'true' || force) process.exit(1);
+}
