@@ -1,0 +1,25 @@
+// Verbs of the design whose stage is not built yet: each says so and exits 1.
+import type { Command } from 'commander';
+import { NotBuiltError } from '../../errors.js';
+import { action } from '../action.js';
+
+/** Stages that exist in the design but not yet in this version, with what they will do. */
+export const NOT_BUILT: Record<string, string> = {
+  'profile-experts': 'measure per-layer expert load and gate mass on the domain corpus',
+  train: 'train the LoRA adapter of a recipe',
+  merge: 'merge an adapter into the base weights',
+  quantize: 'quantize a merged model to INT4 (GPTQ safetensors, GGUF)',
+  report: 'write the run report of a recipe',
+};
+
+export function registerNotBuilt(program: Command): void {
+  for (const [verb, what] of Object.entries(NOT_BUILT)) {
+    program.command(verb)
+      .description(`${what} (not built yet)`)
+      .argument('[args...]')
+      .allowUnknownOption()
+      .action(action(async () => { throw new NotBuiltError(`v4tune ${verb} (${what})`, `${NOT_BUILT_VERSION_NOTE}`); }));
+  }
+}
+
+const NOT_BUILT_VERSION_NOTE = '— see "What is not done yet" in README.md';

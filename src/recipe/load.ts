@@ -1,0 +1,156 @@
+// Reads a recipe: YAML → zod validation → paths resolved against the recipe's folder.
+// Every problem becomes one InputError naming the file, the dotted field path and the bad value.
+import { readFileSync, statSync } from 'node:fs';
+import { basename, dirname, extname, isAbsolute, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { InputError } from '../errors.js';
+import { recipeSchema, type Recipe } from './schema.js';
+
+/** A validated recipe with every path absolute. */
+export interface LoadedRecipe extends Recipe {
+  file: string;
+  dir: string;
+  name: string;
+  output: string;
+  data: Recipe['data'] & { output: string };
+}
+
+export function loadRecipe(file: string): LoadedRecipe {
+  const path = resolve(file);
+  let text: string;
+  try {
+    if (statSync(path).isDirectory()) throw new InputError(`${file}: is a folder, expected a recipe .yaml file`);
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    if (e instanceof InputError) throw e;
+    throw new InputError(`${file}: cannot read the recipe (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  return parseRecipe(text, path);
+}
+
+/** Validate recipe text; `path` names the file in errors and anchors relative paths. */
+export function parseRecipe(text: string, path: string): LoadedRecipe {
+  const doc = parseDocument(text, { prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const err = doc.errors[0]!;
+    const line = err.linePos?.[0]?.line;
+    throw new InputError(`${path}${line ? `:${line}` : ''}: not valid YAML (${err.message.split('\n')[0]})`);
+  }
+  const raw: unknown = doc.toJS() ?? {};
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new InputError(`${path}: a recipe is a YAML mapping with the sections model, data, lora, train, export, output`);
+  }
+  const parsed = recipeSchema.safeParse(raw);
+  if (!parsed.success) throw new InputError(`${path}: ${describeIssue(parsed.error.issues[0]!, raw)}`);
+  const r = parsed.data;
+  if ((r.model.path === undefined) === (r.model.preset === undefined)) {
+    throw new InputError(`${path}: model needs exactly one of model.path or model.preset (got ${r.model.path ? 'both' : 'neither'})`);
+  }
+  const dir = dirname(path);
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(dir, p));
+  const name = r.name ?? basename(path, extname(path));
+  const output = abs(r.output ?? `runs/${name}`);
+  return {
+    ...r,
+    file: path,
+    dir,
+    name,
+    output,
+    model: { ...r.model, path: r.model.path === undefined ? undefined : abs(r.model.path) },
+    tokenizer: r.tokenizer === undefined ? undefined : abs(r.tokenizer),
+    data: {
+      ...r.data,
+      sources: r.data.sources.map((s) => ({ ...s, path: abs(s.path) })),
+      output: r.data.output === undefined ? resolve(output, 'data') : abs(r.data.output),
+    },
+  };
+}
+
+function dotted(path: PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i > 0 ? '.' : ''}${String(p)}`)).join('');
+}
+
+function valueAt(root: unknown, path: PropertyKey[]): unknown {
+  let v: unknown = root;
+  for (const p of path) v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[p] : undefined;
+  return v;
+}
+
+function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
+  const where = dotted(issue.path);
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0]!;
+    const full = where ? `${where}.${key}` : key;
+    const known = knownKeys(issue.path);
+    const near = nearest(key, known);
+    return `unknown field ${full}${near ? ` (did you mean ${where ? `${where}.` : ''}${near}?)` : ''}; known fields here: ${known.join(', ')}`;
+  }
+  const got = valueAt(raw, issue.path);
+  const shown = got === undefined ? 'nothing' : JSON.stringify(got);
+  return `${where || 'recipe'} ${explain(issue)} (got ${shown})`;
+}
+
+function explain(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'invalid_type':
+      return issue.input === undefined ? `is required (a ${issue.expected})` : `must be a ${issue.expected === 'number' ? 'number' : issue.expected}`;
+    case 'too_small':
+      return issue.origin === 'array' ? `needs at least ${issue.minimum} entr${issue.minimum === 1 ? 'y' : 'ies'}`
+        : issue.origin === 'string' ? 'must not be empty'
+        : `must be ${issue.inclusive ? '≥' : '>'} ${issue.minimum}`;
+    case 'too_big':
+      return `must be ${issue.inclusive ? '≤' : '<'} ${issue.maximum}`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    default:
+      return issue.message.replace(/^Invalid input: /, 'must be ').toLowerCase();
+  }
+}
+
+/** The field names of the object schema at `path` (array indices skipped). */
+function knownKeys(path: PropertyKey[]): string[] {
+  let s: unknown = recipeSchema;
+  for (const p of path) {
+    s = unwrap(s);
+    const def = (s as { def: { type: string; element?: unknown } }).def;
+    if (def.type === 'array') { s = def.element; continue; }
+    if (typeof p === 'number') continue;
+    s = (s as { shape: Record<string, unknown> }).shape[String(p)];
+  }
+  s = unwrap(s);
+  return Object.keys((s as { shape?: Record<string, unknown> }).shape ?? {});
+}
+
+function unwrap(s: unknown): unknown {
+  let cur = s as { def: { type: string; innerType?: unknown } };
+  while (cur.def.innerType && ['default', 'optional', 'nullable', 'prefault'].includes(cur.def.type)) {
+    cur = cur.def.innerType as typeof cur;
+  }
+  return cur;
+}
+
+/** The known name closest to `name` by edit distance, if it is close enough to be a typo. */
+export function nearest(name: string, known: string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const k of known) {
+    const d = editDistance(name.toLowerCase(), k.toLowerCase());
+    if (d < bestD) { bestD = d; best = k; }
+  }
+  return best !== undefined && bestD <= Math.max(2, Math.floor(best.length / 3)) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0]!;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = prev[j]!;
+      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = up;
+    }
+  }
+  return prev[b.length]!;
+}

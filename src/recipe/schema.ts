@@ -1,0 +1,144 @@
+// The recipe: one YAML file that drives every stage. Every field is documented once, here, with
+// `.describe()`; the README's recipe reference is generated from this file (`npm run docs`).
+// Relative paths are resolved against the recipe's folder by the loader (src/recipe/load.ts).
+import { z } from 'zod';
+
+const int = () => z.number().int();
+
+export const DEFAULT_TARGETS = [
+  'attn.wq_a', 'attn.wq_b', 'attn.wkv', 'attn.wo_a', 'attn.wo_b',
+  'ffn.shared_experts.w1', 'ffn.shared_experts.w2', 'ffn.shared_experts.w3',
+  'ffn.experts.*.w1', 'ffn.experts.*.w2', 'ffn.experts.*.w3',
+];
+
+export const modelSchema = z.object({
+  path: z.string().min(1).optional()
+    .describe('Folder of a DeepSeek V4 checkpoint as shipped (config.json, safetensors shards + index). Give this or `preset`.'),
+  preset: z.enum(['tiny', 'small']).optional()
+    .describe('Create a random V4 checkpoint of this size on the fly (in `<output>/model`) instead of loading one: `tiny` exercises every V4 feature and trains in seconds, `small` is for benchmarks.'),
+  seed: int().min(0).default(0)
+    .describe('Seed of the preset checkpoint; the same seed gives byte-identical files.'),
+  format: z.enum(['fp8', 'bf16']).default('fp8')
+    .describe('Weight format of the preset checkpoint: `fp8` ships like DeepSeek (FP8 attention, FP4 experts), `bf16` everything BF16.'),
+}).strict().describe('The base model.');
+
+export const sourceSchema = z.object({
+  path: z.string().min(1)
+    .describe('A file or glob (`*`, `**`, `?`), relative to the recipe.'),
+  format: z.enum(['auto', 'text', 'jsonl', 'chat']).default('auto')
+    .describe('`text`: each .txt file is one document; `jsonl`: one document per line in `text_field`; `chat`: one conversation per line in `messages` (system/user/assistant), rendered in DeepSeek V4\'s prompt format with loss on assistant tokens only; `auto`: .txt is text, .jsonl is chat when its first record has `messages`, else jsonl.'),
+  text_field: z.string().min(1).default('text')
+    .describe('Field holding the document text in `jsonl` sources.'),
+}).strict();
+
+export const dataSchema = z.object({
+  sources: z.array(sourceSchema).min(1)
+    .describe('Corpus files to tokenize.'),
+  seq_len: int().min(2).default(1024)
+    .describe('Tokens per row.'),
+  packing: z.boolean().default(true)
+    .describe('Pack documents into rows as independent segments (attention, positions and compression restart at each). `false`: one document per row, padded with eos (loss mask 0).'),
+  eval_fraction: z.number().min(0).max(0.5).default(0.05)
+    .describe('Fraction of documents held out for evaluation (split by document, seeded).'),
+  seed: int().min(0).default(0)
+    .describe('Seed of the train/eval split.'),
+  shard_rows: int().min(1).default(4096)
+    .describe('Rows per Arrow file.'),
+  dedup: z.boolean().default(true)
+    .describe('Drop exact-duplicate documents (counted in the manifest).'),
+  output: z.string().min(1).optional()
+    .describe('Dataset folder. Default: `<output>/data`.'),
+  workers: int().min(0).default(0)
+    .describe('Tokenizer worker threads; 0 uses every core.'),
+}).strict().describe('The corpus and how it becomes packed Arrow rows.');
+
+export const loraSchema = z.object({
+  r: int().min(1).default(8)
+    .describe('LoRA rank.'),
+  alpha: z.number().positive().default(16)
+    .describe('LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with `rslora`).'),
+  targets: z.array(z.string().min(1)).min(1).default(DEFAULT_TARGETS)
+    .describe('Module patterns to adapt: dotted globs (`*` = one name component) over official module names without the `layers.N.` prefix, e.g. `attn.wq_a`, `ffn.experts.*.w1`; `mtp.` patterns reach the MTP block.'),
+  rank_pattern: z.record(z.string(), int().min(1)).default({})
+    .describe('Per-pattern rank overrides (pattern → r).'),
+  alpha_pattern: z.record(z.string(), z.number().positive()).default({})
+    .describe('Per-pattern alpha overrides (pattern → alpha).'),
+  rslora: z.boolean().default(false)
+    .describe('Rank-stabilised scaling alpha/sqrt(r).'),
+  dropout: z.number().min(0).lt(1).default(0)
+    .describe('Dropout on the LoRA input during training.'),
+  seed: int().min(0).default(0)
+    .describe('Seed of the adapter initialisation (Kaiming-uniform A, zero B).'),
+  experts: z.enum(['all', 'profiled']).default('all')
+    .describe('`all`: one adapter pair per routed expert; `profiled`: only the experts `profile-experts` measured as most used on the domain corpus.'),
+  experts_per_layer: int().min(1).optional()
+    .describe('With `experts: profiled`, how many experts per layer get adapters.'),
+}).strict().describe('The LoRA adapter.');
+
+export const trainSchema = z.object({
+  backend: z.enum(['auto', 'native', 'tfjs']).default('auto')
+    .describe('Compute backend: `auto` uses native when the addon is built, else tfjs (and says why).'),
+  steps: int().min(1).default(100)
+    .describe('Optimizer steps.'),
+  batch_rows: int().min(1).default(1)
+    .describe('Rows per micro-batch.'),
+  grad_accum: int().min(1).default(1)
+    .describe('Micro-batches per optimizer step.'),
+  lr: z.number().positive().default(2e-4)
+    .describe('Peak learning rate (AdamW).'),
+  schedule: z.enum(['constant', 'linear', 'cosine']).default('cosine')
+    .describe('Learning-rate schedule after warmup.'),
+  warmup_steps: int().min(0).default(10)
+    .describe('Linear warmup steps.'),
+  weight_decay: z.number().min(0).default(0)
+    .describe('AdamW weight decay on LoRA weights.'),
+  max_grad_norm: z.number().positive().default(1)
+    .describe('Global gradient-norm clip.'),
+  seed: int().min(0).default(0)
+    .describe('Seed of data order and dropout.'),
+  eval_every: int().min(0).default(50)
+    .describe('Evaluate every N steps (0: only at the end).'),
+  checkpoint_every: int().min(0).default(50)
+    .describe('Save a resumable checkpoint every N steps (0: only at the end).'),
+  activation_checkpointing: z.boolean().default(false)
+    .describe('Recompute each block in the backward pass instead of keeping its activations.'),
+  threads: int().min(0).default(0)
+    .describe('Native kernel threads; 0 uses every core.'),
+  precision: z.enum(['fp32', 'bf16']).default('fp32')
+    .describe('`fp32` (exact to the reference); `bf16` uses bf16 dot products where the CPU has them (faster, looser).'),
+}).strict().describe('The training run.');
+
+export const exportSchema = z.object({
+  merge: z.boolean().default(false)
+    .describe('Merge the trained adapter into the base weights.'),
+  merge_dtype: z.enum(['original', 'bf16']).default('original')
+    .describe('Merged weights in the format they shipped in (FP8/FP4 requantised) or BF16.'),
+  quantize: z.array(z.enum(['gptq', 'gguf-q4_0', 'gguf-q4_k'])).default([])
+    .describe('INT4 outputs to write from the merged model.'),
+  method: z.enum(['rtn', 'gptq']).default('gptq')
+    .describe('INT4 rounding: round-to-nearest, or GPTQ with a Hessian from calibration rows.'),
+  group_size: int().min(32).default(128)
+    .describe('INT4 group size.'),
+  calibration_rows: int().min(1).default(64)
+    .describe('Rows of the train split used for GPTQ calibration.'),
+}).strict().describe('Merging and INT4 export.');
+
+export const recipeSchema = z.object({
+  name: z.string().min(1).optional()
+    .describe('Run name (default: the recipe file name).'),
+  model: modelSchema,
+  tokenizer: z.string().min(1).optional()
+    .describe('tokenizer.json (HF) or SentencePiece .model. Default: the model folder\'s tokenizer.json.'),
+  data: dataSchema,
+  lora: loraSchema.default(loraSchema.parse({})),
+  train: trainSchema.default(trainSchema.parse({})),
+  export: exportSchema.default(exportSchema.parse({})),
+  output: z.string().min(1).optional()
+    .describe('Run folder for everything the recipe writes. Default: `runs/<name>` beside the recipe.'),
+}).strict();
+
+export type Recipe = z.infer<typeof recipeSchema>;
+export type RecipeData = z.infer<typeof dataSchema>;
+export type RecipeLora = z.infer<typeof loraSchema>;
+export type RecipeTrain = z.infer<typeof trainSchema>;
+export type RecipeExport = z.infer<typeof exportSchema>;

@@ -1,0 +1,4 @@
+// The package version, read from package.json so there is one source of truth.
+import { readFileSync } from 'node:fs';
+
+export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
