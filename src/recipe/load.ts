@@ -2,7 +2,7 @@
 // Every problem becomes one InputError naming the file, the dotted field path and the bad value.
 import { readFileSync, statSync } from 'node:fs';
 import { basename, dirname, extname, isAbsolute, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { InputError } from '../errors.js';
 import { recipeSchema, type Recipe } from './schema.js';
@@ -31,10 +31,11 @@ export function loadRecipe(file: string): LoadedRecipe {
 
 /** Validate recipe text; `path` names the file in errors and anchors relative paths. */
 export function parseRecipe(text: string, path: string): LoadedRecipe {
-  const doc = parseDocument(text, { prettyErrors: false });
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: false, lineCounter: lines });
   if (doc.errors.length > 0) {
     const err = doc.errors[0]!;
-    const line = err.linePos?.[0]?.line;
+    const line = lines.linePos(err.pos[0]).line;
     throw new InputError(`${path}${line ? `:${line}` : ''}: not valid YAML (${err.message.split('\n')[0]})`);
   }
   const raw: unknown = doc.toJS() ?? {};
@@ -42,7 +43,11 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
     throw new InputError(`${path}: a recipe is a YAML mapping with the sections model, data, lora, train, export, output`);
   }
   const parsed = recipeSchema.safeParse(raw);
-  if (!parsed.success) throw new InputError(`${path}: ${describeIssue(parsed.error.issues[0]!, raw)}`);
+  if (!parsed.success) {
+    // A misspelt key also makes the field it meant "missing": report the misspelling first.
+    const issues = [...parsed.error.issues].sort((a, b) => Number(b.code === 'unrecognized_keys') - Number(a.code === 'unrecognized_keys'));
+    throw new InputError(`${path}: ${describeIssue(issues[0]!, raw)}`);
+  }
   const r = parsed.data;
   if ((r.model.path === undefined) === (r.model.preset === undefined)) {
     throw new InputError(`${path}: model needs exactly one of model.path or model.preset (got ${r.model.path ? 'both' : 'neither'})`);
@@ -88,13 +93,13 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
   }
   const got = valueAt(raw, issue.path);
   const shown = got === undefined ? 'nothing' : JSON.stringify(got);
-  return `${where || 'recipe'} ${explain(issue)} (got ${shown})`;
+  return `${where || 'recipe'} ${explain(issue, got)} (got ${shown})`;
 }
 
-function explain(issue: z.core.$ZodIssue): string {
+function explain(issue: z.core.$ZodIssue, got: unknown): string {
   switch (issue.code) {
     case 'invalid_type':
-      return issue.input === undefined ? `is required (a ${issue.expected})` : `must be a ${issue.expected === 'number' ? 'number' : issue.expected}`;
+      return got === undefined ? `is required (a ${issue.expected})` : `must be a ${issue.expected}`;
     case 'too_small':
       return issue.origin === 'array' ? `needs at least ${issue.minimum} entr${issue.minimum === 1 ? 'y' : 'ies'}`
         : issue.origin === 'string' ? 'must not be empty'

@@ -1,0 +1,66 @@
+import { describe, it, expect, vi, afterEach } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { main } from '../../src/cli/main.js';
+import { recipeReference, cliReference, replaceBetween } from '../../src/cli/docs.js';
+
+/** Run the CLI in-process, capturing what it writes. */
+async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
+  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
+  process.exitCode = undefined;
+  try {
+    const code = await main(['node', 'v4tune', ...args]);
+    return { code, out, err };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+    process.exitCode = undefined;
+  }
+}
+
+afterEach(() => { process.exitCode = undefined; });
+
+describe('cli', () => {
+  it('exits 2 with one line on an unknown verb or a missing argument', async () => {
+    expect((await cli('bogus')).code).toBe(2);
+    const r = await cli('run');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain("missing required argument 'recipe'");
+  });
+
+  it('exits 2 naming the file on a bad recipe, with a JSON error under --json', async () => {
+    const r = await cli('--json', 'run', '/nonexistent/r.yaml');
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('v4tune: /nonexistent/r.yaml: cannot read the recipe');
+    expect(JSON.parse(r.out)).toMatchObject({ ok: false, exitCode: 2 });
+  });
+
+  it('says a stage is not built yet, and exits 1', async () => {
+    const r = await cli('quantize', 'x');
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/quantize .* is not built yet/);
+  });
+
+  it('prints its version', async () => {
+    const r = await cli('--version');
+    expect(r.code).toBe(0);
+    expect(r.out.trim()).toBe(JSON.parse(readFileSync('package.json', 'utf8')).version);
+  });
+});
+
+describe('docs', () => {
+  it('generates the recipe reference from the schema descriptions', () => {
+    const ref = recipeReference();
+    expect(ref).toContain('| `data.seq_len` | number | `1024` | Tokens per row. |');
+    expect(ref).toContain('`train.backend`');
+    expect(ref).toContain('`data.sources[].text_field`');
+  });
+
+  it('keeps the README in step with the schema and the CLI (run `npm run docs`)', () => {
+    const readme = readFileSync('README.md', 'utf8');
+    const regenerated = replaceBetween(replaceBetween(readme, 'recipe-reference', recipeReference()), 'cli-reference', cliReference());
+    expect(regenerated).toBe(readme);
+  });
+});
