@@ -8,6 +8,7 @@
 //   holds them (tfjs: dequantised fp32 tensors; native: the shipped FP8/FP4/BF16 bytes).
 //   Base weights are frozen: no op returns a gradient for them.
 // - LoRA factors (the only trainable parameters) are host buffers (`LoraFactors`).
+// - Every compute op is async (a native backend runs its kernels off the JS thread).
 // - A forward returns its outputs and a `Saved` context. The matching backward takes that context
 //   and the gradients of the outputs, and returns fresh buffers with the gradients of the inputs
 //   and of the LoRA factors; the caller (the tape) accumulates them. Only the backend that made a
@@ -91,21 +92,21 @@ export interface Backend {
   dispose(): void;
 
   // ---- embedding: out [N, d] = W[ids[n]]; W [V, d]. No backward (the embedding is frozen).
-  embedding(W: WeightHandle, ids: I32, N: number, d: number): F32;
+  embedding(W: WeightHandle, ids: I32, N: number, d: number): Promise<F32>;
 
   // ---- rmsnorm: y [N, C] = x / sqrt(mean(x²) + eps) ⊙ w; w [C] or null (no weight).
-  rmsnormForward(x: F32, w: WeightHandle | null, N: number, C: number, eps: number): { y: F32; saved: Saved };
-  rmsnormBackward(saved: Saved, dy: F32): { dx: F32 };
+  rmsnormForward(x: F32, w: WeightHandle | null, N: number, C: number, eps: number): Promise<{ y: F32; saved: Saved }>;
+  rmsnormBackward(saved: Saved, dy: F32): Promise<{ dx: F32 }>;
 
   // ---- linear with optional LoRA: y [N, out] = x Wᵀ + s·(x Aᵀ) Bᵀ; x [N, in], W [out, in].
-  linearForward(x: F32, W: WeightHandle, lora: LoraFactors | null, N: number, inF: number, outF: number): { y: F32; saved: Saved };
-  linearBackward(saved: Saved, dy: F32): { dx: F32; lora: LoraGrads | null };
+  linearForward(x: F32, W: WeightHandle, lora: LoraFactors | null, N: number, inF: number, outF: number): Promise<{ y: F32; saved: Saved }>;
+  linearBackward(saved: Saved, dy: F32): Promise<{ dx: F32; lora: LoraGrads | null }>;
 
   // ---- grouped linear (wo_a): x [N, G, inG]; W [G·outG, inG]; group g uses rows g·outG…(g+1)·outG.
   // y [N, G·outG], y[n, g·outG + o] = Σ_i W[g·outG+o, i]·x[n,g,i] + (the same with s·B A for W).
   // A LoRA on it has A [r, inG], B [G·outG, r]: its delta has W's shape and is applied per group.
-  groupedLinearForward(x: F32, W: WeightHandle, lora: LoraFactors | null, N: number, G: number, inG: number, outG: number): { y: F32; saved: Saved };
-  groupedLinearBackward(saved: Saved, dy: F32): { dx: F32; lora: LoraGrads | null };
+  groupedLinearForward(x: F32, W: WeightHandle, lora: LoraFactors | null, N: number, G: number, inG: number, outG: number): Promise<{ y: F32; saved: Saved }>;
+  groupedLinearBackward(saved: Saved, dy: F32): Promise<{ dx: F32; lora: LoraGrads | null }>;
 
   // ---- mHC pre: X [N, hc, d]; fn [(2+hc)·hc, hc·d]; scale [3]; base [(2+hc)·hc].
   // m = (fn·flat(X)) / sqrt(mean(flat(X)²) + normEps)
@@ -115,24 +116,24 @@ export interface Backend {
   mhcPreForward(
     X: F32, fn: WeightHandle, scale: WeightHandle, base: WeightHandle,
     N: number, hc: number, d: number, iters: number, hcEps: number, normEps: number,
-  ): { y: F32; post: F32; comb: F32; saved: Saved };
-  mhcPreBackward(saved: Saved, dy: F32, dpost: F32, dcomb: F32): { dX: F32 };
+  ): Promise<{ y: F32; post: F32; comb: F32; saved: Saved }>;
+  mhcPreBackward(saved: Saved, dy: F32, dpost: F32, dcomb: F32): Promise<{ dX: F32 }>;
 
   // ---- mHC post: out [N, hc, d], out[n, j] = post[n, j]·f[n] + Σ_i comb[n, i, j]·res[n, i].
   // f [N, d]; res [N, hc, d]; post [N, hc]; comb [N, hc, hc].
-  mhcPostForward(f: F32, res: F32, post: F32, comb: F32, N: number, hc: number, d: number): { out: F32; saved: Saved };
-  mhcPostBackward(saved: Saved, dout: F32): { df: F32; dres: F32; dpost: F32; dcomb: F32 };
+  mhcPostForward(f: F32, res: F32, post: F32, comb: F32, N: number, hc: number, d: number): Promise<{ out: F32; saved: Saved }>;
+  mhcPostBackward(saved: Saved, dout: F32): Promise<{ df: F32; dres: F32; dpost: F32; dcomb: F32 }>;
 
   // ---- hc_head: X [N, hc, d]; fn [hc, hc·d]; scale [1]; base [hc].
   // pre = σ((fn·flat(X)) / sqrt(mean(flat(X)²) + normEps)·scale + base) + hcEps; y [N, d] = Σ_i pre_i X_i.
-  hcHeadForward(X: F32, fn: WeightHandle, scale: WeightHandle, base: WeightHandle, N: number, hc: number, d: number, hcEps: number, normEps: number): { y: F32; saved: Saved };
-  hcHeadBackward(saved: Saved, dy: F32): { dX: F32 };
+  hcHeadForward(X: F32, fn: WeightHandle, scale: WeightHandle, base: WeightHandle, N: number, hc: number, d: number, hcEps: number, normEps: number): Promise<{ y: F32; saved: Saved }>;
+  hcHeadBackward(saved: Saved, dy: F32): Promise<{ dX: F32 }>;
 
   // ---- interleaved RoPE on the last rd dims of each head: x [N, nh, hd]; pos [N].
   // Pair k = (x[hd-rd+2k], x[hd-rd+2k+1]) is multiplied by e^{±iθ(pos, k)} (− when inverse).
   // Linear and orthogonal: the backward is the opposite rotation of dy.
-  ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): { y: F32; saved: Saved };
-  ropeBackward(saved: Saved, dy: F32): { dx: F32 };
+  ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<{ y: F32; saved: Saved }>;
+  ropeBackward(saved: Saved, dy: F32): Promise<{ dx: F32 }>;
 
   // ---- compressor pooling. a, z [N, cw] (cw = hd, or 2·hd when overlap, i.e. ratio 4);
   // ape [m, cw]; segs: segment lengths (Σ = N). Per segment, whole windows of m tokens only:
@@ -140,47 +141,47 @@ export interface Backend {
   // (overlap: window i−1's rows through channels [0:hd] and window i's through [hd:2hd]; the
   // first window of a segment has no previous rows).
   // out [M, hd], M = Σ_seg ⌊len/m⌋, entries of each segment in order.
-  compressorForward(a: F32, z: F32, ape: WeightHandle, segs: I32, N: number, m: number, hd: number, overlap: boolean): { out: F32; saved: Saved };
-  compressorBackward(saved: Saved, dout: F32): { da: F32; dz: F32 };
+  compressorForward(a: F32, z: F32, ape: WeightHandle, segs: I32, N: number, m: number, hd: number, overlap: boolean): Promise<{ out: F32; saved: Saved }>;
+  compressorBackward(saved: Saved, dout: F32): Promise<{ da: F32; dz: F32 }>;
 
   // ---- lightning indexer top-k (discrete: no backward).
   // q [N, nh, hd]; k [M, hd]; w [N, nh]; query n sees entries kStart[n] … kStart[n]+kCount[n]−1.
   // score[n][s] = Σ_h w[n,h]·ReLU(q[n,h]·k[s]); keeps the top min(topk, kCount[n]) visible
   // entries, ties toward the lower index. idx [N, K] (K = min(topk, max kCount)): row indices
   // into k, −1 padded.
-  indexerTopk(q: F32, k: F32, w: F32, kStart: I32, kCount: I32, N: number, M: number, nh: number, hd: number, topk: number): { idx: I32; K: number };
+  indexerTopk(q: F32, k: F32, w: F32, kStart: I32, kCount: I32, N: number, M: number, nh: number, hd: number, topk: number): Promise<{ idx: I32; K: number }>;
 
   // ---- sparse attention with a sink. q [N, H, D]; kv [M, D] (key = value); sink [H];
   // idx [N, K] rows of kv, −1 = none. s = q·kv[idx]·scale;
   // p = e^s / (Σ e^s + e^sink[h]); o [N, H, D] = Σ p·kv[idx].
-  attentionForward(q: F32, kv: F32, sink: WeightHandle, idx: I32, N: number, H: number, D: number, M: number, K: number, scale: number): { o: F32; saved: Saved };
-  attentionBackward(saved: Saved, dout: F32): { dq: F32; dkv: F32 };
+  attentionForward(q: F32, kv: F32, sink: WeightHandle, idx: I32, N: number, H: number, D: number, M: number, K: number, scale: number): Promise<{ o: F32; saved: Saved }>;
+  attentionBackward(saved: Saved, dout: F32): Promise<{ dq: F32; dkv: F32 }>;
 
   // ---- router. x [N, d]; gate W [E, d]; bias [E] or null; s = sqrt(softplus(x Wᵀ)) [N, E].
   // idx [N, k]: hashIdx when given (hash layers: tid2eid rows), else top-k of s + bias (ties to
   // the lower index). weights [N, k] = s[idx] / Σ s[idx] · routeScale (bias never weights).
-  routerForward(x: F32, W: WeightHandle, bias: WeightHandle | null, hashIdx: I32 | null, N: number, d: number, E: number, k: number, routeScale: number): { weights: F32; idx: I32; saved: Saved };
-  routerBackward(saved: Saved, dweights: F32): { dx: F32 };
+  routerForward(x: F32, W: WeightHandle, bias: WeightHandle | null, hashIdx: I32 | null, N: number, d: number, E: number, k: number, routeScale: number): Promise<{ weights: F32; idx: I32; saved: Saved }>;
+  routerBackward(saved: Saved, dweights: F32): Promise<{ dx: F32 }>;
 
   // ---- routed experts, clamped SwiGLU with LoRA. x [N, d]; idx, weights [N, k].
   // y [N, d] = Σ_slots weights[n,j] · w2_e( silu(min(w1_e x, L)) ⊙ clamp(w3_e x, −L, L) ), e = idx[n,j].
   // experts[e], lora[e] (may be empty). I = moe_intermediate_size.
-  moeForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): { y: F32; saved: Saved };
-  moeBackward(saved: Saved, dy: F32): { dx: F32; dweights: F32; lora: ExpertLoraGrads[] };
+  moeForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }>;
+  moeBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }>;
 
   // ---- one clamped SwiGLU expert on every row (the shared expert): x [N, d] → y [N, d].
-  swigluForward(x: F32, w: ExpertWeights, lora: ExpertLora, N: number, d: number, I: number, limit: number): { y: F32; saved: Saved };
-  swigluBackward(saved: Saved, dy: F32): { dx: F32; lora: ExpertLoraGrads };
+  swigluForward(x: F32, w: ExpertWeights, lora: ExpertLora, N: number, d: number, I: number, limit: number): Promise<{ y: F32; saved: Saved }>;
+  swigluBackward(saved: Saved, dy: F32): Promise<{ dx: F32; lora: ExpertLoraGrads }>;
 
   // ---- lm head logits: x [N, d]; W [V, d] → [N, V].
-  logits(x: F32, W: WeightHandle, N: number, d: number, V: number): F32;
+  logits(x: F32, W: WeightHandle, N: number, d: number, V: number): Promise<F32>;
 
   // ---- lm head + cross-entropy in vocabulary chunks (never N × V at once).
   // x [N, d]; W [V, d]; targets [N] (−1 = not counted).
   // lossSum = Σ_{n counted} logsumexp(x_n Wᵀ) − x_n·W[targets[n]]; count = #counted.
   // backward: dx for d(lossSum)·dLossSum.
-  lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): { lossSum: number; count: number; saved: Saved };
-  lmHeadLossBackward(saved: Saved, dLossSum: number): { dx: F32 };
+  lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; saved: Saved }>;
+  lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }>;
 }
 
 export type BackendName = 'auto' | 'native' | 'tfjs';
