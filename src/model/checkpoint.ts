@@ -1,0 +1,274 @@
+// A DeepSeek V4 checkpoint folder as shipped: config.json + safetensors shards, official or
+// transformers layout, read lazily tensor by tensor and exposed under the official names.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { parseConfigWithWarnings, type V4Config } from './config.js';
+import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
+import { detectLayout, expectedTensors, mapTransformersLayout, scaleNameOf, type Layout, type TensorSource } from './layout.js';
+import { numel, SafetensorsSet, type TensorEntry } from './safetensors.js';
+
+export type WeightFormat = 'fp8' | 'fp4' | 'bf16' | 'f16' | 'f32' | 'int';
+
+export interface TensorMeta {
+  /** official name */
+  name: string;
+  /** dtype on disk */
+  dtype: string;
+  /** shape on disk (of this tensor alone: one expert's slice of a stacked tensor) */
+  shape: number[];
+  /** the file that holds it */
+  file: string;
+  format: WeightFormat;
+  /** the dequantised shape, e.g. FP4 I8 [out, in/2] -> [out, in] */
+  logicalShape: number[];
+}
+
+export interface RawTensor {
+  meta: TensorMeta;
+  data: Uint8Array;
+  scale: Uint8Array | null;
+  scaleShape: number[] | null;
+}
+
+export interface OpenOptions {
+  /** check that every tensor config.json implies is present with its shape (default true) */
+  validate?: boolean;
+}
+
+interface Resolved {
+  meta: TensorMeta;
+  src: TensorSource;
+  entry: TensorEntry;
+  scaleEntry: TensorEntry | null;
+}
+
+const fmtShape = (s: ReadonlyArray<number>): string => `[${s.join(', ')}]`;
+const sameShape = (a: ReadonlyArray<number>, b: ReadonlyArray<number>): boolean => a.length === b.length && a.every((x, i) => x === b[i]);
+
+export class Checkpoint {
+  readonly dir: string;
+  readonly config: V4Config;
+  readonly layout: Layout;
+  /** config warnings (sizes that work here but not in every engine) */
+  readonly warnings: string[];
+  private readonly set: SafetensorsSet;
+  private readonly tensors: Map<string, Resolved>;
+
+  private constructor(dir: string, config: V4Config, warnings: string[], layout: Layout, set: SafetensorsSet, tensors: Map<string, Resolved>) {
+    this.dir = dir;
+    this.config = config;
+    this.warnings = warnings;
+    this.layout = layout;
+    this.set = set;
+    this.tensors = tensors;
+  }
+
+  /** config.json + model.safetensors.index.json (or one model.safetensors); headers validated, nothing else read. */
+  static async open(dir: string, opts: OpenOptions = {}): Promise<Checkpoint> {
+    const cfgPath = join(dir, 'config.json');
+    if (!existsSync(cfgPath)) throw new InputError(`${dir}: no config.json (not a model folder)`);
+    let json: unknown;
+    try {
+      json = JSON.parse(readFileSync(cfgPath, 'utf8'));
+    } catch {
+      throw new InputError(`${cfgPath}: not valid JSON`);
+    }
+    const { config, warnings } = parseConfigWithWarnings(json, cfgPath);
+    const set = SafetensorsSet.open(dir);
+    try {
+      const layout = detectLayout(set.entries.keys());
+      const sources = layout === 'official' ? officialSources(set) : mapTransformersLayout(set);
+      const tensors = new Map<string, Resolved>();
+      for (const [name, src] of sources) tensors.set(name, resolve(set, name, src));
+      const ck = new Checkpoint(dir, config, warnings, layout, set, tensors);
+      if (opts.validate ?? true) ck.validate();
+      return ck;
+    } catch (e) {
+      set.close();
+      throw e;
+    }
+  }
+
+  /** every tensor config.json implies is present with its logical shape (InputError naming the first that is not) */
+  validate(): void {
+    for (const t of expectedTensors(this.config)) {
+      const r = this.tensors.get(t.name);
+      if (!r) throw new InputError(`${this.dir}: missing tensor ${t.name} (config.json implies it, shape ${fmtShape(t.shape)})`);
+      if (!sameShape(r.meta.logicalShape, t.shape)) {
+        throw new InputError(`${r.meta.file}: tensor ${t.name} has shape ${fmtShape(r.meta.logicalShape)}, expected ${fmtShape(t.shape)} from config.json`);
+      }
+    }
+  }
+
+  /** official weight names (no .scale entries), sorted */
+  names(): string[] {
+    return [...this.tensors.keys()].sort();
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  meta(name: string): TensorMeta {
+    return this.get(name).meta;
+  }
+
+  private get(name: string): Resolved {
+    const r = this.tensors.get(name);
+    if (!r) throw new InputError(`${this.dir}: missing tensor ${name}`);
+    return r;
+  }
+
+  /** the tensor as float32, dequantised (FP8 block scales, FP4 group scales, BF16, F16, F32) */
+  async f32(name: string, expectShape?: number[]): Promise<Float32Array> {
+    const r = this.get(name);
+    const m = r.meta;
+    if (expectShape && !sameShape(m.logicalShape, expectShape)) {
+      throw new InputError(`${m.file}: tensor ${name} has shape ${fmtShape(m.logicalShape)}, expected ${fmtShape(expectShape)}`);
+    }
+    const { data, scale } = this.readRaw(r);
+    const cols = m.logicalShape[m.logicalShape.length - 1] ?? 1;
+    const rows = numel(m.logicalShape) / Math.max(cols, 1);
+    switch (m.format) {
+      case 'fp8':
+        return dequantFp8Block(data, scale ?? new Uint8Array(Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)).fill(127), rows, cols);
+      case 'fp4':
+        return dequantFp4(data, scale!, rows, cols);
+      case 'bf16':
+        return bf16BytesToF32(data);
+      case 'f16':
+        return f16BytesToF32(data);
+      case 'f32':
+        return f32BytesToF32(data);
+      case 'int':
+        throw new InputError(`${m.file}: tensor ${name} is ${m.dtype} (integers), not a float weight`);
+    }
+  }
+
+  /** an integer tensor (I64, I32, I16, I8, U8) as Int32Array, e.g. ffn.gate.tid2eid */
+  async ints(name: string): Promise<Int32Array> {
+    const r = this.get(name);
+    const m = r.meta;
+    const { data } = this.readRaw(r);
+    const n = numel(m.shape);
+    const out = new Int32Array(n);
+    const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    for (let i = 0; i < n; i++) {
+      let v: number;
+      switch (m.dtype) {
+        case 'I64': {
+          const b = dv.getBigInt64(i * 8, true);
+          if (b > 2147483647n || b < -2147483648n) throw new InputError(`${m.file}: tensor ${name}[${i}] = ${b} does not fit in int32`);
+          v = Number(b);
+          break;
+        }
+        case 'I32': v = dv.getInt32(i * 4, true); break;
+        case 'I16': v = dv.getInt16(i * 2, true); break;
+        case 'I8': v = dv.getInt8(i); break;
+        case 'U8': case 'BOOL': v = dv.getUint8(i); break;
+        default: throw new InputError(`${m.file}: tensor ${name} is ${m.dtype}, not an integer tensor`);
+      }
+      out[i] = v;
+    }
+    return out;
+  }
+
+  /** the bytes as shipped (and the scale's), for a backend that computes on the stored format */
+  async raw(name: string): Promise<RawTensor> {
+    const r = this.get(name);
+    const { data, scale, scaleShape } = this.readRaw(r);
+    return { meta: r.meta, data, scale, scaleShape };
+  }
+
+  private readRaw(r: Resolved): { data: Uint8Array; scale: Uint8Array | null; scaleShape: number[] | null } {
+    const data = readSlice(this.set, r.entry, r.src, 1);
+    if (!r.scaleEntry) return { data, scale: null, scaleShape: null };
+    const rowDiv = r.meta.format === 'fp8' ? FP8_BLOCK : 1;
+    const scale = readSlice(this.set, r.scaleEntry, r.src, rowDiv);
+    return { data, scale, scaleShape: sliceShape(r.scaleEntry.shape, r.src, rowDiv) };
+  }
+
+  async close(): Promise<void> {
+    this.set.close();
+  }
+}
+
+/** official layout: every tensor is its own name; `X.scale` belongs to `X.weight` */
+function officialSources(set: SafetensorsSet): Map<string, TensorSource> {
+  const out = new Map<string, TensorSource>();
+  for (const name of set.entries.keys()) {
+    if (name.endsWith('.scale') && set.has(`${name.slice(0, -'.scale'.length)}.weight`)) continue;
+    const s = scaleNameOf(name);
+    out.set(name, { tensor: name, scale: name.endsWith('.weight') && set.has(s) ? s : null, expert: null, rows: null });
+  }
+  return out;
+}
+
+// the shape of the part of `shape` a source selects: drop the expert dim, keep the row range
+function sliceShape(shape: number[], src: TensorSource, rowDiv: number): number[] {
+  let s = src.expert !== null ? shape.slice(1) : shape.slice();
+  if (src.rows) s = [Math.ceil(src.rows[1] / rowDiv) - Math.floor(src.rows[0] / rowDiv), ...s.slice(1)];
+  return s;
+}
+
+function readSlice(set: SafetensorsSet, e: TensorEntry, src: TensorSource, rowDiv: number): Uint8Array {
+  if (src.expert === null && !src.rows) return set.read(e.name);
+  const bytes = e.end - e.begin;
+  const per = src.expert !== null ? bytes / e.shape[0]! : bytes;
+  const inner = src.expert !== null ? e.shape.slice(1) : e.shape;
+  let from = (src.expert ?? 0) * per;
+  let to = from + per;
+  if (src.rows) {
+    const rowBytes = per / inner[0]!;
+    const r0 = Math.floor(src.rows[0] / rowDiv);
+    const r1 = Math.ceil(src.rows[1] / rowDiv);
+    to = from + r1 * rowBytes;
+    from += r0 * rowBytes;
+  }
+  return set.readSlice(e.name, from, to);
+}
+
+// the format, logical shape and scale checks of one tensor
+function resolve(set: SafetensorsSet, name: string, src: TensorSource): Resolved {
+  const entry = set.entry(src.tensor);
+  const scaleEntry = src.scale ? set.entry(src.scale) : null;
+  const shape = sliceShape(entry.shape, src, 1);
+  let format: WeightFormat;
+  let logicalShape = shape;
+  const fail = (msg: string): never => {
+    throw new InputError(`${entry.file}: tensor ${src.tensor}${src.tensor === name ? '' : ` (${name})`}: ${msg}`);
+  };
+  switch (entry.dtype) {
+    case 'F8_E4M3':
+      format = 'fp8';
+      break;
+    case 'BF16': format = 'bf16'; break;
+    case 'F16': format = 'f16'; break;
+    case 'F32': format = 'f32'; break;
+    case 'I8':
+    case 'U8':
+      format = scaleEntry ? 'fp4' : 'int';
+      if (scaleEntry) logicalShape = [...shape.slice(0, -1), 2 * shape[shape.length - 1]!];
+      break;
+    case 'I16': case 'I32': case 'I64': case 'BOOL':
+      format = 'int';
+      break;
+    default:
+      return fail(`dtype ${entry.dtype} is not a weight format v4tune reads`);
+  }
+  if (scaleEntry) {
+    if (scaleEntry.dtype !== 'F8_E8M0' && scaleEntry.dtype !== 'U8') fail(`scale ${scaleEntry.name} is ${scaleEntry.dtype}, expected F8_E8M0`);
+    if (format !== 'fp8' && format !== 'fp4') fail(`a ${entry.dtype} weight has a scale tensor ${scaleEntry.name}`);
+    const cols = logicalShape[logicalShape.length - 1]!;
+    const rows = numel(logicalShape) / cols;
+    const want = format === 'fp8' ? [Math.ceil(rows / FP8_BLOCK), Math.ceil(cols / FP8_BLOCK)] : [rows, cols / FP4_GROUP];
+    if (format === 'fp4' && cols % FP4_GROUP !== 0) fail(`FP4 input size ${cols} is not a multiple of ${FP4_GROUP}`);
+    if (format === 'fp8' && src.rows && (src.rows[0] % FP8_BLOCK !== 0 || (src.rows[1] % FP8_BLOCK !== 0 && src.rows[1] !== entry.shape[src.expert !== null ? 1 : 0]))) {
+      fail(`rows ${src.rows[0]}..${src.rows[1]} do not start on a ${FP8_BLOCK}-row scale block`);
+    }
+    const got = sliceShape(scaleEntry.shape, src, format === 'fp8' ? FP8_BLOCK : 1);
+    if (numel(got) !== numel(want)) fail(`scale ${scaleEntry.name} has shape ${fmtShape(got)}, expected ${fmtShape(want)}`);
+  }
+  return { meta: { name, dtype: entry.dtype, shape, file: entry.file, format, logicalShape }, src, entry, scaleEntry };
+}

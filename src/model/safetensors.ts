@@ -1,0 +1,411 @@
+// safetensors files: a validating, lazy reader (one file or a sharded folder with
+// model.safetensors.index.json) that reads each tensor by byte range and never a whole shard,
+// and a streaming sharded writer (temp names, renamed at the end, index written last).
+//
+// File format: u64 LE header length N, N bytes of JSON header
+// {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data
+// (offsets relative to the byte after the header).
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { tempNameBeside, writeFileAtomic } from '../fsutil.js';
+
+export type Dtype = 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E8M0' | 'I8' | 'I32' | 'I64' | 'U8' | 'F64' | 'I16' | 'BOOL';
+
+export const DTYPE_BYTES: Readonly<Record<Dtype, number>> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E8M0: 1, I8: 1, I16: 2, I32: 4, I64: 8, U8: 1, BOOL: 1,
+};
+
+export function isDtype(s: string): s is Dtype {
+  return Object.prototype.hasOwnProperty.call(DTYPE_BYTES, s);
+}
+
+export interface TensorEntry {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** the file that holds it */
+  file: string;
+  /** absolute byte offsets in the file */
+  begin: number;
+  end: number;
+}
+
+export function numel(shape: ReadonlyArray<number>): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+const MAX_HEADER = 256 * 1024 * 1024;
+
+/** One safetensors file: header parsed and validated at open, tensors read on demand. */
+export class SafetensorsFile {
+  readonly path: string;
+  readonly entries: Map<string, TensorEntry>;
+  readonly metadata: Record<string, string>;
+  private fd: number | null;
+
+  private constructor(path: string, fd: number, entries: Map<string, TensorEntry>, metadata: Record<string, string>) {
+    this.path = path;
+    this.fd = fd;
+    this.entries = entries;
+    this.metadata = metadata;
+  }
+
+  static open(path: string): SafetensorsFile {
+    if (!existsSync(path)) throw new InputError(`${path}: safetensors file not found`);
+    const fd = openSync(path, 'r');
+    try {
+      const { entries, metadata } = readHeader(fd, path);
+      return new SafetensorsFile(path, fd, entries, metadata);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** the raw bytes of one tensor (a fresh copy, read by byte range) */
+  read(name: string): Uint8Array {
+    const e = this.entries.get(name);
+    if (!e) throw new InputError(`${this.path}: no tensor ${name}`);
+    return this.readRange(e.begin, e.end - e.begin, name);
+  }
+
+  readRange(pos: number, len: number, what: string): Uint8Array {
+    if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
+    const out = new Uint8Array(len);
+    let done = 0;
+    while (done < len) {
+      const n = readSync(this.fd, out, done, len - done, pos + done);
+      if (n === 0) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
+      done += n;
+    }
+    return out;
+  }
+
+  close(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
+  }
+}
+
+function readHeader(fd: number, path: string): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
+  const size = fstatSync(fd).size;
+  if (size < 8) throw new InputError(`${path}: too short to be a safetensors file (${size} bytes)`);
+  const lenBuf = Buffer.alloc(8);
+  readSync(fd, lenBuf, 0, 8, 0);
+  const n64 = lenBuf.readBigUInt64LE(0);
+  if (n64 > BigInt(Math.min(MAX_HEADER, size - 8))) {
+    throw new InputError(`${path}: header length ${n64} does not fit in the file (${size} bytes; truncated or not safetensors)`);
+  }
+  const n = Number(n64);
+  const hbuf = Buffer.alloc(n);
+  readSync(fd, hbuf, 0, n, 8);
+  let header: unknown;
+  try {
+    header = JSON.parse(hbuf.toString('utf8'));
+  } catch {
+    throw new InputError(`${path}: header is not valid JSON`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    throw new InputError(`${path}: header is not a JSON object`);
+  }
+  const dataStart = 8 + n;
+  const dataLen = size - dataStart;
+  const entries = new Map<string, TensorEntry>();
+  let metadata: Record<string, string> = {};
+  for (const [name, v] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      metadata = (v ?? {}) as Record<string, string>;
+      continue;
+    }
+    const t = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (typeof t !== 'object' || t === null) throw new InputError(`${path}: tensor ${name}: entry is not an object`);
+    if (typeof t.dtype !== 'string' || !isDtype(t.dtype)) {
+      throw new InputError(`${path}: tensor ${name}: unsupported dtype ${JSON.stringify(t.dtype)}`);
+    }
+    if (!Array.isArray(t.shape) || t.shape.some((d) => !Number.isInteger(d) || (d as number) < 0)) {
+      throw new InputError(`${path}: tensor ${name}: shape must be a list of non-negative integers`);
+    }
+    const off = t.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2 || !off.every((x) => Number.isInteger(x) && (x as number) >= 0)) {
+      throw new InputError(`${path}: tensor ${name}: data_offsets must be two non-negative integers`);
+    }
+    const [b, e] = off as [number, number];
+    if (e < b) throw new InputError(`${path}: tensor ${name}: data_offsets end ${e} before begin ${b}`);
+    if (e > dataLen) {
+      throw new InputError(`${path}: tensor ${name}: data_offsets [${b}, ${e}] run past the end of the data (${dataLen} bytes; truncated file?)`);
+    }
+    const shape = t.shape as number[];
+    const want = numel(shape) * DTYPE_BYTES[t.dtype];
+    if (want !== e - b) {
+      throw new InputError(`${path}: tensor ${name}: ${t.dtype} [${shape.join(', ')}] needs ${want} bytes but data_offsets give ${e - b}`);
+    }
+    entries.set(name, { name, dtype: t.dtype, shape, file: path, begin: dataStart + b, end: dataStart + e });
+  }
+  const sorted = [...entries.values()].sort((x, y) => x.begin - y.begin || x.end - y.end);
+  for (let i = 1; i < sorted.length; i++) {
+    const p = sorted[i - 1]!;
+    const c = sorted[i]!;
+    if (c.begin < p.end && c.end > c.begin && p.end > p.begin) {
+      throw new InputError(`${path}: tensors ${p.name} and ${c.name} overlap in the file`);
+    }
+  }
+  return { entries, metadata };
+}
+
+export const INDEX_FILE = 'model.safetensors.index.json';
+
+/**
+ * All tensors of a checkpoint folder: the shards of model.safetensors.index.json, or the single
+ * model.safetensors (or the folder's only *.safetensors file). Headers are read at open.
+ */
+export class SafetensorsSet {
+  readonly dir: string;
+  readonly entries: Map<string, TensorEntry>;
+  private readonly files: Map<string, SafetensorsFile>;
+
+  private constructor(dir: string, files: Map<string, SafetensorsFile>, entries: Map<string, TensorEntry>) {
+    this.dir = dir;
+    this.files = files;
+    this.entries = entries;
+  }
+
+  static open(dir: string): SafetensorsSet {
+    const files = new Map<string, SafetensorsFile>();
+    const entries = new Map<string, TensorEntry>();
+    try {
+      const indexPath = join(dir, INDEX_FILE);
+      if (existsSync(indexPath)) {
+        const weightMap = readIndex(indexPath);
+        for (const shard of new Set(weightMap.values())) {
+          const p = join(dir, shard);
+          if (!existsSync(p)) throw new InputError(`${indexPath}: points at shard ${shard}, which is missing from ${dir}`);
+          files.set(p, SafetensorsFile.open(p));
+        }
+        for (const [name, shard] of weightMap) {
+          const f = files.get(join(dir, shard))!;
+          const e = f.entries.get(name);
+          if (!e) throw new InputError(`${indexPath}: tensor ${name} is listed in shard ${shard} but ${f.path} does not hold it`);
+          entries.set(name, e);
+        }
+      } else {
+        let single = join(dir, 'model.safetensors');
+        if (!existsSync(single)) {
+          const all = existsSync(dir) && statSync(dir).isDirectory() ? listSafetensors(dir) : [];
+          if (all.length !== 1) {
+            throw new InputError(`${dir}: no ${INDEX_FILE} and no single model.safetensors (found ${all.length} .safetensors files)`);
+          }
+          single = join(dir, all[0]!);
+        }
+        const f = SafetensorsFile.open(single);
+        files.set(single, f);
+        for (const [k, e] of f.entries) entries.set(k, e);
+      }
+    } catch (e) {
+      for (const f of files.values()) f.close();
+      throw e;
+    }
+    return new SafetensorsSet(dir, files, entries);
+  }
+
+  has(name: string): boolean {
+    return this.entries.has(name);
+  }
+
+  entry(name: string): TensorEntry {
+    const e = this.entries.get(name);
+    if (!e) throw new InputError(`${this.dir}: missing tensor ${name}`);
+    return e;
+  }
+
+  read(name: string): Uint8Array {
+    const e = this.entry(name);
+    return this.files.get(e.file)!.readRange(e.begin, e.end - e.begin, name);
+  }
+
+  /** bytes [from, to) of a tensor's data (e.g. one expert of a stacked tensor) */
+  readSlice(name: string, from: number, to: number): Uint8Array {
+    const e = this.entry(name);
+    return this.files.get(e.file)!.readRange(e.begin + from, to - from, name);
+  }
+
+  close(): void {
+    for (const f of this.files.values()) f.close();
+  }
+}
+
+function listSafetensors(dir: string): string[] {
+  return readdirSync(dir).sort().filter((n) => n.endsWith('.safetensors'));
+}
+
+
+function readIndex(indexPath: string): Map<string, string> {
+  let j: unknown;
+  try {
+    j = JSON.parse(readFileSync(indexPath, 'utf8'));
+  } catch {
+    throw new InputError(`${indexPath}: not valid JSON`);
+  }
+  const wm = (j as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) throw new InputError(`${indexPath}: missing weight_map`);
+  const out = new Map<string, string>();
+  for (const [k, v] of Object.entries(wm as Record<string, unknown>)) {
+    if (typeof v !== 'string' || v.includes('/') || v.includes('\\')) {
+      throw new InputError(`${indexPath}: weight_map entry ${k} must name a shard file in the folder`);
+    }
+    out.set(k, v);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- writer
+
+export interface TensorSpec {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+}
+
+export interface WriterOptions {
+  /** a shard is closed before it would exceed this many data bytes (one bigger tensor gets a shard of its own) */
+  maxShardBytes?: number;
+  /** shard file prefix: `<prefix>-00001-of-0000N.safetensors` */
+  prefix?: string;
+  metadata?: Record<string, string>;
+}
+
+interface ShardPlan {
+  file: string;
+  specs: TensorSpec[];
+  header: Buffer;
+}
+
+function planShards(specs: TensorSpec[], maxBytes: number, prefix: string, metadata: Record<string, string>): ShardPlan[] {
+  const groups: TensorSpec[][] = [];
+  let cur: TensorSpec[] = [];
+  let curBytes = 0;
+  for (const s of specs) {
+    const b = numel(s.shape) * DTYPE_BYTES[s.dtype];
+    if (cur.length > 0 && curBytes + b > maxBytes) {
+      groups.push(cur);
+      cur = [];
+      curBytes = 0;
+    }
+    cur.push(s);
+    curBytes += b;
+  }
+  if (cur.length > 0 || groups.length === 0) groups.push(cur);
+  const n = groups.length;
+  const pad = (i: number): string => String(i).padStart(5, '0');
+  return groups.map((g, i) => {
+    const h: Record<string, unknown> = { __metadata__: metadata };
+    let off = 0;
+    for (const s of g) {
+      const b = numel(s.shape) * DTYPE_BYTES[s.dtype];
+      h[s.name] = { dtype: s.dtype, shape: s.shape, data_offsets: [off, off + b] };
+      off += b;
+    }
+    let text = JSON.stringify(h);
+    // pad the header with spaces so the data starts 8-byte aligned
+    text += ' '.repeat((8 - ((8 + Buffer.byteLength(text)) % 8)) % 8);
+    return { file: `${prefix}-${pad(i + 1)}-of-${pad(n)}.safetensors`, specs: g, header: Buffer.from(text, 'utf8') };
+  });
+}
+
+/**
+ * Streams tensors into shards: construct with every tensor's spec (the order they will be added),
+ * then add() each tensor's bytes in that order, then finish() to rename the shards into place and
+ * write model.safetensors.index.json. abort() removes the temp files.
+ */
+export class SafetensorsWriter {
+  readonly dir: string;
+  private readonly plans: ShardPlan[];
+  private shard = -1;
+  private inShard = 0;
+  private fd: number | null = null;
+  private readonly temps: string[] = [];
+  private totalSize = 0;
+
+  constructor(dir: string, specs: TensorSpec[], opts: WriterOptions = {}) {
+    this.dir = dir;
+    const seen = new Set<string>();
+    for (const s of specs) {
+      if (seen.has(s.name)) throw new Error(`SafetensorsWriter: tensor ${s.name} given twice`);
+      seen.add(s.name);
+    }
+    this.plans = planShards(specs, opts.maxShardBytes ?? 4 * 1024 ** 3, opts.prefix ?? 'model', opts.metadata ?? { format: 'pt' });
+  }
+
+  get shardFiles(): string[] {
+    return this.plans.map((p) => p.file);
+  }
+
+  private openNext(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.shard += 1;
+    this.inShard = 0;
+    const plan = this.plans[this.shard]!;
+    const tmp = tempNameBeside(join(this.dir, plan.file));
+    this.temps.push(tmp);
+    this.fd = openSync(tmp, 'w');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(plan.header.length));
+    writeSync(this.fd, len);
+    writeSync(this.fd, plan.header);
+  }
+
+  /** append the next tensor (its spec must be the next one in the order given) */
+  add(name: string, data: Uint8Array): void {
+    if (this.shard < 0 || this.inShard >= this.plans[this.shard]!.specs.length) this.openNext();
+    const spec = this.plans[this.shard]!.specs[this.inShard]!;
+    if (spec.name !== name) throw new Error(`SafetensorsWriter: expected tensor ${spec.name} next, got ${name}`);
+    const want = numel(spec.shape) * DTYPE_BYTES[spec.dtype];
+    if (data.length !== want) throw new Error(`SafetensorsWriter: ${name} has ${data.length} bytes, its spec needs ${want}`);
+    let done = 0;
+    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done);
+    this.inShard += 1;
+    this.totalSize += want;
+  }
+
+  /** rename every shard into place, then write the index; returns the shard file names */
+  finish(): string[] {
+    if (this.shard < 0) this.openNext();
+    const last = this.plans.length - 1;
+    if (this.shard !== last || this.inShard !== this.plans[last]!.specs.length) {
+      const missing = this.plans[this.shard]!.specs[this.inShard] ?? this.plans[this.shard + 1]!.specs[0]!;
+      throw new Error(`SafetensorsWriter: tensor ${missing.name} was never added`);
+    }
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
+    const weightMap: Record<string, string> = {};
+    this.plans.forEach((p, i) => {
+      renameSync(this.temps[i]!, join(this.dir, p.file));
+      for (const s of p.specs) weightMap[s.name] = p.file;
+    });
+    writeFileAtomic(join(this.dir, INDEX_FILE), JSON.stringify({ metadata: { total_size: this.totalSize }, weight_map: weightMap }, null, 2) + '\n');
+    return this.shardFiles;
+  }
+
+  abort(): void {
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
+    for (const t of this.temps) rmSync(t, { force: true });
+  }
+}
+
+/** Write one small safetensors file atomically (e.g. an adapter): tensors in the given order. */
+export function writeSafetensorsFile(path: string, tensors: ReadonlyArray<TensorSpec & { data: Uint8Array }>, metadata: Record<string, string> = { format: 'pt' }): void {
+  const [plan] = planShards(tensors.map(({ name, dtype, shape }) => ({ name, dtype, shape })), Infinity, 'x', metadata);
+  const parts: Uint8Array[] = [];
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(plan!.header.length));
+  parts.push(len, plan!.header);
+  for (const t of tensors) {
+    const want = numel(t.shape) * DTYPE_BYTES[t.dtype];
+    if (t.data.length !== want) throw new Error(`writeSafetensorsFile: ${t.name} has ${t.data.length} bytes, needs ${want}`);
+    parts.push(t.data);
+  }
+  writeFileAtomic(path, Buffer.concat(parts));
+}
