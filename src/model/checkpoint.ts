@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
-import { detectLayout, expectedTensors, mapTransformersLayout, scaleNameOf, type Layout, type TensorSource } from './layout.js';
-import { numel, SafetensorsSet, type TensorEntry } from './safetensors.js';
+import { detectLayout, expectedTensors, mapTransformersLayout, officialToTransformers, scaleNameOf, type Layout, type TensorSource } from './layout.js';
+import { numel, SafetensorsSet, SafetensorsWriter, type Dtype, type TensorEntry, type TensorSpec } from './safetensors.js';
 
 export type WeightFormat = 'fp8' | 'fp4' | 'bf16' | 'f16' | 'f32' | 'int';
 
@@ -271,4 +271,116 @@ function resolve(set: SafetensorsSet, name: string, src: TensorSource): Resolved
     if (numel(got) !== numel(want)) fail(`scale ${scaleEntry.name} has shape ${fmtShape(got)}, expected ${fmtShape(want)}`);
   }
   return { meta: { name, dtype: entry.dtype, shape, file: entry.file, format, logicalShape }, src, entry, scaleEntry };
+}
+
+// ---------------------------------------------------------------- writing
+
+/** One official tensor to write, in its stored form. */
+export interface TensorPlan {
+  /** official name */
+  name: string;
+  dtype: Dtype;
+  /** stored shape (FP4: [out, in/2]) */
+  shape: number[];
+  /** E8M0 scale shape for FP8 / FP4, else null */
+  scaleShape: number[] | null;
+}
+
+export interface TensorBytes {
+  data: Uint8Array;
+  scale: Uint8Array | null;
+}
+
+export interface WriteOptions {
+  /** official (default) or transformers names (stacked experts, `_scale_inv` scales) */
+  layout?: Layout;
+  /** shard size limit in bytes (default 4 GiB) */
+  maxShardBytes?: number;
+}
+
+interface Piece {
+  official: string;
+  /** expert index inside a stacked tensor (for ordering), or -1 */
+  expert: number;
+  /** 0 = w1/w2 (first rows), 1 = w3 (second rows of gate_up_proj) */
+  part: number;
+  scale: boolean;
+}
+
+/**
+ * Write the safetensors shards and index of a checkpoint into `dir` (an existing folder, e.g. the
+ * temp folder of writeDirAtomic), pulling each tensor's bytes from `produce` one at a time.
+ * Official layout: `X.weight` + `X.scale`, sorted by name like the release. Transformers layout:
+ * renamed, routed experts stacked per layer (all experts of one stacked tensor are in memory at
+ * once while it is written). Returns the shard file names.
+ */
+export async function writeCheckpointFiles(
+  dir: string,
+  plans: ReadonlyArray<TensorPlan>,
+  produce: (name: string) => Promise<TensorBytes> | TensorBytes,
+  opts: WriteOptions = {},
+): Promise<string[]> {
+  const layout = opts.layout ?? 'official';
+  const byName = new Map(plans.map((p) => [p.name, p]));
+  // on-disk tensor name -> its spec and the official pieces it is made of, in order
+  const targets = new Map<string, { spec: TensorSpec; pieces: Piece[] }>();
+  const addPiece = (tensor: string, dtype: Dtype, shape: number[], piece: Piece): void => {
+    const t = targets.get(tensor);
+    if (t) t.pieces.push(piece);
+    else targets.set(tensor, { spec: { name: tensor, dtype, shape }, pieces: [piece] });
+  };
+  for (const p of plans) {
+    if (layout === 'official') {
+      addPiece(p.name, p.dtype, p.shape, { official: p.name, expert: -1, part: 0, scale: false });
+      if (p.scaleShape) addPiece(scaleNameOf(p.name), 'F8_E8M0', p.scaleShape, { official: p.name, expert: -1, part: 0, scale: true });
+      continue;
+    }
+    const src = officialToTransformers(p.name, p.shape[0]!);
+    const stacked = src.expert !== null;
+    const part = src.rows && src.rows[0] > 0 ? 1 : 0;
+    addPiece(src.tensor, p.dtype, p.shape, { official: p.name, expert: src.expert ?? -1, part, scale: false });
+    if (p.scaleShape && src.scale) addPiece(src.scale, 'F8_E8M0', p.scaleShape, { official: p.name, expert: src.expert ?? -1, part, scale: true });
+    if (stacked && part === 1 && p.scaleShape && p.dtype === 'F8_E4M3' && p.shape[0]! % 128 !== 0) {
+      throw new InputError(`${p.name}: FP8 experts with ${p.shape[0]} rows (not a multiple of 128) cannot be stacked into gate_up_proj`);
+    }
+  }
+  // stacked tensors: order pieces by expert then part, and set the stacked shape [E, rows·parts, ...]
+  for (const t of targets.values()) {
+    if (t.pieces[0]!.expert < 0) continue;
+    t.pieces.sort((a, b) => a.expert - b.expert || a.part - b.part);
+    const experts = new Set(t.pieces.map((x) => x.expert)).size;
+    const parts = t.pieces.length / experts;
+    t.spec.shape = [experts, parts * t.spec.shape[0]!, ...t.spec.shape.slice(1)];
+  }
+  const specs = [...targets.values()].map((t) => t.spec).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const writer = new SafetensorsWriter(dir, specs, { maxShardBytes: opts.maxShardBytes });
+  // a produced tensor stays cached until both its weight and its scale piece are written
+  const cache = new Map<string, { bytes: TensorBytes; left: number }>();
+  const piece = async (x: Piece): Promise<Uint8Array> => {
+    let c = cache.get(x.official);
+    if (!c) {
+      const plan = byName.get(x.official)!;
+      c = { bytes: await produce(x.official), left: plan.scaleShape ? 2 : 1 };
+      cache.set(x.official, c);
+    }
+    const out = x.scale ? c.bytes.scale : c.bytes.data;
+    if (!out) throw new Error(`writeCheckpointFiles: ${x.official} was produced without its scale`);
+    if (--c.left === 0) cache.delete(x.official);
+    return out;
+  };
+  try {
+    for (const spec of specs) {
+      const t = targets.get(spec.name)!;
+      if (t.pieces.length === 1) writer.add(spec.name, await piece(t.pieces[0]!));
+      else {
+        const parts: Uint8Array[] = [];
+        for (const x of t.pieces) parts.push(await piece(x));
+        writer.add(spec.name, Buffer.concat(parts));
+      }
+    }
+    return writer.finish();
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
 }

@@ -1,0 +1,289 @@
+// Random but well-conditioned DeepSeek V4 checkpoints in the official layout as shipped:
+// `tiny` (every feature, fast enough for tests) and `small` (for benchmarks). The same preset,
+// seed and format give byte-identical files (seeded PRNG per tensor, no dates in files).
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeEmbeddedTokenizer } from '../data/embedded-tokenizer.js';
+import { InputError } from '../errors.js';
+import { writeDirAtomic } from '../fsutil.js';
+import { writeCheckpointFiles, type TensorBytes, type TensorPlan } from './checkpoint.js';
+import { parseConfig, type V4Config } from './config.js';
+import { f32ToBf16Bytes, f32ToBytes, FP4_GROUP, FP8_BLOCK, quantFp4, quantFp8Block } from './formats.js';
+import { expectedTensors, type ExpectedTensor } from './layout.js';
+import type { Dtype } from './safetensors.js';
+
+export type Preset = 'tiny' | 'small';
+export type InitFormat = 'fp8' | 'bf16';
+
+const COMMON = {
+  architectures: ['DeepseekV4ForCausalLM'],
+  model_type: 'deepseek_v4',
+  vocab_size: 129280,
+  num_key_value_heads: 1,
+  n_shared_experts: 1,
+  routed_scaling_factor: 1.5,
+  scoring_func: 'sqrtsoftplus',
+  topk_method: 'noaux_tc',
+  norm_topk_prob: true,
+  num_hash_layers: 1,
+  compress_rope_theta: 160000,
+  rope_theta: 10000,
+  rope_scaling: { type: 'yarn', factor: 16, original_max_position_embeddings: 65536, beta_fast: 32, beta_slow: 1 },
+  hc_mult: 4,
+  hc_sinkhorn_iters: 20,
+  hc_eps: 1e-6,
+  rms_norm_eps: 1e-6,
+  num_nextn_predict_layers: 1,
+  bos_token_id: 0,
+  eos_token_id: 1,
+  tie_word_embeddings: false,
+  hidden_act: 'silu',
+  torch_dtype: 'bfloat16',
+};
+
+/**
+ * The presets' config.json fields. tiny: a sliding-only layer, ratio-4 layers with the indexer,
+ * a ratio-128 layer, one hash layer then scored routing, MTP; hidden 64. small: hidden 512, 6
+ * layers, 16 experts, head_dim 128, for benchmarks. Both: the real vocabulary (129280) and an
+ * index_head_dim that is a multiple of 64.
+ */
+export const PRESETS: Readonly<Record<Preset, Record<string, unknown>>> = {
+  tiny: {
+    ...COMMON,
+    hidden_size: 64,
+    num_hidden_layers: 4,
+    num_attention_heads: 4,
+    head_dim: 64,
+    qk_rope_head_dim: 16,
+    q_lora_rank: 32,
+    o_groups: 2,
+    o_lora_rank: 32,
+    n_routed_experts: 8,
+    num_experts_per_tok: 2,
+    moe_intermediate_size: 32,
+    swiglu_limit: 1.5,
+    sliding_window: 16,
+    compress_ratios: [0, 4, 128, 4, 0],
+    index_n_heads: 2,
+    index_head_dim: 64,
+    index_topk: 4,
+    max_position_embeddings: 4096,
+  },
+  small: {
+    ...COMMON,
+    hidden_size: 512,
+    num_hidden_layers: 6,
+    num_attention_heads: 8,
+    head_dim: 128,
+    qk_rope_head_dim: 64,
+    q_lora_rank: 256,
+    o_groups: 4,
+    o_lora_rank: 128,
+    n_routed_experts: 16,
+    num_experts_per_tok: 4,
+    moe_intermediate_size: 256,
+    swiglu_limit: 10,
+    sliding_window: 128,
+    compress_ratios: [0, 4, 128, 4, 128, 4, 0],
+    index_n_heads: 4,
+    index_head_dim: 64,
+    index_topk: 16,
+    max_position_embeddings: 65536,
+  },
+};
+
+/** config.json of a preset in a format: fp8 (FP8 attention/shared expert, FP4 routed experts) or bf16 */
+export function presetConfigJson(preset: Preset, format: InitFormat): Record<string, unknown> {
+  const base = PRESETS[preset];
+  if (!base) throw new InputError(`--preset: unknown preset "${String(preset)}" (tiny or small)`);
+  if (format === 'bf16') return { ...base };
+  return {
+    ...base,
+    expert_dtype: 'fp4',
+    quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', scale_fmt: 'ue8m0', weight_block_size: [FP8_BLOCK, FP8_BLOCK] },
+  };
+}
+
+// ---------------------------------------------------------------- seeded random numbers
+
+// FNV-1a of a string: the per-tensor stream id
+function hashName(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
+}
+
+/** sfc32: a small fast PRNG with 128 bits of state; uniform in [0, 1) */
+export function sfc32(a: number, b: number, c: number, d: number): () => number {
+  return () => {
+    a >>>= 0; b >>>= 0; c >>>= 0; d >>>= 0;
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return (t >>> 0) / 4294967296;
+  };
+}
+
+/** the uniform stream of one tensor: depends only on (seed, name), not on the order tensors are made */
+export function tensorRng(seed: number, name: string): () => number {
+  const r = sfc32(0x9e3779b9, seed >>> 0, hashName(name), 0x243f6a88);
+  for (let i = 0; i < 12; i++) r();
+  return r;
+}
+
+// standard normals by Box-Muller
+function fillNormal(out: Float32Array, rng: () => number, mean: number, std: number): void {
+  for (let i = 0; i < out.length; i += 2) {
+    const u1 = 1 - rng();
+    const u2 = rng();
+    const r = Math.sqrt(-2 * Math.log(u1));
+    out[i] = mean + std * r * Math.cos(2 * Math.PI * u2);
+    if (i + 1 < out.length) out[i + 1] = mean + std * r * Math.sin(2 * Math.PI * u2);
+  }
+}
+
+/**
+ * The f32 values of one tensor. Scales keep a forward pass well-conditioned (as in the reference
+ * fixture): linear weights N(0, 1/fan_in), embeddings N(0, 1), norms 1 ± small, mHC fn
+ * N(0, 1/(hc·d)) with base N(0, 0.5²) and scale in [0.5, 0.8], sinks N(0, 0.3²), ape N(0, 0.5²),
+ * router bias N(0, 0.15²).
+ */
+export function initValues(t: ExpectedTensor, seed: number): Float32Array {
+  const rng = tensorRng(seed, t.name);
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const out = new Float32Array(n);
+  const name = t.name;
+  const last = name.slice(name.lastIndexOf('.') + 1);
+  if (name.endsWith('_scale')) {
+    for (let i = 0; i < n; i++) out[i] = 0.5 + 0.3 * rng();
+  } else if (name.endsWith('_base')) {
+    fillNormal(out, rng, 0, 0.5);
+  } else if (name.endsWith('_fn')) {
+    fillNormal(out, rng, 0, 1 / Math.sqrt(t.shape[1]!));
+  } else if (name.endsWith('norm.weight')) {
+    fillNormal(out, rng, 1, 0.05);
+  } else if (last === 'attn_sink') {
+    fillNormal(out, rng, 0, 0.3);
+  } else if (last === 'ape') {
+    fillNormal(out, rng, 0, 0.5);
+  } else if (last === 'bias') {
+    fillNormal(out, rng, 0, 0.15);
+  } else if (name === 'embed.weight') {
+    fillNormal(out, rng, 0, 1);
+  } else {
+    fillNormal(out, rng, 0, 1 / Math.sqrt(t.shape[t.shape.length - 1]!));
+  }
+  return out;
+}
+
+/** tid2eid: for each token, num_experts_per_tok distinct experts (as I64 bytes) */
+function initTid2eid(t: ExpectedTensor, experts: number, seed: number): Uint8Array {
+  const rng = tensorRng(seed, t.name);
+  const [vocab, k] = t.shape as [number, number];
+  const out = new BigInt64Array(vocab * k);
+  const perm = new Int32Array(experts);
+  for (let v = 0; v < vocab; v++) {
+    for (let e = 0; e < experts; e++) perm[e] = e;
+    for (let j = 0; j < k; j++) {
+      const r = j + Math.floor(rng() * (experts - j));
+      const tmp = perm[j]!;
+      perm[j] = perm[r]!;
+      perm[r] = tmp;
+      out[v * k + j] = BigInt(perm[j]!);
+    }
+  }
+  return new Uint8Array(out.buffer);
+}
+
+// ---------------------------------------------------------------- stored forms
+
+/** the stored dtype/shape of an expected tensor in a format */
+export function storedPlan(t: ExpectedTensor, format: InitFormat): TensorPlan {
+  const [rows, cols] = [t.shape[0]!, t.shape[t.shape.length - 1]!];
+  const kind = format === 'bf16' && (t.kind === 'fp8' || t.kind === 'fp4') ? 'bf16' : t.kind;
+  switch (kind) {
+    case 'fp8':
+      return { name: t.name, dtype: 'F8_E4M3', shape: t.shape, scaleShape: [Math.ceil(rows / FP8_BLOCK), Math.ceil(cols / FP8_BLOCK)] };
+    case 'fp4':
+      return { name: t.name, dtype: 'I8', shape: [rows, cols / 2], scaleShape: [rows, cols / FP4_GROUP] };
+    case 'bf16':
+      return { name: t.name, dtype: 'BF16', shape: t.shape, scaleShape: null };
+    case 'f32':
+      return { name: t.name, dtype: 'F32', shape: t.shape, scaleShape: null };
+    case 'i64':
+      return { name: t.name, dtype: 'I64' as Dtype, shape: t.shape, scaleShape: null };
+  }
+}
+
+/** the stored bytes of one tensor of a random checkpoint */
+export function initTensorBytes(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number): TensorBytes {
+  if (plan.dtype === 'I64') return { data: initTid2eid(t, c.n_routed_experts, seed), scale: null };
+  const x = initValues(t, seed);
+  const [rows, cols] = [t.shape[0]!, t.shape[t.shape.length - 1]!];
+  switch (plan.dtype) {
+    case 'F8_E4M3': {
+      const q = quantFp8Block(x, rows, cols);
+      return { data: q.weight, scale: q.scale };
+    }
+    case 'I8': {
+      const q = quantFp4(x, rows, cols);
+      return { data: q.weight, scale: q.scale };
+    }
+    case 'BF16':
+      return { data: f32ToBf16Bytes(x), scale: null };
+    default:
+      return { data: f32ToBytes(x), scale: null };
+  }
+}
+
+export interface InitOptions {
+  preset: Preset;
+  out: string;
+  seed?: number;
+  format?: InitFormat;
+  /** shard size limit (default: 16 MiB for tiny, 256 MiB for small), so the output is sharded like a release */
+  maxShardBytes?: number;
+  /** write tokenizer.json + tokenizer_config.json (default true) */
+  tokenizer?: boolean;
+  onTensor?: (done: number, total: number) => void;
+}
+
+export interface InitSummary {
+  out: string;
+  preset: Preset;
+  format: InitFormat;
+  seed: number;
+  tensors: number;
+  shards: string[];
+}
+
+/** Write a random V4 checkpoint folder atomically (config.json, shards + index, tokenizer files). */
+export async function initModel(opts: InitOptions): Promise<InitSummary> {
+  const format = opts.format ?? 'fp8';
+  if (format !== 'fp8' && format !== 'bf16') throw new InputError(`--format: must be fp8 or bf16 (got "${String(format)}")`);
+  const seed = opts.seed ?? 0;
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new InputError(`--seed: must be an integer in 0..4294967295 (got ${seed})`);
+  const cfgJson = presetConfigJson(opts.preset, format);
+  const config = parseConfig(cfgJson, `preset ${opts.preset}`);
+  const expected = expectedTensors(config);
+  const byName = new Map(expected.map((t) => [t.name, t]));
+  const plans = expected.map((t) => storedPlan(t, format));
+  const planByName = new Map(plans.map((p) => [p.name, p]));
+  const maxShardBytes = opts.maxShardBytes ?? (opts.preset === 'tiny' ? 16 : 256) * 1024 * 1024;
+  let done = 0;
+  const shards = await writeDirAtomic(opts.out, async (tmp) => {
+    writeFileSync(join(tmp, 'config.json'), `${JSON.stringify(cfgJson, null, 2)}\n`);
+    if (opts.tokenizer ?? true) writeEmbeddedTokenizer(tmp);
+    return writeCheckpointFiles(tmp, plans, (name) => {
+      opts.onTensor?.(++done, plans.length);
+      return initTensorBytes(byName.get(name)!, planByName.get(name)!, config, seed);
+    }, { maxShardBytes });
+  });
+  return { out: opts.out, preset: opts.preset, format, seed, tensors: plans.length, shards };
+}
