@@ -1,0 +1,235 @@
+// Tokenizers behind one interface: HF tokenizer.json (byte-level BPE and friends, through
+// @huggingface/tokenizers) and SentencePiece .model files (through sentencepiece-js, with the
+// model's protobuf read here for its vocabulary and bos/eos ids).
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, dirname, extname, join } from 'node:path';
+import { createRequire } from 'node:module';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { InputError } from '../errors.js';
+
+export type TokenizerKind = 'hf' | 'sentencepiece';
+
+export interface TokenizerIdentity {
+  kind: TokenizerKind;
+  /** sha256 of the tokenizer file's bytes. */
+  hash: string;
+}
+
+export interface TextTokenizer {
+  /** Token ids of `text`, no bos/eos added (special-token text in `text` maps to its id). */
+  encode(text: string): number[];
+  /** Text of `ids`, special tokens included. */
+  decode(ids: ArrayLike<number>): string;
+  /** One more than the largest id the tokenizer can produce. */
+  vocabSize: number;
+  bosId: number;
+  eosId: number;
+  /** Id of a token given by its text, or undefined when the vocabulary lacks it. */
+  tokenToId(token: string): number | undefined;
+  identity: TokenizerIdentity;
+}
+
+const BOS_NAMES = ['<｜begin▁of▁sentence｜>', '<s>', '<|begin_of_text|>', '<bos>', '<|startoftext|>'];
+const EOS_NAMES = ['<｜end▁of▁sentence｜>', '</s>', '<|end_of_text|>', '<eos>', '<|endoftext|>'];
+
+/** The tokenizer kind of a file, from its extension or, failing that, its first byte. */
+export function tokenizerKindOf(path: string, bytes: Uint8Array): TokenizerKind {
+  const ext = extname(path).toLowerCase();
+  if (ext === '.json') return 'hf';
+  if (ext === '.model') return 'sentencepiece';
+  let i = 0;
+  while (i < bytes.length && (bytes[i] === 0x20 || bytes[i] === 0x0a || bytes[i] === 0x0d || bytes[i] === 0x09)) i++;
+  return bytes[i] === 0x7b ? 'hf' : 'sentencepiece';
+}
+
+export function sha256Hex(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** Load a tokenizer file; anything that is not a tokenizer is an InputError naming the file. */
+export async function loadTokenizer(path: string): Promise<TextTokenizer> {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    throw new InputError(`${path}: cannot read the tokenizer (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  const kind = tokenizerKindOf(path, bytes);
+  const identity: TokenizerIdentity = { kind, hash: sha256Hex(bytes) };
+  return kind === 'hf' ? hfTokenizer(path, bytes, identity) : await sentencePieceTokenizer(path, bytes, identity);
+}
+
+interface HfJson {
+  model?: { vocab?: unknown };
+  added_tokens?: { id: number; content: string }[];
+}
+
+function specialName(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return undefined;
+}
+
+function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): TextTokenizer {
+  let json: HfJson;
+  try {
+    json = JSON.parse(bytes.toString('utf8')) as HfJson;
+  } catch (e) {
+    throw new InputError(`${path}: not a tokenizer (not valid JSON: ${(e as Error).message})`);
+  }
+  if (!json || typeof json !== 'object' || !json.model || typeof json.model !== 'object' || !json.model.vocab || typeof json.model.vocab !== 'object') {
+    throw new InputError(`${path}: not a tokenizer (a tokenizer.json has a "model" with a "vocab")`);
+  }
+  const configPath = join(dirname(path), 'tokenizer_config.json');
+  let config: Record<string, unknown> = {};
+  if (basename(path) === 'tokenizer.json' && existsSync(configPath)) {
+    try { config = JSON.parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>; } catch {
+      throw new InputError(`${configPath}: not valid JSON`);
+    }
+  }
+  let tok: HfTokenizer;
+  try {
+    tok = new HfTokenizer(json, config);
+  } catch (e) {
+    throw new InputError(`${path}: not a tokenizer (${(e as Error).message})`);
+  }
+  const vocab = tok.get_vocab(true);
+  let maxId = -1;
+  for (const id of vocab.values()) if (id > maxId) maxId = id;
+  for (const t of json.added_tokens ?? []) if (t.id > maxId) maxId = t.id;
+  const tokenToId = (s: string): number | undefined => tok.token_to_id(s);
+  const findSpecial = (key: string, names: string[]): number => {
+    const named = specialName(config[key]);
+    for (const n of named ? [named, ...names] : names) {
+      const id = tokenToId(n);
+      if (id !== undefined) return id;
+    }
+    throw new InputError(`${path}: the tokenizer has no ${key.replace('_token', '')} token (looked for ${(named ? [named, ...names] : names).join(', ')})`);
+  };
+  const bosId = findSpecial('bos_token', BOS_NAMES);
+  const eosId = findSpecial('eos_token', EOS_NAMES);
+  return {
+    encode: (text) => (text.length === 0 ? [] : tok.encode(text, { add_special_tokens: false }).ids),
+    decode: (ids) => tok.decode(Array.from(ids), { skip_special_tokens: false, clean_up_tokenization_spaces: false }),
+    vocabSize: maxId + 1,
+    bosId,
+    eosId,
+    tokenToId,
+    identity,
+  };
+}
+
+// --- SentencePiece -----------------------------------------------------------------------------
+
+interface SpProcessor {
+  load(path: string): Promise<void>;
+  encodeIds(text: string): number[];
+  decodeIds(ids: number[]): string;
+}
+
+interface SpModelInfo {
+  pieces: string[];
+  bosId: number;
+  eosId: number;
+}
+
+/** Read a protobuf varint at `pos`; returns [value, next position]. */
+function readVarint(b: Uint8Array, pos: number): [number, number] {
+  let v = 0;
+  let mul = 1;
+  for (let k = 0; k < 10; k++) {
+    if (pos >= b.length) throw new Error('truncated varint');
+    const c = b[pos++]!;
+    v += (c & 0x7f) * mul;
+    if ((c & 0x80) === 0) return [v, pos];
+    mul *= 128;
+  }
+  throw new Error('varint too long');
+}
+
+/** Walk the fields of one protobuf message: calls `onField(field, wireType, value | [start, end])`. */
+function readFields(b: Uint8Array, start: number, end: number, onField: (field: number, wire: number, v: number, s: number, e: number) => void): void {
+  let pos = start;
+  while (pos < end) {
+    const [key, p1] = readVarint(b, pos);
+    const field = Math.floor(key / 8);
+    const wire = key & 7;
+    if (field === 0) throw new Error('field number 0');
+    pos = p1;
+    if (wire === 0) { const [v, p2] = readVarint(b, pos); onField(field, wire, v, 0, 0); pos = p2; }
+    else if (wire === 1) { pos += 8; }
+    else if (wire === 5) { pos += 4; }
+    else if (wire === 2) {
+      const [len, p2] = readVarint(b, pos);
+      if (p2 + len > end) throw new Error('length past the end');
+      onField(field, wire, 0, p2, p2 + len);
+      pos = p2 + len;
+    } else throw new Error(`wire type ${wire}`);
+    if (pos > end) throw new Error('field past the end');
+  }
+}
+
+/** A signed int32 from a varint read as an unsigned number (negative ids are 10-byte varints). */
+function int32(v: number): number {
+  return v >= 2 ** 63 ? -1 : v > 0x7fffffff ? v - 2 ** 64 : v;
+}
+
+/** The parts of a SentencePiece ModelProto v4tune needs: pieces (field 1) and trainer ids (field 2). */
+export function parseSentencePieceModel(b: Uint8Array): SpModelInfo {
+  const pieces: string[] = [];
+  let bosId = 1;
+  let eosId = 2;
+  const dec = new TextDecoder('utf-8', { fatal: true });
+  readFields(b, 0, b.length, (field, wire, _v, s, e) => {
+    if (field === 1 && wire === 2) {
+      let piece: string | undefined;
+      readFields(b, s, e, (f, w, _pv, ps, pe) => {
+        if (f === 1 && w === 2) piece = dec.decode(b.subarray(ps, pe));
+      });
+      if (piece === undefined) throw new Error('a piece without text');
+      pieces.push(piece);
+    } else if (field === 2 && wire === 2) {
+      readFields(b, s, e, (f, w, v) => {
+        if (w !== 0) return;
+        if (f === 41) bosId = int32(v);
+        else if (f === 42) eosId = int32(v);
+      });
+    }
+  });
+  if (pieces.length === 0) throw new Error('no pieces');
+  return { pieces, bosId, eosId };
+}
+
+const require = createRequire(import.meta.url);
+
+async function sentencePieceTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): Promise<TextTokenizer> {
+  let info: SpModelInfo;
+  try {
+    info = parseSentencePieceModel(bytes);
+  } catch (e) {
+    throw new InputError(`${path}: not a tokenizer (not a SentencePiece model: ${(e as Error).message})`);
+  }
+  const n = info.pieces.length;
+  if (info.bosId < 0 || info.bosId >= n) throw new InputError(`${path}: the SentencePiece model has no bos token (bos_id ${info.bosId})`);
+  if (info.eosId < 0 || info.eosId >= n) throw new InputError(`${path}: the SentencePiece model has no eos token (eos_id ${info.eosId})`);
+  const { SentencePieceProcessor } = require('sentencepiece-js') as { SentencePieceProcessor: new () => SpProcessor };
+  const sp = new SentencePieceProcessor();
+  try {
+    await sp.load(path);
+    sp.encodeIds('a');
+  } catch (e) {
+    throw new InputError(`${path}: not a tokenizer (sentencepiece could not load it: ${(e as Error).message})`);
+  }
+  const byPiece = new Map<string, number>();
+  info.pieces.forEach((p, i) => { if (!byPiece.has(p)) byPiece.set(p, i); });
+  return {
+    encode: (text) => (text.length === 0 ? [] : sp.encodeIds(text)),
+    decode: (ids) => sp.decodeIds(Array.from(ids)),
+    vocabSize: n,
+    bosId: info.bosId,
+    eosId: info.eosId,
+    tokenToId: (s) => byPiece.get(s),
+    identity,
+  };
+}
