@@ -1,0 +1,43 @@
+// Backend selection: `auto` = native when its addon is built, else tfjs (saying which, once).
+import { V4tuneError } from '../errors.js';
+import type { Backend, BackendName } from './ops.js';
+import { createTfjsBackend } from './tfjs/index.js';
+
+/** What src/backend/native/index.ts exports (the native engineer's module). */
+interface NativeModule {
+  createNativeBackend(): Promise<Backend>;
+}
+
+let noted = false;
+
+async function tryNative(): Promise<{ backend: Backend | null; reason: string }> {
+  try {
+    const spec = new URL('./native/index.js', import.meta.url).href;
+    const mod = (await import(/* @vite-ignore */ spec)) as NativeModule;
+    return { backend: await mod.createNativeBackend(), reason: '' };
+  } catch (e) {
+    const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
+    return { backend: null, reason: msg };
+  }
+}
+
+/**
+ * The backend for `name`. `auto` tries native, then tfjs, and reports its choice once per process
+ * through `note` (default: stderr).
+ */
+export async function createBackend(name: BackendName = 'auto', note: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): Promise<Backend> {
+  if (name === 'tfjs') return createTfjsBackend();
+  const native = await tryNative();
+  if (native.backend) {
+    if (name === 'auto' && !noted) note(`v4tune: backend ${native.backend.name}`);
+    noted = true;
+    return native.backend;
+  }
+  if (name === 'native') throw new V4tuneError(`backend native is not available: ${native.reason}`);
+  const be = await createTfjsBackend();
+  if (!noted) note(`v4tune: backend ${be.name} (the native addon is not built)`);
+  noted = true;
+  return be;
+}
+
+export type { Backend, BackendName } from './ops.js';

@@ -1,0 +1,85 @@
+// Attention: one shared KV head over a sliding window plus compressed memory, with a sink.
+//   qr = q_norm(wq_a·x); q = RoPE(rms(wq_b·qr) per head)        [T, H, hd]
+//   kv = RoPE(kv_norm(wkv·x))                                     [T, hd] (key = value)
+//   keys of query t: raw kv at t−window+1 … t, and compressed entries i < (t+1) div m
+//     (ratio 4: only the indexer's top-k of those); all inside t's segment
+//   o = Σ softmax(q·k·hd^−½ ∪ sink)·kv; o ← RoPE⁻¹(o) at t
+//   out = wo_b·(wo_a per group of heads)(o)
+import type { F32, I32, RopeTable } from '../../backend/ops.js';
+import type { V4Config } from '../config.js';
+import { compress } from './compressor.js';
+import type { Graph } from './graph.js';
+import { indexerSelect } from './indexer.js';
+import type { Seq } from './seq.js';
+import type { AttentionWeights } from './weights.js';
+
+/**
+ * The key rows of every query: [T, K] indices into [kv rows (T) ; compressed entries], −1 padded.
+ * Window keys first, then compressed ones (`sel`: the indexer's choice [T, Ks] of entry indices,
+ * or null for every visible entry).
+ */
+export function attentionIndex(
+  seq: Seq, window: number, m: number, segEntryStart: Int32Array, sel: { idx: I32; K: number } | null,
+): { idx: I32; K: number } {
+  const T = seq.T;
+  const Kw = Math.min(window, seq.maxLen);
+  let Kc = 0;
+  if (m > 0) Kc = sel ? sel.K : Math.floor(seq.maxLen / m);
+  const K = Kw + Kc;
+  const idx = new Int32Array(T * K).fill(-1);
+  for (let t = 0; t < T; t++) {
+    const p = seq.pos[t];
+    const row = idx.subarray(t * K, (t + 1) * K);
+    const first = Math.max(0, p - window + 1);
+    for (let j = 0; j <= p - first; j++) row[j] = t - p + first + j;
+    if (m === 0) continue;
+    if (sel) {
+      for (let j = 0; j < Kc; j++) {
+        const e = sel.idx[t * Kc + j];
+        row[Kw + j] = e < 0 ? -1 : T + e;
+      }
+    } else {
+      const visible = Math.floor((p + 1) / m);
+      const e0 = segEntryStart[seq.segOf[t]];
+      for (let j = 0; j < visible; j++) row[Kw + j] = T + e0 + j;
+    }
+  }
+  return { idx, K };
+}
+
+/** The attention sublayer of block `prefix` on its normed input x [T, d] → [T, d]. */
+export async function attention(
+  g: Graph, A: AttentionWeights, prefix: string, x: F32, seq: Seq, c: V4Config, ratio: number, table: RopeTable,
+): Promise<F32> {
+  const T = seq.T;
+  const d = c.hidden_size;
+  const H = c.num_attention_heads;
+  const hd = c.head_dim;
+  const eps = c.rms_norm_eps;
+  const mod = `${prefix}.attn`;
+  const qr = await g.rmsnorm(await g.linear(x, A.wq_a, `${mod}.wq_a`, T, d, c.q_lora_rank), A.q_norm, T, c.q_lora_rank, eps);
+  const q0 = await g.linear(qr, A.wq_b, `${mod}.wq_b`, T, c.q_lora_rank, H * hd);
+  const q = await g.rope(await g.rmsnorm(q0, null, T * H, hd, eps), seq.pos, table, T, H, hd, false);
+  const kvRaw = await g.rmsnorm(await g.linear(x, A.wkv, `${mod}.wkv`, T, d, hd), A.kv_norm, T, hd, eps);
+  const kv = await g.rope(kvRaw, seq.pos, table, T, 1, hd, false);
+
+  let keys = kv;
+  let rows = T;
+  let segEntryStart: Int32Array = new Int32Array(seq.segs.length);
+  let sel: { idx: I32; K: number } | null = null;
+  if (ratio > 0 && A.compressor) {
+    const comp = await compress(g, A.compressor, `${mod}.compressor`, x, seq, c, ratio, hd, table);
+    segEntryStart = comp.segEntryStart;
+    if (comp.M > 0) {
+      keys = g.concat([kv, comp.ent]);
+      rows = T + comp.M;
+    }
+    if (A.indexer) sel = await indexerSelect(g, A.indexer, x, qr, seq, c, ratio, table);
+  }
+  const { idx, K } = attentionIndex(seq, c.sliding_window, ratio, segEntryStart, sel);
+  const o = await g.attention(q, keys, A.attn_sink, idx, T, H, hd, rows, K, Math.pow(hd, -0.5));
+  const oc = await g.rope(o, seq.pos, table, T, H, hd, true);
+  const G = c.o_groups;
+  const oa = await g.groupedLinear(oc, A.wo_a, `${mod}.wo_a`, T, G, (H * hd) / G, c.o_lora_rank);
+  return g.linear(oa, A.wo_b, `${mod}.wo_b`, T, G * c.o_lora_rank, d);
+}

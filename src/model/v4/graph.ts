@@ -1,0 +1,208 @@
+// The graph context of one forward: the backend, the tape (null when no gradient is wanted), the
+// adapter, and the LoRA gradients that the backward accumulates. Each method runs one op of
+// src/backend/ops.ts and records its backward on the tape.
+import type {
+  Backend, ExpertLora, ExpertLoraGrads, ExpertWeights, F32, I32, LoraFactors, LoraGrads, RopeTable, WeightHandle,
+} from '../../backend/ops.js';
+import { Tape } from '../../backend/tape.js';
+
+/** What the graph needs of an adapter: the LoRA factors of an official module name, if any. */
+export interface AdapterView {
+  factors(module: string): LoraFactors | undefined;
+}
+
+function addInto(acc: Map<string, LoraGrads>, module: string, g: LoraGrads): void {
+  const have = acc.get(module);
+  if (!have) {
+    acc.set(module, { dA: g.dA.slice(), dB: g.dB.slice() });
+    return;
+  }
+  for (let i = 0; i < g.dA.length; i++) have.dA[i] += g.dA[i];
+  for (let i = 0; i < g.dB.length; i++) have.dB[i] += g.dB[i];
+}
+
+export class Graph {
+  /** module name → accumulated gradients of its LoRA factors */
+  readonly loraGrads = new Map<string, LoraGrads>();
+
+  constructor(readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null) {}
+
+  /** The same backend and adapter with nothing recorded (the indexer's discrete path). */
+  untaped(): Graph {
+    return new Graph(this.be, null, this.adapter);
+  }
+
+  lora(module: string | null): LoraFactors | null {
+    return module && this.adapter ? this.adapter.factors(module) ?? null : null;
+  }
+
+  private expertLora(module: string): ExpertLora {
+    const out: { w1?: LoraFactors; w2?: LoraFactors; w3?: LoraFactors } = {};
+    for (const p of ['w1', 'w2', 'w3'] as const) {
+      const f = this.lora(`${module}.${p}`);
+      if (f) out[p] = f;
+    }
+    return out;
+  }
+
+  private addExpertGrads(module: string, g: ExpertLoraGrads): void {
+    for (const p of ['w1', 'w2', 'w3'] as const) {
+      const gp = g[p];
+      if (gp) addInto(this.loraGrads, `${module}.${p}`, gp);
+    }
+  }
+
+  async embedding(W: WeightHandle, ids: I32, N: number, d: number): Promise<F32> {
+    return this.be.embedding(W, ids, N, d);
+  }
+
+  async rmsnorm(x: F32, w: WeightHandle | null, N: number, C: number, eps: number): Promise<F32> {
+    const { y, saved } = await this.be.rmsnormForward(x, w, N, C, eps);
+    this.tape?.record([x], [y], async ([dy]) => [(await this.be.rmsnormBackward(saved, dy)).dx]);
+    return y;
+  }
+
+  /** y = x Wᵀ (+ LoRA of `module` when the adapter has one). */
+  async linear(x: F32, W: WeightHandle, module: string | null, N: number, inF: number, outF: number): Promise<F32> {
+    const lora = this.lora(module);
+    const { y, saved } = await this.be.linearForward(x, W, lora, N, inF, outF);
+    this.tape?.record([x], [y], async ([dy]) => {
+      const r = await this.be.linearBackward(saved, dy);
+      if (r.lora && module) addInto(this.loraGrads, module, r.lora);
+      return [r.dx];
+    });
+    return y;
+  }
+
+  async groupedLinear(x: F32, W: WeightHandle, module: string | null, N: number, G: number, inG: number, outG: number): Promise<F32> {
+    const lora = this.lora(module);
+    const { y, saved } = await this.be.groupedLinearForward(x, W, lora, N, G, inG, outG);
+    this.tape?.record([x], [y], async ([dy]) => {
+      const r = await this.be.groupedLinearBackward(saved, dy);
+      if (r.lora && module) addInto(this.loraGrads, module, r.lora);
+      return [r.dx];
+    });
+    return y;
+  }
+
+  async mhcPre(
+    X: F32, fn: WeightHandle, scale: WeightHandle, base: WeightHandle,
+    N: number, hc: number, d: number, iters: number, hcEps: number, normEps: number,
+  ): Promise<{ y: F32; post: F32; comb: F32 }> {
+    const { y, post, comb, saved } = await this.be.mhcPreForward(X, fn, scale, base, N, hc, d, iters, hcEps, normEps);
+    this.tape?.record([X], [y, post, comb], async ([dy, dp, dc]) => [(await this.be.mhcPreBackward(saved, dy, dp, dc)).dX]);
+    return { y, post, comb };
+  }
+
+  async mhcPost(f: F32, res: F32, post: F32, comb: F32, N: number, hc: number, d: number): Promise<F32> {
+    const { out, saved } = await this.be.mhcPostForward(f, res, post, comb, N, hc, d);
+    this.tape?.record([f, res, post, comb], [out], async ([dout]) => {
+      const r = await this.be.mhcPostBackward(saved, dout);
+      return [r.df, r.dres, r.dpost, r.dcomb];
+    });
+    return out;
+  }
+
+  async hcHead(X: F32, fn: WeightHandle, scale: WeightHandle, base: WeightHandle, N: number, hc: number, d: number, hcEps: number, normEps: number): Promise<F32> {
+    const { y, saved } = await this.be.hcHeadForward(X, fn, scale, base, N, hc, d, hcEps, normEps);
+    this.tape?.record([X], [y], async ([dy]) => [(await this.be.hcHeadBackward(saved, dy)).dX]);
+    return y;
+  }
+
+  async rope(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<F32> {
+    const { y, saved } = await this.be.ropeForward(x, pos, table, N, nh, hd, inverse);
+    this.tape?.record([x], [y], async ([dy]) => [(await this.be.ropeBackward(saved, dy)).dx]);
+    return y;
+  }
+
+  async compressor(a: F32, z: F32, ape: WeightHandle, segs: I32, N: number, m: number, hd: number, overlap: boolean): Promise<F32> {
+    const { out, saved } = await this.be.compressorForward(a, z, ape, segs, N, m, hd, overlap);
+    this.tape?.record([a, z], [out], async ([dout]) => {
+      const r = await this.be.compressorBackward(saved, dout);
+      return [r.da, r.dz];
+    });
+    return out;
+  }
+
+  async attention(q: F32, kv: F32, sink: WeightHandle, idx: I32, N: number, H: number, D: number, M: number, K: number, scale: number): Promise<F32> {
+    const { o, saved } = await this.be.attentionForward(q, kv, sink, idx, N, H, D, M, K, scale);
+    this.tape?.record([q, kv], [o], async ([dout]) => {
+      const r = await this.be.attentionBackward(saved, dout);
+      return [r.dq, r.dkv];
+    });
+    return o;
+  }
+
+  async router(x: F32, W: WeightHandle, bias: WeightHandle | null, hashIdx: I32 | null, N: number, d: number, E: number, k: number, routeScale: number): Promise<{ weights: F32; idx: I32 }> {
+    const { weights, idx, saved } = await this.be.routerForward(x, W, bias, hashIdx, N, d, E, k, routeScale);
+    this.tape?.record([x], [weights], async ([dw]) => [(await this.be.routerBackward(saved, dw)).dx]);
+    return { weights, idx };
+  }
+
+  /** Routed experts of `module` (e.g. `layers.3.ffn.experts`): LoRA per expert `module.E.wN`. */
+  async moe(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], module: string, N: number, d: number, I: number, k: number, limit: number): Promise<F32> {
+    const lora = experts.map((_, e) => this.expertLora(`${module}.${e}`));
+    const { y, saved } = await this.be.moeForward(x, idx, weights, experts, lora, N, d, I, k, limit);
+    this.tape?.record([x, weights], [y], async ([dy]) => {
+      const r = await this.be.moeBackward(saved, dy);
+      r.lora.forEach((g, e) => this.addExpertGrads(`${module}.${e}`, g));
+      return [r.dx, r.dweights];
+    });
+    return y;
+  }
+
+  /** One SwiGLU expert (the shared expert, `module` e.g. `layers.3.ffn.shared_experts`). */
+  async swiglu(x: F32, w: ExpertWeights, module: string, N: number, d: number, I: number, limit: number): Promise<F32> {
+    const lora = this.expertLora(module);
+    const { y, saved } = await this.be.swigluForward(x, w, lora, N, d, I, limit);
+    this.tape?.record([x], [y], async ([dy]) => {
+      const r = await this.be.swigluBackward(saved, dy);
+      this.addExpertGrads(module, r.lora);
+      return [r.dx];
+    });
+    return y;
+  }
+
+  // ---- host ops: element-wise sums and row concatenation
+
+  /** a + b (same length). */
+  add(a: F32, b: F32): F32 {
+    const y = new Float32Array(a.length);
+    for (let i = 0; i < a.length; i++) y[i] = a[i] + b[i];
+    this.tape?.record([a, b], [y], async ([dy]) => [dy, dy.slice()]);
+    return y;
+  }
+
+  /** Rows of the parts one after the other (all with the same row width). */
+  concat(parts: F32[]): F32 {
+    let n = 0;
+    for (const p of parts) n += p.length;
+    const y = new Float32Array(n);
+    let o = 0;
+    for (const p of parts) {
+      y.set(p, o);
+      o += p.length;
+    }
+    this.tape?.record(parts, [y], async ([dy]) => {
+      let off = 0;
+      return parts.map((p) => {
+        const g = dy.slice(off, off + p.length);
+        off += p.length;
+        return g;
+      });
+    });
+    return y;
+  }
+
+  /** x [N, d] repeated into hc streams: [N, hc, d]. */
+  repeatStreams(x: F32, N: number, hc: number, d: number): F32 {
+    const y = new Float32Array(N * hc * d);
+    for (let n = 0; n < N; n++) for (let h = 0; h < hc; h++) y.set(x.subarray(n * d, (n + 1) * d), (n * hc + h) * d);
+    this.tape?.record([x], [y], async ([dy]) => {
+      const dx = new Float32Array(N * d);
+      for (let n = 0; n < N; n++) for (let h = 0; h < hc; h++) for (let c = 0; c < d; c++) dx[n * d + c] += dy[(n * hc + h) * d + c];
+      return [dx];
+    });
+    return y;
+  }
+}

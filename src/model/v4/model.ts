@@ -1,0 +1,158 @@
+// The DeepSeek V4 model on a backend: embed → hc streams → blocks → hc_head → norm → head.
+// `logits` runs the graph untaped; `lossAndGrads` records it on a tape and replays it backward
+// for the LoRA gradients. Packed rows: every segment behaves as if run alone.
+import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
+import { Tape } from '../../backend/tape.js';
+import { InputError } from '../../errors.js';
+import type { V4Config } from '../config.js';
+import { block } from './block.js';
+import { Graph, type AdapterView } from './graph.js';
+import { hcHead } from './mhc.js';
+import { mtpHidden } from './mtp.js';
+import { ropeParamsFor, ropeTable } from './rope.js';
+import { makeSeq, nextTokenTargets, type Seq } from './seq.js';
+import { loadWeights, type ModelSource, type V4Weights } from './weights.js';
+
+/** An adapter as the model applies it: module name → LoRA factors, and the list of modules. */
+export interface ModelAdapter extends AdapterView {
+  modules(): Iterable<string>;
+}
+
+export interface ForwardOptions {
+  /** segment lengths of a packed row (Σ = ids.length); default one segment */
+  segments?: ArrayLike<number> | null;
+  adapter?: ModelAdapter | null;
+}
+
+export interface LossResult {
+  /** mean loss over counted positions */
+  loss: number;
+  /** Σ of the counted positions' losses */
+  lossSum: number;
+  /** counted positions */
+  count: number;
+}
+
+export interface LossAndGrads extends LossResult {
+  /** PEFT key (`base_model.model.<module>.lora_A.weight` / `.lora_B.weight`) → gradient */
+  grads: Map<string, Float32Array>;
+}
+
+export const peftKey = (module: string, which: 'A' | 'B'): string => `base_model.model.${module}.lora_${which}.weight`;
+
+export class V4Model {
+  private readonly tables = new Map<string, RopeTable>();
+
+  private constructor(readonly config: V4Config, readonly backend: Backend, readonly weights: V4Weights) {}
+
+  /** Prepare every base weight of `src` on `backend`. */
+  static async load(src: ModelSource, backend: Backend): Promise<V4Model> {
+    return new V4Model(src.config, backend, await loadWeights(backend, src));
+  }
+
+  /** Logits [T, vocab] row-major. */
+  async logits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
+    const seq = makeSeq(ids, opts.segments);
+    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const hn = await this.hidden(g, seq);
+    const c = this.config;
+    return this.backend.logits(hn, this.weights.head, seq.T, c.hidden_size, c.vocab_size);
+  }
+
+  /** The next-token loss (design.md convention) without gradients; vocab in chunks. */
+  async loss(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions = {}): Promise<LossResult> {
+    const seq = makeSeq(ids, opts.segments);
+    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const hn = await this.hidden(g, seq);
+    const c = this.config;
+    const { lossSum, count } = await this.backend.lmHeadLossForward(hn, this.weights.head, nextTokenTargets(seq, lossMask), seq.T, c.hidden_size, c.vocab_size);
+    return { loss: count ? lossSum / count : NaN, lossSum, count };
+  }
+
+  /**
+   * Loss and the gradient of the loss for every LoRA tensor of the adapter (zeros where no
+   * gradient reached it). Position t predicting t+1 counts iff lossMask[t+1] = 1 and t, t+1 share
+   * a segment; the loss is the mean over counted positions.
+   */
+  async lossAndGrads(ids: Int32Array, lossMask: Uint8Array, opts: ForwardOptions & { adapter: ModelAdapter }): Promise<LossAndGrads> {
+    const seq = makeSeq(ids, opts.segments);
+    const tape = new Tape();
+    const g = new Graph(this.backend, tape, opts.adapter);
+    const hn = await this.hidden(g, seq);
+    const c = this.config;
+    const targets = nextTokenTargets(seq, lossMask);
+    const { lossSum, count, saved } = await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size);
+    if (count === 0) throw new InputError('lossMask: no position counts (every target is masked or crosses a segment)');
+    const { dx } = await this.backend.lmHeadLossBackward(saved, 1 / count);
+    await tape.backward([[hn, dx]]);
+    const grads = new Map<string, Float32Array>();
+    for (const module of opts.adapter.modules()) {
+      const f = opts.adapter.factors(module) as LoraFactors;
+      const gr = g.loraGrads.get(module);
+      grads.set(peftKey(module, 'A'), gr ? gr.dA : new Float32Array(f.A.length));
+      grads.set(peftKey(module, 'B'), gr ? gr.dB : new Float32Array(f.B.length));
+    }
+    return { loss: lossSum / count, lossSum, count, grads };
+  }
+
+  /**
+   * MTP logits: row i pairs token t = rows[i] (hidden state) with token t+1 (embedding) and
+   * predicts token t+2; pairs never cross a segment. [rows.length, vocab].
+   */
+  async mtpLogits(ids: Int32Array, opts: ForwardOptions = {}): Promise<{ logits: Float32Array; rows: Int32Array }> {
+    const W = this.weights.mtp[0];
+    if (!W) throw new InputError('mtpLogits: this checkpoint has no MTP block (mtp.0.*)');
+    const c = this.config;
+    const seq = makeSeq(ids, opts.segments);
+    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const X = await this.trunk(g, seq);
+    const rowsL: number[] = [];
+    const segs: number[] = [];
+    seq.segs.forEach((len, s) => {
+      if (len < 2) return;
+      segs.push(len - 1);
+      for (let p = 0; p < len - 1; p++) rowsL.push(seq.segStart[s] + p);
+    });
+    const rows = Int32Array.from(rowsL);
+    if (rows.length === 0) return { logits: new Float32Array(0), rows };
+    const hcd = c.hc_mult * c.hidden_size;
+    const Xr = new Float32Array(rows.length * hcd);
+    rows.forEach((t, i) => Xr.set(X.subarray(t * hcd, (t + 1) * hcd), i * hcd));
+    const seqNext = makeSeq(Int32Array.from(rows, (t) => ids[t + 1]), segs);
+    const hn = await mtpHidden(g, W, this.weights, Xr, seqNext, c, this.table(W.block.ratio, seqNext.maxLen));
+    return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
+  }
+
+  /** Free the backend's weights. */
+  dispose(): void {
+    this.backend.dispose();
+  }
+
+  /** Float32 RoPE table for a layer's ratio covering positions < len. */
+  private table(ratio: number, len: number): RopeTable {
+    const key = ratio === 0 ? 'plain' : 'compressed';
+    const have = this.tables.get(key);
+    if (have && have.maxPos >= len) return have;
+    const t = ropeTable(ropeParamsFor(this.config, ratio), Math.max(len, 2 * (have?.maxPos ?? 0), 256));
+    this.tables.set(key, t);
+    return t;
+  }
+
+  /** Streams after the last layer: [T, hc, d]. */
+  private async trunk(g: Graph, seq: Seq): Promise<F32> {
+    const c = this.config;
+    const d = c.hidden_size;
+    const emb = await g.embedding(this.weights.embed, seq.ids, seq.T, d);
+    let X = g.untaped().repeatStreams(emb, seq.T, c.hc_mult, d);
+    for (const B of this.weights.layers) X = await block(g, B, X, seq, c, this.table(B.ratio, seq.maxLen));
+    return X;
+  }
+
+  /** norm(hc_head(trunk)) [T, d]: the head's input. */
+  private async hidden(g: Graph, seq: Seq): Promise<F32> {
+    const c = this.config;
+    const X = await this.trunk(g, seq);
+    const y = await hcHead(g, this.weights.hcHead, X, seq.T, c);
+    return g.rmsnorm(y, this.weights.norm, seq.T, c.hidden_size, c.rms_norm_eps);
+  }
+}

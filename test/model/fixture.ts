@@ -1,0 +1,44 @@
+// Helpers for the reference fixture ../shared/fixtures/v4-tiny-ref.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export const FIXTURE = join(__dirname, '..', '..', '..', 'shared', 'fixtures', 'v4-tiny-ref');
+
+export interface FixtureCase {
+  name: string;
+  tokens: number;
+  segments: number[] | null;
+  ids: string;
+  logits: string;
+  logits_shape: [number, number];
+}
+
+export interface FixtureCases {
+  cases: FixtureCase[];
+  lora: { adapter: string; ids: string; loss_mask: string; segments: number[]; loss: number; grads: string; logits: string; logits_shape: [number, number] };
+}
+
+export const cases = (): FixtureCases => JSON.parse(readFileSync(join(FIXTURE, 'cases.json'), 'utf8')) as FixtureCases;
+
+const bytes = (f: string): Buffer => readFileSync(join(FIXTURE, f));
+export const readI32 = (f: string): Int32Array => {
+  const b = bytes(f);
+  return new Int32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+};
+export const readF32 = (f: string): Float32Array => {
+  const b = bytes(f);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+};
+export const readU8 = (f: string): Uint8Array => new Uint8Array(bytes(f));
+
+/** max |a − b| / max |b| */
+export function relMaxErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
