@@ -120,6 +120,13 @@ export class Checkpoint {
     return r;
   }
 
+  /** how the tensor is stored (dtype, stored shape, scale shape): what writeCheckpointFiles needs to copy it */
+  plan(name: string): TensorPlan {
+    const r = this.get(name);
+    const scaleShape = r.scaleEntry ? sliceShape(r.scaleEntry.shape, r.src, r.meta.format === 'fp8' ? FP8_BLOCK : 1) : null;
+    return { name, dtype: r.entry.dtype, shape: r.meta.shape, scaleShape };
+  }
+
   /** the tensor as float32, dequantised (FP8 block scales, FP4 group scales, BF16, F16, F32) */
   async f32(name: string, expectShape?: number[]): Promise<Float32Array> {
     const r = this.get(name);

@@ -1,0 +1,147 @@
+// safetensors reader/writer: round trips, lazy byte-range reads, and each kind of bad file
+// ending in one InputError that names the file and the tensor.
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { InputError } from '../../src/errors.js';
+import { SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile } from '../../src/model/safetensors.js';
+
+const dirs: string[] = [];
+function tmp(): string {
+  const d = mkdtempSync(join(tmpdir(), 'v4tune-st-'));
+  dirs.push(d);
+  return d;
+}
+afterEach(() => { for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true }); });
+
+const bytes = (n: number, k: number) => new Uint8Array(n).map((_, i) => (i * 31 + k) & 0xff);
+
+// a raw safetensors file from a header object and a data length
+function rawFile(path: string, header: object, dataLen: number): void {
+  const h = Buffer.from(JSON.stringify(header));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(h.length));
+  writeFileSync(path, Buffer.concat([len, h, Buffer.alloc(dataLen)]));
+}
+
+function expectInputError(fn: () => unknown, ...parts: string[]): void {
+  let err: unknown;
+  try { fn(); } catch (e) { err = e; }
+  expect(err).toBeInstanceOf(InputError);
+  for (const p of parts) expect((err as Error).message).toContain(p);
+}
+
+describe('safetensors writer and reader', () => {
+  it('streams tensors into shards of bounded size and reads every one back by byte range', () => {
+    const d = tmp();
+    const specs = [
+      { name: 'a', dtype: 'F32' as const, shape: [4, 8] },
+      { name: 'b', dtype: 'BF16' as const, shape: [16] },
+      { name: 'c', dtype: 'I64' as const, shape: [3, 2] },
+      { name: 'd', dtype: 'F8_E4M3' as const, shape: [100] },
+      { name: 'e', dtype: 'U8' as const, shape: [0] },
+    ];
+    const data = specs.map((s, k) => bytes(s.shape.reduce((a, b) => a * b, 1) * { F32: 4, BF16: 2, I64: 8, F8_E4M3: 1, U8: 1 }[s.dtype], k));
+    const w = new SafetensorsWriter(d, specs, { maxShardBytes: 200 });
+    specs.forEach((s, k) => w.add(s.name, data[k]!));
+    const shards = w.finish();
+    expect(shards).toEqual(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']);
+    expect(readdirSync(d).filter((n) => n.startsWith('.tmp'))).toEqual([]);
+    const index = JSON.parse(readFileSync(join(d, 'model.safetensors.index.json'), 'utf8'));
+    expect(index.weight_map).toEqual({ a: shards[0], b: shards[0], c: shards[1], d: shards[1], e: shards[1] });
+    expect(index.metadata.total_size).toBe(128 + 32 + 48 + 100);
+    const set = SafetensorsSet.open(d);
+    specs.forEach((s, k) => {
+      expect(set.entry(s.name).shape).toEqual(s.shape);
+      expect(set.read(s.name)).toEqual(data[k]);
+    });
+    expect(set.readSlice('d', 10, 20)).toEqual(data[3]!.slice(10, 20));
+    set.close();
+    // data starts 8-byte aligned after the header
+    const f = readFileSync(join(d, shards[0]!));
+    expect((8 + Number(f.readBigUInt64LE(0))) % 8).toBe(0);
+  });
+
+  it('refuses tensors out of order or missing, and leaves no file behind', () => {
+    const d = tmp();
+    const w = new SafetensorsWriter(d, [{ name: 'x', dtype: 'U8', shape: [2] }, { name: 'y', dtype: 'U8', shape: [2] }]);
+    expect(() => w.add('y', bytes(2, 0))).toThrow(/expected tensor x/);
+    w.add('x', bytes(2, 0));
+    expect(() => w.finish()).toThrow(/y was never added/);
+    w.abort();
+    expect(readdirSync(d)).toEqual([]);
+  });
+
+  it('reads a single-file checkpoint written by writeSafetensorsFile', () => {
+    const d = tmp();
+    writeSafetensorsFile(join(d, 'model.safetensors'), [{ name: 't', dtype: 'F16', shape: [3], data: bytes(6, 1) }]);
+    const set = SafetensorsSet.open(d);
+    expect(set.read('t')).toEqual(bytes(6, 1));
+    set.close();
+  });
+});
+
+describe('bad safetensors input', () => {
+  it('a truncated shard names the file and the tensor that runs past its end', () => {
+    const d = tmp();
+    const p = join(d, 'model.safetensors');
+    writeSafetensorsFile(p, [{ name: 'first', dtype: 'F32', shape: [4] }, { name: 'layers.0.big', dtype: 'F32', shape: [64] }].map((s, k) => ({ ...s, data: bytes(s.shape[0]! * 4, k) })));
+    truncateSync(p, readFileSync(p).length - 10);
+    expectInputError(() => SafetensorsSet.open(d), p, 'layers.0.big', 'truncated');
+  });
+
+  it('a file shorter than its header length is refused', () => {
+    const d = tmp();
+    const p = join(d, 'model.safetensors');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(1000n);
+    writeFileSync(p, Buffer.concat([len, Buffer.from('{"a":')]));
+    expectInputError(() => SafetensorsFile.open(p), p, 'header length');
+  });
+
+  it('a header whose offsets disagree with dtype x shape names the tensor', () => {
+    const d = tmp();
+    const p = join(d, 'model.safetensors');
+    rawFile(p, { w: { dtype: 'BF16', shape: [4, 4], data_offsets: [0, 16] } }, 32);
+    expectInputError(() => SafetensorsFile.open(p), p, 'tensor w', 'needs 32 bytes', 'give 16');
+  });
+
+  it('overlapping tensors are refused', () => {
+    const d = tmp();
+    const p = join(d, 'model.safetensors');
+    rawFile(p, { a: { dtype: 'U8', shape: [8], data_offsets: [0, 8] }, b: { dtype: 'U8', shape: [8], data_offsets: [4, 12] } }, 16);
+    expectInputError(() => SafetensorsFile.open(p), p, 'a and b overlap');
+  });
+
+  it('an unknown dtype and a non-JSON header are refused', () => {
+    const d = tmp();
+    const p = join(d, 'x.safetensors');
+    rawFile(p, { a: { dtype: 'Q4', shape: [8], data_offsets: [0, 8] } }, 8);
+    expectInputError(() => SafetensorsFile.open(p), 'tensor a', 'unsupported dtype');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(3n);
+    writeFileSync(p, Buffer.concat([len, Buffer.from('{{{')]));
+    expectInputError(() => SafetensorsFile.open(p), p, 'not valid JSON');
+  });
+
+  it('an index that points at a missing shard names the index and the shard', () => {
+    const d = tmp();
+    writeSafetensorsFile(join(d, 'model-00001-of-00002.safetensors'), [{ name: 'a', dtype: 'U8', shape: [2], data: bytes(2, 0) }]);
+    writeFileSync(join(d, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors' } }));
+    expectInputError(() => SafetensorsSet.open(d), 'model.safetensors.index.json', 'model-00002-of-00002.safetensors', 'missing');
+  });
+
+  it('an index that lists a tensor its shard does not hold names both', () => {
+    const d = tmp();
+    writeSafetensorsFile(join(d, 's.safetensors'), [{ name: 'a', dtype: 'U8', shape: [2], data: bytes(2, 0) }]);
+    writeFileSync(join(d, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: 's.safetensors', ghost: 's.safetensors' } }));
+    expectInputError(() => SafetensorsSet.open(d), 'ghost', 's.safetensors');
+  });
+
+  it('a folder without safetensors files says so', () => {
+    const d = tmp();
+    expect(existsSync(d)).toBe(true);
+    expectInputError(() => SafetensorsSet.open(d), d, 'no model.safetensors.index.json');
+  });
+});
