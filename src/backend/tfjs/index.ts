@@ -39,9 +39,12 @@ const i32 = (a: I32 | number[], shape: number[]): tf.Tensor => tf.tensor(a, shap
 function gatherRows(x: tf.Tensor, idx: tf.Tensor): tf.Tensor {
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const xx = args[0] as tf.Tensor;
+    const save = args[1] as tf.GradSaveFunc;
+    const shape = xx.shape;
+    save([idx]);
     return {
       value: tf.gather(xx, idx),
-      gradFunc: (dy: tf.Tensor) => [tf.scatterND(tf.expandDims(idx, 1), dy, xx.shape)],
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.scatterND(tf.expandDims(saved[0], 1), dy, shape)],
     };
   });
   return op(x);
@@ -51,9 +54,11 @@ function gatherRows(x: tf.Tensor, idx: tf.Tensor): tf.Tensor {
 function scatterAddRows(u: tf.Tensor, idx: tf.Tensor, n: number): tf.Tensor {
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const uu = args[0] as tf.Tensor;
+    const save = args[1] as tf.GradSaveFunc;
+    save([idx]);
     return {
       value: tf.scatterND(tf.expandDims(idx, 1), uu, [n, uu.shape[1] as number]),
-      gradFunc: (dy: tf.Tensor) => [tf.gather(dy, idx)],
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => [tf.gather(dy, saved[0])],
     };
   });
   return op(u);

@@ -1,0 +1,37 @@
+// The acceptance test of the backward pass: the fixture's `lora` case — loss, logits and the
+// gradient of every adapter tensor against an independent float64 implementation
+// (tolerances from the fixture's README: loss relative 1e-5, logits 1e-4, gradients 1e-3).
+import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { join } from 'node:path';
+import { loadModel } from '../../src/model/load.js';
+import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
+import { cases, FIXTURE, fixtureAdapter, readF32, readF32Tensors, readI32, readU8, relMaxErr } from './fixture.js';
+
+describe('v4-tiny-ref lora case (tfjs backend)', () => {
+  const L = cases().lora;
+  let model: V4Model;
+  let adapter: ModelAdapter;
+  beforeAll(async () => {
+    model = await loadModel(join(FIXTURE, 'checkpoint'), { backend: 'tfjs' });
+    adapter = fixtureAdapter();
+  });
+  afterAll(() => model.dispose());
+
+  it('logits with the adapter: max|Δ|/max|ref| ≤ 1e-4', async () => {
+    const out = await model.logits(readI32(L.ids), { segments: L.segments, adapter });
+    expect(relMaxErr(out, readF32(L.logits))).toBeLessThanOrEqual(1e-4);
+  });
+
+  it('loss within 1e-5 relative and every LoRA gradient within 1e-3 (max|Δ|/max|ref|)', async () => {
+    const { loss, grads } = await model.lossAndGrads(readI32(L.ids), readU8(L.loss_mask), { segments: L.segments, adapter });
+    expect(Math.abs(loss - L.loss) / Math.abs(L.loss)).toBeLessThanOrEqual(1e-5);
+    const ref = readF32Tensors(join(FIXTURE, L.grads));
+    expect([...grads.keys()].sort()).toEqual([...ref.keys()].sort());
+    const bad: string[] = [];
+    for (const [k, r] of ref) {
+      const e = relMaxErr(grads.get(k) as Float32Array, r.data);
+      if (!(e <= 1e-3)) bad.push(`${k}: ${e}`);
+    }
+    expect(bad).toEqual([]);
+  });
+});
