@@ -10,9 +10,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 const gypFile = join(here, 'binding.gyp');
 if (!existsSync(gypFile)) process.exit(0);
 const force = process.argv.includes('--force');
-const nodeGyp = process.env.npm_config_node_gyp;
+// npm passes its bundled node-gyp; run directly, look for npm's copy next to this node.
+const bundled = join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+const nodeGyp = process.env.npm_config_node_gyp ?? (existsSync(bundled) ? bundled : null);
 const [cmd, args] = nodeGyp ? [process.execPath, [nodeGyp]] : ['node-gyp', []];
-const r = spawnSync(cmd, [...args, 'rebuild'], { cwd: here, stdio: 'inherit', env: process.env });
+// Use the headers installed beside this node (no download) unless npm names a nodedir.
+const prefix = join(dirname(process.execPath), '..');
+const nodedir = process.env.npm_config_nodedir ?? (existsSync(join(prefix, 'include', 'node', 'node_api.h')) ? prefix : null);
+const r = spawnSync(cmd, [...args, 'rebuild', ...(nodedir ? [`--nodedir=${nodedir}`] : [])], { cwd: here, stdio: 'inherit', env: process.env });
 const failed = r.status !== 0 || r.error;
 mkdirSync(join(here, 'build'), { recursive: true });
 writeFileSync(join(here, 'build', 'build-status.json'), JSON.stringify({ ok: !failed, error: failed ? String(r.error ?? `node-gyp exited ${r.status}`) : null }) + '\n');

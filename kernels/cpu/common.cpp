@@ -1,0 +1,236 @@
+// ISA detection, the thread pool, cancellation and the dispatched vector helpers.
+#include "common.h"
+#include <immintrin.h>
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace v4 {
+
+static Isa detect_isa() {
+  __builtin_cpu_init();
+  Isa best = Isa::scalar;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    best = Isa::avx512;
+  if (const char* e = std::getenv("V4TUNE_ISA")) {
+    Isa cap = !std::strcmp(e, "scalar") ? Isa::scalar : !std::strcmp(e, "avx2") ? Isa::avx2 : Isa::avx512;
+    best = std::min(best, cap);
+  }
+  return best;
+}
+static Isa g_cpu_isa = detect_isa();
+static std::atomic<int> g_isa{int(g_cpu_isa)};
+Isa isa() { return Isa(g_isa.load(std::memory_order_relaxed)); }
+void set_isa(Isa i) { g_isa = int(std::min(i, g_cpu_isa)); }
+const char* isa_name(Isa i) { return i == Isa::avx512 ? "avx512" : i == Isa::avx2 ? "avx2" : "scalar"; }
+bool cpu_has_bf16() {
+  __builtin_cpu_init();
+  return g_cpu_isa == Isa::avx512 && __builtin_cpu_supports("avx512bf16");
+}
+static std::atomic<bool> g_bf16{false};
+bool bf16_mode() { return g_bf16.load(std::memory_order_relaxed) && isa() == Isa::avx512; }
+void set_bf16_mode(bool on) { g_bf16 = on && cpu_has_bf16(); }
+
+// ---- thread pool ----
+namespace {
+struct Pool {
+  std::mutex m;                      // guards the job fields below
+  std::condition_variable cv_work, cv_done;
+  std::vector<std::thread> workers;
+  const std::function<void(int)>* job = nullptr;
+  int ntasks = 0;
+  std::atomic<int> next{0};
+  int active = 0;                    // workers still inside the current job
+  long generation = 0;
+  bool stop = false;
+  std::mutex run_mutex;              // one parallel_run at a time
+  int size = 1;
+
+  static void drain(const std::function<void(int)>& f, std::atomic<int>& next, int n) {
+    for (int i; (i = next.fetch_add(1)) < n;) f(i);
+  }
+  void worker() {
+    long seen = 0;
+    std::unique_lock<std::mutex> lk(m);
+    for (;;) {
+      cv_work.wait(lk, [&] { return stop || generation != seen; });
+      if (stop) return;
+      seen = generation;
+      const std::function<void(int)>* f = job;
+      int n = ntasks;
+      lk.unlock();
+      drain(*f, next, n);
+      lk.lock();
+      if (--active == 0) cv_done.notify_one();
+    }
+  }
+  void resize(int n) {
+    {
+      std::lock_guard<std::mutex> lk(m);
+      stop = true;
+    }
+    cv_work.notify_all();
+    for (auto& t : workers) t.join();
+    workers.clear();
+    stop = false;
+    size = std::max(1, n);
+    for (int i = 1; i < size; i++) workers.emplace_back([this] { worker(); });
+  }
+  void run(int n, const std::function<void(int)>& f) {
+    if (n <= 0) return;
+    std::lock_guard<std::mutex> rl(run_mutex);
+    if (workers.empty() || n == 1) {
+      for (int i = 0; i < n; i++) f(i);
+      return;
+    }
+    std::exception_ptr err;
+    std::mutex err_m;
+    std::function<void(int)> guarded = [&](int i) {
+      try {
+        f(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> g(err_m);
+        if (!err) err = std::current_exception();
+      }
+    };
+    {
+      std::lock_guard<std::mutex> lk(m);
+      job = &guarded;
+      ntasks = n;
+      next = 0;
+      active = int(workers.size());
+      generation++;
+    }
+    cv_work.notify_all();
+    drain(guarded, next, n);
+    std::unique_lock<std::mutex> lk(m);
+    cv_done.wait(lk, [&] { return active == 0; });
+    job = nullptr;
+    if (err) std::rethrow_exception(err);
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(m);
+      stop = true;
+    }
+    cv_work.notify_all();
+    for (auto& t : workers) t.join();
+  }
+};
+int default_threads() {
+  if (const char* e = std::getenv("V4TUNE_THREADS")) {
+    int n = std::atoi(e);
+    if (n > 0) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+Pool& pool() {
+  static Pool* p = [] {
+    Pool* q = new Pool();  // leaked on purpose: joining threads during static destruction can hang
+    q->resize(default_threads());
+    return q;
+  }();
+  return *p;
+}
+}  // namespace
+
+int num_threads() { return pool().size; }
+void set_num_threads(int n) {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> rl(p.run_mutex);
+  p.resize(n > 0 ? n : default_threads());
+}
+void parallel_run(int ntasks, const std::function<void(int)>& f) { pool().run(ntasks, f); }
+
+static std::atomic<bool> g_cancel{false};
+void request_cancel() { g_cancel = true; }
+void clear_cancel() { g_cancel = false; }
+void check_cancel() {
+  if (g_cancel.load(std::memory_order_relaxed)) throw Cancelled();
+}
+
+// ---- vector helpers ----
+V4_AVX512 static float dot_512(const float* a, const float* b, long n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  long i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+  }
+  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  if (i < n) {
+    __mmask16 k = __mmask16((1u << (n - i)) - 1);
+    s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+V4_AVX2 static float dot_256(const float* a, const float* b, long n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  s0 = _mm256_add_ps(s0, s1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+  float s = _mm_cvtss_f32(h);
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+static float dot_scalar(const float* a, const float* b, long n) {
+  float s[4] = {0, 0, 0, 0};
+  long i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; j++) s[j] += a[i + j] * b[i + j];
+  float t = (s[0] + s[1]) + (s[2] + s[3]);
+  for (; i < n; i++) t += a[i] * b[i];
+  return t;
+}
+float dot(const float* a, const float* b, long n) {
+  switch (isa()) {
+    case Isa::avx512: return dot_512(a, b, n);
+    case Isa::avx2: return dot_256(a, b, n);
+    default: return dot_scalar(a, b, n);
+  }
+}
+
+V4_AVX512 static void axpy_512(float* y, float a, const float* x, long n) {
+  __m512 va = _mm512_set1_ps(a);
+  long i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if (i < n) {
+    __mmask16 k = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i)));
+  }
+}
+V4_AVX2 static void axpy_256(float* y, float a, const float* x, long n) {
+  __m256 va = _mm256_set1_ps(a);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] = std::fma(a, x[i], y[i]);
+}
+static void axpy_scalar(float* y, float a, const float* x, long n) {
+  for (long i = 0; i < n; i++) y[i] = std::fma(a, x[i], y[i]);
+}
+void axpy(float* y, float a, const float* x, long n) {
+  switch (isa()) {
+    case Isa::avx512: return axpy_512(y, a, x, n);
+    case Isa::avx2: return axpy_256(y, a, x, n);
+    default: return axpy_scalar(y, a, x, n);
+  }
+}
+void scale_add(float* y, float a, const float* x, float b, long n) {
+  for (long i = 0; i < n; i++) y[i] = a * x[i] + b * y[i];
+}
+
+}  // namespace v4

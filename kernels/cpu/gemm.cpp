@@ -1,0 +1,219 @@
+// Packed GEMM (BLIS structure): for each task's block of C, for each K block (KC),
+// pack A into MR-row strips and B into NR-column panels, dequantising B from its shipped
+// format inside the packing step, then run a register-tiled microkernel over the panels.
+// Work is split over (M block, N block) tasks only, never over K, so every C element is
+// summed by one task in a fixed order: the result does not depend on the thread count.
+#include "gemm.h"
+#include "common.h"
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace v4 {
+
+static const long KC = 256;
+
+// A thread-local, 64-byte aligned scratch buffer that only grows.
+struct Scratch {
+  float* p = nullptr;
+  long cap = 0;
+  float* get(long n) {
+    if (n > cap) {
+      std::free(p);
+      cap = n;
+      p = (float*)std::aligned_alloc(64, ((n * 4 + 63) / 64) * 64);
+    }
+    return p;
+  }
+  ~Scratch() { std::free(p); }
+};
+
+// ---- microkernels: C[mr, nr] += alpha * Ap[kc, MR] · Bp[kc, NR] ----
+V4_AVX512 static void micro_512(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha) {
+  constexpr int MR = 12;
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (long k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_load_ps(B + k * 32), b1 = _mm512_load_ps(B + k * 32 + 16);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+      __m512 a = _mm512_set1_ps(A[k * MR + i]);
+      c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  __mmask16 m0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
+  __m512 va = _mm512_set1_ps(alpha);
+  for (int i = 0; i < mr; i++) {
+    float* p = C + i * ldc;
+    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, c0[i], _mm512_maskz_loadu_ps(m0, p)));
+    if (m1) _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, c1[i], _mm512_maskz_loadu_ps(m1, p + 16)));
+  }
+}
+
+V4_AVX2 static void micro_256(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha) {
+  constexpr int MR = 6;
+  __m256 c0[MR], c1[MR];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (long k = 0; k < kc; k++) {
+    __m256 b0 = _mm256_load_ps(B + k * 16), b1 = _mm256_load_ps(B + k * 16 + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+      __m256 a = _mm256_broadcast_ss(A + k * MR + i);
+      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  alignas(32) float t[16];
+  for (int i = 0; i < mr; i++) {
+    _mm256_store_ps(t, c0[i]);
+    _mm256_store_ps(t + 8, c1[i]);
+    float* p = C + i * ldc;
+    for (int j = 0; j < nr; j++) p[j] = std::fma(alpha, t[j], p[j]);
+  }
+}
+
+static void micro_scalar(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha) {
+  constexpr int MR = 4, NR = 8;
+  float acc[MR][NR] = {};
+  for (long k = 0; k < kc; k++)
+    for (int i = 0; i < MR; i++)
+      for (int j = 0; j < NR; j++) acc[i][j] = std::fma(A[k * MR + i], B[k * NR + j], acc[i][j]);
+  for (int i = 0; i < mr; i++)
+    for (int j = 0; j < nr; j++) C[i * ldc + j] = std::fma(alpha, acc[i][j], C[i * ldc + j]);
+}
+
+struct Kernel {
+  int MR, NR;
+  void (*micro)(long, const float*, const float*, float*, long, int, int, float);
+};
+static Kernel kernel_for(Isa i) {
+  if (i == Isa::avx512) return {12, 32, micro_512};
+  if (i == Isa::avx2) return {6, 16, micro_256};
+  return {4, 8, micro_scalar};
+}
+
+// Ap[s][k][i] = A(m0 + s*MR + i, k0 + k), zero past M.
+static void pack_A(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, float* Ap) {
+  if (sam == 1 && sak != 1) {  // a transposed operand: rows are contiguous along m
+    for (long s = 0; s * MR < mb; s++) {
+      float* dst = Ap + s * kc * MR;
+      long rows = std::min<long>(MR, std::min(mb - s * MR, M - m0 - s * MR));
+      for (long k = 0; k < kc; k++) {
+        const float* src = a + (m0 + s * MR) + (k0 + k) * sak;
+        for (int i = 0; i < MR; i++) dst[k * MR + i] = i < rows ? src[i] : 0.f;
+      }
+    }
+    return;
+  }
+  for (long s = 0; s * MR < mb; s++) {
+    float* dst = Ap + s * kc * MR;
+    for (int i = 0; i < MR; i++) {
+      long m = m0 + s * MR + i;
+      if (m < M && s * MR + i < mb) {
+        const float* src = a + m * sam + k0 * sak;
+        if (sak == 1)
+          for (long k = 0; k < kc; k++) dst[k * MR + i] = src[k];
+        else
+          for (long k = 0; k < kc; k++) dst[k * MR + i] = src[k * sak];
+      } else {
+        for (long k = 0; k < kc; k++) dst[k * MR + i] = 0.f;
+      }
+    }
+  }
+}
+
+// Bp[p][k][j] = B(k0 + k, n0 + p*NR + j), dequantised from W, zero past N.
+static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* row) {
+  long npan = cdiv(nb, NR);
+  if (transB) {
+    for (long p = 0; p < npan; p++) {
+      float* dst = Bp + p * kc * NR;
+      for (int j = 0; j < NR; j++) {
+        long n = n0 + p * NR + j;
+        if (n < N && p * NR + j < nb) {
+          decode_row(W, n, k0, kc, row);
+          for (long k = 0; k < kc; k++) dst[k * NR + j] = row[k];
+        } else {
+          for (long k = 0; k < kc; k++) dst[k * NR + j] = 0.f;
+        }
+      }
+    }
+  } else {
+    for (long p = 0; p < npan; p++) {
+      long c0 = n0 + p * NR, w = std::min<long>(NR, std::min(N, n0 + nb) - c0);
+      float* dst = Bp + p * kc * NR;
+      for (long k = 0; k < kc; k++) {
+        decode_row(W, k0 + k, c0, w, dst + k * NR);
+        for (long j = w; j < NR; j++) dst[k * NR + j] = 0.f;
+      }
+    }
+  }
+}
+
+void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+          const WeightRef& W, bool transB, float beta, float* c, long ldc) {
+  if (M <= 0 || N <= 0) return;
+  const Kernel kern = kernel_for(isa());
+  const int MR = kern.MR, NR = kern.NR;
+  long mchunks = cdiv(M, 480);
+  long MB = cdiv(cdiv(M, mchunks), MR) * MR;
+  mchunks = cdiv(M, MB);
+  long npanels = cdiv(N, NR);
+  long want = std::max<long>(1, cdiv(4L * num_threads(), mchunks));
+  long ppt = std::min<long>(8, std::max<long>(1, cdiv(npanels, want)));
+  long NB = ppt * NR, nchunks = cdiv(N, NB);
+  parallel_run(int(mchunks * nchunks), [&](int task) {
+    check_cancel();
+    long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
+    long mb = std::min(MB, M - m0), nb = std::min(NB, N - n0);
+    for (long i = 0; i < mb; i++) {
+      float* p = c + (m0 + i) * ldc + n0;
+      if (beta == 0.f) std::memset(p, 0, nb * 4);
+      else if (beta != 1.f) for (long j = 0; j < nb; j++) p[j] *= beta;
+    }
+    thread_local Scratch sa, sb, srow;
+    for (long k0 = 0; k0 < K; k0 += KC) {
+      long kc = std::min(KC, K - k0);
+      float* Ap = sa.get(cdiv(mb, MR) * MR * kc);
+      float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
+      pack_A(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
+      pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(KC));
+      for (long jp = 0; jp * NR < nb; jp++)
+        for (long is = 0; is * MR < mb; is++)
+          kern.micro(kc, Ap + is * kc * MR, Bp + jp * kc * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
+                     int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha);
+    }
+  });
+}
+
+void gemm_reference(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+                    const WeightRef& W, bool transB, float beta, float* c, long ldc) {
+  std::vector<float> wrow(transB ? K : N), acc(N);
+  std::vector<float> Bfull;
+  if (!transB) {
+    Bfull.resize(K * N);
+    for (long k = 0; k < K; k++) decode_row(W, k, 0, N, &Bfull[k * N]);
+  }
+  for (long m = 0; m < M; m++) {
+    for (long n = 0; n < N; n++) {
+      float s = 0.f;
+      if (transB) {
+        decode_row(W, n, 0, K, wrow.data());
+        for (long k = 0; k < K; k++) s += a[m * sam + k * sak] * wrow[k];
+      } else {
+        for (long k = 0; k < K; k++) s += a[m * sam + k * sak] * Bfull[k * N + n];
+      }
+      float& o = c[m * ldc + n];
+      o = (beta == 0.f ? 0.f : beta * o) + alpha * s;
+    }
+  }
+}
+
+}  // namespace v4

@@ -1,0 +1,18 @@
+// General matrix multiply with the B operand read from a frozen weight in its shipped format.
+#pragma once
+#include "weights.h"
+
+namespace v4 {
+
+// C[M,N] = beta*C + alpha * A[M,K] · B[K,N]
+// A(m,k) = a[m*sam + k*sak] (fp32; a transposed operand is just other strides)
+// B(k,n) = W[n][k] when transB (W is [N,K], the usual `x Wᵀ`), else W[k][n] (W is [K,N])
+// beta is 0 (overwrite) or 1 (accumulate: gradients use +=).
+void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+          const WeightRef& W, bool transB, float beta, float* c, long ldc);
+
+// The clean reference: one dot product per output element, fp32, no packing.
+void gemm_reference(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+                    const WeightRef& W, bool transB, float beta, float* c, long ldc);
+
+}  // namespace v4

@@ -1,0 +1,362 @@
+// node-addon-api glue: validates JS arguments, keeps the typed arrays alive, and runs each
+// kernel on a libuv worker thread (Napi::AsyncWorker) so the JS thread stays responsive.
+// Every kernel entry returns a Promise; the sync entries are configuration and tiny helpers.
+#include <napi.h>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+#include "attention.h"
+#include "bench.h"
+#include "common.h"
+#include "compressor.h"
+#include "gemm.h"
+#include "indexer.h"
+#include "lmhead.h"
+#include "lora.h"
+#include "mhc.h"
+#include "norm.h"
+
+namespace {
+
+using namespace v4;
+
+struct ArgError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Reads positional arguments and pins every object it hands out until the job finishes.
+class Args {
+ public:
+  explicit Args(const Napi::CallbackInfo& info, const char* fn) : info_(info), fn_(fn) {}
+  std::vector<Napi::ObjectReference> keep;
+
+  double num(size_t i) {
+    if (!info_[i].IsNumber()) fail(i, "a number");
+    return info_[i].As<Napi::Number>().DoubleValue();
+  }
+  long integer(size_t i) { return long(num(i)); }
+  bool boolean(size_t i) {
+    if (!info_[i].IsBoolean()) fail(i, "a boolean");
+    return info_[i].As<Napi::Boolean>().Value();
+  }
+  bool isNull(size_t i) { return info_[i].IsNull() || info_[i].IsUndefined(); }
+  template <class T>
+  T* typed(Napi::Value v, napi_typedarray_type want, size_t need, const std::string& what, bool nullable) {
+    if (v.IsNull() || v.IsUndefined()) {
+      if (nullable) return nullptr;
+      throw ArgError(std::string(fn_) + ": " + what + " is required");
+    }
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != want)
+      throw ArgError(std::string(fn_) + ": " + what + " has the wrong array type");
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    if (ta.ElementLength() < need)
+      throw ArgError(std::string(fn_) + ": " + what + " has " + std::to_string(ta.ElementLength()) +
+                     " elements, needs " + std::to_string(need));
+    keep.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    Napi::ArrayBuffer buf = ta.ArrayBuffer();
+    return reinterpret_cast<T*>(static_cast<uint8_t*>(buf.Data()) + ta.ByteOffset());
+  }
+  float* f32(size_t i, size_t need, bool nullable = false) {
+    return typed<float>(info_[i], napi_float32_array, need, "argument " + std::to_string(i), nullable);
+  }
+  int* i32(size_t i, size_t need, bool nullable = false) {
+    return typed<int>(info_[i], napi_int32_array, need, "argument " + std::to_string(i), nullable);
+  }
+  float* f32In(Napi::Object o, const char* key, size_t need, bool nullable = true) {
+    return typed<float>(o.Get(key), napi_float32_array, need, key, nullable);
+  }
+  // {fmt: 0 f32 | 1 bf16 | 2 fp8 | 3 fp4, data, scale, rows, cols}
+  WeightRef weight(Napi::Value v, const std::string& what) {
+    if (!v.IsObject()) throw ArgError(std::string(fn_) + ": " + what + " must be a weight object");
+    Napi::Object o = v.As<Napi::Object>();
+    WeightRef w{};
+    w.fmt = Fmt(o.Get("fmt").As<Napi::Number>().Int32Value());
+    w.rows = o.Get("rows").As<Napi::Number>().Int64Value();
+    w.cols = o.Get("cols").As<Napi::Number>().Int64Value();
+    w.ld = w.cols;
+    if (int(w.fmt) < 0 || int(w.fmt) > 3) throw ArgError(std::string(fn_) + ": " + what + " has an unknown format");
+    if (w.fmt == Fmt::fp4 && w.cols % 32) throw ArgError(std::string(fn_) + ": " + what + " (fp4) needs cols % 32 == 0");
+    Napi::Value d = o.Get("data");
+    if (!d.IsTypedArray()) throw ArgError(std::string(fn_) + ": " + what + ".data must be a typed array");
+    Napi::TypedArray ta = d.As<Napi::TypedArray>();
+    if (w.fmt == Fmt::f32 && ta.TypedArrayType() != napi_float32_array)
+      throw ArgError(std::string(fn_) + ": " + what + ".data must be a Float32Array for f32");
+    if (long(ta.ByteLength()) < weight_data_bytes(w.fmt, w.rows, w.cols))
+      throw ArgError(std::string(fn_) + ": " + what + ".data is too short for its shape");
+    keep.push_back(Napi::Persistent(d.As<Napi::Object>()));
+    w.data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    long sb = weight_scale_bytes(w.fmt, w.rows, w.cols);
+    if (sb) {
+      Napi::Value s = o.Get("scale");
+      if (!s.IsTypedArray() || long(s.As<Napi::TypedArray>().ByteLength()) < sb)
+        throw ArgError(std::string(fn_) + ": " + what + ".scale is missing or too short");
+      Napi::TypedArray st = s.As<Napi::TypedArray>();
+      keep.push_back(Napi::Persistent(s.As<Napi::Object>()));
+      w.scale = static_cast<uint8_t*>(st.ArrayBuffer().Data()) + st.ByteOffset();
+    }
+    return w;
+  }
+  Napi::Value at(size_t i) { return info_[i]; }
+  [[noreturn]] void fail(size_t i, const char* want) {
+    throw ArgError(std::string(fn_) + ": argument " + std::to_string(i) + " must be " + want);
+  }
+
+ private:
+  const Napi::CallbackInfo& info_;
+  const char* fn_;
+};
+
+class Job : public Napi::AsyncWorker {
+ public:
+  Job(Napi::Env env, std::shared_ptr<Args> args, std::function<void()> fn)
+      : Napi::AsyncWorker(env), args_(std::move(args)), fn_(std::move(fn)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      fn_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  std::shared_ptr<Args> args_;
+  std::function<void()> fn_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// Wraps a kernel entry: parse(args) returns the work to run off the JS thread.
+using Parser = std::function<std::function<void()>(Args&)>;
+Napi::Value async(const Napi::CallbackInfo& info, const char* name, const Parser& parse) {
+  Napi::Env env = info.Env();
+  auto args = std::make_shared<Args>(info, name);
+  std::function<void()> work;
+  try {
+    work = parse(*args);
+  } catch (const std::exception& e) {
+    throw Napi::TypeError::New(env, e.what());
+  }
+  Job* job = new Job(env, args, std::move(work));
+  Napi::Promise p = job->promise();
+  job->Queue();
+  return p;
+}
+void sync(const Napi::CallbackInfo& info, const char* name, const Parser& parse) {
+  Args args(info, name);
+  std::function<void()> work;
+  try {
+    work = parse(args);
+    work();
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(info.Env(), e.what());
+  }
+}
+
+// ---- configuration ----
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("isa", isa_name(isa()));
+  o.Set("threads", num_threads());
+  o.Set("cpuBf16", cpu_has_bf16());
+  o.Set("bf16", bf16_mode());
+  return o;
+}
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  return Napi::Number::New(info.Env(), num_threads());
+}
+Napi::Value SetIsa(const Napi::CallbackInfo& info) {
+  std::string s = info[0].As<Napi::String>().Utf8Value();
+  set_isa(s == "scalar" ? Isa::scalar : s == "avx2" ? Isa::avx2 : Isa::avx512);
+  return Napi::String::New(info.Env(), isa_name(isa()));
+}
+Napi::Value SetBf16(const Napi::CallbackInfo& info) {
+  set_bf16_mode(info[0].As<Napi::Boolean>().Value());
+  return Napi::Boolean::New(info.Env(), bf16_mode());
+}
+Napi::Value Cancel(const Napi::CallbackInfo& info) {
+  request_cancel();
+  return info.Env().Undefined();
+}
+Napi::Value ClearCancel(const Napi::CallbackInfo& info) {
+  clear_cancel();
+  return info.Env().Undefined();
+}
+Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
+  int threads = info[0].As<Napi::Number>().Int32Value();
+  double seconds = info[1].As<Napi::Number>().DoubleValue();
+  return Napi::Number::New(info.Env(), fma_peak_gflops(threads, seconds));
+}
+
+// ---- GEMM ----
+// gemm(M, N, K, alpha, a, sam, sak, W, transB, beta, c, ldc)
+std::function<void()> parseGemm(Args& a, bool reference) {
+  long M = a.integer(0), N = a.integer(1), K = a.integer(2);
+  float alpha = float(a.num(3));
+  long sam = a.integer(5), sak = a.integer(6);
+  float* A = a.f32(4, size_t(M > 0 && K > 0 ? (M - 1) * sam + (K - 1) * sak + 1 : 0));
+  WeightRef W = a.weight(a.at(7), "W");
+  bool transB = a.boolean(8);
+  if (transB ? (W.rows != N || W.cols != K) : (W.rows != K || W.cols != N)) throw ArgError("gemm: W shape does not match M, N, K");
+  float beta = float(a.num(9));
+  long ldc = a.integer(11);
+  float* C = a.f32(10, size_t(M > 0 ? (M - 1) * ldc + N : 0));
+  return [=] { (reference ? gemm_reference : gemm)(M, N, K, alpha, A, sam, sak, W, transB, beta, C, ldc); };
+}
+Napi::Value Gemm(const Napi::CallbackInfo& info) { return async(info, "gemm", [](Args& a) { return parseGemm(a, false); }); }
+Napi::Value GemmReference(const Napi::CallbackInfo& info) {
+  sync(info, "gemmReference", [](Args& a) { return parseGemm(a, true); });
+  return info.Env().Undefined();
+}
+// decodeWeight(W, out): out (rows, cols) = W dequantised (tests and the tfjs fallback's loader)
+Napi::Value DecodeWeight(const Napi::CallbackInfo& info) {
+  sync(info, "decodeWeight", [](Args& a) {
+    WeightRef W = a.weight(a.at(0), "W");
+    float* out = a.f32(1, size_t(W.rows * W.cols));
+    return std::function<void()>([=] {
+      for (long r = 0; r < W.rows; r++) decode_row(W, r, 0, W.cols, out + r * W.cols);
+    });
+  });
+  return info.Env().Undefined();
+}
+
+// ---- linear with LoRA ----
+long groups(Args& a, size_t i, const WeightRef& W) {
+  long G = a.integer(i);
+  if (G < 1 || W.rows % G) throw ArgError("linear: W rows must split evenly into the groups");
+  return G;
+}
+// linearForward(y, x, W, A, B, r, s, T, G): W is (G·outG, inG), x (T, G·inG), y (T, G·outG)
+Napi::Value LinearForward(const Napi::CallbackInfo& info) {
+  return async(info, "linearForward", [](Args& a) {
+    WeightRef W = a.weight(a.at(2), "W");
+    long r = a.integer(5), T = a.integer(7), G = groups(a, 8, W);
+    float s = float(a.num(6));
+    float* y = a.f32(0, T * W.rows);
+    float* x = a.f32(1, T * G * W.cols);
+    float* A = a.f32(3, r * W.cols, true);
+    float* B = a.f32(4, W.rows * r, A == nullptr);
+    return std::function<void()>([=] { linear_lora_forward(y, x, W, A, B, r, s, T, G); });
+  });
+}
+// linearBackward(dx, dA, dB, dy, x, W, A, B, r, s, T, G)
+Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
+  return async(info, "linearBackward", [](Args& a) {
+    WeightRef W = a.weight(a.at(5), "W");
+    long r = a.integer(8), T = a.integer(10), G = groups(a, 11, W);
+    float s = float(a.num(9));
+    float* dx = a.f32(0, T * G * W.cols, true);
+    float* dA = a.f32(1, r * W.cols, true);
+    float* dB = a.f32(2, W.rows * r, true);
+    float* dy = a.f32(3, T * W.rows);
+    float* x = a.f32(4, T * G * W.cols);
+    float* A = a.f32(6, r * W.cols, true);
+    float* B = a.f32(7, W.rows * r, A == nullptr);
+    return std::function<void()>([=] { linear_lora_backward(dx, dA, dB, dy, x, W, A, B, r, s, T, G); });
+  });
+}
+
+// ---- grouped experts ----
+// experts[e] = {w1, w2, w3, a1, b1, a2, b2, a3, b3, r1, r2, r3, s}
+std::vector<Expert> parseExperts(Args& a, Napi::Value v, long d, long I) {
+  if (!v.IsArray()) throw ArgError("experts must be an array");
+  Napi::Array arr = v.As<Napi::Array>();
+  std::vector<Expert> ex(arr.Length());
+  for (uint32_t e = 0; e < arr.Length(); e++) {
+    Napi::Object o = arr.Get(e).As<Napi::Object>();
+    std::string tag = "experts[" + std::to_string(e) + "]";
+    Expert& x = ex[e];
+    x.w1 = a.weight(o.Get("w1"), tag + ".w1");
+    x.w2 = a.weight(o.Get("w2"), tag + ".w2");
+    x.w3 = a.weight(o.Get("w3"), tag + ".w3");
+    if (x.w1.rows != I || x.w1.cols != d || x.w3.rows != I || x.w3.cols != d || x.w2.rows != d || x.w2.cols != I)
+      throw ArgError(tag + ": w1/w3 must be (I, d) and w2 (d, I)");
+    auto rk = [&](const char* k) { return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().Int64Value() : 0L; };
+    x.r1 = rk("r1"), x.r2 = rk("r2"), x.r3 = rk("r3");
+    x.s = o.Has("s") ? o.Get("s").As<Napi::Number>().FloatValue() : 0.f;
+    x.a1 = a.f32In(o, "a1", x.r1 * d), x.b1 = a.f32In(o, "b1", I * x.r1, x.a1 == nullptr);
+    x.a3 = a.f32In(o, "a3", x.r3 * d), x.b3 = a.f32In(o, "b3", I * x.r3, x.a3 == nullptr);
+    x.a2 = a.f32In(o, "a2", x.r2 * I), x.b2 = a.f32In(o, "b2", d * x.r2, x.a2 == nullptr);
+  }
+  return ex;
+}
+void checkRouting(long T, long P, long E, const int* idx, const int* off) {
+  if (off[0] != 0 || off[E] != P) throw ArgError("expert offsets must start at 0 and end at the pair count");
+  for (long e = 0; e < E; e++)
+    if (off[e + 1] < off[e]) throw ArgError("expert offsets must be non-decreasing");
+  for (long p = 0; p < P; p++)
+    if (idx[p] < 0 || idx[p] >= T) throw ArgError("expert token index out of range");
+}
+// expertForward(out, x, T, d, I, idx, off, w, experts, L)
+Napi::Value ExpertForward(const Napi::CallbackInfo& info) {
+  return async(info, "expertForward", [](Args& a) {
+    long T = a.integer(2), d = a.integer(3), I = a.integer(4);
+    std::vector<Expert> ex = parseExperts(a, a.at(8), d, I);
+    long E = long(ex.size());
+    int* off = a.i32(6, E + 1);
+    long P = off[E];
+    int* idx = a.i32(5, P);
+    float* w = a.f32(7, P);
+    checkRouting(T, P, E, idx, off);
+    float* out = a.f32(0, T * d);
+    float* x = a.f32(1, T * d);
+    float L = float(a.num(9));
+    return std::function<void()>([=] { expert_forward(out, x, T, d, I, idx, off, w, ex.data(), E, L); });
+  });
+}
+// expertBackward(dx, dw, grads, dout, x, T, d, I, idx, off, w, experts, L)
+Napi::Value ExpertBackward(const Napi::CallbackInfo& info) {
+  return async(info, "expertBackward", [](Args& a) {
+    long T = a.integer(5), d = a.integer(6), I = a.integer(7);
+    std::vector<Expert> ex = parseExperts(a, a.at(11), d, I);
+    long E = long(ex.size());
+    int* off = a.i32(9, E + 1);
+    long P = off[E];
+    int* idx = a.i32(8, P);
+    float* w = a.f32(10, P);
+    checkRouting(T, P, E, idx, off);
+    float* dx = a.f32(0, T * d, true);
+    float* dw = a.f32(1, P, true);
+    float* dout = a.f32(3, T * d);
+    float* x = a.f32(4, T * d);
+    float L = float(a.num(12));
+    if (!a.at(2).IsArray() || a.at(2).As<Napi::Array>().Length() != uint32_t(E)) throw ArgError("expertBackward: grads must have one entry per expert");
+    Napi::Array ga = a.at(2).As<Napi::Array>();
+    std::vector<ExpertGrads> gr(E);
+    for (long e = 0; e < E; e++) {
+      Napi::Object o = ga.Get(uint32_t(e)).As<Napi::Object>();
+      const Expert& x = ex[e];
+      gr[e] = ExpertGrads{a.f32In(o, "da1", x.r1 * d), a.f32In(o, "db1", I * x.r1), a.f32In(o, "da2", x.r2 * I),
+                          a.f32In(o, "db2", d * x.r2), a.f32In(o, "da3", x.r3 * d), a.f32In(o, "db3", I * x.r3)};
+    }
+    return std::function<void()>([=] { expert_backward(dx, dw, gr.data(), dout, x, T, d, I, idx, off, w, ex.data(), E, L); });
+  });
+}
+
+#include "addon_ops.inc"
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("setIsa", Napi::Function::New(env, SetIsa));
+  exports.Set("setBf16", Napi::Function::New(env, SetBf16));
+  exports.Set("cancel", Napi::Function::New(env, Cancel));
+  exports.Set("clearCancel", Napi::Function::New(env, ClearCancel));
+  exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak));
+  exports.Set("gemm", Napi::Function::New(env, Gemm));
+  exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
+  exports.Set("decodeWeight", Napi::Function::New(env, DecodeWeight));
+  exports.Set("linearForward", Napi::Function::New(env, LinearForward));
+  exports.Set("linearBackward", Napi::Function::New(env, LinearBackward));
+  exports.Set("expertForward", Napi::Function::New(env, ExpertForward));
+  exports.Set("expertBackward", Napi::Function::New(env, ExpertBackward));
+  registerOps(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(v4tune_native, Init)
