@@ -112,7 +112,7 @@ describe('mHC', () => {
           col += comb[(n * hc + j) * hc + i];
           expect(comb[(n * hc + i) * hc + j]).toBeGreaterThan(0);
         }
-        expect(Math.abs(row - 1)).toBeLessThan(1e-4);
+        expect(Math.abs(row - 1)).toBeLessThan(1e-3); // rows converge; columns are normalised last
         expect(Math.abs(col - 1)).toBeLessThan(1e-5);
       }
     }
