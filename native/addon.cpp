@@ -260,7 +260,7 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
 }
 
 // ---- grouped experts ----
-// experts[e] = {w1, w2, w3, a1, b1, a2, b2, a3, b3, r1, r2, r3, s}
+// experts[e] = {w1, w2, w3, a1, b1, a2, b2, a3, b3, r1, r2, r3, s1, s2, s3}
 std::vector<Expert> parseExperts(Args& a, Napi::Value v, long d, long I) {
   if (!v.IsArray()) throw ArgError("experts must be an array");
   Napi::Array arr = v.As<Napi::Array>();
@@ -276,7 +276,8 @@ std::vector<Expert> parseExperts(Args& a, Napi::Value v, long d, long I) {
       throw ArgError(tag + ": w1/w3 must be (I, d) and w2 (d, I)");
     auto rk = [&](const char* k) { return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().Int64Value() : 0L; };
     x.r1 = rk("r1"), x.r2 = rk("r2"), x.r3 = rk("r3");
-    x.s = o.Has("s") ? o.Get("s").As<Napi::Number>().FloatValue() : 0.f;
+    auto sc = [&](const char* k) { return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().FloatValue() : 0.f; };
+    x.s1 = sc("s1"), x.s2 = sc("s2"), x.s3 = sc("s3");
     x.a1 = a.f32In(o, "a1", x.r1 * d), x.b1 = a.f32In(o, "b1", I * x.r1, x.a1 == nullptr);
     x.a3 = a.f32In(o, "a3", x.r3 * d), x.b3 = a.f32In(o, "b3", I * x.r3, x.a3 == nullptr);
     x.a2 = a.f32In(o, "a2", x.r2 * I), x.b2 = a.f32In(o, "b2", d * x.r2, x.a2 == nullptr);

@@ -79,17 +79,17 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
     long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
     xe.resize(n * d), h1.resize(n * I), h3.resize(n * I), u.resize(n * std::max(rmax, 1L)), y.resize(n * d);
     for (long p = 0; p < n; p++) std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4);
-    project(h1.data(), u.data(), xe.data(), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s);
-    project(h3.data(), u.data(), xe.data(), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s);
+    project(h1.data(), u.data(), xe.data(), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
+    project(h3.data(), u.data(), xe.data(), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
     swiglu(h1.data(), h1.data(), h3.data(), n * I, L);  // h1 now holds act
-    project(y.data(), u.data(), h1.data(), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s);
+    project(y.data(), u.data(), h1.data(), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
     for (long p = 0; p < n; p++) axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d);
   }
 }
 
 // in the forward pass this was (per pair p of expert e, x = x[idx[p]], g = dout[idx[p]]):
 //   out += w·y, y = act W2ᵀ + s (act A2ᵀ) B2ᵀ, act = silu(min(h1,L))·clamp(h3,-L,L)
-// so with G = g W2 + s (g B2) A2 (the gradient of g·y with respect to act):
+// so (s standing for each projection's own scaling) with G = g W2 + s (g B2) A2 (the gradient of g·y with respect to act):
 //   dw += g·y = G·act,  dact = w G,  dB2 += s (w g)ᵀ (act A2ᵀ),  dA2 += s (w g B2)ᵀ act
 //   dh1 = dact · clamp(h3) · silu'(h1) where h1 <= L,  dh3 = dact · silu(min(h1,L)) where |h3| <= L
 //   dx += dh1 W1 + s (dh1 B1) A1 + (same for 3),  dA1 += s (dh1 B1)ᵀ x,  dB1 += s dh1ᵀ (x A1ᵀ)
@@ -112,14 +112,14 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
       std::memcpy(&ge[p * d], dout + long(idx[p0 + p]) * d, d * 4);
     }
     // recompute the forward up to act
-    project(h1.data(), u1.data(), xe.data(), n, ex.w1, ex.a1, ex.b1, r1, ex.s);
-    project(h3.data(), u3.data(), xe.data(), n, ex.w3, ex.a3, ex.b3, r3, ex.s);
+    project(h1.data(), u1.data(), xe.data(), n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
+    project(h3.data(), u3.data(), xe.data(), n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
     swiglu(act.data(), h1.data(), h3.data(), n * I, L);
     // G = g W2 + s (g B2) A2
     gemm(n, I, d, 1.f, ge.data(), d, 1, ex.w2, false, 0.f, G.data(), I);
     if (r2) {
       gemm(n, r2, d, 1.f, ge.data(), d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2.data(), r2);
-      gemm(n, I, r2, ex.s, g2.data(), r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G.data(), I);
+      gemm(n, I, r2, ex.s2, g2.data(), r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G.data(), I);
     }
     for (long p = 0; p < n; p++) {
       if (dw) dw[p0 + p] += dot(&G[p * I], &act[p * I], I);
@@ -131,9 +131,9 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     if (r2) {
       if (gr.db2) {
         gemm(n, r2, I, 1.f, act.data(), I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2.data(), r2);
-        gemm(d, r2, n, ex.s, ge.data(), 1, d, f32_matrix(u2.data(), n, r2), false, 1.f, gr.db2, r2);
+        gemm(d, r2, n, ex.s2, ge.data(), 1, d, f32_matrix(u2.data(), n, r2), false, 1.f, gr.db2, r2);
       }
-      if (gr.da2) gemm(r2, I, n, ex.s, g2.data(), 1, r2, f32_matrix(act.data(), n, I), false, 1.f, gr.da2, I);
+      if (gr.da2) gemm(r2, I, n, ex.s2, g2.data(), 1, r2, f32_matrix(act.data(), n, I), false, 1.f, gr.da2, I);
     }
     // dh1, dh3 in place of h1, h3
     parallel_run(int(cdiv(n * I, 4096)), [&](int t) {
@@ -147,14 +147,14 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     });
     gemm(n, d, I, 1.f, h1.data(), I, 1, ex.w1, false, 0.f, dxe.data(), d);
     gemm(n, d, I, 1.f, h3.data(), I, 1, ex.w3, false, 1.f, dxe.data(), d);
-    struct Side { const float *a, *b; float *da, *db; long r; float* h; float* u; };
-    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, h1.data(), u1.data()},
-                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, h3.data(), u3.data()}}) {
+    struct Side { const float *a, *b; float *da, *db; long r; float s; float* h; float* u; };
+    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1.data(), u1.data()},
+                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3.data(), u3.data()}}) {
       if (!sd.r) continue;
       gemm(n, sd.r, I, 1.f, sd.h, I, 1, f32_matrix(sd.b, I, sd.r), false, 0.f, g1.data(), sd.r);  // dh B
-      gemm(n, d, sd.r, ex.s, g1.data(), sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe.data(), d);
-      if (sd.da) gemm(sd.r, d, n, ex.s, g1.data(), 1, sd.r, f32_matrix(xe.data(), n, d), false, 1.f, sd.da, d);
-      if (sd.db) gemm(I, sd.r, n, ex.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
+      gemm(n, d, sd.r, sd.s, g1.data(), sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe.data(), d);
+      if (sd.da) gemm(sd.r, d, n, sd.s, g1.data(), 1, sd.r, f32_matrix(xe.data(), n, d), false, 1.f, sd.da, d);
+      if (sd.db) gemm(I, sd.r, n, sd.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
     }
     if (dx)
       for (long p = 0; p < n; p++) axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d);

@@ -19,7 +19,7 @@ struct Expert {
   WeightRef w1, w2, w3;
   const float *a1, *b1, *a2, *b2, *a3, *b3;
   long r1, r2, r3;
-  float s;  // LoRA scaling (alpha / r, or alpha / sqrt(r) for rsLoRA)
+  float s1, s2, s3;  // LoRA scalings (alpha / r, or alpha / sqrt(r) for rsLoRA)
 };
 struct ExpertGrads {
   float *da1, *db1, *da2, *db2, *da3, *db3;  // null where there is no adapter; accumulated (+=)
@@ -28,9 +28,9 @@ struct ExpertGrads {
 // x is (T, d); the P = Σ_e n_e (token, expert) pairs are sorted by expert: pairs
 // off[e] .. off[e+1]-1 belong to expert e, idx[p] is the token, w[p] its routing weight.
 // out is (T, d), accumulated: out[idx[p]] += w[p] · expert_e(x[idx[p]]), where
-//   h1 = x W1ᵀ + s (x A1ᵀ) B1ᵀ,  h3 = x W3ᵀ + s (x A3ᵀ) B3ᵀ
+//   h1 = x W1ᵀ + s1 (x A1ᵀ) B1ᵀ,  h3 = x W3ᵀ + s3 (x A3ᵀ) B3ᵀ
 //   act = silu(min(h1, L)) · clamp(h3, -L, L)
-//   expert(x) = act W2ᵀ + s (act A2ᵀ) B2ᵀ
+//   expert(x) = act W2ᵀ + s2 (act A2ᵀ) B2ᵀ
 void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                     const Expert* experts, long E, float L);
 // dx (T, d) and dw (P) accumulate; grads[e] accumulate. Nothing (P, I)-sized is kept between

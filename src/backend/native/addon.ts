@@ -1,0 +1,134 @@
+// Loads the native addon (native/build/Release/v4tune_native.node) and types its entry points.
+// Argument lists mirror the C++ kernels in kernels/cpu/ (shapes are stated there and below).
+// Every compute entry returns a Promise: the kernel runs on a libuv worker thread, never on the
+// JS thread. Output buffers are written in place; `+=` marks the ones that accumulate.
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { V4tuneError } from '../../errors.js';
+
+type F32 = Float32Array;
+type I32 = Int32Array;
+type Buf = Float32Array | Uint8Array | Uint16Array;
+
+/** Weight formats the kernels read directly (dequantised inside the GEMM's packing step). */
+export const FMT = { f32: 0, bf16: 1, fp8: 2, fp4: 3 } as const;
+export type NativeFormat = keyof typeof FMT;
+
+/**
+ * A frozen weight as the kernels take it: logical shape [rows, cols] and the shipped bytes.
+ * f32: Float32Array; bf16: 2 bytes a value; fp8: e4m3 bytes + E8M0 scales [⌈rows/128⌉, ⌈cols/128⌉];
+ * fp4: e2m1 nibbles (low first) [rows, cols/2] + E8M0 scales [rows, cols/32].
+ */
+export interface RawWeight {
+  readonly fmt: number;
+  readonly data: Buf;
+  readonly scale: Uint8Array | null;
+  readonly rows: number;
+  readonly cols: number;
+}
+
+export function rawWeight(format: NativeFormat, data: Buf, scale: Uint8Array | null, rows: number, cols: number): RawWeight {
+  return { fmt: FMT[format], data, scale, rows, cols };
+}
+
+/** One routed expert for expertForward/Backward; a missing aN means no adapter on that projection. */
+export interface RawExpert {
+  w1: RawWeight; w2: RawWeight; w3: RawWeight;
+  a1?: F32; b1?: F32; r1?: number; s1?: number;
+  a2?: F32; b2?: F32; r2?: number; s2?: number;
+  a3?: F32; b3?: F32; r3?: number; s3?: number;
+}
+export interface RawExpertGrads { da1?: F32; db1?: F32; da2?: F32; db2?: F32; da3?: F32; db3?: F32 }
+
+export interface NativeAddon {
+  info(): { isa: 'avx512' | 'avx2' | 'scalar'; threads: number; cpuBf16: boolean; bf16: boolean };
+  setThreads(n: number): number;
+  setIsa(isa: 'avx512' | 'avx2' | 'scalar'): string;
+  setBf16(on: boolean): boolean;
+  /** Ask running kernels to stop; they reject with "v4tune: kernel cancelled". */
+  cancel(): void;
+  clearCancel(): void;
+  /** Measured FMA peak in GFLOP/s at the dispatched vector width. */
+  fmaPeak(threads: number, seconds: number): number;
+  /** C[M,N] = beta·C + alpha·A·B; A(m,k) = a[m·sam + k·sak]; B(k,n) = W[n][k] if transB else W[k][n]. */
+  gemm(M: number, N: number, K: number, alpha: number, a: F32, sam: number, sak: number, W: RawWeight, transB: boolean, beta: number, c: F32, ldc: number): Promise<void>;
+  gemmReference(M: number, N: number, K: number, alpha: number, a: F32, sam: number, sak: number, W: RawWeight, transB: boolean, beta: number, c: F32, ldc: number): void;
+  /** out [rows, cols] = W dequantised */
+  decodeWeight(W: RawWeight, out: F32): void;
+  /** x [T, G·inG], W [G·outG, inG], A [r, inG], B [G·outG, r] → y [T, G·outG] */
+  linearForward(y: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number): Promise<void>;
+  /** dx, dA, dB += */
+  linearBackward(dx: F32 | null, dA: F32 | null, dB: F32 | null, dy: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number): Promise<void>;
+  /** pairs sorted by expert: off [E+1], idx [P] tokens, w [P] routing weights; out [T, d] += */
+  expertForward(out: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
+  /** dx [T, d], dw [P], grads += */
+  expertBackward(dx: F32 | null, dw: F32 | null, grads: RawExpertGrads[], dout: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
+  rmsnormForward(out: F32, rstd: F32, inp: F32, weight: F32 | null, T: number, C: number, eps: number): Promise<void>;
+  rmsnormBackward(dinp: F32, dweight: F32 | null, dout: F32, inp: F32, weight: F32 | null, rstd: F32, T: number, C: number): Promise<void>;
+  /** x [T, H, D] rotated in place; cos/sin [maxPos, rd/2] */
+  rope(x: F32, pos: I32, cos: F32, sin: F32, maxPos: number, T: number, H: number, D: number, rd: number, inverse: boolean): Promise<void>;
+  embedding(out: F32, ids: I32, E: RawWeight, T: number): Promise<void>;
+  /** loss [T] per counted position (weights ≠ 0); dh [T, d] += weights·(softmax·W − W[target]) */
+  lmheadCe(loss: F32, dh: F32 | null, h: F32, W: RawWeight, targets: I32, weights: F32, T: number, chunk: number): Promise<void>;
+  /** q [T, H, D], kv [M, D], idx [T, K] (−1 none) → o [T, H, D], lse [T, H] */
+  attentionForward(o: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;
+  attentionBackward(dq: F32, dkv: F32, dsink: F32 | null, dout: F32, o: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;
+  indexerTopk(idx: I32, q: F32, k: F32, w: F32, kStart: I32, kCount: I32, T: number, M: number, nh: number, hd: number, K: number): Promise<void>;
+  /** full: y, post, comb, mix; hc_head (full = false): y, mix */
+  mhcPreForward(y: F32, post: F32 | null, comb: F32 | null, mix: F32, X: F32, fn: F32, scale: F32, base: F32, T: number, hc: number, d: number, full: boolean, iters: number, eps: number, normEps: number): Promise<void>;
+  mhcPreBackward(dX: F32, dy: F32, dpost: F32 | null, dcomb: F32 | null, mix: F32, X: F32, fn: F32, scale: F32, base: F32, T: number, hc: number, d: number, full: boolean, iters: number, eps: number, normEps: number): Promise<void>;
+  mhcPostForward(out: F32, F: F32, X: F32, post: F32, comb: F32, T: number, hc: number, d: number): Promise<void>;
+  mhcPostBackward(dF: F32 | null, dX: F32 | null, dpost: F32 | null, dcomb: F32 | null, dout: F32, F: F32, X: F32, post: F32, comb: F32, T: number, hc: number, d: number): Promise<void>;
+  compressorForward(out: F32, a: F32, z: F32, ape: F32, segs: I32, ratio: number, hd: number, overlap: boolean): Promise<void>;
+  compressorBackward(da: F32 | null, dz: F32 | null, dout: F32, a: F32, z: F32, ape: F32, segs: I32, ratio: number, hd: number, overlap: boolean): Promise<void>;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+// src/backend/native and dist/backend/native both sit three levels below the package root
+export const ADDON_PATH = path.join(here, '..', '..', '..', 'native', 'build', 'Release', 'v4tune_native.node');
+
+let cached: { addon: NativeAddon | null; reason: string } | null = null;
+
+/** Why the addon is not loadable, in one sentence; '' when it is. */
+function load(): { addon: NativeAddon | null; reason: string } {
+  if (cached) return cached;
+  if (!existsSync(ADDON_PATH)) {
+    const status = path.join(path.dirname(ADDON_PATH), '..', 'build-status.json');
+    let why = 'it was not built (run `npm run build:native`)';
+    if (existsSync(status)) {
+      try {
+        const s = JSON.parse(readFileSync(status, 'utf8')) as { ok?: boolean; error?: string | null };
+        if (s.ok === false) why = `its build failed (${s.error ?? 'unknown error'}; run \`npm run build:native\` to see why)`;
+      } catch {
+        // an unreadable status file says nothing more than a missing one
+      }
+    }
+    cached = { addon: null, reason: `the native addon is unavailable: ${why}` };
+    return cached;
+  }
+  try {
+    const require = createRequire(import.meta.url);
+    cached = { addon: require(ADDON_PATH) as NativeAddon, reason: '' };
+  } catch (e) {
+    cached = { addon: null, reason: `the native addon failed to load: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}` };
+  }
+  return cached;
+}
+
+/** The addon, or null; `nativeUnavailableReason()` says why it is null. */
+export function tryLoadAddon(): NativeAddon | null {
+  return load().addon;
+}
+
+export function nativeUnavailableReason(): string {
+  return load().reason;
+}
+
+/** The addon, or a V4tuneError saying why it cannot be used. */
+export function loadAddon(): NativeAddon {
+  const { addon, reason } = load();
+  if (!addon) throw new V4tuneError(`v4tune: ${reason}`);
+  return addon;
+}

@@ -1,0 +1,127 @@
+// The packed GEMM: fp32 against a float64 reference; FP8 / FP4 / BF16 weights (dequantised
+// inside the packing step) equal the GEMM on the dequantised weights; every ISA path and
+// thread count agrees.
+import { afterAll, describe, expect, it } from 'vitest';
+import { rawWeight, type RawWeight } from '../../src/backend/native/addon.js';
+import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import { A, addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+
+// C = beta·C + alpha·A·B in float64; B(k,n) = W[n][k] when transB
+function gemmRef(M: number, N: number, K: number, alpha: number, a: Float32Array, sam: number, sak: number, W: Float32Array, transB: boolean, beta: number, c: Float32Array): Float64Array {
+  const out = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += a[m * sam + k * sak] * (transB ? W[n * K + k] : W[k * N + n]);
+      out[m * N + n] = beta * c[m * N + n] + alpha * s;
+    }
+  return out;
+}
+
+describe.skipIf(skipNative)('native packed GEMM', () => {
+  it('the addon is built (required under CI)', () => {
+    expect(addon, whyUnavailable).not.toBeNull();
+  });
+  afterAll(() => {
+    addon?.setIsa('avx512');
+    addon?.setThreads(0);
+  });
+
+  // fp32 accumulation over K ≤ 600 of unit normals: error bound 1e-5 relative to max |C|
+  it('fp32 GEMM matches a float64 reference for transposed / plain B, strided A, alpha and beta (1e-5)', async () => {
+    const r = rng(1);
+    for (const [M, N, K, transB, transA] of [[1, 1, 1, true, false], [7, 5, 3, true, false], [37, 70, 300, true, false], [37, 70, 300, false, true], [13, 65, 513, false, false], [130, 33, 600, true, true]] as const) {
+      const a = randn(M * K, r);
+      const W = randn(N * K, r);
+      const c = randn(M * N, r);
+      const [sam, sak] = transA ? [1, M] : [K, 1];
+      const want = gemmRef(M, N, K, 0.75, a, sam, sak, W, transB, 1, c);
+      const got = c.slice();
+      await A().gemm(M, N, K, 0.75, a, sam, sak, rawWeight('f32', W, null, transB ? N : K, transB ? K : N), transB, 1, got, N);
+      expect(relErr(got, want), `${M}x${N}x${K}`).toBeLessThan(1e-5);
+      const ref = c.slice();
+      A().gemmReference(M, N, K, 0.75, a, sam, sak, rawWeight('f32', W, null, transB ? N : K, transB ? K : N), transB, 1, ref, N);
+      expect(relErr(ref, want)).toBeLessThan(1e-5);
+    }
+  });
+
+  it('decodes FP8 (128×128 E8M0 blocks), FP4 (per-32 E8M0) and BF16 exactly like src/model/formats.ts', () => {
+    const r = rng(2);
+    const rows = 200;
+    const cols = 320;
+    const x = randn(rows * cols, r, 0.3);
+    const q8 = quantFp8Block(x, rows, cols);
+    const q4 = quantFp4(x, rows, cols);
+    const b16 = f32ToBf16Bytes(x);
+    const cases: [RawWeight, Float32Array][] = [
+      [rawWeight('fp8', q8.weight, q8.scale, rows, cols), dequantFp8Block(q8.weight, q8.scale, rows, cols)],
+      [rawWeight('fp4', q4.weight, q4.scale, rows, cols), dequantFp4(q4.weight, q4.scale, rows, cols)],
+      [rawWeight('bf16', b16, null, rows, cols), bf16BytesToF32(b16)],
+    ];
+    for (const isa of ['avx512', 'avx2', 'scalar'] as const) {
+      A().setIsa(isa);
+      for (const [w, want] of cases) {
+        const got = new Float32Array(rows * cols);
+        A().decodeWeight(w, got);
+        expect(Array.from(got)).toEqual(Array.from(want));
+      }
+    }
+    A().setIsa('avx512');
+  });
+
+  it('GEMM on FP8 / FP4 / BF16 weights equals GEMM on the dequantised weights (1e-5), both orientations', async () => {
+    const r = rng(3);
+    const M = 45;
+    const N = 192;
+    const K = 320;
+    const a = randn(M * K, r);
+    const x = randn(N * K, r, 0.2);
+    const q8 = quantFp8Block(x, N, K);
+    const q4 = quantFp4(x, N, K);
+    const b16 = f32ToBf16Bytes(x);
+    const weights = [
+      rawWeight('fp8', q8.weight, q8.scale, N, K),
+      rawWeight('fp4', q4.weight, q4.scale, N, K),
+      rawWeight('bf16', b16, null, N, K),
+    ];
+    for (const w of weights) {
+      const deq = new Float32Array(N * K);
+      A().decodeWeight(w, deq);
+      // y = a Wᵀ
+      const y = new Float32Array(M * N);
+      await A().gemm(M, N, K, 1, a, K, 1, w, true, 0, y, N);
+      expect(relErr(y, gemmRef(M, N, K, 1, a, K, 1, deq, true, 0, y)), `fmt ${w.fmt} T`).toBeLessThan(1e-5);
+      // dx = dy W (W read as [K=N rows, N=K cols])
+      const dy = randn(M * N, r);
+      const dx = new Float32Array(M * K);
+      await A().gemm(M, K, N, 1, dy, N, 1, w, false, 0, dx, K);
+      expect(relErr(dx, gemmRef(M, K, N, 1, dy, N, 1, deq, false, 0, dx)), `fmt ${w.fmt} N`).toBeLessThan(1e-5);
+    }
+  });
+
+  it('scalar, AVX2 and AVX-512 paths agree (1e-5) and 1 vs 2 threads agree exactly', async () => {
+    const r = rng(4);
+    const M = 77;
+    const N = 150;
+    const K = 704;
+    const a = randn(M * K, r);
+    const q4 = quantFp4(randn(N * K, r), N, K);
+    const w = rawWeight('fp4', q4.weight, q4.scale, N, K);
+    const run = async (): Promise<Float32Array> => {
+      const y = new Float32Array(M * N);
+      await A().gemm(M, N, K, 1, a, K, 1, w, true, 0, y, N);
+      return y;
+    };
+    const cpu = A().info().isa;
+    A().setThreads(1);
+    const one = await run();
+    A().setThreads(2);
+    const two = await run();
+    expect(relErr(two, one)).toBe(0);
+    for (const isa of ['avx2', 'scalar'] as const) {
+      A().setIsa(isa);
+      expect(relErr(await run(), one), isa).toBeLessThan(1e-5);
+    }
+    A().setIsa(cpu);
+  });
+});
