@@ -47,6 +47,10 @@ export function sha256Hex(bytes: Uint8Array | string): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
+/** The last tokenizers loaded in this process, by path and content hash (building one takes a second). */
+const recent = new Map<string, Promise<TextTokenizer>>();
+const RECENT_MAX = 2;
+
 /** Load a tokenizer file; anything that is not a tokenizer is an InputError naming the file. */
 export async function loadTokenizer(path: string): Promise<TextTokenizer> {
   let bytes: Buffer;
@@ -57,7 +61,14 @@ export async function loadTokenizer(path: string): Promise<TextTokenizer> {
   }
   const kind = tokenizerKindOf(path, bytes);
   const identity: TokenizerIdentity = { kind, hash: sha256Hex(bytes) };
-  return kind === 'hf' ? hfTokenizer(path, bytes, identity) : await sentencePieceTokenizer(path, bytes, identity);
+  const key = `${path}\0${identity.hash}`;
+  const hit = recent.get(key);
+  if (hit) return hit;
+  const loading = kind === 'hf' ? Promise.resolve().then(() => hfTokenizer(path, bytes, identity)) : sentencePieceTokenizer(path, bytes, identity);
+  recent.set(key, loading);
+  loading.catch(() => recent.delete(key));
+  while (recent.size > RECENT_MAX) recent.delete(recent.keys().next().value!);
+  return loading;
 }
 
 interface HfJson {

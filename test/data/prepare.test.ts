@@ -1,0 +1,188 @@
+// prepare end to end: Arrow shards that apache-arrow reads back, the manifest, splits, dedup,
+// the bundled corpus, cache reuse and invalidation, and the inspect report.
+import { describe, expect, it, beforeAll, afterAll, vi } from 'vitest';
+import { readFileSync, readdirSync, statSync, copyFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tableFromIPC, Type, type List } from 'apache-arrow';
+import { prepareDataset, splitDocuments, type PrepareOptions } from '../../src/data/prepare.js';
+import { openDataset } from '../../src/data/dataset.js';
+import { inspectDataset, renderDatasetSummary } from '../../src/data/inspect.js';
+import { loadTokenizer, sha256Hex, type TextTokenizer } from '../../src/data/tokenizer.js';
+import { InputError } from '../../src/errors.js';
+import { BUNDLED, embeddedTokenizerFile, prepareOptions, tempDir, write } from './helpers.js';
+
+vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
+
+const tmp = tempDir();
+let tokPath: string;
+let tok: TextTokenizer;
+beforeAll(async () => {
+  tokPath = embeddedTokenizerFile(join(tmp.dir, 'tok'));
+  tok = await loadTokenizer(tokPath);
+});
+afterAll(() => tmp.cleanup());
+
+function corpus(name: string): string {
+  const dir = join(tmp.dir, name);
+  write(join(dir, 'a.txt'), 'The pump ran hot.\n');
+  write(join(dir, 'b.txt'), 'Check the seal. '.repeat(30));
+  write(join(dir, 'copy-of-a.txt'), 'The pump ran hot.\n');
+  write(join(dir, 'notes.jsonl'), ['{"body": "Valve closed."}', '', '{"body": "   "}', '{"body": "Strainer cleaned twice."}'].join('\n'));
+  write(join(dir, 'chat.jsonl'), `${JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello!' }] })}\n`);
+  return dir;
+}
+
+function sources(dir: string): PrepareOptions['sources'] {
+  return [
+    { path: join(dir, '*.txt'), format: 'auto', text_field: 'text' },
+    { path: join(dir, 'notes.jsonl'), format: 'jsonl', text_field: 'body' },
+    { path: join(dir, 'chat.jsonl'), format: 'auto', text_field: 'text' },
+  ];
+}
+
+describe('prepare', () => {
+  it('writes Arrow IPC shards that apache-arrow reads back with list<int32>, list<uint8>, list<uint16> columns holding every document', async () => {
+    const dir = corpus('arrow');
+    const out = join(tmp.dir, 'arrow-out');
+    const s = await prepareDataset(prepareOptions(tokPath, out, { sources: sources(dir), seq_len: 32, shard_rows: 2 }));
+    expect(s.reused).toBe(false);
+    const m = s.manifest;
+    expect(m.documents).toEqual({ read: 6, empty: 1, duplicates: 1, kept: 5 });
+    expect(m.splits.train.shards.length).toBe(Math.ceil(m.splits.train.rows / 2));
+    const files = readdirSync(out).sort();
+    expect(files).toEqual(['manifest.json', 'tokenizer.json', 'tokenizer_config.json', ...m.splits.train.shards].sort());
+    expect(sha256Hex(readFileSync(join(out, 'tokenizer.json')))).toBe(m.tokenizer.sha256);
+
+    const allIds: number[] = [];
+    let rows = 0;
+    let loss = 0;
+    for (const shard of m.splits.train.shards) {
+      const table = tableFromIPC(readFileSync(join(out, shard)));
+      const types = ['input_ids', 'loss_mask', 'segment_ids'].map((c) => {
+        const t = table.schema.fields.find((f) => f.name === c)!.type as List;
+        return [t.typeId, t.children[0]!.type.typeId, (t.children[0]!.type as { bitWidth?: number }).bitWidth, (t.children[0]!.type as { isSigned?: boolean }).isSigned];
+      });
+      expect(types).toEqual([[Type.List, Type.Int, 32, true], [Type.List, Type.Int, 8, false], [Type.List, Type.Int, 16, false]]);
+      for (let r = 0; r < table.numRows; r++) {
+        const ids = [...(table.getChild('input_ids')!.get(r) as { toArray(): Int32Array }).toArray()];
+        const mask = [...(table.getChild('loss_mask')!.get(r) as { toArray(): Uint8Array }).toArray()];
+        const seg = [...(table.getChild('segment_ids')!.get(r) as { toArray(): Uint16Array }).toArray()];
+        expect(ids.length).toBe(32);
+        expect(mask.length).toBe(32);
+        expect(seg[0]).toBe(0);
+        allIds.push(...ids.filter((_, i) => !(ids[i] === tok.eosId && mask[i] === 0 && seg[i] === seg[31] && seg[31]! > 0)));
+        loss += mask.reduce((a, b) => a + b, 0);
+        rows++;
+      }
+    }
+    expect(rows).toBe(m.rows);
+    expect(loss).toBe(m.loss_tokens);
+    const expected = [
+      ...tok.encode('The pump ran hot.\n'), ...tok.encode('Check the seal. '.repeat(30)),
+      ...tok.encode('Valve closed.'), ...tok.encode('Strainer cleaned twice.'), ...tok.encode('Hi'), ...tok.encode('Hello!'),
+    ];
+    // Every body token appears exactly as often as in the documents (bos/eos/chat markers aside).
+    const count = (xs: number[]): Map<number, number> => { const c = new Map<number, number>(); for (const x of xs) c.set(x, (c.get(x) ?? 0) + 1); return c; };
+    const have = count(allIds);
+    for (const [id, n] of count(expected)) expect([id, have.get(id)]).toEqual([id, n]);
+    expect(m.tokens).toBe(allIds.length);
+  });
+
+  it('splits by document with a seed: the same seed gives the same split, eval gets round(n·f) documents', async () => {
+    expect([...splitDocuments(20, 0.25, 7)]).toEqual([...splitDocuments(20, 0.25, 7)]);
+    expect([...splitDocuments(20, 0.25, 7)]).not.toEqual([...splitDocuments(20, 0.25, 8)]);
+    expect(splitDocuments(20, 0.25, 7).reduce((a, b) => a + b, 0)).toBe(5);
+    expect(splitDocuments(1, 0.5, 0).reduce((a, b) => a + b, 0)).toBe(0);
+    expect(splitDocuments(3, 0.01, 0).reduce((a, b) => a + b, 0)).toBe(1);
+  });
+
+  it('prepares the bundled corpus: every document lands in train or eval, rows read back through openDataset, inspect counts every segment', async () => {
+    const out = join(tmp.dir, 'bundled-out');
+    const s = await prepareDataset(prepareOptions(tokPath, out, {
+      sources: [{ path: join(BUNDLED, '*.txt'), format: 'auto', text_field: 'text' }, { path: join(BUNDLED, '*.jsonl'), format: 'auto', text_field: 'text' }],
+      seq_len: 256, eval_fraction: 0.1, seed: 3, vocabSize: 129280,
+    }));
+    const m = s.manifest;
+    expect(m.sources.map((x) => [x.format, x.documents])).toEqual([['text', 1], ['text', 1], ['text', 1], ['chat', 450], ['jsonl', 600]]);
+    expect(m.splits.train.documents + m.splits.eval.documents).toBe(m.documents.kept);
+    expect(m.splits.eval.documents).toBe(Math.round(m.documents.kept * 0.1));
+    expect(m.loss_tokens).toBeLessThan(m.tokens);
+    // Whole documents of ~100-300 tokens in rows of 256: best-fit decreasing reaches about 75%.
+    expect(m.packing_efficiency).toBeGreaterThan(0.7);
+    const ds = openDataset(out);
+    let rows = 0;
+    let tokens = 0;
+    for (const split of ['train', 'eval'] as const) {
+      for (const row of ds.rows(split)) {
+        rows++;
+        expect(row.segments.reduce((a, b) => a + b, 0)).toBe(256);
+        tokens += row.input_ids.length;
+      }
+    }
+    expect(rows).toBe(m.rows);
+    expect(tokens - m.splits.train.pad_tokens - m.splits.eval.pad_tokens).toBe(m.tokens);
+    const report = await inspectDataset(out, { rows: 2 });
+    expect(report.histogram.reduce((a, b) => a + b.count, 0)).toBe(m.splits.train.segments + m.splits.eval.segments);
+    const text = renderDatasetSummary(report, { color: false });
+    expect(text).toContain('packing efficiency');
+    expect(text).toContain('── train row 1 ──');
+  });
+
+  it('inspect decodes rows back to text with the loss mask visible (no-loss spans in ⟦ ⟧, padding marked)', async () => {
+    const dir = join(tmp.dir, 'inspect');
+    write(join(dir, 'chat.jsonl'), `${JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello!' }] })}\n`);
+    const out = join(tmp.dir, 'inspect-out');
+    await prepareDataset(prepareOptions(tokPath, out, { sources: [{ path: join(dir, 'chat.jsonl'), format: 'auto', text_field: 'text' }], seq_len: 12 }));
+    const report = await inspectDataset(out, { rows: 1 });
+    expect(report.rows[0]!.segments.map((g) => g.spans.map((sp) => [sp.text, sp.loss]))).toEqual([
+      [['<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>', false], ['</think>Hello!<｜end▁of▁sentence｜>', true]],
+      [['<｜end▁of▁sentence｜> × 4', false]],
+    ]);
+    const text = renderDatasetSummary(report, { color: false });
+    expect(text).toContain('[segment 0, 8 tokens] ⟦<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>⟧</think>Hello!<｜end▁of▁sentence｜>');
+    expect(text).toContain('[segment 1, padding, 4 tokens]');
+    expect(renderDatasetSummary(report, { color: true })).toContain('\x1b[2m<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>\x1b[22m</think>');
+  });
+
+  it('refuses a tokenizer whose ids do not fit the model\'s vocab_size', async () => {
+    const dir = corpus('vocab');
+    const err = await prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'vocab-out'), { sources: sources(dir), vocabSize: 128000 })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InputError);
+    expect((err as Error).message).toMatch(/ids go up to 128822.*vocab_size 128000/);
+  });
+});
+
+describe('prepare cache', () => {
+  it('reuses the output for unchanged inputs and says so; a changed source, option or tokenizer rebuilds it', async () => {
+    const dir = corpus('cache');
+    const out = join(tmp.dir, 'cache-out');
+    const opts = prepareOptions(tokPath, out, { sources: sources(dir), seq_len: 32 });
+    const lines: string[] = [];
+    const sink = { log: (l: string) => lines.push(l), progress: () => ({ update: () => {}, stop: () => {} }) };
+    const first = await prepareDataset(opts, sink);
+    const mtime = statSync(join(out, 'manifest.json')).mtimeMs;
+
+    const again = await prepareDataset(opts, sink);
+    expect(again.reused).toBe(true);
+    expect(again.manifest.cache_key).toBe(first.manifest.cache_key);
+    expect(statSync(join(out, 'manifest.json')).mtimeMs).toBe(mtime);
+    expect(lines.at(-1)).toMatch(/up to date.*reusing/);
+
+    writeFileSync(join(dir, 'a.txt'), 'The pump ran cold.\n');
+    const changedSource = await prepareDataset(opts, sink);
+    expect(changedSource.reused).toBe(false);
+    expect(changedSource.manifest.cache_key).not.toBe(first.manifest.cache_key);
+
+    const changedOption = await prepareDataset({ ...opts, seq_len: 48 }, sink);
+    expect(changedOption.reused).toBe(false);
+    expect(changedOption.manifest.seq_len).toBe(48);
+
+    const tok2 = join(tmp.dir, 'tok2', 'tokenizer.json');
+    write(tok2, `${readFileSync(tokPath, 'utf8')}\n`);
+    copyFileSync(join(tmp.dir, 'tok', 'tokenizer_config.json'), join(tmp.dir, 'tok2', 'tokenizer_config.json'));
+    const changedTok = await prepareDataset({ ...opts, seq_len: 48, tokenizer: tok2 }, sink);
+    expect(changedTok.reused).toBe(false);
+    expect(changedTok.manifest.tokenizer.sha256).not.toBe(changedOption.manifest.tokenizer.sha256);
+    expect(readdirSync(tmp.dir).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
+  });
+});
