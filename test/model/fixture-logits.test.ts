@@ -6,11 +6,11 @@ import { loadModel } from '../../src/model/load.js';
 import type { V4Model } from '../../src/model/v4/model.js';
 import { cases, FIXTURE, readF32, readI32, relMaxErr } from './fixture.js';
 
-describe('v4-tiny-ref logits (tfjs backend)', () => {
+describe('v4-tiny-ref logits (tfjs backend)', { timeout: 60_000 }, () => {
   let model: V4Model;
   beforeAll(async () => {
     model = await loadModel(join(FIXTURE, 'checkpoint'), { backend: 'tfjs' });
-  });
+  }, 60_000);
   afterAll(() => model.dispose());
 
   for (const c of cases().cases) {

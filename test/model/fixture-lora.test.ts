@@ -7,14 +7,14 @@ import { loadModel } from '../../src/model/load.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
 import { cases, FIXTURE, fixtureAdapter, readF32, readF32Tensors, readI32, readU8, relMaxErr } from './fixture.js';
 
-describe('v4-tiny-ref lora case (tfjs backend)', () => {
+describe('v4-tiny-ref lora case (tfjs backend)', { timeout: 60_000 }, () => {
   const L = cases().lora;
   let model: V4Model;
   let adapter: ModelAdapter;
   beforeAll(async () => {
     model = await loadModel(join(FIXTURE, 'checkpoint'), { backend: 'tfjs' });
     adapter = fixtureAdapter();
-  });
+  }, 60_000);
   afterAll(() => model.dispose());
 
   it('logits with the adapter: max|Δ|/max|ref| ≤ 1e-4', async () => {
