@@ -1,0 +1,124 @@
+// An adapter: for each adapted module W (out x in) of the base, LoRA factors A (r x in) and
+// B (out x r) and a scaling, so the adapted weight is W + scaling · B A (PEFT's lora layer).
+// Module names are the official ones (`layers.3.attn.wo_a`, `layers.0.ffn.experts.7.w1`,
+// `mtp.0.attn.wq_a`); shapes are the base's logical (dequantised) shapes, FP4 included.
+import { InputError } from '../errors.js';
+import { configFingerprint, type V4Config } from '../model/config.js';
+import { tensorRng } from '../model/init.js';
+import { loraScaling, resolveLoraOptions, type LoraOptions, type ResolvedLoraOptions } from './config.js';
+import { adaptableModules, patternValue, selectTargets } from './patterns.js';
+
+/** The LoRA pair of one module (the shape the model consumes: A, B, r, scaling). */
+export interface LoraLayer {
+  /** [r, in] row-major */
+  readonly A: Float32Array;
+  /** [out, r] row-major */
+  readonly B: Float32Array;
+  readonly r: number;
+  readonly alpha: number;
+  /** alpha / r, or alpha / sqrt(r) with rsLoRA */
+  readonly scaling: number;
+  readonly in: number;
+  readonly out: number;
+}
+
+export class Adapter {
+  /** options the adapter was made with (from adapter_config.json when loaded) */
+  readonly options: ResolvedLoraOptions;
+  /** official module name -> its LoRA pair */
+  readonly layers: ReadonlyMap<string, LoraLayer>;
+  /** base_model_name_or_path */
+  readonly baseModel: string;
+  /** configFingerprint of the base it was made for; null for an adapter from another tool */
+  readonly fingerprint: string | null;
+
+  constructor(options: ResolvedLoraOptions, layers: Map<string, LoraLayer>, baseModel: string, fingerprint: string | null) {
+    this.options = options;
+    this.layers = layers;
+    this.baseModel = baseModel;
+    this.fingerprint = fingerprint;
+  }
+
+  /** adapted module names, sorted */
+  modules(): string[] {
+    return [...this.layers.keys()].sort();
+  }
+
+  /** the LoRA pair of a module, if it is adapted */
+  factors(module: string): LoraLayer | undefined {
+    return this.layers.get(module);
+  }
+
+  /** ΔW = scaling · B A, [out, in] row-major (what a merge adds to the base weight) */
+  delta(module: string): Float32Array {
+    const l = this.layers.get(module);
+    if (!l) throw new InputError(`adapter has no module ${module}`);
+    const out = new Float32Array(l.out * l.in);
+    for (let o = 0; o < l.out; o++) {
+      for (let k = 0; k < l.r; k++) {
+        const b = l.B[o * l.r + k]! * l.scaling;
+        if (b === 0) continue;
+        const arow = k * l.in;
+        const orow = o * l.in;
+        for (let i = 0; i < l.in; i++) out[orow + i] += b * l.A[arow + i]!;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Refuse to apply this adapter to a base it was not made for: another config fingerprint, a
+   * module the base does not have, or a module of another shape (InputError naming `where`).
+   */
+  assertFits(config: V4Config, where: string): void {
+    const fp = configFingerprint(config);
+    if (this.fingerprint !== null && this.fingerprint !== fp) {
+      throw new InputError(`${where}: the adapter was made for a base with config fingerprint ${this.fingerprint}, this base has ${fp}`);
+    }
+    const base = new Map(adaptableModules(config).map((m) => [m.name, m]));
+    for (const [name, l] of this.layers) {
+      const m = base.get(name);
+      if (!m) throw new InputError(`${where}: the adapter adapts ${name}, which this base has no adaptable module for`);
+      if (m.in !== l.in || m.out !== l.out) {
+        throw new InputError(`${where}: ${name} is [${m.out}, ${m.in}] in the base but the adapter's B·A is [${l.out}, ${l.in}]`);
+      }
+    }
+  }
+}
+
+/** anything with a V4 config: a Checkpoint, a loaded model */
+export interface AdapterBase {
+  readonly config: V4Config;
+  /** the base folder, recorded as base_model_name_or_path */
+  readonly dir?: string;
+}
+
+/**
+ * A fresh adapter on the modules `targets` selects, initialised as PEFT does: A Kaiming-uniform
+ * with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)) (or normal with std 1/r with init "gaussian"), B = 0,
+ * so the adapted model starts equal to the base. Seeded per module: the same options give the
+ * same adapter whatever the order of modules.
+ */
+export function createAdapter(base: AdapterBase, opts: LoraOptions): Adapter {
+  const o = resolveLoraOptions(opts);
+  const layers = new Map<string, LoraLayer>();
+  for (const m of selectTargets(o.targets, base.config)) {
+    const r = patternValue(o.rankPattern, m.name, o.r);
+    const alpha = patternValue(o.alphaPattern, m.name, o.alpha);
+    const rng = tensorRng(o.seed, `lora:${m.name}`);
+    const A = new Float32Array(r * m.in);
+    if (o.init === 'kaiming') {
+      const bound = 1 / Math.sqrt(m.in);
+      for (let i = 0; i < A.length; i++) A[i] = (2 * rng() - 1) * bound;
+    } else {
+      for (let i = 0; i < A.length; i += 2) {
+        const rad = Math.sqrt(-2 * Math.log(1 - rng())) / r;
+        const th = 2 * Math.PI * rng();
+        A[i] = rad * Math.cos(th);
+        if (i + 1 < A.length) A[i + 1] = rad * Math.sin(th);
+      }
+    }
+    layers.set(m.name, { A, B: new Float32Array(m.out * r), r, alpha, scaling: loraScaling(alpha, r, o.rsLoRA), in: m.in, out: m.out });
+  }
+  return new Adapter(o, layers, base.dir ?? '', configFingerprint(base.config));
+}

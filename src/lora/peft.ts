@@ -1,0 +1,144 @@
+// Adapters on disk in PEFT's format: adapter_config.json + adapter_model.safetensors with keys
+// `base_model.model.<official module>.lora_A.weight` [r, in] / `.lora_B.weight` [out, r].
+// Saved F32, atomically (the folder appears whole or not at all); F32, F16 and BF16 load.
+// adapter_config.json also records the base's config fingerprint (`v4tune.base_config_fingerprint`).
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { writeDirAtomic } from '../fsutil.js';
+import { bf16BytesToF32, f16BytesToF32, f32BytesToF32, f32ToBytes } from '../model/formats.js';
+import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
+import { VERSION } from '../version.js';
+import { Adapter, type LoraLayer } from './adapter.js';
+import { loraScaling, resolveLoraOptions } from './config.js';
+import { patternValue } from './patterns.js';
+
+export const ADAPTER_CONFIG = 'adapter_config.json';
+export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
+
+/** the PEFT key of a module's factor */
+export function peftKey(module: string, which: 'A' | 'B'): string {
+  return `base_model.model.${module}.lora_${which}.weight`;
+}
+
+const KEY_RE = /^base_model\.model\.(.+)\.lora_(A|B)(?:\.default)?\.weight$/;
+
+/** adapter_config.json as v4tune writes it */
+export function adapterConfigJson(a: Adapter): Record<string, unknown> {
+  const o = a.options;
+  return {
+    peft_type: 'LORA',
+    task_type: 'CAUSAL_LM',
+    base_model_name_or_path: a.baseModel,
+    r: o.r,
+    lora_alpha: o.alpha,
+    target_modules: o.targets,
+    rank_pattern: o.rankPattern,
+    alpha_pattern: o.alphaPattern,
+    use_rslora: o.rsLoRA,
+    lora_dropout: o.dropout,
+    bias: 'none',
+    fan_in_fan_out: false,
+    init_lora_weights: o.init === 'kaiming' ? true : 'gaussian',
+    modules_to_save: null,
+    inference_mode: true,
+    v4tune: { version: VERSION, base_config_fingerprint: a.fingerprint, seed: o.seed },
+  };
+}
+
+/** Write `dir` (replacing it whole): adapter_config.json and F32 adapter_model.safetensors. */
+export async function saveAdapter(a: Adapter, dir: string): Promise<void> {
+  const tensors: Array<TensorSpec & { data: Uint8Array }> = [];
+  for (const m of a.modules()) {
+    const l = a.layers.get(m)!;
+    tensors.push({ name: peftKey(m, 'A'), dtype: 'F32', shape: [l.r, l.in], data: f32ToBytes(l.A) });
+    tensors.push({ name: peftKey(m, 'B'), dtype: 'F32', shape: [l.out, l.r], data: f32ToBytes(l.B) });
+  }
+  tensors.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  await writeDirAtomic(dir, (tmp) => {
+    writeFileSync(join(tmp, ADAPTER_CONFIG), `${JSON.stringify(adapterConfigJson(a), null, 2)}\n`);
+    writeSafetensorsFile(join(tmp, ADAPTER_WEIGHTS), tensors, { format: 'pt' });
+  });
+}
+
+export interface LoadAdapterOptions {
+  /** where the one-line warning goes (adapter without a base fingerprint); default stderr */
+  warn?: (line: string) => void;
+}
+
+function toF32(f: SafetensorsFile, key: string): Float32Array {
+  const e = f.entries.get(key)!;
+  const b = f.read(key);
+  switch (e.dtype) {
+    case 'F32': return f32BytesToF32(b);
+    case 'F16': return f16BytesToF32(b);
+    case 'BF16': return bf16BytesToF32(b);
+    default: throw new InputError(`${f.path}: tensor ${key} is ${e.dtype}; adapters must be F32, F16 or BF16`);
+  }
+}
+
+/**
+ * Read a PEFT LoRA adapter folder. Every module needs both factors with A [r, in] and B [out, r];
+ * r must agree with adapter_config.json (r or rank_pattern). Apply it with adapter.assertFits(config).
+ */
+export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): Promise<Adapter> {
+  const cfgPath = join(dir, ADAPTER_CONFIG);
+  const wPath = join(dir, ADAPTER_WEIGHTS);
+  if (!existsSync(cfgPath)) throw new InputError(`${dir}: no ${ADAPTER_CONFIG} (not a PEFT adapter folder)`);
+  if (!existsSync(wPath)) throw new InputError(`${dir}: no ${ADAPTER_WEIGHTS}`);
+  let cfg: Record<string, unknown>;
+  try {
+    cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
+  } catch {
+    throw new InputError(`${cfgPath}: not valid JSON`);
+  }
+  if (typeof cfg !== 'object' || cfg === null) throw new InputError(`${cfgPath}: not a JSON object`);
+  if (cfg.peft_type !== 'LORA') throw new InputError(`${cfgPath}: peft_type is ${JSON.stringify(cfg.peft_type)}, v4tune reads LORA adapters`);
+  const targets = Array.isArray(cfg.target_modules) ? (cfg.target_modules as string[]) : typeof cfg.target_modules === 'string' ? [cfg.target_modules] : [];
+  if (targets.length === 0) throw new InputError(`${cfgPath}: target_modules is missing`);
+  const v4 = (cfg.v4tune ?? {}) as { base_config_fingerprint?: unknown; seed?: unknown };
+  const options = resolveLoraOptions({
+    r: cfg.r as number,
+    alpha: (cfg.lora_alpha ?? cfg.r) as number,
+    targets,
+    rankPattern: (cfg.rank_pattern ?? {}) as Record<string, number>,
+    alphaPattern: (cfg.alpha_pattern ?? {}) as Record<string, number>,
+    rsLoRA: cfg.use_rslora === true,
+    dropout: (cfg.lora_dropout ?? 0) as number,
+    seed: typeof v4.seed === 'number' ? v4.seed : 0,
+    init: cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming',
+  }, cfgPath);
+  const fingerprint = typeof v4.base_config_fingerprint === 'string' ? v4.base_config_fingerprint : null;
+  if (fingerprint === null) {
+    (opts.warn ?? ((l: string) => process.stderr.write(`warning: ${l}\n`)))(`${dir}: the adapter records no base config fingerprint (made by another tool?); v4tune cannot check it fits the base`);
+  }
+  const f = SafetensorsFile.open(wPath);
+  try {
+    const modules = new Map<string, { A?: string; B?: string }>();
+    for (const key of f.entries.keys()) {
+      const m = KEY_RE.exec(key);
+      if (!m) throw new InputError(`${wPath}: tensor ${key} is not a LoRA factor (base_model.model.<module>.lora_A|lora_B.weight)`);
+      const e = modules.get(m[1]!) ?? {};
+      e[m[2] as 'A' | 'B'] = key;
+      modules.set(m[1]!, e);
+    }
+    const layers = new Map<string, LoraLayer>();
+    for (const [module, k] of modules) {
+      if (!k.A || !k.B) throw new InputError(`${wPath}: module ${module} has lora_${k.A ? 'A' : 'B'} but no lora_${k.A ? 'B' : 'A'}`);
+      const sa = f.entries.get(k.A)!.shape;
+      const sb = f.entries.get(k.B)!.shape;
+      if (sa.length !== 2 || sb.length !== 2 || sa[0] !== sb[1]) {
+        throw new InputError(`${wPath}: ${k.A} is [${sa.join(', ')}] and ${k.B} is [${sb.join(', ')}]; expected A [r, in] and B [out, r]`);
+      }
+      const r = sa[0]!;
+      const wantR = patternValue(options.rankPattern, module, options.r);
+      if (r !== wantR) throw new InputError(`${wPath}: ${k.A} has rank ${r} but ${ADAPTER_CONFIG} gives r = ${wantR}`);
+      const alpha = patternValue(options.alphaPattern, module, options.alpha);
+      layers.set(module, { A: toF32(f, k.A), B: toF32(f, k.B), r, alpha, scaling: loraScaling(alpha, r, options.rsLoRA), in: sa[1]!, out: sb[0]! });
+    }
+    if (layers.size === 0) throw new InputError(`${wPath}: holds no LoRA factors`);
+    return new Adapter(options, layers, typeof cfg.base_model_name_or_path === 'string' ? cfg.base_model_name_or_path : '', fingerprint);
+  } finally {
+    f.close();
+  }
+}
