@@ -1,0 +1,152 @@
+// Linear-with-LoRA (plain and grouped) and the grouped routed-expert kernel: forwards against
+// float64 references, backwards against float64 central differences of those references.
+import { describe, expect, it } from 'vitest';
+import { rawWeight, type RawExpert, type RawExpertGrads } from '../../src/backend/native/addon.js';
+import { quantFp4 } from '../../src/model/formats.js';
+import { A, addon, contract, fdGrad, f64, randn, relErr, rng, sigmoid, skipNative, whyUnavailable } from './helpers.js';
+
+// y_g = x_g W_gᵀ + s (x_g Aᵀ) B_gᵀ; x [T, G, inG], W [G·outG, inG], A [r, inG], B [G·outG, r]
+function linearRef(x: ArrayLike<number>, W: ArrayLike<number>, Al: ArrayLike<number>, B: ArrayLike<number>, r: number, s: number, T: number, G: number, inG: number, outG: number): Float64Array {
+  const y = new Float64Array(T * G * outG);
+  for (let t = 0; t < T; t++)
+    for (let g = 0; g < G; g++) {
+      const xo = (t * G + g) * inG;
+      const u = new Float64Array(r);
+      for (let k = 0; k < r; k++) for (let i = 0; i < inG; i++) u[k] += x[xo + i] * Al[k * inG + i];
+      for (let o = 0; o < outG; o++) {
+        const row = g * outG + o;
+        let v = 0;
+        for (let i = 0; i < inG; i++) v += x[xo + i] * W[row * inG + i];
+        for (let k = 0; k < r; k++) v += s * u[k] * B[row * r + k];
+        y[t * G * outG + row] = v;
+      }
+    }
+  return y;
+}
+
+interface ExpertRef { w1: Float32Array; w2: Float32Array; w3: Float32Array; lora: { A: Float64Array; B: Float64Array; r: number; s: number }[] }
+// out[t] += w_p · (act W2ᵀ + s (act A2ᵀ) B2ᵀ), act = silu(min(h1, L)) · clamp(h3, −L, L)
+function expertRef(x: ArrayLike<number>, T: number, d: number, I: number, pairs: { t: number; e: number; w: number }[], ex: ExpertRef[], L: number): Float64Array {
+  const out = new Float64Array(T * d);
+  const proj = (v: ArrayLike<number>, W: Float32Array, l: { A: Float64Array; B: Float64Array; r: number; s: number }, inF: number, outF: number): Float64Array =>
+    linearRef(v, W, l.A, l.B, l.r, l.s, 1, 1, inF, outF);
+  for (const p of pairs) {
+    const e = ex[p.e];
+    const xv = Array.from({ length: d }, (_, i) => x[p.t * d + i]);
+    const h1 = proj(xv, e.w1, e.lora[0], d, I);
+    const h3 = proj(xv, e.w3, e.lora[2], d, I);
+    const act = new Float64Array(I);
+    for (let i = 0; i < I; i++) {
+      const a = Math.min(h1[i], L);
+      act[i] = a * sigmoid(a) * Math.max(-L, Math.min(h3[i], L));
+    }
+    const y = proj(act, e.w2, e.lora[1], I, d);
+    for (let j = 0; j < d; j++) out[p.t * d + j] += p.w * y[j];
+  }
+  return out;
+}
+
+describe.skipIf(skipNative)('native LoRA kernels', () => {
+  it('the addon is built (required under CI)', () => {
+    expect(addon, whyUnavailable).not.toBeNull();
+  });
+
+  // forward: fp32 sums of ≤ 40 terms, 1e-5 relative; backward vs float64 differences: 1e-4
+  it('linear with LoRA (plain and grouped): forward vs float64, dx/dA/dB vs float64 finite differences', async () => {
+    const r = rng(10);
+    for (const [T, G, inG, outG, rk] of [[5, 1, 12, 9, 3], [4, 3, 8, 6, 2]] as const) {
+      const x = randn(T * G * inG, r);
+      const W = randn(G * outG * inG, r);
+      const Al = randn(rk * inG, r);
+      const B = randn(G * outG * rk, r);
+      const s = 0.7;
+      const w = rawWeight('f32', W, null, G * outG, inG);
+      const y = new Float32Array(T * G * outG);
+      await A().linearForward(y, x, w, Al, B, rk, s, T, G);
+      expect(relErr(y, linearRef(x, W, Al, B, rk, s, T, G, inG, outG))).toBeLessThan(1e-5);
+      const dy = randn(y.length, r);
+      const dx = new Float32Array(x.length);
+      const dA = new Float32Array(Al.length);
+      const dB = new Float32Array(B.length);
+      await A().linearBackward(dx, dA, dB, dy, x, w, Al, B, rk, s, T, G);
+      const loss = (xx: ArrayLike<number>, aa: ArrayLike<number>, bb: ArrayLike<number>): number => contract(linearRef(xx, W, aa, bb, rk, s, T, G, inG, outG), dy);
+      expect(relErr(dx, fdGrad((v) => loss(v, Al, B), x))).toBeLessThan(1e-4);
+      expect(relErr(dA, fdGrad((v) => loss(x, v, B), Al))).toBeLessThan(1e-4);
+      expect(relErr(dB, fdGrad((v) => loss(x, Al, v), B))).toBeLessThan(1e-4);
+    }
+  });
+
+  it('grouped experts with fused LoRA on FP4 weights: forward vs float64, dx/dw/dA/dB vs float64 finite differences', async () => {
+    const r = rng(11);
+    const T = 6;
+    const d = 32;
+    const I = 64;
+    const E = 3;
+    const L = 1.5; // small, so some values clamp
+    const rk = 2;
+    const ex: ExpertRef[] = [];
+    const raw: RawExpert[] = [];
+    for (let e = 0; e < E; e++) {
+      const q1 = quantFp4(randn(I * d, r, 0.3), I, d);
+      const q2 = quantFp4(randn(d * I, r, 0.3), d, I);
+      const q3 = quantFp4(randn(I * d, r, 0.3), I, d);
+      const w1 = rawWeight('fp4', q1.weight, q1.scale, I, d);
+      const w2 = rawWeight('fp4', q2.weight, q2.scale, d, I);
+      const w3 = rawWeight('fp4', q3.weight, q3.scale, I, d);
+      const deq = (w: typeof w1): Float32Array => {
+        const o = new Float32Array(w.rows * w.cols);
+        A().decodeWeight(w, o);
+        return o;
+      };
+      const lora = [
+        { A: randn(rk * d, r, 0.3), B: randn(I * rk, r, 0.3), r: rk, s: 0.5 },
+        { A: randn(rk * I, r, 0.3), B: randn(d * rk, r, 0.3), r: rk, s: 0.25 },
+        { A: randn(rk * d, r, 0.3), B: randn(I * rk, r, 0.3), r: rk, s: 0.75 },
+      ];
+      ex.push({ w1: deq(w1), w2: deq(w2), w3: deq(w3), lora: lora.map((l) => ({ ...l, A: f64(l.A), B: f64(l.B) })) });
+      raw.push({ w1, w2, w3, a1: lora[0].A, b1: lora[0].B, r1: rk, s1: 0.5, a2: lora[1].A, b2: lora[1].B, r2: rk, s2: 0.25, a3: lora[2].A, b3: lora[2].B, r3: rk, s3: 0.75 });
+    }
+    // every token to 2 experts; expert 2 gets none of some tokens
+    const pairs: { t: number; e: number; w: number }[] = [];
+    for (let t = 0; t < T; t++) for (const e of [t % E, (t + 1) % E]) pairs.push({ t, e, w: 0.3 + 0.1 * t });
+    pairs.sort((a, b) => a.e - b.e || a.t - b.t);
+    const idx = Int32Array.from(pairs, (p) => p.t);
+    const w = Float32Array.from(pairs, (p) => p.w);
+    const off = new Int32Array(E + 1);
+    for (const p of pairs) off[p.e + 1]++;
+    for (let e = 0; e < E; e++) off[e + 1] += off[e];
+    const x = randn(T * d, r);
+    const out = new Float32Array(T * d);
+    await A().expertForward(out, x, T, d, I, idx, off, w, raw, L);
+    expect(relErr(out, expertRef(x, T, d, I, pairs, ex, L))).toBeLessThan(1e-5);
+
+    const g = randn(T * d, r);
+    const dx = new Float32Array(T * d);
+    const dw = new Float32Array(pairs.length);
+    const grads: RawExpertGrads[] = raw.map((e) => ({
+      da1: new Float32Array(e.a1!.length), db1: new Float32Array(e.b1!.length), da2: new Float32Array(e.a2!.length),
+      db2: new Float32Array(e.b2!.length), da3: new Float32Array(e.a3!.length), db3: new Float32Array(e.b3!.length),
+    }));
+    await A().expertBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, raw, L);
+    const lossX = (v: ArrayLike<number>): number => contract(expertRef(v, T, d, I, pairs, ex, L), g);
+    expect(relErr(dx, fdGrad(lossX, x))).toBeLessThan(1e-4);
+    const wantDw = fdGrad((v) => contract(expertRef(x, T, d, I, pairs.map((p, i) => ({ ...p, w: v[i] })), ex, L), g), w);
+    expect(relErr(dw, wantDw)).toBeLessThan(1e-4);
+    for (const e of [0, 2]) {
+      for (const [j, key] of [[0, '1'], [1, '2'], [2, '3']] as const) {
+        const lo = ex[e].lora[j];
+        const f = (which: 'A' | 'B') => (v: Float64Array): number => {
+          const saved = lo[which];
+          lo[which] = v;
+          const res = contract(expertRef(x, T, d, I, pairs, ex, L), g);
+          lo[which] = saved;
+          return res;
+        };
+        const gA = grads[e][`da${key}` as keyof RawExpertGrads] as Float32Array;
+        const gB = grads[e][`db${key}` as keyof RawExpertGrads] as Float32Array;
+        expect(relErr(gA, fdGrad(f('A'), lo.A)), `expert ${e} A${key}`).toBeLessThan(1e-4);
+        expect(relErr(gB, fdGrad(f('B'), lo.B)), `expert ${e} B${key}`).toBeLessThan(1e-4);
+      }
+    }
+  });
+});

@@ -1,0 +1,97 @@
+// Results do not depend on the thread count: 1 and 2 threads agree to 1e-6 relative (the
+// kernels never split a reduction across threads, so in practice they agree exactly).
+import { afterAll, describe, expect, it } from 'vitest';
+import { rawWeight, type RawExpert } from '../../src/backend/native/addon.js';
+import { quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import { A, addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+
+async function withThreads<T>(n: number, f: () => Promise<T>): Promise<T> {
+  A().setThreads(n);
+  return f();
+}
+
+describe.skipIf(skipNative)('native thread-count independence', () => {
+  it('the addon is built (required under CI)', () => {
+    expect(addon, whyUnavailable).not.toBeNull();
+  });
+  afterAll(() => {
+    addon?.setThreads(0);
+  });
+
+  it('grouped expert backward (dx, dw, LoRA grads) agrees between 1 and 2 threads', async () => {
+    const r = rng(40);
+    const [T, d, I, E, rk] = [40, 128, 96, 4, 4];
+    const ex: RawExpert[] = [];
+    for (let e = 0; e < E; e++) {
+      const q1 = quantFp4(randn(I * d, r, 0.2), I, d);
+      const q2 = quantFp4(randn(d * I, r, 0.2), d, I);
+      const q3 = quantFp4(randn(I * d, r, 0.2), I, d);
+      ex.push({
+        w1: rawWeight('fp4', q1.weight, q1.scale, I, d), w2: rawWeight('fp4', q2.weight, q2.scale, d, I), w3: rawWeight('fp4', q3.weight, q3.scale, I, d),
+        a1: randn(rk * d, r), b1: randn(I * rk, r), r1: rk, s1: 0.5, a2: randn(rk * I, r), b2: randn(d * rk, r), r2: rk, s2: 0.5, a3: randn(rk * d, r), b3: randn(I * rk, r), r3: rk, s3: 0.5,
+      });
+    }
+    const P = T * 2;
+    const idx = new Int32Array(P);
+    const off = new Int32Array(E + 1);
+    let p = 0;
+    for (let e = 0; e < E; e++) {
+      for (let t = 0; t < T; t++) if (t % E === e || (t + 1) % E === e) idx[p++] = t;
+      off[e + 1] = p;
+    }
+    const w = randn(P, r);
+    const x = randn(T * d, r);
+    const g = randn(T * d, r);
+    const run = async (): Promise<Float32Array[]> => {
+      const dx = new Float32Array(T * d);
+      const dw = new Float32Array(P);
+      const grads = ex.map(() => ({ da1: new Float32Array(rk * d), db1: new Float32Array(I * rk), da2: new Float32Array(rk * I), db2: new Float32Array(d * rk), da3: new Float32Array(rk * d), db3: new Float32Array(I * rk) }));
+      await A().expertBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, ex, 10);
+      return [dx, dw, ...grads.flatMap((gg) => Object.values(gg))];
+    };
+    const one = await withThreads(1, run);
+    const two = await withThreads(2, run);
+    one.forEach((a, i) => expect(relErr(two[i], a), `output ${i}`).toBeLessThan(1e-6));
+  });
+
+  it('attention backward, FP8 linear backward and the chunked LM-head agree between 1 and 2 threads', async () => {
+    const r = rng(41);
+    const [T, H, D, M, K] = [33, 8, 32, 40, 12];
+    const q = randn(T * H * D, r);
+    const kv = randn(M * D, r);
+    const sink = randn(H, r);
+    const idx = Int32Array.from({ length: T * K }, (_, i) => ((i * 7) % (M + 3)) - 3);
+    const g = randn(T * H * D, r);
+    const [inF, outF, rk] = [256, 200, 8];
+    const q8 = quantFp8Block(randn(outF * inF, r, 0.2), outF, inF);
+    const W8 = rawWeight('fp8', q8.weight, q8.scale, outF, inF);
+    const xl = randn(T * inF, r);
+    const gl = randn(T * outF, r);
+    const Al = randn(rk * inF, r);
+    const Bl = randn(outF * rk, r);
+    const V = 1000;
+    const head = randn(V * inF, r, 0.1);
+    const tg = Int32Array.from({ length: T }, (_, t) => (t * 31) % V);
+    const wts = new Float32Array(T).fill(1 / T);
+    const run = async (): Promise<Float32Array[]> => {
+      const o = new Float32Array(T * H * D);
+      const lse = new Float32Array(T * H);
+      await A().attentionForward(o, lse, q, kv, idx, sink, T, H, D, M, K, 0.2);
+      const dq = new Float32Array(q.length);
+      const dkv = new Float32Array(kv.length);
+      const ds = new Float32Array(H);
+      await A().attentionBackward(dq, dkv, ds, g, o, lse, q, kv, idx, sink, T, H, D, M, K, 0.2);
+      const dx = new Float32Array(xl.length);
+      const dA = new Float32Array(Al.length);
+      const dB = new Float32Array(Bl.length);
+      await A().linearBackward(dx, dA, dB, gl, xl, W8, Al, Bl, rk, 0.5, T, 1);
+      const loss = new Float32Array(T);
+      const dh = new Float32Array(T * inF);
+      await A().lmheadCe(loss, dh, xl, rawWeight('f32', head, null, V, inF), tg, wts, T, 256);
+      return [o, dq, dkv, ds, dx, dA, dB, loss, dh];
+    };
+    const one = await withThreads(1, run);
+    const two = await withThreads(2, run);
+    one.forEach((a, i) => expect(relErr(two[i], a), `output ${i}`).toBeLessThan(1e-6));
+  });
+});
