@@ -1,0 +1,64 @@
+// The tokenizer worker pool gives exactly the in-thread result, whatever the worker count.
+// Worker threads load compiled JavaScript, so this test runs the compiled package in dist/
+// (built by `npm ci` / `npm run build`).
+import { describe, expect, it, beforeAll, afterAll, vi } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BUNDLED, embeddedTokenizerFile, prepareOptions, tempDir } from './helpers.js';
+
+vi.setConfig({ testTimeout: 120_000, hookTimeout: 60_000 });
+
+const DIST = join(BUNDLED, '../../dist/data');
+type PoolModule = typeof import('../../src/data/pool.js');
+type PrepareModule = typeof import('../../src/data/prepare.js');
+type DocumentsModule = typeof import('../../src/data/documents.js');
+type TokenizerModule = typeof import('../../src/data/tokenizer.js');
+
+const tmp = tempDir();
+let tokPath: string;
+let pool: PoolModule;
+let prep: PrepareModule;
+let documents: DocumentsModule;
+let tokenizer: TokenizerModule;
+beforeAll(async () => {
+  if (!existsSync(join(DIST, 'tokenize-worker.js'))) throw new Error(`${DIST}/tokenize-worker.js is missing: run \`npm run build\` first`);
+  tokPath = embeddedTokenizerFile(join(tmp.dir, 'tok'));
+  pool = (await import(join(DIST, 'pool.js'))) as PoolModule;
+  prep = (await import(join(DIST, 'prepare.js'))) as PrepareModule;
+  documents = (await import(join(DIST, 'documents.js'))) as DocumentsModule;
+  tokenizer = (await import(join(DIST, 'tokenizer.js'))) as TokenizerModule;
+});
+afterAll(() => tmp.cleanup());
+
+describe('tokenizer worker pool (compiled)', () => {
+  it('is available from dist/ and encodes small batches on 3 workers exactly as one thread does, in document order', async () => {
+    expect(pool.workerPoolAvailable()).toBe(true);
+    const tok = await tokenizer.loadTokenizer(tokPath);
+    const ids = documents.chatTokenIds(tok);
+    if ('missing' in ids) throw new Error('chat tokens missing');
+    const docs = readFileSync(join(BUNDLED, 'qa-chat.jsonl'), 'utf8').trim().split('\n').slice(0, 120)
+      .map((l, i) => (i % 2 === 0
+        ? { kind: 'chat' as const, messages: (JSON.parse(l) as { messages: import('../../src/data/documents.js').ChatMessage[] }).messages }
+        : { kind: 'text' as const, text: l }));
+    const encode = (d: (typeof docs)[number]) => documents.encodeDocument(tok, ids, d);
+    const single = await pool.tokenizeDocuments(docs, { tokenizerPath: tokPath, workers: 1, encode });
+    const multi = await pool.tokenizeDocuments(docs, { tokenizerPath: tokPath, workers: 3, encode, batchChars: 2000 });
+    expect(single.workers).toBe(1);
+    expect(multi.workers).toBe(3);
+    expect(multi.encoded.length).toBe(docs.length);
+    multi.encoded.forEach((e, i) => {
+      expect([...e.ids]).toEqual([...single.encoded[i]!.ids]);
+      expect([...e.mask]).toEqual([...single.encoded[i]!.mask]);
+    });
+  });
+
+  it('prepare writes byte-identical shards with 1 and with 2 workers', async () => {
+    const sources = [{ path: join(BUNDLED, '*.jsonl'), format: 'auto' as const, text_field: 'text' }];
+    const a = await prep.prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'w1'), { sources, seq_len: 128, eval_fraction: 0.1, workers: 1 }));
+    const b = await prep.prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'w2'), { sources, seq_len: 128, eval_fraction: 0.1, workers: 2 }));
+    expect([a.workers, b.workers]).toEqual([1, 2]);
+    const shards = [...a.manifest.splits.train.shards, ...a.manifest.splits.eval.shards];
+    expect([...b.manifest.splits.train.shards, ...b.manifest.splits.eval.shards]).toEqual(shards);
+    for (const s of shards) expect(readFileSync(join(tmp.dir, 'w2', s)).equals(readFileSync(join(tmp.dir, 'w1', s)))).toBe(true);
+  });
+});
