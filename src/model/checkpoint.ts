@@ -1,8 +1,9 @@
 // A DeepSeek V4 checkpoint folder as shipped: config.json + safetensors shards, official or
 // transformers layout, read lazily tensor by tensor and exposed under the official names.
-import { existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
+import { writeDirAtomic } from '../fsutil.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
 import { detectLayout, expectedTensors, mapTransformersLayout, officialToTransformers, scaleNameOf, type Layout, type TensorSource } from './layout.js';
@@ -390,4 +391,22 @@ export async function writeCheckpointFiles(
     writer.abort();
     throw e;
   }
+}
+
+/**
+ * Copy a checkpoint folder tensor by tensor into `out` (written atomically), in the official or
+ * the transformers layout: config.json and the tokenizer files are copied as they are, the
+ * stored bytes (FP8/FP4 with their scales) are kept. Memory stays bounded by one tensor (one
+ * stacked expert tensor in the transformers layout).
+ */
+export async function copyCheckpoint(src: Checkpoint, out: string, opts: WriteOptions = {}): Promise<string[]> {
+  const plans = src.names().map((n) => src.plan(n));
+  return writeDirAtomic(out, async (tmp) => {
+    writeFileSync(join(tmp, 'config.json'), readFileSync(join(src.dir, 'config.json')));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(src.dir, f))) copyFileSync(join(src.dir, f), join(tmp, f));
+    return writeCheckpointFiles(tmp, plans, async (n) => {
+      const r = await src.raw(n);
+      return { data: r.data, scale: r.scale };
+    }, opts);
+  });
 }

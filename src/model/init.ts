@@ -9,7 +9,7 @@ import { writeDirAtomic } from '../fsutil.js';
 import { writeCheckpointFiles, type TensorBytes, type TensorPlan } from './checkpoint.js';
 import { parseConfig, type V4Config } from './config.js';
 import { f32ToBf16Bytes, f32ToBytes, FP4_GROUP, FP8_BLOCK, quantFp4, quantFp8Block } from './formats.js';
-import { expectedTensors, type ExpectedTensor } from './layout.js';
+import { expectedTensors, type ExpectedTensor, type Layout } from './layout.js';
 import type { Dtype } from './safetensors.js';
 
 export type Preset = 'tiny' | 'small';
@@ -249,6 +249,8 @@ export interface InitOptions {
   format?: InitFormat;
   /** shard size limit (default: 16 MiB for tiny, 256 MiB for small), so the output is sharded like a release */
   maxShardBytes?: number;
+  /** official (default, as shipped) or transformers names */
+  layout?: Layout;
   /** write tokenizer.json + tokenizer_config.json (default true) */
   tokenizer?: boolean;
   onTensor?: (done: number, total: number) => void;
@@ -283,7 +285,7 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
     return writeCheckpointFiles(tmp, plans, (name) => {
       opts.onTensor?.(++done, plans.length);
       return initTensorBytes(byName.get(name)!, planByName.get(name)!, config, seed);
-    }, { maxShardBytes });
+    }, { maxShardBytes, layout: opts.layout });
   });
   return { out: opts.out, preset: opts.preset, format, seed, tensors: plans.length, shards };
 }

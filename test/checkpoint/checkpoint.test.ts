@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
-import { Checkpoint, writeCheckpointFiles, type TensorPlan } from '../../src/model/checkpoint.js';
+import { Checkpoint, copyCheckpoint, writeCheckpointFiles, type TensorPlan } from '../../src/model/checkpoint.js';
 import { configFingerprint, parseConfig, parseConfigWithWarnings } from '../../src/model/config.js';
 import { e8m0Decode, fp4e2m1Decode, fp8e4m3Decode } from '../../src/model/formats.js';
 import { expectedTensors } from '../../src/model/layout.js';
@@ -128,6 +128,25 @@ describe('layouts', () => {
       expect(sameBits(a, b), n).toBe(true);
     }
     await hf.close();
+  });
+
+  it('copyCheckpoint official -> transformers -> official keeps every stored byte', async () => {
+    const hfDir = join(tmp(), 'hf');
+    await copyCheckpoint(ck, hfDir, { layout: 'transformers' });
+    const hf = await Checkpoint.open(hfDir);
+    expect(hf.layout).toBe('transformers');
+    const backDir = join(tmp(), 'back');
+    await copyCheckpoint(hf, backDir);
+    await hf.close();
+    const back = await Checkpoint.open(backDir);
+    expect(back.layout).toBe('official');
+    expect(back.names()).toEqual(ck.names());
+    for (const n of ck.names()) {
+      const [a, b] = [await ck.raw(n), await back.raw(n)];
+      expect(Buffer.from(b.data).equals(Buffer.from(a.data)) && (a.scale === null ? b.scale === null : Buffer.from(b.scale!).equals(Buffer.from(a.scale))), n).toBe(true);
+    }
+    expect(readFileSync(join(backDir, 'config.json'), 'utf8')).toBe(readFileSync(join(FIXTURE, 'config.json'), 'utf8'));
+    await back.close();
   });
 
   it('an official-layout copy is byte-identical tensor by tensor', async () => {
