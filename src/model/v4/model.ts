@@ -59,6 +59,16 @@ export class V4Model {
     return this.backend.logits(hn, this.weights.head, seq.T, c.hidden_size, c.vocab_size);
   }
 
+  /** Logits of the last token only [vocab] (generation). */
+  async lastLogits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
+    const seq = makeSeq(ids, opts.segments);
+    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const hn = await this.hidden(g, seq);
+    const c = this.config;
+    const d = c.hidden_size;
+    return this.backend.logits(hn.subarray((seq.T - 1) * d), this.weights.head, 1, d, c.vocab_size);
+  }
+
   /** The next-token loss (design.md convention) without gradients; vocab in chunks. */
   async loss(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions = {}): Promise<LossResult> {
     const seq = makeSeq(ids, opts.segments);

@@ -1,0 +1,76 @@
+// `v4tune eval <recipe>`: loss and perplexity of the recipe's model on the eval split of its
+// prepared dataset (design.md loss convention), with the number of counted tokens.
+import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { openDataset } from '../../data/dataset.js';
+import { InputError } from '../../errors.js';
+import { loadModel } from '../../model/load.js';
+import type { V4Model } from '../../model/v4/model.js';
+import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { action } from '../action.js';
+import type { CliContext } from '../context.js';
+import { recipeModelDir } from './prepare.js';
+
+export interface EvalSummary {
+  loss: number;
+  perplexity: number;
+  /** counted (predicted) tokens */
+  tokens: number;
+  rows: number;
+}
+
+/** Mean next-token loss over the eval rows of a dataset folder. */
+export async function evaluate(model: V4Model, datasetDir: string, ctx: CliContext, maxRows = Infinity): Promise<EvalSummary> {
+  const ds = openDataset(datasetDir);
+  const total = Math.min(ds.rowCount('eval'), maxRows);
+  if (total === 0) throw new InputError(`${join(datasetDir, 'manifest.json')}: the eval split is empty (raise data.eval_fraction)`);
+  const bar = ctx.progress('eval', total, 'rows');
+  let lossSum = 0;
+  let tokens = 0;
+  let rows = 0;
+  for (const row of ds.rows('eval')) {
+    if (rows >= total) break;
+    const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments });
+    lossSum += r.lossSum;
+    tokens += r.count;
+    rows++;
+    bar.update(rows);
+  }
+  bar.stop();
+  if (tokens === 0) throw new InputError(`${datasetDir}: no eval position counts (every loss_mask target is 0)`);
+  const loss = lossSum / tokens;
+  return { loss, perplexity: Math.exp(loss), tokens, rows };
+}
+
+export function register(program: Command): void {
+  program.command('eval')
+    .description('loss and perplexity of the model on the eval split of the prepared dataset')
+    .argument('<recipe>', 'recipe .yaml file')
+    .option('--max-rows <n>', 'evaluate at most N eval rows')
+    .action(action(async (ctx: CliContext, file: string, opts: { maxRows?: string }) => {
+      const recipe: LoadedRecipe = loadRecipe(file);
+      const modelDir = recipeModelDir(recipe);
+      if (!existsSync(join(modelDir, 'config.json'))) {
+        throw new InputError(`${recipe.file}: model folder ${modelDir} has no config.json (run \`v4tune run\` or \`v4tune init-model\` first)`);
+      }
+      const dataDir = recipe.data.output;
+      if (!existsSync(join(dataDir, 'manifest.json'))) {
+        throw new InputError(`${recipe.file}: dataset ${dataDir} is not prepared (run \`v4tune prepare ${file}\` first)`);
+      }
+      let maxRows = Infinity;
+      if (opts.maxRows !== undefined) {
+        maxRows = Number(opts.maxRows);
+        if (!Number.isInteger(maxRows) || maxRows < 1) throw new InputError(`--max-rows must be a positive integer (got ${opts.maxRows})`);
+      }
+      ctx.log(`eval ${modelDir} on ${dataDir} (eval split)`);
+      const model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
+      try {
+        const s = await evaluate(model, dataDir, ctx, maxRows);
+        ctx.log(`loss ${s.loss.toFixed(4)}  perplexity ${s.perplexity.toFixed(2)}  tokens ${s.tokens}  rows ${s.rows}`);
+        return { ok: true, model: modelDir, dataset: dataDir, ...s };
+      } finally {
+        model.dispose();
+      }
+    }));
+}
