@@ -91,9 +91,18 @@ export class Checkpoint {
     }
   }
 
-  /** every tensor config.json implies is present with its logical shape (InputError naming the first that is not) */
+  /**
+   * Every tensor config.json implies is present with its logical shape (InputError naming the
+   * first that is not). An MTP block may be absent as a whole (transformers drops `mtp.*`).
+   */
   validate(): void {
+    const names = [...this.tensors.keys()];
+    const absentBlock = (n: string): boolean => {
+      const m = /^mtp\.\d+\./.exec(n);
+      return m !== null && !names.some((x) => x.startsWith(m[0]));
+    };
     for (const t of expectedTensors(this.config)) {
+      if (absentBlock(t.name)) continue;
       const r = this.tensors.get(t.name);
       if (!r) throw new InputError(`${this.dir}: missing tensor ${t.name} (config.json implies it, shape ${fmtShape(t.shape)})`);
       if (!sameShape(r.meta.logicalShape, t.shape)) {

@@ -167,6 +167,18 @@ describe('bad checkpoints', () => {
     await rejects(Checkpoint.open(d), 'missing tensor layers.2.attn.compressor.wgate.weight');
   });
 
+  it('an MTP block may be absent as a whole, but not in part', async () => {
+    const d = tmp();
+    writeFileSync(join(d, 'config.json'), JSON.stringify(fixtureConfig()));
+    const plans = ck.names().filter((n) => !n.startsWith('mtp.')).map((n) => ck.plan(n));
+    await writeCheckpointFiles(d, plans, async (n) => ck.raw(n));
+    const c2 = await Checkpoint.open(d);
+    expect(c2.has('mtp.0.e_proj.weight')).toBe(false);
+    await c2.close();
+    const d2 = await copyFixture({ drop: 'mtp.0.hnorm.weight' });
+    await rejects(Checkpoint.open(d2), 'missing tensor mtp.0.hnorm.weight');
+  });
+
   it('a tensor of the wrong shape is named with expected vs found', async () => {
     const d = await copyFixture({ plan: (p) => (p.name === 'layers.1.attn.q_norm.weight' ? { ...p, shape: [48] } : p) });
     await rejects(Checkpoint.open(d), 'layers.1.attn.q_norm.weight', 'shape [48]', 'expected [32]');
