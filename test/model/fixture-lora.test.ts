@@ -5,7 +5,8 @@ import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { loadModel } from '../../src/model/load.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
-import { cases, FIXTURE, fixtureAdapter, readF32, readF32Tensors, readI32, readU8, relMaxErr } from './fixture.js';
+import { loadAdapter } from '../../src/lora/peft.js';
+import { cases, FIXTURE, readF32, readF32Tensors, readI32, readU8, relMaxErr } from './fixture.js';
 
 describe('v4-tiny-ref lora case (tfjs backend)', { timeout: 60_000 }, () => {
   const L = cases().lora;
@@ -13,7 +14,7 @@ describe('v4-tiny-ref lora case (tfjs backend)', { timeout: 60_000 }, () => {
   let adapter: ModelAdapter;
   beforeAll(async () => {
     model = await loadModel(join(FIXTURE, 'checkpoint'), { backend: 'tfjs' });
-    adapter = fixtureAdapter();
+    adapter = await loadAdapter(join(FIXTURE, L.adapter), { warn: () => {} });
   }, 60_000);
   afterAll(() => model.dispose());
 

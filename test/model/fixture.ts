@@ -44,8 +44,6 @@ export function relMaxErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 import { SafetensorsFile } from '../../src/model/safetensors.js';
-import type { LoraFactors } from '../../src/backend/ops.js';
-import type { ModelAdapter } from '../../src/model/v4/model.js';
 
 /** Every F32 tensor of a safetensors file. */
 export function readF32Tensors(path: string): Map<string, { shape: number[]; data: Float32Array }> {
@@ -61,19 +59,4 @@ export function readF32Tensors(path: string): Map<string, { shape: number[]; dat
   } finally {
     f.close();
   }
-}
-
-/** The fixture's PEFT adapter as the model applies it (scaling = alpha / r). */
-export function fixtureAdapter(): ModelAdapter {
-  const cfg = JSON.parse(readFileSync(join(FIXTURE, 'adapter', 'adapter_config.json'), 'utf8')) as { r: number; lora_alpha: number };
-  const t = readF32Tensors(join(FIXTURE, 'adapter', 'adapter_model.safetensors'));
-  const mods = new Map<string, LoraFactors>();
-  for (const [key, a] of t) {
-    const m = /^base_model\.model\.(.+)\.lora_A\.weight$/.exec(key);
-    if (!m) continue;
-    const b = t.get(`base_model.model.${m[1]}.lora_B.weight`);
-    if (!b) throw new Error(`no lora_B for ${m[1]}`);
-    mods.set(m[1], { A: a.data, B: b.data, r: a.shape[0], scaling: cfg.lora_alpha / cfg.r });
-  }
-  return { factors: (name) => mods.get(name), modules: () => mods.keys() };
 }

@@ -4,6 +4,8 @@
 import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
 import { Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
+import { peftKey } from '../../lora/peft.js';
+import { meanLoss } from '../../train/loss.js';
 import type { V4Config } from '../config.js';
 import { block } from './block.js';
 import { Graph, type AdapterView } from './graph.js';
@@ -16,6 +18,8 @@ import { loadWeights, type ModelSource, type V4Weights } from './weights.js';
 /** An adapter as the model applies it: module name → LoRA factors, and the list of modules. */
 export interface ModelAdapter extends AdapterView {
   modules(): Iterable<string>;
+  /** refuses an adapter made for another base (src/lora Adapter implements it) */
+  assertFits?(config: V4Config, where: string): void;
 }
 
 export interface ForwardOptions {
@@ -38,7 +42,6 @@ export interface LossAndGrads extends LossResult {
   grads: Map<string, Float32Array>;
 }
 
-export const peftKey = (module: string, which: 'A' | 'B'): string => `base_model.model.${module}.lora_${which}.weight`;
 
 export class V4Model {
   private readonly tables = new Map<string, RopeTable>();
@@ -53,7 +56,7 @@ export class V4Model {
   /** Logits [T, vocab] row-major. */
   async logits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
     const seq = makeSeq(ids, opts.segments);
-    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const g = this.graph(null, opts.adapter);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     return this.backend.logits(hn, this.weights.head, seq.T, c.hidden_size, c.vocab_size);
@@ -62,7 +65,7 @@ export class V4Model {
   /** Logits of the last token only [vocab] (generation). */
   async lastLogits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
     const seq = makeSeq(ids, opts.segments);
-    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const g = this.graph(null, opts.adapter);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const d = c.hidden_size;
@@ -72,11 +75,11 @@ export class V4Model {
   /** The next-token loss (design.md convention) without gradients; vocab in chunks. */
   async loss(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions = {}): Promise<LossResult> {
     const seq = makeSeq(ids, opts.segments);
-    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const g = this.graph(null, opts.adapter);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const { lossSum, count } = await this.backend.lmHeadLossForward(hn, this.weights.head, nextTokenTargets(seq, lossMask), seq.T, c.hidden_size, c.vocab_size);
-    return { loss: count ? lossSum / count : NaN, lossSum, count };
+    return { loss: meanLoss(lossSum, count), lossSum, count };
   }
 
   /**
@@ -87,7 +90,7 @@ export class V4Model {
   async lossAndGrads(ids: Int32Array, lossMask: Uint8Array, opts: ForwardOptions & { adapter: ModelAdapter }): Promise<LossAndGrads> {
     const seq = makeSeq(ids, opts.segments);
     const tape = new Tape();
-    const g = new Graph(this.backend, tape, opts.adapter);
+    const g = this.graph(tape, opts.adapter);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const targets = nextTokenTargets(seq, lossMask);
@@ -114,7 +117,7 @@ export class V4Model {
     if (!W) throw new InputError('mtpLogits: this checkpoint has no MTP block (mtp.0.*)');
     const c = this.config;
     const seq = makeSeq(ids, opts.segments);
-    const g = new Graph(this.backend, null, opts.adapter ?? null);
+    const g = this.graph(null, opts.adapter);
     const X = await this.trunk(g, seq);
     const rowsL: number[] = [];
     const segs: number[] = [];
@@ -131,6 +134,11 @@ export class V4Model {
     const seqNext = makeSeq(Int32Array.from(rows, (t) => ids[t + 1]), segs);
     const hn = await mtpHidden(g, W, this.weights, Xr, seqNext, c, this.table(W.block.ratio, seqNext.maxLen));
     return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
+  }
+
+  private graph(tape: Tape | null, adapter: ModelAdapter | null | undefined): Graph {
+    adapter?.assertFits?.(this.config, 'adapter');
+    return new Graph(this.backend, tape, adapter ?? null);
   }
 
   /** Free the backend's weights. */

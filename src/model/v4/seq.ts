@@ -1,5 +1,6 @@
 // One packed row: token ids and its segments (independent sequences laid end to end).
 import { InputError } from '../../errors.js';
+import { nextTokenTargets as targetsOf } from '../../train/loss.js';
 
 export interface Seq {
   /** tokens in the row */
@@ -44,16 +45,7 @@ export function makeSeq(ids: Int32Array, segments?: ArrayLike<number> | null): S
   return { T, ids, segs, pos, segStart, segOf, maxLen };
 }
 
-/** Next-token targets: targets[t] = ids[t+1] when lossMask[t+1] = 1 and t, t+1 share a segment, else −1. */
+/** Next-token targets of the row (src/train/loss.ts convention): −1 where t does not count. */
 export function nextTokenTargets(seq: Seq, lossMask: Uint8Array | null): Int32Array {
-  if (lossMask && lossMask.length !== seq.T) {
-    throw new InputError(`lossMask: has ${lossMask.length} entries but ids has ${seq.T} tokens`);
-  }
-  const tg = new Int32Array(seq.T).fill(-1);
-  for (let t = 0; t + 1 < seq.T; t++) {
-    if (seq.segOf[t] !== seq.segOf[t + 1]) continue;
-    if (lossMask && lossMask[t + 1] !== 1) continue;
-    tg[t] = seq.ids[t + 1];
-  }
-  return tg;
+  return targetsOf(seq.ids, seq.segOf, lossMask);
 }
