@@ -103,6 +103,9 @@ export function createAdapter(base: AdapterBase, opts: LoraOptions): Adapter {
   const o = resolveLoraOptions(opts);
   const layers = new Map<string, LoraLayer>();
   for (const m of selectTargets(o.targets, base.config)) {
+    const ex = /^((?:layers|mtp)\.\d+)\.ffn\.experts\.(\d+)\./.exec(m.name);
+    const allowed = ex ? o.expertSubset[ex[1]!] : undefined;
+    if (allowed && !allowed.includes(Number(ex![2]))) continue;
     const r = patternValue(o.rankPattern, m.name, o.r);
     const alpha = patternValue(o.alphaPattern, m.name, o.alpha);
     const rng = tensorRng(o.seed, `lora:${m.name}`);

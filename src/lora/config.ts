@@ -28,6 +28,11 @@ export interface LoraOptions {
   dropout?: number;
   /** seed of the initialisation */
   seed?: number;
+  /**
+   * routed experts that get adapters, by block (`layers.3` / `mtp.0` -> expert ids), e.g. the
+   * experts profile-experts measured as most used; blocks not listed keep every expert
+   */
+  expertSubset?: Readonly<Record<string, ReadonlyArray<number>>>;
   /** kaiming (default, as PEFT: A ~ kaiming_uniform(a = sqrt 5) = U(±1/sqrt(in)), B = 0) or gaussian (A ~ normal with std 1/r, B = 0) */
   init?: LoraInit;
 }
@@ -62,5 +67,11 @@ export function resolveLoraOptions(o: LoraOptions, where = 'lora'): ResolvedLora
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) bad('seed', `must be an integer in 0..4294967295 (got ${JSON.stringify(seed)})`);
   const init = o.init ?? 'kaiming';
   if (init !== 'kaiming' && init !== 'gaussian') bad('init', `must be kaiming or gaussian (got ${JSON.stringify(init)})`);
-  return { r, alpha, targets, rankPattern, alphaPattern, rsLoRA: o.rsLoRA ?? false, dropout, seed, init };
+  const expertSubset: Record<string, number[]> = {};
+  for (const [k, v] of Object.entries(o.expertSubset ?? {})) {
+    if (!/^(layers|mtp)\.\d+$/.test(k)) bad('expert subset', `key "${k}" must be a block like layers.3 or mtp.0`);
+    if (!Array.isArray(v) || v.some((e) => !Number.isInteger(e) || e < 0)) bad(`expert subset["${k}"]`, 'must be a list of expert ids');
+    expertSubset[k] = [...v];
+  }
+  return { r, alpha, targets, rankPattern, alphaPattern, rsLoRA: o.rsLoRA ?? false, dropout, seed, init, expertSubset };
 }

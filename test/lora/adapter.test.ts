@@ -62,6 +62,14 @@ describe('createAdapter', () => {
     expect(loraScaling(8, 16, true)).toBe(2);
   });
 
+  it('an expert subset keeps adapters only on the listed experts of the listed blocks', () => {
+    const a = createAdapter(base, { r: 2, alpha: 2, targets: ['ffn.experts.*.w1', 'attn.wkv'], expertSubset: { 'layers.1': [2, 5] } });
+    expect(a.modules().filter((m) => m.startsWith('layers.1.ffn.'))).toEqual(['layers.1.ffn.experts.2.w1', 'layers.1.ffn.experts.5.w1']);
+    expect(a.modules().filter((m) => m.startsWith('layers.0.ffn.')).length).toBe(8);
+    expect(a.modules()).toContain('layers.1.attn.wkv');
+    expect(() => createAdapter(base, { r: 2, alpha: 2, expertSubset: { 'block1': [1] } })).toThrow(/layers\.3 or mtp\.0/);
+  });
+
   it('delta is scaling·B·A (float64 reference)', () => {
     const a = createAdapter(base, { r: 3, alpha: 6, targets: ['attn.wq_a'], seed: 1 });
     const l = a.factors('layers.0.attn.wq_a')! as { B: Float32Array; A: Float32Array; r: number; in: number; out: number; scaling: number };
