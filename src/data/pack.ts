@@ -39,25 +39,69 @@ export function chunkDocuments(docs: EncodedDocument[], seqLen: number): Piece[]
   return pieces;
 }
 
+/**
+ * Counts per free-space value r in [0, size), with "smallest r >= x whose count is non-zero" in
+ * O(log size): a segment tree of counts over a power-of-two leaf range.
+ */
+class FreeSpaceIndex {
+  private readonly leaves: number;
+  private readonly tree: Int32Array;
+  constructor(size: number) {
+    let leaves = 1;
+    while (leaves < size) leaves *= 2;
+    this.leaves = leaves;
+    this.tree = new Int32Array(2 * leaves);
+  }
+  add(r: number, delta: number): void {
+    for (let i = r + this.leaves; i >= 1; i >>= 1) this.tree[i]! += delta;
+  }
+  /** Smallest r >= x with a non-zero count, or -1. */
+  firstAtLeast(x: number): number {
+    if (x >= this.leaves) return -1;
+    // Walk up from leaf x to find the first subtree to the right (or x itself) holding a count.
+    let i = x + this.leaves;
+    if (this.tree[i]! > 0) return x;
+    while (i > 1) {
+      if ((i & 1) === 0 && this.tree[i + 1]! > 0) { i = i + 1; break; }
+      i >>= 1;
+    }
+    if (i === 1) return -1;
+    while (i < this.leaves) i = this.tree[2 * i]! > 0 ? 2 * i : 2 * i + 1;
+    return i - this.leaves;
+  }
+}
+
 /** Assign chunks to rows: lists of piece indices per row, in row order. */
 function assignRows(pieces: Piece[], seqLen: number, packing: boolean): number[][] {
   if (!packing) return pieces.map((_, i) => [i]);
   const order = pieces.map((_, i) => i).sort((a, b) => (pieces[b]!.end - pieces[b]!.start) - (pieces[a]!.end - pieces[a]!.start));
   const rows: number[][] = [];
   const free: number[] = [];
-  // rowsByFree[r]: rows with exactly r free tokens (0 < r < seqLen) that can take another segment.
-  const rowsByFree: number[][] = Array.from({ length: seqLen }, () => []);
+  // rowsByFree.get(r): rows with exactly r free tokens (0 < r < seqLen) that can take another segment.
+  const rowsByFree = new Map<number, number[]>();
+  const index = new FreeSpaceIndex(seqLen);
   for (const p of order) {
     const len = pieces[p]!.end - pieces[p]!.start;
-    let row = -1;
-    for (let r = len; r < seqLen; r++) {
-      const bucket = rowsByFree[r]!;
-      if (bucket.length > 0) { row = bucket.pop()!; break; }
+    const r = index.firstAtLeast(len);
+    let row: number;
+    if (r < 0) {
+      row = rows.length;
+      rows.push([]);
+      free.push(seqLen);
+    } else {
+      const bucket = rowsByFree.get(r)!;
+      row = bucket.pop()!;
+      index.add(r, -1);
     }
-    if (row < 0) { row = rows.length; rows.push([]); free.push(seqLen); }
     rows[row]!.push(p);
     free[row] = free[row]! - len;
-    if (free[row]! > 0 && rows[row]!.length < MAX_SEGMENTS) rowsByFree[free[row]!]!.push(row);
+    const left = free[row]!;
+    if (left > 0 && rows[row]!.length < MAX_SEGMENTS) {
+      let bucket = rowsByFree.get(left);
+      if (!bucket) { bucket = []; rowsByFree.set(left, bucket); }
+      bucket.push(row);
+      index.add(left, 1);
+    }
   }
   return rows;
 }

@@ -91,6 +91,18 @@ describe('packing', () => {
     expect(packed.tokens / (packed.rows * 64)).toBeGreaterThan(0.8);
   });
 
+  it('packs 3000 documents into 1M-token rows quickly and nearly as tightly as possible', () => {
+    let seed = 1;
+    const rand = (): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648; };
+    const many = Array.from({ length: 3000 }, (_, k) => doc(k, 2 + Math.floor(rand() * 5000)));
+    const total = many.reduce((a, d) => a + d.ids.length, 0);
+    const t0 = performance.now();
+    const p = packDocuments(many, 1 << 20, true, EOS);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(p.tokens).toBe(total);
+    expect(p.rows).toBeLessThanOrEqual(Math.ceil(total / (1 << 20)) + 1);
+  });
+
   it('is deterministic', () => {
     const a = packDocuments(docs, 16, true, EOS);
     const b = packDocuments(docs, 16, true, EOS);
