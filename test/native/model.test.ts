@@ -1,0 +1,91 @@
+// The whole model on the native backend: the fixture's `lora` case against its independent
+// float64 reference (tolerances from the fixture's README: loss 1e-5, logits 1e-4, gradients
+// 1e-3), and the tiny preset's whole-model LoRA gradients native vs tfjs.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadModel } from '../../src/model/load.js';
+import { initModel } from '../../src/model/init.js';
+import { createAdapter } from '../../src/lora/adapter.js';
+import { loadAdapter } from '../../src/lora/peft.js';
+import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
+import { cases, FIXTURE, readF32, readF32Tensors, readI32, readU8, relMaxErr } from '../model/fixture.js';
+import { addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+
+describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_000 }, () => {
+  it('the addon is built (required under CI)', () => {
+    expect(addon, whyUnavailable).not.toBeNull();
+  });
+
+  describe('fixture v4-tiny-ref lora case', () => {
+    const L = cases().lora;
+    let model: V4Model;
+    let adapter: ModelAdapter;
+    beforeAll(async () => {
+      model = await loadModel(join(FIXTURE, 'checkpoint'), { backend: 'native' });
+      adapter = await loadAdapter(join(FIXTURE, L.adapter), { warn: () => {} });
+    }, 60_000);
+    afterAll(() => model?.dispose());
+
+    it('loads on the native backend', () => {
+      expect(model.backend.name).toMatch(/^native/);
+    });
+
+    it('logits with the adapter within 1e-4 of the reference', async () => {
+      const out = await model.logits(readI32(L.ids), { segments: L.segments, adapter });
+      expect(relMaxErr(out, readF32(L.logits))).toBeLessThanOrEqual(1e-4);
+    });
+
+    it('loss within 1e-5 and every LoRA gradient within 1e-3 of the reference', async () => {
+      const { loss, grads } = await model.lossAndGrads(readI32(L.ids), readU8(L.loss_mask), { segments: L.segments, adapter });
+      expect(Math.abs(loss - L.loss) / Math.abs(L.loss)).toBeLessThanOrEqual(1e-5);
+      const ref = readF32Tensors(join(FIXTURE, L.grads));
+      expect([...grads.keys()].sort()).toEqual([...ref.keys()].sort());
+      const bad: string[] = [];
+      for (const [k, r] of ref) {
+        const e = relMaxErr(grads.get(k) as Float32Array, r.data);
+        if (!(e <= 1e-3)) bad.push(`${k}: ${e}`);
+      }
+      expect(bad).toEqual([]);
+    });
+  });
+
+  describe('tiny preset (FP8 attention, FP4 experts): native vs tfjs', () => {
+    let dir: string;
+    let nat: V4Model;
+    let tfm: V4Model;
+    beforeAll(async () => {
+      dir = mkdtempSync(join(tmpdir(), 'v4tune-native-'));
+      await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
+      nat = await loadModel(join(dir, 'm'), { backend: 'native' });
+      tfm = await loadModel(join(dir, 'm'), { backend: 'tfjs' });
+    }, 60_000);
+    afterAll(() => {
+      nat?.dispose();
+      tfm?.dispose();
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    });
+
+    // both float32 with different summation orders through ~all layers: loss 1e-5, grads 1e-3
+    it('whole-model loss and every LoRA gradient agree (packed row of two segments)', async () => {
+      const adapter = createAdapter(nat, { r: 4, alpha: 8, seed: 3 });
+      const r = rng(9);
+      for (const l of adapter.layers.values()) l.B.set(randn(l.B.length, r, 0.05));
+      const T = 40;
+      const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % nat.config.vocab_size);
+      const mask = Uint8Array.from({ length: T }, (_, i) => (i % 5 === 0 ? 0 : 1));
+      const opts = { segments: [25, 15], adapter };
+      const a = await nat.lossAndGrads(ids, mask, opts);
+      const b = await tfm.lossAndGrads(ids, mask, opts);
+      expect(Math.abs(a.loss - b.loss) / Math.abs(b.loss)).toBeLessThan(1e-5);
+      expect([...a.grads.keys()].sort()).toEqual([...b.grads.keys()].sort());
+      const bad: string[] = [];
+      for (const [k, g] of b.grads) {
+        const e = relErr(a.grads.get(k) as Float32Array, g);
+        if (!(e <= 1e-3)) bad.push(`${k}: ${e}`);
+      }
+      expect(bad).toEqual([]);
+    });
+  });
+});
