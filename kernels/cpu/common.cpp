@@ -35,7 +35,10 @@ bool cpu_has_bf16() {
   __builtin_cpu_init();
   return g_cpu_isa == Isa::avx512 && __builtin_cpu_supports("avx512bf16");
 }
-static std::atomic<bool> g_bf16{false};
+static std::atomic<bool> g_bf16{[] {
+  const char* e = std::getenv("V4TUNE_BF16");
+  return e && std::strcmp(e, "1") == 0 && cpu_has_bf16();
+}()};
 bool bf16_mode() { return g_bf16.load(std::memory_order_relaxed) && isa() == Isa::avx512; }
 void set_bf16_mode(bool on) { g_bf16 = on && cpu_has_bf16(); }
 

@@ -89,6 +89,60 @@ static void micro_scalar(long kc, const float* A, const float* B, float* C, long
     for (int j = 0; j < nr; j++) C[i * ldc + j] = std::fma(alpha, acc[i][j], C[i * ldc + j]);
 }
 
+// ---- bf16 dot-product mode (opt-in): A and B rounded to bf16 (nearest even), fp32 accumulate ----
+// Pair layout: word [kp][i] holds (X(2kp, i), X(2kp+1, i)) as two bf16, low half first, which is
+// what vdpbf16ps multiplies and adds into one fp32 lane.
+V4_AVX512 static inline __m512i round_bf16(__m512 v) {  // fp32 bits rounded to nearest even at bit 16
+  __m512i u = _mm512_castps_si512(v);
+  return _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+}
+V4_AVX512 static void to_bf16_pairs(const float* src, long kc, int W, uint32_t* dst) {
+  long kp = 0;
+  for (; 2 * kp < kc; kp++) {
+    for (int j = 0; j < W; j += 16) {
+      __m512 lo = _mm512_loadu_ps(src + 2 * kp * W + j);
+      __m512 hi = 2 * kp + 1 < kc ? _mm512_loadu_ps(src + (2 * kp + 1) * W + j) : _mm512_setzero_ps();
+      __m512i w = _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
+      _mm512_storeu_si512(dst + kp * W + j, w);
+    }
+  }
+}
+
+static inline uint32_t bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+static void pairs_scalar(const float* src, long kc, int W, uint32_t* dst) {
+  for (long kp = 0; 2 * kp < kc; kp++)
+    for (int j = 0; j < W; j++)
+      dst[kp * W + j] = bf16_round(src[2 * kp * W + j]) | (2 * kp + 1 < kc ? bf16_round(src[(2 * kp + 1) * W + j]) << 16 : 0u);
+}
+
+V4_AVX512BF16 static void micro_bf16(long kc2, const uint32_t* A, const uint32_t* B, float* C, long ldc, int mr, int nr, float alpha) {
+  constexpr int MR = 12;
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (long k = 0; k < kc2; k++) {
+    __m512bh b0 = (__m512bh)_mm512_load_si512(B + k * 32), b1 = (__m512bh)_mm512_load_si512(B + k * 32 + 16);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+      __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[k * MR + i]));
+      c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
+      c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
+    }
+  }
+  __mmask16 m0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
+  __m512 va = _mm512_set1_ps(alpha);
+  for (int i = 0; i < mr; i++) {
+    float* p = C + i * ldc;
+    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, c0[i], _mm512_maskz_loadu_ps(m0, p)));
+    if (m1) _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, c1[i], _mm512_maskz_loadu_ps(m1, p + 16)));
+  }
+}
+
 struct Kernel {
   int MR, NR;
   void (*micro)(long, const float*, const float*, float*, long, int, int, float);
@@ -160,6 +214,7 @@ static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, lo
 void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
           const WeightRef& W, bool transB, float beta, float* c, long ldc) {
   if (M <= 0 || N <= 0) return;
+  const bool bf16 = bf16_mode();
   const Kernel kern = kernel_for(isa());
   const int MR = kern.MR, NR = kern.NR;
   long mchunks = cdiv(M, 480);
@@ -178,13 +233,25 @@ void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sa
       if (beta == 0.f) std::memset(p, 0, nb * 4);
       else if (beta != 1.f) for (long j = 0; j < nb; j++) p[j] *= beta;
     }
-    thread_local Scratch sa, sb, srow;
+    thread_local Scratch sa, sb, srow, sa16, sb16;
     for (long k0 = 0; k0 < K; k0 += KC) {
       long kc = std::min(KC, K - k0);
       float* Ap = sa.get(cdiv(mb, MR) * MR * kc);
       float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
       pack_A(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
       pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(KC));
+      if (bf16) {
+        long kc2 = cdiv(kc, 2);
+        uint32_t* A16 = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
+        uint32_t* B16 = (uint32_t*)sb16.get(cdiv(nb, NR) * NR * kc2);
+        for (long is = 0; is * MR < mb; is++) pairs_scalar(Ap + is * kc * MR, kc, MR, A16 + is * kc2 * MR);
+        for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);
+        for (long jp = 0; jp * NR < nb; jp++)
+          for (long is = 0; is * MR < mb; is++)
+            micro_bf16(kc2, A16 + is * kc2 * MR, B16 + jp * kc2 * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
+                       int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha);
+        continue;
+      }
       for (long jp = 0; jp * NR < nb; jp++)
         for (long is = 0; is * MR < mb; is++)
           kern.micro(kc, Ap + is * kc * MR, Bp + jp * kc * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,

@@ -8,6 +8,8 @@ namespace v4 {
 // A(m,k) = a[m*sam + k*sak] (fp32; a transposed operand is just other strides)
 // B(k,n) = W[n][k] when transB (W is [N,K], the usual `x Wᵀ`), else W[k][n] (W is [K,N])
 // beta is 0 (overwrite) or 1 (accumulate: gradients use +=).
+// In bf16 mode (set_bf16_mode, AVX512_BF16 CPUs) A and B are rounded to bf16 and multiplied
+// with vdpbf16ps, accumulating in fp32: about 2^-8 relative error per product.
 void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
           const WeightRef& W, bool transB, float beta, float* c, long ldc);
 

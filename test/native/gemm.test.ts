@@ -124,4 +124,28 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     }
     A().setIsa(cpu);
   });
+
+  // bf16 mode (opt-in): inputs rounded to bf16 (8-bit mantissa), fp32 accumulation. Stated
+  // tolerance: max|Δ|/max|C| ≤ 1e-2 against the exact product; and it must equal the float64
+  // product of the bf16-rounded inputs to 1e-5 (so only the rounding differs).
+  it.skipIf(!addon?.info().cpuBf16)('bf16 dot-product mode stays within 1e-2 of fp32 and is exactly the bf16-rounded product', async () => {
+    const r = rng(5);
+    const [M, N, K] = [50, 70, 515];
+    const a = randn(M * K, r);
+    const W = randn(N * K, r);
+    const bf = (v: Float32Array): Float32Array => {
+      const u = new Uint32Array(v.buffer.slice(0));
+      for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
+      return new Float32Array(u.buffer);
+    };
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      const y = new Float32Array(M * N);
+      await A().gemm(M, N, K, 1, a, K, 1, rawWeight('f32', W, null, N, K), true, 0, y, N);
+      expect(relErr(y, gemmRef(M, N, K, 1, a, K, 1, W, true, 0, y))).toBeLessThan(1e-2);
+      expect(relErr(y, gemmRef(M, N, K, 1, bf(a), K, 1, bf(W), true, 0, y))).toBeLessThan(1e-5);
+    } finally {
+      A().setBf16(false);
+    }
+  });
 });
