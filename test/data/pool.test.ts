@@ -53,7 +53,7 @@ describe('tokenizer worker pool (compiled)', () => {
   });
 
   it('prepare writes byte-identical shards with 1 and with 2 workers', async () => {
-    const sources = [{ path: join(BUNDLED, '*.jsonl'), format: 'auto' as const, text_field: 'text' }];
+    const sources = [{ path: join(BUNDLED, 'qa-chat.jsonl'), format: 'auto' as const, text_field: 'text' }];
     const a = await prep.prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'w1'), { sources, seq_len: 128, eval_fraction: 0.1, workers: 1 }));
     const b = await prep.prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'w2'), { sources, seq_len: 128, eval_fraction: 0.1, workers: 2 }));
     expect([a.workers, b.workers]).toEqual([1, 2]);
