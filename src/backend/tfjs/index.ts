@@ -14,7 +14,24 @@ import type {
 import { ropeRotate, topkLowerIndex } from './host.js';
 
 class TfWeight implements WeightHandle {
+  /** row blocks of VOCAB_CHUNK rows (the lm head), split once on first use */
+  chunks: tf.Tensor[] | null = null;
   constructor(readonly name: string, readonly shape: readonly number[], readonly t: tf.Tensor) {}
+}
+
+/** Vocabulary rows per lm-head chunk. */
+const VOCAB_CHUNK = 8192;
+
+/** The weight's row blocks of VOCAB_CHUNK rows (kept with the weight). */
+function rowChunks(h: WeightHandle): tf.Tensor[] {
+  const w = h as TfWeight;
+  if (!w.chunks) {
+    const V = w.shape[0];
+    const sizes: number[] = [];
+    for (let v0 = 0; v0 < V; v0 += VOCAB_CHUNK) sizes.push(Math.min(VOCAB_CHUNK, V - v0));
+    w.chunks = sizes.length === 1 ? [wt(h)] : tf.split(wt(h), sizes, 0);
+  }
+  return w.chunks;
 }
 
 function wt(h: WeightHandle): tf.Tensor {
@@ -354,7 +371,10 @@ export class TfjsBackend implements Backend {
   }
 
   dispose(): void {
-    for (const h of this.weights) h.t.dispose();
+    for (const h of this.weights) {
+      if (h.chunks && h.chunks.length > 1) tf.dispose(h.chunks);
+      h.t.dispose();
+    }
     this.weights.clear();
   }
 
@@ -732,15 +752,14 @@ export class TfjsBackend implements Backend {
     const lse = new Float64Array(C).fill(-Infinity);
     let lossSum = 0;
     if (C > 0) {
-      const vc = Math.min(V, 8192);
-      const rc = chunkRows(C, vc);
+      const chunks = rowChunks(W);
+      const rc = chunkRows(C, VOCAB_CHUNK);
       for (let r0 = 0; r0 < C; r0 += rc) {
         const r = Math.min(rc, C - r0);
         tf.tidy(() => {
           const xt = f32(xs.subarray(r0 * d, (r0 + r) * d), [r, d]);
-          for (let v0 = 0; v0 < V; v0 += vc) {
-            const v = Math.min(vc, V - v0);
-            const part = host(tf.logSumExp(tf.matMul(xt, tf.slice(wt(W), [v0, 0], [v, d]), false, true), 1));
+          for (const Wc of chunks) {
+            const part = host(tf.logSumExp(tf.matMul(xt, Wc, false, true), 1));
             for (let i = 0; i < r; i++) {
               const a = lse[r0 + i];
               const b = part[i];
@@ -759,20 +778,18 @@ export class TfjsBackend implements Backend {
   // dx_n = g·(Σ_v softmax(x_n Wᵀ)_v W_v − W[target_n]) for counted n, 0 elsewhere
   async lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }> {
     const s = expectSaved<LossSaved>(saved, 'lmHeadLoss');
-    const { d, V, N } = s;
+    const { d, N } = s;
     const C = s.rows.length;
     const dx = new Float32Array(N * d);
-    const vc = Math.min(V, 8192);
-    const rc = chunkRows(C, vc);
+    const chunks = rowChunks(s.W);
+    const rc = chunkRows(C, VOCAB_CHUNK);
     for (let r0 = 0; r0 < C; r0 += rc) {
       const r = Math.min(rc, C - r0);
       const g = tf.tidy(() => {
         const xt = f32(s.xs.subarray(r0 * d, (r0 + r) * d), [r, d]);
         const lse = f32(Float32Array.from(s.lse.subarray(r0, r0 + r)), [r, 1]);
         let acc = tf.neg(tf.gather(wt(s.W), i32(s.tg.subarray(r0, r0 + r), [r])));
-        for (let v0 = 0; v0 < V; v0 += vc) {
-          const v = Math.min(vc, V - v0);
-          const Wc = tf.slice(wt(s.W), [v0, 0], [v, d]);
+        for (const Wc of chunks) {
           const p = tf.exp(tf.sub(tf.matMul(xt, Wc, false, true), lse));
           acc = tf.add(acc, tf.matMul(p, Wc));
         }
