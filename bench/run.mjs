@@ -1,0 +1,35 @@
+// `npm run bench`: every benchmark, one after another (never in parallel: they would share the
+// cores), each writing its JSON into bench/results/. Needs the compiled package (npm ci / npm run build).
+// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels; default all)
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const benches = {
+  prepare: [['prepare.mjs']],
+  forward: [
+    ['forward.mjs', '--preset', 'small', '--backend', 'tfjs', '--out', 'bench/results/forward-tfjs.json'],
+    ['forward.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/forward-native.json'],
+  ],
+  kernels: [['kernels.mjs', '--model', 'small']],
+};
+const wanted = process.argv.slice(2);
+for (const name of wanted) {
+  if (!(name in benches)) {
+    console.error(`bench: unknown benchmark "${name}" (${Object.keys(benches).join(', ')})`);
+    process.exit(2);
+  }
+}
+let failed = 0;
+for (const name of wanted.length > 0 ? wanted : Object.keys(benches)) {
+  for (const [script, ...args] of benches[name]) {
+    console.log(`bench ${name}: node bench/${script} ${args.join(' ')}`);
+    const r = spawnSync(process.execPath, [join(here, script), ...args], { stdio: 'inherit', cwd: join(here, '..') });
+    if (r.status !== 0) {
+      console.error(`bench ${name}: bench/${script} failed (exit ${r.status})`);
+      failed++;
+    }
+  }
+}
+process.exit(failed > 0 ? 1 : 0);
