@@ -1,19 +1,14 @@
-// Backend selection: `auto` = native when its addon is built, else tfjs (saying which, once).
+// Backend selection: `auto` = native when its addon is built, else tfjs (saying which, once);
+// under CI=true a missing native addon is an error, so CI never passes on the fallback alone.
 import { V4tuneError } from '../errors.js';
 import type { Backend, BackendName } from './ops.js';
 import { createTfjsBackend } from './tfjs/index.js';
-
-/** What src/backend/native/index.ts exports (the native engineer's module). */
-interface NativeModule {
-  createNativeBackend(): Promise<Backend>;
-}
 
 let noted = false;
 
 async function tryNative(): Promise<{ backend: Backend | null; reason: string }> {
   try {
-    const spec = new URL('./native/index.js', import.meta.url).href;
-    const mod = (await import(/* @vite-ignore */ spec)) as NativeModule;
+    const mod = await import('./native/index.js');
     return { backend: await mod.createNativeBackend(), reason: '' };
   } catch (e) {
     const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
@@ -34,6 +29,9 @@ export async function createBackend(name: BackendName = 'auto', note: (line: str
     return native.backend;
   }
   if (name === 'native') throw new V4tuneError(`backend native is not available: ${native.reason}`);
+  if (process.env.CI === 'true') {
+    throw new V4tuneError(`backend auto: the native addon is not available under CI=true (${native.reason}); CI must not pass on the tfjs fallback alone`);
+  }
   const be = await createTfjsBackend();
   if (!noted) note(`v4tune: backend ${be.name} (the native addon is not built)`);
   noted = true;
