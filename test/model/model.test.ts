@@ -58,6 +58,24 @@ describe('V4 model on the fixture checkpoint (tfjs)', { timeout: 60_000 }, () =>
     expect(Math.abs(loss - mean)).toBeLessThan(1e-5);
   });
 
+  it('MTP logits: one row per (t, t+1) pair inside a segment; a packed row equals its documents alone', async () => {
+    const docA = ids.slice(0, 40);
+    const docB = ids.slice(40, 100);
+    const packed = await model.mtpLogits(ids.slice(0, 100), { segments: [40, 60] });
+    expect(Array.from(packed.rows)).toEqual([...Array(39).keys(), ...Array.from({ length: 59 }, (_, i) => 40 + i)]);
+    expect(packed.logits.length).toBe(98 * V);
+    const a = await model.mtpLogits(docA);
+    const b = await model.mtpLogits(docB);
+    let maxd = 0;
+    let maxv = 0;
+    const both = [...a.logits, ...b.logits];
+    both.forEach((v, i) => {
+      maxd = Math.max(maxd, Math.abs(v - packed.logits[i]));
+      maxv = Math.max(maxv, Math.abs(v));
+    });
+    expect(maxd / maxv).toBeLessThan(1e-5);
+  });
+
   it('FP8/FP4 weights give the same logits as their dequantised BF16 copy', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-bf16-'));
     try {
