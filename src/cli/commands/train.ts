@@ -1,0 +1,259 @@
+// `v4tune train <recipe>`: train the recipe's LoRA adapter on its prepared dataset, with
+// checkpoints, a metrics log and eval on the eval split (src/train/run.ts writes them);
+// `--resume` continues from the last checkpoint to the same result as a run never stopped.
+import type { Command } from 'commander';
+import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tryLoadAddon } from '../../backend/native/addon.js';
+import { openDataset, type DatasetRow } from '../../data/dataset.js';
+import { InputError, V4tuneError } from '../../errors.js';
+import { writeFileAtomic } from '../../fsutil.js';
+import { createAdapter } from '../../lora/adapter.js';
+import { configFingerprint } from '../../model/config.js';
+import { loadModel } from '../../model/load.js';
+import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { assertSameIdentity, checkpointsDir, listCheckpoints, loadCheckpoint, type RunIdentity } from '../../train/checkpoint.js';
+import { runTraining, TRAIN_LOG, TRAIN_SUMMARY, type TrainResult } from '../../train/run.js';
+import type { TrainSettings } from '../../train/trainer.js';
+import { action } from '../action.js';
+import type { CliContext } from '../context.js';
+import { recipeModelDir } from './prepare.js';
+
+/** Exit code of a run stopped by Ctrl-C (128 + SIGINT), after its checkpoint is written. */
+export const EXIT_INTERRUPTED = 130;
+
+export interface TrainRecipeOptions {
+  /** continue from the last checkpoint in `<output>/checkpoints` */
+  resume?: boolean;
+  /** delete an earlier run's checkpoints, log, adapter and summary, and start over */
+  overwrite?: boolean;
+  /** evaluate on at most this many eval rows (default: the whole eval split) */
+  evalRows?: number;
+}
+
+/** The recipe's `train` section as the trainer takes it. */
+export function trainSettings(recipe: LoadedRecipe): TrainSettings {
+  const t = recipe.train;
+  return {
+    steps: t.steps,
+    batchRows: t.batch_rows,
+    gradAccum: t.grad_accum,
+    lr: t.lr,
+    schedule: t.schedule,
+    warmupSteps: t.warmup_steps,
+    weightDecay: t.weight_decay,
+    maxGradNorm: t.max_grad_norm,
+    seed: t.seed,
+  };
+}
+
+/**
+ * Recipe settings this version cannot honour: each is refused with the field named, never
+ * ignored.
+ */
+export function assertTrainable(recipe: LoadedRecipe): void {
+  const where = recipe.file;
+  const l = recipe.lora;
+  if (l.dropout > 0) {
+    throw new InputError(`${where}: lora.dropout ${l.dropout} is not supported yet: the model's LoRA ops have no dropout hook on the LoRA input (set lora.dropout: 0)`);
+  }
+  if (l.experts === 'profiled') {
+    throw new InputError(`${where}: lora.experts: profiled needs \`v4tune profile-experts\`, which is not built yet (use lora.experts: all)`);
+  }
+  if (l.experts_per_layer !== undefined) {
+    throw new InputError(`${where}: lora.experts_per_layer only applies with lora.experts: profiled, which is not built yet (remove it)`);
+  }
+  if (recipe.train.activation_checkpointing) {
+    throw new InputError(`${where}: train.activation_checkpointing is not supported yet: the model's tape keeps every activation and has no recompute hook (set it to false)`);
+  }
+}
+
+/** What a resume must find unchanged: every setting that decides the trained numbers. */
+function runIdentity(recipe: LoadedRecipe, datasetKey: string, fingerprint: string): RunIdentity {
+  const t = recipe.train;
+  const id: RunIdentity = {};
+  for (const k of ['steps', 'batch_rows', 'grad_accum', 'lr', 'schedule', 'warmup_steps', 'weight_decay', 'max_grad_norm', 'seed', 'precision'] as const) id[`train.${k}`] = t[k];
+  for (const [k, v] of Object.entries(recipe.lora)) id[`lora.${k}`] = v;
+  if (recipe.model.preset !== undefined) {
+    id['model.preset'] = recipe.model.preset;
+    id['model.seed'] = recipe.model.seed;
+    id['model.format'] = recipe.model.format;
+  } else {
+    id['model.path'] = recipe.model.path;
+  }
+  id['model config fingerprint'] = fingerprint;
+  id['the prepared dataset (manifest cache_key)'] = datasetKey;
+  return id;
+}
+
+/** Apply train.threads / train.precision to the native kernels; returns how to put them back. */
+function nativeSettings(recipe: LoadedRecipe, ctx: CliContext): () => void {
+  const t = recipe.train;
+  const addon = t.backend === 'tfjs' ? null : tryLoadAddon();
+  if (!addon) {
+    if (t.precision === 'bf16') throw new InputError(`${recipe.file}: train.precision: bf16 needs the native backend (tfjs computes in fp32 only)`);
+    if (t.threads !== 0) ctx.warn(`train.threads applies to the native backend only; tfjs picks its own threads`);
+    return () => {};
+  }
+  const before = addon.info();
+  addon.setThreads(t.threads);
+  const bf16 = addon.setBf16(t.precision === 'bf16');
+  if (t.precision === 'bf16' && !bf16) ctx.warn('train.precision: bf16 asked, but this CPU has no bf16 dot products: computing in fp32');
+  return () => {
+    addon.setThreads(before.threads);
+    addon.setBf16(before.bf16);
+  };
+}
+
+function fmtInt(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+/** The train stage of a recipe (used by `train` and `run`): returns train.json's content. */
+export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRecipeOptions = {}): Promise<Record<string, unknown>> {
+  assertTrainable(recipe);
+  if (opts.resume && opts.overwrite) throw new InputError('--resume and --overwrite exclude each other');
+  const modelDir = recipeModelDir(recipe);
+  if (!existsSync(join(modelDir, 'config.json'))) {
+    throw new InputError(`${recipe.file}: model folder ${modelDir} has no config.json (run \`v4tune run ${recipe.file}\`${recipe.model.preset ? ` or \`v4tune init-model --preset ${recipe.model.preset} --out ${modelDir}\`` : ''} first)`);
+  }
+  const dataDir = recipe.data.output;
+  if (!existsSync(join(dataDir, 'manifest.json'))) {
+    throw new InputError(`${recipe.file}: dataset ${dataDir} is not prepared (run \`v4tune prepare ${recipe.file}\` or \`v4tune run ${recipe.file}\` first)`);
+  }
+  const ds = openDataset(dataDir);
+  if (ds.manifest.seq_len !== recipe.data.seq_len) {
+    throw new InputError(`${recipe.file}: data.seq_len is ${recipe.data.seq_len} but the dataset in ${dataDir} was prepared with ${ds.manifest.seq_len} (run \`v4tune prepare ${recipe.file}\` again)`);
+  }
+  if (ds.rowCount('train') === 0) throw new InputError(`${join(dataDir, 'manifest.json')}: the train split is empty`);
+  const evalCap = opts.evalRows ?? Infinity;
+  const trainRows: DatasetRow[] = [...ds.rows('train')];
+  const evalRows: DatasetRow[] = [];
+  for (const r of ds.rows('eval')) {
+    if (evalRows.length >= evalCap) break;
+    evalRows.push(r);
+  }
+
+  const out = recipe.output;
+  const ckRoot = checkpointsDir(out);
+  const have = listCheckpoints(ckRoot);
+  if (opts.resume && have.length === 0) throw new InputError(`${recipe.file}: --resume: no checkpoint in ${ckRoot} to resume from`);
+  if (!opts.resume && have.length > 0) {
+    if (!opts.overwrite) {
+      throw new InputError(`${recipe.file}: ${ckRoot} holds checkpoints of an earlier run (last: step ${have[have.length - 1]}); pass --resume to continue it or --overwrite to start over`);
+    }
+  }
+  if (opts.overwrite) {
+    for (const p of [ckRoot, join(out, 'adapter'), join(out, TRAIN_LOG), join(out, TRAIN_SUMMARY)]) rmSync(p, { recursive: true, force: true });
+  }
+
+  const restore = nativeSettings(recipe, ctx);
+  let stop = false;
+  const onSigint = () => {
+    if (stop) {
+      process.stderr.write('v4tune: stopped at once (the last complete checkpoint is kept)\n');
+      process.exit(EXIT_INTERRUPTED);
+    }
+    stop = true;
+    ctx.warn('Ctrl-C: stopping after this step, with a checkpoint (Ctrl-C again to quit at once)');
+  };
+  process.on('SIGINT', onSigint);
+  const model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
+  try {
+    const fingerprint = configFingerprint(model.config);
+    const identity = runIdentity(recipe, ds.manifest.cache_key, fingerprint);
+    const settings = trainSettings(recipe);
+    let start: Parameters<typeof runTraining>[0]['start'];
+    if (opts.resume) {
+      const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`));
+      assertSameIdentity(checkpoint, identity, recipe.file);
+      checkpoint.adapter.assertFits(model.config, checkpoint.dir);
+      start = { checkpoint };
+    } else {
+      const l = recipe.lora;
+      start = {
+        adapter: createAdapter({ config: model.config, dir: modelDir }, {
+          r: l.r, alpha: l.alpha, targets: l.targets, rankPattern: l.rank_pattern, alphaPattern: l.alpha_pattern,
+          rsLoRA: l.rslora, dropout: l.dropout, seed: l.seed,
+        }),
+      };
+    }
+    const adapter = 'checkpoint' in start ? start.checkpoint.adapter : start.adapter;
+    let params = 0;
+    for (const m of adapter.modules()) params += adapter.factors(m)!.A.length + adapter.factors(m)!.B.length;
+    const t = recipe.train;
+    const rowsPerStep = t.batch_rows * t.grad_accum;
+    ctx.log(`train ${recipe.name}: model ${modelDir}${recipe.model.preset ? ` (${recipe.model.preset} preset)` : ''} on ${model.backend.name}`);
+    ctx.log(`  adapter: ${adapter.modules().length} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(params)} trainable parameters`);
+    ctx.log(`  data: ${fmtInt(trainRows.length)} train rows, ${fmtInt(evalRows.length)} eval rows${evalRows.length < ds.rowCount('eval') ? ` (of ${fmtInt(ds.rowCount('eval'))})` : ''}, seq_len ${ds.manifest.seq_len}`);
+    ctx.log(`  steps: ${t.steps} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(t.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
+    ctx.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; eval every ${t.eval_every || 'run (end only)'}, checkpoint every ${t.checkpoint_every || 'run (end only)'}`);
+    ctx.log(`  output: ${out}`);
+    const r = await runTraining({
+      model,
+      start,
+      train: trainRows,
+      eval: evalRows,
+      settings,
+      evalEvery: t.eval_every,
+      checkpointEvery: t.checkpoint_every,
+      output: out,
+      identity,
+      shouldStop: () => stop,
+    }, ctx);
+    const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalRows.length);
+    writeFileAtomic(join(out, TRAIN_SUMMARY), `${JSON.stringify(summary, null, 2)}\n`);
+    if (r.interrupted) {
+      throw new V4tuneError(`train: stopped at step ${r.step} of ${r.steps}; checkpoint ${r.lastCheckpoint} (continue with \`v4tune train ${recipe.file} --resume\`)`, EXIT_INTERRUPTED);
+    }
+    ctx.log(`train: ${r.step} steps${r.resumedFrom !== null ? ` (resumed at ${r.resumedFrom})` : ''}, last loss ${r.lastLoss?.toFixed(4) ?? '—'}${r.evalAfter ? `, eval loss ${r.evalAfter.loss.toFixed(4)}${r.evalBefore ? ` (before ${r.evalBefore.loss.toFixed(4)})` : ''}` : ''}, ${Math.round(r.tokensPerSecond)} tokens/s → ${r.adapterDir}`);
+    return summary;
+  } finally {
+    process.off('SIGINT', onSigint);
+    model.dispose();
+    restore();
+  }
+}
+
+function trainSummary(recipe: LoadedRecipe, r: TrainResult, backend: string, trainRows: number, evalRows: number): Record<string, unknown> {
+  return {
+    ok: !r.interrupted,
+    recipe: recipe.file,
+    output: recipe.output,
+    backend,
+    interrupted: r.interrupted,
+    step: r.step,
+    steps: r.steps,
+    resumed_from: r.resumedFrom,
+    trainable_parameters: r.trainableParameters,
+    train_rows: trainRows,
+    eval_rows: evalRows,
+    last_loss: r.lastLoss,
+    eval_before: r.evalBefore,
+    eval_after: r.evalAfter,
+    tokens: r.tokens,
+    train_seconds: r.trainSeconds,
+    tokens_per_s: r.tokensPerSecond,
+    checkpoint: r.lastCheckpoint,
+    adapter: r.adapterDir,
+    log: join(recipe.output, TRAIN_LOG),
+  };
+}
+
+export function register(program: Command): void {
+  program.command('train')
+    .description('train the recipe\'s LoRA adapter on its prepared dataset (checkpoints, eval, train-log.jsonl, adapter/)')
+    .argument('<recipe>', 'recipe .yaml file')
+    .option('--resume', 'continue from the last checkpoint in <output>/checkpoints (same result as a run never stopped)')
+    .option('--overwrite', 'delete an earlier run\'s checkpoints, log and adapter and start over')
+    .option('--eval-rows <n>', 'evaluate on at most N eval rows (default: the whole eval split)')
+    .action(action(async (ctx: CliContext, file: string, o: { resume?: boolean; overwrite?: boolean; evalRows?: string }) => {
+      const recipe = loadRecipe(file);
+      let evalRows: number | undefined;
+      if (o.evalRows !== undefined) {
+        evalRows = Number(o.evalRows);
+        if (!Number.isInteger(evalRows) || evalRows < 0) throw new InputError(`--eval-rows must be a non-negative integer (got ${o.evalRows})`);
+      }
+      return trainRecipe(recipe, ctx, { resume: o.resume === true, overwrite: o.overwrite === true, evalRows });
+    }));
+}

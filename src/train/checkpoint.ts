@@ -1,0 +1,155 @@
+// Resumable training checkpoints: `<output>/checkpoints/step-N/` holds
+//   adapter/                  the adapter at step N, PEFT format (saveAdapter)
+//   optimizer.safetensors     AdamW moments: `<PEFT key>.exp_avg` / `.exp_avg_sq`, F32
+//   state.json                step, data-order position and seed, tokens seen, and the settings
+//                             the run was made with (a resume must use the same ones)
+// The folder is written under a temporary name and renamed: a step-N folder is whole or absent.
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../errors.js';
+import { writeDirAtomic } from '../fsutil.js';
+import type { Adapter } from '../lora/adapter.js';
+import { loadAdapter, saveAdapter } from '../lora/peft.js';
+import { f32BytesToF32, f32ToBytes } from '../model/formats.js';
+import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
+import { VERSION } from '../version.js';
+import { ADAMW_DEFAULTS, type Moments } from './adamw.js';
+import type { TrainerState } from './trainer.js';
+
+export const CHECKPOINT_FORMAT = 'v4tune-train-checkpoint';
+export const CHECKPOINT_FORMAT_VERSION = 1;
+const STATE = 'state.json';
+const OPTIMIZER = 'optimizer.safetensors';
+const ADAPTER = 'adapter';
+
+/** What a run must keep equal to resume: field (as the recipe names it) → value. */
+export type RunIdentity = Record<string, unknown>;
+
+export interface CheckpointState {
+  format: typeof CHECKPOINT_FORMAT;
+  format_version: number;
+  v4tune_version: string;
+  step: number;
+  tokens_seen: number;
+  loss_tokens_seen: number;
+  optimizer: { name: 'adamw'; beta1: number; beta2: number; eps: number };
+  /** the data order: permutation(seed, epoch)[cursor] is the next row (order.ts) */
+  data: { epoch: number; cursor: number };
+  /** random numbers: the data order's stream is a function of (seed, epoch), so this is its whole state */
+  rng: { algorithm: 'sfc32 per (seed, epoch)'; seed: number; epoch: number };
+  identity: RunIdentity;
+}
+
+export interface TrainCheckpoint {
+  dir: string;
+  state: CheckpointState;
+  adapter: Adapter;
+  moments: Map<string, Moments>;
+}
+
+export function checkpointsDir(output: string): string {
+  return join(output, 'checkpoints');
+}
+
+/** Write `<root>/step-N/` atomically. */
+export async function saveCheckpoint(root: string, adapter: Adapter, moments: ReadonlyMap<string, Moments>, st: TrainerState, seed: number, identity: RunIdentity): Promise<string> {
+  const dir = join(root, `step-${st.step}`);
+  const state: CheckpointState = {
+    format: CHECKPOINT_FORMAT,
+    format_version: CHECKPOINT_FORMAT_VERSION,
+    v4tune_version: VERSION,
+    step: st.step,
+    tokens_seen: st.tokensSeen,
+    loss_tokens_seen: st.lossTokensSeen,
+    optimizer: { name: 'adamw', ...ADAMW_DEFAULTS },
+    data: { epoch: st.order.epoch, cursor: st.order.cursor },
+    rng: { algorithm: 'sfc32 per (seed, epoch)', seed, epoch: st.order.epoch },
+    identity,
+  };
+  const tensors: Array<TensorSpec & { data: Uint8Array }> = [];
+  for (const [k, mom] of moments) {
+    tensors.push({ name: `${k}.exp_avg`, dtype: 'F32', shape: [mom.m.length], data: f32ToBytes(mom.m) });
+    tensors.push({ name: `${k}.exp_avg_sq`, dtype: 'F32', shape: [mom.v.length], data: f32ToBytes(mom.v) });
+  }
+  tensors.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  await writeDirAtomic(dir, async (tmp) => {
+    await saveAdapter(adapter, join(tmp, ADAPTER));
+    writeSafetensorsFile(join(tmp, OPTIMIZER), tensors, { format: 'pt', step: String(st.step) });
+    writeFileSync(join(tmp, STATE), `${JSON.stringify(state, null, 2)}\n`);
+  });
+  return dir;
+}
+
+/** Steps of the complete checkpoints under root, ascending (temporary leftovers are not listed). */
+export function listCheckpoints(root: string): number[] {
+  if (!existsSync(root)) return [];
+  const steps: number[] = [];
+  for (const name of readdirSync(root)) {
+    const m = /^step-(\d+)$/.exec(name);
+    if (m && existsSync(join(root, name, STATE))) steps.push(Number(m[1]));
+  }
+  return steps.sort((a, b) => a - b);
+}
+
+/**
+ * Remove what an interrupted atomic write of one of `targets` left in `root` (the
+ * `.tmp-<target>-*` names of fsutil.ts); every target when none is named.
+ */
+export function removeLeftovers(root: string, targets?: readonly string[]): void {
+  if (!existsSync(root)) return;
+  for (const name of readdirSync(root)) {
+    if (!name.startsWith('.tmp-')) continue;
+    if (targets && !targets.some((t) => name.startsWith(`.tmp-${t}-`))) continue;
+    rmSync(join(root, name), { recursive: true, force: true });
+  }
+}
+
+/** Read `<root>/step-N/` (InputError naming the file on anything malformed). */
+export async function loadCheckpoint(dir: string): Promise<TrainCheckpoint> {
+  const statePath = join(dir, STATE);
+  let state: CheckpointState;
+  try {
+    state = JSON.parse(readFileSync(statePath, 'utf8')) as CheckpointState;
+  } catch (e) {
+    throw new InputError(`${statePath}: cannot read the checkpoint state (${(e as Error).message})`);
+  }
+  if (state.format !== CHECKPOINT_FORMAT) throw new InputError(`${statePath}: format is ${JSON.stringify(state.format)}, expected "${CHECKPOINT_FORMAT}"`);
+  if (state.format_version !== CHECKPOINT_FORMAT_VERSION) throw new InputError(`${statePath}: format_version ${state.format_version} is not one this v4tune reads (${CHECKPOINT_FORMAT_VERSION})`);
+  for (const [f, v] of [['step', state.step], ['data.epoch', state.data?.epoch], ['data.cursor', state.data?.cursor]] as const) {
+    if (!Number.isInteger(v) || (v as number) < 0) throw new InputError(`${statePath}: ${f} must be a non-negative integer (got ${JSON.stringify(v)})`);
+  }
+  const adapter = await loadAdapter(join(dir, ADAPTER));
+  const optPath = join(dir, OPTIMIZER);
+  const f = SafetensorsFile.open(optPath);
+  const moments = new Map<string, Moments>();
+  try {
+    for (const [name, e] of f.entries) {
+      const m = /^(.+)\.(exp_avg|exp_avg_sq)$/.exec(name);
+      if (!m || e.dtype !== 'F32') throw new InputError(`${optPath}: tensor ${name} is not an F32 <key>.exp_avg / .exp_avg_sq moment`);
+      const mom = moments.get(m[1]!) ?? { m: new Float32Array(0), v: new Float32Array(0) };
+      if (m[2] === 'exp_avg') mom.m = f32BytesToF32(f.read(name));
+      else mom.v = f32BytesToF32(f.read(name));
+      moments.set(m[1]!, mom);
+    }
+  } finally {
+    f.close();
+  }
+  for (const [k, mom] of moments) {
+    if (mom.m.length === 0 || mom.m.length !== mom.v.length) throw new InputError(`${optPath}: ${k} needs both exp_avg and exp_avg_sq of the same size`);
+  }
+  return { dir, state, adapter, moments };
+}
+
+/**
+ * Refuse a resume under other settings than the checkpoint's: the first field that differs,
+ * named as the recipe names it.
+ */
+export function assertSameIdentity(ck: TrainCheckpoint, now: RunIdentity, where: string): void {
+  for (const key of new Set([...Object.keys(ck.state.identity), ...Object.keys(now)])) {
+    const was = JSON.stringify(ck.state.identity[key]);
+    const is = JSON.stringify(now[key]);
+    if (was !== is) {
+      throw new InputError(`${where}: ${key} is ${is ?? 'unset'} but the checkpoint ${ck.dir} was made with ${was ?? 'unset'}; a resume must use the same settings (or start over with --overwrite)`);
+    }
+  }
+}

@@ -1,0 +1,196 @@
+// One LoRA training run in memory: the adapter's factors, their AdamW moments, the data order,
+// and the update count. `step()` runs one optimizer step: grad_accum micro-batches of batch_rows
+// rows each (a micro-batch is one packed forward/backward: its rows concatenated as segments, so
+// every row behaves as if run alone), gradients weighted by counted-token share so the step
+// minimises the mean loss over every counted token of the step, global-norm clipping, AdamW with
+// the scheduled learning rate. Only LoRA factors change; the base stays frozen.
+import type { DatasetRow } from '../data/dataset.js';
+import type { Adapter } from '../lora/adapter.js';
+import { peftKey } from '../lora/peft.js';
+import type { V4Model } from '../model/v4/model.js';
+import { ADAMW_DEFAULTS, adamwUpdate, zeroMoments, type Moments } from './adamw.js';
+import { accumulateGrads, clipCoefficient, globalNorm } from './grads.js';
+import { nextTokenTargets } from './loss.js';
+import { DataOrder, type OrderState } from './order.js';
+import { learningRate, type ScheduleKind } from './schedule.js';
+
+/** The settings that decide the numbers of a run (the recipe's `train` section, math part). */
+export interface TrainSettings {
+  steps: number;
+  batchRows: number;
+  gradAccum: number;
+  lr: number;
+  schedule: ScheduleKind;
+  warmupSteps: number;
+  weightDecay: number;
+  maxGradNorm: number;
+  /** seed of the data order */
+  seed: number;
+}
+
+/** Where a run stands; with the factors and moments it is everything a resume needs. */
+export interface TrainerState {
+  /** optimizer updates done */
+  step: number;
+  order: OrderState;
+  /** tokens fed forward so far / tokens that counted in the loss */
+  tokensSeen: number;
+  lossTokensSeen: number;
+}
+
+export interface StepRecord {
+  /** 1-based number of the update just made */
+  step: number;
+  /** mean loss over the step's counted tokens (before the update); null when none counted */
+  loss: number | null;
+  lr: number;
+  /** global gradient norm before clipping */
+  gradNorm: number;
+  /** tokens fed forward / tokens that counted in the loss */
+  tokens: number;
+  lossTokens: number;
+  seconds: number;
+  epoch: number;
+}
+
+export interface EvalResult {
+  loss: number;
+  perplexity: number;
+  /** counted tokens */
+  tokens: number;
+  rows: number;
+}
+
+/** Row i of a micro-batch: rows concatenated into one packed sequence. */
+export function packRows(rows: readonly DatasetRow[]): { ids: Int32Array; mask: Uint8Array; segments: number[] } {
+  let T = 0;
+  for (const r of rows) T += r.input_ids.length;
+  const ids = new Int32Array(T);
+  const mask = new Uint8Array(T);
+  const segments: number[] = [];
+  let o = 0;
+  for (const r of rows) {
+    ids.set(r.input_ids, o);
+    mask.set(r.loss_mask, o);
+    segments.push(...r.segments);
+    o += r.input_ids.length;
+  }
+  return { ids, mask, segments };
+}
+
+/** Positions of a packed sequence that count in the loss (design.md convention). */
+export function countedPositions(ids: Int32Array, mask: Uint8Array, segments: readonly number[]): number {
+  const segOf = new Int32Array(ids.length);
+  let t = 0;
+  segments.forEach((len, s) => {
+    segOf.fill(s, t, t + len);
+    t += len;
+  });
+  let n = 0;
+  for (const v of nextTokenTargets(ids, segOf, mask)) if (v >= 0) n++;
+  return n;
+}
+
+export class Trainer {
+  /** PEFT key → the adapter's factor (updated in place) */
+  readonly params = new Map<string, Float32Array>();
+  readonly moments = new Map<string, Moments>();
+  private readonly order: DataOrder;
+  private st: TrainerState;
+
+  constructor(
+    readonly model: V4Model,
+    readonly adapter: Adapter,
+    readonly train: readonly DatasetRow[],
+    readonly settings: TrainSettings,
+    resume?: { state: TrainerState; moments: Map<string, Moments> },
+  ) {
+    for (const module of adapter.modules()) {
+      const l = adapter.factors(module)!;
+      this.params.set(peftKey(module, 'A'), l.A);
+      this.params.set(peftKey(module, 'B'), l.B);
+    }
+    for (const [k, p] of this.params) {
+      const mom = resume?.moments.get(k) ?? (resume ? undefined : zeroMoments(p.length));
+      if (!mom || mom.m.length !== p.length || mom.v.length !== p.length) {
+        throw new RangeError(`optimizer state for ${k} is missing or has the wrong size`);
+      }
+      this.moments.set(k, mom);
+    }
+    this.st = resume ? { ...resume.state, order: { ...resume.state.order } } : { step: 0, order: { epoch: 0, cursor: 0 }, tokensSeen: 0, lossTokensSeen: 0 };
+    this.order = new DataOrder(train.length, settings.seed, this.st.order);
+  }
+
+  state(): TrainerState {
+    return { ...this.st, order: this.order.position() };
+  }
+
+  /** Trainable parameters (every value of every factor). */
+  parameterCount(): number {
+    let n = 0;
+    for (const p of this.params.values()) n += p.length;
+    return n;
+  }
+
+  /** One optimizer step (see the file comment). */
+  async step(): Promise<StepRecord> {
+    const s = this.settings;
+    const t0 = performance.now();
+    const micro = [];
+    for (let a = 0; a < s.gradAccum; a++) {
+      const packed = packRows(this.order.take(s.batchRows).map((i) => this.train[i]!));
+      micro.push({ ...packed, count: countedPositions(packed.ids, packed.mask, packed.segments) });
+    }
+    const total = micro.reduce((n, mb) => n + mb.count, 0);
+    const grads = new Map<string, Float32Array>();
+    let lossSum = 0;
+    let tokens = 0;
+    for (const mb of micro) {
+      if (mb.count === 0) continue;
+      tokens += mb.ids.length;
+      const r = await this.model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter: this.adapter });
+      lossSum += r.lossSum;
+      accumulateGrads(grads, r.grads, r.count / total);
+    }
+    const lr = learningRate(this.st.step, s);
+    let gradNorm = 0;
+    if (total > 0) {
+      gradNorm = globalNorm(grads.values());
+      const clip = clipCoefficient(gradNorm, s.maxGradNorm);
+      const h = { lr, ...ADAMW_DEFAULTS, weightDecay: s.weightDecay };
+      for (const [k, p] of this.params) {
+        const g = grads.get(k);
+        if (!g) throw new RangeError(`the model returned no gradient for ${k}`);
+        adamwUpdate(p, g, this.moments.get(k)!, this.st.step + 1, h, clip);
+      }
+    }
+    this.st.step++;
+    this.st.tokensSeen += tokens;
+    this.st.lossTokensSeen += total;
+    const order = this.order.position();
+    this.st.order = order;
+    return {
+      step: this.st.step,
+      loss: total > 0 ? lossSum / total : null,
+      lr,
+      gradNorm,
+      tokens,
+      lossTokens: total,
+      seconds: (performance.now() - t0) / 1000,
+      epoch: order.epoch,
+    };
+  }
+
+  /** Mean loss of the adapted model over `rows` (each row alone), design.md convention. */
+  async evaluate(rows: readonly DatasetRow[]): Promise<EvalResult> {
+    let lossSum = 0;
+    let tokens = 0;
+    for (const row of rows) {
+      const r = await this.model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter: this.adapter });
+      lossSum += r.lossSum;
+      tokens += r.count;
+    }
+    const loss = tokens > 0 ? lossSum / tokens : NaN;
+    return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length };
+  }
+}
