@@ -7,6 +7,7 @@
 import { InputError } from '../errors.js';
 import type { V4Config } from '../model/config.js';
 import { expectedTensors } from '../model/layout.js';
+import { editDistance } from '../nearest.js';
 
 export interface TargetModule {
   /** official module name, e.g. `layers.3.ffn.experts.7.w1` */
@@ -53,20 +54,6 @@ export function patternMatches(pattern: string, module: string): boolean {
   const p = pattern.split('.');
   const n = s.split('.');
   return p.length === n.length && p.every((c, i) => c === '*' || c.split('|').includes(n[i]!));
-}
-
-function editDistance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const up = prev[j]!;
-      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diag = up;
-    }
-  }
-  return prev[b.length]!;
 }
 
 /** up to `k` distinct relative module names nearest to a pattern (experts shown as `*`) */

@@ -2,7 +2,8 @@ import { describe, it, expect } from 'vitest';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadRecipe, parseRecipe, nearest } from '../../src/recipe/load.js';
+import { loadRecipe, parseRecipe } from '../../src/recipe/load.js';
+import { nearest } from '../../src/nearest.js';
 import { InputError } from '../../src/errors.js';
 import { DEFAULT_TARGETS } from '../../src/recipe/schema.js';
 
