@@ -59,8 +59,9 @@ static void project(float* h, float* u, const float* xe, long n, const WeightRef
 
 // act = silu(min(h1, L)) · clamp(h3, -L, L)
 static void swiglu(float* act, const float* h1, const float* h3, long n, float L) {
-  parallel_run(int(cdiv(n, 64)), [&](int t) {
-    for (long i = t * 64L; i < std::min(n, t * 64L + 64); i++) {
+  const long grain = 16384;
+  parallel_run(int(cdiv(n, grain)), [&](int t) {
+    for (long i = t * grain; i < std::min(n, (t + 1) * grain); i++) {
       float a = std::fmin(h1[i], L), b = std::fmax(-L, std::fmin(h3[i], L));
       act[i] = a * sigmoidf(a) * b;
     }
@@ -136,8 +137,9 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
       if (gr.da2) gemm(r2, I, n, ex.s2, g2.data(), 1, r2, f32_matrix(act.data(), n, I), false, 1.f, gr.da2, I);
     }
     // dh1, dh3 in place of h1, h3
-    parallel_run(int(cdiv(n * I, 4096)), [&](int t) {
-      for (long i = t * 4096L; i < std::min(n * I, t * 4096L + 4096); i++) {
+    const long grain = 16384;
+    parallel_run(int(cdiv(n * I, grain)), [&](int t) {
+      for (long i = t * grain; i < std::min(n * I, (t + 1) * grain); i++) {
         float a = h1[i], b = h3[i], da = G[i];
         float am = std::fmin(a, L), bc = std::fmax(-L, std::fmin(b, L));
         float sg = sigmoidf(am);
