@@ -10,6 +10,7 @@ import { inspectDataset, renderDatasetSummary } from '../../src/data/inspect.js'
 import { loadTokenizer, sha256Hex, type TextTokenizer } from '../../src/data/tokenizer.js';
 import { InputError } from '../../src/errors.js';
 import { BUNDLED, embeddedTokenizerFile, prepareOptions, tempDir, write } from './helpers.js';
+import { tinySentencePieceModel } from './sp-model.js';
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
 
@@ -142,6 +143,24 @@ describe('prepare', () => {
     expect(text).toContain('[segment 0, 8 tokens] ⟦<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>⟧</think>Hello!<｜end▁of▁sentence｜>');
     expect(text).toContain('[segment 1, padding, 4 tokens]');
     expect(renderDatasetSummary(report, { color: true })).toContain('\x1b[2m<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>\x1b[22m</think>');
+  });
+
+  it('works with a SentencePiece .model: copies it as tokenizer.model, and rows decode back through the dataset\'s own copy', async () => {
+    const dir = join(tmp.dir, 'sp');
+    const model = write(join(dir, 'sp.model'), tinySentencePieceModel());
+    write(join(dir, 'a.txt'), 'the seal leaks.');
+    const out = join(tmp.dir, 'sp-out');
+    const s = await prepareDataset(prepareOptions(model, out, { sources: [{ path: join(dir, 'a.txt'), format: 'auto', text_field: 'text' }], seq_len: 32, packing: false }));
+    expect(s.manifest.tokenizer).toMatchObject({ kind: 'sentencepiece', file: 'tokenizer.model', vocab_size: 34, bos_id: 1, eos_id: 2 });
+    const ds = openDataset(out);
+    const sp = await ds.tokenizer();
+    const [row] = [...ds.rows('train')];
+    const n = row!.segments[0]!;
+    expect(row!.input_ids[0]).toBe(1);
+    expect(row!.input_ids[n - 1]).toBe(2);
+    expect(sp.decode(row!.input_ids.subarray(1, n - 1))).toBe('the seal leaks.');
+    expect([...row!.input_ids.subarray(n)].every((t) => t === 2)).toBe(true);
+    expect([...row!.loss_mask.subarray(n)].every((m) => m === 0)).toBe(true);
   });
 
   it('refuses a tokenizer whose ids do not fit the model\'s vocab_size', async () => {
