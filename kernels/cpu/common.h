@@ -45,7 +45,8 @@ void check_cancel();
 // ---- vector helpers (dispatched) ----
 float dot(const float* a, const float* b, long n);          // Σ a[i] b[i]
 void axpy(float* y, float a, const float* x, long n);       // y += a x
-void scale_add(float* y, float a, const float* x, float b, long n);  // y = a x + b y
+float max_of(const float* x, long n);                        // max x[i] (−inf when n = 0)
+float exp_sub_sum(float* x, long n, float m);                // x[i] = e^(x[i] − m); returns Σ x[i]
 
 inline long cdiv(long a, long b) { return (a + b - 1) / b; }
 

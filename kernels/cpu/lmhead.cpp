@@ -33,11 +33,9 @@ void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const
         float* l = &buf[i * vc];
         long tg = targets[rows[i]];
         if (tg >= v0 && tg < v0 + vc) tl[i] = l[tg - v0];
-        float m = mx[i];
-        for (long j = 0; j < vc; j++) m = std::fmax(m, l[j]);
+        float m = std::fmax(mx[i], max_of(l, vc));
         float rescale = std::exp(mx[i] - m);  // 0 on the first chunk (mx = −inf)
-        float s = 0.f;
-        for (long j = 0; j < vc; j++) s += (l[j] = std::exp(l[j] - m));
+        float s = exp_sub_sum(l, vc, m);
         sum[i] = sum[i] * rescale + s;
         mx[i] = m;
         if (dh)
