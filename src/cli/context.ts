@@ -48,23 +48,23 @@ function barProgress(label: string, total: number, unit: string, stream: NodeJS.
   };
 }
 
-/** Without a TTY: one line at each quarter, and one at the end. */
+/** Without a TTY: at most one line at each quarter, and one at the end. */
 function lineProgress(label: string, total: number, unit: string, say: (l: string) => void): Progress {
   let nextQuarter = 1;
   let last = 0;
   let stopped = false;
+  const line = (done: number, note?: string) => `${label}: ${done}/${total}${unit ? ` ${unit}` : ''}${note ? ` ${note}` : ''}`;
   return {
     update: (done, note) => {
       last = done;
-      while (total > 0 && nextQuarter < 4 && done >= (total * nextQuarter) / 4) {
-        say(`${label}: ${done}/${total}${unit ? ` ${unit}` : ''}${note ? ` ${note}` : ''}`);
-        nextQuarter++;
-      }
+      if (total <= 0 || nextQuarter >= 4 || done < (total * nextQuarter) / 4 || done >= total) return;
+      while (nextQuarter < 4 && done >= (total * nextQuarter) / 4) nextQuarter++;
+      say(line(done, note));
     },
     stop: () => {
       if (stopped) return;
       stopped = true;
-      say(`${label}: ${last}/${total}${unit ? ` ${unit}` : ''} done`);
+      say(`${line(last)} done`);
     },
   };
 }

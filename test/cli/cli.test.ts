@@ -64,3 +64,23 @@ describe('docs', () => {
     expect(regenerated).toBe(readme);
   });
 });
+
+describe('progress without a terminal', () => {
+  it('prints at most one line per quarter and one at the end', async () => {
+    const { makeContext } = await import('../../src/cli/context.js');
+    const lines: string[] = [];
+    const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { lines.push(String(s).trim()); return true; });
+    const isTTY = process.stdout.isTTY;
+    Object.defineProperty(process.stdout, 'isTTY', { value: false, configurable: true });
+    try {
+      const p = makeContext({}).progress('write', 2, 'shards');
+      p.update(1);
+      p.update(2);
+      p.stop();
+    } finally {
+      Object.defineProperty(process.stdout, 'isTTY', { value: isTTY, configurable: true });
+      o.mockRestore();
+    }
+    expect(lines).toEqual(['write: 1/2 shards', 'write: 2/2 shards done']);
+  });
+});
