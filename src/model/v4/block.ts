@@ -4,7 +4,7 @@
 import type { F32, RopeTable } from '../../backend/ops.js';
 import type { V4Config } from '../config.js';
 import { attention } from './attention.js';
-import type { Graph } from './graph.js';
+import { ChoiceLog, type Graph } from './graph.js';
 import { hcPost, hcPre } from './mhc.js';
 import { moe } from './moe.js';
 import type { Seq } from './seq.js';
@@ -22,4 +22,27 @@ export async function block(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Co
   const fx = await g.rmsnorm(f.y, B.ffnNorm, T, d, eps);
   const fo = await moe(g, B.ffn, B.prefix, fx, seq, c);
   return hcPost(g, fo, X1, f.post, f.comb, T, c);
+}
+
+/**
+ * `block` under activation checkpointing. The forward runs untaped and the tape keeps one record
+ * for the whole block: its input X [T, hc, d], its output and the discrete choices the block made
+ * (routing indices, indexer selections). That record's backward runs the block's forward again on
+ * a fresh tape (same accountant), replaying the recorded choices, and replays that tape backward
+ * right away: the same ops on the same inputs in the same order, so the gradients are the ones
+ * the fully taped block gives. Only one block's saved contexts are alive at a time.
+ */
+export async function checkpointedBlock(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable): Promise<F32> {
+  const tape = g.tape;
+  if (!tape) return block(g, B, X, seq, c, table);
+  const choices = new ChoiceLog();
+  const Y = await block(g.with(null, choices), B, X, seq, c, table);
+  tape.record([X], [Y], async ([dY]) => {
+    choices.replay();
+    const sub = tape.child();
+    const Y2 = await block(g.with(sub, choices), B, X, seq, c, table);
+    const grads = await sub.backward([[Y2, dY]]);
+    return [grads.get(X) ?? null];
+  }, [choices]);
+  return Y;
 }

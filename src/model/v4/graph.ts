@@ -4,7 +4,8 @@
 import type {
   Backend, ExpertLora, ExpertLoraGrads, ExpertWeights, F32, I32, LoraFactors, LoraGrads, RopeTable, WeightHandle,
 } from '../../backend/ops.js';
-import { Tape } from '../../backend/tape.js';
+import type { Tape } from '../../backend/tape.js';
+import { V4tuneError } from '../../errors.js';
 
 /** What the graph needs of an adapter: the LoRA factors of an official module name, if any. */
 export interface AdapterView {
@@ -21,15 +22,72 @@ function addInto(acc: Map<string, LoraGrads>, module: string, g: LoraGrads): voi
   for (let i = 0; i < g.dB.length; i++) have.dB[i] += g.dB[i];
 }
 
-export class Graph {
-  /** module name → accumulated gradients of its LoRA factors */
-  readonly loraGrads = new Map<string, LoraGrads>();
+/** One discrete choice of a forward: routing indices [T, k] or an indexer selection [T, K]. */
+export interface Choice {
+  readonly kind: 'router' | 'indexer';
+  readonly idx: I32;
+  readonly K: number;
+}
 
-  constructor(readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null) {}
+/**
+ * The discrete choices of a forward in the order it made them. A log records while it is fresh;
+ * after `replay()` it hands the same choices back in the same order, so a recomputed forward
+ * routes and selects exactly as the first one did (activation checkpointing).
+ */
+export class ChoiceLog {
+  readonly made: Choice[] = [];
+  private cursor = -1;
+
+  get replaying(): boolean {
+    return this.cursor >= 0;
+  }
+
+  /** From now on, hand back the recorded choices from the first. */
+  replay(): void {
+    this.cursor = 0;
+  }
+
+  /** Recording: keep `c`. */
+  push(c: Choice): void {
+    this.made.push(c);
+  }
+
+  /** Replaying: the next recorded choice, which must be of `kind`. */
+  next(kind: Choice['kind']): Choice {
+    const c = this.made[this.cursor++];
+    if (!c || c.kind !== kind) {
+      throw new V4tuneError(`activation checkpointing: the recomputed forward asked for a ${kind} choice where the first forward's next choice was ${c ? `a ${c.kind} choice` : 'none (it made no more choices)'}`);
+    }
+    return c;
+  }
+}
+
+export class Graph {
+  /**
+   * `loraGrads`: module name → accumulated gradients of its LoRA factors (shared by the graphs of
+   * one step); `choices`: where discrete choices are recorded or replayed from (null: neither).
+   */
+  constructor(
+    readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null,
+    readonly loraGrads: Map<string, LoraGrads> = new Map(), readonly choices: ChoiceLog | null = null,
+  ) {}
 
   /** The same backend and adapter with nothing recorded (the indexer's discrete path). */
   untaped(): Graph {
     return new Graph(this.be, null, this.adapter);
+  }
+
+  /** The same backend, adapter and gradient sums on another tape and choice log. */
+  with(tape: Tape | null, choices: ChoiceLog | null): Graph {
+    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices);
+  }
+
+  /** An indexer selection: made by `make`, or the recorded one when replaying. */
+  async select(make: () => Promise<{ idx: I32; K: number }>): Promise<{ idx: I32; K: number }> {
+    if (this.choices?.replaying) return this.choices.next('indexer');
+    const r = await make();
+    this.choices?.push({ kind: 'indexer', idx: r.idx, K: r.K });
+    return r;
   }
 
   lora(module: string | null): LoraFactors | null {
@@ -58,7 +116,7 @@ export class Graph {
 
   async rmsnorm(x: F32, w: WeightHandle | null, N: number, C: number, eps: number): Promise<F32> {
     const { y, saved } = await this.be.rmsnormForward(x, w, N, C, eps);
-    this.tape?.record([x], [y], async ([dy]) => [(await this.be.rmsnormBackward(saved, dy)).dx]);
+    this.tape?.record([x], [y], async ([dy]) => [(await this.be.rmsnormBackward(saved, dy)).dx], [saved]);
     return y;
   }
 
@@ -70,7 +128,7 @@ export class Graph {
       const r = await this.be.linearBackward(saved, dy);
       if (r.lora && module) addInto(this.loraGrads, module, r.lora);
       return [r.dx];
-    });
+    }, [saved]);
     return y;
   }
 
@@ -81,7 +139,7 @@ export class Graph {
       const r = await this.be.groupedLinearBackward(saved, dy);
       if (r.lora && module) addInto(this.loraGrads, module, r.lora);
       return [r.dx];
-    });
+    }, [saved]);
     return y;
   }
 
@@ -90,7 +148,7 @@ export class Graph {
     N: number, hc: number, d: number, iters: number, hcEps: number, normEps: number,
   ): Promise<{ y: F32; post: F32; comb: F32 }> {
     const { y, post, comb, saved } = await this.be.mhcPreForward(X, fn, scale, base, N, hc, d, iters, hcEps, normEps);
-    this.tape?.record([X], [y, post, comb], async ([dy, dp, dc]) => [(await this.be.mhcPreBackward(saved, dy, dp, dc)).dX]);
+    this.tape?.record([X], [y, post, comb], async ([dy, dp, dc]) => [(await this.be.mhcPreBackward(saved, dy, dp, dc)).dX], [saved]);
     return { y, post, comb };
   }
 
@@ -99,19 +157,19 @@ export class Graph {
     this.tape?.record([f, res, post, comb], [out], async ([dout]) => {
       const r = await this.be.mhcPostBackward(saved, dout);
       return [r.df, r.dres, r.dpost, r.dcomb];
-    });
+    }, [saved]);
     return out;
   }
 
   async hcHead(X: F32, fn: WeightHandle, scale: WeightHandle, base: WeightHandle, N: number, hc: number, d: number, hcEps: number, normEps: number): Promise<F32> {
     const { y, saved } = await this.be.hcHeadForward(X, fn, scale, base, N, hc, d, hcEps, normEps);
-    this.tape?.record([X], [y], async ([dy]) => [(await this.be.hcHeadBackward(saved, dy)).dX]);
+    this.tape?.record([X], [y], async ([dy]) => [(await this.be.hcHeadBackward(saved, dy)).dX], [saved]);
     return y;
   }
 
   async rope(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<F32> {
     const { y, saved } = await this.be.ropeForward(x, pos, table, N, nh, hd, inverse);
-    this.tape?.record([x], [y], async ([dy]) => [(await this.be.ropeBackward(saved, dy)).dx]);
+    this.tape?.record([x], [y], async ([dy]) => [(await this.be.ropeBackward(saved, dy)).dx], [saved]);
     return y;
   }
 
@@ -120,7 +178,7 @@ export class Graph {
     this.tape?.record([a, z], [out], async ([dout]) => {
       const r = await this.be.compressorBackward(saved, dout);
       return [r.da, r.dz];
-    });
+    }, [saved]);
     return out;
   }
 
@@ -129,13 +187,17 @@ export class Graph {
     this.tape?.record([q, kv], [o], async ([dout]) => {
       const r = await this.be.attentionBackward(saved, dout);
       return [r.dq, r.dkv];
-    });
+    }, [saved]);
     return o;
   }
 
   async router(x: F32, W: WeightHandle, bias: WeightHandle | null, hashIdx: I32 | null, N: number, d: number, E: number, k: number, routeScale: number): Promise<{ weights: F32; idx: I32 }> {
-    const { weights, idx, saved } = await this.be.routerForward(x, W, bias, hashIdx, N, d, E, k, routeScale);
-    this.tape?.record([x], [weights], async ([dw]) => [(await this.be.routerBackward(saved, dw)).dx]);
+    // A replay passes the recorded indices as given indices: the op's weights are s[idx] / Σ s[idx]
+    // either way, so the recomputed weights are the first forward's, bit for bit.
+    const given = this.choices?.replaying ? this.choices.next('router').idx : hashIdx;
+    const { weights, idx, saved } = await this.be.routerForward(x, W, bias, given, N, d, E, k, routeScale);
+    if (this.choices && !this.choices.replaying) this.choices.push({ kind: 'router', idx, K: k });
+    this.tape?.record([x], [weights], async ([dw]) => [(await this.be.routerBackward(saved, dw)).dx], [saved]);
     return { weights, idx };
   }
 
@@ -147,7 +209,7 @@ export class Graph {
       const r = await this.be.moeBackward(saved, dy);
       r.lora.forEach((g, e) => this.addExpertGrads(`${module}.${e}`, g));
       return [r.dx, r.dweights];
-    });
+    }, [saved]);
     return y;
   }
 
@@ -159,7 +221,7 @@ export class Graph {
       const r = await this.be.swigluBackward(saved, dy);
       this.addExpertGrads(module, r.lora);
       return [r.dx];
-    });
+    }, [saved]);
     return y;
   }
 

@@ -3,7 +3,8 @@
 //   k' = the indexer's own compressor entries (ratio 4, width index_head_dim)
 //   w = weights_proj·x · index_head_dim^−½ · index_n_heads^−½
 //   score[t][s] = Σ_h w[t][h]·ReLU(q'[t][h]·k'[s]) over visible s; keep the top index_topk.
-// The choice is discrete: it runs untaped and no gradient flows through it.
+// The choice is discrete: it runs untaped and no gradient flows through it; a recomputed forward
+// (activation checkpointing) reuses the first forward's choice instead of making it again.
 import type { F32, I32, RopeTable } from '../../backend/ops.js';
 import type { V4Config } from '../config.js';
 import { compress } from './compressor.js';
@@ -13,6 +14,12 @@ import type { IndexerWeights } from './weights.js';
 
 /** idx [T, K]: global entry indices (into this layer's compressed entries), −1 padded. */
 export async function indexerSelect(
+  g: Graph, W: IndexerWeights, x: F32, qr: F32, seq: Seq, c: V4Config, m: number, table: RopeTable,
+): Promise<{ idx: I32; K: number }> {
+  return g.select(() => topk(g, W, x, qr, seq, c, m, table));
+}
+
+async function topk(
   g: Graph, W: IndexerWeights, x: F32, qr: F32, seq: Seq, c: V4Config, m: number, table: RopeTable,
 ): Promise<{ idx: I32; K: number }> {
   const u = g.untaped();

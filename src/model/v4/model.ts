@@ -2,12 +2,12 @@
 // `logits` runs the graph untaped; `lossAndGrads` records it on a tape and replays it backward
 // for the LoRA gradients. Packed rows: every segment behaves as if run alone.
 import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
-import { Tape } from '../../backend/tape.js';
+import { SavedBytes, Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
 import { peftKey } from '../../lora/peft.js';
 import { meanLoss } from '../../train/loss.js';
 import type { V4Config } from '../config.js';
-import { block } from './block.js';
+import { block, checkpointedBlock } from './block.js';
 import { Graph, type AdapterView } from './graph.js';
 import { hcHead } from './mhc.js';
 import { mtpHidden } from './mtp.js';
@@ -37,9 +37,27 @@ export interface LossResult {
   count: number;
 }
 
+export interface GradOptions extends ForwardOptions {
+  adapter: ModelAdapter;
+  /**
+   * Activation checkpointing per block: the forward keeps only each block's input (and its
+   * routing / indexer choices); the backward recomputes a block's forward right before replaying
+   * it. Same loss and gradients; saved memory of one block instead of all. Default false.
+   */
+  checkpointing?: boolean;
+  /** Report `savedPeakBytes` (walks the saved contexts; for tests and benchmarks). Default false. */
+  measureSavedBytes?: boolean;
+}
+
 export interface LossAndGrads extends LossResult {
   /** PEFT key (`base_model.model.<module>.lora_A.weight` / `.lora_B.weight`) → gradient */
   grads: Map<string, Float32Array>;
+  /**
+   * With `measureSavedBytes`: the most bytes of activations the tape held at once (inputs,
+   * outputs and saved contexts of its records, recompute tapes included; base weights, LoRA
+   * factors, RoPE tables and the row's layout not counted).
+   */
+  savedPeakBytes?: number;
 }
 
 
@@ -87,11 +105,12 @@ export class V4Model {
    * gradient reached it). Position t predicting t+1 counts iff lossMask[t+1] = 1 and t, t+1 share
    * a segment; the loss is the mean over counted positions.
    */
-  async lossAndGrads(ids: Int32Array, lossMask: Uint8Array, opts: ForwardOptions & { adapter: ModelAdapter }): Promise<LossAndGrads> {
+  async lossAndGrads(ids: Int32Array, lossMask: Uint8Array, opts: GradOptions): Promise<LossAndGrads> {
     const seq = makeSeq(ids, opts.segments);
-    const tape = new Tape();
+    const account = opts.measureSavedBytes ? new SavedBytes() : null;
+    const tape = new Tape(account);
     const g = this.graph(tape, opts.adapter);
-    const hn = await this.hidden(g, seq);
+    const hn = await this.hidden(g, seq, opts.checkpointing ?? false);
     const c = this.config;
     const targets = nextTokenTargets(seq, lossMask);
     const { lossSum, count, saved } = await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size);
@@ -105,7 +124,12 @@ export class V4Model {
       grads.set(peftKey(module, 'A'), gr ? gr.dA : new Float32Array(f.A.length));
       grads.set(peftKey(module, 'B'), gr ? gr.dB : new Float32Array(f.B.length));
     }
-    return { loss: lossSum / count, lossSum, count, grads };
+    const res: LossAndGrads = { loss: lossSum / count, lossSum, count, grads };
+    if (account) {
+      const factors = [...opts.adapter.modules()].map((m) => opts.adapter.factors(m));
+      res.savedPeakBytes = account.peak([this.weights, factors, [...this.tables.values()], seq]);
+    }
+    return res;
   }
 
   /**
@@ -156,20 +180,21 @@ export class V4Model {
     return t;
   }
 
-  /** Streams after the last layer: [T, hc, d]. */
-  private async trunk(g: Graph, seq: Seq): Promise<F32> {
+  /** Streams after the last layer: [T, hc, d]; `checkpointing`: per block (see checkpointedBlock). */
+  private async trunk(g: Graph, seq: Seq, checkpointing = false): Promise<F32> {
     const c = this.config;
     const d = c.hidden_size;
     const emb = await g.embedding(this.weights.embed, seq.ids, seq.T, d);
     let X = g.untaped().repeatStreams(emb, seq.T, c.hc_mult, d);
-    for (const B of this.weights.layers) X = await block(g, B, X, seq, c, this.table(B.ratio, seq.maxLen));
+    const run = checkpointing ? checkpointedBlock : block;
+    for (const B of this.weights.layers) X = await run(g, B, X, seq, c, this.table(B.ratio, seq.maxLen));
     return X;
   }
 
   /** norm(hc_head(trunk)) [T, d]: the head's input. */
-  private async hidden(g: Graph, seq: Seq): Promise<F32> {
+  private async hidden(g: Graph, seq: Seq, checkpointing = false): Promise<F32> {
     const c = this.config;
-    const X = await this.trunk(g, seq);
+    const X = await this.trunk(g, seq, checkpointing);
     const y = await hcHead(g, this.weights.hcHead, X, seq.T, c);
     return g.rmsnorm(y, this.weights.norm, seq.T, c.hidden_size, c.rms_norm_eps);
   }
