@@ -1,6 +1,7 @@
 // The DeepSeek V4 model on a backend: embed → hc streams → blocks → hc_head → norm → head.
 // `logits` runs the graph untaped; `lossAndGrads` records it on a tape and replays it backward
-// for the LoRA gradients. Packed rows: every segment behaves as if run alone.
+// for the LoRA gradients, optionally with activation checkpointing per block (block.ts
+// `checkpointedBlock`). Packed rows: every segment behaves as if run alone.
 import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
 import { SavedBytes, Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
