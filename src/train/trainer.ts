@@ -61,7 +61,7 @@ export interface EvalResult {
   rows: number;
 }
 
-/** Row i of a micro-batch: rows concatenated into one packed sequence. */
+/** A micro-batch: its rows concatenated into one packed sequence, each row's segments kept. */
 export function packRows(rows: readonly DatasetRow[]): { ids: Int32Array; mask: Uint8Array; segments: number[] } {
   let T = 0;
   for (const r of rows) T += r.input_ids.length;
@@ -89,6 +89,31 @@ export function countedPositions(ids: Int32Array, mask: Uint8Array, segments: re
   let n = 0;
   for (const v of nextTokenTargets(ids, segOf, mask)) if (v >= 0) n++;
   return n;
+}
+
+/**
+ * The gradient of one optimizer step: the mean loss over every counted token of all its
+ * micro-batches. Micro-batch b (its rows packed as segments) has mean loss L_b over c_b counted
+ * tokens; the step's loss is Σ_b c_b·L_b / Σ_b c_b, so its gradient is Σ_b (c_b / Σ c)·∇L_b.
+ * A micro-batch with no counted token adds nothing (and is not run).
+ */
+export async function stepGradients(model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[]): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number }> {
+  const packed = micro.map((rows) => {
+    const p = packRows(rows);
+    return { ...p, count: countedPositions(p.ids, p.mask, p.segments) };
+  });
+  const count = packed.reduce((n, mb) => n + mb.count, 0);
+  const grads = new Map<string, Float32Array>();
+  let lossSum = 0;
+  let tokens = 0;
+  for (const mb of packed) {
+    if (mb.count === 0) continue;
+    tokens += mb.ids.length;
+    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter });
+    lossSum += r.lossSum;
+    accumulateGrads(grads, r.grads, r.count / count);
+  }
+  return { grads, lossSum, count, tokens };
 }
 
 export class Trainer {
@@ -136,25 +161,12 @@ export class Trainer {
   async step(): Promise<StepRecord> {
     const s = this.settings;
     const t0 = performance.now();
-    const micro = [];
-    for (let a = 0; a < s.gradAccum; a++) {
-      const packed = packRows(this.order.take(s.batchRows).map((i) => this.train[i]!));
-      micro.push({ ...packed, count: countedPositions(packed.ids, packed.mask, packed.segments) });
-    }
-    const total = micro.reduce((n, mb) => n + mb.count, 0);
-    const grads = new Map<string, Float32Array>();
-    let lossSum = 0;
-    let tokens = 0;
-    for (const mb of micro) {
-      if (mb.count === 0) continue;
-      tokens += mb.ids.length;
-      const r = await this.model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter: this.adapter });
-      lossSum += r.lossSum;
-      accumulateGrads(grads, r.grads, r.count / total);
-    }
+    const micro: DatasetRow[][] = [];
+    for (let a = 0; a < s.gradAccum; a++) micro.push(this.order.take(s.batchRows).map((i) => this.train[i]!));
+    const { grads, lossSum, count, tokens } = await stepGradients(this.model, this.adapter, micro);
     const lr = learningRate(this.st.step, s);
     let gradNorm = 0;
-    if (total > 0) {
+    if (count > 0) {
       gradNorm = globalNorm(grads.values());
       const clip = clipCoefficient(gradNorm, s.maxGradNorm);
       const h = { lr, ...ADAMW_DEFAULTS, weightDecay: s.weightDecay };
@@ -166,16 +178,16 @@ export class Trainer {
     }
     this.st.step++;
     this.st.tokensSeen += tokens;
-    this.st.lossTokensSeen += total;
+    this.st.lossTokensSeen += count;
     const order = this.order.position();
     this.st.order = order;
     return {
       step: this.st.step,
-      loss: total > 0 ? lossSum / total : null,
+      loss: count > 0 ? lossSum / count : null,
       lr,
       gradNorm,
       tokens,
-      lossTokens: total,
+      lossTokens: count,
       seconds: (performance.now() - t0) / 1000,
       epoch: order.epoch,
     };

@@ -32,7 +32,7 @@ export function corpus(docs: number): string[] {
 }
 
 /** The tiny preset (seed 7) and a dataset of `docs` generated documents, seq_len 32. */
-export async function makeFixture(docs = 24, evalFraction = 0.2): Promise<Fixture> {
+export async function makeFixture(docs = 12, evalFraction = 0.2): Promise<Fixture> {
   const dir = mkdtempSync(join(tmpdir(), 'v4tune-train-'));
   const modelDir = join(dir, 'run', 'model');
   await initModel({ preset: 'tiny', out: modelDir, seed: 7 });
@@ -48,14 +48,17 @@ export async function makeFixture(docs = 24, evalFraction = 0.2): Promise<Fixtur
   return { dir, modelDir, dataDir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** A recipe over the fixture (model.path, data.output set), with `train`/`lora` overrides. */
+/**
+ * A recipe over the fixture (model.path, data.output set), with `train`/`lora` overrides; one
+ * kernel thread, as the test machines are shared.
+ */
 export function fixtureRecipe(fx: Fixture, output: string, train: Record<string, unknown> = {}, lora: Record<string, unknown> = {}): LoadedRecipe {
   const text = JSON.stringify({
     name: 'train-test',
     model: { path: fx.modelDir },
     data: { sources: [{ path: join(fx.dir, 'corpus', '*.txt'), format: 'text' }], seq_len: 32, eval_fraction: 0.2, output: fx.dataDir },
     lora: { r: 4, alpha: 8, ...lora },
-    train: { backend: 'auto', steps: 4, lr: 1e-2, warmup_steps: 1, eval_every: 0, checkpoint_every: 0, ...train },
+    train: { backend: 'auto', threads: 1, steps: 4, lr: 1e-2, warmup_steps: 1, eval_every: 0, checkpoint_every: 0, ...train },
     output,
   });
   return parseRecipe(text, join(fx.dir, 'recipe.yaml'));

@@ -11,6 +11,7 @@ import { writeFileAtomic } from '../../fsutil.js';
 import { createAdapter } from '../../lora/adapter.js';
 import { configFingerprint } from '../../model/config.js';
 import { loadModel } from '../../model/load.js';
+import type { V4Model } from '../../model/v4/model.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { assertSameIdentity, checkpointsDir, listCheckpoints, loadCheckpoint, type RunIdentity } from '../../train/checkpoint.js';
 import { runTraining, TRAIN_LOG, TRAIN_SUMMARY, type TrainResult } from '../../train/run.js';
@@ -158,8 +159,9 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
     ctx.warn('Ctrl-C: stopping after this step, with a checkpoint (Ctrl-C again to quit at once)');
   };
   process.on('SIGINT', onSigint);
-  const model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
+  let model: V4Model | null = null;
   try {
+    model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
     const fingerprint = configFingerprint(model.config);
     const identity = runIdentity(recipe, ds.manifest.cache_key, fingerprint);
     const settings = trainSettings(recipe);
@@ -210,7 +212,7 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
     return summary;
   } finally {
     process.off('SIGINT', onSigint);
-    model.dispose();
+    model?.dispose();
     restore();
   }
 }
