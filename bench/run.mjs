@@ -1,6 +1,6 @@
 // `npm run bench`: every benchmark, one after another (never in parallel: they would share the
 // cores), each writing its JSON into bench/results/. Needs the compiled package (npm ci / npm run build).
-// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels; default all)
+// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, checkpointing; default all)
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +13,7 @@ const benches = {
     ['forward.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/forward-native.json'],
   ],
   kernels: [['kernels.mjs', '--model', 'small']],
+  checkpointing: [['checkpointing.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/checkpointing.json']],
 };
 const wanted = process.argv.slice(2);
 for (const name of wanted) {
