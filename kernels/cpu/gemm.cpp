@@ -183,6 +183,52 @@ static void pack_A(const float* a, long sam, long sak, long M, long m0, long mb,
   }
 }
 
+// out row i = column i of the 16 × 16 block at src (row stride ls), written with row stride ld
+V4_AVX512 static void transpose16(const float* src, long ls, float* dst, long ld) {
+  __m512 r[16], t[16], u[16], v[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ls);
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 4; i++) {
+    v[i] = _mm512_shuffle_f32x4(u[i], u[4 + i], 0x88);
+    v[4 + i] = _mm512_shuffle_f32x4(u[i], u[4 + i], 0xdd);
+    v[8 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0x88);
+    v[12 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0xdd);
+  }
+  for (int i = 0; i < 8; i++) {
+    _mm512_storeu_ps(dst + i * ld, _mm512_shuffle_f32x4(v[i], v[8 + i], 0x88));
+    _mm512_storeu_ps(dst + (8 + i) * ld, _mm512_shuffle_f32x4(v[i], v[8 + i], 0xdd));
+  }
+}
+
+// transB panels with AVX-512: decode 16 rows of W, transpose them 16 × 16 at a time
+static void pack_B_T_512(const WeightRef& W, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* rows16) {
+  for (long p = 0; p < cdiv(nb, NR); p++) {
+    float* dst = Bp + p * kc * NR;
+    for (int jb = 0; jb < NR; jb += 16) {
+      for (int j = 0; j < 16; j++) {
+        long n = n0 + p * NR + jb + j;
+        if (n < N && p * NR + jb + j < nb) decode_row(W, n, k0, kc, rows16 + j * kc);
+        else std::memset(rows16 + j * kc, 0, kc * 4);
+      }
+      long k = 0;
+      for (; k + 16 <= kc; k += 16) transpose16(rows16 + k, kc, dst + k * NR + jb, NR);
+      for (; k < kc; k++)
+        for (int j = 0; j < 16; j++) dst[k * NR + jb + j] = rows16[j * kc + k];
+    }
+  }
+}
+
 // Bp[p][k][j] = B(k0 + k, n0 + p*NR + j), dequantised from W, zero past N.
 static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* row) {
   long npan = cdiv(nb, NR);
@@ -239,7 +285,10 @@ void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sa
       float* Ap = sa.get(cdiv(mb, MR) * MR * kc);
       float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
       pack_A(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
-      pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(KC));
+      if (transB && NR % 16 == 0 && isa() == Isa::avx512)
+        pack_B_T_512(W, N, n0, nb, k0, kc, NR, Bp, srow.get(16 * KC));
+      else
+        pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(KC));
       if (bf16) {
         long kc2 = cdiv(kc, 2);
         uint32_t* A16 = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
