@@ -246,12 +246,15 @@ static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, lo
       }
     }
   } else {
-    for (long p = 0; p < npan; p++) {
-      long c0 = n0 + p * NR, w = std::min<long>(NR, std::min(N, n0 + nb) - c0);
-      float* dst = Bp + p * kc * NR;
-      for (long k = 0; k < kc; k++) {
-        decode_row(W, k0 + k, c0, w, dst + k * NR);
-        for (long j = w; j < NR; j++) dst[k * NR + j] = 0.f;
+    // one decode per row of the block, then copied into its panels
+    long w = std::min(nb, N - n0);
+    for (long k = 0; k < kc; k++) {
+      decode_row(W, k0 + k, n0, w, row);
+      for (long p = 0; p < npan; p++) {
+        long c0 = p * NR, cw = std::max<long>(0, std::min<long>(NR, w - c0));
+        float* dst = Bp + p * kc * NR + k * NR;
+        std::memcpy(dst, row + c0, cw * 4);
+        for (long j = cw; j < NR; j++) dst[j] = 0.f;
       }
     }
   }
@@ -288,7 +291,7 @@ void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sa
       if (transB && NR % 16 == 0 && isa() == Isa::avx512)
         pack_B_T_512(W, N, n0, nb, k0, kc, NR, Bp, srow.get(16 * KC));
       else
-        pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(KC));
+        pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(std::max(KC, nb)));
       if (bf16) {
         long kc2 = cdiv(kc, 2);
         uint32_t* A16 = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
