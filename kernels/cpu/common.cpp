@@ -1,5 +1,6 @@
 // ISA detection, the thread pool, cancellation and the dispatched vector helpers.
 #include "common.h"
+#include "vecmath.h"
 #include <immintrin.h>
 #include <algorithm>
 #include <atomic>
@@ -247,22 +248,6 @@ float max_of(const float* x, long n) {
   return r;
 }
 
-// e^v = 2^k · e^r with k = round(v·log2 e), r = v − k·ln 2 (two-part ln 2), e^r by a degree-6
-// polynomial (Cephes expf coefficients): about 1 ulp over the range the softmaxes use.
-V4_AVX512 static inline __m512 exp_512(__m512 v) {
-  v = _mm512_max_ps(v, _mm512_set1_ps(-103.f));
-  __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), v);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, k);
-}
 V4_AVX512 static float exp_sub_sum_512(float* x, long n, float m) {
   __m512 vm = _mm512_set1_ps(m), s = _mm512_setzero_ps();
   long i = 0;

@@ -3,6 +3,7 @@
 #include "lora.h"
 #include "common.h"
 #include "gemm.h"
+#include "vecmath.h"
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -57,11 +58,23 @@ static void project(float* h, float* u, const float* xe, long n, const WeightRef
   gemm(n, out, r, s, u, r, 1, f32_matrix(B, out, r), true, 1.f, h, out);
 }
 
-// act = silu(min(h1, L)) · clamp(h3, -L, L)
+// act = silu(min(h1, L)) · clamp(h3, -L, L) on [i0, i1)
+V4_AVX512 static long swiglu_512(float* act, const float* h1, const float* h3, long i0, long i1, float L) {
+  const __m512 vl = _mm512_set1_ps(L), vnl = _mm512_set1_ps(-L);
+  long i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    __m512 a = _mm512_min_ps(_mm512_loadu_ps(h1 + i), vl);
+    __m512 b = _mm512_max_ps(vnl, _mm512_min_ps(_mm512_loadu_ps(h3 + i), vl));
+    _mm512_storeu_ps(act + i, _mm512_mul_ps(_mm512_mul_ps(a, sigmoid_512(a)), b));
+  }
+  return i;
+}
 static void swiglu(float* act, const float* h1, const float* h3, long n, float L) {
   const long grain = 16384;
   parallel_run(int(cdiv(n, grain)), [&](int t) {
-    for (long i = t * grain; i < std::min(n, (t + 1) * grain); i++) {
+    long i = t * grain, end = std::min(n, (t + 1) * grain);
+    if (isa() == Isa::avx512) i = swiglu_512(act, h1, h3, i, end, L);
+    for (; i < end; i++) {
       float a = std::fmin(h1[i], L), b = std::fmax(-L, std::fmin(h3[i], L));
       act[i] = a * sigmoidf(a) * b;
     }
