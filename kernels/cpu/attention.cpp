@@ -1,79 +1,100 @@
-// Sparse sink attention, forward and backward. The forward splits over queries. The backward
-// splits over fixed head groups (independent of the thread count), each with its own dkv
-// accumulator, summed in group order: the result does not depend on the thread count.
+// Sparse sink attention, forward and backward, as small GEMMs per query: the query's kv rows
+// are gathered into a contiguous block Kt [nk, D], then S = scale·Q_t Ktᵀ [H, nk] and
+// O_t = P Kt run on the packed GEMM (single-threaded inside a task; queries run in parallel).
+// The backward splits the queries into a fixed number of blocks, each with its own dkv
+// accumulator, summed in block order: the result does not depend on the thread count.
 #include "attention.h"
 #include "common.h"
+#include "gemm.h"
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace v4 {
 
+// gathers the kv rows query t sees into Kt; returns their count and their rows in js
+static long gather_keys(long t, const int* idx, long K, const float* kv, long D, std::vector<int>& js, std::vector<float>& Kt) {
+  js.clear();
+  for (long k = 0; k < K; k++)
+    if (idx[t * K + k] >= 0) js.push_back(idx[t * K + k]);
+  long nk = long(js.size());
+  Kt.resize(std::max(1L, nk) * D);
+  for (long j = 0; j < nk; j++) std::copy(kv + long(js[j]) * D, kv + long(js[j]) * D + D, &Kt[j * D]);
+  return nk;
+}
 
 void attention_forward(float* o, float* lse, const float* q, const float* kv, const int* idx, const float* sink,
                        long T, long H, long D, long K, float scale) {
-  parallel_run(int(cdiv(T, 8)), [&](int task) {
+  parallel_run(int(cdiv(T, 4)), [&](int task) {
     check_cancel();
-    std::vector<float> s;
-    for (long t = task * 8L; t < std::min(T, task * 8L + 8); t++) {
-      const int* it = idx + t * K;
-      s.resize(K);
-      auto key = [&](long j) { return kv + long(it[j]) * D; };
+    std::vector<int> js;
+    std::vector<float> Kt, S;
+    for (long t = task * 4L; t < std::min(T, task * 4L + 4); t++) {
+      long nk = gather_keys(t, idx, K, kv, D, js, Kt);
+      float* ot = o + t * H * D;
+      if (nk == 0) {
+        std::fill(ot, ot + H * D, 0.f);
+        for (long h = 0; h < H; h++) lse[t * H + h] = sink[h];
+        continue;
+      }
+      S.resize(H * nk);
+      const WeightRef Kw = f32_matrix(Kt.data(), nk, D);
+      gemm_serial(H, nk, D, scale, q + t * H * D, D, 1, Kw, true, 0.f, S.data(), nk);  // S = scale·Q Ktᵀ
       for (long h = 0; h < H; h++) {
-        const float* qh = q + (t * H + h) * D;
-        float m = sink[h];
-        for (long j = 0; j < K; j++)
-          if (it[j] >= 0) m = std::fmax(m, s[j] = scale * dot(qh, key(j), D));
-        float z = std::exp(sink[h] - m);
-        for (long j = 0; j < K; j++)
-          if (it[j] >= 0) z += (s[j] = std::exp(s[j] - m));
-        float* oh = o + (t * H + h) * D;
-        std::fill(oh, oh + D, 0.f);
-        for (long j = 0; j < K; j++)
-          if (it[j] >= 0) axpy(oh, s[j] / z, key(j), D);
+        float* s = &S[h * nk];
+        float m = std::fmax(sink[h], max_of(s, nk));
+        float z = exp_sub_sum(s, nk, m) + std::exp(sink[h] - m);
+        for (long j = 0; j < nk; j++) s[j] /= z;  // p = e^s / (Σe^s + e^sink)
         lse[t * H + h] = m + std::log(z);
       }
+      gemm_serial(H, D, nk, 1.f, S.data(), nk, 1, Kw, false, 0.f, ot, D);  // O = P Kt
     }
   });
 }
 
-// in the forward pass this was: o = Σ_j p_j kv_j with p = softmax(s, sink); so, with Dt = dout·o,
-//   dp_j = dout·kv_j,  ds_j = p_j (dp_j − Dt),  dsink −= p_sink·Dt
-//   dq += scale Σ_j ds_j kv_j,  dkv_j += scale ds_j q + p_j dout   (kv is key and value)
+// in the forward pass this was: O = P Kt with P = softmax(scale·Q Ktᵀ, sink); so, with Dt = dout·o:
+//   dP = dO Ktᵀ,  dS = P ∘ (dP − Dt),  dsink −= p_sink·Dt
+//   dQ += scale·dS Kt,  dKt = scale·dSᵀ Q + Pᵀ dO   (kv is key and value), scattered to its rows
 void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, const float* o, const float* lse,
                         const float* q, const float* kv, const int* idx, const float* sink, long T, long H, long D,
                         long K, long M, float scale) {
-  const long G = std::min<long>(H, 8);  // head groups, fixed
-  std::vector<std::vector<float>> gkv(G);
+  const long G = std::max(1L, std::min<long>(T, 8));  // query blocks, fixed
+  std::vector<std::vector<float>> gkv(G), gsink(G);
   parallel_run(int(G), [&](int g) {
     gkv[g].assign(M * D, 0.f);
-    for (long t = 0; t < T; t++) {
-      if ((t & 63) == 0) check_cancel();
-      const int* it = idx + t * K;
-      for (long h = g; h < H; h += G) {
-        const float* qh = q + (t * H + h) * D;
-        const float* gh = dout + (t * H + h) * D;
-        float* dqh = dq + (t * H + h) * D;
-        float l = lse[t * H + h];
-        float Dt = dot(gh, o + (t * H + h) * D, D);
-        if (dsink) dsink[h] -= std::exp(sink[h] - l) * Dt;
-        for (long j = 0; j < K; j++) {
-          if (it[j] < 0) continue;
-          const float* kj = kv + long(it[j]) * D;
-          float pj = std::exp(scale * dot(qh, kj, D) - l);
-          float ds = pj * (dot(gh, kj, D) - Dt);
-          axpy(dqh, scale * ds, kj, D);
-          float* dk = &gkv[g][long(it[j]) * D];
-          axpy(dk, scale * ds, qh, D);
-          axpy(dk, pj, gh, D);
-        }
+    gsink[g].assign(H, 0.f);
+    std::vector<int> js;
+    std::vector<float> Kt, P, dP, dK, Dt(H);
+    for (long t = g * T / G; t < (g + 1) * T / G; t++) {
+      if ((t & 15) == 0) check_cancel();
+      long nk = gather_keys(t, idx, K, kv, D, js, Kt);
+      const float* qt = q + t * H * D;
+      const float* gt = dout + t * H * D;
+      for (long h = 0; h < H; h++) {
+        Dt[h] = dot(gt + h * D, o + (t * H + h) * D, D);
+        gsink[g][h] -= std::exp(sink[h] - lse[t * H + h]) * Dt[h];
       }
+      if (nk == 0) continue;
+      P.resize(H * nk), dP.resize(H * nk), dK.resize(nk * D);
+      const WeightRef Kw = f32_matrix(Kt.data(), nk, D);
+      gemm_serial(H, nk, D, scale, qt, D, 1, Kw, true, 0.f, P.data(), nk);
+      for (long h = 0; h < H; h++) exp_sub_sum(&P[h * nk], nk, lse[t * H + h]);  // P = e^{s − lse}
+      gemm_serial(H, nk, D, 1.f, gt, D, 1, Kw, true, 0.f, dP.data(), nk);       // dP = dO Ktᵀ
+      for (long h = 0; h < H; h++)
+        for (long j = 0; j < nk; j++) dP[h * nk + j] = P[h * nk + j] * (dP[h * nk + j] - Dt[h]);  // dS
+      gemm_serial(H, D, nk, scale, dP.data(), nk, 1, Kw, false, 1.f, dq + t * H * D, D);
+      gemm_serial(nk, D, H, scale, dP.data(), 1, nk, f32_matrix(qt, H, D), false, 0.f, dK.data(), D);
+      gemm_serial(nk, D, H, 1.f, P.data(), 1, nk, f32_matrix(gt, H, D), false, 1.f, dK.data(), D);
+      for (long j = 0; j < nk; j++) axpy(&gkv[g][long(js[j]) * D], 1.f, &dK[j * D], D);
     }
   });
   parallel_run(int(cdiv(M, 64)), [&](int task) {
     for (long r = task * 64L; r < std::min(M, task * 64L + 64); r++)
       for (long g = 0; g < G; g++) axpy(dkv + r * D, 1.f, &gkv[g][r * D], D);
   });
+  if (dsink)
+    for (long g = 0; g < G; g++)
+      for (long h = 0; h < H; h++) dsink[h] += gsink[g][h];
 }
 
 }  // namespace v4

@@ -260,8 +260,8 @@ static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, lo
   }
 }
 
-void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
-          const WeightRef& W, bool transB, float beta, float* c, long ldc) {
+static void gemm_impl(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+                      const WeightRef& W, bool transB, float beta, float* c, long ldc, bool parallel) {
   if (M <= 0 || N <= 0) return;
   const bool bf16 = bf16_mode();
   const Kernel kern = kernel_for(isa());
@@ -270,10 +270,10 @@ void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sa
   long MB = cdiv(cdiv(M, mchunks), MR) * MR;
   mchunks = cdiv(M, MB);
   long npanels = cdiv(N, NR);
-  long want = std::max<long>(1, cdiv(4L * num_threads(), mchunks));
+  long want = parallel ? std::max<long>(1, cdiv(4L * num_threads(), mchunks)) : 1;
   long ppt = std::min<long>(8, std::max<long>(1, cdiv(npanels, want)));
   long NB = ppt * NR, nchunks = cdiv(N, NB);
-  parallel_run(int(mchunks * nchunks), [&](int task) {
+  auto task_body = [&](int task) {
     check_cancel();
     long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
     long mb = std::min(MB, M - m0), nb = std::min(NB, N - n0);
@@ -309,7 +309,19 @@ void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sa
           kern.micro(kc, Ap + is * kc * MR, Bp + jp * kc * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
                      int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha);
     }
-  });
+  };
+  if (parallel) parallel_run(int(mchunks * nchunks), task_body);
+  else
+    for (int t = 0; t < int(mchunks * nchunks); t++) task_body(t);
+}
+
+void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+          const WeightRef& W, bool transB, float beta, float* c, long ldc) {
+  gemm_impl(M, N, K, alpha, a, sam, sak, W, transB, beta, c, ldc, true);
+}
+void gemm_serial(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+                 const WeightRef& W, bool transB, float beta, float* c, long ldc) {
+  gemm_impl(M, N, K, alpha, a, sam, sak, W, transB, beta, c, ldc, false);
 }
 
 void gemm_reference(long M, long N, long K, float alpha, const float* a, long sam, long sak,

@@ -13,6 +13,10 @@ namespace v4 {
 void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,
           const WeightRef& W, bool transB, float beta, float* c, long ldc);
 
+// The same on the calling thread only, for use inside a parallel task (pool runs do not nest).
+void gemm_serial(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+                 const WeightRef& W, bool transB, float beta, float* c, long ldc);
+
 // The clean reference: one dot product per output element, fp32, no packing.
 void gemm_reference(long M, long N, long K, float alpha, const float* a, long sam, long sak,
                     const WeightRef& W, bool transB, float beta, float* c, long ldc);
