@@ -8,7 +8,7 @@ import type {
   WeightHandle, WeightSource,
 } from '../ops.js';
 import { topkLowerIndex } from '../tfjs/host.js';
-import { loadAddon, rawWeight, type NativeAddon, type NativeFormat, type RawExpert, type RawExpertGrads, type RawWeight } from './addon.js';
+import { loadAddon, rawWeight, tryLoadAddon, type NativeAddon, type NativeFormat, type RawExpert, type RawExpertGrads, type RawWeight } from './addon.js';
 
 export { nativeUnavailableReason, tryLoadAddon, loadAddon } from './addon.js';
 
@@ -432,6 +432,17 @@ export class NativeBackend implements Backend {
   private vocabChunk(rows: number, V: number): number {
     return Math.max(128, Math.min(V, Math.floor((1 << 24) / Math.max(1, rows))));
   }
+}
+
+/**
+ * Stop the running native kernels (e.g. on SIGINT): each rejects with "v4tune: kernel cancelled",
+ * and so does every kernel started before `resumeNativeKernels()`. No-op without the addon.
+ */
+export function cancelNativeKernels(): void {
+  tryLoadAddon()?.cancel();
+}
+export function resumeNativeKernels(): void {
+  tryLoadAddon()?.clearCancel();
 }
 
 /** The native backend, or a V4tuneError saying why the addon cannot be used. */
