@@ -26,6 +26,8 @@ export interface TrainSettings {
   maxGradNorm: number;
   /** seed of the data order */
   seed: number;
+  /** recompute each block in the backward instead of keeping its activations (same numbers, less memory) */
+  activationCheckpointing?: boolean;
 }
 
 /** Where a run stands; with the factors and moments it is everything a resume needs. */
@@ -97,7 +99,7 @@ export function countedPositions(ids: Int32Array, mask: Uint8Array, segments: re
  * tokens; the step's loss is Σ_b c_b·L_b / Σ_b c_b, so its gradient is Σ_b (c_b / Σ c)·∇L_b.
  * A micro-batch with no counted token adds nothing (and is not run).
  */
-export async function stepGradients(model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[]): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number }> {
+export async function stepGradients(model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number }> {
   const packed = micro.map((rows) => {
     const p = packRows(rows);
     return { ...p, count: countedPositions(p.ids, p.mask, p.segments) };
@@ -109,7 +111,7 @@ export async function stepGradients(model: V4Model, adapter: Adapter, micro: rea
   for (const mb of packed) {
     if (mb.count === 0) continue;
     tokens += mb.ids.length;
-    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter });
+    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing });
     lossSum += r.lossSum;
     accumulateGrads(grads, r.grads, r.count / count);
   }
@@ -163,7 +165,7 @@ export class Trainer {
     const t0 = performance.now();
     const micro: DatasetRow[][] = [];
     for (let a = 0; a < s.gradAccum; a++) micro.push(this.order.take(s.batchRows).map((i) => this.train[i]!));
-    const { grads, lossSum, count, tokens } = await stepGradients(this.model, this.adapter, micro);
+    const { grads, lossSum, count, tokens } = await stepGradients(this.model, this.adapter, micro, s.activationCheckpointing ?? false);
     const lr = learningRate(this.st.step, s);
     let gradNorm = 0;
     if (count > 0) {

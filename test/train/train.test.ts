@@ -1,6 +1,7 @@
 // Training on the tiny preset (a generated pump-log corpus, seq_len 32): gradient accumulation
 // equals one packed step over the same tokens, the loss goes down, a saved adapter reloads to the
-// same logits, Ctrl-C stops with a checkpoint and `--resume` ends bit-identical to a run never
+// same logits, activation checkpointing changes no number, Ctrl-C stops with a checkpoint and
+// `--resume` ends bit-identical to a run never
 // stopped, and every setting this version cannot honour is refused by name.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -115,6 +116,19 @@ describe('a training step', () => {
   });
 });
 
+describe('activation checkpointing', () => {
+  it('a step with train.activation_checkpointing makes the same update, bit for bit', async () => {
+    const settings = { steps: 1, batchRows: 2, gradAccum: 1, lr: 1e-2, schedule: 'constant' as const, warmupSteps: 0, weightDecay: 0, maxGradNorm: 1, seed: 0 };
+    const plain = new Trainer(model, seededAdapter(), trainRows, settings);
+    const ckpt = new Trainer(model, seededAdapter(), trainRows, { ...settings, activationCheckpointing: true });
+    const a = await plain.step();
+    const b = await ckpt.step();
+    expect(b.loss).toBe(a.loss);
+    expect(b.gradNorm).toBe(a.gradNorm);
+    for (const [k, p] of plain.params) expect(Buffer.from(ckpt.params.get(k)!.buffer).equals(Buffer.from(p.buffer))).toBe(true);
+  });
+});
+
 function globalMax(g: Float32Array): number {
   let m = 0;
   for (const x of g) m = Math.max(m, Math.abs(x));
@@ -187,7 +201,6 @@ describe('v4tune train: what it refuses', () => {
     await refuse({}, { dropout: 0.1 }, /lora\.dropout 0\.1 is not supported yet/);
     await refuse({}, { experts: 'profiled' }, /lora\.experts: profiled needs `v4tune profile-experts`/);
     await refuse({}, { experts_per_layer: 2 }, /lora\.experts_per_layer only applies/);
-    await refuse({ activation_checkpointing: true }, {}, /train\.activation_checkpointing is not supported yet/);
     await refuse({ backend: 'tfjs', precision: 'bf16' }, {}, /train\.precision: bf16 needs the native backend/);
     expect(existsSync(join(fx.dir, 'refused'))).toBe(false);
   });

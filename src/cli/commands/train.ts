@@ -45,6 +45,7 @@ export function trainSettings(recipe: LoadedRecipe): TrainSettings {
     weightDecay: t.weight_decay,
     maxGradNorm: t.max_grad_norm,
     seed: t.seed,
+    activationCheckpointing: t.activation_checkpointing,
   };
 }
 
@@ -63,9 +64,6 @@ export function assertTrainable(recipe: LoadedRecipe): void {
   }
   if (l.experts_per_layer !== undefined) {
     throw new InputError(`${where}: lora.experts_per_layer only applies with lora.experts: profiled, which is not built yet (remove it)`);
-  }
-  if (recipe.train.activation_checkpointing) {
-    throw new InputError(`${where}: train.activation_checkpointing is not supported yet: the model's tape keeps every activation and has no recompute hook (set it to false)`);
   }
 }
 
@@ -189,8 +187,8 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
     ctx.log(`  adapter: ${adapter.modules().length} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(params)} trainable parameters`);
     ctx.log(`  data: ${fmtInt(trainRows.length)} train rows, ${fmtInt(evalRows.length)} eval rows${evalRows.length < ds.rowCount('eval') ? ` (of ${fmtInt(ds.rowCount('eval'))})` : ''}, seq_len ${ds.manifest.seq_len}`);
     ctx.log(`  steps: ${t.steps} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(t.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
-    ctx.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; eval every ${t.eval_every || 'run (end only)'}, checkpoint every ${t.checkpoint_every || 'run (end only)'}`);
-    ctx.log(`  output: ${out}`);
+    ctx.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; ${t.eval_every ? `eval every ${t.eval_every} steps` : 'eval at the end'}, ${t.checkpoint_every ? `checkpoint every ${t.checkpoint_every} steps` : 'checkpoint at the end'}`);
+    ctx.log(`  output: ${out}${t.activation_checkpointing ? ' (activation checkpointing on)' : ''}`);
     const r = await runTraining({
       model,
       start,
