@@ -266,13 +266,27 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   const bool bf16 = bf16_mode();
   const Kernel kern = kernel_for(isa());
   const int MR = kern.MR, NR = kern.NR;
-  long mchunks = cdiv(M, 480);
+  // Split C into mchunks × nchunks tasks. A is packed once per N chunk and B (with its
+  // dequantisation) once per M chunk, so pick the split that minimises packing plus compute
+  // over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8 panels).
+  const long strips = cdiv(M, MR), npanels = cdiv(N, NR);
+  const int threads = parallel ? num_threads() : 1;
+  long mchunks = cdiv(M, 480), nchunks = cdiv(npanels, 8);
+  if (parallel) {
+    double best = 1e300;
+    const long m_lo = mchunks, n_lo = nchunks;
+    for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
+      for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
+        long tasks = mc * nc, waves = cdiv(tasks, threads);
+        double work = 2.0 * M * N * K / 64.0 + double(M) * K * nc + 1.5 * double(N) * K * mc;
+        double t = work / double(tasks) * double(waves);
+        if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
+      }
+  }
   long MB = cdiv(cdiv(M, mchunks), MR) * MR;
   mchunks = cdiv(M, MB);
-  long npanels = cdiv(N, NR);
-  long want = parallel ? std::max<long>(1, cdiv(4L * num_threads(), mchunks)) : 1;
-  long ppt = std::min<long>(8, std::max<long>(1, cdiv(npanels, want)));
-  long NB = ppt * NR, nchunks = cdiv(N, NB);
+  long NB = cdiv(npanels, nchunks) * NR;
+  nchunks = cdiv(N, NB);
   auto task_body = [&](int task) {
     check_cancel();
     long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
