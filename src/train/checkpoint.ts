@@ -104,8 +104,8 @@ export function removeLeftovers(root: string, targets?: readonly string[]): void
   }
 }
 
-/** Read `<root>/step-N/` (InputError naming the file on anything malformed). */
-export async function loadCheckpoint(dir: string): Promise<TrainCheckpoint> {
+/** Read and check `<dir>/state.json` of a checkpoint (InputError naming the file). */
+export function readCheckpointState(dir: string): CheckpointState {
   const statePath = join(dir, STATE);
   let state: CheckpointState;
   try {
@@ -118,6 +118,13 @@ export async function loadCheckpoint(dir: string): Promise<TrainCheckpoint> {
   for (const [f, v] of [['step', state.step], ['data.epoch', state.data?.epoch], ['data.cursor', state.data?.cursor]] as const) {
     if (!Number.isInteger(v) || (v as number) < 0) throw new InputError(`${statePath}: ${f} must be a non-negative integer (got ${JSON.stringify(v)})`);
   }
+  if (typeof state.identity !== 'object' || state.identity === null) throw new InputError(`${statePath}: identity is missing`);
+  return state;
+}
+
+/** Read `<root>/step-N/` (InputError naming the file on anything malformed). */
+export async function loadCheckpoint(dir: string): Promise<TrainCheckpoint> {
+  const state = readCheckpointState(dir);
   const adapter = await loadAdapter(join(dir, ADAPTER));
   const optPath = join(dir, OPTIMIZER);
   const f = SafetensorsFile.open(optPath);
@@ -140,16 +147,23 @@ export async function loadCheckpoint(dir: string): Promise<TrainCheckpoint> {
   return { dir, state, adapter, moments };
 }
 
+/** The first setting that differs between a checkpoint's identity and `now`, or null. */
+export function identityChange(was: RunIdentity, now: RunIdentity): { key: string; was: string | undefined; now: string | undefined } | null {
+  for (const key of new Set([...Object.keys(was), ...Object.keys(now)])) {
+    const a = JSON.stringify(was[key]);
+    const b = JSON.stringify(now[key]);
+    if (a !== b) return { key, was: a, now: b };
+  }
+  return null;
+}
+
 /**
  * Refuse a resume under other settings than the checkpoint's: the first field that differs,
  * named as the recipe names it.
  */
 export function assertSameIdentity(ck: TrainCheckpoint, now: RunIdentity, where: string): void {
-  for (const key of new Set([...Object.keys(ck.state.identity), ...Object.keys(now)])) {
-    const was = JSON.stringify(ck.state.identity[key]);
-    const is = JSON.stringify(now[key]);
-    if (was !== is) {
-      throw new InputError(`${where}: ${key} is ${is ?? 'unset'} but the checkpoint ${ck.dir} was made with ${was ?? 'unset'}; a resume must use the same settings (or start over with --overwrite)`);
-    }
+  const d = identityChange(ck.state.identity, now);
+  if (d) {
+    throw new InputError(`${where}: ${d.key} is ${d.now ?? 'unset'} but the checkpoint ${ck.dir} was made with ${d.was ?? 'unset'}; a resume must use the same settings (or start over with --overwrite)`);
   }
 }

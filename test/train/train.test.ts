@@ -183,13 +183,21 @@ describe('v4tune train: checkpoints, Ctrl-C and resume', () => {
     expect(Object.keys(a[2]!)).toEqual(expect.arrayContaining(['step', 'loss', 'lr', 'grad_norm', 'tokens', 'loss_tokens', 'tokens_per_s', 'eval_loss']));
   });
 
-  it('--resume without a checkpoint, and --overwrite starting over', async () => {
+  it('--resume without a checkpoint; --overwrite starts over; auto (for `run`) reuses or starts over', async () => {
     const out = join(fx.dir, 'fresh');
     await expect(trainRecipe(fixtureRecipe(fx, out, { steps: 1 }), quietContext(), { resume: true })).rejects.toThrow(/no checkpoint in .* to resume from/);
     await trainRecipe(fixtureRecipe(fx, out, { steps: 2, checkpoint_every: 1 }), quietContext(), { evalRows: 1 });
     const r = await trainRecipe(fixtureRecipe(fx, out, { steps: 1 }), quietContext(), { overwrite: true, evalRows: 1 });
-    expect(r).toMatchObject({ ok: true, step: 1 });
+    expect(r).toMatchObject({ ok: true, reused: false, step: 1 });
     expect(readdirSync(join(out, 'checkpoints'))).toEqual(['step-1']);
+
+    // `run`'s mode: a finished run with unchanged settings is reused, a changed setting starts over
+    const same = await trainRecipe(fixtureRecipe(fx, out, { steps: 1 }), quietContext(), { auto: true, evalRows: 1 });
+    expect(same).toMatchObject({ ok: true, reused: true, step: 1 });
+    const ctx = quietContext();
+    const changed = await trainRecipe(fixtureRecipe(fx, out, { steps: 1, lr: 2e-2 }), ctx, { auto: true, evalRows: 1 });
+    expect(changed).toMatchObject({ ok: true, reused: false, step: 1 });
+    expect(ctx.lines.join('\n')).toMatch(/train\.lr is 0\.02, the run in .* was made with 0\.01: starting over/);
   });
 });
 

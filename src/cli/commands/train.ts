@@ -2,18 +2,18 @@
 // checkpoints, a metrics log and eval on the eval split (src/train/run.ts writes them);
 // `--resume` continues from the last checkpoint to the same result as a run never stopped.
 import type { Command } from 'commander';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tryLoadAddon } from '../../backend/native/addon.js';
 import { openDataset, type DatasetRow } from '../../data/dataset.js';
 import { InputError, V4tuneError } from '../../errors.js';
 import { writeFileAtomic } from '../../fsutil.js';
 import { createAdapter } from '../../lora/adapter.js';
-import { configFingerprint } from '../../model/config.js';
+import { configFingerprint, parseConfig } from '../../model/config.js';
 import { loadModel } from '../../model/load.js';
 import type { V4Model } from '../../model/v4/model.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
-import { assertSameIdentity, checkpointsDir, listCheckpoints, loadCheckpoint, type RunIdentity } from '../../train/checkpoint.js';
+import { assertSameIdentity, checkpointsDir, identityChange, listCheckpoints, loadCheckpoint, readCheckpointState, type RunIdentity } from '../../train/checkpoint.js';
 import { runTraining, TRAIN_LOG, TRAIN_SUMMARY, type TrainResult } from '../../train/run.js';
 import type { TrainSettings } from '../../train/trainer.js';
 import { action } from '../action.js';
@@ -30,6 +30,11 @@ export interface TrainRecipeOptions {
   overwrite?: boolean;
   /** evaluate on at most this many eval rows (default: the whole eval split) */
   evalRows?: number;
+  /**
+   * What `run` wants: reuse a finished run whose settings are unchanged, resume an unfinished
+   * one, and start over (saying which setting changed) when the settings differ
+   */
+  auto?: boolean;
 }
 
 /** The recipe's `train` section as the trainer takes it. */
@@ -133,16 +138,44 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
     evalRows.push(r);
   }
 
+  const cfgPath = join(modelDir, 'config.json');
+  let cfgJson: unknown;
+  try {
+    cfgJson = JSON.parse(readFileSync(cfgPath, 'utf8'));
+  } catch (e) {
+    throw new InputError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
+  }
+  const identity = runIdentity(recipe, ds.manifest.cache_key, configFingerprint(parseConfig(cfgJson, cfgPath)));
+
   const out = recipe.output;
   const ckRoot = checkpointsDir(out);
   const have = listCheckpoints(ckRoot);
-  if (opts.resume && have.length === 0) throw new InputError(`${recipe.file}: --resume: no checkpoint in ${ckRoot} to resume from`);
-  if (!opts.resume && have.length > 0) {
-    if (!opts.overwrite) {
-      throw new InputError(`${recipe.file}: ${ckRoot} holds checkpoints of an earlier run (last: step ${have[have.length - 1]}); pass --resume to continue it or --overwrite to start over`);
+  let resume = opts.resume === true;
+  let overwrite = opts.overwrite === true;
+  if (opts.auto && have.length > 0 && !resume && !overwrite) {
+    const last = have[have.length - 1]!;
+    const lastDir = join(ckRoot, `step-${last}`);
+    const change = identityChange(readCheckpointState(lastDir).identity, identity);
+    const summaryPath = join(out, TRAIN_SUMMARY);
+    if (change) {
+      ctx.log(`train: ${change.key} is ${change.now ?? 'unset'}, the run in ${out} was made with ${change.was ?? 'unset'}: starting over`);
+      overwrite = true;
+    } else if (last === recipe.train.steps && existsSync(join(out, 'adapter', 'adapter_model.safetensors')) && existsSync(summaryPath)) {
+      const done = JSON.parse(readFileSync(summaryPath, 'utf8')) as Record<string, unknown>;
+      if (done.ok === true && done.step === last) {
+        ctx.log(`train: reusing the finished run in ${out} (settings unchanged)`);
+        return { ...done, reused: true };
+      }
+      resume = true;
+    } else {
+      resume = true;
     }
   }
-  if (opts.overwrite) {
+  if (resume && have.length === 0) throw new InputError(`${recipe.file}: --resume: no checkpoint in ${ckRoot} to resume from`);
+  if (!resume && !overwrite && have.length > 0) {
+    throw new InputError(`${recipe.file}: ${ckRoot} holds checkpoints of an earlier run (last: step ${have[have.length - 1]}); pass --resume to continue it or --overwrite to start over`);
+  }
+  if (overwrite) {
     for (const p of [ckRoot, join(out, 'adapter'), join(out, TRAIN_LOG), join(out, TRAIN_SUMMARY)]) rmSync(p, { recursive: true, force: true });
   }
 
@@ -160,11 +193,9 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
   let model: V4Model | null = null;
   try {
     model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
-    const fingerprint = configFingerprint(model.config);
-    const identity = runIdentity(recipe, ds.manifest.cache_key, fingerprint);
     const settings = trainSettings(recipe);
     let start: Parameters<typeof runTraining>[0]['start'];
-    if (opts.resume) {
+    if (resume) {
       const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`));
       assertSameIdentity(checkpoint, identity, recipe.file);
       checkpoint.adapter.assertFits(model.config, checkpoint.dir);
@@ -218,6 +249,7 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
 function trainSummary(recipe: LoadedRecipe, r: TrainResult, backend: string, trainRows: number, evalRows: number): Record<string, unknown> {
   return {
     ok: !r.interrupted,
+    reused: false,
     recipe: recipe.file,
     output: recipe.output,
     backend,
