@@ -428,9 +428,9 @@ export class NativeBackend implements Backend {
     }
     return { tg, wts, count };
   }
-  /** vocabulary rows per chunk: about 16M logits in flight at most */
+  /** vocabulary rows per chunk: about 2M logits (8 MB, cache-sized) in flight */
   private vocabChunk(rows: number, V: number): number {
-    return Math.max(128, Math.min(V, Math.floor((1 << 24) / Math.max(1, rows))));
+    return Math.max(128, Math.min(V, Math.floor((1 << 21) / Math.max(1, rows))));
   }
 }
 
