@@ -10,6 +10,7 @@ import { register as registerInitModel } from './commands/init-model.js';
 import { register as registerPrepare } from './commands/prepare.js';
 import { register as registerEval } from './commands/eval.js';
 import { register as registerGenerate } from './commands/generate.js';
+import { register as registerTrain } from './commands/train.js';
 
 export function buildProgram(): Command {
   const program = new Command('v4tune')
@@ -19,7 +20,7 @@ export function buildProgram(): Command {
     .option('-q, --quiet', 'print nothing but errors and warnings')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const register of [registerInitModel, registerPrepare, registerEval, registerGenerate, registerRun, registerInspect, registerNotBuilt]) register(program);
+  for (const register of [registerInitModel, registerPrepare, registerTrain, registerEval, registerGenerate, registerRun, registerInspect, registerNotBuilt]) register(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -282,8 +282,9 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
   const shards = await writeDirAtomic(opts.out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), `${JSON.stringify(cfgJson, null, 2)}\n`);
     if (opts.tokenizer ?? true) writeEmbeddedTokenizer(tmp);
-    return writeCheckpointFiles(tmp, plans, (name) => {
+    return writeCheckpointFiles(tmp, plans, async (name) => {
       opts.onTensor?.(++done, plans.length);
+      await new Promise<void>((resolve) => setImmediate(resolve)); // keep the event loop (Ctrl-C, progress) responsive
       return initTensorBytes(byName.get(name)!, planByName.get(name)!, config, seed);
     }, { maxShardBytes, layout: opts.layout });
   });

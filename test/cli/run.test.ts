@@ -20,7 +20,7 @@ async function cli(...args: string[]): Promise<{ code: number; out: string; err:
 }
 
 describe('v4tune run', () => {
-  it('creates the preset model, prepares the corpus and evaluates the base model; a second run reuses both', async () => {
+  it('creates the preset model, prepares the corpus and trains the adapter with eval before and after; a second run reuses all three', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-run-'));
     mkdirSync(join(dir, 'corpus'));
     const docs = Array.from({ length: 24 }, (_, i) => `Pump ${i} was inspected; the seal on impeller ${i % 5} showed wear of ${i * 0.1} mm and was replaced.`);
@@ -31,6 +31,7 @@ describe('v4tune run', () => {
       '  sources: [{ path: corpus/*.jsonl }]',
       '  seq_len: 64',
       '  eval_fraction: 0.25',
+      'train: { steps: 3, lr: 0.01, warmup_steps: 0, eval_every: 0, checkpoint_every: 0 }',
       'output: out',
     ].join('\n'));
 
@@ -41,17 +42,21 @@ describe('v4tune run', () => {
     expect(s.data.reused).toBe(false);
     expect(s.data.documents.kept).toBe(24);
     // A random model is close to uniform over the 129280-token vocabulary: loss ≈ ln(129280) ≈ 11.77.
-    expect(s.eval.tokens).toBeGreaterThan(0);
-    expect(Math.abs(s.eval.loss - Math.log(129280))).toBeLessThan(1.5);
-    expect(s.not_built).toEqual(['train', 'merge', 'quantize']);
+    expect(s.train.eval_before.tokens).toBeGreaterThan(0);
+    expect(Math.abs(s.train.eval_before.loss - Math.log(129280))).toBeLessThan(1.5);
+    expect(s.train.step).toBe(3);
+    expect(s.train.eval_after.loss).toBeLessThan(s.train.eval_before.loss);
+    expect(s.not_built).toEqual(['merge', 'quantize']);
     expect(existsSync(join(dir, 'out', 'model', 'config.json'))).toBe(true);
-    expect(JSON.parse(readFileSync(join(dir, 'out', 'run.json'), 'utf8')).eval.loss).toBe(s.eval.loss);
+    expect(existsSync(join(dir, 'out', 'adapter', 'adapter_model.safetensors'))).toBe(true);
+    expect(JSON.parse(readFileSync(join(dir, 'out', 'run.json'), 'utf8')).train.eval_after.loss).toBe(s.train.eval_after.loss);
 
     const second = await cli('--json', 'run', join(dir, 'r.yaml'));
     expect(second.code).toBe(0);
     const t = JSON.parse(second.out);
     expect(t.model.created).toBe(false);
     expect(t.data.reused).toBe(true);
-    expect(t.eval.loss).toBe(s.eval.loss);
+    expect(t.train.reused).toBe(true);
+    expect(t.train.eval_after.loss).toBe(s.train.eval_after.loss);
   });
 });

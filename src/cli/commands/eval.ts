@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { openDataset } from '../../data/dataset.js';
 import { InputError } from '../../errors.js';
 import { loadModel } from '../../model/load.js';
-import type { V4Model } from '../../model/v4/model.js';
+import type { ModelAdapter, V4Model } from '../../model/v4/model.js';
+import { loadAdapter } from '../../lora/peft.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
@@ -20,8 +21,8 @@ export interface EvalSummary {
   rows: number;
 }
 
-/** Mean next-token loss over the eval rows of a dataset folder. */
-export async function evaluate(model: V4Model, datasetDir: string, ctx: CliContext, maxRows = Infinity): Promise<EvalSummary> {
+/** Mean next-token loss over the eval rows of a dataset folder, with an adapter if given. */
+export async function evaluate(model: V4Model, datasetDir: string, ctx: CliContext, maxRows = Infinity, adapter?: ModelAdapter): Promise<EvalSummary> {
   const ds = openDataset(datasetDir);
   const total = Math.min(ds.rowCount('eval'), maxRows);
   if (total === 0) throw new InputError(`${join(datasetDir, 'manifest.json')}: the eval split is empty (raise data.eval_fraction)`);
@@ -31,7 +32,7 @@ export async function evaluate(model: V4Model, datasetDir: string, ctx: CliConte
   let rows = 0;
   for (const row of ds.rows('eval')) {
     if (rows >= total) break;
-    const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments });
+    const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter });
     lossSum += r.lossSum;
     tokens += r.count;
     rows++;
@@ -48,7 +49,8 @@ export function register(program: Command): void {
     .description('loss and perplexity of the model on the eval split of the prepared dataset')
     .argument('<recipe>', 'recipe .yaml file')
     .option('--max-rows <n>', 'evaluate at most N eval rows')
-    .action(action(async (ctx: CliContext, file: string, opts: { maxRows?: string }) => {
+    .option('--adapter <dir>', 'evaluate with this PEFT adapter applied (e.g. <output>/adapter after train)')
+    .action(action(async (ctx: CliContext, file: string, opts: { maxRows?: string; adapter?: string }) => {
       const recipe: LoadedRecipe = loadRecipe(file);
       const modelDir = recipeModelDir(recipe);
       if (!existsSync(join(modelDir, 'config.json'))) {
@@ -63,12 +65,13 @@ export function register(program: Command): void {
         maxRows = Number(opts.maxRows);
         if (!Number.isInteger(maxRows) || maxRows < 1) throw new InputError(`--max-rows must be a positive integer (got ${opts.maxRows})`);
       }
-      ctx.log(`eval ${modelDir} on ${dataDir} (eval split)`);
+      const adapter = opts.adapter === undefined ? undefined : await loadAdapter(opts.adapter, { warn: (l) => ctx.warn(l) });
+      ctx.log(`eval ${modelDir}${opts.adapter ? ` + adapter ${opts.adapter}` : ''} on ${dataDir} (eval split)`);
       const model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
       try {
-        const s = await evaluate(model, dataDir, ctx, maxRows);
+        const s = await evaluate(model, dataDir, ctx, maxRows, adapter);
         ctx.log(`loss ${s.loss.toFixed(4)}  perplexity ${s.perplexity.toFixed(2)}  tokens ${s.tokens}  rows ${s.rows}`);
-        return { ok: true, model: modelDir, dataset: dataDir, ...s };
+        return { ok: true, model: modelDir, adapter: opts.adapter ?? null, dataset: dataDir, ...s };
       } finally {
         model.dispose();
       }

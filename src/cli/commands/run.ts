@@ -1,20 +1,20 @@
 // `v4tune run <recipe>`: every stage of the recipe that this version builds, in order:
 // model (a preset is created on the fly, and reused while its settings are unchanged), prepare,
-// eval of the base model. Stages of the design that are not built yet are listed as such.
+// train (which evaluates before and after; a finished run with unchanged settings is reused, an
+// unfinished one resumed). Stages of the design that are not built yet are listed as such.
 import type { Command } from 'commander';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../fsutil.js';
 import { initModel } from '../../model/init.js';
-import { loadModel } from '../../model/load.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
-import { evaluate } from './eval.js';
 import { prepareRecipe, prepareResult, recipeModelDir } from './prepare.js';
+import { trainRecipe } from './train.js';
 
 /** Stages of the design this version does not build; `run` names them and goes on. */
-const NOT_BUILT_STAGES = ['train', 'merge', 'quantize'];
+const NOT_BUILT_STAGES = ['merge', 'quantize'];
 
 /** The preset settings a created model folder was made with (beside it, in the run folder). */
 function presetStamp(recipe: LoadedRecipe): string {
@@ -47,26 +47,19 @@ async function modelStage(recipe: LoadedRecipe, ctx: CliContext): Promise<{ dir:
 
 export function register(program: Command): void {
   program.command('run')
-    .description(`run every built stage of a recipe: model, prepare, eval (${NOT_BUILT_STAGES.join(', ')}: not built yet)`)
+    .description(`run every built stage of a recipe: model, prepare, train with eval before and after (${NOT_BUILT_STAGES.join(', ')}: not built yet)`)
     .argument('<recipe>', 'recipe .yaml file')
     .action(action(async (ctx: CliContext, file: string) => {
       const recipe = loadRecipe(file);
       ctx.log(`run ${recipe.name}: ${recipe.file} → ${recipe.output}`);
-      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare → eval; not built yet: ${NOT_BUILT_STAGES.join(', ')}`);
+      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare → train (eval before and after); not built yet: ${NOT_BUILT_STAGES.join(', ')}`);
       const model = await modelStage(recipe, ctx);
       const prepared = await prepareRecipe(recipe, ctx);
       const data = prepareResult(prepared);
       ctx.log(`prepare: ${prepared.reused ? 'reused' : 'wrote'} ${prepared.output}: ${prepared.manifest.rows} rows, ${prepared.manifest.tokens} tokens (train ${prepared.manifest.splits.train.rows} rows, eval ${prepared.manifest.splits.eval.rows} rows)`);
-      const m = await loadModel(model.dir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
-      let evalSummary;
-      try {
-        evalSummary = await evaluate(m, recipe.data.output, ctx);
-      } finally {
-        m.dispose();
-      }
-      ctx.log(`eval (base model): loss ${evalSummary.loss.toFixed(4)}, perplexity ${evalSummary.perplexity.toFixed(2)} over ${evalSummary.tokens} tokens`);
+      const train = await trainRecipe(recipe, ctx, { auto: true });
       for (const stage of NOT_BUILT_STAGES) ctx.log(`${stage}: not built yet (see README.md, "What is not done yet")`);
-      const summary = { ok: true, recipe: recipe.file, output: recipe.output, model: model, data, eval: evalSummary, not_built: NOT_BUILT_STAGES };
+      const summary = { ok: true, recipe: recipe.file, output: recipe.output, model, data, train, not_built: NOT_BUILT_STAGES };
       writeFileAtomic(join(recipe.output, 'run.json'), `${JSON.stringify(summary, null, 2)}\n`);
       return summary;
     }));
