@@ -10,12 +10,13 @@ async function withThreads<T>(n: number, f: () => Promise<T>): Promise<T> {
   return f();
 }
 
-describe.skipIf(skipNative)('native thread-count independence', () => {
+describe.skipIf(skipNative)('native thread-count and instruction-set independence', () => {
   it('the addon is built (required under CI)', () => {
     expect(addon, whyUnavailable).not.toBeNull();
   });
   afterAll(() => {
     addon?.setThreads(0);
+    addon?.setIsa('avx512');
   });
 
   it('grouped expert backward (dx, dw, LoRA grads) agrees between 1 and 2 threads', async () => {
@@ -93,5 +94,41 @@ describe.skipIf(skipNative)('native thread-count independence', () => {
     const one = await withThreads(1, run);
     const two = await withThreads(2, run);
     one.forEach((a, i) => expect(relErr(two[i], a), `output ${i}`).toBeLessThan(1e-6));
+  });
+
+  // the scalar, AVX2 and AVX-512 paths differ only in summation order and the exp polynomial
+  it('scalar, AVX2 and AVX-512 paths give the same expert forward and attention (1e-5)', async () => {
+    const r = rng(42);
+    const [T, d, I, rk] = [9, 64, 48, 2];
+    const q1 = quantFp8Block(randn(I * d, r, 0.2), I, d);
+    const q2 = quantFp8Block(randn(d * I, r, 0.2), d, I);
+    const ex: RawExpert[] = [{
+      w1: rawWeight('fp8', q1.weight, q1.scale, I, d), w2: rawWeight('fp8', q2.weight, q2.scale, d, I), w3: rawWeight('fp8', q1.weight, q1.scale, I, d),
+      a1: randn(rk * d, r), b1: randn(I * rk, r), r1: rk, s1: 0.5, a2: randn(rk * I, r), b2: randn(d * rk, r), r2: rk, s2: 0.5,
+    }];
+    const x = randn(T * d, r);
+    const idx = Int32Array.from({ length: T }, (_, i) => i);
+    const off = Int32Array.from([0, T]);
+    const w = randn(T, r);
+    const [H, D, M, K] = [3, 32, 12, 5];
+    const q = randn(T * H * D, r);
+    const kv = randn(M * D, r);
+    const sink = randn(H, r);
+    const aidx = Int32Array.from({ length: T * K }, (_, i) => ((i * 5) % (M + 2)) - 2);
+    const run = async (): Promise<Float32Array[]> => {
+      const out = new Float32Array(T * d);
+      await A().expertForward(out, x, T, d, I, idx, off, w, ex, 1.5);
+      const o = new Float32Array(T * H * D);
+      const lse = new Float32Array(T * H);
+      await A().attentionForward(o, lse, q, kv, aidx, sink, T, H, D, M, K, 0.3);
+      return [out, o, lse];
+    };
+    const best = await run();
+    for (const isa of ['avx2', 'scalar'] as const) {
+      A().setIsa(isa);
+      const got = await run();
+      got.forEach((g, i) => expect(relErr(g, best[i]), `${isa} output ${i}`).toBeLessThan(1e-5));
+    }
+    A().setIsa('avx512');
   });
 });
