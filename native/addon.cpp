@@ -40,7 +40,6 @@ class Args {
     if (!info_[i].IsBoolean()) fail(i, "a boolean");
     return info_[i].As<Napi::Boolean>().Value();
   }
-  bool isNull(size_t i) { return info_[i].IsNull() || info_[i].IsUndefined(); }
   template <class T>
   T* typed(Napi::Value v, napi_typedarray_type want, size_t need, const std::string& what, bool nullable) {
     if (v.IsNull() || v.IsUndefined()) {
