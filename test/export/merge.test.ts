@@ -1,0 +1,245 @@
+// `mergeAdapter` on the reference fixture (FP8 attention/shared expert, FP4 routed experts,
+// BF16/F32/I64 rest, an MTP block) with its PEFT adapter (non-zero A and B on every attention
+// projection, the shared expert and every routed expert).
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InputError } from '../../src/errors.js';
+import { mergeAdapter, type MergeSummary } from '../../src/export/merge.js';
+import { Adapter } from '../../src/lora/adapter.js';
+import { loadAdapter, saveAdapter } from '../../src/lora/peft.js';
+import { Checkpoint, copyCheckpoint, type RawTensor } from '../../src/model/checkpoint.js';
+import { bf16BytesToF32, dequantFp4, dequantFp8Block, e8m0Decode, f32ToBf16Bytes, FP4_E2M1_MAX, FP8_E4M3_MAX } from '../../src/model/formats.js';
+import { loadModel } from '../../src/model/load.js';
+import { SafetensorsFile, INDEX_FILE } from '../../src/model/safetensors.js';
+import { cases, FIXTURE, readI32, relMaxErr } from '../model/fixture.js';
+
+const BASE = join(FIXTURE, 'checkpoint');
+const ADAPTER = join(FIXTURE, 'adapter');
+const quiet = (): void => {};
+
+const root = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+// the base's dequantised tensor as float32
+function deq(r: RawTensor): Float32Array {
+  const m = r.meta;
+  const cols = m.logicalShape[m.logicalShape.length - 1]!;
+  const rows = m.logicalShape.reduce((a, b) => a * b, 1) / cols;
+  if (m.format === 'fp8') return dequantFp8Block(r.data, r.scale!, rows, cols);
+  if (m.format === 'fp4') return dequantFp4(r.data, r.scale!, rows, cols);
+  if (m.format === 'bf16') return bf16BytesToF32(r.data);
+  throw new Error(`deq: ${m.name} is ${m.format}`);
+}
+
+const indexNames = (dir: string): string[] => Object.keys((JSON.parse(readFileSync(join(dir, INDEX_FILE), 'utf8')) as { weight_map: Record<string, string> }).weight_map).sort();
+
+const L = cases().lora;
+async function logitsOf(dir: string, ids: Int32Array, segments?: number[], adapter?: Adapter): Promise<Float32Array> {
+  const model = await loadModel(dir, { backend: 'tfjs', note: quiet });
+  try {
+    return await model.logits(ids, { segments, adapter });
+  } finally {
+    model.dispose();
+  }
+}
+
+let base: Checkpoint;
+let adapter: Adapter;
+beforeAll(async () => {
+  base = await Checkpoint.open(BASE);
+  adapter = await loadAdapter(ADAPTER, { warn: quiet });
+}, 60_000);
+afterAll(() => base.close());
+
+describe('merge with dtype bf16', { timeout: 60_000 }, () => {
+  const out = join(root, 'bf16');
+  let summary: MergeSummary;
+  /** byte count of every read from the base's shards */
+  const reads: number[] = [];
+  beforeAll(async () => {
+    // count every read from the base's shards (the checkpoint reads by byte range through readRange)
+    const orig = SafetensorsFile.prototype.readRange;
+    SafetensorsFile.prototype.readRange = function (this: SafetensorsFile, pos: number, len: number, what: string): Uint8Array {
+      if (this.path.startsWith(BASE)) reads.push(len);
+      return orig.call(this, pos, len, what);
+    };
+    try {
+      summary = await mergeAdapter({ base: BASE, adapter: ADAPTER, out, dtype: 'bf16', warn: quiet });
+    } finally {
+      SafetensorsFile.prototype.readRange = orig;
+    }
+  }, 60_000);
+
+  it('every merged tensor is exactly bf16(dequant(W) + scaling·B·A)', async () => {
+    const merged = await Checkpoint.open(out);
+    try {
+      expect(summary.merged).toBe(adapter.modules().length);
+      for (const module of adapter.modules()) {
+        const name = `${module}.weight`;
+        const x = deq(await base.raw(name));
+        const d = adapter.delta(module);
+        for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+        const r = await merged.raw(name);
+        expect(r.meta.dtype, name).toBe('BF16');
+        expect(r.scale, name).toBeNull();
+        expect(Buffer.from(r.data).equals(Buffer.from(f32ToBf16Bytes(x))), name).toBe(true);
+      }
+    } finally {
+      await merged.close();
+    }
+  });
+
+  it('untouched FP8/FP4 weights become their exact dequantised values in BF16; every other tensor is byte-identical', async () => {
+    const merged = await Checkpoint.open(out);
+    try {
+      const adapted = new Set(adapter.modules().map((m) => `${m}.weight`));
+      let converted = 0;
+      for (const name of base.names()) {
+        if (adapted.has(name)) continue;
+        const a = await base.raw(name);
+        const b = await merged.raw(name);
+        if (a.meta.format === 'fp8' || a.meta.format === 'fp4') {
+          converted++;
+          expect(b.meta.dtype, name).toBe('BF16');
+          // e4m3 and e2m1 values times a power of two are exact in bf16, so this is equality
+          expect(bf16BytesToF32(b.data), name).toEqual(deq(a));
+        } else {
+          expect(b.meta.dtype, name).toBe(a.meta.dtype);
+          expect(Buffer.from(b.data).equals(Buffer.from(a.data)), name).toBe(true);
+        }
+      }
+      expect(converted).toBeGreaterThan(0);
+      expect(summary.converted).toBe(converted);
+      const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
+      expect(cfg.quantization_config).toBeUndefined();
+      expect(cfg.expert_dtype).toBeUndefined();
+      // no scale tensor is left: every weight is BF16
+      expect(indexNames(out).filter((n) => n.endsWith('.scale'))).toEqual([]);
+    } finally {
+      await merged.close();
+    }
+  });
+
+  it('reads the base tensor by tensor: no read exceeds the largest tensor, each byte is read once', () => {
+    let largest = 0;
+    let total = 0;
+    for (const n of base.names()) {
+      const p = base.plan(n);
+      const bytes = (base.meta(n).shape.reduce((a, b) => a * b, 1) * ({ F8_E4M3: 1, I8: 1, BF16: 2, F32: 4, I64: 8 } as Record<string, number>)[p.dtype]!);
+      largest = Math.max(largest, bytes);
+      total += bytes + (p.scaleShape ? p.scaleShape.reduce((a, b) => a * b, 1) : 0);
+    }
+    const shardBytes = readdirSync(BASE).filter((f) => f.endsWith('.safetensors')).map((f) => readFileSync(join(BASE, f)).length);
+    expect(reads.length).toBeGreaterThan(base.names().length);
+    expect(Math.max(...reads)).toBeLessThanOrEqual(largest);
+    expect(Math.max(...reads)).toBeLessThan(Math.min(...shardBytes));
+    expect(reads.reduce((a, b) => a + b, 0)).toBe(total);
+    expect(summary.bytesRead).toBe(total);
+    expect(summary.largestReadBytes).toBe(Math.max(...reads));
+  });
+});
+
+describe('merge with dtype original (FP8/FP4 requantised)', { timeout: 60_000 }, () => {
+  const out = join(root, 'original');
+  let summary: MergeSummary;
+  beforeAll(async () => {
+    summary = await mergeAdapter({ base: BASE, adapter: ADAPTER, out, warn: quiet });
+  }, 60_000);
+
+  it('writes the same tensors with the same dtypes, shapes and scale shapes; the index lists every one', () => {
+    const header = (dir: string): Map<string, string> => {
+      const m = new Map<string, string>();
+      for (const f of readdirSync(dir).filter((x) => x.endsWith('.safetensors'))) {
+        const sf = SafetensorsFile.open(join(dir, f));
+        for (const [k, e] of sf.entries) m.set(k, `${e.dtype} [${e.shape.join(', ')}]`);
+        sf.close();
+      }
+      return m;
+    };
+    const a = header(BASE);
+    const b = header(out);
+    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    for (const [k, v] of a) expect(b.get(k), k).toBe(v);
+    expect(indexNames(out)).toEqual(indexNames(BASE));
+    expect(indexNames(out)).toEqual([...a.keys()].sort());
+    expect(readFileSync(join(out, 'config.json'), 'utf8')).toBe(readFileSync(join(BASE, 'config.json'), 'utf8'));
+    expect(summary.merged).toBe(adapter.modules().length);
+    expect(summary.converted).toBe(0);
+    expect(summary.copied).toBe(base.names().length - adapter.modules().length);
+  });
+
+  it('copies every unadapted tensor byte for byte (the MTP block and tid2eid included)', async () => {
+    const merged = await Checkpoint.open(out);
+    try {
+      const adapted = new Set(adapter.modules().map((m) => `${m}.weight`));
+      const untouched = base.names().filter((n) => !adapted.has(n));
+      expect(untouched).toContain('layers.0.ffn.gate.tid2eid');
+      expect(untouched.filter((n) => n.startsWith('mtp.0.')).length).toBeGreaterThan(10);
+      for (const name of untouched) {
+        const a = await base.raw(name);
+        const b = await merged.raw(name);
+        expect(Buffer.from(b.data).equals(Buffer.from(a.data)), name).toBe(true);
+        expect(b.scale === null ? null : Buffer.from(b.scale).equals(Buffer.from(a.scale!)), name).toBe(a.scale === null ? null : true);
+      }
+      expect(await merged.ints('layers.0.ffn.gate.tid2eid')).toEqual(await base.ints('layers.0.ffn.gate.tid2eid'));
+    } finally {
+      await merged.close();
+    }
+  });
+
+  it('merged FP8 weights lie within e4m3 rounding of dequant(W) + ΔW, merged FP4 within e2m1 rounding, with fresh minimal scales', async () => {
+    // Per element x = dequant(W) + ΔW and its block scale s (a power of two, the smallest with
+    // amax/s ≤ qmax):  FP8 e4m3 (3 mantissa bits): |q − x| ≤ max(2^-4·|x|, 2^-10·s);
+    // FP4 e2m1 {0, .5, 1, 1.5, 2, 3, 4, 6}: |q − x| ≤ max(|x|/4, s/4).
+    const merged = await Checkpoint.open(out);
+    const seen = { fp8: 0, fp4: 0 };
+    try {
+      for (const module of adapter.modules()) {
+        const name = `${module}.weight`;
+        const r0 = await base.raw(name);
+        const x = deq(r0);
+        const d = adapter.delta(module);
+        for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+        const r = await merged.raw(name);
+        const q = deq(r);
+        const [rows, cols] = r.meta.logicalShape as [number, number];
+        const fp8 = r.meta.format === 'fp8';
+        seen[fp8 ? 'fp8' : 'fp4']++;
+        const qmax = fp8 ? FP8_E4M3_MAX : FP4_E2M1_MAX;
+        const sc = fp8 ? Math.ceil(cols / 128) : cols / 32;
+        const blockOf = (i: number, j: number): number => (fp8 ? Math.floor(i / 128) * sc + Math.floor(j / 128) : i * sc + Math.floor(j / 32));
+        const amax = new Float64Array(r.scale!.length);
+        let worst = 0;
+        for (let i = 0; i < rows; i++) {
+          for (let j = 0; j < cols; j++) {
+            const k = i * cols + j;
+            const s = e8m0Decode(r.scale![blockOf(i, j)]!);
+            const bound = fp8 ? Math.max(Math.abs(x[k]!) / 16, s / 1024) : Math.max(Math.abs(x[k]!) / 4, s / 4);
+            worst = Math.max(worst, Math.abs(q[k]! - x[k]!) / bound);
+            amax[blockOf(i, j)] = Math.max(amax[blockOf(i, j)]!, Math.abs(x[k]!));
+          }
+        }
+        expect(worst, name).toBeLessThanOrEqual(1);
+        for (let b = 0; b < amax.length; b++) {
+          const s = e8m0Decode(r.scale![b]!);
+          if (amax[b]! === 0) continue;
+          expect(amax[b]! / s, `${name} block ${b}`).toBeLessThanOrEqual(qmax);
+          expect(amax[b]! / (s / 2), `${name} block ${b}`).toBeGreaterThan(qmax);
+        }
+      }
+      expect(seen.fp8).toBeGreaterThan(0);
+      expect(seen.fp4).toBeGreaterThan(0);
+    } finally {
+      await merged.close();
+    }
+  });
+
+  it('the merged checkpoint loads and runs (finite logits of the right shape)', async () => {
+    const ids = readI32(L.ids).subarray(0, 40);
+    const got = await logitsOf(out, ids);
+    expect(got.length).toBe(40 * 1000);
+    expect(got.every((v) => Number.isFinite(v))).toBe(true);
+  });
+});
