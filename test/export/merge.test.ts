@@ -7,11 +7,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../../src/errors.js';
 import { mergeAdapter, type MergeSummary } from '../../src/export/merge.js';
-import { Adapter } from '../../src/lora/adapter.js';
+import { Adapter, createAdapter } from '../../src/lora/adapter.js';
 import { loadAdapter, saveAdapter } from '../../src/lora/peft.js';
 import { Checkpoint, copyCheckpoint, type RawTensor } from '../../src/model/checkpoint.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, e8m0Decode, f32ToBf16Bytes, FP4_E2M1_MAX, FP8_E4M3_MAX } from '../../src/model/formats.js';
 import { loadModel } from '../../src/model/load.js';
+import { initModel, tensorRng } from '../../src/model/init.js';
 import { SafetensorsFile, INDEX_FILE } from '../../src/model/safetensors.js';
 import { cases, FIXTURE, readI32, relMaxErr } from '../model/fixture.js';
 
@@ -241,5 +242,87 @@ describe('merge with dtype original (FP8/FP4 requantised)', { timeout: 60_000 },
     const got = await logitsOf(out, ids);
     expect(got.length).toBe(40 * 1000);
     expect(got.every((v) => Number.isFinite(v))).toBe(true);
+  });
+});
+
+describe('merge on the tiny preset with a random non-zero adapter (MTP module included)', { timeout: 60_000 }, () => {
+  it('bf16: logits of the merged model match base + adapter within 1e-2 (max|Δ|/max|ref|; measured 7.4e-3 from bf16 rounding of W + ΔW)', async () => {
+    const dir = join(root, 'tiny');
+    await initModel({ preset: 'tiny', out: join(dir, 'base'), tokenizer: false });
+    const ck = await Checkpoint.open(join(dir, 'base'));
+    const a = createAdapter({ config: ck.config, dir: join(dir, 'base') }, {
+      r: 4, alpha: 8, seed: 1,
+      targets: ['attn.wq_a', 'attn.wq_b', 'attn.wkv', 'attn.wo_a', 'attn.wo_b', 'ffn.shared_experts.w1', 'ffn.shared_experts.w2', 'ffn.shared_experts.w3', 'ffn.experts.*.w1', 'ffn.experts.*.w2', 'ffn.experts.*.w3', 'mtp.*.attn.wq_a'],
+    });
+    for (const [m, l] of a.layers) {
+      const rng = tensorRng(7, m);
+      for (let i = 0; i < l.B.length; i++) (l.B as Float32Array)[i] = (2 * rng() - 1) * 0.02;
+    }
+    expect(a.modules()).toContain('mtp.0.attn.wq_a');
+    await saveAdapter(a, join(dir, 'adapter'));
+    const s = await mergeAdapter({ base: join(dir, 'base'), adapter: join(dir, 'adapter'), out: join(dir, 'merged'), dtype: 'bf16' });
+    expect(s.merged).toBe(a.modules().length);
+    // the MTP module is merged too: bf16(dequant(W) + ΔW)
+    const merged = await Checkpoint.open(join(dir, 'merged'));
+    const x = deq(await ck.raw('mtp.0.attn.wq_a.weight'));
+    const d = a.delta('mtp.0.attn.wq_a');
+    for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+    expect(Buffer.from((await merged.raw('mtp.0.attn.wq_a.weight')).data).equals(Buffer.from(f32ToBf16Bytes(x)))).toBe(true);
+    await merged.close();
+    await ck.close();
+    const ids = new Int32Array(48).map((_, i) => ((i * 7919) % 1000) + 5);
+    const ref0 = await logitsOf(join(dir, 'base'), ids);
+    const ref = await logitsOf(join(dir, 'base'), ids, undefined, a);
+    const got = await logitsOf(join(dir, 'merged'), ids);
+    // the adapter moves the logits by ~65% of their range, so a merge that dropped or misplaced
+    // ΔW anywhere would be far outside the bound; bf16 keeps 8 significant bits (2^-9 relative)
+    expect(relMaxErr(ref, ref0)).toBeGreaterThan(0.3);
+    expect(relMaxErr(got, ref)).toBeLessThanOrEqual(1e-2);
+  });
+});
+
+describe('bad input: one InputError, nothing written', { timeout: 60_000 }, () => {
+  const dir = join(root, 'bad');
+  mkdirSync(dir, { recursive: true });
+  const expectRefused = async (opts: Parameters<typeof mergeAdapter>[0], message: RegExp): Promise<void> => {
+    const before = readdirSync(dir).sort();
+    const err = await mergeAdapter({ warn: quiet, ...opts }).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(InputError);
+    expect((err as Error).message).toMatch(message);
+    expect(readdirSync(dir).sort()).toEqual(before);
+  };
+
+  it('an adapter made for another base (fingerprint)', async () => {
+    const other = new Adapter(adapter.options, new Map(adapter.layers), '', 'deadbeefdeadbeef');
+    await saveAdapter(other, join(dir, 'adapter-other'));
+    await expectRefused({ base: BASE, adapter: join(dir, 'adapter-other'), out: join(dir, 'o') }, /adapter-other\/adapter_config\.json: .*fingerprint deadbeefdeadbeef/);
+  });
+
+  it('an adapter module the base does not have', async () => {
+    const l = adapter.layers.get('layers.0.attn.wq_a')!;
+    const odd = new Adapter(adapter.options, new Map([['layers.7.attn.wq_a', l]]), '', null);
+    await saveAdapter(odd, join(dir, 'adapter-odd'));
+    await expectRefused({ base: BASE, adapter: join(dir, 'adapter-odd'), out: join(dir, 'o') }, /adapter-odd\/adapter_config\.json: .*layers\.7\.attn\.wq_a/);
+  });
+
+  it('an output path that is a file, inside the base, or a non-empty unrelated folder; a base that is not a model', async () => {
+    writeFileSync(join(dir, 'file'), 'x');
+    await expectRefused({ base: BASE, adapter: ADAPTER, out: join(dir, 'file') }, /file: output path exists and is a file/);
+    await expectRefused({ base: BASE, adapter: ADAPTER, out: join(BASE, 'merged') }, /must lie outside the base checkpoint folder/);
+    mkdirSync(join(dir, 'notes'));
+    writeFileSync(join(dir, 'notes', 'a.txt'), 'keep');
+    await expectRefused({ base: BASE, adapter: ADAPTER, out: join(dir, 'notes') }, /notes: output folder exists, is not empty/);
+    expect(readFileSync(join(dir, 'notes', 'a.txt'), 'utf8')).toBe('keep');
+    await expectRefused({ base: join(dir, 'notes'), adapter: ADAPTER, out: join(dir, 'o') }, /notes: no config\.json/);
+    await expectRefused({ base: BASE, adapter: ADAPTER, out: join(dir, 'o'), dtype: 'fp8' as never }, /--dtype/);
+  });
+
+  it('a failure midway leaves neither the output nor a temp folder', async () => {
+    const before = readdirSync(dir).sort();
+    let n = 0;
+    const err = await mergeAdapter({ base: BASE, adapter: ADAPTER, out: join(dir, 'o'), warn: quiet, onTensor: () => { if (++n === 20) throw new Error('disk full'); } }).then(() => null, (e: unknown) => e);
+    expect((err as Error).message).toBe('disk full');
+    expect(readdirSync(dir).sort()).toEqual(before);
+    expect(existsSync(join(dir, 'o'))).toBe(false);
   });
 });
