@@ -1,5 +1,12 @@
-// INT4 group quantisation (src/export/int4.ts) against a float64 reference written here.
-import { describe, expect, it } from 'vitest';
+// INT4 export: group quantisation (src/export/int4.ts) against a float64 reference written here, and
+// the GPTQ-layout safetensors output read back by a dequantiser written here.
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { linearKind, quantizeCheckpoint, quantizeRecipe, type QuantizeSummary } from '../../src/export/quantize.js';
+import { Checkpoint } from '../../src/model/checkpoint.js';
+import { SafetensorsSet } from '../../src/model/safetensors.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dequantizeInt4, groupGrid, quantizeRtn } from '../../src/export/int4.js';
 
 // smallest IEEE half ≥ x (x > 0, normal range), computed from the exponent in float64
@@ -94,5 +101,144 @@ describe('INT4 round-to-nearest, group-wise over the input dimension', () => {
     const g = groupGrid(-1, 1.0000001);
     expect(g.scale * (15 - g.zero) + g.scale / 2).toBeGreaterThanOrEqual(1.0000001);
     expect(g.scale * g.zero + g.scale / 2).toBeGreaterThanOrEqual(1);
+  });
+});
+
+// ---------------------------------------------------------------- the GPTQ-layout safetensors output
+
+
+const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
+
+// IEEE half bits → value, written here from the format (sign, 5-bit exponent bias 15, 10-bit mantissa)
+function half(h: number): number {
+  const e = (h >> 10) & 31;
+  const m = h & 1023;
+  const v = e === 0 ? m * 2 ** -24 : (1 + m / 1024) * 2 ** (e - 15);
+  return h & 0x8000 ? -v : v;
+}
+
+const i32 = (b: Uint8Array): Int32Array => new Int32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+const u16 = (b: Uint8Array): Uint16Array => new Uint16Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+
+describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-ref fixture)', () => {
+  let dir: string;
+  let src: string;
+  let out: string;
+  let summary: QuantizeSummary;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'v4tune-quant-'));
+    src = join(dir, 'model');
+    cpSync(FIXTURE, src, { recursive: true });
+    writeFileSync(join(src, 'tokenizer.json'), '{"model":{"type":"BPE"}}');
+    out = join(dir, 'gptq');
+    summary = await quantizeCheckpoint({ model: src, out, format: 'gptq', method: 'rtn', groupSize: 32 });
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('an independent AutoGPTQ dequantiser reconstructs every quantised linear within s/2', async () => {
+    const ck = await Checkpoint.open(src);
+    const set = SafetensorsSet.open(out);
+    let checked = 0;
+    try {
+      for (const n of ck.names().filter((x) => linearKind(x))) {
+        const [O, I] = ck.meta(n).logicalShape as [number, number];
+        const w = await ck.f32(n);
+        const base = n.slice(0, -'.weight'.length);
+        expect(set.entry(`${base}.qweight`).shape).toEqual([I / 8, O]);
+        expect(set.entry(`${base}.qzeros`).shape).toEqual([I / 32, O / 8]);
+        expect(set.entry(`${base}.scales`).dtype).toBe('F16');
+        expect(set.has(n)).toBe(false);
+        const qw = i32(set.read(`${base}.qweight`));
+        const qz = i32(set.read(`${base}.qzeros`));
+        const sc = u16(set.read(`${base}.scales`));
+        const gi = i32(set.read(`${base}.g_idx`));
+        for (let j = 0; j < O; j++) {
+          for (let i = 0; i < I; i++) {
+            const g = gi[i]!;
+            expect(g).toBe(Math.floor(i / 32));
+            const q = (qw[(i >> 3) * O + j]! >>> (4 * (i & 7))) & 15;
+            const z = ((qz[g * (O / 8) + (j >> 3)]! >>> (4 * (j & 7))) & 15) + 1; // v1 format stores zero − 1
+            const s = half(sc[g * O + j]!);
+            const err = Math.abs((q - z) * s - w[j * I + i]!);
+            if (!(err <= s / 2 + 1e-6 * s)) throw new Error(`${n}[${j}, ${i}]: |err| ${err} > s/2 = ${s / 2}`);
+          }
+        }
+        checked++;
+      }
+    } finally {
+      set.close();
+      await ck.close();
+    }
+    // 5 layers (4 + MTP) × (5 attention + 3 shared + 8·3 routed)
+    expect(checked).toBe(5 * (5 + 3 + 24));
+    expect(summary.tensorsQuantized).toBe(checked);
+  });
+
+  it('keeps every other tensor: BF16/F32/int bytes unchanged, FP8 dequantised to BF16', async () => {
+    const ck = await Checkpoint.open(src);
+    const set = SafetensorsSet.open(out);
+    try {
+      const kept = ck.names().filter((x) => !linearKind(x));
+      expect(summary.tensorsKept).toBe(kept.length);
+      for (const n of kept) {
+        const m = ck.meta(n);
+        const e = set.entry(n);
+        if (m.format === 'bf16' || m.format === 'f32' || m.format === 'int') {
+          expect(e.dtype).toBe(m.dtype);
+          expect(Buffer.from(set.read(n)).equals(Buffer.from((await ck.raw(n)).data))).toBe(true);
+        } else {
+          expect(e.dtype).toBe('BF16');
+          const w = await ck.f32(n);
+          const got = u16(set.read(n));
+          for (let i = 0; i < w.length; i++) {
+            const v = new Float32Array(new Uint32Array([got[i]! << 16]).buffer)[0]!;
+            expect(Math.abs(v - w[i]!)).toBeLessThanOrEqual(Math.abs(w[i]!) * 2 ** -8);
+          }
+        }
+      }
+      expect(kept).toContain('layers.1.attn.indexer.wq_b.weight');
+      expect(kept).toContain('head.weight');
+    } finally {
+      set.close();
+      await ck.close();
+    }
+  });
+
+  it('writes config.json with a gptq quantization_config, copies the tokenizer, reports the errors', () => {
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 32, desc_act: false, sym: false, checkpoint_format: 'gptq' });
+    expect(cfg.expert_dtype).toBeUndefined();
+    expect(cfg.hidden_size).toBe(64);
+    expect(readFileSync(join(out, 'tokenizer.json'), 'utf8')).toContain('BPE');
+    expect(existsSync(join(out, 'model.safetensors.index.json'))).toBe(true);
+    for (const k of ['attention', 'shared_expert', 'routed_expert'] as const) {
+      const s = summary.errors[k]!;
+      expect(s.maxAbsError).toBeGreaterThan(0);
+      expect(s.meanAbsError).toBeLessThan(s.maxAbsError);
+      expect(s.relRmsError).toBeLessThan(0.2);
+    }
+    expect(summary.bytesOut).toBeGreaterThan(0);
+    expect(summary.compression).toBeCloseTo(summary.bytesIn / summary.bytesOut, 10);
+  });
+
+  it('refuses a group size that does not divide a linear\'s input, before writing anything', async () => {
+    const bad = join(dir, 'bad');
+    await expect(quantizeCheckpoint({ model: src, out: bad, format: 'gptq', method: 'rtn', groupSize: 128 })).rejects.toThrow(/input size (64|32) is not a multiple of the group size 128/);
+    expect(existsSync(bad)).toBe(false);
+  });
+
+  it('refuses method gptq and format gguf-q4_k as not built', async () => {
+    await expect(quantizeCheckpoint({ model: src, out: join(dir, 'x'), format: 'gptq', method: 'gptq', groupSize: 32 })).rejects.toThrow(/method gptq is not built yet/);
+    await expect(quantizeCheckpoint({ model: src, out: join(dir, 'y.gguf'), format: 'gguf-q4_k', method: 'rtn', groupSize: 32 })).rejects.toThrow(/gguf-q4_k is not built yet/);
+  });
+
+  it('the recipe stage takes <output>/merged when present and refuses an empty export.quantize', async () => {
+    const output = join(dir, 'run');
+    cpSync(src, join(output, 'merged'), { recursive: true });
+    const recipe = { file: 'r.yaml', output, model: { path: '/nonexistent' }, export: { quantize: [] as never[], method: 'rtn' as const, group_size: 32 } };
+    await expect(quantizeRecipe(recipe)).rejects.toThrow(/export.quantize is empty/);
+    const [s] = await quantizeRecipe({ ...recipe, export: { ...recipe.export, quantize: ['gptq'] } });
+    expect(s!.model).toBe(join(output, 'merged'));
+    expect(s!.out).toBe(join(output, 'quantized', 'gptq'));
   });
 });

@@ -1,0 +1,68 @@
+// `v4tune quantize <recipe>`: INT4 export of the merged (or base) model — GPTQ-layout
+// safetensors and/or GGUF Q4_0 — with reconstruction-error statistics per kind of linear.
+import type { Command } from 'commander';
+import { InputError } from '../../errors.js';
+import { quantizeRecipe, type QuantFormat, type QuantMethod } from '../../export/quantize.js';
+import { loadRecipe } from '../../recipe/load.js';
+import { action } from '../action.js';
+import type { CliContext } from '../context.js';
+
+const FORMATS: QuantFormat[] = ['gptq', 'gguf-q4_0', 'gguf-q4_k'];
+const METHODS: QuantMethod[] = ['rtn', 'gptq'];
+
+interface QuantizeFlags {
+  model?: string;
+  out?: string;
+  format?: string;
+  method?: string;
+  groupSize?: string;
+}
+
+export function register(program: Command): void {
+  program.command('quantize')
+    .description('INT4 export of the merged model: GPTQ-layout safetensors and/or GGUF Q4_0 (round to nearest)')
+    .argument('<recipe>', 'recipe .yaml file')
+    .option('--model <dir>', 'checkpoint to quantize (default: <output>/merged if present, else the recipe\'s model)')
+    .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/ and model-Q4_0.gguf inside)')
+    .option('--format <format>', 'one format instead of the recipe\'s export.quantize: gptq | gguf-q4_0')
+    .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn (gptq is not built yet)')
+    .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
+    .action(action(async (ctx: CliContext, file: string, flags: QuantizeFlags) => {
+      const recipe = loadRecipe(file);
+      if (flags.format !== undefined && !FORMATS.includes(flags.format as QuantFormat)) throw new InputError(`--format must be one of ${FORMATS.join(', ')} (got "${flags.format}")`);
+      if (flags.method !== undefined && !METHODS.includes(flags.method as QuantMethod)) throw new InputError(`--method must be rtn or gptq (got "${flags.method}")`);
+      let groupSize: number | undefined;
+      if (flags.groupSize !== undefined) {
+        groupSize = Number(flags.groupSize);
+        if (!Number.isInteger(groupSize) || groupSize < 8) throw new InputError(`--group-size must be an integer ≥ 8 (got ${flags.groupSize})`);
+      }
+      let bar: { update(done: number): void; stop(): void } | null = null;
+      const summaries = await quantizeRecipe(recipe, {
+        model: flags.model,
+        out: flags.out,
+        formats: flags.format ? [flags.format as QuantFormat] : undefined,
+        method: flags.method as QuantMethod | undefined,
+        groupSize,
+        log: (l) => {
+          bar?.stop();
+          bar = null;
+          ctx.log(l);
+        },
+        onTensor: (format, done, total) => {
+          bar ??= ctx.progress(format, total, 'tensors');
+          bar.update(done);
+          if (done === total) {
+            bar.stop();
+            bar = null;
+          }
+        },
+      });
+      for (const s of summaries) {
+        ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of 32)` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
+        for (const [kind, k] of Object.entries(s.errors)) {
+          ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%`);
+        }
+      }
+      return { ok: true, outputs: summaries };
+    }));
+}
