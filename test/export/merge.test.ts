@@ -5,6 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Command } from 'commander';
+import { register as registerMerge } from '../../src/cli/commands/merge.js';
 import { InputError } from '../../src/errors.js';
 import { mergeAdapter, type MergeSummary } from '../../src/export/merge.js';
 import { Adapter, createAdapter } from '../../src/lora/adapter.js';
@@ -324,5 +326,42 @@ describe('bad input: one InputError, nothing written', { timeout: 60_000 }, () =
     expect((err as Error).message).toBe('disk full');
     expect(readdirSync(dir).sort()).toEqual(before);
     expect(existsSync(join(dir, 'o'))).toBe(false);
+  });
+});
+
+describe('v4tune merge (CLI)', { timeout: 60_000 }, () => {
+  const run = async (args: string[]): Promise<{ out: string; code: number | undefined }> => {
+    const program = new Command().exitOverride().option('--json').option('--quiet');
+    registerMerge(program);
+    let out = '';
+    const write = process.stdout.write.bind(process.stdout);
+    const ewrite = process.stderr.write.bind(process.stderr);
+    process.stdout.write = ((c: string) => { out += c; return true; }) as typeof process.stdout.write;
+    process.stderr.write = (() => true) as typeof process.stderr.write;
+    try {
+      await program.parseAsync(['node', 'v4tune', ...args]);
+    } finally {
+      process.stdout.write = write;
+      process.stderr.write = ewrite;
+    }
+    const code = process.exitCode as number | undefined;
+    process.exitCode = undefined;
+    return { out, code };
+  };
+
+  it('--model --adapter --out merges and prints a JSON summary; a missing flag exits 2', async () => {
+    const dest = join(root, 'cli');
+    const r = await run(['--json', 'merge', '--model', BASE, '--adapter', ADAPTER, '--out', dest, '--dtype', 'bf16']);
+    expect(r.code).toBeUndefined();
+    const s = JSON.parse(r.out) as MergeSummary & { ok: boolean };
+    expect(s.ok).toBe(true);
+    expect(s.merged).toBe(adapter.modules().length);
+    expect(s.dtype).toBe('bf16');
+    expect(s.peakRssBytes).toBeGreaterThan(0);
+    expect(indexNames(dest).length).toBeGreaterThan(0);
+    const bad = await run(['--json', 'merge', '--model', BASE, '--out', join(root, 'cli2')]);
+    expect(bad.code).toBe(2);
+    expect(bad.out).toMatch(/--adapter: required without a recipe/);
+    expect(existsSync(join(root, 'cli2'))).toBe(false);
   });
 });
