@@ -365,3 +365,29 @@ describe('v4tune merge (CLI)', { timeout: 60_000 }, () => {
     expect(existsSync(join(root, 'cli2'))).toBe(false);
   });
 });
+
+describe('transformers layout', { timeout: 60_000 }, () => {
+  it('a transformers-layout base merges to a transformers-layout output with the same tensors as the official merge', async () => {
+    const hf = join(root, 'hf-base');
+    await copyCheckpoint(base, hf, { layout: 'transformers' });
+    const out = join(root, 'hf-merged');
+    const s = await mergeAdapter({ base: hf, adapter: ADAPTER, out, warn: quiet });
+    expect(s.layout).toBe('transformers');
+    const official = join(root, 'original');
+    if (!existsSync(official)) await mergeAdapter({ base: BASE, adapter: ADAPTER, out: official, warn: quiet });
+    const a = await Checkpoint.open(out);
+    const b = await Checkpoint.open(official);
+    try {
+      expect(a.layout).toBe('transformers');
+      expect(a.names()).toEqual(b.names());
+      for (const n of a.names()) {
+        const x = await a.raw(n);
+        const y = await b.raw(n);
+        expect(Buffer.from(x.data).equals(Buffer.from(y.data)), n).toBe(true);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+});
