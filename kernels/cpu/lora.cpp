@@ -48,6 +48,13 @@ void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, cons
 
 static inline float sigmoidf(float v) { return 1.f / (1.f + std::exp(-v)); }
 
+// Per-thread scratch that keeps its pages between calls (no zero-fill, no page faults):
+// grow(v, n) returns room for n floats with unspecified contents.
+static float* grow(std::vector<float>& v, long n) {
+  if (long(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
 // h = x Wᵀ + s (x Aᵀ) Bᵀ for n rows; u (n, r) keeps x Aᵀ when wanted.
 static void project(float* h, float* u, const float* xe, long n, const WeightRef& W, const float* A, const float* B,
                     long r, float s) {
@@ -69,6 +76,24 @@ V4_AVX512 static long swiglu_512(float* act, const float* h1, const float* h3, l
   }
   return i;
 }
+// in place: h1 <- dh1 = dact·clamp(h3)·silu'(h1) where h1 <= L; h3 <- dh3 = dact·silu(min(h1, L)) where |h3| <= L
+V4_AVX512 static long swiglu_backward_512(float* h1, float* h3, const float* G, long i0, long i1, float L) {
+  const __m512 vl = _mm512_set1_ps(L), vnl = _mm512_set1_ps(-L), one = _mm512_set1_ps(1.f);
+  long i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    __m512 a = _mm512_loadu_ps(h1 + i), b = _mm512_loadu_ps(h3 + i), da = _mm512_loadu_ps(G + i);
+    __m512 am = _mm512_min_ps(a, vl), bc = _mm512_max_ps(vnl, _mm512_min_ps(b, vl));
+    __m512 sg = sigmoid_512(am);
+    __m512 d1 = _mm512_mul_ps(_mm512_mul_ps(da, bc), _mm512_mul_ps(sg, _mm512_fmadd_ps(am, _mm512_sub_ps(one, sg), one)));
+    __m512 d3 = _mm512_mul_ps(_mm512_mul_ps(da, am), sg);
+    __mmask16 k1 = _mm512_cmp_ps_mask(a, vl, _CMP_LE_OQ);
+    __mmask16 k3 = _mm512_cmp_ps_mask(b, vl, _CMP_LE_OQ) & _mm512_cmp_ps_mask(b, vnl, _CMP_GE_OQ);
+    _mm512_storeu_ps(h1 + i, _mm512_maskz_mov_ps(k1, d1));
+    _mm512_storeu_ps(h3 + i, _mm512_maskz_mov_ps(k3, d3));
+  }
+  return i;
+}
+
 static void swiglu(float* act, const float* h1, const float* h3, long n, float L) {
   const long grain = 16384;
   parallel_run(int(cdiv(n, grain)), [&](int t) {
@@ -84,19 +109,20 @@ static void swiglu(float* act, const float* h1, const float* h3, long n, float L
 void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                     const Expert* experts, long E, float L) {
   (void)T;
-  std::vector<float> xe, h1, h3, u, y;
+  thread_local std::vector<float> sx, s1, s3, su, sy;
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
     if (n == 0) continue;
     check_cancel();
     const Expert& ex = experts[e];
     long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
-    xe.resize(n * d), h1.resize(n * I), h3.resize(n * I), u.resize(n * std::max(rmax, 1L)), y.resize(n * d);
+    float *xe = grow(sx, n * d), *h1 = grow(s1, n * I), *h3 = grow(s3, n * I), *u = grow(su, n * std::max(rmax, 1L)),
+          *y = grow(sy, n * d);
     for (long p = 0; p < n; p++) std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4);
-    project(h1.data(), u.data(), xe.data(), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
-    project(h3.data(), u.data(), xe.data(), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
-    swiglu(h1.data(), h1.data(), h3.data(), n * I, L);  // h1 now holds act
-    project(y.data(), u.data(), h1.data(), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
+    project(h1, u, xe, n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
+    project(h3, u, xe, n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
+    swiglu(h1, h1, h3, n * I, L);  // h1 now holds act
+    project(y, u, h1, n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
     for (long p = 0; p < n; p++) axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d);
   }
 }
@@ -110,7 +136,7 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
 void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
                      long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L) {
   (void)T;
-  std::vector<float> xe, ge, h1, h3, act, G, u1, u3, u2, g2, g1, dxe;
+  thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sdx;
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
     if (n == 0) continue;
@@ -118,22 +144,23 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     const Expert& ex = experts[e];
     const ExpertGrads& gr = grads[e];
     long r1 = ex.a1 ? ex.r1 : 0, r2 = ex.a2 ? ex.r2 : 0, r3 = ex.a3 ? ex.r3 : 0;
-    xe.resize(n * d), ge.resize(n * d), h1.resize(n * I), h3.resize(n * I), act.resize(n * I), G.resize(n * I);
-    u1.resize(n * std::max(r1, 1L)), u3.resize(n * std::max(r3, 1L)), u2.resize(n * std::max(r2, 1L));
-    g2.resize(n * std::max(r2, 1L)), g1.resize(n * std::max(std::max(r1, r3), 1L)), dxe.resize(n * d);
+    float *xe = grow(sxe, n * d), *ge = grow(sge, n * d), *h1 = grow(sh1, n * I), *h3 = grow(sh3, n * I);
+    float *act = grow(sact, n * I), *G = grow(sG, n * I), *dxe = grow(sdx, n * d);
+    float *u1 = grow(su1, n * std::max(r1, 1L)), *u3 = grow(su3, n * std::max(r3, 1L)), *u2 = grow(su2, n * std::max(r2, 1L));
+    float *g2 = grow(sg2, n * std::max(r2, 1L)), *g1 = grow(sg1, n * std::max(std::max(r1, r3), 1L));
     for (long p = 0; p < n; p++) {
       std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4);
       std::memcpy(&ge[p * d], dout + long(idx[p0 + p]) * d, d * 4);
     }
     // recompute the forward up to act
-    project(h1.data(), u1.data(), xe.data(), n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
-    project(h3.data(), u3.data(), xe.data(), n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
-    swiglu(act.data(), h1.data(), h3.data(), n * I, L);
+    project(h1, u1, xe, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
+    project(h3, u3, xe, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
+    swiglu(act, h1, h3, n * I, L);
     // G = g W2 + s (g B2) A2
-    gemm(n, I, d, 1.f, ge.data(), d, 1, ex.w2, false, 0.f, G.data(), I);
+    gemm(n, I, d, 1.f, ge, d, 1, ex.w2, false, 0.f, G, I);
     if (r2) {
-      gemm(n, r2, d, 1.f, ge.data(), d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2.data(), r2);
-      gemm(n, I, r2, ex.s2, g2.data(), r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G.data(), I);
+      gemm(n, r2, d, 1.f, ge, d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2, r2);
+      gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G, I);
     }
     for (long p = 0; p < n; p++) {
       if (dw) dw[p0 + p] += dot(&G[p * I], &act[p * I], I);
@@ -144,15 +171,17 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     }
     if (r2) {
       if (gr.db2) {
-        gemm(n, r2, I, 1.f, act.data(), I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2.data(), r2);
-        gemm(d, r2, n, ex.s2, ge.data(), 1, d, f32_matrix(u2.data(), n, r2), false, 1.f, gr.db2, r2);
+        gemm(n, r2, I, 1.f, act, I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2, r2);
+        gemm(d, r2, n, ex.s2, ge, 1, d, f32_matrix(u2, n, r2), false, 1.f, gr.db2, r2);
       }
-      if (gr.da2) gemm(r2, I, n, ex.s2, g2.data(), 1, r2, f32_matrix(act.data(), n, I), false, 1.f, gr.da2, I);
+      if (gr.da2) gemm(r2, I, n, ex.s2, g2, 1, r2, f32_matrix(act, n, I), false, 1.f, gr.da2, I);
     }
     // dh1, dh3 in place of h1, h3
     const long grain = 16384;
     parallel_run(int(cdiv(n * I, grain)), [&](int t) {
-      for (long i = t * grain; i < std::min(n * I, (t + 1) * grain); i++) {
+      long i = t * grain, end = std::min(n * I, (t + 1) * grain);
+      if (isa() == Isa::avx512) i = swiglu_backward_512(h1, h3, G, i, end, L);
+      for (; i < end; i++) {
         float a = h1[i], b = h3[i], da = G[i];
         float am = std::fmin(a, L), bc = std::fmax(-L, std::fmin(b, L));
         float sg = sigmoidf(am);
@@ -160,15 +189,15 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
         h3[i] = (b >= -L && b <= L) ? da * am * sg : 0.f;
       }
     });
-    gemm(n, d, I, 1.f, h1.data(), I, 1, ex.w1, false, 0.f, dxe.data(), d);
-    gemm(n, d, I, 1.f, h3.data(), I, 1, ex.w3, false, 1.f, dxe.data(), d);
+    gemm(n, d, I, 1.f, h1, I, 1, ex.w1, false, 0.f, dxe, d);
+    gemm(n, d, I, 1.f, h3, I, 1, ex.w3, false, 1.f, dxe, d);
     struct Side { const float *a, *b; float *da, *db; long r; float s; float* h; float* u; };
-    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1.data(), u1.data()},
-                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3.data(), u3.data()}}) {
+    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1, u1},
+                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3, u3}}) {
       if (!sd.r) continue;
-      gemm(n, sd.r, I, 1.f, sd.h, I, 1, f32_matrix(sd.b, I, sd.r), false, 0.f, g1.data(), sd.r);  // dh B
-      gemm(n, d, sd.r, sd.s, g1.data(), sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe.data(), d);
-      if (sd.da) gemm(sd.r, d, n, sd.s, g1.data(), 1, sd.r, f32_matrix(xe.data(), n, d), false, 1.f, sd.da, d);
+      gemm(n, sd.r, I, 1.f, sd.h, I, 1, f32_matrix(sd.b, I, sd.r), false, 0.f, g1, sd.r);  // dh B
+      gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe, d);
+      if (sd.da) gemm(sd.r, d, n, sd.s, g1, 1, sd.r, f32_matrix(xe, n, d), false, 1.f, sd.da, d);
       if (sd.db) gemm(I, sd.r, n, sd.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
     }
     if (dx)
