@@ -242,3 +242,55 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
     expect(s!.out).toBe(join(output, 'quantized', 'gptq'));
   });
 });
+
+describe('v4tune quantize (the verb, registered on a fresh program)', () => {
+  it('writes both formats from the recipe with --json summaries, and exits 2 naming a bad --format', async () => {
+    const { Command } = await import('commander');
+    const { register } = await import('../../src/cli/commands/quantize.js');
+    const dir = mkdtempSync(join(tmpdir(), 'v4tune-quant-cli-'));
+    const writes: string[] = [];
+    const origOut = process.stdout.write.bind(process.stdout);
+    const origErr = process.stderr.write.bind(process.stderr);
+    const run = async (...args: string[]): Promise<number> => {
+      const p = new Command().option('--json').option('--quiet').exitOverride();
+      register(p);
+      process.exitCode = 0;
+      process.stdout.write = ((s: string) => { writes.push(String(s)); return true; }) as typeof process.stdout.write;
+      process.stderr.write = ((s: string) => { writes.push(String(s)); return true; }) as typeof process.stderr.write;
+      try {
+        await p.parseAsync(['node', 'v4tune', ...args]);
+      } finally {
+        process.stdout.write = origOut;
+        process.stderr.write = origErr;
+      }
+      const code = Number(process.exitCode ?? 0);
+      process.exitCode = 0;
+      return code;
+    };
+    try {
+      writeFileSync(join(dir, 'r.yaml'), [
+        `model: { path: ${JSON.stringify(FIXTURE)} }`,
+        'data: { sources: [{ path: corpus/*.jsonl }] }',
+        'export: { quantize: [gptq, gguf-q4_0], method: rtn, group_size: 32 }',
+        'output: out',
+      ].join('\n'));
+      expect(await run('--json', 'quantize', join(dir, 'r.yaml'))).toBe(0);
+      const s = JSON.parse(writes.filter((l) => l.trimStart().startsWith('{')).pop()!) as { ok: boolean; outputs: QuantizeSummary[] };
+      expect(s.ok).toBe(true);
+      expect(s.outputs.map((o) => o.format)).toEqual(['gptq', 'gguf-q4_0']);
+      expect(existsSync(join(dir, 'out', 'quantized', 'gptq', 'config.json'))).toBe(true);
+      expect(existsSync(join(dir, 'out', 'quantized', 'model-Q4_0.gguf'))).toBe(true);
+      // the fixture is FP8/FP4 already and mostly embed/head: INT4 + BF16-kept tensors is not smaller here
+      expect(s.outputs[0]!.compression).toBeCloseTo(s.outputs[0]!.bytesIn / s.outputs[0]!.bytesOut, 10);
+      expect(s.outputs[1]!.tensorsQuantized).toBe(4 * (5 + 3 + 24));
+      writes.length = 0;
+      expect(await run('quantize', join(dir, 'r.yaml'), '--format', 'q8')).toBe(2);
+      expect(writes.join('')).toContain('--format must be one of gptq, gguf-q4_0, gguf-q4_k');
+      writes.length = 0;
+      expect(await run('quantize', join(dir, 'r.yaml'), '--method', 'gptq', '--format', 'gptq')).toBe(1);
+      expect(writes.join('')).toContain('method gptq is not built yet');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
