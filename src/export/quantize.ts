@@ -19,8 +19,8 @@
 // - `gguf-q4_0`: one GGUF file, llama.cpp's `deepseek4` tensor names, Q4_0 for the quantised
 //   linears (F16 where the input size is not a multiple of 32), F32 for 1-D and F32 tensors, F16
 //   for the other kept matrices. The MTP block is not written (its GGUF names are not known here).
-import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { InputError, NotBuiltError, V4tuneError } from '../errors.js';
 import { writeDirAtomic, writeFileAtomic } from '../fsutil.js';
 import { Checkpoint } from '../model/checkpoint.js';
@@ -432,6 +432,7 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
   for (const it of items.values()) it.parts.sort((a, b) => expertIdx(a) - expertIdx(b));
   const list = [...items.values()];
   const cfgName = (JSON.parse(readFileSync(join(opts.model, 'config.json'), 'utf8')) as { _name_or_path?: string })._name_or_path;
+  mkdirSync(dirname(opts.out), { recursive: true });
   const writer = new GgufWriter(opts.out, ggufMetadata(ckpt.config, cfgName ?? 'DeepSeek V4 (v4tune)'), list.map((i) => i.info));
   const errs = new ErrorAccumulator();
   let quantized = 0;

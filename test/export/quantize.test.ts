@@ -240,6 +240,9 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
     const [s] = await quantizeRecipe({ ...recipe, export: { ...recipe.export, quantize: ['gptq'] } });
     expect(s!.model).toBe(join(output, 'merged'));
     expect(s!.out).toBe(join(output, 'quantized', 'gptq'));
+    const [g] = await quantizeRecipe({ ...recipe, output: join(dir, 'run2') }, { model: src, formats: ['gguf-q4_0'] });
+    expect(existsSync(join(dir, 'run2', 'quantized', 'model-Q4_0.gguf'))).toBe(true);
+    expect(g!.format).toBe('gguf-q4_0');
   });
 });
 
