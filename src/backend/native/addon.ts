@@ -44,8 +44,14 @@ export interface RawExpertGrads { da1?: F32; db1?: F32; da2?: F32; db2?: F32; da
 
 export interface NativeAddon {
   info(): { isa: 'avx512' | 'avx2' | 'scalar'; threads: number; cpuBf16: boolean; bf16: boolean };
+  /** Resize the kernel thread pool (0: the default, V4TUNE_THREADS or the core count). */
   setThreads(n: number): number;
   setIsa(isa: 'avx512' | 'avx2' | 'scalar'): string;
+  /**
+   * Opt-in speed mode (CPUs with AVX512_BF16; V4TUNE_BF16=1 at start): GEMM inputs rounded to bf16,
+   * products summed in fp32 (vdpbf16ps). Stated tolerance: max|Δ|/max|C| ≤ 1e-2 against fp32.
+   * Returns whether the mode is on.
+   */
   setBf16(on: boolean): boolean;
   /** Ask running kernels to stop; they reject with "v4tune: kernel cancelled". */
   cancel(): void;
