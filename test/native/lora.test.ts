@@ -2,7 +2,7 @@
 // float64 references, backwards against float64 central differences of those references.
 import { describe, expect, it } from 'vitest';
 import { rawWeight, type RawExpert, type RawExpertGrads } from '../../src/backend/native/addon.js';
-import { quantFp4 } from '../../src/model/formats.js';
+import { dequantFp8Block, quantFp4, quantFp8Block } from '../../src/model/formats.js';
 import { A, addon, contract, fdGrad, f64, randn, relErr, rng, sigmoid, skipNative, whyUnavailable } from './helpers.js';
 
 // y_g = x_g W_gᵀ + s (x_g Aᵀ) B_gᵀ; x [T, G, inG], W [G·outG, inG], A [r, inG], B [G·outG, r]
@@ -74,6 +74,25 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
       expect(relErr(dA, fdGrad((v) => loss(x, v, B), Al))).toBeLessThan(1e-4);
       expect(relErr(dB, fdGrad((v) => loss(x, Al, v), B))).toBeLessThan(1e-4);
     }
+  });
+
+  // group g reads rows g·outG … of an FP8 weight whose 128-row scale blocks do not line up with
+  // the groups (outG = 96): every row must use its own block's scale
+  it('grouped linear on FP8 with groups straddling 128-row scale blocks matches float64 on the dequantised weight (1e-5)', async () => {
+    const r = rng(12);
+    const [T, G, inG, outG, rk] = [3, 3, 160, 96, 2];
+    const q = quantFp8Block(randn(G * outG * inG, r, 0.2), G * outG, inG);
+    const deq = dequantFp8Block(q.weight, q.scale, G * outG, inG);
+    const x = randn(T * G * inG, r);
+    const Al = randn(rk * inG, r);
+    const B = randn(G * outG * rk, r);
+    const y = new Float32Array(T * G * outG);
+    await A().linearForward(y, x, rawWeight('fp8', q.weight, q.scale, G * outG, inG), Al, B, rk, 0.5, T, G);
+    expect(relErr(y, linearRef(x, deq, Al, B, rk, 0.5, T, G, inG, outG))).toBeLessThan(1e-5);
+    const dy = randn(y.length, r);
+    const dx = new Float32Array(x.length);
+    await A().linearBackward(dx, null, null, dy, x, rawWeight('fp8', q.weight, q.scale, G * outG, inG), Al, B, rk, 0.5, T, G);
+    expect(relErr(dx, fdGrad((v) => contract(linearRef(v, deq, Al, B, rk, 0.5, T, G, inG, outG), dy), x))).toBeLessThan(1e-4);
   });
 
   it('grouped experts with fused LoRA on FP4 weights: forward vs float64, dx/dw/dA/dB vs float64 finite differences', async () => {
