@@ -55,6 +55,14 @@ static float* grow(std::vector<float>& v, long n) {
   return v.data();
 }
 
+// f(p) for p in [0, n) across the pool (rows are independent: a token appears once per expert)
+static void for_rows(long n, const std::function<void(long)>& f) {
+  const long grain = 16;
+  parallel_run(int(cdiv(n, grain)), [&](int t) {
+    for (long p = t * grain; p < std::min(n, (t + 1) * grain); p++) f(p);
+  });
+}
+
 // h = x Wᵀ + s (x Aᵀ) Bᵀ for n rows; u (n, r) keeps x Aᵀ when wanted.
 static void project(float* h, float* u, const float* xe, long n, const WeightRef& W, const float* A, const float* B,
                     long r, float s) {
@@ -118,12 +126,12 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
     long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
     float *xe = grow(sx, n * d), *h1 = grow(s1, n * I), *h3 = grow(s3, n * I), *u = grow(su, n * std::max(rmax, 1L)),
           *y = grow(sy, n * d);
-    for (long p = 0; p < n; p++) std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4);
+    for_rows(n, [&](long p) { std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4); });
     project(h1, u, xe, n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
     project(h3, u, xe, n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
     swiglu(h1, h1, h3, n * I, L);  // h1 now holds act
     project(y, u, h1, n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
-    for (long p = 0; p < n; p++) axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d);
+    for_rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
   }
 }
 
@@ -148,10 +156,10 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     float *act = grow(sact, n * I), *G = grow(sG, n * I), *dxe = grow(sdx, n * d);
     float *u1 = grow(su1, n * std::max(r1, 1L)), *u3 = grow(su3, n * std::max(r3, 1L)), *u2 = grow(su2, n * std::max(r2, 1L));
     float *g2 = grow(sg2, n * std::max(r2, 1L)), *g1 = grow(sg1, n * std::max(std::max(r1, r3), 1L));
-    for (long p = 0; p < n; p++) {
+    for_rows(n, [&](long p) {
       std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4);
       std::memcpy(&ge[p * d], dout + long(idx[p0 + p]) * d, d * 4);
-    }
+    });
     // recompute the forward up to act
     project(h1, u1, xe, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
     project(h3, u3, xe, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
@@ -162,13 +170,13 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
       gemm(n, r2, d, 1.f, ge, d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2, r2);
       gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G, I);
     }
-    for (long p = 0; p < n; p++) {
+    for_rows(n, [&](long p) {
       if (dw) dw[p0 + p] += dot(&G[p * I], &act[p * I], I);
       float wp = w[p0 + p];
-      for (long i = 0; i < I; i++) G[p * I + i] *= wp;                      // G is now dact
-      for (long j = 0; j < d; j++) ge[p * d + j] *= wp;                     // ge is now dy
-      for (long j = 0; j < r2; j++) g2[p * r2 + j] *= wp;                   // g2 is now dy B2
-    }
+      for (long i = 0; i < I; i++) G[p * I + i] *= wp;   // G is now dact
+      for (long j = 0; j < d; j++) ge[p * d + j] *= wp;  // ge is now dy
+      for (long j = 0; j < r2; j++) g2[p * r2 + j] *= wp;  // g2 is now dy B2
+    });
     if (r2) {
       if (gr.db2) {
         gemm(n, r2, I, 1.f, act, I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2, r2);
@@ -200,8 +208,7 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
       if (sd.da) gemm(sd.r, d, n, sd.s, g1, 1, sd.r, f32_matrix(xe, n, d), false, 1.f, sd.da, d);
       if (sd.db) gemm(I, sd.r, n, sd.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
     }
-    if (dx)
-      for (long p = 0; p < n; p++) axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d);
+    if (dx) for_rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
   }
 }
 
