@@ -11,6 +11,8 @@ import { register as registerPrepare } from './commands/prepare.js';
 import { register as registerEval } from './commands/eval.js';
 import { register as registerGenerate } from './commands/generate.js';
 import { register as registerTrain } from './commands/train.js';
+import { register as registerMerge } from './commands/merge.js';
+import { register as registerQuantize } from './commands/quantize.js';
 
 export function buildProgram(): Command {
   const program = new Command('v4tune')
@@ -20,7 +22,7 @@ export function buildProgram(): Command {
     .option('-q, --quiet', 'print nothing but errors and warnings')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const register of [registerInitModel, registerPrepare, registerTrain, registerEval, registerGenerate, registerRun, registerInspect, registerNotBuilt]) register(program);
+  for (const register of [registerInitModel, registerPrepare, registerTrain, registerEval, registerGenerate, registerMerge, registerQuantize, registerRun, registerInspect, registerNotBuilt]) register(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

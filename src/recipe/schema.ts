@@ -115,12 +115,12 @@ export const exportSchema = z.object({
     .describe('Merged weights in the format they shipped in (FP8/FP4 requantised) or BF16.'),
   quantize: z.array(z.enum(['gptq', 'gguf-q4_0', 'gguf-q4_k'])).default([])
     .describe('INT4 outputs to write from the merged model.'),
-  method: z.enum(['rtn', 'gptq']).default('gptq')
-    .describe('INT4 rounding: round-to-nearest, or GPTQ with a Hessian from calibration rows.'),
+  method: z.enum(['rtn', 'gptq']).default('rtn')
+    .describe('INT4 rounding: `rtn` (round to nearest, per group); `gptq` (Hessian-corrected rounding from calibration rows) is not built yet and is refused.'),
   group_size: int().min(32).default(128)
     .describe('INT4 group size.'),
   calibration_rows: int().min(1).default(64)
-    .describe('Rows of the train split used for GPTQ calibration.'),
+    .describe('Rows of the train split used for GPTQ calibration (for `method: gptq`, not built yet).'),
 }).strict().describe('Merging and INT4 export.');
 
 export const recipeSchema = z.object({

@@ -20,7 +20,7 @@ async function cli(...args: string[]): Promise<{ code: number; out: string; err:
 }
 
 describe('v4tune run', () => {
-  it('creates the preset model, prepares the corpus and trains the adapter with eval before and after; a second run reuses all three', async () => {
+  it('creates the preset model, prepares the corpus trains the adapter with eval before and after, merges and quantizes; a second run reuses all five', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-run-'));
     mkdirSync(join(dir, 'corpus'));
     const docs = Array.from({ length: 24 }, (_, i) => `Pump ${i} was inspected; the seal on impeller ${i % 5} showed wear of ${i * 0.1} mm and was replaced.`);
@@ -32,6 +32,7 @@ describe('v4tune run', () => {
       '  seq_len: 64',
       '  eval_fraction: 0.25',
       'train: { steps: 3, lr: 0.01, warmup_steps: 0, eval_every: 0, checkpoint_every: 0 }',
+      'export: { merge: true, merge_dtype: bf16, quantize: [gguf-q4_0] }',
       'output: out',
     ].join('\n'));
 
@@ -46,7 +47,11 @@ describe('v4tune run', () => {
     expect(Math.abs(s.train.eval_before.loss - Math.log(129280))).toBeLessThan(1.5);
     expect(s.train.step).toBe(3);
     expect(s.train.eval_after.loss).toBeLessThan(s.train.eval_before.loss);
-    expect(s.not_built).toEqual(['merge', 'quantize']);
+    expect(s.merge).toMatchObject({ reused: false, dtype: 'bf16', merged: 128 });
+    expect(s.quantize.reused).toBe(false);
+    expect(s.quantize.outputs[0].format).toBe('gguf-q4_0');
+    expect(existsSync(join(dir, 'out', 'merged', 'config.json'))).toBe(true);
+    expect(readFileSync(join(dir, 'out', 'quantized', 'model-Q4_0.gguf')).subarray(0, 4).toString()).toBe('GGUF');
     expect(existsSync(join(dir, 'out', 'model', 'config.json'))).toBe(true);
     expect(existsSync(join(dir, 'out', 'adapter', 'adapter_model.safetensors'))).toBe(true);
     expect(JSON.parse(readFileSync(join(dir, 'out', 'run.json'), 'utf8')).train.eval_after.loss).toBe(s.train.eval_after.loss);
@@ -58,5 +63,16 @@ describe('v4tune run', () => {
     expect(t.data.reused).toBe(true);
     expect(t.train.reused).toBe(true);
     expect(t.train.eval_after.loss).toBe(s.train.eval_after.loss);
+    expect(t.merge.reused).toBe(true);
+    expect(t.quantize.reused).toBe(true);
+
+    // a changed export setting redoes only the stage it feeds
+    writeFileSync(join(dir, 'r.yaml'), readFileSync(join(dir, 'r.yaml'), 'utf8').replace('quantize: [gguf-q4_0]', 'quantize: [gguf-q4_0, gptq], group_size: 32'));
+    const third = await cli('--json', 'run', join(dir, 'r.yaml'));
+    expect(third.code, third.err).toBe(0);
+    const u = JSON.parse(third.out);
+    expect(u.merge.reused).toBe(true);
+    expect(u.quantize.reused).toBe(false);
+    expect(existsSync(join(dir, 'out', 'quantized', 'gptq', 'config.json'))).toBe(true);
   });
 });

@@ -6,8 +6,6 @@ import { action } from '../action.js';
 /** Stages that exist in the design but not yet in this version, with what they will do. */
 export const NOT_BUILT: Record<string, string> = {
   'profile-experts': 'measure per-layer expert load and gate mass on the domain corpus',
-  merge: 'merge an adapter into the base weights',
-  quantize: 'quantize a merged model to INT4 (GPTQ safetensors, GGUF)',
   report: 'write the run report of a recipe',
 };
 

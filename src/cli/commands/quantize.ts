@@ -2,10 +2,10 @@
 // safetensors and/or GGUF Q4_0 — with reconstruction-error statistics per kind of linear.
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { quantizeRecipe, type QuantFormat, type QuantMethod } from '../../export/quantize.js';
-import { loadRecipe } from '../../recipe/load.js';
+import { quantizeRecipe, type QuantFormat, type QuantMethod, type QuantizeSummary, type RecipeQuantizeOptions } from '../../export/quantize.js';
+import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { action } from '../action.js';
-import type { CliContext } from '../context.js';
+import type { CliContext, Progress } from '../context.js';
 
 const FORMATS: QuantFormat[] = ['gptq', 'gguf-q4_0', 'gguf-q4_k'];
 const METHODS: QuantMethod[] = ['rtn', 'gptq'];
@@ -16,6 +16,34 @@ interface QuantizeFlags {
   format?: string;
   method?: string;
   groupSize?: string;
+}
+
+/** Quantize a recipe's model with a progress bar per format and the error statistics logged. */
+export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit<RecipeQuantizeOptions, 'log' | 'onTensor'> = {}): Promise<QuantizeSummary[]> {
+  let bar: Progress | null = null;
+  const summaries = await quantizeRecipe(recipe, {
+    ...o,
+    log: (l) => {
+      bar?.stop();
+      bar = null;
+      ctx.log(l);
+    },
+    onTensor: (format, done, total) => {
+      bar ??= ctx.progress(format, total, 'tensors');
+      bar.update(done);
+      if (done === total) {
+        bar.stop();
+        bar = null;
+      }
+    },
+  });
+  for (const s of summaries) {
+    ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of 32)` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
+    for (const [kind, k] of Object.entries(s.errors)) {
+      ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%`);
+    }
+  }
+  return summaries;
 }
 
 export function register(program: Command): void {
@@ -36,33 +64,13 @@ export function register(program: Command): void {
         groupSize = Number(flags.groupSize);
         if (!Number.isInteger(groupSize) || groupSize < 8) throw new InputError(`--group-size must be an integer ≥ 8 (got ${flags.groupSize})`);
       }
-      let bar: { update(done: number): void; stop(): void } | null = null;
-      const summaries = await quantizeRecipe(recipe, {
+      const summaries = await runQuantize(recipe, ctx, {
         model: flags.model,
         out: flags.out,
         formats: flags.format ? [flags.format as QuantFormat] : undefined,
         method: flags.method as QuantMethod | undefined,
         groupSize,
-        log: (l) => {
-          bar?.stop();
-          bar = null;
-          ctx.log(l);
-        },
-        onTensor: (format, done, total) => {
-          bar ??= ctx.progress(format, total, 'tensors');
-          bar.update(done);
-          if (done === total) {
-            bar.stop();
-            bar = null;
-          }
-        },
       });
-      for (const s of summaries) {
-        ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of 32)` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
-        for (const [kind, k] of Object.entries(s.errors)) {
-          ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%`);
-        }
-      }
       return { ok: true, outputs: summaries };
     }));
 }

@@ -1,20 +1,43 @@
-// `v4tune run <recipe>`: every stage of the recipe that this version builds, in order:
-// model (a preset is created on the fly, and reused while its settings are unchanged), prepare,
-// train (which evaluates before and after; a finished run with unchanged settings is reused, an
-// unfinished one resumed). Stages of the design that are not built yet are listed as such.
+// `v4tune run <recipe>`: every stage of the recipe, in order: model (a preset is created on the
+// fly, and reused while its settings are unchanged), prepare, train (which evaluates before and
+// after; a finished run with unchanged settings is reused, an unfinished one resumed), merge
+// (export.merge) and quantize (export.quantize), each reused while its inputs are unchanged.
 import type { Command } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../fsutil.js';
 import { initModel } from '../../model/init.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
+import type { QuantizeSummary } from '../../export/quantize.js';
+import { mergeRecipe, recipeMergePaths } from './merge.js';
+import { runQuantize } from './quantize.js';
 import { prepareRecipe, prepareResult, recipeModelDir } from './prepare.js';
 import { trainRecipe } from './train.js';
 
-/** Stages of the design this version does not build; `run` names them and goes on. */
-const NOT_BUILT_STAGES = ['merge', 'quantize'];
+/** sha256 over a folder's top-level files (names, sizes and, for small files, contents) */
+function folderKey(dir: string, h = createHash('sha256')): string {
+  for (const name of readdirSync(dir).sort()) {
+    const f = join(dir, name);
+    const st = statSync(f);
+    if (!st.isFile()) continue;
+    h.update(`${name}\0${st.size}\0`);
+    // small files (configs, adapters, indexes) by content; shards by size and mtime
+    h.update(st.size <= 16 * 1024 * 1024 ? readFileSync(f) : `${st.mtimeMs}`);
+  }
+  return h.digest('hex');
+}
+
+/** Run `stage` unless `<output>/<name>.stamp` holds `key` and `done` still exists; then stamp it. */
+async function stamped<T>(recipe: LoadedRecipe, name: string, key: string, done: string, stage: () => Promise<T>): Promise<{ reused: boolean; result?: T }> {
+  const stampFile = join(recipe.output, `${name}.stamp`);
+  if (existsSync(done) && existsSync(stampFile) && readFileSync(stampFile, 'utf8') === key) return { reused: true };
+  const result = await stage();
+  writeFileAtomic(stampFile, key);
+  return { reused: false, result };
+}
 
 /** The preset settings a created model folder was made with (beside it, in the run folder). */
 function presetStamp(recipe: LoadedRecipe): string {
@@ -47,19 +70,37 @@ async function modelStage(recipe: LoadedRecipe, ctx: CliContext): Promise<{ dir:
 
 export function register(program: Command): void {
   program.command('run')
-    .description(`run every built stage of a recipe: model, prepare, train with eval before and after (${NOT_BUILT_STAGES.join(', ')}: not built yet)`)
+    .description('run every stage of a recipe: model, prepare, train with eval before and after, merge (export.merge), quantize (export.quantize); each reused while its inputs are unchanged')
     .argument('<recipe>', 'recipe .yaml file')
     .action(action(async (ctx: CliContext, file: string) => {
       const recipe = loadRecipe(file);
       ctx.log(`run ${recipe.name}: ${recipe.file} → ${recipe.output}`);
-      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare → train (eval before and after); not built yet: ${NOT_BUILT_STAGES.join(', ')}`);
+      const ex = recipe.export;
+      const exportPlan = [ex.merge ? `merge (${ex.merge_dtype})` : '', ex.quantize.length ? `quantize (${ex.quantize.join(', ')})` : ''].filter(Boolean);
+      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')}`);
       const model = await modelStage(recipe, ctx);
       const prepared = await prepareRecipe(recipe, ctx);
       const data = prepareResult(prepared);
       ctx.log(`prepare: ${prepared.reused ? 'reused' : 'wrote'} ${prepared.output}: ${prepared.manifest.rows} rows, ${prepared.manifest.tokens} tokens (train ${prepared.manifest.splits.train.rows} rows, eval ${prepared.manifest.splits.eval.rows} rows)`);
       const train = await trainRecipe(recipe, ctx, { auto: true });
-      for (const stage of NOT_BUILT_STAGES) ctx.log(`${stage}: not built yet (see README.md, "What is not done yet")`);
-      const summary = { ok: true, recipe: recipe.file, output: recipe.output, model, data, train, not_built: NOT_BUILT_STAGES };
+      const summary: Record<string, unknown> = { ok: true, recipe: recipe.file, output: recipe.output, model, data, train };
+      // what the quantize stage reads: the merged model when there is one, else the base
+      let exportSource = folderKey(model.dir);
+      if (ex.merge) {
+        const p = recipeMergePaths(recipe);
+        const key = createHash('sha256').update(`${exportSource}\0${folderKey(p.adapter)}\0${p.dtype}`).digest('hex');
+        const m = await stamped(recipe, 'merge', key, join(p.out, 'config.json'), () => mergeRecipe(recipe, ctx));
+        if (m.reused) ctx.log(`merge: reusing ${p.out} (adapter and base unchanged)`);
+        summary.merge = { reused: m.reused, out: p.out, dtype: p.dtype, ...(m.result ? { merged: m.result.merged, shards: m.result.shards.length, bytes: m.result.bytesWritten } : {}) };
+        exportSource = key;
+      }
+      if (ex.quantize.length > 0) {
+        const outDir = join(recipe.output, 'quantized');
+        const key = createHash('sha256').update(`${exportSource}\0${ex.quantize.join(',')}\0${ex.method}\0${ex.group_size}`).digest('hex');
+        const q = await stamped(recipe, 'quantize', key, outDir, () => runQuantize(recipe, ctx, { out: outDir }));
+        if (q.reused) ctx.log(`quantize: reusing ${outDir} (its input and settings unchanged)`);
+        summary.quantize = { reused: q.reused, out: outDir, ...(q.result ? { outputs: q.result.map((s: QuantizeSummary) => ({ format: s.format, out: s.out, tensors: s.tensorsQuantized, compression: s.compression })) } : {}) };
+      }
       writeFileAtomic(join(recipe.output, 'run.json'), `${JSON.stringify(summary, null, 2)}\n`);
       return summary;
     }));
