@@ -15,21 +15,12 @@ const { encodeDocument } = await dist('data/documents.js');
 const { tokenizeDocuments, resolveWorkers, workerPoolAvailable } = await dist('data/pool.js');
 const { prepareDataset } = await dist('data/prepare.js');
 const { VERSION } = await dist('version.js');
+const { mulberry32 } = await dist('random.js');
 
 const arg = (name, dflt) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
 const targetMB = arg('mb', 50);
 const workers = resolveWorkers(arg('workers', 0));
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * A synthetic technical corpus: sentences of words drawn from a Zipf(1.1) distribution over a

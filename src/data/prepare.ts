@@ -5,6 +5,7 @@ import { copyFileSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { InputError } from '../errors.js';
+import { mulberry32 } from '../random.js';
 import { writeDirAtomic, writeFileAtomic } from '../fsutil.js';
 import { VERSION } from '../version.js';
 import { shardToIPC } from './arrow.js';
@@ -63,17 +64,6 @@ function checkOptions(o: PrepareOptions): void {
   if (existsSync(o.output) && !statSync(o.output).isDirectory()) throw new InputError(`${o.output}: output path exists and is a file, not a folder`);
 }
 
-/** 32-bit seeded generator (mulberry32): uniform in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * Seeded split by document: a Fisher-Yates shuffle of 0..n-1 picks round(n·f) eval documents

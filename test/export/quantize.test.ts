@@ -8,6 +8,7 @@ import { Checkpoint } from '../../src/model/checkpoint.js';
 import { SafetensorsSet } from '../../src/model/safetensors.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dequantizeInt4, groupGrid, quantizeRtn } from '../../src/export/int4.js';
+import { mulberry32 } from '../../src/random.js';
 
 // smallest IEEE half ≥ x (x > 0, normal range), computed from the exponent in float64
 function f16Up(x: number): number {
@@ -30,16 +31,7 @@ function refGrid(vals: number[]): { s: number; z: number } {
   return { s, z: Math.min(z, 15) };
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 describe('INT4 round-to-nearest, group-wise over the input dimension', () => {
   const out = 12;

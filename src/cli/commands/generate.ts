@@ -8,18 +8,10 @@ import { InputError } from '../../errors.js';
 import { loadModel } from '../../model/load.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
+import { mulberry32 } from '../../random.js';
 
-/** mulberry32: a seeded uniform generator in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded uniform generator in [0, 1) (the sampler's randomness). */
+export const seededRandom = mulberry32;
 
 /**
  * The next token from logits [V]: argmax (ties to the lower id) when temperature = 0; else a
