@@ -96,6 +96,28 @@ class Args {
     }
     return w;
   }
+  // {threshold, scale, seed} (a LoRA input's dropout) or null / undefined (none)
+  Dropout dropout(Napi::Value v, const std::string& what) {
+    Dropout d;
+    if (v.IsNull() || v.IsUndefined()) return d;
+    if (!v.IsObject()) throw ArgError(std::string(fn_) + ": " + what + " must be {threshold, scale, seed} or null");
+    Napi::Object o = v.As<Napi::Object>();
+    auto field = [&](const char* k) {
+      Napi::Value f = o.Get(k);
+      if (!f.IsNumber()) throw ArgError(std::string(fn_) + ": " + what + "." + k + " must be a number");
+      return f.As<Napi::Number>().DoubleValue();
+    };
+    double thr = field("threshold"), scale = field("scale"), seed = field("seed");
+    if (!(thr >= 0 && thr < 16777216) || thr != double(long(thr)))
+      throw ArgError(std::string(fn_) + ": " + what + ".threshold must be an integer in [0, 2^24)");
+    if (!(seed >= 0 && seed <= 4294967295.0) || seed != double(long(seed)))
+      throw ArgError(std::string(fn_) + ": " + what + ".seed must be an integer in [0, 2^32)");
+    d.on = true;
+    d.threshold = uint32_t(thr);
+    d.scale = float(scale);
+    d.seed = uint32_t(seed);
+    return d;
+  }
   Napi::Value at(size_t i) { return info_[i]; }
   [[noreturn]] void fail(size_t i, const char* want) {
     throw ArgError(std::string(fn_) + ": argument " + std::to_string(i) + " must be " + want);
@@ -228,25 +250,27 @@ long groups(Args& a, size_t i, const WeightRef& W) {
   if (G < 1 || W.rows % G) throw ArgError("linear: W rows must split evenly into the groups");
   return G;
 }
-// linearForward(y, x, W, A, B, r, s, T, G): W is (G·outG, inG), x (T, G·inG), y (T, G·outG)
+// linearForward(y, x, W, A, B, r, s, T, G, dropout?): W is (G·outG, inG), x (T, G·inG), y (T, G·outG)
 Napi::Value LinearForward(const Napi::CallbackInfo& info) {
   return async(info, "linearForward", [](Args& a) {
     WeightRef W = a.weight(a.at(2), "W");
     long r = a.integer(5), T = a.integer(7), G = groups(a, 8, W);
     float s = float(a.num(6));
+    Dropout dr = a.dropout(a.at(9), "dropout");
     float* y = a.f32(0, T * W.rows);
     float* x = a.f32(1, T * G * W.cols);
     float* A = a.f32(3, r * W.cols, true);
     float* B = a.f32(4, W.rows * r, A == nullptr);
-    return std::function<void()>([=] { linear_lora_forward(y, x, W, A, B, r, s, T, G); });
+    return std::function<void()>([=] { linear_lora_forward(y, x, W, A, B, r, s, T, G, dr); });
   });
 }
-// linearBackward(dx, dA, dB, dy, x, W, A, B, r, s, T, G)
+// linearBackward(dx, dA, dB, dy, x, W, A, B, r, s, T, G, dropout?)
 Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
   return async(info, "linearBackward", [](Args& a) {
     WeightRef W = a.weight(a.at(5), "W");
     long r = a.integer(8), T = a.integer(10), G = groups(a, 11, W);
     float s = float(a.num(9));
+    Dropout dr = a.dropout(a.at(12), "dropout");
     float* dx = a.f32(0, T * G * W.cols, true);
     float* dA = a.f32(1, r * W.cols, true);
     float* dB = a.f32(2, W.rows * r, true);
@@ -254,12 +278,12 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
     float* x = a.f32(4, T * G * W.cols);
     float* A = a.f32(6, r * W.cols, true);
     float* B = a.f32(7, W.rows * r, A == nullptr);
-    return std::function<void()>([=] { linear_lora_backward(dx, dA, dB, dy, x, W, A, B, r, s, T, G); });
+    return std::function<void()>([=] { linear_lora_backward(dx, dA, dB, dy, x, W, A, B, r, s, T, G, dr); });
   });
 }
 
 // ---- grouped experts ----
-// experts[e] = {w1, w2, w3, a1, b1, a2, b2, a3, b3, r1, r2, r3, s1, s2, s3}
+// experts[e] = {w1, w2, w3, a1, b1, a2, b2, a3, b3, r1, r2, r3, s1, s2, s3, d1?, d2?, d3?}
 std::vector<Expert> parseExperts(Args& a, Napi::Value v, long d, long I) {
   if (!v.IsArray()) throw ArgError("experts must be an array");
   Napi::Array arr = v.As<Napi::Array>();
@@ -280,6 +304,7 @@ std::vector<Expert> parseExperts(Args& a, Napi::Value v, long d, long I) {
     x.a1 = a.f32In(o, "a1", x.r1 * d), x.b1 = a.f32In(o, "b1", I * x.r1, x.a1 == nullptr);
     x.a3 = a.f32In(o, "a3", x.r3 * d), x.b3 = a.f32In(o, "b3", I * x.r3, x.a3 == nullptr);
     x.a2 = a.f32In(o, "a2", x.r2 * I), x.b2 = a.f32In(o, "b2", d * x.r2, x.a2 == nullptr);
+    x.d1 = a.dropout(o.Get("d1"), tag + ".d1"), x.d2 = a.dropout(o.Get("d2"), tag + ".d2"), x.d3 = a.dropout(o.Get("d3"), tag + ".d3");
   }
   return ex;
 }
@@ -336,6 +361,21 @@ Napi::Value ExpertBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// dropoutMask(m, rows|null, N, C, dropout): m (N, C) = the mask's multipliers (scale kept, 0
+// dropped) at rows rows[i] (null: row i); the kernels' own mask, for the tests
+Napi::Value DropoutMask(const Napi::CallbackInfo& info) {
+  sync(info, "dropoutMask", [](Args& a) {
+    long N = a.integer(2), C = a.integer(3);
+    Dropout dr = a.dropout(a.at(4), "dropout");
+    if (!dr.on) throw ArgError("dropoutMask: dropout is required");
+    float* m = a.f32(0, N * C);
+    int* rows = a.i32(1, N, true);
+    std::vector<float> ones(C, 1.f);
+    return std::function<void()>([=] { dropout_apply(m, C, ones.data(), 0, rows, 0, N, C, dr, false); });
+  });
+  return info.Env().Undefined();
+}
+
 #include "addon_ops.inc"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -353,6 +393,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("linearBackward", Napi::Function::New(env, LinearBackward));
   exports.Set("expertForward", Napi::Function::New(env, ExpertForward));
   exports.Set("expertBackward", Napi::Function::New(env, ExpertBackward));
+  exports.Set("dropoutMask", Napi::Function::New(env, DropoutMask));
   registerOps(env, exports);
   return exports;
 }

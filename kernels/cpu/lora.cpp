@@ -10,40 +10,88 @@
 
 namespace v4 {
 
+// one row of dropout_apply: o[c] (=|+=) v[c]·m(key, c) on [c0, C); returns where it stopped
+V4_AVX512 static long dropout_row_512(float* o, const float* v, uint32_t key, long c0, long C, const Dropout& dr,
+                                      bool accumulate) {
+  const __m512i vkey = _mm512_set1_epi32(int(key)), k2 = _mm512_set1_epi32(int(0x85ebca77u));
+  const __m512i m1 = _mm512_set1_epi32(int(0x85ebca6bu)), m2 = _mm512_set1_epi32(int(0xc2b2ae35u));
+  const __m512i thr = _mm512_set1_epi32(int(dr.threshold)), sixteen = _mm512_set1_epi32(16);
+  const __m512 scale = _mm512_set1_ps(dr.scale);
+  __m512i col = _mm512_add_epi32(_mm512_set1_epi32(int(c0)), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  long c = c0;
+  for (; c + 16 <= C; c += 16, col = _mm512_add_epi32(col, sixteen)) {
+    __m512i h = _mm512_xor_si512(vkey, _mm512_mullo_epi32(col, k2));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, m1);
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, m2);
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    __mmask16 keep = _mm512_cmpge_epu32_mask(_mm512_srli_epi32(h, 8), thr);
+    __m512 val = _mm512_maskz_mul_ps(keep, _mm512_loadu_ps(v + c), scale);
+    _mm512_storeu_ps(o + c, accumulate ? _mm512_add_ps(_mm512_loadu_ps(o + c), val) : val);
+  }
+  return c;
+}
+
+void dropout_apply(float* out, long ldo, const float* in, long ldi, const int* rows, long row0, long n, long C,
+                   const Dropout& dr, bool accumulate) {
+  const long grain = std::max(1L, 16384 / std::max(C, 1L));
+  parallel_run(int(cdiv(n, grain)), [&](int t) {
+    for (long p = t * grain; p < std::min(n, (t + 1) * grain); p++) {
+      const uint32_t key = dropout_row_key(dr.seed, uint32_t(rows ? long(rows[p]) : row0 + p));
+      float* o = out + p * ldo;
+      const float* v = in + p * ldi;
+      long c = isa() == Isa::avx512 ? dropout_row_512(o, v, key, 0, C, dr, accumulate) : 0;
+      for (; c < C; c++) {
+        float m = (dropout_hash(key, uint32_t(c)) >> 8) >= dr.threshold ? dr.scale : 0.f;
+        o[c] = accumulate ? o[c] + v[c] * m : v[c] * m;
+      }
+    }
+  });
+}
+
 void linear_lora_forward(float* y, const float* x, const WeightRef& W, const float* A, const float* B,
-                         long r, float s, long T, long G) {
+                         long r, float s, long T, long G, const Dropout& dr) {
   const long inG = W.cols, outG = W.rows / G, ldx = G * inG, ldy = G * outG;
-  std::vector<float> u(A && r ? T * r : 0);
+  const bool drop = dr.on && A && r;
+  std::vector<float> u(A && r ? T * r : 0), xd(drop ? T * ldx : 0);
+  if (drop) dropout_apply(xd.data(), ldx, x, ldx, nullptr, 0, T, ldx, dr, false);
+  const float* xl = drop ? xd.data() : x;  // the LoRA path's input
   for (long g = 0; g < G; g++) {
     const float* xg = x + g * inG;
     float* yg = y + g * outG;
     gemm(T, outG, inG, 1.f, xg, ldx, 1, weight_rows(W, g * outG, outG), true, 0.f, yg, ldy);
     if (!A || r == 0) continue;
-    gemm(T, r, inG, 1.f, xg, ldx, 1, f32_matrix(A, r, inG), true, 0.f, u.data(), r);  // u = x_g Aᵀ
+    gemm(T, r, inG, 1.f, xl + g * inG, ldx, 1, f32_matrix(A, r, inG), true, 0.f, u.data(), r);  // u = x̃_g Aᵀ
     gemm(T, outG, r, s, u.data(), r, 1, f32_matrix(B + g * outG * r, outG, r), true, 1.f, yg, ldy);
   }
 }
 
-// in the forward pass this was: y_g = x_g W_gᵀ + s·u B_gᵀ with u = x_g Aᵀ; so now we have
-//   dx_g += dy_g W_g + s·(dy_g B_g) A,   dB_g += s·dy_gᵀ u,   dA += s·(dy_g B_g)ᵀ x_g
+// in the forward pass this was: y_g = x_g W_gᵀ + s·u B_gᵀ with u = x̃_g Aᵀ, x̃ = x ⊙ m; so now we have
+//   dx_g += dy_g W_g + (s·(dy_g B_g) A) ⊙ m_g,   dB_g += s·dy_gᵀ u,   dA += s·(dy_g B_g)ᵀ x̃_g
 void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const WeightRef& W,
-                          const float* A, const float* B, long r, float s, long T, long G) {
+                          const float* A, const float* B, long r, float s, long T, long G, const Dropout& dr) {
   const long inG = W.cols, outG = W.rows / G, ldx = G * inG, ldy = G * outG;
-  std::vector<float> g_(A && r ? T * r : 0), u(A && r ? T * r : 0);
+  const bool drop = dr.on && A && r;
+  std::vector<float> g_(A && r ? T * r : 0), u(A && r ? T * r : 0), xd(drop ? T * ldx : 0), dxd(drop && dx ? T * ldx : 0);
+  if (drop) dropout_apply(xd.data(), ldx, x, ldx, nullptr, 0, T, ldx, dr, false);
+  const float* xl = drop ? xd.data() : x;  // the LoRA path's input
+  float* dxl = drop ? dxd.data() : dx;     // where the LoRA path's part of dx goes (masked below)
   for (long g = 0; g < G; g++) {
-    const float* xg = x + g * inG;
+    const float* xg = xl + g * inG;
     const float* dyg = dy + g * outG;
     if (dx) gemm(T, inG, outG, 1.f, dyg, ldy, 1, weight_rows(W, g * outG, outG), false, 1.f, dx + g * inG, ldx);
     if (!A || r == 0) continue;
     const float* Bg = B + g * outG * r;
     gemm(T, r, outG, 1.f, dyg, ldy, 1, f32_matrix(Bg, outG, r), false, 0.f, g_.data(), r);  // dy_g B_g
-    if (dx) gemm(T, inG, r, s, g_.data(), r, 1, f32_matrix(A, r, inG), false, 1.f, dx + g * inG, ldx);
+    if (dx) gemm(T, inG, r, s, g_.data(), r, 1, f32_matrix(A, r, inG), false, drop ? 0.f : 1.f, dxl + g * inG, ldx);
     if (dA) gemm(r, inG, T, s, g_.data(), 1, r, f32_matrix(xg, T, inG, ldx), false, 1.f, dA, inG);
     if (dB) {
       gemm(T, r, inG, 1.f, xg, ldx, 1, f32_matrix(A, r, inG), true, 0.f, u.data(), r);
       gemm(outG, r, T, s, dyg, 1, ldy, f32_matrix(u.data(), T, r), false, 1.f, dB + g * outG * r, r);
     }
   }
+  if (drop && dx) dropout_apply(dx, ldx, dxl, ldx, nullptr, 0, T, ldx, dr, true);
 }
 
 static inline float sigmoidf(float v) { return 1.f / (1.f + std::exp(-v)); }
@@ -63,14 +111,24 @@ static void for_rows(long n, const std::function<void(long)>& f) {
   });
 }
 
-// h = x Wᵀ + s (x Aᵀ) Bᵀ for n rows; u (n, r) keeps x Aᵀ when wanted.
-static void project(float* h, float* u, const float* xe, long n, const WeightRef& W, const float* A, const float* B,
-                    long r, float s) {
+// h = x Wᵀ + s (x̃ Aᵀ) Bᵀ for n rows (xl: the LoRA path's input x̃); u (n, r) keeps x̃ Aᵀ.
+static void project(float* h, float* u, const float* xe, const float* xl, long n, const WeightRef& W, const float* A,
+                    const float* B, long r, float s) {
   long in = W.cols, out = W.rows;
   gemm(n, out, in, 1.f, xe, in, 1, W, true, 0.f, h, out);
   if (!A || r == 0) return;
-  gemm(n, r, in, 1.f, xe, in, 1, f32_matrix(A, r, in), true, 0.f, u, r);
+  gemm(n, r, in, 1.f, xl, in, 1, f32_matrix(A, r, in), true, 0.f, u, r);
   gemm(n, out, r, s, u, r, 1, f32_matrix(B, out, r), true, 1.f, h, out);
+}
+
+// The LoRA input of a projection with n rows of width C: v itself, or v ⊙ mask (rows: the
+// tokens) in the scratch `buf` when its dropout is on.
+static const float* lora_input(std::vector<float>& buf, const float* v, const int* rows, long n, long C, const Dropout& dr,
+                               bool adapted) {
+  if (!adapted || !dr.on) return v;
+  float* m = grow(buf, n * C);
+  dropout_apply(m, C, v, C, rows, 0, n, C, dr, false);
+  return m;
 }
 
 // act = silu(min(h1, L)) · clamp(h3, -L, L) on [i0, i1)
@@ -117,58 +175,70 @@ static void swiglu(float* act, const float* h1, const float* h3, long n, float L
 void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                     const Expert* experts, long E, float L) {
   (void)T;
-  thread_local std::vector<float> sx, s1, s3, su, sy;
+  thread_local std::vector<float> sx, s1, s3, su, sy, sd1, sd3, sd2;
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
     if (n == 0) continue;
     check_cancel();
     const Expert& ex = experts[e];
+    const int* rows = idx + p0;
     long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
     float *xe = grow(sx, n * d), *h1 = grow(s1, n * I), *h3 = grow(s3, n * I), *u = grow(su, n * std::max(rmax, 1L)),
           *y = grow(sy, n * d);
-    for_rows(n, [&](long p) { std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4); });
-    project(h1, u, xe, n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
-    project(h3, u, xe, n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
+    for_rows(n, [&](long p) { std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4); });
+    project(h1, u, xe, lora_input(sd1, xe, rows, n, d, ex.d1, ex.a1 && ex.r1), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
+    project(h3, u, xe, lora_input(sd3, xe, rows, n, d, ex.d3, ex.a3 && ex.r3), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
     swiglu(h1, h1, h3, n * I, L);  // h1 now holds act
-    project(y, u, h1, n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
-    for_rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
+    project(y, u, h1, lora_input(sd2, h1, rows, n, I, ex.d2, ex.a2 && ex.r2), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
+    for_rows(n, [&](long p) { axpy(out + long(rows[p]) * d, w[p0 + p], &y[p * d], d); });
   }
 }
 
 // in the forward pass this was (per pair p of expert e, x = x[idx[p]], g = dout[idx[p]]):
 //   out += w·y, y = act W2ᵀ + s (act A2ᵀ) B2ᵀ, act = silu(min(h1,L))·clamp(h3,-L,L)
-// so (s standing for each projection's own scaling) with G = g W2 + s (g B2) A2 (the gradient of g·y with respect to act):
-//   dw += g·y = G·act,  dact = w G,  dB2 += s (w g)ᵀ (act A2ᵀ),  dA2 += s (w g B2)ᵀ act
+// so (s standing for each projection's own scaling, mk for dropout k's mask, x̃k = x ⊙ mk, ãct = act ⊙ m2)
+// with G = g W2 + (s (g B2) A2) ⊙ m2 (the gradient of g·y with respect to act):
+//   dw += g·y = G·act,  dact = w G,  dB2 += s (w g)ᵀ (ãct A2ᵀ),  dA2 += s (w g B2)ᵀ ãct
 //   dh1 = dact · clamp(h3) · silu'(h1) where h1 <= L,  dh3 = dact · silu(min(h1,L)) where |h3| <= L
-//   dx += dh1 W1 + s (dh1 B1) A1 + (same for 3),  dA1 += s (dh1 B1)ᵀ x,  dB1 += s dh1ᵀ (x A1ᵀ)
+//   dx += dh1 W1 + (s (dh1 B1) A1) ⊙ m1 + (same for 3),  dA1 += s (dh1 B1)ᵀ x̃1,  dB1 += s dh1ᵀ (x̃1 A1ᵀ)
 void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
                      long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L) {
   (void)T;
-  thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sdx;
+  thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sdx, sd1, sd3, sd2, sdl;
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
     if (n == 0) continue;
     check_cancel();
     const Expert& ex = experts[e];
     const ExpertGrads& gr = grads[e];
+    const int* rows = idx + p0;
     long r1 = ex.a1 ? ex.r1 : 0, r2 = ex.a2 ? ex.r2 : 0, r3 = ex.a3 ? ex.r3 : 0;
     float *xe = grow(sxe, n * d), *ge = grow(sge, n * d), *h1 = grow(sh1, n * I), *h3 = grow(sh3, n * I);
     float *act = grow(sact, n * I), *G = grow(sG, n * I), *dxe = grow(sdx, n * d);
     float *u1 = grow(su1, n * std::max(r1, 1L)), *u3 = grow(su3, n * std::max(r3, 1L)), *u2 = grow(su2, n * std::max(r2, 1L));
     float *g2 = grow(sg2, n * std::max(r2, 1L)), *g1 = grow(sg1, n * std::max(std::max(r1, r3), 1L));
     for_rows(n, [&](long p) {
-      std::memcpy(&xe[p * d], x + long(idx[p0 + p]) * d, d * 4);
-      std::memcpy(&ge[p * d], dout + long(idx[p0 + p]) * d, d * 4);
+      std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4);
+      std::memcpy(&ge[p * d], dout + long(rows[p]) * d, d * 4);
     });
-    // recompute the forward up to act
-    project(h1, u1, xe, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
-    project(h3, u3, xe, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
+    // recompute the forward up to act (the LoRA inputs masked as the forward masked them)
+    const float* x1 = lora_input(sd1, xe, rows, n, d, ex.d1, r1);
+    const float* x3 = lora_input(sd3, xe, rows, n, d, ex.d3, r3);
+    project(h1, u1, xe, x1, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
+    project(h3, u3, xe, x3, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
     swiglu(act, h1, h3, n * I, L);
-    // G = g W2 + s (g B2) A2
+    const float* act2 = lora_input(sd2, act, rows, n, I, ex.d2, r2);
+    // G = g W2 + (s (g B2) A2) ⊙ m2
     gemm(n, I, d, 1.f, ge, d, 1, ex.w2, false, 0.f, G, I);
     if (r2) {
       gemm(n, r2, d, 1.f, ge, d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2, r2);
-      gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G, I);
+      if (ex.d2.on) {
+        float* Gl = grow(sdl, n * I);
+        gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 0.f, Gl, I);
+        dropout_apply(G, I, Gl, I, rows, 0, n, I, ex.d2, true);
+      } else {
+        gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G, I);
+      }
     }
     for_rows(n, [&](long p) {
       if (dw) dw[p0 + p] += dot(&G[p * I], &act[p * I], I);
@@ -179,10 +249,10 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     });
     if (r2) {
       if (gr.db2) {
-        gemm(n, r2, I, 1.f, act, I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2, r2);
+        gemm(n, r2, I, 1.f, act2, I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2, r2);
         gemm(d, r2, n, ex.s2, ge, 1, d, f32_matrix(u2, n, r2), false, 1.f, gr.db2, r2);
       }
-      if (gr.da2) gemm(r2, I, n, ex.s2, g2, 1, r2, f32_matrix(act, n, I), false, 1.f, gr.da2, I);
+      if (gr.da2) gemm(r2, I, n, ex.s2, g2, 1, r2, f32_matrix(act2, n, I), false, 1.f, gr.da2, I);
     }
     // dh1, dh3 in place of h1, h3
     const long grain = 16384;
@@ -199,16 +269,22 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     });
     gemm(n, d, I, 1.f, h1, I, 1, ex.w1, false, 0.f, dxe, d);
     gemm(n, d, I, 1.f, h3, I, 1, ex.w3, false, 1.f, dxe, d);
-    struct Side { const float *a, *b; float *da, *db; long r; float s; float* h; float* u; };
-    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1, u1},
-                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3, u3}}) {
+    struct Side { const float *a, *b; float *da, *db; long r; float s; float* h; float* u; const float* x; const Dropout& dr; };
+    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1, u1, x1, ex.d1},
+                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3, u3, x3, ex.d3}}) {
       if (!sd.r) continue;
       gemm(n, sd.r, I, 1.f, sd.h, I, 1, f32_matrix(sd.b, I, sd.r), false, 0.f, g1, sd.r);  // dh B
-      gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe, d);
-      if (sd.da) gemm(sd.r, d, n, sd.s, g1, 1, sd.r, f32_matrix(xe, n, d), false, 1.f, sd.da, d);
+      if (sd.dr.on) {
+        float* dxl = grow(sdl, n * d);
+        gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 0.f, dxl, d);
+        dropout_apply(dxe, d, dxl, d, rows, 0, n, d, sd.dr, true);
+      } else {
+        gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe, d);
+      }
+      if (sd.da) gemm(sd.r, d, n, sd.s, g1, 1, sd.r, f32_matrix(sd.x, n, d), false, 1.f, sd.da, d);
       if (sd.db) gemm(I, sd.r, n, sd.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
     }
-    if (dx) for_rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
+    if (dx) for_rows(n, [&](long p) { axpy(dx + long(rows[p]) * d, 1.f, &dxe[p * d], d); });
   }
 }
 

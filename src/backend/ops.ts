@@ -33,12 +33,32 @@ export interface WeightSource {
   f32(name: string, expectShape?: number[]): Promise<Float32Array>;
 }
 
-/** One adapted module: y += scaling · (x Aᵀ) Bᵀ; A is [r, in], B is [out, r]. */
+/**
+ * Dropout on a LoRA input (PEFT's lora_dropout; training only). The LoRA path reads x ⊙ m/(1−p)
+ * where the base path reads x: element (row, col) of the op's LoRA input is kept iff
+ * hash32(seed, row, col) >>> 8 ≥ threshold (src/backend/dropout.ts, the one definition).
+ * row: the token's index in the op's x [N, ·] (routed experts: the token's index in x, never its
+ * expert-sorted position); col: the column of that input (grouped linear: g·inG + i; the expert
+ * w2: the column of act [·, I]). The mask's gradient: dx gets the LoRA part ⊙ m/(1−p), and dA is
+ * taken against the masked input. Absent (or p = 0): no dropout.
+ */
+export interface LoraDropout {
+  /** drop probability in [0, 1) */
+  readonly p: number;
+  /** ⌊p·2^24⌋ */
+  readonly threshold: number;
+  /** uint32 seed of this module's mask in this forward */
+  readonly seed: number;
+}
+
+/** One adapted module: y += scaling · (dropout(x) Aᵀ) Bᵀ; A is [r, in], B is [out, r]. */
 export interface LoraFactors {
   readonly A: F32;
   readonly B: F32;
   readonly r: number;
   readonly scaling: number;
+  /** dropout on this module's LoRA input (training forwards only); absent: none */
+  readonly dropout?: LoraDropout;
 }
 
 /** Gradients of the loss with respect to a module's LoRA factors (shapes of A and B). */

@@ -24,7 +24,7 @@ export interface LoraOptions {
   alphaPattern?: Readonly<Record<string, number>>;
   /** rank-stabilised scaling alpha / sqrt(r) */
   rsLoRA?: boolean;
-  /** dropout probability on the LoRA input during training (recorded here, applied by the trainer) */
+  /** dropout probability on the LoRA input (PEFT's lora_dropout): applied by `lossAndGrads` only, never at inference */
   dropout?: number;
   /** seed of the initialisation */
   seed?: number;

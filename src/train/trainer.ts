@@ -3,7 +3,10 @@
 // rows each (a micro-batch is one packed forward/backward: its rows concatenated as segments, so
 // every row behaves as if run alone), gradients weighted by counted-token share so the step
 // minimises the mean loss over every counted token of the step, global-norm clipping, AdamW with
-// the scheduled learning rate. Only LoRA factors change; the base stays frozen.
+// the scheduled learning rate. Only LoRA factors change; the base stays frozen. With LoRA dropout
+// (the adapter's options.dropout > 0) every micro-batch draws its masks from a seed fixed by
+// (train seed, update, micro-batch), so a resumed run draws the masks an uninterrupted one did.
+import { fmix32 } from '../backend/dropout.js';
 import type { DatasetRow } from '../data/dataset.js';
 import type { Adapter } from '../lora/adapter.js';
 import { peftKey } from '../lora/peft.js';
@@ -24,7 +27,7 @@ export interface TrainSettings {
   warmupSteps: number;
   weightDecay: number;
   maxGradNorm: number;
-  /** seed of the data order */
+  /** seed of the data order and of the LoRA dropout masks */
   seed: number;
   /** recompute each block in the backward instead of keeping its activations (same numbers, less memory) */
   activationCheckpointing?: boolean;
@@ -94,12 +97,25 @@ export function countedPositions(ids: Int32Array, mask: Uint8Array, segments: re
 }
 
 /**
+ * The LoRA dropout seed of micro-batch `micro` of update `step` (both 0-based) in a run with
+ * train seed `seed`: a pure function of the three, so a resume reproduces every mask.
+ */
+export function dropoutSeedFor(seed: number, step: number, micro: number): number {
+  const h = fmix32(fmix32(seed >>> 0) ^ Math.imul(step + 1, 0x9e3779b1));
+  return fmix32(h ^ Math.imul(micro + 1, 0x85ebca77));
+}
+
+/**
  * The gradient of one optimizer step: the mean loss over every counted token of all its
  * micro-batches. Micro-batch b (its rows packed as segments) has mean loss L_b over c_b counted
  * tokens; the step's loss is Σ_b c_b·L_b / Σ_b c_b, so its gradient is Σ_b (c_b / Σ c)·∇L_b.
- * A micro-batch with no counted token adds nothing (and is not run).
+ * A micro-batch with no counted token adds nothing (and is not run). `dropoutSeed(b)`: the
+ * LoRA dropout seed of micro-batch b (used only when the adapter has dropout).
  */
-export async function stepGradients(model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number }> {
+export async function stepGradients(
+  model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false,
+  dropoutSeed: (b: number) => number = () => 0,
+): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number }> {
   const packed = micro.map((rows) => {
     const p = packRows(rows);
     return { ...p, count: countedPositions(p.ids, p.mask, p.segments) };
@@ -108,10 +124,10 @@ export async function stepGradients(model: V4Model, adapter: Adapter, micro: rea
   const grads = new Map<string, Float32Array>();
   let lossSum = 0;
   let tokens = 0;
-  for (const mb of packed) {
+  for (const [b, mb] of packed.entries()) {
     if (mb.count === 0) continue;
     tokens += mb.ids.length;
-    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing });
+    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(b) });
     lossSum += r.lossSum;
     accumulateGrads(grads, r.grads, r.count / count);
   }
@@ -165,7 +181,10 @@ export class Trainer {
     const t0 = performance.now();
     const micro: DatasetRow[][] = [];
     for (let a = 0; a < s.gradAccum; a++) micro.push(this.order.take(s.batchRows).map((i) => this.train[i]!));
-    const { grads, lossSum, count, tokens } = await stepGradients(this.model, this.adapter, micro, s.activationCheckpointing ?? false);
+    const update = this.st.step;
+    const { grads, lossSum, count, tokens } = await stepGradients(
+      this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b),
+    );
     const lr = learningRate(this.st.step, s);
     let gradNorm = 0;
     if (count > 0) {

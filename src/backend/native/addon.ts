@@ -33,12 +33,21 @@ export function rawWeight(format: NativeFormat, data: Buf, scale: Uint8Array | n
   return { fmt: FMT[format], data, scale, rows, cols };
 }
 
-/** One routed expert for expertForward/Backward; a missing aN means no adapter on that projection. */
+/**
+ * Dropout on a LoRA input (kernels/cpu/lora.h `Dropout`): element (row, col) kept iff
+ * hash32(seed, row, col) >>> 8 ≥ threshold, kept values times scale (1/(1−p)); null: none.
+ */
+export interface RawDropout { threshold: number; scale: number; seed: number }
+
+/**
+ * One routed expert for expertForward/Backward; a missing aN means no adapter on that projection,
+ * a missing dN no dropout on its LoRA input (x for 1 and 3, act for 2; row = the token index).
+ */
 export interface RawExpert {
   w1: RawWeight; w2: RawWeight; w3: RawWeight;
-  a1?: F32; b1?: F32; r1?: number; s1?: number;
-  a2?: F32; b2?: F32; r2?: number; s2?: number;
-  a3?: F32; b3?: F32; r3?: number; s3?: number;
+  a1?: F32; b1?: F32; r1?: number; s1?: number; d1?: RawDropout;
+  a2?: F32; b2?: F32; r2?: number; s2?: number; d2?: RawDropout;
+  a3?: F32; b3?: F32; r3?: number; s3?: number; d3?: RawDropout;
 }
 export interface RawExpertGrads { da1?: F32; db1?: F32; da2?: F32; db2?: F32; da3?: F32; db3?: F32 }
 
@@ -63,10 +72,12 @@ export interface NativeAddon {
   gemmReference(M: number, N: number, K: number, alpha: number, a: F32, sam: number, sak: number, W: RawWeight, transB: boolean, beta: number, c: F32, ldc: number): void;
   /** out [rows, cols] = W dequantised */
   decodeWeight(W: RawWeight, out: F32): void;
-  /** x [T, G·inG], W [G·outG, inG], A [r, inG], B [G·outG, r] → y [T, G·outG] */
-  linearForward(y: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number): Promise<void>;
+  /** x [T, G·inG], W [G·outG, inG], A [r, inG], B [G·outG, r] → y [T, G·outG]; dropout over x [T, G·inG] on the LoRA path */
+  linearForward(y: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number, dropout?: RawDropout | null): Promise<void>;
   /** dx, dA, dB += */
-  linearBackward(dx: F32 | null, dA: F32 | null, dB: F32 | null, dy: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number): Promise<void>;
+  linearBackward(dx: F32 | null, dA: F32 | null, dB: F32 | null, dy: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number, dropout?: RawDropout | null): Promise<void>;
+  /** m [N, C] = the kernels' dropout multipliers (scale kept, 0 dropped) at rows rows[i] (null: i); for tests */
+  dropoutMask(m: F32, rows: I32 | null, N: number, C: number, dropout: RawDropout): void;
   /** pairs sorted by expert: off [E+1], idx [P] tokens, w [P] routing weights; out [T, d] += */
   expertForward(out: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
   /** dx [T, d], dw [P], grads += */

@@ -7,8 +7,9 @@ import type {
   Backend, ExpertLora, ExpertLoraGrads, ExpertWeights, F32, I32, LoraFactors, LoraGrads, RopeTable, Saved,
   WeightHandle, WeightSource,
 } from '../ops.js';
+import { dropoutScale } from '../dropout.js';
 import { topkLowerIndex } from '../tfjs/host.js';
-import { loadAddon, rawWeight, tryLoadAddon, type NativeAddon, type NativeFormat, type RawExpert, type RawExpertGrads, type RawWeight } from './addon.js';
+import { loadAddon, rawWeight, tryLoadAddon, type NativeAddon, type NativeFormat, type RawDropout, type RawExpert, type RawExpertGrads, type RawWeight } from './addon.js';
 
 export { nativeUnavailableReason, tryLoadAddon, loadAddon } from './addon.js';
 
@@ -86,11 +87,17 @@ function moePlan(idx: I32, weights: F32, N: number, k: number, E: number): MoePl
   return { idx: tok, slot, off, w };
 }
 
+/** A module's dropout as the kernels take it; null when there is none (or p = 0). */
+function rawDropout(l: LoraFactors | null | undefined): RawDropout | null {
+  const d = l?.dropout;
+  return d && d.p > 0 ? { threshold: d.threshold, scale: dropoutScale(d.p), seed: d.seed } : null;
+}
+
 function rawExpert(w: ExpertWeights, l: ExpertLora): RawExpert {
   const e: RawExpert = { w1: nw(w.w1).raw, w2: nw(w.w2).raw, w3: nw(w.w3).raw };
-  if (l.w1) Object.assign(e, { a1: l.w1.A, b1: l.w1.B, r1: l.w1.r, s1: l.w1.scaling });
-  if (l.w2) Object.assign(e, { a2: l.w2.A, b2: l.w2.B, r2: l.w2.r, s2: l.w2.scaling });
-  if (l.w3) Object.assign(e, { a3: l.w3.A, b3: l.w3.B, r3: l.w3.r, s3: l.w3.scaling });
+  if (l.w1) Object.assign(e, { a1: l.w1.A, b1: l.w1.B, r1: l.w1.r, s1: l.w1.scaling, d1: rawDropout(l.w1) });
+  if (l.w2) Object.assign(e, { a2: l.w2.A, b2: l.w2.B, r2: l.w2.r, s2: l.w2.scaling, d2: rawDropout(l.w2) });
+  if (l.w3) Object.assign(e, { a3: l.w3.A, b3: l.w3.B, r3: l.w3.r, s3: l.w3.scaling, d3: rawDropout(l.w3) });
   return e;
 }
 function gradBuffers(l: ExpertLora): RawExpertGrads {
@@ -180,7 +187,7 @@ export class NativeBackend implements Backend {
     const w = nw(W);
     if (w.raw.rows !== outF || w.raw.cols !== inG) throw new V4tuneError(`native backend: ${op} ${w.name} is [${w.raw.rows}, ${w.raw.cols}], expected [${outF}, ${inG}]`);
     const y = new Float32Array(N * outF);
-    await this.addon.linearForward(y, x, w.raw, lora?.A ?? null, lora?.B ?? null, lora?.r ?? 0, lora?.scaling ?? 0, N, G);
+    await this.addon.linearForward(y, x, w.raw, lora?.A ?? null, lora?.B ?? null, lora?.r ?? 0, lora?.scaling ?? 0, N, G, rawDropout(lora));
     const saved: LinSaved = { op, x, W: w, lora, N, G };
     return { y, saved };
   }
@@ -189,7 +196,7 @@ export class NativeBackend implements Backend {
     const l = s.lora;
     const dA = l ? new Float32Array(l.A.length) : null;
     const dB = l ? new Float32Array(l.B.length) : null;
-    await this.addon.linearBackward(dx, dA, dB, dy, s.x, s.W.raw, l?.A ?? null, l?.B ?? null, l?.r ?? 0, l?.scaling ?? 0, s.N, s.G);
+    await this.addon.linearBackward(dx, dA, dB, dy, s.x, s.W.raw, l?.A ?? null, l?.B ?? null, l?.r ?? 0, l?.scaling ?? 0, s.N, s.G, rawDropout(l));
     return { dx, lora: dA && dB ? { dA, dB } : null };
   }
 

@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { V4tuneError } from '../../errors.js';
+import { dropoutMask } from '../dropout.js';
 import type {
   Backend, ExpertLora, ExpertLoraGrads, ExpertWeights, F32, I32, LoraFactors, LoraGrads, RopeTable, Saved,
   WeightHandle, WeightSource,
@@ -96,31 +97,45 @@ function vjp(f: (xs: tf.Tensor[]) => tf.Tensor[], xs: tf.Tensor[], dOuts: tf.Ten
   return res;
 }
 
-/** y = x Wᵀ + s·(x Aᵀ)Bᵀ. x [n, in], W [out, in], A [r, in], B [out, r]. */
-function linearTf(x: tf.Tensor, W: tf.Tensor, A: tf.Tensor | null, B: tf.Tensor | null, s: number): tf.Tensor {
+/**
+ * y = x Wᵀ + s·((x ⊙ m) Aᵀ)Bᵀ. x [n, in], W [out, in], A [r, in], B [out, r]; m [n, in] the
+ * dropout multipliers of the LoRA input (a constant: autodiff gives dx its LoRA part ⊙ m), or null.
+ */
+function linearTf(x: tf.Tensor, W: tf.Tensor, A: tf.Tensor | null, B: tf.Tensor | null, s: number, m: tf.Tensor | null = null): tf.Tensor {
   const y = tf.matMul(x, W, false, true);
   if (!A || !B) return y;
-  return tf.add(y, tf.mul(tf.matMul(tf.matMul(x, A, false, true), B, false, true), s));
+  return tf.add(y, tf.mul(tf.matMul(tf.matMul(m ? tf.mul(x, m) : x, A, false, true), B, false, true), s));
+}
+
+/**
+ * The dropout multipliers [N, C] of a module's LoRA input as a tensor (row i is model row rows[i],
+ * rows null: i), or null when the module has no dropout (or p = 0).
+ */
+function dropoutT(l: LoraFactors | null | undefined, rows: ArrayLike<number> | null, N: number, C: number): tf.Tensor | null {
+  const d = l?.dropout;
+  return d && d.p > 0 ? f32(dropoutMask(d, rows, N, C), [N, C]) : null;
 }
 
 /** Clamped SwiGLU: w2( silu(min(w1 x, L)) ⊙ clamp(w3 x, −L, L) ); no clamp when L ≤ 0. */
 function swigluTf(
   x: tf.Tensor, w: ExpertWeights, l: LoraTensors, limit: number,
 ): tf.Tensor {
-  let g = linearTf(x, wt(w.w1), l.w1?.A ?? null, l.w1?.B ?? null, l.w1?.s ?? 0);
-  let u = linearTf(x, wt(w.w3), l.w3?.A ?? null, l.w3?.B ?? null, l.w3?.s ?? 0);
+  let g = linearTf(x, wt(w.w1), l.w1?.A ?? null, l.w1?.B ?? null, l.w1?.s ?? 0, l.w1?.m);
+  let u = linearTf(x, wt(w.w3), l.w3?.A ?? null, l.w3?.B ?? null, l.w3?.s ?? 0, l.w3?.m);
   if (limit > 0) {
     g = tf.minimum(g, limit);
     u = tf.clipByValue(u, -limit, limit);
   }
   const h = tf.mul(tf.mul(g, tf.sigmoid(g)), u);
-  return linearTf(h, wt(w.w2), l.w2?.A ?? null, l.w2?.B ?? null, l.w2?.s ?? 0);
+  return linearTf(h, wt(w.w2), l.w2?.A ?? null, l.w2?.B ?? null, l.w2?.s ?? 0, l.w2?.m);
 }
 
 interface LoraT {
   A: tf.Tensor;
   B: tf.Tensor;
   s: number;
+  /** dropout multipliers of the projection's LoRA input (x for w1, w3; act for w2), or null */
+  m: tf.Tensor | null;
 }
 interface LoraTensors {
   w1?: LoraT;
@@ -143,13 +158,14 @@ function loraList(l: ExpertLora): { host: LoraFactors[]; keys: (typeof PROJ)[num
   return { host, keys };
 }
 
-function loraTensors(fs: LoraFactors[], keys: (typeof PROJ)[number][], ts: tf.Tensor[], d: number, I: number): LoraTensors {
+/** rows: the model rows (token indices) of the expert's n input rows (null: 0 … n−1), for dropout. */
+function loraTensors(fs: LoraFactors[], keys: (typeof PROJ)[number][], ts: tf.Tensor[], d: number, I: number, rows: ArrayLike<number> | null, n: number): LoraTensors {
   const out: LoraTensors = {};
   keys.forEach((k, i) => {
     const inF = k === 'w2' ? I : d;
     const outF = k === 'w2' ? d : I;
     const r = fs[i].r;
-    out[k] = { A: tf.reshape(ts[2 * i], [r, inF]), B: tf.reshape(ts[2 * i + 1], [outF, r]), s: fs[i].scaling };
+    out[k] = { A: tf.reshape(ts[2 * i], [r, inF]), B: tf.reshape(ts[2 * i + 1], [outF, r]), s: fs[i].scaling, m: dropoutT(fs[i], rows, n, inF) };
   });
   return out;
 }
@@ -409,7 +425,8 @@ export class TfjsBackend implements Backend {
     return l ? [f32(l.A, [l.r, inF]), f32(l.B, [outF, l.r])] : [null, null];
   }
   private linF(x: tf.Tensor, A: tf.Tensor | null, B: tf.Tensor | null, s: LinSaved): tf.Tensor {
-    return tf.reshape(linearTf(x, wt(s.W), A, B, s.lora?.scaling ?? 0), [s.N * s.outF]);
+    const m = A ? dropoutT(s.lora, null, s.N, s.inF) : null;
+    return tf.reshape(linearTf(x, wt(s.W), A, B, s.lora?.scaling ?? 0, m), [s.N * s.outF]);
   }
   async linearBackward(saved: Saved, dy: F32): Promise<{ dx: F32; lora: LoraGrads | null }> {
     const s = expectSaved<LinSaved>(saved, 'linear');
@@ -428,14 +445,17 @@ export class TfjsBackend implements Backend {
     const y = tf.tidy(() => host(this.glinF(f32(x, [N, G * inG]), ...this.loraT(lora, inG, G * outG), saved)));
     return { y, saved };
   }
-  // per group g: y_g = x_g W_gᵀ + s·(x_g Aᵀ) B_gᵀ, W_g / B_g the g-th block of outG rows
+  // per group g: y_g = x_g W_gᵀ + s·(x̃_g Aᵀ) B_gᵀ, W_g / B_g the g-th block of outG rows,
+  // x̃ = x ⊙ m with the dropout mask m over x [N, G·inG] (column g·inG + i)
   private glinF(x: tf.Tensor, A: tf.Tensor | null, B: tf.Tensor | null, s: GLinSaved): tf.Tensor {
     const { N, G, inG, outG } = s;
     const xg = tf.transpose(tf.reshape(x, [N, G, inG]), [1, 0, 2]);
     let y = tf.matMul(xg, tf.reshape(wt(s.W), [G, outG, inG]), false, true);
     if (A && B && s.lora) {
       const r = s.lora.r;
-      const u = tf.transpose(tf.reshape(tf.matMul(tf.reshape(x, [N * G, inG]), A, false, true), [N, G, r]), [1, 0, 2]);
+      const m = dropoutT(s.lora, null, N, G * inG);
+      const xl = m ? tf.mul(x, m) : x;
+      const u = tf.transpose(tf.reshape(tf.matMul(tf.reshape(xl, [N * G, inG]), A, false, true), [N, G, r]), [1, 0, 2]);
       y = tf.add(y, tf.mul(tf.matMul(u, tf.reshape(B, [G, outG, r]), false, true), s.lora.scaling));
     }
     return tf.reshape(tf.transpose(y, [1, 0, 2]), [N * G * outG]);
@@ -644,7 +664,7 @@ export class TfjsBackend implements Backend {
     let li = 0;
     for (const e of plan.used) {
       const { host: fs, keys } = loraList(s.lora[e] ?? {});
-      const lt = loraTensors(fs, keys, loraTs.slice(li, li + 2 * fs.length), s.d, s.I);
+      const lt = loraTensors(fs, keys, loraTs.slice(li, li + 2 * fs.length), s.d, s.I, plan.rows[e], plan.rows[e].length);
       li += 2 * fs.length;
       const xe = gatherRows(x, plan.rowsT[e]);
       const we = gatherRows(wflat, plan.slotsT[e]);
@@ -666,6 +686,7 @@ export class TfjsBackend implements Backend {
     }
     return {
       used,
+      rows,
       rowsT: rows.map((r) => (r.length ? i32(r, [r.length]) : null)) as tf.Tensor[],
       slotsT: slots.map((r) => (r.length ? i32(r, [r.length]) : null)) as tf.Tensor[],
       allRows: i32(all.subarray(0, o), [o]),
@@ -708,7 +729,7 @@ export class TfjsBackend implements Backend {
 
   private swF(x: tf.Tensor, ls: tf.Tensor[], s: SwigluSaved): tf.Tensor {
     const { host: fs, keys } = loraList(s.lora);
-    return swigluTf(x, s.w, loraTensors(fs, keys, ls, s.d, s.I), s.limit);
+    return swigluTf(x, s.w, loraTensors(fs, keys, ls, s.d, s.I, null, s.N), s.limit);
   }
   private swLora(l: ExpertLora): tf.Tensor[] {
     return loraList(l).host.flatMap((f) => [f32(f.A, [f.A.length]), f32(f.B, [f.B.length])]);
@@ -813,6 +834,8 @@ export class TfjsBackend implements Backend {
 
 interface MoePlan {
   used: number[];
+  /** per expert, the tokens routed to it (host copy of rowsT) */
+  rows: I32[];
   rowsT: tf.Tensor[];
   slotsT: tf.Tensor[];
   allRows: tf.Tensor;

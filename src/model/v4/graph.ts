@@ -1,6 +1,7 @@
 // The graph context of one forward: the backend, the tape (null when no gradient is wanted), the
-// adapter, and the LoRA gradients that the backward accumulates. Each method runs one op of
-// src/backend/ops.ts and records its backward on the tape.
+// adapter, the LoRA dropout of a training forward, and the LoRA gradients that the backward
+// accumulates. Each method runs one op of src/backend/ops.ts and records its backward on the tape.
+import { loraDropout, moduleDropoutSeed } from '../../backend/dropout.js';
 import type {
   Backend, ExpertLora, ExpertLoraGrads, ExpertWeights, F32, I32, LoraFactors, LoraGrads, RopeTable, WeightHandle,
 } from '../../backend/ops.js';
@@ -20,6 +21,16 @@ function addInto(acc: Map<string, LoraGrads>, module: string, g: LoraGrads): voi
   }
   for (let i = 0; i < g.dA.length; i++) have.dA[i] += g.dA[i];
   for (let i = 0; i < g.dB.length; i++) have.dB[i] += g.dB[i];
+}
+
+/**
+ * LoRA dropout of one training forward: probability p on every adapted module's LoRA input, each
+ * module's mask seeded by `seed` and the module's name (src/backend/dropout.ts), so the masks are
+ * a pure function of (seed, module, row, col): a recomputed forward draws them again.
+ */
+export interface DropoutPlan {
+  readonly p: number;
+  readonly seed: number;
 }
 
 /** One discrete choice of a forward: routing indices [T, k] or an indexer selection [T, K]. */
@@ -65,21 +76,23 @@ export class ChoiceLog {
 export class Graph {
   /**
    * `loraGrads`: module name → accumulated gradients of its LoRA factors (shared by the graphs of
-   * one step); `choices`: where discrete choices are recorded or replayed from (null: neither).
+   * one step); `choices`: where discrete choices are recorded or replayed from (null: neither);
+   * `dropout`: the LoRA dropout of a training forward (null: none, as in every inference forward).
    */
   constructor(
     readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null,
     readonly loraGrads: Map<string, LoraGrads> = new Map(), readonly choices: ChoiceLog | null = null,
+    readonly dropout: DropoutPlan | null = null,
   ) {}
 
-  /** The same backend and adapter with nothing recorded (the indexer's discrete path). */
+  /** The same backend, adapter and dropout with nothing recorded (the indexer's discrete path). */
   untaped(): Graph {
-    return new Graph(this.be, null, this.adapter);
+    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout);
   }
 
-  /** The same backend, adapter and gradient sums on another tape and choice log. */
+  /** The same backend, adapter, dropout and gradient sums on another tape and choice log. */
   with(tape: Tape | null, choices: ChoiceLog | null): Graph {
-    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices);
+    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout);
   }
 
   /** An indexer selection: made by `make`, or the recorded one when replaying. */
@@ -90,8 +103,13 @@ export class Graph {
     return r;
   }
 
+  /** The LoRA factors of `module`, with its dropout when this forward drops. */
   lora(module: string | null): LoraFactors | null {
-    return module && this.adapter ? this.adapter.factors(module) ?? null : null;
+    const f = module && this.adapter ? this.adapter.factors(module) : undefined;
+    if (!module || !f) return null;
+    if (!this.dropout) return f;
+    const dropout = loraDropout(this.dropout.p, moduleDropoutSeed(this.dropout.seed, module));
+    return { A: f.A, B: f.B, r: f.r, scaling: f.scaling, dropout };
   }
 
   private expertLora(module: string): ExpertLora {

@@ -9,7 +9,7 @@ import { peftKey } from '../../lora/peft.js';
 import { meanLoss } from '../../train/loss.js';
 import type { V4Config } from '../config.js';
 import { block, checkpointedBlock } from './block.js';
-import { Graph, type AdapterView } from './graph.js';
+import { Graph, type AdapterView, type DropoutPlan } from './graph.js';
 import { hcHead } from './mhc.js';
 import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
@@ -19,6 +19,8 @@ import { loadWeights, type ModelSource, type V4Weights } from './weights.js';
 /** An adapter as the model applies it: module name → LoRA factors, and the list of modules. */
 export interface ModelAdapter extends AdapterView {
   modules(): Iterable<string>;
+  /** the adapter's LoRA options: `dropout` > 0 drops on every LoRA input in `lossAndGrads` */
+  readonly options?: { readonly dropout?: number };
   /** refuses an adapter made for another base (src/lora Adapter implements it) */
   assertFits?(config: V4Config, where: string): void;
 }
@@ -48,6 +50,15 @@ export interface GradOptions extends ForwardOptions {
   checkpointing?: boolean;
   /** Report `savedPeakBytes` (walks the saved contexts; for tests and benchmarks). Default false. */
   measureSavedBytes?: boolean;
+  /**
+   * Seed (uint32) of this forward's LoRA dropout masks, used only when the adapter's
+   * `options.dropout` is > 0 (PEFT's lora_dropout: on each LoRA input, training forwards only;
+   * `logits`, `loss` and generation never drop). Each adapted module draws its own mask from this
+   * seed and its name, as a pure function of (row, col): the same seed gives the same masks and
+   * gradients on every backend, with or without checkpointing; a trainer picks one per
+   * micro-batch. Default 0.
+   */
+  dropoutSeed?: number;
 }
 
 export interface LossAndGrads extends LossResult {
@@ -110,7 +121,7 @@ export class V4Model {
     const seq = makeSeq(ids, opts.segments);
     const account = opts.measureSavedBytes ? new SavedBytes() : null;
     const tape = new Tape(account);
-    const g = this.graph(tape, opts.adapter);
+    const g = this.graph(tape, opts.adapter, this.dropoutPlan(opts));
     const hn = await this.hidden(g, seq, opts.checkpointing ?? false);
     const c = this.config;
     const targets = nextTokenTargets(seq, lossMask);
@@ -161,9 +172,21 @@ export class V4Model {
     return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
   }
 
-  private graph(tape: Tape | null, adapter: ModelAdapter | null | undefined): Graph {
+  private graph(tape: Tape | null, adapter: ModelAdapter | null | undefined, dropout: DropoutPlan | null = null): Graph {
     adapter?.assertFits?.(this.config, 'adapter');
-    return new Graph(this.backend, tape, adapter ?? null);
+    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout);
+  }
+
+  /** The LoRA dropout of a training forward: the adapter's dropout with `dropoutSeed`; null when p = 0. */
+  private dropoutPlan(opts: GradOptions): DropoutPlan | null {
+    const p = opts.adapter.options?.dropout ?? 0;
+    if (!(p > 0)) return null;
+    if (p >= 1) throw new InputError(`adapter: lora dropout must be in [0, 1) (got ${p})`);
+    const seed = opts.dropoutSeed ?? 0;
+    if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
+      throw new InputError(`lossAndGrads: dropoutSeed must be an integer in 0..4294967295 (got ${JSON.stringify(seed)})`);
+    }
+    return { p, seed };
   }
 
   /** Free the backend's weights. */
