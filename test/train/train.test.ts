@@ -1,8 +1,9 @@
 // Training on the tiny preset (a generated pump-log corpus, seq_len 32): gradient accumulation
 // equals one packed step over the same tokens, the loss goes down, a saved adapter reloads to the
 // same logits, activation checkpointing changes no number, Ctrl-C stops with a checkpoint and
-// `--resume` ends bit-identical to a run never
-// stopped, and every setting this version cannot honour is refused by name.
+// `--resume` ends bit-identical to a run never stopped (with LoRA dropout too: every micro-batch's
+// masks come from (seed, step, micro-batch)), and every setting this version cannot honour is
+// refused by name.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -201,12 +202,37 @@ describe('v4tune train: checkpoints, Ctrl-C and resume', () => {
   });
 });
 
+describe('v4tune train with lora.dropout', () => {
+  const train = { steps: 3, batch_rows: 1, grad_accum: 2, checkpoint_every: 1, eval_every: 0, lr: 5e-3, warmup_steps: 0 };
+  const adapterBytes = (out: string) => readFileSync(join(out, 'adapter/adapter_model.safetensors'));
+
+  it('trains with lora.dropout 0.1 (recorded as lora_dropout), and --resume ends bit-identical to a straight run', async () => {
+    const straight = join(fx.dir, 'dropout-straight');
+    const s = await trainRecipe(fixtureRecipe(fx, straight, train, { dropout: 0.1 }), quietContext(), { evalRows: 1 });
+    expect(s).toMatchObject({ ok: true, step: 3 });
+    expect(JSON.parse(readFileSync(join(straight, 'adapter/adapter_config.json'), 'utf8')).lora_dropout).toBe(0.1);
+
+    // dropout changes the update (dB is taken against the masked input): a run without it ends elsewhere
+    const plain = join(fx.dir, 'dropout-none');
+    await trainRecipe(fixtureRecipe(fx, plain, train), quietContext(), { evalRows: 1 });
+    expect(adapterBytes(plain).equals(adapterBytes(straight))).toBe(false);
+
+    const stopped = join(fx.dir, 'dropout-stopped');
+    const err = await trainRecipe(fixtureRecipe(fx, stopped, train, { dropout: 0.1 }), quietContext((done) => { if (done === 1) process.emit('SIGINT'); }), { evalRows: 1 })
+      .then(() => null, (e: unknown) => e);
+    expect((err as V4tuneError).exitCode).toBe(130);
+    expect(readdirSync(join(stopped, 'checkpoints'))).toEqual(['step-1']);
+    const r = await trainRecipe(fixtureRecipe(fx, stopped, train, { dropout: 0.1 }), quietContext(), { resume: true, evalRows: 1 });
+    expect(r).toMatchObject({ ok: true, step: 3, resumed_from: 1 });
+    expect(adapterBytes(stopped).equals(adapterBytes(straight))).toBe(true);
+  });
+});
+
 describe('v4tune train: what it refuses', () => {
   const refuse = (train: Record<string, unknown>, lora: Record<string, unknown>, re: RegExp) =>
     expect(trainRecipe(fixtureRecipe(fx, join(fx.dir, 'refused'), train, lora), quietContext())).rejects.toThrow(re);
 
   it('settings this version cannot honour, each named (never silently ignored)', async () => {
-    await refuse({}, { dropout: 0.1 }, /lora\.dropout 0\.1 is not supported yet/);
     await refuse({}, { experts: 'profiled' }, /lora\.experts: profiled needs `v4tune profile-experts`/);
     await refuse({}, { experts_per_layer: 2 }, /lora\.experts_per_layer only applies/);
     await refuse({ backend: 'tfjs', precision: 'bf16' }, {}, /train\.precision: bf16 needs the native backend/);
@@ -244,10 +270,10 @@ describe('v4tune train: what it refuses', () => {
       writeFileSync(file, JSON.stringify({ model: { path: r.model.path }, data: { sources: r.data.sources, seq_len: 32, output: r.data.output }, lora: { r: 4, ...lora }, train: { steps: 1, eval_every: 0 }, output: r.output }));
       return file;
     };
-    const bad = await run('train', recipe({ dropout: 0.05 }));
+    const bad = await run('train', recipe({ experts_per_layer: 2 }));
     expect(bad.code).toBe(2);
     expect(bad.err.trim().split('\n')).toHaveLength(1);
-    expect(bad.err).toContain('lora.dropout');
+    expect(bad.err).toContain('lora.experts_per_layer');
     const ok = await run('--json', 'train', recipe({}), '--eval-rows', '1');
     expect(ok.code).toBe(0);
     expect(JSON.parse(ok.out)).toMatchObject({ ok: true, step: 1, steps: 1, eval_rows: 1 });

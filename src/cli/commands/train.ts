@@ -61,9 +61,6 @@ export function trainSettings(recipe: LoadedRecipe): TrainSettings {
 export function assertTrainable(recipe: LoadedRecipe): void {
   const where = recipe.file;
   const l = recipe.lora;
-  if (l.dropout > 0) {
-    throw new InputError(`${where}: lora.dropout ${l.dropout} is not supported yet: the model's LoRA ops have no dropout hook on the LoRA input (set lora.dropout: 0)`);
-  }
   if (l.experts === 'profiled') {
     throw new InputError(`${where}: lora.experts: profiled needs \`v4tune profile-experts\`, which is not built yet (use lora.experts: all)`);
   }
