@@ -199,8 +199,10 @@ export interface Backend {
   // ---- lm head + cross-entropy in vocabulary chunks (never N × V at once).
   // x [N, d]; W [V, d]; targets [N] (−1 = not counted).
   // lossSum = Σ_{n counted} logsumexp(x_n Wᵀ) − x_n·W[targets[n]]; count = #counted.
-  // backward: dx for d(lossSum)·dLossSum.
-  lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; saved: Saved }>;
+  // backward: dx for d(lossSum)·dLossSum. withGrad (a backward will follow): a backend may
+  // compute d(lossSum)/dx in the forward's own pass over W and only scale it in the backward
+  // (native: two passes over the vocabulary per step instead of three).
+  lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number, withGrad?: boolean): Promise<{ lossSum: number; count: number; saved: Saved }>;
   lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }>;
 }
 

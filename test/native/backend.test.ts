@@ -234,5 +234,11 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
     expect(Math.abs(la.lossSum - lb.lossSum) / Math.abs(lb.lossSum)).toBeLessThan(1e-5);
     const [ga, gb] = [await nat.lmHeadLossBackward(la.saved, 0.25), await tfb.lmHeadLossBackward(lb.saved, 0.25)];
     expect(relErr(ga.dx, gb.dx)).toBeLessThan(1e-4);
+    // withGrad: the gradient comes from the forward's own pass, the backward only scales it
+    const lc = await nat.lmHeadLossForward(x, wn, tg, N, d, V, true);
+    expect(Math.abs(lc.lossSum - la.lossSum) / Math.abs(la.lossSum)).toBeLessThan(1e-6);
+    const gc = await nat.lmHeadLossBackward(lc.saved, 0.25);
+    expect(relErr(gc.dx, ga.dx)).toBeLessThan(1e-6);
+    expect(relErr(gc.dx, gb.dx)).toBeLessThan(1e-4);
   });
 });

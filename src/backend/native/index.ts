@@ -59,7 +59,8 @@ interface CompSaved extends Saved { a: F32; z: F32; ape: F32; segs: I32; N: numb
 interface AttnSaved extends Saved { q: F32; kv: F32; o: F32; lse: F32; sink: F32; idx: I32; N: number; H: number; D: number; M: number; K: number; scale: number }
 interface RouterSaved extends Saved { x: F32; W: NativeWeight; sc: F32; idx: I32; N: number; d: number; E: number; k: number; routeScale: number }
 interface MoeSaved extends Saved { x: F32; plan: MoePlan; experts: RawExpert[]; N: number; d: number; I: number; k: number; limit: number; lora: readonly ExpertLora[] }
-interface LossSaved extends Saved { x: F32; W: NativeWeight; targets: I32; N: number; d: number }
+/** dx1: d(lossSum)/dx computed in the forward's pass (withGrad), else null */
+interface LossSaved extends Saved { x: F32; W: NativeWeight; targets: I32; N: number; d: number; dx1: F32 | null }
 
 /** Pairs (token, slot) sorted by expert: tokens idx [P], slots [P], offsets off [E+1], weights w [P]. */
 interface MoePlan { idx: I32; slot: I32; off: I32; w: F32 }
@@ -406,18 +407,25 @@ export class NativeBackend implements Backend {
   }
 
   // lossSum = Σ_counted logsumexp(x Wᵀ) − x·W[target], one pass over vocabulary chunks
-  async lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; saved: Saved }> {
+  async lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number, withGrad = false): Promise<{ lossSum: number; count: number; saved: Saved }> {
     const { tg, wts, count } = this.lossRows(targets, N, 1);
     const loss = new Float32Array(N);
-    if (count > 0) await this.addon.lmheadCe(loss, null, x, nw(W).raw, tg, wts, N, this.vocabChunk(count, V));
+    // withGrad: the same single pass over W also accumulates Σ p W − W[target] (dLossSum = 1)
+    const dx1 = withGrad && count > 0 ? new Float32Array(N * d) : null;
+    if (count > 0) await this.addon.lmheadCe(loss, dx1, x, nw(W).raw, tg, wts, N, this.vocabChunk(count, V));
     let lossSum = 0;
     for (let n = 0; n < N; n++) lossSum += loss[n];
-    const saved: LossSaved = { op: 'lmHeadLoss', x, W: nw(W), targets, N, d };
+    const saved: LossSaved = { op: 'lmHeadLoss', x, W: nw(W), targets, N, d, dx1 };
     return { lossSum, count, saved };
   }
   // dx_n = g·(Σ_v softmax(x_n Wᵀ)_v W_v − W[target_n]) for counted n
   async lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }> {
     const s = expectSaved<LossSaved>(saved, 'lmHeadLoss');
+    if (s.dx1) {
+      const dx = new Float32Array(s.N * s.d);
+      for (let i = 0; i < dx.length; i++) dx[i] = s.dx1[i] * dLossSum;
+      return { dx };
+    }
     const { tg, wts, count } = this.lossRows(s.targets, s.N, dLossSum);
     const dx = new Float32Array(s.N * s.d);
     if (count > 0 && dLossSum !== 0) await this.addon.lmheadCe(new Float32Array(s.N), dx, s.x, s.W.raw, tg, wts, s.N, this.vocabChunk(count, s.W.raw.rows));

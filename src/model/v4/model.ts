@@ -125,7 +125,7 @@ export class V4Model {
     const hn = await this.hidden(g, seq, opts.checkpointing ?? false);
     const c = this.config;
     const targets = nextTokenTargets(seq, lossMask);
-    const { lossSum, count, saved } = await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size);
+    const { lossSum, count, saved } = await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size, true);
     if (count === 0) throw new InputError('lossMask: no position counts (every target is masked or crosses a segment)');
     const { dx } = await this.backend.lmHeadLossBackward(saved, 1 / count);
     await tape.backward([[hn, dx]]);
