@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tryLoadAddon } from '../../backend/native/addon.js';
+import { cancelNativeKernels } from '../../backend/native/index.js';
 import { openDataset, type DatasetRow } from '../../data/dataset.js';
 import { InputError, V4tuneError } from '../../errors.js';
 import { writeFileAtomic } from '../../fsutil.js';
@@ -181,6 +182,7 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
   const onSigint = () => {
     if (stop) {
       process.stderr.write('v4tune: stopped at once (the last complete checkpoint is kept)\n');
+      cancelNativeKernels(); // running kernels return early instead of finishing their work
       process.exit(EXIT_INTERRUPTED);
     }
     stop = true;
