@@ -60,3 +60,20 @@ export function readF32Tensors(path: string): Map<string, { shape: number[]; dat
     f.close();
   }
 }
+
+/**
+ * The fixture lora case's gradient check (README: per tensor max|Δ|/max|ref| ≤ 1e-3): the keys
+ * must be exactly the reference's; returns `key: error` for every tensor over the bound.
+ */
+export function loraGradMismatches(grads: Map<string, Float32Array>, bound = 1e-3): string[] {
+  const ref = readF32Tensors(join(FIXTURE, cases().lora.grads));
+  const bad: string[] = [];
+  const keys = [...grads.keys()].sort().join(',');
+  if (keys !== [...ref.keys()].sort().join(',')) bad.push(`keys differ from the reference's (${grads.size} vs ${ref.size})`);
+  for (const [k, r] of ref) {
+    const g = grads.get(k);
+    const e = g ? relMaxErr(g, r.data) : Infinity;
+    if (!(e <= bound)) bad.push(`${k}: ${e}`);
+  }
+  return bad;
+}
