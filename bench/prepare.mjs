@@ -1,34 +1,23 @@
-// Tokenization throughput of `prepare`: MB/s on one thread and with the worker pool, and the
-// whole prepare stage end to end, on a corpus of >= 50 MB generated on the fly in a temp folder.
-// Runs against the compiled package (dist/; `npm run build` first). Writes
-// bench/results/prepare.json. Usage: node bench/prepare.mjs [--mb 50] [--workers 0]
-import { mkdtempSync, rmSync, writeFileSync, renameSync, mkdirSync, statSync } from 'node:fs';
+// Tokenization throughput of `prepare`: MB/s of the two encoders of the embedded tokenizer on one
+// thread (@huggingface/tokenizers and v4tune's src/data/bpe.ts, checked to give the same ids),
+// then what prepare runs — one thread and the worker pool — and the whole prepare stage end to
+// end, on a corpus of >= 50 MB generated on the fly in a temp folder. Runs against the compiled
+// package (dist/; `npm run build` first). Writes bench/results/prepare.json.
+// Usage: node bench/prepare.mjs [--mb 50] [--workers 0]
+// The corpus generator is exported (generateTexts) so tests can encode the same text.
+import { mkdtempSync, rmSync, writeFileSync, renameSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const dist = (m) => import(join(root, 'dist', m));
-const { writeEmbeddedTokenizer } = await dist('data/embedded-tokenizer.js');
-const { loadTokenizer } = await dist('data/tokenizer.js');
-const { encodeDocument } = await dist('data/documents.js');
-const { tokenizeDocuments, resolveWorkers, workerPoolAvailable } = await dist('data/pool.js');
-const { prepareDataset } = await dist('data/prepare.js');
-const { VERSION } = await dist('version.js');
-const { mulberry32 } = await dist('random.js');
-
-const arg = (name, dflt) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
-const targetMB = arg('mb', 50);
-const workers = resolveWorkers(arg('workers', 0));
-
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /**
- * A synthetic technical corpus: sentences of words drawn from a Zipf(1.1) distribution over a
- * 40,000-word vocabulary built from syllables (so the tokenizer sees a realistic spread of
- * frequent and rare words), with numbers, units, punctuation and paragraph breaks.
+ * A synthetic technical corpus: documents of sentences of words drawn from a Zipf(1.1)
+ * distribution over a 40,000-word vocabulary built from syllables (so the tokenizer sees a
+ * realistic spread of frequent and rare words), with numbers, units, punctuation and paragraph
+ * breaks. `rand` is a uniform generator (the bench uses mulberry32(42)); documents are added
+ * until their JSONL lines ({"text": ...} and a newline) reach `bytes`.
  */
-function generateCorpus(dir, bytes) {
-  const rand = mulberry32(42);
+export function generateTexts(rand, bytes) {
   const syl = ['pu', 'mp', 'va', 'lve', 'se', 'al', 'ro', 'tor', 'shaft', 'im', 'pel', 'ler', 'bea', 'ring', 'flow', 'pre', 'ssure', 'ca', 'vi', 'ta', 'tion', 'mo', 'nit', 'or', 'in', 'spec', 'cou', 'pling', 'ther', 'mal', 'gas', 'ket', 'stra', 'iner', 'dis', 'charge', 'suc', 'ge', 'ar', 'box', 'oil', 'lu', 'bri', 'cant', 'de', 're', 'un', 'ex', 'con', 'trol'];
   const vocab = Array.from({ length: 40000 }, (_, i) => {
     let w = '';
@@ -53,9 +42,8 @@ function generateCorpus(dir, bytes) {
     const s = ws.join(' ');
     return s[0].toUpperCase() + s.slice(1) + (rand() < 0.1 ? '?' : rand() < 0.2 ? ':' : '.');
   };
-  const lines = [];
+  const texts = [];
   let size = 0;
-  let docs = 0;
   while (size < bytes) {
     const paras = [];
     const np = 1 + Math.floor(rand() * 5);
@@ -65,71 +53,129 @@ function generateCorpus(dir, bytes) {
       for (let s = 0; s < ns; s++) ss.push(sentence());
       paras.push(ss.join(' '));
     }
-    const line = JSON.stringify({ text: paras.join('\n\n') });
-    lines.push(line);
-    size += Buffer.byteLength(line) + 1;
-    docs++;
+    const text = paras.join('\n\n');
+    texts.push(text);
+    size += Buffer.byteLength(JSON.stringify({ text })) + 1;
   }
-  const file = join(dir, 'corpus.jsonl');
-  writeFileSync(file, `${lines.join('\n')}\n`);
-  return { file, bytes: statSync(file).size, documents: docs, texts: lines.map((l) => JSON.parse(l).text) };
+  return texts;
 }
 
-const tmp = mkdtempSync(join(tmpdir(), 'v4tune-bench-prepare-'));
-try {
+/** Encode every text with `encode`; seconds, token count and an FNV-1a hash of all ids in order. */
+function timeEncoder(texts, encode) {
+  const t = performance.now();
+  let tokens = 0;
+  let hash = 0x811c9dc5;
+  for (const text of texts) {
+    const ids = encode(text);
+    tokens += ids.length;
+    for (let i = 0; i < ids.length; i++) hash = Math.imul(hash ^ ids[i], 0x01000193);
+  }
+  return { seconds: (performance.now() - t) / 1000, tokens, hash: (hash >>> 0).toString(16) };
+}
+
+async function main() {
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  const dist = (m) => import(join(root, 'dist', m));
+  const { writeEmbeddedTokenizer } = await dist('data/embedded-tokenizer.js');
+  const { loadTokenizer } = await dist('data/tokenizer.js');
+  const { byteLevelBpe } = await dist('data/bpe.js');
+  const { encodeDocument } = await dist('data/documents.js');
+  const { tokenizeDocuments, resolveWorkers, workerPoolAvailable } = await dist('data/pool.js');
+  const { prepareDataset } = await dist('data/prepare.js');
+  const { VERSION } = await dist('version.js');
+  const { mulberry32 } = await dist('random.js');
+  const { Tokenizer } = await import('@huggingface/tokenizers');
+
+  const arg = (name, dflt) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+  const targetMB = arg('mb', 50);
+  const workers = resolveWorkers(arg('workers', 0));
   if (!workerPoolAvailable()) throw new Error('the worker pool is not available: run `npm run build` first');
-  const load0 = loadavg();
-  console.log(`prepare bench: generating a ${targetMB} MB corpus in ${tmp}`);
-  const corpus = generateCorpus(tmp, targetMB * 1e6);
-  const textBytes = corpus.texts.reduce((s, t) => s + Buffer.byteLength(t), 0);
-  writeEmbeddedTokenizer(join(tmp, 'tok'));
-  const tokPath = join(tmp, 'tok', 'tokenizer.json');
-  const tok = await loadTokenizer(tokPath);
-  const docs = corpus.texts.map((text) => ({ kind: 'text', text }));
-  const encode = (d) => encodeDocument(tok, null, d);
-  const count = (enc) => enc.reduce((s, e) => s + e.ids.length, 0);
 
-  console.log(`prepare bench: ${(corpus.bytes / 1e6).toFixed(1)} MB, ${corpus.documents} documents; one thread…`);
-  let t = performance.now();
-  const one = await tokenizeDocuments(docs, { tokenizerPath: tokPath, workers: 1, encode });
-  const oneS = (performance.now() - t) / 1000;
-  const tokens = count(one.encoded);
-  console.log(`  one thread: ${oneS.toFixed(1)} s, ${(textBytes / 1e6 / oneS).toFixed(2)} MB/s, ${tokens} tokens`);
+  const tmp = mkdtempSync(join(tmpdir(), 'v4tune-bench-prepare-'));
+  try {
+    const load0 = loadavg();
+    console.log(`prepare bench: generating a ${targetMB} MB corpus in ${tmp}`);
+    const texts = generateTexts(mulberry32(42), targetMB * 1e6);
+    const file = join(tmp, 'corpus.jsonl');
+    writeFileSync(file, `${texts.map((text) => JSON.stringify({ text })).join('\n')}\n`);
+    const corpus = { file, bytes: statSync(file).size, documents: texts.length };
+    const textBytes = texts.reduce((s, t) => s + Buffer.byteLength(t), 0);
+    writeEmbeddedTokenizer(join(tmp, 'tok'));
+    const tokPath = join(tmp, 'tok', 'tokenizer.json');
+    const json = JSON.parse(readFileSync(tokPath, 'utf8'));
+    const config = JSON.parse(readFileSync(join(tmp, 'tok', 'tokenizer_config.json'), 'utf8'));
 
-  console.log(`prepare bench: worker pool (${workers} workers)…`);
-  t = performance.now();
-  const pool = await tokenizeDocuments(docs, { tokenizerPath: tokPath, workers, encode });
-  const poolS = (performance.now() - t) / 1000;
-  if (count(pool.encoded) !== tokens) throw new Error('pool and single thread disagree on the token count');
-  console.log(`  pool: ${poolS.toFixed(1)} s, ${(textBytes / 1e6 / poolS).toFixed(2)} MB/s (${(oneS / poolS).toFixed(2)}x)`);
+    console.log(`prepare bench: ${(corpus.bytes / 1e6).toFixed(1)} MB, ${corpus.documents} documents; encoders on one thread…`);
+    let t = performance.now();
+    const hf = new Tokenizer(json, config);
+    const hfLoadS = (performance.now() - t) / 1000;
+    const hfRun = timeEncoder(texts, (text) => hf.encode(text, { add_special_tokens: false }).ids);
+    console.log(`  hf-js: ${hfRun.seconds.toFixed(1)} s, ${(textBytes / 1e6 / hfRun.seconds).toFixed(2)} MB/s`);
+    t = performance.now();
+    const fast = byteLevelBpe(json, config);
+    const fastLoadS = (performance.now() - t) / 1000;
+    if (!('encoder' in fast)) throw new Error(`v4tune-bpe does not take the embedded tokenizer: ${fast.unsupported}`);
+    const fastRun = timeEncoder(texts, (text) => fast.encoder.encode(text));
+    console.log(`  v4tune-bpe: ${fastRun.seconds.toFixed(1)} s, ${(textBytes / 1e6 / fastRun.seconds).toFixed(2)} MB/s (${(hfRun.seconds / fastRun.seconds).toFixed(1)}x)`);
+    if (fastRun.tokens !== hfRun.tokens || fastRun.hash !== hfRun.hash) throw new Error(`the encoders disagree: hf-js ${hfRun.tokens} tokens (hash ${hfRun.hash}), v4tune-bpe ${fastRun.tokens} (hash ${fastRun.hash})`);
 
-  console.log('prepare bench: prepareDataset end to end (read, hash, tokenize on the pool, pack, write)…');
-  t = performance.now();
-  const s = await prepareDataset({
-    tokenizer: tokPath, sources: [{ path: corpus.file, format: 'jsonl', text_field: 'text' }], seq_len: 1024, packing: true,
-    eval_fraction: 0.01, seed: 0, shard_rows: 4096, dedup: true, output: join(tmp, 'data'), workers: arg('workers', 0),
-  });
-  const prepS = (performance.now() - t) / 1000;
-  console.log(`  prepare: ${prepS.toFixed(1)} s, ${(corpus.bytes / 1e6 / prepS).toFixed(2)} MB/s, ${s.manifest.rows} rows, packing efficiency ${(s.manifest.packing_efficiency * 100).toFixed(1)}%`);
-  const load1 = loadavg();
+    const tok = await loadTokenizer(tokPath);
+    const docs = texts.map((text) => ({ kind: 'text', text }));
+    const encode = (d) => encodeDocument(tok, null, d);
+    const count = (enc) => enc.reduce((s, e) => s + e.ids.length, 0);
 
-  const result = {
-    bench: 'prepare',
-    v4tune_version: VERSION,
-    date: new Date().toISOString(),
-    machine: { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', loadavg_start: load0, loadavg_end: load1 },
-    corpus: { bytes: corpus.bytes, text_bytes: textBytes, documents: corpus.documents, tokens, generator: 'Zipf(1.1) over a 40k syllable vocabulary, seed 42 (bench/prepare.mjs)' },
-    tokenizer: 'embedded DeepSeek V4 (byte-level BPE, @huggingface/tokenizers)',
-    one_thread: { seconds: oneS, mb_per_s: textBytes / 1e6 / oneS, tokens_per_s: tokens / oneS },
-    pool: { workers: pool.workers, seconds: poolS, mb_per_s: textBytes / 1e6 / poolS, tokens_per_s: tokens / poolS, speedup: oneS / poolS },
-    prepare_end_to_end: { workers: s.workers, seconds: prepS, mb_per_s: corpus.bytes / 1e6 / prepS, rows: s.manifest.rows, seq_len: 1024, packing_efficiency: s.manifest.packing_efficiency, tokenize_seconds: s.seconds.tokenize },
-    note: 'MB/s counts document text bytes (UTF-8) for tokenization and corpus file bytes end to end. The machine may be shared: see loadavg.',
-  };
-  const out = join(root, 'bench', 'results', 'prepare.json');
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 2)}\n`);
-  renameSync(`${out}.tmp`, out);
-  console.log(`prepare bench: wrote ${out}`);
-} finally {
-  rmSync(tmp, { recursive: true, force: true });
+    console.log(`prepare bench: tokenizeDocuments with the loaded tokenizer (${tok.encoder}), one thread…`);
+    t = performance.now();
+    const one = await tokenizeDocuments(docs, { tokenizerPath: tokPath, workers: 1, encode });
+    const oneS = (performance.now() - t) / 1000;
+    const tokens = count(one.encoded);
+    console.log(`  one thread: ${oneS.toFixed(1)} s, ${(textBytes / 1e6 / oneS).toFixed(2)} MB/s, ${tokens} tokens`);
+
+    console.log(`prepare bench: worker pool (${workers} workers)…`);
+    t = performance.now();
+    const pool = await tokenizeDocuments(docs, { tokenizerPath: tokPath, workers, encode });
+    const poolS = (performance.now() - t) / 1000;
+    if (count(pool.encoded) !== tokens) throw new Error('pool and single thread disagree on the token count');
+    console.log(`  pool: ${poolS.toFixed(1)} s, ${(textBytes / 1e6 / poolS).toFixed(2)} MB/s (${(oneS / poolS).toFixed(2)}x)`);
+
+    console.log('prepare bench: prepareDataset end to end (read, hash, tokenize on the pool, pack, write)…');
+    t = performance.now();
+    const s = await prepareDataset({
+      tokenizer: tokPath, sources: [{ path: corpus.file, format: 'jsonl', text_field: 'text' }], seq_len: 1024, packing: true,
+      eval_fraction: 0.01, seed: 0, shard_rows: 4096, dedup: true, output: join(tmp, 'data'), workers: arg('workers', 0),
+    });
+    const prepS = (performance.now() - t) / 1000;
+    console.log(`  prepare: ${prepS.toFixed(1)} s, ${(corpus.bytes / 1e6 / prepS).toFixed(2)} MB/s, ${s.manifest.rows} rows, packing efficiency ${(s.manifest.packing_efficiency * 100).toFixed(1)}%`);
+    const load1 = loadavg();
+
+    const encoderResult = (run, loadS) => ({ load_seconds: loadS, seconds: run.seconds, mb_per_s: textBytes / 1e6 / run.seconds, tokens_per_s: run.tokens / run.seconds });
+    const result = {
+      bench: 'prepare',
+      v4tune_version: VERSION,
+      date: new Date().toISOString(),
+      machine: { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', loadavg_start: load0, loadavg_end: load1 },
+      corpus: { bytes: corpus.bytes, text_bytes: textBytes, documents: corpus.documents, tokens, generator: 'Zipf(1.1) over a 40k syllable vocabulary, seed 42 (bench/prepare.mjs)' },
+      tokenizer: 'embedded DeepSeek V4 (byte-level BPE)',
+      encoders_one_thread: {
+        hf_js: encoderResult(hfRun, hfLoadS),
+        v4tune_bpe: encoderResult(fastRun, fastLoadS),
+        speedup: hfRun.seconds / fastRun.seconds,
+        same_ids: true,
+      },
+      encoder: tok.encoder,
+      one_thread: { seconds: oneS, mb_per_s: textBytes / 1e6 / oneS, tokens_per_s: tokens / oneS },
+      pool: { workers: pool.workers, seconds: poolS, mb_per_s: textBytes / 1e6 / poolS, tokens_per_s: tokens / poolS, speedup: oneS / poolS },
+      prepare_end_to_end: { workers: s.workers, seconds: prepS, mb_per_s: corpus.bytes / 1e6 / prepS, rows: s.manifest.rows, seq_len: 1024, packing_efficiency: s.manifest.packing_efficiency, tokenize_seconds: s.seconds.tokenize },
+      note: 'MB/s counts document text bytes (UTF-8) for tokenization and corpus file bytes end to end. encoders_one_thread times encode() alone on every document (same_ids: equal token count and id hash); one_thread and pool time tokenizeDocuments with the tokenizer prepare loads (`encoder`), pool including worker start-up. The machine may be shared: see loadavg.',
+    };
+    const out = join(root, 'bench', 'results', 'prepare.json');
+    mkdirSync(dirname(out), { recursive: true });
+    writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 2)}\n`);
+    renameSync(`${out}.tmp`, out);
+    console.log(`prepare bench: wrote ${out}`);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 }
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

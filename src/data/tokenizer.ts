@@ -1,12 +1,15 @@
 // Tokenizers behind one interface: HF tokenizer.json (byte-level BPE and friends, through
 // @huggingface/tokenizers) and SentencePiece .model files (through sentencepiece-js, with the
-// model's protobuf read here for its vocabulary and bos/eos ids).
+// model's protobuf read here for its vocabulary and bos/eos ids). A tokenizer.json that
+// src/data/bpe.ts reproduces exactly (DeepSeek V3/V4's byte-level BPE) encodes there, several
+// times faster; the library still decodes it and encodes every other file.
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, extname, join } from 'node:path';
 import { createRequire } from 'node:module';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../errors.js';
+import { byteLevelBpe } from './bpe.js';
 
 export type TokenizerKind = 'hf' | 'sentencepiece';
 
@@ -15,6 +18,9 @@ export interface TokenizerIdentity {
   /** sha256 of the tokenizer file's bytes. */
   hash: string;
 }
+
+/** What turns text into ids: src/data/bpe.ts, @huggingface/tokenizers, or sentencepiece-js. */
+export type TokenizerEncoder = 'v4tune-bpe' | 'hf-js' | 'sentencepiece-js';
 
 export interface TextTokenizer {
   /** Token ids of `text`, no bos/eos added (special-token text in `text` maps to its id). */
@@ -28,6 +34,8 @@ export interface TextTokenizer {
   /** Id of a token given by its text, or undefined when the vocabulary lacks it. */
   tokenToId(token: string): number | undefined;
   identity: TokenizerIdentity;
+  /** The encoder behind `encode`, for manifests and benchmarks. */
+  encoder?: TokenizerEncoder;
 }
 
 const BOS_NAMES = ['<｜begin▁of▁sentence｜>', '<s>', '<|begin_of_text|>', '<bos>', '<|startoftext|>'];
@@ -99,17 +107,38 @@ function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): 
       throw new InputError(`${configPath}: not valid JSON`);
     }
   }
-  let tok: HfTokenizer;
-  try {
-    tok = new HfTokenizer(json, config);
-  } catch (e) {
-    throw new InputError(`${path}: not a tokenizer (${(e as Error).message})`);
+  // The library's Tokenizer takes a second to build: with v4tune's encoder it is built on the
+  // first decode only (bpe.ts takes a file only when the library loads it too).
+  const library = (parsed: HfJson): HfTokenizer => {
+    try {
+      return new HfTokenizer(parsed, config);
+    } catch (e) {
+      throw new InputError(`${path}: not a tokenizer (${(e as Error).message})`);
+    }
+  };
+  const fast = byteLevelBpe(json, config);
+  let encode: (text: string) => number[];
+  let tokenToId: (s: string) => number | undefined;
+  let vocabSize: number;
+  let lazy: HfTokenizer | null = null;
+  let hf: () => HfTokenizer;
+  if ('encoder' in fast) {
+    const encoder = fast.encoder;
+    encode = (text) => encoder.encode(text);
+    tokenToId = encoder.tokenToId;
+    vocabSize = encoder.vocabSize;
+    hf = () => (lazy ??= library(JSON.parse(bytes.toString('utf8')) as HfJson));
+  } else {
+    const tok = library(json);
+    const vocab = tok.get_vocab(true);
+    let maxId = -1;
+    for (const id of vocab.values()) if (id > maxId) maxId = id;
+    for (const t of json.added_tokens ?? []) if (t.id > maxId) maxId = t.id;
+    encode = (text) => (text.length === 0 ? [] : tok.encode(text, { add_special_tokens: false }).ids);
+    tokenToId = (s) => tok.token_to_id(s);
+    vocabSize = maxId + 1;
+    hf = () => tok;
   }
-  const vocab = tok.get_vocab(true);
-  let maxId = -1;
-  for (const id of vocab.values()) if (id > maxId) maxId = id;
-  for (const t of json.added_tokens ?? []) if (t.id > maxId) maxId = t.id;
-  const tokenToId = (s: string): number | undefined => tok.token_to_id(s);
   const findSpecial = (key: string, names: string[]): number => {
     const named = specialName(config[key]);
     for (const n of named ? [named, ...names] : names) {
@@ -121,9 +150,10 @@ function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): 
   const bosId = findSpecial('bos_token', BOS_NAMES);
   const eosId = findSpecial('eos_token', EOS_NAMES);
   return {
-    encode: (text) => (text.length === 0 ? [] : tok.encode(text, { add_special_tokens: false }).ids),
-    decode: (ids) => tok.decode(Array.from(ids), { skip_special_tokens: false, clean_up_tokenization_spaces: false }),
-    vocabSize: maxId + 1,
+    encode,
+    encoder: 'encoder' in fast ? 'v4tune-bpe' : 'hf-js',
+    decode: (ids) => hf().decode(Array.from(ids), { skip_special_tokens: false, clean_up_tokenization_spaces: false }),
+    vocabSize,
     bosId,
     eosId,
     tokenToId,
@@ -242,5 +272,6 @@ async function sentencePieceTokenizer(path: string, bytes: Buffer, identity: Tok
     eosId: info.eosId,
     tokenToId: (s) => byPiece.get(s),
     identity,
+    encoder: 'sentencepiece-js',
   };
 }
