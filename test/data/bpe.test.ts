@@ -179,8 +179,9 @@ describe('v4tune-bpe on the features of other tokenizer.json files it reproduces
       for (const t of j.added_tokens as Json[]) if (t.content === '</think>') Object.assign(t, { rstrip: true });
       (j.added_tokens as Json[]).push({ id: 128823, content: 'Ｔｏｋ', single_word: false, lstrip: false, rstrip: false, normalized: true, special: false });
     }],
-    ['ignore_merges and merges as [a, b] pairs', (j) => {
+    ['ignore_merges (with a vocabulary word no merges build) and merges as [a, b] pairs', (j) => {
       j.model.ignore_merges = true;
+      j.model.vocab['Ġzqxj'] = 129000;
       j.model.merges = (j.model.merges as string[]).map((m) => m.split(' '));
     }],
     ['other Split regexes (\\s, \\d, lookahead, {n}, a String pattern) and a TemplateProcessing post-processor', (j) => {
@@ -195,7 +196,7 @@ describe('v4tune-bpe on the features of other tokenizer.json files it reproduces
   it.each(variants)('gives the library\'s ids with %s', (_what, change) => {
     const json = structuredClone(base);
     change(json);
-    const texts = [...randomTexts(4, 1500), 'Tok Ｔｏｋ ﬁle ①  <think>  x  </think>  y', 'a\n\nb\n\n\nc'];
+    const texts = [...randomTexts(4, 1500), 'Tok Ｔｏｋ ﬁle ①  <think>  x  </think>  y', 'a\n\nb\n\n\nc', 'the zqxj, zqxj and zqxjs'];
     expectSameIds(texts, new Tokenizer(json, {}), accepted(json));
   });
 });
