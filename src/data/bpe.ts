@@ -123,22 +123,19 @@ interface ByteLevelBpeTables {
   merges: MergeTable;
 }
 
-/** (left symbol, right symbol) → rank and merged symbol, in open-addressing slots. */
+/**
+ * (left symbol, right symbol) → rank and merged symbol, in open-addressing slots of four
+ * integers [left, right, rank, merged] (one cache line per probe); an empty slot's left is -1.
+ */
 class MergeTable {
-  readonly left: Int32Array;
-  readonly right: Int32Array;
-  readonly rank: Int32Array;
-  readonly merged: Int32Array;
+  readonly cells: Int32Array;
   private readonly mask: number;
 
   constructor(count: number) {
     let size = 1024;
     while (size < count * 2) size *= 2;
     this.mask = size - 1;
-    this.left = new Int32Array(size).fill(-1);
-    this.right = new Int32Array(size);
-    this.rank = new Int32Array(size);
-    this.merged = new Int32Array(size);
+    this.cells = new Int32Array(4 * size).fill(-1);
   }
 
   private home(a: number, b: number): number {
@@ -147,24 +144,27 @@ class MergeTable {
     return h & this.mask;
   }
 
-  /** Slot of the pair, or -1. */
+  /** Offset of the pair's slot in `cells` (rank at +2, merged symbol at +3), or -1. */
   find(a: number, b: number): number {
-    const left = this.left;
+    const cells = this.cells;
     for (let h = this.home(a, b); ; h = (h + 1) & this.mask) {
-      const l = left[h]!;
+      const at = 4 * h;
+      const l = cells[at]!;
       if (l === -1) return -1;
-      if (l === a && this.right[h] === b) return h;
+      if (l === a && cells[at + 1] === b) return at;
     }
   }
 
   /** A later merge of the same pair replaces the earlier one's rank (the library's Map does). */
   set(a: number, b: number, rank: number, merged: number): void {
+    const cells = this.cells;
     let h = this.home(a, b);
-    while (this.left[h] !== -1 && !(this.left[h] === a && this.right[h] === b)) h = (h + 1) & this.mask;
-    this.left[h] = a;
-    this.right[h] = b;
-    this.rank[h] = rank;
-    this.merged[h] = merged;
+    while (cells[4 * h] !== -1 && !(cells[4 * h] === a && cells[4 * h + 1] === b)) h = (h + 1) & this.mask;
+    const at = 4 * h;
+    cells[at] = a;
+    cells[at + 1] = b;
+    cells[at + 2] = rank;
+    cells[at + 3] = merged;
   }
 }
 
@@ -572,7 +572,7 @@ export class ByteLevelBpe {
   private rankPair(i: number): void {
     const slot = this.t.merges.find(this.symbols[i]!, this.symbols[i + 1]!);
     this.slots[i] = slot;
-    this.ranks[i] = slot < 0 ? NO_RANK : this.t.merges.rank[slot]!;
+    this.ranks[i] = slot < 0 ? NO_RANK : this.t.merges.cells[slot + 2]!;
   }
 
   /** Merge `n` symbols in place, scanning all pairs for the lowest rank each time; returns the new count. */
@@ -580,14 +580,14 @@ export class ByteLevelBpe {
     const s = this.symbols;
     const ranks = this.ranks;
     const slots = this.slots;
-    const merged = this.t.merges.merged;
+    const cells = this.t.merges.cells;
     for (let i = 0; i < n - 1; i++) this.rankPair(i);
     while (n > 1) {
       let best = NO_RANK;
       let at = -1;
       for (let i = 0; i < n - 1; i++) if (ranks[i]! < best) { best = ranks[i]!; at = i; }
       if (at < 0) break;
-      s[at] = merged[slots[at]!]!;
+      s[at] = cells[slots[at]! + 3]!;
       for (let i = at + 1; i < n - 1; i++) { s[i] = s[i + 1]!; ranks[i] = ranks[i + 1]!; slots[i] = slots[i + 1]!; }
       n--;
       if (at > 0) this.rankPair(at - 1);
@@ -636,7 +636,7 @@ export class ByteLevelBpe {
     };
     const offer = (pos: number): void => {
       const slot = merges.find(s[pos]!, s[next[pos]!]!);
-      if (slot >= 0) push(merges.rank[slot]!, pos);
+      if (slot >= 0) push(merges.cells[slot + 2]!, pos);
     };
     for (let i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
     for (let i = 0; i < n - 1; i++) offer(i);
@@ -647,8 +647,8 @@ export class ByteLevelBpe {
       const right = next[pos]!;
       if (s[pos]! < 0 || right < 0) continue;
       const slot = merges.find(s[pos]!, s[right]!);
-      if (slot < 0 || merges.rank[slot] !== rank) continue;
-      s[pos] = merges.merged[slot]!;
+      if (slot < 0 || merges.cells[slot + 2] !== rank) continue;
+      s[pos] = merges.cells[slot + 3]!;
       s[right] = -1;
       const after = next[right]!;
       next[pos] = after;

@@ -107,8 +107,8 @@ function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): 
       throw new InputError(`${configPath}: not valid JSON`);
     }
   }
-  // The library's Tokenizer takes a second to build: with v4tune's encoder it is built on the
-  // first decode only (bpe.ts takes a file only when the library loads it too).
+  // The library's Tokenizer takes half a second to build: with v4tune's encoder it is built
+  // on the first decode only (bpe.ts takes a file only when the library loads it too).
   const library = (parsed: HfJson): HfTokenizer => {
     try {
       return new HfTokenizer(parsed, config);
