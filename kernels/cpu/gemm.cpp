@@ -31,8 +31,24 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 
-// ---- microkernels: C[mr, nr] += alpha * Ap[kc, MR] · Bp[kc, NR] ----
-V4_AVX512 static void micro_512(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha) {
+// C rows [0, mr) = (add ? C : 0) + alpha * (c0 | c1), columns masked by m0 | m1
+V4_AVX512 static inline void store_tile_512(float* C, long ldc, int mr, __mmask16 m0, __mmask16 m1, float alpha, bool add,
+                                            const __m512* c0, const __m512* c1) {
+  __m512 va = _mm512_set1_ps(alpha);
+  for (int i = 0; i < mr; i++) {
+    float* p = C + i * ldc;
+    __m512 o0 = add ? _mm512_maskz_loadu_ps(m0, p) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, c0[i], o0));
+    if (m1) {
+      __m512 o1 = add ? _mm512_maskz_loadu_ps(m1, p + 16) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, c1[i], o1));
+    }
+  }
+}
+
+// ---- microkernels: C[mr, nr] = (add ? C : 0) + alpha * Ap[kc, MR] · Bp[kc, NR] ----
+// (add is false only for the first K block when beta is 0, so C is never cleared beforehand)
+V4_AVX512 static void micro_512(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
   constexpr int MR = 12;
   __m512 c0[MR], c1[MR];
 #pragma GCC unroll 12
@@ -48,15 +64,10 @@ V4_AVX512 static void micro_512(long kc, const float* A, const float* B, float* 
   }
   __mmask16 m0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
   __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
-  __m512 va = _mm512_set1_ps(alpha);
-  for (int i = 0; i < mr; i++) {
-    float* p = C + i * ldc;
-    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, c0[i], _mm512_maskz_loadu_ps(m0, p)));
-    if (m1) _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, c1[i], _mm512_maskz_loadu_ps(m1, p + 16)));
-  }
+  store_tile_512(C, ldc, mr, m0, m1, alpha, add, c0, c1);
 }
 
-V4_AVX2 static void micro_256(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha) {
+V4_AVX2 static void micro_256(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
   constexpr int MR = 6;
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
@@ -75,18 +86,18 @@ V4_AVX2 static void micro_256(long kc, const float* A, const float* B, float* C,
     _mm256_store_ps(t, c0[i]);
     _mm256_store_ps(t + 8, c1[i]);
     float* p = C + i * ldc;
-    for (int j = 0; j < nr; j++) p[j] = std::fma(alpha, t[j], p[j]);
+    for (int j = 0; j < nr; j++) p[j] = std::fma(alpha, t[j], add ? p[j] : 0.f);
   }
 }
 
-static void micro_scalar(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha) {
+static void micro_scalar(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
   constexpr int MR = 4, NR = 8;
   float acc[MR][NR] = {};
   for (long k = 0; k < kc; k++)
     for (int i = 0; i < MR; i++)
       for (int j = 0; j < NR; j++) acc[i][j] = std::fma(A[k * MR + i], B[k * NR + j], acc[i][j]);
   for (int i = 0; i < mr; i++)
-    for (int j = 0; j < nr; j++) C[i * ldc + j] = std::fma(alpha, acc[i][j], C[i * ldc + j]);
+    for (int j = 0; j < nr; j++) C[i * ldc + j] = std::fma(alpha, acc[i][j], add ? C[i * ldc + j] : 0.f);
 }
 
 // ---- bf16 dot-product mode (opt-in): A and B rounded to bf16 (nearest even), fp32 accumulate ----
@@ -119,7 +130,7 @@ static void pairs_scalar(const float* src, long kc, int W, uint32_t* dst) {
       dst[kp * W + j] = bf16_round(src[2 * kp * W + j]) | (2 * kp + 1 < kc ? bf16_round(src[(2 * kp + 1) * W + j]) << 16 : 0u);
 }
 
-V4_AVX512BF16 static void micro_bf16(long kc2, const uint32_t* A, const uint32_t* B, float* C, long ldc, int mr, int nr, float alpha) {
+V4_AVX512BF16 static void micro_bf16(long kc2, const uint32_t* A, const uint32_t* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
   constexpr int MR = 12;
   __m512 c0[MR], c1[MR];
 #pragma GCC unroll 12
@@ -135,17 +146,12 @@ V4_AVX512BF16 static void micro_bf16(long kc2, const uint32_t* A, const uint32_t
   }
   __mmask16 m0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
   __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
-  __m512 va = _mm512_set1_ps(alpha);
-  for (int i = 0; i < mr; i++) {
-    float* p = C + i * ldc;
-    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, c0[i], _mm512_maskz_loadu_ps(m0, p)));
-    if (m1) _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, c1[i], _mm512_maskz_loadu_ps(m1, p + 16)));
-  }
+  store_tile_512(C, ldc, mr, m0, m1, alpha, add, c0, c1);
 }
 
 struct Kernel {
   int MR, NR;
-  void (*micro)(long, const float*, const float*, float*, long, int, int, float);
+  void (*micro)(long, const float*, const float*, float*, long, int, int, float, bool);
 };
 static Kernel kernel_for(Isa i) {
   if (i == Isa::avx512) return {12, 32, micro_512};
@@ -154,7 +160,7 @@ static Kernel kernel_for(Isa i) {
 }
 
 // Ap[s][k][i] = A(m0 + s*MR + i, k0 + k), zero past M.
-static void pack_A(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, float* Ap) {
+static void pack_A_scalar(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, float* Ap) {
   if (sam == 1 && sak != 1) {  // a transposed operand: rows are contiguous along m
     for (long s = 0; s * MR < mb; s++) {
       float* dst = Ap + s * kc * MR;
@@ -183,10 +189,11 @@ static void pack_A(const float* a, long sam, long sak, long M, long m0, long mb,
   }
 }
 
-// out row i = column i of the 16 × 16 block at src (row stride ls), written with row stride ld
-V4_AVX512 static void transpose16(const float* src, long ls, float* dst, long ld) {
-  __m512 r[16], t[16], u[16], v[16];
-  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ls);
+static inline __mmask16 lanes(long n) { return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
+
+// In-register 16 × 16 transpose: on return r[i] holds what was column i.
+V4_AVX512 static inline void transpose16_regs(__m512* r) {
+  __m512 t[16], u[16], v[16];
   for (int i = 0; i < 8; i++) {
     t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -206,13 +213,77 @@ V4_AVX512 static void transpose16(const float* src, long ls, float* dst, long ld
     v[12 + i] = _mm512_shuffle_f32x4(u[8 + i], u[12 + i], 0xdd);
   }
   for (int i = 0; i < 8; i++) {
-    _mm512_storeu_ps(dst + i * ld, _mm512_shuffle_f32x4(v[i], v[8 + i], 0x88));
-    _mm512_storeu_ps(dst + (8 + i) * ld, _mm512_shuffle_f32x4(v[i], v[8 + i], 0xdd));
+    r[i] = _mm512_shuffle_f32x4(v[i], v[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(v[i], v[8 + i], 0xdd);
   }
 }
 
-// transB panels with AVX-512: decode 16 rows of W, transpose them 16 × 16 at a time
-static void pack_B_T_512(const WeightRef& W, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* rows16) {
+// The same packing with AVX-512 (MR ≤ 16): row-major A is transposed 16 k at a time in
+// registers, a transposed A copies MR contiguous values per k.
+V4_AVX512 static void pack_A_512(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, float* Ap) {
+  const __mmask16 strip = lanes(MR);
+  for (long s = 0; s * MR < mb; s++) {
+    float* dst = Ap + s * kc * MR;
+    const long r0 = m0 + s * MR, rows = std::max<long>(0, std::min<long>(MR, std::min(mb - s * MR, M - r0)));
+    if (sak == 1) {
+      for (long k = 0; k < kc; k += 16) {
+        const long w = std::min<long>(16, kc - k);
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_maskz_loadu_ps(lanes(w), a + (r0 + i) * sam + k0 + k) : _mm512_setzero_ps();
+        transpose16_regs(r);
+        for (long j = 0; j < w; j++) _mm512_mask_storeu_ps(dst + (k + j) * MR, strip, r[j]);
+      }
+    } else {  // sam == 1
+      for (long k = 0; k < kc; k++) _mm512_mask_storeu_ps(dst + k * MR, strip, _mm512_maskz_loadu_ps(lanes(rows), a + r0 + (k0 + k) * sak));
+    }
+  }
+}
+
+static void pack_A(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, float* Ap) {
+  if (isa() == Isa::avx512 && MR <= 16 && (sak == 1 || sam == 1)) pack_A_512(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
+  else pack_A_scalar(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
+}
+
+// 16 values of row r of an f32 or bf16 weight from column c (lanes past n read as 0)
+template <bool BF16>
+V4_AVX512 static inline __m512 load_w16(const WeightRef& W, long r, long c, __mmask16 m) {
+  if (BF16) {
+    const uint16_t* p = (const uint16_t*)W.data + (r + W.row0) * W.cols + c;
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  }
+  return _mm512_maskz_loadu_ps(m, (const float*)W.data + (r + W.row0) * W.ld + c);
+}
+
+// f32 / bf16 weights need no decode: transB panels are loaded 16 rows × 16 k and transposed in
+// registers; plain panels are loaded NR values at a time.
+template <bool BF16>
+V4_AVX512 static void pack_B_T_direct(const WeightRef& W, long n0, long nb, long k0, long kc, int NR, float* Bp) {
+  for (long p = 0; p < cdiv(nb, NR); p++) {
+    float* dst = Bp + p * kc * NR;
+    for (int jb = 0; jb < NR; jb += 16) {
+      const long nbase = n0 + p * NR + jb, rows = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
+      for (long k = 0; k < kc; k += 16) {
+        const long w = std::min<long>(16, kc - k);
+        __m512 r[16];
+        for (int j = 0; j < 16; j++) r[j] = j < rows ? load_w16<BF16>(W, nbase + j, k0 + k, lanes(w)) : _mm512_setzero_ps();
+        transpose16_regs(r);
+        for (long i = 0; i < w; i++) _mm512_store_ps(dst + (k + i) * NR + jb, r[i]);
+      }
+    }
+  }
+}
+template <bool BF16>
+V4_AVX512 static void pack_B_N_direct(const WeightRef& W, long n0, long nb, long k0, long kc, int NR, float* Bp) {
+  for (long k = 0; k < kc; k++)
+    for (long p = 0; p < cdiv(nb, NR); p++)
+      for (int jb = 0; jb < NR; jb += 16) {
+        const long w = nb - p * NR - jb;
+        _mm512_store_ps(Bp + p * kc * NR + k * NR + jb, w > 0 ? load_w16<BF16>(W, k0 + k, n0 + p * NR + jb, lanes(w)) : _mm512_setzero_ps());
+      }
+}
+
+// transB panels of decoded formats with AVX-512: decode 16 rows of W, transpose them 16 × 16 at a time
+V4_AVX512 static void pack_B_T_512(const WeightRef& W, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* rows16) {
   for (long p = 0; p < cdiv(nb, NR); p++) {
     float* dst = Bp + p * kc * NR;
     for (int jb = 0; jb < NR; jb += 16) {
@@ -222,7 +293,12 @@ static void pack_B_T_512(const WeightRef& W, long N, long n0, long nb, long k0, 
         else std::memset(rows16 + j * kc, 0, kc * 4);
       }
       long k = 0;
-      for (; k + 16 <= kc; k += 16) transpose16(rows16 + k, kc, dst + k * NR + jb, NR);
+      for (; k + 16 <= kc; k += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(rows16 + i * kc + k);
+        transpose16_regs(r);
+        for (int i = 0; i < 16; i++) _mm512_store_ps(dst + (k + i) * NR + jb, r[i]);
+      }
       for (; k < kc; k++)
         for (int j = 0; j < 16; j++) dst[k * NR + jb + j] = rows16[j * kc + k];
     }
@@ -230,7 +306,7 @@ static void pack_B_T_512(const WeightRef& W, long N, long n0, long nb, long k0, 
 }
 
 // Bp[p][k][j] = B(k0 + k, n0 + p*NR + j), dequantised from W, zero past N.
-static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* row) {
+static void pack_B_scalar(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, float* row) {
   long npan = cdiv(nb, NR);
   if (transB) {
     for (long p = 0; p < npan; p++) {
@@ -260,16 +336,35 @@ static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, lo
   }
 }
 
+static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, Scratch& row) {
+  if (isa() == Isa::avx512 && NR % 16 == 0) {
+    if (W.fmt == Fmt::bf16) return transB ? pack_B_T_direct<true>(W, n0, nb, k0, kc, NR, Bp) : pack_B_N_direct<true>(W, n0, nb, k0, kc, NR, Bp);
+    if (W.fmt == Fmt::f32) return transB ? pack_B_T_direct<false>(W, n0, nb, k0, kc, NR, Bp) : pack_B_N_direct<false>(W, n0, nb, k0, kc, NR, Bp);
+    if (transB) return pack_B_T_512(W, N, n0, nb, k0, kc, NR, Bp, row.get(16 * kc));
+  }
+  pack_B_scalar(W, transB, N, n0, nb, k0, kc, NR, Bp, row.get(std::max(kc, nb)));
+}
+
+// A is packed once per call, shared by every task, when it takes at most this many floats.
+static const long kSharedA = 8L << 20;
+
 static void gemm_impl(long M, long N, long K, float alpha, const float* a, long sam, long sak,
                       const WeightRef& W, bool transB, float beta, float* c, long ldc, bool parallel) {
   if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (long i = 0; i < M; i++)
+      for (long j = 0; j < N; j++) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
+    return;
+  }
   const bool bf16 = bf16_mode();
   const Kernel kern = kernel_for(isa());
   const int MR = kern.MR, NR = kern.NR;
-  // Split C into mchunks × nchunks tasks. A is packed once per N chunk and B (with its
-  // dequantisation) once per M chunk, so pick the split that minimises packing plus compute
-  // over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8 panels).
-  const long strips = cdiv(M, MR), npanels = cdiv(N, NR);
+  const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
+  // A packed once for the whole call: block k0 at Ashared + k0*Mp, its strip s at + s*kc*MR.
+  const bool shareA = Mp * K <= kSharedA;
+  // Split C into mchunks × nchunks tasks. B (with its dequantisation) is packed once per M
+  // chunk and A, unless shared, once per N chunk, so pick the split that minimises packing plus
+  // compute over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8 panels).
   const int threads = parallel ? num_threads() : 1;
   long mchunks = cdiv(M, 480), nchunks = cdiv(npanels, 8);
   if (parallel) {
@@ -278,7 +373,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
     for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
       for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
         long tasks = mc * nc, waves = cdiv(tasks, threads);
-        double work = 2.0 * M * N * K / 64.0 + double(M) * K * nc + 1.5 * double(N) * K * mc;
+        double work = 2.0 * M * N * K / 64.0 + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
         double t = work / double(tasks) * double(waves);
         if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
       }
@@ -287,25 +382,38 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   mchunks = cdiv(M, MB);
   long NB = cdiv(npanels, nchunks) * NR;
   nchunks = cdiv(N, NB);
+  thread_local Scratch sshared;
+  float* Ashared = shareA ? sshared.get(Mp * K) : nullptr;
+  if (shareA) {
+    auto pack_block = [&](int kb) {
+      long k0 = kb * KC;
+      pack_A(a, sam, sak, M, 0, Mp, k0, std::min(KC, K - k0), MR, Ashared + k0 * Mp);
+    };
+    if (parallel) parallel_run(int(cdiv(K, KC)), pack_block);
+    else
+      for (int kb = 0; kb < int(cdiv(K, KC)); kb++) pack_block(kb);
+  }
   auto task_body = [&](int task) {
     check_cancel();
     long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
     long mb = std::min(MB, M - m0), nb = std::min(NB, N - n0);
-    for (long i = 0; i < mb; i++) {
-      float* p = c + (m0 + i) * ldc + n0;
-      if (beta == 0.f) std::memset(p, 0, nb * 4);
-      else if (beta != 1.f) for (long j = 0; j < nb; j++) p[j] *= beta;
-    }
+    if (beta != 0.f && beta != 1.f)
+      for (long i = 0; i < mb; i++)
+        for (long j = 0; j < nb; j++) c[(m0 + i) * ldc + n0 + j] *= beta;
     thread_local Scratch sa, sb, srow, sa16, sb16;
     for (long k0 = 0; k0 < K; k0 += KC) {
       long kc = std::min(KC, K - k0);
-      float* Ap = sa.get(cdiv(mb, MR) * MR * kc);
+      const bool add = beta != 0.f || k0 > 0;  // beta 0: the first K block overwrites C
+      const float* Ap;
+      if (shareA) {
+        Ap = Ashared + k0 * Mp + (m0 / MR) * kc * MR;
+      } else {
+        float* p = sa.get(cdiv(mb, MR) * MR * kc);
+        pack_A(a, sam, sak, M, m0, mb, k0, kc, MR, p);
+        Ap = p;
+      }
       float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
-      pack_A(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
-      if (transB && NR % 16 == 0 && isa() == Isa::avx512)
-        pack_B_T_512(W, N, n0, nb, k0, kc, NR, Bp, srow.get(16 * KC));
-      else
-        pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow.get(std::max(KC, nb)));
+      pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
       if (bf16) {
         long kc2 = cdiv(kc, 2);
         uint32_t* A16 = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
@@ -315,13 +423,13 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         for (long jp = 0; jp * NR < nb; jp++)
           for (long is = 0; is * MR < mb; is++)
             micro_bf16(kc2, A16 + is * kc2 * MR, B16 + jp * kc2 * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
-                       int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha);
+                       int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha, add);
         continue;
       }
       for (long jp = 0; jp * NR < nb; jp++)
         for (long is = 0; is * MR < mb; is++)
           kern.micro(kc, Ap + is * kc * MR, Bp + jp * kc * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
-                     int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha);
+                     int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha, add);
     }
   };
   if (parallel) parallel_run(int(mchunks * nchunks), task_body);

@@ -125,6 +125,61 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     A().setIsa(cpu);
   });
 
+  // the shape classes of the blocking: one row, a partial microkernel strip, several strips;
+  // N off the 32-column panel; K of 1, a partial 16-wide transpose and one past a K block;
+  // f32 / bf16 panels packed straight from the weight, FP8 / FP4 through the row decoder
+  it('every weight format, both orientations, odd M / N / K and beta 0 overwriting C match the reference (1e-5)', async () => {
+    const r = rng(6);
+    const quant = (fmt: string, x: Float32Array, rows: number, cols: number): RawWeight => {
+      if (fmt === 'fp8') {
+        const q = quantFp8Block(x, rows, cols);
+        return rawWeight('fp8', q.weight, q.scale, rows, cols);
+      }
+      if (fmt === 'fp4') {
+        const q = quantFp4(x, rows, cols);
+        return rawWeight('fp4', q.weight, q.scale, rows, cols);
+      }
+      return fmt === 'bf16' ? rawWeight('bf16', f32ToBf16Bytes(x), null, rows, cols) : rawWeight('f32', x, null, rows, cols);
+    };
+    const odd = [[1, 45, 1], [17, 33, 31], [130, 70, 513], [2, 40, 513], [130, 3, 31]] as const;
+    const cases: [string, number, number, number, boolean][] = [];
+    for (const fmt of ['f32', 'bf16'])
+      for (const [M, N, K] of odd) for (const transB of [true, false]) cases.push([fmt, M, N, K, transB]);
+    for (const fmt of ['fp8', 'fp4'])
+      cases.push([fmt, 17, 70, 512, true], [fmt, 130, 64, 513, false], [fmt, 1, 45, 32, true], [fmt, 130, 96, 31, false]);
+    for (const [fmt, M, N, K, transB] of cases) {
+      const [rows, cols] = transB ? [N, K] : [K, N];
+      const w = quant(fmt, randn(N * K, r, 0.3), rows, cols);
+      const deq = new Float32Array(N * K);
+      A().decodeWeight(w, deq);
+      for (const transA of [false, true]) {
+        const a = randn(M * K, r);
+        const [sam, sak] = transA ? [1, M] : [K, 1];
+        const got = randn(M * N, r);  // beta 0: whatever C held is overwritten
+        await A().gemm(M, N, K, 0.5, a, sam, sak, w, transB, 0, got, N);
+        const want = gemmRef(M, N, K, 0.5, a, sam, sak, deq, transB, 0, got);
+        expect(relErr(got, want), `${fmt} ${M}x${N}x${K} transB ${transB} transA ${transA}`).toBeLessThan(1e-5);
+      }
+    }
+  });
+
+  it('LM-head-like shapes (many columns, short K; many K, few columns) give the same bits on 1 and 2 threads', async () => {
+    const r = rng(7);
+    for (const [M, N, K, transB] of [[130, 1000, 600, true], [130, 300, 2100, false]] as const) {
+      const a = randn(M * K, r);
+      const w = rawWeight('bf16', f32ToBf16Bytes(randn(N * K, r, 0.3)), null, transB ? N : K, transB ? K : N);
+      const run = async (): Promise<Float32Array> => {
+        const y = new Float32Array(M * N);
+        await A().gemm(M, N, K, 1, a, K, 1, w, transB, 0, y, N);
+        return y;
+      };
+      A().setThreads(1);
+      const one = await run();
+      A().setThreads(2);
+      expect(relErr(await run(), one), `${M}x${N}x${K}`).toBe(0);
+    }
+  });
+
   // bf16 mode (opt-in): inputs rounded to bf16 (8-bit mantissa), fp32 accumulation. Stated
   // tolerance: max|Δ|/max|C| ≤ 1e-2 against the exact product; and it must equal the float64
   // product of the bf16-rounded inputs to 1e-5 (so only the rounding differs).
