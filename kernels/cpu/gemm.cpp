@@ -254,6 +254,13 @@ V4_AVX512 static inline __m512 load_w16(const WeightRef& W, long r, long c, __mm
   return _mm512_maskz_loadu_ps(m, (const float*)W.data + (r + W.row0) * W.ld + c);
 }
 
+// Address of W(r, c) for f32 / bf16 weights, for software prefetch (never dereferenced).
+template <bool BF16>
+static inline const char* w_addr(const WeightRef& W, long r, long c) {
+  if (BF16) return (const char*)((const uint16_t*)W.data + (r + W.row0) * W.cols + c);
+  return (const char*)((const float*)W.data + (r + W.row0) * W.ld + c);
+}
+
 // f32 / bf16 weights need no decode: transB panels are loaded 16 rows × 16 k and transposed in
 // registers; plain panels are loaded NR values at a time.
 template <bool BF16>
@@ -266,6 +273,8 @@ V4_AVX512 static void pack_B_T_direct(const WeightRef& W, long n0, long nb, long
         const long w = std::min<long>(16, kc - k);
         __m512 r[16];
         for (int j = 0; j < 16; j++) r[j] = j < rows ? load_w16<BF16>(W, nbase + j, k0 + k, lanes(w)) : _mm512_setzero_ps();
+        // the weight streams from memory once: fetch the rows two groups ahead
+        for (int j = 0; j < 16; j++) _mm_prefetch(w_addr<BF16>(W, nbase + 32 + j, k0 + k), _MM_HINT_T0);
         transpose16_regs(r);
         for (long i = 0; i < w; i++) _mm512_store_ps(dst + (k + i) * NR + jb, r[i]);
       }
@@ -278,6 +287,7 @@ V4_AVX512 static void pack_B_N_direct(const WeightRef& W, long n0, long nb, long
     for (long p = 0; p < cdiv(nb, NR); p++)
       for (int jb = 0; jb < NR; jb += 16) {
         const long w = nb - p * NR - jb;
+        _mm_prefetch(w_addr<BF16>(W, k0 + k + 16, n0 + p * NR + jb), _MM_HINT_T0);  // 16 rows ahead
         _mm512_store_ps(Bp + p * kc * NR + k * NR + jb, w > 0 ? load_w16<BF16>(W, k0 + k, n0 + p * NR + jb, lanes(w)) : _mm512_setzero_ps());
       }
 }
