@@ -48,8 +48,10 @@ V4_AVX512 static inline void store_tile_512(float* C, long ldc, int mr, __mmask1
 
 // ---- microkernels: C[mr, nr] = (add ? C : 0) + alpha * Ap[kc, MR] · Bp[kc, NR] ----
 // (add is false only for the first K block when beta is 0, so C is never cleared beforehand)
+// MR × 32 with MR = 12 (24 accumulators) or 8 (16: still enough FMA chains in flight, for M
+// that 12-row strips would pad, e.g. 64 or 128)
+template <int MR>
 V4_AVX512 static void micro_512(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
-  constexpr int MR = 12;
   __m512 c0[MR], c1[MR];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
@@ -153,8 +155,13 @@ struct Kernel {
   int MR, NR;
   void (*micro)(long, const float*, const float*, float*, long, int, int, float, bool);
 };
-static Kernel kernel_for(Isa i) {
-  if (i == Isa::avx512) return {12, 32, micro_512};
+// The AVX-512 strip height is chosen from M: 8 rows when that pads less than 12 (fp32 only;
+// the bf16 kernel is 12 × 32). The strip height never changes a C element's summation order.
+static Kernel kernel_for(Isa i, long M, bool bf16) {
+  if (i == Isa::avx512) {
+    if (!bf16 && cdiv(M, 8) * 8 < cdiv(M, 12) * 12) return {8, 32, micro_512<8>};
+    return {12, 32, micro_512<12>};
+  }
   if (i == Isa::avx2) return {6, 16, micro_256};
   return {4, 8, micro_scalar};
 }
@@ -367,7 +374,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
     return;
   }
   const bool bf16 = bf16_mode();
-  const Kernel kern = kernel_for(isa());
+  const Kernel kern = kernel_for(isa(), M, bf16);
   const int MR = kern.MR, NR = kern.NR;
   const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
   // A packed once for the whole call: block k0 at Ashared + k0*Mp, its strip s at + s*kc*MR.
