@@ -141,7 +141,7 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
       }
       return fmt === 'bf16' ? rawWeight('bf16', f32ToBf16Bytes(x), null, rows, cols) : rawWeight('f32', x, null, rows, cols);
     };
-    const odd = [[1, 45, 1], [17, 33, 31], [130, 70, 513], [2, 40, 513], [130, 3, 31]] as const;
+    const odd = [[1, 45, 1], [17, 33, 31], [130, 70, 513], [2, 40, 513], [130, 3, 31], [64, 70, 513]] as const;
     const cases: [string, number, number, number, boolean][] = [];
     for (const fmt of ['f32', 'bf16'])
       for (const [M, N, K] of odd) for (const transB of [true, false]) cases.push([fmt, M, N, K, transB]);
@@ -165,7 +165,7 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
 
   it('LM-head-like shapes (many columns, short K; many K, few columns) give the same bits on 1 and 2 threads', async () => {
     const r = rng(7);
-    for (const [M, N, K, transB] of [[130, 1000, 600, true], [130, 300, 2100, false]] as const) {
+    for (const [M, N, K, transB] of [[128, 1000, 600, true], [130, 300, 2100, false]] as const) {
       const a = randn(M * K, r);
       const w = rawWeight('bf16', f32ToBf16Bytes(randn(N * K, r, 0.3)), null, transB ? N : K, transB ? K : N);
       const run = async (): Promise<Float32Array> => {
@@ -178,6 +178,20 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
       A().setThreads(2);
       expect(relErr(await run(), one), `${M}x${N}x${K}`).toBe(0);
     }
+  });
+
+  // A of more than 8M floats is packed per task instead of once per call (and M > 480 splits M)
+  it('a large A, packed per task over several M blocks, matches the reference (1e-5)', async () => {
+    const r = rng(8);
+    const [M, N, K] = [1100, 20, 7700];
+    const a = randn(M * K, r);
+    const x = randn(N * K, r, 0.3);
+    const w = rawWeight('bf16', f32ToBf16Bytes(x), null, N, K);
+    const deq = new Float32Array(N * K);
+    A().decodeWeight(w, deq);
+    const got = new Float32Array(M * N);
+    await A().gemm(M, N, K, 1, a, K, 1, w, true, 0, got, N);
+    expect(relErr(got, gemmRef(M, N, K, 1, a, K, 1, deq, true, 0, got))).toBeLessThan(1e-5);
   });
 
   // bf16 mode (opt-in): inputs rounded to bf16 (8-bit mantissa), fp32 accumulation. Stated
