@@ -11,7 +11,6 @@ namespace v4 {
 void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const int* targets, const float* weights,
                long T, long chunk) {
   long d = W.cols, V = W.rows;
-  chunk = std::max<long>(128, (chunk / 128) * 128);
   // only counted rows take part
   std::vector<long> rows;
   for (long t = 0; t < T; t++) {
@@ -20,14 +19,24 @@ void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const
   }
   long R = long(rows.size());
   if (R == 0) return;
-  std::vector<float> hr(R * d), acc(dh ? R * d : 0), buf(R * std::min(chunk, V));
+  // At most 512K logits (2 MB) per chunk, whatever the caller allows: the chunk of W the first
+  // GEMM reads is then still in cache when the second GEMM reads it again.
+  chunk = std::min(chunk, (1L << 19) / R);
+  chunk = std::max<long>(128, (chunk / 128) * 128);
+  // Buffers kept between calls (no fresh pages to fault in every step); the pool tasks below
+  // reach them through these pointers, not by name (they are thread_local).
+  thread_local std::vector<float> hr_keep, acc_keep, buf_keep;
+  hr_keep.resize(R * d);
+  acc_keep.resize(dh ? R * d : 0);
+  buf_keep.resize(R * std::min(chunk, V));
+  float *hr = hr_keep.data(), *acc = acc_keep.data(), *buf = buf_keep.data();
   std::vector<float> mx(R, -INFINITY), sum(R, 0.f), tl(R, 0.f);
   for (long i = 0; i < R; i++) std::memcpy(&hr[i * d], h + rows[i] * d, d * 4);
   for (long v0 = 0; v0 < V; v0 += chunk) {
     check_cancel();
     long vc = std::min(chunk, V - v0);
     WeightRef Wc = weight_rows(W, v0, vc);
-    gemm(R, vc, d, 1.f, hr.data(), d, 1, Wc, true, 0.f, buf.data(), vc);
+    gemm(R, vc, d, 1.f, hr, d, 1, Wc, true, 0.f, buf, vc);
     parallel_run(int(cdiv(R, 16)), [&](int task) {
       for (long i = task * 16L; i < std::min(R, task * 16L + 16); i++) {
         float* l = &buf[i * vc];
@@ -38,11 +47,13 @@ void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const
         float s = exp_sub_sum(l, vc, m);
         sum[i] = sum[i] * rescale + s;
         mx[i] = m;
-        if (dh)
+        // acc *= rescale, skipped where the running max held (rescale 1) and on the first
+        // chunk, where the GEMM below overwrites acc (beta 0)
+        if (dh && v0 > 0 && rescale != 1.f)
           for (long c = 0; c < d; c++) acc[i * d + c] *= rescale;
       }
     });
-    if (dh) gemm(R, d, vc, 1.f, buf.data(), vc, 1, Wc, false, 1.f, acc.data(), d);  // acc += e^{l−m} W_c
+    if (dh) gemm(R, d, vc, 1.f, buf, vc, 1, Wc, false, v0 == 0 ? 0.f : 1.f, acc, d);  // acc += e^{l−m} W_c
   }
   std::vector<float> wt(d);
   for (long i = 0; i < R; i++) {

@@ -8,6 +8,7 @@ namespace v4 {
 // loss (T): loss_t = lse_t − h_t·W[target_t], lse_t = log Σ_v e^{h_t·W_v}  (0 where weight is 0)
 // dh (T, d, may be null) accumulates weight_t · (Σ_v p_tv W_v − W[target_t]), p = softmax.
 // One pass over the vocabulary: a running max per row rescales the running sum and Σ p W.
+// chunk: vocabulary rows per step, at most; capped so a step holds at most 512K logits.
 void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const int* targets, const float* weights,
                long T, long chunk);
 
