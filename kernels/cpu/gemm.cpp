@@ -377,8 +377,9 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   const Kernel kern = kernel_for(isa(), M, bf16);
   const int MR = kern.MR, NR = kern.NR;
   const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
-  // A packed once for the whole call: block k0 at Ashared + k0*Mp, its strip s at + s*kc*MR.
-  const bool shareA = Mp * K <= kSharedA;
+  // A packed once for the whole call: block k0 at Ashared + k0*Mp, its strip s at + s*kc*MR
+  // (unless N is not split, where each task packs its own rows of A right before using them).
+  bool shareA = Mp * K <= kSharedA;
   // Split C into mchunks × nchunks tasks. B (with its dequantisation) is packed once per M
   // chunk and A, unless shared, once per N chunk, so pick the split that minimises packing plus
   // compute over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8 panels).
@@ -395,6 +396,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
       }
   }
+  if (nchunks == 1) shareA = false;
   long MB = cdiv(cdiv(M, mchunks), MR) * MR;
   mchunks = cdiv(M, MB);
   long NB = cdiv(npanels, nchunks) * NR;
@@ -402,13 +404,15 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   thread_local Scratch sshared;
   float* Ashared = shareA ? sshared.get(Mp * K) : nullptr;
   if (shareA) {
-    auto pack_block = [&](int kb) {
-      long k0 = kb * KC;
-      pack_A(a, sam, sak, M, 0, Mp, k0, std::min(KC, K - k0), MR, Ashared + k0 * Mp);
+    // one packing task per (K block, group of strips): enough tasks for the threads even when K is short
+    const long kblocks = cdiv(K, KC), groups = std::min(strips, cdiv(4L * threads, kblocks)), per = cdiv(strips, groups);
+    auto pack_block = [&](int task) {
+      long k0 = (task / groups) * KC, s0 = (task % groups) * per, s1 = std::min(strips, s0 + per), kc = std::min(KC, K - k0);
+      if (s0 < s1) pack_A(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, MR, Ashared + k0 * Mp + s0 * kc * MR);
     };
-    if (parallel) parallel_run(int(cdiv(K, KC)), pack_block);
+    if (parallel) parallel_run(int(kblocks * groups), pack_block);
     else
-      for (int kb = 0; kb < int(cdiv(K, KC)); kb++) pack_block(kb);
+      for (int t = 0; t < int(kblocks * groups); t++) pack_block(t);
   }
   auto task_body = [&](int task) {
     check_cancel();
