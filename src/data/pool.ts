@@ -12,6 +12,8 @@ import type { Document, EncodedDocument } from './documents.js';
 export interface BatchRequest { id: number; docs: Document[] }
 export interface BatchReply { id: number; ids: Int32Array; mask: Uint8Array; lengths: Int32Array }
 interface BatchError { id: number; error: string }
+/** What a worker sends once its tokenizer is loaded. */
+export interface WorkerReady { ready: true }
 
 /** Encode a batch and concatenate the results (what a worker sends back). */
 export function encodeBatch(req: BatchRequest, encode: (d: Document) => EncodedDocument): BatchReply {
@@ -67,13 +69,21 @@ export interface TokenizeOptions {
   /** Called with the number of documents done so far. */
   onProgress?: (done: number) => void;
   batchChars?: number;
+  /** This thread encodes batches too (default true); false leaves every batch to the workers. */
+  inThread?: boolean;
 }
 
-/** Tokenize documents, in order; returns the encodings and the worker count actually used. */
+/**
+ * Tokenize documents, in order; returns the encodings and the number of threads that encoded
+ * (1 when the workers were not ready before this thread was done).
+ */
 export async function tokenizeDocuments(docs: Document[], opts: TokenizeOptions): Promise<{ encoded: EncodedDocument[]; workers: number }> {
   const parts = batches(docs, opts.batchChars ?? 256 * 1024);
-  const n = Math.min(opts.workers, parts.length);
-  if (n <= 1 || !workerPoolAvailable()) {
+  // This thread is one of the `workers`: it encodes from the same queue from the first moment,
+  // and each worker thread takes batches only once its tokenizer is loaded. So the pool is never
+  // slower than this thread alone, and a small corpus is done before a worker is even ready.
+  const extra = workerPoolAvailable() ? Math.min(opts.workers, parts.length) - (opts.inThread === false ? 0 : 1) : 0;
+  if (extra <= 0) {
     const encoded: EncodedDocument[] = [];
     for (const d of docs) {
       encoded.push(opts.encode(d));
@@ -83,35 +93,54 @@ export async function tokenizeDocuments(docs: Document[], opts: TokenizeOptions)
     return { encoded, workers: 1 };
   }
   const results: EncodedDocument[][] = new Array(parts.length);
-  const pool = Array.from({ length: n }, () => new Worker(WORKER_FILE, { workerData: { tokenizerPath: opts.tokenizerPath } }));
+  const pool = Array.from({ length: extra }, () => new Worker(WORKER_FILE, { workerData: { tokenizerPath: opts.tokenizerPath } }));
   let next = 0;
+  let finished = 0;
   let done = 0;
-  try {
-    await new Promise<void>((resolve, reject) => {
-      let finished = 0;
-      const feed = (w: Worker): void => {
-        if (next >= parts.length) return;
-        const id = next++;
-        w.postMessage({ id, docs: parts[id] } satisfies BatchRequest);
-      };
-      for (const w of pool) {
-        w.on('message', (m: BatchReply | BatchError) => {
-          if ('error' in m) { reject(new V4tuneError(`tokenizer worker failed: ${m.error}`)); return; }
-          results[m.id] = splitReply(m);
-          done += m.lengths.length;
-          opts.onProgress?.(done);
-          if (++finished === parts.length) resolve();
-          else feed(w);
-        });
-        w.on('error', (e) => reject(new V4tuneError(`tokenizer worker failed: ${e.message}`)));
-        w.on('exit', (code) => { if (code !== 0 && finished < parts.length) reject(new V4tuneError(`tokenizer worker exited with code ${code}`)); });
-        // Two batches in flight per worker keep it busy while the last reply travels back.
+  let helped = 0;
+  let failure: V4tuneError | null = null;
+  let wake: (() => void) | null = null;
+  const settle = (): void => { wake?.(); wake = null; };
+  const fail = (e: V4tuneError): void => { failure ??= e; settle(); };
+  const complete = (id: number, encoded: EncodedDocument[]): void => {
+    results[id] = encoded;
+    done += encoded.length;
+    finished++;
+    opts.onProgress?.(done);
+    settle();
+  };
+  const feed = (w: Worker): void => {
+    if (next >= parts.length) return;
+    const id = next++;
+    w.postMessage({ id, docs: parts[id] } satisfies BatchRequest);
+  };
+  for (const w of pool) {
+    w.on('message', (m: BatchReply | BatchError | WorkerReady) => {
+      if ('ready' in m) {
+        // two batches in flight keep the worker busy while a reply travels back
         feed(w);
         feed(w);
+        return;
       }
+      if ('error' in m) { fail(new V4tuneError(`tokenizer worker failed: ${m.error}`)); return; }
+      helped++;
+      complete(m.id, splitReply(m));
+      feed(w);
     });
+    w.on('error', (e) => fail(new V4tuneError(`tokenizer worker failed: ${e.message}`)));
+    w.on('exit', (code) => { if (code !== 0 && finished < parts.length) fail(new V4tuneError(`tokenizer worker exited with code ${code}`)); });
+  }
+  try {
+    while (opts.inThread !== false && failure === null && next < parts.length) {
+      const id = next++;
+      complete(id, parts[id]!.map(opts.encode));
+      // let the workers' replies and ready messages in between batches
+      await new Promise<void>((r) => setImmediate(r));
+    }
+    while (failure === null && finished < parts.length) await new Promise<void>((r) => { wake = r; });
+    if (failure !== null) throw failure;
   } finally {
     await Promise.all(pool.map((w) => w.terminate()));
   }
-  return { encoded: results.flat(), workers: n };
+  return { encoded: results.flat(), workers: opts.inThread === false ? extra : helped > 0 ? extra + 1 : 1 };
 }

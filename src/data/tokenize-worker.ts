@@ -3,7 +3,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadTokenizer } from './tokenizer.js';
 import { chatTokenIds, encodeDocument, type ChatTokenIds } from './documents.js';
-import { encodeBatch, type BatchRequest, type BatchReply } from './pool.js';
+import { encodeBatch, type BatchRequest, type BatchReply, type WorkerReady } from './pool.js';
 
 interface WorkerInit { tokenizerPath: string }
 
@@ -15,6 +15,10 @@ const ready = loadTokenizer(tokenizerPath).then((tok) => {
   const ids = chatTokenIds(tok);
   const special: ChatTokenIds | null = 'missing' in ids ? null : ids;
   return (req: BatchRequest): BatchReply => encodeBatch(req, (d) => encodeDocument(tok, special, d));
+});
+
+ready.then(() => port.postMessage({ ready: true } satisfies WorkerReady)).catch((e: unknown) => {
+  port.postMessage({ id: -1, error: e instanceof Error ? e.message : String(e) });
 });
 
 port.on('message', (req: BatchRequest) => {
