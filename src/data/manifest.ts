@@ -50,6 +50,8 @@ export interface DatasetManifest {
     vocab_size: number;
     bos_id: number;
     eos_id: number;
+    /** Which encoder produced the ids: v4tune's byte-level BPE, or the library (same ids). */
+    encoder?: string;
   };
   seq_len: number;
   packing: boolean;

@@ -227,7 +227,7 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
     v4tune_version: VERSION,
     cache_key: key,
     created_at: new Date().toISOString(),
-    tokenizer: { kind: tok.identity.kind, file: tokCopy, source: opts.tokenizer, sha256: tokHash, vocab_size: tok.vocabSize, bos_id: tok.bosId, eos_id: tok.eosId },
+    tokenizer: { kind: tok.identity.kind, file: tokCopy, source: opts.tokenizer, sha256: tokHash, vocab_size: tok.vocabSize, bos_id: tok.bosId, eos_id: tok.eosId, ...(tok.encoder ? { encoder: tok.encoder } : {}) },
     seq_len: opts.seq_len,
     packing: opts.packing,
     eval_fraction: opts.eval_fraction,

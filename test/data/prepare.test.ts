@@ -53,6 +53,7 @@ describe('prepare', () => {
     const files = readdirSync(out).sort();
     expect(files).toEqual(['manifest.json', 'tokenizer.json', 'tokenizer_config.json', ...m.splits.train.shards].sort());
     expect(sha256Hex(readFileSync(join(out, 'tokenizer.json')))).toBe(m.tokenizer.sha256);
+    expect(m.tokenizer.encoder).toBe('v4tune-bpe');
 
     const allIds: number[] = [];
     let rows = 0;
