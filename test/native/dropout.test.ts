@@ -5,18 +5,13 @@
 // and every LoRA gradient with dropout agree native vs tfjs within the tolerances of
 // test/native/model.test.ts (loss 1e-5, gradients 1e-3).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { dropoutMask, dropoutScale, loraDropout } from '../../src/backend/dropout.js';
 import { createNativeBackend } from '../../src/backend/native/index.js';
 import type { Backend, ExpertLora, ExpertWeights, LoraFactors } from '../../src/backend/ops.js';
 import { createTfjsBackend } from '../../src/backend/tfjs/index.js';
 import { createAdapter } from '../../src/lora/adapter.js';
-import { initModel } from '../../src/model/init.js';
-import { loadModel } from '../../src/model/load.js';
-import type { V4Model } from '../../src/model/v4/model.js';
 import { A, addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+import { tinyPresetPair } from './model-pair.js';
 
 const FWD = 2e-5;
 const BWD = 1e-4;
@@ -138,33 +133,20 @@ describe.skipIf(skipNative)('LoRA dropout on the native backend', { timeout: 120
   });
 
   describe('tiny preset (FP8 attention, FP4 experts) with lora dropout 0.1: native vs tfjs', () => {
-    let dir: string;
-    let nat: V4Model;
-    let tfm: V4Model;
-    beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), 'v4tune-native-dropout-'));
-      await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
-      nat = await loadModel(join(dir, 'm'), { backend: 'native' });
-      tfm = await loadModel(join(dir, 'm'), { backend: 'tfjs' });
-    }, 60_000);
-    afterAll(() => {
-      nat?.dispose();
-      tfm?.dispose();
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    });
+    const pair = tinyPresetPair('v4tune-native-dropout-');
 
     // both float32 with different summation orders through ~all layers: loss 1e-5, grads 1e-3
     it('whole-model loss and every LoRA gradient agree (packed row of two segments, the same masks)', async () => {
-      const adapter = createAdapter(nat, { r: 4, alpha: 8, seed: 3, dropout: 0.1 });
+      const adapter = createAdapter(pair.nat(), { r: 4, alpha: 8, seed: 3, dropout: 0.1 });
       const r = rng(9);
       for (const l of adapter.layers.values()) l.B.set(randn(l.B.length, r, 0.05));
       const T = 40;
-      const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % nat.config.vocab_size);
+      const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % pair.nat().config.vocab_size);
       const mask = Uint8Array.from({ length: T }, (_, i) => (i % 5 === 0 ? 0 : 1));
       const opts = { segments: [25, 15], adapter, dropoutSeed: 42 };
-      const a = await nat.lossAndGrads(ids, mask, opts);
-      const b = await tfm.lossAndGrads(ids, mask, opts);
-      const plain = await nat.lossAndGrads(ids, mask, { ...opts, adapter: { factors: (m: string) => adapter.factors(m), modules: () => adapter.modules() } });
+      const a = await pair.nat().lossAndGrads(ids, mask, opts);
+      const b = await pair.tfm().lossAndGrads(ids, mask, opts);
+      const plain = await pair.nat().lossAndGrads(ids, mask, { ...opts, adapter: { factors: (m: string) => adapter.factors(m), modules: () => adapter.modules() } });
       expect(a.loss).not.toBe(plain.loss);
       expect(Math.abs(a.loss - b.loss) / Math.abs(b.loss)).toBeLessThan(1e-5);
       expect([...a.grads.keys()].sort()).toEqual([...b.grads.keys()].sort());

@@ -1,6 +1,7 @@
 // Shared pieces of the native kernel tests: the addon (skipped only when it is not built and
 // CI is not 'true'), seeded random inputs, float64 finite differences, and error measures.
 import { tryLoadAddon, nativeUnavailableReason, type NativeAddon } from '../../src/backend/native/addon.js';
+import { mulberry32 } from '../../src/random.js';
 
 export const addon: NativeAddon | null = tryLoadAddon();
 /** Skip the native suites only off CI with no addon; under CI=true a missing addon fails. */
@@ -13,16 +14,7 @@ export function A(): NativeAddon {
 }
 
 /** mulberry32 uniform in [0, 1) */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng = mulberry32;
 export function randn(n: number, r: () => number, scale = 1): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) {

@@ -2,16 +2,14 @@
 // float64 reference (tolerances from the fixture's README: loss 1e-5, logits 1e-4, gradients
 // 1e-3), and the tiny preset's whole-model LoRA gradients native vs tfjs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel } from '../../src/model/load.js';
-import { initModel } from '../../src/model/init.js';
 import { createAdapter } from '../../src/lora/adapter.js';
 import { loadAdapter } from '../../src/lora/peft.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
 import { cases, FIXTURE, readF32, readI32, readU8, loraGradMismatches, relMaxErr } from '../model/fixture.js';
 import { addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+import { tinyPresetPair } from './model-pair.js';
 
 describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_000 }, () => {
   it('the addon is built (required under CI)', () => {
@@ -45,32 +43,19 @@ describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_
   });
 
   describe('tiny preset (FP8 attention, FP4 experts): native vs tfjs', () => {
-    let dir: string;
-    let nat: V4Model;
-    let tfm: V4Model;
-    beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), 'v4tune-native-'));
-      await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
-      nat = await loadModel(join(dir, 'm'), { backend: 'native' });
-      tfm = await loadModel(join(dir, 'm'), { backend: 'tfjs' });
-    }, 60_000);
-    afterAll(() => {
-      nat?.dispose();
-      tfm?.dispose();
-      if (dir) rmSync(dir, { recursive: true, force: true });
-    });
+    const pair = tinyPresetPair('v4tune-native-');
 
     // both float32 with different summation orders through ~all layers: loss 1e-5, grads 1e-3
     it('whole-model loss and every LoRA gradient agree (packed row of two segments)', async () => {
-      const adapter = createAdapter(nat, { r: 4, alpha: 8, seed: 3 });
+      const adapter = createAdapter(pair.nat(), { r: 4, alpha: 8, seed: 3 });
       const r = rng(9);
       for (const l of adapter.layers.values()) l.B.set(randn(l.B.length, r, 0.05));
       const T = 40;
-      const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % nat.config.vocab_size);
+      const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % pair.nat().config.vocab_size);
       const mask = Uint8Array.from({ length: T }, (_, i) => (i % 5 === 0 ? 0 : 1));
       const opts = { segments: [25, 15], adapter };
-      const a = await nat.lossAndGrads(ids, mask, opts);
-      const b = await tfm.lossAndGrads(ids, mask, opts);
+      const a = await pair.nat().lossAndGrads(ids, mask, opts);
+      const b = await pair.tfm().lossAndGrads(ids, mask, opts);
       expect(Math.abs(a.loss - b.loss) / Math.abs(b.loss)).toBeLessThan(1e-5);
       expect([...a.grads.keys()].sort()).toEqual([...b.grads.keys()].sort());
       const bad: string[] = [];
