@@ -70,9 +70,13 @@ export const loraSchema = z.object({
   seed: int().min(0).default(0)
     .describe('Seed of the adapter initialisation (Kaiming-uniform A, zero B).'),
   experts: z.enum(['all', 'profiled']).default('all')
-    .describe('`all`: one adapter pair per routed expert; `profiled`: only the experts `profile-experts` measured as most used on the domain corpus.'),
+    .describe('`all`: one adapter pair per routed expert; `profiled`: only the experts with the most gate mass in `<output>/expert-profile.json`, which `profile-experts` writes (`run` writes it when missing or stale).'),
   experts_per_layer: int().min(1).optional()
-    .describe('With `experts: profiled`, how many experts per layer get adapters.'),
+    .describe('With `experts: profiled`, how many experts per layer get adapters: the ones with the most gate mass (ties: lower id). Unset: `profile_threshold` decides.'),
+  profile_threshold: z.number().gt(0).max(1).default(0.5)
+    .describe('With `experts: profiled` and no `experts_per_layer`: per layer, the fewest experts (most gate mass first) whose share of the layer\'s gate mass reaches this fraction (ESFT\'s gate criterion).'),
+  profile_rows: int().min(1).default(64)
+    .describe('Rows of the train split that `profile-experts` routes to measure per-expert load and gate mass (tokens with loss_mask 1 only).'),
 }).strict().describe('The LoRA adapter.');
 
 export const trainSchema = z.object({

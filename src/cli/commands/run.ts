@@ -1,5 +1,6 @@
 // `v4tune run <recipe>`: every stage of the recipe, in order: model (a preset is created on the
-// fly, and reused while its settings are unchanged), prepare, train (which evaluates before and
+// fly, and reused while its settings are unchanged), prepare, profile-experts (lora.experts:
+// profiled; reused while the dataset and model are unchanged), train (which evaluates before and
 // after; a finished run with unchanged settings is reused, an unfinished one resumed), merge
 // (export.merge) and quantize (export.quantize), each reused while its inputs are unchanged.
 import type { Command } from 'commander';
@@ -7,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../fsutil.js';
+import { PROFILE_FILE } from '../../lora/profile.js';
 import { initModel } from '../../model/init.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { action } from '../action.js';
@@ -15,6 +17,7 @@ import type { QuantizeSummary } from '../../export/quantize.js';
 import { mergeRecipe, recipeMergePaths } from './merge.js';
 import { runQuantize } from './quantize.js';
 import { prepareRecipe, prepareResult, recipeModelDir } from './prepare.js';
+import { currentProfile, profileRecipe, recipeProfileIdentity } from './profile-experts.js';
 import { trainRecipe } from './train.js';
 
 /** sha256 over a folder's top-level files (names, sizes and, for small files, contents) */
@@ -68,6 +71,22 @@ async function modelStage(recipe: LoadedRecipe, ctx: CliContext): Promise<{ dir:
   return { dir, created: true };
 }
 
+/**
+ * The profile stage (lora.experts: profiled): profile-experts unless `<output>/expert-profile.json`
+ * describes the current dataset and model on lora.profile_rows rows.
+ */
+async function profileStage(recipe: LoadedRecipe, ctx: CliContext): Promise<Record<string, unknown>> {
+  const { id } = recipeProfileIdentity(recipe);
+  const cur = currentProfile(recipe, id, recipe.lora.profile_rows);
+  const file = join(recipe.output, PROFILE_FILE);
+  if ('profile' in cur) {
+    ctx.log(`profile: reusing ${file} (dataset and model unchanged)`);
+    return { reused: true, profile: file, rows: cur.profile.rows };
+  }
+  if (cur.why !== 'missing') ctx.log(`profile: ${file} is stale (${cur.why}): measuring again`);
+  return { reused: false, ...(await profileRecipe(recipe, ctx)) };
+}
+
 export function register(program: Command): void {
   program.command('run')
     .description('run every stage of a recipe: model, prepare, train with eval before and after, merge (export.merge), quantize (export.quantize); each reused while its inputs are unchanged')
@@ -77,13 +96,14 @@ export function register(program: Command): void {
       ctx.log(`run ${recipe.name}: ${recipe.file} → ${recipe.output}`);
       const ex = recipe.export;
       const exportPlan = [ex.merge ? `merge (${ex.merge_dtype})` : '', ex.quantize.length ? `quantize (${ex.quantize.join(', ')})` : ''].filter(Boolean);
-      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')}`);
+      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare${recipe.lora.experts === 'profiled' ? ' → profile-experts' : ''} → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')}`);
       const model = await modelStage(recipe, ctx);
       const prepared = await prepareRecipe(recipe, ctx);
       const data = prepareResult(prepared);
       ctx.log(`prepare: ${prepared.reused ? 'reused' : 'wrote'} ${prepared.output}: ${prepared.manifest.rows} rows, ${prepared.manifest.tokens} tokens (train ${prepared.manifest.splits.train.rows} rows, eval ${prepared.manifest.splits.eval.rows} rows)`);
+      const profile = recipe.lora.experts === 'profiled' ? await profileStage(recipe, ctx) : undefined;
       const train = await trainRecipe(recipe, ctx, { auto: true });
-      const summary: Record<string, unknown> = { ok: true, recipe: recipe.file, output: recipe.output, model, data, train };
+      const summary: Record<string, unknown> = { ok: true, recipe: recipe.file, output: recipe.output, model, data, ...(profile ? { profile } : {}), train };
       // what the quantize stage reads: the merged model when there is one, else the base
       let exportSource = folderKey(model.dir);
       if (ex.merge) {

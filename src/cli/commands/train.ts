@@ -2,6 +2,7 @@
 // checkpoints, a metrics log and eval on the eval split (src/train/run.ts writes them);
 // `--resume` continues from the last checkpoint to the same result as a run never stopped.
 import type { Command } from 'commander';
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tryLoadAddon } from '../../backend/native/addon.js';
@@ -10,6 +11,7 @@ import { openDataset, type DatasetRow } from '../../data/dataset.js';
 import { InputError, V4tuneError } from '../../errors.js';
 import { writeFileAtomic } from '../../fsutil.js';
 import { createAdapter } from '../../lora/adapter.js';
+import { describeSelection, PROFILE_FILE } from '../../lora/profile.js';
 import { configFingerprint, parseConfig } from '../../model/config.js';
 import { loadModel } from '../../model/load.js';
 import type { V4Model } from '../../model/v4/model.js';
@@ -20,6 +22,7 @@ import type { TrainSettings } from '../../train/trainer.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 import { recipeModelDir } from './prepare.js';
+import { profiledSubset } from './profile-experts.js';
 
 /** Exit code of a run stopped by Ctrl-C (128 + SIGINT), after its checkpoint is written. */
 export const EXIT_INTERRUPTED = 130;
@@ -60,22 +63,20 @@ export function trainSettings(recipe: LoadedRecipe): TrainSettings {
  * ignored.
  */
 export function assertTrainable(recipe: LoadedRecipe): void {
-  const where = recipe.file;
   const l = recipe.lora;
-  if (l.experts === 'profiled') {
-    throw new InputError(`${where}: lora.experts: profiled needs \`v4tune profile-experts\`, which is not built yet (use lora.experts: all)`);
-  }
-  if (l.experts_per_layer !== undefined) {
-    throw new InputError(`${where}: lora.experts_per_layer only applies with lora.experts: profiled, which is not built yet (remove it)`);
+  if (l.experts_per_layer !== undefined && l.experts !== 'profiled') {
+    throw new InputError(`${recipe.file}: lora.experts_per_layer only applies with lora.experts: profiled (set it, or remove experts_per_layer)`);
   }
 }
 
 /** What a resume must find unchanged: every setting that decides the trained numbers. */
-function runIdentity(recipe: LoadedRecipe, datasetKey: string, fingerprint: string): RunIdentity {
+function runIdentity(recipe: LoadedRecipe, datasetKey: string, fingerprint: string, subset: Record<string, number[]> | null): RunIdentity {
   const t = recipe.train;
   const id: RunIdentity = {};
   for (const k of ['steps', 'batch_rows', 'grad_accum', 'lr', 'schedule', 'warmup_steps', 'weight_decay', 'max_grad_norm', 'seed', 'precision'] as const) id[`train.${k}`] = t[k];
-  for (const [k, v] of Object.entries(recipe.lora)) id[`lora.${k}`] = v;
+  // the profile settings count only where they decide the experts (runs from before they existed resume)
+  for (const [k, v] of Object.entries(recipe.lora)) if (subset || !k.startsWith('profile_')) id[`lora.${k}`] = v;
+  if (subset) id[`the profiled experts (${PROFILE_FILE})`] = createHash('sha256').update(JSON.stringify(subset)).digest('hex').slice(0, 16);
   if (recipe.model.preset !== undefined) {
     id['model.preset'] = recipe.model.preset;
     id['model.seed'] = recipe.model.seed;
@@ -143,7 +144,9 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
   } catch (e) {
     throw new InputError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
   }
-  const identity = runIdentity(recipe, ds.manifest.cache_key, configFingerprint(parseConfig(cfgJson, cfgPath)));
+  const fingerprint = configFingerprint(parseConfig(cfgJson, cfgPath));
+  const profiled = recipe.lora.experts === 'profiled' ? profiledSubset(recipe, { datasetCacheKey: ds.manifest.cache_key, modelFingerprint: fingerprint }) : null;
+  const identity = runIdentity(recipe, ds.manifest.cache_key, fingerprint, profiled?.subset ?? null);
 
   const out = recipe.output;
   const ckRoot = checkpointsDir(out);
@@ -204,7 +207,7 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
       start = {
         adapter: createAdapter({ config: model.config, dir: modelDir }, {
           r: l.r, alpha: l.alpha, targets: l.targets, rankPattern: l.rank_pattern, alphaPattern: l.alpha_pattern,
-          rsLoRA: l.rslora, dropout: l.dropout, seed: l.seed,
+          rsLoRA: l.rslora, dropout: l.dropout, seed: l.seed, expertSubset: profiled?.subset,
         }),
       };
     }
@@ -215,6 +218,10 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
     const rowsPerStep = t.batch_rows * t.grad_accum;
     ctx.log(`train ${recipe.name}: model ${modelDir}${recipe.model.preset ? ` (${recipe.model.preset} preset)` : ''} on ${model.backend.name}`);
     ctx.log(`  adapter: ${adapter.modules().length} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(params)} trainable parameters`);
+    if (profiled) {
+      const adapted = Object.entries(profiled.selection).filter(([b]) => adapter.modules().some((m) => m.startsWith(`${b}.ffn.experts.`)));
+      ctx.log(`  experts: profiled — ${describeSelection(Object.fromEntries(adapted), model.config.n_routed_experts)} (${join(out, PROFILE_FILE)})`);
+    }
     ctx.log(`  data: ${fmtInt(trainRows.length)} train rows, ${fmtInt(evalRows.length)} eval rows${evalRows.length < ds.rowCount('eval') ? ` (of ${fmtInt(ds.rowCount('eval'))})` : ''}, seq_len ${ds.manifest.seq_len}`);
     ctx.log(`  steps: ${t.steps} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(t.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
     ctx.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; ${t.eval_every ? `eval every ${t.eval_every} steps` : 'eval at the end'}, ${t.checkpoint_every ? `checkpoint every ${t.checkpoint_every} steps` : 'checkpoint at the end'}`);

@@ -73,26 +73,39 @@ export class ChoiceLog {
   }
 }
 
+/**
+ * Sees each MoE layer's routing in an inference forward: `block` (`layers.3`, `mtp.0`), the chosen
+ * experts idx [N, k] and their weights [N, k] (w = s[idx] / Σ s[idx] · routed_scaling_factor;
+ * hash layers: the tid2eid experts with their weights), for the N rows the block ran on.
+ */
+export type RoutingSink = (block: string, idx: I32, weights: F32, N: number, k: number) => void;
+
 export class Graph {
   /**
    * `loraGrads`: module name → accumulated gradients of its LoRA factors (shared by the graphs of
    * one step); `choices`: where discrete choices are recorded or replayed from (null: neither);
-   * `dropout`: the LoRA dropout of a training forward (null: none, as in every inference forward).
+   * `dropout`: the LoRA dropout of a training forward (null: none, as in every inference forward);
+   * `routing`: told every MoE layer's routing (null: nobody listens).
    */
   constructor(
     readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null,
     readonly loraGrads: Map<string, LoraGrads> = new Map(), readonly choices: ChoiceLog | null = null,
-    readonly dropout: DropoutPlan | null = null,
+    readonly dropout: DropoutPlan | null = null, readonly routing: RoutingSink | null = null,
   ) {}
 
-  /** The same backend, adapter and dropout with nothing recorded (the indexer's discrete path). */
+  /** The same backend, adapter, dropout and routing sink with nothing recorded (the indexer's discrete path). */
   untaped(): Graph {
-    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout);
+    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout, this.routing);
   }
 
-  /** The same backend, adapter, dropout and gradient sums on another tape and choice log. */
+  /** The same backend, adapter, dropout, routing sink and gradient sums on another tape and choice log. */
   with(tape: Tape | null, choices: ChoiceLog | null): Graph {
-    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout);
+    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout, this.routing);
+  }
+
+  /** The same graph with another routing sink (the MTP block maps its rows back to token positions). */
+  withRouting(routing: RoutingSink | null): Graph {
+    return new Graph(this.be, this.tape, this.adapter, this.loraGrads, this.choices, this.dropout, routing);
   }
 
   /** An indexer selection: made by `make`, or the recorded one when replaying. */

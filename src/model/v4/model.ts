@@ -9,7 +9,7 @@ import { peftKey } from '../../lora/peft.js';
 import { meanLoss } from '../../train/loss.js';
 import type { V4Config } from '../config.js';
 import { block, checkpointedBlock } from './block.js';
-import { Graph, type AdapterView, type DropoutPlan } from './graph.js';
+import { Graph, type AdapterView, type DropoutPlan, type RoutingSink } from './graph.js';
 import { hcHead } from './mhc.js';
 import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
@@ -25,10 +25,24 @@ export interface ModelAdapter extends AdapterView {
   assertFits?(config: V4Config, where: string): void;
 }
 
+/**
+ * Sees one MoE layer's routing: `block` (`layers.3`, `mtp.0`), the chosen experts idx [N, k] and
+ * their weights [N, k] (s[idx] / Σ s[idx] · routed_scaling_factor; hash layers: the tid2eid
+ * experts with their weights) for the N rows the block ran on. `positions`: the input position of
+ * each row; null when row t is position t (every `layers.N` block). The MTP block's row for the
+ * pair (t, t+1) is position t+1, the token whose embedding it takes.
+ */
+export type RoutingObserver = (block: string, idx: Int32Array, weights: Float32Array, N: number, k: number, positions: Int32Array | null) => void;
+
 export interface ForwardOptions {
   /** segment lengths of a packed row (Σ = ids.length); default one segment */
   segments?: ArrayLike<number> | null;
   adapter?: ModelAdapter | null;
+  /**
+   * Told every MoE layer's routing in the inference forwards (`logits`, `lastLogits`, `loss`,
+   * `mtpLogits`, `route`); `lossAndGrads` does not report. Absent: nothing is collected.
+   */
+  onRouting?: RoutingObserver | null;
 }
 
 export interface LossResult {
@@ -86,7 +100,7 @@ export class V4Model {
   /** Logits [T, vocab] row-major. */
   async logits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     return this.backend.logits(hn, this.weights.head, seq.T, c.hidden_size, c.vocab_size);
@@ -95,7 +109,7 @@ export class V4Model {
   /** Logits of the last token only [vocab] (generation). */
   async lastLogits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const d = c.hidden_size;
@@ -105,7 +119,7 @@ export class V4Model {
   /** The next-token loss (design.md convention) without gradients; vocab in chunks. */
   async loss(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions = {}): Promise<LossResult> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const { lossSum, count } = await this.backend.lmHeadLossForward(hn, this.weights.head, nextTokenTargets(seq, lossMask), seq.T, c.hidden_size, c.vocab_size);
@@ -149,12 +163,30 @@ export class V4Model {
    * predicts token t+2; pairs never cross a segment. [rows.length, vocab].
    */
   async mtpLogits(ids: Int32Array, opts: ForwardOptions = {}): Promise<{ logits: Float32Array; rows: Int32Array }> {
-    const W = this.weights.mtp[0];
-    if (!W) throw new InputError('mtpLogits: this checkpoint has no MTP block (mtp.0.*)');
+    if (!this.weights.mtp[0]) throw new InputError('mtpLogits: this checkpoint has no MTP block (mtp.0.*)');
     const c = this.config;
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting);
+    const { hn, rows } = await this.mtpForward(g, ids, seq, await this.trunk(g, seq), opts.onRouting);
+    if (rows.length === 0) return { logits: new Float32Array(0), rows };
+    return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
+  }
+
+  /**
+   * The routing of every MoE layer, for `onRouting`: the blocks, and the MTP block when the
+   * checkpoint has one, without the LM heads (profile-experts).
+   */
+  async route(ids: Int32Array, opts: ForwardOptions = {}): Promise<void> {
+    const seq = makeSeq(ids, opts.segments);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting);
     const X = await this.trunk(g, seq);
+    if (this.weights.mtp[0]) await this.mtpForward(g, ids, seq, X, opts.onRouting);
+  }
+
+  /** The MTP block on the trunk's streams X [T, hc, d]: its normed hidden state per pair row. */
+  private async mtpForward(g: Graph, ids: Int32Array, seq: Seq, X: F32, onRouting: RoutingObserver | null | undefined): Promise<{ hn: F32; rows: Int32Array }> {
+    const W = this.weights.mtp[0]!;
+    const c = this.config;
     const rowsL: number[] = [];
     const segs: number[] = [];
     seq.segs.forEach((len, s) => {
@@ -163,18 +195,21 @@ export class V4Model {
       for (let p = 0; p < len - 1; p++) rowsL.push(seq.segStart[s] + p);
     });
     const rows = Int32Array.from(rowsL);
-    if (rows.length === 0) return { logits: new Float32Array(0), rows };
+    if (rows.length === 0) return { hn: new Float32Array(0), rows };
     const hcd = c.hc_mult * c.hidden_size;
     const Xr = new Float32Array(rows.length * hcd);
     rows.forEach((t, i) => Xr.set(X.subarray(t * hcd, (t + 1) * hcd), i * hcd));
     const seqNext = makeSeq(Int32Array.from(rows, (t) => ids[t + 1]), segs);
-    const hn = await mtpHidden(g, W, this.weights, Xr, seqNext, c, this.table(W.block.ratio, seqNext.maxLen));
-    return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
+    const at = Int32Array.from(rows, (t) => t + 1);
+    const gm = onRouting ? g.withRouting((b, idx, w, N, k) => onRouting(b, idx, w, N, k, at)) : g;
+    const hn = await mtpHidden(gm, W, this.weights, Xr, seqNext, c, this.table(W.block.ratio, seqNext.maxLen));
+    return { hn, rows };
   }
 
-  private graph(tape: Tape | null, adapter: ModelAdapter | null | undefined, dropout: DropoutPlan | null = null): Graph {
+  private graph(tape: Tape | null, adapter: ModelAdapter | null | undefined, dropout: DropoutPlan | null = null, onRouting: RoutingObserver | null = null): Graph {
     adapter?.assertFits?.(this.config, 'adapter');
-    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout);
+    const routing: RoutingSink | null = onRouting ? (b, idx, w, N, k) => onRouting(b, idx, w, N, k, null) : null;
+    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout, routing);
   }
 
   /** The LoRA dropout of a training forward: the adapter's dropout with `dropoutSeed`; null when p = 0. */

@@ -21,6 +21,7 @@ export async function moe(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: 
     for (let t = 0; t < T; t++) hashIdx.set(tid.subarray(seq.ids[t] * k, (seq.ids[t] + 1) * k), t * k);
   }
   const { weights, idx } = await g.router(x, F.gate, F.bias, hashIdx, T, d, E, k, c.routed_scaling_factor);
+  g.routing?.(prefix, idx, weights, T, k);
   const routed = await g.moe(x, idx, weights, F.experts, `${prefix}.ffn.experts`, T, d, I, k, c.swiglu_limit);
   const shared = await g.swiglu(x, F.shared, `${prefix}.ffn.shared_experts`, T, d, I, c.swiglu_limit);
   return g.add(routed, shared);
