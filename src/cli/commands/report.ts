@@ -1,0 +1,49 @@
+// `v4tune report <recipe>`: the run report, `<output>/report.md` (written atomically): recipe,
+// model, data, training (loss curve, eval before and after), adapter, export (merge, each
+// quantized output with its error stats) and the eval perplexity of every stage the run made:
+// base, base + adapter, merged, and the GPTQ INT4 output read back from its files. Stages the run
+// has not reached are "not run"; `--json` prints the same content.
+import type { Command } from 'commander';
+import { join } from 'node:path';
+import { InputError } from '../../errors.js';
+import { writeFileAtomic } from '../../fsutil.js';
+import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { renderReport } from '../../report/render.js';
+import { buildReport } from '../../report/report.js';
+import type { RunReport } from '../../report/types.js';
+import { action } from '../action.js';
+import type { CliContext } from '../context.js';
+
+export interface ReportRecipeOptions {
+  /** evaluate at most this many eval rows (default: what train evaluated, else the whole eval split) */
+  evalRows?: number;
+}
+
+/** The report stage (used by `report` and `run`): writes `<output>/report.md`; returns its content and path. */
+export async function reportRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: ReportRecipeOptions = {}): Promise<RunReport & { ok: true; report: string }> {
+  const report = await buildReport(recipe, ctx, opts);
+  const path = join(recipe.output, 'report.md');
+  writeFileAtomic(path, renderReport(report));
+  for (const r of report.perplexity.rows) {
+    ctx.log(r.status === 'ok'
+      ? `  ${r.label}: loss ${r.loss.toFixed(4)}, perplexity ${r.perplexity.toFixed(2)} (${r.tokens} tokens${r.from === 'train.json' ? ', from train.json' : ''})`
+      : `  ${r.label}: not run`);
+  }
+  ctx.log(`report: wrote ${path}`);
+  return { ok: true, report: path, ...report };
+}
+
+export function register(program: Command): void {
+  program.command('report')
+    .description('write <output>/report.md: recipe, model, data, training, adapter, export, and eval perplexity before and after merging and INT4')
+    .argument('<recipe>', 'recipe .yaml file')
+    .option('--eval-rows <n>', 'evaluate at most N eval rows (default: what train evaluated, else the whole eval split)')
+    .action(action(async (ctx: CliContext, file: string, opts: { evalRows?: string }) => {
+      let evalRows: number | undefined;
+      if (opts.evalRows !== undefined) {
+        evalRows = Number(opts.evalRows);
+        if (!Number.isInteger(evalRows) || evalRows < 1) throw new InputError(`--eval-rows must be a positive integer (got ${opts.evalRows})`);
+      }
+      return { ...(await reportRecipe(loadRecipe(file), ctx, { evalRows })) };
+    }));
+}

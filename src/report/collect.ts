@@ -1,0 +1,246 @@
+// The report's sections that come from the files a run leaves (no model is run here): the
+// model's headers, the dataset manifest, train.json + train-log.jsonl, the adapter, the merged
+// folder and each quantized output with its error stats.
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { DatasetManifest } from '../data/manifest.js';
+import { InputError } from '../errors.js';
+import { formatOutput, type KindStats, type LinearKind, type QuantFormat } from '../export/quantize.js';
+import { ADAPTER_CONFIG, ADAPTER_WEIGHTS } from '../lora/peft.js';
+import { inspectModel } from '../model/inspect.js';
+import { SafetensorsFile, numel } from '../model/safetensors.js';
+import type { LoadedRecipe } from '../recipe/load.js';
+import { recipeModelDir } from '../cli/commands/prepare.js';
+import type {
+  AdapterSection, DataSection, EvalNumbers, ExportSection, MergeSection, ModelSection, NotRun, QuantOutputSection,
+  RecipeSection, Section, TrainingSection,
+} from './types.js';
+
+const ALL_FORMATS: readonly QuantFormat[] = ['gptq', 'gguf-q4_0', 'gguf-q4_k'];
+const LOSS_CURVE_POINTS = 10;
+
+const notRun = (reason: string): NotRun => ({ status: 'not run', reason });
+
+function readJson<T>(path: string): T {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as T;
+  } catch (e) {
+    throw new InputError(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** safetensors bytes of a checkpoint folder (every .safetensors file in it) */
+function safetensorsBytes(dir: string): number {
+  return readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((a, f) => a + statSync(join(dir, f)).size, 0);
+}
+
+export function recipeSection(recipe: LoadedRecipe): RecipeSection {
+  return {
+    file: recipe.file,
+    name: recipe.name,
+    output: recipe.output,
+    seeds: { model: recipe.model.seed, data: recipe.data.seed, lora: recipe.lora.seed, train: recipe.train.seed },
+  };
+}
+
+export async function modelSection(recipe: LoadedRecipe): Promise<Section<ModelSection>> {
+  const dir = recipeModelDir(recipe);
+  if (!existsSync(join(dir, 'config.json'))) return notRun(`no model in ${dir} (\`v4tune run\` or \`v4tune init-model\` makes it)`);
+  const s = await inspectModel(dir);
+  const m = recipe.model;
+  return {
+    status: 'ok',
+    dir,
+    source: m.preset !== undefined ? `preset ${m.preset} (seed ${m.seed}, ${m.format})` : (m.path ?? dir),
+    layout: s.layout,
+    layers: s.config.num_hidden_layers,
+    hiddenSize: s.config.hidden_size,
+    vocabSize: s.config.vocab_size,
+    routedExperts: s.config.n_routed_experts,
+    expertsPerToken: s.config.num_experts_per_tok,
+    sharedExperts: s.config.n_shared_experts,
+    mtpLayers: s.config.num_nextn_predict_layers,
+    parameters: Object.fromEntries(Object.entries(s.parameters).filter(([, n]) => n > 0)),
+    totalParameters: s.totalParameters,
+    bytes: s.totalBytes,
+  };
+}
+
+export function dataSection(recipe: LoadedRecipe): Section<DataSection> {
+  const dir = recipe.data.output;
+  const path = join(dir, 'manifest.json');
+  if (!existsSync(path)) return notRun(`no prepared dataset in ${dir} (\`v4tune prepare ${recipe.file}\` makes it)`);
+  const m = readJson<DatasetManifest & { rows?: number; tokens?: number; loss_tokens?: number; packing_efficiency?: number }>(path);
+  const split = (k: 'train' | 'eval') => {
+    const s = m.splits[k];
+    return { documents: s.documents, rows: s.rows, tokens: s.tokens, lossTokens: s.loss_tokens, packingEfficiency: s.packing_efficiency };
+  };
+  const train = split('train');
+  const ev = split('eval');
+  const rows = m.rows ?? train.rows + ev.rows;
+  const tokens = m.tokens ?? train.tokens + ev.tokens;
+  return {
+    status: 'ok',
+    dir,
+    seqLen: m.seq_len,
+    documents: m.documents,
+    rows,
+    tokens,
+    lossTokens: m.loss_tokens ?? train.lossTokens + ev.lossTokens,
+    packingEfficiency: m.packing_efficiency ?? (rows > 0 ? tokens / (rows * m.seq_len) : 0),
+    splits: { train, eval: ev },
+    tokenizer: { kind: m.tokenizer.kind, file: m.tokenizer.file, vocabSize: m.tokenizer.vocab_size, encoder: m.tokenizer.encoder ?? null },
+  };
+}
+
+/** train.json of a run (what `train` writes at its end), or null */
+export interface TrainJson {
+  ok: boolean;
+  backend: string;
+  interrupted: boolean;
+  step: number;
+  steps: number;
+  train_rows: number;
+  eval_rows: number;
+  last_loss: number | null;
+  eval_before: EvalNumbers | null;
+  eval_after: EvalNumbers | null;
+  tokens: number;
+  train_seconds: number;
+  tokens_per_s: number;
+}
+
+export function readTrainJson(recipe: LoadedRecipe): TrainJson | null {
+  const path = join(recipe.output, 'train.json');
+  return existsSync(path) ? readJson<TrainJson>(path) : null;
+}
+
+interface LogRecord {
+  step: number;
+  loss?: number;
+  eval_loss?: number;
+  eval_perplexity?: number;
+  eval_tokens?: number;
+}
+
+/** about `n` evenly spaced items of `xs`, the first and the last included */
+export function evenlySpaced<T>(xs: readonly T[], n: number): T[] {
+  if (xs.length <= n) return xs.slice();
+  const picks = new Set<number>();
+  for (let k = 0; k < n; k++) picks.add(Math.round((k * (xs.length - 1)) / (n - 1)));
+  return [...picks].sort((a, b) => a - b).map((i) => xs[i]!);
+}
+
+export function trainingSection(recipe: LoadedRecipe, t: TrainJson | null): Section<TrainingSection> {
+  if (t === null) return notRun(`no train.json in ${recipe.output} (\`v4tune train ${recipe.file}\` makes it)`);
+  const logPath = join(recipe.output, 'train-log.jsonl');
+  const log: LogRecord[] = [];
+  if (existsSync(logPath)) {
+    for (const [i, line] of readFileSync(logPath, 'utf8').split('\n').entries()) {
+      if (line.trim() === '') continue;
+      try {
+        log.push(JSON.parse(line) as LogRecord);
+      } catch {
+        throw new InputError(`${logPath}:${i + 1}: not valid JSON`);
+      }
+    }
+  }
+  // a resumed run may log a step twice: the later record wins
+  const byStep = (xs: LogRecord[]): LogRecord[] => [...new Map(xs.map((r) => [r.step, r])).values()].sort((a, b) => a.step - b.step);
+  const losses = byStep(log.filter((r) => typeof r.loss === 'number'));
+  const evals = byStep(log.filter((r) => typeof r.eval_loss === 'number'));
+  return {
+    status: 'ok',
+    step: t.step,
+    steps: t.steps,
+    interrupted: t.interrupted,
+    backend: t.backend,
+    trainRows: t.train_rows,
+    evalRows: t.eval_rows,
+    tokens: t.tokens,
+    seconds: t.train_seconds,
+    tokensPerSecond: t.tokens_per_s,
+    lastLoss: t.last_loss,
+    lossCurve: evenlySpaced(losses, LOSS_CURVE_POINTS).map((r) => ({ step: r.step, loss: r.loss! })),
+    evals: evals.map((r) => ({ step: r.step, loss: r.eval_loss!, perplexity: r.eval_perplexity ?? Math.exp(r.eval_loss!), tokens: r.eval_tokens ?? 0 })),
+    evalBefore: t.eval_before,
+    evalAfter: t.eval_after,
+  };
+}
+
+export function adapterSection(recipe: LoadedRecipe): Section<AdapterSection> {
+  const dir = join(recipe.output, 'adapter');
+  const cfgPath = join(dir, ADAPTER_CONFIG);
+  const wPath = join(dir, ADAPTER_WEIGHTS);
+  if (!existsSync(cfgPath) || !existsSync(wPath)) return notRun(`no trained adapter in ${dir} (\`v4tune train ${recipe.file}\` makes it)`);
+  const cfg = readJson<{ r: number; lora_alpha?: number; use_rslora?: boolean; lora_dropout?: number; target_modules: string[] | string }>(cfgPath);
+  const f = SafetensorsFile.open(wPath);
+  try {
+    let params = 0;
+    let modules = 0;
+    for (const [name, e] of f.entries) {
+      params += numel(e.shape);
+      if (name.endsWith('.lora_A.weight')) modules++;
+    }
+    return {
+      status: 'ok',
+      dir,
+      modules,
+      trainableParameters: params,
+      r: cfg.r,
+      alpha: cfg.lora_alpha ?? cfg.r,
+      rslora: cfg.use_rslora === true,
+      dropout: cfg.lora_dropout ?? 0,
+      targets: Array.isArray(cfg.target_modules) ? cfg.target_modules : [cfg.target_modules],
+    };
+  } finally {
+    f.close();
+  }
+}
+
+async function mergeSection(recipe: LoadedRecipe): Promise<Section<MergeSection>> {
+  const dir = join(recipe.output, 'merged');
+  if (!existsSync(join(dir, 'config.json'))) {
+    return notRun(recipe.export.merge ? `no merged model in ${dir} (\`v4tune merge ${recipe.file}\` makes it)` : `export.merge is off and ${dir} does not exist`);
+  }
+  const s = await inspectModel(dir);
+  const shards = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).length;
+  return { status: 'ok', dir, dtype: recipe.export.merge_dtype, formats: s.formats, shards, bytes: safetensorsBytes(dir) };
+}
+
+interface QuantStatsJson {
+  method?: string;
+  group_size?: number;
+  source?: string;
+  quantized?: string[];
+  errors?: Partial<Record<LinearKind, KindStats>>;
+}
+
+function quantOutputSection(recipe: LoadedRecipe, format: QuantFormat): QuantOutputSection {
+  const path = formatOutput(join(recipe.output, 'quantized'), format);
+  const statsPath = format === 'gptq' ? join(path, 'v4tune-quantize.json') : `${path}.json`;
+  if (!existsSync(path) || !existsSync(statsPath)) {
+    return { format, path, status: 'not run', reason: `no ${format} output at ${path} (\`v4tune quantize ${recipe.file}\` makes it)` };
+  }
+  const s = readJson<QuantStatsJson>(statsPath);
+  const errors = s.errors ?? {};
+  const bytesOut = format === 'gptq' ? safetensorsBytes(path) : statSync(path).size;
+  const bytesIn = s.source !== undefined && existsSync(s.source) && statSync(s.source).isDirectory() ? safetensorsBytes(s.source) : null;
+  return {
+    format,
+    path,
+    status: 'ok',
+    method: s.method ?? 'rtn',
+    groupSize: format === 'gptq' ? (s.group_size ?? null) : 32,
+    tensorsQuantized: s.quantized?.length ?? Object.values(errors).reduce((a, k) => a + (k?.tensors ?? 0), 0),
+    bytesIn,
+    bytesOut,
+    compression: bytesIn !== null && bytesOut > 0 ? bytesIn / bytesOut : null,
+    errors,
+  };
+}
+
+export async function exportSection(recipe: LoadedRecipe): Promise<ExportSection> {
+  const formats = ALL_FORMATS.filter((f) => recipe.export.quantize.includes(f) || existsSync(formatOutput(join(recipe.output, 'quantized'), f)));
+  return { merge: await mergeSection(recipe), quantized: formats.map((f) => quantOutputSection(recipe, f)) };
+}
