@@ -233,7 +233,7 @@ describe('v4tune train: what it refuses', () => {
     expect(trainRecipe(fixtureRecipe(fx, join(fx.dir, 'refused'), train, lora), quietContext())).rejects.toThrow(re);
 
   it('settings this version cannot honour, each named (never silently ignored)', async () => {
-    await refuse({}, { experts: 'profiled' }, /lora\.experts: profiled needs `v4tune profile-experts`/);
+    await refuse({}, { experts: 'profiled' }, /lora\.experts: profiled needs .*expert-profile\.json \(run `v4tune profile-experts /);
     await refuse({}, { experts_per_layer: 2 }, /lora\.experts_per_layer only applies/);
     await refuse({ backend: 'tfjs', precision: 'bf16' }, {}, /train\.precision: bf16 needs the native backend/);
     expect(existsSync(join(fx.dir, 'refused'))).toBe(false);
