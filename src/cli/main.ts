@@ -13,6 +13,7 @@ import { register as registerGenerate } from './commands/generate.js';
 import { register as registerTrain } from './commands/train.js';
 import { register as registerMerge } from './commands/merge.js';
 import { register as registerQuantize } from './commands/quantize.js';
+import { register as registerReport } from './commands/report.js';
 
 export function buildProgram(): Command {
   const program = new Command('v4tune')
@@ -22,7 +23,7 @@ export function buildProgram(): Command {
     .option('-q, --quiet', 'print nothing but errors and warnings')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const register of [registerInitModel, registerPrepare, registerTrain, registerEval, registerGenerate, registerMerge, registerQuantize, registerRun, registerInspect, registerNotBuilt]) register(program);
+  for (const register of [registerInitModel, registerPrepare, registerTrain, registerEval, registerGenerate, registerMerge, registerQuantize, registerRun, registerInspect, registerReport, registerNotBuilt]) register(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -38,9 +38,9 @@ describe('cli', () => {
   });
 
   it('says a stage is not built yet, and exits 1', async () => {
-    const r = await cli('report', 'x');
+    const r = await cli('profile-experts', 'x');
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/report .* is not built yet/);
+    expect(r.err).toMatch(/profile-experts .* is not built yet/);
   });
 
   it('prints its version', async () => {

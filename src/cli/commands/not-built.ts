@@ -6,7 +6,6 @@ import { action } from '../action.js';
 /** Stages that exist in the design but not yet in this version, with what they will do. */
 export const NOT_BUILT: Record<string, string> = {
   'profile-experts': 'measure per-layer expert load and gate mass on the domain corpus',
-  report: 'write the run report of a recipe',
 };
 
 export function registerNotBuilt(program: Command): void {
