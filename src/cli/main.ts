@@ -3,7 +3,6 @@ import { Command, CommanderError } from 'commander';
 import { EXIT_BAD_INPUT } from '../errors.js';
 import { VERSION } from '../version.js';
 import { reportError } from './action.js';
-import { registerNotBuilt } from './commands/not-built.js';
 import { register as registerRun } from './commands/run.js';
 import { register as registerInspect } from './commands/inspect.js';
 import { register as registerInitModel } from './commands/init-model.js';
@@ -14,6 +13,7 @@ import { register as registerTrain } from './commands/train.js';
 import { register as registerMerge } from './commands/merge.js';
 import { register as registerQuantize } from './commands/quantize.js';
 import { register as registerReport } from './commands/report.js';
+import { register as registerProfileExperts } from './commands/profile-experts.js';
 
 export function buildProgram(): Command {
   const program = new Command('v4tune')
@@ -23,7 +23,7 @@ export function buildProgram(): Command {
     .option('-q, --quiet', 'print nothing but errors and warnings')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const register of [registerInitModel, registerPrepare, registerTrain, registerEval, registerGenerate, registerMerge, registerQuantize, registerRun, registerInspect, registerReport, registerNotBuilt]) register(program);
+  for (const register of [registerInitModel, registerPrepare, registerProfileExperts, registerTrain, registerEval, registerGenerate, registerMerge, registerQuantize, registerRun, registerInspect, registerReport]) register(program);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

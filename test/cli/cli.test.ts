@@ -1,6 +1,6 @@
 import { describe, it, expect, vi, afterEach } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { main } from '../../src/cli/main.js';
+import { buildProgram, main } from '../../src/cli/main.js';
 import { recipeReference, cliReference, replaceBetween } from '../../src/cli/docs.js';
 
 /** Run the CLI in-process, capturing what it writes. */
@@ -37,10 +37,14 @@ describe('cli', () => {
     expect(JSON.parse(r.out)).toMatchObject({ ok: false, exitCode: 2 });
   });
 
-  it('says a stage is not built yet, and exits 1', async () => {
-    const r = await cli('profile-experts', 'x');
-    expect(r.code).toBe(1);
-    expect(r.err).toMatch(/profile-experts .* is not built yet/);
+  it('has every verb of the design, each with its help', async () => {
+    const verbs = ['init-model', 'prepare', 'profile-experts', 'train', 'eval', 'generate', 'merge', 'quantize', 'run', 'inspect', 'report'];
+    expect(buildProgram().commands.map((c) => c.name()).sort()).toEqual([...verbs].sort());
+    for (const v of verbs) {
+      const r = await cli(v, '--help');
+      expect(r.code, v).toBe(0);
+      expect(r.out, v).toContain(`Usage: v4tune ${v}`);
+    }
   });
 
   it('prints its version', async () => {

@@ -52,6 +52,10 @@ describe('v4tune run', () => {
     expect(s.quantize.outputs[0].format).toBe('gguf-q4_0');
     expect(existsSync(join(dir, 'out', 'merged', 'config.json'))).toBe(true);
     expect(readFileSync(join(dir, 'out', 'quantized', 'model-Q4_0.gguf')).subarray(0, 4).toString()).toBe('GGUF');
+    expect(s.report.reused).toBe(false);
+    expect(s.report.perplexity.map((r: { stage: string }) => r.stage)).toEqual(['(a) base model', '(b) base + adapter', '(c) merged', '(d) GPTQ INT4 (read back)']);
+    expect(s.report.perplexity[2].loss).toBeCloseTo(s.train.eval_after.loss, 1);
+    expect(readFileSync(join(dir, 'out', 'report.md'), 'utf8')).toContain('## Perplexity before and after');
     expect(existsSync(join(dir, 'out', 'model', 'config.json'))).toBe(true);
     expect(existsSync(join(dir, 'out', 'adapter', 'adapter_model.safetensors'))).toBe(true);
     expect(JSON.parse(readFileSync(join(dir, 'out', 'run.json'), 'utf8')).train.eval_after.loss).toBe(s.train.eval_after.loss);
@@ -65,6 +69,7 @@ describe('v4tune run', () => {
     expect(t.train.eval_after.loss).toBe(s.train.eval_after.loss);
     expect(t.merge.reused).toBe(true);
     expect(t.quantize.reused).toBe(true);
+    expect(t.report.reused).toBe(true);
 
     // a changed export setting redoes only the stage it feeds
     writeFileSync(join(dir, 'r.yaml'), readFileSync(join(dir, 'r.yaml'), 'utf8').replace('quantize: [gguf-q4_0]', 'quantize: [gguf-q4_0, gptq], group_size: 32'));
@@ -73,6 +78,7 @@ describe('v4tune run', () => {
     const u = JSON.parse(third.out);
     expect(u.merge.reused).toBe(true);
     expect(u.quantize.reused).toBe(false);
+    expect(u.report.reused).toBe(false);
     expect(existsSync(join(dir, 'out', 'quantized', 'gptq', 'config.json'))).toBe(true);
   });
 });

@@ -2,7 +2,8 @@
 // fly, and reused while its settings are unchanged), prepare, profile-experts (lora.experts:
 // profiled; reused while the dataset and model are unchanged), train (which evaluates before and
 // after; a finished run with unchanged settings is reused, an unfinished one resumed), merge
-// (export.merge) and quantize (export.quantize), each reused while its inputs are unchanged.
+// (export.merge), quantize (export.quantize) and the report (report.md, with perplexity before
+// and after each stage), each reused while its inputs are unchanged.
 import type { Command } from 'commander';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
@@ -16,6 +17,7 @@ import type { CliContext, Progress } from '../context.js';
 import type { QuantizeSummary } from '../../export/quantize.js';
 import { mergeRecipe, recipeMergePaths } from './merge.js';
 import { runQuantize } from './quantize.js';
+import { reportRecipe } from './report.js';
 import { prepareRecipe, prepareResult, recipeModelDir } from './prepare.js';
 import { currentProfile, profileRecipe, recipeProfileIdentity } from './profile-experts.js';
 import { trainRecipe } from './train.js';
@@ -31,6 +33,12 @@ function folderKey(dir: string, h = createHash('sha256')): string {
     h.update(st.size <= 16 * 1024 * 1024 ? readFileSync(f) : `${st.mtimeMs}`);
   }
   return h.digest('hex');
+}
+
+/** What `<output>/<name>.stamp` holds ('' when absent). */
+function readStamp(recipe: LoadedRecipe, name: string): string {
+  const f = join(recipe.output, `${name}.stamp`);
+  return existsSync(f) ? readFileSync(f, 'utf8') : '';
 }
 
 /** Run `stage` unless `<output>/<name>.stamp` holds `key` and `done` still exists; then stamp it. */
@@ -89,14 +97,14 @@ async function profileStage(recipe: LoadedRecipe, ctx: CliContext): Promise<Reco
 
 export function register(program: Command): void {
   program.command('run')
-    .description('run every stage of a recipe: model, prepare, train with eval before and after, merge (export.merge), quantize (export.quantize); each reused while its inputs are unchanged')
+    .description('run every stage of a recipe: model, prepare, profile-experts (lora.experts: profiled), train with eval before and after, merge (export.merge), quantize (export.quantize), report; each reused while its inputs are unchanged')
     .argument('<recipe>', 'recipe .yaml file')
     .action(action(async (ctx: CliContext, file: string) => {
       const recipe = loadRecipe(file);
       ctx.log(`run ${recipe.name}: ${recipe.file} → ${recipe.output}`);
       const ex = recipe.export;
       const exportPlan = [ex.merge ? `merge (${ex.merge_dtype})` : '', ex.quantize.length ? `quantize (${ex.quantize.join(', ')})` : ''].filter(Boolean);
-      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare${recipe.lora.experts === 'profiled' ? ' → profile-experts' : ''} → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')}`);
+      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare${recipe.lora.experts === 'profiled' ? ' → profile-experts' : ''} → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')} → report`);
       const model = await modelStage(recipe, ctx);
       const prepared = await prepareRecipe(recipe, ctx);
       const data = prepareResult(prepared);
@@ -121,6 +129,15 @@ export function register(program: Command): void {
         if (q.reused) ctx.log(`quantize: reusing ${outDir} (its input and settings unchanged)`);
         summary.quantize = { reused: q.reused, out: outDir, ...(q.result ? { outputs: q.result.map((s: QuantizeSummary) => ({ format: s.format, out: s.out, tensors: s.tensorsQuantized, compression: s.compression })) } : {}) };
       }
+      // the report: redone when training or an export changed (it evaluates the merged and INT4 models)
+      const trainJson = join(recipe.output, 'train.json');
+      const reportKey = createHash('sha256')
+        .update(`${exportSource}\0${existsSync(trainJson) ? readFileSync(trainJson, 'utf8') : ''}\0${readStamp(recipe, 'quantize')}`)
+        .digest('hex');
+      const reportFile = join(recipe.output, 'report.md');
+      const rep = await stamped(recipe, 'report', reportKey, reportFile, () => reportRecipe(recipe, ctx));
+      if (rep.reused) ctx.log(`report: reusing ${reportFile} (training and exports unchanged)`);
+      summary.report = { reused: rep.reused, out: reportFile, ...(rep.result ? { perplexity: rep.result.perplexity.rows.map((r) => ({ stage: r.label, ...(r.status === 'ok' ? { loss: r.loss, perplexity: r.perplexity, tokens: r.tokens } : { status: r.status }) })) } : {}) };
       writeFileAtomic(join(recipe.output, 'run.json'), `${JSON.stringify(summary, null, 2)}\n`);
       return summary;
     }));
