@@ -9,7 +9,7 @@ export { prepareDataset, type PrepareOptions, type PrepareSummary } from './data
 export { openDataset, type Dataset, type DatasetRow, type Split } from './data/dataset.js';
 // model
 export { loadModel, type LoadModelOptions } from './model/load.js';
-export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter } from './model/v4/model.js';
+export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver } from './model/v4/model.js';
 export { Checkpoint } from './model/checkpoint.js';
 export { parseConfig, type V4Config } from './model/config.js';
 export { initModel, type InitOptions } from './model/init.js';
@@ -17,5 +17,8 @@ export { initModel, type InitOptions } from './model/init.js';
 export { createAdapter, Adapter } from './lora/adapter.js';
 export { saveAdapter, loadAdapter } from './lora/peft.js';
 export type { LoraOptions } from './lora/config.js';
+// export
+export { mergeAdapter, type MergeOptions, type MergeSummary } from './export/merge.js';
+export { quantizeCheckpoint, type QuantizeOptions, type QuantizeSummary } from './export/quantize.js';
 // backends
 export type { Backend, BackendName, LoraFactors } from './backend/ops.js';

@@ -3,7 +3,7 @@ import { describe, it, expect } from 'vitest';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadModel, createAdapter, saveAdapter, loadAdapter } from '../../src/index.js';
+import { loadModel, createAdapter, saveAdapter, loadAdapter, mergeAdapter } from '../../src/index.js';
 
 const FIXTURE = join(process.cwd(), '..', 'shared', 'fixtures', 'v4-tiny-ref');
 
@@ -34,6 +34,25 @@ describe('library API (README example)', () => {
       const b = await model.logits(ids, { adapter: reloaded });
       expect(b).toEqual(a);
       expect(a).not.toEqual(logits);
+
+      // The routing observer sees every MoE block's choice for every token.
+      const seen = new Map<string, number>();
+      await model.logits(ids, { onRouting: (block, idx, _w, N, k) => { expect(idx.length).toBe(N * k); seen.set(block, N); } });
+      expect([...seen.values()]).toEqual(Array(model.config.num_hidden_layers).fill(ids.length));
+
+      // Merge the adapter into BF16 weights: the merged model alone gives the adapted logits.
+      const merged = join(mkdtempSync(join(tmpdir(), 'v4tune-api-merged-')), 'model');
+      await mergeAdapter({ base: join(FIXTURE, 'checkpoint'), adapter: dir, out: merged, dtype: 'bf16' });
+      const m2 = await loadModel(merged, { backend: 'auto', note: () => {} });
+      try {
+        const c = await m2.logits(ids);
+        let num = 0;
+        let den = 0;
+        for (let i = 0; i < a.length; i++) { num = Math.max(num, Math.abs(c[i]! - a[i]!)); den = Math.max(den, Math.abs(a[i]!)); }
+        expect(num / den).toBeLessThan(2e-2); // bf16 rounding of W + ΔW
+      } finally {
+        m2.dispose();
+      }
     } finally {
       model.dispose();
     }
