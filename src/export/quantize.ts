@@ -8,9 +8,15 @@
 // Kept: embed, head, norms, the router (ffn.gate), the compressors, the indexer, hc_*,
 // attn_sink, ape, MTP e_proj/h_proj — small or precision-critical tensors.
 //
+// Rounding (`method`): `rtn`, round to nearest on each group's grid (int4.ts, gguf.ts Q4_0); or
+// `gptq`, GPTQ (gptq.ts) against each linear's Hessian from the model's forward over calibration
+// rows (calibrate.ts; routed experts: the rows routed to them). The model is loaded on a backend
+// for that; a routed expert that no calibration row reached is rounded to nearest (listed in the
+// summary). The summary gives, per kind of linear, the layer output error ‖(W − Q)Xᵀ‖ / ‖W Xᵀ‖
+// on the calibration inputs of GPTQ and of round to nearest.
+//
 // Outputs:
-// - `gptq`: a safetensors folder in the AutoGPTQ layout (method rtn: group-wise round to nearest,
-//   see int4.ts): for `X.weight` [out, in]: `X.qweight` I32 [in/8, out] (8 codes per int32 along
+// - `gptq`: a safetensors folder in the AutoGPTQ layout (group-wise, see int4.ts): for `X.weight` [out, in]: `X.qweight` I32 [in/8, out] (8 codes per int32 along
 //   the input, code k of a word in bits 4k..4k+3), `X.qzeros` I32 [groups, out/8] (zero − 1, 8 per
 //   int32 along the output), `X.scales` F16 [groups, out], `X.g_idx` I32 [in] (= c div group_size);
 //   kept tensors as BF16 (F32 where they are F32, integers as they are). config.json gets
@@ -21,13 +27,19 @@
 //   for the other kept matrices. The MTP block is not written (its GGUF names are not known here).
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { createBackend } from '../backend/index.js';
+import type { BackendName } from '../backend/ops.js';
+import { openDataset } from '../data/dataset.js';
 import { InputError, NotBuiltError, V4tuneError } from '../errors.js';
 import { writeDirAtomic, writeFileAtomic } from '../fsutil.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import type { V4Config } from '../model/config.js';
 import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
+import { V4Model } from '../model/v4/model.js';
+import { CalibratedHessians, HESSIAN_BUDGET_BYTES, type CalibratedLinear, type CalibrationRow, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, type GgmlTypeId, type GgufKv, type GgufTensorInfo } from './gguf.js';
+import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, type ColumnQuantizer } from './gptq.js';
 import { checkGroupable, dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
 
 export type QuantFormat = 'gptq' | 'gguf-q4_0' | 'gguf-q4_k';
@@ -59,6 +71,21 @@ export interface QuantizeOptions {
   maxShardBytes?: number;
   /** called after each tensor */
   onTensor?: (done: number, total: number, name: string) => void;
+  /** method gptq: the calibration rows and settings (required there) */
+  calibration?: CalibrationOptions;
+}
+
+export interface CalibrationOptions {
+  /** token rows the model runs on (non-empty) */
+  rows: CalibrationRow[];
+  /** dampening, a fraction of the mean diagonal of each Hessian (AutoGPTQ damp_percent) */
+  damp: number;
+  /** backend of the calibration forwards (default auto) */
+  backend?: BackendName;
+  /** memory bound of one window of Hessians (calibrate.ts; default 4 GiB) */
+  hessianBudgetBytes?: number;
+  /** where the backend note goes */
+  note?: (line: string) => void;
 }
 
 export interface KindStats {
@@ -68,6 +95,10 @@ export interface KindStats {
   meanAbsError: number;
   /** ‖W − Ŵ‖ / ‖W‖ over all weights of the kind */
   relRmsError: number;
+  /** method gptq: ‖(W − Ŵ)Xᵀ‖ / ‖W Xᵀ‖ on the calibration inputs X, over the linears of the kind */
+  relOutputError?: number;
+  /** method gptq: the same for round to nearest (what GPTQ improves on) */
+  rtnRelOutputError?: number;
 }
 
 export interface QuantizeSummary {
@@ -86,6 +117,17 @@ export interface QuantizeSummary {
   bytesOut: number;
   compression: number;
   errors: Partial<Record<LinearKind, KindStats>>;
+  /** method gptq: the calibration that fed it */
+  calibration?: CalibrationSummary;
+}
+
+export interface CalibrationSummary {
+  rows: number;
+  damp: number;
+  /** forwards over the calibration rows (one per window of Hessians) */
+  passes: number;
+  /** linears no calibration input reached (routed experts never chosen): rounded to nearest */
+  rtnFallback: string[];
 }
 
 /** the checkpoint's safetensors bytes (what the shards hold) */
@@ -99,6 +141,15 @@ function checkpointBytes(dir: string): number {
 
 class ErrorAccumulator {
   private readonly acc = new Map<LinearKind, { tensors: number; s: ErrorStats; sumSqW: number }>();
+  private readonly outAcc = new Map<LinearKind, { err: number; rtn: number; ref: number }>();
+  /** output errors tr(E H Eᵀ) of one linear: GPTQ's, RTN's and the reference tr(W H Wᵀ) */
+  addOutput(kind: LinearKind, err: number, rtn: number, ref: number): void {
+    const a = this.outAcc.get(kind) ?? { err: 0, rtn: 0, ref: 0 };
+    a.err += err;
+    a.rtn += rtn;
+    a.ref += ref;
+    this.outAcc.set(kind, a);
+  }
   add(kind: LinearKind, w: Float32Array, recon: Float32Array): void {
     const e = errorStats(w, recon);
     let sumSqW = 0;
@@ -122,6 +173,11 @@ class ErrorAccumulator {
         meanAbsError: a.s.sumAbs / a.s.count,
         relRmsError: a.sumSqW > 0 ? Math.sqrt(a.s.sumSq / a.sumSqW) : 0,
       };
+      const o = this.outAcc.get(k);
+      if (o && o.ref > 0) {
+        out[k]!.relOutputError = Math.sqrt(o.err / o.ref);
+        out[k]!.rtnRelOutputError = Math.sqrt(o.rtn / o.ref);
+      }
     }
     return out;
   }
@@ -130,16 +186,168 @@ class ErrorAccumulator {
 /** Quantise a checkpoint folder to one INT4 format (see the file comment). */
 export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<QuantizeSummary> {
   if (opts.format === 'gguf-q4_k') throw new NotBuiltError('quantize format gguf-q4_k', '(Q4_K super-blocks); use gguf-q4_0 or gptq');
-  if (opts.method === 'gptq') {
-    throw new NotBuiltError('quantize method gptq', '(the model exposes no hook for the inputs of each linear, which GPTQ\'s Hessian needs); use method rtn');
+  if (opts.method === 'gptq' && !(opts.calibration && opts.calibration.rows.length > 0)) {
+    throw new InputError(`quantize ${opts.model}: method gptq needs calibration rows (the recipe's prepared train split)`);
   }
   const ckpt = await Checkpoint.open(opts.model);
+  let rounder: Rounder | null = null;
   try {
     const bytesIn = checkpointBytes(opts.model);
-    const r = opts.format === 'gptq' ? await writeGptq(ckpt, opts) : await writeGguf(ckpt, opts);
-    return { format: opts.format, method: opts.method, model: opts.model, out: opts.out, groupSize: opts.groupSize, bytesIn, compression: bytesIn / r.bytesOut, ...r };
+    const errs = new ErrorAccumulator();
+    rounder = opts.method === 'gptq' ? await GptqRounder.load(ckpt, opts.calibration!, errs) : new RtnRounder(errs);
+    const r = opts.format === 'gptq' ? await writeGptq(ckpt, opts, rounder) : await writeGguf(ckpt, opts, rounder);
+    const s: QuantizeSummary = { format: opts.format, method: opts.method, model: opts.model, out: opts.out, groupSize: opts.groupSize, bytesIn, compression: bytesIn / r.bytesOut, ...r };
+    const cal = rounder.calibration();
+    if (cal) s.calibration = cal;
+    return s;
   } finally {
+    rounder?.close();
     await ckpt.close();
+  }
+}
+
+// ---------------------------------------------------------------- rounding: RTN or GPTQ
+
+/** How each quantised linear is rounded; adds its errors to the accumulator it was made with. */
+interface Rounder {
+  /** the INT4 group grid of W [out, inF] (gptq format) */
+  int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, groupSize: number): Promise<Int4Weight>;
+  /** the Q4_0 bytes of W [out, inF] (GGUF) */
+  q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
+  /** quantise a list of linears in this order (GPTQ plans its Hessian windows on it) */
+  plan(order: readonly { name: string; out: number; inF: number }[]): void;
+  calibration(): CalibrationSummary | null;
+  close(): void;
+  readonly errs: ErrorAccumulator;
+}
+
+function rtnInt4(name: string, w: Float32Array, out: number, inF: number, gs: number): Int4Weight {
+  try {
+    return quantizeRtn(w, out, inF, gs);
+  } catch (e) {
+    if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
+    throw e;
+  }
+}
+
+function rtnQ4_0(name: string, w: Float32Array): Uint8Array {
+  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  return quantizeQ4_0(w);
+}
+
+class RtnRounder implements Rounder {
+  constructor(readonly errs: ErrorAccumulator) {}
+  async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
+    const x = rtnInt4(name, w, out, inF, gs);
+    this.errs.add(kind, w, dequantizeInt4(x));
+    return x;
+  }
+  async q4_0(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
+    const q = rtnQ4_0(name, w);
+    this.errs.add(kind, w, dequantizeQ4_0(q, w.length));
+    return q;
+  }
+  plan(): void {}
+  calibration(): null {
+    return null;
+  }
+  close(): void {}
+}
+
+class GptqRounder implements Rounder {
+  private hessians: CalibratedHessians | null = null;
+  private readonly fallback: string[] = [];
+
+  private constructor(readonly errs: ErrorAccumulator, private readonly model: V4Model, private readonly cal: CalibrationOptions) {}
+
+  /** load the checkpoint's model on the calibration backend */
+  static async load(ckpt: Checkpoint, cal: CalibrationOptions, errs: ErrorAccumulator): Promise<GptqRounder> {
+    if (!(cal.damp > 0)) throw new InputError(`export.gptq_damp must be a positive number (got ${cal.damp})`);
+    const backend = await createBackend(cal.backend ?? 'auto', cal.note);
+    return new GptqRounder(errs, await V4Model.load(ckpt, backend), cal);
+  }
+
+  plan(order: readonly { name: string; out: number; inF: number }[]): void {
+    const G = this.model.config.o_groups;
+    const linears: CalibratedLinear[] = order.map((l) => ({ module: l.name.slice(0, -'.weight'.length), cols: l.inF, groups: l.name.endsWith('.attn.wo_a.weight') ? G : 1 }));
+    this.hessians = new CalibratedHessians(this.model, this.cal.rows, linears, this.cal.hessianBudgetBytes ?? HESSIAN_BUDGET_BYTES);
+  }
+
+  /** the Hessian of a linear, or null when no calibration input reached it (then: RTN) */
+  private async hessian(name: string): Promise<Hessian | null> {
+    if (!this.hessians) throw new V4tuneError('GPTQ: plan() was not called before quantising');
+    const h = await this.hessians.get(name.slice(0, -'.weight'.length));
+    if (h.tokens > 0) return h;
+    this.fallback.push(name);
+    return null;
+  }
+
+  /**
+   * GPTQ of W against h (one run per group of output rows: wo_a's row groups read their own
+   * input group), then the errors: weights, and tr(E H Eᵀ) of GPTQ and of `rtn` against tr(W H Wᵀ).
+   */
+  private run(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, h: Hessian, qz: ColumnQuantizer, rtn: Float32Array): void {
+    const groups = h.H.length;
+    if (out % groups !== 0) throw new V4tuneError(`GPTQ: ${name} has ${out} output rows, not a multiple of its ${groups} input groups`);
+    const rows = out / groups;
+    const recon = new Float32Array(out * inF);
+    let err = 0;
+    let errRtn = 0;
+    let ref = 0;
+    for (let g = 0; g < groups; g++) {
+      let Q: Float64Array;
+      try {
+        Q = gptqRows(w, inF, g * rows, (g + 1) * rows, h.H[g]!, qz, { damp: this.cal.damp, name: `tensor ${name}` });
+      } catch (e) {
+        if (e instanceof RangeError) throw new InputError(e.message);
+        throw e;
+      }
+      recon.set(Q, g * rows * inF);
+      const W = w.subarray(g * rows * inF, (g + 1) * rows * inF);
+      const E = new Float64Array(rows * inF);
+      const Er = new Float64Array(rows * inF);
+      for (let i = 0; i < E.length; i++) {
+        E[i] = W[i]! - Q[i]!;
+        Er[i] = W[i]! - rtn[g * rows * inF + i]!;
+      }
+      err += outputErrorSq(E, rows, inF, h.H[g]!);
+      errRtn += outputErrorSq(Er, rows, inF, h.H[g]!);
+      ref += outputErrorSq(W, rows, inF, h.H[g]!);
+    }
+    this.errs.add(kind, w, recon);
+    this.errs.addOutput(kind, err, errRtn, ref);
+  }
+
+  async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
+    const rtn = rtnInt4(name, w, out, inF, gs);
+    const h = await this.hessian(name);
+    if (!h) {
+      this.errs.add(kind, w, dequantizeInt4(rtn));
+      return rtn;
+    }
+    const qz = int4Quantizer(out, inF, gs);
+    this.run(name, kind, w, out, inF, h, qz, dequantizeInt4(rtn));
+    return qz.result;
+  }
+
+  async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    const rtn = rtnQ4_0(name, w);
+    const h = await this.hessian(name);
+    if (!h) {
+      this.errs.add(kind, w, dequantizeQ4_0(rtn, w.length));
+      return rtn;
+    }
+    const qz = q4_0Quantizer(out, inF);
+    this.run(name, kind, w, out, inF, h, qz, dequantizeQ4_0(rtn, w.length));
+    return qz.result;
+  }
+
+  calibration(): CalibrationSummary {
+    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: this.hessians?.passes ?? 0, rtnFallback: this.fallback };
+  }
+
+  close(): void {
+    this.model.dispose();
   }
 }
 
@@ -173,7 +381,7 @@ export function packGptq(x: Int4Weight): { qweight: Int32Array; qzeros: Int32Arr
 
 const bytesOf = (a: Int32Array | Uint16Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-function gptqConfigJson(src: string, groupSize: number): string {
+function gptqConfigJson(src: string, groupSize: number, damp: number): string {
   const cfg = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
   delete cfg.expert_dtype;
   cfg.torch_dtype = 'bfloat16';
@@ -187,23 +395,25 @@ function gptqConfigJson(src: string, groupSize: number): string {
     static_groups: false,
     lm_head: false,
     checkpoint_format: 'gptq',
-    damp_percent: 0.01,
+    damp_percent: damp,
   };
   return `${JSON.stringify(cfg, null, 2)}\n`;
 }
 
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json'];
 
-async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions): Promise<WriteResult> {
+async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Rounder): Promise<WriteResult> {
   const names = ckpt.names();
   // plan every output tensor first (refusing shapes the layout cannot hold before writing anything)
   const specs: TensorSpec[] = [];
+  const order: { name: string; out: number; inF: number }[] = [];
   for (const n of names) {
     const m = ckpt.meta(n);
     if (linearKind(n) && m.logicalShape.length === 2) {
       const [out, inF] = m.logicalShape as [number, number];
       const why = checkGroupable(n, out, inF, opts.groupSize) ?? (inF % 8 !== 0 || out % 8 !== 0 ? `${n}: shape [${out}, ${inF}] is not a multiple of 8 in both dimensions (GPTQ packs 8 codes per int32)` : null);
       if (why) throw new InputError(`${opts.model}: ${why}; choose export.group_size dividing every linear's input size`);
+      order.push({ name: n, out, inF });
       const base = n.slice(0, -'.weight'.length);
       const G = inF / opts.groupSize;
       specs.push({ name: `${base}.qweight`, dtype: 'I32', shape: [inF / 8, out] });
@@ -216,12 +426,13 @@ async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
       specs.push({ name: n, dtype: m.format === 'f32' ? 'F32' : 'BF16', shape: m.logicalShape });
     }
   }
-  const errs = new ErrorAccumulator();
+  rounder.plan(order);
+  const errs = rounder.errs;
   let quantized = 0;
   let kept = 0;
   let bytesOut = 0;
   await writeDirAtomic(opts.out, async (tmp) => {
-    writeFileSync(join(tmp, 'config.json'), gptqConfigJson(opts.model, opts.groupSize));
+    writeFileSync(join(tmp, 'config.json'), gptqConfigJson(opts.model, opts.groupSize, opts.calibration?.damp ?? 0.01));
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.model, f))) copyFileSync(join(opts.model, f), join(tmp, f));
     const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes });
     try {
@@ -232,8 +443,7 @@ async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
         if (kind && m.logicalShape.length === 2) {
           const [out, inF] = m.logicalShape as [number, number];
           const w = await ckpt.f32(n);
-          const x = quantizeOrExplain(n, w, out, inF, opts.groupSize);
-          errs.add(kind, w, dequantizeInt4(x));
+          const x = await rounder.int4(n, kind, w, out, inF, opts.groupSize);
           const p = packGptq(x);
           const base = n.slice(0, -'.weight'.length);
           writer.add(`${base}.qweight`, bytesOf(p.qweight));
@@ -253,19 +463,10 @@ async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
       writer.abort();
       throw e;
     }
-    writeFileSync(join(tmp, 'v4tune-quantize.json'), `${JSON.stringify({ format: 'gptq', method: opts.method, group_size: opts.groupSize, source: opts.model, quantized: names.filter((n) => linearKind(n)), errors: errs.summary() }, null, 2)}\n`);
+    writeFileSync(join(tmp, 'v4tune-quantize.json'), `${JSON.stringify({ format: 'gptq', method: opts.method, group_size: opts.groupSize, source: opts.model, quantized: names.filter((n) => linearKind(n)), errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
     bytesOut = writer.shardFiles.reduce((a, f) => a + statSync(join(tmp, f)).size, 0);
   });
   return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: [], tensorsSkipped: 0, bytesOut, errors: errs.summary() };
-}
-
-function quantizeOrExplain(name: string, w: Float32Array, out: number, inF: number, gs: number): Int4Weight {
-  try {
-    return quantizeRtn(w, out, inF, gs);
-  } catch (e) {
-    if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
-    throw e;
-  }
 }
 
 /** a kept tensor's bytes in the gptq output: BF16 / F32 / F16 / integers as stored, FP8/FP4 dequantised to BF16 */
@@ -399,7 +600,7 @@ interface GgufItem {
   quant: LinearKind | null;
 }
 
-async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions): Promise<WriteResult> {
+async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Rounder): Promise<WriteResult> {
   const names = ckpt.names();
   const items = new Map<string, GgufItem>();
   let skipped = 0;
@@ -434,7 +635,11 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
   const cfgName = (JSON.parse(readFileSync(join(opts.model, 'config.json'), 'utf8')) as { _name_or_path?: string })._name_or_path;
   mkdirSync(dirname(opts.out), { recursive: true });
   const writer = new GgufWriter(opts.out, ggufMetadata(ckpt.config, cfgName ?? 'DeepSeek V4 (v4tune)'), list.map((i) => i.info));
-  const errs = new ErrorAccumulator();
+  rounder.plan(list.flatMap((it) => (it.quant ? it.parts.map((n) => {
+    const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
+    return { name: n, out, inF };
+  }) : [])));
+  const errs = rounder.errs;
   let quantized = 0;
   let kept = 0;
   let done = 0;
@@ -443,11 +648,8 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
       const chunks: Uint8Array[] = [];
       for (const n of it.parts) {
         if (it.quant) {
-          const w = await ckpt.f32(n);
-          if (!w.every(Number.isFinite)) throw new InputError(`tensor ${n}: non-finite weight`);
-          const q = quantizeQ4_0(w);
-          errs.add(it.quant, w, dequantizeQ4_0(q, w.length));
-          chunks.push(q);
+          const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
+          chunks.push(await rounder.q4_0(n, it.quant, await ckpt.f32(n), out, inF));
           quantized++;
         } else {
           if (it.info.type === GgmlType.I32) chunks.push(f32ToBytesInt(await ckpt.ints(n)));
@@ -463,7 +665,7 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions): Promise<Write
       writer.add(it.info.name, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
     }
     const bytesOut = writer.finish();
-    writeFileAtomic(`${opts.out}.json`, `${JSON.stringify({ format: 'gguf-q4_0', source: opts.model, fallback_f16: fallback, skipped_mtp: skipped, errors: errs.summary() }, null, 2)}\n`);
+    writeFileAtomic(`${opts.out}.json`, `${JSON.stringify({ format: 'gguf-q4_0', method: opts.method, source: opts.model, fallback_f16: fallback, skipped_mtp: skipped, errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
     return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: fallback, tensorsSkipped: skipped, bytesOut, errors: errs.summary() };
   } catch (e) {
     writer.abort();
@@ -486,6 +688,8 @@ export interface RecipeQuantizeOptions {
   groupSize?: number;
   /** a line of the plan */
   log?: (line: string) => void;
+  /** a warning (calibration_rows clamped to the train split) */
+  warn?: (line: string) => void;
   /** per-format progress */
   onTensor?: (format: QuantFormat, done: number, total: number, name: string) => void;
 }
@@ -495,11 +699,43 @@ export function formatOutput(outDir: string, format: QuantFormat): string {
   return format === 'gptq' ? join(outDir, 'gptq') : join(outDir, `model-${format === 'gguf-q4_0' ? 'Q4_0' : 'Q4_K'}.gguf`);
 }
 
+/** What the quantize stage reads of a recipe (the calibration fields only for method gptq). */
+export interface QuantizeRecipe {
+  file: string;
+  output: string;
+  model: { path?: string };
+  data?: { output: string };
+  train?: { backend?: BackendName };
+  export: { quantize: QuantFormat[]; method: QuantMethod; group_size: number; calibration_rows?: number; gptq_damp?: number };
+}
+
+/**
+ * The first `export.calibration_rows` rows of the recipe's prepared train split (clamped to the
+ * split with a warning); a missing dataset or an empty split is an InputError naming the recipe.
+ */
+export function calibrationRows(recipe: QuantizeRecipe, warn?: (line: string) => void): CalibrationRow[] {
+  const dir = recipe.data?.output;
+  if (!dir || !existsSync(join(dir, 'manifest.json'))) {
+    throw new InputError(`${recipe.file}: export.method gptq calibrates on the prepared dataset${dir ? ` ${dir}` : ''}, which is not there (run \`v4tune prepare ${recipe.file}\` first, or use method rtn)`);
+  }
+  const ds = openDataset(dir);
+  const have = ds.rowCount('train');
+  if (have === 0) throw new InputError(`${recipe.file}: export.method gptq needs calibration rows, but the train split of ${dir} is empty`);
+  let want = recipe.export.calibration_rows ?? 64;
+  if (want > have) {
+    warn?.(`${recipe.file}: export.calibration_rows is ${want} but the train split of ${dir} has ${have} rows; calibrating on ${have}`);
+    want = have;
+  }
+  const rows: CalibrationRow[] = [];
+  for (const r of ds.rows('train')) {
+    if (rows.length >= want) break;
+    rows.push({ input_ids: r.input_ids, segments: r.segments });
+  }
+  return rows;
+}
+
 /** The recipe's export.quantize stage: every requested format from the merged (or base) model. */
-export async function quantizeRecipe(
-  recipe: { file: string; output: string; model: { path?: string }; export: { quantize: QuantFormat[]; method: QuantMethod; group_size: number } },
-  o: RecipeQuantizeOptions = {},
-): Promise<QuantizeSummary[]> {
+export async function quantizeRecipe(recipe: QuantizeRecipe, o: RecipeQuantizeOptions = {}): Promise<QuantizeSummary[]> {
   const merged = join(recipe.output, 'merged');
   const model = o.model ?? (existsSync(join(merged, 'config.json')) ? merged : recipe.model.path ?? join(recipe.output, 'model'));
   if (!existsSync(join(model, 'config.json'))) throw new InputError(`${recipe.file}: model folder ${model} has no config.json (run \`v4tune merge\` or \`v4tune init-model\` first, or give --model)`);
@@ -508,11 +744,16 @@ export async function quantizeRecipe(
   const method = o.method ?? recipe.export.method;
   const groupSize = o.groupSize ?? recipe.export.group_size;
   const outDir = o.out ?? join(recipe.output, 'quantized');
+  let calibration: CalibrationOptions | undefined;
+  if (method === 'gptq') {
+    calibration = { rows: calibrationRows(recipe, o.warn), damp: recipe.export.gptq_damp ?? 0.01, backend: recipe.train?.backend, note: o.log };
+  }
   const out: QuantizeSummary[] = [];
   for (const format of formats) {
     const target = formatOutput(outDir, format);
-    o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : ', Q4_0 blocks of 32'})`);
-    out.push(await quantizeCheckpoint({ model, out: target, format, method, groupSize, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
+    const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
+    o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : ', Q4_0 blocks of 32'}${how})`);
+    out.push(await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
   }
   return out;
 }

@@ -120,11 +120,13 @@ export const exportSchema = z.object({
   quantize: z.array(z.enum(['gptq', 'gguf-q4_0', 'gguf-q4_k'])).default([])
     .describe('INT4 outputs to write from the merged model.'),
   method: z.enum(['rtn', 'gptq']).default('rtn')
-    .describe('INT4 rounding: `rtn` (round to nearest, per group); `gptq` (Hessian-corrected rounding from calibration rows) is not built yet and is refused.'),
+    .describe('INT4 rounding: `rtn` (round to nearest, per group); `gptq` (GPTQ: each linear rounded column by column against the Hessian of its inputs on `calibration_rows` rows of the train split, routed experts on the tokens routed to them).'),
   group_size: int().min(32).default(128)
     .describe('INT4 group size.'),
   calibration_rows: int().min(1).default(64)
-    .describe('Rows of the train split used for GPTQ calibration (for `method: gptq`, not built yet).'),
+    .describe('Rows of the prepared train split used for GPTQ calibration (`method: gptq`; clamped to the split with a warning).'),
+  gptq_damp: z.number().positive().max(1).default(0.01)
+    .describe('GPTQ dampening: added to each Hessian diagonal as a fraction of its mean (AutoGPTQ damp_percent); raise it when a Hessian is refused as not positive definite.'),
 }).strict().describe('Merging and INT4 export.');
 
 export const recipeSchema = z.object({

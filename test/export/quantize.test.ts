@@ -219,8 +219,8 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
     expect(existsSync(bad)).toBe(false);
   });
 
-  it('refuses method gptq and format gguf-q4_k as not built', async () => {
-    await expect(quantizeCheckpoint({ model: src, out: join(dir, 'x'), format: 'gptq', method: 'gptq', groupSize: 32 })).rejects.toThrow(/method gptq is not built yet/);
+  it('refuses method gptq without calibration rows, and format gguf-q4_k as not built', async () => {
+    await expect(quantizeCheckpoint({ model: src, out: join(dir, 'x'), format: 'gptq', method: 'gptq', groupSize: 32 })).rejects.toThrow(/method gptq needs calibration rows/);
     await expect(quantizeCheckpoint({ model: src, out: join(dir, 'y.gguf'), format: 'gguf-q4_k', method: 'rtn', groupSize: 32 })).rejects.toThrow(/gguf-q4_k is not built yet/);
   });
 
@@ -282,8 +282,8 @@ describe('v4tune quantize (the verb, registered on a fresh program)', () => {
       expect(await run('quantize', join(dir, 'r.yaml'), '--format', 'q8')).toBe(2);
       expect(writes.join('')).toContain('--format must be one of gptq, gguf-q4_0, gguf-q4_k');
       writes.length = 0;
-      expect(await run('quantize', join(dir, 'r.yaml'), '--method', 'gptq', '--format', 'gptq')).toBe(1);
-      expect(writes.join('')).toContain('method gptq is not built yet');
+      expect(await run('quantize', join(dir, 'r.yaml'), '--method', 'gptq', '--format', 'gptq')).toBe(2);
+      expect(writes.join('')).toContain('export.method gptq calibrates on the prepared dataset');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

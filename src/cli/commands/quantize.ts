@@ -1,5 +1,6 @@
 // `v4tune quantize <recipe>`: INT4 export of the merged (or base) model — GPTQ-layout
-// safetensors and/or GGUF Q4_0 — with reconstruction-error statistics per kind of linear.
+// safetensors and/or GGUF Q4_0, rounded to nearest or by GPTQ — with reconstruction-error
+// statistics per kind of linear (and, for GPTQ, the output error against round to nearest).
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
 import { quantizeRecipe, type QuantFormat, type QuantMethod, type QuantizeSummary, type RecipeQuantizeOptions } from '../../export/quantize.js';
@@ -28,6 +29,7 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
       bar = null;
       ctx.log(l);
     },
+    warn: (l) => ctx.warn(l),
     onTensor: (format, done, total) => {
       bar ??= ctx.progress(format, total, 'tensors');
       bar.update(done);
@@ -40,7 +42,12 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
   for (const s of summaries) {
     ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of 32)` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
     for (const [kind, k] of Object.entries(s.errors)) {
-      ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%`);
+      const outErr = k.relOutputError === undefined ? '' : `; output error ${(100 * k.relOutputError).toFixed(2)}% (round to nearest ${(100 * k.rtnRelOutputError!).toFixed(2)}%)`;
+      ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%${outErr}`);
+    }
+    if (s.calibration) {
+      const c = s.calibration;
+      ctx.log(`  GPTQ: ${c.rows} calibration rows, damp ${c.damp}, ${c.passes} calibration pass${c.passes === 1 ? '' : 'es'}${c.rtnFallback.length ? `; ${c.rtnFallback.length} linears no calibration token reached, rounded to nearest` : ''}`);
     }
   }
   return summaries;
@@ -48,12 +55,12 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
 
 export function register(program: Command): void {
   program.command('quantize')
-    .description('INT4 export of the merged model: GPTQ-layout safetensors and/or GGUF Q4_0 (round to nearest)')
+    .description('INT4 export of the merged model: GPTQ-layout safetensors and/or GGUF Q4_0 (round to nearest or GPTQ)')
     .argument('<recipe>', 'recipe .yaml file')
     .option('--model <dir>', 'checkpoint to quantize (default: <output>/merged if present, else the recipe\'s model)')
     .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/ and model-Q4_0.gguf inside)')
     .option('--format <format>', 'one format instead of the recipe\'s export.quantize: gptq | gguf-q4_0')
-    .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn (gptq is not built yet)')
+    .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn | gptq (calibrates on export.calibration_rows rows of the prepared train split)')
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
     .action(action(async (ctx: CliContext, file: string, flags: QuantizeFlags) => {
       const recipe = loadRecipe(file);

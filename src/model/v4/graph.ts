@@ -80,32 +80,43 @@ export class ChoiceLog {
  */
 export type RoutingSink = (block: string, idx: I32, weights: F32, N: number, k: number) => void;
 
+/**
+ * Sees the input x [rows, cols] of a named linear in an inference forward (module: the official
+ * name without `.weight`, e.g. `layers.3.attn.wq_a`, `layers.3.ffn.experts.5.w2`). A grouped
+ * linear (wo_a) is told its whole input, cols = G·inG, group g reading columns g·inG … (g+1)·inG.
+ * Routed experts: only the rows routed to the expert, `tokenIdx` [rows] their row in the block's
+ * input; null for every other linear (row t is row t). Expert w2: the clamped SwiGLU activation.
+ */
+export type LinearInputSink = (module: string, x: F32, rows: number, cols: number, tokenIdx: I32 | null) => void;
+
 export class Graph {
   /**
    * `loraGrads`: module name → accumulated gradients of its LoRA factors (shared by the graphs of
    * one step); `choices`: where discrete choices are recorded or replayed from (null: neither);
    * `dropout`: the LoRA dropout of a training forward (null: none, as in every inference forward);
-   * `routing`: told every MoE layer's routing (null: nobody listens).
+   * `routing`: told every MoE layer's routing (null: nobody listens); `linearInput`: told the
+   * input of every named linear (null: nobody listens).
    */
   constructor(
     readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null,
     readonly loraGrads: Map<string, LoraGrads> = new Map(), readonly choices: ChoiceLog | null = null,
     readonly dropout: DropoutPlan | null = null, readonly routing: RoutingSink | null = null,
+    readonly linearInput: LinearInputSink | null = null,
   ) {}
 
-  /** The same backend, adapter, dropout and routing sink with nothing recorded (the indexer's discrete path). */
+  /** The same backend, adapter, dropout and sinks with nothing recorded (the indexer's discrete path). */
   untaped(): Graph {
-    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout, this.routing);
+    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout, this.routing, this.linearInput);
   }
 
-  /** The same backend, adapter, dropout, routing sink and gradient sums on another tape and choice log. */
+  /** The same backend, adapter, dropout, sinks and gradient sums on another tape and choice log. */
   with(tape: Tape | null, choices: ChoiceLog | null): Graph {
-    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout, this.routing);
+    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout, this.routing, this.linearInput);
   }
 
   /** The same graph with another routing sink (the MTP block maps its rows back to token positions). */
   withRouting(routing: RoutingSink | null): Graph {
-    return new Graph(this.be, this.tape, this.adapter, this.loraGrads, this.choices, this.dropout, routing);
+    return new Graph(this.be, this.tape, this.adapter, this.loraGrads, this.choices, this.dropout, routing, this.linearInput);
   }
 
   /** An indexer selection: made by `make`, or the recorded one when replaying. */
@@ -153,6 +164,7 @@ export class Graph {
 
   /** y = x Wᵀ (+ LoRA of `module` when the adapter has one). */
   async linear(x: F32, W: WeightHandle, module: string | null, N: number, inF: number, outF: number): Promise<F32> {
+    if (module) this.linearInput?.(module, x, N, inF, null);
     const lora = this.lora(module);
     const { y, saved } = await this.be.linearForward(x, W, lora, N, inF, outF);
     this.tape?.record([x], [y], async ([dy]) => {
@@ -164,6 +176,7 @@ export class Graph {
   }
 
   async groupedLinear(x: F32, W: WeightHandle, module: string | null, N: number, G: number, inG: number, outG: number): Promise<F32> {
+    if (module) this.linearInput?.(module, x, N, G * inG, null);
     const lora = this.lora(module);
     const { y, saved } = await this.be.groupedLinearForward(x, W, lora, N, G, inG, outG);
     this.tape?.record([x], [y], async ([dy]) => {

@@ -9,7 +9,7 @@ import { peftKey } from '../../lora/peft.js';
 import { meanLoss } from '../../train/loss.js';
 import type { V4Config } from '../config.js';
 import { block, checkpointedBlock } from './block.js';
-import { Graph, type AdapterView, type DropoutPlan, type RoutingSink } from './graph.js';
+import { Graph, type AdapterView, type DropoutPlan, type LinearInputSink, type RoutingSink } from './graph.js';
 import { hcHead } from './mhc.js';
 import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
@@ -43,7 +43,16 @@ export interface ForwardOptions {
    * `mtpLogits`, `route`); `lossAndGrads` does not report. Absent: nothing is collected.
    */
   onRouting?: RoutingObserver | null;
+  /**
+   * Told the input of every named linear in the same inference forwards (graph.ts
+   * `LinearInputSink`: grouped wo_a whole, routed experts only their rows, expert w2 the
+   * activation); the MTP block's rows are its pair rows. Absent: nothing is collected.
+   */
+  onLinearInput?: LinearInputObserver | null;
 }
+
+/** See ForwardOptions.onLinearInput and graph.ts LinearInputSink. */
+export type LinearInputObserver = LinearInputSink;
 
 export interface LossResult {
   /** mean loss over counted positions */
@@ -100,7 +109,7 @@ export class V4Model {
   /** Logits [T, vocab] row-major. */
   async logits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter, null, opts.onRouting);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting, opts.onLinearInput);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     return this.backend.logits(hn, this.weights.head, seq.T, c.hidden_size, c.vocab_size);
@@ -109,7 +118,7 @@ export class V4Model {
   /** Logits of the last token only [vocab] (generation). */
   async lastLogits(ids: Int32Array, opts: ForwardOptions = {}): Promise<Float32Array> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter, null, opts.onRouting);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting, opts.onLinearInput);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const d = c.hidden_size;
@@ -119,7 +128,7 @@ export class V4Model {
   /** The next-token loss (design.md convention) without gradients; vocab in chunks. */
   async loss(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions = {}): Promise<LossResult> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter, null, opts.onRouting);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting, opts.onLinearInput);
     const hn = await this.hidden(g, seq);
     const c = this.config;
     const { lossSum, count } = await this.backend.lmHeadLossForward(hn, this.weights.head, nextTokenTargets(seq, lossMask), seq.T, c.hidden_size, c.vocab_size);
@@ -166,7 +175,7 @@ export class V4Model {
     if (!this.weights.mtp[0]) throw new InputError('mtpLogits: this checkpoint has no MTP block (mtp.0.*)');
     const c = this.config;
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter, null, opts.onRouting);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting, opts.onLinearInput);
     const { hn, rows } = await this.mtpForward(g, ids, seq, await this.trunk(g, seq), opts.onRouting);
     if (rows.length === 0) return { logits: new Float32Array(0), rows };
     return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
@@ -178,7 +187,7 @@ export class V4Model {
    */
   async route(ids: Int32Array, opts: ForwardOptions = {}): Promise<void> {
     const seq = makeSeq(ids, opts.segments);
-    const g = this.graph(null, opts.adapter, null, opts.onRouting);
+    const g = this.graph(null, opts.adapter, null, opts.onRouting, opts.onLinearInput);
     const X = await this.trunk(g, seq);
     if (this.weights.mtp[0]) await this.mtpForward(g, ids, seq, X, opts.onRouting);
   }
@@ -206,10 +215,13 @@ export class V4Model {
     return { hn, rows };
   }
 
-  private graph(tape: Tape | null, adapter: ModelAdapter | null | undefined, dropout: DropoutPlan | null = null, onRouting: RoutingObserver | null = null): Graph {
+  private graph(
+    tape: Tape | null, adapter: ModelAdapter | null | undefined, dropout: DropoutPlan | null = null,
+    onRouting: RoutingObserver | null = null, onLinearInput: LinearInputObserver | null = null,
+  ): Graph {
     adapter?.assertFits?.(this.config, 'adapter');
     const routing: RoutingSink | null = onRouting ? (b, idx, w, N, k) => onRouting(b, idx, w, N, k, null) : null;
-    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout, routing);
+    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout, routing, onLinearInput);
   }
 
   /** The LoRA dropout of a training forward: the adapter's dropout with `dropoutSeed`; null when p = 0. */

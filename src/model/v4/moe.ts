@@ -2,7 +2,7 @@
 //   s = sqrt(softplus(gate·x)); experts = tid2eid[token] (hash layers) or top-k(s + bias);
 //   w = s[idx] / Σ s[idx] · routed_scaling_factor
 //   y = Σ_j w_j · expert_{idx_j}(x) + shared(x), experts clamped SwiGLU (limit swiglu_limit).
-import type { F32 } from '../../backend/ops.js';
+import type { ExpertWeights, F32 } from '../../backend/ops.js';
 import type { V4Config } from '../config.js';
 import type { Graph } from './graph.js';
 import type { Seq } from './seq.js';
@@ -22,7 +22,65 @@ export async function moe(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: 
   }
   const { weights, idx } = await g.router(x, F.gate, F.bias, hashIdx, T, d, E, k, c.routed_scaling_factor);
   g.routing?.(prefix, idx, weights, T, k);
+  if (g.linearInput) await observeExpertInputs(g, F, prefix, x, idx, T, c);
   const routed = await g.moe(x, idx, weights, F.experts, `${prefix}.ffn.experts`, T, d, I, k, c.swiglu_limit);
   const shared = await g.swiglu(x, F.shared, `${prefix}.ffn.shared_experts`, T, d, I, c.swiglu_limit);
   return g.add(routed, shared);
+}
+
+/**
+ * The clamped SwiGLU activation of one expert on x [N, d] (what its w2 reads):
+ *   h = silu(min(x W1ᵀ, L)) ⊙ clamp(x W3ᵀ, −L, L)   [N, I]; no clamp when L ≤ 0.
+ * Recomputed with the backend's linear (the fused expert ops do not hand it out).
+ */
+async function swigluHidden(g: Graph, w: ExpertWeights, x: F32, N: number, d: number, I: number, L: number): Promise<F32> {
+  const a = (await g.be.linearForward(x, w.w1, null, N, d, I)).y;
+  const b = (await g.be.linearForward(x, w.w3, null, N, d, I)).y;
+  const h = new Float32Array(N * I);
+  for (let i = 0; i < h.length; i++) {
+    let u = a[i];
+    let v = b[i];
+    if (L > 0) {
+      u = Math.min(u, L);
+      v = Math.min(Math.max(v, -L), L);
+    }
+    h[i] = (u / (1 + Math.exp(-u))) * v;
+  }
+  return h;
+}
+
+/**
+ * Tell `g.linearInput` the inputs of the expert linears, which run inside fused ops: each routed
+ * expert's w1/w3 get the rows routed to it (tokenIdx: their rows), its w2 their activation;
+ * the shared expert's w1/w3 get x, its w2 the activation on every row.
+ */
+async function observeExpertInputs(g: Graph, F: FfnWeights, prefix: string, x: F32, idx: Int32Array, T: number, c: V4Config): Promise<void> {
+  const sink = g.linearInput!;
+  const d = c.hidden_size;
+  const I = c.moe_intermediate_size;
+  const k = c.num_experts_per_tok;
+  const L = c.swiglu_limit;
+  const rowsOf: number[][] = F.experts.map(() => []);
+  for (let t = 0; t < T; t++) {
+    for (let j = 0; j < k; j++) {
+      const e = idx[t * k + j];
+      if (e >= 0 && e < rowsOf.length && rowsOf[e]!.at(-1) !== t) rowsOf[e]!.push(t);
+    }
+  }
+  for (let e = 0; e < F.experts.length; e++) {
+    const rows = rowsOf[e]!;
+    if (rows.length === 0) continue;
+    const n = rows.length;
+    const tokenIdx = Int32Array.from(rows);
+    const xe = new Float32Array(n * d);
+    rows.forEach((t, i) => xe.set(x.subarray(t * d, (t + 1) * d), i * d));
+    const mod = `${prefix}.ffn.experts.${e}`;
+    sink(`${mod}.w1`, xe, n, d, tokenIdx);
+    sink(`${mod}.w3`, xe, n, d, tokenIdx);
+    sink(`${mod}.w2`, await swigluHidden(g, F.experts[e]!, xe, n, d, I, L), n, I, tokenIdx);
+  }
+  const mod = `${prefix}.ffn.shared_experts`;
+  sink(`${mod}.w1`, x, T, d, null);
+  sink(`${mod}.w3`, x, T, d, null);
+  sink(`${mod}.w2`, await swigluHidden(g, F.shared, x, T, d, I, L), T, I, null);
 }

@@ -1,0 +1,144 @@
+// GPTQ calibration: the Hessian H = (2/n) Σ_t x_tᵀ x_t [in, in] (float64) of every quantised
+// linear, from its inputs x_t in the model's forward over the calibration rows (the model's
+// `onLinearInput` observer: routed experts see only their routed rows, w2 their activation).
+// The grouped wo_a gets one Hessian per group of its input (rows of group g read only columns
+// g·inG … (g+1)·inG), so its GPTQ runs per group of output rows.
+//
+// Memory: the Hessians take Σ groups·in²·8 bytes. They are collected for a window of linears at
+// a time (in the order they are asked for), each window at most `budgetBytes` (one linear when
+// a single one is larger): every window is one more forward over the calibration rows. The
+// tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per attention or expert w1)
+// needs a pass per few dozen linears.
+import { V4tuneError } from '../errors.js';
+import type { V4Model } from '../model/v4/model.js';
+
+/** One calibration row: token ids and, for a packed row, its segment lengths. */
+export interface CalibrationRow {
+  input_ids: Int32Array;
+  segments?: ArrayLike<number> | null;
+}
+
+/** A quantised linear as calibration sees it: module name (no `.weight`), input size per group, groups. */
+export interface CalibratedLinear {
+  module: string;
+  cols: number;
+  groups: number;
+}
+
+export interface Hessian {
+  cols: number;
+  /** one [cols, cols] matrix per group of the input, (2/tokens) Σ xᵀx */
+  H: Float64Array[];
+  /** input rows seen */
+  tokens: number;
+}
+
+/** default memory bound of one window of Hessians */
+export const HESSIAN_BUDGET_BYTES = 4 * 2 ** 30;
+
+const hessianBytes = (l: CalibratedLinear): number => l.groups * l.cols * l.cols * 8;
+
+/** Σ xᵀx of x [rows, groups·cols] into the upper triangles of H[g] */
+function accumulate(h: Hessian, groups: number, x: Float32Array, rows: number): void {
+  const n = h.cols;
+  const width = groups * n;
+  for (let g = 0; g < groups; g++) {
+    const H = h.H[g]!;
+    for (let t = 0; t < rows; t++) {
+      const o = t * width + g * n;
+      for (let i = 0; i < n; i++) {
+        const xi = x[o + i]!;
+        if (xi === 0) continue;
+        const hi = i * n;
+        for (let j = i; j < n; j++) H[hi + j] += xi * x[o + j]!;
+      }
+    }
+  }
+  h.tokens += rows;
+}
+
+/** mirror the upper triangles and scale by 2/tokens */
+function finish(h: Hessian): void {
+  const n = h.cols;
+  const s = h.tokens > 0 ? 2 / h.tokens : 0;
+  for (const H of h.H) {
+    for (let i = 0; i < n; i++) {
+      for (let j = i; j < n; j++) {
+        const v = H[i * n + j]! * s;
+        H[i * n + j] = v;
+        H[j * n + i] = v;
+      }
+    }
+  }
+}
+
+/**
+ * Hessians of the given linears from forwards of `model` over `rows`: every row's forward
+ * (`route`: the trunk and the MTP block, no LM head) reports the inputs of the wanted linears.
+ */
+export async function collectHessians(model: V4Model, rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[]): Promise<Map<string, Hessian>> {
+  const want = new Map(linears.map((l) => [l.module, l]));
+  const out = new Map<string, Hessian>();
+  for (const l of linears) out.set(l.module, { cols: l.cols, H: Array.from({ length: l.groups }, () => new Float64Array(l.cols * l.cols)), tokens: 0 });
+  for (const row of rows) {
+    await model.route(row.input_ids, {
+      segments: row.segments ?? null,
+      onLinearInput: (module, x, n, cols) => {
+        const l = want.get(module);
+        if (!l) return;
+        if (cols !== l.groups * l.cols) throw new V4tuneError(`GPTQ calibration: ${module} was given inputs of width ${cols}, its weight reads ${l.groups} × ${l.cols}`);
+        accumulate(out.get(module)!, l.groups, x, n);
+      },
+    });
+  }
+  for (const h of out.values()) finish(h);
+  return out;
+}
+
+/**
+ * The Hessians of a list of linears, collected window by window as they are asked for (see the
+ * file comment for the memory bound). `get` of a linear outside the current window drops the
+ * window and collects the one that holds it.
+ */
+export class CalibratedHessians {
+  private readonly windows: CalibratedLinear[][] = [];
+  private readonly windowOf = new Map<string, number>();
+  private current = -1;
+  private held = new Map<string, Hessian>();
+  /** forwards over the calibration rows so far */
+  passes = 0;
+
+  constructor(private readonly model: V4Model, private readonly rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[], budgetBytes = HESSIAN_BUDGET_BYTES) {
+    let win: CalibratedLinear[] = [];
+    let bytes = 0;
+    for (const l of linears) {
+      const b = hessianBytes(l);
+      if (win.length > 0 && bytes + b > budgetBytes) {
+        this.windows.push(win);
+        win = [];
+        bytes = 0;
+      }
+      win.push(l);
+      bytes += b;
+      this.windowOf.set(l.module, this.windows.length);
+    }
+    if (win.length > 0) this.windows.push(win);
+  }
+
+  /** number of windows (calibration passes when the linears are asked for in order) */
+  get windowCount(): number {
+    return this.windows.length;
+  }
+
+  async get(module: string): Promise<Hessian> {
+    const w = this.windowOf.get(module);
+    if (w === undefined) throw new V4tuneError(`GPTQ calibration: no Hessian planned for ${module}`);
+    if (w !== this.current) {
+      this.held = new Map();
+      this.held = await collectHessians(this.model, this.rows, this.windows[w]!);
+      this.current = w;
+      this.passes++;
+    }
+    return this.held.get(module)!;
+  }
+}
