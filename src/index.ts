@@ -9,7 +9,7 @@ export { prepareDataset, type PrepareOptions, type PrepareSummary } from './data
 export { openDataset, type Dataset, type DatasetRow, type Split } from './data/dataset.js';
 // model
 export { loadModel, type LoadModelOptions } from './model/load.js';
-export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver } from './model/v4/model.js';
+export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver, type LinearInputObserver } from './model/v4/model.js';
 export { Checkpoint } from './model/checkpoint.js';
 export { parseConfig, type V4Config } from './model/config.js';
 export { initModel, type InitOptions } from './model/init.js';
