@@ -1,5 +1,5 @@
 // GGUF (version 3, ggml's model file format): a streaming writer, a header reader (for tests and
-// inspection), and llama.cpp's Q4_0 block quantisation.
+// inspection), and llama.cpp's Q4_0 block quantisation (Q4_K: q4k.ts).
 //
 // File layout (all little-endian):
 //   u32 magic "GGUF" | u32 version = 3 | u64 tensor_count | u64 kv_count
@@ -11,6 +11,7 @@
 import { closeSync, openSync, readSync, renameSync, rmSync, writeSync, fstatSync } from 'node:fs';
 import { tempNameBeside } from '../fsutil.js';
 import { f16Decode, f16Encode } from '../model/formats.js';
+import { Q4_K_BLOCK, Q4_K_BYTES } from './q4k.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
@@ -24,7 +25,7 @@ export const GgufType = {
 export type GgufTypeId = (typeof GgufType)[keyof typeof GgufType];
 
 /** the ggml tensor types this writer emits */
-export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, I32: 26 } as const;
+export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, Q4_K: 12, I32: 26 } as const;
 export type GgmlTypeId = (typeof GgmlType)[keyof typeof GgmlType];
 
 /** Q4_0: 32 weights per block, f16 d + 16 bytes of nibbles */
@@ -57,6 +58,9 @@ export function ggmlBytes(type: GgmlTypeId, dims: ReadonlyArray<number>): number
     case GgmlType.Q4_0:
       if (dims[0]! % Q4_0_BLOCK !== 0) throw new Error(`Q4_0 needs ne[0] to be a multiple of ${Q4_0_BLOCK} (got ${dims[0]})`);
       return (n / Q4_0_BLOCK) * Q4_0_BYTES;
+    case GgmlType.Q4_K:
+      if (dims[0]! % Q4_K_BLOCK !== 0) throw new Error(`Q4_K needs ne[0] to be a multiple of ${Q4_K_BLOCK} (got ${dims[0]})`);
+      return (n / Q4_K_BLOCK) * Q4_K_BYTES;
   }
 }
 

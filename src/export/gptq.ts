@@ -10,13 +10,15 @@
 // With a diagonal H every U_ij (i ≠ j) is 0: nothing propagates and GPTQ is round to nearest.
 //
 // The grid rule is the caller's (a `ColumnQuantizer`): the INT4 group grid of int4.ts
-// (int4Quantizer) or llama.cpp's Q4_0 blocks of 32 (q4_0Quantizer). Blocks are B = 128 columns
+// (int4Quantizer), llama.cpp's Q4_0 blocks of 32 (q4_0Quantizer) or its Q4_K super-blocks of 256
+// (q4kQuantizer: the 8 sub-block scales and mins are fitted when the super-block starts). Blocks are B = 128 columns
 // when the group size divides 128, else one group, so a group never straddles a block and its
 // "current" weights are the block's working copy. (AutoGPTQ with static_groups = false reads a
 // group's grid from the block-start weights; for groups smaller than the block this takes the
 // weights after the block's earlier columns propagated their errors, which is what the loss wants.)
 import { f16Decode, f16Encode } from '../model/formats.js';
 import { groupGrid, quantCode, type Int4Weight } from './int4.js';
+import { nearestInt, q4kGrid, q4kNibble, quantizeQ4KBlock, Q4_K_BLOCK, Q4_K_BYTES } from './q4k.js';
 
 /** Quantises the columns of a group of rows on grids it fits as it goes. */
 export interface ColumnQuantizer {
@@ -220,6 +222,41 @@ export function q4_0Quantizer(out: number, inF: number): ColumnQuantizer & { res
       const p = b * Q4_0_BYTES + 2 + (j & 15);
       result[p] = j < 16 ? (result[p]! & 0xf0) | q : (result[p]! & 0x0f) | (q << 4);
       return (q - 8) * dq[b]!;
+    },
+  };
+}
+
+/**
+ * llama.cpp's Q4_K (q4k.ts) as a ColumnQuantizer over W [out, inF] (inF a multiple of 256): at a
+ * super-block's start its d, dmin and 6-bit sub-block scales and mins are fitted to the current
+ * weights as quantize_row_q4_K_ref does; each weight then gets code
+ * clamp(nearest((w + dmin·m)/(d·sc)), 0, 15) of its sub-block, value d·sc·q − dmin·m (a sub-block
+ * with d·sc = 0 takes code 0, value −dmin·m). `result`: the GGUF bytes.
+ */
+export function q4kQuantizer(out: number, inF: number): ColumnQuantizer & { result: Uint8Array } {
+  const nbRow = inF / Q4_K_BLOCK;
+  const result = new Uint8Array(out * nbRow * Q4_K_BYTES);
+  const step = new Float32Array(out * nbRow * 8);
+  const offset = new Float32Array(out * nbRow * 8);
+  const f = Math.fround;
+  return {
+    groupSize: Q4_K_BLOCK,
+    result,
+    fit(r, g, vals) {
+      const b = r * nbRow + g;
+      quantizeQ4KBlock(vals, result, b * Q4_K_BYTES);
+      q4kGrid(result, b * Q4_K_BYTES, step.subarray(b * 8, b * 8 + 8), offset.subarray(b * 8, b * 8 + 8));
+    },
+    quant(r, c, w) {
+      const b = r * nbRow + Math.floor(c / Q4_K_BLOCK);
+      const i = c % Q4_K_BLOCK;
+      const k = b * 8 + (i >> 5);
+      const d = step[k]!;
+      const q = d === 0 ? 0 : Math.max(0, Math.min(15, nearestInt(f(f(f(w) + offset[k]!) / d))));
+      const { byte, high } = q4kNibble(i);
+      const p = b * Q4_K_BYTES + byte;
+      result[p] = high ? (result[p]! & 0x0f) | (q << 4) : (result[p]! & 0xf0) | q;
+      return d * q - offset[k]!;
     },
   };
 }

@@ -8,7 +8,8 @@
 // Kept: embed, head, norms, the router (ffn.gate), the compressors, the indexer, hc_*,
 // attn_sink, ape, MTP e_proj/h_proj — small or precision-critical tensors.
 //
-// Rounding (`method`): `rtn`, round to nearest on each group's grid (int4.ts, gguf.ts Q4_0); or
+// Rounding (`method`): `rtn`, round to nearest on each group's grid (int4.ts, gguf.ts Q4_0, q4k.ts
+// Q4_K); or
 // `gptq`, GPTQ (gptq.ts) against each linear's Hessian from the model's forward over calibration
 // rows (calibrate.ts; routed experts: the rows routed to them). The model is loaded on a backend
 // for that; a routed expert that no calibration row reached is rounded to nearest (listed in the
@@ -25,12 +26,14 @@
 // - `gguf-q4_0`: one GGUF file, llama.cpp's `deepseek4` tensor names, Q4_0 for the quantised
 //   linears (F16 where the input size is not a multiple of 32), F32 for 1-D and F32 tensors, F16
 //   for the other kept matrices. The MTP block is not written (its GGUF names are not known here).
+// - `gguf-q4_k`: the same file with llama.cpp's Q4_K super-blocks of 256 (q4k.ts) for the
+//   quantised linears, F16 where the input size is not a multiple of 256.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createBackend } from '../backend/index.js';
 import type { BackendName } from '../backend/ops.js';
 import { openDataset } from '../data/dataset.js';
-import { InputError, NotBuiltError, V4tuneError } from '../errors.js';
+import { InputError, V4tuneError } from '../errors.js';
 import { writeDirAtomic, writeFileAtomic } from '../fsutil.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import type { V4Config } from '../model/config.js';
@@ -39,7 +42,8 @@ import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
 import { V4Model } from '../model/v4/model.js';
 import { CalibratedHessians, HESSIAN_BUDGET_BYTES, type CalibratedLinear, type CalibrationRow, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, type GgmlTypeId, type GgufKv, type GgufTensorInfo } from './gguf.js';
-import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, type ColumnQuantizer } from './gptq.js';
+import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer } from './gptq.js';
+import { dequantizeQ4_K, Q4_K_BLOCK, quantizeQ4_K } from './q4k.js';
 import { checkGroupable, dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
 
 export type QuantFormat = 'gptq' | 'gguf-q4_0' | 'gguf-q4_k';
@@ -61,11 +65,11 @@ export function linearKind(name: string): LinearKind | null {
 export interface QuantizeOptions {
   /** checkpoint folder (config.json + safetensors) */
   model: string;
-  /** gptq: the output folder; gguf-q4_0: the output .gguf file */
+  /** gptq: the output folder; gguf-q4_0 / gguf-q4_k: the output .gguf file */
   out: string;
   format: QuantFormat;
   method: QuantMethod;
-  /** INT4 group size along the input (gptq format; Q4_0 blocks are always 32) */
+  /** INT4 group size along the input (gptq format; Q4_0 blocks are always 32, Q4_K super-blocks 256) */
   groupSize: number;
   /** shard size of the gptq output (default 4 GiB) */
   maxShardBytes?: number;
@@ -109,7 +113,7 @@ export interface QuantizeSummary {
   groupSize: number;
   tensorsQuantized: number;
   tensorsKept: number;
-  /** quantisable linears written unquantised (GGUF F16: input size not a multiple of 32) */
+  /** quantisable linears written unquantised (GGUF F16: input size not a multiple of 32 for Q4_0, 256 for Q4_K) */
   tensorsFallback: string[];
   /** tensors of the checkpoint not written (GGUF: the MTP block) */
   tensorsSkipped: number;
@@ -185,7 +189,6 @@ class ErrorAccumulator {
 
 /** Quantise a checkpoint folder to one INT4 format (see the file comment). */
 export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<QuantizeSummary> {
-  if (opts.format === 'gguf-q4_k') throw new NotBuiltError('quantize format gguf-q4_k', '(Q4_K super-blocks); use gguf-q4_0 or gptq');
   if (opts.method === 'gptq' && !(opts.calibration && opts.calibration.rows.length > 0)) {
     throw new InputError(`quantize ${opts.model}: method gptq needs calibration rows (the recipe's prepared train split)`);
   }
@@ -214,6 +217,8 @@ interface Rounder {
   int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, groupSize: number): Promise<Int4Weight>;
   /** the Q4_0 bytes of W [out, inF] (GGUF) */
   q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
+  /** the Q4_K bytes of W [out, inF] (GGUF) */
+  q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
   /** quantise a list of linears in this order (GPTQ plans its Hessian windows on it) */
   plan(order: readonly { name: string; out: number; inF: number }[]): void;
   calibration(): CalibrationSummary | null;
@@ -235,6 +240,11 @@ function rtnQ4_0(name: string, w: Float32Array): Uint8Array {
   return quantizeQ4_0(w);
 }
 
+function rtnQ4_K(name: string, w: Float32Array): Uint8Array {
+  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  return quantizeQ4_K(w);
+}
+
 class RtnRounder implements Rounder {
   constructor(readonly errs: ErrorAccumulator) {}
   async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
@@ -245,6 +255,11 @@ class RtnRounder implements Rounder {
   async q4_0(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
     const q = rtnQ4_0(name, w);
     this.errs.add(kind, w, dequantizeQ4_0(q, w.length));
+    return q;
+  }
+  async q4_k(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
+    const q = rtnQ4_K(name, w);
+    this.errs.add(kind, w, dequantizeQ4_K(q, w.length));
     return q;
   }
   plan(): void {}
@@ -339,6 +354,18 @@ class GptqRounder implements Rounder {
     }
     const qz = q4_0Quantizer(out, inF);
     this.run(name, kind, w, out, inF, h, qz, dequantizeQ4_0(rtn, w.length));
+    return qz.result;
+  }
+
+  async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    const rtn = rtnQ4_K(name, w);
+    const h = await this.hessian(name);
+    if (!h) {
+      this.errs.add(kind, w, dequantizeQ4_K(rtn, w.length));
+      return rtn;
+    }
+    const qz = q4kQuantizer(out, inF);
+    this.run(name, kind, w, out, inF, h, qz, dequantizeQ4_K(rtn, w.length));
     return qz.result;
   }
 
@@ -535,15 +562,18 @@ export function ggufName(name: string): string | null {
   return `blk.${m[1]}.${s}`;
 }
 
+/** llama.cpp's general.file_type of each GGUF format (LLAMA_FTYPE_MOSTLY_Q4_0, _Q4_K_S) */
+const GGUF_FILE_TYPE = { 'gguf-q4_0': 2, 'gguf-q4_k': 14 } as const;
+
 /** the `deepseek4.*` hyperparameters and general.* metadata */
-export function ggufMetadata(c: V4Config, name: string): GgufKv[] {
+export function ggufMetadata(c: V4Config, name: string, format: 'gguf-q4_0' | 'gguf-q4_k' = 'gguf-q4_0'): GgufKv[] {
   const A = 'deepseek4';
   const u32 = (key: string, v: number): GgufKv => ({ key: `${A}.${key}`, type: GgufType.UINT32, value: v });
   const f32 = (key: string, v: number): GgufKv => ({ key: `${A}.${key}`, type: GgufType.FLOAT32, value: v });
   const kv: GgufKv[] = [
     { key: 'general.architecture', type: GgufType.STRING, value: A },
     { key: 'general.name', type: GgufType.STRING, value: name },
-    { key: 'general.file_type', type: GgufType.UINT32, value: 2 }, // LLAMA_FTYPE_MOSTLY_Q4_0
+    { key: 'general.file_type', type: GgufType.UINT32, value: GGUF_FILE_TYPE[format] },
     { key: 'general.quantization_version', type: GgufType.UINT32, value: 2 },
     { key: 'general.alignment', type: GgufType.UINT32, value: 32 },
     u32('block_count', c.num_hidden_layers),
@@ -596,7 +626,7 @@ interface GgufItem {
   info: GgufTensorInfo;
   /** official tensors it is made of (several for stacked experts, in expert order) */
   parts: string[];
-  /** quantise to Q4_0 */
+  /** quantise (to the format's block type) */
   quant: LinearKind | null;
 }
 
@@ -605,6 +635,9 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
   const items = new Map<string, GgufItem>();
   let skipped = 0;
   const fallback: string[] = [];
+  const k = opts.format === 'gguf-q4_k';
+  const block = k ? Q4_K_BLOCK : 32;
+  const qtype: GgmlTypeId = k ? GgmlType.Q4_K : GgmlType.Q4_0;
   for (const n of names) {
     const g = ggufName(n);
     if (g === null) {
@@ -614,9 +647,9 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
     const m = ckpt.meta(n);
     const shape = m.logicalShape;
     const kind = linearKind(n);
-    const q4 = kind !== null && shape[shape.length - 1]! % 32 === 0;
+    const q4 = kind !== null && shape[shape.length - 1]! % block === 0;
     if (kind !== null && !q4) fallback.push(n);
-    const type: GgmlTypeId = q4 ? GgmlType.Q4_0 : m.format === 'int' ? GgmlType.I32 : m.format === 'f32' || shape.length === 1 ? GgmlType.F32 : GgmlType.F16;
+    const type: GgmlTypeId = q4 ? qtype : m.format === 'int' ? GgmlType.I32 : m.format === 'f32' || shape.length === 1 ? GgmlType.F32 : GgmlType.F16;
     const dims = [...shape].reverse();
     const have = items.get(g);
     if (have) {
@@ -634,7 +667,7 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
   const list = [...items.values()];
   const cfgName = (JSON.parse(readFileSync(join(opts.model, 'config.json'), 'utf8')) as { _name_or_path?: string })._name_or_path;
   mkdirSync(dirname(opts.out), { recursive: true });
-  const writer = new GgufWriter(opts.out, ggufMetadata(ckpt.config, cfgName ?? 'DeepSeek V4 (v4tune)'), list.map((i) => i.info));
+  const writer = new GgufWriter(opts.out, ggufMetadata(ckpt.config, cfgName ?? 'DeepSeek V4 (v4tune)', k ? 'gguf-q4_k' : 'gguf-q4_0'), list.map((i) => i.info));
   rounder.plan(list.flatMap((it) => (it.quant ? it.parts.map((n) => {
     const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
     return { name: n, out, inF };
@@ -649,7 +682,8 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
       for (const n of it.parts) {
         if (it.quant) {
           const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
-          chunks.push(await rounder.q4_0(n, it.quant, await ckpt.f32(n), out, inF));
+          const w = await ckpt.f32(n);
+          chunks.push(await (k ? rounder.q4_k(n, it.quant, w, out, inF) : rounder.q4_0(n, it.quant, w, out, inF)));
           quantized++;
         } else {
           if (it.info.type === GgmlType.I32) chunks.push(f32ToBytesInt(await ckpt.ints(n)));
@@ -665,7 +699,7 @@ async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
       writer.add(it.info.name, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
     }
     const bytesOut = writer.finish();
-    writeFileAtomic(`${opts.out}.json`, `${JSON.stringify({ format: 'gguf-q4_0', method: opts.method, source: opts.model, fallback_f16: fallback, skipped_mtp: skipped, errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
+    writeFileAtomic(`${opts.out}.json`, `${JSON.stringify({ format: opts.format, method: opts.method, source: opts.model, fallback_f16: fallback, skipped_mtp: skipped, errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
     return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: fallback, tensorsSkipped: skipped, bytesOut, errors: errs.summary() };
   } catch (e) {
     writer.abort();
@@ -680,7 +714,7 @@ const f32ToBytesInt = (x: Int32Array): Uint8Array => new Uint8Array(x.buffer, x.
 export interface RecipeQuantizeOptions {
   /** input checkpoint folder (default: `<output>/merged` when it holds a config.json, else the recipe's model) */
   model?: string;
-  /** output folder (default `<output>/quantized`): `gptq/` and `model-Q4_0.gguf` inside */
+  /** output folder (default `<output>/quantized`): `gptq/`, `model-Q4_0.gguf` and `model-Q4_K.gguf` inside */
   out?: string;
   /** formats to write (default: the recipe's export.quantize) */
   formats?: QuantFormat[];
@@ -740,7 +774,7 @@ export async function quantizeRecipe(recipe: QuantizeRecipe, o: RecipeQuantizeOp
   const model = o.model ?? (existsSync(join(merged, 'config.json')) ? merged : recipe.model.path ?? join(recipe.output, 'model'));
   if (!existsSync(join(model, 'config.json'))) throw new InputError(`${recipe.file}: model folder ${model} has no config.json (run \`v4tune merge\` or \`v4tune init-model\` first, or give --model)`);
   const formats = o.formats ?? recipe.export.quantize;
-  if (formats.length === 0) throw new InputError(`${recipe.file}: export.quantize is empty (list gptq / gguf-q4_0 there, or give --format)`);
+  if (formats.length === 0) throw new InputError(`${recipe.file}: export.quantize is empty (list gptq / gguf-q4_0 / gguf-q4_k there, or give --format)`);
   const method = o.method ?? recipe.export.method;
   const groupSize = o.groupSize ?? recipe.export.group_size;
   const outDir = o.out ?? join(recipe.output, 'quantized');
@@ -752,7 +786,7 @@ export async function quantizeRecipe(recipe: QuantizeRecipe, o: RecipeQuantizeOp
   for (const format of formats) {
     const target = formatOutput(outDir, format);
     const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
-    o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : ', Q4_0 blocks of 32'}${how})`);
+    o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : format === 'gguf-q4_0' ? ', Q4_0 blocks of 32' : ', Q4_K super-blocks of 256'}${how})`);
     out.push(await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
   }
   return out;

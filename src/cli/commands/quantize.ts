@@ -1,5 +1,5 @@
 // `v4tune quantize <recipe>`: INT4 export of the merged (or base) model — GPTQ-layout
-// safetensors and/or GGUF Q4_0, rounded to nearest or by GPTQ — with reconstruction-error
+// safetensors and/or GGUF Q4_0 / Q4_K, rounded to nearest or by GPTQ — with reconstruction-error
 // statistics per kind of linear (and, for GPTQ, the output error against round to nearest).
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
@@ -40,7 +40,7 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
     },
   });
   for (const s of summaries) {
-    ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of 32)` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
+    ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of ${s.format === 'gguf-q4_k' ? 256 : 32})` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
     for (const [kind, k] of Object.entries(s.errors)) {
       const outErr = k.relOutputError === undefined ? '' : `; output error ${(100 * k.relOutputError).toFixed(2)}% (round to nearest ${(100 * k.rtnRelOutputError!).toFixed(2)}%)`;
       ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%${outErr}`);

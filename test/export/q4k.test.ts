@@ -1,0 +1,135 @@
+// Q4_K (llama.cpp's super-blocks of 256): bytes of a block whose grid is exact, checked against
+// the layout worked out by hand; round-trip error against Q4_0; GGUF sizes; the tiny preset.
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, readGgufHeader } from '../../src/export/gguf.js';
+import { gptqRows, q4kQuantizer } from '../../src/export/gptq.js';
+import { dequantizeQ4_K, q4kGrid, Q4_K_BYTES, quantizeQ4_K, scaleMinK4 } from '../../src/export/q4k.js';
+import { linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+
+const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
+
+// sub-block j: x = (k_j·2⁻⁶)·L − m_j·2⁻⁵ with L = 0..15 twice (odd sub-blocks: 15..0), so the fit
+// is exact: d = 2⁻⁶, dmin = 2⁻⁵, sc_j = k_j, m_j as given, codes L.
+const K = [63, 10, 21, 7, 50, 33, 16, 63];
+const M = [0, 63, 12, 5, 40, 17, 63, 2];
+const code = (i: number): number => ((i >> 5) % 2 === 0 ? i % 16 : 15 - (i % 16));
+
+function gaussian(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const u = (): number => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s + 1) / 2 ** 32;
+  };
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i++) x[i] = Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+  return x;
+}
+
+describe('Q4_K blocks (llama.cpp layout and rounding)', () => {
+  it('an exactly representable block gives the hand-computed bytes: f16 d/dmin, packed 6-bit scales, nibble order', () => {
+    const x = new Float32Array(256);
+    for (let i = 0; i < 256; i++) x[i] = K[i >> 5]! * 2 ** -6 * code(i) - M[i >> 5]! * 2 ** -5;
+    const b = quantizeQ4_K(x);
+    expect(b.length).toBe(144);
+    expect(Array.from(b.subarray(0, 4))).toEqual([0x00, 0x24, 0x00, 0x28]); // f16 2⁻⁶, 2⁻⁵
+    // j < 4: sc_j | (sc_{j+4} >> 4) << 6, then m_j | (m_{j+4} >> 4) << 6; j ≥ 4: low nibbles of sc | m << 4
+    expect(Array.from(b.subarray(4, 16))).toEqual([255, 138, 85, 199, 128, 127, 204, 5, 130, 17, 240, 47]);
+    for (let j = 0; j < 8; j++) expect(scaleMinK4(j, b, 4)).toEqual([K[j], M[j]]);
+    // chunk c, byte l: low nibble = sub-block 2c weight l (code l % 16), high = sub-block 2c+1 (15 − l % 16)
+    for (let c = 0; c < 4; c++) {
+      for (let l = 0; l < 32; l++) expect(b[16 + 32 * c + l], `chunk ${c} byte ${l}`).toBe((l % 16) | ((15 - (l % 16)) << 4));
+    }
+    expect(Array.from(dequantizeQ4_K(b, 256))).toEqual(Array.from(x));
+  });
+
+  it('on Gaussian rows: lower mean squared error than Q4_0, every weight within one sub-block step', () => {
+    let e4k = 0;
+    let e40 = 0;
+    const step = new Float32Array(8);
+    const offset = new Float32Array(8);
+    for (let r = 0; r < 32; r++) {
+      const x = gaussian(1024, 7 + r);
+      const b = quantizeQ4_K(x);
+      const y = dequantizeQ4_K(b, x.length);
+      const z = dequantizeQ4_0(quantizeQ4_0(x), x.length);
+      for (let blk = 0; blk < 4; blk++) {
+        q4kGrid(b, blk * Q4_K_BYTES, step, offset);
+        for (let i = blk * 256; i < (blk + 1) * 256; i++) {
+          const err = Math.abs(y[i]! - x[i]!);
+          if (!(err <= step[(i % 256) >> 5]!)) throw new Error(`row ${r} [${i}]: |err| ${err} > step ${step[(i % 256) >> 5]}`);
+        }
+      }
+      for (let i = 0; i < x.length; i++) {
+        e4k += (y[i]! - x[i]!) ** 2;
+        e40 += (z[i]! - x[i]!) ** 2;
+      }
+    }
+    expect(e4k).toBeLessThan(e40);
+  });
+
+  it('keeps an all-zero block exact and refuses a length that is not a multiple of 256', () => {
+    expect(Array.from(dequantizeQ4_K(quantizeQ4_K(new Float32Array(256)), 256)).every((v) => v === 0)).toBe(true);
+    expect(() => quantizeQ4_K(new Float32Array(100))).toThrow(/not a multiple of 256/);
+  });
+});
+
+describe('GGUF with Q4_K tensors', () => {
+  let dir: string;
+  beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'v4tune-q4k-')); });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('lists Q4_K tensors (type 12) with 144 bytes per 256 weights, aligned offsets', () => {
+    const path = join(dir, 'k.gguf');
+    const w = new GgufWriter(path, [{ key: 'general.architecture', type: GgufType.STRING, value: 'test' }], [
+      { name: 'a', dims: [512, 3], type: GgmlType.Q4_K },
+      { name: 'b', dims: [4], type: GgmlType.F32 },
+    ]);
+    const x = gaussian(512 * 3, 1);
+    w.add('a', quantizeQ4_K(x));
+    w.add('b', new Uint8Array(16));
+    w.finish();
+    const f = readGgufHeader(path);
+    expect(f.tensors.map((t) => [t.name, t.type, t.offset])).toEqual([['a', 12, 0], ['b', 0, 6 * 144]]); // 864, already a multiple of the alignment 32
+    expect(f.dataStart + 6 * 144 + 16).toBeLessThanOrEqual(f.fileSize);
+    expect(() => new GgufWriter(join(dir, 'bad.gguf'), [], [{ name: 'c', dims: [100, 2], type: GgmlType.Q4_K }])).toThrow(/Q4_K needs ne\[0\] to be a multiple of 256/);
+  });
+});
+
+describe('quantize → GGUF Q4_K (v4-tiny-ref fixture)', () => {
+  let dir: string;
+  let summary: QuantizeSummary;
+  let out: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'v4tune-q4k-e2e-'));
+    cpSync(FIXTURE, join(dir, 'model'), { recursive: true });
+    out = join(dir, 'model-Q4_K.gguf');
+    summary = await quantizeCheckpoint({ model: join(dir, 'model'), out, format: 'gguf-q4_k', method: 'rtn', groupSize: 128 });
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('writes a readable file; the tiny model\'s linears (inputs of 32..128) are all left F16 and listed', () => {
+    const f = readGgufHeader(out);
+    expect(f.kv.get('general.file_type')!.value).toBe(14);
+    expect(f.tensors.every((t) => t.type !== GgmlType.Q4_0)).toBe(true);
+    expect(summary.format).toBe('gguf-q4_k');
+    expect(summary.tensorsQuantized).toBe(0);
+    expect(summary.tensorsFallback.length).toBe(4 * (5 + 3 + 24));
+    expect(summary.tensorsFallback.every((n) => linearKind(n) !== null)).toBe(true);
+  });
+});
+
+describe('GPTQ with the Q4_K grid', () => {
+  it('equals round to nearest byte for byte when H is diagonal (nothing propagates)', () => {
+    const out = 4;
+    const inF = 512;
+    const w = gaussian(out * inF, 11);
+    const H = new Float64Array(inF * inF);
+    for (let i = 0; i < inF; i++) H[i * inF + i] = 1 + (i % 7);
+    const qz = q4kQuantizer(out, inF);
+    gptqRows(w, inF, 0, out, H, qz);
+    expect(Buffer.from(qz.result).equals(Buffer.from(quantizeQ4_K(w)))).toBe(true);
+  });
+});
