@@ -9,6 +9,10 @@
 // a single one is larger): every window is one more forward over the calibration rows. The
 // tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per attention or expert w1)
 // needs a pass per few dozen linears.
+//
+// Several formats of one quantize stage share a CalibrationSession: when the previous format's
+// Hessians were one window holding every linear the next format asks for, they are reused (no
+// forward); otherwise the next format collects its own windows (the memory bound holds).
 import { V4tuneError } from '../errors.js';
 import type { V4Model } from '../model/v4/model.js';
 
@@ -102,6 +106,7 @@ export async function collectHessians(model: V4Model, rows: readonly Calibration
  */
 export class CalibratedHessians {
   private readonly windows: CalibratedLinear[][] = [];
+  private readonly planned = new Map<string, CalibratedLinear>();
   private readonly windowOf = new Map<string, number>();
   private current = -1;
   private held = new Map<string, Hessian>();
@@ -121,6 +126,7 @@ export class CalibratedHessians {
       win.push(l);
       bytes += b;
       this.windowOf.set(l.module, this.windows.length);
+      this.planned.set(l.module, l);
     }
     if (win.length > 0) this.windows.push(win);
   }
@@ -128,6 +134,15 @@ export class CalibratedHessians {
   /** number of windows (calibration passes when the linears are asked for in order) */
   get windowCount(): number {
     return this.windows.length;
+  }
+
+  /** whether these Hessians are one window holding every one of `linears` (with the same shapes) */
+  covers(linears: readonly CalibratedLinear[]): boolean {
+    if (this.windows.length !== 1) return false;
+    return linears.every((l) => {
+      const p = this.planned.get(l.module);
+      return p !== undefined && p.cols === l.cols && p.groups === l.groups;
+    });
   }
 
   async get(module: string): Promise<Hessian> {
@@ -140,5 +155,29 @@ export class CalibratedHessians {
       this.passes++;
     }
     return this.held.get(module)!;
+  }
+}
+
+/**
+ * The calibration model and rows of one quantize stage, shared by its formats: `hessians` gives
+ * the previous format's Hessians again when they cover the new list (see the file comment).
+ */
+export class CalibrationSession {
+  private last: CalibratedHessians | null = null;
+  private earlier = 0;
+
+  constructor(readonly model: V4Model, readonly rows: readonly CalibrationRow[], private readonly budgetBytes = HESSIAN_BUDGET_BYTES) {}
+
+  /** the Hessians of `linears`, and whether they are the previous list's (collected already) */
+  hessians(linears: readonly CalibratedLinear[]): { hessians: CalibratedHessians; reused: boolean } {
+    if (this.last && this.last.covers(linears)) return { hessians: this.last, reused: true };
+    this.earlier += this.last?.passes ?? 0;
+    this.last = new CalibratedHessians(this.model, this.rows, linears, this.budgetBytes);
+    return { hessians: this.last, reused: false };
+  }
+
+  /** forwards over the calibration rows so far, all lists together */
+  get passes(): number {
+    return this.earlier + (this.last?.passes ?? 0);
   }
 }

@@ -40,7 +40,7 @@ import type { V4Config } from '../model/config.js';
 import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
 import { V4Model } from '../model/v4/model.js';
-import { CalibratedHessians, HESSIAN_BUDGET_BYTES, type CalibratedLinear, type CalibrationRow, type Hessian } from './calibrate.js';
+import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type CalibrationRow, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, type GgmlTypeId, type GgufKv, type GgufTensorInfo } from './gguf.js';
 import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer } from './gptq.js';
 import { dequantizeQ4_K, Q4_K_BLOCK, quantizeQ4_K } from './q4k.js';
@@ -77,6 +77,11 @@ export interface QuantizeOptions {
   onTensor?: (done: number, total: number, name: string) => void;
   /** method gptq: the calibration rows and settings (required there) */
   calibration?: CalibrationOptions;
+  /**
+   * method gptq: the calibration model and Hessians shared with the other formats of a quantize
+   * stage (openCalibration; quantizeRecipe passes one); without it this call loads its own
+   */
+  session?: CalibrationSession;
 }
 
 export interface CalibrationOptions {
@@ -128,8 +133,10 @@ export interface QuantizeSummary {
 export interface CalibrationSummary {
   rows: number;
   damp: number;
-  /** forwards over the calibration rows (one per window of Hessians) */
+  /** forwards over the calibration rows for this format (one per window of Hessians; 0 when reused) */
   passes: number;
+  /** the Hessians of the previous format of the stage were reused (no forward of its own) */
+  reused: boolean;
   /** linears no calibration input reached (routed experts never chosen): rounded to nearest */
   rtnFallback: string[];
 }
@@ -197,7 +204,7 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
   try {
     const bytesIn = checkpointBytes(opts.model);
     const errs = new ErrorAccumulator();
-    rounder = opts.method === 'gptq' ? await GptqRounder.load(ckpt, opts.calibration!, errs) : new RtnRounder(errs);
+    rounder = opts.method === 'gptq' ? await GptqRounder.load(ckpt, opts.calibration!, errs, opts.session) : new RtnRounder(errs);
     const r = opts.format === 'gptq' ? await writeGptq(ckpt, opts, rounder) : await writeGguf(ckpt, opts, rounder);
     const s: QuantizeSummary = { format: opts.format, method: opts.method, model: opts.model, out: opts.out, groupSize: opts.groupSize, bytesIn, compression: bytesIn / r.bytesOut, ...r };
     const cal = rounder.calibration();
@@ -269,23 +276,57 @@ class RtnRounder implements Rounder {
   close(): void {}
 }
 
+function checkDamp(cal: CalibrationOptions): void {
+  if (!(cal.damp > 0)) throw new InputError(`export.gptq_damp must be a positive number (got ${cal.damp})`);
+}
+
+/** the calibration model of `ckpt` on the calibration backend, as a session */
+async function loadSession(ckpt: Checkpoint, cal: CalibrationOptions): Promise<CalibrationSession> {
+  const backend = await createBackend(cal.backend ?? 'auto', cal.note);
+  return new CalibrationSession(await V4Model.load(ckpt, backend), cal.rows, cal.hessianBudgetBytes ?? HESSIAN_BUDGET_BYTES);
+}
+
+/** A calibration session for the formats of one stage; close() frees its model and checkpoint. */
+export async function openCalibration(model: string, cal: CalibrationOptions): Promise<{ session: CalibrationSession; close: () => Promise<void> }> {
+  checkDamp(cal);
+  const ckpt = await Checkpoint.open(model);
+  try {
+    const session = await loadSession(ckpt, cal);
+    return {
+      session,
+      close: async () => {
+        session.model.dispose();
+        await ckpt.close();
+      },
+    };
+  } catch (e) {
+    await ckpt.close();
+    throw e;
+  }
+}
+
 class GptqRounder implements Rounder {
   private hessians: CalibratedHessians | null = null;
+  private passesBefore = 0;
+  private reused = false;
   private readonly fallback: string[] = [];
 
-  private constructor(readonly errs: ErrorAccumulator, private readonly model: V4Model, private readonly cal: CalibrationOptions) {}
+  private constructor(readonly errs: ErrorAccumulator, private readonly session: CalibrationSession, private readonly owned: boolean, private readonly cal: CalibrationOptions) {}
 
-  /** load the checkpoint's model on the calibration backend */
-  static async load(ckpt: Checkpoint, cal: CalibrationOptions, errs: ErrorAccumulator): Promise<GptqRounder> {
-    if (!(cal.damp > 0)) throw new InputError(`export.gptq_damp must be a positive number (got ${cal.damp})`);
-    const backend = await createBackend(cal.backend ?? 'auto', cal.note);
-    return new GptqRounder(errs, await V4Model.load(ckpt, backend), cal);
+  /** the shared session, or the checkpoint's model loaded on the calibration backend */
+  static async load(ckpt: Checkpoint, cal: CalibrationOptions, errs: ErrorAccumulator, session?: CalibrationSession): Promise<GptqRounder> {
+    checkDamp(cal);
+    if (session) return new GptqRounder(errs, session, false, cal);
+    return new GptqRounder(errs, await loadSession(ckpt, cal), true, cal);
   }
 
   plan(order: readonly { name: string; out: number; inF: number }[]): void {
-    const G = this.model.config.o_groups;
+    const G = this.session.model.config.o_groups;
     const linears: CalibratedLinear[] = order.map((l) => ({ module: l.name.slice(0, -'.weight'.length), cols: l.inF, groups: l.name.endsWith('.attn.wo_a.weight') ? G : 1 }));
-    this.hessians = new CalibratedHessians(this.model, this.cal.rows, linears, this.cal.hessianBudgetBytes ?? HESSIAN_BUDGET_BYTES);
+    const { hessians, reused } = this.session.hessians(linears);
+    this.hessians = hessians;
+    this.reused = reused;
+    this.passesBefore = hessians.passes;
   }
 
   /** the Hessian of a linear, or null when no calibration input reached it (then: RTN) */
@@ -370,11 +411,11 @@ class GptqRounder implements Rounder {
   }
 
   calibration(): CalibrationSummary {
-    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: this.hessians?.passes ?? 0, rtnFallback: this.fallback };
+    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, reused: this.reused, rtnFallback: this.fallback };
   }
 
   close(): void {
-    this.model.dispose();
+    if (this.owned) this.session.model.dispose();
   }
 }
 
@@ -782,12 +823,18 @@ export async function quantizeRecipe(recipe: QuantizeRecipe, o: RecipeQuantizeOp
   if (method === 'gptq') {
     calibration = { rows: calibrationRows(recipe, o.warn), damp: recipe.export.gptq_damp ?? 0.01, backend: recipe.train?.backend, note: o.log };
   }
-  const out: QuantizeSummary[] = [];
-  for (const format of formats) {
-    const target = formatOutput(outDir, format);
-    const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
-    o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : format === 'gguf-q4_0' ? ', Q4_0 blocks of 32' : ', Q4_K super-blocks of 256'}${how})`);
-    out.push(await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
+  // one calibration model for every format: the Hessians are collected once when they fit one window
+  const cal = calibration ? await openCalibration(model, calibration) : null;
+  try {
+    const out: QuantizeSummary[] = [];
+    for (const format of formats) {
+      const target = formatOutput(outDir, format);
+      const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
+      o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : format === 'gguf-q4_0' ? ', Q4_0 blocks of 32' : ', Q4_K super-blocks of 256'}${how})`);
+      out.push(await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, session: cal?.session, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
+    }
+    return out;
+  } finally {
+    await cal?.close();
   }
-  return out;
 }

@@ -250,6 +250,16 @@ describe('method gptq on the tiny preset', () => {
     expect(Math.abs(lossG - lossBase)).toBeLessThanOrEqual(Math.abs(lossR - lossBase) + 0.005);
   }, 600_000);
 
+  it('calibrates once for several formats: the second reuses the first\'s Hessians (GPTQ output error still below RTN\'s)', async () => {
+    const recipe = loadRecipe(join(dir, 'r.yaml'));
+    const [g, q] = await quantizeRecipe(recipe, { out: join(dir, 'q-both'), formats: ['gptq', 'gguf-q4_0'] });
+    expect(g!.calibration).toMatchObject({ passes: 1, reused: false });
+    expect(q!.calibration).toMatchObject({ passes: 0, reused: true });
+    for (const k of ['attention', 'shared_expert', 'routed_expert'] as const) {
+      expect(q!.errors[k]!.relOutputError!).toBeLessThan(q!.errors[k]!.rtnRelOutputError!);
+    }
+  }, 600_000);
+
   it('refuses a missing dataset and an empty train split, naming the recipe', async () => {
     const recipe = loadRecipe(join(dir, 'r.yaml'));
     await expect(quantizeRecipe({ ...recipe, data: { ...recipe.data, output: join(dir, 'nowhere') } }, { out: join(dir, 'x') }))

@@ -47,7 +47,7 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
     }
     if (s.calibration) {
       const c = s.calibration;
-      ctx.log(`  GPTQ: ${c.rows} calibration rows, damp ${c.damp}, ${c.passes} calibration pass${c.passes === 1 ? '' : 'es'}${c.rtnFallback.length ? `; ${c.rtnFallback.length} linears no calibration token reached, rounded to nearest` : ''}`);
+      ctx.log(`  GPTQ: ${c.rows} calibration rows, damp ${c.damp}, ${c.reused ? 'Hessians of the previous format reused' : `${c.passes} calibration pass${c.passes === 1 ? '' : 'es'}`}${c.rtnFallback.length ? `; ${c.rtnFallback.length} linears no calibration token reached, rounded to nearest` : ''}`);
     }
   }
   return summaries;
