@@ -823,17 +823,19 @@ export async function quantizeRecipe(recipe: QuantizeRecipe, o: RecipeQuantizeOp
   if (method === 'gptq') {
     calibration = { rows: calibrationRows(recipe, o.warn), damp: recipe.export.gptq_damp ?? 0.01, backend: recipe.train?.backend, note: o.log };
   }
-  // one calibration model for every format: the Hessians are collected once when they fit one window
+  // one calibration model for every format: the Hessians are collected once when they fit one
+  // window. The gptq format goes first: its linears (MTP included) cover every GGUF format's.
   const cal = calibration ? await openCalibration(model, calibration) : null;
+  const order = calibration ? [...formats].sort((x, y) => Number(y === 'gptq') - Number(x === 'gptq')) : formats;
   try {
-    const out: QuantizeSummary[] = [];
-    for (const format of formats) {
+    const out = new Map<QuantFormat, QuantizeSummary>();
+    for (const format of order) {
       const target = formatOutput(outDir, format);
       const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
       o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : format === 'gguf-q4_0' ? ', Q4_0 blocks of 32' : ', Q4_K super-blocks of 256'}${how})`);
-      out.push(await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, session: cal?.session, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
+      out.set(format, await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, session: cal?.session, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
     }
-    return out;
+    return formats.map((f) => out.get(f)!);
   } finally {
     await cal?.close();
   }

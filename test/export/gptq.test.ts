@@ -250,9 +250,11 @@ describe('method gptq on the tiny preset', () => {
     expect(Math.abs(lossG - lossBase)).toBeLessThanOrEqual(Math.abs(lossR - lossBase) + 0.005);
   }, 600_000);
 
-  it('calibrates once for several formats: the second reuses the first\'s Hessians (GPTQ output error still below RTN\'s)', async () => {
+  it('calibrates once for several formats: the GGUF format reuses the gptq format\'s Hessians (GPTQ output error still below RTN\'s)', async () => {
     const recipe = loadRecipe(join(dir, 'r.yaml'));
-    const [g, q] = await quantizeRecipe(recipe, { out: join(dir, 'q-both'), formats: ['gptq', 'gguf-q4_0'] });
+    // listed GGUF first: the stage still calibrates for gptq first, whose linears cover the GGUF's
+    const [q, g] = await quantizeRecipe(recipe, { out: join(dir, 'q-both'), formats: ['gguf-q4_0', 'gptq'] });
+    expect([q!.format, g!.format]).toEqual(['gguf-q4_0', 'gptq']);
     expect(g!.calibration).toMatchObject({ passes: 1, reused: false });
     expect(q!.calibration).toMatchObject({ passes: 0, reused: true });
     for (const k of ['attention', 'shared_expert', 'routed_expert'] as const) {
