@@ -1,13 +1,16 @@
 // Q4_K (llama.cpp's super-blocks of 256): bytes of a block whose grid is exact, checked against
-// the layout worked out by hand; round-trip error against Q4_0; GGUF sizes; the tiny preset.
+// the layout worked out by hand; round-trip error against Q4_0; GGUF sizes; the tiny preset (no
+// linear input is a multiple of 256 there) and the small preset (every one is).
 import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, readGgufHeader } from '../../src/export/gguf.js';
+import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, readGgufHeader, readGgufTensor } from '../../src/export/gguf.js';
 import { gptqRows, q4kQuantizer } from '../../src/export/gptq.js';
 import { dequantizeQ4_K, q4kGrid, Q4_K_BYTES, quantizeQ4_K, scaleMinK4 } from '../../src/export/q4k.js';
-import { linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+import { ggufName, linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+import { Checkpoint } from '../../src/model/checkpoint.js';
+import { initModel } from '../../src/model/init.js';
 
 const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
 
@@ -132,4 +135,67 @@ describe('GPTQ with the Q4_K grid', () => {
     gptqRows(w, inF, 0, out, H, qz);
     expect(Buffer.from(qz.result).equals(Buffer.from(quantizeQ4_K(w)))).toBe(true);
   });
+});
+
+describe('quantize → GGUF Q4_K (small preset: every linear input a multiple of 256)', () => {
+  let dir: string;
+  let summary: QuantizeSummary;
+  let out: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'v4tune-q4k-small-'));
+    await initModel({ preset: 'small', out: join(dir, 'model'), format: 'bf16', seed: 1 });
+    out = join(dir, 'model-Q4_K.gguf');
+    summary = await quantizeCheckpoint({ model: join(dir, 'model'), out, format: 'gguf-q4_k', method: 'rtn', groupSize: 128 });
+  }, 300_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('reads back: each Q4_K weight is the nearest point of its sub-block grid (clipped ones end < 1.25 steps off), nearer the source than Q4_0', async () => {
+    expect(summary.tensorsFallback).toEqual([]);
+    expect(summary.tensorsQuantized).toBeGreaterThan(0);
+    const f = readGgufHeader(out);
+    const byName = new Map(f.tensors.map((t) => [t.name, t]));
+    const c = await Checkpoint.open(join(dir, 'model'));
+    const step = new Float32Array(8);
+    const offset = new Float32Array(8);
+    let e4k = 0;
+    let e40 = 0;
+    let worst = 0;
+    try {
+      const sample = c.names().filter((n) => linearKind(n) && ggufName(n) && /^layers\.[01]\.(attn\.|ffn\.shared|ffn\.experts\.(0|5)\.)/.test(n));
+      expect(sample.length).toBeGreaterThan(10);
+      for (const n of sample) {
+        const t = byName.get(ggufName(n)!)!;
+        expect(t.type, n).toBe(GgmlType.Q4_K);
+        const w = await c.f32(n);
+        const e = /\.experts\.(\d+)\./.exec(n);
+        const bytes = (w.length / 256) * 144;
+        const all = readGgufTensor(out, f, t);
+        expect(all.length).toBe(bytes * (e ? t.dims[2]! : 1));
+        const b = all.subarray(e ? Number(e[1]) * bytes : 0, (e ? Number(e[1]) : 0) * bytes + bytes);
+        const r = dequantizeQ4_K(b, w.length);
+        const z = dequantizeQ4_0(quantizeQ4_0(w), w.length);
+        for (let blk = 0; blk < w.length / 256; blk++) {
+          q4kGrid(b, blk * 144, step, offset);
+          for (let i = blk * 256; i < (blk + 1) * 256; i++) {
+            const err = Math.abs(r[i]! - w[i]!);
+            const d = step[(i % 256) >> 5]!;
+            const m = offset[(i % 256) >> 5]!;
+            // the nearest point of the sub-block's grid: within d/2 inside its range, the end beyond
+            const near = d * Math.max(0, Math.min(15, Math.round((w[i]! + m) / d))) - m;
+            if (!(Math.abs(r[i]! - near) <= 1e-6 * d || Math.abs(Math.abs(w[i]! - near) - err) <= 1e-6 * d)) throw new Error(`${n}[${i}]: ${r[i]} is not the grid point nearest ${w[i]} (${near})`);
+            worst = Math.max(worst, err / d);
+            e4k += err * err;
+            e40 += (z[i]! - w[i]!) ** 2;
+          }
+        }
+      }
+    } finally {
+      await c.close();
+    }
+    // the sub-block fits may clip an extreme weight (llama.cpp's trial grids reach (nmax + 1)/range)
+    // and the 6-bit scales narrow the range a little more: a clipped weight ends a little past a step
+    expect(worst).toBeLessThan(1.25);
+    expect(e4k).toBeLessThan(e40);
+    expect(summary.errors.attention!.relRmsError).toBeLessThan(0.08);
+  }, 300_000);
 });
