@@ -135,6 +135,32 @@ describe('GPTQ with the Q4_K grid', () => {
     gptqRows(w, inF, 0, out, H, qz);
     expect(Buffer.from(qz.result).equals(Buffer.from(quantizeQ4_K(w)))).toBe(true);
   });
+
+  it('lowers the output error ‖(W − Q)Xᵀ‖ below round to nearest on correlated inputs', () => {
+    const out = 4;
+    const n = 256;
+    const T = 384;
+    const w = gaussian(out * n, 21);
+    // x_t = a shared factor plus noise per input: strongly correlated columns
+    const z = gaussian(T * (n + 1), 22);
+    const X = new Float64Array(T * n);
+    for (let t = 0; t < T; t++) for (let i = 0; i < n; i++) X[t * n + i] = z[t * (n + 1)]! + 0.3 * z[t * (n + 1) + 1 + i]!;
+    const H = new Float64Array(n * n);
+    for (let t = 0; t < T; t++) for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) H[i * n + j] += (2 / T) * X[t * n + i]! * X[t * n + j]!;
+    const outErr = (Q: ArrayLike<number>): number => {
+      let s2 = 0;
+      for (let r = 0; r < out; r++) {
+        for (let t = 0; t < T; t++) {
+          let y = 0;
+          for (let i = 0; i < n; i++) y += (w[r * n + i]! - Q[r * n + i]!) * X[t * n + i]!;
+          s2 += y * y;
+        }
+      }
+      return s2;
+    };
+    const Q = gptqRows(w, n, 0, out, H, q4kQuantizer(out, n));
+    expect(outErr(Q)).toBeLessThan(0.5 * outErr(dequantizeQ4_K(quantizeQ4_K(w), w.length)));
+  });
 });
 
 describe('quantize → GGUF Q4_K (small preset: every linear input a multiple of 256)', () => {
