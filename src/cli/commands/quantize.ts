@@ -55,11 +55,11 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
 
 export function register(program: Command): void {
   program.command('quantize')
-    .description('INT4 export of the merged model: GPTQ-layout safetensors and/or GGUF Q4_0 (round to nearest or GPTQ)')
+    .description('INT4 export of the merged model: GPTQ-layout safetensors and/or GGUF Q4_0 / Q4_K, round to nearest or GPTQ')
     .argument('<recipe>', 'recipe .yaml file')
     .option('--model <dir>', 'checkpoint to quantize (default: <output>/merged if present, else the recipe\'s model)')
-    .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/ and model-Q4_0.gguf inside)')
-    .option('--format <format>', 'one format instead of the recipe\'s export.quantize: gptq | gguf-q4_0')
+    .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/, model-Q4_0.gguf and model-Q4_K.gguf inside)')
+    .option('--format <format>', 'one format instead of the recipe\'s export.quantize: gptq | gguf-q4_0 | gguf-q4_k')
     .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn | gptq (calibrates on export.calibration_rows rows of the prepared train split)')
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
     .action(action(async (ctx: CliContext, file: string, flags: QuantizeFlags) => {
