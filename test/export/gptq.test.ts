@@ -3,9 +3,8 @@
 import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../src/backend/index.js';
-import { main } from '../../src/cli/main.js';
 import { openDataset } from '../../src/data/dataset.js';
 import { gptqRows, int4Quantizer, q4_0Quantizer } from '../../src/export/gptq.js';
 import { quantizeQ4_0 } from '../../src/export/gguf.js';
@@ -18,6 +17,7 @@ import { loadModel } from '../../src/model/load.js';
 import { V4Model } from '../../src/model/v4/model.js';
 import { mulberry32 } from '../../src/random.js';
 import { loadRecipe } from '../../src/recipe/load.js';
+import { cli } from '../cli/capture.js';
 
 // float64 reference: ‖(W − Q) Xᵀ‖ for W, Q [out, n] and X [T, n]
 function outputError(W: ArrayLike<number>, Q: ArrayLike<number>, X: Float64Array, out: number, n: number, T: number): number {
@@ -124,20 +124,6 @@ describe('GPTQ of one weight against round to nearest', () => {
 
 // ---------------------------------------------------------------- the observer and the recipe stage
 
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
-  process.exitCode = undefined;
-  try {
-    return { code: await main(['node', 'v4tune', ...args]), out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 describe('method gptq on the tiny preset', () => {
   let dir: string;

@@ -4,10 +4,7 @@
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command } from 'commander';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../../src/cli/main.js';
-import { register } from '../../src/cli/commands/profile-experts.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDataset } from '../../src/data/dataset.js';
 import { loadAdapter } from '../../src/lora/peft.js';
 import {
@@ -17,6 +14,7 @@ import { configFingerprint } from '../../src/model/config.js';
 import { initModel } from '../../src/model/init.js';
 import { loadModel } from '../../src/model/load.js';
 import type { V4Model } from '../../src/model/v4/model.js';
+import { cli } from '../cli/capture.js';
 
 interface Call { block: string; idx: Int32Array; weights: Float32Array; N: number; k: number; positions: Int32Array | null }
 
@@ -154,39 +152,7 @@ describe('selection by gate mass (ESFT gate criterion)', () => {
   });
 });
 
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
-  process.exitCode = undefined;
-  try {
-    return { code: await main(['node', 'v4tune', ...args]), out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
-/** profile-experts registered on a fresh program (main.ts registers it separately) */
-async function profileCli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
-  process.exitCode = 0;
-  try {
-    const p = new Command().option('--json').option('--quiet').exitOverride();
-    register(p);
-    await p.parseAsync(['node', 'v4tune', ...args]);
-    return { code: Number(process.exitCode ?? 0), out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 function writeCorpus(dir: string): void {
   mkdirSync(join(dir, 'corpus'), { recursive: true });
@@ -234,7 +200,7 @@ describe('v4tune profile-experts and lora.experts: profiled', () => {
   });
 
   it('writes expert-profile.json with the dataset cache_key and config fingerprint; load = counted tokens × k, gate mass = counted tokens × routed_scaling_factor', async () => {
-    const s = await profileCli('--json', 'profile-experts', r);
+    const s = await cli('--json', 'profile-experts', r);
     expect(s.code, s.err).toBe(0);
     const summary = JSON.parse(s.out) as { ok: boolean; rows: number; profile: string };
     expect(summary.ok).toBe(true);
@@ -256,10 +222,10 @@ describe('v4tune profile-experts and lora.experts: profiled', () => {
       expect(b.load.reduce((a, v) => a + v, 0)).toBe(b.tokens * 2);
       expect(b.gate_mass.reduce((a, v) => a + v, 0)).toBeCloseTo(b.tokens * 1.5, 3);
     }
-    const again = await profileCli('profile-experts', r, '--rows', '1');
+    const again = await cli('profile-experts', r, '--rows', '1');
     expect(again.code, again.err).toBe(0);
     expect((JSON.parse(readFileSync(summary.profile, 'utf8')) as ExpertProfile).rows).toBe(1);
-    expect((await profileCli('profile-experts', r)).code).toBe(0);
+    expect((await cli('profile-experts', r)).code).toBe(0);
   });
 
   it('train with experts: profiled adapts exactly the selected experts (and every other target), logs the selection; a changed profile refuses --resume', async () => {

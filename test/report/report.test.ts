@@ -5,30 +5,15 @@ import { Command } from 'commander';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { register } from '../../src/cli/commands/report.js';
 import { main } from '../../src/cli/main.js';
 import { dequantizeInt4, quantizeRtn } from '../../src/export/int4.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { GptqCheckpoint } from '../../src/model/gptq-source.js';
 import type { PerplexityRow, RunReport } from '../../src/report/types.js';
+import { capture, type CliResult } from '../cli/capture.js';
 
-interface CliResult { code: number; out: string; err: string }
-
-async function capture(run: () => Promise<number>): Promise<CliResult> {
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
-  process.exitCode = undefined;
-  try {
-    return { code: await run(), out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 /** the report verb on a fresh program (main.ts registers it separately) */
 function report(...args: string[]): Promise<CliResult> {
