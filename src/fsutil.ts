@@ -1,6 +1,6 @@
 // Writes that never leave a half-written file or folder behind: write under a temporary name
 // beside the target, then rename over it.
-import { mkdirSync, renameSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { InputError } from './errors.js';
@@ -43,5 +43,20 @@ export async function writeDirAtomic<T>(target: string, fill: (tmpDir: string) =
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
     throw e;
+  }
+}
+
+/** A JSON file's value; unreadable or malformed JSON is one InputError naming the file. */
+export function readJsonFile(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new InputError(`${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw new InputError(`${path}: not valid JSON (${(e as Error).message})`);
   }
 }

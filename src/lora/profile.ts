@@ -2,11 +2,11 @@
 // routes rows of the domain corpus; per block and expert we count the load (how often the expert
 // is chosen) and the gate mass (Σ of its routing weights) over the tokens whose loss_mask is 1.
 // `lora.experts: profiled` then adapts, per block, the experts with the most gate mass.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DatasetRow } from '../data/dataset.js';
 import { InputError } from '../errors.js';
-import { writeFileAtomic } from '../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 import type { RoutingObserver, V4Model } from '../model/v4/model.js';
 
 export const PROFILE_FILE = 'expert-profile.json';
@@ -109,12 +109,7 @@ export function writeProfile(output: string, p: ExpertProfile): string {
 export function readProfile(output: string): ExpertProfile | null {
   const file = join(output, PROFILE_FILE);
   if (!existsSync(file)) return null;
-  let p: ExpertProfile;
-  try {
-    p = JSON.parse(readFileSync(file, 'utf8')) as ExpertProfile;
-  } catch (e) {
-    throw new InputError(`${file}: not valid JSON (${(e as Error).message})`);
-  }
+  const p = readJsonFile(file) as ExpertProfile;
   if (p?.format !== PROFILE_FORMAT) throw new InputError(`${file}: not an expert profile (format ${JSON.stringify(p?.format)}, expected ${PROFILE_FORMAT})`);
   const E = p.n_routed_experts;
   for (const [name, b] of Object.entries(p.blocks ?? {})) {

@@ -3,7 +3,7 @@
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { writeDirAtomic } from '../fsutil.js';
+import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
 import { detectLayout, expectedTensors, mapTransformersLayout, officialToTransformers, scaleNameOf, type Layout, type TensorSource } from './layout.js';
@@ -69,13 +69,7 @@ export class Checkpoint {
   static async open(dir: string, opts: OpenOptions = {}): Promise<Checkpoint> {
     const cfgPath = join(dir, 'config.json');
     if (!existsSync(cfgPath)) throw new InputError(`${dir}: no config.json (not a model folder)`);
-    let json: unknown;
-    try {
-      json = JSON.parse(readFileSync(cfgPath, 'utf8'));
-    } catch {
-      throw new InputError(`${cfgPath}: not valid JSON`);
-    }
-    const { config, warnings } = parseConfigWithWarnings(json, cfgPath);
+    const { config, warnings } = parseConfigWithWarnings(readJsonFile(cfgPath), cfgPath);
     const set = SafetensorsSet.open(dir);
     try {
       const layout = detectLayout(set.entries.keys());

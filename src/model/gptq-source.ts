@@ -19,6 +19,7 @@ import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, f16BytesToF32, f32BytesToF32 } from './formats.js';
 import { expectedTensors } from './layout.js';
 import { numel, SafetensorsSet, type TensorEntry } from './safetensors.js';
+import { readJsonFile } from '../fsutil.js';
 
 const GPTQ_PARTS = ['qweight', 'qzeros', 'scales', 'g_idx'] as const;
 
@@ -105,12 +106,7 @@ export class GptqCheckpoint implements ModelSource {
   static async open(dir: string): Promise<GptqCheckpoint> {
     const cfgPath = join(dir, 'config.json');
     if (!existsSync(cfgPath)) throw new InputError(`${dir}: no config.json (not a model folder)`);
-    let json: unknown;
-    try {
-      json = JSON.parse(readFileSync(cfgPath, 'utf8'));
-    } catch {
-      throw new InputError(`${cfgPath}: not valid JSON`);
-    }
+    const json = readJsonFile(cfgPath);
     const quant = parseQuantConfig(json, cfgPath);
     const { config, warnings } = parseConfigWithWarnings(json, cfgPath);
     const set = SafetensorsSet.open(dir);

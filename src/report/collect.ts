@@ -15,19 +15,14 @@ import type {
   AdapterSection, DataSection, EvalNumbers, ExportSection, MergeSection, ModelSection, NotRun, QuantOutputSection,
   RecipeSection, Section, TrainingSection,
 } from './types.js';
+import { readJsonFile } from '../fsutil.js';
 
 const ALL_FORMATS: readonly QuantFormat[] = ['gptq', 'gguf-q4_0', 'gguf-q4_k'];
 const LOSS_CURVE_POINTS = 10;
 
 const notRun = (reason: string): NotRun => ({ status: 'not run', reason });
 
-function readJson<T>(path: string): T {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as T;
-  } catch (e) {
-    throw new InputError(`${path}: not valid JSON (${(e as Error).message})`);
-  }
-}
+const readJson = <T>(path: string): T => readJsonFile(path) as T;
 
 /** safetensors bytes of a checkpoint folder (every .safetensors file in it) */
 function safetensorsBytes(dir: string): number {

@@ -3,7 +3,7 @@
 // loss_mask is 1 to `<output>/expert-profile.json` (src/lora/profile.ts). `lora.experts: profiled`
 // trains adapters on the experts with the most gate mass only.
 import type { Command } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDataset } from '../../data/dataset.js';
 import { InputError } from '../../errors.js';
@@ -17,6 +17,7 @@ import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 import { recipeModelDir } from './prepare.js';
+import { readJsonFile } from '../../fsutil.js';
 
 /** The recipe's model config and what a profile must match (the dataset's cache_key, the config fingerprint). */
 export function recipeProfileIdentity(recipe: LoadedRecipe): { config: V4Config; id: ProfileIdentity } {
@@ -29,13 +30,7 @@ export function recipeProfileIdentity(recipe: LoadedRecipe): { config: V4Config;
   if (!existsSync(join(dataDir, 'manifest.json'))) {
     throw new InputError(`${recipe.file}: dataset ${dataDir} is not prepared (run \`v4tune prepare ${recipe.file}\` or \`v4tune run ${recipe.file}\` first)`);
   }
-  let cfgJson: unknown;
-  try {
-    cfgJson = JSON.parse(readFileSync(cfgPath, 'utf8'));
-  } catch (e) {
-    throw new InputError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
-  }
-  const config = parseConfig(cfgJson, cfgPath);
+  const config = parseConfig(readJsonFile(cfgPath), cfgPath);
   return { config, id: { datasetCacheKey: openDataset(dataDir).manifest.cache_key, modelFingerprint: configFingerprint(config) } };
 }
 

@@ -9,7 +9,7 @@ import { tryLoadAddon } from '../../backend/native/addon.js';
 import { cancelNativeKernels } from '../../backend/native/index.js';
 import { openDataset, type DatasetRow } from '../../data/dataset.js';
 import { InputError, V4tuneError } from '../../errors.js';
-import { writeFileAtomic } from '../../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../../fsutil.js';
 import { createAdapter } from '../../lora/adapter.js';
 import { describeSelection, PROFILE_FILE } from '../../lora/profile.js';
 import { configFingerprint, parseConfig } from '../../model/config.js';
@@ -138,13 +138,7 @@ export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: T
   }
 
   const cfgPath = join(modelDir, 'config.json');
-  let cfgJson: unknown;
-  try {
-    cfgJson = JSON.parse(readFileSync(cfgPath, 'utf8'));
-  } catch (e) {
-    throw new InputError(`${cfgPath}: not valid JSON (${(e as Error).message})`);
-  }
-  const fingerprint = configFingerprint(parseConfig(cfgJson, cfgPath));
+  const fingerprint = configFingerprint(parseConfig(readJsonFile(cfgPath), cfgPath));
   const profiled = recipe.lora.experts === 'profiled' ? profiledSubset(recipe, { datasetCacheKey: ds.manifest.cache_key, modelFingerprint: fingerprint }) : null;
   const identity = runIdentity(recipe, ds.manifest.cache_key, fingerprint, profiled?.subset ?? null);
 
