@@ -13,6 +13,7 @@ import { linearKind, quantizeRecipe, type QuantizeSummary } from '../../src/expo
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { f16Decode } from '../../src/model/formats.js';
 import { initModel } from '../../src/model/init.js';
+import { createAdapter } from '../../src/lora/adapter.js';
 import { loadModel } from '../../src/model/load.js';
 import { V4Model } from '../../src/model/v4/model.js';
 import { mulberry32 } from '../../src/random.js';
@@ -192,6 +193,60 @@ describe('method gptq on the tiny preset', () => {
         checked++;
       }
       expect(checked).toBeGreaterThan(5 * (5 + 3));
+    } finally {
+      model.dispose();
+      await ckpt.close();
+    }
+  }, 120_000);
+
+  it('an expert w2 is told its clamped SwiGLU activation (float64 recount), with the adapter\'s LoRA on w1/w3 when there is one', async () => {
+    const ckpt = await Checkpoint.open(modelDir);
+    const model = await V4Model.load(ckpt, await createBackend('tfjs'));
+    const c = model.config;
+    const [d, I, L] = [c.hidden_size, c.moe_intermediate_size, c.swiglu_limit];
+    const mod = 'layers.0.ffn.shared_experts';
+    const w1 = await ckpt.f32(`${mod}.w1.weight`);
+    const w3 = await ckpt.f32(`${mod}.w3.weight`);
+    const row = openDataset(join(dir, 'out', 'data')).rows('train')[Symbol.iterator]().next().value!;
+    // the activation from the observed input x, in float64, with the weights given
+    const act = (x: Float32Array, W1: Float32Array, W3: Float32Array, n: number): Float64Array => {
+      const h = new Float64Array(n * I);
+      for (let t = 0; t < n; t++) {
+        for (let i = 0; i < I; i++) {
+          let a = 0;
+          let b = 0;
+          for (let j = 0; j < d; j++) { a += x[t * d + j]! * W1[i * d + j]!; b += x[t * d + j]! * W3[i * d + j]!; }
+          if (L > 0) { a = Math.min(a, L); b = Math.min(Math.max(b, -L), L); }
+          h[t * I + i] = (a / (1 + Math.exp(-a))) * b;
+        }
+      }
+      return h;
+    };
+    const observe = async (adapter: ReturnType<typeof createAdapter> | null) => {
+      const got = new Map<string, { x: Float32Array; rows: number }>();
+      await model.route(row.input_ids, { segments: row.segments, adapter, onLinearInput: (m, x, rows) => { if (m.startsWith(mod)) got.set(m, { x: Float32Array.from(x), rows }); } });
+      return got;
+    };
+    const relMax = (a: Float32Array, b: Float64Array): number => {
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < b.length; i++) { num = Math.max(num, Math.abs(a[i]! - b[i]!)); den = Math.max(den, Math.abs(b[i]!)); }
+      return num / den;
+    };
+    try {
+      const plain = await observe(null);
+      const x = plain.get(`${mod}.w1`)!;
+      expect(relMax(plain.get(`${mod}.w2`)!.x, act(x.x, w1, w3, x.rows))).toBeLessThan(1e-5);
+      const adapter = createAdapter(model, { r: 4, alpha: 8, targets: ['ffn.shared_experts.w1', 'ffn.shared_experts.w3'], seed: 2 });
+      for (const l of adapter.layers.values()) l.B.fill(0.05);
+      const adapted = await observe(adapter);
+      const withDelta = (W: Float32Array, m: string) => {
+        const dW = adapter.delta(m);
+        return Float32Array.from(W, (v, i) => v + dW[i]!);
+      };
+      const expected = act(x.x, withDelta(w1, `${mod}.w1`), withDelta(w3, `${mod}.w3`), x.rows);
+      expect(relMax(adapted.get(`${mod}.w2`)!.x, expected)).toBeLessThan(1e-5);
+      expect(relMax(plain.get(`${mod}.w2`)!.x, expected)).toBeGreaterThan(1e-3);
     } finally {
       model.dispose();
       await ckpt.close();

@@ -29,13 +29,14 @@ export async function moe(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: 
 }
 
 /**
- * The clamped SwiGLU activation of one expert on x [N, d] (what its w2 reads):
- *   h = silu(min(x W1ᵀ, L)) ⊙ clamp(x W3ᵀ, −L, L)   [N, I]; no clamp when L ≤ 0.
- * Recomputed with the backend's linear (the fused expert ops do not hand it out).
+ * The clamped SwiGLU activation of expert `mod` on x [N, d] (what its w2 reads):
+ *   h = silu(min(x W1ᵀ, L)) ⊙ clamp(x W3ᵀ, −L, L)   [N, I]; no clamp when L ≤ 0; with the
+ * adapter's LoRA on w1 and w3 when it has one. Recomputed with the backend's linear (the fused
+ * expert ops do not hand it out).
  */
-async function swigluHidden(g: Graph, w: ExpertWeights, x: F32, N: number, d: number, I: number, L: number): Promise<F32> {
-  const a = (await g.be.linearForward(x, w.w1, null, N, d, I)).y;
-  const b = (await g.be.linearForward(x, w.w3, null, N, d, I)).y;
+async function swigluHidden(g: Graph, w: ExpertWeights, mod: string, x: F32, N: number, d: number, I: number, L: number): Promise<F32> {
+  const a = (await g.be.linearForward(x, w.w1, g.lora(`${mod}.w1`), N, d, I)).y;
+  const b = (await g.be.linearForward(x, w.w3, g.lora(`${mod}.w3`), N, d, I)).y;
   const h = new Float32Array(N * I);
   for (let i = 0; i < h.length; i++) {
     let u = a[i];
@@ -77,10 +78,10 @@ async function observeExpertInputs(g: Graph, F: FfnWeights, prefix: string, x: F
     const mod = `${prefix}.ffn.experts.${e}`;
     sink(`${mod}.w1`, xe, n, d, tokenIdx);
     sink(`${mod}.w3`, xe, n, d, tokenIdx);
-    sink(`${mod}.w2`, await swigluHidden(g, F.experts[e]!, xe, n, d, I, L), n, I, tokenIdx);
+    sink(`${mod}.w2`, await swigluHidden(g, F.experts[e]!, mod, xe, n, d, I, L), n, I, tokenIdx);
   }
   const mod = `${prefix}.ffn.shared_experts`;
   sink(`${mod}.w1`, x, T, d, null);
   sink(`${mod}.w3`, x, T, d, null);
-  sink(`${mod}.w2`, await swigluHidden(g, F.shared, x, T, d, I, L), T, I, null);
+  sink(`${mod}.w2`, await swigluHidden(g, F.shared, mod, x, T, d, I, L), T, I, null);
 }
