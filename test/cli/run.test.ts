@@ -1,28 +1,17 @@
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, writeFileSync, existsSync, readFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cli } from './capture.js';
+import { writeTinyRun } from './tiny-run.js';
 
 
 describe('v4tune run', () => {
-  it('creates the preset model, prepares the corpus trains the adapter with eval before and after, merges and quantizes; a second run reuses all five', async () => {
+  it('creates the preset model, prepares the corpus, trains the adapter with eval before and after, merges, quantizes and reports; a second run reuses all six', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-run-'));
-    mkdirSync(join(dir, 'corpus'));
-    const docs = Array.from({ length: 24 }, (_, i) => `Pump ${i} was inspected; the seal on impeller ${i % 5} showed wear of ${i * 0.1} mm and was replaced.`);
-    writeFileSync(join(dir, 'corpus', 'notes.jsonl'), docs.map((text) => JSON.stringify({ text })).join('\n'));
-    writeFileSync(join(dir, 'r.yaml'), [
-      'model: { preset: tiny }',
-      'data:',
-      '  sources: [{ path: corpus/*.jsonl }]',
-      '  seq_len: 64',
-      '  eval_fraction: 0.25',
-      'train: { steps: 3, lr: 0.01, warmup_steps: 0, eval_every: 0, checkpoint_every: 0 }',
-      'export: { merge: true, merge_dtype: bf16, quantize: [gguf-q4_0] }',
-      'output: out',
-    ].join('\n'));
+    const file = writeTinyRun(dir, 'export: { merge: true, merge_dtype: bf16, quantize: [gguf-q4_0] }');
 
-    const first = await cli('--json', 'run', join(dir, 'r.yaml'));
+    const first = await cli('--json', 'run', file);
     expect(first.code, first.err).toBe(0);
     const s = JSON.parse(first.out);
     expect(s.model.created).toBe(true);
@@ -46,7 +35,7 @@ describe('v4tune run', () => {
     expect(existsSync(join(dir, 'out', 'adapter', 'adapter_model.safetensors'))).toBe(true);
     expect(JSON.parse(readFileSync(join(dir, 'out', 'run.json'), 'utf8')).train.eval_after.loss).toBe(s.train.eval_after.loss);
 
-    const second = await cli('--json', 'run', join(dir, 'r.yaml'));
+    const second = await cli('--json', 'run', file);
     expect(second.code).toBe(0);
     const t = JSON.parse(second.out);
     expect(t.model.created).toBe(false);
@@ -58,8 +47,8 @@ describe('v4tune run', () => {
     expect(t.report.reused).toBe(true);
 
     // a changed export setting redoes only the stage it feeds
-    writeFileSync(join(dir, 'r.yaml'), readFileSync(join(dir, 'r.yaml'), 'utf8').replace('quantize: [gguf-q4_0]', 'quantize: [gguf-q4_0, gptq], group_size: 32'));
-    const third = await cli('--json', 'run', join(dir, 'r.yaml'));
+    writeFileSync(file, readFileSync(file, 'utf8').replace('quantize: [gguf-q4_0]', 'quantize: [gguf-q4_0, gptq], group_size: 32'));
+    const third = await cli('--json', 'run', file);
     expect(third.code, third.err).toBe(0);
     const u = JSON.parse(third.out);
     expect(u.merge.reused).toBe(true);

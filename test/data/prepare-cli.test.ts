@@ -2,8 +2,7 @@
 // the tokenizer taken from the recipe or else the model folder, exit 2 on bad input.
 import { describe, expect, it, beforeAll, afterAll, afterEach, vi } from 'vitest';
 import { join } from 'node:path';
-import { Command } from 'commander';
-import { register } from '../../src/cli/commands/prepare.js';
+import { cli } from '../cli/capture.js';
 import { embeddedTokenizerFile, tempDir, write } from './helpers.js';
 
 vi.setConfig({ testTimeout: 60_000, hookTimeout: 60_000 });
@@ -14,22 +13,6 @@ beforeAll(() => { tokPath = embeddedTokenizerFile(join(tmp.dir, 'tok')); });
 afterAll(() => tmp.cleanup());
 afterEach(() => { process.exitCode = undefined; });
 
-async function prepare(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const program = new Command('v4tune').option('--json').option('-q, --quiet').exitOverride();
-  register(program);
-  let out = '';
-  let err = '';
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
-  process.exitCode = undefined;
-  try {
-    await program.parseAsync(['node', 'v4tune', ...args]);
-    return { code: typeof process.exitCode === 'number' ? process.exitCode : 0, out, err };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
 
 function recipe(name: string, body: string): string {
   const dir = join(tmp.dir, name);
@@ -41,12 +24,12 @@ function recipe(name: string, body: string): string {
 describe('v4tune prepare', () => {
   it('prepares the recipe\'s corpus with --json, then reuses it on the second run', async () => {
     const file = recipe('ok', `model: { preset: tiny }\ntokenizer: ${tokPath}\ndata:\n  sources: [{ path: corpus/* }]\n  seq_len: 64\n  eval_fraction: 0\noutput: run\n`);
-    const first = await prepare('--json', 'prepare', file);
+    const first = await cli('--json', 'prepare', file);
     expect(first.code).toBe(0);
     const summary = JSON.parse(first.out) as { ok: boolean; reused: boolean; output: string; rows: number; documents: { kept: number } };
     expect(summary).toMatchObject({ ok: true, reused: false, output: join(tmp.dir, 'ok', 'run', 'data'), documents: { kept: 2 } });
     expect(summary.rows).toBe(1);
-    const second = await prepare('--json', 'prepare', file);
+    const second = await cli('--json', 'prepare', file);
     expect(JSON.parse(second.out)).toMatchObject({ ok: true, reused: true });
     expect(second.err).toMatch(/up to date.*reusing/);
   });
@@ -55,14 +38,14 @@ describe('v4tune prepare', () => {
     const file = recipe('model-tok', 'model: { path: model }\ndata:\n  sources: [{ path: corpus/*.txt }]\n  seq_len: 64\noutput: run\n');
     embeddedTokenizerFile(join(tmp.dir, 'model-tok', 'model'));
     write(join(tmp.dir, 'model-tok', 'model', 'config.json'), JSON.stringify({ vocab_size: 129280 }));
-    const r = await prepare('--json', 'prepare', file);
+    const r = await cli('--json', 'prepare', file);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.out)).toMatchObject({ tokenizer: { source: join(tmp.dir, 'model-tok', 'model', 'tokenizer.json'), kind: 'hf' } });
   });
 
   it('exits 2 naming both places when there is neither a recipe tokenizer nor a model folder tokenizer', async () => {
     const file = recipe('no-tok', 'model: { preset: tiny }\ndata:\n  sources: [{ path: corpus/*.txt }]\noutput: run\n');
-    const r = await prepare('prepare', file);
+    const r = await cli('prepare', file);
     expect(r.code).toBe(2);
     expect(r.err).toContain(`${file}: no tokenizer: the recipe has no \`tokenizer\` and ${join(tmp.dir, 'no-tok', 'run', 'model', 'tokenizer.json')} does not exist`);
   });
@@ -71,14 +54,14 @@ describe('v4tune prepare', () => {
     const file = recipe('small-vocab', 'model: { path: model }\ndata:\n  sources: [{ path: corpus/*.txt }]\noutput: run\n');
     embeddedTokenizerFile(join(tmp.dir, 'small-vocab', 'model'));
     write(join(tmp.dir, 'small-vocab', 'model', 'config.json'), JSON.stringify({ vocab_size: 1000 }));
-    const r = await prepare('prepare', file);
+    const r = await cli('prepare', file);
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/does not fit the model's vocab_size 1000/);
   });
 
   it('exits 2 on a corpus glob that matches nothing, with one line on stderr', async () => {
     const file = recipe('nomatch', `model: { preset: tiny }\ntokenizer: ${tokPath}\ndata:\n  sources: [{ path: nothing/*.txt }]\noutput: run\n`);
-    const r = await prepare('prepare', file);
+    const r = await cli('prepare', file);
     expect(r.code).toBe(2);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toContain('nothing/*.txt: the glob matches no files');

@@ -2,7 +2,7 @@
 // GPTQ group 32), with the perplexity of every stage, the GPTQ folder read back through
 // GptqCheckpoint, and the reports of a run that stopped after prepare and of a missing run.
 import { Command } from 'commander';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +13,7 @@ import { Checkpoint } from '../../src/model/checkpoint.js';
 import { GptqCheckpoint } from '../../src/model/gptq-source.js';
 import type { PerplexityRow, RunReport } from '../../src/report/types.js';
 import { capture, type CliResult } from '../cli/capture.js';
+import { writeTinyRun } from '../cli/tiny-run.js';
 
 
 /** the report verb on a fresh program (main.ts registers it separately) */
@@ -25,24 +26,6 @@ function report(...args: string[]): Promise<CliResult> {
   });
 }
 
-function writeRun(dir: string, exportLine: string): string {
-  mkdirSync(join(dir, 'corpus'), { recursive: true });
-  const docs = Array.from({ length: 24 }, (_, i) => `Pump ${i} was inspected; the seal on impeller ${i % 5} showed wear of ${i * 0.1} mm and was replaced.`);
-  writeFileSync(join(dir, 'corpus', 'notes.jsonl'), docs.map((text) => JSON.stringify({ text })).join('\n'));
-  const file = join(dir, 'r.yaml');
-  writeFileSync(file, [
-    'name: tiny-report',
-    'model: { preset: tiny }',
-    'data:',
-    '  sources: [{ path: corpus/*.jsonl }]',
-    '  seq_len: 64',
-    '  eval_fraction: 0.25',
-    'train: { steps: 3, lr: 0.01, warmup_steps: 0, eval_every: 0, checkpoint_every: 0 }',
-    exportLine,
-    'output: out',
-  ].join('\n'));
-  return file;
-}
 
 const stage = (r: RunReport, s: PerplexityRow['stage']): PerplexityRow => r.perplexity.rows.find((x) => x.stage === s)!;
 
@@ -54,7 +37,7 @@ describe('v4tune report after a full run', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'v4tune-report-'));
-    recipe = writeRun(dir, 'export: { merge: true, merge_dtype: bf16, quantize: [gptq], group_size: 32 }');
+    recipe = writeTinyRun(dir, 'export: { merge: true, merge_dtype: bf16, quantize: [gptq], group_size: 32 }');
     const run = await capture(() => main(['node', 'v4tune', '--quiet', 'run', recipe]));
     expect(run.code, run.err).toBe(0);
     const r = await report('--json', 'report', recipe);
@@ -68,7 +51,7 @@ describe('v4tune report after a full run', () => {
     for (const h of ['## Recipe', '## Model', '## Data', '## Training', '## Adapter', '## Export', '### Merge', '### Quantized', '## Perplexity before and after']) expect(md).toContain(h);
     for (const s of [rep.model, rep.data, rep.training, rep.adapter, rep.export.merge, rep.export.quantized[0]!]) expect(s.status).toBe('ok');
     expect(md).not.toContain('not run');
-    expect(rep.recipe).toMatchObject({ name: 'tiny-report', seeds: { model: 0, data: 0, lora: 0, train: 0 } });
+    expect(rep.recipe).toMatchObject({ name: 'tiny-run', seeds: { model: 0, data: 0, lora: 0, train: 0 } });
     if (rep.model.status !== 'ok' || rep.training.status !== 'ok' || rep.adapter.status !== 'ok' || rep.data.status !== 'ok') throw new Error('unreachable');
     expect(rep.model).toMatchObject({ source: 'preset tiny (seed 0, fp8)', layers: 4, routedExperts: 8 });
     expect(rep.data.documents.kept).toBe(24);
@@ -147,7 +130,7 @@ describe('v4tune report after a full run', () => {
 describe('v4tune report before the run is done', () => {
   it('after prepare only: the model and data sections, the base perplexity, and the later stages "not run"', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-report-prep-'));
-    const recipe = writeRun(dir, 'export: { merge: true, merge_dtype: bf16, quantize: [gptq, gguf-q4_0], group_size: 32 }');
+    const recipe = writeTinyRun(dir, 'export: { merge: true, merge_dtype: bf16, quantize: [gptq, gguf-q4_0], group_size: 32 }');
     const init = await capture(() => main(['node', 'v4tune', '--quiet', 'init-model', '--preset', 'tiny', '--out', join(dir, 'out', 'model')]));
     expect(init.code, init.err).toBe(0);
     const prep = await capture(() => main(['node', 'v4tune', '--quiet', 'prepare', recipe]));
@@ -169,7 +152,7 @@ describe('v4tune report before the run is done', () => {
 
   it('a recipe whose output folder does not exist is bad input (exit 2) naming the folder, and nothing is written', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-report-none-'));
-    const recipe = writeRun(dir, 'export: { merge: false }');
+    const recipe = writeTinyRun(dir, 'export: { merge: false }');
     const r = await report('report', recipe);
     expect(r.code).toBe(2);
     expect(r.err).toContain(join(dir, 'out'));
@@ -178,7 +161,7 @@ describe('v4tune report before the run is done', () => {
 
   it('with only the model made: the data, adapter and every perplexity "not run" (no dataset to evaluate on)', async () => {
     const src = mkdtempSync(join(tmpdir(), 'v4tune-report-copy-'));
-    const recipe = writeRun(src, 'export: { merge: false }');
+    const recipe = writeTinyRun(src, 'export: { merge: false }');
     await capture(() => main(['node', 'v4tune', '--quiet', 'init-model', '--preset', 'tiny', '--out', join(src, 'out', 'model')]));
     const r = await report('--json', 'report', recipe, '--eval-rows', '1');
     expect(r.code, r.err).toBe(0);

@@ -7,9 +7,9 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command } from 'commander';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { register, trainRecipe } from '../../src/cli/commands/train.js';
+import { trainRecipe } from '../../src/cli/commands/train.js';
+import { cli } from '../cli/capture.js';
 import { openDataset, type DatasetRow } from '../../src/data/dataset.js';
 import { InputError, V4tuneError } from '../../src/errors.js';
 import { createAdapter } from '../../src/lora/adapter.js';
@@ -247,34 +247,17 @@ describe('v4tune train: what it refuses', () => {
   });
 
   it('the verb: exit 2 with one line on bad input, the summary with --json', async () => {
-    const run = async (...args: string[]) => {
-      const program = new Command('v4tune').option('--json').option('-q, --quiet').exitOverride();
-      register(program);
-      let out = '';
-      let err = '';
-      const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => { out += String(s); return true; });
-      const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => { err += String(s); return true; });
-      process.exitCode = undefined;
-      try {
-        await program.parseAsync(['node', 'v4tune', ...args]);
-        return { code: typeof process.exitCode === 'number' ? process.exitCode : 0, out, err };
-      } finally {
-        o.mockRestore();
-        e.mockRestore();
-        process.exitCode = undefined;
-      }
-    };
     const recipe = (lora: Record<string, unknown>) => {
       const r = fixtureRecipe(fx, join(fx.dir, 'verb'), { steps: 1 }, lora);
       const file = join(fx.dir, `verb-${Object.keys(lora).length}.yaml`);
       writeFileSync(file, JSON.stringify({ model: { path: r.model.path }, data: { sources: r.data.sources, seq_len: 32, output: r.data.output }, lora: { r: 4, ...lora }, train: { steps: 1, eval_every: 0 }, output: r.output }));
       return file;
     };
-    const bad = await run('train', recipe({ experts_per_layer: 2 }));
+    const bad = await cli('train', recipe({ experts_per_layer: 2 }));
     expect(bad.code).toBe(2);
     expect(bad.err.trim().split('\n')).toHaveLength(1);
     expect(bad.err).toContain('lora.experts_per_layer');
-    const ok = await run('--json', 'train', recipe({}), '--eval-rows', '1');
+    const ok = await cli('--json', 'train', recipe({}), '--eval-rows', '1');
     expect(ok.code).toBe(0);
     expect(JSON.parse(ok.out)).toMatchObject({ ok: true, step: 1, steps: 1, eval_rows: 1 });
   });
