@@ -374,39 +374,30 @@ class GptqRounder implements Rounder {
     this.errs.addOutput(kind, err, errRtn, ref);
   }
 
-  async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
-    const rtn = rtnInt4(name, w, out, inF, gs);
-    const h = await this.hessian(name);
-    if (!h) {
-      this.errs.add(kind, w, dequantizeInt4(rtn));
-      return rtn;
-    }
-    const qz = int4Quantizer(out, inF, gs);
-    this.run(name, kind, w, out, inF, h, qz, dequantizeInt4(rtn));
-    return qz.result;
+  int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
+    return this.quantize(name, kind, w, out, inF, rtnInt4(name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs));
   }
 
-  async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const rtn = rtnQ4_0(name, w);
-    const h = await this.hessian(name);
-    if (!h) {
-      this.errs.add(kind, w, dequantizeQ4_0(rtn, w.length));
-      return rtn;
-    }
-    const qz = q4_0Quantizer(out, inF);
-    this.run(name, kind, w, out, inF, h, qz, dequantizeQ4_0(rtn, w.length));
-    return qz.result;
+  q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return this.quantize(name, kind, w, out, inF, rtnQ4_0(name, w), (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
   }
 
-  async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const rtn = rtnQ4_K(name, w);
+  q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return this.quantize(name, kind, w, out, inF, rtnQ4_K(name, w), (b) => dequantizeQ4_K(b, w.length), () => q4kQuantizer(out, inF));
+  }
+
+  /** GPTQ on the grid of `quantizer` when the linear has a Hessian, else its round-to-nearest `rtn`. */
+  private async quantize<T>(
+    name: string, kind: LinearKind, w: Float32Array, out: number, inF: number,
+    rtn: T, dequant: (q: T) => Float32Array, quantizer: () => ColumnQuantizer & { result: T },
+  ): Promise<T> {
     const h = await this.hessian(name);
     if (!h) {
-      this.errs.add(kind, w, dequantizeQ4_K(rtn, w.length));
+      this.errs.add(kind, w, dequant(rtn));
       return rtn;
     }
-    const qz = q4kQuantizer(out, inF);
-    this.run(name, kind, w, out, inF, h, qz, dequantizeQ4_K(rtn, w.length));
+    const qz = quantizer();
+    this.run(name, kind, w, out, inF, h, qz, dequant(rtn));
     return qz.result;
   }
 
