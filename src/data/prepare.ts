@@ -6,7 +6,7 @@ import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { InputError } from '../errors.js';
 import { mulberry32 } from '../random.js';
-import { writeDirAtomic, writeFileAtomic } from '../fsutil.js';
+import { claimOutput, writeDirAtomic, writeFileAtomic, type OutputClaim } from '../fsutil.js';
 import { VERSION } from '../version.js';
 import { shardToIPC } from './arrow.js';
 import { chatTokenIds, encodeDocument, type ChatTokenIds, type Document } from './documents.js';
@@ -33,6 +33,8 @@ export interface PrepareOptions {
   output: string;
   /** Tokenizer worker threads; 0 = one per core. */
   workers: number;
+  /** replace an output folder v4tune did not write (the user's --overwrite) */
+  overwrite?: boolean;
   /** The model's embedding rows; a tokenizer with larger ids is refused. */
   vocabSize?: number;
 }
@@ -142,6 +144,9 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
   }
   const tokHash = sha256Hex(tokBytes);
   const files = readSourceFiles(opts.sources);
+  // refuse a folder v4tune did not write, or one holding the corpus, before any work
+  const claim: OutputClaim = { kind: 'dataset', overwrite: opts.overwrite, inputs: [opts.tokenizer, ...files.map((f) => f.path)] };
+  claimOutput(opts.output, claim);
   const key = sha256Hex(JSON.stringify({
     format_version: DATASET_FORMAT_VERSION,
     v4tune: VERSION,
@@ -258,7 +263,7 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
     const config = join(dirname(opts.tokenizer), 'tokenizer_config.json');
     if (tokCopy === 'tokenizer.json' && basename(opts.tokenizer) === 'tokenizer.json' && existsSync(config)) copyFileSync(config, join(tmp, 'tokenizer_config.json'));
     writeFileAtomic(join(tmp, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  });
+  }, claim);
   wbar.stop();
   sink.log(`prepare: wrote ${manifest.rows} rows (${train.rows} train, ${evalRows.rows} eval) of ${opts.seq_len} tokens, ${manifest.tokens} tokens, ${manifest.loss_tokens} with loss, packing efficiency ${(manifest.packing_efficiency * 100).toFixed(1)}% → ${opts.output}`);
   return { output: opts.output, reused: false, manifest, workers: used, seconds: { total: (performance.now() - t0) / 1000, tokenize: tokenizeSeconds } };

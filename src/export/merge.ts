@@ -8,7 +8,8 @@
 import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve, isAbsolute } from 'node:path';
 import { InputError } from '../errors.js';
-import { writeDirAtomic } from '../fsutil.js';
+import { OUTPUT_MARKER, writeDirAtomic } from '../fsutil.js';
+import { LOCK_FILE } from '../lock.js';
 import type { Adapter } from '../lora/adapter.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
 import { Checkpoint, writeCheckpointFiles, type RawTensor, type TensorBytes, type TensorMeta, type TensorPlan } from '../model/checkpoint.js';
@@ -18,6 +19,7 @@ import {
 } from '../model/formats.js';
 import type { Layout } from '../model/layout.js';
 import { DTYPE_BYTES, INDEX_FILE, numel } from '../model/safetensors.js';
+import { stampChatTemplate } from '../chat/config.js';
 
 export type MergeDtype = 'original' | 'bf16';
 
@@ -29,8 +31,10 @@ export interface MergeOptions {
   base: string;
   /** PEFT adapter folder (adapter_config.json + adapter_model.safetensors) */
   adapter: string;
-  /** output folder, written atomically (replaced whole if it is a previous model folder) */
+  /** output folder, written atomically (replaced only if v4tune wrote it as a merged model, or with overwrite) */
   out: string;
+  /** replace an output folder v4tune did not write (the user's --overwrite) */
+  overwrite?: boolean;
   /** `original` (default): merged tensors requantised to their stored format; `bf16`: every FP8/FP4 weight written as BF16 */
   dtype?: MergeDtype;
   /** output shard size limit in bytes (default: the base's largest shard) */
@@ -282,7 +286,7 @@ async function prepare(opts: MergeOptions): Promise<Prepared> {
 // the base's other files and folders (tokenizer, generation config, code, ...): everything but
 // the shards, their index and config.json
 function extraEntries(base: string): string[] {
-  return readdirSync(base).sort().filter((n) => n !== 'config.json' && n !== INDEX_FILE && !n.endsWith('.safetensors') && !n.startsWith('.tmp-'));
+  return readdirSync(base).sort().filter((n) => n !== 'config.json' && n !== INDEX_FILE && n !== OUTPUT_MARKER && n !== LOCK_FILE && !n.endsWith('.safetensors') && !n.startsWith('.tmp-'));
 }
 
 /**
@@ -313,6 +317,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         if (statSync(src).isDirectory()) cpSync(src, join(tmp, n), { recursive: true });
         else copyFileSync(src, join(tmp, n));
       }
+      stampChatTemplate(tmp); // the chat template the adapter was trained with (src/chat)
       return writeCheckpointFiles(tmp, outPlans, async (name) => {
         const r = await ck.raw(name);
         const read = r.data.length + (r.scale?.length ?? 0);
@@ -336,7 +341,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         await new Promise<void>((res) => setImmediate(res)); // keep Ctrl-C and the progress bar responsive
         return bytes;
       }, { layout: ck.layout, maxShardBytes: plan.maxShardBytes });
-    });
+    }, { kind: 'merged', overwrite: opts.overwrite, inputs: [plan.base, plan.adapter], note: opts.warn });
     sample();
     return {
       base: plan.base, adapter: plan.adapter, out: plan.out, dtype: plan.dtype, layout: plan.layout,

@@ -45,6 +45,7 @@ import { dequantizeQ4_0, GgmlType, GgufType, GgufWriter, quantizeQ4_0, type Ggml
 import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer } from './gptq.js';
 import { dequantizeQ4_K, Q4_K_BLOCK, quantizeQ4_K } from './q4k.js';
 import { checkGroupable, dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
+import { stampChatTemplate } from '../chat/config.js';
 
 export type QuantFormat = 'gptq' | 'gguf-q4_0' | 'gguf-q4_k';
 export type QuantMethod = 'rtn' | 'gptq';
@@ -67,6 +68,8 @@ export interface QuantizeOptions {
   model: string;
   /** gptq: the output folder; gguf-q4_0 / gguf-q4_k: the output .gguf file */
   out: string;
+  /** replace an output folder v4tune did not write (the user's --overwrite) */
+  overwrite?: boolean;
   format: QuantFormat;
   method: QuantMethod;
   /** INT4 group size along the input (gptq format; Q4_0 blocks are always 32, Q4_K super-blocks 256) */
@@ -493,6 +496,7 @@ async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
   await writeDirAtomic(opts.out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), gptqConfigJson(opts.model, opts.groupSize, opts.calibration?.damp ?? 0.01));
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.model, f))) copyFileSync(join(opts.model, f), join(tmp, f));
+    stampChatTemplate(tmp);
     const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes });
     try {
       let done = 0;
@@ -524,7 +528,7 @@ async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Round
     }
     writeFileSync(join(tmp, 'v4tune-quantize.json'), `${JSON.stringify({ format: 'gptq', method: opts.method, group_size: opts.groupSize, source: opts.model, quantized: names.filter((n) => linearKind(n)), errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
     bytesOut = writer.shardFiles.reduce((a, f) => a + statSync(join(tmp, f)).size, 0);
-  });
+  }, { kind: 'quantized', overwrite: opts.overwrite, inputs: [opts.model] });
   return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: [], tensorsSkipped: 0, bytesOut, errors: errs.summary() };
 }
 

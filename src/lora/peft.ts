@@ -58,7 +58,7 @@ export async function saveAdapter(a: Adapter, dir: string): Promise<void> {
   await writeDirAtomic(dir, (tmp) => {
     writeFileSync(join(tmp, ADAPTER_CONFIG), `${JSON.stringify(adapterConfigJson(a), null, 2)}\n`);
     writeSafetensorsFile(join(tmp, ADAPTER_WEIGHTS), tensors, { format: 'pt' });
-  });
+  }, { kind: 'adapter' });
 }
 
 export interface LoadAdapterOptions {

@@ -8,6 +8,7 @@ import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
 import { detectLayout, expectedTensors, mapTransformersLayout, officialToTransformers, scaleNameOf, type Layout, type TensorSource } from './layout.js';
 import { numel, SafetensorsSet, SafetensorsWriter, type Dtype, type TensorEntry, type TensorSpec } from './safetensors.js';
+import { stampChatTemplate } from '../chat/config.js';
 
 export type WeightFormat = 'fp8' | 'fp4' | 'bf16' | 'f16' | 'f32' | 'int';
 
@@ -402,14 +403,15 @@ export async function writeCheckpointFiles(
  * stored bytes (FP8/FP4 with their scales) are kept. Memory stays bounded by one tensor (one
  * stacked expert tensor in the transformers layout).
  */
-export async function copyCheckpoint(src: Checkpoint, out: string, opts: WriteOptions = {}): Promise<string[]> {
+export async function copyCheckpoint(src: Checkpoint, out: string, opts: WriteOptions & { overwrite?: boolean } = {}): Promise<string[]> {
   const plans = src.names().map((n) => src.plan(n));
   return writeDirAtomic(out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), readFileSync(join(src.dir, 'config.json')));
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(src.dir, f))) copyFileSync(join(src.dir, f), join(tmp, f));
+    stampChatTemplate(tmp);
     return writeCheckpointFiles(tmp, plans, async (n) => {
       const r = await src.raw(n);
       return { data: r.data, scale: r.scale };
     }, opts);
-  });
+  }, { kind: 'model', overwrite: opts.overwrite, inputs: [src.dir] });
 }

@@ -254,6 +254,8 @@ export interface InitOptions {
   /** write tokenizer.json + tokenizer_config.json (default true) */
   tokenizer?: boolean;
   onTensor?: (done: number, total: number) => void;
+  /** replace an output folder v4tune did not write (the user's --overwrite) */
+  overwrite?: boolean;
 }
 
 export interface InitSummary {
@@ -287,6 +289,6 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
       await new Promise<void>((resolve) => setImmediate(resolve)); // keep the event loop (Ctrl-C, progress) responsive
       return initTensorBytes(byName.get(name)!, planByName.get(name)!, config, seed);
     }, { maxShardBytes, layout: opts.layout });
-  });
+  }, { kind: 'model', overwrite: opts.overwrite });
   return { out: opts.out, preset: opts.preset, format, seed, tensors: plans.length, shards };
 }

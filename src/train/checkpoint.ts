@@ -76,7 +76,7 @@ export async function saveCheckpoint(root: string, adapter: Adapter, moments: Re
     await saveAdapter(adapter, join(tmp, ADAPTER));
     writeSafetensorsFile(join(tmp, OPTIMIZER), tensors, { format: 'pt', step: String(st.step) });
     writeFileSync(join(tmp, STATE), `${JSON.stringify(state, null, 2)}\n`);
-  });
+  }, { kind: 'checkpoint' });
   return dir;
 }
 
