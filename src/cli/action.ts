@@ -12,13 +12,30 @@ export function action<A extends unknown[]>(fn: (ctx: CliContext, ...args: A) =>
   return async function (this: Command, ...args: unknown[]): Promise<void> {
     const cmd = args[args.length - 1] as Command;
     const ctx = makeContext(cmd.optsWithGlobals<{ json?: boolean; quiet?: boolean }>());
+    const stopSignals = exitOnSignals();
     try {
       const summary = await fn(ctx, ...(args.slice(0, -1) as A));
       if (ctx.json) process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
     } catch (e) {
       process.exitCode = reportError(e, ctx.json);
+    } finally {
+      stopSignals();
     }
   };
+}
+
+/**
+ * Ctrl-C and SIGTERM end a verb through process.exit, so the exit hooks remove its temporaries
+ * and release its locks (fsutil.ts, lock.ts). A verb that handles SIGINT itself (train stops
+ * after the step, with a checkpoint) is left to do so. Returns how to remove the handlers.
+ */
+function exitOnSignals(): () => void {
+  const handlers: [NodeJS.Signals, () => void][] = [
+    ['SIGINT', () => { if (process.listenerCount('SIGINT') === 1) process.exit(130); }],
+    ['SIGTERM', () => { if (process.listenerCount('SIGTERM') === 1) process.exit(143); }],
+  ];
+  for (const [s, h] of handlers) process.on(s, h);
+  return () => { for (const [s, h] of handlers) process.off(s, h); };
 }
 
 export function reportError(e: unknown, json: boolean): number {

@@ -756,6 +756,8 @@ export interface RecipeQuantizeOptions {
   formats?: QuantFormat[];
   method?: QuantMethod;
   groupSize?: number;
+  /** replace output folders v4tune did not write (the user's --overwrite) */
+  overwrite?: boolean;
   /** a line of the plan */
   log?: (line: string) => void;
   /** a warning (calibration_rows clamped to the train split) */
@@ -828,7 +830,7 @@ export async function quantizeRecipe(recipe: QuantizeRecipe, o: RecipeQuantizeOp
       const target = formatOutput(outDir, format);
       const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
       o.log?.(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : format === 'gguf-q4_0' ? ', Q4_0 blocks of 32' : ', Q4_K super-blocks of 256'}${how})`);
-      out.set(format, await quantizeCheckpoint({ model, out: target, format, method, groupSize, calibration, session: cal?.session, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
+      out.set(format, await quantizeCheckpoint({ model, out: target, overwrite: o.overwrite, format, method, groupSize, calibration, session: cal?.session, onTensor: (d, t, n) => o.onTensor?.(format, d, t, n) }));
     }
     return formats.map((f) => out.get(f)!);
   } finally {

@@ -13,6 +13,7 @@ interface InitModelFlags {
   out: string;
   seed: string;
   format: string;
+  overwrite?: boolean;
 }
 
 export function register(program: Command): void {
@@ -22,6 +23,7 @@ export function register(program: Command): void {
     .requiredOption('--out <dir>', 'output model folder (written atomically)')
     .option('--seed <n>', 'random seed; the same seed gives byte-identical files', '0')
     .option('--format <fmt>', 'fp8 (FP8 attention + FP4 experts, as shipped) or bf16', 'fp8')
+    .option('--overwrite', 'replace an output folder that v4tune did not write as a model')
     .action(action(async (ctx: CliContext, flags: InitModelFlags) => {
       if (!Object.prototype.hasOwnProperty.call(PRESETS, flags.preset)) {
         throw new InputError(`--preset: unknown preset "${flags.preset}" (tiny or small)`);
@@ -36,6 +38,7 @@ export function register(program: Command): void {
         out: flags.out,
         seed: Number(flags.seed),
         format: flags.format,
+        overwrite: flags.overwrite === true,
         onTensor: (done) => progress.update(done),
       });
       progress.stop();

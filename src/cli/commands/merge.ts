@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { InputError } from '../../errors.js';
 import { mergeAdapter, type MergeDtype, type MergePlan, type MergeSummary } from '../../export/merge.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
 import { recipeModelDir } from './prepare.js';
@@ -25,6 +26,7 @@ interface MergeFlags {
   out?: string;
   dtype?: string;
   maxShardMb?: string;
+  overwrite?: boolean;
 }
 
 const GiB = 1024 ** 3;
@@ -41,7 +43,7 @@ function parseDtype(s: string): MergeDtype {
 }
 
 /** Run a merge with the plan, progress and result lines on ctx; returns the summary. */
-export async function runMerge(ctx: CliContext, p: MergePaths, maxShardBytes?: number): Promise<MergeSummary> {
+export async function runMerge(ctx: CliContext, p: MergePaths, maxShardBytes?: number, overwrite = false): Promise<MergeSummary> {
   if (!existsSync(join(p.model, 'config.json'))) throw new InputError(`${p.model}: no config.json (not a model folder)`);
   let bar: Progress | undefined;
   const summary = await mergeAdapter({
@@ -50,6 +52,7 @@ export async function runMerge(ctx: CliContext, p: MergePaths, maxShardBytes?: n
     out: p.out,
     dtype: p.dtype,
     maxShardBytes,
+    overwrite,
     warn: (l) => ctx.warn(l),
     onPlan: (plan: MergePlan) => {
       ctx.log(`merge ${plan.adapter} into ${plan.base} (${plan.layout} layout) → ${plan.out}, dtype ${plan.dtype}`);
@@ -70,7 +73,7 @@ export async function mergeRecipe(recipe: LoadedRecipe, ctx: CliContext): Promis
   if (!existsSync(join(p.adapter, 'adapter_config.json'))) {
     throw new InputError(`${recipe.file}: no trained adapter at ${p.adapter} (run \`v4tune train ${recipe.file}\` first)`);
   }
-  return runMerge(ctx, p);
+  return withRunLock(recipe.output, `v4tune merge ${recipe.file}`, () => runMerge(ctx, p), (l) => ctx.warn(l));
 }
 
 export function register(program: Command): void {
@@ -82,6 +85,7 @@ export function register(program: Command): void {
     .option('--out <dir>', 'output folder, written atomically (default: <output>/merged)')
     .option('--dtype <dtype>', 'original (requantise to the stored FP8/FP4) or bf16 (default: the recipe\'s export.merge_dtype, else original)')
     .option('--max-shard-mb <n>', 'output shard size limit in MiB (default: the base\'s largest shard)')
+    .option('--overwrite', 'replace an output folder that v4tune did not write as a merged model')
     .action(action(async (ctx: CliContext, file: string | undefined, opts: MergeFlags) => {
       let paths: MergePaths;
       if (file !== undefined) {
@@ -103,7 +107,8 @@ export function register(program: Command): void {
         if (!Number.isFinite(mb) || mb <= 0) throw new InputError(`--max-shard-mb: must be a positive number (got ${opts.maxShardMb})`);
         maxShardBytes = Math.round(mb * 1024 * 1024);
       }
-      const s = await runMerge(ctx, paths, maxShardBytes);
+      const merge = () => runMerge(ctx, paths, maxShardBytes, opts.overwrite === true);
+      const s = file !== undefined ? await withRunLock(loadRecipe(file).output, `v4tune merge ${file}`, merge, (l) => ctx.warn(l)) : await merge();
       return { ok: true, ...s };
     }));
 }

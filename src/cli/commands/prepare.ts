@@ -6,6 +6,7 @@ import { InputError } from '../../errors.js';
 import { prepareDataset, type PrepareSummary, type ProgressSink } from '../../data/prepare.js';
 import { presetConfigJson } from '../../model/init.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -39,9 +40,9 @@ export function recipeVocabSize(recipe: LoadedRecipe): number | undefined {
 }
 
 /** The prepare stage of a recipe (used by `prepare` and `run`). */
-export async function prepareRecipe(recipe: LoadedRecipe, sink: ProgressSink): Promise<PrepareSummary> {
+export async function prepareRecipe(recipe: LoadedRecipe, sink: ProgressSink, overwrite = false): Promise<PrepareSummary> {
   const d = recipe.data;
-  return prepareDataset({
+  return withRunLock(recipe.output, `v4tune prepare ${recipe.file}`, () => prepareDataset({
     tokenizer: recipeTokenizer(recipe),
     vocabSize: recipeVocabSize(recipe),
     sources: d.sources,
@@ -53,7 +54,8 @@ export async function prepareRecipe(recipe: LoadedRecipe, sink: ProgressSink): P
     dedup: d.dedup,
     output: d.output,
     workers: d.workers,
-  }, sink);
+    overwrite,
+  }, sink));
 }
 
 /** The machine-readable summary `prepare --json` prints. */
@@ -79,9 +81,10 @@ export function register(program: Command): void {
   program.command('prepare')
     .description('tokenize and pack the recipe\'s corpus into Arrow shards + manifest.json (reused when nothing changed)')
     .argument('<recipe>', 'recipe .yaml file')
-    .action(action(async (ctx: CliContext, file: string) => {
+    .option('--overwrite', 'replace a data.output folder that v4tune did not write as a dataset')
+    .action(action(async (ctx: CliContext, file: string, o: { overwrite?: boolean }) => {
       const recipe = loadRecipe(file);
       ctx.log(`prepare: ${recipe.data.sources.length} source(s) → ${recipe.data.output} (seq_len ${recipe.data.seq_len}, packing ${recipe.data.packing ? 'on' : 'off'})`);
-      return prepareResult(await prepareRecipe(recipe, ctx));
+      return prepareResult(await prepareRecipe(recipe, ctx, o.overwrite === true));
     }));
 }

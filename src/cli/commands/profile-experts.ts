@@ -14,6 +14,7 @@ import {
 import { configFingerprint, parseConfig, type V4Config } from '../../model/config.js';
 import { loadModel } from '../../model/load.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 import { recipeModelDir } from './prepare.js';
@@ -122,6 +123,6 @@ export function register(program: Command): void {
         rows = Number(o.rows);
         if (!Number.isInteger(rows) || rows < 1) throw new InputError(`--rows must be a positive integer (got ${o.rows})`);
       }
-      return profileRecipe(recipe, ctx, { rows });
+      return withRunLock(recipe.output, `v4tune profile-experts ${file}`, () => profileRecipe(recipe, ctx, { rows }), (l) => ctx.warn(l));
     }));
 }

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
 import { quantizeRecipe, type QuantFormat, type QuantMethod, type QuantizeSummary, type RecipeQuantizeOptions } from '../../export/quantize.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
 
@@ -17,12 +18,13 @@ interface QuantizeFlags {
   format?: string;
   method?: string;
   groupSize?: string;
+  overwrite?: boolean;
 }
 
 /** Quantize a recipe's model with a progress bar per format and the error statistics logged. */
 export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit<RecipeQuantizeOptions, 'log' | 'onTensor'> = {}): Promise<QuantizeSummary[]> {
   let bar: Progress | null = null;
-  const summaries = await quantizeRecipe(recipe, {
+  const summaries = await withRunLock(recipe.output, `v4tune quantize ${recipe.file}`, () => quantizeRecipe(recipe, {
     ...o,
     log: (l) => {
       bar?.stop();
@@ -38,7 +40,7 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
         bar = null;
       }
     },
-  });
+  }), (l) => ctx.warn(l));
   for (const s of summaries) {
     ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of ${s.format === 'gguf-q4_k' ? 256 : 32})` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
     for (const [kind, k] of Object.entries(s.errors)) {
@@ -62,6 +64,7 @@ export function register(program: Command): void {
     .option('--format <format>', 'one format instead of the recipe\'s export.quantize: gptq | gguf-q4_0 | gguf-q4_k')
     .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn | gptq (calibrates on export.calibration_rows rows of the prepared train split)')
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
+    .option('--overwrite', 'replace an output folder that v4tune did not write')
     .action(action(async (ctx: CliContext, file: string, flags: QuantizeFlags) => {
       const recipe = loadRecipe(file);
       if (flags.format !== undefined && !FORMATS.includes(flags.format as QuantFormat)) throw new InputError(`--format must be one of ${FORMATS.join(', ')} (got "${flags.format}")`);
@@ -77,6 +80,7 @@ export function register(program: Command): void {
         formats: flags.format ? [flags.format as QuantFormat] : undefined,
         method: flags.method as QuantMethod | undefined,
         groupSize,
+        overwrite: flags.overwrite === true,
       });
       return { ok: true, outputs: summaries };
     }));

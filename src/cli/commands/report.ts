@@ -11,6 +11,7 @@ import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { renderReport } from '../../report/render.js';
 import { buildReport } from '../../report/report.js';
 import type { RunReport } from '../../report/types.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -44,6 +45,7 @@ export function register(program: Command): void {
         evalRows = Number(opts.evalRows);
         if (!Number.isInteger(evalRows) || evalRows < 1) throw new InputError(`--eval-rows must be a positive integer (got ${opts.evalRows})`);
       }
-      return { ...(await reportRecipe(loadRecipe(file), ctx, { evalRows })) };
+      const recipe = loadRecipe(file);
+      return { ...(await withRunLock(recipe.output, `v4tune report ${file}`, () => reportRecipe(recipe, ctx, { evalRows }), (l) => ctx.warn(l))) };
     }));
 }

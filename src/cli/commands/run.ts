@@ -12,6 +12,7 @@ import { writeFileAtomic } from '../../fsutil.js';
 import { PROFILE_FILE } from '../../lora/profile.js';
 import { initModel } from '../../model/init.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
 import type { QuantizeSummary } from '../../export/quantize.js';
@@ -101,44 +102,49 @@ export function register(program: Command): void {
     .argument('<recipe>', 'recipe .yaml file')
     .action(action(async (ctx: CliContext, file: string) => {
       const recipe = loadRecipe(file);
-      ctx.log(`run ${recipe.name}: ${recipe.file} → ${recipe.output}`);
-      const ex = recipe.export;
-      const exportPlan = [ex.merge ? `merge (${ex.merge_dtype})` : '', ex.quantize.length ? `quantize (${ex.quantize.join(', ')})` : ''].filter(Boolean);
-      ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare${recipe.lora.experts === 'profiled' ? ' → profile-experts' : ''} → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')} → report`);
-      const model = await modelStage(recipe, ctx);
-      const prepared = await prepareRecipe(recipe, ctx);
-      const data = prepareResult(prepared);
-      ctx.log(`prepare: ${prepared.reused ? 'reused' : 'wrote'} ${prepared.output}: ${prepared.manifest.rows} rows, ${prepared.manifest.tokens} tokens (train ${prepared.manifest.splits.train.rows} rows, eval ${prepared.manifest.splits.eval.rows} rows)`);
-      const profile = recipe.lora.experts === 'profiled' ? await profileStage(recipe, ctx) : undefined;
-      const train = await trainRecipe(recipe, ctx, { auto: true });
-      const summary: Record<string, unknown> = { ok: true, recipe: recipe.file, output: recipe.output, model, data, ...(profile ? { profile } : {}), train };
-      // what the quantize stage reads: the merged model when there is one, else the base
-      let exportSource = folderKey(model.dir);
-      if (ex.merge) {
-        const p = recipeMergePaths(recipe);
-        const key = createHash('sha256').update(`${exportSource}\0${folderKey(p.adapter)}\0${p.dtype}`).digest('hex');
-        const m = await stamped(recipe, 'merge', key, join(p.out, 'config.json'), () => mergeRecipe(recipe, ctx));
-        if (m.reused) ctx.log(`merge: reusing ${p.out} (adapter and base unchanged)`);
-        summary.merge = { reused: m.reused, out: p.out, dtype: p.dtype, ...(m.result ? { merged: m.result.merged, shards: m.result.shards.length, bytes: m.result.bytesWritten } : {}) };
-        exportSource = key;
-      }
-      if (ex.quantize.length > 0) {
-        const outDir = join(recipe.output, 'quantized');
-        const key = createHash('sha256').update(`${exportSource}\0${ex.quantize.join(',')}\0${ex.method}\0${ex.group_size}`).digest('hex');
-        const q = await stamped(recipe, 'quantize', key, outDir, () => runQuantize(recipe, ctx, { out: outDir }));
-        if (q.reused) ctx.log(`quantize: reusing ${outDir} (its input and settings unchanged)`);
-        summary.quantize = { reused: q.reused, out: outDir, ...(q.result ? { outputs: q.result.map((s: QuantizeSummary) => ({ format: s.format, out: s.out, tensors: s.tensorsQuantized, compression: s.compression })) } : {}) };
-      }
-      // the report: redone when training or an export changed (it evaluates the merged and INT4 models)
-      const trainJson = join(recipe.output, 'train.json');
-      const reportKey = createHash('sha256')
-        .update(`${exportSource}\0${existsSync(trainJson) ? readFileSync(trainJson, 'utf8') : ''}\0${readStamp(recipe, 'quantize')}`)
-        .digest('hex');
-      const reportFile = join(recipe.output, 'report.md');
-      const rep = await stamped(recipe, 'report', reportKey, reportFile, () => reportRecipe(recipe, ctx));
-      if (rep.reused) ctx.log(`report: reusing ${reportFile} (training and exports unchanged)`);
-      summary.report = { reused: rep.reused, out: reportFile, ...(rep.result ? { perplexity: rep.result.perplexity.rows.map((r) => ({ stage: r.label, ...(r.status === 'ok' ? { loss: r.loss, perplexity: r.perplexity, tokens: r.tokens } : { status: r.status }) })) } : {}) };
-      writeFileAtomic(join(recipe.output, 'run.json'), `${JSON.stringify(summary, null, 2)}\n`);
-      return summary;
+      return withRunLock(recipe.output, `v4tune run ${recipe.file}`, () => runRecipe(recipe, ctx), (l) => ctx.warn(l));
     }));
+}
+
+/** Every stage of the recipe, each reused while its inputs are unchanged (the run folder is locked). */
+async function runRecipe(recipe: LoadedRecipe, ctx: CliContext): Promise<Record<string, unknown>> {
+  ctx.log(`run ${recipe.name}: ${recipe.file} → ${recipe.output}`);
+  const ex = recipe.export;
+  const exportPlan = [ex.merge ? `merge (${ex.merge_dtype})` : '', ex.quantize.length ? `quantize (${ex.quantize.join(', ')})` : ''].filter(Boolean);
+  ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare${recipe.lora.experts === 'profiled' ? ' → profile-experts' : ''} → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')} → report`);
+  const model = await modelStage(recipe, ctx);
+  const prepared = await prepareRecipe(recipe, ctx);
+  const data = prepareResult(prepared);
+  ctx.log(`prepare: ${prepared.reused ? 'reused' : 'wrote'} ${prepared.output}: ${prepared.manifest.rows} rows, ${prepared.manifest.tokens} tokens (train ${prepared.manifest.splits.train.rows} rows, eval ${prepared.manifest.splits.eval.rows} rows)`);
+  const profile = recipe.lora.experts === 'profiled' ? await profileStage(recipe, ctx) : undefined;
+  const train = await trainRecipe(recipe, ctx, { auto: true });
+  const summary: Record<string, unknown> = { ok: true, recipe: recipe.file, output: recipe.output, model, data, ...(profile ? { profile } : {}), train };
+  // what the quantize stage reads: the merged model when there is one, else the base
+  let exportSource = folderKey(model.dir);
+  if (ex.merge) {
+    const p = recipeMergePaths(recipe);
+    const key = createHash('sha256').update(`${exportSource}\0${folderKey(p.adapter)}\0${p.dtype}`).digest('hex');
+    const m = await stamped(recipe, 'merge', key, join(p.out, 'config.json'), () => mergeRecipe(recipe, ctx));
+    if (m.reused) ctx.log(`merge: reusing ${p.out} (adapter and base unchanged)`);
+    summary.merge = { reused: m.reused, out: p.out, dtype: p.dtype, ...(m.result ? { merged: m.result.merged, shards: m.result.shards.length, bytes: m.result.bytesWritten } : {}) };
+    exportSource = key;
+  }
+  if (ex.quantize.length > 0) {
+    const outDir = join(recipe.output, 'quantized');
+    const key = createHash('sha256').update(`${exportSource}\0${ex.quantize.join(',')}\0${ex.method}\0${ex.group_size}`).digest('hex');
+    const q = await stamped(recipe, 'quantize', key, outDir, () => runQuantize(recipe, ctx, { out: outDir }));
+    if (q.reused) ctx.log(`quantize: reusing ${outDir} (its input and settings unchanged)`);
+    summary.quantize = { reused: q.reused, out: outDir, ...(q.result ? { outputs: q.result.map((s: QuantizeSummary) => ({ format: s.format, out: s.out, tensors: s.tensorsQuantized, compression: s.compression })) } : {}) };
+  }
+  // the report: redone when training or an export changed (it evaluates the merged and INT4 models)
+  const trainJson = join(recipe.output, 'train.json');
+  const reportKey = createHash('sha256')
+    .update(`${exportSource}\0${existsSync(trainJson) ? readFileSync(trainJson, 'utf8') : ''}\0${readStamp(recipe, 'quantize')}`)
+    .digest('hex');
+  const reportFile = join(recipe.output, 'report.md');
+  const rep = await stamped(recipe, 'report', reportKey, reportFile, () => reportRecipe(recipe, ctx));
+  if (rep.reused) ctx.log(`report: reusing ${reportFile} (training and exports unchanged)`);
+  summary.report = { reused: rep.reused, out: reportFile, ...(rep.result ? { perplexity: rep.result.perplexity.rows.map((r) => ({ stage: r.label, ...(r.status === 'ok' ? { loss: r.loss, perplexity: r.perplexity, tokens: r.tokens } : { status: r.status }) })) } : {}) };
+  writeFileAtomic(join(recipe.output, 'run.json'), `${JSON.stringify(summary, null, 2)}\n`);
+  return summary;
 }

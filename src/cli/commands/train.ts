@@ -19,6 +19,7 @@ import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { assertSameIdentity, checkpointsDir, identityChange, listCheckpoints, loadCheckpoint, readCheckpointState, type RunIdentity } from '../../train/checkpoint.js';
 import { runTraining, TRAIN_LOG, TRAIN_SUMMARY, type TrainResult } from '../../train/run.js';
 import type { TrainSettings } from '../../train/trainer.js';
+import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 import { recipeModelDir } from './prepare.js';
@@ -112,8 +113,15 @@ function fmtInt(n: number): string {
   return n.toLocaleString('en-US');
 }
 
-/** The train stage of a recipe (used by `train` and `run`): returns train.json's content. */
+/**
+ * The train stage of a recipe (used by `train` and `run`): returns train.json's content. It
+ * holds the run folder's lock: a second writer of `<output>` is refused naming this one.
+ */
 export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRecipeOptions = {}): Promise<Record<string, unknown>> {
+  return withRunLock(recipe.output, `v4tune train ${recipe.file}`, () => trainLocked(recipe, ctx, opts), (l) => ctx.warn(l));
+}
+
+async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRecipeOptions): Promise<Record<string, unknown>> {
   assertTrainable(recipe);
   if (opts.resume && opts.overwrite) throw new InputError('--resume and --overwrite exclude each other');
   const modelDir = recipeModelDir(recipe);
