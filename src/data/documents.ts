@@ -1,25 +1,18 @@
 // Documents and how one becomes tokens with its loss mask: plain text (bos, text, eos; loss on
-// every token) and chat, rendered in DeepSeek V4's prompt format (DeepSeek's encoding_dsv4.py,
-// chat mode; thinking mode when the final assistant turn carries `reasoning_content`):
+// every token) and chat, rendered by DeepSeek V4's chat template (src/chat/template.ts, the Jinja
+// template v4tune also writes into every model folder's tokenizer_config.json) and tokenized as
+// one string, as transformers' apply_chat_template does:
 //
 //   <bos>{system}<｜User｜>{user}<｜Assistant｜></think>{answer}<eos><｜User｜>{user}<｜Assistant｜></think>{answer}<eos>
 //
-// Thinking mode: the transition after the LAST user turn is `<think>` and that turn's answer is
-// `{reasoning}</think>{answer}<eos>`; earlier turns drop their reasoning (drop_thinking) and keep
-// `</think>`. A user turn followed by a user turn gets no `<｜Assistant｜>` tag. Loss mask
-// (design.md, "Chat loss mask"): for every assistant turn, the tokens after `<｜Assistant｜>` up to
-// and including that turn's `<eos>`; everything else 0.
+// Loss mask (design.md, "Chat loss mask"): for every assistant turn, the tokens after
+// `<｜Assistant｜>` up to and including that turn's `<eos>`; everything else 0. A chat the template
+// cannot reproduce (chatRefusal) is refused with the reason.
+import { InputError } from '../errors.js';
+import { ASSISTANT_TOKEN, chatRefusal, renderChat, reservedTexts, THINK_END_TOKEN, THINK_START_TOKEN, USER_TOKEN, type ChatMessage } from '../chat/template.js';
 import type { TextTokenizer } from './tokenizer.js';
 
-export type ChatRole = 'system' | 'user' | 'assistant';
-
-export interface ChatMessage {
-  role: ChatRole;
-  content: string;
-  /** Assistant reasoning; rendered only on assistant turns after the last user turn. */
-  reasoning_content?: string;
-}
-
+export type { ChatMessage, ChatRole } from '../chat/template.js';
 export type Document =
   | { kind: 'text'; text: string }
   | { kind: 'chat'; messages: ChatMessage[] };
@@ -30,10 +23,7 @@ export interface EncodedDocument {
   mask: Uint8Array;
 }
 
-export const USER_TOKEN = '<｜User｜>';
-export const ASSISTANT_TOKEN = '<｜Assistant｜>';
-export const THINK_START_TOKEN = '<think>';
-export const THINK_END_TOKEN = '</think>';
+export { ASSISTANT_TOKEN, THINK_END_TOKEN, THINK_START_TOKEN, USER_TOKEN } from '../chat/template.js';
 
 export interface ChatTokenIds {
   user: number;
@@ -52,18 +42,6 @@ export function chatTokenIds(tok: TextTokenizer): ChatTokenIds | { missing: stri
   return { user, assistant, thinkStart, thinkEnd };
 }
 
-/** Growable token + mask buffer. */
-class TokenBuilder {
-  ids: number[] = [];
-  mask: number[] = [];
-  push(ids: ArrayLike<number>, m: 0 | 1): void {
-    for (let i = 0; i < ids.length; i++) { this.ids.push(ids[i]!); this.mask.push(m); }
-  }
-  done(): EncodedDocument {
-    return { ids: Int32Array.from(this.ids), mask: Uint8Array.from(this.mask) };
-  }
-}
-
 /** Text document: bos, the text's tokens, eos; loss on every token. */
 export function encodeText(tok: TextTokenizer, text: string): EncodedDocument {
   const body = tok.encode(text);
@@ -74,36 +52,43 @@ export function encodeText(tok: TextTokenizer, text: string): EncodedDocument {
   return { ids, mask: new Uint8Array(ids.length).fill(1) };
 }
 
-/** Chat document in V4's prompt format with the assistant-only loss mask (see the file header). */
+/** The text of a special token id: the name the tokenizer maps to it. */
+function specialText(tok: TextTokenizer, id: number, names: readonly string[]): string {
+  return names.find((n) => tok.tokenToId(n) === id) ?? tok.decode([id]);
+}
+
+/** bos and eos as the template writes them (`bos_token` / `eos_token` of tokenizer_config.json). */
+export function chatBosEos(tok: TextTokenizer): { bosToken: string; eosToken: string } {
+  return {
+    bosToken: specialText(tok, tok.bosId, ['<｜begin▁of▁sentence｜>', '<s>', '<|begin_of_text|>', '<bos>']),
+    eosToken: specialText(tok, tok.eosId, ['<｜end▁of▁sentence｜>', '</s>', '<|end_of_text|>', '<eos>']),
+  };
+}
+
+/**
+ * Chat document: V4's chat template rendered and tokenized as one string (a chat ending with a
+ * user turn renders as with add_generation_prompt, its opening marker masked out), with the
+ * assistant-only loss mask read off the tokens (see the file header).
+ */
 export function encodeChat(tok: TextTokenizer, special: ChatTokenIds, messages: ChatMessage[]): EncodedDocument {
-  let lastUser = -1;
-  messages.forEach((m, i) => { if (m.role === 'user') lastUser = i; });
-  const thinking = messages.some((m, i) => m.role === 'assistant' && i > lastUser && typeof m.reasoning_content === 'string');
-  const b = new TokenBuilder();
-  b.push([tok.bosId], 0);
-  messages.forEach((m, i) => {
-    if (m.role === 'system') {
-      b.push(tok.encode(m.content), 0);
-    } else if (m.role === 'user') {
-      b.push([special.user], 0);
-      b.push(tok.encode(m.content), 0);
-      const next = messages[i + 1];
-      if (next === undefined || next.role === 'assistant') {
-        b.push([special.assistant], 0);
-        // The transition token belongs to the assistant turn that follows (masked in when there is one).
-        const answered: 0 | 1 = next === undefined ? 0 : 1;
-        b.push([thinking && i >= lastUser ? special.thinkStart : special.thinkEnd], answered);
-      }
-    } else {
-      if (thinking && i > lastUser) {
-        b.push(tok.encode(m.reasoning_content ?? ''), 1);
-        b.push([special.thinkEnd], 1);
-      }
-      b.push(tok.encode(m.content), 1);
-      b.push([tok.eosId], 1);
+  const be = chatBosEos(tok);
+  const why = chatRefusal(messages, reservedTexts(be.bosToken, be.eosToken));
+  if (why) throw new InputError(`chat refused: ${why}`);
+  const ids = Int32Array.from(tok.encode(renderChat(messages, { ...be, addGenerationPrompt: true })));
+  const mask = new Uint8Array(ids.length);
+  let open = -1; // index of the last <｜Assistant｜> whose eos has not come yet
+  let answers = 0;
+  for (let t = 0; t < ids.length; t++) {
+    if (ids[t] === special.assistant) open = t;
+    else if (open >= 0 && ids[t] === tok.eosId) {
+      mask.fill(1, open + 1, t + 1);
+      open = -1;
+      answers++;
     }
-  });
-  return b.done();
+  }
+  const expected = messages.filter((m) => m.role === 'assistant').length;
+  if (answers !== expected) throw new InputError(`chat refused: the rendered chat holds ${answers} answers but the messages hold ${expected} assistant turns`);
+  return { ids, mask };
 }
 
 /** Tokens and loss mask of any document. */

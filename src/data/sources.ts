@@ -3,6 +3,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { extname } from 'node:path';
 import { InputError } from '../errors.js';
+import { chatRefusal } from '../chat/template.js';
 import type { ChatMessage, ChatRole, Document } from './documents.js';
 import { expandGlob, hasGlobMagic } from './glob.js';
 import { sha256Hex } from './tokenizer.js';
@@ -90,6 +91,8 @@ function parseChat(where: string, rec: Record<string, unknown>): ChatMessage[] {
     out.push(msg);
   });
   if (!out.some((m) => m.role === 'assistant')) throw new InputError(`${where}: the conversation has no assistant turn (nothing to train on)`);
+  const refused = chatRefusal(out);
+  if (refused) throw new InputError(`${where}: ${refused}`);
   return out;
 }
 
