@@ -30,3 +30,17 @@ export class NotBuiltError extends V4tuneError {
     this.name = 'NotBuiltError';
   }
 }
+
+/** A loss, gradient or weight that is NaN or infinite: the work stops (exit 1), nothing is passed on. */
+export class NonFiniteError extends V4tuneError {
+  constructor(message: string) {
+    super(message, EXIT_RUNTIME);
+    this.name = 'NonFiniteError';
+  }
+}
+
+/** The index of the first NaN or ±Infinity in `x`, or -1. */
+export function firstNonFinite(x: ArrayLike<number>): number {
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) return i;
+  return -1;
+}

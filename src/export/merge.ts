@@ -7,7 +7,7 @@
 // stacked expert tensor in the transformers layout); the output folder appears whole or not at all.
 import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve, isAbsolute } from 'node:path';
-import { InputError } from '../errors.js';
+import { InputError, NonFiniteError, firstNonFinite } from '../errors.js';
 import { OUTPUT_MARKER, writeDirAtomic } from '../fsutil.js';
 import { LOCK_FILE } from '../lock.js';
 import type { Adapter } from '../lora/adapter.js';
@@ -332,6 +332,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
             const d = adapter.delta(moduleOf(name)!);
             for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
           }
+          const bad = firstNonFinite(x);
+          if (bad >= 0) throw new NonFiniteError(`${plan.base}: tensor ${name} holds ${x[bad]} at element ${bad}${action === 'merged' ? ' after adding the adapter' : ''}; nothing merged`);
           bytes = plan.dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, r.meta, r.scale !== null);
         }
         const wrote = bytes.data.length + (bytes.scale?.length ?? 0);

@@ -2,7 +2,7 @@
 // B (out x r) and a scaling, so the adapted weight is W + scaling · B A (PEFT's lora layer).
 // Module names are the official ones (`layers.3.attn.wo_a`, `layers.0.ffn.experts.7.w1`,
 // `mtp.0.attn.wq_a`); shapes are the base's logical (dequantised) shapes, FP4 included.
-import { InputError } from '../errors.js';
+import { firstNonFinite, InputError } from '../errors.js';
 import { configFingerprint, type V4Config } from '../model/config.js';
 import { tensorRng } from '../model/init.js';
 import { loraScaling, resolveLoraOptions, type LoraOptions, type ResolvedLoraOptions } from './config.js';
@@ -124,4 +124,14 @@ export function createAdapter(base: AdapterBase, opts: LoraOptions): Adapter {
     layers.set(m.name, { A, B: new Float32Array(m.out * r), r, alpha, scaling: loraScaling(alpha, r, o.rsLoRA), in: m.in, out: m.out });
   }
   return new Adapter(o, layers, base.dir ?? '', configFingerprint(base.config));
+}
+
+/** Refuse factors holding NaN or ±Infinity (a diverged run's adapter is never applied or merged). */
+export function assertFiniteFactors(layers: ReadonlyMap<string, LoraLayer>, file: string): void {
+  for (const [module, l] of layers) {
+    for (const [which, x] of [['lora_A', l.A], ['lora_B', l.B]] as const) {
+      const bad = firstNonFinite(x);
+      if (bad >= 0) throw new InputError(`${file}: ${module}.${which} holds ${x[bad]} at element ${bad}; the adapter is unusable (a diverged run?)`);
+    }
+  }
 }

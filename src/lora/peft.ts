@@ -9,7 +9,7 @@ import { writeDirAtomic } from '../fsutil.js';
 import { bf16BytesToF32, f16BytesToF32, f32BytesToF32, f32ToBytes } from '../model/formats.js';
 import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
 import { VERSION } from '../version.js';
-import { Adapter, type LoraLayer } from './adapter.js';
+import { Adapter, assertFiniteFactors, type LoraLayer } from './adapter.js';
 import { loraScaling, resolveLoraOptions } from './config.js';
 import { patternValue } from './patterns.js';
 
@@ -137,6 +137,7 @@ export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): P
       layers.set(module, { A: toF32(f, k.A), B: toF32(f, k.B), r, alpha, scaling: loraScaling(alpha, r, options.rsLoRA), in: sa[1]!, out: sb[0]! });
     }
     if (layers.size === 0) throw new InputError(`${wPath}: holds no LoRA factors`);
+    assertFiniteFactors(layers, wPath);
     return new Adapter(options, layers, typeof cfg.base_model_name_or_path === 'string' ? cfg.base_model_name_or_path : '', fingerprint);
   } finally {
     f.close();

@@ -10,6 +10,7 @@
 import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DatasetRow } from '../data/dataset.js';
+import { NonFiniteError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
 import type { Adapter } from '../lora/adapter.js';
 import { saveAdapter } from '../lora/peft.js';
@@ -138,7 +139,12 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   const bar = sink.progress('train', s.steps, 'steps');
   bar.update(trainer.state().step);
   while (trainer.state().step < s.steps) {
-    const rec = await trainer.step();
+    const rec = await trainer.step().catch((e: unknown) => {
+      bar.stop();
+      if (!(e instanceof NonFiniteError)) throw e;
+      const kept = lastCheckpointStep >= 0 ? `the last good checkpoint, step ${lastCheckpointStep}, is kept in ${ckRoot}` : 'no checkpoint was written';
+      throw new NonFiniteError(`train: ${e.message}; training stopped, ${kept}`);
+    });
     tokens += rec.tokens;
     trainSeconds += rec.seconds;
     lastLoss = rec.loss;

@@ -8,6 +8,7 @@
 // (train seed, update, micro-batch), so a resumed run draws the masks an uninterrupted one did.
 import { fmix32 } from '../backend/dropout.js';
 import type { DatasetRow } from '../data/dataset.js';
+import { firstNonFinite, NonFiniteError } from '../errors.js';
 import type { Adapter } from '../lora/adapter.js';
 import { peftKey } from '../lora/peft.js';
 import type { V4Model } from '../model/v4/model.js';
@@ -186,15 +187,20 @@ export class Trainer {
       this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b),
     );
     const lr = learningRate(this.st.step, s);
+    // a non-finite loss, gradient or updated factor stops the run before anything is saved
+    if (count > 0 && !Number.isFinite(lossSum)) throw new NonFiniteError(`step ${update + 1}: the loss is ${lossSum / count}`);
     let gradNorm = 0;
     if (count > 0) {
       gradNorm = globalNorm(grads.values());
+      if (!Number.isFinite(gradNorm)) throw new NonFiniteError(`step ${update + 1}: the gradient norm is ${gradNorm} (loss ${lossSum / count})`);
       const clip = clipCoefficient(gradNorm, s.maxGradNorm);
       const h = { lr, ...ADAMW_DEFAULTS, weightDecay: s.weightDecay };
       for (const [k, p] of this.params) {
         const g = grads.get(k);
         if (!g) throw new RangeError(`the model returned no gradient for ${k}`);
         adamwUpdate(p, g, this.moments.get(k)!, this.st.step + 1, h, clip);
+        const bad = firstNonFinite(p);
+        if (bad >= 0) throw new NonFiniteError(`step ${update + 1}: the update made ${k} ${p[bad]} at element ${bad} (learning rate ${lr}: too large?)`);
       }
     }
     this.st.step++;
@@ -224,6 +230,7 @@ export class Trainer {
       tokens += r.count;
     }
     const loss = tokens > 0 ? lossSum / tokens : NaN;
+    if (tokens > 0 && !Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens is ${loss}`);
     return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length };
   }
 }

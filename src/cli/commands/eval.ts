@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDataset } from '../../data/dataset.js';
-import { InputError } from '../../errors.js';
+import { InputError, NonFiniteError } from '../../errors.js';
 import { loadModel } from '../../model/load.js';
 import type { ModelAdapter, V4Model } from '../../model/v4/model.js';
 import { loadAdapter } from '../../lora/peft.js';
@@ -41,6 +41,7 @@ export async function evaluate(model: V4Model, datasetDir: string, ctx: CliConte
   bar.stop();
   if (tokens === 0) throw new InputError(`${datasetDir}: no eval position counts (every loss_mask target is 0)`);
   const loss = lossSum / tokens;
+  if (!Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens of ${datasetDir} is ${loss} (the model${adapter ? ' or the adapter' : ''} holds or produces non-finite values)`);
   return { loss, perplexity: Math.exp(loss), tokens, rows };
 }
 
