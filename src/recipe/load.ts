@@ -53,6 +53,12 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
   if ((r.model.path === undefined) === (r.model.preset === undefined)) {
     throw new InputError(`${path}: model needs exactly one of model.path or model.preset (got ${r.model.path ? 'both' : 'neither'})`);
   }
+  if (r.train.steps !== undefined && r.train.epochs !== undefined) {
+    throw new InputError(`${path}: train needs at most one of train.steps and train.epochs (got both: ${r.train.steps} steps, ${r.train.epochs} epochs)`);
+  }
+  if (r.train.early_stopping_patience > 0 && r.train.eval_every === 0) {
+    throw new InputError(`${path}: train.early_stopping_patience needs train.eval_every > 0 (early stopping compares evals during the run)`);
+  }
   const dir = dirname(path);
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(dir, p));
   const name = r.name ?? basename(path, extname(path));
@@ -65,6 +71,7 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
     output,
     model: { ...r.model, path: r.model.path === undefined ? undefined : abs(r.model.path) },
     tokenizer: r.tokenizer === undefined ? undefined : abs(r.tokenizer),
+    train: { ...r.train, warm_start: r.train.warm_start === undefined ? undefined : abs(r.train.warm_start) },
     data: {
       ...r.data,
       sources: r.data.sources.map((s) => ({ ...s, path: abs(s.path) })),

@@ -82,8 +82,10 @@ export const loraSchema = z.object({
 export const trainSchema = z.object({
   backend: z.enum(['auto', 'native', 'tfjs']).default('auto')
     .describe('Compute backend: `auto` uses native when the addon is built, else tfjs (and says why).'),
-  steps: int().min(1).default(100)
-    .describe('Optimizer steps.'),
+  steps: int().min(1).optional()
+    .describe('Optimizer steps (default 100, or what `epochs` gives). Raising it on a finished run and resuming extends the run: the schedule then spans the new length.'),
+  epochs: z.number().positive().optional()
+    .describe('Train for this many passes over the train split instead of giving `steps`: steps = ceil(epochs · train rows / (batch_rows · grad_accum)).'),
   batch_rows: int().min(1).default(1)
     .describe('Rows per micro-batch.'),
   grad_accum: int().min(1).default(1)
@@ -104,6 +106,20 @@ export const trainSchema = z.object({
     .describe('Evaluate every N steps (0: only at the end).'),
   checkpoint_every: int().min(0).default(50)
     .describe('Save a resumable checkpoint every N steps (0: only at the end).'),
+  keep_checkpoints: int().min(0).default(0)
+    .describe('Keep only the newest N checkpoints plus the best by eval loss (a checkpoint is also written at each new best eval); 0 keeps every one.'),
+  early_stopping_patience: int().min(0).default(0)
+    .describe('Stop when this many evals in a row do not lower the best eval loss (by more than `early_stopping_min_delta`); 0: never. Needs `eval_every` > 0.'),
+  early_stopping_min_delta: z.number().min(0).default(0)
+    .describe('The least drop in eval loss that counts as better, for early stopping and the best checkpoint.'),
+  warm_start: z.string().min(1).optional()
+    .describe('A PEFT adapter folder to start from instead of a fresh adapter (its modules and ranks must be the ones `lora` asks for); the optimizer starts fresh at step 0.'),
+  log_to: z.array(z.enum(['jsonl', 'tensorboard'])).min(1).default(['jsonl'])
+    .describe('Where metrics go: `jsonl` (`<output>/train-log.jsonl`, always written: the report reads it), `tensorboard` (event files in `<output>/tensorboard`: loss, lr, grad norm, tokens/s, eval loss, sample generations).'),
+  eval_prompts: z.array(z.union([z.string(), z.object({ chat: z.string().min(1) }).strict()])).default([])
+    .describe('Prompts continued greedily at every eval, shown as they happen and in the log, TensorBoard and the report: a string is continued as text; `{chat: "…"}` is a user message rendered by the chat template with the assistant turn opened.'),
+  eval_max_new_tokens: int().min(1).default(32)
+    .describe('Tokens generated per eval prompt at most.'),
   activation_checkpointing: z.boolean().default(false)
     .describe('Recompute each block in the backward pass instead of keeping its activations.'),
   threads: int().min(0).default(0)

@@ -38,6 +38,35 @@ export interface CheckpointState {
   /** random numbers: the data order's stream is a function of (seed, epoch), so this is its whole state */
   rng: { algorithm: 'sfc32 per (seed, epoch)'; seed: number; epoch: number };
   identity: RunIdentity;
+  /** the run's own record up to this step (absent in checkpoints of v4tune before it existed) */
+  run?: RunProgress;
+}
+
+/** What a run has done up to a checkpoint, so a resumed run reports the whole run, not its last session. */
+export interface RunProgress {
+  /** the schedule's length when the checkpoint was written (a resume may extend it) */
+  steps: number;
+  /** eval of the untrained adapter (step 0) */
+  eval_before: RunEval | null;
+  /** the latest eval, with its step */
+  eval_last: (RunEval & { step: number }) | null;
+  /** mean loss of the last step */
+  last_loss: number | null;
+  /** seconds in optimizer steps / wall-clock seconds of the run, every session summed */
+  train_seconds: number;
+  wall_seconds: number;
+  /** the lowest eval loss so far and its step, and evals since it (early stopping) */
+  best: { step: number; eval_loss: number } | null;
+  evals_since_best: number;
+  /** the step each earlier session resumed from */
+  resumes: number[];
+}
+
+export interface RunEval {
+  loss: number;
+  perplexity: number;
+  tokens: number;
+  rows: number;
 }
 
 export interface TrainCheckpoint {
@@ -52,7 +81,7 @@ export function checkpointsDir(output: string): string {
 }
 
 /** Write `<root>/step-N/` atomically. */
-export async function saveCheckpoint(root: string, adapter: Adapter, moments: ReadonlyMap<string, Moments>, st: TrainerState, seed: number, identity: RunIdentity): Promise<string> {
+export async function saveCheckpoint(root: string, adapter: Adapter, moments: ReadonlyMap<string, Moments>, st: TrainerState, seed: number, identity: RunIdentity, run?: RunProgress): Promise<string> {
   const dir = join(root, `step-${st.step}`);
   const state: CheckpointState = {
     format: CHECKPOINT_FORMAT,
@@ -65,6 +94,7 @@ export async function saveCheckpoint(root: string, adapter: Adapter, moments: Re
     data: { epoch: st.order.epoch, cursor: st.order.cursor },
     rng: { algorithm: 'sfc32 per (seed, epoch)', seed, epoch: st.order.epoch },
     identity,
+    ...(run ? { run } : {}),
   };
   const tensors: Array<TensorSpec & { data: Uint8Array }> = [];
   for (const [k, mom] of moments) {
@@ -89,6 +119,19 @@ export function listCheckpoints(root: string): number[] {
     if (m && existsSync(join(root, name, STATE))) steps.push(Number(m[1]));
   }
   return steps.sort((a, b) => a - b);
+}
+
+/**
+ * Delete the checkpoints under root but the newest `keep` and `alsoKeep` (the best by eval
+ * loss); keep = 0 keeps every one. Returns the steps deleted.
+ */
+export function pruneCheckpoints(root: string, keep: number, alsoKeep: number | null): number[] {
+  if (keep <= 0) return [];
+  const steps = listCheckpoints(root);
+  const newest = new Set(steps.slice(-keep));
+  const gone = steps.filter((s) => !newest.has(s) && s !== alsoKeep);
+  for (const s of gone) rmSync(join(root, `step-${s}`), { recursive: true, force: true });
+  return gone;
 }
 
 /**

@@ -19,10 +19,12 @@ import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { assertSameIdentity, checkpointsDir, identityChange, listCheckpoints, loadCheckpoint, readCheckpointState, type RunIdentity } from '../../train/checkpoint.js';
 import { runTraining, TRAIN_LOG, TRAIN_SUMMARY, type TrainResult } from '../../train/run.js';
 import type { TrainSettings } from '../../train/trainer.js';
+import { resolveSteps, samplePrompts, warmStart } from '../../train/plan.js';
+import { loadTokenizer } from '../../data/tokenizer.js';
 import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
-import { recipeModelDir } from './prepare.js';
+import { recipeModelDir, recipeTokenizer } from './prepare.js';
 import { profiledSubset } from './profile-experts.js';
 
 /** Exit code of a run stopped by Ctrl-C (128 + SIGINT), after its checkpoint is written. */
@@ -43,10 +45,10 @@ export interface TrainRecipeOptions {
 }
 
 /** The recipe's `train` section as the trainer takes it. */
-export function trainSettings(recipe: LoadedRecipe): TrainSettings {
+export function trainSettings(recipe: LoadedRecipe, trainRows: number): TrainSettings {
   const t = recipe.train;
   return {
-    steps: t.steps,
+    steps: resolveSteps(t, trainRows),
     batchRows: t.batch_rows,
     gradAccum: t.grad_accum,
     lr: t.lr,
@@ -74,7 +76,8 @@ export function assertTrainable(recipe: LoadedRecipe): void {
 function runIdentity(recipe: LoadedRecipe, datasetKey: string, fingerprint: string, subset: Record<string, number[]> | null): RunIdentity {
   const t = recipe.train;
   const id: RunIdentity = {};
-  for (const k of ['steps', 'batch_rows', 'grad_accum', 'lr', 'schedule', 'warmup_steps', 'weight_decay', 'max_grad_norm', 'seed', 'precision'] as const) id[`train.${k}`] = t[k];
+  // the run's length (steps / epochs) is not part of it: a resume may extend the run
+  for (const k of ['batch_rows', 'grad_accum', 'lr', 'schedule', 'warmup_steps', 'weight_decay', 'max_grad_norm', 'seed', 'precision'] as const) id[`train.${k}`] = t[k];
   // the profile settings count only where they decide the experts (runs from before they existed resume)
   for (const [k, v] of Object.entries(recipe.lora)) if (subset || !k.startsWith('profile_')) id[`lora.${k}`] = v;
   if (subset) id[`the profiled experts (${PROFILE_FILE})`] = createHash('sha256').update(JSON.stringify(subset)).digest('hex').slice(0, 16);
@@ -85,6 +88,7 @@ function runIdentity(recipe: LoadedRecipe, datasetKey: string, fingerprint: stri
   } else {
     id['model.path'] = recipe.model.path;
   }
+  if (t.warm_start !== undefined) id['train.warm_start'] = t.warm_start;
   id['model config fingerprint'] = fingerprint;
   id['the prepared dataset (manifest cache_key)'] = datasetKey;
   return id;
@@ -158,14 +162,14 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   if (opts.auto && have.length > 0 && !resume && !overwrite) {
     const last = have[have.length - 1]!;
     const lastDir = join(ckRoot, `step-${last}`);
-    const change = identityChange(readCheckpointState(lastDir).identity, identity);
+    const change = identityChange(withoutRunLength(readCheckpointState(lastDir).identity), identity);
     const summaryPath = join(out, TRAIN_SUMMARY);
     if (change) {
       ctx.log(`train: ${change.key} is ${change.now ?? 'unset'}, the run in ${out} was made with ${change.was ?? 'unset'}: starting over`);
       overwrite = true;
-    } else if (last === recipe.train.steps && existsSync(join(out, 'adapter', 'adapter_model.safetensors')) && existsSync(summaryPath)) {
+    } else if (existsSync(join(out, 'adapter', 'adapter_model.safetensors')) && existsSync(summaryPath)) {
       const done = JSON.parse(readFileSync(summaryPath, 'utf8')) as Record<string, unknown>;
-      if (done.ok === true && done.step === last) {
+      if (done.ok === true && done.step === last && (last === resolveSteps(recipe.train, trainRows.length) || done.stopped_early === true)) {
         ctx.log(`train: reusing the finished run in ${out} (settings unchanged)`);
         return { ...done, reused: true };
       }
@@ -197,11 +201,15 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   let model: V4Model | null = null;
   try {
     model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
-    const settings = trainSettings(recipe);
+    const settings = trainSettings(recipe, trainRows.length);
     let start: Parameters<typeof runTraining>[0]['start'];
     if (resume) {
       const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`));
+      checkpoint.state.identity = withoutRunLength(checkpoint.state.identity);
       assertSameIdentity(checkpoint, identity, recipe.file);
+      if (checkpoint.state.step > settings.steps) {
+        throw new InputError(`${recipe.file}: the run in ${out} is at step ${checkpoint.state.step}, past the ${settings.steps} steps the recipe asks for (a run can be extended, not shortened; --overwrite starts over)`);
+      }
       checkpoint.adapter.assertFits(model.config, checkpoint.dir);
       start = { checkpoint };
     } else {
@@ -212,6 +220,10 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
           rsLoRA: l.rslora, dropout: l.dropout, seed: l.seed, expertSubset: profiled?.subset,
         }),
       };
+      if (recipe.train.warm_start !== undefined) {
+        await warmStart(start.adapter, recipe.train.warm_start, recipe.file, (l) => ctx.warn(l));
+        ctx.log(`  warm start: the adapter in ${recipe.train.warm_start} (optimizer state fresh, step 0)`);
+      }
     }
     const adapter = 'checkpoint' in start ? start.checkpoint.adapter : start.adapter;
     let params = 0;
@@ -225,7 +237,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       ctx.log(`  experts: profiled — ${describeSelection(Object.fromEntries(adapted), model.config.n_routed_experts)} (${join(out, PROFILE_FILE)})`);
     }
     ctx.log(`  data: ${fmtInt(trainRows.length)} train rows, ${fmtInt(evalRows.length)} eval rows${evalRows.length < ds.rowCount('eval') ? ` (of ${fmtInt(ds.rowCount('eval'))})` : ''}, seq_len ${ds.manifest.seq_len}`);
-    ctx.log(`  steps: ${t.steps} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(t.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
+    ctx.log(`  steps: ${settings.steps}${t.epochs !== undefined ? ` (train.epochs ${t.epochs})` : ''} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(settings.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
     ctx.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; ${t.eval_every ? `eval every ${t.eval_every} steps` : 'eval at the end'}, ${t.checkpoint_every ? `checkpoint every ${t.checkpoint_every} steps` : 'checkpoint at the end'}`);
     ctx.log(`  output: ${out}${t.activation_checkpointing ? ' (activation checkpointing on)' : ''}`);
     const r = await runTraining({
@@ -236,6 +248,10 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       settings,
       evalEvery: t.eval_every,
       checkpointEvery: t.checkpoint_every,
+      keepCheckpoints: t.keep_checkpoints,
+      earlyStopping: { patience: t.early_stopping_patience, minDelta: t.early_stopping_min_delta },
+      logTo: t.log_to,
+      samples: t.eval_prompts.length > 0 ? samplePrompts(recipe, await loadTokenizer(recipeTokenizer(recipe))) : undefined,
       output: out,
       identity,
       shouldStop: () => stop,
@@ -245,7 +261,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
     if (r.interrupted) {
       throw new V4tuneError(`train: stopped at step ${r.step} of ${r.steps}; checkpoint ${r.lastCheckpoint} (continue with \`v4tune train ${recipe.file} --resume\`)`, EXIT_INTERRUPTED);
     }
-    ctx.log(`train: ${r.step} steps${r.resumedFrom !== null ? ` (resumed at ${r.resumedFrom})` : ''}, last loss ${r.lastLoss?.toFixed(4) ?? '—'}${r.evalAfter ? `, eval loss ${r.evalAfter.loss.toFixed(4)}${r.evalBefore ? ` (before ${r.evalBefore.loss.toFixed(4)})` : ''}` : ''}, ${Math.round(r.tokensPerSecond)} tokens/s → ${r.adapterDir}`);
+    ctx.log(`train: ${r.step} steps${r.stoppedEarly ? ` (stopped early; best eval at step ${r.best?.step})` : ''}${r.resumedFrom !== null ? ` (resumed at ${r.resumedFrom})` : ''}, last loss ${r.lastLoss?.toFixed(4) ?? '—'}${r.evalAfter ? `, eval loss ${r.evalAfter.loss.toFixed(4)}${r.evalBefore ? ` (before ${r.evalBefore.loss.toFixed(4)})` : ''}` : ''}, ${Math.round(r.tokensPerSecond)} tokens/s → ${r.adapterDir}`);
     return summary;
   } finally {
     process.off('SIGINT', onSigint);
@@ -254,10 +270,17 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   }
 }
 
+/** A checkpoint's identity without the run length that checkpoints before extension recorded. */
+function withoutRunLength(id: RunIdentity): RunIdentity {
+  const { ['train.steps']: _steps, ...rest } = id;
+  return rest;
+}
+
 function trainSummary(recipe: LoadedRecipe, r: TrainResult, backend: string, trainRows: number, evalRows: number): Record<string, unknown> {
   return {
     ok: !r.interrupted,
     reused: false,
+    stopped_early: r.stoppedEarly,
     recipe: recipe.file,
     output: recipe.output,
     backend,
@@ -265,14 +288,20 @@ function trainSummary(recipe: LoadedRecipe, r: TrainResult, backend: string, tra
     step: r.step,
     steps: r.steps,
     resumed_from: r.resumedFrom,
+    resumes: r.resumes,
+    extended_from: r.extendedFrom,
+    epochs: (r.step * recipe.train.batch_rows * recipe.train.grad_accum) / trainRows,
     trainable_parameters: r.trainableParameters,
     train_rows: trainRows,
     eval_rows: evalRows,
     last_loss: r.lastLoss,
     eval_before: r.evalBefore,
     eval_after: r.evalAfter,
+    best: r.best ? { step: r.best.step, eval_loss: r.best.evalLoss, checkpoint: r.best.checkpoint } : null,
+    samples: r.samples,
     tokens: r.tokens,
     train_seconds: r.trainSeconds,
+    wall_seconds: r.wallSeconds,
     tokens_per_s: r.tokensPerSecond,
     checkpoint: r.lastCheckpoint,
     adapter: r.adapterDir,
