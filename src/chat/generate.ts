@@ -75,3 +75,18 @@ export async function generateTokens(model: V4Model, prompt: readonly number[], 
   }
   return out;
 }
+
+/**
+ * Streams text as tokens come: each call with the ids so far returns the text not yet shown
+ * (held back while the decoded text ends inside a multi-byte character).
+ */
+export function textStreamer(decode: (ids: readonly number[]) => string): (ids: readonly number[]) => string {
+  let shown = 0;
+  return (ids) => {
+    const text = decode(ids);
+    if (text.endsWith('\ufffd')) return '';
+    const add = text.slice(shown);
+    shown = text.length;
+    return add;
+  };
+}

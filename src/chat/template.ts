@@ -54,7 +54,7 @@ export const V4_CHAT_TEMPLATE = [
   '{%- endfor -%}',
 ].join('');
 
-let compiled: Template | null = null;
+const compiled = new Map<string, Template>();
 
 export interface RenderChatOptions {
   bosToken: string;
@@ -91,10 +91,14 @@ export function chatRefusal(messages: readonly ChatMessage[], reserved: readonly
   return null;
 }
 
-/** The chat rendered by V4_CHAT_TEMPLATE, as transformers' apply_chat_template(tokenize=False) renders it. */
-export function renderChat(messages: readonly ChatMessage[], o: RenderChatOptions): string {
-  compiled ??= new Template(V4_CHAT_TEMPLATE);
-  return compiled.render({
+/** The chat rendered by V4_CHAT_TEMPLATE (or `template`, another folder's), as transformers' apply_chat_template(tokenize=False) renders it. */
+export function renderChat(messages: readonly ChatMessage[], o: RenderChatOptions, template = V4_CHAT_TEMPLATE): string {
+  let t = compiled.get(template);
+  if (!t) {
+    t = new Template(template);
+    compiled.set(template, t);
+  }
+  return t.render({
     messages: messages.map((m) => ({ ...m })),
     bos_token: o.bosToken,
     eos_token: o.eosToken,
