@@ -8,9 +8,23 @@ import type { DatasetRow } from '../data/dataset.js';
 import { InputError } from '../errors.js';
 import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 import type { RoutingObserver, V4Model } from '../model/v4/model.js';
+import { mulberry32 } from '../random.js';
 
 export const PROFILE_FILE = 'expert-profile.json';
 export const PROFILE_FORMAT = 'v4tune-expert-profile/1';
+export const SAMPLE_METHOD = 'seeded systematic';
+
+/**
+ * k row indices of a split of n rows, spread over all of it: a seeded offset u in [0, n/k), then
+ * every n/k rows (u, u + n/k, …). Rows are packed source after source, so every source gets
+ * its share of the sample to within one row (a random draw of k could miss a small source).
+ */
+export function sampleRows(n: number, k: number, seed: number): number[] {
+  if (k >= n) return Array.from({ length: n }, (_, i) => i);
+  const stride = n / k;
+  const u = mulberry32(seed)() * stride;
+  return Array.from({ length: k }, (_, i) => Math.min(n - 1, Math.floor(u + i * stride)));
+}
 
 /** One block's routing over the counted tokens. */
 export interface BlockProfile {
@@ -32,6 +46,8 @@ export interface ExpertProfile {
   /** rows asked for (`--rows` / lora.profile_rows) and rows routed (fewer when the split is shorter) */
   rows_requested: number;
   rows: number;
+  /** how the routed rows were drawn from the train split (absent: its first rows, before v4tune sampled) */
+  sample?: { method: typeof SAMPLE_METHOD; seed: number; split_rows: number };
   n_routed_experts: number;
   num_experts_per_tok: number;
   /** `layers.N` in order, then `mtp.0` when the model has an MTP block */
@@ -72,9 +88,13 @@ export interface ProfileIdentity {
   modelFingerprint: string;
 }
 
-/** Route `rows` through the base model (no adapter) and count; `onRow(done)` after each row. */
+/**
+ * Route `rows` through the base model (no adapter) and count; `onRow(done)` after each row.
+ * `sample`: how the rows were drawn (sampleRows), recorded in the profile.
+ */
 export async function profileExperts(
   model: V4Model, rows: Iterable<DatasetRow>, maxRows: number, id: ProfileIdentity, onRow?: (done: number) => void,
+  sample?: { seed: number; splitRows: number },
 ): Promise<ExpertProfile> {
   const c = model.config;
   const counter = new RoutingCounter(c.n_routed_experts);
@@ -93,6 +113,7 @@ export async function profileExperts(
     model_fingerprint: id.modelFingerprint,
     rows_requested: maxRows,
     rows: done,
+    ...(sample ? { sample: { method: SAMPLE_METHOD, seed: sample.seed, split_rows: sample.splitRows } } : {}),
     n_routed_experts: c.n_routed_experts,
     num_experts_per_tok: c.num_experts_per_tok,
     blocks,

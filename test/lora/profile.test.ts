@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDataset } from '../../src/data/dataset.js';
 import { loadAdapter } from '../../src/lora/peft.js';
 import {
-  describeSelection, expertSubset, PROFILE_FILE, PROFILE_FORMAT, RoutingCounter, selectBlock, selectExperts, type ExpertProfile,
+  sampleRows, SAMPLE_METHOD, describeSelection, expertSubset, PROFILE_FILE, PROFILE_FORMAT, RoutingCounter, selectBlock, selectExperts, type ExpertProfile,
 } from '../../src/lora/profile.js';
 import { configFingerprint } from '../../src/model/config.js';
 import { initModel } from '../../src/model/init.js';
@@ -178,6 +178,24 @@ function recipe(lora: string, output = 'out', train = 'steps: 1, lr: 0.01, warmu
   ].join('\n');
 }
 
+describe('profile rows sampled across the train split', () => {
+  it('spreads k of n rows over the whole split: every source packed in a block of rows gets its share to within one row', () => {
+    for (const [n, k, seed] of [[100, 10, 0], [1000, 64, 7], [65, 64, 3], [10, 3, 1]] as const) {
+      const rows = sampleRows(n, k, seed);
+      expect(rows).toHaveLength(k);
+      expect(new Set(rows).size).toBe(k);
+      expect(rows.every((r) => r >= 0 && r < n)).toBe(true);
+      // sources as blocks of rows in packing order: text documents, then a small chat source
+      for (const [from, to] of [[0, Math.floor(n * 0.9)], [Math.floor(n * 0.9), n]]) {
+        const got = rows.filter((r) => r >= from && r < to).length;
+        expect(Math.abs(got - (k * (to - from)) / n)).toBeLessThanOrEqual(1);
+      }
+    }
+    expect(sampleRows(5, 9, 0)).toEqual([0, 1, 2, 3, 4]);
+    expect(sampleRows(1000, 64, 1)).not.toEqual(sampleRows(1000, 64, 2));
+  });
+});
+
 describe('v4tune profile-experts and lora.experts: profiled', () => {
   let dir: string;
   let r: string;
@@ -212,7 +230,10 @@ describe('v4tune profile-experts and lora.experts: profiled', () => {
     expect(p.dataset_cache_key).toBe(ds.manifest.cache_key);
     const { parseConfig } = await import('../../src/model/config.js');
     expect(p.model_fingerprint).toBe(configFingerprint(parseConfig(cfg, 'config.json')));
-    const rows = [...ds.rows('train')].slice(0, 3);
+    // 3 rows sampled across the whole split (seed lora.seed = 0), recorded in the profile
+    const all = [...ds.rows('train')];
+    const rows = sampleRows(all.length, 3, 0).map((i) => all[i]!);
+    expect(p.sample).toEqual({ method: SAMPLE_METHOD, seed: 0, split_rows: all.length });
     expect(p.rows).toBe(rows.length);
     const counted = rows.reduce((s, row) => s + row.loss_mask.reduce((a, v) => a + v, 0), 0);
     expect(counted).toBeLessThan(rows.reduce((s, row) => s + row.input_ids.length, 0)); // prompts are masked

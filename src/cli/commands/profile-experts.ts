@@ -1,5 +1,5 @@
-// `v4tune profile-experts <recipe>`: route the first rows of the prepared train split through the
-// base model and write, per block and routed expert, the load and gate mass over the tokens whose
+// `v4tune profile-experts <recipe>`: route rows sampled across the whole prepared train split
+// (seeded by lora.seed, every source in proportion: lora/profile.ts sampleRows) through the base model and write, per block and routed expert, the load and gate mass over the tokens whose
 // loss_mask is 1 to `<output>/expert-profile.json` (src/lora/profile.ts). `lora.experts: profiled`
 // trains adapters on the experts with the most gate mass only.
 import type { Command } from 'commander';
@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { openDataset } from '../../data/dataset.js';
 import { InputError } from '../../errors.js';
 import {
-  describeSelection, expertSubset, PROFILE_FILE, profileExperts, profileMismatch, readProfile, selectExperts, writeProfile,
+  describeSelection, expertSubset, PROFILE_FILE, profileExperts, SAMPLE_METHOD, sampleRows, profileMismatch, readProfile, selectExperts, writeProfile,
   type BlockSelection, type ExpertProfile, type ProfileIdentity, type SelectionRule,
 } from '../../lora/profile.js';
 import { configFingerprint, parseConfig, type V4Config } from '../../model/config.js';
@@ -50,6 +50,7 @@ export function currentProfile(recipe: LoadedRecipe, id: ProfileIdentity, rows?:
   const m = profileMismatch(p, id);
   if (m) return { why: m };
   if (rows !== undefined && p.rows_requested !== rows) return { why: `it was measured on ${p.rows_requested} rows, lora.profile_rows is ${rows}` };
+  if (p.sample?.method !== SAMPLE_METHOD || p.sample.seed !== recipe.lora.seed) return { why: `it routed ${p.sample ? `rows sampled with seed ${p.sample.seed}, lora.seed is ${recipe.lora.seed}` : 'the first rows of the split, not a sample across it'}` };
   return { profile: p };
 }
 
@@ -86,12 +87,17 @@ export async function profileRecipe(recipe: LoadedRecipe, ctx: CliContext, opts:
   if (available === 0) throw new InputError(`${join(dataDir, 'manifest.json')}: the train split is empty`);
   const asked = opts.rows ?? recipe.lora.profile_rows;
   const total = Math.min(asked, available);
-  ctx.log(`profile-experts ${recipe.name}: routing ${total} train rows${total < asked ? ` (of ${asked} asked; the split has ${available})` : ''} of ${dataDir} through ${modelDir}`);
+  ctx.log(`profile-experts ${recipe.name}: routing ${total} train rows${total < asked ? ` (of ${asked} asked; the split has ${available})` : ` sampled across all ${available} (seed ${recipe.lora.seed})`} of ${dataDir} through ${modelDir}`);
   const model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
   let profile: ExpertProfile;
   try {
     const bar = ctx.progress('profile', total, 'rows');
-    profile = await profileExperts(model, ds.rows('train'), asked, id, (done) => bar.update(done));
+    const picks = new Set(sampleRows(available, total, recipe.lora.seed));
+    const sampled = function* () {
+      let i = 0;
+      for (const row of ds.rows('train')) if (picks.has(i++)) yield row;
+    };
+    profile = await profileExperts(model, sampled(), asked, id, (done) => bar.update(done), { seed: recipe.lora.seed, splitRows: available });
     bar.stop();
   } finally {
     model.dispose();
@@ -115,7 +121,7 @@ export function register(program: Command): void {
   program.command('profile-experts')
     .description('measure per-layer routed-expert load and gate mass of the base model on the prepared train split (<output>/expert-profile.json), for lora.experts: profiled')
     .argument('<recipe>', 'recipe .yaml file')
-    .option('--rows <n>', 'route the first N train rows (default: the recipe\'s lora.profile_rows)')
+    .option('--rows <n>', 'route N train rows sampled across the split (default: the recipe\'s lora.profile_rows)')
     .action(action(async (ctx: CliContext, file: string, o: { rows?: string }) => {
       const recipe = loadRecipe(file);
       let rows: number | undefined;
