@@ -25,7 +25,7 @@ const files = (d: string) => readdirSync(d).sort();
 
 describe('init-model tiny', () => {
   it('writes config, sharded safetensors with an index, and the tokenizer files', () => {
-    expect(files(A)).toEqual(['config.json', 'model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors',
+    expect(files(A)).toEqual(['.v4tune-output.json', 'config.json', 'model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors',
       'model-00003-of-00003.safetensors', 'model.safetensors.index.json', 'tokenizer.json', 'tokenizer_config.json']);
     const tok = JSON.parse(readFileSync(join(A, 'tokenizer.json'), 'utf8')) as { added_tokens: Array<{ id: number; content: string; special: boolean }> };
     expect(tok.added_tokens.find((t) => t.id === 128822)).toMatchObject({ content: '</think>', special: true });
