@@ -1,10 +1,13 @@
 // Arrow IPC (file format) shards: columns input_ids list<int32>, loss_mask list<uint8>,
-// segment_ids list<uint16>, one row per packed row. Readable by pyarrow, polars, arrow-rs.
+// segment_ids list<uint16>, one row per packed row, and (datasets from format version 2)
+// source_ids list<uint16>, doc_ids list<uint32> per document segment. Readable by pyarrow,
+// polars, arrow-rs. prepare writes them with src/data/writer.ts; shardToIPC writes the first
+// three columns (tests and tools that build a dataset by hand).
 import { Field, Int32, List, Table, Uint16, Uint8, makeData, makeVector, tableFromIPC, tableToIPC, type Int, type Vector } from 'apache-arrow';
 import { segmentLengths } from './pack.js';
 import { V4tuneError } from '../errors.js';
 
-type Values = Int32Array | Uint8Array | Uint16Array;
+type Values = Int32Array | Uint8Array | Uint16Array | Uint32Array;
 
 /** A list column of `rows` lists, each `seqLen` long, over one flat value array. */
 function listColumn<T extends Int>(type: T, values: T['TArray'], rows: number, seqLen: number): Vector<List<T>> {
@@ -36,6 +39,10 @@ export interface DatasetRow {
   /** Run lengths of segment_ids (the `segments` argument of the model API). */
   segments: number[];
   segment_ids: Uint16Array;
+  /** Per document segment: its source (an index into the manifest's sources); absent in older datasets. */
+  source_ids?: Uint16Array;
+  /** Per document segment: its document's record index within its source; absent in older datasets. */
+  doc_ids?: Uint32Array;
 }
 
 interface FlatList<T extends Values> { values: T; offsets: Int32Array }
@@ -62,6 +69,9 @@ export function readShard(file: string, bytes: Uint8Array): DatasetRow[] {
     const ids = flatList(file, table, 'input_ids', b, Int32Array);
     const mask = flatList(file, table, 'loss_mask', b, Uint8Array);
     const seg = flatList(file, table, 'segment_ids', b, Uint16Array);
+    const provenance = table.getChild('source_ids') !== null;
+    const src = provenance ? flatList(file, table, 'source_ids', b, Uint16Array) : null;
+    const doc = provenance ? flatList(file, table, 'doc_ids', b, Uint32Array) : null;
     const n = ids.offsets.length - 1;
     for (let r = 0; r < n; r++) {
       const s = ids.offsets[r]!;
@@ -72,6 +82,10 @@ export function readShard(file: string, bytes: Uint8Array): DatasetRow[] {
         loss_mask: mask.values.slice(mask.offsets[r]!, mask.offsets[r + 1]!),
         segment_ids,
         segments: segmentLengths(segment_ids),
+        ...(src && doc ? {
+          source_ids: src.values.slice(src.offsets[r]!, src.offsets[r + 1]!),
+          doc_ids: doc.values.slice(doc.offsets[r]!, doc.offsets[r + 1]!),
+        } : {}),
       });
     }
   }

@@ -149,3 +149,143 @@ export function segmentLengths(segmentIds: ArrayLike<number>): number[] {
   if (run > 0) out.push(run);
   return out;
 }
+
+/** A tokenized document with where it came from (the `source_ids` / `doc_ids` of its segments). */
+export interface SourcedEncoding extends EncodedDocument {
+  source: number;
+  doc: number;
+}
+
+/** One packed row: `seqLen` tokens, and the source and document of each document segment. */
+export interface PackedRow {
+  ids: Int32Array;
+  mask: Uint8Array;
+  segmentIds: Uint16Array;
+  /** Per document segment (padding has none). */
+  sourceIds: Uint16Array;
+  docIds: Uint32Array;
+}
+
+/** Counts of what a packer has emitted (the manifest's per-split numbers). */
+export interface PackStats {
+  rows: number;
+  tokens: number;
+  lossTokens: number;
+  padTokens: number;
+  segments: number;
+  chunkedDocuments: number;
+}
+
+interface StreamPiece { d: SourcedEncoding; start: number; end: number; order: number }
+interface OpenRow { pieces: StreamPiece[]; free: number }
+
+/**
+ * Packing a stream of documents in bounded memory: chunks gather in a pending buffer; when it
+ * holds `windowTokens / 2` tokens they are placed best-fit decreasing into the open rows (a new
+ * row when none fits); full rows leave at once, and while more than `windowTokens / seqLen` rows
+ * are open the fullest leave first. `finish()` places the rest and emits every open row. Rows
+ * are emitted through `emit`, in an order that depends only on the documents' order.
+ * Without packing each chunk is a row of its own.
+ */
+export class StreamPacker {
+  readonly stats: PackStats = { rows: 0, tokens: 0, lossTokens: 0, padTokens: 0, segments: 0, chunkedDocuments: 0 };
+  private pending: StreamPiece[] = [];
+  private pendingTokens = 0;
+  private order = 0;
+  private readonly index: FreeSpaceIndex;
+  private readonly byFree = new Map<number, OpenRow[]>();
+  private open = 0;
+  private readonly maxOpen: number;
+  private readonly flushAt: number;
+
+  constructor(private readonly seqLen: number, private readonly packing: boolean, private readonly eosId: number, windowTokens: number, private readonly emit: (row: PackedRow) => void) {
+    if (seqLen < 2) throw new RangeError(`seq_len must be at least 2 (got ${seqLen})`);
+    this.index = new FreeSpaceIndex(seqLen);
+    this.maxOpen = Math.max(16, Math.floor(windowTokens / seqLen));
+    this.flushAt = Math.max(seqLen, Math.floor(windowTokens / 2));
+  }
+
+  add(d: SourcedEncoding): void {
+    const n = d.ids.length;
+    if (n === 0) return;
+    if (n > this.seqLen) this.stats.chunkedDocuments++;
+    for (let start = 0; start < n; start += this.seqLen) {
+      const piece = { d, start, end: Math.min(start + this.seqLen, n), order: this.order++ };
+      if (!this.packing) { this.close({ pieces: [piece], free: this.seqLen - (piece.end - piece.start) }); continue; }
+      this.pending.push(piece);
+      this.pendingTokens += piece.end - piece.start;
+    }
+    if (this.pendingTokens >= this.flushAt) this.place();
+  }
+
+  finish(): void {
+    this.place();
+    const rows: OpenRow[] = [];
+    for (const bucket of this.byFree.values()) rows.push(...bucket);
+    rows.sort((a, b) => a.pieces[0]!.order - b.pieces[0]!.order);
+    for (const r of rows) this.close(r);
+    this.byFree.clear();
+    this.open = 0;
+  }
+
+  private take(free: number): OpenRow {
+    const bucket = this.byFree.get(free)!;
+    const row = bucket.pop()!;
+    if (bucket.length === 0) this.byFree.delete(free);
+    this.index.add(free, -1);
+    this.open--;
+    return row;
+  }
+
+  private keep(row: OpenRow): void {
+    if (row.free === 0 || row.pieces.length >= MAX_SEGMENTS) { this.close(row); return; }
+    let bucket = this.byFree.get(row.free);
+    if (!bucket) { bucket = []; this.byFree.set(row.free, bucket); }
+    bucket.push(row);
+    this.index.add(row.free, 1);
+    this.open++;
+  }
+
+  private place(): void {
+    const pieces = this.pending;
+    this.pending = [];
+    this.pendingTokens = 0;
+    pieces.sort((a, b) => (b.end - b.start) - (a.end - a.start) || a.order - b.order);
+    for (const p of pieces) {
+      const len = p.end - p.start;
+      const r = this.index.firstAtLeast(len);
+      const row = r < 0 ? { pieces: [], free: this.seqLen } : this.take(r);
+      row.pieces.push(p);
+      row.free -= len;
+      this.keep(row);
+      while (this.open > this.maxOpen) this.close(this.take(this.index.firstAtLeast(1)));
+    }
+  }
+
+  private close(row: OpenRow): void {
+    const L = this.seqLen;
+    const ids = new Int32Array(L);
+    const mask = new Uint8Array(L);
+    const segmentIds = new Uint16Array(L);
+    const k = row.pieces.length;
+    const sourceIds = new Uint16Array(k);
+    const docIds = new Uint32Array(k);
+    let t = 0;
+    row.pieces.forEach((p, s) => {
+      ids.set(p.d.ids.subarray(p.start, p.end), t);
+      mask.set(p.d.mask.subarray(p.start, p.end), t);
+      segmentIds.fill(s, t, t + p.end - p.start);
+      for (let i = p.start; i < p.end; i++) this.stats.lossTokens += p.d.mask[i]!;
+      sourceIds[s] = p.d.source;
+      docIds[s] = p.d.doc;
+      t += p.end - p.start;
+    });
+    ids.fill(this.eosId, t);
+    segmentIds.fill(k, t);
+    this.stats.rows++;
+    this.stats.tokens += t;
+    this.stats.padTokens += L - t;
+    this.stats.segments += k;
+    this.emit({ ids, mask, segmentIds, sourceIds, docIds });
+  }
+}

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { cpus } from 'node:os';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { V4tuneError } from '../errors.js';
+import { InputError, V4tuneError } from '../errors.js';
 import type { Document, EncodedDocument } from './documents.js';
 
 export interface BatchRequest { id: number; docs: Document[] }
@@ -143,4 +143,112 @@ export async function tokenizeDocuments(docs: Document[], opts: TokenizeOptions)
     await Promise.all(pool.map((w) => w.terminate()));
   }
   return { encoded: results.flat(), workers: opts.inThread === false ? extra : helped > 0 ? extra + 1 : 1 };
+}
+
+/** Time allowed to tokenize a document: 10 s plus 1 s per 10,000 characters. */
+export function documentTimeLimitMs(chars: number): number {
+  return 10_000 + chars / 10;
+}
+
+function documentChars(d: Document): number {
+  return d.kind === 'text' ? d.text.length : d.messages.reduce((s, m) => s + m.content.length + (m.reasoning_content?.length ?? 0), 0);
+}
+
+interface PoolJob {
+  id: number;
+  docs: Document[];
+  limitMs: number;
+  started: number;
+  resolve: (e: EncodedDocument[]) => void;
+  reject: (e: unknown) => void;
+}
+
+/**
+ * Tokenizer worker threads for a stream of batches: `encode(batch)` resolves with the batch's
+ * encodings. Without the pool (running from sources, or `workers` < 2) batches are encoded in
+ * this thread. On the pool each batch has a time limit, the sum of its documents'
+ * `documentTimeLimitMs`: a batch over it (a tokenizer regex backtracking catastrophically, say)
+ * stops every worker and fails the run with an error naming the tokenizer.
+ */
+export class TokenizerPool {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly queue: PoolJob[] = [];
+  private readonly running = new Map<Worker, PoolJob>();
+  private failure: V4tuneError | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private nextId = 0;
+
+  /** Threads that tokenize: the workers, or 1 (this thread). */
+  get threads(): number {
+    return Math.max(1, this.workers.length);
+  }
+
+  constructor(private readonly tokenizerPath: string, workers: number, private readonly encodeHere: (d: Document) => EncodedDocument) {
+    if (workers < 2 || !workerPoolAvailable()) return;
+    for (let i = 0; i < workers; i++) {
+      const w = new Worker(WORKER_FILE, { workerData: { tokenizerPath } });
+      w.on('message', (m: BatchReply | BatchError | WorkerReady) => {
+        if ('ready' in m) { this.idle.push(w); this.pump(); return; }
+        if ('error' in m) { this.fail(new V4tuneError(`tokenizer worker failed: ${m.error}`)); return; }
+        const job = this.running.get(w);
+        this.running.delete(w);
+        this.idle.push(w);
+        job?.resolve(splitReply(m));
+        this.pump();
+      });
+      w.on('error', (e) => this.fail(new V4tuneError(`tokenizer worker failed: ${e.message}`)));
+      w.on('exit', (code) => { if (code !== 0 && this.failure === null && this.timer !== null) this.fail(new V4tuneError(`tokenizer worker exited with code ${code}`)); });
+      this.workers.push(w);
+    }
+    this.timer = setInterval(() => this.watch(), 1000);
+    this.timer.unref();
+  }
+
+  encode(docs: Document[]): Promise<EncodedDocument[]> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.workers.length === 0) {
+      try { return Promise.resolve(docs.map(this.encodeHere)); } catch (e) { return Promise.reject(e); }
+    }
+    return new Promise((resolve, reject) => {
+      const limitMs = docs.reduce((s, d) => s + documentTimeLimitMs(documentChars(d)), 0);
+      this.queue.push({ id: this.nextId++, docs, limitMs, started: 0, resolve, reject });
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    while (this.failure === null && this.idle.length > 0 && this.queue.length > 0) {
+      const w = this.idle.shift()!;
+      const job = this.queue.shift()!;
+      job.started = performance.now();
+      this.running.set(w, job);
+      w.postMessage({ id: job.id, docs: job.docs } satisfies BatchRequest);
+    }
+  }
+
+  private watch(): void {
+    const now = performance.now();
+    for (const job of this.running.values()) {
+      if (now - job.started > job.limitMs) {
+        this.fail(new InputError(`${this.tokenizerPath}: tokenizing a batch of ${job.docs.length} document(s) took over ${(job.limitMs / 1000).toFixed(0)} s, the time limit (10 s + 1 s per 10,000 characters per document); the tokenizer's Split regex may backtrack catastrophically`));
+        return;
+      }
+    }
+  }
+
+  private fail(e: V4tuneError): void {
+    if (this.failure) return;
+    this.failure = e;
+    for (const job of [...this.running.values(), ...this.queue]) job.reject(e);
+    this.running.clear();
+    this.queue.length = 0;
+    for (const w of this.workers) void w.terminate();
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
 }

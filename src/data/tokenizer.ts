@@ -36,6 +36,93 @@ export interface TextTokenizer {
   identity: TokenizerIdentity;
   /** The encoder behind `encode`, for manifests and benchmarks. */
   encoder?: TokenizerEncoder;
+  /** The token with the largest id (named when that id does not fit a model). */
+  largestToken?: string;
+}
+
+/** Token ids a tokenizer may use: [0, 2^24). */
+export const MAX_TOKEN_ID = 1 << 24;
+
+/** Every id of a tokenizer.json (vocab and added tokens) an integer in [0, MAX_TOKEN_ID); returns the token of the largest. */
+function checkIds(path: string, json: HfJson): string | undefined {
+  const bad = (token: string, id: unknown): InputError =>
+    new InputError(`${path}: token ${JSON.stringify(token)} has id ${JSON.stringify(id)}; token ids must be integers from 0 to ${MAX_TOKEN_ID - 1}`);
+  let maxId = -1;
+  let maxToken: string | undefined;
+  const see = (token: string, id: unknown): void => {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= MAX_TOKEN_ID) throw bad(token, id);
+    if (id > maxId) { maxId = id; maxToken = token; }
+  };
+  const vocab = json.model?.vocab;
+  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) for (const [t, id] of Object.entries(vocab)) see(t, id);
+  if (json.added_tokens !== undefined && !Array.isArray(json.added_tokens)) throw new InputError(`${path}: added_tokens must be a list`);
+  for (const t of json.added_tokens ?? []) see(typeof t?.content === 'string' ? t.content : JSON.stringify(t), t?.id);
+  return maxToken;
+}
+
+/**
+ * A regex that nests a repeated group inside a repetition, as `(a+)+` or `(\s*\w)*`: such a
+ * pattern backtracks exponentially on a near-match. Returns a description, or null.
+ */
+export function nestedRepetition(pattern: string): string | null {
+  interface Frame { start: number; unbounded: boolean }
+  const stack: Frame[] = [{ start: 0, unbounded: false }];
+  /** The quantifier at `i`: [length, whether it repeats more than once, whether it is unbounded]. */
+  const quantifier = (i: number): [number, boolean, boolean] => {
+    const c = pattern[i];
+    let n = 0;
+    let repeats = false;
+    let unbounded = false;
+    if (c === '*' || c === '+') { n = 1; repeats = true; unbounded = true; }
+    else if (c === '?') n = 1;
+    else if (c === '{') {
+      const m = /^\{(\d+)(,(\d*))?\}/.exec(pattern.slice(i));
+      if (m) {
+        n = m[0].length;
+        const max = m[2] === undefined ? Number(m[1]) : m[3] === '' ? Infinity : Number(m[3]);
+        repeats = max > 1;
+        unbounded = max === Infinity;
+      }
+    }
+    if (n > 0 && (pattern[i + n] === '?' || pattern[i + n] === '+')) n++;
+    return [n, repeats, unbounded];
+  };
+  for (let i = 0; i < pattern.length;) {
+    const c = pattern[i]!;
+    let atomEnd: number;
+    if (c === '\\') atomEnd = i + 2;
+    else if (c === '[') {
+      let j = i + 1;
+      if (pattern[j] === '^') j++;
+      if (pattern[j] === ']') j++;
+      while (j < pattern.length && pattern[j] !== ']') j += pattern[j] === '\\' ? 2 : 1;
+      atomEnd = j + 1;
+    } else if (c === '(') { stack.push({ start: i, unbounded: false }); i++; continue; }
+    else if (c === ')') {
+      const frame = stack.length > 1 ? stack.pop()! : { start: 0, unbounded: false };
+      const [n, repeats, unbounded] = quantifier(i + 1);
+      if (repeats && frame.unbounded) return `the group ${JSON.stringify(pattern.slice(frame.start, i + 1 + n))} repeats a repetition`;
+      stack.at(-1)!.unbounded ||= frame.unbounded || unbounded;
+      i += 1 + n;
+      continue;
+    } else atomEnd = i + 1;
+    const [n, , unbounded] = quantifier(atomEnd);
+    if (unbounded) stack.at(-1)!.unbounded = true;
+    i = atomEnd + n;
+  }
+  return null;
+}
+
+/** Refuse Split pre-tokenizer regexes that backtrack catastrophically (nestedRepetition). */
+function checkSplitRegexes(path: string, config: unknown): void {
+  if (!config || typeof config !== 'object') return;
+  const c = config as { type?: unknown; pretokenizers?: unknown; pattern?: unknown };
+  if (Array.isArray(c.pretokenizers)) for (const p of c.pretokenizers) checkSplitRegexes(path, p);
+  if (c.type !== 'Split' || !c.pattern || typeof c.pattern !== 'object') return;
+  const re = (c.pattern as { Regex?: unknown }).Regex;
+  if (typeof re !== 'string') return;
+  const why = nestedRepetition(re);
+  if (why) throw new InputError(`${path}: the pre_tokenizer's Split regex ${JSON.stringify(re)} can backtrack catastrophically (${why}); refused`);
 }
 
 const BOS_NAMES = ['<｜begin▁of▁sentence｜>', '<s>', '<|begin_of_text|>', '<bos>', '<|startoftext|>'];
@@ -82,6 +169,7 @@ export async function loadTokenizer(path: string): Promise<TextTokenizer> {
 interface HfJson {
   model?: { vocab?: unknown };
   added_tokens?: { id: number; content: string }[];
+  pre_tokenizer?: unknown;
 }
 
 function specialName(v: unknown): string | undefined {
@@ -100,6 +188,8 @@ function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): 
   if (!json || typeof json !== 'object' || !json.model || typeof json.model !== 'object' || !json.model.vocab || typeof json.model.vocab !== 'object') {
     throw new InputError(`${path}: not a tokenizer (a tokenizer.json has a "model" with a "vocab")`);
   }
+  const largestToken = checkIds(path, json);
+  checkSplitRegexes(path, json.pre_tokenizer);
   const configPath = join(dirname(path), 'tokenizer_config.json');
   let config: Record<string, unknown> = {};
   if (basename(path) === 'tokenizer.json' && existsSync(configPath)) {
@@ -158,6 +248,7 @@ function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): 
     eosId,
     tokenToId,
     identity,
+    ...(largestToken !== undefined ? { largestToken } : {}),
   };
 }
 

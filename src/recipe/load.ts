@@ -6,10 +6,12 @@ import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { InputError } from '../errors.js';
 import { nearest } from '../nearest.js';
-import { recipeSchema, type Recipe } from './schema.js';
+import { modelSchema, recipeSchema, type Recipe } from './schema.js';
 
 /** A validated recipe with every path absolute. */
 export interface LoadedRecipe extends Recipe {
+  /** The `model` section; a recipe without one (data only) has neither `path` nor `preset`. */
+  model: z.infer<typeof modelSchema>;
   file: string;
   dir: string;
   name: string;
@@ -50,8 +52,9 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
     throw new InputError(`${path}: ${describeIssue(issues[0]!, raw)}`);
   }
   const r = parsed.data;
-  if ((r.model.path === undefined) === (r.model.preset === undefined)) {
-    throw new InputError(`${path}: model needs exactly one of model.path or model.preset (got ${r.model.path ? 'both' : 'neither'})`);
+  const model = r.model ?? modelSchema.parse({});
+  if (r.model !== undefined && (model.path === undefined) === (model.preset === undefined)) {
+    throw new InputError(`${path}: model needs exactly one of model.path or model.preset (got ${model.path ? 'both' : 'neither'})`);
   }
   if (r.train.steps !== undefined && r.train.epochs !== undefined) {
     throw new InputError(`${path}: train needs at most one of train.steps and train.epochs (got both: ${r.train.steps} steps, ${r.train.epochs} epochs)`);
@@ -69,8 +72,9 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
     dir,
     name,
     output,
-    model: { ...r.model, path: r.model.path === undefined ? undefined : abs(r.model.path) },
-    tokenizer: r.tokenizer === undefined ? undefined : abs(r.tokenizer),
+    model: { ...model, path: model.path === undefined ? undefined : abs(model.path) },
+    // `deepseek-v4` names the embedded tokenizer (src/data/recipe.ts), not a file
+    tokenizer: r.tokenizer === undefined || r.tokenizer === 'deepseek-v4' ? r.tokenizer : abs(r.tokenizer),
     train: { ...r.train, warm_start: r.train.warm_start === undefined ? undefined : abs(r.train.warm_start) },
     data: {
       ...r.data,

@@ -20,36 +20,48 @@ export const modelSchema = z.object({
     .describe('Seed of the preset checkpoint; the same seed gives byte-identical files.'),
   format: z.enum(['fp8', 'bf16']).default('fp8')
     .describe('Weight format of the preset checkpoint: `fp8` ships like DeepSeek (FP8 attention, FP4 experts), `bf16` everything BF16.'),
-}).strict().describe('The base model.');
+}).strict().describe('The base model. Optional for `prepare` (a data-only recipe); every other stage needs it.');
 
 export const sourceSchema = z.object({
   path: z.string().min(1)
-    .describe('A file or glob (`*`, `**`, `?`), relative to the recipe.'),
-  format: z.enum(['auto', 'text', 'jsonl', 'chat']).default('auto')
-    .describe('`text`: each .txt file is one document; `jsonl`: one document per line in `text_field`; `chat`: one conversation per line in `messages` (system/user/assistant), rendered in DeepSeek V4\'s prompt format with loss on assistant tokens only; `auto`: .txt is text, .jsonl is chat when its first record has `messages`, else jsonl.'),
+    .describe('A file or glob (`*`, `**`, `?`, `[..]`, `{a,b}`), relative to the recipe. A glob stays inside the folder before its first wildcard (links leading out are not followed, link cycles end); a glob rooted at `/`, `/proc`, `/sys` or `/dev` is refused.'),
+  format: z.enum(['auto', 'text', 'jsonl', 'chat', 'sharegpt', 'alpaca']).default('auto')
+    .describe('What a record is. `text`: a text file is one document; `jsonl`: a record\'s `text_field` is one document; `chat`: `{"messages": [{role: system|user|assistant, content}]}`, rendered in DeepSeek V4\'s prompt format with loss on assistant tokens only; `sharegpt`: `{"conversations": [{from: system|human|gpt, value}]}` as chat; `alpaca`: `{instruction, input?, output, system?}` as a user turn (instruction, blank line, input) and the answer. `auto`: .txt/.text/.md files are text; a file of records takes the format of its first record (`messages` chat, `conversations` sharegpt, `instruction` + `output` alpaca, else jsonl). Files of records: .jsonl/.ndjson (one per line), .json (an array, or one record per line), .parquet (rows); another extension is refused under `auto` and read by content when a format is declared.'),
   text_field: z.string().min(1).default('text')
-    .describe('Field holding the document text in `jsonl` sources.'),
+    .describe('Field holding the document text in `jsonl` records (JSONL, JSON arrays, Parquet columns).'),
+  name: z.string().min(1).optional()
+    .describe('The source\'s name in the manifest, the dataset card and `inspect --source` (its index is the `source_ids` value). Default: `path` as written.'),
+  weight: z.number().positive().max(1000).default(1)
+    .describe('Documents of this source per epoch of the dataset, in expectation: 1 takes each once, 0.25 a seeded quarter of them, 3 each three times (repetition for small sources; copies beyond the first come from re-reading the source, so they land in other rows). Applies to the train split; eval documents are taken once.'),
+  max_tokens: int().min(1).optional()
+    .describe('Stop taking documents from this source before its tokens (train with repeats + eval) would exceed this.'),
+  max_documents: int().min(1).optional()
+    .describe('Take at most this many documents (train with repeats + eval) from this source.'),
 }).strict();
 
 export const dataSchema = z.object({
   sources: z.array(sourceSchema).min(1)
     .describe('Corpus files to tokenize.'),
-  seq_len: int().min(2).default(1024)
-    .describe('Tokens per row.'),
+  seq_len: int().min(2).max(1 << 20).default(1024)
+    .describe('Tokens per row; at most the model\'s max_position_embeddings (and 1048576).'),
   packing: z.boolean().default(true)
     .describe('Pack documents into rows as independent segments (attention, positions and compression restart at each). `false`: one document per row, padded with eos (loss mask 0).'),
   eval_fraction: z.number().min(0).max(0.5).default(0.05)
     .describe('Fraction of documents held out for evaluation (split by document, seeded).'),
   seed: int().min(0).default(0)
     .describe('Seed of the train/eval split.'),
-  shard_rows: int().min(1).default(4096)
-    .describe('Rows per Arrow file.'),
+  shard_rows: int().min(1).max(1_000_000).default(4096)
+    .describe('Rows per Arrow file (rows × seq_len must stay under 2³¹ tokens, Arrow\'s list offsets).'),
   dedup: z.boolean().default(true)
     .describe('Drop exact-duplicate documents (counted in the manifest).'),
   output: z.string().min(1).optional()
     .describe('Dataset folder. Default: `<output>/data`.'),
   workers: int().min(0).default(0)
-    .describe('Tokenizer worker threads; 0 uses every core.'),
+    .describe('Tokenizer worker threads; 0 uses every core; at most 4 per core.'),
+  max_bad_records: int().min(0).default(0)
+    .describe('Records per source that may not fit their format (malformed JSON, a missing field, an unknown role...) before the run fails; each is skipped, counted in the manifest and reported as file:line. 0: the first one fails the run.'),
+  hf_datasets: z.boolean().default(true)
+    .describe('Also write the HF datasets layout (dataset_dict.json and a folder of Arrow stream files per split) so `datasets.load_from_disk(<folder>)` opens the dataset; it doubles the disk space.'),
 }).strict().describe('The corpus and how it becomes packed Arrow rows.');
 
 export const loraSchema = z.object({
@@ -148,9 +160,9 @@ export const exportSchema = z.object({
 export const recipeSchema = z.object({
   name: z.string().min(1).optional()
     .describe('Run name (default: the recipe file name).'),
-  model: modelSchema,
+  model: modelSchema.optional(),
   tokenizer: z.string().min(1).optional()
-    .describe('tokenizer.json (HF) or SentencePiece .model. Default: the model folder\'s tokenizer.json.'),
+    .describe('tokenizer.json (HF) or SentencePiece .model, or `deepseek-v4` for the embedded DeepSeek V4 tokenizer. Default: the model folder\'s tokenizer.json (a preset\'s embedded tokenizer before the preset is created). A recipe without `model` (data only) needs it for `prepare`.'),
   data: dataSchema,
   lora: loraSchema.default(loraSchema.parse({})),
   train: trainSchema.default(trainSchema.parse({})),

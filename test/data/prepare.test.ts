@@ -4,7 +4,7 @@ import { describe, expect, it, beforeAll, afterAll, vi } from 'vitest';
 import { readFileSync, readdirSync, statSync, copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tableFromIPC, Type, type List } from 'apache-arrow';
-import { prepareDataset, splitDocuments, type PrepareOptions } from '../../src/data/prepare.js';
+import { prepareDataset, type PrepareOptions } from '../../src/data/prepare.js';
 import { openDataset } from '../../src/data/dataset.js';
 import { inspectDataset, renderDatasetSummary } from '../../src/data/inspect.js';
 import { loadTokenizer, sha256Hex, type TextTokenizer } from '../../src/data/tokenizer.js';
@@ -48,10 +48,10 @@ describe('prepare', () => {
     const s = await prepareDataset(prepareOptions(tokPath, out, { sources: sources(dir), seq_len: 32, shard_rows: 2 }));
     expect(s.reused).toBe(false);
     const m = s.manifest;
-    expect(m.documents).toEqual({ read: 6, empty: 1, duplicates: 1, kept: 5 });
+    expect(m.documents).toEqual({ read: 6, empty: 1, duplicates: 1, kept: 5, bad: 0, dropped: 0 });
     expect(m.splits.train.shards.length).toBe(Math.ceil(m.splits.train.rows / 2));
     const files = readdirSync(out).sort();
-    expect(files).toEqual(['manifest.json', 'tokenizer.json', 'tokenizer_config.json', ...m.splits.train.shards].sort());
+    expect(files).toEqual(['.v4tune-output.json', 'README.md', 'dataset_dict.json', 'eval', 'manifest.json', 'tokenizer.json', 'tokenizer_config.json', 'train', ...m.splits.train.shards].sort());
     expect(sha256Hex(readFileSync(join(out, 'tokenizer.json')))).toBe(m.tokenizer.sha256);
     expect(m.tokenizer.encoder).toBe('v4tune-bpe');
 
@@ -90,12 +90,21 @@ describe('prepare', () => {
     expect(m.tokens).toBe(allIds.length);
   });
 
-  it('splits by document with a seed: the same seed gives the same split, eval gets round(n·f) documents', async () => {
-    expect([...splitDocuments(20, 0.25, 7)]).toEqual([...splitDocuments(20, 0.25, 7)]);
-    expect([...splitDocuments(20, 0.25, 7)]).not.toEqual([...splitDocuments(20, 0.25, 8)]);
-    expect(splitDocuments(20, 0.25, 7).reduce((a, b) => a + b, 0)).toBe(5);
-    expect(splitDocuments(1, 0.5, 0).reduce((a, b) => a + b, 0)).toBe(0);
-    expect(splitDocuments(3, 0.01, 0).reduce((a, b) => a + b, 0)).toBe(1);
+  it('splits by document with a seed: the same seed gives the same split, another seed another one, eval holds about eval_fraction of the documents', async () => {
+    const dir = join(tmp.dir, 'split');
+    write(join(dir, 'd.jsonl'), Array.from({ length: 400 }, (_, i) => JSON.stringify({ text: `Work order ${i}: pump ${i % 7} checked.` })).join('\n'));
+    const run = async (seed: number, name: string) => (await prepareDataset(prepareOptions(tokPath, join(tmp.dir, name), {
+      sources: [{ path: join(dir, 'd.jsonl'), format: 'auto', text_field: 'text' }], eval_fraction: 0.25, seed,
+    }))).manifest;
+    const a = await run(7, 'split-a');
+    const b = await run(7, 'split-b');
+    const c = await run(8, 'split-c');
+    expect(a.splits.eval.documents).toBe(b.splits.eval.documents);
+    expect(readFileSync(join(tmp.dir, 'split-a', a.splits.eval.shards[0]!))).toEqual(readFileSync(join(tmp.dir, 'split-b', b.splits.eval.shards[0]!)));
+    expect(readFileSync(join(tmp.dir, 'split-a', a.splits.eval.shards[0]!))).not.toEqual(readFileSync(join(tmp.dir, 'split-c', c.splits.eval.shards[0]!)));
+    // a seeded draw per document: binomial(400, 0.25) has sd 8.7; 4 sd either side
+    expect(Math.abs(a.splits.eval.documents - 100)).toBeLessThan(35);
+    expect(a.splits.train.documents + a.splits.eval.documents).toBe(400);
   });
 
   it('prepares the bundled corpus: every document lands in train or eval, rows read back through openDataset, inspect counts every segment', async () => {
@@ -105,9 +114,16 @@ describe('prepare', () => {
       seq_len: 256, eval_fraction: 0.1, seed: 3, vocabSize: 129280,
     }));
     const m = s.manifest;
-    expect(m.sources.map((x) => [x.format, x.documents])).toEqual([['text', 1], ['text', 1], ['text', 1], ['chat', 450], ['jsonl', 600]]);
+    expect(m.sources.map((x) => x.files.map((f) => [f.path.split('/').at(-1), f.format, f.records]))).toEqual([
+      [['procedure-lockout.txt', 'text', 1], ['procedure-seal.txt', 'text', 1], ['procedure-vibration.txt', 'text', 1]],
+      [['qa-chat.jsonl', 'chat', 450], ['workorders.jsonl', 'jsonl', 600]],
+    ]);
+    expect(m.sources.map((x) => x.read)).toEqual([3, 1050]);
+    expect(m.sources.reduce((a, x) => a + x.documents, 0)).toBe(m.documents.kept);
+    expect(m.documents.kept + m.documents.duplicates).toBe(1053);
     expect(m.splits.train.documents + m.splits.eval.documents).toBe(m.documents.kept);
-    expect(m.splits.eval.documents).toBe(Math.round(m.documents.kept * 0.1));
+    // binomial(kept, 0.1): sd about 10; 4 sd either side
+    expect(Math.abs(m.splits.eval.documents - m.documents.kept * 0.1)).toBeLessThan(40);
     expect(m.loss_tokens).toBeLessThan(m.tokens);
     // Whole documents of ~100-300 tokens in rows of 256: best-fit decreasing reaches about 75%.
     expect(m.packing_efficiency).toBeGreaterThan(0.7);
@@ -134,14 +150,14 @@ describe('prepare', () => {
     const dir = join(tmp.dir, 'inspect');
     write(join(dir, 'chat.jsonl'), `${JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello!' }] })}\n`);
     const out = join(tmp.dir, 'inspect-out');
-    await prepareDataset(prepareOptions(tokPath, out, { sources: [{ path: join(dir, 'chat.jsonl'), format: 'auto', text_field: 'text' }], seq_len: 12 }));
+    await prepareDataset(prepareOptions(tokPath, out, { sources: [{ path: join(dir, 'chat.jsonl'), format: 'auto', text_field: 'text' }], seq_len: 12, root: dir }));
     const report = await inspectDataset(out, { rows: 1 });
     expect(report.rows[0]!.segments.map((g) => g.spans.map((sp) => [sp.text, sp.loss]))).toEqual([
       [['<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>', false], ['</think>Hello!<｜end▁of▁sentence｜>', true]],
       [['<｜end▁of▁sentence｜> × 4', false]],
     ]);
     const text = renderDatasetSummary(report, { color: false });
-    expect(text).toContain('[segment 0, 8 tokens] ⟦<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>⟧</think>Hello!<｜end▁of▁sentence｜>');
+    expect(text).toContain('[segment 0, 8 tokens, source "chat.jsonl" doc 0 (chat.jsonl:1)] ⟦<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>⟧</think>Hello!<｜end▁of▁sentence｜>');
     expect(text).toContain('[segment 1, padding, 4 tokens]');
     expect(renderDatasetSummary(report, { color: true })).toContain('\x1b[2m<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>\x1b[22m</think>');
   });
