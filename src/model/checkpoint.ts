@@ -272,15 +272,18 @@ function resolve(set: SafetensorsSet, name: string, src: TensorSource): Resolved
   if (scaleEntry) {
     if (scaleEntry.dtype !== 'F8_E8M0' && scaleEntry.dtype !== 'U8') fail(`scale ${scaleEntry.name} is ${scaleEntry.dtype}, expected F8_E8M0`);
     if (format !== 'fp8' && format !== 'fp4') fail(`a ${entry.dtype} weight has a scale tensor ${scaleEntry.name}`);
+    // one scale per 128×128 block (FP8) or per 32 inputs of a row (FP4) of each matrix; stacked
+    // matrices (leading dimensions) have one scale matrix each. The shape must match exactly.
     const cols = logicalShape[logicalShape.length - 1]!;
-    const rows = numel(logicalShape) / cols;
-    const want = format === 'fp8' ? [Math.ceil(rows / FP8_BLOCK), Math.ceil(cols / FP8_BLOCK)] : [rows, cols / FP4_GROUP];
+    const rows = logicalShape.length >= 2 ? logicalShape[logicalShape.length - 2]! : 1;
+    const lead = logicalShape.slice(0, -2);
+    const want = [...lead, ...(format === 'fp8' ? [Math.ceil(rows / FP8_BLOCK), Math.ceil(cols / FP8_BLOCK)] : [rows, cols / FP4_GROUP])];
     if (format === 'fp4' && cols % FP4_GROUP !== 0) fail(`FP4 input size ${cols} is not a multiple of ${FP4_GROUP}`);
     if (format === 'fp8' && src.rows && (src.rows[0] % FP8_BLOCK !== 0 || (src.rows[1] % FP8_BLOCK !== 0 && src.rows[1] !== entry.shape[src.expert !== null ? 1 : 0]))) {
       fail(`rows ${src.rows[0]}..${src.rows[1]} do not start on a ${FP8_BLOCK}-row scale block`);
     }
     const got = sliceShape(scaleEntry.shape, src, format === 'fp8' ? FP8_BLOCK : 1);
-    if (numel(got) !== numel(want)) fail(`scale ${scaleEntry.name} has shape ${fmtShape(got)}, expected ${fmtShape(want)}`);
+    if (got.length !== want.length || got.some((d, i) => d !== want[i])) fail(`scale ${scaleEntry.name} has shape ${fmtShape(got)}, expected ${fmtShape(want)}`);
   }
   return { meta: { name, dtype: entry.dtype, shape, file: entry.file, format, logicalShape }, src, entry, scaleEntry };
 }

@@ -43,6 +43,8 @@ export interface V4Config {
   index_topk: number;
   hc_mult: number;
   hc_sinkhorn_iters: number;
+  /** the longest sequence the model is made for (null when config.json does not say) */
+  max_position_embeddings: number | null;
   hc_eps: number;
   rms_norm_eps: number;
   num_nextn_predict_layers: number;
@@ -60,7 +62,7 @@ export interface ParsedConfig {
 
 type Json = Record<string, unknown>;
 
-function num(j: Json, file: string, key: string, opts: { int?: boolean; min?: number; def?: number } = {}): number {
+function num(j: Json, file: string, key: string, opts: { int?: boolean; min?: number; max?: number; def?: number } = {}): number {
   const v = j[key] ?? opts.def;
   if (v === undefined) throw new InputError(`${file}: missing field ${key}`);
   if (typeof v !== 'number' || !Number.isFinite(v)) {
@@ -68,11 +70,17 @@ function num(j: Json, file: string, key: string, opts: { int?: boolean; min?: nu
   }
   if (opts.int && !Number.isInteger(v)) throw new InputError(`${file}: ${key} must be an integer (got ${v})`);
   if (opts.min !== undefined && v < opts.min) throw new InputError(`${file}: ${key} must be >= ${opts.min} (got ${v})`);
+  if (opts.max !== undefined && v > opts.max) throw new InputError(`${file}: ${key} must be <= ${opts.max} (got ${v})`);
   return v;
 }
 
-const int = (j: Json, file: string, key: string, min = 0, def?: number): number =>
-  num(j, file, key, { int: true, min, def });
+const int = (j: Json, file: string, key: string, min = 0, def?: number, max = MAX_SIZE): number =>
+  num(j, file, key, { int: true, min, def, max });
+
+/** Upper bound of every size field: far above any V4 release, far below what fits in memory. */
+const MAX_SIZE = 1 << 24;
+/** Sinkhorn iterations per mHC call: V4 uses 20; more than this is a typo, and would hang. */
+const MAX_SINKHORN_ITERS = 1000;
 
 function parseRopeScaling(v: unknown, file: string): RopeScaling | null {
   if (v === undefined || v === null) return null;
@@ -97,8 +105,10 @@ export function parseConfigWithWarnings(json: unknown, file: string): ParsedConf
   }
   const j = json as Json;
   const L = int(j, file, 'num_hidden_layers', 1);
-  const ratiosRaw = j.compress_ratios ?? new Array<number>(L).fill(0);
-  if (!Array.isArray(ratiosRaw) || ratiosRaw.some((r) => typeof r !== 'number' || !Number.isInteger(r) || r < 0)) {
+  // no default: a config without it would silently drop every compressor tensor
+  if (j.compress_ratios === undefined) throw new InputError(`${file}: missing field compress_ratios (one compression ratio per layer, 0 for none)`);
+  const ratiosRaw = j.compress_ratios;
+  if (!Array.isArray(ratiosRaw) || ratiosRaw.some((r) => typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r > MAX_SIZE)) {
     throw new InputError(`${file}: compress_ratios must be a list of non-negative integers`);
   }
   const ratios = ratiosRaw as number[];
@@ -144,10 +154,11 @@ export function parseConfigWithWarnings(json: unknown, file: string): ParsedConf
     index_head_dim: int(j, file, 'index_head_dim', 0, 0),
     index_topk: int(j, file, 'index_topk', 0, 0),
     hc_mult: int(j, file, 'hc_mult', 1, 4),
-    hc_sinkhorn_iters: int(j, file, 'hc_sinkhorn_iters', 1, 20),
+    hc_sinkhorn_iters: int(j, file, 'hc_sinkhorn_iters', 1, 20, MAX_SINKHORN_ITERS),
     hc_eps: num(j, file, 'hc_eps', { def: 1e-6, min: 0 }),
     rms_norm_eps: num(j, file, 'rms_norm_eps', { def: 1e-6, min: 0 }),
     num_nextn_predict_layers: int(j, file, 'num_nextn_predict_layers', 0, 0),
+    max_position_embeddings: j.max_position_embeddings === undefined ? null : int(j, file, 'max_position_embeddings', 1),
     bos_token_id: int(j, file, 'bos_token_id', 0, 0),
     eos_token_id: int(j, file, 'eos_token_id', 0, 1),
     expert_dtype: expertDtype,

@@ -190,6 +190,12 @@ describe('bad checkpoints', () => {
     await rejects(bad, 'layers.0.attn.wq_b.weight', 'scale layers.0.attn.wq_b.scale', 'expected [2, 1]');
   });
 
+  it('an FP4 scale with the right element count but transposed shape is named', async () => {
+    const name = 'layers.0.ffn.experts.5.w2.weight';
+    const d = await copyFixture({ plan: (p) => (p.name === name ? { ...p, scaleShape: [...p.scaleShape!].reverse() } : p) });
+    await rejects(Checkpoint.open(d), name, 'scale layers.0.ffn.experts.5.w2.scale', 'has shape [1, 64]', 'expected [64, 1]');
+  });
+
   it('a config whose sizes disagree with each other names config.json and the fields', async () => {
     const d = tmp();
     cpSync(FIXTURE, d, { recursive: true });
@@ -228,6 +234,10 @@ describe('config.json', () => {
       [{ vocab_size: undefined }, 'missing field vocab_size'],
       [{ eos_token_id: 1000 }, 'eos_token_id (1000) is not below vocab_size (1000)'],
       [{ moe_intermediate_size: 40 }, 'moe_intermediate_size (40) must be a multiple of 32'],
+      [{ compress_ratios: undefined }, 'missing field compress_ratios'],
+      [{ hc_sinkhorn_iters: 1e9 }, 'hc_sinkhorn_iters must be <= 1000 (got 1000000000)'],
+      [{ hidden_size: 2 ** 30 }, `hidden_size must be <= ${2 ** 24}`],
+      [{ max_position_embeddings: 0 }, 'max_position_embeddings must be >= 1'],
     ];
     for (const [patch, msg] of bad) {
       expect(() => parseConfig({ ...fixtureConfig(), ...patch }, 'cfg.json'), msg).toThrow(InputError);
