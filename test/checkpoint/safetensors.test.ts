@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
-import { SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile } from '../../src/model/safetensors.js';
+import { MAX_HEADER, SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile } from '../../src/model/safetensors.js';
 
 const dirs: string[] = [];
 function tmp(): string {
@@ -98,6 +98,26 @@ describe('bad safetensors input', () => {
     len.writeBigUInt64LE(1000n);
     writeFileSync(p, Buffer.concat([len, Buffer.from('{"a":')]));
     expectInputError(() => SafetensorsFile.open(p), p, 'header length');
+  });
+
+  it('a header over the size limit is refused before it is read (a sparse file: no disk is used)', () => {
+    const d = tmp();
+    const p = join(d, 'model.safetensors');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(MAX_HEADER + 1));
+    writeFileSync(p, len);
+    truncateSync(p, MAX_HEADER + 64);
+    expectInputError(() => SafetensorsFile.open(p), p, `exceeds the ${MAX_HEADER}-byte limit`);
+  });
+
+  it('__metadata__ that is not a map of strings is refused', () => {
+    const d = tmp();
+    const p = join(d, 'model.safetensors');
+    const h = Buffer.from(JSON.stringify({ __metadata__: { format: 3 } }));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(h.length));
+    writeFileSync(p, Buffer.concat([len, h]));
+    expectInputError(() => SafetensorsFile.open(p), p, '__metadata__ must map names to strings');
   });
 
   it('a header whose offsets disagree with dtype x shape names the tensor', () => {
