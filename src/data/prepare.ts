@@ -178,8 +178,10 @@ function splitManifest(docs: number, s: PackStats, seqLen: number, shards: strin
 interface SourceState {
   src: ResolvedSource;
   m: SourceManifest;
-  /** A cap was reached: nothing more is read or used from this source. */
+  /** A cap was reached: nothing more is read from this source. */
   closed: boolean;
+  /** max_tokens was reached: documents of this source still in flight are not used either. */
+  tokensFull: boolean;
   passes: number;
   /** Documents sent to the tokenizer (max_documents counts these). */
   sent: number;
@@ -254,6 +256,7 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
   const states: SourceState[] = sources.map((src) => ({
     src,
     closed: false,
+    tokensFull: false,
     sent: 0,
     passes: Math.ceil(src.spec.weight ?? 1),
     m: {
@@ -287,8 +290,9 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
       batch.forEach((p, i) => {
         const st = states[p.source]!;
         const e = encoded[i]!;
-        if (st.closed) return;
+        if (st.tokensFull) return;
         if (st.m.max_tokens !== null && st.m.tokens + e.ids.length > st.m.max_tokens) {
+          st.tokensFull = true;
           st.closed = true;
           st.m.cap_reached = 'max_tokens';
           return;
