@@ -1,8 +1,9 @@
 // Corpus globs: `*`, `?`, `**`, `[..]`, `{a,b}`; files only, sorted; dot-files only by a dot pattern.
 import { describe, expect, it, afterAll } from 'vitest';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { expandGlob } from '../../src/data/glob.js';
+import { InputError } from '../../src/errors.js';
 import { tempDir, write } from './helpers.js';
 
 const tmp = tempDir();
@@ -28,5 +29,40 @@ describe('expandGlob', () => {
     expect(rel(expandGlob(join(tmp.dir, '.*.txt')))).toEqual(['.hidden.txt']);
     expect(expandGlob(join(tmp.dir, 'missing.txt'))).toEqual([join(tmp.dir, 'missing.txt')]);
     expect(expandGlob(join(tmp.dir, 'nothing', '*.txt'))).toEqual([]);
+  });
+});
+
+describe('expandGlob safety', () => {
+  it('a symbolic-link cycle under ** ends, each folder walked once, every file found once', () => {
+    const root = join(tmp.dir, 'cyc');
+    write(join(root, 'a', 'x.txt'), 'x');
+    write(join(root, 'b', 'y.txt'), 'y');
+    symlinkSync(join(root, 'b'), join(root, 'a', 'to-b'));
+    symlinkSync(join(root, 'a'), join(root, 'b', 'to-a'));
+    symlinkSync(root, join(root, 'a', 'loop'));
+    const found = rel(expandGlob(join(root, '**', '*.txt')));
+    expect(found.map((p) => p.split('/').at(-1))).toEqual(expect.arrayContaining(['x.txt', 'y.txt']));
+    // each real file is reached through at most a handful of paths, never endlessly
+    expect(found.length).toBeLessThan(10);
+  });
+
+  it('stays inside the folder the glob names: a link to a folder or file outside it is not followed', () => {
+    const inside = join(tmp.dir, 'jail');
+    const outside = join(tmp.dir, 'outside');
+    write(join(inside, 'ok.txt'), 'ok');
+    write(join(outside, 'secret.txt'), 's');
+    symlinkSync(outside, join(inside, 'escape'));
+    symlinkSync(join(outside, 'secret.txt'), join(inside, 'secret-link.txt'));
+    expect(rel(expandGlob(join(inside, '**', '*.txt')))).toEqual(['jail/ok.txt']);
+    expect(rel(expandGlob(join(inside, '*.txt')))).toEqual(['jail/ok.txt']);
+  });
+
+  it('refuses globs rooted at /, /proc, /sys or /dev, naming the pattern', () => {
+    for (const [pattern, what] of [['/**/*.txt', 'rooted at /'], ['/*.txt', 'rooted at /'], ['/proc/**/status', 'rooted in /proc'], ['/sys/*', 'rooted in /sys'], ['/dev/*', 'rooted in /dev']] as const) {
+      let err: unknown = null;
+      try { expandGlob(pattern); } catch (e) { err = e; }
+      expect(err).toBeInstanceOf(InputError);
+      expect((err as Error).message).toContain(`${pattern}: a glob ${what}`);
+    }
   });
 });

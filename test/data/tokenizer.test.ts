@@ -3,7 +3,7 @@
 import { describe, expect, it, beforeAll, afterAll, vi } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadTokenizer, type TextTokenizer } from '../../src/data/tokenizer.js';
+import { loadTokenizer, nestedRepetition, type TextTokenizer } from '../../src/data/tokenizer.js';
 import { embeddedTokenizerJson, writeEmbeddedTokenizer } from '../../src/data/embedded-tokenizer.js';
 import { InputError } from '../../src/errors.js';
 import { BUNDLED, embeddedTokenizerFile, tempDir, write } from './helpers.js';
@@ -98,5 +98,37 @@ describe('a file that is not a tokenizer', () => {
     expect((err as InputError).message).toContain(path);
     expect((err as InputError).message).toContain('not a tokenizer');
     expect((err as InputError).exitCode).toBe(2);
+  });
+});
+
+describe('tokenizer.json checks on load', () => {
+  /** The embedded tokenizer.json with `edit` applied, written to a fresh folder. */
+  const variant = (name: string, edit: (j: { model: { vocab: Record<string, number> }; added_tokens: { id: number; content: string }[]; pre_tokenizer: { pretokenizers: { type: string; pattern?: { Regex?: string } }[] } }) => void): string => {
+    const j = embeddedTokenizerJson() as Parameters<typeof edit>[0];
+    edit(j);
+    return write(join(tmp.dir, name, 'tokenizer.json'), JSON.stringify(j));
+  };
+
+  it('refuses a negative, fractional or too large id, naming the file and the token', async () => {
+    const neg = variant('neg', (j) => { j.model.vocab['pump'] = -3; });
+    await expect(loadTokenizer(neg)).rejects.toThrow(`${neg}: token "pump" has id -3; token ids must be integers from 0 to 16777215`);
+    const frac = variant('frac', (j) => { j.added_tokens[0]!.id = 1.5; });
+    await expect(loadTokenizer(frac)).rejects.toThrow(/token "<｜begin▁of▁sentence｜>" has id 1.5/);
+    const huge = variant('huge', (j) => { j.added_tokens.push({ ...j.added_tokens[0]!, id: 2 ** 30, content: '<huge>' }); });
+    await expect(loadTokenizer(huge)).rejects.toThrow(`${huge}: token "<huge>" has id 1073741824`);
+  });
+
+  it('refuses a Split regex that backtracks catastrophically (a repeated repetition), naming the file', async () => {
+    const bad = variant('regex', (j) => { j.pre_tokenizer.pretokenizers[0]!.pattern = { Regex: '(\\s*\\p{L}+)+$' }; });
+    const err = await loadTokenizer(bad).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InputError);
+    expect((err as Error).message).toContain(`${bad}: the pre_tokenizer's Split regex "(\\\\s*\\\\p{L}+)+$" can backtrack catastrophically`);
+  });
+
+  it('nestedRepetition: flags (a+)+, (a*)*, (?:x+y?){2,}, passes the patterns real tokenizers use', async () => {
+    for (const p of ['(a+)+', '(a*)*b', '(?:x+y?){2,}', '((ab)+c)*', '(\\d+\\s?)+$']) expect(nestedRepetition(p)).not.toBeNull();
+    for (const p of ['\\p{N}{1,3}', '(ab)+', '(a|b)*c', '[a+]+', '\\(a+\\)+', ' ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+', '(?:a{2})+']) expect(nestedRepetition(p)).toBeNull();
+    const json = embeddedTokenizerJson() as { pre_tokenizer: { pretokenizers: { pattern?: { Regex?: string } }[] } };
+    for (const s of json.pre_tokenizer.pretokenizers) if (s.pattern?.Regex) expect(nestedRepetition(s.pattern.Regex)).toBeNull();
   });
 });
