@@ -5,8 +5,12 @@
 //                         arrays; writes its outputs as DIR/<name>.f32, prints "ok" or "error: …"
 //   harness shim-selftest the shim's own semantics, one JSON line per check
 //   harness host-selftest the host code against the fake: errors, lifetime, stream order
+// Built with -DV4_ASCEND_DEVICE (npm run test:ascend on an Atlas machine), `run` goes through the
+// real ACL runtime and the CMake-built kernel library (V4TUNE_ASCEND_KERNELS) instead; the
+// self-tests, which test the shim and the fake, are not in that build.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -15,8 +19,10 @@
 #include <string>
 #include <vector>
 #include "ascend_host.h"
+#ifndef V4_ASCEND_DEVICE
 #include "common.h"
 #include "fake_acl.h"
+#endif
 
 using namespace v4ascend;
 
@@ -79,9 +85,16 @@ void apply_tiling(const Case& c, Tiling& t) {
 
 int run(const std::string& dir) {
   Case c = read_case(dir);
+#ifdef V4_ASCEND_DEVICE
+  const char* lib = std::getenv("V4TUNE_ASCEND_KERNELS");
+  AclLoad load = load_acl(lib ? lib : "kernels/ascend/build/libv4tune_ascend_kernels.so");
+  if (!load.ok) throw std::runtime_error(load.reason);
+  AclApi api = load.api;
+#else
   fake::Options o;
   o.chip = c.num("chip", 0) == 1 ? &AscendC::kAscend910_93 : &AscendC::kAscend910B;
   AclApi api = fake::make_api(o);
+#endif
   Device dev(api, 0, uint32_t(c.num("blockDim", 4)));
   apply_tiling(c, dev.tiling);
   const std::string op = c.kv["op"];
@@ -164,6 +177,7 @@ int run(const std::string& dir) {
   return 0;
 }
 
+#ifndef V4_ASCEND_DEVICE
 // ---- self-tests: one JSON line each ----
 int failures = 0;
 std::string esc(const std::string& s) {
@@ -554,6 +568,7 @@ int host_selftest() {
   });
   return failures ? 1 : 0;
 }
+#endif
 
 }  // namespace
 
@@ -565,8 +580,10 @@ int main(int argc, char** argv) {
       std::cout << "ok\n";
       return 0;
     }
+#ifndef V4_ASCEND_DEVICE
     if (cmd == "shim-selftest") return shim_selftest();
     if (cmd == "host-selftest") return host_selftest();
+#endif
   } catch (const std::exception& e) {
     std::cout << "error: " << e.what() << "\n";
     return 2;
