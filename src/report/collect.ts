@@ -6,13 +6,14 @@ import { join } from 'node:path';
 import type { DatasetManifest } from '../data/manifest.js';
 import { InputError } from '../errors.js';
 import { formatOutput, type KindStats, type LinearKind, type QuantFormat } from '../export/quantize.js';
-import { ADAPTER_CONFIG, ADAPTER_WEIGHTS } from '../lora/peft.js';
+import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
+import { PROFILE_FILE, readProfile } from '../lora/profile.js';
 import { inspectModel } from '../model/inspect.js';
 import { SafetensorsFile, numel } from '../model/safetensors.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { recipeModelDir } from '../cli/commands/prepare.js';
 import type {
-  AdapterSection, DataSection, EvalNumbers, ExportSection, MergeSection, ModelSection, NotRun, QuantOutputSection,
+  AdapterSection, DataSection, EvalNumbers, ExpertsSection, ExportSection, MergeSection, ModelSection, NotRun, QuantOutputSection,
   RecipeSection, Section, TrainingSection,
 } from './types.js';
 import { readJsonFile } from '../fsutil.js';
@@ -103,6 +104,10 @@ export interface TrainJson {
   tokens: number;
   train_seconds: number;
   tokens_per_s: number;
+  stopped_early?: boolean;
+  best?: { step: number; eval_loss: number; checkpoint: string | null } | null;
+  resumes?: number[];
+  extended_from?: number | null;
 }
 
 export function readTrainJson(recipe: LoadedRecipe): TrainJson | null {
@@ -113,6 +118,10 @@ export function readTrainJson(recipe: LoadedRecipe): TrainJson | null {
 interface LogRecord {
   step: number;
   loss?: number;
+  lr?: number;
+  grad_norm?: number;
+  tokens_per_s?: number | null;
+  samples?: Array<{ prompt: string; completion: string }>;
   eval_loss?: number;
   eval_perplexity?: number;
   eval_tokens?: number;
@@ -160,6 +169,48 @@ export function trainingSection(recipe: LoadedRecipe, t: TrainJson | null): Sect
     evals: evals.map((r) => ({ step: r.step, loss: r.eval_loss!, perplexity: r.eval_perplexity ?? Math.exp(r.eval_loss!), tokens: r.eval_tokens ?? 0 })),
     evalBefore: t.eval_before,
     evalAfter: t.eval_after,
+    curve: losses.map((r) => ({ step: r.step, loss: r.loss ?? null, lr: r.lr ?? 0, gradNorm: r.grad_norm ?? 0, tokensPerSecond: r.tokens_per_s ?? null })),
+    samples: byStep(log.filter((r) => Array.isArray(r.samples))).map((r) => ({ step: r.step, samples: r.samples! })),
+    best: t.best ? { step: t.best.step, evalLoss: t.best.eval_loss, checkpoint: t.best.checkpoint } : null,
+    stoppedEarly: t.stopped_early === true,
+    resumes: t.resumes ?? [],
+    extendedFrom: t.extended_from ?? null,
+  };
+}
+
+/**
+ * The expert profile (when the run has one) and the routed experts the trained adapter adapts,
+ * per MoE block; not run without a trained adapter.
+ */
+export async function expertsSection(recipe: LoadedRecipe): Promise<Section<ExpertsSection>> {
+  const dir = join(recipe.output, 'adapter');
+  if (!existsSync(join(dir, ADAPTER_CONFIG))) return notRun(`no trained adapter in ${dir} (\`v4tune train ${recipe.file}\` makes it)`);
+  const cfgPath = join(recipeModelDir(recipe), 'config.json');
+  if (!existsSync(cfgPath)) return notRun(`no model config in ${cfgPath}`);
+  const config = readJson<{ n_routed_experts: number; num_hidden_layers: number }>(cfgPath);
+  const profile = readProfile(recipe.output);
+  const adapter = await loadAdapter(dir, { warn: () => {} });
+  const adapted = new Map<string, Set<number>>();
+  for (const m of adapter.modules()) {
+    const x = /^((?:layers|mtp)\.\d+)\.ffn\.experts\.(\d+)\.w[123]$/.exec(m);
+    if (x) (adapted.get(x[1]!) ?? adapted.set(x[1]!, new Set()).get(x[1]!)!).add(Number(x[2]));
+  }
+  const E = config.n_routed_experts;
+  const names = profile ? Object.keys(profile.blocks) : [...Array.from({ length: config.num_hidden_layers }, (_, i) => `layers.${i}`), ...[...adapted.keys()].filter((b) => b.startsWith('mtp.'))];
+  const blocks = names.map((block) => {
+    const b = profile?.blocks[block];
+    const total = b ? b.gate_mass.reduce((s, v) => s + v, 0) : 0;
+    return { block, share: b ? b.gate_mass.map((v) => (total > 0 ? v / total : 0)) : null, adapted: [...(adapted.get(block) ?? [])].sort((x, y) => x - y) };
+  });
+  const count = blocks.reduce((s, b) => s + b.adapted.length, 0);
+  return {
+    status: 'ok',
+    profile: profile ? join(recipe.output, PROFILE_FILE) : null,
+    rows: profile?.rows ?? null,
+    splitRows: profile?.sample?.split_rows ?? null,
+    experts: E,
+    blocks,
+    adapted: count === 0 ? 'none' : blocks.every((b) => b.adapted.length === E) ? 'all' : 'subset',
   };
 }
 

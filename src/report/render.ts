@@ -69,12 +69,21 @@ export function renderReport(r: RunReport): string {
   else {
     const t = r.training;
     L.push(`- ${t.step} of ${t.steps} steps${t.interrupted ? ' (interrupted)' : ''} on ${t.backend}; ${int(t.trainRows)} train rows, ${int(t.evalRows)} eval rows`);
-    L.push(`- ${int(t.tokens)} tokens in ${t.seconds.toFixed(1)} s (${Math.round(t.tokensPerSecond)} tokens/s)${t.lastLoss !== null ? `; last train loss ${loss(t.lastLoss)}` : ''}`, '');
+    L.push(`- ${int(t.tokens)} tokens in ${t.seconds.toFixed(1)} s (${Math.round(t.tokensPerSecond)} tokens/s)${t.lastLoss !== null ? `; last train loss ${loss(t.lastLoss)}` : ''}`);
+    if (t.resumes.length > 0) L.push(`- resumed ${t.resumes.length} time${t.resumes.length === 1 ? '' : 's'} (at step${t.resumes.length === 1 ? '' : 's'} ${t.resumes.join(', ')}); the numbers are the whole run's`);
+    if (t.extendedFrom !== null) L.push(`- extended from ${t.extendedFrom} to ${t.steps} steps (the schedule spans ${t.steps})`);
+    if (t.best) L.push(`- best eval loss ${loss(t.best.evalLoss)} at step ${t.best.step}${t.best.checkpoint ? ` (checkpoint \`${t.best.checkpoint}\`)` : ''}${t.stoppedEarly ? `; stopped early at step ${t.step}` : ''}`);
+    L.push('');
     if (t.lossCurve.length > 0) {
       L.push('Train loss:', '', ...table(['step', 'loss'], t.lossCurve.map((p) => [String(p.step), loss(p.loss)])), '');
     }
     const ev = [['before', t.evalBefore], ['after', t.evalAfter]] as const;
     L.push('Eval loss (train stage):', '', ...table(['', 'loss', 'perplexity', 'tokens', 'rows'], ev.map(([k, e]) => (e ? [k, loss(e.loss), ppl(e.perplexity), int(e.tokens), int(e.rows)] : [k, 'not run', '—', '—', '—']))), '');
+    const last = t.samples[t.samples.length - 1];
+    if (last) {
+      const cell = (x: string) => x.replace(/\|/g, '\\|').replace(/\n/g, ' ');
+      L.push(`Eval prompts at step ${last.step} (greedy):`, '', ...table(['prompt', 'completion'], last.samples.map((x) => [cell(x.prompt), cell(x.completion)])), '');
+    }
   }
 
   L.push('## Adapter', '');
@@ -84,6 +93,18 @@ export function renderReport(r: RunReport): string {
     L.push(`- \`${a.dir}\`: ${int(a.modules)} modules, ${int(a.trainableParameters)} trainable parameters`);
     L.push(`- r ${a.r}, alpha ${a.alpha}${a.rslora ? ' (rsLoRA)' : ''}, dropout ${a.dropout}`);
     L.push(`- targets: ${a.targets.map((x) => `\`${x}\``).join(', ')}`, '');
+  }
+
+  L.push('## Experts', '');
+  if (notRun(r.experts)) L.push(notRunLine(r.experts), '');
+  else {
+    const x = r.experts;
+    L.push(x.adapted === 'all' ? `- every routed expert (${x.experts} per layer) is adapted` : x.adapted === 'none' ? '- no routed expert is adapted' : '- adapted routed experts, per block (the rest are frozen):');
+    if (x.profile) L.push(`- profile: \`${x.profile}\`, ${x.rows} rows routed${x.splitRows !== null ? `, sampled across ${int(x.splitRows)} train rows` : ''}`);
+    L.push('');
+    if (x.adapted === 'subset') {
+      L.push(...table(['block', 'adapted experts', 'their gate mass share'], x.blocks.map((b) => [b.block, b.adapted.join(', ') || '—', b.share ? pct(b.adapted.reduce((s, e) => s + b.share![e]!, 0)) : '—'])), '');
+    }
   }
 
   L.push('## Export', '', '### Merge', '');

@@ -5,7 +5,7 @@ import type { CliContext } from '../cli/context.js';
 import { InputError } from '../errors.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { VERSION } from '../version.js';
-import { adapterSection, dataSection, exportSection, modelSection, readTrainJson, recipeSection, trainingSection } from './collect.js';
+import { adapterSection, dataSection, expertsSection, exportSection, modelSection, readTrainJson, recipeSection, trainingSection } from './collect.js';
 import { measurePerplexity, type PerplexityOptions } from './perplexity.js';
 import type { RunReport } from './types.js';
 
@@ -22,6 +22,7 @@ export async function buildReport(recipe: LoadedRecipe, ctx: CliContext, opts: P
     data: dataSection(recipe),
     training: trainingSection(recipe, train),
     adapter: adapterSection(recipe),
+    experts: await expertsSection(recipe),
     export: await exportSection(recipe),
     perplexity: await measurePerplexity(recipe, train, ctx, opts),
   };

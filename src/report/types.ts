@@ -85,6 +85,31 @@ export interface TrainingSection {
   evals: Array<{ step: number; loss: number; perplexity: number; tokens: number }>;
   evalBefore: EvalNumbers | null;
   evalAfter: EvalNumbers | null;
+  /** every logged step (the report page's charts) */
+  curve: Array<{ step: number; loss: number | null; lr: number; gradNorm: number; tokensPerSecond: number | null }>;
+  /** the eval prompts' continuations at each eval (train.eval_prompts) */
+  samples: Array<{ step: number; samples: Array<{ prompt: string; completion: string }> }>;
+  /** the lowest eval loss, and its checkpoint when kept */
+  best: { step: number; evalLoss: number; checkpoint: string | null } | null;
+  stoppedEarly: boolean;
+  /** the step each session after the first resumed from */
+  resumes: number[];
+  /** the schedule's length before the run was extended, or null */
+  extendedFrom: number | null;
+}
+
+/** The expert profile and which routed experts the adapter adapts. */
+export interface ExpertsSection {
+  /** `<output>/expert-profile.json`, or null when the run has no profile */
+  profile: string | null;
+  /** rows routed and the split they were sampled from */
+  rows: number | null;
+  splitRows: number | null;
+  experts: number;
+  /** per MoE block: each expert's share of the block's gate mass (null without a profile) and the adapted experts */
+  blocks: Array<{ block: string; share: number[] | null; adapted: number[] }>;
+  /** `all` when every routed expert of every block is adapted */
+  adapted: 'all' | 'subset' | 'none';
 }
 
 export interface AdapterSection {
@@ -147,6 +172,7 @@ export interface RunReport {
   data: Section<DataSection>;
   training: Section<TrainingSection>;
   adapter: Section<AdapterSection>;
+  experts: Section<ExpertsSection>;
   export: ExportSection;
   perplexity: PerplexitySection;
 }

@@ -2,12 +2,15 @@
 // model, data, training (loss curve, eval before and after), adapter, export (merge, each
 // quantized output with its error stats) and the eval perplexity of every stage the run made:
 // base, base + adapter, merged, and the GPTQ INT4 output read back from its files. Stages the run
-// has not reached are "not run"; `--json` prints the same content.
+// has not reached are "not run"; `--json` prints the same content. `<output>/report.html` is the
+// same report as a self-contained page with charts (src/report/html.ts, charts.ts).
 import type { Command } from 'commander';
 import { join } from 'node:path';
 import { InputError } from '../../errors.js';
 import { writeFileAtomic } from '../../fsutil.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { reportCharts } from '../../report/charts.js';
+import { renderReportHtml } from '../../report/html.js';
 import { renderReport } from '../../report/render.js';
 import { buildReport } from '../../report/report.js';
 import type { RunReport } from '../../report/types.js';
@@ -20,23 +23,26 @@ export interface ReportRecipeOptions {
   evalRows?: number;
 }
 
-/** The report stage (used by `report` and `run`): writes `<output>/report.md`; returns its content and path. */
-export async function reportRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: ReportRecipeOptions = {}): Promise<RunReport & { ok: true; report: string }> {
+/** The report stage (used by `report` and `run`): writes `<output>/report.md` and `report.html`; returns its content and paths. */
+export async function reportRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: ReportRecipeOptions = {}): Promise<RunReport & { ok: true; report: string; html: string }> {
   const report = await buildReport(recipe, ctx, opts);
   const path = join(recipe.output, 'report.md');
-  writeFileAtomic(path, renderReport(report));
+  const md = renderReport(report);
+  writeFileAtomic(path, md);
+  const html = join(recipe.output, 'report.html');
+  writeFileAtomic(html, renderReportHtml(md, await reportCharts(report), `Run report: ${recipe.name}`));
   for (const r of report.perplexity.rows) {
     ctx.log(r.status === 'ok'
       ? `  ${r.label}: loss ${r.loss.toFixed(4)}, perplexity ${r.perplexity.toFixed(2)} (${r.tokens} tokens${r.from === 'train.json' ? ', from train.json' : ''})`
       : `  ${r.label}: not run`);
   }
-  ctx.log(`report: wrote ${path}`);
-  return { ok: true, report: path, ...report };
+  ctx.log(`report: wrote ${path} and ${html}`);
+  return { ok: true, report: path, html, ...report };
 }
 
 export function register(program: Command): void {
   program.command('report')
-    .description('write <output>/report.md: recipe, model, data, training, adapter, export, and eval perplexity before and after merging and INT4')
+    .description('write <output>/report.md and report.html (with charts): recipe, model, data, training, adapter, export, and eval perplexity before and after merging and INT4')
     .argument('<recipe>', 'recipe .yaml file')
     .option('--eval-rows <n>', 'evaluate at most N eval rows (default: what train evaluated, else the whole eval split)')
     .action(action(async (ctx: CliContext, file: string, opts: { evalRows?: string }) => {
