@@ -2,9 +2,11 @@
 // kernel on a libuv worker thread (Napi::AsyncWorker) so the JS thread stays responsive.
 // Every kernel entry returns a Promise; the sync entries are configuration and tiny helpers.
 #include <napi.h>
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 #include "attention.h"
 #include "bench.h"
@@ -185,8 +187,14 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("bf16", bf16_mode());
   return o;
 }
+// More than 8 threads per core only adds contention; far more aborts the pool (stack exhaustion).
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
-  set_num_threads(info[0].As<Napi::Number>().Int32Value());
+  const int n = info[0].As<Napi::Number>().Int32Value();
+  const int limit = 8 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n < 0 || n > limit) {
+    throw Napi::RangeError::New(info.Env(), "setThreads: " + std::to_string(n) + " threads; 0 (every core) to " + std::to_string(limit) + " (8 per core)");
+  }
+  set_num_threads(n);
   return Napi::Number::New(info.Env(), num_threads());
 }
 Napi::Value SetIsa(const Napi::CallbackInfo& info) {

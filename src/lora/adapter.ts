@@ -107,6 +107,9 @@ export function createAdapter(base: AdapterBase, opts: LoraOptions): Adapter {
     const allowed = ex ? o.expertSubset[ex[1]!] : undefined;
     if (allowed && !allowed.includes(Number(ex![2]))) continue;
     const r = patternValue(o.rankPattern, m.name, o.r);
+    if (r > Math.min(m.in, m.out)) {
+      throw new InputError(`lora.${r === o.r ? 'r' : 'rank_pattern'}: rank ${r} exceeds what ${m.name} (${m.out} × ${m.in}) can use: at most ${Math.min(m.in, m.out)} (lower it, or leave the module out of lora.targets)`);
+    }
     const alpha = patternValue(o.alphaPattern, m.name, o.alpha);
     const rng = tensorRng(o.seed, `lora:${m.name}`);
     const A = new Float32Array(r * m.in);

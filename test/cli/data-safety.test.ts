@@ -211,6 +211,25 @@ describe('non-finite values stop the work', () => {
   });
 });
 
+describe('bounds: sizes the model or the machine cannot hold are refused by field, before any work', () => {
+  it('train.threads, train.batch_rows, data.seq_len and lora.r past their limits exit 2 naming the field and the limit', async () => {
+    const data = 'data: { sources: [{ path: corpus/*.txt }], seq_len: 32, output: out-bounds/data }';
+    expect((await cli('prepare', recipe('bounds', [data, 'output: out-bounds']))).code).toBe(0);
+    const cases: Array<[string[], RegExp]> = [
+      [[data, 'train: { threads: 100000 }'], /train\.threads is 100000; at most \d+ \(8 per core/],
+      [[data, 'train: { batch_rows: 10000000 }'], /train\.batch_rows 10000000 × data\.seq_len 32 needs about [\d.]+ GiB of activations.*at most \d+ rows per micro-batch fit/],
+      [['data: { sources: [{ path: corpus/*.txt }], seq_len: 1000000, output: out-bounds/data }'], /data\.seq_len is 1000000, longer than the model's 4096 positions/],
+      [[data, 'lora: { r: 1000000 }'], /lora\.r: rank 1000000 exceeds what \S+ \(\d+ × \d+\) can use: at most \d+/],
+    ];
+    for (const [lines, want] of cases) {
+      const res = await cli('train', recipe('bounds', [...lines, 'output: out-bounds']));
+      expect(res.code, res.err).toBe(2);
+      expect(res.err).toMatch(want);
+    }
+    expect(existsSync(join(dir, 'out-bounds', 'checkpoints'))).toBe(false);
+  });
+});
+
 describe('temporaries never outlive a run', () => {
   async function adapterDir(): Promise<string> {
     const adapter = join(dir, 'adapter-k');

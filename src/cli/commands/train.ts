@@ -17,6 +17,7 @@ import { loadModel } from '../../model/load.js';
 import type { V4Model } from '../../model/v4/model.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { assertSameIdentity, checkpointsDir, identityChange, listCheckpoints, loadCheckpoint, readCheckpointState, type RunIdentity } from '../../train/checkpoint.js';
+import { checkTrainBounds } from '../../train/bounds.js';
 import { runTraining, TRAIN_LOG, TRAIN_SUMMARY, type TrainResult } from '../../train/run.js';
 import type { TrainSettings } from '../../train/trainer.js';
 import { resolveSteps, samplePrompts, warmStart } from '../../train/plan.js';
@@ -132,6 +133,11 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   if (!existsSync(join(modelDir, 'config.json'))) {
     throw new InputError(`${recipe.file}: model folder ${modelDir} has no config.json (run \`v4tune run ${recipe.file}\`${recipe.model.preset ? ` or \`v4tune init-model --preset ${recipe.model.preset} --out ${modelDir}\`` : ''} first)`);
   }
+  const cfgPath = join(modelDir, 'config.json');
+  const config = parseConfig(readJsonFile(cfgPath), cfgPath);
+  checkTrainBounds(config, {
+    file: recipe.file, seqLen: recipe.data.seq_len, batchRows: recipe.train.batch_rows, threads: recipe.train.threads, checkpointing: recipe.train.activation_checkpointing,
+  });
   const dataDir = recipe.data.output;
   if (!existsSync(join(dataDir, 'manifest.json'))) {
     throw new InputError(`${recipe.file}: dataset ${dataDir} is not prepared (run \`v4tune prepare ${recipe.file}\` or \`v4tune run ${recipe.file}\` first)`);
@@ -149,8 +155,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
     evalRows.push(r);
   }
 
-  const cfgPath = join(modelDir, 'config.json');
-  const fingerprint = configFingerprint(parseConfig(readJsonFile(cfgPath), cfgPath));
+  const fingerprint = configFingerprint(config);
   const profiled = recipe.lora.experts === 'profiled' ? profiledSubset(recipe, { datasetCacheKey: ds.manifest.cache_key, modelFingerprint: fingerprint }) : null;
   const identity = runIdentity(recipe, ds.manifest.cache_key, fingerprint, profiled?.subset ?? null);
 
