@@ -88,7 +88,7 @@ export const loraSchema = z.object({
   profile_threshold: z.number().gt(0).max(1).default(0.5)
     .describe('With `experts: profiled` and no `experts_per_layer`: per layer, the fewest experts (most gate mass first) whose share of the layer\'s gate mass reaches this fraction (ESFT\'s gate criterion).'),
   profile_rows: int().min(1).default(64)
-    .describe('Rows of the train split that `profile-experts` routes to measure per-expert load and gate mass (tokens with loss_mask 1 only).'),
+    .describe('Rows of the train split that `profile-experts` routes to measure per-expert load and gate mass (tokens with loss_mask 1 only), sampled across the whole split (seeded by `lora.seed`; every source gets its share).'),
 }).strict().describe('The LoRA adapter.');
 
 export const trainSchema = z.object({
