@@ -84,6 +84,49 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
   };
 }
 
+/**
+ * Names other fine-tuning tools (transformers, PEFT, TRL, axolotl, LLaMA-Factory) give recipe
+ * fields, lower case → field: far from ours in edit distance but meaning the same
+ * (`learning_rate` is `lr`).
+ */
+const ALIASES: Record<string, string> = {
+  rank: 'r',
+  lora_r: 'r',
+  lora_rank: 'r',
+  lora_alpha: 'alpha',
+  lora_dropout: 'dropout',
+  target_modules: 'targets',
+  use_rslora: 'rslora',
+  learning_rate: 'lr',
+  max_steps: 'steps',
+  num_train_epochs: 'epochs',
+  num_epochs: 'epochs',
+  per_device_train_batch_size: 'batch_rows',
+  batch_size: 'batch_rows',
+  micro_batch_size: 'batch_rows',
+  gradient_accumulation_steps: 'grad_accum',
+  lr_scheduler_type: 'schedule',
+  lr_scheduler: 'schedule',
+  warmup: 'warmup_steps',
+  eval_steps: 'eval_every',
+  save_steps: 'checkpoint_every',
+  save_total_limit: 'keep_checkpoints',
+  report_to: 'log_to',
+  gradient_checkpointing: 'activation_checkpointing',
+  max_seq_length: 'seq_len',
+  sequence_len: 'seq_len',
+  cutoff_len: 'seq_len',
+  max_length: 'seq_len',
+  val_set_size: 'eval_fraction',
+  sample_packing: 'packing',
+  output_dir: 'output',
+  base_model: 'model',
+  model_name_or_path: 'model',
+  datasets: 'data',
+  dataset: 'data',
+  bits: 'quantize',
+};
+
 function dotted(path: PropertyKey[]): string {
   return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i > 0 ? '.' : ''}${String(p)}`)).join('');
 }
@@ -100,8 +143,10 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown): string {
     const key = issue.keys[0]!;
     const full = where ? `${where}.${key}` : key;
     const known = knownKeys(issue.path);
-    const near = nearest(key, known);
-    return `unknown field ${full}${near ? ` (did you mean ${where ? `${where}.` : ''}${near}?)` : ''}; known fields here: ${known.join(', ')}`;
+    const alias = ALIASES[key.toLowerCase()];
+    const near = alias !== undefined && known.includes(alias) ? alias : nearest(key, known) ?? nearest(key.replace(/_/g, ''), known);
+    if (near) return `unknown field ${full}: did you mean ${where ? `${where}.` : ''}${near}?${alias === near ? ` (\`${key}\` is another tool's name for it)` : ''}`;
+    return `unknown field ${full}; known fields here: ${known.join(', ')}`;
   }
   const got = valueAt(raw, issue.path);
   const shown = got === undefined ? 'nothing' : JSON.stringify(got);

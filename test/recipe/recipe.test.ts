@@ -50,8 +50,16 @@ describe('recipe', () => {
   });
 
   it('rejects unknown keys and suggests the nearest known one', () => {
-    expect(errorOf(`${minimal}  seqlen: 512\n`).message).toContain('unknown field data.seqlen (did you mean data.seq_len?)');
-    expect(errorOf(`${minimal}trian: {}\n`).message).toContain('unknown field trian (did you mean train?)');
+    expect(errorOf(`${minimal}  seqlen: 512\n`).message).toBe('/recipes/r.yaml: unknown field data.seqlen: did you mean data.seq_len?');
+    expect(errorOf(`${minimal}trian: {}\n`).message).toContain('unknown field trian: did you mean train?');
+    // other tools' names for a field, far from it in edit distance
+    expect(errorOf(`${minimal}lora: { rank: 8 }\n`).message).toBe('/recipes/r.yaml: unknown field lora.rank: did you mean lora.r? (`rank` is another tool\'s name for it)');
+    expect(errorOf(`${minimal}train: { learning_rate: 0.001 }\n`).message).toContain('unknown field train.learning_rate: did you mean train.lr? (`learning_rate` is another tool\'s name for it)');
+    expect(errorOf(`${minimal}train: { gradient_accumulation_steps: 4 }\n`).message).toContain('did you mean train.grad_accum?');
+    expect(errorOf(`${minimal}train: { save_total_limit: 2 }\n`).message).toContain('did you mean train.keep_checkpoints?');
+    expect(errorOf(`${minimal}train: { num_train_epochs: 2 }\n`).message).toContain('did you mean train.epochs?');
+    // an alias of a field of another section is not suggested here; nothing near lists the fields
+    expect(errorOf(`${minimal}train: { zzzzzz: 1 }\n`).message).toMatch(/unknown field train\.zzzzzz; known fields here: backend, steps, epochs, /);
     expect(errorOf(`${minimal.replace('path: corpus', 'pth: corpus')}`).message).toContain('did you mean data.sources[0].path?');
     expect(nearest('zzzzzz', ['lr', 'steps'])).toBeUndefined();
   });
