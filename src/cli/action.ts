@@ -3,6 +3,7 @@
 // exit code (0 ok, 1 runtime failure, 2 bad input).
 import type { Command } from 'commander';
 import { EXIT_BAD_INPUT, EXIT_RUNTIME, V4tuneError } from '../errors.js';
+import { withPath } from '../fsutil.js';
 import { makeContext, type CliContext } from './context.js';
 
 export type VerbResult = Record<string, unknown>;
@@ -38,7 +39,8 @@ function exitOnSignals(): () => void {
   return () => { for (const [s, h] of handlers) process.off(s, h); };
 }
 
-export function reportError(e: unknown, json: boolean): number {
+export function reportError(err: unknown, json: boolean): number {
+  const e = withPath(err, 'a file'); // ENOSPC, EROFS, EISDIR, … name their path
   const code = e instanceof V4tuneError ? e.exitCode : EXIT_RUNTIME;
   const message = e instanceof V4tuneError ? e.message
     : e instanceof Error ? `internal error: ${e.message}${process.env.V4TUNE_DEBUG ? `\n${e.stack}` : ' (set V4TUNE_DEBUG=1 for the stack)'}` : String(e);
