@@ -7,7 +7,10 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../../errors.js';
 import { mergeAdapter, type MergeDtype, type MergePlan, type MergeSummary } from '../../export/merge.js';
+import { readJsonFile } from '../../fsutil.js';
+import { parseConfig } from '../../model/config.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
+import { assertExportFits } from '../../recipe/preflight.js';
 import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
@@ -73,6 +76,9 @@ export async function mergeRecipe(recipe: LoadedRecipe, ctx: CliContext): Promis
   if (!existsSync(join(p.adapter, 'adapter_config.json'))) {
     throw new InputError(`${recipe.file}: no trained adapter at ${p.adapter} (run \`v4tune train ${recipe.file}\` first)`);
   }
+  // the recipe's quantize settings are checked before the merge, not after it
+  const cfgPath = join(p.model, 'config.json');
+  if (existsSync(cfgPath)) assertExportFits(recipe, parseConfig(readJsonFile(cfgPath), cfgPath));
   return withRunLock(recipe.output, `v4tune merge ${recipe.file}`, () => runMerge(ctx, p), (l) => ctx.warn(l));
 }
 

@@ -8,9 +8,11 @@ import type { Command } from 'commander';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../../fsutil.js';
 import { PROFILE_FILE } from '../../lora/profile.js';
+import { parseConfig } from '../../model/config.js';
 import { initModel } from '../../model/init.js';
+import { assertExportFits } from '../../recipe/preflight.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
@@ -113,6 +115,9 @@ async function runRecipe(recipe: LoadedRecipe, ctx: CliContext): Promise<Record<
   const exportPlan = [ex.merge ? `merge (${ex.merge_dtype})` : '', ex.quantize.length ? `quantize (${ex.quantize.join(', ')})` : ''].filter(Boolean);
   ctx.log(`plan: model (${recipe.model.preset ? `preset ${recipe.model.preset}` : recipe.model.path}) → prepare${recipe.lora.experts === 'profiled' ? ' → profile-experts' : ''} → train (eval before and after)${exportPlan.map((p) => ` → ${p}`).join('')} → report`);
   const model = await modelStage(recipe, ctx);
+  // export settings that can be checked now are checked before training and merging
+  const cfgPath = join(model.dir, 'config.json');
+  assertExportFits(recipe, parseConfig(readJsonFile(cfgPath), cfgPath));
   const prepared = await prepareRecipe(recipe, ctx);
   const data = prepareResult(prepared);
   ctx.log(`prepare: ${prepared.reused ? 'reused' : 'wrote'} ${prepared.output}: ${prepared.manifest.rows} rows, ${prepared.manifest.tokens} tokens (train ${prepared.manifest.splits.train.rows} rows, eval ${prepared.manifest.splits.eval.rows} rows)`);
