@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include "ascend_host.h"
 #include "attention.h"
 #include "bench.h"
 #include "common.h"
@@ -385,6 +386,7 @@ Napi::Value DropoutMask(const Napi::CallbackInfo& info) {
 }
 
 #include "addon_ops.inc"
+#include "ascend_addon.inc"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
@@ -403,6 +405,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("expertBackward", Napi::Function::New(env, ExpertBackward));
   exports.Set("dropoutMask", Napi::Function::New(env, DropoutMask));
   registerOps(env, exports);
+  registerAscend(env, exports);
   return exports;
 }
 

@@ -54,7 +54,9 @@ void no_dropout(const v4::Dropout& d, const std::string& what) {
 // One op's device buffers, host staging and downloads.
 class Op {
  public:
-  explicit Op(Device& d) : d_(d) {}
+  explicit Op(Device& d) : d_(d), lock_(d.busy_) {
+    acl_check(d_.api_, d_.api_.aclrtSetDevice(d_.device_), "aclrtSetDevice");  // this thread's context
+  }
   ~Op() {
     if (!finished_) {  // an error left work queued: let it drain before its memory goes
       d_.api_.aclrtSynchronizeStream(d_.compute_);
@@ -135,6 +137,7 @@ class Op {
     long rows, cols, devCols;
   };
   Device& d_;
+  std::lock_guard<std::mutex> lock_;
   std::vector<Buf> bufs_;
   std::vector<std::vector<uint8_t>> staged_;
   std::vector<Down> downs_;
@@ -143,6 +146,8 @@ class Op {
 
 Device::Device(const AclApi& api, int32_t deviceId, uint32_t blockDim) : api_(api), device_(deviceId), blockDim_(blockDim) {
   if (blockDim_ < 1) throw std::invalid_argument("ascend: blockDim must be at least 1");
+  const aclError init = api_.aclInit(nullptr);
+  if (init != 100002) acl_check(api_, init, "aclInit");  // 100002: already initialised in this process
   acl_check(api_, api_.aclrtSetDevice(device_), "aclrtSetDevice");
   acl_check(api_, api_.aclrtCreateStream(&copy_), "aclrtCreateStream (copy)");
   acl_check(api_, api_.aclrtCreateStream(&compute_), "aclrtCreateStream (compute)");

@@ -6,10 +6,12 @@
 // compute stream, the results come down on the copy stream after the kernel (another event), and
 // the op returns when they are on the host. Outputs accumulate (+=) into the host arrays, as the
 // CPU kernels' do. Base weights stay on the device between ops (cached by their host address);
-// everything else an op allocates is freed before it returns.
+// everything else an op allocates is freed before it returns. Ops may come from any thread (each
+// makes the device current on its thread) and run one at a time.
 #pragma once
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 #include "ascend_acl.h"
@@ -68,6 +70,7 @@ class Device {
   };
   std::map<const void*, Cached> weights_;
   size_t weightBytes_ = 0, opBytes_ = 0;
+  std::mutex busy_;  // one op at a time: the streams, events and weight cache are shared
 };
 
 }  // namespace v4ascend

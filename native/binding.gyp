@@ -13,14 +13,16 @@
       "../kernels/cpu/mhc.cpp",
       "../kernels/cpu/compressor.cpp",
       "../kernels/cpu/lmhead.cpp",
-      "../kernels/cpu/bench.cpp"
+      "../kernels/cpu/bench.cpp",
+      "ascend_acl.cc",
+      "ascend_host.cc"
     ],
-    "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "../kernels/cpu"],
+    "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "../kernels/cpu", "../kernels/ascend"],
     "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
     "cflags!": ["-fno-exceptions"],
     "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
     "cflags": ["-O3", "-fexceptions"],
     "cflags_cc": ["-O3", "-std=c++17", "-fexceptions", "-Wall", "-Wno-unused-function", "-Wno-uninitialized", "-Wno-maybe-uninitialized"],
-    "libraries": ["-lpthread"]
+    "libraries": ["-lpthread", "-ldl"]
   }]
 }

@@ -1,5 +1,6 @@
-// Backend selection: `auto` = native when its addon is built, else tfjs (saying which, once);
-// under CI=true a missing native addon is an error, so CI never passes on the fallback alone.
+// Backend selection: `auto` = ascend where CANN and an Ascend device are visible, else native when
+// its addon is built, else tfjs (saying which, once, and in the same line why ascend was not
+// taken); under CI=true a missing native addon is an error, so CI never passes on the fallback alone.
 import { V4tuneError } from '../errors.js';
 import type { Backend, BackendName } from './ops.js';
 import { createTfjsBackend } from './tfjs/index.js';
@@ -22,9 +23,21 @@ async function tryNative(): Promise<{ backend: Backend | null; reason: string }>
  */
 export async function createBackend(name: BackendName = 'auto', note: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): Promise<Backend> {
   if (name === 'tfjs') return createTfjsBackend();
+  let ascendReason = '';
+  if (name === 'ascend' || name === 'auto') {
+    const { ascendAvailability, createAscendBackend } = await import('./ascend/index.js');
+    const a = ascendAvailability();
+    if (a.available || name === 'ascend') {
+      const be = await createAscendBackend();
+      if (name === 'auto' && !noted) note(`v4tune: backend ${be.name}`);
+      noted = true;
+      return be;
+    }
+    ascendReason = ` (ascend: ${a.reason})`;
+  }
   const native = await tryNative();
   if (native.backend) {
-    if (name === 'auto' && !noted) note(`v4tune: backend ${native.backend.name}`);
+    if (name === 'auto' && !noted) note(`v4tune: backend ${native.backend.name}${ascendReason}`);
     noted = true;
     return native.backend;
   }

@@ -206,4 +206,4 @@ export interface Backend {
   lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }>;
 }
 
-export type BackendName = 'auto' | 'native' | 'tfjs';
+export type BackendName = 'auto' | 'native' | 'tfjs' | 'ascend';

@@ -92,8 +92,8 @@ export const loraSchema = z.object({
 }).strict().describe('The LoRA adapter.');
 
 export const trainSchema = z.object({
-  backend: z.enum(['auto', 'native', 'tfjs']).default('auto')
-    .describe('Compute backend: `auto` uses native when the addon is built, else tfjs (and says why).'),
+  backend: z.enum(['auto', 'native', 'tfjs', 'ascend']).default('auto')
+    .describe('Compute backend: `auto` uses ascend where CANN and an Ascend NPU are visible, else native when the addon is built, else tfjs (and says why); `ascend` runs the fused LoRA ops on the NPU (README: Ascend backend).'),
   steps: int().min(1).optional()
     .describe('Optimizer steps (default 100, or what `epochs` gives). Raising it on a finished run and resuming extends the run: the schedule then spans the new length.'),
   epochs: z.number().positive().optional()
