@@ -5,7 +5,7 @@
 // package (dist/; `npm run build` first). Writes bench/results/prepare.json.
 // Usage: node bench/prepare.mjs [--mb 50] [--workers 0]
 // The corpus generator is exported (generateTexts) so tests can encode the same text.
-import { mkdtempSync, rmSync, writeFileSync, renameSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, renameSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -19,6 +19,19 @@ import { Worker } from 'node:worker_threads';
  * until their JSONL lines ({"text": ...} and a newline) reach `bytes`.
  */
 export function generateTexts(rand, bytes) {
+  const next = documentGenerator(rand);
+  const texts = [];
+  let size = 0;
+  while (size < bytes) {
+    const text = next();
+    texts.push(text);
+    size += Buffer.byteLength(JSON.stringify({ text })) + 1;
+  }
+  return texts;
+}
+
+/** The generator behind generateTexts: each call returns the next document. */
+export function documentGenerator(rand) {
   const syl = ['pu', 'mp', 'va', 'lve', 'se', 'al', 'ro', 'tor', 'shaft', 'im', 'pel', 'ler', 'bea', 'ring', 'flow', 'pre', 'ssure', 'ca', 'vi', 'ta', 'tion', 'mo', 'nit', 'or', 'in', 'spec', 'cou', 'pling', 'ther', 'mal', 'gas', 'ket', 'stra', 'iner', 'dis', 'charge', 'suc', 'ge', 'ar', 'box', 'oil', 'lu', 'bri', 'cant', 'de', 're', 'un', 'ex', 'con', 'trol'];
   const vocab = Array.from({ length: 40000 }, (_, i) => {
     let w = '';
@@ -43,9 +56,7 @@ export function generateTexts(rand, bytes) {
     const s = ws.join(' ');
     return s[0].toUpperCase() + s.slice(1) + (rand() < 0.1 ? '?' : rand() < 0.2 ? ':' : '.');
   };
-  const texts = [];
-  let size = 0;
-  while (size < bytes) {
+  return () => {
     const paras = [];
     const np = 1 + Math.floor(rand() * 5);
     for (let p = 0; p < np; p++) {
@@ -54,11 +65,35 @@ export function generateTexts(rand, bytes) {
       for (let s = 0; s < ns; s++) ss.push(sentence());
       paras.push(ss.join(' '));
     }
-    const text = paras.join('\n\n');
-    texts.push(text);
-    size += Buffer.byteLength(JSON.stringify({ text })) + 1;
+    return paras.join('\n\n');
+  };
+}
+
+/**
+ * Write a JSONL corpus ({"text": ...} per line) of at least `bytes` bytes to `file`, streaming
+ * (memory stays small at any size): documents drawn from a pool of `pool` generated ones
+ * (documentGenerator), each prefixed with its line number so no two are duplicates.
+ * Returns the bytes and documents written.
+ */
+export function writeCorpus(file, rand, bytes, pool = 4000) {
+  const next = documentGenerator(rand);
+  const texts = Array.from({ length: pool }, next);
+  const fd = openSync(file, 'w');
+  let size = 0;
+  let docs = 0;
+  try {
+    while (size < bytes) {
+      const lines = [];
+      for (let k = 0; k < 256; k++) lines.push(JSON.stringify({ text: `Record ${docs + k}. ${texts[Math.floor(rand() * pool)]}` }));
+      const chunk = `${lines.join('\n')}\n`;
+      writeSync(fd, chunk);
+      size += Buffer.byteLength(chunk);
+      docs += 256;
+    }
+  } finally {
+    closeSync(fd);
   }
-  return texts;
+  return { bytes: size, documents: docs };
 }
 
 /** Encode every text with `encode`; seconds, token count and an FNV-1a hash of all ids in order. */

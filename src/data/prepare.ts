@@ -305,7 +305,8 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
         if (p.split === 'eval') st.m.eval_documents++;
         else st.m.train_documents++;
         splitDocs[p.split]++;
-        packers[p.split].add(e);
+        // own copies: a view would pin its whole batch's buffer while the packer holds the document
+        packers[p.split].add({ ids: e.ids.slice(), mask: e.mask.slice(), source: e.source, doc: e.doc });
       });
     };
 
