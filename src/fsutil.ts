@@ -109,6 +109,7 @@ function warnLine(line: string): void {
 export function writeFileAtomic(target: string, data: string | Uint8Array): void {
   mkdirSync(dirname(target), { recursive: true });
   if (existsSync(target) && statSync(target).isDirectory()) throw new InputError(`${target}: is a folder; v4tune writes a file there`);
+  sweepTemps(target);
   const tmp = tempNameBeside(target);
   try {
     writeFileSync(tmp, data);
