@@ -108,7 +108,6 @@ AclLoad load_acl(const std::string& kernelLib) {
   };
 #define V4_SYM(lib, field, name) r.api.field = reinterpret_cast<decltype(r.api.field)>(sym(lib, name))
   V4_SYM(acl, aclInit, "aclInit");
-  V4_SYM(acl, aclFinalize, "aclFinalize");
   V4_SYM(acl, aclrtGetDeviceCount, "aclrtGetDeviceCount");
   V4_SYM(acl, aclrtSetDevice, "aclrtSetDevice");
   V4_SYM(acl, aclrtResetDevice, "aclrtResetDevice");

@@ -22,7 +22,6 @@ using KernelLaunch = uint32_t (*)(uint32_t blockDim, aclrtStream stream, void* a
 
 struct AclApi {
   aclError (*aclInit)(const char* configPath);
-  aclError (*aclFinalize)();
   aclError (*aclrtGetDeviceCount)(uint32_t* count);
   aclError (*aclrtSetDevice)(int32_t deviceId);
   aclError (*aclrtResetDevice)(int32_t deviceId);

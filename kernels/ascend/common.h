@@ -82,7 +82,6 @@ class Core {
     REGIST_MATMUL_OBJ(&pipe_, GetSysWorkSpacePtr(), mm, cube);
     lutFmt_ = -1;
   }
-  int32_t cols() const { return cols_; }
 
   // ---- vector stage over rows ----
   // For each row p < nrows and each chunk of its C floats: CopyIn NIN input rows (src(p, k)),

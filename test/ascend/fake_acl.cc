@@ -102,10 +102,6 @@ aclError aclInit(const char*) {
   st().init = true;
   return 0;
 }
-aclError aclFinalize() {
-  st().init = false;
-  return 0;
-}
 aclError aclrtGetDeviceCount(uint32_t* n) {
   V4_INJECT("aclrtGetDeviceCount");
   *n = st().opt.deviceCount;
@@ -113,6 +109,7 @@ aclError aclrtGetDeviceCount(uint32_t* n) {
 }
 aclError aclrtSetDevice(int32_t id) {
   V4_INJECT("aclrtSetDevice");
+  if (!st().init) return fail(100001, "fake ACL: aclInit was not called");
   if (id < 0 || uint32_t(id) >= st().opt.deviceCount) return fail(107001, "fake ACL: device " + std::to_string(id) + " does not exist");
   st().device = id;
   return 0;
@@ -251,7 +248,7 @@ uint32_t launch_sb(uint32_t b, void* s, void* a, void* t) { return launch<v4_sin
 v4ascend::AclApi make_api(const Options& o) {
   st().opt = o;
   v4ascend::AclApi a{};
-  a.aclInit = aclInit, a.aclFinalize = aclFinalize, a.aclrtGetDeviceCount = aclrtGetDeviceCount;
+  a.aclInit = aclInit, a.aclrtGetDeviceCount = aclrtGetDeviceCount;
   a.aclrtSetDevice = aclrtSetDevice, a.aclrtResetDevice = aclrtResetDevice;
   a.aclrtMalloc = aclrtMalloc, a.aclrtFree = aclrtFree, a.aclrtMemcpyAsync = aclrtMemcpyAsync, a.aclrtMemsetAsync = aclrtMemsetAsync;
   a.aclrtCreateStream = aclrtCreateStream, a.aclrtDestroyStream = aclrtDestroyStream, a.aclrtSynchronizeStream = aclrtSynchronizeStream;

@@ -23,7 +23,10 @@ const headers = [
   'kernels/ascend/shim/ascendc_shim.h', 'native/ascend_acl.h', 'native/ascend_host.h', 'kernels/cpu/lora.h',
   'kernels/cpu/weights.h', 'test/ascend/fake_acl.h',
 ];
-const flags = ['-std=c++17', '-O2', '-Wall', onDevice ? '-DV4_ASCEND_DEVICE' : '-DV4_ASCEND_SHIM', '-Ikernels/ascend', '-Ikernels/cpu', '-Inative'];
+// The shim build runs under AddressSanitizer: a kernel or host read or write outside the fake's
+// device memory (or any host buffer) fails the run instead of passing unnoticed.
+const flags = ['-std=c++17', '-O2', '-Wall', ...(onDevice ? ['-DV4_ASCEND_DEVICE'] : ['-DV4_ASCEND_SHIM', '-fsanitize=address', '-fno-omit-frame-pointer']),
+  '-Ikernels/ascend', '-Ikernels/cpu', '-Inative'];
 
 function sleep(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
@@ -73,7 +76,7 @@ export function runCase(kv: Record<string, number | string>, arrays: Record<stri
   try {
     writeFileSync(join(dir, 'case.txt'), Object.entries(kv).map(([k, v]) => `${k} ${v}`).join('\n') + '\n');
     for (const [name, a] of Object.entries(arrays)) writeFileSync(join(dir, name), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-    const r = spawnSync(harness(), ['run', dir], { cwd: root, encoding: 'utf8' });
+    const r = spawnSync(harness(), ['run', dir], { cwd: root, encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=86' } });
     const line = (r.stdout ?? '').trim().split('\n').pop() ?? '';
     if (line.startsWith('error: ')) return { error: line.slice(7), out: {} };
     if (r.status !== 0 || line !== 'ok') throw new Error(`harness run failed (status ${r.status}): ${r.stdout}${r.stderr}`);
@@ -91,7 +94,7 @@ export function runCase(kv: Record<string, number | string>, arrays: Record<stri
 export interface SelfCheck { name: string; ok: boolean; message: string }
 /** The driver's self-tests (shim-selftest or host-selftest), one entry per check. */
 export function selftest(kind: 'shim-selftest' | 'host-selftest'): SelfCheck[] {
-  const r = spawnSync(harness(), [kind], { cwd: root, encoding: 'utf8' });
+  const r = spawnSync(harness(), [kind], { cwd: root, encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=86' } });
   if (r.status !== 0 && r.status !== 1) throw new Error(`harness ${kind} failed (status ${r.status}): ${r.stdout}${r.stderr}`);
   return r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as SelfCheck);
 }

@@ -14,7 +14,8 @@
 //   - GM bounds: a GlobalTensor given a size refuses copies outside it.
 // What it does not model: the Cube unit's fractal (NZ) layouts and the Matmul API's internal
 // data movement (Matmul here reads and writes ND row-major GM and checks its tiling's footprint),
-// pipeline timing (PipeBarrier / SetFlag are no-ops: the shim executes in program order), and
+// pipeline timing (the shim executes in program order, so a missing EnQue / DeQue hand-over
+// between the copy and vector pipes would not show), and
 // the cross-core messaging of MIX kernels (a block runs its vector and cube work in one thread).
 #pragma once
 #include <algorithm>
@@ -160,7 +161,6 @@ class GlobalTensor {
   T GetValue(uint64_t i) const { return p_[check(i, 1)]; }
   void SetValue(uint64_t i, T v) const { p_[check(i, 1)] = v; }
   T* GetPhyAddr() const { return p_; }
-  uint64_t GetSize() const { return n_; }
   // shim: fails when [i, i+n) is outside a sized buffer
   uint64_t check(uint64_t i, uint64_t n) const {
     if (n_ && i + n > n_)
@@ -267,12 +267,6 @@ class TPipe {
                                       std::string(pos_name(q.pos)) + " buffer " + name + "[" + std::to_string(i) + "]"));
   }
 };
-
-// ---- synchronisation (program order in the shim) ----
-enum pipe_t { PIPE_S, PIPE_V, PIPE_M, PIPE_MTE1, PIPE_MTE2, PIPE_MTE3, PIPE_ALL };
-enum class HardEvent { MTE2_V, V_MTE3, MTE3_V, V_MTE2, MTE3_MTE2, S_V, V_S, MTE2_S, S_MTE2, MTE3_S, S_MTE3 };
-template <pipe_t P>
-inline void PipeBarrier() {}
 
 // ---- data movement ----
 struct DataCopyParams {
@@ -475,14 +469,6 @@ void ReduceSum(const LocalTensor<T>& d, const LocalTensor<T>& s, const LocalTens
   T acc = 0;
   for (uint32_t i = 0; i < n; i++) acc += s.GetPhyAddr()[i];
   d.GetPhyAddr()[0] = acc;
-}
-// d[0] = max s[0:n]
-template <typename T>
-void ReduceMax(const LocalTensor<T>& d, const LocalTensor<T>& s, const LocalTensor<T>& work, uint32_t n) {
-  shim::vec_check(d, 1, "ReduceMax"), shim::vec_check(s, n, "ReduceMax"), shim::vec_check(work, n, "ReduceMax");
-  T m = s.GetPhyAddr()[0];
-  for (uint32_t i = 1; i < n; i++) m = s.GetPhyAddr()[i] > m ? s.GetPhyAddr()[i] : m;
-  d.GetPhyAddr()[0] = m;
 }
 enum class RoundMode { CAST_NONE, CAST_RINT, CAST_ROUND, CAST_FLOOR, CAST_CEIL, CAST_TRUNC };
 template <typename D, typename S>
