@@ -1,15 +1,18 @@
 // Tokenization throughput of `prepare`: MB/s of the two encoders of the embedded tokenizer on one
 // thread (@huggingface/tokenizers and v4tune's src/data/bpe.ts, checked to give the same ids),
 // then what prepare runs — one thread and the worker pool — and the whole prepare stage end to
-// end, on a corpus of >= 50 MB generated on the fly in a temp folder. Runs against the compiled
-// package (dist/; `npm run build` first). Writes bench/results/prepare.json.
-// Usage: node bench/prepare.mjs [--mb 50] [--workers 0]
+// end, on a corpus of >= 50 MB generated on the fly in a temp folder; then streaming: the CLI's
+// `prepare` in a child process on a generated corpus of --stream-mb (1000) MB, its MB/s and peak
+// RSS (ru_maxrss). Runs against the compiled package (dist/; `npm run build` first). Writes
+// bench/results/prepare.json.
+// Usage: node bench/prepare.mjs [--mb 50] [--workers 0] [--stream-mb 1000]
 // The corpus generator is exported (generateTexts) so tests can encode the same text.
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, renameSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
 
 /**
  * A synthetic technical corpus: documents of sentences of words drawn from a Zipf(1.1)
@@ -197,6 +200,24 @@ async function main() {
     });
     const prepS = (performance.now() - t) / 1000;
     console.log(`  prepare: ${prepS.toFixed(1)} s, ${(corpus.bytes / 1e6 / prepS).toFixed(2)} MB/s, ${s.manifest.rows} rows, packing efficiency ${(s.manifest.packing_efficiency * 100).toFixed(1)}%`);
+
+    const streamMB = arg('stream-mb', 1000);
+    console.log(`prepare bench: streaming — the CLI's prepare in a child process on a generated ${streamMB} MB corpus…`);
+    const streamFile = join(tmp, 'stream.jsonl');
+    t = performance.now();
+    const streamCorpus = writeCorpus(streamFile, mulberry32(7), streamMB * 1e6);
+    const genS = (performance.now() - t) / 1000;
+    rmSync(join(tmp, 'data'), { recursive: true, force: true });
+    writeFileSync(join(tmp, 'stream.yaml'), `tokenizer: deepseek-v4\ndata:\n  sources: [{ path: stream.jsonl }]\n  seq_len: 1024\n  eval_fraction: 0.01\n  workers: ${arg('workers', 0)}\n  output: stream-data\noutput: stream-run\n`);
+    writeFileSync(join(tmp, 'rss.cjs'), "process.on('exit', () => { if (require('node:worker_threads').isMainThread) require('node:fs').writeFileSync(process.env.V4TUNE_RSS_OUT, String(process.resourceUsage().maxRSS)); });\n");
+    const load2 = loadavg();
+    t = performance.now();
+    const child = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), '--json', 'prepare', join(tmp, 'stream.yaml')], { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+    const streamS = (performance.now() - t) / 1000;
+    if (child.status !== 0) throw new Error(`streaming prepare failed (${child.status ?? child.signal}): ${child.stderr}`);
+    const streamed = JSON.parse(child.stdout);
+    const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
+    console.log(`  ${(streamCorpus.bytes / 1e6).toFixed(0)} MB (${streamCorpus.documents} documents): ${streamS.toFixed(1)} s, ${(streamCorpus.bytes / 1e6 / streamS).toFixed(2)} MB/s, peak RSS ${peakMB.toFixed(0)} MB, ${streamed.rows} rows`);
     const load1 = loadavg();
 
     const encoderResult = (run, loadS) => ({ load_seconds: loadS, seconds: run.seconds, mb_per_s: textBytes / 1e6 / run.seconds, tokens_per_s: run.tokens / run.seconds });
@@ -204,7 +225,7 @@ async function main() {
       bench: 'prepare',
       v4tune_version: VERSION,
       date: new Date().toISOString(),
-      machine: { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', loadavg_start: load0, loadavg_end: load1 },
+      machine: { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', loadavg_start: load0, loadavg_end: load1, ...(process.env.BENCH_NOTE ? { note: process.env.BENCH_NOTE } : {}) },
       corpus: { bytes: corpus.bytes, text_bytes: textBytes, documents: corpus.documents, tokens, generator: 'Zipf(1.1) over a 40k syllable vocabulary, seed 42 (bench/prepare.mjs)' },
       tokenizer: 'embedded DeepSeek V4 (byte-level BPE)',
       encoders_one_thread: {
@@ -216,8 +237,15 @@ async function main() {
       encoder: tok.encoder,
       one_thread: { seconds: oneS, mb_per_s: textBytes / 1e6 / oneS, tokens_per_s: tokens / oneS },
       pool: { workers: pool.workers, worker_start_seconds: startS, seconds: poolS, mb_per_s: textBytes / 1e6 / poolS, tokens_per_s: tokens / poolS, speedup: oneS / poolS },
+      prepare_streaming: {
+        corpus: { bytes: streamCorpus.bytes, documents: streamCorpus.documents, generator: 'documents drawn from 4000 generated ones (documentGenerator, seed 7), each prefixed with its record number (bench/prepare.mjs writeCorpus)', generate_seconds: genS },
+        command: 'v4tune prepare (compiled CLI, child process), seq_len 1024, eval_fraction 0.01, HF datasets layout on',
+        workers: streamed.workers, seconds: streamS, mb_per_s: streamCorpus.bytes / 1e6 / streamS, peak_rss_mb: peakMB,
+        peak_rss_bytes_per_corpus_byte: (peakMB * 1048576) / streamCorpus.bytes,
+        rows: streamed.rows, tokens: streamed.tokens, packing_efficiency: streamed.packing_efficiency, loadavg_start: load2,
+      },
       prepare_end_to_end: { workers: s.workers, seconds: prepS, mb_per_s: corpus.bytes / 1e6 / prepS, rows: s.manifest.rows, seq_len: 1024, packing_efficiency: s.manifest.packing_efficiency, tokenize_seconds: s.seconds.tokenize },
-      note: 'MB/s counts document text bytes (UTF-8) for tokenization and corpus file bytes end to end. encoders_one_thread times encode() alone on every document (same_ids: equal token count and id hash); one_thread and pool time tokenizeDocuments with the tokenizer prepare loads (`encoder`), pool including worker start-up (worker_start_seconds: the workers starting and loading the tokenizer, alone). The machine may be shared: see loadavg.',
+      note: 'MB/s counts document text bytes (UTF-8) for tokenization and corpus file bytes end to end (prepare_end_to_end in this process, prepare_streaming in a child process, its peak RSS from getrusage). encoders_one_thread times encode() alone on every document (same_ids: equal token count and id hash); one_thread and pool time tokenizeDocuments with the tokenizer prepare loads (`encoder`), pool including worker start-up (worker_start_seconds: the workers starting and loading the tokenizer, alone). The machine may be shared: see loadavg.',
     };
     const out = join(root, 'bench', 'results', 'prepare.json');
     mkdirSync(dirname(out), { recursive: true });
