@@ -2,7 +2,7 @@
 // Worker threads load compiled JavaScript, so this test runs the compiled package in dist/
 // (built by `npm ci` / `npm run build`).
 import { describe, expect, it, beforeAll, afterAll, vi } from 'vitest';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BUNDLED, embeddedTokenizerFile, prepareOptions, tempDir } from './helpers.js';
 
@@ -76,5 +76,21 @@ describe('tokenizer worker pool (compiled)', () => {
     const shards = [...a.manifest.splits.train.shards, ...a.manifest.splits.eval.shards];
     expect([...b.manifest.splits.train.shards, ...b.manifest.splits.eval.shards]).toEqual(shards);
     for (const s of shards) expect(readFileSync(join(tmp.dir, 'w2', s)).equals(readFileSync(join(tmp.dir, 'w1', s)))).toBe(true);
+  });
+
+  it('a tokenizer regex that backtracks catastrophically is stopped by the per-document time limit, naming the tokenizer', async () => {
+    // (\s|\s)* before $ is exponential on spaces followed by a letter, and nests no repetition,
+    // so the load-time check lets it through: the pool's time limit has to stop it
+    const json = JSON.parse(readFileSync(tokPath, 'utf8')) as { pre_tokenizer: { pretokenizers: { pattern?: { Regex?: string } }[] } };
+    json.pre_tokenizer.pretokenizers[0]!.pattern = { Regex: '(?:\\s|\\s)*$' };
+    const slowTok = join(tmp.dir, 'slow', 'tokenizer.json');
+    mkdirSync(join(tmp.dir, 'slow'), { recursive: true });
+    writeFileSync(slowTok, JSON.stringify(json));
+    writeFileSync(join(tmp.dir, 'slow', 'evil.jsonl'), `${JSON.stringify({ text: `${' '.repeat(40)}a` })}\n`);
+    const t = performance.now();
+    const err = await prep.prepareDataset(prepareOptions(slowTok, join(tmp.dir, 'slow-out'), { sources: [{ path: join(tmp.dir, 'slow', 'evil.jsonl'), format: 'auto', text_field: 'text' }], workers: 2 })).catch((e: unknown) => e);
+    expect((err as Error).message).toContain(`${slowTok}: tokenizing a batch of 1 document(s) took over 10 s, the time limit`);
+    expect((err as { exitCode?: number }).exitCode).toBe(2);
+    expect(performance.now() - t).toBeLessThan(60_000);
   });
 });
