@@ -1,5 +1,8 @@
-// The one seeded generator of v4tune (data split, sampling, benchmarks and tests): mulberry32,
-// 32 bits of state, uniform in [0, 1). Small and fast; not for anything cryptographic.
+// v4tune's seeded generators, none of them for anything cryptographic:
+// - mulberry32 (32 bits of state): data split, sampling, benchmarks and tests;
+// - tensorRng (sfc32, 128 bits of state, one stream per (seed, name)): the weights of a preset,
+//   LoRA initialisation and the training order, where each stream must not depend on the order
+//   in which the others are drawn.
 
 /** A seeded uniform generator in [0, 1): the same seed gives the same sequence on every machine. */
 export function mulberry32(seed: number): () => number {
@@ -12,3 +15,35 @@ export function mulberry32(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+// FNV-1a of a string: the per-tensor stream id
+function hashName(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h;
+}
+
+/** sfc32: a small fast PRNG with 128 bits of state; uniform in [0, 1) */
+export function sfc32(a: number, b: number, c: number, d: number): () => number {
+  return () => {
+    a >>>= 0; b >>>= 0; c >>>= 0; d >>>= 0;
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return (t >>> 0) / 4294967296;
+  };
+}
+
+/** the uniform stream of one tensor: depends only on (seed, name), not on the order tensors are made */
+export function tensorRng(seed: number, name: string): () => number {
+  const r = sfc32(0x9e3779b9, seed >>> 0, hashName(name), 0x243f6a88);
+  for (let i = 0; i < 12; i++) r();
+  return r;
+}
+

@@ -4,7 +4,7 @@
 // `mtp.0.attn.wq_a`); shapes are the base's logical (dequantised) shapes, FP4 included.
 import { firstNonFinite, InputError } from '../errors.js';
 import { configFingerprint, type V4Config } from '../model/config.js';
-import { tensorRng } from '../model/init.js';
+import { tensorRng } from '../random.js';
 import { loraScaling, resolveLoraOptions, type LoraOptions, type ResolvedLoraOptions } from './config.js';
 import { adaptableModules, patternValue, selectTargets } from './patterns.js';
 

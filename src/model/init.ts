@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { writeEmbeddedTokenizer } from '../data/embedded-tokenizer.js';
 import { InputError } from '../errors.js';
 import { writeDirAtomic } from '../fsutil.js';
+import { tensorRng } from '../random.js';
 import { writeCheckpointFiles, type TensorBytes, type TensorPlan } from './checkpoint.js';
 import { parseConfig, type V4Config } from './config.js';
 import { f32ToBf16Bytes, f32ToBytes, FP4_GROUP, FP8_BLOCK, quantFp4, quantFp8Block } from './formats.js';
@@ -102,39 +103,6 @@ export function presetConfigJson(preset: Preset, format: InitFormat): Record<str
     expert_dtype: 'fp4',
     quantization_config: { activation_scheme: 'dynamic', fmt: 'e4m3', quant_method: 'fp8', scale_fmt: 'ue8m0', weight_block_size: [FP8_BLOCK, FP8_BLOCK] },
   };
-}
-
-// ---------------------------------------------------------------- seeded random numbers
-
-// FNV-1a of a string: the per-tensor stream id
-function hashName(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h;
-}
-
-/** sfc32: a small fast PRNG with 128 bits of state; uniform in [0, 1) */
-export function sfc32(a: number, b: number, c: number, d: number): () => number {
-  return () => {
-    a >>>= 0; b >>>= 0; c >>>= 0; d >>>= 0;
-    const t = (((a + b) | 0) + d) | 0;
-    d = (d + 1) | 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) | 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) | 0;
-    return (t >>> 0) / 4294967296;
-  };
-}
-
-/** the uniform stream of one tensor: depends only on (seed, name), not on the order tensors are made */
-export function tensorRng(seed: number, name: string): () => number {
-  const r = sfc32(0x9e3779b9, seed >>> 0, hashName(name), 0x243f6a88);
-  for (let i = 0; i < 12; i++) r();
-  return r;
 }
 
 // standard normals by Box-Muller

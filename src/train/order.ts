@@ -1,7 +1,7 @@
 // The order rows are drawn in: epoch after epoch over the train split, each epoch a seeded
 // shuffle. The permutation of epoch e depends only on (seed, e), so the whole state of the order
 // (and of its random numbers) is the position {epoch, cursor}: a resumed run draws the same rows.
-import { tensorRng } from '../model/init.js';
+import { tensorRng } from '../random.js';
 
 /** Where the order stands: the next row is permutation(epoch)[cursor]. */
 export interface OrderState {

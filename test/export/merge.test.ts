@@ -14,7 +14,8 @@ import { loadAdapter, saveAdapter } from '../../src/lora/peft.js';
 import { Checkpoint, copyCheckpoint, type RawTensor } from '../../src/model/checkpoint.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, e8m0Decode, f32ToBf16Bytes, FP4_E2M1_MAX, FP8_E4M3_MAX } from '../../src/model/formats.js';
 import { loadModel } from '../../src/model/load.js';
-import { initModel, tensorRng } from '../../src/model/init.js';
+import { initModel } from '../../src/model/init.js';
+import { tensorRng } from '../../src/random.js';
 import { SafetensorsFile, INDEX_FILE } from '../../src/model/safetensors.js';
 import { cases, FIXTURE, readI32, relMaxErr } from '../model/fixture.js';
 
