@@ -123,9 +123,9 @@ export async function inspectDataset(dir: string, opts: InspectOptions = {}): Pr
   const histogram = emptyHistogram(m.seq_len);
   let sourceId: number | null = null;
   if (opts.source !== undefined) {
-    sourceId = m.sources.findIndex((s) => s.name === opts.source);
-    if (sourceId < 0) throw new InputError(`--source ${opts.source}: ${dir} has no source of that name (its sources: ${m.sources.map((s) => s.name ?? (s as { path?: string }).path).join(', ')})`);
     if (!m.columns?.includes('source_ids')) throw new InputError(`--source: ${dir} has no source_ids column (prepared by v4tune ${m.v4tune_version}; prepare it again)`);
+    sourceId = m.sources.findIndex((s) => s.name === opts.source);
+    if (sourceId < 0) throw new InputError(`--source ${opts.source}: ${dir} has no source of that name (its sources: ${m.sources.map((s) => s.name).join(', ')})`);
   }
   const splitOf = opts.row !== undefined ? (opts.split ?? 'train') : opts.split;
   if (opts.row !== undefined) {

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { tableFromIPC, Type, type List } from 'apache-arrow';
 import { prepareDataset, type PrepareOptions } from '../../src/data/prepare.js';
 import { openDataset } from '../../src/data/dataset.js';
+import { shardToIPC } from '../../src/data/arrow.js';
 import { inspectDataset, renderDatasetSummary } from '../../src/data/inspect.js';
 import { loadTokenizer, sha256Hex, type TextTokenizer } from '../../src/data/tokenizer.js';
 import { InputError } from '../../src/errors.js';
@@ -220,5 +221,33 @@ describe('prepare cache', () => {
     expect(changedTok.reused).toBe(false);
     expect(changedTok.manifest.tokenizer.sha256).not.toBe(changedOption.manifest.tokenizer.sha256);
     expect(readdirSync(tmp.dir).filter((f) => f.startsWith('.tmp-'))).toEqual([]);
+  });
+});
+
+describe('datasets from format version 1', () => {
+  it('still open (rows without provenance) and inspect (old source entries, decoded rows); --source says to prepare again', async () => {
+    const dir = join(tmp.dir, 'v1');
+    const ids = Int32Array.from([tok.bosId, ...tok.encode('Old row.'), tok.eosId, tok.eosId, tok.eosId]);
+    const L = ids.length;
+    const seg = Uint16Array.from(ids, (_, i) => (i < L - 2 ? 0 : 1));
+    write(join(dir, 'train-00000.arrow'), shardToIPC(ids, new Uint8Array(L).fill(1).map((x, i) => (i < L - 2 ? x : 0)), seg, L, 0, 1));
+    copyFileSync(tokPath, join(dir, 'tokenizer.json'));
+    const split = (rows: number, shards: string[]) => ({ documents: rows, rows, tokens: L - 2, loss_tokens: L - 2, pad_tokens: 2, segments: rows, chunked_documents: 0, packing_efficiency: 0.5, shards });
+    write(join(dir, 'manifest.json'), JSON.stringify({
+      format: 'v4tune-dataset', format_version: 1, v4tune_version: '0.1.0', cache_key: 'x', created_at: '2026-12-01T00:00:00Z',
+      tokenizer: { kind: 'hf', file: 'tokenizer.json', source: '/old/tokenizer.json', sha256: 'ab', vocab_size: tok.vocabSize, bos_id: tok.bosId, eos_id: tok.eosId },
+      seq_len: L, packing: true, eval_fraction: 0, seed: 0, shard_rows: 4096, dedup: true,
+      sources: [{ path: '/old/a.txt', pattern: '/old/*.txt', format: 'text', text_field: 'text', bytes: 8, sha256: 'cd', documents: 1 }],
+      documents: { read: 1, empty: 0, duplicates: 0, kept: 1 },
+      splits: { train: split(1, ['train-00000.arrow']), eval: split(0, []) }, rows: 1, tokens: L - 2, loss_tokens: L - 2, packing_efficiency: 0.5,
+    }));
+    const [row] = [...openDataset(dir).rows('train')];
+    expect([...row!.input_ids]).toEqual([...ids]);
+    expect(row!.source_ids).toBeUndefined();
+    const report = await inspectDataset(dir, { rows: 1 });
+    const text = renderDatasetSummary(report, { color: false });
+    expect(text).toContain('source /old/a.txt (text, 8 bytes, 1 docs)');
+    expect(text).toContain(`[segment 0, ${L - 2} tokens] <｜begin▁of▁sentence｜>Old row.<｜end▁of▁sentence｜>`);
+    await expect(inspectDataset(dir, { source: '/old/a.txt' })).rejects.toThrow('has no source_ids column');
   });
 });
