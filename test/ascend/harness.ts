@@ -23,48 +23,65 @@ const headers = [
   'kernels/ascend/shim/ascendc_shim.h', 'native/ascend_acl.h', 'native/ascend_host.h', 'kernels/cpu/lora.h',
   'kernels/cpu/weights.h', 'test/ascend/fake_acl.h',
 ];
-// The shim build runs under AddressSanitizer: a kernel or host read or write outside the fake's
-// device memory (or any host buffer) fails the run instead of passing unnoticed.
-const flags = ['-std=c++17', '-O2', '-Wall', ...(onDevice ? ['-DV4_ASCEND_DEVICE'] : ['-DV4_ASCEND_SHIM', '-fsanitize=address', '-fno-omit-frame-pointer']),
-  '-Ikernels/ascend', '-Ikernels/cpu', '-Inative'];
+// The shim-built driver runs under AddressSanitizer: a kernel or host read or write outside the
+// fake's device memory (or any host buffer) fails the run instead of passing unnoticed.
+const flags = ['-std=c++17', '-O2', '-Wall', onDevice ? '-DV4_ASCEND_DEVICE' : '-DV4_ASCEND_SHIM', '-Ikernels/ascend', '-Ikernels/cpu', '-Inative'];
 
 function sleep(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-let built: string | null = null;
-/** The driver's path, compiling it first when its sources changed. */
-export function harness(): string {
-  if (built) return built;
-  const sources = [...(onDevice ? [] : kernelSources), ...hostSources, ...testSources];
+const built = new Map<string, string>();
+/**
+ * Compile `sources` into `<temp>/v4tune-ascend-<hash>/<name>` unless that file is there (the hash
+ * covers the sources, the headers and the flags); returns its path.
+ */
+function buildOnce(name: string, sources: string[], extra: string[]): string {
   const h = createHash('sha256');
   for (const f of [...sources, ...headers].sort()) h.update(f).update(readFileSync(join(root, f)));
-  h.update(flags.join(' '));
+  h.update([...flags, ...extra].join(' '));
   const dir = join(tmpdir(), `v4tune-ascend-${h.digest('hex').slice(0, 16)}`);
-  const exe = join(dir, 'harness');
-  mkdirSync(dir, { recursive: true });
-  const lock = join(dir, 'lock');
-  if (!existsSync(exe)) {
+  const out = join(dir, name);
+  if (built.has(out)) return out;
+  mkdirSync(dirname(out), { recursive: true });
+  const lock = `${out}.lock`;
+  if (!existsSync(out)) {
     let mine = false;
     try {
       mkdirSync(lock);
       mine = true;
     } catch {
-      for (let waited = 0; !existsSync(exe) && existsSync(lock) && waited < 600_000; waited += 250) sleep(250);
+      for (let waited = 0; !existsSync(out) && existsSync(lock) && waited < 600_000; waited += 250) sleep(250);
     }
     if (mine) {
       try {
-        const r = spawnSync('g++', [...flags, ...sources, '-ldl', '-o', `${exe}.tmp`], { cwd: root, encoding: 'utf8' });
-        if (r.status !== 0) throw new Error(`building the Ascend test driver failed:\n${r.error ?? ''}${r.stderr}`);
-        renameSync(`${exe}.tmp`, exe);
+        const r = spawnSync('g++', [...flags, ...extra, ...sources, '-ldl', '-o', `${out}.tmp`], { cwd: root, encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`building ${name} for the Ascend tests failed:\n${r.error ?? ''}${r.stderr}`);
+        renameSync(`${out}.tmp`, out);
       } finally {
         rmSync(lock, { recursive: true, force: true });
       }
     }
-    if (!existsSync(exe)) throw new Error(`the Ascend test driver was not built (${exe})`);
+    if (!existsSync(out)) throw new Error(`${name} for the Ascend tests was not built (${out})`);
   }
-  built = exe;
-  return exe;
+  built.set(out, out);
+  return out;
+}
+
+/** The driver's path, compiling it first when its sources changed. */
+export function harness(): string {
+  const asan = onDevice ? [] : ['-fsanitize=address', '-fno-omit-frame-pointer'];
+  return buildOnce('harness', [...(onDevice ? [] : kernelSources), ...hostSources, ...testSources], asan);
+}
+
+/**
+ * A folder holding lib64/libascendcl.so: the fake ACL runtime and the shim-built kernels' launchers
+ * under CANN's C names (fake_libascendcl.cc), for the addon to load as ASCEND_HOME_PATH's runtime
+ * and as its kernel library.
+ */
+export function fakeAscendHome(): string {
+  const lib = buildOnce('lib64/libascendcl.so', [...kernelSources, 'test/ascend/fake_acl.cc', 'test/ascend/fake_libascendcl.cc'], ['-shared', '-fPIC']);
+  return dirname(dirname(lib));
 }
 
 export type Arr = Float32Array | Int32Array | Uint8Array;
