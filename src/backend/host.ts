@@ -1,6 +1,7 @@
-// Host-side pieces of the tfjs backend that are exact in plain TypeScript: the RoPE rotation
-// and the top-k selection with ties toward the lower index.
-import type { F32, I32, RopeTable } from '../ops.js';
+// Host-side pieces both backends share, exact in plain TypeScript: the RoPE rotation, the top-k
+// selection with ties toward the lower index, and the router's choice of experts and weights
+// from its scores.
+import type { F32, I32, RopeTable } from './ops.js';
 
 /**
  * Interleaved RoPE on the last rd dims of each head. x [N, nh, hd]; pos [N].
@@ -40,4 +41,30 @@ export function topkLowerIndex(scores: F32, start: number, count: number, K: num
   for (let i = 0; i < count; i++) cand[i] = start + i;
   if (take < count) cand.sort((a, b) => scores[b] - scores[a] || a - b);
   for (let i = 0; i < K; i++) out[i] = i < take ? cand[i] : -1;
+}
+
+/**
+ * The router's choice from its scores s [N, E] (s = sqrt(softplus(x Wᵀ)), computed by the
+ * backend): idx [N, k] = hashIdx (hash layers) or top-k(s + bias) with ties to the lower index;
+ * weights [N, k] = s[idx] / Σ s[idx] · routeScale (the bias steers the choice, not the weights).
+ */
+export function routeFromScores(sc: F32, bias: F32 | null, hashIdx: I32 | null, N: number, E: number, k: number, routeScale: number): { weights: F32; idx: I32 } {
+  let idx: I32;
+  if (hashIdx) {
+    idx = hashIdx;
+  } else {
+    idx = new Int32Array(N * k);
+    const biased = new Float32Array(E);
+    for (let n = 0; n < N; n++) {
+      for (let e = 0; e < E; e++) biased[e] = sc[n * E + e]! + (bias ? bias[e]! : 0);
+      topkLowerIndex(biased, 0, E, k, idx.subarray(n * k, (n + 1) * k));
+    }
+  }
+  const weights = new Float32Array(N * k);
+  for (let n = 0; n < N; n++) {
+    let sum = 0;
+    for (let j = 0; j < k; j++) sum += sc[n * E + idx[n * k + j]!]!;
+    for (let j = 0; j < k; j++) weights[n * k + j] = (sc[n * E + idx[n * k + j]!]! / sum) * routeScale;
+  }
+  return { weights, idx };
 }

@@ -8,7 +8,7 @@ import type {
   WeightHandle, WeightSource,
 } from '../ops.js';
 import { dropoutScale } from '../dropout.js';
-import { topkLowerIndex } from '../tfjs/host.js';
+import { routeFromScores } from '../host.js';
 import { loadAddon, rawWeight, tryLoadAddon, type NativeAddon, type NativeFormat, type RawDropout, type RawExpert, type RawExpertGrads, type RawWeight } from './addon.js';
 
 export { nativeUnavailableReason, tryLoadAddon, loadAddon } from './addon.js';
@@ -316,24 +316,7 @@ export class NativeBackend implements Backend {
     const sc = new Float32Array(N * E);
     await this.addon.gemm(N, E, d, 1, x, d, 1, w.raw, true, 0, sc, E);
     for (let i = 0; i < sc.length; i++) sc[i] = Math.sqrt(softplus(sc[i]));
-    let idx: I32;
-    if (hashIdx) {
-      idx = hashIdx;
-    } else {
-      idx = new Int32Array(N * k);
-      const b = bias ? nw(bias).host(this.addon) : new Float32Array(E);
-      const biased = new Float32Array(E);
-      for (let n = 0; n < N; n++) {
-        for (let e = 0; e < E; e++) biased[e] = sc[n * E + e] + b[e];
-        topkLowerIndex(biased, 0, E, k, idx.subarray(n * k, (n + 1) * k));
-      }
-    }
-    const weights = new Float32Array(N * k);
-    for (let n = 0; n < N; n++) {
-      let sum = 0;
-      for (let j = 0; j < k; j++) sum += sc[n * E + idx[n * k + j]];
-      for (let j = 0; j < k; j++) weights[n * k + j] = (sc[n * E + idx[n * k + j]] / sum) * routeScale;
-    }
+    const { weights, idx } = routeFromScores(sc, bias && !hashIdx ? nw(bias).host(this.addon) : null, hashIdx, N, E, k, routeScale);
     const saved: RouterSaved = { op: 'router', x, W: w, sc, idx, N, d, E, k, routeScale };
     return { weights, idx, saved };
   }

@@ -12,7 +12,7 @@ import type {
   Backend, ExpertLora, ExpertLoraGrads, ExpertWeights, F32, I32, LoraFactors, LoraGrads, RopeTable, Saved,
   WeightHandle, WeightSource,
 } from '../ops.js';
-import { ropeRotate, topkLowerIndex } from './host.js';
+import { ropeRotate, routeFromScores, topkLowerIndex } from '../host.js';
 
 class TfWeight implements WeightHandle {
   /** row blocks of VOCAB_CHUNK rows (the lm head), split once on first use */
@@ -628,24 +628,7 @@ export class TfjsBackend implements Backend {
 
   async routerForward(x: F32, W: WeightHandle, bias: WeightHandle | null, hashIdx: I32 | null, N: number, d: number, E: number, k: number, routeScale: number): Promise<{ weights: F32; idx: I32; saved: Saved }> {
     const sc = tf.tidy(() => host(tf.sqrt(tf.softplus(tf.matMul(f32(x, [N, d]), wt(W), false, true)))));
-    let idx: I32;
-    if (hashIdx) {
-      idx = hashIdx;
-    } else {
-      idx = new Int32Array(N * k);
-      const b = bias ? tf.tidy(() => host(wt(bias))) : new Float32Array(E);
-      const biased = new Float32Array(E);
-      for (let n = 0; n < N; n++) {
-        for (let e = 0; e < E; e++) biased[e] = sc[n * E + e] + b[e];
-        topkLowerIndex(biased, 0, E, k, idx.subarray(n * k, (n + 1) * k));
-      }
-    }
-    const weights = new Float32Array(N * k);
-    for (let n = 0; n < N; n++) {
-      let sum = 0;
-      for (let j = 0; j < k; j++) sum += sc[n * E + idx[n * k + j]];
-      for (let j = 0; j < k; j++) weights[n * k + j] = (sc[n * E + idx[n * k + j]] / sum) * routeScale;
-    }
+    const { weights, idx } = routeFromScores(sc, bias && !hashIdx ? tf.tidy(() => host(wt(bias))) : null, hashIdx, N, E, k, routeScale);
     const saved: RouterSaved = { op: 'router', x, W, idx, N, d, E, k, routeScale };
     return { weights, idx, saved };
   }
