@@ -251,3 +251,18 @@ describe('datasets from format version 1', () => {
     await expect(inspectDataset(dir, { source: '/old/a.txt' })).rejects.toThrow('has no source_ids column');
   });
 });
+
+describe('the HF datasets layout', () => {
+  it('sits beside the shards by default (dataset_dict.json, a folder per split with state.json listing its stream files) and is left out with hf_datasets: false', async () => {
+    const dir = corpus('hf');
+    const on = await prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'hf-on'), { sources: sources(dir), seq_len: 32, shard_rows: 2 }));
+    const state = JSON.parse(readFileSync(join(on.output, 'train', 'state.json'), 'utf8')) as { _data_files: { filename: string }[]; _split: string };
+    expect(state._data_files.map((f) => f.filename)).toEqual(on.manifest.splits.train.hf_files);
+    expect(state._data_files).toHaveLength(on.manifest.splits.train.shards.length);
+    expect(state._split).toBe('train');
+    expect(JSON.parse(readFileSync(join(on.output, 'dataset_dict.json'), 'utf8'))).toEqual({ splits: ['train', 'eval'] });
+    const off = await prepareDataset(prepareOptions(tokPath, join(tmp.dir, 'hf-off'), { sources: sources(dir), seq_len: 32, hf_datasets: false }));
+    expect(readdirSync(off.output).sort()).toEqual(['.v4tune-output.json', 'README.md', 'manifest.json', 'tokenizer.json', 'tokenizer_config.json', ...off.manifest.splits.train.shards].sort());
+    expect(off.manifest.splits.train.hf_files).toBeUndefined();
+  });
+});
