@@ -132,6 +132,10 @@ export const trainSchema = z.object({
     .describe('Prompts continued greedily at every eval, shown as they happen and in the log, TensorBoard and the report: a string is continued as text; `{chat: "…"}` is a user message rendered by the chat template with the assistant turn opened.'),
   eval_max_new_tokens: int().min(1).default(32)
     .describe('Tokens generated per eval prompt at most.'),
+  mtp_loss_weight: z.number().min(0).default(0)
+    .describe('Weight w of the MTP loss: the objective is loss + w · MTP loss (the MTP block predicting token t+2), so the MTP block, V4\'s speculative draft, is trained along with the trunk. Needs `mtp.` patterns in `lora.targets` (the MTP block\'s own LoRA is what it trains) and a model with an MTP block.'),
+  eval_mtp: z.boolean().default(true)
+    .describe('At every eval, also measure the MTP block\'s next-next-token top-1 agreement with the main head (the greedy speculative acceptance rate), when the model has an MTP block; it costs a second forward per eval row.'),
   activation_checkpointing: z.boolean().default(false)
     .describe('Recompute each block in the backward pass instead of keeping its activations.'),
   threads: int().min(0).default(0)

@@ -67,6 +67,9 @@ export interface RunEval {
   perplexity: number;
   tokens: number;
   rows: number;
+  /** the MTP block's top-1 agreement with the main head, when measured */
+  mtpAgreement?: number;
+  mtpPairs?: number;
 }
 
 export interface TrainCheckpoint {

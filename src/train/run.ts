@@ -76,6 +76,8 @@ export interface RunTrainingOptions {
   logTo?: ReadonlyArray<'jsonl' | 'tensorboard'>;
   /** prompts continued greedily at every eval, logged and reported */
   samples?: SampleSettings;
+  /** also measure the MTP block's top-1 agreement with the main head at every eval */
+  evalMtp?: boolean;
   output: string;
   /** what a resume must find unchanged (recorded in every checkpoint) */
   identity: RunIdentity;
@@ -136,7 +138,9 @@ function logLine(rec: StepRecord, ev: EvalResult | null, elapsed: number, sample
     seconds: rec.seconds,
     elapsed,
     epoch: rec.epoch,
+    ...(rec.mtpLoss !== undefined ? { mtp_loss: rec.mtpLoss } : {}),
     ...(ev ? { eval_loss: ev.loss, eval_perplexity: ev.perplexity, eval_tokens: ev.tokens } : {}),
+    ...(ev?.mtpAgreement !== undefined ? { eval_mtp_agreement: ev.mtpAgreement } : {}),
     ...(samples ? { samples } : {}),
   };
 }
@@ -158,7 +162,10 @@ function truncateLog(path: string, step: number): void {
   writeFileAtomic(path, keep.length ? `${keep.join('\n')}\n` : '');
 }
 
-const evalOf = (e: EvalResult): RunEval => ({ loss: e.loss, perplexity: e.perplexity, tokens: e.tokens, rows: e.rows });
+const evalOf = (e: EvalResult): RunEval => ({
+  loss: e.loss, perplexity: e.perplexity, tokens: e.tokens, rows: e.rows,
+  ...(e.mtpAgreement !== undefined ? { mtpAgreement: e.mtpAgreement, mtpPairs: e.mtpPairs } : {}),
+});
 
 /** A checkpoint of v4tune before RunProgress: what can be said of the run from its state alone. */
 function legacyProgress(ck: TrainCheckpoint): RunProgress {
@@ -233,12 +240,12 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   } else {
     writeFileAtomic(logPath, '');
     if (o.eval.length > 0) {
-      const ev = await trainer.evaluate(o.eval);
+      const ev = await trainer.evaluate(o.eval, o.evalMtp === true);
       progress.eval_before = evalOf(ev);
       if (o.samples) samples = await generateSamples(o.model, adapter, o.samples);
-      appendFileSync(logPath, `${JSON.stringify({ step: 0, eval_loss: ev.loss, eval_perplexity: ev.perplexity, eval_tokens: ev.tokens, ...(o.samples ? { samples } : {}) })}\n`);
-      tb?.scalars(0, { 'eval/loss': ev.loss, 'eval/perplexity': ev.perplexity });
-      sink.log(`eval before training: loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(2)} over ${ev.tokens} tokens`);
+      appendFileSync(logPath, `${JSON.stringify({ step: 0, eval_loss: ev.loss, eval_perplexity: ev.perplexity, eval_tokens: ev.tokens, ...(ev.mtpAgreement !== undefined ? { eval_mtp_agreement: ev.mtpAgreement } : {}), ...(o.samples ? { samples } : {}) })}\n`);
+      tb?.scalars(0, { 'eval/loss': ev.loss, 'eval/perplexity': ev.perplexity, ...(ev.mtpAgreement !== undefined ? { 'eval/mtp_agreement': ev.mtpAgreement } : {}) });
+      sink.log(`eval before training: loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(2)} over ${ev.tokens} tokens${ev.mtpAgreement !== undefined ? `; MTP top-1 agreement ${(100 * ev.mtpAgreement).toFixed(1)}%` : ''}`);
       if (o.samples) logSamples(0, samples);
     }
   }
@@ -259,7 +266,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
     progress.train_seconds += rec.seconds;
     progress.last_loss = rec.loss;
     const last = rec.step === s.steps;
-    const ev = o.eval.length > 0 && (last || (o.evalEvery > 0 && rec.step % o.evalEvery === 0)) ? await trainer.evaluate(o.eval) : null;
+    const ev = o.eval.length > 0 && (last || (o.evalEvery > 0 && rec.step % o.evalEvery === 0)) ? await trainer.evaluate(o.eval, o.evalMtp === true) : null;
     let newBest = false;
     if (ev) {
       progress.eval_last = { step: rec.step, ...evalOf(ev) };
@@ -277,14 +284,16 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
     tb?.scalars(rec.step, {
       'train/loss': rec.loss, 'train/lr': rec.lr, 'train/grad_norm': rec.gradNorm,
       'train/tokens_per_s': rec.seconds > 0 ? rec.tokens / rec.seconds : null,
+      ...(rec.mtpLoss !== undefined ? { 'train/mtp_loss': rec.mtpLoss } : {}),
       ...(ev ? { 'eval/loss': ev.loss, 'eval/perplexity': ev.perplexity } : {}),
+      ...(ev?.mtpAgreement !== undefined ? { 'eval/mtp_agreement': ev.mtpAgreement } : {}),
     });
     const tps = rec.seconds > 0 ? Math.round(rec.tokens / rec.seconds) : 0;
     const perStep = (performance.now() - sessionT0) / 1000 / (rec.step - startStep);
     bar.update(rec.step, `loss ${rec.loss === null ? '—' : rec.loss.toFixed(4)} · ${tps} tok/s · ${formatDuration(now)} elapsed · ETA ${formatDuration(perStep * (s.steps - rec.step))}${ev ? ` · eval ${ev.loss.toFixed(4)}` : ''}`);
     if (ev) {
       const b = progress.best!;
-      sink.log(`step ${rec.step}/${s.steps}: eval loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(2)}${newBest ? ' (best)' : ` (best ${b.eval_loss.toFixed(4)} at step ${b.step})`} · ${formatDuration(now)} elapsed`);
+      sink.log(`step ${rec.step}/${s.steps}: eval loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(2)}${ev.mtpAgreement !== undefined ? `, MTP agreement ${(100 * ev.mtpAgreement).toFixed(1)}%` : ''}${newBest ? ' (best)' : ` (best ${b.eval_loss.toFixed(4)} at step ${b.step})`} · ${formatDuration(now)} elapsed`);
       if (o.samples) logSamples(rec.step, samples);
     }
     stoppedEarly = !last && ev !== null && patience > 0 && progress.evals_since_best >= patience;
@@ -302,7 +311,12 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   let evalAfter: EvalResult | null = null;
   if (finished && o.eval.length > 0) {
     const el = progress.eval_last;
-    evalAfter = el !== null && el.step === step ? { loss: el.loss, perplexity: el.perplexity, tokens: el.tokens, rows: el.rows } : await trainer.evaluate(o.eval);
+    if (el !== null && el.step === step) {
+      const { step: _at, ...kept } = el;
+      evalAfter = kept;
+    } else {
+      evalAfter = await trainer.evaluate(o.eval, o.evalMtp === true);
+    }
   }
   if (finished && o.samples && samples.length === 0) samples = await generateSamples(o.model, adapter, o.samples);
   let adapterDir: string | null = null;

@@ -32,6 +32,8 @@ export interface TrainSettings {
   seed: number;
   /** recompute each block in the backward instead of keeping its activations (same numbers, less memory) */
   activationCheckpointing?: boolean;
+  /** weight of the MTP loss (model.lossAndGrads mtpWeight; 0 or absent: none) */
+  mtpWeight?: number;
 }
 
 /** Where a run stands; with the factors and moments it is everything a resume needs. */
@@ -57,6 +59,8 @@ export interface StepRecord {
   lossTokens: number;
   seconds: number;
   epoch: number;
+  /** with an MTP loss: its mean over the step's counted pairs */
+  mtpLoss?: number | null;
 }
 
 export interface EvalResult {
@@ -65,6 +69,9 @@ export interface EvalResult {
   /** counted tokens */
   tokens: number;
   rows: number;
+  /** with `mtp`: the MTP block's next-next-token top-1 agreement with the main head (model.mtpAgreement) */
+  mtpAgreement?: number;
+  mtpPairs?: number;
 }
 
 /** A micro-batch: its rows concatenated into one packed sequence, each row's segments kept. */
@@ -115,8 +122,8 @@ export function dropoutSeedFor(seed: number, step: number, micro: number): numbe
  */
 export async function stepGradients(
   model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false,
-  dropoutSeed: (b: number) => number = () => 0,
-): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number }> {
+  dropoutSeed: (b: number) => number = () => 0, mtpWeight = 0,
+): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number; mtpLossSum: number; mtpCount: number }> {
   const packed = micro.map((rows) => {
     const p = packRows(rows);
     return { ...p, count: countedPositions(p.ids, p.mask, p.segments) };
@@ -125,14 +132,19 @@ export async function stepGradients(
   const grads = new Map<string, Float32Array>();
   let lossSum = 0;
   let tokens = 0;
+  let mtpLossSum = 0;
+  let mtpCount = 0;
   for (const [b, mb] of packed.entries()) {
     if (mb.count === 0) continue;
     tokens += mb.ids.length;
-    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(b) });
+    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(b), mtpWeight });
     lossSum += r.lossSum;
+    mtpLossSum += r.mtp?.lossSum ?? 0;
+    mtpCount += r.mtp?.count ?? 0;
+    // (the MTP term of a micro-batch is its own mean, weighted like its main loss)
     accumulateGrads(grads, r.grads, r.count / count);
   }
-  return { grads, lossSum, count, tokens };
+  return { grads, lossSum, count, tokens, mtpLossSum, mtpCount };
 }
 
 export class Trainer {
@@ -183,8 +195,8 @@ export class Trainer {
     const micro: DatasetRow[][] = [];
     for (let a = 0; a < s.gradAccum; a++) micro.push(this.order.take(s.batchRows).map((i) => this.train[i]!));
     const update = this.st.step;
-    const { grads, lossSum, count, tokens } = await stepGradients(
-      this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b),
+    const { grads, lossSum, count, tokens, mtpLossSum, mtpCount } = await stepGradients(
+      this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b), s.mtpWeight ?? 0,
     );
     const lr = learningRate(this.st.step, s);
     // a non-finite loss, gradient or updated factor stops the run before anything is saved
@@ -217,20 +229,31 @@ export class Trainer {
       lossTokens: count,
       seconds: (performance.now() - t0) / 1000,
       epoch: order.epoch,
+      ...((s.mtpWeight ?? 0) > 0 ? { mtpLoss: mtpCount > 0 ? mtpLossSum / mtpCount : null } : {}),
     };
   }
 
-  /** Mean loss of the adapted model over `rows` (each row alone), design.md convention. */
-  async evaluate(rows: readonly DatasetRow[]): Promise<EvalResult> {
+  /**
+   * Mean loss of the adapted model over `rows` (each row alone), design.md convention; with
+   * `mtp`, also the MTP block's top-1 agreement with the main head over the same rows.
+   */
+  async evaluate(rows: readonly DatasetRow[], mtp = false): Promise<EvalResult> {
     let lossSum = 0;
     let tokens = 0;
+    let agree = 0;
+    let pairs = 0;
     for (const row of rows) {
       const r = await this.model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter: this.adapter });
       lossSum += r.lossSum;
       tokens += r.count;
+      if (mtp) {
+        const a = await this.model.mtpAgreement(row.input_ids, { segments: row.segments, adapter: this.adapter });
+        agree += a.agree;
+        pairs += a.pairs;
+      }
     }
     const loss = tokens > 0 ? lossSum / tokens : NaN;
     if (tokens > 0 && !Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens is ${loss}`);
-    return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length };
+    return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length, ...(mtp ? { mtpAgreement: pairs > 0 ? agree / pairs : 0, mtpPairs: pairs } : {}) };
   }
 }

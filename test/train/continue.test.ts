@@ -20,7 +20,7 @@ const addon = tryLoadAddon();
 const threadsBefore = addon?.info().threads ?? 0;
 beforeAll(async () => {
   addon?.setThreads(1);
-  fx = await makeFixture();
+  fx = await makeFixture(20); // 20 distinct documents: the hash-drawn eval split is not empty
 });
 afterAll(() => {
   addon?.setThreads(threadsBefore);

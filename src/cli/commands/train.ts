@@ -59,6 +59,7 @@ export function trainSettings(recipe: LoadedRecipe, trainRows: number): TrainSet
     maxGradNorm: t.max_grad_norm,
     seed: t.seed,
     activationCheckpointing: t.activation_checkpointing,
+    mtpWeight: t.mtp_loss_weight,
   };
 }
 
@@ -71,6 +72,9 @@ export function assertTrainable(recipe: LoadedRecipe): void {
   if (l.experts_per_layer !== undefined && l.experts !== 'profiled') {
     throw new InputError(`${recipe.file}: lora.experts_per_layer only applies with lora.experts: profiled (set it, or remove experts_per_layer)`);
   }
+  if (recipe.train.mtp_loss_weight > 0 && !l.targets.some((p) => p.startsWith('mtp.'))) {
+    throw new InputError(`${recipe.file}: train.mtp_loss_weight trains the MTP block's own LoRA, but lora.targets has no mtp. pattern (add e.g. mtp.*.attn.wq_a, mtp.*.ffn.shared_experts.w1)`);
+  }
 }
 
 /** What a resume must find unchanged: every setting that decides the trained numbers. */
@@ -79,6 +83,7 @@ function runIdentity(recipe: LoadedRecipe, datasetKey: string, fingerprint: stri
   const id: RunIdentity = {};
   // the run's length (steps / epochs) is not part of it: a resume may extend the run
   for (const k of ['batch_rows', 'grad_accum', 'lr', 'schedule', 'warmup_steps', 'weight_decay', 'max_grad_norm', 'seed', 'precision'] as const) id[`train.${k}`] = t[k];
+  if (t.mtp_loss_weight > 0) id['train.mtp_loss_weight'] = t.mtp_loss_weight;
   // the profile settings count only where they decide the experts (runs from before they existed resume)
   for (const [k, v] of Object.entries(recipe.lora)) if (subset || !k.startsWith('profile_')) id[`lora.${k}`] = v;
   if (subset) id[`the profiled experts (${PROFILE_FILE})`] = createHash('sha256').update(JSON.stringify(subset)).digest('hex').slice(0, 16);
@@ -207,6 +212,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   try {
     model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
     const settings = trainSettings(recipe, trainRows.length);
+    if (recipe.train.mtp_loss_weight > 0 && model.config.num_nextn_predict_layers === 0) throw new InputError(`${recipe.file}: train.mtp_loss_weight needs a model with an MTP block (${modelDir} has num_nextn_predict_layers 0)`);
     let start: Parameters<typeof runTraining>[0]['start'];
     if (resume) {
       const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`));
@@ -257,6 +263,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       earlyStopping: { patience: t.early_stopping_patience, minDelta: t.early_stopping_min_delta },
       logTo: t.log_to,
       samples: t.eval_prompts.length > 0 ? samplePrompts(recipe, await loadTokenizer(recipeTokenizer(recipe))) : undefined,
+      evalMtp: t.eval_mtp && model.config.num_nextn_predict_layers > 0,
       output: out,
       identity,
       shouldStop: () => stop,

@@ -82,6 +82,14 @@ export interface GradOptions extends ForwardOptions {
    * micro-batch. Default 0.
    */
   dropoutSeed?: number;
+  /**
+   * Weight w of the MTP loss (default 0: none): the objective is L + w·L_mtp, where the MTP block
+   * predicts token t+2 from the trunk's state at t and the embedding of t+1, and a pair counts iff
+   * t+2 lies in the segment and lossMask[t+2] = 1 (L_mtp: the mean over counted pairs). The
+   * trunk's streams enter the MTP block as constants: L_mtp's gradient reaches the MTP block's
+   * LoRA factors (`mtp.` targets) only. Needs a checkpoint with an MTP block.
+   */
+  mtpWeight?: number;
 }
 
 export interface LossAndGrads extends LossResult {
@@ -93,8 +101,26 @@ export interface LossAndGrads extends LossResult {
    * factors, RoPE tables and the row's layout not counted).
    */
   savedPeakBytes?: number;
+  /** with mtpWeight > 0: the MTP loss's sum and counted pairs */
+  mtp?: { lossSum: number; count: number };
 }
 
+/** The MTP block's next-next-token top-1 against the main head's (the speculative draft's acceptance, greedy). */
+export interface MtpAgreement {
+  /** pairs whose MTP top-1 for token t+2 equals the main head's top-1 at t+1 */
+  agree: number;
+  /** pairs (t, t+1) with t+2 in the segment */
+  pairs: number;
+}
+
+
+/**
+ * MTP targets of the pair rows (row i pairs token t = rows[i] with t+1 and predicts t+2): ids[t+2]
+ * where t+2 lies in t's segment and lossMask[t+2] = 1 (every position when lossMask is null), else −1.
+ */
+export function mtpTargets(seq: Seq, rows: Int32Array, lossMask: Uint8Array | null): Int32Array {
+  return Int32Array.from(rows, (t) => (t + 2 < seq.T && seq.segOf[t + 2] === seq.segOf[t] && (lossMask === null || lossMask[t + 2] === 1) ? seq.ids[t + 2]! : -1));
+}
 
 export class V4Model {
   private readonly tables = new Map<string, RopeTable>();
@@ -145,13 +171,28 @@ export class V4Model {
     const account = opts.measureSavedBytes ? new SavedBytes() : null;
     const tape = new Tape(account);
     const g = this.graph(tape, opts.adapter, this.dropoutPlan(opts));
-    const hn = await this.hidden(g, seq, opts.checkpointing ?? false);
+    const X = await this.trunk(g, seq, opts.checkpointing ?? false);
+    const hn = await this.headInput(g, X, seq);
     const c = this.config;
     const targets = nextTokenTargets(seq, lossMask);
     const { lossSum, count, saved } = await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size, true);
     if (count === 0) throw new InputError('lossMask: no position counts (every target is masked or crosses a segment)');
     const { dx } = await this.backend.lmHeadLossBackward(saved, 1 / count);
-    await tape.backward([[hn, dx]]);
+    const seeds: Array<[F32, F32]> = [[hn, dx]];
+    let mtp: { lossSum: number; count: number } | undefined;
+    const w = opts.mtpWeight ?? 0;
+    if (w > 0) {
+      if (!this.weights.mtp[0]) throw new InputError('mtpWeight: this checkpoint has no MTP block (mtp.0.*)');
+      const { hn: hm, rows } = await this.mtpForward(g, ids, seq, X, null);
+      mtp = { lossSum: 0, count: 0 };
+      if (rows.length > 0) {
+        const tg = mtpTargets(seq, rows, lossMask);
+        const r2 = await this.backend.lmHeadLossForward(hm, this.weights.head, tg, rows.length, c.hidden_size, c.vocab_size, true);
+        mtp = { lossSum: r2.lossSum, count: r2.count };
+        if (r2.count > 0) seeds.push([hm, (await this.backend.lmHeadLossBackward(r2.saved, w / r2.count)).dx]);
+      }
+    }
+    await tape.backward(seeds);
     const grads = new Map<string, Float32Array>();
     for (const module of opts.adapter.modules()) {
       const f = opts.adapter.factors(module) as LoraFactors;
@@ -159,7 +200,7 @@ export class V4Model {
       grads.set(peftKey(module, 'A'), gr ? gr.dA : new Float32Array(f.A.length));
       grads.set(peftKey(module, 'B'), gr ? gr.dB : new Float32Array(f.B.length));
     }
-    const res: LossAndGrads = { loss: lossSum / count, lossSum, count, grads };
+    const res: LossAndGrads = { loss: lossSum / count, lossSum, count, grads, ...(mtp ? { mtp } : {}) };
     if (account) {
       const factors = [...opts.adapter.modules()].map((m) => opts.adapter.factors(m));
       res.savedPeakBytes = account.peak([this.weights, factors, [...this.tables.values()], seq]);
@@ -179,6 +220,37 @@ export class V4Model {
     const { hn, rows } = await this.mtpForward(g, ids, seq, await this.trunk(g, seq), opts.onRouting);
     if (rows.length === 0) return { logits: new Float32Array(0), rows };
     return { logits: await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, c.vocab_size), rows };
+  }
+
+  /**
+   * How often the MTP block's top-1 for token t+2 (from pair (t, t+1)) equals the main head's
+   * top-1 at position t+1, over the pairs with t+2 in the segment; one trunk forward feeds both
+   * heads. Ties go to the lower id.
+   */
+  async mtpAgreement(ids: Int32Array, opts: ForwardOptions = {}): Promise<MtpAgreement> {
+    if (!this.weights.mtp[0]) throw new InputError('mtpAgreement: this checkpoint has no MTP block (mtp.0.*)');
+    const c = this.config;
+    const V = c.vocab_size;
+    const seq = makeSeq(ids, opts.segments);
+    const g = this.graph(null, opts.adapter, null);
+    const X = await this.trunk(g, seq);
+    const main = await this.backend.logits(await this.headInput(g, X, seq), this.weights.head, seq.T, c.hidden_size, V);
+    const { hn, rows } = await this.mtpForward(g, ids, seq, X, null);
+    if (rows.length === 0) return { agree: 0, pairs: 0 };
+    const draft = await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, V);
+    const argmax = (l: Float32Array, r: number): number => {
+      let best = 0;
+      for (let v = 1; v < V; v++) if (l[r * V + v]! > l[r * V + best]!) best = v;
+      return best;
+    };
+    let agree = 0;
+    let pairs = 0;
+    rows.forEach((t, i) => {
+      if (t + 2 >= seq.T || seq.segOf[t + 2] !== seq.segOf[t]) return;
+      pairs++;
+      if (argmax(draft, i) === argmax(main, t + 1)) agree++;
+    });
+    return { agree, pairs };
   }
 
   /**
@@ -264,8 +336,12 @@ export class V4Model {
 
   /** norm(hc_head(trunk)) [T, d]: the head's input. */
   private async hidden(g: Graph, seq: Seq, checkpointing = false): Promise<F32> {
+    return this.headInput(g, await this.trunk(g, seq, checkpointing), seq);
+  }
+
+  /** norm(hc_head(X)) [T, d] of the trunk's streams X. */
+  private async headInput(g: Graph, X: F32, seq: Seq): Promise<F32> {
     const c = this.config;
-    const X = await this.trunk(g, seq, checkpointing);
     const y = await hcHead(g, this.weights.hcHead, X, seq.T, c);
     return g.rmsnorm(y, this.weights.norm, seq.T, c.hidden_size, c.rms_norm_eps);
   }
