@@ -54,7 +54,7 @@ function batches(docs: Document[], batchChars: number): Document[][] {
   let chars = 0;
   for (const d of docs) {
     cur.push(d);
-    chars += d.kind === 'text' ? d.text.length : d.messages.reduce((s, m) => s + m.content.length + (m.reasoning_content?.length ?? 0), 0);
+    chars += documentChars(d);
     if (chars >= batchChars) { out.push(cur); cur = []; chars = 0; }
   }
   if (cur.length > 0) out.push(cur);
@@ -150,7 +150,8 @@ export function documentTimeLimitMs(chars: number): number {
   return 10_000 + chars / 10;
 }
 
-function documentChars(d: Document): number {
+/** Characters of a document's text (a chat's contents and reasoning). */
+export function documentChars(d: Document): number {
   return d.kind === 'text' ? d.text.length : d.messages.reduce((s, m) => s + m.content.length + (m.reasoning_content?.length ?? 0), 0);
 }
 

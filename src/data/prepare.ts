@@ -28,7 +28,7 @@ import { FingerprintMap, seededUniform } from './dedup.js';
 import { datasetCard, writeHfMetadata } from './hf.js';
 import { DATASET_FORMAT, DATASET_FORMAT_VERSION, type DatasetManifest, type SourceFileManifest, type SourceManifest, type SplitManifest } from './manifest.js';
 import { StreamPacker, type PackStats, type SourcedEncoding } from './pack.js';
-import { resolveWorkers, TokenizerPool } from './pool.js';
+import { documentChars, resolveWorkers, TokenizerPool } from './pool.js';
 import { readRecords } from './records.js';
 import { detectFormat, recordToDocument, RecordError, resolveSources, type RecordFormat, type ResolvedSource, type SourceSpec } from './sources.js';
 import { loadTokenizer, sha256Hex, tokenizerKindOf } from './tokenizer.js';
@@ -193,10 +193,8 @@ interface Pending {
   source: number;
   docId: number;
   split: 'train' | 'eval';
-}
-
-function chars(d: Document): number {
-  return d.kind === 'text' ? d.text.length : d.messages.reduce((s, m) => s + m.content.length + (m.reasoning_content?.length ?? 0), 0);
+  /** A copy from a later pass (weight > 1). */
+  repeat: boolean;
 }
 
 /** Build (or reuse) the dataset folder `opts.output`. */
@@ -302,6 +300,7 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
         st.m.tokens += e.ids.length;
         st.m.loss_tokens += loss;
         st.m.documents++;
+        if (p.repeat) st.m.repeats++;
         if (p.split === 'eval') st.m.eval_documents++;
         else st.m.train_documents++;
         splitDocs[p.split]++;
@@ -390,7 +389,6 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
               } else {
                 const use = pass < Math.floor(w) || seededUniform(h.readUInt32LE(12), opts.seed, 2) < w - Math.floor(w);
                 if (!use) { if (pass === 0) st.m.dropped++; continue; }
-                if (pass > 0) st.m.repeats++;
               }
               if (st.m.max_documents !== null && st.sent >= st.m.max_documents) {
                 st.closed = true;
@@ -398,8 +396,8 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
                 break;
               }
               st.sent++;
-              const c = chars(doc);
-              batch.push({ doc, source: si, docId, split });
+              const c = documentChars(doc);
+              batch.push({ doc, source: si, docId, split, repeat: pass > 0 });
               batchChars += c;
               if (batchChars >= BATCH_CHARS) {
                 submit();
