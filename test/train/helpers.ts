@@ -31,8 +31,8 @@ export function corpus(docs: number): string[] {
   return out;
 }
 
-/** The tiny preset (seed 7) and a dataset of `docs` generated documents, seq_len 32. */
-export async function makeFixture(docs = 12, evalFraction = 0.2): Promise<Fixture> {
+/** The tiny preset (seed 7) and a dataset of `docs` generated documents, seq_len 32 (eval documents are hash-drawn: 12 at 0.3 give 11 train and 6 eval rows). */
+export async function makeFixture(docs = 12, evalFraction = 0.3): Promise<Fixture> {
   const dir = mkdtempSync(join(tmpdir(), 'v4tune-train-'));
   const modelDir = join(dir, 'run', 'model');
   await initModel({ preset: 'tiny', out: modelDir, seed: 7 });
