@@ -12,14 +12,13 @@ import { VERSION } from '../version.js';
 import { Adapter, assertFiniteFactors, type LoraLayer } from './adapter.js';
 import { loraScaling, resolveLoraOptions } from './config.js';
 import { patternValue } from './patterns.js';
+import { peftKey } from '../model/layout.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
 
-/** the PEFT key of a module's factor */
-export function peftKey(module: string, which: 'A' | 'B'): string {
-  return `base_model.model.${module}.lora_${which}.weight`;
-}
+/** the PEFT key of a module's factor (defined with the model's names: the model names its gradients so) */
+export { peftKey };
 
 const KEY_RE = /^base_model\.model\.(.+)\.lora_(A|B)(?:\.default)?\.weight$/;
 

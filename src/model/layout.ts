@@ -273,3 +273,11 @@ export function mapTransformersLayout(set: NamedShapes): Map<string, TensorSourc
   }
   return out;
 }
+
+/**
+ * The PEFT key of an official module's LoRA factor (`base_model.model.<module>.lora_A.weight`):
+ * how the model names the gradients it returns and how the official adapter layout names factors.
+ */
+export function peftKey(module: string, which: 'A' | 'B'): string {
+  return `base_model.model.${module}.lora_${which}.weight`;
+}

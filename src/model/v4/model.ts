@@ -5,7 +5,6 @@
 import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
 import { SavedBytes, Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
-import { peftKey } from '../../lora/peft.js';
 import { meanLoss } from '../../train/loss.js';
 import type { V4Config } from '../config.js';
 import { block, checkpointedBlock } from './block.js';
@@ -15,6 +14,7 @@ import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
 import { makeSeq, nextTokenTargets, type Seq } from './seq.js';
 import { loadWeights, type ModelSource, type V4Weights } from './weights.js';
+import { peftKey } from '../layout.js';
 
 /** An adapter as the model applies it: module name → LoRA factors, and the list of modules. */
 export interface ModelAdapter extends AdapterView {
