@@ -82,6 +82,7 @@ export interface PrepareSummary {
   manifest: DatasetManifest;
   /** Tokenizer threads actually used (0 when reused). */
   workers: number;
+  /** Wall seconds: all of it, and from the first batch sent to the tokenizer to the last result (reading, packing and writing overlap it). */
   seconds: { total: number; tokenize: number };
 }
 
@@ -281,7 +282,9 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
     const pool = new TokenizerPool(opts.tokenizer, resolveWorkers(opts.workers), (d) => encodeDocument(tok, special, d));
     const bar = sink.progress('prepare', passBytes, 'bytes');
     let bytesDone = 0;
-    let tokenizeMs = 0;
+    // tokenization's wall time: from the first batch sent to the last result taken
+    let tokenizeStart = -1;
+    let tokenizeEnd = -1;
 
     // What leaves the tokenizer, in order: caps on tokens, counts, the packer.
     const consume = (batch: Pending[], encoded: SourcedEncoding[]): void => {
@@ -318,9 +321,9 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
       const b = batch;
       batch = [];
       batchChars = 0;
-      const t = performance.now();
+      if (tokenizeStart < 0) tokenizeStart = performance.now();
       const encoded = pool.encode(b.map((p) => p.doc)).then((enc) => {
-        tokenizeMs += performance.now() - t;
+        tokenizeEnd = performance.now();
         return enc.map((e, i) => ({ ...e, source: b[i]!.source, doc: b[i]!.docId }));
       });
       encoded.catch(() => {});
@@ -478,7 +481,7 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
     if (hf) writeHfMetadata(tmp, manifest, `v4tune ${VERSION} tokenized dataset: ${manifest.rows} rows of ${opts.seq_len} tokens (see README.md and manifest.json)`);
     writeFileAtomic(join(tmp, 'README.md'), datasetCard(manifest, opts.recipe));
     writeFileAtomic(join(tmp, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-    return { manifest, workers: pool.threads, tokenizeSeconds: tokenizeMs / 1000 };
+    return { manifest, workers: pool.threads, tokenizeSeconds: tokenizeStart < 0 ? 0 : (tokenizeEnd - tokenizeStart) / 1000 };
   }, claim);
   const m = summary.manifest;
   for (const st of m.sources) {

@@ -54,7 +54,10 @@ function checkIds(path: string, json: HfJson): string | undefined {
     if (id > maxId) { maxId = id; maxToken = token; }
   };
   const vocab = json.model?.vocab;
-  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) for (const [t, id] of Object.entries(vocab)) see(t, id);
+  if (vocab && typeof vocab === 'object' && !Array.isArray(vocab)) {
+    const v = vocab as Record<string, unknown>;
+    for (const t in v) see(t, v[t]);
+  }
   if (json.added_tokens !== undefined && !Array.isArray(json.added_tokens)) throw new InputError(`${path}: added_tokens must be a list`);
   for (const t of json.added_tokens ?? []) see(typeof t?.content === 'string' ? t.content : JSON.stringify(t), t?.id);
   return maxToken;
