@@ -10,7 +10,7 @@
 // checkpoint format stores z − 1 in a nibble: z = 0 would wrap to 15 there. When the group has
 // no negative weight (z would be 0) the grid is re-cut as z = 1, s ≥ xmax/14.5, which still keeps
 // every weight within s/2. An all-zero group gets s = 1, z = 8 (exact zeros).
-import { f16Decode, f16Encode } from '../model/formats.js';
+import { f16Decode, f16Encode, type Int4Weight } from '../model/formats.js';
 
 export const INT4_MAX = 15;
 
@@ -21,20 +21,7 @@ export interface GroupGrid {
   zero: number;
 }
 
-/** INT4 codes of a weight [out, in] with per-(row, group) grids. */
-export interface Int4Weight {
-  out: number;
-  inF: number;
-  groupSize: number;
-  /** codes 0..15, [out, in] row-major */
-  q: Uint8Array;
-  /** fp16 scale values, [out, groups] */
-  scales: Float32Array;
-  /** fp16 bits of the scales, [out, groups] */
-  scaleBits: Uint16Array;
-  /** zero points 1..15, [out, groups] */
-  zeros: Uint8Array;
-}
+export type { Int4Weight };
 
 /** the smallest fp16 value ≥ x (x ≥ 0, finite): its bits */
 export function f16RoundUp(x: number): number {

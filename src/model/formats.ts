@@ -298,3 +298,18 @@ export function quantFp4(x: Float32Array, rows: number, cols: number): { weight:
   }
   return { weight, scale, scaleShape: [rows, groups] };
 }
+
+/** INT4 codes of a weight [out, in] with per-(row, group) grids. */
+export interface Int4Weight {
+  out: number;
+  inF: number;
+  groupSize: number;
+  /** codes 0..15, [out, in] row-major */
+  q: Uint8Array;
+  /** fp16 scale values, [out, groups] */
+  scales: Float32Array;
+  /** fp16 bits of the scales, [out, groups] */
+  scaleBits: Uint16Array;
+  /** zero points 1..15, [out, groups] */
+  zeros: Uint8Array;
+}

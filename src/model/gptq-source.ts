@@ -13,7 +13,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import type { Int4Weight } from '../export/int4.js';
+import type { Int4Weight } from './formats.js';
 import type { ModelSource } from './v4/weights.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, f16BytesToF32, f32BytesToF32 } from './formats.js';
