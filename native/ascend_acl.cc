@@ -71,6 +71,13 @@ const Code kCodes[] = {
     {507027, "ACL_ERROR_RT_KERNEL_LOOKUP", "the kernel is not registered"},
     {507033, "ACL_ERROR_RT_DEV_SETUP_ERROR", "the device could not be set up"},
     {507899, "ACL_ERROR_RT_DRV_INTERNAL_ERROR", "driver internal error"},
+    {161001, "ACLNN_ERR_PARAM_NULLPTR", "an aclnn operator got a null argument it needs"},
+    {161002, "ACLNN_ERR_PARAM_INVALID", "an aclnn operator's arguments are invalid (shape, dtype or format)"},
+    {361001, "ACLNN_ERR_RUNTIME_ERROR", "an aclnn operator failed in the runtime"},
+    {561000, "ACLNN_ERR_INNER", "aclnn internal error"},
+    {561001, "ACLNN_ERR_INNER_INFERSHAPE_ERROR", "aclnn could not infer an output shape"},
+    {561003, "ACLNN_ERR_INNER_TILING_ERROR", "aclnn found no tiling for these shapes"},
+    {561103, "ACLNN_ERR_INNER_FIND_KERNEL_ERROR", "aclnn has no kernel for these dtypes on this device"},
 };
 }  // namespace
 
@@ -90,12 +97,15 @@ void acl_check(const AclApi& api, aclError code, const char* call) {
 
 AclLoad load_acl(const std::string& kernelLib) {
   AclLoad r;
-  std::vector<std::string> tries = {"libascendcl.so"};
-  for (const char* env : {"ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"})
-    if (const char* home = std::getenv(env)) tries.push_back(std::string(home) + "/lib64/libascendcl.so");
-  void* acl = nullptr;
-  for (const std::string& t : tries)
-    if ((acl = dlopen(t.c_str(), RTLD_NOW | RTLD_GLOBAL))) break;
+  // a CANN library by name: the system's, then under the toolkit folders
+  auto open_lib = [](const char* name) -> void* {
+    if (void* h = dlopen(name, RTLD_NOW | RTLD_GLOBAL)) return h;
+    for (const char* env : {"ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"})
+      if (const char* home = std::getenv(env))
+        if (void* h = dlopen((std::string(home) + "/lib64/" + name).c_str(), RTLD_NOW | RTLD_GLOBAL)) return h;
+    return nullptr;
+  };
+  void* acl = open_lib("libascendcl.so");
   if (!acl) {
     r.reason = "the CANN runtime (libascendcl.so) is not installed or not on the library path (source set_env.sh)";
     return r;
@@ -126,6 +136,16 @@ AclLoad load_acl(const std::string& kernelLib) {
   if (!missing.empty()) {
     r.reason = "libascendcl.so lacks " + missing + " (CANN too old?)";
     return r;
+  }
+  void* nnop = open_lib("libnnopbase.so");
+  void* opapi = open_lib("libopapi.so");
+  if (nnop && opapi) {
+    r.api.aclCreateTensor = reinterpret_cast<decltype(r.api.aclCreateTensor)>(dlsym(nnop, "aclCreateTensor"));
+    r.api.aclCreateTensorList = reinterpret_cast<decltype(r.api.aclCreateTensorList)>(dlsym(nnop, "aclCreateTensorList"));
+    r.api.aclDestroyTensorList = reinterpret_cast<decltype(r.api.aclDestroyTensorList)>(dlsym(nnop, "aclDestroyTensorList"));
+    r.api.aclnnGroupedMatmulV4GetWorkspaceSize =
+        reinterpret_cast<decltype(r.api.aclnnGroupedMatmulV4GetWorkspaceSize)>(dlsym(opapi, "aclnnGroupedMatmulV4GetWorkspaceSize"));
+    r.api.aclnnGroupedMatmulV4 = reinterpret_cast<decltype(r.api.aclnnGroupedMatmulV4)>(dlsym(opapi, "aclnnGroupedMatmulV4"));
   }
   void* k = dlopen(kernelLib.c_str(), RTLD_NOW);
   if (!k) {

@@ -16,6 +16,13 @@ using aclrtEvent = void*;
 enum AclMemcpyKind : int32_t { kHostToHost = 0, kHostToDevice = 1, kDeviceToHost = 2, kDeviceToDevice = 3 };
 constexpr int32_t kMallocHugeFirst = 0;  // ACL_MEM_MALLOC_HUGE_FIRST
 
+// aclnn's opaque objects and the enum values v4tune passes (acl_base.h: ACL_FLOAT, ACL_FORMAT_ND)
+using aclTensor = void;
+using aclTensorList = void;
+using aclOpExecutor = void;
+constexpr int32_t kAclFloat = 0;
+constexpr int32_t kAclFormatNd = 2;
+
 // A kernel's launcher, as CANN's ascendc_library generates it (aclrtlaunch_<kernel>):
 // the kernel runs on blockDim cores in stream order; args and tiling are device addresses.
 using KernelLaunch = uint32_t (*)(uint32_t blockDim, aclrtStream stream, void* args, void* tiling);
@@ -37,6 +44,22 @@ struct AclApi {
   aclError (*aclrtRecordEvent)(aclrtEvent event, aclrtStream stream);
   aclError (*aclrtStreamWaitEvent)(aclrtStream stream, aclrtEvent event);
   const char* (*aclGetRecentErrMsg)();
+  // aclnn (libnnopbase.so, libopapi.so): null where this CANN lacks them (grouped matmul then
+  // falls back to the project's kernels)
+  aclTensor* (*aclCreateTensor)(const int64_t* viewDims, uint64_t viewDimsNum, int32_t dataType, const int64_t* stride,
+                                int64_t offset, int32_t format, const int64_t* storageDims, uint64_t storageDimsNum,
+                                void* tensorData);
+  aclTensorList* (*aclCreateTensorList)(const aclTensor* const* value, uint64_t size);
+  aclError (*aclDestroyTensorList)(const aclTensorList* list);
+  aclError (*aclnnGroupedMatmulV4GetWorkspaceSize)(
+      const aclTensorList* x, const aclTensorList* weight, const aclTensorList* biasOptional,
+      const aclTensorList* scaleOptional, const aclTensorList* offsetOptional, const aclTensorList* antiquantScaleOptional,
+      const aclTensorList* antiquantOffsetOptional, const aclTensorList* perTokenScaleOptional, const aclTensor* groupListOptional,
+      const aclTensorList* activationInputOptional, const aclTensorList* activationQuantScaleOptional,
+      const aclTensorList* activationQuantOffsetOptional, int64_t splitItem, int64_t groupType, int64_t groupListType,
+      int64_t actType, aclTensorList* out, aclTensorList* activationFeatureOutOptional, aclTensorList* dynQuantScaleOutOptional,
+      uint64_t* workspaceSize, aclOpExecutor** executor);
+  aclError (*aclnnGroupedMatmulV4)(void* workspace, uint64_t workspaceSize, aclOpExecutor* executor, aclrtStream stream);
   // the project's kernels (kernels/ascend/)
   KernelLaunch expertForward, expertBackward, linearForward, linearBackward, sinkhornBackward;
 };
@@ -52,8 +75,9 @@ std::string acl_error_text(int32_t code);
 // Throws AclError("<call> failed: <acl_error_text> [CANN: <recent message>]") when code != 0.
 void acl_check(const AclApi& api, aclError code, const char* call);
 
-// Fills api from libascendcl.so (the system's, or under ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME)
-// and the kernel library kernelLib. ok false: reason says in one line what is missing.
+// Fills api from libascendcl.so (the system's, or under ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME),
+// libnnopbase.so and libopapi.so when present (aclnn), and the kernel library kernelLib.
+// ok false: reason says in one line what is missing.
 struct AclLoad {
   bool ok = false;
   std::string reason;

@@ -2,6 +2,7 @@
 #include "ascend_host.h"
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 
 namespace v4ascend {
@@ -62,6 +63,7 @@ class Op {
       d_.api_.aclrtSynchronizeStream(d_.compute_);
       d_.api_.aclrtSynchronizeStream(d_.copy_);
     }
+    for (aclTensorList* l : lists_) d_.api_.aclDestroyTensorList(l);
     for (const Buf& b : bufs_) d_.free(b.p, b.n, d_.opBytes_);
   }
   // a device copy of host[0:bytes) (host must stay valid until run() returns)
@@ -92,8 +94,47 @@ class Op {
     for (long i = 0; i < rows; i++) std::memcpy(f + i * pcols, M + i * cols, size_t(cols) * 4);
     return stage(std::move(b));
   }
+  // One operand of CANN's grouped matmul: a rows × cols view of the device buffer at base,
+  // starting `offset` floats in, rows `ld` floats apart (transposed: the view's columns are the
+  // buffer's rows, i.e. strides (1, ld)); storage: the buffer's length in floats.
+  struct View {
+    uint64_t base;
+    int64_t rows, cols, ld, offset, storage;
+    bool transposed;
+  };
+  // out_g = x_g · w_g for every g, by aclnnGroupedMatmulV4 on the compute stream (call from run's
+  // onCompute, after the inputs are there). Its tensor lists live until the op ends.
+  void grouped_matmul(const std::vector<View>& x, const std::vector<View>& w, const std::vector<View>& out) {
+    const AclApi& api = d_.api_;
+    auto list = [&](const std::vector<View>& vs) {
+      std::vector<const aclTensor*> ts;
+      for (const View& v : vs) {
+        const int64_t dims[2] = {v.rows, v.cols}, strides[2] = {v.transposed ? 1 : v.ld, v.transposed ? v.ld : 1};
+        const int64_t storage[1] = {v.storage};
+        aclTensor* t = api.aclCreateTensor(dims, 2, kAclFloat, strides, v.offset, kAclFormatNd, storage, 1,
+                                           reinterpret_cast<void*>(uintptr_t(v.base)));
+        if (!t) throw AclError("aclCreateTensor failed: no tensor for a grouped-matmul operand", 161002);
+        ts.push_back(t);
+      }
+      aclTensorList* l = api.aclCreateTensorList(ts.data(), ts.size());
+      if (!l) throw AclError("aclCreateTensorList failed: no list for the grouped-matmul operands", 161002);
+      lists_.push_back(l);
+      return l;
+    };
+    aclTensorList *lx = list(x), *lw = list(w), *lo = list(out);
+    uint64_t wsBytes = 0;
+    aclOpExecutor* exec = nullptr;
+    // multi-tensor mode: groupType -1 (no split axis), splitItem 0 (one output per group), no group list
+    acl_check(api, api.aclnnGroupedMatmulV4GetWorkspaceSize(lx, lw, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                          nullptr, nullptr, nullptr, 0, -1, 0, 0, lo, nullptr, nullptr, &wsBytes, &exec),
+              "aclnnGroupedMatmulV4GetWorkspaceSize");
+    void* ws = wsBytes ? mem(size_t(wsBytes)) : nullptr;
+    acl_check(api, api.aclnnGroupedMatmulV4(ws, wsBytes, exec, d_.compute_), "aclnnGroupedMatmulV4");
+  }
+  // k null: no kernel (onCompute did all the work)
   template <class Args>
-  void run(KernelLaunch k, const char* name, uint32_t blockDim, const Args& args, const Tiling& t) {
+  void run(KernelLaunch k, const char* name, uint32_t blockDim, const Args& args, const Tiling& t,
+           const std::function<void()>& onCompute = nullptr) {
     std::vector<uint8_t> a(sizeof(Args)), tb(sizeof(Tiling));
     std::memcpy(a.data(), &args, sizeof(Args));
     std::memcpy(tb.data(), &t, sizeof(Tiling));
@@ -102,7 +143,8 @@ class Op {
     const AclApi& api = d_.api_;
     acl_check(api, api.aclrtRecordEvent(d_.inputsReady_, d_.copy_), "aclrtRecordEvent");
     acl_check(api, api.aclrtStreamWaitEvent(d_.compute_, d_.inputsReady_), "aclrtStreamWaitEvent");
-    acl_check(api, aclError(k(blockDim, d_.compute_, ga, gt)), name);
+    if (onCompute) onCompute();
+    if (k) acl_check(api, aclError(k(blockDim, d_.compute_, ga, gt)), name);
     acl_check(api, api.aclrtRecordEvent(d_.kernelDone_, d_.compute_), "aclrtRecordEvent");
     acl_check(api, api.aclrtStreamWaitEvent(d_.copy_, d_.kernelDone_), "aclrtStreamWaitEvent");
     std::vector<std::vector<float>> host(downs_.size());
@@ -141,6 +183,7 @@ class Op {
   std::vector<Buf> bufs_;
   std::vector<std::vector<uint8_t>> staged_;
   std::vector<Down> downs_;
+  std::vector<aclTensorList*> lists_;
   bool finished_ = false;
 };
 
@@ -319,7 +362,22 @@ void Device::linear_forward(float* y, const float* x, const v4::WeightRef& W, co
   const uint32_t blocks = linear_blocks(blockDim_, G, outG, tiling.vec.slabRows);
   a.workspace = op.scratch(size_t(blocks) * size_t(linear_workspace_floats(T, inG, std::max(r8, 8L), tiling.vec.slabRows)) * 4);
   a.T = int32_t(T), a.G = int32_t(G), a.inG = int32_t(inG), a.outG = int32_t(outG), a.r = int32_t(r8), a.s = s;
-  op.run(api_.linearForward, "aclrtlaunch_v4_linear_forward", blocks, a, tiling);
+  // An F32 base goes through CANN's grouped matmul (y_g = x_g · W_gᵀ, one group per W_g); the
+  // kernel then adds the LoRA part. Shipped FP8 / FP4 bases are outside what it takes.
+  std::function<void()> base;
+  if (a.w.fmt == kF32 && grouped_matmul_available()) {
+    a.baseDone = 1;
+    base = [&] {
+      std::vector<Op::View> xs, ws, ys;
+      for (long g = 0; g < G; g++) {
+        xs.push_back({a.x, T, inG, G * inG, g * inG, T * G * inG, false});
+        ws.push_back({a.w.data, inG, outG, inG, g * outG * inG, G * outG * inG, true});
+        ys.push_back({a.y, T, outG, G * outG, g * outG, T * G * outG, false});
+      }
+      op.grouped_matmul(xs, ws, ys);
+    };
+  }
+  op.run(a.baseDone && !r8 ? nullptr : api_.linearForward, "aclrtlaunch_v4_linear_forward", blocks, a, tiling, base);
 }
 
 void Device::linear_backward(float* dx, float* dA, float* dB, const float* dy, const float* x, const v4::WeightRef& W,
@@ -343,7 +401,22 @@ void Device::linear_backward(float* dx, float* dA, float* dB, const float* dy, c
   const uint32_t blocks = linear_blocks(blockDim_, G, outG, tiling.vec.slabRows);
   a.workspace = op.scratch(size_t(blocks) * size_t(linear_workspace_floats(T, inG, std::max(r8, 8L), tiling.vec.slabRows)) * 4);
   a.T = int32_t(T), a.G = int32_t(G), a.inG = int32_t(inG), a.outG = int32_t(outG), a.r = int32_t(r8), a.s = s;
-  op.run(api_.linearBackward, "aclrtlaunch_v4_linear_backward", blocks, a, tiling);
+  // F32 base: dx_g = dy_g · W_g by CANN's grouped matmul (it writes dx, which starts at zero),
+  // then the kernel adds the LoRA part and the LoRA gradients.
+  std::function<void()> base;
+  if (dx && a.w.fmt == kF32 && grouped_matmul_available()) {
+    a.baseDone = 1;
+    base = [&] {
+      std::vector<Op::View> dys, ws, dxs;
+      for (long g = 0; g < G; g++) {
+        dys.push_back({a.dy, T, outG, G * outG, g * outG, T * G * outG, false});
+        ws.push_back({a.w.data, outG, inG, inG, g * outG * inG, G * outG * inG, false});
+        dxs.push_back({a.dx, T, inG, G * inG, g * inG, T * G * inG, false});
+      }
+      op.grouped_matmul(dys, ws, dxs);
+    };
+  }
+  op.run(a.baseDone && !r8 ? nullptr : api_.linearBackward, "aclrtlaunch_v4_linear_backward", blocks, a, tiling, base);
 }
 
 void Device::sinkhorn_backward(float* dL, const float* dC, const float* L, long T, int n, int iters, float eps) {

@@ -2,7 +2,8 @@
 // the signatures of the CPU kernels (kernels/cpu/lora.h, mhc.h), run by the Ascend C kernels in
 // kernels/ascend/ through an AclApi table (the real runtime, or the tests' fake).
 //
-// Every op: its inputs go up on the copy stream, the kernel waits for them (an event) on the
+// The linear ops take an F32 base through CANN's aclnn grouped matmul where it is loaded (FP8 / FP4
+// bases, which it does not take, through the project's kernels). Every op: its inputs go up on the copy stream, the kernel waits for them (an event) on the
 // compute stream, the results come down on the copy stream after the kernel (another event), and
 // the op returns when they are on the host. Outputs accumulate (+=) into the host arrays, as the
 // CPU kernels' do. Base weights stay on the device between ops (cached by their host address);
@@ -50,6 +51,11 @@ class Device {
   size_t op_bytes() const { return opBytes_; }
   // Free the cached base weights.
   void release_weights();
+  // Whether CANN's aclnn grouped matmul was loaded (it takes the F32 base of the linear ops).
+  bool grouped_matmul_available() const {
+    return api_.aclCreateTensor && api_.aclCreateTensorList && api_.aclDestroyTensorList &&
+           api_.aclnnGroupedMatmulV4GetWorkspaceSize && api_.aclnnGroupedMatmulV4;
+  }
 
  private:
   friend class Op;

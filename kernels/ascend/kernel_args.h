@@ -55,11 +55,13 @@ struct ExpertArgs {
 };
 
 // Linear with LoRA, grouped: x (T, G·inG), W (G·outG, inG), A (r, inG), B (G·outG, r), y (T, G·outG).
+// baseDone 1: y (forward) or dx (backward) already holds the base product (CANN's grouped matmul
+// computed it); the kernel adds the LoRA part only.
 struct LinearArgs {
   uint64_t x, y, dy, dx, a, b, da, db;  // dx, da, db accumulate; a = 0: no adapter
   WeightDesc w;
   uint64_t workspace;  // blockNum × linear_workspace_floats(...) floats
-  int32_t T, G, inG, outG, r, pad;
+  int32_t T, G, inG, outG, r, baseDone;
   float s, pad2;
 };
 

@@ -36,10 +36,12 @@ __aicore__ inline void linear_forward_block(const LinearArgs& a, const TCubeTili
   for (int64_t i = GetBlockIdx(); i < items; i += GetBlockNum()) {
     int64_t g, o0, nr;
     slab_of(a, i, vt.slabRows, g, o0, nr);
-    const WeightDesc Ws = a.w;
-    c.Dequant(ws.slab, Ws, g * a.outG + o0, nr);
     const uint64_t yg = a.y + uint64_t(g * a.outG + o0) * 4, xg = a.x + uint64_t(g * a.inG) * 4;
-    c.MatMul(yg, ldy, xg, ldx, false, ws.slab, a.inG, true, T, nr, a.inG, false);  // y_g = x_g slabᵀ
+    if (!a.baseDone) {
+      const WeightDesc Ws = a.w;
+      c.Dequant(ws.slab, Ws, g * a.outG + o0, nr);
+      c.MatMul(yg, ldy, xg, ldx, false, ws.slab, a.inG, true, T, nr, a.inG, false);  // y_g = x_g slabᵀ
+    }
     if (!r) continue;
     if (uGroup != g) {
       c.MatMul(ws.us, r, xg, ldx, false, a.a, a.inG, true, T, r, a.inG, false);  // u = x_g Aᵀ
@@ -58,7 +60,7 @@ __aicore__ inline void linear_backward_block(const LinearArgs& a, const TCubeTil
   const LinearWs ws(a, vt.slabRows);
   const int64_t T = a.T, ldx = int64_t(a.G) * a.inG, ldy = int64_t(a.G) * a.outG, r = a.a ? a.r : 0;
   const int64_t items = a.G * ((a.outG + vt.slabRows - 1) / vt.slabRows);
-  if (a.dx)
+  if (a.dx && !a.baseDone)
     for (int64_t i = GetBlockIdx(); i < items; i += GetBlockNum()) {
       int64_t g, o0, nr;
       slab_of(a, i, vt.slabRows, g, o0, nr);

@@ -17,6 +17,9 @@ namespace fake {
 namespace {
 
 using v4ascend::aclError;
+using v4ascend::aclOpExecutor;
+using v4ascend::aclTensor;
+using v4ascend::aclTensorList;
 struct Task {
   std::function<aclError()> run;
 };
@@ -223,6 +226,77 @@ const char* aclGetRecentErrMsg() {
   return out.c_str();
 }
 
+// ---- aclnn: tensors, lists, and the grouped matmul in its multi-tensor mode ----
+struct Tensor {
+  int64_t rows, cols, s0, s1, offset;
+  float* data;
+};
+struct Exec {
+  std::vector<Tensor> x, w, out;
+};
+size_t liveTensors = 0;
+aclTensor* aclCreateTensor(const int64_t* dims, uint64_t ndims, int32_t dtype, const int64_t* strides, int64_t offset, int32_t format,
+                           const int64_t*, uint64_t, void* data) {
+  if (ndims != 2 || dtype != v4ascend::kAclFloat || format != v4ascend::kAclFormatNd) return nullptr;
+  liveTensors++;
+  return new Tensor{dims[0], dims[1], strides[0], strides[1], offset, static_cast<float*>(data)};
+}
+aclTensorList* aclCreateTensorList(const aclTensor* const* ts, uint64_t n) {
+  auto* l = new std::vector<Tensor*>();
+  for (uint64_t i = 0; i < n; i++) l->push_back(static_cast<Tensor*>(const_cast<aclTensor*>(ts[i])));
+  return l;
+}
+aclError aclDestroyTensorList(const aclTensorList* l) {
+  auto* v = static_cast<std::vector<Tensor*>*>(const_cast<aclTensorList*>(l));
+  for (Tensor* t : *v) delete t, liveTensors--;
+  delete v;
+  return 0;
+}
+aclError aclnnGroupedMatmulV4GetWorkspaceSize(const aclTensorList* x, const aclTensorList* w, const aclTensorList* bias,
+                                              const aclTensorList* scale, const aclTensorList* off, const aclTensorList* aqs,
+                                              const aclTensorList* aqo, const aclTensorList* pts, const aclTensor* groupList,
+                                              const aclTensorList* ai, const aclTensorList* aqs2, const aclTensorList* aqo2,
+                                              int64_t splitItem, int64_t groupType, int64_t, int64_t actType, aclTensorList* out,
+                                              aclTensorList*, aclTensorList*, uint64_t* wsBytes, aclOpExecutor** exec) {
+  V4_INJECT("aclnnGroupedMatmulV4GetWorkspaceSize");
+  if (!x || !w || !out || !wsBytes || !exec) return fail(161001, "fake aclnn: a required argument is null");
+  if (bias || scale || off || aqs || aqo || pts || groupList || ai || aqs2 || aqo2 || splitItem != 0 || groupType != -1 || actType != 0)
+    return fail(161002, "fake aclnn: only the multi-tensor float matmul without bias, quantisation or activation is modelled");
+  auto get = [](const aclTensorList* l) { return *static_cast<const std::vector<Tensor*>*>(l); };
+  auto e = std::make_unique<Exec>();
+  for (Tensor* t : get(x)) e->x.push_back(*t);
+  for (Tensor* t : get(w)) e->w.push_back(*t);
+  for (Tensor* t : get(out)) e->out.push_back(*t);
+  if (e->x.size() != e->w.size() || e->x.size() != e->out.size()) return fail(161002, "fake aclnn: x, weight and out lists differ in length");
+  for (size_t g = 0; g < e->x.size(); g++)
+    if (e->x[g].cols != e->w[g].rows || e->out[g].rows != e->x[g].rows || e->out[g].cols != e->w[g].cols)
+      return fail(161002, "fake aclnn: group " + std::to_string(g) + " shapes do not chain (x [M,K] · weight [K,N] = out [M,N])");
+  *wsBytes = 4096;  // a workspace, so that the host's handling of one is exercised
+  *exec = e.release();
+  return 0;
+}
+aclError aclnnGroupedMatmulV4(void* ws, uint64_t wsBytes, aclOpExecutor* exec, void* stream) {
+  V4_INJECT("aclnnGroupedMatmulV4");
+  if (wsBytes && !device_range(ws, wsBytes)) return fail(161002, "fake aclnn: the workspace is not device memory");
+  std::shared_ptr<Exec> e(static_cast<Exec*>(exec));
+  return enqueue(stream, [e] {
+    auto at = [](const Tensor& t, int64_t i, int64_t j) -> float& { return t.data[t.offset + i * t.s0 + j * t.s1]; };
+    for (size_t g = 0; g < e->x.size(); g++) {
+      const Tensor &x = e->x[g], &w = e->w[g], &o = e->out[g];
+      if (!device_range(x.data, 4) || !device_range(w.data, 4) || !device_range(o.data, 4))
+        return fail(507899, "fake aclnn: a grouped-matmul operand is not device memory");
+      for (int64_t i = 0; i < x.rows; i++)
+        for (int64_t j = 0; j < w.cols; j++) {
+          double acc = 0;
+          for (int64_t k = 0; k < x.cols; k++) acc += double(at(x, i, k)) * at(w, k, j);
+          at(o, i, j) = float(acc);
+        }
+    }
+    st().log.push_back("gmm");
+    return aclError(0);
+  });
+}
+
 template <void (*K)(GM_ADDR, GM_ADDR)>
 uint32_t launch(uint32_t blockDim, void* stream, void* args, void* tiling, const char* name) {
   aclError c;
@@ -256,8 +330,13 @@ v4ascend::AclApi make_api(const Options& o) {
   a.aclrtStreamWaitEvent = aclrtStreamWaitEvent, a.aclGetRecentErrMsg = aclGetRecentErrMsg;
   a.expertForward = launch_ef, a.expertBackward = launch_eb, a.linearForward = launch_lf, a.linearBackward = launch_lb;
   a.sinkhornBackward = launch_sb;
+  if (o.groupedMatmul) {
+    a.aclCreateTensor = aclCreateTensor, a.aclCreateTensorList = aclCreateTensorList, a.aclDestroyTensorList = aclDestroyTensorList;
+    a.aclnnGroupedMatmulV4GetWorkspaceSize = aclnnGroupedMatmulV4GetWorkspaceSize, a.aclnnGroupedMatmulV4 = aclnnGroupedMatmulV4;
+  }
   return a;
 }
+size_t live_tensors() { return liveTensors; }
 void inject(const std::string& call, int32_t code, const std::string& msg) { st().injected[call] = {code, msg}; }
 size_t live_allocations() { return st().live.size(); }
 size_t live_bytes() {

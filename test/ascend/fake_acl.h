@@ -14,6 +14,7 @@ namespace fake {
 struct Options {
   const AscendC::Chip* chip = &AscendC::kAscend910B;
   uint32_t deviceCount = 1;
+  bool groupedMatmul = true;  // provide aclnn's tensors and grouped matmul (false: a CANN without them)
 };
 // The table, over a fresh fake state.
 v4ascend::AclApi make_api(const Options& o = Options{});
@@ -25,7 +26,8 @@ size_t live_allocations();
 size_t live_bytes();
 size_t live_streams();
 size_t live_events();
-// What ran, in order: "h2d", "d2h", "memset", "record", "wait", "kernel <name>".
+size_t live_tensors();  // aclnn tensors not destroyed
+// What ran, in order: "h2d", "d2h", "memset", "record", "wait", "gmm", "kernel <name>".
 const std::vector<std::string>& log();
 void clear_log();
 

@@ -1,6 +1,7 @@
-// A stand-in libascendcl.so for the backend test: the fake ACL runtime (fake_acl.cc) and launchers
-// of the shim-built kernels, exported under CANN's C names, so native/ascend_acl.cc finds and
-// loads it with dlopen exactly as it loads the real runtime and kernel library.
+// A stand-in libascendcl.so for the backend test: the fake ACL runtime and aclnn grouped matmul
+// (fake_acl.cc) and launchers of the shim-built kernels, exported under CANN's C names, so
+// native/ascend_acl.cc finds and loads it with dlopen exactly as it loads the real runtime, aclnn
+// (test/ascend/harness.ts links it as libnnopbase.so and libopapi.so too) and the kernel library.
 #include "fake_acl.h"
 
 namespace {
@@ -27,6 +28,18 @@ int32_t aclrtDestroyEvent(void* e) { return api().aclrtDestroyEvent(e); }
 int32_t aclrtRecordEvent(void* e, void* s) { return api().aclrtRecordEvent(e, s); }
 int32_t aclrtStreamWaitEvent(void* s, void* e) { return api().aclrtStreamWaitEvent(s, e); }
 const char* aclGetRecentErrMsg() { return api().aclGetRecentErrMsg(); }
+void* aclCreateTensor(const int64_t* d, uint64_t n, int32_t t, const int64_t* s, int64_t o, int32_t f, const int64_t* sd, uint64_t sn, void* p) {
+  return api().aclCreateTensor(d, n, t, s, o, f, sd, sn, p);
+}
+void* aclCreateTensorList(const void* const* v, uint64_t n) { return api().aclCreateTensorList(v, n); }
+int32_t aclDestroyTensorList(const void* l) { return api().aclDestroyTensorList(l); }
+int32_t aclnnGroupedMatmulV4GetWorkspaceSize(const void* x, const void* w, const void* b, const void* sc, const void* of, const void* aqs,
+                                             const void* aqo, const void* pts, const void* gl, const void* ai, const void* aqs2,
+                                             const void* aqo2, int64_t si, int64_t gt, int64_t glt, int64_t at, void* out, void* afo,
+                                             void* dqs, uint64_t* ws, void** ex) {
+  return api().aclnnGroupedMatmulV4GetWorkspaceSize(x, w, b, sc, of, aqs, aqo, pts, gl, ai, aqs2, aqo2, si, gt, glt, at, out, afo, dqs, ws, ex);
+}
+int32_t aclnnGroupedMatmulV4(void* ws, uint64_t n, void* ex, void* s) { return api().aclnnGroupedMatmulV4(ws, n, ex, s); }
 uint32_t aclrtlaunch_v4_expert_forward(uint32_t b, void* s, void* a, void* t) { return api().expertForward(b, s, a, t); }
 uint32_t aclrtlaunch_v4_expert_backward(uint32_t b, void* s, void* a, void* t) { return api().expertBackward(b, s, a, t); }
 uint32_t aclrtlaunch_v4_linear_forward(uint32_t b, void* s, void* a, void* t) { return api().linearForward(b, s, a, t); }

@@ -496,9 +496,10 @@ int host_selftest() {
       std::string seq;
       for (const std::string& s : fake::log()) seq += (seq.empty() ? "" : ",") + s;
       m = seq;
-      // copy stream: x, A, B up, y zeroed, args and tiling up, record; its wait on the kernel pulls the
-      // compute stream (wait for the inputs, kernel, record) before the download runs
-      return seq == "h2d,h2d,h2d,memset,h2d,h2d,record,wait,wait,kernel v4_linear_forward,record,d2h";
+      // copy stream: A, B, x up, y zeroed, args and tiling up, record; its wait on the kernel pulls
+      // the compute stream (wait for the inputs, grouped matmul of the F32 base, the LoRA kernel,
+      // record) before the download runs
+      return seq == "h2d,h2d,h2d,memset,h2d,h2d,record,wait,wait,gmm,kernel v4_linear_forward,record,d2h";
     });
     check("a stream runs only what is ordered before its synchronisation", [&](std::string& m) {
       void *s1, *s2, *p;
@@ -526,7 +527,7 @@ int host_selftest() {
     throws("a kernel's exception maps to its name with the shim's message", [&] {
       dev.tiling.cube.baseK = 128;
       try {
-        dev.linear_forward(y.data(), x.data(), f32w(W, outG, inG), nullptr, nullptr, 0, 0.f, T, 1);
+        dev.linear_forward(y.data(), x.data(), f32w(W, outG, inG), A.data(), B.data(), r, 0.5f, T, 1);
       } catch (...) {
         dev.tiling = default_tiling();
         if (dev.op_bytes() != 0) throw std::runtime_error("leaked after the error");
@@ -535,8 +536,49 @@ int host_selftest() {
     }, "aclrtSynchronizeStream failed: ACL_ERROR_RT_AICORE_EXCEPTION (507015): an AI core kernel raised an exception [CANN: L0A overflow on Ascend910B: Matmul mm A tile");
     throws("a failed launch maps to its name", [&] {
       fake::inject("v4_linear_forward", 507027, "");
-      dev.linear_forward(y.data(), x.data(), f32w(W, outG, inG), nullptr, nullptr, 0, 0.f, T, 1);
+      dev.linear_forward(y.data(), x.data(), f32w(W, outG, inG), A.data(), B.data(), r, 0.5f, T, 1);
     }, "aclrtlaunch_v4_linear_forward failed: ACL_ERROR_RT_KERNEL_LOOKUP (507027)");
+    throws("a failed aclnn call maps to its name and frees its tensors", [&] {
+      fake::inject("aclnnGroupedMatmulV4GetWorkspaceSize", 161002, "x and weight do not chain");
+      try {
+        dev.linear_forward(y.data(), x.data(), f32w(W, outG, inG), A.data(), B.data(), r, 0.5f, T, 1);
+      } catch (...) {
+        if (fake::live_tensors() != 0 || dev.op_bytes() != 0) throw std::runtime_error("leaked after the error");
+        throw;
+      }
+    }, "aclnnGroupedMatmulV4GetWorkspaceSize failed: ACLNN_ERR_PARAM_INVALID (161002): an aclnn operator's arguments are invalid (shape, dtype or format) [CANN: x and weight do not chain]");
+    check("grouped matmul group lists: an F32 base gives what the kernels give without aclnn", [&](std::string& m) {
+      const long G = 3, gin = 32, gout = 16;  // y_g = x_g W_gᵀ per group, views into one x, W and y
+      std::vector<float> Wg(size_t(G * gout * gin)), xg(size_t(T * G * gin)), Bg(size_t(G * gout * r)), dyg(size_t(T * G * gout));
+      for (size_t i = 0; i < Wg.size(); i++) Wg[i] = float(int(i % 11) - 5) / 8.f;
+      for (size_t i = 0; i < xg.size(); i++) xg[i] = float(int(i % 7) - 3) / 4.f;
+      for (size_t i = 0; i < Bg.size(); i++) Bg[i] = float(int(i % 5) - 2) / 4.f;
+      for (size_t i = 0; i < dyg.size(); i++) dyg[i] = float(int(i % 3) - 1);
+      std::vector<float> Ag(A.begin(), A.begin() + r * gin);
+      auto both = [&](Device& d, std::vector<float>& yv, std::vector<float>& dxv, std::vector<float>& dA, std::vector<float>& dB) {
+        d.linear_forward(yv.data(), xg.data(), f32w(Wg, G * gout, gin), Ag.data(), Bg.data(), r, 0.5f, T, G);
+        d.linear_backward(dxv.data(), dA.data(), dB.data(), dyg.data(), xg.data(), f32w(Wg, G * gout, gin), Ag.data(), Bg.data(), r, 0.5f, T, G);
+      };
+      std::vector<float> y1(size_t(T * G * gout)), y2(y1), dx1(size_t(T * G * gin)), dx2(dx1), a1(size_t(r * gin)), a2(a1), b1(Bg.size()), b2(b1);
+      fake::clear_log();
+      both(dev, y1, dx1, a1, b1);
+      size_t gmms = 0;
+      for (const std::string& e : fake::log()) gmms += e == "gmm";
+      fake::Options no;
+      no.groupedMatmul = false;
+      AclApi plain = fake::make_api(no);
+      {
+        Device d2(plain, 0, 2);
+        both(d2, y2, dx2, a2, b2);
+      }
+      double err = 0;
+      for (size_t i = 0; i < y1.size(); i++) err = std::max(err, double(std::fabs(y1[i] - y2[i])));
+      for (size_t i = 0; i < dx1.size(); i++) err = std::max(err, double(std::fabs(dx1[i] - dx2[i])));
+      for (size_t i = 0; i < a1.size(); i++) err = std::max(err, double(std::fabs(a1[i] - a2[i])));
+      for (size_t i = 0; i < b1.size(); i++) err = std::max(err, double(std::fabs(b1[i] - b2[i])));
+      m = std::to_string(gmms) + " grouped matmuls, max difference " + std::to_string(err);
+      return gmms == 2 && err < 1e-4 && fake::live_tensors() == 0;
+    });
     throws("LoRA dropout is refused by name", [&] {
       v4::Dropout dr;
       dr.on = true;

@@ -7,7 +7,7 @@
 //     kernels/ascend/build/libv4tune_ascend_kernels.so)
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,12 +75,23 @@ export function harness(): string {
 }
 
 /**
- * A folder holding lib64/libascendcl.so: the fake ACL runtime and the shim-built kernels' launchers
- * under CANN's C names (fake_libascendcl.cc), for the addon to load as ASCEND_HOME_PATH's runtime
- * and as its kernel library.
+ * A folder holding lib64/libascendcl.so: the fake ACL runtime, aclnn grouped matmul and the
+ * shim-built kernels' launchers under CANN's C names (fake_libascendcl.cc), also linked as
+ * libnnopbase.so and libopapi.so, for the addon to load as ASCEND_HOME_PATH's CANN and as its
+ * kernel library.
  */
 export function fakeAscendHome(): string {
   const lib = buildOnce('lib64/libascendcl.so', [...kernelSources, 'test/ascend/fake_acl.cc', 'test/ascend/fake_libascendcl.cc'], ['-shared', '-fPIC']);
+  for (const alias of ['libnnopbase.so', 'libopapi.so']) {
+    const p = join(dirname(lib), alias);
+    if (!existsSync(p)) {
+      try {
+        symlinkSync('libascendcl.so', p);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+    }
+  }
   return dirname(dirname(lib));
 }
 

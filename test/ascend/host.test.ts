@@ -1,7 +1,9 @@
 // The Ascend host code (native/ascend_host.cc, ascend_acl.cc) against a fake ACL table whose
 // device memory is host memory, whose streams run only what events order, and whose kernels are
 // the shim-built Ascend C kernels: ACL error codes become messages naming the call, the code and
-// CANN's text; an op frees all it allocated (also after an error) while base weights stay cached;
+// CANN's text; an F32 base goes through aclnn's grouped matmul (one group per weight view) and
+// gives what the kernels give without it; an op frees all it allocated, aclnn tensors included
+// (also after an error), while base weights stay cached;
 // uploads run before the kernel and downloads after it; a closed device leaves nothing behind.
 import { describe, expect, it } from 'vitest';
 import { onDevice, selftest, type SelfCheck } from './harness.js';
@@ -16,6 +18,8 @@ const CHECKS = [
   'device out of memory maps to its name, and nothing leaks',
   "a kernel's exception maps to its name with the shim's message",
   'a failed launch maps to its name',
+  'a failed aclnn call maps to its name and frees its tensors',
+  'grouped matmul group lists: an F32 base gives what the kernels give without aclnn',
   'LoRA dropout is refused by name',
   'BF16 base weights are refused by name',
   'release_weights frees the cached base',
