@@ -46,7 +46,7 @@ describe('recipe', () => {
     expect(e.exitCode).toBe(2);
     expect(errorOf(minimal.replace('corpus/*.txt', '""')).message).toContain('data.sources[0].path must not be empty');
     expect(errorOf(`${minimal}  seq_len: 1\n`).message).toContain('data.seq_len must be ≥ 2 (got 1)');
-    expect(errorOf(`${minimal}train: { backend: gpu }\n`).message).toContain('train.backend must be one of "auto", "native", "tfjs" (got "gpu")');
+    expect(errorOf(`${minimal}train: { backend: gpu }\n`).message).toContain('train.backend must be one of "auto", "native", "tfjs", "ascend" (got "gpu")');
   });
 
   it('rejects unknown keys and suggests the nearest known one', () => {
