@@ -25,3 +25,8 @@ if (failed) {
   console.error(`v4tune: native addon build failed (${r.error ?? `node-gyp exited ${r.status}`}); v4tune will run on the tfjs backend.`);
   if (process.env.CI === 'true' || force) process.exit(1);
 }
+// The MPI binding is a second, separate addon (native/mpi/build.mjs): built where MPI exists;
+// elsewhere it says why and v4tune stays single-process (under CI=true, where MPI is installed,
+// its failure fails the install).
+const mpi = spawnSync(process.execPath, [join(here, 'mpi', 'build.mjs')], { stdio: 'inherit', env: process.env });
+if (mpi.status !== 0 && process.env.CI === 'true') process.exit(1);

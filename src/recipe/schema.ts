@@ -161,6 +161,13 @@ export const exportSchema = z.object({
     .describe('GPTQ dampening: added to each Hessian diagonal as a fraction of its mean (AutoGPTQ damp_percent); raise it when a Hessian is refused as not positive definite.'),
 }).strict().describe('Merging and INT4 export.');
 
+export const distributedSchema = z.object({
+  data_parallel: int().min(1).optional()
+    .describe('Ranks that each run their own share of every step\'s micro-batches (default: the world size the launcher gives, `mpirun -np N`); checked against it. The global batch stays `batch_rows × grad_accum` rows whatever the world size (each rank runs `grad_accum / data_parallel` micro-batches, so `grad_accum` must be a multiple of it), and a run resumes at another world size to the same result.'),
+  expert_parallel: int().min(1).default(1)
+    .describe('Ranks one layer\'s routed experts are split across (each loads only its experts\' base weights; tokens travel to their experts\' ranks and back); must divide the world size and be at most the routed experts per layer. 1: every rank holds every expert.'),
+}).strict().describe('Training on several processes or machines under MPI (`mpirun -np N v4tune train`, Slurm `srun`). Without a launcher, or without MPI, a run is single-process and gives the same result.');
+
 export const recipeSchema = z.object({
   name: z.string().min(1).optional()
     .describe('Run name (default: the recipe file name).'),
@@ -171,6 +178,7 @@ export const recipeSchema = z.object({
   lora: loraSchema.default(loraSchema.parse({})),
   train: trainSchema.default(trainSchema.parse({})),
   export: exportSchema.default(exportSchema.parse({})),
+  distributed: distributedSchema.default(distributedSchema.parse({})),
   output: z.string().min(1).optional()
     .describe('Run folder for everything the recipe writes. Default: `runs/<name>` beside the recipe.'),
 }).strict();

@@ -27,7 +27,7 @@ import type { V4Model } from '../model/v4/model.js';
 import { checkpointsDir, pruneCheckpoints, removeLeftovers, saveCheckpoint, type RunEval, type RunIdentity, type RunProgress, type TrainCheckpoint } from './checkpoint.js';
 import { learningRate } from './schedule.js';
 import { EventWriter } from './tensorboard.js';
-import { Trainer, type EvalResult, type StepRecord, type TrainSettings } from './trainer.js';
+import { Trainer, type EvalResult, type StepGradientsFn, type StepRecord, type TrainSettings } from './trainer.js';
 
 export const TRAIN_LOG = 'train-log.jsonl';
 export const TRAIN_SUMMARY = 'train.json';
@@ -83,6 +83,8 @@ export interface RunTrainingOptions {
   identity: RunIdentity;
   /** asked after every step; true stops the run there, with a checkpoint */
   shouldStop?: () => boolean;
+  /** how a step's gradient is computed (default: stepGradients; src/distributed: across ranks) */
+  gradients?: StepGradientsFn;
 }
 
 export interface TrainResult {
@@ -202,7 +204,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
       lossTokensSeen: resumed.state.loss_tokens_seen,
     },
     moments: resumed.moments,
-  } : undefined);
+  } : undefined, o.gradients);
   const prior: RunProgress = resumed ? (resumed.state.run ?? legacyProgress(resumed)) : {
     steps: s.steps, eval_before: null, eval_last: null, last_loss: null, train_seconds: 0, wall_seconds: 0, best: null, evals_since_best: 0, resumes: [],
   };

@@ -147,6 +147,12 @@ export async function stepGradients(
   return { grads, lossSum, count, tokens, mtpLossSum, mtpCount };
 }
 
+/**
+ * How a step's gradient is computed from its micro-batches: stepGradients in one process;
+ * src/distributed/data-parallel.ts splits the micro-batches across ranks and sums.
+ */
+export type StepGradientsFn = typeof stepGradients;
+
 export class Trainer {
   /** PEFT key → the adapter's factor (updated in place) */
   readonly params = new Map<string, Float32Array>();
@@ -160,6 +166,7 @@ export class Trainer {
     readonly train: readonly DatasetRow[],
     readonly settings: TrainSettings,
     resume?: { state: TrainerState; moments: Map<string, Moments> },
+    private readonly gradients: StepGradientsFn = stepGradients,
   ) {
     for (const module of adapter.modules()) {
       const l = adapter.factors(module)!;
@@ -195,7 +202,7 @@ export class Trainer {
     const micro: DatasetRow[][] = [];
     for (let a = 0; a < s.gradAccum; a++) micro.push(this.order.take(s.batchRows).map((i) => this.train[i]!));
     const update = this.st.step;
-    const { grads, lossSum, count, tokens, mtpLossSum, mtpCount } = await stepGradients(
+    const { grads, lossSum, count, tokens, mtpLossSum, mtpCount } = await this.gradients(
       this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b), s.mtpWeight ?? 0,
     );
     const lr = learningRate(this.st.step, s);

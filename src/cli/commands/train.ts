@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { tryLoadAddon } from '../../backend/native/addon.js';
 import { cancelNativeKernels } from '../../backend/native/index.js';
 import { openDataset, type DatasetRow } from '../../data/dataset.js';
+import { joinDistributed, type DistributedRun } from '../../distributed/launch.js';
 import { InputError, V4tuneError } from '../../errors.js';
 import { readJsonFile, writeFileAtomic } from '../../fsutil.js';
 import { createAdapter } from '../../lora/adapter.js';
@@ -128,10 +129,15 @@ function fmtInt(n: number): string {
  * holds the run folder's lock: a second writer of `<output>` is refused naming this one.
  */
 export async function trainRecipe(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRecipeOptions = {}): Promise<Record<string, unknown>> {
-  return withRunLock(recipe.output, `v4tune train ${recipe.file}`, () => trainLocked(recipe, ctx, opts), (l) => ctx.warn(l));
+  // under mpirun: rank 0 holds the lock and writes; the other ranks train silently beside it
+  const dist = await joinDistributed(recipe, (l) => ctx.warn(l));
+  const train = () => trainLocked(recipe, dist ? dist.context(ctx) : ctx, opts, dist);
+  const summary = await (dist && dist.rank !== 0 ? train() : withRunLock(recipe.output, `v4tune train ${recipe.file}`, train, (l) => ctx.warn(l)));
+  dist?.finish();
+  return summary;
 }
 
-async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRecipeOptions): Promise<Record<string, unknown>> {
+async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRecipeOptions, dist: DistributedRun | null = null): Promise<Record<string, unknown>> {
   assertTrainable(recipe);
   if (opts.resume && opts.overwrite) throw new InputError('--resume and --overwrite exclude each other');
   const modelDir = recipeModelDir(recipe);
@@ -192,7 +198,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   if (!resume && !overwrite && have.length > 0) {
     throw new InputError(`${recipe.file}: ${ckRoot} holds checkpoints of an earlier run (last: step ${have[have.length - 1]}); pass --resume to continue it or --overwrite to start over`);
   }
-  if (overwrite) {
+  if (overwrite && (dist?.rank ?? 0) === 0) {
     for (const p of [ckRoot, join(out, 'adapter'), join(out, TRAIN_LOG), join(out, TRAIN_SUMMARY)]) rmSync(p, { recursive: true, force: true });
   }
 
@@ -210,7 +216,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
   process.on('SIGINT', onSigint);
   let model: V4Model | null = null;
   try {
-    model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
+    model = await (dist ?? { loadModel }).loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
     const settings = trainSettings(recipe, trainRows.length);
     if (recipe.train.mtp_loss_weight > 0 && model.config.num_nextn_predict_layers === 0) throw new InputError(`${recipe.file}: train.mtp_loss_weight needs a model with an MTP block (${modelDir} has num_nextn_predict_layers 0)`);
     let start: Parameters<typeof runTraining>[0]['start'];
@@ -251,6 +257,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
     ctx.log(`  steps: ${settings.steps}${t.epochs !== undefined ? ` (train.epochs ${t.epochs})` : ''} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(settings.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
     ctx.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; ${t.eval_every ? `eval every ${t.eval_every} steps` : 'eval at the end'}, ${t.checkpoint_every ? `checkpoint every ${t.checkpoint_every} steps` : 'checkpoint at the end'}`);
     ctx.log(`  output: ${out}${t.activation_checkpointing ? ' (activation checkpointing on)' : ''}`);
+    if (dist) ctx.log(`  distributed: ${dist.describe()}`);
     const r = await runTraining({
       model,
       start,
@@ -264,12 +271,13 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       logTo: t.log_to,
       samples: t.eval_prompts.length > 0 ? samplePrompts(recipe, await loadTokenizer(recipeTokenizer(recipe))) : undefined,
       evalMtp: t.eval_mtp && model.config.num_nextn_predict_layers > 0,
-      output: out,
+      output: dist ? dist.runOutput(out) : out,
       identity,
       shouldStop: () => stop,
+      gradients: dist?.gradients('checkpoint' in start ? start.checkpoint.state.step : 0, out),
     }, ctx);
     const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalRows.length);
-    writeFileAtomic(join(out, TRAIN_SUMMARY), `${JSON.stringify(summary, null, 2)}\n`);
+    if ((dist?.rank ?? 0) === 0) writeFileAtomic(join(out, TRAIN_SUMMARY), `${JSON.stringify(summary, null, 2)}\n`);
     if (r.interrupted) {
       throw new V4tuneError(`train: stopped at step ${r.step} of ${r.steps}; checkpoint ${r.lastCheckpoint} (continue with \`v4tune train ${recipe.file} --resume\`)`, EXIT_INTERRUPTED);
     }

@@ -1,0 +1,149 @@
+// Data parallel: the step's micro-batches split across ranks, gradients summed once per step.
+//
+// The global batch is the recipe's: batch_rows × grad_accum rows per step, whatever the world
+// size. Every rank draws the same row order (DataOrder: seed, epoch, cursor) and runs its own
+// contiguous share of the step's grad_accum micro-batches: rank r of P runs micro-batches
+// r·m … (r+1)·m − 1, m = grad_accum / P. Each micro-batch b is packed and weighted exactly as in
+// one process (trainer.ts stepGradients): the step's gradient is Σ_b (c_b / C)·∇L_b with c_b
+// its counted tokens and C the step's, so a P-rank run computes the 1-rank run's gradient with
+// only the summation order changed, and a checkpoint resumes at any world size to the result
+// the recipe's global batch defines. The counts are summed first (one scalar allreduce), the
+// weighted gradients in buckets after the last micro-batch (allreduce of ≤ BUCKET floats each,
+// in place over one flat buffer), with the step's loss and token sums. Every rank then clips and
+// applies AdamW to identical gradients: optimizer state stays identical without being sent.
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { DatasetRow } from '../data/dataset.js';
+import { writeFileAtomic } from '../fsutil.js';
+import type { Adapter } from '../lora/adapter.js';
+import { peftKey } from '../lora/peft.js';
+import type { V4Model } from '../model/v4/model.js';
+import { countedPositions, packRows, type StepGradientsFn } from '../train/trainer.js';
+import type { Collective } from './collective.js';
+import type { ExpertParallel } from './expert-parallel.js';
+
+/** Floats per allreduce bucket (16 MiB). */
+export const BUCKET = 4 << 20;
+
+/** The file rank 0 writes one line per step to: bytes moved and tokens dispatched. */
+export const DISTRIBUTED_LOG = 'distributed-log.jsonl';
+
+/** The micro-batches rank `rank` of `size` runs of a step of `gradAccum`. */
+export function microBatchesOf(rank: number, size: number, gradAccum: number): number[] {
+  const m = gradAccum / size;
+  if (!Number.isInteger(m)) throw new RangeError(`train.grad_accum (${gradAccum}) must be a multiple of the ${size} data-parallel ranks`);
+  return Array.from({ length: m }, (_, i) => rank * m + i);
+}
+
+/** One step's traffic, summed over ranks (rank 0 logs it). */
+export interface StepTraffic {
+  step: number;
+  /** gradient allreduce payload per rank */
+  allreduce_bytes: number;
+  /** expert-parallel alltoallv bytes sent, all ranks together */
+  alltoallv_bytes: number;
+  /** (token, expert) pairs sent to another rank / computed where they were, all ranks together */
+  pairs_sent: number;
+  pairs_kept: number;
+  /** tokens fed forward, all ranks together */
+  tokens: number;
+}
+
+export interface DataParallelOptions {
+  collective: Collective;
+  expert: ExpertParallel | null;
+  /** rank 0 appends one StepTraffic line per step here (null: nowhere) */
+  logDir: string | null;
+  /** the step the run starts at (a resume's), to number the log lines */
+  startStep: number;
+}
+
+/** Keep the log lines of steps ≤ step (a resume drops what came after its checkpoint). */
+function truncateLog(path: string, step: number): void {
+  if (!existsSync(path)) {
+    writeFileAtomic(path, '');
+    return;
+  }
+  const keep = readFileSync(path, 'utf8').split('\n').filter((l) => {
+    try {
+      return (JSON.parse(l) as { step?: number }).step! <= step;
+    } catch {
+      return false;
+    }
+  });
+  writeFileAtomic(path, keep.length ? `${keep.join('\n')}\n` : '');
+}
+
+/** The trainer's step-gradient function for this rank (see the file comment). */
+export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
+  const c = o.collective;
+  const ep = o.expert;
+  let step = o.startStep;
+  const logPath = o.logDir !== null && c.rank === 0 ? join(o.logDir, DISTRIBUTED_LOG) : null;
+  if (logPath) truncateLog(logPath, step);
+  return async (model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false, dropoutSeed = () => 0, mtpWeight = 0) => {
+    step++;
+    const mine = microBatchesOf(c.rank, c.size, micro.length);
+    const packed = mine.map((b) => {
+      const p = packRows(micro[b]!);
+      return { b, ...p, count: countedPositions(p.ids, p.mask, p.segments) };
+    });
+    const counts = Float64Array.of(packed.reduce((n, mb) => n + mb.count, 0));
+    await c.allreduceSum(counts);
+    const count = counts[0]!;
+    // every factor's gradient, a view into one flat buffer, in the adapter's module order
+    let n = 0;
+    for (const m of adapter.modules()) n += adapter.factors(m)!.A.length + adapter.factors(m)!.B.length;
+    const flat = new Float32Array(n);
+    const grads = new Map<string, Float32Array>();
+    const expertKey = new Set<string>();
+    let o_ = 0;
+    for (const m of adapter.modules()) {
+      const f = adapter.factors(m)!;
+      for (const [which, len] of [['A', f.A.length], ['B', f.B.length]] as const) {
+        const k = peftKey(m, which);
+        grads.set(k, flat.subarray(o_, o_ + len));
+        if (ep && /\.ffn\.experts\.\d+\./.test(m)) expertKey.add(k);
+        o_ += len;
+      }
+    }
+    const sums = new Float64Array(4); // lossSum, tokens, mtpLossSum, mtpCount
+    const before = c.traffic.bytes;
+    if (ep) Object.assign(ep.stats, { pairsSent: 0, pairsKept: 0, pairsComputed: 0 });
+    for (const mb of packed) {
+      if (count === 0) break;
+      // with expert parallel every rank must take part in every forward (its experts serve the
+      // others): a micro-batch without a counted token runs with weight 0 on a stand-in mask
+      if (mb.count === 0 && !ep) continue;
+      const w = mb.count / count;
+      const mask = mb.count === 0 ? new Uint8Array(mb.mask.length).fill(1) : mb.mask;
+      if (ep) ep.gradScale = w;
+      const r = await model.lossAndGrads(mb.ids, mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(mb.b), mtpWeight });
+      if (mb.count > 0) {
+        sums[0] += r.lossSum;
+        sums[1] += mb.ids.length;
+        sums[2] += r.mtp?.lossSum ?? 0;
+        sums[3] += r.mtp?.count ?? 0;
+      }
+      for (const [k, g] of r.grads) {
+        const a = grads.get(k)!;
+        // routed experts' gradients arrive already weighted (expert-parallel.ts gradScale)
+        const wk = expertKey.has(k) ? 1 : w;
+        if (wk === 0) continue;
+        for (let i = 0; i < g.length; i++) a[i] += wk * g[i]!;
+      }
+    }
+    // the step's sums and this step's dispatch traffic, in one allreduce after the gradients'
+    const sums7 = Float64Array.of(sums[0]!, sums[1]!, sums[2]!, sums[3]!, c.traffic.bytes - before, ep?.stats.pairsSent ?? 0, ep?.stats.pairsKept ?? 0);
+    const beforeReduce = c.traffic.bytes;
+    if (count > 0) for (let s = 0; s < flat.length; s += BUCKET) await c.allreduceSum(flat.subarray(s, Math.min(flat.length, s + BUCKET)));
+    await c.allreduceSum(sums7);
+    if (logPath) {
+      const line: StepTraffic = {
+        step, allreduce_bytes: c.traffic.bytes - beforeReduce, alltoallv_bytes: sums7[4]!, pairs_sent: sums7[5]!, pairs_kept: sums7[6]!, tokens: sums7[1]!,
+      };
+      appendFileSync(logPath, `${JSON.stringify(line)}\n`);
+    }
+    return { grads, lossSum: sums7[0]!, count, tokens: sums7[1]!, mtpLossSum: sums7[2]!, mtpCount: sums7[3]! };
+  };
+}

@@ -1,0 +1,161 @@
+// Joining a distributed run: the world a launcher (mpirun, Slurm srun, the Kubernetes MPI
+// Operator) started, checked against the recipe's `distributed` section, and what each rank
+// does differently: rank 0 holds the run folder's lock and writes checkpoints, logs, the adapter
+// and train.json; every other rank trains silently into a private scratch folder (removed at
+// exit). A rank that the launcher ends (another rank died, or the job was cancelled) says so in
+// one line and exits; the last complete checkpoint stays as it was (checkpoints are written to a
+// temporary name and renamed).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createBackend } from '../backend/index.js';
+import type { CliContext } from '../cli/context.js';
+import { InputError } from '../errors.js';
+import { openModelSource, type LoadModelOptions } from '../model/load.js';
+import { V4Model } from '../model/v4/model.js';
+import type { LoadedRecipe } from '../recipe/load.js';
+import type { StepGradientsFn } from '../train/trainer.js';
+import type { Collective } from './collective.js';
+import { dataParallelGradients } from './data-parallel.js';
+import { ExpertParallel, ExpertPlacement } from './expert-parallel.js';
+import { MpiCollective, mpiUnavailableReason } from './mpi.js';
+
+/** The world a launcher gave this process, from its environment; null when none did. */
+export function launcherWorld(env: NodeJS.ProcessEnv = process.env): { size: number; rank: number; launcher: string } | null {
+  const pairs: [string, string, string][] = [
+    ['OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', 'Open MPI'],
+    ['PMI_SIZE', 'PMI_RANK', 'PMI (MPICH, Intel MPI, Slurm)'],
+    ['SLURM_NTASKS', 'SLURM_PROCID', 'Slurm'],
+  ];
+  for (const [s, r, launcher] of pairs) {
+    const size = Number(env[s]);
+    const rank = Number(env[r]);
+    if (Number.isInteger(size) && size >= 1 && Number.isInteger(rank) && rank >= 0 && rank < size) return { size, rank, launcher };
+  }
+  return null;
+}
+
+export interface DistributedRun {
+  readonly collective: Collective;
+  readonly rank: number;
+  readonly size: number;
+  /** set by loadModel when expert_parallel > 1 */
+  readonly expert: ExpertParallel | null;
+  /** the model with this rank's share of the routed experts (all of them without expert parallel) */
+  loadModel(dir: string, opts: LoadModelOptions): Promise<V4Model>;
+  /** the trainer's step-gradient function; `startStep`: the step the run starts at */
+  gradients(startStep: number, output: string): StepGradientsFn;
+  /** where this rank's runTraining writes: the run folder on rank 0, a scratch folder elsewhere */
+  runOutput(output: string): string;
+  /** rank 0: ctx; another rank: silent but for warnings that are its own */
+  context(ctx: CliContext): CliContext;
+  /** `2 ranks (MPI (Open MPI v4.1.4)): data parallel ×2, …` */
+  describe(): string;
+  /** After the run, on success: leave the job cleanly. */
+  finish(): void;
+}
+
+const silent = { update: () => {}, stop: () => {} };
+
+class MpiRun implements DistributedRun {
+  expert: ExpertParallel | null = null;
+  private scratch: string | null = null;
+
+  constructor(readonly collective: Collective, private readonly recipe: LoadedRecipe, private readonly ep: number) {
+    const ckRoot = join(recipe.output, 'checkpoints');
+    process.on('SIGTERM', () => {
+      process.stderr.write(`v4tune: rank ${this.rank} of ${this.size}: ended by the launcher (another rank failed or the job was cancelled); the last complete checkpoint in ${ckRoot} is kept\n`);
+      process.exit(143);
+    });
+    process.on('exit', () => this.removeScratch());
+  }
+
+  get rank(): number {
+    return this.collective.rank;
+  }
+
+  get size(): number {
+    return this.collective.size;
+  }
+
+  async loadModel(dir: string, opts: LoadModelOptions): Promise<V4Model> {
+    const src = await openModelSource(dir);
+    try {
+      let backend = await createBackend(opts.backend ?? 'auto', this.rank === 0 ? opts.note : () => {});
+      if (this.ep > 1) {
+        this.expert = new ExpertParallel(this.collective, new ExpertPlacement(src.config.n_routed_experts, this.ep, this.rank, this.size));
+        backend = this.expert.wrap(backend);
+      }
+      return await V4Model.load(src, backend);
+    } finally {
+      await src.close();
+    }
+  }
+
+  gradients(startStep: number, output: string): StepGradientsFn {
+    return dataParallelGradients({ collective: this.collective, expert: this.expert, logDir: output, startStep });
+  }
+
+  runOutput(output: string): string {
+    if (this.rank === 0) return output;
+    this.scratch ??= mkdtempSync(join(tmpdir(), `v4tune-rank${this.rank}-`));
+    return this.scratch;
+  }
+
+  context(ctx: CliContext): CliContext {
+    if (this.rank === 0) return ctx;
+    return { json: ctx.json, quiet: true, log: () => {}, warn: () => {}, progress: () => silent };
+  }
+
+  describe(): string {
+    const ep = this.expert ? `; expert parallel ×${this.ep}: ${this.expert.placement.describe()}` : '';
+    return `${this.size} ranks over ${this.collective.engine}: data parallel ×${this.size} (each rank runs ${this.recipe.train.grad_accum / this.size} of the step's ${this.recipe.train.grad_accum} micro-batches; gradients summed by allreduce once per step)${ep}`;
+  }
+
+  finish(): void {
+    this.collective.finalize();
+    this.removeScratch();
+  }
+
+  private removeScratch(): void {
+    if (this.scratch) rmSync(this.scratch, { recursive: true, force: true });
+    this.scratch = null;
+  }
+}
+
+/**
+ * The distributed run this process is part of, or null for a single-process run. A run asked
+ * for (the recipe's `distributed` section, or a launcher's world of several ranks) that cannot
+ * happen here says why once and trains single-process: the global batch does not depend on the
+ * world size, so the result is the same. Without MPI, the ranks but 0 of a launched world exit.
+ */
+export async function joinDistributed(recipe: LoadedRecipe, note: (line: string) => void): Promise<DistributedRun | null> {
+  const world = launcherWorld();
+  const size = world?.size ?? 1;
+  const dp = recipe.distributed.data_parallel;
+  const ep = recipe.distributed.expert_parallel;
+  if (size === 1) {
+    if ((dp ?? 1) > 1 || ep > 1) {
+      note(`distributed: the recipe asks for data_parallel ${dp ?? 1}, expert_parallel ${ep}, but this is one process (start it with \`mpirun -np ${Math.max(dp ?? 1, ep)} v4tune train ${recipe.file}\`); training single-process, to the same result`);
+    }
+    return null;
+  }
+  const why = mpiUnavailableReason();
+  if (why) {
+    if (world!.rank !== 0) {
+      process.stderr.write(`v4tune: rank ${world!.rank}: ${why}; rank 0 trains single-process, this rank exits\n`);
+      process.exit(0);
+    }
+    note(`distributed: ${world!.launcher} started ${size} ranks, but ${why}; training single-process on rank 0, to the same result`);
+    return null;
+  }
+  const where = recipe.file;
+  if (dp !== undefined && dp !== size) throw new InputError(`${where}: distributed.data_parallel is ${dp} but the launcher started ${size} ranks (set it to ${size}, or start ${dp})`);
+  const ga = recipe.train.grad_accum;
+  if (ga % size !== 0) throw new InputError(`${where}: train.grad_accum (${ga}) must be a multiple of the ${size} data-parallel ranks: each rank runs grad_accum / ${size} micro-batches of the global batch (batch_rows × grad_accum rows per step, the same at any world size)`);
+  if (size % ep !== 0) throw new InputError(`${where}: distributed.expert_parallel (${ep}) must divide the ${size} ranks`);
+  if (ep > 1 && recipe.lora.dropout > 0) throw new InputError(`${where}: lora.dropout with distributed.expert_parallel > 1 is not supported (a routed expert's dropout mask is drawn by the token's row in its rank's batch); set lora.dropout: 0 or expert_parallel: 1`);
+  const collective = MpiCollective.init();
+  if (collective.size !== size) throw new InputError(`${where}: the launcher's environment says ${size} ranks, MPI says ${collective.size}`);
+  return new MpiRun(collective, recipe, ep);
+}
