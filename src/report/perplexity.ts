@@ -76,7 +76,7 @@ export async function measurePerplexity(recipe: LoadedRecipe, train: TrainJson |
         continue;
       }
       if (p.reuse !== null) {
-        rows.push({ ...head, status: 'ok', from: 'train.json', ...p.reuse });
+        rows.push({ ...head, status: 'ok', from: 'train.json', loss: p.reuse.loss, perplexity: p.reuse.perplexity, tokens: p.reuse.tokens, rows: p.reuse.rows });
         continue;
       }
       ctx.log(`report: eval ${p.label}: ${head.model} on ${evalRows} eval rows`);

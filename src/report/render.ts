@@ -78,7 +78,10 @@ export function renderReport(r: RunReport): string {
       L.push('Train loss:', '', ...table(['step', 'loss'], t.lossCurve.map((p) => [String(p.step), loss(p.loss)])), '');
     }
     const ev = [['before', t.evalBefore], ['after', t.evalAfter]] as const;
-    L.push('Eval loss (train stage):', '', ...table(['', 'loss', 'perplexity', 'tokens', 'rows'], ev.map(([k, e]) => (e ? [k, loss(e.loss), ppl(e.perplexity), int(e.tokens), int(e.rows)] : [k, 'not run', '—', '—', '—']))), '');
+    const mtp = ev.some(([, e]) => e?.mtpAgreement !== undefined);
+    const mtpCell = (e: { mtpAgreement?: number }) => (mtp ? [e.mtpAgreement !== undefined ? pct(e.mtpAgreement) : '—'] : []);
+    L.push('Eval loss (train stage):', '', ...table(['', 'loss', 'perplexity', 'tokens', 'rows', ...(mtp ? ['MTP top-1 agreement'] : [])], ev.map(([k, e]) => (e ? [k, loss(e.loss), ppl(e.perplexity), int(e.tokens), int(e.rows), ...mtpCell(e)] : [k, 'not run', '—', '—', '—', ...(mtp ? ['—'] : [])]))), '');
+    if (mtp) L.push('MTP top-1 agreement: how often the MTP block\'s prediction of token t+2 equals the main head\'s (the greedy speculative draft\'s acceptance rate).', '');
     const last = t.samples[t.samples.length - 1];
     if (last) {
       const cell = (x: string) => x.replace(/\|/g, '\\|').replace(/\n/g, ' ');

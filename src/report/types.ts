@@ -65,6 +65,8 @@ export interface EvalNumbers {
   /** counted (predicted) tokens */
   tokens: number;
   rows: number;
+  /** the MTP head's next-next-token top-1 agreement with the main head (train.eval_mtp) */
+  mtpAgreement?: number;
 }
 
 export interface TrainingSection {
