@@ -14,6 +14,7 @@ import { parseConfig } from '../../src/model/config.js';
 import { initModel } from '../../src/model/init.js';
 import { cli } from '../cli/capture.js';
 import { tempDir } from '../data/helpers.js';
+import { runPython, skipPython } from '../interop/python.js';
 
 vi.setConfig({ testTimeout: 300_000, hookTimeout: 300_000 });
 
@@ -48,6 +49,23 @@ describe('generate', () => {
     expect(withAdapter.ids).toEqual(onMerged.ids);
     expect(withAdapter.ids).not.toEqual(plain.ids);
     expect(withAdapter.tokens).toBeGreaterThan(0);
+  });
+
+  it.skipIf(skipPython)('--chat --adapter gives the ids of transformers\' greedy generate (apply_chat_template of the written template) on the merged folder', async () => {
+    const ours = await gen('--model', base, '--adapter', adapterDir, '--chat', '--system', 'Be brief.', '--prompt', 'Status of pump P-2?', '--max-new-tokens', '8');
+    const out = runPython(`
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+ids = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Status of pump P-2?"}], tokenize=True, add_generation_prompt=True)
+ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+with torch.no_grad():
+    new = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+print(json.dumps(new))
+`, [merged]);
+    const theirs = JSON.parse(out.trim().split('\n').pop()!) as number[];
+    expect(ours.ids).toEqual(theirs);
   });
 
   it('streams the answer to stdout as tokens come, and refuses a chat the template cannot render', async () => {
