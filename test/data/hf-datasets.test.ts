@@ -1,6 +1,7 @@
 // A prepared dataset in the Python tools data teams use: HF datasets.load_from_disk opens the
 // folder as a DatasetDict (train, eval) whose rows equal v4tune's own reader's, with the same
-// column types; pyarrow (ipc.open_file) and polars (read_ipc) still read every shard.
+// column types (and load_dataset reads it through the card's configs); pyarrow (ipc.open_file)
+// and polars (read_ipc) still read every shard.
 import { describe, expect, it, beforeAll, afterAll, vi } from 'vitest';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
@@ -59,6 +60,16 @@ describe.skipIf(skipPython)('HF datasets, pyarrow and polars read a prepared dat
       expect(got.rows[split]!.length).toBe(m.splits[split].rows);
       expect(got.rows[split]).toEqual(v4tuneRows(out, split));
     }
+  });
+
+  it('datasets.load_dataset(folder) reads it too, through the dataset card\'s configs (the HF stream files), with the same rows', () => {
+    const got = JSON.parse(runPython([
+      'import datasets, json, sys, tempfile',
+      'd = datasets.load_dataset(sys.argv[1], cache_dir=tempfile.mkdtemp())',
+      'print(json.dumps({s: d[s].to_list() for s in d}))',
+    ].join('\n'), [out])) as Record<string, Record<string, number[]>[]>;
+    expect(Object.keys(got)).toEqual(['train', 'eval']);
+    for (const split of ['train', 'eval'] as const) expect(got[split]).toEqual(v4tuneRows(out, split));
   });
 
   it('a split with no rows opens as an empty Dataset', () => {
