@@ -144,11 +144,13 @@ class Core {
         in = inQ.DeQue<float>();
         Mul(t, in, in[cols_], len);
         ReduceSum(t[2 * cols_], t, t[cols_], len);
+        PipeBarrier<PIPE_ALL>();  // the vector result, before the scalar unit reads it
         acc += t.GetValue(2 * cols_);
         inQ.FreeTensor(in);
       }
       LocalTensor<float> out = outQ.AllocTensor<float>();
       out.SetValue(0, acc);
+      PipeBarrier<PIPE_ALL>();  // the scalar write, before the copy out reads it
       outQ.EnQue(out);
       out = outQ.DeQue<float>();
       SetAtomicAdd<float>();
@@ -269,6 +271,7 @@ class Core {
       LocalTensor<uint32_t> pt = pat.Get<uint32_t>();
       for (int32_t c = 0; c < cols_; c++) pt.SetValue(uint32_t(c), uint32_t(4 * (c / 2))), pt.SetValue(uint32_t(cols_ + c), uint32_t(4 * (c & 1)));
     }
+    PipeBarrier<PIPE_ALL>();  // the scalar-written tables, before the vector unit gathers from them
     lutFmt_ = fmt;
   }
   TPipe pipe_;

@@ -30,6 +30,7 @@ class SinkhornCore {
         p.SetValue(uint32_t(k * Tc_ + t), uint32_t((t * nn_ + k) * 4));          // to entry-major
         p.SetValue(uint32_t(Tc_ * nn_ + t * nn_ + k), uint32_t((k * Tc_ + t) * 4));  // back
       }
+    PipeBarrier<PIPE_ALL>();  // the scalar-written patterns, before the vector unit gathers with them
   }
 
   // tokens [t0, t0 + cnt) of L, dC → dL +=

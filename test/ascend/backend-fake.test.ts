@@ -1,8 +1,8 @@
 // The ascend backend end to end on a stand-in runtime: a libascendcl.so built from the fake ACL
 // table and the shim-built kernels, found through ASCEND_HOME_PATH and loaded by the addon with
 // dlopen as the real one would be. `auto` takes ascend once a device is visible; the backend's
-// routed-expert and linear ops (through the addon's bindings, on libuv worker threads, through the
-// host code) equal the native backend's; LoRA dropout is refused by name.
+// routed-expert and linear ops and its mHC pre backward (through the addon's bindings, on libuv
+// worker threads, through the host code) equal the native backend's; LoRA dropout is refused by name.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../src/backend/index.js';
@@ -93,6 +93,24 @@ describe.skipIf(skipNative || onDevice)('the ascend backend on the fake runtime'
     expect(relErr(gba.dx, gbb.dx), 'grouped dx').toBeLessThan(TOL);
     expect(relErr(gba.lora!.dA, gbb.lora!.dA), 'grouped dA').toBeLessThan(TOL);
     expect(relErr(gba.lora!.dB, gbb.lora!.dB), 'grouped dB').toBeLessThan(TOL);
+  }, 600_000);
+
+  it('the mHC pre backward, its Sinkhorn part on the device, equals the native backend', async () => {
+    expect(asc.name).toMatch(/^ascend /);
+    const hc = 4, dd = 16, n = hc * dd, nm = (2 + hc) * hc, iters = 20, hcEps = 1e-6, normEps = 1e-6;
+    const X = randn(N * n, r), fn = randn(nm * n, r, 0.2), scale = Float32Array.from([0.8, 1.1, 1.3]), base = randn(nm, r, 0.5);
+    const dy = randn(N * dd, r), dpost = randn(N * hc, r), dcomb = randn(N * hc * hc, r);
+    const run = async (be: Backend) => {
+      const f = await be.mhcPreForward(X, be.weightFromArray('fn', fn, [nm, n]), be.weightFromArray('scale', scale, [3]),
+        be.weightFromArray('base', base, [nm]), N, hc, dd, iters, hcEps, normEps);
+      return { f, b: await be.mhcPreBackward(f.saved, dy, dpost, dcomb) };
+    };
+    const a = await run(asc), b = await run(nat);
+    expect(relErr(a.f.comb, b.f.comb), 'comb').toBeLessThan(TOL);
+    expect(relErr(a.b.dX, b.b.dX), 'dX').toBeLessThan(TOL);
+    // the comb part matters: without dcomb the result differs
+    const noComb = await nat.mhcPreBackward(b.f.saved, dy, dpost, new Float32Array(N * hc * hc));
+    expect(relErr(noComb.dX, b.b.dX)).toBeGreaterThan(1e-3);
   }, 600_000);
 
   it('LoRA dropout is refused by name', async () => {

@@ -15,7 +15,8 @@
 // What it does not model: the Cube unit's fractal (NZ) layouts and the Matmul API's internal
 // data movement (Matmul here reads and writes ND row-major GM and checks its tiling's footprint),
 // pipeline timing (the shim executes in program order, so a missing EnQue / DeQue hand-over
-// between the copy and vector pipes would not show), and
+// between the pipes or a missing PipeBarrier around scalar access to UB would not show), the
+// per-instruction granularity rules of some vector calls (e.g. Compare's 256-byte counts), and
 // the cross-core messaging of MIX kernels (a block runs its vector and cube work in one thread).
 #pragma once
 #include <algorithm>
@@ -267,6 +268,13 @@ class TPipe {
                                       std::string(pos_name(q.pos)) + " buffer " + name + "[" + std::to_string(i) + "]"));
   }
 };
+
+// ---- synchronisation between the scalar unit and the pipes ----
+// On a device, a scalar write to UB must be fenced before a pipe reads it, and a pipe's result
+// before the scalar unit reads it; the shim executes in program order, so the fence is a no-op.
+enum pipe_t { PIPE_S, PIPE_V, PIPE_MTE2, PIPE_MTE3, PIPE_ALL };
+template <pipe_t P>
+inline void PipeBarrier() {}
 
 // ---- data movement ----
 struct DataCopyParams {

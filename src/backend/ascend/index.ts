@@ -1,14 +1,15 @@
 // The ascend backend: the native backend with its fused LoRA ops — the grouped routed experts
-// (forward and backward), the shared expert, and linear / grouped linear with LoRA — run on an
-// Ascend NPU by the Ascend C kernels in kernels/ascend/ through the addon's ACL host code
-// (native/ascend_*.cc; libascendcl.so and the kernel library are loaded at run time). Every other
-// op runs on the CPU kernels. The device ops take the CPU ops' arguments, so the backend is the
-// native one over an addon whose four LoRA entries are the device's.
+// (forward and backward), the shared expert, and linear / grouped linear with LoRA — and the
+// Sinkhorn part of the mHC pre backward run on an Ascend NPU by the Ascend C kernels in
+// kernels/ascend/ through the addon's ACL host code (native/ascend_*.cc; libascendcl.so, aclnn and
+// the kernel library are loaded at run time). Every other op runs on the CPU kernels. The device
+// LoRA ops take the CPU ops' arguments, so the backend is the native one over an addon whose four
+// LoRA entries are the device's.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { V4tuneError } from '../../errors.js';
-import type { Backend } from '../ops.js';
-import { loadAddon, tryLoadAddon, nativeUnavailableReason, type NativeAddon } from '../native/addon.js';
+import type { Backend, F32, Saved } from '../ops.js';
+import { loadAddon, rawWeight, tryLoadAddon, nativeUnavailableReason, type NativeAddon } from '../native/addon.js';
 import { NativeBackend } from '../native/index.js';
 
 interface AscendAddon extends NativeAddon {
@@ -19,7 +20,10 @@ interface AscendAddon extends NativeAddon {
   ascendExpertBackward: NativeAddon['expertBackward'];
   ascendLinearForward: NativeAddon['linearForward'];
   ascendLinearBackward: NativeAddon['linearBackward'];
+  ascendSinkhornBackward(dL: F32, dC: F32, L: F32, T: number, n: number, iters: number, eps: number): Promise<void>;
 }
+/** What the native backend's mhcPreForward keeps (src/backend/native/index.ts MhcPreSaved). */
+interface MhcPreSaved extends Saved { X: F32; mix: F32; fn: F32; scale: F32; base: F32; N: number; hc: number; d: number; iters: number; hcEps: number; normEps: number }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The kernel library kernels/ascend/CMakeLists.txt builds (V4TUNE_ASCEND_KERNELS overrides). */
@@ -47,6 +51,38 @@ class AscendBackend extends NativeBackend {
       linearBackward: addon.ascendLinearBackward,
     });
     this.name = `ascend (NPU ${device}, ${cores} AI cores; other ops on the CPU kernels)`;
+  }
+  // in the forward pass this was comb = Sinkhorn(L), L = m[2hc:]·scale2 + base[2hc:], m = (fn·x)·r
+  // with x a token's X flattened (n = hc·d) and r = (mean(x²) + normEps)^-½. The CPU kernel gives
+  // dX from dy and dpost; the comb part, with dm = Sinkhorn backward(dcomb, L)·scale2 on the NPU, adds
+  //   dx += r·(dm · fn[2hc:]) − (Σ_k dm_k m_k)·r²/n · x
+  override async mhcPreBackward(saved: Saved, dy: F32, dpost: F32, dcomb: F32): Promise<{ dX: F32 }> {
+    if (saved.op !== 'mhcPre') throw new V4tuneError(`ascend backend: mhcPre backward got the saved context of ${saved.op}`);
+    const s = saved as MhcPreSaved;
+    const addon = this.addon as AscendAddon;
+    const { N, hc, d } = s, nm = (2 + hc) * hc, n = hc * d, hh = hc * hc;
+    const dX = new Float32Array(s.X.length);
+    await addon.mhcPreBackward(dX, dy, dpost, null, s.mix, s.X, s.fn, s.scale, s.base, N, hc, d, true, s.iters, s.hcEps, s.normEps);
+    const L = new Float32Array(N * hh), dL = new Float32Array(N * hh);
+    for (let t = 0; t < N; t++) for (let k = 0; k < hh; k++) L[t * hh + k] = s.mix[t * nm + 2 * hc + k] * s.scale[2] + s.base[2 * hc + k];
+    await addon.ascendSinkhornBackward(dL, dcomb, L, N, hc, s.iters, s.hcEps);
+    const dmr = new Float32Array(N * hh), coef = new Float64Array(N);
+    for (let t = 0; t < N; t++) {
+      let sq = 0;
+      for (let i = 0; i < n; i++) sq += s.X[t * n + i] ** 2;
+      const r = 1 / Math.sqrt(sq / n + s.normEps);
+      let dmm = 0;
+      for (let k = 0; k < hh; k++) {
+        const dm = dL[t * hh + k] * s.scale[2];
+        dmr[t * hh + k] = dm * r;
+        dmm += dm * s.mix[t * nm + 2 * hc + k];
+      }
+      coef[t] = (dmm * r * r) / n;
+    }
+    const fnComb = rawWeight('f32', s.fn.subarray(2 * hc * n, (2 * hc + hh) * n), null, hh, n);
+    await addon.gemm(N, n, hh, 1, dmr, hh, 1, fnComb, false, 1, dX, n);
+    for (let t = 0; t < N; t++) for (let i = 0; i < n; i++) dX[t * n + i] -= coef[t] * s.X[t * n + i];
+    return { dX };
   }
   override dispose(): void {
     super.dispose();
