@@ -113,4 +113,21 @@ describe('v4tune prepare', () => {
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toContain('nothing/*.txt: the glob matches no files');
   });
+
+  it('inspect picks rows with --row, --sample/--seed and --source, and refuses two ways of picking at once', async () => {
+    const file = recipe('inspect', 'tokenizer: deepseek-v4\ndata:\n  sources: [{ path: corpus/a.txt, name: manual }, { path: corpus/b.jsonl, name: chats }]\n  seq_len: 32\n  packing: false\n  eval_fraction: 0\noutput: run\n');
+    expect((await cli('prepare', file)).code).toBe(0);
+    const data = join(tmp.dir, 'inspect', 'run', 'data');
+    const one = await cli('--json', 'inspect', data, '--source', 'chats', '--sample', '1', '--seed', '2');
+    expect(one.code, one.err).toBe(0);
+    const s = JSON.parse(one.out) as { rows: { segments: { source?: string; location?: string }[] }[]; matched: number };
+    expect(s.matched).toBe(1);
+    expect(s.rows[0]!.segments[0]).toMatchObject({ source: 'chats', location: join('corpus', 'b.jsonl:1') });
+    const row = await cli('inspect', data, '--row', '0', '--split', 'train');
+    expect(row.code).toBe(0);
+    expect(row.err + row.out).toContain('── train row 0 ──');
+    const both = await cli('inspect', data, '--row', '0', '--sample', '2');
+    expect(both.code).toBe(2);
+    expect(both.err).toContain('--rows, --row and --sample choose rows in different ways: give one of them');
+  });
 });
