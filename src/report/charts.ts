@@ -104,6 +104,25 @@ export async function reportCharts(r: RunReport): Promise<Chart[]> {
       } as Spec,
     });
   }
+  const layers = quant.flatMap((q) => (q.status === 'ok' && q.layers ? q.layers.map((l) => ({ block: l.block, kind: l.kind, rel_rms: l.relRmsError })) : []));
+  if (layers.length > 0) {
+    specs.push({
+      section: 'Quantized',
+      title: 'INT4 error per layer',
+      spec: {
+        ...base('GPTQ output read back: relative RMS error per layer'),
+        data: { values: layers },
+        mark: 'bar',
+        encoding: {
+          x: { field: 'block', type: 'nominal', title: null, sort: null, axis: { labelAngle: -30 } },
+          xOffset: { field: 'kind' },
+          y: { field: 'rel_rms', type: 'quantitative', title: '‖W − Ŵ‖ / ‖W‖', axis: { format: '.1%' } },
+          color: { field: 'kind', type: 'nominal', title: 'linear' },
+          tooltip: [{ field: 'block' }, { field: 'kind' }, { field: 'rel_rms', format: '.3%' }],
+        },
+      } as Spec,
+    });
+  }
   const ppl = r.perplexity.rows.flatMap((p) => (p.status === 'ok' ? [{ stage: p.label, perplexity: p.perplexity }] : []));
   if (ppl.length > 0) {
     specs.push({

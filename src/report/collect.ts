@@ -8,6 +8,7 @@ import { InputError } from '../errors.js';
 import { formatOutput, type KindStats, type LinearKind, type QuantFormat } from '../export/quantize.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
 import { PROFILE_FILE, readProfile } from '../lora/profile.js';
+import { gptqLayerErrors } from './int4-layers.js';
 import { inspectModel } from '../model/inspect.js';
 import { SafetensorsFile, numel } from '../model/safetensors.js';
 import type { LoadedRecipe } from '../recipe/load.js';
@@ -288,5 +289,12 @@ function quantOutputSection(recipe: LoadedRecipe, format: QuantFormat): QuantOut
 
 export async function exportSection(recipe: LoadedRecipe): Promise<ExportSection> {
   const formats = ALL_FORMATS.filter((f) => recipe.export.quantize.includes(f) || existsSync(formatOutput(join(recipe.output, 'quantized'), f)));
-  return { merge: await mergeSection(recipe), quantized: formats.map((f) => quantOutputSection(recipe, f)) };
+  const quantized = formats.map((f) => quantOutputSection(recipe, f));
+  // the GPTQ folder read back against its source, per layer (the stats file holds kinds only)
+  for (const q of quantized) {
+    if (q.format !== 'gptq' || q.status !== 'ok') continue;
+    const s = readJson<QuantStatsJson>(join(q.path, 'v4tune-quantize.json'));
+    if (s.source !== undefined && existsSync(join(s.source, 'config.json'))) q.layers = await gptqLayerErrors(q.path, s.source);
+  }
+  return { merge: await mergeSection(recipe), quantized };
 }

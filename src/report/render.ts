@@ -128,6 +128,12 @@ export function renderReport(r: RunReport): string {
     const grid = q.format === 'gptq' ? (q.groupSize !== null ? `, group size ${q.groupSize}` : '') : ', blocks of 32';
     L.push(`- ${q.format} (method ${q.method}${grid}): \`${q.path}\`, ${int(q.tensorsQuantized)} tensors quantized, compression ${comp}`, '');
     L.push(...table(['kind', 'tensors', 'weights', 'max abs error', 'mean abs error', 'relative RMS'], errorRows(q.errors)), '');
+    if (q.layers && q.layers.length > 0) {
+      const kinds = [...new Set(q.layers.map((l) => l.kind))];
+      const blocks = [...new Set(q.layers.map((l) => l.block))];
+      L.push('Relative RMS error per layer (the output read back against its source):', '');
+      L.push(...table(['block', ...kinds], blocks.map((b) => [b, ...kinds.map((k) => { const l = q.layers!.find((x) => x.block === b && x.kind === k); return l ? pct(l.relRmsError) : '—'; })])), '');
+    }
   }
 
   L.push('## Perplexity before and after', '');

@@ -3,6 +3,7 @@
 // folder or "not run" with the reason. `report.md` renders it; `--json` prints it as is.
 import type { KindStats, LinearKind, QuantFormat } from '../export/quantize.js';
 import type { WeightFormat } from '../model/checkpoint.js';
+import type { LayerError } from './int4-layers.js';
 
 /** A stage whose outputs are not in the run folder. */
 export interface NotRun {
@@ -144,6 +145,8 @@ export type QuantOutputSection = { format: QuantFormat; path: string } & Section
   bytesOut: number;
   compression: number | null;
   errors: Partial<Record<LinearKind, KindStats>>;
+  /** GPTQ: ‖W − Ŵ‖ / ‖W‖ per layer and kind, its files read back against the source (absent when the source is gone) */
+  layers?: LayerError[];
 }>;
 
 export interface ExportSection {

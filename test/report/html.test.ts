@@ -57,12 +57,12 @@ describe('report.html', () => {
     md = readFileSync(join(dir, 'out', 'report.md'), 'utf8');
   });
 
-  it('is one self-contained page: every report.md section, seven SVG charts, nothing fetched', () => {
+  it('is one self-contained page: every report.md section, eight SVG charts, nothing fetched', () => {
     expect(rep.html).toBe(join(dir, 'out', 'report.html'));
     for (const h of ['Recipe', 'Model', 'Data', 'Training', 'Adapter', 'Experts', 'Export', 'Perplexity before and after']) expect(html).toContain(`>${h}</h2>`);
     const svgs = html.match(/<svg[\s>]/g) ?? [];
-    expect(svgs).toHaveLength(7);
-    for (const label of ['Loss', 'Learning rate', 'Tokens/s', 'Gradient norm', 'Expert profile', 'INT4 error', 'Perplexity']) expect(html).toContain(`aria-label="${label}"`);
+    expect(svgs).toHaveLength(8);
+    for (const label of ['Loss', 'Learning rate', 'Tokens/s', 'Gradient norm', 'Expert profile', 'INT4 error', 'INT4 error per layer', 'Perplexity']) expect(html).toContain(`aria-label="${label}"`);
     expect(html).not.toMatch(/<script|<link|<img|<iframe|src=|url\((?!#)|href="(?!#)/i);
   });
 
@@ -81,6 +81,20 @@ describe('report.html', () => {
     expect(rep.training.samples.map((s) => s.step)).toEqual([0, 3, 6]);
   });
 
+  it('gives the GPTQ error per layer and kind, read back against the merged model, consistent with the per-kind totals', () => {
+    const q = rep.export.quantized[0]!;
+    if (q.status !== 'ok') throw new Error('unreachable');
+    expect(q.layers!.map((l) => l.block)).toEqual(['layers.0', 'layers.0', 'layers.0', 'layers.1', 'layers.1', 'layers.1', 'layers.2', 'layers.2', 'layers.2', 'layers.3', 'layers.3', 'layers.3', 'mtp.0', 'mtp.0', 'mtp.0']);
+    for (const kind of ['attention', 'routed_expert', 'shared_expert'] as const) {
+      const ls = q.layers!.filter((l) => l.kind === kind);
+      expect(ls.reduce((s, l) => s + l.tensors, 0)).toBe(q.errors[kind]!.tensors);
+      // the per-kind figure lies between the layers' extremes
+      expect(q.errors[kind]!.relRmsError).toBeGreaterThanOrEqual(Math.min(...ls.map((l) => l.relRmsError)) - 1e-6);
+      expect(q.errors[kind]!.relRmsError).toBeLessThanOrEqual(Math.max(...ls.map((l) => l.relRmsError)) + 1e-6);
+    }
+    expect(md).toContain('Relative RMS error per layer');
+  });
+
   it('markdownToHtml escapes text and keeps tables, lists and code', () => {
     expect(markdownToHtml('## A <b>\n\n- `x<y>` and _it_\n\n| a | b \\| c |\n|---|---|\n| 1 | 2 |')).toBe(
       '<h2 id="a-b">A &lt;b&gt;</h2>\n<ul><li><code>x&lt;y&gt;</code> and <em>it</em></li></ul>\n<table><thead><tr><th>a</th><th>b | c</th></tr></thead><tbody><tr><td>1</td><td>2</td></tr></tbody></table>');
@@ -92,7 +106,7 @@ describe('report.html', () => {
     const page = `file://${join(dir, 'out', 'report.html')}`;
     const dom = spawnSync(CHROMIUM, [...flags, `--user-data-dir=${join(dir, 'chromium-a')}`, '--dump-dom', page], { encoding: 'utf8', timeout: 120_000 });
     expect(dom.status, dom.stderr).toBe(0);
-    expect((dom.stdout.match(/<svg[\s>]/g) ?? []).length).toBe(7);
+    expect((dom.stdout.match(/<svg[\s>]/g) ?? []).length).toBe(8);
     expect(dom.stdout).toContain('Run report: html-run');
     expect(dom.stderr).not.toMatch(/Uncaught|Failed to load resource|net::ERR_|CONSOLE\(\d+\)\].*error/i);
     const png = join(dir, 'report.png');
