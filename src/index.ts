@@ -9,10 +9,14 @@ export { prepareDataset, type PrepareOptions, type PrepareSummary } from './data
 export { openDataset, type Dataset, type DatasetRow, type Split } from './data/dataset.js';
 // model
 export { loadModel, type LoadModelOptions } from './model/load.js';
-export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver, type LinearInputObserver } from './model/v4/model.js';
+export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver, type LinearInputObserver, type MtpAgreement } from './model/v4/model.js';
 export { Checkpoint } from './model/checkpoint.js';
 export { parseConfig, type V4Config } from './model/config.js';
 export { initModel, type InitOptions } from './model/init.js';
+// chat: the template training renders through and every written model folder carries
+export { V4_CHAT_TEMPLATE, renderChat, chatRefusal, type ChatMessage, type RenderChatOptions } from './chat/template.js';
+export { readChatTemplate, stampChatTemplate } from './chat/config.js';
+export { generateTokens, sampleToken, type GenerateOptions } from './chat/generate.js';
 // LoRA
 export { createAdapter, Adapter } from './lora/adapter.js';
 export { saveAdapter, loadAdapter } from './lora/peft.js';

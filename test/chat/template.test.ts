@@ -8,6 +8,7 @@ import { readChatTemplate, stampChatTemplate } from '../../src/chat/config.js';
 import { chatRefusal, renderChat, V4_CHAT_TEMPLATE, type ChatMessage } from '../../src/chat/template.js';
 import { chatBosEos, chatTokenIds, encodeChat, type ChatTokenIds } from '../../src/data/documents.js';
 import { loadTokenizer, type TextTokenizer } from '../../src/data/tokenizer.js';
+import * as api from '../../src/index.js';
 import { embeddedTokenizerFile, tempDir } from '../data/helpers.js';
 import { runPython, skipPython } from '../interop/python.js';
 
@@ -72,6 +73,12 @@ describe('V4 chat template', () => {
     const none = join(tmp.dir, 'none');
     mkdirSync(none);
     expect(stampChatTemplate(none)).toBe(false);
+  });
+
+  it('is part of the library API (a GGUF writer or server reads the template from there or from tokenizer_config.json)', () => {
+    expect(api.V4_CHAT_TEMPLATE).toBe(V4_CHAT_TEMPLATE);
+    expect(api.readChatTemplate(tmp.dir)).toBe(V4_CHAT_TEMPLATE);
+    expect(api.renderChat([{ role: 'user', content: 'Q' }], { bosToken: '<s>', eosToken: '</s>', addGenerationPrompt: true })).toBe('<s><｜User｜>Q<｜Assistant｜></think>');
   });
 
   it('refuses chats it cannot reproduce, with the reason', () => {
