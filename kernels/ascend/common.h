@@ -227,6 +227,7 @@ class Core {
   __aicore__ inline void MatMul(uint64_t c, int64_t ldc, uint64_t a, int64_t lda, bool ta, uint64_t b, int64_t ldb, bool tb,
                                 int64_t M, int64_t N, int64_t K, bool accumulate) {
     if (M == 0 || N == 0) return;
+    PipeBarrier<PIPE_ALL>();  // the vector unit's GM writes (a slab, a scaled factor), before the Cube reads them
     mm.SetOrgShape(int32_t(ta ? lda : M), int32_t(tb ? N : ldb), int32_t(ta ? K : lda), int32_t(tb ? ldb : K), int32_t(ldc));
     mm.SetSingleShape(int32_t(M), int32_t(N), int32_t(K));
     mm.SetTensorA(gmf(a), ta);

@@ -92,7 +92,7 @@ class AscendBackend extends NativeBackend {
 
 /**
  * The ascend backend on NPU V4TUNE_ASCEND_DEVICE_ID (default 0), its kernels on V4TUNE_ASCEND_CORES
- * AI cores (default 20, the smallest 910B part), or a V4tuneError saying what is missing.
+ * AI cores (default 20), or a V4tuneError saying what is missing.
  */
 export async function createAscendBackend(): Promise<Backend> {
   const { available, reason } = ascendAvailability();
