@@ -1,5 +1,5 @@
 // GGUF (version 3, ggml's model file format): a streaming writer, a header reader (for tests and
-// inspection), and llama.cpp's Q4_0 block quantisation (Q4_K: q4k.ts).
+// inspection), and llama.cpp's Q4_0 block quantisation (Q4_K: q4k.ts; Q8_0, Q5_0: ggml-quants.ts).
 //
 // File layout (all little-endian):
 //   u32 magic "GGUF" | u32 version = 3 | u64 tensor_count | u64 kv_count
@@ -9,9 +9,11 @@
 //   relative to the data start and a multiple of the alignment.
 // ne[0] is the innermost (contiguous) dimension: a row-major [out, in] matrix has ne = [in, out].
 import { closeSync, openSync, readSync, renameSync, rmSync, writeSync, fstatSync } from 'node:fs';
-import { tempNameBeside } from '../fsutil.js';
+import { InputError } from '../errors.js';
+import { sweepTemps, tempNameBeside } from '../fsutil.js';
 import { f16Decode, f16Encode } from '../model/formats.js';
 import { Q4_K_BLOCK, Q4_K_BYTES } from './q4k.js';
+import { Q5_0_BYTES, Q8_0_BYTES } from './ggml-quants.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
@@ -25,7 +27,7 @@ export const GgufType = {
 export type GgufTypeId = (typeof GgufType)[keyof typeof GgufType];
 
 /** the ggml tensor types this writer emits */
-export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, Q4_K: 12, I32: 26 } as const;
+export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, Q5_0: 6, Q8_0: 8, Q4_K: 12, I32: 26, BF16: 30 } as const;
 export type GgmlTypeId = (typeof GgmlType)[keyof typeof GgmlType];
 
 /** Q4_0: 32 weights per block, f16 d + 16 bytes of nibbles */
@@ -54,10 +56,12 @@ export function ggmlBytes(type: GgmlTypeId, dims: ReadonlyArray<number>): number
   const n = dims.reduce((a, b) => a * b, 1);
   switch (type) {
     case GgmlType.F32: case GgmlType.I32: return 4 * n;
-    case GgmlType.F16: return 2 * n;
-    case GgmlType.Q4_0:
-      if (dims[0]! % Q4_0_BLOCK !== 0) throw new Error(`Q4_0 needs ne[0] to be a multiple of ${Q4_0_BLOCK} (got ${dims[0]})`);
-      return (n / Q4_0_BLOCK) * Q4_0_BYTES;
+    case GgmlType.F16: case GgmlType.BF16: return 2 * n;
+    case GgmlType.Q4_0: case GgmlType.Q5_0: case GgmlType.Q8_0: {
+      const name = type === GgmlType.Q4_0 ? 'Q4_0' : type === GgmlType.Q5_0 ? 'Q5_0' : 'Q8_0';
+      if (dims[0]! % Q4_0_BLOCK !== 0) throw new Error(`${name} needs ne[0] to be a multiple of ${Q4_0_BLOCK} (got ${dims[0]})`);
+      return (n / Q4_0_BLOCK) * (type === GgmlType.Q4_0 ? Q4_0_BYTES : type === GgmlType.Q5_0 ? Q5_0_BYTES : Q8_0_BYTES);
+    }
     case GgmlType.Q4_K:
       if (dims[0]! % Q4_K_BLOCK !== 0) throw new Error(`Q4_K needs ne[0] to be a multiple of ${Q4_K_BLOCK} (got ${dims[0]})`);
       return (n / Q4_K_BLOCK) * Q4_K_BYTES;
@@ -183,6 +187,7 @@ export class GgufWriter {
     this.tensors = tensors;
     const { header, offsets } = encodeHeader(kvs, tensors, this.alignment);
     this.offsets = offsets;
+    sweepTemps(path);
     this.tmp = tempNameBeside(path);
     this.fd = openSync(this.tmp, 'w');
     this.write(header);
@@ -248,12 +253,12 @@ class ByteReader {
   pos = 0;
   constructor(private readonly fd: number, private readonly size: number, private readonly path: string) {}
   take(n: number): Buffer {
-    if (this.pos + n > this.size) throw new Error(`${this.path}: GGUF header runs past the end of the file (at byte ${this.pos})`);
+    if (this.pos + n > this.size) throw new InputError(`${this.path}: GGUF header runs past the end of the file (at byte ${this.pos})`);
     const b = Buffer.alloc(n);
     let done = 0;
     while (done < n) {
       const r = readSync(this.fd, b, done, n - done, this.pos + done);
-      if (r === 0) throw new Error(`${this.path}: short read at byte ${this.pos + done}`);
+      if (r === 0) throw new InputError(`${this.path}: short read at byte ${this.pos + done}`);
       done += r;
     }
     this.pos += n;
@@ -262,8 +267,17 @@ class ByteReader {
   u32(): number { return this.take(4).readUInt32LE(); }
   u64(): number {
     const v = this.take(8).readBigUInt64LE();
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`${this.path}: u64 ${v} at byte ${this.pos - 8} is too large`);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new InputError(`${this.path}: u64 ${v} at byte ${this.pos - 8} is too large`);
     return Number(v);
+  }
+  /** bytes left after the cursor */
+  left(): number { return this.size - this.pos; }
+  /** a count of items of at least `minBytes` each: refused when they cannot fit in the rest of the file */
+  count(what: string, minBytes: number): number {
+    const at = this.pos;
+    const n = this.u64();
+    if (n * minBytes > this.left()) throw new InputError(`${this.path}: ${what} count ${n} at byte ${at} cannot fit in the ${this.left()} bytes left`);
+    return n;
   }
   str(): string { return this.take(this.u64()).toString('utf8'); }
   scalar(type: number): GgufScalar {
@@ -280,10 +294,13 @@ class ByteReader {
       case GgufType.UINT64: return this.take(8).readBigUInt64LE();
       case GgufType.INT64: return this.take(8).readBigInt64LE();
       case GgufType.FLOAT64: return this.take(8).readDoubleLE();
-      default: throw new Error(`${this.path}: unknown GGUF value type ${type} at byte ${this.pos - 4}`);
+      default: throw new InputError(`${this.path}: unknown GGUF value type ${type} at byte ${this.pos - 4}`);
     }
   }
 }
+
+/** GGML_MAX_DIMS of ggml.h */
+const GGML_MAX_DIMS = 4;
 
 /** Parse a GGUF file's header (metadata and tensor infos); the data is not read. */
 export function readGgufHeader(path: string): GgufFile {
@@ -291,17 +308,17 @@ export function readGgufHeader(path: string): GgufFile {
   try {
     const size = fstatSync(fd).size;
     const r = new ByteReader(fd, size, path);
-    if (r.u32() !== GGUF_MAGIC) throw new Error(`${path}: not a GGUF file (bad magic)`);
+    if (r.u32() !== GGUF_MAGIC) throw new InputError(`${path}: not a GGUF file (bad magic)`);
     const version = r.u32();
-    const nTensors = r.u64();
-    const nKv = r.u64();
+    const nTensors = r.count('tensor', 8 + 4 + 4 + 8);
+    const nKv = r.count('metadata key', 8 + 4);
     const kv: GgufFile['kv'] = new Map();
     for (let i = 0; i < nKv; i++) {
       const key = r.str();
       const type = r.u32() as GgufTypeId;
       if (type === GgufType.ARRAY) {
         const itemType = r.u32() as GgufTypeId;
-        const n = r.u64();
+        const n = r.count(`${key} array item`, 1);
         const value: GgufScalar[] = [];
         for (let j = 0; j < n; j++) value.push(r.scalar(itemType));
         kv.set(key, { type, value, itemType });
@@ -311,6 +328,7 @@ export function readGgufHeader(path: string): GgufFile {
     for (let i = 0; i < nTensors; i++) {
       const name = r.str();
       const nd = r.u32();
+      if (nd > GGML_MAX_DIMS) throw new InputError(`${path}: tensor ${name} has ${nd} dimensions; GGUF allows at most ${GGML_MAX_DIMS}`);
       const dims: number[] = [];
       for (let j = 0; j < nd; j++) dims.push(r.u64());
       const type = r.u32() as GgmlTypeId;
@@ -319,6 +337,7 @@ export function readGgufHeader(path: string): GgufFile {
     }
     const a = kv.get('general.alignment');
     const alignment = a ? Number(a.value) : GGUF_DEFAULT_ALIGNMENT;
+    if (!Number.isInteger(alignment) || alignment < 1 || alignment > 1 << 20) throw new InputError(`${path}: general.alignment ${a?.value} is not a usable alignment`);
     return { version, kv, tensors, alignment, dataStart: align(r.pos, alignment), fileSize: size };
   } finally {
     closeSync(fd);
@@ -327,14 +346,20 @@ export function readGgufHeader(path: string): GgufFile {
 
 /** the bytes of one tensor of a parsed GGUF file */
 export function readGgufTensor(path: string, f: GgufFile, t: GgufTensorEntry): Buffer {
-  const n = ggmlBytes(t.type, t.dims);
+  let n: number;
+  try {
+    n = ggmlBytes(t.type, t.dims);
+  } catch (e) {
+    throw new InputError(`${path}: tensor ${t.name}: ${(e as Error).message}`);
+  }
+  if (!(n >= 0) || f.dataStart + t.offset + n > f.fileSize) throw new InputError(`${path}: tensor ${t.name} (${n} bytes at offset ${t.offset}) runs past the end of the file`);
   const fd = openSync(path, 'r');
   try {
     const b = Buffer.alloc(n);
     let done = 0;
     while (done < n) {
       const got = readSync(fd, b, done, n - done, f.dataStart + t.offset + done);
-      if (got === 0) throw new Error(`${path}: tensor ${t.name} runs past the end of the file`);
+      if (got === 0) throw new InputError(`${path}: tensor ${t.name} runs past the end of the file`);
       done += got;
     }
     return b;

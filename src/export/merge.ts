@@ -17,6 +17,7 @@ import {
   bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes,
   fp8e4m3Encode, FP8_BLOCK, quantFp4, quantFp8Block,
 } from '../model/formats.js';
+import { configJsonText } from '../model/config-json.js';
 import type { Layout } from '../model/layout.js';
 import { DTYPE_BYTES, INDEX_FILE, numel } from '../model/safetensors.js';
 import { stampChatTemplate } from '../chat/config.js';
@@ -202,18 +203,22 @@ function largestShard(ck: Checkpoint): number {
   return Math.max(max, 1024 * 1024);
 }
 
-// config.json of a BF16 output: no FP8 quantization_config, no FP4 expert_dtype (as a BF16 release)
-function bf16ConfigJson(text: string, file: string): string {
+// config.json of the output, every field of the base's kept, floats written as floats
+// (config-json.ts). dtype original: as the base ships it (quantization_config and expert_dtype
+// included); bf16: no FP8 quantization_config, no FP4 expert_dtype (as a BF16 release).
+function outputConfigJson(text: string, file: string, dtype: MergeDtype): string {
   let j: Record<string, unknown>;
   try {
     j = JSON.parse(text) as Record<string, unknown>;
   } catch {
     throw new InputError(`${file}: not valid JSON`);
   }
-  delete j.quantization_config;
-  delete j.expert_dtype;
-  j.torch_dtype = 'bfloat16';
-  return `${JSON.stringify(j, null, 2)}\n`;
+  if (dtype === 'bf16') {
+    delete j.quantization_config;
+    delete j.expert_dtype;
+    j.torch_dtype = 'bfloat16';
+  }
+  return configJsonText(j);
 }
 
 interface Prepared {
@@ -311,7 +316,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
     const shards = await writeDirAtomic(plan.out, async (tmp) => {
       const cfgPath = join(plan.base, 'config.json');
       const cfgText = readFileSync(cfgPath, 'utf8');
-      writeFileSync(join(tmp, 'config.json'), plan.dtype === 'bf16' ? bf16ConfigJson(cfgText, cfgPath) : cfgText);
+      writeFileSync(join(tmp, 'config.json'), outputConfigJson(cfgText, cfgPath, plan.dtype));
       for (const n of extra) {
         const src = join(plan.base, n);
         if (statSync(src).isDirectory()) cpSync(src, join(tmp, n), { recursive: true });

@@ -9,6 +9,7 @@ import { writeDirAtomic } from '../fsutil.js';
 import { tensorRng } from '../random.js';
 import { writeCheckpointFiles, type TensorBytes, type TensorPlan } from './checkpoint.js';
 import { parseConfig, type V4Config } from './config.js';
+import { configJsonText } from './config-json.js';
 import { f32ToBf16Bytes, f32ToBytes, FP4_GROUP, FP8_BLOCK, quantFp4, quantFp8Block } from './formats.js';
 import { expectedTensors, type ExpectedTensor, type Layout } from './layout.js';
 import type { Dtype } from './safetensors.js';
@@ -250,7 +251,7 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
   const maxShardBytes = opts.maxShardBytes ?? (opts.preset === 'tiny' ? 16 : 256) * 1024 * 1024;
   let done = 0;
   const shards = await writeDirAtomic(opts.out, async (tmp) => {
-    writeFileSync(join(tmp, 'config.json'), `${JSON.stringify(cfgJson, null, 2)}\n`);
+    writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));
     if (opts.tokenizer ?? true) writeEmbeddedTokenizer(tmp);
     return writeCheckpointFiles(tmp, plans, async (name) => {
       opts.onTensor?.(++done, plans.length);

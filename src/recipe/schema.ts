@@ -149,8 +149,8 @@ export const exportSchema = z.object({
     .describe('Merge the trained adapter into the base weights.'),
   merge_dtype: z.enum(['original', 'bf16']).default('original')
     .describe('Merged weights in the format they shipped in (FP8/FP4 requantised) or BF16.'),
-  quantize: z.array(z.enum(['gptq', 'gguf-q4_0', 'gguf-q4_k'])).default([])
-    .describe('INT4 outputs to write from the merged model.'),
+  quantize: z.array(z.enum(['gptq', 'gguf-f32', 'gguf-f16', 'gguf-bf16', 'gguf-q8_0', 'gguf-q4_0', 'gguf-q4_k'])).default([])
+    .describe('Outputs to write from the merged model: `gptq` (INT4 safetensors folder in GPTQModel\'s deepseek_v4 layout) and llama.cpp GGUF files `gguf-f32`, `gguf-f16`, `gguf-bf16` (the input of llama-quantize for any other type), `gguf-q8_0`, `gguf-q4_0`, `gguf-q4_k` (tokenizer embedded; the MTP block in `mtp-model-<TYPE>.gguf`).'),
   method: z.enum(['rtn', 'gptq']).default('rtn')
     .describe('INT4 rounding: `rtn` (round to nearest, per group); `gptq` (GPTQ: each linear rounded column by column against the Hessian of its inputs on `calibration_rows` rows of the train split, routed experts on the tokens routed to them).'),
   group_size: int().min(32).default(128)

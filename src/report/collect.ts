@@ -5,7 +5,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DatasetManifest } from '../data/manifest.js';
 import { InputError } from '../errors.js';
-import { formatOutput, type KindStats, type LinearKind, type QuantFormat } from '../export/quantize.js';
+import { formatOutput, QUANT_FORMATS, type KindStats, type LinearKind, type QuantFormat } from '../export/quantize.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
 import { PROFILE_FILE, readProfile } from '../lora/profile.js';
 import { gptqLayerErrors } from './int4-layers.js';
@@ -19,7 +19,7 @@ import type {
 } from './types.js';
 import { readJsonFile } from '../fsutil.js';
 
-const ALL_FORMATS: readonly QuantFormat[] = ['gptq', 'gguf-q4_0', 'gguf-q4_k'];
+const ALL_FORMATS: readonly QuantFormat[] = QUANT_FORMATS;
 const LOSS_CURVE_POINTS = 10;
 
 const notRun = (reason: string): NotRun => ({ status: 'not run', reason });

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GgmlType, GgufType, GgufWriter, quantizeQ4_0, readGgufHeader } from '../../src/export/gguf.js';
 import { ggufName, linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
+import { writeSmallBpeTokenizer } from './bpe-fixture.js';
 
 const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
 
@@ -171,6 +172,7 @@ describe('quantize → GGUF Q4_0 (v4-tiny-ref fixture)', () => {
     dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-'));
     src = join(dir, 'model');
     cpSync(FIXTURE, src, { recursive: true });
+    writeSmallBpeTokenizer(src);
     out = join(dir, 'model-Q4_0.gguf');
     summary = await quantizeCheckpoint({ model: src, out, format: 'gguf-q4_0', method: 'rtn', groupSize: 128 });
     f = parseGguf(readFileSync(out));
@@ -187,14 +189,19 @@ describe('quantize → GGUF Q4_0 (v4-tiny-ref fixture)', () => {
     expect(f.kv.get('deepseek4.expert_count')).toBe(8);
     expect(f.kv.get('deepseek4.expert_used_count')).toBe(2);
     expect(f.kv.get('deepseek4.attention.head_count')).toBe(4);
-    expect(f.kv.get('deepseek4.attention.compress_ratios')).toEqual([0, 4, 128, 4]); // one per layer; the MTP block's entry is not (MTP is not written)
+    expect(f.kv.get('deepseek4.attention.compress_ratios')).toEqual([0, 4, 128, 4, 0]); // one per layer, then the MTP block's
+    expect(f.kv.get('deepseek4.attention.output_group_count')).toBe(2);
+    expect(f.kv.get('deepseek4.swiglu_clamp_exp')).toEqual([1.5, 1.5, 1.5, 1.5]);
+    expect(f.kv.get('deepseek4.expert_gating_func')).toBe(4);
+    expect(f.kv.get('tokenizer.ggml.model')).toBe('gpt2');
+    expect((f.kv.get('tokenizer.ggml.tokens') as string[]).length).toBe(1000);
     expect(f.kv.get('deepseek4.rope.freq_base')).toBe(10000);
-    // stacked routed experts: one tensor per layer per projection; MTP not written
+    // stacked routed experts: one tensor per layer per projection; the MTP block (quantised too) is in mtp-<file>
     const expertsPerLayer = 3;
-    expect(summary.tensorsQuantized).toBe(4 * (5 + 3 + 24));
+    expect(summary.tensorsQuantized).toBe(5 * (5 + 3 + 24));
     expect(f.tensors.filter((t) => /^blk\.\d+\.ffn_(gate|up|down)_exps\.weight$/.test(t.name))).toHaveLength(4 * expertsPerLayer);
-    expect(f.tensors.some((t) => t.name.startsWith('mtp'))).toBe(false);
-    expect(summary.tensorsSkipped).toBeGreaterThan(0);
+    expect(f.tensors.some((t) => t.name.startsWith('mtp') || t.name.startsWith('blk.4.'))).toBe(false);
+    expect(summary.tensorsSkipped).toBe(0);
   });
 
   it('every tensor: llama.cpp name, type, reversed shape, aligned offsets in order, inside the file', async () => {

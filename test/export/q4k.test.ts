@@ -11,6 +11,7 @@ import { dequantizeQ4_K, q4kGrid, Q4_K_BYTES, quantizeQ4_K, scaleMinK4 } from '.
 import { ggufName, linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { initModel } from '../../src/model/init.js';
+import { writeSmallBpeTokenizer } from './bpe-fixture.js';
 
 const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
 
@@ -108,18 +109,20 @@ describe('quantize → GGUF Q4_K (v4-tiny-ref fixture)', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'v4tune-q4k-e2e-'));
     cpSync(FIXTURE, join(dir, 'model'), { recursive: true });
+    writeSmallBpeTokenizer(join(dir, 'model'));
     out = join(dir, 'model-Q4_K.gguf');
     summary = await quantizeCheckpoint({ model: join(dir, 'model'), out, format: 'gguf-q4_k', method: 'rtn', groupSize: 128 });
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('writes a readable file; the tiny model\'s linears (inputs of 32..128) are all left F16 and listed', () => {
+  it('writes a readable file; the tiny model\'s linears (inputs of 32..128) all fall back to Q5_0, as llama.cpp\'s quantizer does, and are listed', () => {
     const f = readGgufHeader(out);
     expect(f.kv.get('general.file_type')!.value).toBe(14);
-    expect(f.tensors.every((t) => t.type !== GgmlType.Q4_0)).toBe(true);
+    expect(f.tensors.every((t) => t.type !== GgmlType.Q4_0 && t.type !== GgmlType.Q4_K)).toBe(true);
+    expect(f.tensors.filter((t) => t.type === GgmlType.Q5_0).length).toBeGreaterThan(0);
     expect(summary.format).toBe('gguf-q4_k');
-    expect(summary.tensorsQuantized).toBe(0);
-    expect(summary.tensorsFallback.length).toBe(4 * (5 + 3 + 24));
+    expect(summary.tensorsQuantized).toBe(5 * (5 + 3 + 24));
+    expect(summary.tensorsFallback.length).toBe(5 * (5 + 3 + 24));
     expect(summary.tensorsFallback.every((n) => linearKind(n) !== null)).toBe(true);
   });
 });

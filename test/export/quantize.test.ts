@@ -9,6 +9,7 @@ import { SafetensorsSet } from '../../src/model/safetensors.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dequantizeInt4, groupGrid, quantizeRtn } from '../../src/export/int4.js';
 import { mulberry32 } from '../../src/random.js';
+import { writeSmallBpeTokenizer } from './bpe-fixture.js';
 
 // smallest IEEE half ≥ x (x > 0, normal range), computed from the exponent in float64
 function f16Up(x: number): number {
@@ -121,7 +122,7 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
     dir = mkdtempSync(join(tmpdir(), 'v4tune-quant-'));
     src = join(dir, 'model');
     cpSync(FIXTURE, src, { recursive: true });
-    writeFileSync(join(src, 'tokenizer.json'), '{"model":{"type":"BPE"}}');
+    writeSmallBpeTokenizer(src);
     out = join(dir, 'gptq');
     summary = await quantizeCheckpoint({ model: src, out, format: 'gptq', method: 'rtn', groupSize: 32 });
   });
@@ -279,7 +280,7 @@ describe('v4tune quantize (the verb, registered on a fresh program)', () => {
       expect(s.outputs[1]!.tensorsQuantized).toBe(4 * (5 + 3 + 24));
       writes.length = 0;
       expect(await run('quantize', join(dir, 'r.yaml'), '--format', 'q8')).toBe(2);
-      expect(writes.join('')).toContain('--format must be one of gptq, gguf-q4_0, gguf-q4_k');
+      expect(writes.join('')).toContain('--format must be one of gptq, gguf-f32, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_0, gguf-q4_k');
       writes.length = 0;
       expect(await run('quantize', join(dir, 'r.yaml'), '--method', 'gptq', '--format', 'gptq')).toBe(2);
       expect(writes.join('')).toContain('export.method gptq calibrates on the prepared dataset');

@@ -3,13 +3,13 @@
 // statistics per kind of linear (and, for GPTQ, the output error against round to nearest).
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { quantizeRecipe, type QuantFormat, type QuantMethod, type QuantizeSummary, type RecipeQuantizeOptions } from '../../export/quantize.js';
+import { QUANT_FORMATS, quantizeRecipe, type QuantFormat, type QuantMethod, type QuantizeSummary, type RecipeQuantizeOptions } from '../../export/quantize.js';
 import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
 import type { CliContext, Progress } from '../context.js';
 
-const FORMATS: QuantFormat[] = ['gptq', 'gguf-q4_0', 'gguf-q4_k'];
+const FORMATS: readonly QuantFormat[] = QUANT_FORMATS;
 const METHODS: QuantMethod[] = ['rtn', 'gptq'];
 
 interface QuantizeFlags {
@@ -42,7 +42,7 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
     },
   }), (l) => ctx.warn(l));
   for (const s of summaries) {
-    ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} left F16 (input not a multiple of ${s.format === 'gguf-q4_k' ? 256 : 32})` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} MTP tensors not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
+    ctx.log(`${s.format}: ${s.tensorsQuantized} tensors quantized, ${s.tensorsKept} kept${s.tensorsFallback.length ? `, ${s.tensorsFallback.length} in a fallback type (${s.format === 'gguf-q4_k' ? 'Q5_0: input not a multiple of 256' : 'F16: input not a multiple of 32'})` : ''}${s.tensorsSkipped ? `, ${s.tensorsSkipped} tensors llama.cpp does not read not written` : ''}; ${(s.bytesIn / 2 ** 20).toFixed(1)} MiB → ${(s.bytesOut / 2 ** 20).toFixed(1)} MiB (${s.compression.toFixed(2)}x) → ${s.out}`);
     for (const [kind, k] of Object.entries(s.errors)) {
       const outErr = k.relOutputError === undefined ? '' : `; output error ${(100 * k.relOutputError).toFixed(2)}% (round to nearest ${(100 * k.rtnRelOutputError!).toFixed(2)}%)`;
       ctx.log(`  ${kind}: ${k.tensors} tensors, max |err| ${k.maxAbsError.toExponential(3)}, mean |err| ${k.meanAbsError.toExponential(3)}, relative RMS ${(100 * k.relRmsError).toFixed(2)}%${outErr}`);
@@ -61,7 +61,7 @@ export function register(program: Command): void {
     .argument('<recipe>', 'recipe .yaml file')
     .option('--model <dir>', 'checkpoint to quantize (default: <output>/merged if present, else the recipe\'s model)')
     .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/, model-Q4_0.gguf and model-Q4_K.gguf inside)')
-    .option('--format <format>', 'one format instead of the recipe\'s export.quantize: gptq | gguf-q4_0 | gguf-q4_k')
+    .option('--format <format>', `one format instead of the recipe's export.quantize: ${QUANT_FORMATS.join(' | ')}`)
     .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn | gptq (calibrates on export.calibration_rows rows of the prepared train split)')
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
     .option('--overwrite', 'replace an output folder that v4tune did not write')

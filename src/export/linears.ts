@@ -1,0 +1,20 @@
+// Which tensors the quantize stage quantises: every attention projection (attn.wq_a, wq_b, wkv,
+// wo_a, wo_b), the shared expert and every routed expert (w1, w2, w3), in the layers and in the
+// MTP block. Kept: embed, head, norms, the router (ffn.gate), the compressors, the indexer, hc_*,
+// attn_sink, ape, MTP e_proj/h_proj — small or precision-critical tensors.
+
+/** the kinds of quantised linears, for the error report */
+export type LinearKind = 'attention' | 'shared_expert' | 'routed_expert';
+
+const QUANT_RE = /^((?:layers|mtp)\.\d+)\.(attn\.(?:wq_a|wq_b|wkv|wo_a|wo_b)|ffn\.shared_experts\.w[123]|ffn\.experts\.\d+\.w[123])\.weight$/;
+
+/** the kind of a quantisable linear weight (official name), or null for a kept tensor */
+export function linearKind(name: string): LinearKind | null {
+  const m = QUANT_RE.exec(name);
+  if (!m) return null;
+  const mod = m[2]!;
+  return mod.startsWith('attn.') ? 'attention' : mod.startsWith('ffn.shared_experts.') ? 'shared_expert' : 'routed_expert';
+}
+
+/** let the event loop run (Ctrl-C, progress) between tensors */
+export const yieldLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));

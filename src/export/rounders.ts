@@ -1,0 +1,273 @@
+// How the quantize stage rounds each linear: round to nearest (RTN) on the format's grid, or GPTQ
+// against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
+// per-kind error report both feed.
+import { createBackend } from '../backend/index.js';
+import { InputError, V4tuneError } from '../errors.js';
+import { Checkpoint } from '../model/checkpoint.js';
+import { V4Model } from '../model/v4/model.js';
+import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type Hessian } from './calibrate.js';
+import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
+import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer } from './gptq.js';
+import { dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
+import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
+import type { LinearKind } from './linears.js';
+import type { CalibrationOptions, CalibrationSummary, KindStats } from './quantize.js';
+
+/** per-kind weight errors and (method gptq) output errors of the quantised linears */
+export class ErrorAccumulator {
+  private readonly acc = new Map<LinearKind, { tensors: number; s: ErrorStats; sumSqW: number }>();
+  private readonly outAcc = new Map<LinearKind, { err: number; rtn: number; ref: number }>();
+  /** output errors tr(E H Eᵀ) of one linear: GPTQ's, RTN's and the reference tr(W H Wᵀ) */
+  addOutput(kind: LinearKind, err: number, rtn: number, ref: number): void {
+    const a = this.outAcc.get(kind) ?? { err: 0, rtn: 0, ref: 0 };
+    a.err += err;
+    a.rtn += rtn;
+    a.ref += ref;
+    this.outAcc.set(kind, a);
+  }
+  add(kind: LinearKind, w: Float32Array, recon: Float32Array): void {
+    const e = errorStats(w, recon);
+    let sumSqW = 0;
+    for (let i = 0; i < w.length; i++) sumSqW += w[i]! * w[i]!;
+    const a = this.acc.get(kind);
+    if (!a) {
+      this.acc.set(kind, { tensors: 1, s: e, sumSqW });
+      return;
+    }
+    a.tensors += 1;
+    a.s = { maxAbs: Math.max(a.s.maxAbs, e.maxAbs), sumAbs: a.s.sumAbs + e.sumAbs, sumSq: a.s.sumSq + e.sumSq, count: a.s.count + e.count };
+    a.sumSqW += sumSqW;
+  }
+  summary(): Partial<Record<LinearKind, KindStats>> {
+    const out: Partial<Record<LinearKind, KindStats>> = {};
+    for (const [k, a] of this.acc) {
+      out[k] = {
+        tensors: a.tensors,
+        weights: a.s.count,
+        maxAbsError: a.s.maxAbs,
+        meanAbsError: a.s.sumAbs / a.s.count,
+        relRmsError: a.sumSqW > 0 ? Math.sqrt(a.s.sumSq / a.sumSqW) : 0,
+      };
+      const o = this.outAcc.get(k);
+      if (o && o.ref > 0) {
+        out[k]!.relOutputError = Math.sqrt(o.err / o.ref);
+        out[k]!.rtnRelOutputError = Math.sqrt(o.rtn / o.ref);
+      }
+    }
+    return out;
+  }
+}
+
+
+// ---------------------------------------------------------------- rounding: RTN or GPTQ
+
+/** How each quantised linear is rounded; adds its errors to the accumulator it was made with. */
+export interface Rounder {
+  /** the INT4 group grid of W [out, inF] (gptq format) */
+  int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, groupSize: number): Promise<Int4Weight>;
+  /** the Q4_0 bytes of W [out, inF] (GGUF) */
+  q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
+  /** the Q4_K bytes of W [out, inF] (GGUF) */
+  q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
+  /**
+   * a block type rounded to nearest under either method (Q8_0: GPTQ gains nothing over its
+   * 8-bit grid; Q5_0: the Q4_K fallback of rows not a multiple of 256)
+   */
+  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array;
+  /** quantise a list of linears in this order (GPTQ plans its Hessian windows on it) */
+  plan(order: readonly { name: string; out: number; inF: number }[]): void;
+  calibration(): CalibrationSummary | null;
+  close(): void;
+  readonly errs: ErrorAccumulator;
+}
+
+function rtnInt4(name: string, w: Float32Array, out: number, inF: number, gs: number): Int4Weight {
+  try {
+    return quantizeRtn(w, out, inF, gs);
+  } catch (e) {
+    if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
+    throw e;
+  }
+}
+
+function rtnQ4_0(name: string, w: Float32Array): Uint8Array {
+  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  return quantizeQ4_0(w);
+}
+
+function rtnQ4_K(name: string, w: Float32Array): Uint8Array {
+  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  return quantizeQ4_K(w);
+}
+
+export class RtnRounder implements Rounder {
+  constructor(readonly errs: ErrorAccumulator) {}
+  async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
+    const x = rtnInt4(name, w, out, inF, gs);
+    this.errs.add(kind, w, dequantizeInt4(x));
+    return x;
+  }
+  async q4_0(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
+    const q = rtnQ4_0(name, w);
+    this.errs.add(kind, w, dequantizeQ4_0(q, w.length));
+    return q;
+  }
+  async q4_k(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
+    const q = rtnQ4_K(name, w);
+    this.errs.add(kind, w, dequantizeQ4_K(q, w.length));
+    return q;
+  }
+  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+    return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
+  }
+  plan(): void {}
+  calibration(): null {
+    return null;
+  }
+  close(): void {}
+}
+
+function checkDamp(cal: CalibrationOptions): void {
+  if (!(cal.damp > 0)) throw new InputError(`export.gptq_damp must be a positive number (got ${cal.damp})`);
+}
+
+/** the calibration model of `ckpt` on the calibration backend, as a session */
+async function loadSession(ckpt: Checkpoint, cal: CalibrationOptions): Promise<CalibrationSession> {
+  const backend = await createBackend(cal.backend ?? 'auto', cal.note);
+  return new CalibrationSession(await V4Model.load(ckpt, backend), cal.rows, cal.hessianBudgetBytes ?? HESSIAN_BUDGET_BYTES);
+}
+
+/** A calibration session for the formats of one stage; close() frees its model and checkpoint. */
+export async function openCalibration(model: string, cal: CalibrationOptions): Promise<{ session: CalibrationSession; close: () => Promise<void> }> {
+  checkDamp(cal);
+  const ckpt = await Checkpoint.open(model);
+  try {
+    const session = await loadSession(ckpt, cal);
+    return {
+      session,
+      close: async () => {
+        session.model.dispose();
+        await ckpt.close();
+      },
+    };
+  } catch (e) {
+    await ckpt.close();
+    throw e;
+  }
+}
+
+export class GptqRounder implements Rounder {
+  private hessians: CalibratedHessians | null = null;
+  private passesBefore = 0;
+  private reused = false;
+  private readonly fallback: string[] = [];
+
+  private constructor(readonly errs: ErrorAccumulator, private readonly session: CalibrationSession, private readonly owned: boolean, private readonly cal: CalibrationOptions) {}
+
+  /** the shared session, or the checkpoint's model loaded on the calibration backend */
+  static async load(ckpt: Checkpoint, cal: CalibrationOptions, errs: ErrorAccumulator, session?: CalibrationSession): Promise<GptqRounder> {
+    checkDamp(cal);
+    if (session) return new GptqRounder(errs, session, false, cal);
+    return new GptqRounder(errs, await loadSession(ckpt, cal), true, cal);
+  }
+
+  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+    return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
+  }
+
+  plan(order: readonly { name: string; out: number; inF: number }[]): void {
+    const G = this.session.model.config.o_groups;
+    const linears: CalibratedLinear[] = order.map((l) => ({ module: l.name.slice(0, -'.weight'.length), cols: l.inF, groups: l.name.endsWith('.attn.wo_a.weight') ? G : 1 }));
+    const { hessians, reused } = this.session.hessians(linears);
+    this.hessians = hessians;
+    this.reused = reused;
+    this.passesBefore = hessians.passes;
+  }
+
+  /** the Hessian of a linear, or null when no calibration input reached it (then: RTN) */
+  private async hessian(name: string): Promise<Hessian | null> {
+    if (!this.hessians) throw new V4tuneError('GPTQ: plan() was not called before quantising');
+    const h = await this.hessians.get(name.slice(0, -'.weight'.length));
+    if (h.tokens > 0) return h;
+    this.fallback.push(name);
+    return null;
+  }
+
+  /**
+   * GPTQ of W against h (one run per group of output rows: wo_a's row groups read their own
+   * input group), then the errors: weights, and tr(E H Eᵀ) of GPTQ and of `rtn` against tr(W H Wᵀ).
+   */
+  private run(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, h: Hessian, qz: ColumnQuantizer, rtn: Float32Array): void {
+    const groups = h.H.length;
+    if (out % groups !== 0) throw new V4tuneError(`GPTQ: ${name} has ${out} output rows, not a multiple of its ${groups} input groups`);
+    const rows = out / groups;
+    const recon = new Float32Array(out * inF);
+    let err = 0;
+    let errRtn = 0;
+    let ref = 0;
+    for (let g = 0; g < groups; g++) {
+      let Q: Float64Array;
+      try {
+        Q = gptqRows(w, inF, g * rows, (g + 1) * rows, h.H[g]!, qz, { damp: this.cal.damp, name: `tensor ${name}` });
+      } catch (e) {
+        if (e instanceof RangeError) throw new InputError(e.message);
+        throw e;
+      }
+      recon.set(Q, g * rows * inF);
+      const W = w.subarray(g * rows * inF, (g + 1) * rows * inF);
+      const E = new Float64Array(rows * inF);
+      const Er = new Float64Array(rows * inF);
+      for (let i = 0; i < E.length; i++) {
+        E[i] = W[i]! - Q[i]!;
+        Er[i] = W[i]! - rtn[g * rows * inF + i]!;
+      }
+      err += outputErrorSq(E, rows, inF, h.H[g]!);
+      errRtn += outputErrorSq(Er, rows, inF, h.H[g]!);
+      ref += outputErrorSq(W, rows, inF, h.H[g]!);
+    }
+    this.errs.add(kind, w, recon);
+    this.errs.addOutput(kind, err, errRtn, ref);
+  }
+
+  int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
+    return this.quantize(name, kind, w, out, inF, rtnInt4(name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs));
+  }
+
+  q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return this.quantize(name, kind, w, out, inF, rtnQ4_0(name, w), (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
+  }
+
+  q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return this.quantize(name, kind, w, out, inF, rtnQ4_K(name, w), (b) => dequantizeQ4_K(b, w.length), () => q4kQuantizer(out, inF));
+  }
+
+  /** GPTQ on the grid of `quantizer` when the linear has a Hessian, else its round-to-nearest `rtn`. */
+  private async quantize<T>(
+    name: string, kind: LinearKind, w: Float32Array, out: number, inF: number,
+    rtn: T, dequant: (q: T) => Float32Array, quantizer: () => ColumnQuantizer & { result: T },
+  ): Promise<T> {
+    const h = await this.hessian(name);
+    if (!h) {
+      this.errs.add(kind, w, dequant(rtn));
+      return rtn;
+    }
+    const qz = quantizer();
+    this.run(name, kind, w, out, inF, h, qz, dequant(rtn));
+    return qz.result;
+  }
+
+  calibration(): CalibrationSummary {
+    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, reused: this.reused, rtnFallback: this.fallback };
+  }
+
+  close(): void {
+    if (this.owned) this.session.model.dispose();
+  }
+}
+
+function rtnBlocks(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  const q = quantize(w);
+  errs.add(kind, w, dequantize(q, w.length));
+  return q;
+}
