@@ -213,36 +213,70 @@ void* Device::alloc(size_t bytes, size_t& counter) {
   counter += std::max<size_t>(bytes, 32);
   return p;
 }
-void Device::free(void* p, size_t bytes, size_t& counter) {
-  acl_check(api_, api_.aclrtFree(p), "aclrtFree");
-  counter -= std::max<size_t>(bytes, 32);
+// Destructors free through here, so it does not throw: memory whose aclrtFree fails stays
+// counted (op_bytes() / weight_bytes() show it).
+void Device::free(void* p, size_t bytes, size_t& counter) noexcept {
+  if (p && api_.aclrtFree(p) == 0) counter -= std::max<size_t>(bytes, 32);
 }
+
+namespace {
+// FNV-1a over the size, the format and 64 evenly spaced 8-byte samples of the data and scales
+uint64_t weight_fingerprint(const v4::WeightRef& W, size_t dataBytes, size_t scaleBytes) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](uint64_t v) {
+    for (int i = 0; i < 8; i++) h = (h ^ ((v >> (8 * i)) & 0xff)) * 1099511628211ull;
+  };
+  auto sample = [&](const void* p, size_t n) {
+    if (!p || n < 8) return;
+    for (size_t i = 0; i < 64; i++) {
+      uint64_t v;
+      std::memcpy(&v, static_cast<const uint8_t*>(p) + (n - 8) * i / 63, 8);
+      mix(v);
+    }
+  };
+  mix(dataBytes), mix(scaleBytes), mix(uint64_t(W.fmt));
+  sample(W.data, dataBytes);
+  sample(W.scale, scaleBytes);
+  return h;
+}
+}  // namespace
 
 void Device::release_weights() {
   for (auto& kv : weights_) {
-    api_.aclrtFree(kv.second.data);
-    if (kv.second.scale) api_.aclrtFree(kv.second.scale);
+    free(kv.second.data, kv.second.dataBytes, weightBytes_);
+    free(kv.second.scale, kv.second.scaleBytes, weightBytes_);
   }
   weights_.clear();
-  weightBytes_ = 0;
 }
 
 WeightDesc Device::weight(const v4::WeightRef& W, const char* what) {
   check_weight(W, what);
   const long rows0 = W.row0 + W.rows;  // the shipped tensor's rows this view reaches
+  const size_t db = data_bytes(W.fmt, rows0, W.cols), sb = scale_bytes(W.fmt, rows0, W.cols);
+  const uint64_t fp = weight_fingerprint(W, db, sb);
   auto it = weights_.find(W.data);
+  if (it != weights_.end() && it->second.fingerprint != fp) {  // the host buffer now holds another weight
+    free(it->second.data, it->second.dataBytes, weightBytes_);
+    free(it->second.scale, it->second.scaleBytes, weightBytes_);
+    weights_.erase(it);
+    it = weights_.end();
+  }
   if (it == weights_.end()) {
-    Cached c{};
-    const size_t db = data_bytes(W.fmt, rows0, W.cols), sb = scale_bytes(W.fmt, rows0, W.cols);
-    size_t bytes = 0;
-    c.data = alloc(db, bytes);
-    acl_check(api_, api_.aclrtMemcpyAsync(c.data, db, W.data, db, kHostToDevice, copy_), "aclrtMemcpyAsync (weight)");
-    if (sb) {
-      c.scale = alloc(sb, bytes);
-      acl_check(api_, api_.aclrtMemcpyAsync(c.scale, sb, W.scale, sb, kHostToDevice, copy_), "aclrtMemcpyAsync (weight scale)");
+    Cached c{nullptr, nullptr, db, sb, fp};
+    try {
+      c.data = alloc(c.dataBytes, weightBytes_);
+      acl_check(api_, api_.aclrtMemcpyAsync(c.data, c.dataBytes, W.data, c.dataBytes, kHostToDevice, copy_), "aclrtMemcpyAsync (weight)");
+      if (c.scaleBytes) {
+        c.scale = alloc(c.scaleBytes, weightBytes_);
+        acl_check(api_, api_.aclrtMemcpyAsync(c.scale, c.scaleBytes, W.scale, c.scaleBytes, kHostToDevice, copy_),
+                  "aclrtMemcpyAsync (weight scale)");
+      }
+    } catch (...) {  // nothing half-uploaded stays: let queued copies finish, then free
+      api_.aclrtSynchronizeStream(copy_);
+      free(c.data, c.dataBytes, weightBytes_);
+      free(c.scale, c.scaleBytes, weightBytes_);
+      throw;
     }
-    c.bytes = bytes;
-    weightBytes_ += bytes;
     it = weights_.emplace(W.data, c).first;
   }
   if (W.row0 && W.fmt != v4::Fmt::f32) throw std::invalid_argument(std::string("ascend: ") + what + " must start at row 0 of its tensor");

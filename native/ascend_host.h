@@ -6,8 +6,10 @@
 // bases, which it does not take, through the project's kernels). Every op: its inputs go up on the copy stream, the kernel waits for them (an event) on the
 // compute stream, the results come down on the copy stream after the kernel (another event), and
 // the op returns when they are on the host. Outputs accumulate (+=) into the host arrays, as the
-// CPU kernels' do. Base weights stay on the device between ops (cached by their host address);
-// everything else an op allocates is freed before it returns. Ops may come from any thread (each
+// CPU kernels' do. Base weights stay on the device between ops, cached by their host address and
+// a fingerprint of their bytes (a host buffer freed and reused for another weight is uploaded
+// again; one rewritten in place between ops is not seen: base weights are frozen); everything else
+// an op allocates is freed before it returns. Ops may come from any thread (each
 // makes the device current on its thread) and run one at a time.
 #pragma once
 #include <cstdint>
@@ -60,7 +62,7 @@ class Device {
  private:
   friend class Op;
   void* alloc(size_t bytes, size_t& counter);
-  void free(void* p, size_t bytes, size_t& counter);
+  void free(void* p, size_t bytes, size_t& counter) noexcept;
   // The device copy of a base weight (uploaded on first use); fills d.
   WeightDesc weight(const v4::WeightRef& W, const char* what);
 
@@ -72,7 +74,8 @@ class Device {
   struct Cached {
     void* data;
     void* scale;
-    size_t bytes;
+    size_t dataBytes, scaleBytes;
+    uint64_t fingerprint;  // of the host bytes it was uploaded from (weight_fingerprint)
   };
   std::map<const void*, Cached> weights_;
   size_t weightBytes_ = 0, opBytes_ = 0;

@@ -579,6 +579,18 @@ int host_selftest() {
       m = std::to_string(gmms) + " grouped matmuls, max difference " + std::to_string(err);
       return gmms == 2 && err < 1e-4 && fake::live_tensors() == 0;
     });
+    throws("a failed weight upload leaves nothing behind", [&] {
+      std::vector<float> W2(W);
+      const size_t before = fake::live_allocations(), wb = dev.weight_bytes();
+      fake::inject("aclrtMemcpyAsync", 507013, "DMA fault");
+      try {
+        dev.linear_forward(y.data(), x.data(), f32w(W2, outG, inG), A.data(), B.data(), r, 0.5f, T, 1);
+      } catch (...) {
+        if (fake::live_allocations() != before || dev.weight_bytes() != wb || dev.op_bytes() != 0)
+          throw std::runtime_error("a half-uploaded weight stayed");
+        throw;
+      }
+    }, "aclrtMemcpyAsync (weight) failed: ACL_ERROR_RT_SYS_DMA (507013): a DMA transfer failed [CANN: DMA fault]");
     throws("LoRA dropout is refused by name", [&] {
       v4::Dropout dr;
       dr.on = true;

@@ -20,6 +20,7 @@ const CHECKS = [
   'a failed launch maps to its name',
   'a failed aclnn call maps to its name and frees its tensors',
   'grouped matmul group lists: an F32 base gives what the kernels give without aclnn',
+  'a failed weight upload leaves nothing behind',
   'LoRA dropout is refused by name',
   'BF16 base weights are refused by name',
   'release_weights frees the cached base',
