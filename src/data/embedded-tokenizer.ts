@@ -62,6 +62,22 @@ export function embeddedTokenizerText(): string {
     });
   }
   base.added_tokens.sort((a, b) => a.id - b.id);
+  // bos before every encoded text, as v4tune's documents and prompts start (transformers'
+  // tokenizer(text) then gives v4tune's ids; apply_chat_template adds no special tokens, its
+  // template writes bos itself)
+  const bos = base.added_tokens.find((t) => t.id === 0)!.content;
+  base.post_processor = {
+    type: 'Sequence',
+    processors: [
+      base.post_processor,
+      {
+        type: 'TemplateProcessing',
+        single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+        pair: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: bos, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+        special_tokens: { [bos]: { id: bos, ids: [0], tokens: [bos] } },
+      },
+    ],
+  };
   cachedText = JSON.stringify(base);
   return cachedText;
 }

@@ -90,7 +90,7 @@ describe('V4 chat template', () => {
     for (const c of Object.values(CHATS)) expect(chatRefusal(c)).toBeNull();
   });
 
-  it.skipIf(skipPython)('transformers apply_chat_template on the written tokenizer_config.json gives exactly the ids training renders', () => {
+  it.skipIf(skipPython)('transformers apply_chat_template on the written tokenizer_config.json gives exactly the ids training renders (and tokenizer(text) v4tune\'s bos + ids)', () => {
     const trained = Object.fromEntries(Object.entries(CHATS).map(([k, m]) => [k, [...encodeChat(tok, special, m).ids]]));
     const gen = [{ role: 'user' as const, content: 'Is 97 prime?' }];
     const be = chatBosEos(tok);
@@ -106,6 +106,7 @@ def ids(x):
 res = {k: ids(tok.apply_chat_template(m, tokenize=True)) for k, m in chats.items()}
 res["gen"] = ids(tok.apply_chat_template(gen, tokenize=True, add_generation_prompt=True))
 res["gen_thinking"] = ids(tok.apply_chat_template(gen, tokenize=True, add_generation_prompt=True, thinking=True))
+res["text"] = ids(tok("Pump P-2 pressure 4 bar: ok."))
 print(json.dumps(res))
 `, [tmp.dir, JSON.stringify(CHATS), JSON.stringify(gen)]);
     const hf = JSON.parse(out.trim().split('\n').pop()!) as Record<string, number[]>;
@@ -113,5 +114,7 @@ print(json.dumps(res))
     expect(hf.gen).toEqual(genIds(false));
     expect(hf.gen_thinking).toEqual(genIds(true));
     expect(hf.gen![0]).toBe(0); // bos, rendered by the template
+    // plain text: the tokenizer's post-processor puts bos first, as v4tune's documents and prompts
+    expect(hf.text).toEqual([tok.bosId, ...tok.encode('Pump P-2 pressure 4 bar: ok.')]);
   });
 });
