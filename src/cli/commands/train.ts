@@ -222,8 +222,8 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
     let start: Parameters<typeof runTraining>[0]['start'];
     if (resume) {
       const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`));
-      checkpoint.state.identity = withoutRunLength(checkpoint.state.identity);
-      assertSameIdentity(checkpoint, identity, recipe.file);
+      // (checkpoints from before runs could be extended recorded train.steps in their identity)
+      assertSameIdentity({ ...checkpoint, state: { ...checkpoint.state, identity: withoutRunLength(checkpoint.state.identity) } }, identity, recipe.file);
       if (checkpoint.state.step > settings.steps) {
         throw new InputError(`${recipe.file}: the run in ${out} is at step ${checkpoint.state.step}, past the ${settings.steps} steps the recipe asks for (a run can be extended, not shortened; --overwrite starts over)`);
       }
