@@ -20,12 +20,15 @@ import { dataParallelGradients } from './data-parallel.js';
 import { ExpertParallel, ExpertPlacement } from './expert-parallel.js';
 import { MpiCollective, mpiUnavailableReason } from './mpi.js';
 
-/** The world a launcher gave this process, from its environment; null when none did. */
+/**
+ * The world a launcher gave this process, from its environment (Open MPI's mpirun, a PMI
+ * launcher: MPICH, Intel MPI, Slurm's srun --mpi=pmi2, or an srun step); null when none did.
+ */
 export function launcherWorld(env: NodeJS.ProcessEnv = process.env): { size: number; rank: number; launcher: string } | null {
   const pairs: [string, string, string][] = [
     ['OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', 'Open MPI'],
     ['PMI_SIZE', 'PMI_RANK', 'PMI (MPICH, Intel MPI, Slurm)'],
-    ['SLURM_NTASKS', 'SLURM_PROCID', 'Slurm'],
+    ['SLURM_STEP_NUM_TASKS', 'SLURM_PROCID', 'Slurm'],
   ];
   for (const [s, r, launcher] of pairs) {
     const size = Number(env[s]);
@@ -131,17 +134,26 @@ class MpiRun implements DistributedRun {
  */
 export async function joinDistributed(recipe: LoadedRecipe, note: (line: string) => void): Promise<DistributedRun | null> {
   const world = launcherWorld();
-  const size = world?.size ?? 1;
+  const why = mpiUnavailableReason();
+  // with the binding, MPI says how many ranks there are (a PMIx launcher puts no size in the environment)
+  let collective: MpiCollective | null = null;
+  if (!why && (world !== null || process.env.PMIX_RANK !== undefined)) {
+    collective = MpiCollective.init();
+    if (collective.size === 1) {
+      collective.finalize();
+      collective = null;
+    }
+  }
+  const size = collective?.size ?? (why ? world?.size ?? 1 : 1);
   const dp = recipe.distributed.data_parallel;
   const ep = recipe.distributed.expert_parallel;
   if (size === 1) {
     if ((dp ?? 1) > 1 || ep > 1) {
-      note(`distributed: the recipe asks for data_parallel ${dp ?? 1}, expert_parallel ${ep}, but this is one process (start it with \`mpirun -np ${Math.max(dp ?? 1, ep)} v4tune train ${recipe.file}\`); training single-process, to the same result`);
+      note(`distributed: the recipe asks for data_parallel ${dp ?? 1}, expert_parallel ${ep}, but this is one process (${why ? `${why}; ` : ''}start it with \`mpirun -np ${Math.max(dp ?? 1, ep)} v4tune train ${recipe.file}\`); training single-process, to the same result`);
     }
     return null;
   }
-  const why = mpiUnavailableReason();
-  if (why) {
+  if (!collective) {
     if (world!.rank !== 0) {
       process.stderr.write(`v4tune: rank ${world!.rank}: ${why}; rank 0 trains single-process, this rank exits\n`);
       process.exit(0);
@@ -155,7 +167,5 @@ export async function joinDistributed(recipe: LoadedRecipe, note: (line: string)
   if (ga % size !== 0) throw new InputError(`${where}: train.grad_accum (${ga}) must be a multiple of the ${size} data-parallel ranks: each rank runs grad_accum / ${size} micro-batches of the global batch (batch_rows × grad_accum rows per step, the same at any world size)`);
   if (size % ep !== 0) throw new InputError(`${where}: distributed.expert_parallel (${ep}) must divide the ${size} ranks`);
   if (ep > 1 && recipe.lora.dropout > 0) throw new InputError(`${where}: lora.dropout with distributed.expert_parallel > 1 is not supported (a routed expert's dropout mask is drawn by the token's row in its rank's batch); set lora.dropout: 0 or expert_parallel: 1`);
-  const collective = MpiCollective.init();
-  if (collective.size !== size) throw new InputError(`${where}: the launcher's environment says ${size} ranks, MPI says ${collective.size}`);
   return new MpiRun(collective, recipe, ep);
 }
