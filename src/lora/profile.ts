@@ -13,6 +13,39 @@ import { mulberry32 } from '../random.js';
 export const PROFILE_FILE = 'expert-profile.json';
 export const PROFILE_FORMAT = 'v4tune-expert-profile/1';
 export const SAMPLE_METHOD = 'seeded systematic';
+export const SAMPLE_BY_SOURCE = 'seeded systematic per source';
+
+/**
+ * k row indices drawn source by source: each source (a row's source is the one holding most of
+ * its tokens) gets its share of k by its rows (largest remainders; every source at least one
+ * row while k allows), spread over its rows by sampleRows. `rowSource[i]`: the source of row i.
+ */
+export function sampleRowsBySource(rowSource: ArrayLike<number>, k: number, seed: number): number[] {
+  const n = rowSource.length;
+  if (k >= n) return Array.from({ length: n }, (_, i) => i);
+  const bySource = new Map<number, number[]>();
+  for (let i = 0; i < n; i++) (bySource.get(rowSource[i]!) ?? bySource.set(rowSource[i]!, []).get(rowSource[i]!)!).push(i);
+  const groups = [...bySource.entries()].sort((a, b) => a[0] - b[0]);
+  const quota = groups.map(([, rows]) => (k * rows.length) / n);
+  const take = quota.map((q) => Math.floor(q));
+  if (k >= groups.length) for (let g = 0; g < groups.length; g++) take[g] = Math.max(1, take[g]!);
+  let left = k - take.reduce((a, b) => a + b, 0);
+  const order = groups.map((_, g) => g).sort((a, b) => (quota[b]! - Math.floor(quota[b]!)) - (quota[a]! - Math.floor(quota[a]!)) || a - b);
+  for (let i = 0; left > 0; i = (i + 1) % order.length) {
+    const g = order[i]!;
+    if (take[g]! < groups[g]![1].length) { take[g]!++; left--; }
+  }
+  while (left < 0) {
+    const g = take.indexOf(Math.max(...take));
+    take[g]!--;
+    left++;
+  }
+  const out: number[] = [];
+  groups.forEach(([source, rows], g) => {
+    for (const j of sampleRows(rows.length, take[g]!, seed + source)) out.push(rows[j]!);
+  });
+  return out.sort((a, b) => a - b);
+}
 
 /**
  * k row indices of a split of n rows, spread over all of it: a seeded offset u in [0, n/k), then
@@ -47,7 +80,7 @@ export interface ExpertProfile {
   rows_requested: number;
   rows: number;
   /** how the routed rows were drawn from the train split (absent: its first rows, before v4tune sampled) */
-  sample?: { method: typeof SAMPLE_METHOD; seed: number; split_rows: number };
+  sample?: { method: typeof SAMPLE_METHOD | typeof SAMPLE_BY_SOURCE; seed: number; split_rows: number };
   n_routed_experts: number;
   num_experts_per_tok: number;
   /** `layers.N` in order, then `mtp.0` when the model has an MTP block */
@@ -94,7 +127,7 @@ export interface ProfileIdentity {
  */
 export async function profileExperts(
   model: V4Model, rows: Iterable<DatasetRow>, maxRows: number, id: ProfileIdentity, onRow?: (done: number) => void,
-  sample?: { seed: number; splitRows: number },
+  sample?: { seed: number; splitRows: number; bySource?: boolean },
 ): Promise<ExpertProfile> {
   const c = model.config;
   const counter = new RoutingCounter(c.n_routed_experts);
@@ -113,7 +146,7 @@ export async function profileExperts(
     model_fingerprint: id.modelFingerprint,
     rows_requested: maxRows,
     rows: done,
-    ...(sample ? { sample: { method: SAMPLE_METHOD, seed: sample.seed, split_rows: sample.splitRows } } : {}),
+    ...(sample ? { sample: { method: sample.bySource ? SAMPLE_BY_SOURCE : SAMPLE_METHOD, seed: sample.seed, split_rows: sample.splitRows } } : {}),
     n_routed_experts: c.n_routed_experts,
     num_experts_per_tok: c.num_experts_per_tok,
     blocks,

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDataset } from '../../src/data/dataset.js';
 import { loadAdapter } from '../../src/lora/peft.js';
 import {
-  sampleRows, SAMPLE_METHOD, describeSelection, expertSubset, PROFILE_FILE, PROFILE_FORMAT, RoutingCounter, selectBlock, selectExperts, type ExpertProfile,
+  sampleRows, sampleRowsBySource, SAMPLE_BY_SOURCE, SAMPLE_METHOD, describeSelection, expertSubset, PROFILE_FILE, PROFILE_FORMAT, RoutingCounter, selectBlock, selectExperts, type ExpertProfile,
 } from '../../src/lora/profile.js';
 import { configFingerprint } from '../../src/model/config.js';
 import { initModel } from '../../src/model/init.js';
@@ -192,6 +192,19 @@ describe('profile rows sampled across the train split', () => {
       }
     }
     expect(sampleRows(5, 9, 0)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('by source: each source gets its share of the sample (at least one row), wherever its rows lie', () => {
+    // 90 rows of source 0 and 10 of source 2, interleaved unevenly; 10 rows of source 1 at the end
+    const rowSource = [...Array.from({ length: 100 }, (_, i) => (i % 10 === 3 ? 2 : 0)), ...Array.from({ length: 10 }, () => 1)];
+    const picks = sampleRowsBySource(rowSource, 11, 4);
+    expect(new Set(picks).size).toBe(11);
+    const count = (s: number) => picks.filter((i) => rowSource[i] === s).length;
+    expect([count(0), count(1), count(2)]).toEqual([9, 1, 1]);
+    // a source far too small for its share still gets one row
+    const tiny = [...Array.from({ length: 999 }, () => 0), 1];
+    expect(sampleRowsBySource(tiny, 8, 0).filter((i) => tiny[i] === 1)).toHaveLength(1);
+    expect(sampleRowsBySource(tiny, 8, 0)).toHaveLength(8);
     expect(sampleRows(1000, 64, 1)).not.toEqual(sampleRows(1000, 64, 2));
   });
 });
@@ -232,8 +245,10 @@ describe('v4tune profile-experts and lora.experts: profiled', () => {
     expect(p.model_fingerprint).toBe(configFingerprint(parseConfig(cfg, 'config.json')));
     // 3 rows sampled across the whole split (seed lora.seed = 0), recorded in the profile
     const all = [...ds.rows('train')];
-    const rows = sampleRows(all.length, 3, 0).map((i) => all[i]!);
-    expect(p.sample).toEqual({ method: SAMPLE_METHOD, seed: 0, split_rows: all.length });
+    const bySource = all.every((r) => r.source_ids !== undefined);
+    const rowSource = all.map((r) => r.source_ids?.[0] ?? 0);
+    const rows = (bySource ? sampleRowsBySource(rowSource, 3, 0) : sampleRows(all.length, 3, 0)).map((i) => all[i]!);
+    expect(p.sample).toEqual({ method: bySource ? SAMPLE_BY_SOURCE : SAMPLE_METHOD, seed: 0, split_rows: all.length });
     expect(p.rows).toBe(rows.length);
     const counted = rows.reduce((s, row) => s + row.loss_mask.reduce((a, v) => a + v, 0), 0);
     expect(counted).toBeLessThan(rows.reduce((s, row) => s + row.input_ids.length, 0)); // prompts are masked

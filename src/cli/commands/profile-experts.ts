@@ -1,5 +1,5 @@
 // `v4tune profile-experts <recipe>`: route rows sampled across the whole prepared train split
-// (seeded by lora.seed, every source in proportion: lora/profile.ts sampleRows) through the base model and write, per block and routed expert, the load and gate mass over the tokens whose
+// (seeded by lora.seed, every source in proportion: lora/profile.ts sampleRowsBySource) through the base model and write, per block and routed expert, the load and gate mass over the tokens whose
 // loss_mask is 1 to `<output>/expert-profile.json` (src/lora/profile.ts). `lora.experts: profiled`
 // trains adapters on the experts with the most gate mass only.
 import type { Command } from 'commander';
@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { openDataset } from '../../data/dataset.js';
 import { InputError } from '../../errors.js';
 import {
-  describeSelection, expertSubset, PROFILE_FILE, profileExperts, SAMPLE_METHOD, sampleRows, profileMismatch, readProfile, selectExperts, writeProfile,
+  describeSelection, expertSubset, PROFILE_FILE, profileExperts, SAMPLE_BY_SOURCE, SAMPLE_METHOD, sampleRows, sampleRowsBySource, profileMismatch, readProfile, selectExperts, writeProfile,
   type BlockSelection, type ExpertProfile, type ProfileIdentity, type SelectionRule,
 } from '../../lora/profile.js';
 import { configFingerprint, parseConfig, type V4Config } from '../../model/config.js';
@@ -50,7 +50,7 @@ export function currentProfile(recipe: LoadedRecipe, id: ProfileIdentity, rows?:
   const m = profileMismatch(p, id);
   if (m) return { why: m };
   if (rows !== undefined && p.rows_requested !== rows) return { why: `it was measured on ${p.rows_requested} rows, lora.profile_rows is ${rows}` };
-  if (p.sample?.method !== SAMPLE_METHOD || p.sample.seed !== recipe.lora.seed) return { why: `it routed ${p.sample ? `rows sampled with seed ${p.sample.seed}, lora.seed is ${recipe.lora.seed}` : 'the first rows of the split, not a sample across it'}` };
+  if ((p.sample?.method !== SAMPLE_METHOD && p.sample?.method !== SAMPLE_BY_SOURCE) || p.sample.seed !== recipe.lora.seed) return { why: `it routed ${p.sample ? `rows sampled with seed ${p.sample.seed}, lora.seed is ${recipe.lora.seed}` : 'the first rows of the split, not a sample across it'}` };
   return { profile: p };
 }
 
@@ -92,12 +92,24 @@ export async function profileRecipe(recipe: LoadedRecipe, ctx: CliContext, opts:
   let profile: ExpertProfile;
   try {
     const bar = ctx.progress('profile', total, 'rows');
-    const picks = new Set(sampleRows(available, total, recipe.lora.seed));
+    // each row's source: the one holding most of its tokens (datasets from before provenance have none)
+    const rowSource: number[] = [];
+    for (const row of ds.rows('train')) {
+      if (!row.source_ids) break;
+      const tokens = new Map<number, number>();
+      row.segments.forEach((len, s) => {
+        const src = row.source_ids![s];
+        if (src !== undefined) tokens.set(src, (tokens.get(src) ?? 0) + len); // (padding has no source)
+      });
+      rowSource.push([...tokens.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]?.[0] ?? -1);
+    }
+    const bySource = rowSource.length === available;
+    const picks = new Set(bySource ? sampleRowsBySource(rowSource, total, recipe.lora.seed) : sampleRows(available, total, recipe.lora.seed));
     const sampled = function* () {
       let i = 0;
       for (const row of ds.rows('train')) if (picks.has(i++)) yield row;
     };
-    profile = await profileExperts(model, sampled(), asked, id, (done) => bar.update(done), { seed: recipe.lora.seed, splitRows: available });
+    profile = await profileExperts(model, sampled(), asked, id, (done) => bar.update(done), { seed: recipe.lora.seed, splitRows: available, bySource });
     bar.stop();
   } finally {
     model.dispose();
