@@ -14,6 +14,7 @@
 #include "common.h"
 #include "compressor.h"
 #include "gemm.h"
+#include "gptq.h"
 #include "indexer.h"
 #include "lmhead.h"
 #include "lora.h"

@@ -13,6 +13,7 @@
       "../kernels/cpu/mhc.cpp",
       "../kernels/cpu/compressor.cpp",
       "../kernels/cpu/lmhead.cpp",
+      "../kernels/cpu/gptq.cpp",
       "../kernels/cpu/bench.cpp",
       "ascend_acl.cc",
       "ascend_host.cc"

@@ -13,6 +13,7 @@
 // Several formats of one quantize stage share a CalibrationSession: when the previous format's
 // Hessians were one window holding every linear the next format asks for, they are reused (no
 // forward); otherwise the next format collects its own windows (the memory bound holds).
+import { hessianAccumulateNative } from '../backend/native/gptq.js';
 import { V4tuneError } from '../errors.js';
 import type { V4Model } from '../model/v4/model.js';
 
@@ -42,12 +43,16 @@ export const HESSIAN_BUDGET_BYTES = 4 * 2 ** 30;
 
 const hessianBytes = (l: CalibratedLinear): number => l.groups * l.cols * l.cols * 8;
 
-/** Σ xᵀx of x [rows, groups·cols] into the upper triangles of H[g] */
+/**
+ * Σ xᵀx of x [rows, groups·cols] into the upper triangles of H[g] (on the native addon when it is
+ * built: kernels/cpu/gptq.cpp, the same sums in the same order)
+ */
 function accumulate(h: Hessian, groups: number, x: Float32Array, rows: number): void {
   const n = h.cols;
   const width = groups * n;
   for (let g = 0; g < groups; g++) {
     const H = h.H[g]!;
+    if (hessianAccumulateNative(H, x, g * n, rows, n, width)) continue;
     for (let t = 0; t < rows; t++) {
       const o = t * width + g * n;
       for (let i = 0; i < n; i++) {

@@ -2,6 +2,7 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
+import { gptqInt4Native, outputErrorSqNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4Model } from '../model/v4/model.js';
@@ -196,8 +197,9 @@ export class GptqRounder implements Rounder {
   /**
    * GPTQ of W against h (one run per group of output rows: wo_a's row groups read their own
    * input group), then the errors: weights, and tr(E H Eᵀ) of GPTQ and of `rtn` against tr(W H Wᵀ).
+   * The INT4 grid runs on the native addon when it is built (kernels/cpu/gptq.cpp: the same codes).
    */
-  private run(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, h: Hessian, qz: ColumnQuantizer, rtn: Float32Array): void {
+  private async run(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, h: Hessian, qz: ColumnQuantizer, rtn: Float32Array, int4?: Int4Weight): Promise<void> {
     const groups = h.H.length;
     if (out % groups !== 0) throw new V4tuneError(`GPTQ: ${name} has ${out} output rows, not a multiple of its ${groups} input groups`);
     const rows = out / groups;
@@ -208,7 +210,8 @@ export class GptqRounder implements Rounder {
     for (let g = 0; g < groups; g++) {
       let Q: Float64Array;
       try {
-        Q = gptqRows(w, inF, g * rows, (g + 1) * rows, h.H[g]!, qz, { damp: this.cal.damp, name: `tensor ${name}` });
+        const opts = { damp: this.cal.damp, name: `tensor ${name}` };
+        Q = (int4 && await gptqInt4Native(w, inF, g * rows, (g + 1) * rows, h.H[g]!, int4, opts.damp, opts.name)) || gptqRows(w, inF, g * rows, (g + 1) * rows, h.H[g]!, qz, opts);
       } catch (e) {
         if (e instanceof RangeError) throw new InputError(e.message);
         throw e;
@@ -221,16 +224,18 @@ export class GptqRounder implements Rounder {
         E[i] = W[i]! - Q[i]!;
         Er[i] = W[i]! - rtn[g * rows * inF + i]!;
       }
-      err += outputErrorSq(E, rows, inF, h.H[g]!);
-      errRtn += outputErrorSq(Er, rows, inF, h.H[g]!);
-      ref += outputErrorSq(W, rows, inF, h.H[g]!);
+      const outErr = async (x: Float64Array | Float32Array): Promise<number> =>
+        (await outputErrorSqNative(x instanceof Float64Array ? x : Float64Array.from(x), rows, inF, h.H[g]!)) ?? outputErrorSq(x, rows, inF, h.H[g]!);
+      err += await outErr(E);
+      errRtn += await outErr(Er);
+      ref += await outErr(W);
     }
     this.errs.add(kind, w, recon);
     this.errs.addOutput(kind, err, errRtn, ref);
   }
 
   int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
-    return this.quantize(name, kind, w, out, inF, rtnInt4(name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs));
+    return this.quantize(name, kind, w, out, inF, rtnInt4(name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs), true);
   }
 
   q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
@@ -244,7 +249,7 @@ export class GptqRounder implements Rounder {
   /** GPTQ on the grid of `quantizer` when the linear has a Hessian, else its round-to-nearest `rtn`. */
   private async quantize<T>(
     name: string, kind: LinearKind, w: Float32Array, out: number, inF: number,
-    rtn: T, dequant: (q: T) => Float32Array, quantizer: () => ColumnQuantizer & { result: T },
+    rtn: T, dequant: (q: T) => Float32Array, quantizer: () => ColumnQuantizer & { result: T }, int4Grid = false,
   ): Promise<T> {
     const h = await this.hessian(name);
     if (!h) {
@@ -252,7 +257,7 @@ export class GptqRounder implements Rounder {
       return rtn;
     }
     const qz = quantizer();
-    this.run(name, kind, w, out, inF, h, qz, dequant(rtn));
+    await this.run(name, kind, w, out, inF, h, qz, dequant(rtn), int4Grid ? (qz.result as Int4Weight) : undefined);
     return qz.result;
   }
 

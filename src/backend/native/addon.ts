@@ -100,6 +100,12 @@ export interface NativeAddon {
   mhcPostBackward(dF: F32 | null, dX: F32 | null, dpost: F32 | null, dcomb: F32 | null, dout: F32, F: F32, X: F32, post: F32, comb: F32, T: number, hc: number, d: number): Promise<void>;
   compressorForward(out: F32, a: F32, z: F32, ape: F32, segs: I32, ratio: number, hd: number, overlap: boolean): Promise<void>;
   compressorBackward(da: F32 | null, dz: F32 | null, dout: F32, a: F32, z: F32, ape: F32, segs: I32, ratio: number, hd: number, overlap: boolean): Promise<void>;
+  /** GPTQ (kernels/cpu/gptq.h, float64, the operations of src/export/gptq.ts in its order): H [n, n] upper triangle += Σ_t x_tᵀ x_t over X [rows, ldx] */
+  gptqHessianAccumulate(H: Float64Array, X: F32, rows: number, n: number, ldx: number): void;
+  /** GPTQ of rows r0 … r1−1 of W [out, n] on the INT4 group grid: fills those rows of codes/scales/scaleBits/zeros, Q [r1−r0, n]; rejects when H + damp is not positive definite */
+  gptqInt4(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, H: Float64Array, n: number, group: number, damp: number): Promise<void>;
+  /** out[0] = tr(E H Eᵀ), E [rows, n] */
+  gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

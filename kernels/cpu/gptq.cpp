@@ -1,0 +1,326 @@
+// GPTQ on the INT4 group grid in float64 (see gptq.h). Every element gets the operations that
+// src/export/gptq.ts gives it, in the same order: loops are interchanged so that the vectorised
+// index is one the reference never sums over, and products are never fused into FMAs (ISO C++
+// mode: -ffp-contract=off; the pragma keeps it so under the target attributes). The TypeScript
+// functions are the readable reference; test/native/gptq.test.ts checks codes and Q against them.
+#pragma GCC optimize("fp-contract=off")
+#include "gptq.h"
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+#include "common.h"
+
+namespace v4 {
+
+namespace {
+
+#define V4_INLINE static inline __attribute__((always_inline))
+
+// y[j] -= a·x[j], j < n (each element: one product, one subtraction)
+V4_INLINE void sub_scaled_body(double* y, double a, const double* x, long n) {
+  for (long j = 0; j < n; j++) y[j] -= a * x[j];
+}
+// y[j] += a·x[j]
+V4_INLINE void add_scaled_body(double* y, double a, const double* x, long n) {
+  for (long j = 0; j < n; j++) y[j] += a * x[j];
+}
+V4_AVX512 void sub_scaled_512(double* y, double a, const double* x, long n) { sub_scaled_body(y, a, x, n); }
+V4_AVX2 void sub_scaled_256(double* y, double a, const double* x, long n) { sub_scaled_body(y, a, x, n); }
+void sub_scaled_any(double* y, double a, const double* x, long n) { sub_scaled_body(y, a, x, n); }
+V4_AVX512 void add_scaled_512(double* y, double a, const double* x, long n) { add_scaled_body(y, a, x, n); }
+V4_AVX2 void add_scaled_256(double* y, double a, const double* x, long n) { add_scaled_body(y, a, x, n); }
+void add_scaled_any(double* y, double a, const double* x, long n) { add_scaled_body(y, a, x, n); }
+
+void sub_scaled(double* y, double a, const double* x, long n) {
+  switch (isa()) {
+    case Isa::avx512: return sub_scaled_512(y, a, x, n);
+    case Isa::avx2: return sub_scaled_256(y, a, x, n);
+    default: return sub_scaled_any(y, a, x, n);
+  }
+}
+void add_scaled(double* y, double a, const double* x, long n) {
+  switch (isa()) {
+    case Isa::avx512: return add_scaled_512(y, a, x, n);
+    case Isa::avx2: return add_scaled_256(y, a, x, n);
+    default: return add_scaled_any(y, a, x, n);
+  }
+}
+
+// ---- the int4.ts grid, bit for bit ----
+
+// round half to even (formats.ts rne)
+double rne(double v) {
+  double f = std::floor(v), d = v - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return std::fmod(f, 2.0) == 0 ? f : f + 1;
+}
+// JavaScript's Math.round: nearest, halves toward +∞
+double js_round(double x) {
+  double r = std::floor(x);
+  return x - r >= 0.5 ? r + 1 : r;
+}
+// formats.ts f16Encode: through float32, then nearest-even half bits (overflow → inf)
+int f16_encode(double x) {
+  float f = float(x);
+  int sign = std::signbit(f) ? 0x8000 : 0;
+  double a0 = std::fabs(double(f));
+  if (std::isinf(a0)) return sign | 0x7c00;
+  double code;
+  if (a0 < std::ldexp(1.0, -14)) {
+    code = rne(a0 * std::ldexp(1.0, 24));
+  } else {
+    int e = std::ilogb(a0);
+    code = (e + 15) * 1024 + rne((std::ldexp(a0, -e) - 1) * 1024);
+  }
+  if (code >= 0x7c00) code = 0x7c00;
+  return sign | int(code);
+}
+double f16_decode(int h) {
+  double s = h & 0x8000 ? -1 : 1;
+  int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e == 0) return s * m * std::ldexp(1.0, -24);
+  if (e == 31) return m ? NAN : s * INFINITY;
+  return s * (1 + m / 1024.0) * std::ldexp(1.0, e - 15);
+}
+int f16_round_up(double x) {
+  int h = f16_encode(x);
+  if (f16_decode(h) < x) h += 1;
+  return h;
+}
+struct Grid {
+  double scale;
+  int bits;
+  int zero;
+};
+// int4.ts groupGrid
+Grid group_grid(double lo, double hi) {
+  double xmin = std::min(lo, 0.0), xmax = std::max(hi, 0.0);
+  if (xmax == xmin) return {1.0, f16_encode(1.0), 8};
+  int bits = f16_round_up((xmax - xmin) / 15);
+  double scale = f16_decode(bits);
+  double zero = js_round(-xmin / scale);
+  if (zero < 1) {
+    zero = 1;
+    if (xmax > 14.5 * scale) {
+      bits = f16_round_up(xmax / 14.5);
+      scale = f16_decode(bits);
+    }
+  }
+  if (zero > 15) zero = 15;
+  return {scale, bits, int(zero)};
+}
+
+}  // namespace
+
+// ---- Hessian: H[i][j] += Σ_t x_t[i] x_t[j], j ≥ i ----
+// Tasks own rows i of H; per element the rows t are added in order, as calibrate.ts does.
+void gptq_hessian_accumulate(double* H, const float* X, long rows, long n, long ldx) {
+  const long TB = 64;  // rows of X converted to float64 at a time (per task)
+  parallel_run(int(std::min<long>(n, 64)), [&](int task) {
+    const int ntask = int(std::min<long>(n, 64));
+    std::vector<double> xt(size_t(TB) * n);
+    for (long t0 = 0; t0 < rows; t0 += TB) {
+      long t1 = std::min(rows, t0 + TB);
+      for (long t = t0; t < t1; t++)
+        for (long j = 0; j < n; j++) xt[(t - t0) * n + j] = double(X[t * ldx + j]);
+      // rows i interleaved across tasks balance the triangle
+      for (long i = task; i < n; i += ntask) {
+        double* Hi = H + i * n;
+        for (long t = t0; t < t1; t++) {
+          const double* x = xt.data() + (t - t0) * n;
+          add_scaled(Hi + i, x[i], x + i, n - i);
+        }
+      }
+    }
+  });
+}
+
+// ---- Cholesky: right-looking in panels; element (i, j) gets −U[k][i]·U[k][j] for k ascending ----
+bool gptq_cholesky_upper(double* U, const double* A, long n) {
+  for (long i = 0; i < n; i++) {
+    std::fill(U + i * n, U + i * n + i, 0.0);
+    std::memcpy(U + i * n + i, A + i * n + i, sizeof(double) * (n - i));
+  }
+  const long KB = 32;
+  for (long k0 = 0; k0 < n; k0 += KB) {
+    const long k1 = std::min(n, k0 + KB);
+    // the panel's rows, each updated by the panel rows above it
+    for (long k = k0; k < k1; k++) {
+      double s = U[k * n + k];
+      if (!(s > 0)) return false;
+      double dkk = std::sqrt(s);
+      U[k * n + k] = dkk;
+      for (long j = k + 1; j < n; j++) U[k * n + j] = U[k * n + j] / dkk;
+      for (long i = k + 1; i < k1; i++) sub_scaled(U + i * n + i, U[k * n + i], U + k * n + i, n - i);
+    }
+    // the trailing rows i ≥ k1: the panel's updates in order k0 … k1−1
+    const long rest = n - k1;
+    if (rest <= 0) continue;
+    const int ntask = int(std::min<long>(rest, 4L * num_threads()));
+    parallel_run(ntask, [&](int task) {
+      for (long i = k1 + task; i < n; i += ntask)
+        for (long k = k0; k < k1; k++) sub_scaled(U + i * n + i, U[k * n + i], U + k * n + i, n - i);
+    });
+    check_cancel();
+  }
+  return true;
+}
+
+// ---- A⁻¹ = V Vᵀ, V = U⁻¹ ----
+//   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=i+1..j} U[i][k]·V[k][j]) / U[i][i], k ascending
+//   inv[i][j] = Σ_{k=j..n−1} V[i][k]·V[j][k], k ascending (j ≥ i), mirrored
+void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
+  std::vector<double> V(size_t(n) * n, 0.0);
+  const long JT = 64;  // a task computes V's columns [j0, j1) in a contiguous strip
+  const long ntiles = cdiv(n, JT);
+  parallel_run(int(ntiles), [&](int tile) {
+    const long j0 = tile * JT, j1 = std::min(n, j0 + JT), w = j1 - j0;
+    std::vector<double> strip(size_t(j1) * w, 0.0);  // strip[k][j − j0] = V[k][j]
+    std::vector<double> s(w);
+    for (long i = j1 - 1; i >= 0; i--) {
+      std::fill(s.begin(), s.end(), 0.0);
+      for (long k = i + 1; k < j1; k++) {
+        const long js = std::max(k, j0);
+        add_scaled(s.data() + (js - j0), U[i * n + k], strip.data() + k * w + (js - j0), j1 - js);
+      }
+      for (long j = std::max(i, j0); j < j1; j++)
+        strip[i * w + (j - j0)] = j == i ? 1 / U[i * n + i] : -s[j - j0] / U[i * n + i];
+    }
+    for (long k = 0; k < j1; k++)
+      for (long j = j0; j < j1; j++) V[k * n + j] = strip[k * w + (j - j0)];
+  });
+  check_cancel();
+  // Vt[k][i] = V[i][k]; a task owns inv's rows [i0, i1): s_i = Σ_k Vt[k][i]·V[j][k] for each j ≥ i0
+  std::vector<double> Vt(size_t(n) * n);
+  for (long i = 0; i < n; i++)
+    for (long k = 0; k < n; k++) Vt[k * n + i] = V[i * n + k];
+  const long IT = 64;
+  const long itiles = cdiv(n, IT);
+  parallel_run(int(itiles), [&](int tile) {
+    const long i0 = tile * IT, i1 = std::min(n, i0 + IT), w = i1 - i0;
+    std::vector<double> s(w);
+    for (long j = i0; j < n; j++) {
+      std::fill(s.begin(), s.end(), 0.0);
+      for (long k = j; k < n; k++) add_scaled(s.data(), V[j * n + k], Vt.data() + k * n + i0, w);
+      for (long i = i0; i < std::min(i1, j + 1); i++) {
+        inv[i * n + j] = s[i - i0];
+        inv[j * n + i] = s[i - i0];
+      }
+    }
+  });
+}
+
+// ---- the column loop ----
+bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
+               const float* Wsrc, long r0, long r1, const double* H, long n, long gs, double damp) {
+  const long rows = r1 - r0, G = n / gs;
+  const long B = (gs <= 128 && 128 % gs == 0) ? 128 : gs;
+  std::vector<double> W(size_t(rows) * n);
+  for (long i = 0; i < rows * n; i++) W[i] = Wsrc[r0 * n + i];
+  // dead inputs, then the dampening
+  std::vector<double> Hd(H, H + n * n);
+  double mean_diag = 0;
+  for (long i = 0; i < n; i++) {
+    if (Hd[i * n + i] == 0) {
+      Hd[i * n + i] = 1;
+      for (long r = 0; r < rows; r++) W[r * n + i] = 0;
+    }
+    mean_diag += Hd[i * n + i];
+  }
+  const double dv = damp * (mean_diag / n);
+  for (long i = 0; i < n; i++) Hd[i * n + i] += dv;
+  // U = upper Cholesky factor of (H + damp)⁻¹
+  std::vector<double> L(size_t(n) * n), U(size_t(n) * n);
+  if (!gptq_cholesky_upper(L.data(), Hd.data(), n)) return false;
+  gptq_inverse_from_cholesky(Hd.data(), L.data(), n);
+  if (!gptq_cholesky_upper(U.data(), Hd.data(), n)) return false;
+  L.clear();
+  L.shrink_to_fit();
+  Hd.clear();
+  Hd.shrink_to_fit();
+
+  // rows are independent: a task owns a range of them
+  const int ntask = int(std::min<long>(rows, 4L * num_threads()));
+  parallel_run(ntask, [&](int task) {
+    const long ra = rows * task / ntask, rb = rows * (task + 1) / ntask;
+    std::vector<double> err(size_t(rb - ra) * B);
+    for (long i1 = 0; i1 < n; i1 += B) {
+      const long i2 = std::min(n, i1 + B);
+      for (long i = i1; i < i2; i++) {
+        if (i % gs == 0) {
+          for (long r = ra; r < rb; r++) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (long c = 0; c < gs; c++) {
+              double v = W[r * n + i + c];
+              if (v < lo) lo = v;
+              if (v > hi) hi = v;
+            }
+            Grid g = group_grid(lo, hi);
+            const long k = (r0 + r) * G + i / gs;
+            scales[k] = float(g.scale);
+            scale_bits[k] = uint16_t(g.bits);
+            zeros[k] = uint8_t(g.zero);
+          }
+        }
+        const double d = U[i * n + i];
+        for (long r = ra; r < rb; r++) {
+          const long k = (r0 + r) * G + i / gs;
+          const double s = scales[k];
+          const int z = zeros[k];
+          const double wi = W[r * n + i];
+          double qc = js_round(wi / s) + z;
+          qc = qc < 0 ? 0 : qc > 15 ? 15 : qc;
+          codes[(r0 + r) * n + i] = uint8_t(qc);
+          const double q = (qc - z) * s;
+          Q[r * n + i] = q;
+          const double e = (wi - q) / d;
+          err[(r - ra) * B + (i - i1)] = e;
+          if (e == 0) continue;
+          sub_scaled(W.data() + r * n + i + 1, e, U.data() + i * n + i + 1, i2 - i - 1);
+        }
+      }
+      // lazy batch update W[:, i2:] −= E·U[i1:i2, i2:], per element i ascending; U's block strip
+      // of JC columns stays in cache across the task's rows
+      const long JC = 256;
+      for (long jc = i2; jc < n; jc += JC) {
+        const long je = std::min(n, jc + JC);
+        for (long r = ra; r < rb; r++) {
+          for (long i = i1; i < i2; i++) {
+            const double e = err[(r - ra) * B + (i - i1)];
+            if (e == 0) continue;
+            sub_scaled(W.data() + r * n + jc, e, U.data() + i * n + jc, je - jc);
+          }
+        }
+      }
+    }
+  });
+  return true;
+}
+
+// ---- tr(E H Eᵀ): per row e H eᵀ (tasks own rows; the sum over rows in order) ----
+double gptq_output_error(const double* E, const double* H, long rows, long n) {
+  std::vector<double> per(rows, 0.0);
+  const long RB = 8;  // rows sharing each pass over H
+  const long nblk = cdiv(rows, RB);
+  parallel_run(int(nblk), [&](int b) {
+    const long ra = b * RB, rb = std::min(rows, ra + RB);
+    std::vector<double> tmp(size_t(rb - ra) * n, 0.0);
+    for (long i = 0; i < n; i++)
+      for (long r = ra; r < rb; r++) {
+        const double e = E[r * n + i];
+        if (e != 0) add_scaled(tmp.data() + (r - ra) * n, e, H + i * n, n);
+      }
+    for (long r = ra; r < rb; r++) {
+      double s = 0;
+      for (long j = 0; j < n; j++) s += tmp[(r - ra) * n + j] * E[r * n + j];
+      per[r] = s;
+    }
+  });
+  double s = 0;
+  for (long r = 0; r < rows; r++) s += per[r];
+  return s;
+}
+
+}  // namespace v4

@@ -1,0 +1,31 @@
+// GPTQ (Frantar et al. 2022) on the INT4 group grid, float64, as src/export/gptq.ts computes it:
+// the same operations in the same order per element (no FMA contraction), vectorised across the
+// independent index and blocked for cache, so the codes equal the TypeScript reference's.
+#pragma once
+#include <cstdint>
+
+namespace v4 {
+
+// H is (n, n) float64, X is (rows, n) float32 with row stride ldx.
+// H[i][j] += Σ_t X[t][i]·X[t][j] for j ≥ i (the upper triangle), t ascending.
+void gptq_hessian_accumulate(double* H, const float* X, long rows, long n, long ldx);
+
+// U is (n, n): the upper Cholesky factor of A (A = Uᵀ U, only A's upper triangle read).
+// Returns false when A is not positive definite.
+bool gptq_cholesky_upper(double* U, const double* A, long n);
+
+// inv is (n, n) = A⁻¹ from A's upper Cholesky factor U: V = U⁻¹, inv = V Vᵀ.
+void gptq_inverse_from_cholesky(double* inv, const double* U, long n);
+
+// GPTQ of rows r0 … r1−1 of W (out, n) against H (n, n) (full symmetric, not changed), damp the
+// fraction of mean(diag H) added to the diagonal, group columns per grid (n % group == 0).
+// Fills rows r0 … r1−1 of codes (out, n), scales / scale_bits / zeros (out, n/group) (the
+// int4.ts grid: fp16 scale rounded up, zero in 1..15) and Q ((r1−r0), n) = the quantised weights.
+// Returns false when H + damp is not positive definite.
+bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
+               const float* W, long r0, long r1, const double* H, long n, long group, double damp);
+
+// tr(E H Eᵀ) for E (rows, n), H (n, n) symmetric: the layer output error ‖E Xᵀ‖²·(2/n_tokens).
+double gptq_output_error(const double* E, const double* H, long rows, long n);
+
+}  // namespace v4

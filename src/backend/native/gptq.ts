@@ -1,0 +1,47 @@
+// GPTQ on the native addon (kernels/cpu/gptq.cpp): the Hessian accumulation, the INT4-grid
+// column loop and the output error of src/export/gptq.ts and calibrate.ts, in float64 with the
+// same operations in the same order per element, so the codes are the TypeScript reference's
+// (test/native/gptq.test.ts). Each function returns null when the addon is not built (the caller
+// then runs the TypeScript reference).
+import type { Int4Weight } from '../../model/formats.js';
+import { tryLoadAddon } from './addon.js';
+
+/**
+ * H [n, n] (upper triangle) += Σ_t x_tᵀ x_t over the rows of x [rows, ldx] (its first n columns
+ * from `offset`); false when the addon is not built.
+ */
+export function hessianAccumulateNative(H: Float64Array, x: Float32Array, offset: number, rows: number, n: number, ldx: number): boolean {
+  const addon = tryLoadAddon();
+  if (!addon || rows === 0) return addon !== null;
+  addon.gptqHessianAccumulate(H, x.subarray(offset), rows, n, ldx);
+  return true;
+}
+
+/**
+ * GPTQ of rows r0 … r1−1 of W [out, inF] against H [inF, inF] on the INT4 grid of `result`
+ * (int4.ts: its groupSize, codes, scales, zeros filled for those rows); returns Q [(r1 − r0), inF],
+ * or null without the addon. Throws a RangeError when H + damp is not positive definite.
+ */
+export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, result: Int4Weight, damp: number, name = 'gptq'): Promise<Float64Array | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  const Q = new Float64Array((r1 - r0) * inF);
+  try {
+    await addon.gptqInt4(result.q, result.scales, result.scaleBits, result.zeros, Q, w, r0, r1, H, inF, result.groupSize, damp);
+  } catch (e) {
+    if (e instanceof Error && e.message.includes('not positive definite')) {
+      throw new RangeError(`${name}: the calibration Hessian is not positive definite after dampening (raise export.gptq_damp)`);
+    }
+    throw e;
+  }
+  return Q;
+}
+
+/** tr(E H Eᵀ) for E [rows, n] (gptq.ts outputErrorSq, summed in another order), or null without the addon */
+export async function outputErrorSqNative(E: Float64Array, rows: number, n: number, H: Float64Array): Promise<number | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  const out = new Float64Array(1);
+  await addon.gptqOutputError(out, E, H, rows, n);
+  return out[0]!;
+}

@@ -1,0 +1,125 @@
+// Native GPTQ (kernels/cpu/gptq.cpp) against the TypeScript GPTQ it replaces (src/export/gptq.ts,
+// the Hessian accumulation of calibrate.ts): the native code performs each element's float64
+// operations in the reference's order without fused multiply-adds, so the comparison is exact —
+// the same codes, scales, zeros and the same Q bits, with no tie tolerance. The output error
+// tr(E H Eᵀ) sums in another order: relative 1e-12.
+import { describe, expect, it } from 'vitest';
+import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../src/backend/native/gptq.js';
+import { gptqRows, int4Quantizer, outputErrorSq } from '../../src/export/gptq.js';
+import { addon, randn, rng, skipNative } from './helpers.js';
+
+/** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */
+function accumulateRef(H: Float64Array, x: Float32Array, rows: number, n: number, width: number, g: number): void {
+  for (let t = 0; t < rows; t++) {
+    const o = t * width + g * n;
+    for (let i = 0; i < n; i++) {
+      const xi = x[o + i]!;
+      if (xi === 0) continue;
+      for (let j = i; j < n; j++) H[i * n + j] += xi * x[o + j]!;
+    }
+  }
+}
+
+/** mirrored and scaled by 2/tokens, as calibrate.ts finishes a Hessian */
+function finish(H: Float64Array, n: number, tokens: number): void {
+  for (let i = 0; i < n; i++) {
+    for (let j = i; j < n; j++) {
+      const v = H[i * n + j]! * (2 / tokens);
+      H[i * n + j] = v;
+      H[j * n + i] = v;
+    }
+  }
+}
+
+/** inputs [tokens, n] with correlated columns (a random mix of a few factors plus noise), one dead column */
+function inputs(tokens: number, n: number, seed: number, dead: number): Float32Array {
+  const r = rng(seed);
+  const f = 6;
+  const z = randn(tokens * f, r, 1);
+  const mix = randn(f * n, r, 1);
+  const noise = randn(tokens * n, r, 0.3);
+  const x = new Float32Array(tokens * n);
+  for (let t = 0; t < tokens; t++) {
+    for (let i = 0; i < n; i++) {
+      let v = noise[t * n + i]!;
+      for (let k = 0; k < f; k++) v += z[t * f + k]! * mix[k * n + i]!;
+      x[t * n + i] = i === dead ? 0 : v;
+    }
+  }
+  return x;
+}
+
+const CASES = [
+  { out: 48, n: 256, gs: 128, tokens: 300, seed: 1 },
+  { out: 40, n: 256, gs: 32, tokens: 64, seed: 2 }, // fewer tokens than inputs: the dampening keeps H definite
+  { out: 24, n: 320, gs: 64, tokens: 200, seed: 3 }, // a last block of 64 columns
+  { out: 16, n: 96, gs: 96, tokens: 150, seed: 4 }, // a group wider than nothing divides: blocks of one group
+];
+
+describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout: 120_000 }, () => {
+  it('the addon is built', () => {
+    expect(addon).not.toBeNull();
+  });
+
+  for (const c of CASES) {
+    it(`W [${c.out}, ${c.n}], group ${c.gs}, ${c.tokens} tokens: the same Hessian, codes, grids and Q`, async () => {
+      const x = inputs(c.tokens, c.n, c.seed, 7);
+      // two groups side by side (as wo_a's inputs): group 1 of a [tokens, 2n] input
+      const wide = new Float32Array(c.tokens * 2 * c.n);
+      for (let t = 0; t < c.tokens; t++) {
+        wide.set(x.subarray(t * c.n, (t + 1) * c.n), t * 2 * c.n + c.n);
+        wide.set(x.subarray(t * c.n, (t + 1) * c.n).map((v) => -v), t * 2 * c.n);
+      }
+      const Href = new Float64Array(c.n * c.n);
+      const Hnat = new Float64Array(c.n * c.n);
+      accumulateRef(Href, wide, c.tokens, c.n, 2 * c.n, 1);
+      expect(hessianAccumulateNative(Hnat, wide, c.n, c.tokens, c.n, 2 * c.n)).toBe(true);
+      expect(Buffer.from(Hnat.buffer).equals(Buffer.from(Href.buffer))).toBe(true);
+      finish(Href, c.n, c.tokens);
+
+      const w = Float32Array.from(randn(c.out * c.n, rng(c.seed + 100), 0.05));
+      const ref = int4Quantizer(c.out, c.n, c.gs);
+      const nat = int4Quantizer(c.out, c.n, c.gs);
+      const half = c.out / 2;
+      for (const [r0, r1] of [[0, half], [half, c.out]] as const) {
+        const Qr = gptqRows(w, c.n, r0, r1, Href, ref, { damp: 0.01 });
+        const Qn = await gptqInt4Native(w, c.n, r0, r1, Href, nat.result, 0.01);
+        expect(Qn).not.toBeNull();
+        expect(Buffer.from(Qn!.buffer).equals(Buffer.from(Qr.buffer))).toBe(true);
+      }
+      expect(Buffer.from(nat.result.q).equals(Buffer.from(ref.result.q))).toBe(true);
+      expect(Array.from(nat.result.scaleBits)).toEqual(Array.from(ref.result.scaleBits));
+      expect(Array.from(nat.result.scales)).toEqual(Array.from(ref.result.scales));
+      expect(Array.from(nat.result.zeros)).toEqual(Array.from(ref.result.zeros));
+      // GPTQ moved codes away from round-to-nearest (the comparison is not of a trivial case)
+      const rtn = int4Quantizer(c.out, c.n, c.gs);
+      const diag = new Float64Array(c.n * c.n);
+      for (let i = 0; i < c.n; i++) diag[i * c.n + i] = 1;
+      gptqRows(w, c.n, 0, c.out, diag, rtn);
+      expect(Buffer.from(rtn.result.q).equals(Buffer.from(ref.result.q))).toBe(false);
+    });
+  }
+
+  it('the output error tr(E H Eᵀ) equals the TypeScript sum (1e-12)', async () => {
+    const n = 192;
+    const rows = 37;
+    const x = inputs(100, n, 9, 3);
+    const H = new Float64Array(n * n);
+    accumulateRef(H, x, 100, n, n, 0);
+    finish(H, n, 100);
+    const E = Float64Array.from(randn(rows * n, rng(5), 0.01));
+    E[5] = 0;
+    const want = outputErrorSq(E, rows, n, H);
+    const got = await outputErrorSqNative(E, rows, n, H);
+    expect(Math.abs(got! - want) / want).toBeLessThan(1e-12);
+  });
+
+  it('an indefinite Hessian is refused like the TypeScript GPTQ refuses it', async () => {
+    const n = 64;
+    const H = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) H[i * n + i] = -1;
+    const w = Float32Array.from(randn(8 * n, rng(1), 0.1));
+    expect(() => gptqRows(w, n, 0, 8, H, int4Quantizer(8, n, 32), { name: 'tensor t' })).toThrow(/not positive definite/);
+    await expect(gptqInt4Native(w, n, 0, 8, H, int4Quantizer(8, n, 32).result, 0.01, 'tensor t')).rejects.toThrow(RangeError);
+  });
+});
