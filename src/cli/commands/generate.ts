@@ -7,6 +7,7 @@
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import type { BackendName } from '../../backend/ops.js';
 import { generateTokens, textStreamer } from '../../chat/generate.js';
 import { chatPrompt, readMessages } from '../../chat/prompt.js';
 import type { ChatMessage } from '../../chat/template.js';
@@ -61,7 +62,7 @@ export function register(program: Command): void {
     .option('--top-p <p>', 'nucleus sampling mass', '1')
     .option('--top-k <k>', 'sample among the k most likely tokens only (0 = no limit)', '0')
     .option('--seed <n>', 'sampling seed', '0')
-    .option('--backend <name>', 'auto | native | tfjs', 'auto')
+    .option('--backend <name>', 'auto | native | tfjs | ascend', 'auto')
     .action(action(async (ctx: CliContext, opts: GenerateCliOptions) => {
       if (!existsSync(join(opts.model, 'config.json'))) throw new InputError(`${opts.model}: not a model folder (no config.json)`);
       const chat = opts.chat === true || opts.messages !== undefined;
@@ -73,7 +74,7 @@ export function register(program: Command): void {
       const topP = num(opts.topP, 'top-p', (x) => x > 0 && x <= 1);
       const topK = num(opts.topK, 'top-k', (x) => Number.isInteger(x) && x >= 0);
       const seed = num(opts.seed, 'seed', Number.isInteger);
-      if (!['auto', 'native', 'tfjs'].includes(opts.backend)) throw new InputError(`--backend: must be auto, native or tfjs (got ${opts.backend})`);
+      if (!['auto', 'native', 'tfjs', 'ascend'].includes(opts.backend)) throw new InputError(`--backend: must be auto, native, tfjs or ascend (got ${opts.backend})`);
       const tok = await loadTokenizer(tokFile);
       let prompt: number[];
       let messages: ChatMessage[] | null = null;
@@ -90,7 +91,7 @@ export function register(program: Command): void {
         prompt = [tok.bosId, ...tok.encode(opts.prompt!)];
       }
       const adapter = opts.adapter === undefined ? null : await loadAdapter(opts.adapter, { warn: (l) => ctx.warn(l) });
-      const model = await loadModel(opts.model, { backend: opts.backend as 'auto' | 'native' | 'tfjs', note: (l) => ctx.log(l) });
+      const model = await loadModel(opts.model, { backend: opts.backend as BackendName, note: (l) => ctx.log(l) });
       try {
         adapter?.assertFits(model.config, opts.adapter!);
         if (prompt.some((id) => id >= model.config.vocab_size)) throw new InputError(`${tokFile}: token ids exceed the model's vocab_size ${model.config.vocab_size}`);
