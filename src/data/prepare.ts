@@ -362,7 +362,7 @@ export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = 
                 if (!(e instanceof RecordError)) throw e;
                 if (pass > 0) continue;
                 st.m.bad++;
-                if (st.m.bad_examples.length < 10) st.m.bad_examples.push(`${rec.where}: ${e.message}`);
+                if (st.m.bad_examples.length < 10) st.m.bad_examples.push(`${rel(f.path)}${rec.where.slice(f.path.length)}: ${e.message}`);
                 if (st.m.bad > maxBad) {
                   throw new InputError(`${rec.where}: ${e.message} (source "${st.m.name}": ${st.m.bad} bad record${st.m.bad === 1 ? '' : 's'}, more than data.max_bad_records ${maxBad})`);
                 }
