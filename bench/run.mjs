@@ -1,6 +1,6 @@
 // `npm run bench`: every benchmark, one after another (never in parallel: they would share the
 // cores), each writing its JSON into bench/results/. Needs the compiled package (npm ci / npm run build).
-// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, checkpointing; default all)
+// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, checkpointing, distributed; default all)
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,7 @@ const benches = {
   ],
   kernels: [['kernels.mjs', '--model', 'small']],
   checkpointing: [['checkpointing.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/checkpointing.json']],
+  distributed: [['distributed.mjs', '--out', 'bench/results/distributed.json']],
 };
 const wanted = process.argv.slice(2);
 for (const name of wanted) {

@@ -167,5 +167,6 @@ export async function joinDistributed(recipe: LoadedRecipe, note: (line: string)
   if (ga % size !== 0) throw new InputError(`${where}: train.grad_accum (${ga}) must be a multiple of the ${size} data-parallel ranks: each rank runs grad_accum / ${size} micro-batches of the global batch (batch_rows × grad_accum rows per step, the same at any world size)`);
   if (size % ep !== 0) throw new InputError(`${where}: distributed.expert_parallel (${ep}) must divide the ${size} ranks`);
   if (ep > 1 && recipe.lora.dropout > 0) throw new InputError(`${where}: lora.dropout with distributed.expert_parallel > 1 is not supported (a routed expert's dropout mask is drawn by the token's row in its rank's batch); set lora.dropout: 0 or expert_parallel: 1`);
+  collective.timeoutS = recipe.distributed.timeout_s;
   return new MpiRun(collective, recipe, ep);
 }

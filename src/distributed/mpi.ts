@@ -60,6 +60,12 @@ export class MpiCollective implements Collective {
   readonly size: number;
   readonly engine: string;
   readonly traffic: Traffic = { bytes: 0, calls: 0 };
+  /**
+   * Seconds one collective may wait for the other ranks before this rank decides one of them
+   * hangs and ends the job (MPI_Abort) with a line saying so; 0: wait forever. A rank that dies
+   * needs no timeout: the launcher ends the others.
+   */
+  timeoutS = 0;
   private finalized = false;
 
   private constructor(private readonly mpi: MpiAddon) {
@@ -77,6 +83,22 @@ export class MpiCollective implements Collective {
     return new MpiCollective(addon);
   }
 
+  private async wait<T>(what: string, call: Promise<T>): Promise<T> {
+    if (!(this.timeoutS > 0)) return call;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>(() => {
+      timer = setTimeout(() => {
+        process.stderr.write(`v4tune: rank ${this.rank} of ${this.size}: ${what} waited ${this.timeoutS} s for the other ranks (distributed.timeout_s): a rank hangs or is far slower; ending the job\n`);
+        this.abort(1);
+      }, this.timeoutS * 1000);
+    });
+    try {
+      return await Promise.race([call, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   private count(bytes: number): void {
     this.traffic.bytes += bytes;
     this.traffic.calls++;
@@ -84,36 +106,36 @@ export class MpiCollective implements Collective {
 
   async allreduceSum(buf: Float32Array | Float64Array | Int32Array): Promise<void> {
     this.count(buf.byteLength);
-    await this.mpi.allreduceSum(buf);
+    await this.wait('allreduce', this.mpi.allreduceSum(buf));
   }
 
   async allgatherv<T extends HostBuffer>(send: T, counts: ArrayLike<number>): Promise<T> {
     const c = Int32Array.from(counts);
     const recv = sameKind(send, offsetsOf(c).total);
     this.count(send.BYTES_PER_ELEMENT * c[this.rank]! * (this.size - 1));
-    await this.mpi.allgatherv(send, recv, c);
+    await this.wait('allgatherv', this.mpi.allgatherv(send, recv, c));
     return recv;
   }
 
   async alltoallv<T extends HostBuffer>(send: T, sendCounts: ArrayLike<number>): Promise<{ recv: T; recvCounts: Int32Array }> {
     const sc = Int32Array.from(sendCounts);
     const recvCounts = new Int32Array(this.size);
-    await this.mpi.alltoall(sc, recvCounts, 1);
+    await this.wait('alltoall', this.mpi.alltoall(sc, recvCounts, 1));
     const recv = sameKind(send, offsetsOf(recvCounts).total);
     let out = 0;
     for (let q = 0; q < this.size; q++) if (q !== this.rank) out += sc[q]!;
     this.count(send.BYTES_PER_ELEMENT * out + 4 * this.size);
-    await this.mpi.alltoallv(send, sc, recv, recvCounts);
+    await this.wait('alltoallv', this.mpi.alltoallv(send, sc, recv, recvCounts));
     return { recv, recvCounts };
   }
 
   async broadcast(buf: HostBuffer, root: number): Promise<void> {
     if (this.rank === root) this.count(buf.byteLength * (this.size - 1));
-    await this.mpi.broadcast(buf, root);
+    await this.wait('broadcast', this.mpi.broadcast(buf, root));
   }
 
   async barrier(): Promise<void> {
-    await this.mpi.barrier();
+    await this.wait('barrier', this.mpi.barrier());
   }
 
   abort(code: number): never {

@@ -166,6 +166,8 @@ export const distributedSchema = z.object({
     .describe('Ranks that each run their own share of every step\'s micro-batches (default: the world size the launcher gives, `mpirun -np N`); checked against it. The global batch stays `batch_rows × grad_accum` rows whatever the world size (each rank runs `grad_accum / data_parallel` micro-batches, so `grad_accum` must be a multiple of it), and a run resumes at another world size to the same result.'),
   expert_parallel: int().min(1).default(1)
     .describe('Ranks one layer\'s routed experts are split across (each loads only its experts\' base weights; tokens travel to their experts\' ranks and back); must divide the world size and be at most the routed experts per layer. 1: every rank holds every expert.'),
+  timeout_s: z.number().positive().default(1800)
+    .describe('Seconds a rank waits in one collective (the others still computing, or rank 0 writing a checkpoint) before it decides a rank hangs and ends the job with an error; a rank that dies ends the job at once.'),
 }).strict().describe('Training on several processes or machines under MPI (`mpirun -np N v4tune train`, Slurm `srun`). Without a launcher, or without MPI, a run is single-process and gives the same result.');
 
 export const recipeSchema = z.object({
