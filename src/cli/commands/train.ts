@@ -275,6 +275,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       identity,
       shouldStop: () => stop,
       gradients: dist?.gradients('checkpoint' in start ? start.checkpoint.state.step : 0, out),
+      writesCheckpoints: (dist?.rank ?? 0) === 0,
     }, ctx);
     const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalRows.length);
     if ((dist?.rank ?? 0) === 0) writeFileAtomic(join(out, TRAIN_SUMMARY), `${JSON.stringify(summary, null, 2)}\n`);
@@ -333,7 +334,7 @@ export function register(program: Command): void {
   program.command('train')
     .description('train the recipe\'s LoRA adapter on its prepared dataset (checkpoints, eval, train-log.jsonl, adapter/)')
     .argument('<recipe>', 'recipe .yaml file')
-    .option('--resume', 'continue from the last checkpoint in <output>/checkpoints (same result as a run never stopped)')
+    .option('--resume', 'continue from the last checkpoint in <output>/checkpoints (same result as a run never stopped); with more train.steps/epochs than a finished run had, extend it')
     .option('--overwrite', 'delete an earlier run\'s checkpoints, log and adapter and start over')
     .option('--eval-rows <n>', 'evaluate on at most N eval rows (default: the whole eval split)')
     .action(action(async (ctx: CliContext, file: string, o: { resume?: boolean; overwrite?: boolean; evalRows?: string }) => {
