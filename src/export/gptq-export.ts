@@ -1,9 +1,11 @@
-// The `gptq` output: a safetensors folder in the AutoGPTQ / GPTQModel packing (int4.ts groups):
+// The `gptq` output: a safetensors folder in GPTQModel's deepseek_v4 layout (names and which
+// linears are quantised: gptq-names.ts) with the AutoGPTQ / GPTQModel packing (int4.ts groups):
 // for `X.weight` [out, in]: `X.qweight` I32 [in/8, out] (8 codes per int32 along the input, code k
 // of a word in bits 4k..4k+3), `X.qzeros` I32 [groups, out/8] (zero − 1, 8 per int32 along the
 // output), `X.scales` F16 [groups, out], `X.g_idx` I32 [in] (= c div group_size); kept tensors as
 // BF16 (F32 where they are F32, integers as they are). config.json gets `quantization_config`
-// {quant_method: gptq, bits: 4, group_size, desc_act: false, sym: false, checkpoint_format: gptq}.
+// {quant_method: gptq, bits: 4, group_size, desc_act: false, sym: false, checkpoint_format: gptq},
+// and quantize_config.json holds the same (what GPTQModel's and AutoGPTQ's loaders read).
 import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
@@ -13,6 +15,7 @@ import type { Checkpoint } from '../model/checkpoint.js';
 import { configJsonText } from '../model/config-json.js';
 import { f32ToBf16Bytes } from '../model/formats.js';
 import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
+import { gptqModelName, gptqQuantises } from './gptq-names.js';
 import { checkGroupable, type Int4Weight } from './int4.js';
 import { linearKind, yieldLoop } from './linears.js';
 import type { QuantizeOptions, WriteResult } from './quantize.js';
@@ -44,11 +47,9 @@ export function packGptq(x: Int4Weight): { qweight: Int32Array; qzeros: Int32Arr
 
 const bytesOf = (a: Int32Array | Uint16Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-function gptqConfigJson(src: string, groupSize: number, damp: number): string {
-  const cfg = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
-  delete cfg.expert_dtype;
-  cfg.torch_dtype = 'bfloat16';
-  cfg.quantization_config = {
+/** quantization_config (config.json) = quantize_config.json */
+function quantizeConfig(groupSize: number, damp: number): Record<string, unknown> {
+  return {
     quant_method: 'gptq',
     bits: 4,
     group_size: groupSize,
@@ -60,6 +61,13 @@ function gptqConfigJson(src: string, groupSize: number, damp: number): string {
     checkpoint_format: 'gptq',
     damp_percent: damp,
   };
+}
+
+function gptqConfigJson(src: string, groupSize: number, damp: number): string {
+  const cfg = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  delete cfg.expert_dtype;
+  cfg.torch_dtype = 'bfloat16';
+  cfg.quantization_config = quantizeConfig(groupSize, damp);
   return configJsonText(cfg);
 }
 
@@ -70,23 +78,25 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
   // plan every output tensor first (refusing shapes the layout cannot hold before writing anything)
   const specs: TensorSpec[] = [];
   const order: { name: string; out: number; inF: number }[] = [];
+  const I = ckpt.config.moe_intermediate_size;
+  const disk = (n: string): string => gptqModelName(n, I);
   for (const n of names) {
     const m = ckpt.meta(n);
-    if (linearKind(n) && m.logicalShape.length === 2) {
+    if (gptqQuantises(n) && m.logicalShape.length === 2) {
       const [out, inF] = m.logicalShape as [number, number];
       const why = checkGroupable(n, out, inF, opts.groupSize) ?? (inF % 8 !== 0 || out % 8 !== 0 ? `${n}: shape [${out}, ${inF}] is not a multiple of 8 in both dimensions (GPTQ packs 8 codes per int32)` : null);
       if (why) throw new InputError(`${opts.model}: ${why}; choose export.group_size dividing every linear's input size`);
       order.push({ name: n, out, inF });
-      const base = n.slice(0, -'.weight'.length);
+      const base = disk(n).slice(0, -'.weight'.length);
       const G = inF / opts.groupSize;
       specs.push({ name: `${base}.qweight`, dtype: 'I32', shape: [inF / 8, out] });
       specs.push({ name: `${base}.qzeros`, dtype: 'I32', shape: [G, out / 8] });
       specs.push({ name: `${base}.scales`, dtype: 'F16', shape: [G, out] });
       specs.push({ name: `${base}.g_idx`, dtype: 'I32', shape: [inF] });
     } else if (m.format === 'int') {
-      specs.push({ name: n, dtype: m.dtype as TensorSpec['dtype'], shape: m.shape });
+      specs.push({ name: disk(n), dtype: m.dtype as TensorSpec['dtype'], shape: m.shape });
     } else {
-      specs.push({ name: n, dtype: m.format === 'f32' ? 'F32' : 'BF16', shape: m.logicalShape });
+      specs.push({ name: disk(n), dtype: m.format === 'f32' ? 'F32' : 'BF16', shape: m.logicalShape });
     }
   }
   rounder.plan(order);
@@ -96,6 +106,7 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
   let bytesOut = 0;
   await writeDirAtomic(opts.out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), gptqConfigJson(opts.model, opts.groupSize, opts.calibration?.damp ?? 0.01));
+    writeFileSync(join(tmp, 'quantize_config.json'), `${JSON.stringify(quantizeConfig(opts.groupSize, opts.calibration?.damp ?? 0.01), null, 2)}\n`);
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.model, f))) copyFileSync(join(opts.model, f), join(tmp, f));
     stampChatTemplate(tmp);
     const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes });
@@ -104,19 +115,19 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
       for (const n of names) {
         const m = ckpt.meta(n);
         const kind = linearKind(n);
-        if (kind && m.logicalShape.length === 2) {
+        if (kind && gptqQuantises(n) && m.logicalShape.length === 2) {
           const [out, inF] = m.logicalShape as [number, number];
           const w = await ckpt.f32(n);
           const x = await rounder.int4(n, kind, w, out, inF, opts.groupSize);
           const p = packGptq(x);
-          const base = n.slice(0, -'.weight'.length);
+          const base = disk(n).slice(0, -'.weight'.length);
           writer.add(`${base}.qweight`, bytesOf(p.qweight));
           writer.add(`${base}.qzeros`, bytesOf(p.qzeros));
           writer.add(`${base}.scales`, bytesOf(p.scales));
           writer.add(`${base}.g_idx`, bytesOf(p.gIdx));
           quantized++;
         } else {
-          writer.add(n, await keptBytes(ckpt, n));
+          writer.add(disk(n), await keptBytes(ckpt, n));
           kept++;
         }
         opts.onTensor?.(++done, names.length, n);
@@ -127,7 +138,7 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
       writer.abort();
       throw e;
     }
-    writeFileSync(join(tmp, 'v4tune-quantize.json'), `${JSON.stringify({ format: 'gptq', method: opts.method, group_size: opts.groupSize, source: opts.model, quantized: names.filter((n) => linearKind(n)), errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
+    writeFileSync(join(tmp, 'v4tune-quantize.json'), `${JSON.stringify({ format: 'gptq', method: opts.method, group_size: opts.groupSize, source: opts.model, quantized: names.filter((n) => gptqQuantises(n)), errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
     bytesOut = writer.shardFiles.reduce((a, f) => a + statSync(join(tmp, f)).size, 0);
   }, { kind: 'quantized', overwrite: opts.overwrite, inputs: [opts.model] });
   return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: [], tensorsSkipped: 0, bytesOut, errors: errs.summary() };

@@ -1,7 +1,7 @@
 // A GPTQ-layout checkpoint folder read back as a weight source the V4 graph can run: the INT4
 // linears are dequantised from their codes, every other tensor is read as stored. This is the
 // folder `quantize --format gptq` writes (src/export/quantize.ts), or any AutoGPTQ "gptq" (v1)
-// / "gptq_v2" checkpoint of a V4 model in the official names.
+// / "gptq_v2" checkpoint of a V4 model in GPTQModel's deepseek_v4 names or the official ones.
 //
 // For a linear `X.weight` [out, in] the folder holds (AutoGPTQ packing, 8 nibbles per int32):
 //   X.qweight I32 [in/8, out]      code q[j, i] = bits 4(i mod 8).. of qweight[i div 8, j]
@@ -18,6 +18,7 @@ import type { ModelSource } from './v4/weights.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, f16BytesToF32, f32BytesToF32 } from './formats.js';
 import { expectedTensors } from './layout.js';
+import { gptqModelName } from '../export/gptq-names.js';
 import { numel, SafetensorsSet, type TensorEntry } from './safetensors.js';
 import { readJsonFile } from '../fsutil.js';
 
@@ -114,12 +115,15 @@ export class GptqCheckpoint implements ModelSource {
       const linears = new Map<string, Linear>();
       const kept = new Map<string, TensorEntry>();
       const bases = new Set<string>();
+      // on-disk names: GPTQModel's deepseek_v4 layout (export/gptq-names.ts) or the official ones
+      const official = new Map(expectedTensors(config).map((t) => [gptqModelName(t.name, config.moe_intermediate_size), t.name]));
+      const toOfficial = (n: string): string => official.get(n) ?? n;
       for (const name of set.entries.keys()) {
         const part = GPTQ_PARTS.find((p) => name.endsWith(`.${p}`));
         if (part) bases.add(name.slice(0, -(part.length + 1)));
-        else kept.set(name, set.entry(name));
+        else kept.set(toOfficial(name), set.entry(name));
       }
-      for (const base of bases) linears.set(`${base}.weight`, linearOf(set, base, quant));
+      for (const base of bases) linears.set(toOfficial(`${base}.weight`), linearOf(set, base, quant));
       const ck = new GptqCheckpoint(dir, config, quant, warnings, set, linears, kept);
       ck.validate();
       return ck;
@@ -189,7 +193,7 @@ export class GptqCheckpoint implements ModelSource {
     }
     const l = this.linears.get(name);
     if (l) return this.dequantize(l);
-    const data = this.set.read(name);
+    const data = this.set.read(this.kept.get(name)!.name);
     switch (m.format) {
       case 'bf16': return bf16BytesToF32(data);
       case 'f16': return f16BytesToF32(data);
@@ -202,7 +206,7 @@ export class GptqCheckpoint implements ModelSource {
   async ints(name: string): Promise<Int32Array> {
     const e = this.kept.get(name);
     if (!e) throw new InputError(`${this.dir}: missing tensor ${name}`);
-    const data = this.set.read(name);
+    const data = this.set.read(e.name);
     const n = numel(e.shape);
     const out = new Int32Array(n);
     const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);

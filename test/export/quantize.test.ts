@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dequantizeInt4, groupGrid, quantizeRtn } from '../../src/export/int4.js';
 import { mulberry32 } from '../../src/random.js';
 import { writeSmallBpeTokenizer } from './bpe-fixture.js';
+import { gptqModelName, gptqQuantises } from '../../src/export/gptq-names.js';
 
 // smallest IEEE half ≥ x (x > 0, normal range), computed from the exponent in float64
 function f16Up(x: number): number {
@@ -128,19 +129,23 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('an independent AutoGPTQ dequantiser reconstructs every quantised linear within s/2', async () => {
+  it('an independent AutoGPTQ dequantiser reconstructs every quantised linear within s/2, under GPTQModel\'s deepseek_v4 names (o_a_proj kept)', async () => {
     const ck = await Checkpoint.open(src);
     const set = SafetensorsSet.open(out);
     let checked = 0;
     try {
-      for (const n of ck.names().filter((x) => linearKind(x))) {
+      expect(set.has('model.layers.0.self_attn.q_a_proj.qweight')).toBe(true);
+      expect(set.has('model.layers.0.mlp.experts.7.up_proj.qweight')).toBe(true);
+      expect(set.has('model.layers.0.self_attn.o_a_proj.weight')).toBe(true);
+      expect(set.has('model.layers.0.self_attn.o_a_proj.qweight')).toBe(false);
+      for (const n of ck.names().filter((x) => gptqQuantises(x))) {
         const [O, I] = ck.meta(n).logicalShape as [number, number];
         const w = await ck.f32(n);
-        const base = n.slice(0, -'.weight'.length);
+        const base = gptqModelName(n, ck.config.moe_intermediate_size).slice(0, -'.weight'.length);
         expect(set.entry(`${base}.qweight`).shape).toEqual([I / 8, O]);
         expect(set.entry(`${base}.qzeros`).shape).toEqual([I / 32, O / 8]);
         expect(set.entry(`${base}.scales`).dtype).toBe('F16');
-        expect(set.has(n)).toBe(false);
+        expect(set.has(`${base}.weight`)).toBe(false);
         const qw = i32(set.read(`${base}.qweight`));
         const qz = i32(set.read(`${base}.qzeros`));
         const sc = u16(set.read(`${base}.scales`));
@@ -162,8 +167,8 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
       set.close();
       await ck.close();
     }
-    // 5 layers (4 + MTP) × (5 attention + 3 shared + 8·3 routed)
-    expect(checked).toBe(5 * (5 + 3 + 24));
+    // 5 layers (4 + MTP) × (4 attention (wo_a kept) + 3 shared + 8·3 routed)
+    expect(checked).toBe(5 * (4 + 3 + 24));
     expect(summary.tensorsQuantized).toBe(checked);
   });
 
@@ -171,18 +176,19 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
     const ck = await Checkpoint.open(src);
     const set = SafetensorsSet.open(out);
     try {
-      const kept = ck.names().filter((x) => !linearKind(x));
+      const kept = ck.names().filter((x) => !gptqQuantises(x));
       expect(summary.tensorsKept).toBe(kept.length);
       for (const n of kept) {
         const m = ck.meta(n);
-        const e = set.entry(n);
+        const disk = gptqModelName(n, ck.config.moe_intermediate_size);
+        const e = set.entry(disk);
         if (m.format === 'bf16' || m.format === 'f32' || m.format === 'int') {
           expect(e.dtype).toBe(m.dtype);
-          expect(Buffer.from(set.read(n)).equals(Buffer.from((await ck.raw(n)).data))).toBe(true);
+          expect(Buffer.from(set.read(disk)).equals(Buffer.from((await ck.raw(n)).data))).toBe(true);
         } else {
           expect(e.dtype).toBe('BF16');
           const w = await ck.f32(n);
-          const got = u16(set.read(n));
+          const got = u16(set.read(disk));
           for (let i = 0; i < w.length; i++) {
             const v = new Float32Array(new Uint32Array([got[i]! << 16]).buffer)[0]!;
             expect(Math.abs(v - w[i]!)).toBeLessThanOrEqual(Math.abs(w[i]!) * 2 ** -8);
@@ -202,6 +208,8 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
     expect(cfg.quantization_config).toMatchObject({ quant_method: 'gptq', bits: 4, group_size: 32, desc_act: false, sym: false, checkpoint_format: 'gptq' });
     expect(cfg.expert_dtype).toBeUndefined();
     expect(cfg.hidden_size).toBe(64);
+    expect(JSON.parse(readFileSync(join(out, 'quantize_config.json'), 'utf8'))).toEqual(cfg.quantization_config);
+    expect(readFileSync(join(out, 'config.json'), 'utf8')).toMatch(/"swiglu_limit": 1\.5,|"rope_theta": 10000\.0,/);
     expect(readFileSync(join(out, 'tokenizer.json'), 'utf8')).toContain('BPE');
     expect(existsSync(join(out, 'model.safetensors.index.json'))).toBe(true);
     for (const k of ['attention', 'shared_expert', 'routed_expert'] as const) {
@@ -263,8 +271,10 @@ describe('v4tune quantize (the verb, registered on a fresh program)', () => {
       return code;
     };
     try {
+      cpSync(FIXTURE, join(dir, 'model'), { recursive: true });
+      writeSmallBpeTokenizer(join(dir, 'model'));
       writeFileSync(join(dir, 'r.yaml'), [
-        `model: { path: ${JSON.stringify(FIXTURE)} }`,
+        `model: { path: ${JSON.stringify(join(dir, 'model'))} }`,
         'data: { sources: [{ path: corpus/*.jsonl }] }',
         'export: { quantize: [gptq, gguf-q4_0], method: rtn, group_size: 32 }',
         'output: out',
@@ -277,7 +287,8 @@ describe('v4tune quantize (the verb, registered on a fresh program)', () => {
       expect(existsSync(join(dir, 'out', 'quantized', 'model-Q4_0.gguf'))).toBe(true);
       // the fixture is FP8/FP4 already and mostly embed/head: INT4 + BF16-kept tensors is not smaller here
       expect(s.outputs[0]!.compression).toBeCloseTo(s.outputs[0]!.bytesIn / s.outputs[0]!.bytesOut, 10);
-      expect(s.outputs[1]!.tensorsQuantized).toBe(4 * (5 + 3 + 24));
+      expect(s.outputs[1]!.tensorsQuantized).toBe(5 * (5 + 3 + 24)); // the MTP block's linears go to mtp-model-Q4_0.gguf
+      expect(existsSync(join(dir, 'out', 'quantized', 'mtp-model-Q4_0.gguf'))).toBe(true);
       writes.length = 0;
       expect(await run('quantize', join(dir, 'r.yaml'), '--format', 'q8')).toBe(2);
       expect(writes.join('')).toContain('--format must be one of gptq, gguf-f32, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_0, gguf-q4_k');

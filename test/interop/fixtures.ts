@@ -7,7 +7,8 @@ import { writeDirAtomic } from '../../src/fsutil.js';
 import { writeCheckpointFiles } from '../../src/model/checkpoint.js';
 import { parseConfig } from '../../src/model/config.js';
 import { configJsonText } from '../../src/model/config-json.js';
-import { initTensorBytes, presetConfigJson, storedPlan, type InitFormat } from '../../src/model/init.js';
+import { f32ToBytes } from '../../src/model/formats.js';
+import { initTensorBytes, initValues, presetConfigJson, storedPlan, type InitFormat } from '../../src/model/init.js';
 import { expectedTensors } from '../../src/model/layout.js';
 
 /**
@@ -19,17 +20,22 @@ import { expectedTensors } from '../../src/model/layout.js';
 export const INTEROP_OVERRIDES: Readonly<Record<string, unknown>> = { index_n_heads: 16 };
 
 /** Write a random tiny-preset model folder (config.json, shards, tokenizer) with `overrides`. */
-export async function writeTinyModel(dir: string, opts: { format?: InitFormat; seed?: number; overrides?: Record<string, unknown> } = {}): Promise<void> {
+export async function writeTinyModel(dir: string, opts: { format?: InitFormat; seed?: number; overrides?: Record<string, unknown>; f32?: boolean } = {}): Promise<void> {
   const format = opts.format ?? 'bf16';
   const cfgJson = { ...presetConfigJson('tiny', format), ...(opts.overrides ?? INTEROP_OVERRIDES) };
   const config = parseConfig(cfgJson, 'interop model');
   const expected = expectedTensors(config);
   const byName = new Map(expected.map((t) => [t.name, t]));
-  const plans = expected.map((t) => storedPlan(t, format));
+  // f32: BF16-stored tensors written F32 instead (a merge then keeps W + ΔW in F32: no rounding)
+  const plans = expected.map((t) => storedPlan(t, format)).map((p) => (opts.f32 && p.dtype === 'BF16' ? { ...p, dtype: 'F32' as const } : p));
   const planByName = new Map(plans.map((p) => [p.name, p]));
   await writeDirAtomic(dir, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));
     writeEmbeddedTokenizer(tmp);
-    await writeCheckpointFiles(tmp, plans, async (name) => initTensorBytes(byName.get(name)!, planByName.get(name)!, config, opts.seed ?? 0));
+    await writeCheckpointFiles(tmp, plans, async (name) => {
+      const plan = planByName.get(name)!;
+      if (opts.f32 && plan.dtype === 'F32') return { data: f32ToBytes(initValues(byName.get(name)!, opts.seed ?? 0)), scale: null };
+      return initTensorBytes(byName.get(name)!, plan, config, opts.seed ?? 0);
+    });
   }, { kind: 'model' });
 }

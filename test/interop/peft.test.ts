@@ -1,0 +1,160 @@
+// v4tune's adapters in PEFT 0.21 on transformers 5.18's DeepseekV4ForCausalLM, both directions:
+// - transformers(base) + PeftModel.from_pretrained(v4tune's adapter, transformers layout) gives
+//   the logits of transformers(v4tune's merged folder) and of v4tune(base + adapter), ≤ 1e-4 of
+//   the largest logit at every position of 200 tokens, for an adapter on every default target
+//   (attention incl. the grouped wo_a, shared expert, every routed expert);
+// - an adapter PEFT trained for a few steps on transformers' V4 (target_modules and
+//   target_parameters on the stacked experts and o_a_proj), read by v4tune: v4tune(base + adapter)
+//   = v4tune(merged with it) and = PEFT's own logits.
+// The base is stored F32 (a merge then adds ΔW without rounding) and has 16 indexer heads
+// (fixtures.ts); transformers' torch.topk is made stable (ties to the lower index, as V4's
+// reference and v4tune) for the run.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { mergeAdapter } from '../../src/export/merge.js';
+import { createAdapter } from '../../src/lora/adapter.js';
+import { loadAdapter, saveAdapter } from '../../src/lora/peft.js';
+import { Checkpoint } from '../../src/model/checkpoint.js';
+import { loadModel } from '../../src/model/load.js';
+import { writeTinyModel } from './fixtures.js';
+import { runPython, skipPython } from './python.js';
+
+const T = 200;
+const V = 129280;
+
+const PY_COMMON = String.raw`
+import sys, json, numpy as np, torch
+torch.manual_seed(0)
+_topk = torch.topk
+def stable_topk(x, k, dim=-1, largest=True, sorted=True, **kw):
+    # ties to the lower index (V4's reference on CUDA, v4tune): a stable sort
+    v, i = torch.sort(x, dim=dim, descending=largest, stable=True)
+    return torch.return_types.topk((v.narrow(dim, 0, k), i.narrow(dim, 0, k)))
+torch.topk = stable_topk
+torch.Tensor.topk = lambda self, k, dim=-1, largest=True, sorted=True: stable_topk(self, k, dim, largest, sorted)
+from transformers import AutoModelForCausalLM
+def load(d):
+    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+def logits(m, ids, out):
+    with torch.no_grad():
+        l = m(torch.tensor([ids])).logits[0].float().numpy()
+    l.astype('<f4').tofile(out)
+`;
+
+const PY_APPLY = PY_COMMON + String.raw`
+from peft import PeftModel
+base_dir, adapter_dir, merged_dir, ids_file, out_dir = sys.argv[1:6]
+ids = json.load(open(ids_file))
+m = PeftModel.from_pretrained(load(base_dir), adapter_dir).eval()
+logits(m, ids, out_dir + '/peft.f32')
+logits(load(merged_dir), ids, out_dir + '/merged.f32')
+print(json.dumps({'wrapped': sum(1 for n, _ in m.named_modules() if n.endswith('lora_A'))}))
+`;
+
+const PY_TRAIN = PY_COMMON + String.raw`
+from peft import LoraConfig, get_peft_model
+base_dir, out_adapter, ids_file, out_dir = sys.argv[1:5]
+ids = json.load(open(ids_file))
+m = load(base_dir)
+cfg = LoraConfig(r=4, lora_alpha=8, target_modules=r'model\.layers\.\d+\.(self_attn\.(q_a_proj|q_b_proj|kv_proj|o_b_proj)|mlp\.shared_experts\.(gate_proj|up_proj|down_proj))',
+                 target_parameters=['mlp.experts.gate_up_proj', 'mlp.experts.down_proj', 'self_attn.o_a_proj.weight'])
+pm = get_peft_model(m, cfg)
+opt = torch.optim.Adam([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+x = torch.tensor([ids[:64]])
+for step in range(3):
+    loss = pm(x, labels=x).loss
+    opt.zero_grad(); loss.backward(); opt.step()
+pm.eval()
+pm.save_pretrained(out_adapter)
+logits(pm, ids, out_dir + '/trained.f32')
+print(json.dumps({'loss': float(loss)}))
+`;
+
+function sequence(n: number, seed: number): number[] {
+  let x = seed;
+  const ids: number[] = [];
+  for (let i = 0; i < n; i++) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    ids.push(100 + (x % 120000));
+  }
+  return ids;
+}
+
+/** max over positions of max |a − b| / max |b| */
+function relErr(a: Float32Array, b: Float32Array): number {
+  let worst = 0;
+  for (let t = 0; t < a.length / V; t++) {
+    let mx = 0;
+    let d = 0;
+    for (let v = 0; v < V; v++) {
+      mx = Math.max(mx, Math.abs(b[t * V + v]!));
+      d = Math.max(d, Math.abs(a[t * V + v]! - b[t * V + v]!));
+    }
+    worst = Math.max(worst, d / mx);
+  }
+  return worst;
+}
+
+const readF32 = (p: string): Float32Array => {
+  const b = readFileSync(p);
+  return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4).slice();
+};
+
+describe.skipIf(skipPython)('PEFT + transformers apply v4tune adapters, and v4tune applies PEFT\'s', { timeout: 600_000 }, () => {
+  let dir = '';
+  const ids = sequence(T, 4242);
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'v4tune-peft-'));
+    await writeTinyModel(join(dir, 'model'), { f32: true });
+    writeFileSync(join(dir, 'ids.json'), JSON.stringify(ids));
+  }, 300_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('transformers(base) + PEFT(v4tune adapter) = transformers(merged) = v4tune(base + adapter), ≤ 1e-4 at every position of 200 tokens, every default target', async () => {
+    const ck = await Checkpoint.open(join(dir, 'model'));
+    const config = ck.config;
+    await ck.close();
+    const a = createAdapter({ config, dir: join(dir, 'model') }, { r: 4, alpha: 8, seed: 1 });
+    for (const m of a.modules()) {
+      const l = a.factors(m)!;
+      for (let i = 0; i < l.B.length; i++) l.B[i] = 0.05 * Math.sin(1 + i * 0.37 + m.length);
+    }
+    expect(a.modules().some((m) => /ffn\.experts\.\d+\.w1$/.test(m))).toBe(true);
+    expect(a.modules().some((m) => /attn\.wo_a$/.test(m))).toBe(true);
+    await saveAdapter(a, join(dir, 'adapter'));
+    await mergeAdapter({ base: join(dir, 'model'), adapter: join(dir, 'adapter'), out: join(dir, 'merged'), warn: () => {} });
+    const out = runPython(PY_APPLY, [join(dir, 'model'), join(dir, 'adapter'), join(dir, 'merged'), join(dir, 'ids.json'), dir]);
+    expect(JSON.parse(out.trim().split('\n').pop()!).wrapped).toBeGreaterThan(0);
+    const peft = readF32(join(dir, 'peft.f32'));
+    const merged = readF32(join(dir, 'merged.f32'));
+    const model = await loadModel(join(dir, 'model'), { backend: 'auto', note: () => {} });
+    const reloaded = await loadAdapter(join(dir, 'adapter'));
+    const mine = await model.logits(Int32Array.from(ids), { adapter: reloaded });
+    const base = await model.logits(Int32Array.from(ids));
+    model.dispose();
+    expect(relErr(peft, mine)).toBeLessThan(1e-4);
+    expect(relErr(merged, mine)).toBeLessThan(1e-4);
+    expect(relErr(base, mine)).toBeGreaterThan(1e-2);
+  });
+
+  it('an adapter PEFT trained on transformers\' V4: v4tune(base + adapter) = v4tune(merged) = PEFT\'s logits, ≤ 1e-4', async () => {
+    runPython(PY_TRAIN, [join(dir, 'model'), join(dir, 'peft-trained'), join(dir, 'ids.json'), dir]);
+    const theirs = readF32(join(dir, 'trained.f32'));
+    const warnings: string[] = [];
+    const adapter = await loadAdapter(join(dir, 'peft-trained'), { warn: (l) => warnings.push(l) });
+    expect(warnings.join('\n')).toMatch(/no base config fingerprint/);
+    expect(adapter.modules().some((m) => /layers\.\d+\.ffn\.experts\.\d+\.w3$/.test(m))).toBe(true);
+    expect(adapter.modules().some((m) => /layers\.\d+\.attn\.wo_a$/.test(m))).toBe(true);
+    const model = await loadModel(join(dir, 'model'), { backend: 'auto', note: () => {} });
+    const mine = await model.logits(Int32Array.from(ids), { adapter });
+    model.dispose();
+    expect(relErr(mine, theirs)).toBeLessThan(1e-4);
+    await mergeAdapter({ base: join(dir, 'model'), adapter: join(dir, 'peft-trained'), out: join(dir, 'merged-trained'), warn: () => {} });
+    const merged = await loadModel(join(dir, 'merged-trained'), { backend: 'auto', note: () => {} });
+    const viaMerge = await merged.logits(Int32Array.from(ids));
+    merged.dispose();
+    expect(relErr(viaMerge, mine)).toBeLessThan(1e-4);
+  });
+});
