@@ -81,6 +81,8 @@ export const loraSchema = z.object({
     .describe('Dropout on the LoRA input during training.'),
   seed: int().min(0).default(0)
     .describe('Seed of the adapter initialisation (Kaiming-uniform A, zero B).'),
+  adapter_layout: z.enum(['transformers', 'official']).default('transformers')
+    .describe('Layout of the saved adapter: `transformers` (module names of transformers\' DeepseekV4ForCausalLM, routed experts and wo_a through PEFT\'s `target_parameters`: what `PeftModel.from_pretrained` applies) or `official` (DeepSeek\'s module names, for its own inference code). v4tune reads both.'),
   experts: z.enum(['all', 'profiled']).default('all')
     .describe('`all`: one adapter pair per routed expert; `profiled`: only the experts with the most gate mass in `<output>/expert-profile.json`, which `profile-experts` writes (`run` writes it when missing or stale).'),
   experts_per_layer: int().min(1).optional()

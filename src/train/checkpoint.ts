@@ -106,7 +106,7 @@ export async function saveCheckpoint(root: string, adapter: Adapter, moments: Re
   }
   tensors.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
   await writeDirAtomic(dir, async (tmp) => {
-    await saveAdapter(adapter, join(tmp, ADAPTER));
+    await saveAdapter(adapter, join(tmp, ADAPTER), { layout: 'official' }); // resumable state: v4tune's own names
     writeSafetensorsFile(join(tmp, OPTIMIZER), tensors, { format: 'pt', step: String(st.step) });
     writeFileSync(join(tmp, STATE), `${JSON.stringify(state, null, 2)}\n`);
   }, { kind: 'checkpoint' });

@@ -22,7 +22,7 @@ import type { DatasetRow } from '../data/dataset.js';
 import { NonFiniteError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
 import type { Adapter } from '../lora/adapter.js';
-import { saveAdapter } from '../lora/peft.js';
+import { saveAdapter, type AdapterLayout } from '../lora/peft.js';
 import type { V4Model } from '../model/v4/model.js';
 import { checkpointsDir, pruneCheckpoints, removeLeftovers, saveCheckpoint, type RunEval, type RunIdentity, type RunProgress, type TrainCheckpoint } from './checkpoint.js';
 import { learningRate } from './schedule.js';
@@ -85,6 +85,8 @@ export interface RunTrainingOptions {
   shouldStop?: () => boolean;
   /** how a step's gradient is computed (default: stepGradients; src/distributed: across ranks) */
   gradients?: StepGradientsFn;
+  /** layout of the final adapter (default transformers; checkpoints keep the official layout) */
+  adapterLayout?: AdapterLayout;
 }
 
 export interface TrainResult {
@@ -324,7 +326,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   let adapterDir: string | null = null;
   if (finished) {
     adapterDir = join(o.output, 'adapter');
-    await saveAdapter(adapter, adapterDir);
+    await saveAdapter(adapter, adapterDir, { layout: o.adapterLayout, config: o.model.config });
   }
   const best = progress.best;
   const bestDir = best ? join(ckRoot, `step-${best.step}`) : null;

@@ -57,10 +57,10 @@ export async function runQuantize(recipe: LoadedRecipe, ctx: CliContext, o: Omit
 
 export function register(program: Command): void {
   program.command('quantize')
-    .description('INT4 export of the merged model: GPTQ-layout safetensors and/or GGUF Q4_0 / Q4_K, round to nearest or GPTQ')
+    .description('export the merged model for deployment: GPTQ safetensors (GPTQModel layout) and/or llama.cpp GGUF (F32, F16, BF16, Q8_0, Q4_0, Q4_K; tokenizer embedded, MTP in mtp-<file>), round to nearest or GPTQ')
     .argument('<recipe>', 'recipe .yaml file')
     .option('--model <dir>', 'checkpoint to quantize (default: <output>/merged if present, else the recipe\'s model)')
-    .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/, model-Q4_0.gguf and model-Q4_K.gguf inside)')
+    .option('--out <dir>', 'output folder (default: <output>/quantized; gptq/ and model-<TYPE>.gguf inside)')
     .option('--format <format>', `one format instead of the recipe's export.quantize: ${QUANT_FORMATS.join(' | ')}`)
     .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn | gptq (calibrates on export.calibration_rows rows of the prepared train split)')
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')

@@ -274,6 +274,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       output: dist ? dist.runOutput(out) : out,
       identity,
       shouldStop: () => stop,
+      adapterLayout: recipe.lora.adapter_layout,
       gradients: dist?.gradients('checkpoint' in start ? start.checkpoint.state.step : 0, out),
     }, ctx);
     const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalRows.length);
