@@ -99,7 +99,12 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
       specs.push({ name: disk(n), dtype: m.format === 'f32' ? 'F32' : 'BF16', shape: m.logicalShape });
     }
   }
-  rounder.plan(order);
+  // the Hessian plan also covers wo_a (kept here): the GGUF formats of the stage reuse this calibration
+  const woA = names.filter((n) => linearKind(n) && !gptqQuantises(n)).map((n) => {
+    const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
+    return { name: n, out, inF };
+  });
+  rounder.plan([...order, ...woA]);
   const errs = rounder.errs;
   let quantized = 0;
   let kept = 0;

@@ -168,7 +168,10 @@ describe('merge with dtype original (FP8/FP4 requantised)', { timeout: 60_000 },
     for (const [k, v] of a) expect(b.get(k), k).toBe(v);
     expect(indexNames(out)).toEqual(indexNames(BASE));
     expect(indexNames(out)).toEqual([...a.keys()].sort());
-    expect(readFileSync(join(out, 'config.json'), 'utf8')).toBe(readFileSync(join(BASE, 'config.json'), 'utf8'));
+    // every field kept (quantization_config included), floats written as floats for transformers
+    const cfgText = readFileSync(join(out, 'config.json'), 'utf8');
+    expect(JSON.parse(cfgText)).toEqual(JSON.parse(readFileSync(join(BASE, 'config.json'), 'utf8')));
+    expect(cfgText).toContain('"rope_theta": 10000.0,');
     expect(summary.merged).toBe(adapter.modules().length);
     expect(summary.converted).toBe(0);
     expect(summary.copied).toBe(base.names().length - adapter.modules().length);

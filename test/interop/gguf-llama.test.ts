@@ -30,6 +30,8 @@ import { INTEROP_OVERRIDES, writeTinyModel } from './fixtures.js';
 import { ggufTypes, ggufWeightsAsCheckpoint } from './gguf-weights.js';
 
 const T = 200;
+/** the formats whose activations llama.cpp rounds are compared on the first 100 tokens */
+const T_ROUNDED = 100;
 const V = 129280;
 const GREEDY = 16;
 /**
@@ -190,14 +192,15 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
   });
 
   for (const [format, tol] of [['gguf-f16', 5e-3], ['gguf-bf16', 5e-2], ['gguf-q8_0', 5e-2], ['gguf-q4_0', 5e-2], ['gguf-q4_k', 5e-2]] as const) {
-    it(`${format}: logits within ${tol} of v4tune's on the same (dequantised) weights; argmax equal wherever v4tune's top-2 margin exceeds twice that`, async () => {
+    it(`${format}: logits at every position of ${T_ROUNDED} tokens within ${tol} of v4tune's on the same (dequantised) weights; argmax equal wherever v4tune's top-2 margin exceeds twice that`, async () => {
       const model = await open(format);
-      const got = await llamaLogits(model, ids);
+      const short = ids.slice(0, T_ROUNDED);
+      const got = await llamaLogits(model, short);
       await model.dispose();
       const m = await v4tuneOnGgufWeights(format);
-      const want = await m.logits(Int32Array.from(ids));
-      const r = compare(got, want, T);
-      console.log(`${format}: worst relative logit difference ${r.worst.toExponential(2)}, argmax differs at ${r.argmaxDiffs.length} of ${T} positions`);
+      const want = await m.logits(Int32Array.from(short));
+      const r = compare(got, want, T_ROUNDED);
+      console.log(`${format}: worst relative logit difference ${r.worst.toExponential(2)}, argmax differs at ${r.argmaxDiffs.length} of ${T_ROUNDED} positions`);
       expect(r.worst).toBeLessThan(tol);
       expect(r.argmaxDiffs.filter((t) => r.margins[t]! > 2 * tol)).toEqual([]);
     });
@@ -249,7 +252,7 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     await model.dispose();
   });
 
-  it('the MTP block is llama.cpp\'s nextn layer in mtp-<file>, which loads', async () => {
+  it('the MTP block is llama.cpp\'s nextn layer in mtp-<file>, which llama.cpp loads (node-llama-cpp has no MTP option: the nextn weights are read and set aside, not run)', async () => {
     const path = mtpGgufPath(files.get('gguf-q4_0')!);
     const f = readGgufHeader(path);
     expect(f.kv.get('deepseek4.nextn_predict_layers')?.value).toBe(1);

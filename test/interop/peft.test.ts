@@ -149,8 +149,10 @@ describe.skipIf(skipPython)('PEFT + transformers apply v4tune adapters, and v4tu
     expect(adapter.modules().some((m) => /layers\.\d+\.attn\.wo_a$/.test(m))).toBe(true);
     const model = await loadModel(join(dir, 'model'), { backend: 'auto', note: () => {} });
     const mine = await model.logits(Int32Array.from(ids), { adapter });
+    const base = await model.logits(Int32Array.from(ids));
     model.dispose();
     expect(relErr(mine, theirs)).toBeLessThan(1e-4);
+    expect(relErr(base, theirs)).toBeGreaterThan(1e-3); // the trained adapter changes the logits
     await mergeAdapter({ base: join(dir, 'model'), adapter: join(dir, 'peft-trained'), out: join(dir, 'merged-trained'), warn: () => {} });
     const merged = await loadModel(join(dir, 'merged-trained'), { backend: 'auto', note: () => {} });
     const viaMerge = await merged.logits(Int32Array.from(ids));
