@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include "ascend_hccl.h"
 #include "ascend_host.h"
 #include "attention.h"
 #include "bench.h"
@@ -388,6 +389,7 @@ Napi::Value DropoutMask(const Napi::CallbackInfo& info) {
 
 #include "addon_ops.inc"
 #include "ascend_addon.inc"
+#include "ascend_hccl_addon.inc"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
@@ -407,6 +409,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dropoutMask", Napi::Function::New(env, DropoutMask));
   registerOps(env, exports);
   registerAscend(env, exports);
+  registerHccl(env, exports);
   return exports;
 }
 

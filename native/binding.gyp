@@ -16,6 +16,7 @@
       "../kernels/cpu/gptq.cpp",
       "../kernels/cpu/bench.cpp",
       "ascend_acl.cc",
+      "ascend_hccl.cc",
       "ascend_host.cc"
     ],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "../kernels/cpu", "../kernels/ascend"],

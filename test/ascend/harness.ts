@@ -36,7 +36,7 @@ const built = new Map<string, string>();
  * Compile `sources` into `<temp>/v4tune-ascend-<hash>/<name>` unless that file is there (the hash
  * covers the sources, the headers and the flags); returns its path.
  */
-function buildOnce(name: string, sources: string[], extra: string[]): string {
+export function buildOnce(name: string, sources: string[], extra: string[]): string {
   const h = createHash('sha256');
   for (const f of [...sources, ...headers].sort()) h.update(f).update(readFileSync(join(root, f)));
   h.update([...flags, ...extra].join(' '));

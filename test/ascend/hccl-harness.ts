@@ -1,0 +1,78 @@
+// The fake HCCL beside the fake ACL runtime, rank tables, and ranks as child processes: what the
+// HCCL tests need to run a world of processes on this machine without CANN.
+import { spawn } from 'node:child_process';
+import { existsSync, readlinkSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildOnce, fakeAscendHome } from './harness.js';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+/**
+ * A folder holding lib64/libascendcl.so (the fake ACL runtime and kernels, harness.ts) and
+ * lib64/libhccl.so (the fake HCCL, hccl_fake.cc), for ASCEND_HOME_PATH.
+ */
+export function fakeHcclHome(): string {
+  const home = fakeAscendHome();
+  const lib = buildOnce('libhccl.so', ['test/ascend/hccl_fake.cc'], ['-shared', '-fPIC']);
+  const link = join(home, 'lib64', 'libhccl.so');
+  if (!existsSync(link) || readlinkSync(link) !== lib) {
+    const tmp = `${link}.${process.pid}`;
+    symlinkSync(lib, tmp);
+    renameSync(tmp, link);
+  }
+  return home;
+}
+
+/** The environment of a process that uses the fake CANN in `home`. */
+export function fakeCannEnv(home: string): NodeJS.ProcessEnv {
+  return { ASCEND_HOME_PATH: home, V4TUNE_ASCEND_KERNELS: join(home, 'lib64', 'libascendcl.so') };
+}
+
+/**
+ * A rank table of `n` ranks in `dir` (the v1.0 layout hccl_tools.py writes): one server per rank,
+ * each with its NPU 0, as the fake gives every process one device. Returns its path.
+ */
+export function writeRankTable(dir: string, n: number): string {
+  const servers = Array.from({ length: n }, (_, r) => ({
+    server_id: `127.0.0.${r + 1}`,
+    device: [{ device_id: '0', device_ip: `192.168.100.${r + 1}`, rank_id: String(r) }],
+  }));
+  const path = join(dir, `rank_table_${n}.json`);
+  writeFileSync(path, JSON.stringify({ version: '1.0', server_count: String(n), server_list: servers, status: 'completed' }, null, 2));
+  return path;
+}
+
+/** '' when the ranks can run (dist/ built); else what to do. */
+export function ranksMissing(): string {
+  return existsSync(join(ROOT, 'dist', 'distributed', 'hccl.js')) ? '' : 'dist/ is not built (npx tsc -p tsconfig.json)';
+}
+
+export interface RankResult {
+  rank: number;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * `node script ...args` as ranks 0 … n−1 of the world in `rankTable` (RANK_TABLE_FILE, RANK_ID,
+ * RANK_SIZE) on the fake CANN in `home`; each is SIGKILLed after timeoutMs.
+ */
+export function runRanks(script: string, args: string[], n: number, rankTable: string, home: string, opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<RankResult[]> {
+  return Promise.all(Array.from({ length: n }, (_, rank) => new Promise<RankResult>((done) => {
+    const p = spawn(process.execPath, [join(ROOT, script), ...args], {
+      cwd: opts.cwd ?? ROOT,
+      env: { ...process.env, ...fakeCannEnv(home), V4TUNE_THREADS: '1', RANK_TABLE_FILE: rankTable, RANK_ID: String(rank), RANK_SIZE: String(n), ...opts.env },
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      done({ rank, code, stdout, stderr });
+    });
+  })));
+}

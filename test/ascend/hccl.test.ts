@@ -1,0 +1,140 @@
+// The HCCL engine of the Collective interface against a fake libhccl.so (hccl_fake.cc) beside the
+// fake ACL runtime, both loaded with dlopen through ASCEND_HOME_PATH as the real CANN would be:
+// every collective on 3 processes gives its definition on every rank (uneven and empty blocks,
+// float64 allreduce, which HcclAllReduce does not take, by allgather); every HcclResult code has
+// its name and meaning, and a failing call, a rank that never comes and a bad rank table say so;
+// without libhccl.so the engine says what is missing in one line. A real HCCL on NPUs is not here.
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, joinHccl } from '../../src/distributed/hccl.js';
+import { skipNative } from '../native/helpers.js';
+import { onDevice } from './harness.js';
+import { fakeCannEnv, fakeHcclHome, ranksMissing, runRanks, writeRankTable } from './hccl-harness.js';
+
+const skip = skipNative || onDevice;
+
+describe('the Ascend launch environment', () => {
+  it('RANK_TABLE_FILE and RANK_ID make a world; RANK_SIZE is checked; nothing else does', () => {
+    expect(ascendWorld({})).toBeNull();
+    expect(ascendWorld({ RANK_ID: '1' })).toBeNull();
+    expect(ascendWorld({ RANK_TABLE_FILE: '/t.json', RANK_ID: '1' })).toEqual({ rankTable: '/t.json', rank: 1, size: null });
+    expect(ascendWorld({ RANK_TABLE_FILE: '/t.json', RANK_ID: '1', RANK_SIZE: '2' })).toEqual({ rankTable: '/t.json', rank: 1, size: 2 });
+    expect(() => ascendWorld({ RANK_TABLE_FILE: '/t.json', RANK_ID: 'x' })).toThrow('RANK_ID must be a rank number (got "x")');
+    expect(() => ascendWorld({ RANK_TABLE_FILE: '/t.json', RANK_ID: '2', RANK_SIZE: '2' })).toThrow('RANK_SIZE must be a rank count above RANK_ID 2 (got "2")');
+  });
+
+  it('HCCL is asked for only by train.backend ascend, and an Ascend backend without a rank table says why it is not used', () => {
+    expect(joinHccl('native', { RANK_TABLE_FILE: '/t.json', RANK_ID: '0' })).toEqual({ collective: null, why: '' });
+    expect(joinHccl('auto', { RANK_TABLE_FILE: '/t.json', RANK_ID: '0' })).toEqual({ collective: null, why: '' });
+    expect(joinHccl('ascend', {})).toEqual({ collective: null, why: 'train.backend is ascend but no Ascend launch set RANK_TABLE_FILE and RANK_ID; collectives over MPI' });
+  });
+});
+
+describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
+  let home: string;
+  let tmp: string;
+  beforeAll(() => {
+    tmp = mkdtempSync(join(tmpdir(), 'v4tune-hccl-'));
+    home = fakeHcclHome();
+  }, 600_000);
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it('every HcclResult code has its name and meaning; an unknown code says so', () => {
+    const names = ['HCCL_SUCCESS', 'HCCL_E_PARA', 'HCCL_E_PTR', 'HCCL_E_MEMORY', 'HCCL_E_INTERNAL', 'HCCL_E_NOT_SUPPORT', 'HCCL_E_NOT_FOUND',
+      'HCCL_E_UNAVAIL', 'HCCL_E_SYSCALL', 'HCCL_E_TIMEOUT', 'HCCL_E_OPEN_FILE_FAILURE', 'HCCL_E_TCP_CONNECT', 'HCCL_E_ROCE_CONNECT',
+      'HCCL_E_TCP_TRANSFER', 'HCCL_E_ROCE_TRANSFER', 'HCCL_E_RUNTIME', 'HCCL_E_DRV', 'HCCL_E_PROFILING', 'HCCL_E_CCE', 'HCCL_E_NETWORK',
+      'HCCL_E_AGAIN', 'HCCL_E_REMOTE'];
+    names.forEach((name, code) => {
+      const t = hcclErrorText(code);
+      expect(t.startsWith(`${name} (${code}): `), t).toBe(true);
+      expect(t.length).toBeGreaterThan(`${name} (${code}): `.length + 5);
+    });
+    expect(hcclErrorText(99)).toBe("HCCL error 99 (not a code v4tune knows; see CANN's hccl_types.h)");
+  });
+
+  it('without libhccl.so beside the runtime, HCCL is unavailable in one line', async () => {
+    // a CANN folder with the fake runtime but no libhccl.so, seen by a fresh process
+    const bare = join(tmp, 'bare');
+    mkdirSync(join(bare, 'lib64'), { recursive: true });
+    symlinkSync(join(home, 'lib64', 'libascendcl.so'), join(bare, 'lib64', 'libascendcl.so'));
+    const script = "import('./dist/distributed/hccl.js').then((m) => console.log(JSON.stringify(m.hcclUnavailableReason())))";
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: join(import.meta.dirname, '..', '..'), encoding: 'utf8', env: { ...process.env, ...fakeCannEnv(bare), V4TUNE_ASCEND_KERNELS: join(home, 'lib64', 'libascendcl.so') } });
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toBe('HCCL (libhccl.so) is not installed or not on the library path (source set_env.sh)');
+  });
+
+  it.skipIf(ranksMissing() !== '')('3 ranks: allreduce (f32, f64, i32), allgatherv, alltoallv, broadcast and barrier give their definitions on every rank', async () => {
+    const P = 3;
+    const table = writeRankTable(tmp, P);
+    const ranks = await runRanks('test/ascend/hccl-check.mjs', [], P, table, home);
+    for (const x of ranks) expect(x.code, `rank ${x.rank}: ${x.stderr}`).toBe(0);
+    const outs = ranks.map((x) => JSON.parse(x.stdout.trim()) as Record<string, unknown>);
+    for (const [me, x] of outs.entries()) {
+      expect(x.rank).toBe(me);
+      expect(x.size).toBe(P);
+      expect(x.engine).toBe(`HCCL (${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0)`);
+      expect(x.allreduceF32).toEqual([0, 1, 2, 3, 4].map((i) => 30 + 3 * i + 1.5));
+      expect(x.allreduceF64).toEqual([1e-17 + 2e-17 + 3e-17, 3 * 2 ** 40 + 3]);
+      expect(x.allreduceI32).toEqual([3, -6, 3 << 20]);
+      expect(x.allreduceBig).toEqual([6, 6]);
+      expect(x.allgatherv).toEqual([0, 100, 101, 200, 201, 202]);
+      // from rank q: (q + me) % 3 values 100·q + 10·me + i
+      const want: number[] = [];
+      const counts: number[] = [];
+      for (let q = 0; q < P; q++) {
+        counts.push((q + me) % 3);
+        for (let i = 0; i < (q + me) % 3; i++) want.push(100 * q + 10 * me + i);
+      }
+      expect(x.alltoallv).toEqual(want);
+      expect(x.alltoallvCounts).toEqual(counts);
+      expect(x.alltoallvEmpty).toEqual([0, 0, 0, 0]);
+      expect(x.broadcast).toEqual([7, 8, 9]);
+      expect(x.badCounts).toBe('HCCL alltoallv: 4 send counts for 3 ranks');
+      // the allreduces count their buffers once; the rest what this rank sends to the others
+      let out = 0;
+      for (let q = 0; q < P; q++) if (q !== me) out += (me + q) % 3;
+      const root = me === P - 1;
+      const sent = 4 * (me + 1) * (P - 1) + (8 * out + 4 * P) + 4 * P + (root ? 3 * (P - 1) : 0);
+      expect(x.traffic).toEqual({ bytes: 20 + 16 + 12 + 400_000 + sent, calls: root ? 8 : 7 });
+    }
+  }, 300_000);
+
+  it('a failing HCCL call rejects with the code\'s name, meaning and HCCL\'s text; the next call works', async () => {
+    Object.assign(process.env, fakeCannEnv(home));
+    const c = HcclCollective.init({ rankTable: writeRankTable(join(tmp), 1), rank: 0, size: 1 });
+    try {
+      process.env.V4TUNE_FAKE_HCCL_FAIL = 'HcclAllReduce=11';
+      await expect(c.allreduceSum(Float32Array.of(1))).rejects.toThrow(
+        'HcclAllReduce failed: HCCL_E_TCP_CONNECT (11): a TCP connection to another rank failed (check the rank table\'s server addresses and the firewall) [HCCL: fake libhccl.so returned 11]');
+      delete process.env.V4TUNE_FAKE_HCCL_FAIL;
+      const x = Float32Array.of(1, 2);
+      await c.allreduceSum(x);
+      expect(Array.from(x)).toEqual([1, 2]);
+      const a = await c.alltoallv(Int32Array.of(5, 6), [2]);
+      expect([...a.recv, ...a.recvCounts]).toEqual([5, 6, 2]);
+    } finally {
+      delete process.env.V4TUNE_FAKE_HCCL_FAIL;
+      c.finalize();
+    }
+  });
+
+  it('a bad rank table or rank fails at init by the code\'s name', () => {
+    Object.assign(process.env, fakeCannEnv(home));
+    expect(hcclUnavailableReason()).toBe('');
+    expect(() => HcclCollective.init({ rankTable: join(tmp, 'missing.json'), rank: 0, size: null })).toThrow(/^HcclCommInitClusterInfo failed: HCCL_E_OPEN_FILE_FAILURE \(10\)/);
+    expect(() => HcclCollective.init({ rankTable: writeRankTable(tmp, 2), rank: 2, size: null })).toThrow(/^HcclCommInitClusterInfo failed: HCCL_E_PARA \(1\)/);
+    expect(() => HcclCollective.init({ rankTable: writeRankTable(tmp, 2), rank: 0, size: 3 })).toThrow(`RANK_SIZE is 3 but the rank table ${join(tmp, 'rank_table_2.json')} holds 2 ranks`);
+  });
+
+  it.skipIf(ranksMissing() !== '')('a rank that never comes: the other\'s collective fails with HCCL_E_TIMEOUT', async () => {
+    const dir = mkdtempSync(join(tmp, 'alone-'));
+    const table = writeRankTable(dir, 2);
+    // only rank 0 of the table's 2 starts
+    const [r0] = await runRanks('test/ascend/hccl-check.mjs', [], 1, table, home, { env: { RANK_SIZE: '2', V4TUNE_FAKE_HCCL_TIMEOUT_MS: '300' } });
+    expect(r0!.code).not.toBe(0);
+    expect(r0!.stderr).toContain('HcclAllReduce failed: HCCL_E_TIMEOUT (9): timed out waiting for the other ranks');
+  }, 120_000);
+});
