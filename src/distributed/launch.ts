@@ -18,6 +18,7 @@ import type { StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
 import { dataParallelGradients } from './data-parallel.js';
 import { ExpertParallel, ExpertPlacement } from './expert-parallel.js';
+import { HcclCollective, joinHccl } from './hccl.js';
 import { MpiCollective, mpiUnavailableReason } from './mpi.js';
 
 /**
@@ -135,14 +136,17 @@ class MpiRun implements DistributedRun {
 export async function joinDistributed(recipe: LoadedRecipe, note: (line: string) => void): Promise<DistributedRun | null> {
   const world = launcherWorld();
   const why = mpiUnavailableReason();
+  // train.backend ascend under an Ascend launch (RANK_TABLE_FILE, RANK_ID): HCCL; otherwise MPI
+  const hccl = joinHccl(recipe.train.backend);
+  let collective: MpiCollective | HcclCollective | null = hccl.collective;
   // with the binding, MPI says how many ranks there are (a PMIx launcher puts no size in the environment)
-  let collective: MpiCollective | null = null;
-  if (!why && (world !== null || process.env.PMIX_RANK !== undefined)) {
+  if (!collective && !why && (world !== null || process.env.PMIX_RANK !== undefined)) {
     collective = MpiCollective.init();
-    if (collective.size === 1) {
-      collective.finalize();
-      collective = null;
-    }
+    if (hccl.why && collective.size > 1) note(`distributed: ${hccl.why}`);
+  }
+  if (collective?.size === 1) {
+    collective.finalize();
+    collective = null;
   }
   const size = collective?.size ?? (why ? world?.size ?? 1 : 1);
   const dp = recipe.distributed.data_parallel;
