@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, joinHccl } from '../../src/distributed/hccl.js';
+import { makeFixture, type Fixture } from '../distributed/helpers.js';
 import { skipNative } from '../native/helpers.js';
 import { onDevice } from './harness.js';
 import { fakeCannEnv, fakeHcclHome, ranksMissing, runRanks, writeRankTable } from './hccl-harness.js';
@@ -138,3 +139,41 @@ describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
     expect(r0!.stderr).toContain('HcclAllReduce failed: HCCL_E_TIMEOUT (9): timed out waiting for the other ranks');
   }, 120_000);
 });
+
+describe.skipIf(skip || ranksMissing() !== '')('a training step over the fake HCCL', () => {
+  let fx: Fixture;
+  let home: string;
+  beforeAll(async () => {
+    home = fakeHcclHome();
+    fx = await makeFixture();
+  }, 600_000);
+  afterAll(() => fx?.cleanup());
+
+  // Tolerance as test/distributed's: the ranks compute the same micro-batches as one process; only
+  // the order of the gradient sum differs (float32 rounding).
+  it('2 processes, data parallel and expert parallel ×2: the step\'s loss and LoRA gradients equal one process\'s', async () => {
+    const table = writeRankTable(fx.dir, 2);
+    const ranks = await runRanks('test/ascend/hccl-step-check.mjs', [fx.dir], 2, table, home, { timeoutMs: 240_000 });
+    for (const x of ranks) expect(x.code, `rank ${x.rank}: ${x.stderr}`).toBe(0);
+    for (const [me, r] of ranks.entries()) {
+      const x = JSON.parse(r.stdout.trim().split('\n').pop()!) as {
+        rank: number; engine: string; dpBytes: number; stats: { pairsSent: number };
+        dp: StepDiff; ep: StepDiff;
+      };
+      expect(x.rank).toBe(me);
+      expect(x.engine).toMatch(/^HCCL \(/);
+      for (const d of [x.dp, x.ep]) {
+        expect(d.keys[1]).toBe(d.keys[0]);
+        expect(d.count[1]).toBe(d.count[0]);
+        expect(d.tokens[1]).toBe(d.tokens[0]);
+        expect(Math.abs(d.loss[1]! - d.loss[0]!) / d.loss[0]!).toBeLessThan(1e-6);
+        expect(d.scale).toBeGreaterThan(1e-3);
+        expect(d.diff).toBeLessThanOrEqual(1e-5 * d.scale);
+      }
+      expect(x.dpBytes).toBeGreaterThan(0);
+      expect(x.stats.pairsSent).toBeGreaterThan(0); // tokens did cross to the other rank's experts
+    }
+  }, 300_000);
+});
+
+interface StepDiff { diff: number; scale: number; loss: number[]; count: number[]; tokens: number[]; keys: number[] }
