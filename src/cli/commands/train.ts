@@ -248,7 +248,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
     const t = recipe.train;
     const rowsPerStep = t.batch_rows * t.grad_accum;
     ctx.log(`train ${recipe.name}: model ${modelDir}${recipe.model.preset ? ` (${recipe.model.preset} preset)` : ''} on ${model.backend.name}`);
-    ctx.log(`  adapter: ${adapter.modules().length} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(params)} trainable parameters`);
+    ctx.log(`  adapter: ${adapter.modules().length} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(params)} trainable parameters; written in the ${recipe.lora.adapter_layout} layout (lora.adapter_layout)`);
     if (profiled) {
       const adapted = Object.entries(profiled.selection).filter(([b]) => adapter.modules().some((m) => m.startsWith(`${b}.ffn.experts.`)));
       ctx.log(`  experts: profiled — ${describeSelection(Object.fromEntries(adapted), model.config.n_routed_experts)} (${join(out, PROFILE_FILE)})`);
