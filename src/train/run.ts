@@ -87,6 +87,8 @@ export interface RunTrainingOptions {
   gradients?: StepGradientsFn;
   /** layout of the final adapter (default transformers; checkpoints keep the official layout) */
   adapterLayout?: AdapterLayout;
+  /** false on every rank of a distributed run but rank 0: no checkpoint or adapter is written (rank 0 writes them) */
+  writesCheckpoints?: boolean;
 }
 
 export interface TrainResult {
@@ -218,6 +220,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   let lastCheckpoint: string | null = resumed?.dir ?? null;
   let lastCheckpointStep = resumed?.state.step ?? -1;
   const checkpoint = async () => {
+    if (o.writesCheckpoints === false) return;
     const st = trainer.state();
     progress.wall_seconds = elapsed();
     lastCheckpoint = await saveCheckpoint(ckRoot, adapter, trainer.moments, st, s.seed, o.identity, { ...progress });
@@ -324,7 +327,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   }
   if (finished && o.samples && samples.length === 0) samples = await generateSamples(o.model, adapter, o.samples);
   let adapterDir: string | null = null;
-  if (finished) {
+  if (finished && o.writesCheckpoints !== false) {
     adapterDir = join(o.output, 'adapter');
     await saveAdapter(adapter, adapterDir, { layout: o.adapterLayout, config: o.model.config });
   }
