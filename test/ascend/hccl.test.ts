@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, joinHccl } from '../../src/distributed/hccl.js';
-import { makeFixture, type Fixture } from '../distributed/helpers.js';
+import { makeFixture, mpirunArgs, run, skipWithoutMpi, type Fixture } from '../distributed/helpers.js';
 import { skipNative } from '../native/helpers.js';
 import { onDevice } from './harness.js';
 import { fakeCannEnv, fakeHcclHome, ranksMissing, runRanks, writeRankTable } from './hccl-harness.js';
@@ -177,3 +177,48 @@ describe.skipIf(skip || ranksMissing() !== '')('a training step over the fake HC
 });
 
 interface StepDiff { diff: number; scale: number; loss: number[]; count: number[]; tokens: number[]; keys: number[] }
+
+describe.skipIf(skip || ranksMissing() !== '')('which engine a distributed run takes', () => {
+  let tmp: string;
+  let home: string;
+  beforeAll(() => {
+    tmp = mkdtempSync(join(tmpdir(), 'v4tune-hccl-join-'));
+    home = fakeHcclHome();
+  }, 600_000);
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const parse = (r: { code: number | null; stdout: string; stderr: string }) => {
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { rank: number | null; describe: string | null; timeoutS: number | null; notes: string[] };
+  };
+
+  it('train.backend ascend under an Ascend launch: HCCL, named in the run\'s one-line description', async () => {
+    const table = writeRankTable(tmp, 2);
+    const ranks = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'ascend'], 2, table, home);
+    for (const [me, r] of ranks.entries()) {
+      const x = parse(r);
+      expect(x.rank).toBe(me);
+      expect(x.describe).toMatch(new RegExp(`^2 ranks over HCCL \\(${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0\\): data parallel ×2 `));
+      expect(x.timeoutS).toBe(1800);
+      expect(x.notes).toEqual([]);
+    }
+  }, 120_000);
+
+  it('another backend under the same launch does not take HCCL (one process each, no MPI launcher: single-process)', async () => {
+    const table = writeRankTable(tmp, 2);
+    const [r] = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'native'], 1, table, home, { env: { RANK_SIZE: '2' } });
+    expect(parse(r!)).toEqual({ rank: null, describe: null, timeoutS: null, notes: [] });
+  }, 120_000);
+
+  it.skipIf(skipWithoutMpi())('train.backend ascend under mpirun without a rank table: MPI, saying in one line why not HCCL', async () => {
+    const r = await run('mpirun', [...mpirunArgs(2), process.execPath, 'test/ascend/hccl-join-check.mjs', join(tmp, 'out-mpi'), 'ascend'], {
+      cwd: join(import.meta.dirname, '..', '..'), timeoutMs: 120_000, env: { ...fakeCannEnv(home), RANK_TABLE_FILE: '' },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const xs = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { rank: number; describe: string; notes: string[] }).sort((a, b) => a.rank - b.rank);
+    expect(xs.map((x) => x.rank)).toEqual([0, 1]);
+    for (const x of xs) expect(x.describe).toMatch(/^2 ranks over MPI \(/);
+    // rank 0 alone says it
+    expect(xs[0]!.notes).toEqual(['distributed: train.backend is ascend but no Ascend launch set RANK_TABLE_FILE and RANK_ID; collectives over MPI']);
+    expect(xs[1]!.notes).toEqual([]);
+  }, 120_000);
+});
