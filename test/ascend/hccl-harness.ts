@@ -1,7 +1,7 @@
 // The fake HCCL beside the fake ACL runtime, rank tables, and ranks as child processes: what the
 // HCCL tests need to run a world of processes on this machine without CANN.
 import { spawn } from 'node:child_process';
-import { existsSync, readlinkSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildOnce, fakeAscendHome } from './harness.js';
@@ -57,13 +57,16 @@ export interface RankResult {
 
 /**
  * `node script ...args` as ranks 0 … n−1 of the world in `rankTable` (RANK_TABLE_FILE, RANK_ID,
- * RANK_SIZE) on the fake CANN in `home`; each is SIGKILLed after timeoutMs.
+ * RANK_SIZE) on the fake CANN in `home` (null: the installed CANN); each is SIGKILLed after timeoutMs.
  */
-export function runRanks(script: string, args: string[], n: number, rankTable: string, home: string, opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<RankResult[]> {
+export function runRanks(script: string, args: string[], n: number, rankTable: string, home: string | null, opts: { env?: NodeJS.ProcessEnv; rankEnv?: (rank: number) => NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<RankResult[]> {
   return Promise.all(Array.from({ length: n }, (_, rank) => new Promise<RankResult>((done) => {
     const p = spawn(process.execPath, [join(ROOT, script), ...args], {
       cwd: opts.cwd ?? ROOT,
-      env: { ...process.env, ...fakeCannEnv(home), V4TUNE_THREADS: '1', RANK_TABLE_FILE: rankTable, RANK_ID: String(rank), RANK_SIZE: String(n), ...opts.env },
+      env: {
+        ...process.env, ...(home === null ? {} : fakeCannEnv(home)), V4TUNE_THREADS: '1', RANK_TABLE_FILE: rankTable, RANK_ID: String(rank), RANK_SIZE: String(n),
+        ...opts.env, ...opts.rankEnv?.(rank),
+      },
     });
     let stdout = '';
     let stderr = '';
@@ -75,4 +78,12 @@ export function runRanks(script: string, args: string[], n: number, rankTable: s
       done({ rank, code, stdout, stderr });
     });
   })));
+}
+
+/** The NPU of each rank of a rank table (its device_id by rank_id), for a table of this server's NPUs. */
+export function rankDevices(rankTable: string): number[] {
+  const t = JSON.parse(readFileSync(rankTable, 'utf8')) as { server_list: { device: { device_id: string; rank_id: string }[] }[] };
+  const devices: number[] = [];
+  for (const s of t.server_list) for (const d of s.device) devices[Number(d.rank_id)] = Number(d.device_id);
+  return devices;
 }

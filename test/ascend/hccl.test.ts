@@ -12,7 +12,7 @@ import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, join
 import { makeFixture, mpirunArgs, run, skipWithoutMpi, type Fixture } from '../distributed/helpers.js';
 import { skipNative } from '../native/helpers.js';
 import { onDevice } from './harness.js';
-import { fakeCannEnv, fakeHcclHome, ranksMissing, runRanks, writeRankTable } from './hccl-harness.js';
+import { fakeCannEnv, fakeHcclHome, rankDevices, ranksMissing, runRanks, writeRankTable, type RankResult } from './hccl-harness.js';
 
 const skip = skipNative || onDevice;
 
@@ -68,39 +68,8 @@ describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
   });
 
   it.skipIf(ranksMissing() !== '')('3 ranks: allreduce (f32, f64, i32), allgatherv, alltoallv, broadcast and barrier give their definitions on every rank', async () => {
-    const P = 3;
-    const table = writeRankTable(tmp, P);
-    const ranks = await runRanks('test/ascend/hccl-check.mjs', [], P, table, home);
-    for (const x of ranks) expect(x.code, `rank ${x.rank}: ${x.stderr}`).toBe(0);
-    const outs = ranks.map((x) => JSON.parse(x.stdout.trim()) as Record<string, unknown>);
-    for (const [me, x] of outs.entries()) {
-      expect(x.rank).toBe(me);
-      expect(x.size).toBe(P);
-      expect(x.engine).toBe(`HCCL (${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0)`);
-      expect(x.allreduceF32).toEqual([0, 1, 2, 3, 4].map((i) => 30 + 3 * i + 1.5));
-      expect(x.allreduceF64).toEqual([1e-17 + 2e-17 + 3e-17, 3 * 2 ** 40 + 3]);
-      expect(x.allreduceI32).toEqual([3, -6, 3 << 20]);
-      expect(x.allreduceBig).toEqual([6, 6]);
-      expect(x.allgatherv).toEqual([0, 100, 101, 200, 201, 202]);
-      // from rank q: (q + me) % 3 values 100·q + 10·me + i
-      const want: number[] = [];
-      const counts: number[] = [];
-      for (let q = 0; q < P; q++) {
-        counts.push((q + me) % 3);
-        for (let i = 0; i < (q + me) % 3; i++) want.push(100 * q + 10 * me + i);
-      }
-      expect(x.alltoallv).toEqual(want);
-      expect(x.alltoallvCounts).toEqual(counts);
-      expect(x.alltoallvEmpty).toEqual([0, 0, 0, 0]);
-      expect(x.broadcast).toEqual([7, 8, 9]);
-      expect(x.badCounts).toBe('HCCL alltoallv: 4 send counts for 3 ranks');
-      // the allreduces count their buffers once; the rest what this rank sends to the others
-      let out = 0;
-      for (let q = 0; q < P; q++) if (q !== me) out += (me + q) % 3;
-      const root = me === P - 1;
-      const sent = 4 * (me + 1) * (P - 1) + (8 * out + 4 * P) + 4 * P + (root ? 3 * (P - 1) : 0);
-      expect(x.traffic).toEqual({ bytes: 20 + 16 + 12 + 400_000 + sent, calls: root ? 8 : 7 });
-    }
+    const table = writeRankTable(tmp, 3);
+    checkCollectives(await runRanks('test/ascend/hccl-check.mjs', [], 3, table, home), `HCCL (${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0)`);
   }, 300_000);
 
   it('a failing HCCL call rejects with the code\'s name, meaning and HCCL\'s text; the next call works', async () => {
@@ -222,3 +191,52 @@ describe.skipIf(skip || ranksMissing() !== '')('which engine a distributed run t
     expect(xs[1]!.notes).toEqual([]);
   }, 120_000);
 });
+
+// npm run test:ascend on an Atlas server, with V4TUNE_HCCL_RANK_TABLE naming a rank table of its
+// NPUs: the same collectives through the installed CANN's HCCL, one process per NPU.
+const deviceTable = process.env.V4TUNE_HCCL_RANK_TABLE;
+describe.runIf(onDevice && deviceTable !== undefined)('the HCCL collective on the NPUs of V4TUNE_HCCL_RANK_TABLE', () => {
+  it('allreduce, allgatherv, alltoallv, broadcast and barrier give their definitions on every rank', async () => {
+    const devices = rankDevices(deviceTable!);
+    const ranks = await runRanks('test/ascend/hccl-check.mjs', [], devices.length, deviceTable!, null, { rankEnv: (r) => ({ V4TUNE_ASCEND_DEVICE_ID: String(devices[r]) }), timeoutMs: 600_000 });
+    checkCollectives(ranks, /^HCCL \(/);
+  }, 600_000);
+});
+
+/** Each rank's line of hccl-check.mjs against the collectives' definitions for its world size. */
+function checkCollectives(ranks: RankResult[], engine: string | RegExp): void {
+  for (const x of ranks) expect(x.code, `rank ${x.rank}: ${x.stderr}`).toBe(0);
+  const outs = ranks.map((x) => JSON.parse(x.stdout.trim()) as Record<string, unknown>);
+  const P = outs.length;
+  const ranksUpTo = Array.from({ length: P }, (_, r) => r);
+  const sum = (f: (r: number) => number) => ranksUpTo.reduce((s, r) => s + f(r), 0);
+  for (const [me, x] of outs.entries()) {
+    expect(x.rank).toBe(me);
+    expect(x.size).toBe(P);
+    if (typeof engine === 'string') expect(x.engine).toBe(engine);
+    else expect(x.engine).toMatch(engine);
+    expect(x.allreduceF32).toEqual([0, 1, 2, 3, 4].map((i) => sum((r) => r * 10 + i + 0.5)));
+    expect(x.allreduceF64).toEqual([sum((r) => 1e-17 * (r + 1)), sum((r) => 2 ** 40 + r)]);
+    expect(x.allreduceI32).toEqual([sum((r) => r), sum((r) => -2 * r), P << 20]);
+    expect(x.allreduceBig).toEqual([sum((r) => r + 1), sum((r) => r + 1)]);
+    expect(x.allgatherv).toEqual(ranksUpTo.flatMap((r) => Array.from({ length: r + 1 }, (_, i) => 100 * r + i)));
+    // from rank q: (q + me) % 3 values 100·q + 10·me + i
+    const want: number[] = [];
+    const counts: number[] = [];
+    for (let q = 0; q < P; q++) {
+      counts.push((q + me) % 3);
+      for (let i = 0; i < (q + me) % 3; i++) want.push(100 * q + 10 * me + i);
+    }
+    expect(x.alltoallv).toEqual(want);
+    expect(x.alltoallvCounts).toEqual(counts);
+    expect(x.alltoallvEmpty).toEqual([0, ...counts.map(() => 0)]);
+    expect(x.broadcast).toEqual([7, 8, 9]);
+    expect(x.badCounts).toBe(`HCCL alltoallv: ${P + 1} send counts for ${P} ranks`);
+    // the allreduces count their buffers once; the rest what this rank sends to the others
+    let out = 0;
+    for (let q = 0; q < P; q++) if (q !== me) out += (me + q) % 3;
+    const root = me === P - 1;
+    const sent = 4 * (me + 1) * (P - 1) + (8 * out + 4 * P) + 4 * P + (root ? 3 * (P - 1) : 0);
+    expect(x.traffic).toEqual({ bytes: 20 + 16 + 12 + 400_000 + sent, calls: root ? 8 : 7 });
+  }
+}
