@@ -23,6 +23,7 @@ import { getLlama, type Llama, type LlamaModel } from 'node-llama-cpp';
 import { quantizeCheckpoint } from '../../src/export/quantize.js';
 import { GgmlType, readGgufHeader } from '../../src/export/gguf.js';
 import { mtpGgufPath, type GgufFormat } from '../../src/export/gguf-export.js';
+import { readChatTemplate } from '../../src/chat/config.js';
 import { loadTokenizer } from '../../src/data/tokenizer.js';
 import { loadModel } from '../../src/model/load.js';
 import type { V4Model } from '../../src/model/v4/model.js';
@@ -249,6 +250,10 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     expect(tokens).toBeGreaterThan(1000);
     expect(model.tokens.bos).toBe(0);
     expect(model.tokens.eos).toBe(1);
+    // the model folder's chat template, as llama.cpp reads it from the file
+    const template = readChatTemplate(join(dir, modelOf('gguf-q4_0')));
+    expect(template).not.toBeNull();
+    expect(model.fileInfo.metadata.tokenizer.chat_template).toBe(template);
     await model.dispose();
   });
 
