@@ -18,7 +18,8 @@ import { writeFileAtomic } from '../fsutil.js';
 import type { Adapter } from '../lora/adapter.js';
 import { peftKey } from '../lora/peft.js';
 import type { V4Model } from '../model/v4/model.js';
-import { countedPositions, packRows, type StepGradientsFn } from '../train/trainer.js';
+import { NonFiniteError } from '../errors.js';
+import { countedPositions, packRows, type EvaluateFn, type StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
 import type { ExpertParallel } from './expert-parallel.js';
 
@@ -145,5 +146,36 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
       appendFileSync(logPath, `${JSON.stringify(line)}\n`);
     }
     return { grads, lossSum: sums7[0]!, count, tokens: sums7[1]!, mtpLossSum: sums7[2]!, mtpCount: sums7[3]! };
+  };
+}
+
+/**
+ * The trainer's eval for this rank: rank r of P takes the r-th contiguous ⌈n/P⌉ of the rows, and
+ * the loss sums (and MTP agreement counts) are summed by one allreduce, so every rank gets the
+ * same result (the early-stopping and best-checkpoint decisions agree). With expert parallel a
+ * rank short of rows runs its last row again, uncounted: every rank must run every forward.
+ */
+export function dataParallelEvaluate(c: Collective, expert: ExpertParallel | null): EvaluateFn {
+  return async (model, adapter, rows, mtp) => {
+    const per = Math.ceil(rows.length / c.size);
+    const sums = new Float64Array(4); // lossSum, tokens, agree, pairs
+    for (let i = 0; i < per; i++) {
+      const j = c.rank * per + i;
+      const counted = j < rows.length;
+      if (!counted && !expert) break;
+      const row = rows[Math.min(j, rows.length - 1)]!;
+      const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter });
+      const a = mtp ? await model.mtpAgreement(row.input_ids, { segments: row.segments, adapter }) : null;
+      if (!counted) continue;
+      sums[0] += r.lossSum;
+      sums[1] += r.count;
+      sums[2] += a?.agree ?? 0;
+      sums[3] += a?.pairs ?? 0;
+    }
+    await c.allreduceSum(sums);
+    const [lossSum, tokens, agree, pairs] = sums as unknown as [number, number, number, number];
+    const loss = tokens > 0 ? lossSum / tokens : NaN;
+    if (tokens > 0 && !Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens is ${loss}`);
+    return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length, ...(mtp ? { mtpAgreement: pairs > 0 ? agree / pairs : 0, mtpPairs: pairs } : {}) };
   };
 }

@@ -14,9 +14,9 @@ import { InputError } from '../errors.js';
 import { openModelSource, type LoadModelOptions } from '../model/load.js';
 import { V4Model } from '../model/v4/model.js';
 import type { LoadedRecipe } from '../recipe/load.js';
-import type { StepGradientsFn } from '../train/trainer.js';
+import type { EvaluateFn, StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
-import { dataParallelGradients } from './data-parallel.js';
+import { dataParallelEvaluate, dataParallelGradients } from './data-parallel.js';
 import { ExpertParallel, ExpertPlacement } from './expert-parallel.js';
 import { HcclCollective, joinHccl } from './hccl.js';
 import { MpiCollective, mpiUnavailableReason } from './mpi.js';
@@ -49,6 +49,8 @@ export interface DistributedRun {
   loadModel(dir: string, opts: LoadModelOptions): Promise<V4Model>;
   /** the trainer's step-gradient function; `startStep`: the step the run starts at */
   gradients(startStep: number, output: string): StepGradientsFn;
+  /** the trainer's eval: rows split across ranks, sums reduced */
+  evaluate(): EvaluateFn;
   /** where this rank's runTraining writes: the run folder on rank 0, a scratch folder elsewhere */
   runOutput(output: string): string;
   /** rank 0: ctx; another rank: silent but for warnings that are its own */
@@ -98,6 +100,10 @@ class MpiRun implements DistributedRun {
 
   gradients(startStep: number, output: string): StepGradientsFn {
     return dataParallelGradients({ collective: this.collective, expert: this.expert, logDir: output, startStep });
+  }
+
+  evaluate(): EvaluateFn {
+    return dataParallelEvaluate(this.collective, this.expert);
   }
 
   runOutput(output: string): string {
@@ -170,6 +176,7 @@ export async function joinDistributed(recipe: LoadedRecipe, note: (line: string)
   const ga = recipe.train.grad_accum;
   if (ga % size !== 0) throw new InputError(`${where}: train.grad_accum (${ga}) must be a multiple of the ${size} data-parallel ranks: each rank runs grad_accum / ${size} micro-batches of the global batch (batch_rows × grad_accum rows per step, the same at any world size)`);
   if (size % ep !== 0) throw new InputError(`${where}: distributed.expert_parallel (${ep}) must divide the ${size} ranks`);
+  if (ep > 1 && recipe.train.eval_prompts.length > 0) throw new InputError(`${where}: train.eval_prompts with distributed.expert_parallel > 1 is not supported (every rank generates the samples, and its greedy choices must agree token by token); remove eval_prompts or set expert_parallel: 1`);
   if (ep > 1 && recipe.lora.dropout > 0) throw new InputError(`${where}: lora.dropout with distributed.expert_parallel > 1 is not supported (a routed expert's dropout mask is drawn by the token's row in its rank's batch); set lora.dropout: 0 or expert_parallel: 1`);
   collective.timeoutS = recipe.distributed.timeout_s;
   return new MpiRun(collective, recipe, ep);

@@ -27,7 +27,7 @@ import type { V4Model } from '../model/v4/model.js';
 import { checkpointsDir, pruneCheckpoints, removeLeftovers, saveCheckpoint, type RunEval, type RunIdentity, type RunProgress, type TrainCheckpoint } from './checkpoint.js';
 import { learningRate } from './schedule.js';
 import { EventWriter } from './tensorboard.js';
-import { Trainer, type EvalResult, type StepGradientsFn, type StepRecord, type TrainSettings } from './trainer.js';
+import { Trainer, type EvalResult, type EvaluateFn, type StepGradientsFn, type StepRecord, type TrainSettings } from './trainer.js';
 
 export const TRAIN_LOG = 'train-log.jsonl';
 export const TRAIN_SUMMARY = 'train.json';
@@ -85,6 +85,8 @@ export interface RunTrainingOptions {
   shouldStop?: () => boolean;
   /** how a step's gradient is computed (default: stepGradients; src/distributed: across ranks) */
   gradients?: StepGradientsFn;
+  /** how an eval runs its rows (default: Trainer.evaluate's loop; src/distributed: split across ranks) */
+  evaluate?: EvaluateFn;
   /** layout of the final adapter (default transformers; checkpoints keep the official layout) */
   adapterLayout?: AdapterLayout;
   /** false on every rank of a distributed run but rank 0: no checkpoint or adapter is written (rank 0 writes them) */
@@ -208,7 +210,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
       lossTokensSeen: resumed.state.loss_tokens_seen,
     },
     moments: resumed.moments,
-  } : undefined, o.gradients);
+  } : undefined, o.gradients, o.evaluate);
   const prior: RunProgress = resumed ? (resumed.state.run ?? legacyProgress(resumed)) : {
     steps: s.steps, eval_before: null, eval_last: null, last_loss: null, train_seconds: 0, wall_seconds: 0, best: null, evals_since_best: 0, resumes: [],
   };

@@ -153,6 +153,9 @@ export async function stepGradients(
  */
 export type StepGradientsFn = typeof stepGradients;
 
+/** How `evaluate` runs its rows (src/distributed splits them across ranks and sums). */
+export type EvaluateFn = (model: V4Model, adapter: Adapter, rows: readonly DatasetRow[], mtp: boolean) => Promise<EvalResult>;
+
 export class Trainer {
   /** PEFT key → the adapter's factor (updated in place) */
   readonly params = new Map<string, Float32Array>();
@@ -167,6 +170,7 @@ export class Trainer {
     readonly settings: TrainSettings,
     resume?: { state: TrainerState; moments: Map<string, Moments> },
     private readonly gradients: StepGradientsFn = stepGradients,
+    private readonly evaluator: EvaluateFn | null = null,
   ) {
     for (const module of adapter.modules()) {
       const l = adapter.factors(module)!;
@@ -245,6 +249,7 @@ export class Trainer {
    * `mtp`, also the MTP block's top-1 agreement with the main head over the same rows.
    */
   async evaluate(rows: readonly DatasetRow[], mtp = false): Promise<EvalResult> {
+    if (this.evaluator) return this.evaluator(this.model, this.adapter, rows, mtp);
     let lossSum = 0;
     let tokens = 0;
     let agree = 0;

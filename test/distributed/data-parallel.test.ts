@@ -43,6 +43,12 @@ describe.skipIf(skipWithoutMpi())('data parallel under mpirun', () => {
     const summary = JSON.parse(readFileSync(join(fx.dir, 'out-two', 'train.json'), 'utf8')) as { ok: boolean; step: number; trainable_parameters: number };
     expect(summary).toMatchObject({ ok: true, step: 3 });
     const params = summary.trainable_parameters;
+    // the eval, split across the ranks and summed, counts every eval token once
+    const evalOf = (out: string) => (JSON.parse(readFileSync(join(fx.dir, out, 'train.json'), 'utf8')) as { eval_after: { loss: number; tokens: number; rows: number } }).eval_after;
+    const [e1, e2] = [evalOf('out-one'), evalOf('out-two')];
+    expect(e2.tokens).toBe(e1.tokens);
+    expect(e2.rows).toBe(e1.rows);
+    expect(Math.abs(e2.loss - e1.loss) / e1.loss).toBeLessThan(1e-4);
     const traffic = readFileSync(join(fx.dir, 'out-two', 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
     expect(traffic.map((t) => t.step)).toEqual([1, 2, 3]);
     expect(traffic[0]!.allreduce_bytes).toBe(4 * params + 8 * 7);
@@ -63,13 +69,16 @@ describe.skipIf(skipWithoutMpi())('data parallel under mpirun', () => {
     expect(maxDiff(adapterOf(fx, 'out-ref'), adapterOf(fx, out)).diff).toBeLessThanOrEqual(TOL);
   }, 300_000);
 
-  it('refuses a grad_accum that is not a multiple of the ranks, and a data_parallel the launcher did not start', async () => {
+  it('refuses a grad_accum that is not a multiple of the ranks, a data_parallel the launcher did not start, and eval prompts with expert parallel', async () => {
     const odd = await v4tune(2, ['train', writeRecipe(fx, 'odd.yaml', 'out-odd', 'steps: 1, batch_rows: 2, grad_accum: 3')], { cwd: fx.dir });
     expect(odd.code).not.toBe(0);
     expect(odd.stderr).toMatch(/train\.grad_accum \(3\) must be a multiple of the 2 data-parallel ranks/);
     const dp = await v4tune(2, ['train', writeRecipe(fx, 'dp.yaml', 'out-dp', 'steps: 1, grad_accum: 2', 'distributed: { data_parallel: 4 }')], { cwd: fx.dir });
     expect(dp.code).not.toBe(0);
     expect(dp.stderr).toMatch(/distributed\.data_parallel is 4 but the launcher started 2 ranks/);
+    const gen = await v4tune(2, ['train', writeRecipe(fx, 'gen.yaml', 'out-gen', 'steps: 1, grad_accum: 2, eval_prompts: [pump]', 'distributed: { expert_parallel: 2 }')], { cwd: fx.dir });
+    expect(gen.code).not.toBe(0);
+    expect(gen.stderr).toMatch(/train\.eval_prompts with distributed\.expert_parallel > 1 is not supported/);
   }, 120_000);
 
   it('one process with a recipe asking for ranks says so once and trains single-process', async () => {

@@ -58,14 +58,20 @@ describe.skipIf(skipWithoutMpi())('expert parallel under mpirun -np 2', () => {
 
   it('a 2-rank expert-parallel run of 3 steps ends with the 1-rank adapter and logs placement, tokens and bytes per step', async () => {
     const train = 'steps: 3, batch_rows: 2, grad_accum: 2';
-    const one = await v4tune(1, ['train', writeRecipe(fx, 'one.yaml', 'out-one', train)], { cwd: fx.dir });
+    // 3 eval rows: rank 1 evaluates one and runs it again, uncounted, beside rank 0's second
+    const one = await v4tune(1, ['train', writeRecipe(fx, 'one.yaml', 'out-one', train), '--eval-rows', '3'], { cwd: fx.dir });
     expect(one.code, one.stderr).toBe(0);
-    const two = await v4tune(2, ['train', writeRecipe(fx, 'ep.yaml', 'out-ep', train, 'distributed: { expert_parallel: 2 }')], { cwd: fx.dir });
+    const two = await v4tune(2, ['train', writeRecipe(fx, 'ep.yaml', 'out-ep', train, 'distributed: { expert_parallel: 2 }'), '--eval-rows', '3'], { cwd: fx.dir });
     expect(two.code, two.stderr).toBe(0);
     expect(two.stdout).toContain('expert parallel ×2: 8 routed experts per layer: 0–3 on rank 0, 4–7 on rank 1');
     const a = readSafetensors(join(fx.dir, 'out-one', 'adapter', 'adapter_model.safetensors'));
     const b = readSafetensors(join(fx.dir, 'out-ep', 'adapter', 'adapter_model.safetensors'));
     expect(maxDiff(a, b).diff).toBeLessThanOrEqual(1e-3); // as data-parallel.test.ts: 3 AdamW steps at lr 0.01
+    const evalOf = (out: string) => (JSON.parse(readFileSync(join(fx.dir, out, 'train.json'), 'utf8')) as { eval_after: { loss: number; tokens: number; rows: number } }).eval_after;
+    const [e1, e2] = [evalOf('out-one'), evalOf('out-ep')];
+    expect(e2.rows).toBe(3);
+    expect(e2.tokens).toBe(e1.tokens);
+    expect(Math.abs(e2.loss - e1.loss) / e1.loss).toBeLessThan(1e-4);
     const log = readFileSync(join(fx.dir, 'out-ep', 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
     expect(log).toHaveLength(3);
     for (const s of log) {

@@ -97,7 +97,7 @@ export function writeRecipe(fx: Fixture, file: string, output: string, train: st
     'model: { path: model }',
     'data: { sources: [{ path: corpus/*.txt, format: text }], seq_len: 32, eval_fraction: 0.2, output: data }',
     'lora: { r: 4, alpha: 8 }',
-    `train: { lr: 0.01, warmup_steps: 0, eval_every: 0, threads: 1, eval_prompts: [], ${train} }`,
+    `train: { lr: 0.01, warmup_steps: 0, eval_every: 0, threads: 1, ${train.includes('eval_prompts') ? '' : 'eval_prompts: [], '}${train} }`,
     extra,
     `output: ${output}`,
   ].join('\n'));

@@ -277,6 +277,7 @@ async function trainLocked(recipe: LoadedRecipe, ctx: CliContext, opts: TrainRec
       adapterLayout: recipe.lora.adapter_layout,
       gradients: dist?.gradients('checkpoint' in start ? start.checkpoint.state.step : 0, out),
       writesCheckpoints: (dist?.rank ?? 0) === 0,
+      evaluate: dist?.evaluate(),
     }, ctx);
     const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalRows.length);
     if ((dist?.rank ?? 0) === 0) writeFileAtomic(join(out, TRAIN_SUMMARY), `${JSON.stringify(summary, null, 2)}\n`);
