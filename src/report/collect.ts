@@ -10,7 +10,6 @@ import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
 import { PROFILE_FILE, readProfile } from '../lora/profile.js';
 import { gptqLayerErrors } from './int4-layers.js';
 import { inspectModel } from '../model/inspect.js';
-import { SafetensorsFile, numel } from '../model/safetensors.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { recipeModelDir } from '../cli/commands/prepare.js';
 import type {
@@ -215,34 +214,24 @@ export async function expertsSection(recipe: LoadedRecipe): Promise<Section<Expe
   };
 }
 
-export function adapterSection(recipe: LoadedRecipe): Section<AdapterSection> {
+/** The trained adapter as v4tune reads it (either PEFT layout): modules and factors in official names. */
+export async function adapterSection(recipe: LoadedRecipe): Promise<Section<AdapterSection>> {
   const dir = join(recipe.output, 'adapter');
-  const cfgPath = join(dir, ADAPTER_CONFIG);
-  const wPath = join(dir, ADAPTER_WEIGHTS);
-  if (!existsSync(cfgPath) || !existsSync(wPath)) return notRun(`no trained adapter in ${dir} (\`v4tune train ${recipe.file}\` makes it)`);
-  const cfg = readJson<{ r: number; lora_alpha?: number; use_rslora?: boolean; lora_dropout?: number; target_modules: string[] | string }>(cfgPath);
-  const f = SafetensorsFile.open(wPath);
-  try {
-    let params = 0;
-    let modules = 0;
-    for (const [name, e] of f.entries) {
-      params += numel(e.shape);
-      if (name.endsWith('.lora_A.weight')) modules++;
-    }
-    return {
-      status: 'ok',
-      dir,
-      modules,
-      trainableParameters: params,
-      r: cfg.r,
-      alpha: cfg.lora_alpha ?? cfg.r,
-      rslora: cfg.use_rslora === true,
-      dropout: cfg.lora_dropout ?? 0,
-      targets: Array.isArray(cfg.target_modules) ? cfg.target_modules : [cfg.target_modules],
-    };
-  } finally {
-    f.close();
-  }
+  if (!existsSync(join(dir, ADAPTER_CONFIG)) || !existsSync(join(dir, ADAPTER_WEIGHTS))) return notRun(`no trained adapter in ${dir} (\`v4tune train ${recipe.file}\` makes it)`);
+  const a = await loadAdapter(dir, { warn: () => {} });
+  let params = 0;
+  for (const l of a.layers.values()) params += l.A.length + l.B.length;
+  return {
+    status: 'ok',
+    dir,
+    modules: a.layers.size,
+    trainableParameters: params,
+    r: a.options.r,
+    alpha: a.options.alpha,
+    rslora: a.options.rsLoRA,
+    dropout: a.options.dropout,
+    targets: [...a.options.targets],
+  };
 }
 
 async function mergeSection(recipe: LoadedRecipe): Promise<Section<MergeSection>> {

@@ -21,7 +21,7 @@ export async function buildReport(recipe: LoadedRecipe, ctx: CliContext, opts: P
     model: await modelSection(recipe),
     data: dataSection(recipe),
     training: trainingSection(recipe, train),
-    adapter: adapterSection(recipe),
+    adapter: await adapterSection(recipe),
     experts: await expertsSection(recipe),
     export: await exportSection(recipe),
     perplexity: await measurePerplexity(recipe, train, ctx, opts),
