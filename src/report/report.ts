@@ -9,10 +9,15 @@ import { adapterSection, dataSection, expertsSection, exportSection, modelSectio
 import { measurePerplexity, type PerplexityOptions } from './perplexity.js';
 import type { RunReport } from './types.js';
 
-export async function buildReport(recipe: LoadedRecipe, ctx: CliContext, opts: PerplexityOptions = {}): Promise<RunReport> {
+/** A report needs the recipe's run folder (InputError naming it); check before taking its lock, which would create it. */
+export function assertRunFolder(recipe: LoadedRecipe): void {
   if (!existsSync(recipe.output) || !statSync(recipe.output).isDirectory()) {
     throw new InputError(`${recipe.file}: output folder ${recipe.output} does not exist (run \`v4tune run ${recipe.file}\` or \`v4tune prepare ${recipe.file}\` first)`);
   }
+}
+
+export async function buildReport(recipe: LoadedRecipe, ctx: CliContext, opts: PerplexityOptions = {}): Promise<RunReport> {
+  assertRunFolder(recipe);
   const train = readTrainJson(recipe);
   return {
     v4tune_version: VERSION,

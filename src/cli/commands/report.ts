@@ -12,7 +12,7 @@ import { loadRecipe, type LoadedRecipe } from '../../recipe/load.js';
 import { reportCharts } from '../../report/charts.js';
 import { renderReportHtml } from '../../report/html.js';
 import { renderReport } from '../../report/render.js';
-import { buildReport } from '../../report/report.js';
+import { assertRunFolder, buildReport } from '../../report/report.js';
 import type { RunReport } from '../../report/types.js';
 import { withRunLock } from '../../lock.js';
 import { action } from '../action.js';
@@ -52,6 +52,7 @@ export function register(program: Command): void {
         if (!Number.isInteger(evalRows) || evalRows < 1) throw new InputError(`--eval-rows must be a positive integer (got ${opts.evalRows})`);
       }
       const recipe = loadRecipe(file);
+      assertRunFolder(recipe);
       return { ...(await withRunLock(recipe.output, `v4tune report ${file}`, () => reportRecipe(recipe, ctx, { evalRows }), (l) => ctx.warn(l))) };
     }));
 }
