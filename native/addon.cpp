@@ -16,6 +16,7 @@
 #include "compressor.h"
 #include "gemm.h"
 #include "gptq.h"
+#include "requant.h"
 #include "indexer.h"
 #include "lmhead.h"
 #include "lora.h"

@@ -14,6 +14,7 @@
       "../kernels/cpu/compressor.cpp",
       "../kernels/cpu/lmhead.cpp",
       "../kernels/cpu/gptq.cpp",
+      "../kernels/cpu/requant.cpp",
       "../kernels/cpu/bench.cpp",
       "ascend_acl.cc",
       "ascend_hccl.cc",

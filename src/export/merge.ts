@@ -10,6 +10,7 @@ import { join, relative, resolve, isAbsolute } from 'node:path';
 import { InputError, NonFiniteError, firstNonFinite } from '../errors.js';
 import { OUTPUT_MARKER, writeDirAtomic } from '../fsutil.js';
 import { LOCK_FILE } from '../lock.js';
+import { mergeRequantNative } from '../backend/native/requant.js';
 import type { Adapter } from '../lora/adapter.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
 import { Checkpoint, writeCheckpointFiles, type RawTensor, type TensorBytes, type TensorMeta, type TensorPlan } from '../model/checkpoint.js';
@@ -332,14 +333,23 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         let bytes: TensorBytes;
         if (action === 'copied') bytes = { data: r.data, scale: r.scale };
         else {
-          const x = dequantStored(r);
-          if (action === 'merged') {
-            const d = adapter.delta(moduleOf(name)!);
-            for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+          const nonFinite = (v: number, at: number): NonFiniteError =>
+            new NonFiniteError(`${plan.base}: tensor ${name} holds ${v} at element ${at}${action === 'merged' ? ' after adding the adapter' : ''}; nothing merged`);
+          // the native addon writes the same bytes (kernels/cpu/requant.cpp) where it is built
+          const fast = await mergeRequantNative(r, action === 'merged' ? adapter.layers.get(moduleOf(name)!)! : null, plan.dtype);
+          if (fast) {
+            if (fast.bad) throw nonFinite(fast.bad.value, fast.bad.index);
+            bytes = fast.bytes;
+          } else {
+            const x = dequantStored(r);
+            if (action === 'merged') {
+              const d = adapter.delta(moduleOf(name)!);
+              for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+            }
+            const bad = firstNonFinite(x);
+            if (bad >= 0) throw nonFinite(x[bad]!, bad);
+            bytes = plan.dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, r.meta, r.scale !== null);
           }
-          const bad = firstNonFinite(x);
-          if (bad >= 0) throw new NonFiniteError(`${plan.base}: tensor ${name} holds ${x[bad]} at element ${bad}${action === 'merged' ? ' after adding the adapter' : ''}; nothing merged`);
-          bytes = plan.dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, r.meta, r.scale !== null);
         }
         const wrote = bytes.data.length + (bytes.scale?.length ?? 0);
         bytesWritten += wrote;

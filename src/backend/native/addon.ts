@@ -106,6 +106,12 @@ export interface NativeAddon {
   gptqInt4(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, H: Float64Array, n: number, group: number, damp: number): Promise<void>;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;
+  /**
+   * Merge (kernels/cpu/requant.h, bit for bit src/export/merge.ts): W dequantised + scaling·B·A
+   * (A [r, cols], B [rows, r], or both null), encoded as outFmt 1 bf16 | 2 fp8 (128×128 block
+   * scales) | 3 fp4 (per-32 scales) into outData / outScale; status = [first non-finite index or −1, its value]
+   */
+  mergeRequant(outData: Uint8Array, outScale: Uint8Array | null, status: Float64Array, W: RawWeight, A: F32 | null, B: F32 | null, r: number, scaling: number, outFmt: number): Promise<void>;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -1,0 +1,41 @@
+// Merging on the native addon (kernels/cpu/requant.cpp): a shipped weight dequantised, the LoRA
+// delta added and the result encoded again — the bytes src/export/merge.ts's TypeScript path
+// writes (test/native/requant.test.ts), at memory speed. null where the addon is not built or
+// the format is one it does not take (F16/F32 stored, FP8 without block scales): the caller then
+// runs the TypeScript path.
+import type { RawTensor, TensorBytes } from '../../model/checkpoint.js';
+import { rawWeight, tryLoadAddon, type NativeFormat } from './addon.js';
+
+/** A LoRA pair: A [r, in], B [out, r], scaling. */
+export interface DeltaFactors {
+  readonly A: Float32Array;
+  readonly B: Float32Array;
+  readonly r: number;
+  readonly scaling: number;
+}
+
+export interface Requantised {
+  bytes: TensorBytes;
+  /** the first non-finite merged value (nothing is to be written then), or null */
+  bad: { index: number; value: number } | null;
+}
+
+const IN: Partial<Record<string, NativeFormat>> = { fp8: 'fp8', fp4: 'fp4', bf16: 'bf16' };
+
+/**
+ * `t` dequantised (+ scaling·B·A when `delta` is given), written as BF16 (`dtype` bf16) or in its
+ * own stored format with fresh scales (`original`); null when the native path does not apply.
+ */
+export async function mergeRequantNative(t: RawTensor, delta: DeltaFactors | null, dtype: 'original' | 'bf16'): Promise<Requantised | null> {
+  const addon = tryLoadAddon();
+  const m = t.meta;
+  const fmt = IN[m.format];
+  if (!addon || !fmt || m.logicalShape.length !== 2 || (fmt === 'fp8' && !t.scale)) return null;
+  const [rows, cols] = m.logicalShape as [number, number];
+  const out = dtype === 'bf16' || fmt === 'bf16' ? 1 : fmt === 'fp8' ? 2 : 3;
+  const data = new Uint8Array(out === 1 ? 2 * rows * cols : out === 2 ? rows * cols : (rows * cols) / 2);
+  const scale = out === 1 ? null : new Uint8Array(out === 2 ? Math.ceil(rows / 128) * Math.ceil(cols / 128) : (rows * cols) / 32);
+  const status = new Float64Array(2);
+  await addon.mergeRequant(data, scale, status, rawWeight(fmt, t.data, t.scale, rows, cols), delta?.A ?? null, delta?.B ?? null, delta?.r ?? 0, delta?.scaling ?? 0, out);
+  return { bytes: { data, scale }, bad: status[0]! >= 0 ? { index: status[0]!, value: status[1]! } : null };
+}

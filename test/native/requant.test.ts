@@ -1,0 +1,91 @@
+// Native merge (kernels/cpu/requant.cpp) against the TypeScript path of src/export/merge.ts it
+// replaces: dequantise, add the adapter's delta (adapter.ts `delta`), encode (formats.ts) — the
+// same bytes and scales, exactly, for FP8 (128×128 blocks, a partial block at the edge), FP4 and
+// BF16 weights, written in their own format and as BF16; a non-finite merged value is reported at
+// the same element.
+import { describe, expect, it } from 'vitest';
+import { mergeRequantNative } from '../../src/backend/native/requant.js';
+import { dequantStored, requantise } from '../../src/export/merge.js';
+import { f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import type { RawTensor, TensorMeta } from '../../src/model/checkpoint.js';
+import { firstNonFinite } from '../../src/errors.js';
+import { randn, rng, skipNative } from './helpers.js';
+
+/** a stored tensor of `format` holding x [rows, cols] */
+function stored(format: 'fp8' | 'fp4' | 'bf16', x: Float32Array, rows: number, cols: number): RawTensor {
+  const meta = (dtype: string, shape: number[]): TensorMeta => ({ name: 't.weight', dtype, shape, file: 'f', format, logicalShape: [rows, cols] });
+  if (format === 'fp8') {
+    const q = quantFp8Block(x, rows, cols);
+    return { meta: meta('F8_E4M3', [rows, cols]), data: q.weight, scale: q.scale, scaleShape: q.scaleShape };
+  }
+  if (format === 'fp4') {
+    const q = quantFp4(x, rows, cols);
+    return { meta: meta('I8', [rows, cols / 2]), data: q.weight, scale: q.scale, scaleShape: q.scaleShape };
+  }
+  return { meta: meta('BF16', [rows, cols]), data: f32ToBf16Bytes(x), scale: null, scaleShape: null };
+}
+
+/** merge.ts's TypeScript path: dequantise, + delta (adapter.ts order), encode */
+function reference(t: RawTensor, l: { A: Float32Array; B: Float32Array; r: number; scaling: number } | null, dtype: 'original' | 'bf16', rows: number, cols: number) {
+  const x = dequantStored(t);
+  if (l) {
+    const d = new Float32Array(rows * cols);
+    for (let o = 0; o < rows; o++) {
+      for (let k = 0; k < l.r; k++) {
+        const b = l.B[o * l.r + k]! * l.scaling;
+        if (b === 0) continue;
+        for (let i = 0; i < cols; i++) d[o * cols + i] += b * l.A[k * cols + i]!;
+      }
+    }
+    for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+  }
+  const bad = firstNonFinite(x);
+  if (bad >= 0) return { bad };
+  return { bytes: dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, t.meta, t.scale !== null) };
+}
+
+const same = (a: Uint8Array | null, b: Uint8Array | null): boolean => (a === null ? b === null : b !== null && Buffer.from(a).equals(Buffer.from(b)));
+
+describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript merge', () => {
+  const cases = [
+    { format: 'fp8', rows: 300, cols: 200 },
+    { format: 'fp4', rows: 96, cols: 256 },
+    { format: 'bf16', rows: 64, cols: 160 },
+  ] as const;
+  for (const c of cases) {
+    for (const dtype of ['original', 'bf16'] as const) {
+      it(`${c.format} [${c.rows}, ${c.cols}] written ${dtype}: with a rank-4 delta and without one`, async () => {
+        const r = rng(c.rows + c.cols);
+        const x = randn(c.rows * c.cols, r, 0.05);
+        for (let i = 0; i < 50; i++) x[Math.floor(r() * x.length)] = (r() - 0.5) * 400; // outliers set the scales
+        const t = stored(c.format, x, c.rows, c.cols);
+        const l = { A: randn(4 * c.cols, r, 0.3), B: randn(c.rows * 4, r, 0.02), r: 4, scaling: 2 };
+        l.B[5] = 0;
+        for (const delta of [l, null]) {
+          const want = reference(t, delta, dtype, c.rows, c.cols);
+          const got = await mergeRequantNative(t, delta, dtype);
+          expect(got).not.toBeNull();
+          expect(got!.bad).toBeNull();
+          expect(same(got!.bytes.data, want.bytes!.data)).toBe(true);
+          expect(same(got!.bytes.scale, want.bytes!.scale)).toBe(true);
+        }
+      });
+    }
+  }
+
+  it('a merged value that overflows is reported at the first such element', async () => {
+    const rows = 256;
+    const cols = 128;
+    const x = randn(rows * cols, rng(3), 1);
+    x[200 * cols + 7] = 3e38;
+    const t = stored('bf16', x, rows, cols);
+    const l = { A: new Float32Array(cols).fill(1), B: new Float32Array(rows).fill(0), r: 1, scaling: 1e38 };
+    l.B[200] = 1;
+    l.B[230] = 1;
+    const want = reference(t, l, 'original', rows, cols);
+    const got = await mergeRequantNative(t, l, 'original');
+    expect(want.bad).toBe(200 * cols + 7);
+    expect(got!.bad?.index).toBe(want.bad);
+    expect(got!.bad?.value).toBe(Infinity);
+  });
+});
