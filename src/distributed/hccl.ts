@@ -197,13 +197,18 @@ export class HcclCollective implements Collective {
 /**
  * The HCCL communicator of a distributed run, where it applies: `train.backend: ascend` under an
  * Ascend launch (RANK_TABLE_FILE and RANK_ID set) with HCCL loadable. Otherwise collective is null
- * and `why` says in one line why HCCL is not used ('' when nothing asked for it).
+ * and `why` says in one line why HCCL is not used ('' when nothing asked for it). An Ascend launch
+ * of several ranks that HCCL cannot serve and no MPI launcher started (`mpiWorld` false) is an
+ * error: its processes would each train alone into the same output.
  */
-export function joinHccl(backend: BackendName, env: NodeJS.ProcessEnv = process.env): { collective: HcclCollective | null; why: string } {
+export function joinHccl(backend: BackendName, mpiWorld: boolean, env: NodeJS.ProcessEnv = process.env): { collective: HcclCollective | null; why: string } {
   if (backend !== 'ascend') return { collective: null, why: '' };
   const world = ascendWorld(env);
   if (!world) return { collective: null, why: 'train.backend is ascend but no Ascend launch set RANK_TABLE_FILE and RANK_ID; collectives over MPI' };
   const why = hcclUnavailableReason();
-  if (why) return { collective: null, why: `train.backend is ascend but ${why}; collectives over MPI` };
-  return { collective: HcclCollective.init(world), why: '' };
+  if (!why) return { collective: HcclCollective.init(world), why: '' };
+  if (!mpiWorld && world.size !== 1) {
+    throw new V4tuneError(`v4tune: rank ${world.rank} of the Ascend launch in ${world.rankTable}: ${why}; HCCL is needed (or start the ranks with mpirun)`);
+  }
+  return { collective: null, why: `train.backend is ascend but ${why}; collectives over MPI` };
 }

@@ -143,7 +143,7 @@ export async function joinDistributed(recipe: LoadedRecipe, note: (line: string)
   const world = launcherWorld();
   const why = mpiUnavailableReason();
   // train.backend ascend under an Ascend launch (RANK_TABLE_FILE, RANK_ID): HCCL; otherwise MPI
-  const hccl = joinHccl(recipe.train.backend);
+  const hccl = joinHccl(recipe.train.backend, world !== null || process.env.PMIX_RANK !== undefined);
   let collective: MpiCollective | HcclCollective | null = hccl.collective;
   // with the binding, MPI says how many ranks there are (a PMIx launcher puts no size in the environment)
   if (!collective && !why && (world !== null || process.env.PMIX_RANK !== undefined)) {

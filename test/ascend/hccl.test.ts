@@ -27,9 +27,9 @@ describe('the Ascend launch environment', () => {
   });
 
   it('HCCL is asked for only by train.backend ascend, and an Ascend backend without a rank table says why it is not used', () => {
-    expect(joinHccl('native', { RANK_TABLE_FILE: '/t.json', RANK_ID: '0' })).toEqual({ collective: null, why: '' });
-    expect(joinHccl('auto', { RANK_TABLE_FILE: '/t.json', RANK_ID: '0' })).toEqual({ collective: null, why: '' });
-    expect(joinHccl('ascend', {})).toEqual({ collective: null, why: 'train.backend is ascend but no Ascend launch set RANK_TABLE_FILE and RANK_ID; collectives over MPI' });
+    expect(joinHccl('native', false, { RANK_TABLE_FILE: '/t.json', RANK_ID: '0' })).toEqual({ collective: null, why: '' });
+    expect(joinHccl('auto', false, { RANK_TABLE_FILE: '/t.json', RANK_ID: '0' })).toEqual({ collective: null, why: '' });
+    expect(joinHccl('ascend', true, {})).toEqual({ collective: null, why: 'train.backend is ascend but no Ascend launch set RANK_TABLE_FILE and RANK_ID; collectives over MPI' });
   });
 });
 
@@ -176,6 +176,16 @@ describe.skipIf(skip || ranksMissing() !== '')('which engine a distributed run t
     const table = writeRankTable(tmp, 2);
     const [r] = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'native'], 1, table, home, { env: { RANK_SIZE: '2' } });
     expect(parse(r!)).toEqual({ rank: null, describe: null, timeoutS: null, notes: [] });
+  }, 120_000);
+
+  it('an Ascend launch of 2 ranks where HCCL does not load, with no MPI launcher, fails saying why', async () => {
+    const bare = join(tmp, 'bare');
+    mkdirSync(join(bare, 'lib64'), { recursive: true });
+    symlinkSync(join(home, 'lib64', 'libascendcl.so'), join(bare, 'lib64', 'libascendcl.so'));
+    const table = writeRankTable(tmp, 2);
+    const [r] = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'ascend'], 1, table, bare, { env: { RANK_SIZE: '2' } });
+    expect(r!.code).not.toBe(0);
+    expect(r!.stderr).toContain(`v4tune: rank 0 of the Ascend launch in ${table}: HCCL (libhccl.so) is not installed or not on the library path (source set_env.sh); HCCL is needed (or start the ranks with mpirun)`);
   }, 120_000);
 
   it.skipIf(skipWithoutMpi())('train.backend ascend under mpirun without a rank table: MPI, saying in one line why not HCCL', async () => {
