@@ -98,14 +98,14 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
     const flat = new Float32Array(n);
     const grads = new Map<string, Float32Array>();
     const expertKey = new Set<string>();
-    let o_ = 0;
+    let off = 0;
     for (const m of adapter.modules()) {
       const f = adapter.factors(m)!;
       for (const [which, len] of [['A', f.A.length], ['B', f.B.length]] as const) {
         const k = peftKey(m, which);
-        grads.set(k, flat.subarray(o_, o_ + len));
+        grads.set(k, flat.subarray(off, off + len));
         if (ep && /\.ffn\.experts\.\d+\./.test(m)) expertKey.add(k);
-        o_ += len;
+        off += len;
       }
     }
     const sums = new Float64Array(4); // lossSum, tokens, mtpLossSum, mtpCount
@@ -135,17 +135,17 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
       }
     }
     // the step's sums and this step's dispatch traffic, in one allreduce after the gradients'
-    const sums7 = Float64Array.of(sums[0]!, sums[1]!, sums[2]!, sums[3]!, c.traffic.bytes - before, ep?.stats.pairsSent ?? 0, ep?.stats.pairsKept ?? 0);
+    const reduced = Float64Array.of(sums[0]!, sums[1]!, sums[2]!, sums[3]!, c.traffic.bytes - before, ep?.stats.pairsSent ?? 0, ep?.stats.pairsKept ?? 0);
     const beforeReduce = c.traffic.bytes;
     if (count > 0) for (let s = 0; s < flat.length; s += BUCKET) await c.allreduceSum(flat.subarray(s, Math.min(flat.length, s + BUCKET)));
-    await c.allreduceSum(sums7);
+    await c.allreduceSum(reduced);
     if (logPath) {
       const line: StepTraffic = {
-        step, allreduce_bytes: c.traffic.bytes - beforeReduce, alltoallv_bytes: sums7[4]!, pairs_sent: sums7[5]!, pairs_kept: sums7[6]!, tokens: sums7[1]!,
+        step, allreduce_bytes: c.traffic.bytes - beforeReduce, alltoallv_bytes: reduced[4]!, pairs_sent: reduced[5]!, pairs_kept: reduced[6]!, tokens: reduced[1]!,
       };
       appendFileSync(logPath, `${JSON.stringify(line)}\n`);
     }
-    return { grads, lossSum: sums7[0]!, count, tokens: sums7[1]!, mtpLossSum: sums7[2]!, mtpCount: sums7[3]! };
+    return { grads, lossSum: reduced[0]!, count, tokens: reduced[1]!, mtpLossSum: reduced[2]!, mtpCount: reduced[3]! };
   };
 }
 
