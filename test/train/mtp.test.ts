@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
+import { evaluate } from '../../src/cli/commands/eval.js';
 import { trainRecipe } from '../../src/cli/commands/train.js';
 import { openDataset, type DatasetRow } from '../../src/data/dataset.js';
 import { createAdapter, type Adapter } from '../../src/lora/adapter.js';
@@ -114,6 +115,21 @@ describe('MTP loss', () => {
     });
     expect(got).toEqual({ agree, pairs });
     expect(pairs).toBeGreaterThan(10);
+  });
+
+  it('the eval stage (v4tune eval) sums the agreement over the eval rows', async () => {
+    const a = adapterWithB();
+    const rows = [...openDataset(fx.dataDir).rows('eval')].slice(0, 2);
+    let agree = 0;
+    let pairs = 0;
+    for (const r of rows) {
+      const x = await model.mtpAgreement(r.input_ids, { segments: r.segments, adapter: a });
+      agree += x.agree;
+      pairs += x.pairs;
+    }
+    const s = await evaluate(model, fx.dataDir, quietContext(), 2, a, true);
+    expect(s).toMatchObject({ rows: 2, mtpPairs: pairs, mtpAgreement: agree / pairs });
+    expect((await evaluate(model, fx.dataDir, quietContext(), 2, a)).mtpAgreement).toBeUndefined();
   });
 
   it('train.mtp_loss_weight trains the MTP LoRA and logs its loss; eval reports MTP agreement before and after, with and without it', async () => {

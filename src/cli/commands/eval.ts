@@ -19,10 +19,16 @@ export interface EvalSummary {
   /** counted (predicted) tokens */
   tokens: number;
   rows: number;
+  /** with `mtp`: the MTP head's next-next-token top-1 agreement with the main head, over mtpPairs pairs */
+  mtpAgreement?: number;
+  mtpPairs?: number;
 }
 
-/** Mean next-token loss over the eval rows of a dataset folder, with an adapter if given. */
-export async function evaluate(model: V4Model, datasetDir: string, ctx: CliContext, maxRows = Infinity, adapter?: ModelAdapter): Promise<EvalSummary> {
+/**
+ * Mean next-token loss over the eval rows of a dataset folder, with an adapter if given; with
+ * `mtp`, also the MTP block's top-1 agreement with the main head (model.mtpAgreement).
+ */
+export async function evaluate(model: V4Model, datasetDir: string, ctx: CliContext, maxRows = Infinity, adapter?: ModelAdapter, mtp = false): Promise<EvalSummary> {
   const ds = openDataset(datasetDir);
   const total = Math.min(ds.rowCount('eval'), maxRows);
   if (total === 0) throw new InputError(`${join(datasetDir, 'manifest.json')}: the eval split is empty (raise data.eval_fraction)`);
@@ -30,11 +36,18 @@ export async function evaluate(model: V4Model, datasetDir: string, ctx: CliConte
   let lossSum = 0;
   let tokens = 0;
   let rows = 0;
+  let agree = 0;
+  let pairs = 0;
   for (const row of ds.rows('eval')) {
     if (rows >= total) break;
     const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter });
     lossSum += r.lossSum;
     tokens += r.count;
+    if (mtp) {
+      const a = await model.mtpAgreement(row.input_ids, { segments: row.segments, adapter });
+      agree += a.agree;
+      pairs += a.pairs;
+    }
     rows++;
     bar.update(rows);
   }
@@ -42,7 +55,7 @@ export async function evaluate(model: V4Model, datasetDir: string, ctx: CliConte
   if (tokens === 0) throw new InputError(`${datasetDir}: no eval position counts (every loss_mask target is 0)`);
   const loss = lossSum / tokens;
   if (!Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens of ${datasetDir} is ${loss} (the model${adapter ? ' or the adapter' : ''} holds or produces non-finite values)`);
-  return { loss, perplexity: Math.exp(loss), tokens, rows };
+  return { loss, perplexity: Math.exp(loss), tokens, rows, ...(mtp ? { mtpAgreement: pairs > 0 ? agree / pairs : 0, mtpPairs: pairs } : {}) };
 }
 
 export function register(program: Command): void {
@@ -70,8 +83,8 @@ export function register(program: Command): void {
       ctx.log(`eval ${modelDir}${opts.adapter ? ` + adapter ${opts.adapter}` : ''} on ${dataDir} (eval split)`);
       const model = await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
       try {
-        const s = await evaluate(model, dataDir, ctx, maxRows, adapter);
-        ctx.log(`loss ${s.loss.toFixed(4)}  perplexity ${s.perplexity.toFixed(2)}  tokens ${s.tokens}  rows ${s.rows}`);
+        const s = await evaluate(model, dataDir, ctx, maxRows, adapter, recipe.train.eval_mtp && model.config.num_nextn_predict_layers > 0);
+        ctx.log(`loss ${s.loss.toFixed(4)}  perplexity ${s.perplexity.toFixed(2)}  tokens ${s.tokens}  rows ${s.rows}${s.mtpAgreement !== undefined ? `  MTP top-1 agreement ${(100 * s.mtpAgreement).toFixed(1)}% over ${s.mtpPairs} pairs` : ''}`);
         return { ok: true, model: modelDir, adapter: opts.adapter ?? null, dataset: dataDir, ...s };
       } finally {
         model.dispose();
