@@ -96,9 +96,10 @@ export class HcclCollective implements Collective {
   /** The communicator of `world` (HcclCommInitClusterInfo); throws when HCCL cannot be used. */
   static init(world: AscendWorld): HcclCollective {
     const a = addon();
-    const why = hcclUnavailableReason();
-    if (!a || why) throw new V4tuneError(`v4tune: ${why}`);
-    return new HcclCollective(a, world, a.hcclProbe(ascendKernelLibrary()).library);
+    if (!a) throw new V4tuneError(`v4tune: ${hcclUnavailableReason()}`);
+    const probe = a.hcclProbe(ascendKernelLibrary());
+    if (!probe.available) throw new V4tuneError(`v4tune: ${probe.reason}`);
+    return new HcclCollective(a, world, probe.library);
   }
 
   private async wait<T>(what: string, call: Promise<T>): Promise<T> {
