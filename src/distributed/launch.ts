@@ -9,7 +9,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBackend } from '../backend/index.js';
-import type { CliContext } from '../cli/context.js';
 import { InputError } from '../errors.js';
 import { openModelSource, type LoadModelOptions } from '../model/load.js';
 import { V4Model } from '../model/v4/model.js';
@@ -39,6 +38,14 @@ export function launcherWorld(env: NodeJS.ProcessEnv = process.env): { size: num
   return null;
 }
 
+/** What a rank says through (the CLI's context satisfies it). */
+export interface RankSink {
+  quiet: boolean;
+  log(line: string): void;
+  warn(line: string): void;
+  progress(label: string, total: number, unit?: string): { update(done: number, note?: string): void; stop(): void };
+}
+
 export interface DistributedRun {
   readonly collective: Collective;
   readonly rank: number;
@@ -54,7 +61,7 @@ export interface DistributedRun {
   /** where this rank's runTraining writes: the run folder on rank 0, a scratch folder elsewhere */
   runOutput(output: string): string;
   /** rank 0: ctx; another rank: silent but for warnings that are its own */
-  context(ctx: CliContext): CliContext;
+  context<S extends RankSink>(ctx: S): S;
   /** `2 ranks (MPI (Open MPI v4.1.4)): data parallel ×2, …` */
   describe(): string;
   /** After the run, on success: leave the job cleanly. */
@@ -112,9 +119,9 @@ class MpiRun implements DistributedRun {
     return this.scratch;
   }
 
-  context(ctx: CliContext): CliContext {
+  context<S extends RankSink>(ctx: S): S {
     if (this.rank === 0) return ctx;
-    return { json: ctx.json, quiet: true, log: () => {}, warn: () => {}, progress: () => silent };
+    return { ...ctx, quiet: true, log: () => {}, warn: () => {}, progress: () => silent };
   }
 
   describe(): string {
