@@ -15,13 +15,13 @@ import { fileURLToPath } from 'node:url';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const onDevice = process.env.V4TUNE_ASCEND_DEVICE === '1';
 
-const kernelSources = ['expert_lora.cpp', 'linear_lora.cpp', 'sinkhorn.cpp'].map((f) => `kernels/ascend/${f}`);
+export const kernelSources = ['expert_lora.cpp', 'linear_lora.cpp', 'sinkhorn.cpp'].map((f) => `kernels/ascend/${f}`);
 const hostSources = ['native/ascend_acl.cc', 'native/ascend_host.cc'];
 const testSources = onDevice ? ['test/ascend/harness.cc'] : ['test/ascend/fake_acl.cc', 'test/ascend/harness.cc'];
 const headers = [
   ...readdirSync(join(root, 'kernels/ascend')).filter((f) => f.endsWith('.h')).map((f) => `kernels/ascend/${f}`),
   'kernels/ascend/shim/ascendc_shim.h', 'native/ascend_acl.h', 'native/ascend_host.h', 'kernels/cpu/lora.h',
-  'kernels/cpu/weights.h', 'test/ascend/fake_acl.h',
+  'kernels/cpu/weights.h', 'test/ascend/fake_acl.h', 'native/ascend_hccl.h',
 ];
 // The shim-built driver runs under AddressSanitizer: a kernel or host read or write outside the
 // fake's device memory (or any host buffer) fails the run instead of passing unnoticed.

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildOnce, fakeAscendHome } from './harness.js';
+import { buildOnce, fakeAscendHome, kernelSources } from './harness.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -86,4 +86,13 @@ export function rankDevices(rankTable: string): number[] {
   const devices: number[] = [];
   for (const s of t.server_list) for (const d of s.device) devices[Number(d.rank_id)] = Number(d.device_id);
   return devices;
+}
+
+/**
+ * The stream-order driver (hccl_order.cc): the host code, the fake ACL table and the fake HCCL in
+ * one process, under AddressSanitizer like the Ascend test driver.
+ */
+export function hcclOrderDriver(): string {
+  const sources = [...kernelSources, 'test/ascend/fake_acl.cc', 'native/ascend_acl.cc', 'native/ascend_hccl.cc', 'test/ascend/hccl_fake.cc', 'test/ascend/hccl_order.cc'];
+  return buildOnce('hccl_order', sources, ['-fsanitize=address', '-fno-omit-frame-pointer', '-rdynamic']);
 }

@@ -1,9 +1,13 @@
 // The HCCL engine of the Collective interface against a fake libhccl.so (hccl_fake.cc) beside the
 // fake ACL runtime, both loaded with dlopen through ASCEND_HOME_PATH as the real CANN would be:
 // every collective on 3 processes gives its definition on every rank (uneven and empty blocks,
-// float64 allreduce, which HcclAllReduce does not take, by allgather); every HcclResult code has
-// its name and meaning, and a failing call, a rank that never comes and a bad rank table say so;
-// without libhccl.so the engine says what is missing in one line. A real HCCL on NPUs is not here.
+// float64 allreduce, which HcclAllReduce does not take, by allgather); a collective runs in stream
+// order between its upload and its download (hccl_order.cc); every HcclResult code has its name
+// and meaning, and a failing call, a rank that never comes and a bad rank table say so; without
+// libhccl.so the engine says what is missing in one line; a 2-process training step over it
+// equals one process's; train.backend ascend under a rank table takes it, and nothing else does.
+// A real HCCL on NPUs is not here (the last suite runs there, under npm run test:ascend).
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +16,7 @@ import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, join
 import { makeFixture, mpirunArgs, run, skipWithoutMpi, type Fixture } from '../distributed/helpers.js';
 import { skipNative } from '../native/helpers.js';
 import { onDevice } from './harness.js';
-import { fakeCannEnv, fakeHcclHome, rankDevices, ranksMissing, runRanks, writeRankTable, type RankResult } from './hccl-harness.js';
+import { fakeCannEnv, fakeHcclHome, hcclOrderDriver, rankDevices, ranksMissing, runRanks, writeRankTable, type RankResult } from './hccl-harness.js';
 
 const skip = skipNative || onDevice;
 
@@ -55,13 +59,12 @@ describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
     expect(hcclErrorText(99)).toBe("HCCL error 99 (not a code v4tune knows; see CANN's hccl_types.h)");
   });
 
-  it('without libhccl.so beside the runtime, HCCL is unavailable in one line', async () => {
+  it('without libhccl.so beside the runtime, HCCL is unavailable in one line', () => {
     // a CANN folder with the fake runtime but no libhccl.so, seen by a fresh process
     const bare = join(tmp, 'bare');
     mkdirSync(join(bare, 'lib64'), { recursive: true });
     symlinkSync(join(home, 'lib64', 'libascendcl.so'), join(bare, 'lib64', 'libascendcl.so'));
     const script = "import('./dist/distributed/hccl.js').then((m) => console.log(JSON.stringify(m.hcclUnavailableReason())))";
-    const { spawnSync } = await import('node:child_process');
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: join(import.meta.dirname, '..', '..'), encoding: 'utf8', env: { ...process.env, ...fakeCannEnv(bare), V4TUNE_ASCEND_KERNELS: join(home, 'lib64', 'libascendcl.so') } });
     expect(r.status, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toBe('HCCL (libhccl.so) is not installed or not on the library path (source set_env.sh)');
@@ -71,6 +74,19 @@ describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
     const table = writeRankTable(tmp, 3);
     checkCollectives(await runRanks('test/ascend/hccl-check.mjs', [], 3, table, home), `HCCL (${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0)`);
   }, 300_000);
+
+  it('stream order: the collective runs after its upload and before its download, on one stream; the fake shows the wrong orders', () => {
+    const r = spawnSync(hcclOrderDriver(), [writeRankTable(mkdtempSync(join(tmp, 'order-')), 1)], { encoding: 'utf8', env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1:exitcode=86' } });
+    const checks = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { name: string; ok: boolean; message: string });
+    expect(checks.map((c) => c.name)).toEqual([
+      'HcclWorld: upload, collective, download on one stream, then waits',
+      'an upload on another stream without an event is not seen by the collective',
+      'the result reaches the host only when the stream is synchronised',
+      'no device memory, stream or event left',
+    ]);
+    for (const c of checks) expect(c.ok, `${c.name}: ${c.message}`).toBe(true);
+    expect(r.status, r.stderr).toBe(0);
+  }, 600_000);
 
   it('a failing HCCL call rejects with the code\'s name, meaning and HCCL\'s text; the next call works', async () => {
     Object.assign(process.env, fakeCannEnv(home));
