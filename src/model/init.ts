@@ -1,5 +1,6 @@
 // Random but well-conditioned DeepSeek V4 checkpoints in the official layout as shipped:
-// `tiny` (every feature, fast enough for tests) and `small` (for benchmarks). The same preset,
+// `tiny` (every feature, fast enough for tests), `small` (for benchmarks) and `flash` (V4-Flash's
+// exact widths, with the layer and routed-expert counts as options). The same preset, options,
 // seed and format give byte-identical files (seeded PRNG per tensor, no dates in files).
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,7 +15,7 @@ import { f32ToBf16Bytes, f32ToBytes, FP4_GROUP, FP8_BLOCK, quantFp4, quantFp8Blo
 import { expectedTensors, type ExpectedTensor, type Layout } from './layout.js';
 import type { Dtype } from './safetensors.js';
 
-export type Preset = 'tiny' | 'small';
+export type Preset = 'tiny' | 'small' | 'flash';
 export type InitFormat = 'fp8' | 'bf16';
 
 const COMMON = {
@@ -46,7 +47,9 @@ const COMMON = {
 /**
  * The presets' config.json fields. tiny: a sliding-only layer, ratio-4 layers with the indexer,
  * a ratio-128 layer, one hash layer then scored routing, MTP; hidden 64. small: hidden 512, 6
- * layers, 16 experts, head_dim 128, for benchmarks. Both: the real vocabulary (129280) and an
+ * layers, 16 experts, head_dim 128, for benchmarks. flash: V4-Flash's widths (hidden 4096, 64
+ * heads × 512, q_lora 1024, 8 output groups × 1024, experts 2048 wide top-6, indexer 64 × 128
+ * top-512, window 128), sized by PresetOptions. All: the real vocabulary (129280) and an
  * index_head_dim that is a multiple of 64.
  */
 export const PRESETS: Readonly<Record<Preset, Record<string, unknown>>> = {
@@ -92,12 +95,74 @@ export const PRESETS: Readonly<Record<Preset, Record<string, unknown>>> = {
     index_topk: 16,
     max_position_embeddings: 65536,
   },
+  flash: {
+    ...COMMON,
+    hidden_size: 4096,
+    num_hidden_layers: 2,
+    num_attention_heads: 64,
+    head_dim: 512,
+    qk_rope_head_dim: 64,
+    q_lora_rank: 1024,
+    o_groups: 8,
+    o_lora_rank: 1024,
+    n_routed_experts: 32,
+    num_experts_per_tok: 6,
+    moe_intermediate_size: 2048,
+    num_hash_layers: 1,
+    swiglu_limit: 10,
+    sliding_window: 128,
+    compress_ratios: [4, 128, 0],
+    index_n_heads: 64,
+    index_head_dim: 128,
+    index_topk: 512,
+    max_position_embeddings: 1048576,
+  },
 };
 
-/** config.json of a preset in a format: fp8 (FP8 attention/shared expert, FP4 routed experts) or bf16 */
-export function presetConfigJson(preset: Preset, format: InitFormat): Record<string, unknown> {
-  const base = PRESETS[preset];
-  if (!base) throw new InputError(`--preset: unknown preset "${String(preset)}" (tiny or small)`);
+/** The layer and routed-expert counts of a `flash` preset (the other presets have fixed sizes). */
+export interface PresetOptions {
+  /** layers (1–43; default 2): ratio 4 (CSA with the indexer) on even layers, 128 (HCA) on odd ones */
+  layers?: number;
+  /** routed experts (6–256; default 32), 6 of them per token */
+  experts?: number;
+}
+
+/** V4-Flash's real counts, the upper bounds of the flash preset's options. */
+export const FLASH_MAX = { layers: 43, experts: 256 } as const;
+
+/**
+ * The flash preset's config fields for its options: layers alternate ratio 4 and 128 (the MTP
+ * block's entry is 0), the first min(3, layers − 1) layers are hash-routed (V4-Flash: 3), so
+ * every count keeps at least one scored layer.
+ */
+function flashSizes(opts: PresetOptions): Record<string, unknown> {
+  const layers = opts.layers ?? 2;
+  const experts = opts.experts ?? 32;
+  if (!Number.isInteger(layers) || layers < 1 || layers > FLASH_MAX.layers) {
+    throw new InputError(`flash preset: layers must be an integer in 1..${FLASH_MAX.layers} (got ${layers})`);
+  }
+  if (!Number.isInteger(experts) || experts < 6 || experts > FLASH_MAX.experts) {
+    throw new InputError(`flash preset: experts must be an integer in 6..${FLASH_MAX.experts} (got ${experts})`);
+  }
+  return {
+    num_hidden_layers: layers,
+    n_routed_experts: experts,
+    num_hash_layers: Math.min(3, layers - 1),
+    compress_ratios: [...Array.from({ length: layers }, (_, i) => (i % 2 === 0 ? 4 : 128)), 0],
+  };
+}
+
+/**
+ * config.json of a preset in a format: fp8 (FP8 attention/shared expert, FP4 routed experts) or
+ * bf16; `opts` sizes the flash preset (the other presets refuse them).
+ */
+export function presetConfigJson(preset: Preset, format: InitFormat, opts: PresetOptions = {}): Record<string, unknown> {
+  const fixed = PRESETS[preset];
+  if (!fixed) throw new InputError(`--preset: unknown preset "${String(preset)}" (tiny, small or flash)`);
+  if (preset !== 'flash' && (opts.layers !== undefined || opts.experts !== undefined)) {
+    throw new InputError(`preset ${preset}: layers and experts are options of the flash preset only`);
+  }
+  const base = preset === 'flash' ? { ...fixed, ...flashSizes(opts) } : fixed;
   if (format === 'bf16') return { ...base };
   return {
     ...base,
@@ -211,17 +276,23 @@ export function initTensorBytes(t: ExpectedTensor, plan: TensorPlan, c: V4Config
   }
 }
 
-export interface InitOptions {
+export interface InitOptions extends PresetOptions {
   preset: Preset;
   out: string;
   seed?: number;
   format?: InitFormat;
-  /** shard size limit (default: 16 MiB for tiny, 256 MiB for small), so the output is sharded like a release */
+  /** shard size limit (default: 16 MiB for tiny, 256 MiB for small, 2 GiB for flash), so the output is sharded like a release */
   maxShardBytes?: number;
   /** official (default, as shipped) or transformers names */
   layout?: Layout;
   /** write tokenizer.json + tokenizer_config.json (default true) */
   tokenizer?: boolean;
+  /**
+   * Tests only: a smaller vocab_size (embedding and head rows) at the preset's widths, so a
+   * full-width checkpoint is written in seconds; needs tokenizer: false (the embedded tokenizer
+   * has 129280 ids). Not a recipe or CLI option.
+   */
+  vocabSize?: number;
   onTensor?: (done: number, total: number) => void;
   /** replace an output folder v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
@@ -242,13 +313,17 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
   if (format !== 'fp8' && format !== 'bf16') throw new InputError(`--format: must be fp8 or bf16 (got "${String(format)}")`);
   const seed = opts.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new InputError(`--seed: must be an integer in 0..4294967295 (got ${seed})`);
-  const cfgJson = presetConfigJson(opts.preset, format);
+  const cfgJson = presetConfigJson(opts.preset, format, { layers: opts.layers, experts: opts.experts });
+  if (opts.vocabSize !== undefined) {
+    if (opts.tokenizer !== false) throw new InputError('initModel: vocabSize needs tokenizer: false (the embedded tokenizer has 129280 ids)');
+    cfgJson.vocab_size = opts.vocabSize;
+  }
   const config = parseConfig(cfgJson, `preset ${opts.preset}`);
   const expected = expectedTensors(config);
   const byName = new Map(expected.map((t) => [t.name, t]));
   const plans = expected.map((t) => storedPlan(t, format));
   const planByName = new Map(plans.map((p) => [p.name, p]));
-  const maxShardBytes = opts.maxShardBytes ?? (opts.preset === 'tiny' ? 16 : 256) * 1024 * 1024;
+  const maxShardBytes = opts.maxShardBytes ?? ({ tiny: 16, small: 256, flash: 2048 } as const)[opts.preset] * 1024 * 1024;
   let done = 0;
   const shards = await writeDirAtomic(opts.out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));

@@ -56,6 +56,9 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
   if (r.model !== undefined && (model.path === undefined) === (model.preset === undefined)) {
     throw new InputError(`${path}: model needs exactly one of model.path or model.preset (got ${model.path ? 'both' : 'neither'})`);
   }
+  if (model.preset !== 'flash' && (model.layers !== undefined || model.experts !== undefined)) {
+    throw new InputError(`${path}: model.layers and model.experts size the flash preset only (got preset ${model.preset ?? 'none'})`);
+  }
   if (r.train.steps !== undefined && r.train.epochs !== undefined) {
     throw new InputError(`${path}: train needs at most one of train.steps and train.epochs (got both: ${r.train.steps} steps, ${r.train.epochs} epochs)`);
   }

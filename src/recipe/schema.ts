@@ -14,8 +14,12 @@ export const DEFAULT_TARGETS = [
 export const modelSchema = z.object({
   path: z.string().min(1).optional()
     .describe('Folder of a DeepSeek V4 checkpoint as shipped (config.json, safetensors shards + index). Give this or `preset`.'),
-  preset: z.enum(['tiny', 'small']).optional()
-    .describe('Create a random V4 checkpoint of this size on the fly (in `<output>/model`) instead of loading one: `tiny` exercises every V4 feature and trains in seconds, `small` is for benchmarks.'),
+  preset: z.enum(['tiny', 'small', 'flash']).optional()
+    .describe('Create a random V4 checkpoint of this size on the fly (in `<output>/model`) instead of loading one: `tiny` exercises every V4 feature and trains in seconds, `small` is for benchmarks, `flash` has V4-Flash\'s exact widths and formats (sized by `layers` and `experts`).'),
+  layers: int().min(1).max(43).optional()
+    .describe('`flash` preset only: number of layers, ratio 4 (with the indexer) and 128 alternating (default 2; V4-Flash has 43).'),
+  experts: int().min(6).max(256).optional()
+    .describe('`flash` preset only: routed experts, 6 per token (default 32; V4-Flash has 256).'),
   seed: int().min(0).default(0)
     .describe('Seed of the preset checkpoint; the same seed gives byte-identical files.'),
   format: z.enum(['fp8', 'bf16']).default('fp8')

@@ -55,8 +55,8 @@ async function stamped<T>(recipe: LoadedRecipe, name: string, key: string, done:
 
 /** The preset settings a created model folder was made with (beside it, in the run folder). */
 function presetStamp(recipe: LoadedRecipe): string {
-  const { preset, seed, format } = recipe.model;
-  return `${JSON.stringify({ preset, seed, format })}\n`;
+  const { preset, seed, format, layers, experts } = recipe.model;
+  return `${JSON.stringify({ preset, seed, format, layers, experts })}\n`;
 }
 
 /** The model stage: the recipe's checkpoint folder, creating a preset when asked. */
@@ -75,6 +75,8 @@ async function modelStage(recipe: LoadedRecipe, ctx: CliContext): Promise<{ dir:
     out: dir,
     seed: recipe.model.seed,
     format: recipe.model.format,
+    layers: recipe.model.layers,
+    experts: recipe.model.experts,
     onTensor: (done, total) => (bar ??= ctx.progress(`model: creating the ${recipe.model.preset} preset`, total, 'tensors')).update(done),
   });
   bar?.stop();
