@@ -1,11 +1,14 @@
 // `npm run bench`: every benchmark, one after another (never in parallel: they would share the
 // cores), each writing its JSON into bench/results/. Needs the compiled package (npm ci / npm run build).
-// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, checkpointing, distributed; default all)
+// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, checkpointing, distributed, step, merge; default all)
+// step and merge create a flash checkpoint (2 layers, 32 experts, ~3.7 GB; tens of minutes on 2
+// cores): V4TUNE_BENCH_FLASH=<dir> reuses one made by `v4tune init-model --preset flash --out <dir>`.
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
+const flashModel = process.env.V4TUNE_BENCH_FLASH ? ['--model', process.env.V4TUNE_BENCH_FLASH] : ['--layers', '2', '--experts', '32'];
 const benches = {
   prepare: [['prepare.mjs']],
   forward: [
@@ -15,6 +18,11 @@ const benches = {
   kernels: [['kernels.mjs', '--model', 'small']],
   checkpointing: [['checkpointing.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/checkpointing.json']],
   distributed: [['distributed.mjs', '--out', 'bench/results/distributed.json']],
+  step: [
+    ['step.mjs', '--preset', 'small', '--tokens', '512', '--reps', '3', '--bf16', '--peft', 'make', '--out', 'bench/results/step-small.json'],
+    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '512,4096', '--reps', '1', '--bf16', '--peft', 'make', '--peft-tokens', '512', '--out', 'bench/results/step-flash.json'],
+  ],
+  merge: [['merge.mjs', ...flashModel, '--out', 'bench/results/merge-flash.json']],
 };
 const wanted = process.argv.slice(2);
 for (const name of wanted) {

@@ -1,0 +1,202 @@
+// Export at flash width: `v4tune merge` of a rank-16 adapter (default targets, non-zero B) into a
+// multi-GB flash checkpoint (FP8/FP4 requantised, and BF16), in a child process with its peak RSS
+// (getrusage), against a plain copy of the same shard bytes (read and write through a 16 MiB
+// buffer, the copy timed before and after the merges: the mean); then native GPTQ on V4-Flash's
+// expert shapes (w1/w3 [2048, 4096], w2 [4096, 2048], Hessian from 2048 tokens): the time per
+// expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
+// Usage (after `npm run build` and `npm run build:native`):
+//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--out bench/results/merge-flash.json]
+// Without --model the flash preset is created in a temp folder first (minutes).
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createAdapter, saveAdapter } from '../dist/index.js';
+import { tryLoadAddon } from '../dist/backend/native/addon.js';
+import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../dist/backend/native/gptq.js';
+import { gptqRows, int4Quantizer } from '../dist/export/gptq.js';
+import { parseConfig } from '../dist/model/config.js';
+import { initModel } from '../dist/model/init.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..');
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    layers: { type: 'string', default: '2' },
+    experts: { type: 'string', default: '32' },
+    out: { type: 'string', default: 'bench/results/merge-flash.json' },
+    'gptq-tokens': { type: 'string', default: '2048' },
+  },
+});
+const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
+const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+
+/** the shard files of a checkpoint folder and their total bytes */
+function shards(dir) {
+  const files = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).map((f) => join(dir, f));
+  return { files, bytes: files.reduce((s, f) => s + statSync(f).size, 0) };
+}
+
+/** copy every shard through a 16 MiB buffer; seconds */
+function plainCopy(files, outDir) {
+  mkdirSync(outDir, { recursive: true });
+  const buf = Buffer.allocUnsafe(16 << 20);
+  const t0 = performance.now();
+  for (const f of files) {
+    const src = openSync(f, 'r');
+    const dst = openSync(join(outDir, f.split('/').pop()), 'w');
+    for (;;) {
+      const n = readSync(src, buf, 0, buf.length, null);
+      if (n === 0) break;
+      let w = 0;
+      while (w < n) w += writeSync(dst, buf, w, n - w);
+    }
+    closeSync(src);
+    closeSync(dst);
+  }
+  const s = (performance.now() - t0) / 1000;
+  rmSync(outDir, { recursive: true, force: true });
+  return s;
+}
+
+/** `v4tune merge` in a child process: seconds and peak RSS (MB) */
+function cliMerge(model, adapter, out, dtype) {
+  writeFileSync(join(tmp, 'rss.cjs'), "process.on('exit', () => { if (require('node:worker_threads').isMainThread) require('node:fs').writeFileSync(process.env.V4TUNE_RSS_OUT, String(process.resourceUsage().maxRSS)); });\n");
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), '--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype],
+    { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`merge failed (${r.status}): ${r.stderr}`);
+  const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
+  const written = shards(out).bytes;
+  rmSync(out, { recursive: true, force: true });
+  return { seconds, peakMB, written };
+}
+
+/** normal-ish values (sum of 4 uniforms), seeded */
+function randn(n, seed, scale) {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let k = 0; k < 4; k++) {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      s += ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
+    }
+    out[i] = s * scale * 1.732;
+  }
+  return out;
+}
+
+/** native GPTQ of one linear [out, n] with a Hessian from `tokens` correlated inputs: seconds per phase */
+async function gptqLinear(out, n, tokens, seed) {
+  const f = 16;
+  const z = randn(tokens * f, seed, 1);
+  const mix = randn(f * n, seed + 1, 1);
+  const x = randn(tokens * n, seed + 2, 0.3);
+  for (let t = 0; t < tokens; t++) for (let k = 0; k < f; k++) {
+    const zt = z[t * f + k];
+    for (let i = 0; i < n; i++) x[t * n + i] += zt * mix[k * n + i];
+  }
+  const H = new Float64Array(n * n);
+  let t0 = performance.now();
+  hessianAccumulateNative(H, x, 0, tokens, n, n);
+  const hessian = (performance.now() - t0) / 1000;
+  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) H[j * n + i] = H[i * n + j] *= 2 / tokens;
+  const w = randn(out * n, seed + 3, 1 / Math.sqrt(n));
+  const qz = int4Quantizer(out, n, 128);
+  t0 = performance.now();
+  const Q = await gptqInt4Native(w, n, 0, out, H, qz.result, 0.01);
+  const gptq = (performance.now() - t0) / 1000;
+  const E = new Float64Array(out * n);
+  for (let i = 0; i < E.length; i++) E[i] = w[i] - Q[i];
+  t0 = performance.now();
+  const err = await outputErrorSqNative(E, out, n, H);
+  const outputError = (performance.now() - t0) / 1000;
+  const ref = await outputErrorSqNative(Float64Array.from(w), out, n, H);
+  return { shape: [out, n], tokens, hessian_s: round(hessian, 3), gptq_s: round(gptq, 3), output_error_s: round(outputError, 3), rel_output_error: round(Math.sqrt(err / ref), 4), H, w };
+}
+
+try {
+  const addon = tryLoadAddon();
+  if (!addon) throw new Error('bench/merge: the native addon is not built (npm run build:native)');
+  let model = values.model;
+  if (!model) {
+    model = join(tmp, 'flash');
+    await initModel({ preset: 'flash', layers: Number(values.layers), experts: Number(values.experts), out: model, seed: 0 });
+  }
+  const config = parseConfig(JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')), 'config.json');
+  const base = shards(model);
+  const adapter = createAdapter({ config }, { r: 16, alpha: 32, seed: 1 });
+  for (const l of adapter.layers.values()) l.B.fill(0.001);
+  await saveAdapter(adapter, join(tmp, 'adapter'));
+  console.log(`merge: ${model}, ${(base.bytes / 1e9).toFixed(2)} GB in ${base.files.length} shards, ${adapter.layers.size} adapted modules`);
+
+  const copy1 = plainCopy(base.files, join(tmp, 'copy'));
+  const original = cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original');
+  const bf16 = cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16');
+  const copy2 = plainCopy(base.files, join(tmp, 'copy'));
+  const copyS = (copy1 + copy2) / 2;
+  const mbs = (bytes, s) => round(bytes / 1e6 / s);
+  const merge = {
+    base_bytes: base.bytes,
+    copy: { seconds: [round(copy1, 2), round(copy2, 2)], mb_per_s: mbs(base.bytes, copyS) },
+    original: { seconds: round(original.seconds, 2), mb_per_s: mbs(base.bytes, original.seconds), of_copy: round(copyS / original.seconds, 3), peak_rss_mb: round(original.peakMB), bytes_written: original.written },
+    bf16: { seconds: round(bf16.seconds, 2), mb_per_s: mbs(base.bytes, bf16.seconds), of_copy: round(copyS / bf16.seconds, 3), peak_rss_mb: round(bf16.peakMB), bytes_written: bf16.written },
+  };
+  console.log(`copy ${merge.copy.mb_per_s} MB/s; merge original ${merge.original.mb_per_s} MB/s (${merge.original.of_copy} of copy, peak RSS ${merge.original.peak_rss_mb} MB); bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
+
+  // GPTQ on the expert shapes of V4-Flash
+  const tokens = Number(values['gptq-tokens']);
+  const d = 4096;
+  const I = 2048;
+  const w1 = await gptqLinear(I, d, tokens, 11);
+  const w2 = await gptqLinear(d, I, tokens, 21);
+  const perExpert = 2 * (w1.gptq_s + w1.hessian_s + 3 * w1.output_error_s) + w2.gptq_s + w2.hessian_s + 3 * w2.output_error_s;
+  // the TypeScript reference on a slice (128 rows of w2's shape) for the speed-up on the same rows
+  const sliceRows = 128;
+  let t0 = performance.now();
+  gptqRows(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128), { damp: 0.01 });
+  const tsSlice = (performance.now() - t0) / 1000;
+  t0 = performance.now();
+  await gptqInt4Native(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128).result, 0.01);
+  const natSlice = (performance.now() - t0) / 1000;
+  const flashExperts = 43 * 256;
+  const gptq = {
+    threads: addon.info().threads,
+    w1_w3: { ...w1, H: undefined, w: undefined },
+    w2: { ...w2, H: undefined, w: undefined },
+    per_expert_s: round(perExpert, 2),
+    note_per_expert: 'w1 and w3 each: Hessian accumulation + GPTQ (Cholesky, inverse, column loop) + the 3 output-error traces the export reports; w2 the same at its shape. w1 and w3 read the same input, so a Hessian shared between them would save one accumulation and one factorisation.',
+    slice_rows: sliceRows,
+    typescript_slice_s: round(tsSlice, 2),
+    native_slice_s: round(natSlice, 3),
+    native_speedup_on_slice: round(tsSlice / natSlice, 1),
+    v4_flash_routed_experts: flashExperts,
+    v4_flash_experts_hours: round((perExpert * flashExperts) / 3600, 1),
+  };
+  console.log(`GPTQ per expert ${gptq.per_expert_s} s (${gptq.threads} threads); V4-Flash's ${flashExperts} routed experts: ${gptq.v4_flash_experts_hours} h; TS/native on a ${sliceRows}-row slice: ${gptq.native_speedup_on_slice}×`);
+
+  const result = {
+    bench: 'merge',
+    model: values.model ?? `created (flash, ${values.layers} layers, ${values.experts} experts, seed 0)`,
+    merge,
+    gptq,
+    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk, before and after the merges (page cache as the merges see it). Peak RSS: getrusage of the merge process.',
+    loadavg_end: loadavg(),
+    cpus: cpus().length,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    node: process.version,
+    date: new Date().toISOString(),
+  };
+  mkdirSync(dirname(values.out), { recursive: true });
+  writeFileSync(values.out, `${JSON.stringify(result, null, 2)}\n`);
+} finally {
+  rmSync(tmp, { recursive: true, force: true });
+}
