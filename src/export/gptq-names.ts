@@ -1,23 +1,10 @@
-// Tensor names of the `gptq` output: GPTQModel's deepseek_v4 definition
-// (gptqmodel/models/definitions/deepseek_v4.py) walks transformers' module tree — `model.layers.N`
-// with self_attn.{q_a_proj, q_b_proj, kv_proj, o_b_proj} quantised and o_a_proj left as it is
-// (`o_a_proj:!`), mlp.shared_experts.{gate,up,down}_proj, and the routed experts one module per
-// expert, mlp.experts.E.{gate,up,down}_proj (w1, w3, w2). Everything else keeps its transformers
-// name (model/layout.ts); the MTP block, which transformers does not model, keeps its official names.
-import { officialToTransformers } from '../model/layout.js';
+// Which linears the `gptq` output quantises: those of linears.ts except wo_a — GPTQModel's
+// deepseek_v4 definition leaves o_a_proj unquantised (`o_a_proj:!`). Names: model/gptq-names.ts.
 import { linearKind } from './linears.js';
 
-const EXPERT_RE = /^layers\.(\d+)\.ffn\.experts\.(\d+)\.(w[123])\.weight$/;
-const EXPERT_PROJ: Readonly<Record<string, string>> = { w1: 'gate_proj', w2: 'down_proj', w3: 'up_proj' };
+export { gptqModelName } from '../model/gptq-names.js';
 
-/** the GPTQModel name of an official tensor (`X.weight` of a quantised linear: its module `X` + `.weight`) */
-export function gptqModelName(official: string, moeIntermediate: number): string {
-  const e = EXPERT_RE.exec(official);
-  if (e) return `model.layers.${e[1]}.mlp.experts.${e[2]}.${EXPERT_PROJ[e[3]!]}.weight`;
-  return officialToTransformers(official, moeIntermediate).tensor;
-}
-
-/** whether the gptq output quantises an official tensor: the linears of linears.ts except wo_a (GPTQModel leaves o_a_proj unquantised) */
+/** whether the gptq output quantises an official tensor */
 export function gptqQuantises(official: string): boolean {
   return linearKind(official) !== null && !official.endsWith('.attn.wo_a.weight');
 }

@@ -18,7 +18,7 @@ import type { ModelSource } from './v4/weights.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, f16BytesToF32, f32BytesToF32 } from './formats.js';
 import { expectedTensors } from './layout.js';
-import { gptqModelName } from '../export/gptq-names.js';
+import { gptqModelName } from './gptq-names.js';
 import { numel, SafetensorsSet, type TensorEntry } from './safetensors.js';
 import { readJsonFile } from '../fsutil.js';
 
