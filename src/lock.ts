@@ -3,9 +3,9 @@
 // host) is stale: it is reported and taken over. Locks are re-entrant within one process
 // (`run` holds the run folder's lock while its train stage takes it again) and released when
 // the process exits, Ctrl-C included.
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { InputError } from './errors.js';
 import { pidAlive } from './fsutil.js';
 
@@ -19,6 +19,7 @@ interface LockInfo {
 }
 
 const held = new Map<string, number>();
+const createdDirs = new Set<string>();
 let exitHookInstalled = false;
 
 function readLock(path: string): LockInfo | null {
@@ -56,8 +57,12 @@ export interface RunLock {
  * the holder when another live process holds it; `note` hears about a stale lock taken over.
  */
 export function lockRunFolder(dir: string, what: string, note?: (line: string) => void): RunLock {
-  mkdirSync(dir, { recursive: true });
   const path = resolve(join(dir, LOCK_FILE));
+  // a run refused before it wrote anything leaves no folder behind
+  if (!existsSync(dir) && !held.has(path)) {
+    mkdirSync(dir, { recursive: true });
+    createdDirs.add(path);
+  }
   const count = held.get(path);
   if (count !== undefined) {
     held.set(path, count + 1);
@@ -106,6 +111,10 @@ function releaser(path: string): RunLock {
       }
       held.delete(path);
       rmSync(path, { force: true });
+      if (createdDirs.delete(path)) {
+        const dir = dirname(path);
+        if (readdirSync(dir).length === 0) rmdirSync(dir);
+      }
     },
   };
 }
