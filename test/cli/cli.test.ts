@@ -42,7 +42,7 @@ describe('cli', () => {
 describe('docs', () => {
   it('generates the recipe reference from the schema descriptions', () => {
     const ref = recipeReference();
-    expect(ref).toContain('| `data.seq_len` | number | `1024` | Tokens per row. |');
+    expect(ref).toContain('| `data.seq_len` | number | `1024` | Tokens per row; at most the model\'s max_position_embeddings (and 1048576). |');
     expect(ref).toContain('`train.backend`');
     expect(ref).toContain('`data.sources[].text_field`');
   });
