@@ -35,7 +35,7 @@ describe('v4tune init-model', () => {
   it('an unknown preset or format exits 2 with one line naming the flag', async () => {
     const a = await run(['init-model', '--preset', 'medium', '--out', join(root, 'x')]);
     expect(a.code).toBe(2);
-    expect(a.stderr).toBe('v4tune: --preset: unknown preset "medium" (tiny or small)\n');
+    expect(a.stderr).toBe('v4tune: --preset: unknown preset "medium" (tiny, small or flash)\n');
     const b = await run(['init-model', '--preset', 'tiny', '--out', join(root, 'x'), '--format', 'fp16']);
     expect(b.code).toBe(2);
     expect(b.stderr).toContain('--format');

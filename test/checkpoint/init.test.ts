@@ -103,6 +103,6 @@ describe('init-model tiny', () => {
     const c = parseConfig(presetConfigJson('small', 'fp8'), 'small');
     expect([c.hidden_size, c.n_routed_experts, c.moe_intermediate_size, c.head_dim, c.vocab_size]).toEqual([512, 16, 256, 128, 129280]);
     expect(c.index_head_dim % 64).toBe(0);
-    expect(Object.keys(PRESETS)).toEqual(['tiny', 'small']);
+    expect(Object.keys(PRESETS)).toEqual(['tiny', 'small', 'flash']);
   });
 });
