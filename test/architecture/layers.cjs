@@ -1,0 +1,61 @@
+// The layers of src/, bottom to top. A module may import its own layer and the layers below it,
+// never one above: leaves (errors, fs rules, locks, random, nearest names, version) and the
+// compute backends sit under the data, the model, LoRA, training, export, the report, and the
+// CLI on top. Type-only imports count too, except the recipe's parsed type, which every stage
+// takes as its argument. Checked by dependency-cruiser in test/architecture/layers.test.ts.
+const LAYERS = [
+  ['leaves', '^src/(errors|fsutil|lock|random|nearest|version)\\.ts$'],
+  ['backend', '^src/backend/'],
+  ['data', '^src/(data|chat)/'],
+  ['model', '^src/model/'],
+  ['recipe', '^src/recipe/'],
+  ['lora', '^src/lora/'],
+  ['train', '^src/(train|distributed)/'],
+  ['export', '^src/export/'],
+  ['report', '^src/report/'],
+  ['cli', '^src/cli/'],
+  ['package', '^src/index\\.ts$'],
+];
+
+const forbidden = [];
+LAYERS.forEach(([name, path], i) => {
+  const above = LAYERS.slice(i + 1).map(([, p]) => `(${p})`).join('|');
+  if (!above) return;
+  forbidden.push({
+    name: `${name}-imports-upward`,
+    comment: `${name} may not import a layer above it`,
+    severity: 'error',
+    from: { path },
+    to: { path: above, pathNot: '^src/recipe/load\\.ts$', dependencyTypesNot: [] },
+  });
+});
+forbidden.push({
+  name: 'recipe-type-only',
+  comment: 'below the recipe layer, the parsed recipe is taken as a type only',
+  severity: 'error',
+  from: { path: LAYERS.slice(0, 4).map(([, p]) => `(${p})`).join('|') },
+  to: { path: '^src/recipe/load\\.ts$', dependencyTypesNot: ['type-only'] },
+});
+forbidden.push({
+  name: 'backends-independent',
+  comment: 'one backend never imports another (shared host code lives in src/backend/*.ts)',
+  severity: 'error',
+  from: { path: '^src/backend/([^/]+)/' },
+  to: { path: '^src/backend/([^/]+)/', pathNot: '^src/backend/$1/' },
+});
+forbidden.push({
+  name: 'no-cycles',
+  severity: 'error',
+  from: { path: '^src/' },
+  to: { circular: true },
+});
+
+module.exports = {
+  forbidden,
+  options: {
+    doNotFollow: { path: 'node_modules' },
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: 'tsconfig.json' },
+    enhancedResolveOptions: { extensions: ['.ts', '.js'] },
+  },
+};
