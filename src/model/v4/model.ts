@@ -5,7 +5,7 @@
 import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
 import { SavedBytes, Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
-import { meanLoss } from '../../train/loss.js';
+import { meanLoss } from '../loss.js';
 import type { V4Config } from '../config.js';
 import { block, checkpointedBlock } from './block.js';
 import { Graph, type AdapterView, type DropoutPlan, type LinearInputSink, type RoutingSink } from './graph.js';

@@ -1,6 +1,6 @@
 // One packed row: token ids and its segments (independent sequences laid end to end).
 import { InputError } from '../../errors.js';
-import { nextTokenTargets as targetsOf } from '../../train/loss.js';
+import { nextTokenTargets as targetsOf } from '../loss.js';
 
 export interface Seq {
   /** tokens in the row */
@@ -45,7 +45,7 @@ export function makeSeq(ids: Int32Array, segments?: ArrayLike<number> | null): S
   return { T, ids, segs, pos, segStart, segOf, maxLen };
 }
 
-/** Next-token targets of the row (src/train/loss.ts convention): −1 where t does not count. */
+/** Next-token targets of the row (src/model/loss.ts convention): −1 where t does not count. */
 export function nextTokenTargets(seq: Seq, lossMask: Uint8Array | null): Int32Array {
   return targetsOf(seq.ids, seq.segOf, lossMask);
 }
