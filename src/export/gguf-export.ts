@@ -25,10 +25,10 @@ import { dequantizeQ5_0, dequantizeQ8_0, quantizeQ5_0, quantizeQ8_0 } from './gg
 import { deepseek4Metadata, deepseek4Vocab, ggufName, MTP_EH_PARTS, type GgufPart } from './llama-deepseek4.js';
 import { linearKind, yieldLoop, type LinearKind } from './linears.js';
 import { Q4_K_BLOCK } from './q4k.js';
-import type { QuantizeOptions, WriteResult } from './quantize.js';
+import type { GgufFormat, QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
 
-export type GgufFormat = 'gguf-f32' | 'gguf-f16' | 'gguf-bf16' | 'gguf-q8_0' | 'gguf-q4_0' | 'gguf-q4_k';
+export type { GgufFormat } from './quantize-types.js';
 
 /** each format: the file label (`model-<label>.gguf`) and llama.cpp's general.file_type (llama_ftype) */
 export const GGUF_FORMATS: Readonly<Record<GgufFormat, { label: string; fileType: number }>> = {

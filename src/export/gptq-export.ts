@@ -18,7 +18,7 @@ import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
 import { gptqModelName, gptqQuantises } from './gptq-names.js';
 import { checkGroupable, type Int4Weight } from './int4.js';
 import { linearKind, yieldLoop } from './linears.js';
-import type { QuantizeOptions, WriteResult } from './quantize.js';
+import type { QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
 
 // ---------------------------------------------------------------- GPTQ safetensors

@@ -23,104 +23,25 @@ import { openDataset } from '../data/dataset.js';
 import { InputError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { Checkpoint } from '../model/checkpoint.js';
-import type { CalibrationRow, CalibrationSession } from './calibrate.js';
 import { GGUF_FORMATS, isGgufFormat, writeGguf, type GgufFormat } from './gguf-export.js';
 import { writeGptq } from './gptq-export.js';
-import type { LinearKind } from './linears.js';
+import type { CalibrationRow } from './calibrate.js';
+import type { CalibrationOptions, QuantFormat, QuantizeOptions, QuantizeSummary, QuantMethod, WriteResult } from './quantize-types.js';
 import { ErrorAccumulator, GptqRounder, openCalibration, RtnRounder, type Rounder } from './rounders.js';
 
 export { linearKind, type LinearKind } from './linears.js';
 export { ggufName } from './llama-deepseek4.js';
 export { openCalibration } from './rounders.js';
 export { packGptq } from './gptq-export.js';
-export type { GgufFormat } from './gguf-export.js';
-
-export type QuantFormat = 'gptq' | GgufFormat;
-export type QuantMethod = 'rtn' | 'gptq';
+export type { CalibrationOptions, CalibrationSummary, GgufFormat, KindStats, QuantFormat, QuantizeOptions, QuantizeSummary, QuantMethod, WriteResult } from './quantize-types.js';
 
 /** every format the quantize stage writes */
 export const QUANT_FORMATS: readonly QuantFormat[] = ['gptq', ...(Object.keys(GGUF_FORMATS) as GgufFormat[])];
 
-export interface QuantizeOptions {
-  /** checkpoint folder (config.json + safetensors) */
-  model: string;
-  /** gptq: the output folder; gguf-*: the output .gguf file (the MTP block goes to `mtp-<name>` beside it) */
-  out: string;
-  /** replace an output folder v4tune did not write (the user's --overwrite) */
-  overwrite?: boolean;
-  format: QuantFormat;
-  method: QuantMethod;
-  /** INT4 group size along the input (gptq format; Q4_0 / Q8_0 blocks are always 32, Q4_K super-blocks 256) */
-  groupSize: number;
-  /** shard size of the gptq output (default 4 GiB) */
-  maxShardBytes?: number;
-  /** called after each tensor */
-  onTensor?: (done: number, total: number, name: string) => void;
-  /** method gptq: the calibration rows and settings (required there) */
-  calibration?: CalibrationOptions;
-  /**
-   * method gptq: the calibration model and Hessians shared with the other formats of a quantize
-   * stage (openCalibration; quantizeRecipe passes one); without it this call loads its own
-   */
-  session?: CalibrationSession;
-}
 
-export interface CalibrationOptions {
-  /** token rows the model runs on (non-empty) */
-  rows: CalibrationRow[];
-  /** dampening, a fraction of the mean diagonal of each Hessian (AutoGPTQ damp_percent) */
-  damp: number;
-  /** backend of the calibration forwards (default auto) */
-  backend?: BackendName;
-  /** memory bound of one window of Hessians (calibrate.ts; default 4 GiB) */
-  hessianBudgetBytes?: number;
-  /** where the backend note goes */
-  note?: (line: string) => void;
-}
 
-export interface KindStats {
-  tensors: number;
-  weights: number;
-  maxAbsError: number;
-  meanAbsError: number;
-  /** ‖W − Ŵ‖ / ‖W‖ over all weights of the kind */
-  relRmsError: number;
-  /** method gptq: ‖(W − Ŵ)Xᵀ‖ / ‖W Xᵀ‖ on the calibration inputs X, over the linears of the kind */
-  relOutputError?: number;
-  /** method gptq: the same for round to nearest (what GPTQ improves on) */
-  rtnRelOutputError?: number;
-}
 
-export interface QuantizeSummary {
-  format: QuantFormat;
-  method: QuantMethod;
-  model: string;
-  out: string;
-  groupSize: number;
-  tensorsQuantized: number;
-  tensorsKept: number;
-  /** quantisable linears not in the format's own type (GGUF: Q5_0 for Q4_K rows not a multiple of 256, F16 where 32 does not divide the rows either) */
-  tensorsFallback: string[];
-  /** tensors of the checkpoint not written (GGUF: a hash layer's gate bias, which llama.cpp does not read) */
-  tensorsSkipped: number;
-  bytesIn: number;
-  bytesOut: number;
-  compression: number;
-  errors: Partial<Record<LinearKind, KindStats>>;
-  /** method gptq: the calibration that fed it */
-  calibration?: CalibrationSummary;
-}
 
-export interface CalibrationSummary {
-  rows: number;
-  damp: number;
-  /** forwards over the calibration rows for this format (one per window of Hessians; 0 when reused) */
-  passes: number;
-  /** the Hessians of the previous format of the stage were reused (no forward of its own) */
-  reused: boolean;
-  /** linears no calibration input reached (routed experts never chosen): rounded to nearest */
-  rtnFallback: string[];
-}
 
 /** the checkpoint's safetensors bytes (what the shards hold) */
 function checkpointBytes(dir: string): number {
@@ -153,7 +74,6 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
   }
 }
 
-export type WriteResult = Pick<QuantizeSummary, 'tensorsQuantized' | 'tensorsKept' | 'tensorsFallback' | 'tensorsSkipped' | 'bytesOut' | 'errors'> & { mtpOut?: string | null };
 
 /** a GGUF format's file(s), then its summary beside it (`<file>.json`) */
 async function writeGgufFormat(ckpt: Checkpoint, opts: QuantizeOptions, format: QuantFormat, rounder: Rounder): Promise<WriteResult> {

@@ -12,7 +12,7 @@ import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, ty
 import { dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
 import type { LinearKind } from './linears.js';
-import type { CalibrationOptions, CalibrationSummary, KindStats } from './quantize.js';
+import type { CalibrationOptions, CalibrationSummary, KindStats } from './quantize-types.js';
 
 /** per-kind weight errors and (method gptq) output errors of the quantised linears */
 export class ErrorAccumulator {

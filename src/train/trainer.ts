@@ -14,7 +14,7 @@ import { peftKey } from '../lora/peft.js';
 import type { V4Model } from '../model/v4/model.js';
 import { ADAMW_DEFAULTS, adamwUpdate, zeroMoments, type Moments } from './adamw.js';
 import { accumulateGrads, clipCoefficient, globalNorm } from './grads.js';
-import { nextTokenTargets } from './loss.js';
+import { nextTokenTargets } from '../model/loss.js';
 import { DataOrder, type OrderState } from './order.js';
 import { learningRate, type ScheduleKind } from './schedule.js';
 
