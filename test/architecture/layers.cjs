@@ -1,8 +1,8 @@
 // The layers of src/, bottom to top. A module may import its own layer and the layers below it,
 // never one above: leaves (errors, fs rules, locks, random, nearest names, version) and the
-// compute backends sit under the data, the model, LoRA, training, export, the report, and the
-// CLI on top. Type-only imports count too, except the recipe's parsed type, which every stage
-// takes as its argument. Checked by dependency-cruiser in test/architecture/layers.test.ts.
+// compute backends sit under the data, the model, LoRA, training, export, the report, the
+// stages (one library function per CLI verb) and the CLI on top. Type-only imports count too,
+// except the recipe's parsed type, which every stage takes as its argument. Checked by dependency-cruiser in test/architecture/layers.test.ts.
 const LAYERS = [
   ['leaves', '^src/(errors|fsutil|lock|random|nearest|version)\\.ts$'],
   ['backend', '^src/backend/'],
@@ -13,6 +13,7 @@ const LAYERS = [
   ['train', '^src/(train|distributed)/'],
   ['export', '^src/export/'],
   ['report', '^src/report/'],
+  ['stages', '^src/stages/'],
   ['cli', '^src/cli/'],
   ['package', '^src/index\\.ts$'],
 ];
@@ -38,10 +39,17 @@ forbidden.push({
 });
 forbidden.push({
   name: 'backends-independent',
-  comment: 'one backend never imports another (shared host code lives in src/backend/*.ts)',
+  comment: 'one backend never imports another (shared host code lives in src/backend/*.ts); the ascend backend is the native one with its LoRA ops on the NPU, so it alone builds on backend/native',
   severity: 'error',
-  from: { path: '^src/backend/([^/]+)/' },
+  from: { path: '^src/backend/([^/]+)/', pathNot: '^src/backend/ascend/' },
   to: { path: '^src/backend/([^/]+)/', pathNot: '^src/backend/$1/' },
+});
+forbidden.push({
+  name: 'ascend-only-on-native',
+  comment: 'the ascend backend builds on the native backend only, never on tfjs',
+  severity: 'error',
+  from: { path: '^src/backend/ascend/' },
+  to: { path: '^src/backend/tfjs/' },
 });
 forbidden.push({
   name: 'no-cycles',

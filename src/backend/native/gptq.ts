@@ -3,8 +3,16 @@
 // same operations in the same order per element, so the codes are the TypeScript reference's
 // (test/native/gptq.test.ts). Each function returns null when the addon is not built (the caller
 // then runs the TypeScript reference).
-import type { Int4Weight } from '../../model/formats.js';
 import { tryLoadAddon } from './addon.js';
+
+/** The INT4 grid GPTQ fills (model/formats.ts Int4Weight has this shape): codes [out, in], per-group scales and zeros. */
+export interface Int4Grid {
+  groupSize: number;
+  q: Uint8Array;
+  scales: Float32Array;
+  scaleBits: Uint16Array;
+  zeros: Uint8Array;
+}
 
 /**
  * H [n, n] (upper triangle) += Σ_t x_tᵀ x_t over the rows of x [rows, ldx] (its first n columns
@@ -22,7 +30,7 @@ export function hessianAccumulateNative(H: Float64Array, x: Float32Array, offset
  * (int4.ts: its groupSize, codes, scales, zeros filled for those rows); returns Q [(r1 − r0), inF],
  * or null without the addon. Throws a RangeError when H + damp is not positive definite.
  */
-export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, result: Int4Weight, damp: number, name = 'gptq'): Promise<Float64Array | null> {
+export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, result: Int4Grid, damp: number, name = 'gptq'): Promise<Float64Array | null> {
   const addon = tryLoadAddon();
   if (!addon) return null;
   const Q = new Float64Array((r1 - r0) * inF);
