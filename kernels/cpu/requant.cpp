@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <immintrin.h>
 #include <vector>
 #include "common.h"
 
@@ -78,15 +79,157 @@ inline uint16_t bf16_encode(float x) {
 }
 
 // d[i] = f32(d[i] + b·a[i]) for i < n (adapter.ts delta: a double product rounded into f32)
-static inline __attribute__((always_inline))
-void delta_row_body(float* d, double b, const float* a, long n) {
+void delta_row(float* d, double b, const float* a, long n) {
   for (long i = 0; i < n; i++) d[i] = float(double(d[i]) + b * double(a[i]));
 }
-V4_AVX512 void delta_row_512(float* d, double b, const float* a, long n) { delta_row_body(d, b, a, n); }
-void delta_row_any(float* d, double b, const float* a, long n) { delta_row_body(d, b, a, n); }
-void delta_row(float* d, double b, const float* a, long n) {
-  if (isa() == Isa::avx512) delta_row_512(d, b, a, n);
-  else delta_row_any(d, b, a, n);
+
+// ---- AVX-512 paths: the same bytes as the scalar code above, element for element ----
+// The encoders work on y = x·2^k in float (2^k the inverse of a power-of-two scale): y is exact
+// wherever the code depends on its value (|y| ≥ 2^-126; below that every encoder gives ±0, and
+// the sign survives the underflow), and the bit arithmetic below is the scalar rounding rule
+// (nearest, ties to even, saturating). They were compared with fp8_encode / fp4_encode /
+// bf16_encode on all 2^32 float inputs when written; test/native/requant.test.ts checks the bytes.
+
+// e4m3 codes of 16 floats (fp8_encode): NaN → 0x7f, |y| ≥ 448 → 0x7e, |y| < 2^-6 → rne(|y|·512),
+// else the float's exponent and top 3 mantissa bits rounded to nearest even, capped at 0x7e.
+V4_AVX512 inline __m128i fp8_encode16(__m512 y) {
+  const __m512i u = _mm512_castps_si512(y);
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+  // normal: ((a − 120·2^23) + 0x7ffff + bit 20) >> 20 == (e + 7)·8 + rne(3-bit mantissa)
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, 20), _mm512_set1_epi32(1));
+  __m512i code = _mm512_srli_epi32(_mm512_add_epi32(_mm512_sub_epi32(a, _mm512_set1_epi32(120 << 23)), _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7ffff))), 20);
+  code = _mm512_min_epi32(code, _mm512_set1_epi32(0x7e));
+  const __mmask16 sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32(0x3c800000));  // |y| < 2^-6
+  const __m512 as = _mm512_mul_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(512.0f));
+  code = _mm512_mask_mov_epi32(code, sub, _mm512_cvt_roundps_epi32(as, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(0x43e00000)), _mm512_set1_epi32(0x7e));  // ≥ 448, inf
+  code = _mm512_or_si512(code, sign);
+  code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epi32_mask(a, _mm512_set1_epi32(0x7f800000)), _mm512_set1_epi32(0x7f));  // NaN
+  return _mm512_cvtepi32_epi8(code);
+}
+
+// e2m1 codes of 16 floats (fp4_encode) packed two a byte, low nibble first: the code is the
+// number of midpoints 0.25 .. 5 below |y|, a tie counting when it rounds up to the even code
+V4_AVX512 inline __m128i fp4_encode16_packed(__m512 y) {
+  const __m512i u = _mm512_castps_si512(y);
+  const __m512 a = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)));
+  __m512i code = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi32(1);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.25f), _CMP_GT_OQ), code, one);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.75f), _CMP_GE_OQ), code, one);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.25f), _CMP_GT_OQ), code, one);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.75f), _CMP_GE_OQ), code, one);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(2.5f), _CMP_GT_OQ), code, one);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.5f), _CMP_GE_OQ), code, one);
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(5.0f), _CMP_GT_OQ), code, one);
+  const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+  code = _mm512_mask_or_epi32(code, ~nan, code, _mm512_and_si512(_mm512_srli_epi32(u, 28), _mm512_set1_epi32(8)));
+  // odd lanes << 4, then each 64-bit pair summed into its low byte
+  code = _mm512_sllv_epi32(code, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
+  const __m512i pair = _mm512_and_si512(_mm512_add_epi64(code, _mm512_srli_epi64(code, 32)), _mm512_set1_epi64(0xff));
+  return _mm512_cvtepi64_epi8(pair);
+}
+
+// bf16 bits of 16 floats (bf16_encode)
+V4_AVX512 inline __m256i bf16_encode16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  h = _mm512_mask_mov_epi32(h, nan, _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000)), _mm512_set1_epi32(0x7fc0)));
+  return _mm512_cvtepi32_epi16(h);
+}
+
+// xr[j] += Σ_k f32-accumulated (b_k·A[k][j]) over the k with b_k ≠ 0, in k order, 64 columns a
+// pass so the f32 → f64 → f32 chain of one column overlaps seven others'
+V4_AVX512 void delta_add_row_512(float* xr, const double* bk, const long* ks, long nk, const double* Ad, long cols) {
+  long j = 0;
+  for (; j + 64 <= cols; j += 64) {
+    __m256 acc[8];
+    for (int v = 0; v < 8; v++) acc[v] = _mm256_setzero_ps();
+    for (long t = 0; t < nk; t++) {
+      const __m512d b = _mm512_set1_pd(bk[t]);
+      const double* a = Ad + ks[t] * cols + j;
+      for (int v = 0; v < 8; v++)
+        acc[v] = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_cvtps_pd(acc[v]), _mm512_mul_pd(b, _mm512_loadu_pd(a + 8 * v))));
+    }
+    for (int v = 0; v < 8; v++) _mm256_storeu_ps(xr + j + 8 * v, _mm256_add_ps(_mm256_loadu_ps(xr + j + 8 * v), acc[v]));
+  }
+  for (; j < cols; j++) {
+    float d = 0;
+    for (long t = 0; t < nk; t++) d = float(double(d) + bk[t] * Ad[ks[t] * cols + j]);
+    xr[j] = xr[j] + d;
+  }
+}
+
+// true when every x[0:n] is finite
+V4_AVX512 bool all_finite_512(const float* x, long n) {
+  long j = 0;
+  __mmask16 bad = 0;
+  for (; j + 16 <= n; j += 16) bad |= _mm512_fpclass_ps_mask(_mm512_loadu_ps(x + j), 0x99);  // NaN, ±inf
+  if (bad) return false;
+  for (; j < n; j++)
+    if (!std::isfinite(x[j])) return false;
+  return true;
+}
+
+V4_AVX512 float absmax_512(const float* x, long n) {
+  __m512 m = _mm512_setzero_ps();
+  long j = 0;
+  for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+  float r = _mm512_reduce_max_ps(m);
+  for (; j < n; j++) r = std::max(r, std::fabs(x[j]));
+  return r;
+}
+
+// inverse of the E8M0 scale 2^(sb−127) as a float (2^−127 .. 2^127, all exact)
+inline float inv_scale_f(int sb) { return std::ldexp(1.0f, 127 - sb); }
+
+// the encoders of one task's rows [r0, r0+n) of x (n × cols), as the scalar block below
+V4_AVX512 void encode_block_512(const float* x, long n, long cols, long r0, OutFmt fmt, uint8_t* out_data, uint8_t* out_scale, long b) {
+  if (fmt == OutFmt::bf16) {
+    uint16_t* o = reinterpret_cast<uint16_t*>(out_data) + r0 * cols;
+    long i = 0;
+    for (; i + 16 <= n * cols; i += 16) _mm256_storeu_si256((__m256i*)(o + i), bf16_encode16(_mm512_loadu_ps(x + i)));
+    for (; i < n * cols; i++) {
+      uint16_t h = bf16_encode(x[i]);
+      std::memcpy(o + i, &h, 2);
+    }
+  } else if (fmt == OutFmt::fp8) {
+    const long sc = cdiv(cols, 128);
+    for (long bj = 0; bj < sc; bj++) {
+      const long j0 = bj * 128, j1 = std::min(cols, j0 + 128);
+      float amax = 0;
+      for (long i = 0; i < n; i++) amax = std::max(amax, absmax_512(x + i * cols + j0, j1 - j0));
+      const int sb = e8m0_scale_for(double(amax), 448);
+      out_scale[b * sc + bj] = uint8_t(sb);
+      const __m512 inv = _mm512_set1_ps(inv_scale_f(sb));
+      for (long i = 0; i < n; i++) {
+        const float* xr = x + i * cols;
+        uint8_t* o = out_data + (r0 + i) * cols;
+        long j = j0;
+        for (; j + 16 <= j1; j += 16) _mm_storeu_si128((__m128i*)(o + j), fp8_encode16(_mm512_mul_ps(_mm512_loadu_ps(xr + j), inv)));
+        const double invd = 1 / std::ldexp(1.0, sb - 127);
+        for (; j < j1; j++) o[j] = fp8_encode(double(xr[j]) * invd);
+      }
+    }
+  } else {
+    const long groups = cols / 32;
+    for (long i = 0; i < n; i++) {
+      for (long g = 0; g < groups; g++) {
+        const float* xg = x + i * cols + g * 32;
+        const __m512 v0 = _mm512_loadu_ps(xg), v1 = _mm512_loadu_ps(xg + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const int sb = e8m0_scale_for(double(amax), 6);
+        out_scale[(r0 + i) * groups + g] = uint8_t(sb);
+        const __m512 inv = _mm512_set1_ps(inv_scale_f(sb));
+        uint8_t* o = out_data + (((r0 + i) * cols + g * 32) >> 1);
+        _mm_storel_epi64((__m128i*)o, fp4_encode16_packed(_mm512_mul_ps(v0, inv)));
+        _mm_storel_epi64((__m128i*)(o + 8), fp4_encode16_packed(_mm512_mul_ps(v1, inv)));
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -97,15 +240,30 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
   // a task owns whole scale blocks: 128 rows for FP8, else 16 rows
   const long RB = fmt == OutFmt::fp8 ? 128 : 16;
   const long nblk = cdiv(rows, RB);
+  const bool wide = isa() == Isa::avx512;
   std::vector<long> bad(nblk, -1);
   std::vector<double> badv(nblk, 0);
+  // A widened to double once (the products are taken in double)
+  std::vector<double> Ad;
+  if (wide && A && B) Ad.assign(A, A + r * cols);
   parallel_run(int(nblk), [&](int b) {
     const long r0 = b * RB, r1 = std::min(rows, r0 + RB), n = r1 - r0;
-    std::vector<float> x(size_t(n) * cols), d(cols);
+    std::vector<float> x(size_t(n) * cols), d(wide ? 0 : cols);
+    std::vector<double> bk(r);
+    std::vector<long> ks(r);
     for (long i = r0; i < r1; i++) {
       float* xr = x.data() + (i - r0) * cols;
       decode_row(W, i, 0, cols, xr);
-      if (A && B) {
+      if (A && B && wide) {
+        long nk = 0;
+        for (long k = 0; k < r; k++) {
+          const double v = double(B[i * r + k]) * scaling;
+          if (v == 0) continue;
+          bk[nk] = v;
+          ks[nk++] = k;
+        }
+        delta_add_row_512(xr, bk.data(), ks.data(), nk, Ad.data(), cols);
+      } else if (A && B) {
         std::fill(d.begin(), d.end(), 0.0f);
         for (long k = 0; k < r; k++) {
           const double bk = double(B[i * r + k]) * scaling;
@@ -114,6 +272,7 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
         }
         for (long j = 0; j < cols; j++) xr[j] = xr[j] + d[j];
       }
+      if (wide && all_finite_512(xr, cols)) continue;
       for (long j = 0; j < cols; j++) {
         if (!std::isfinite(xr[j])) {
           if (bad[b] < 0) {
@@ -125,6 +284,10 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
       }
     }
     if (bad[b] >= 0) return;
+    if (wide) {
+      encode_block_512(x.data(), n, cols, r0, fmt, out_data, out_scale, b);
+      return;
+    }
     if (fmt == OutFmt::bf16) {
       uint16_t* o = reinterpret_cast<uint16_t*>(out_data) + r0 * cols;
       for (long i = 0; i < n * cols; i++) {
