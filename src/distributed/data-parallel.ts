@@ -11,6 +11,12 @@
 // weighted gradients in buckets after the last micro-batch (allreduce of ≤ BUCKET floats each,
 // in place over one flat buffer), with the step's loss and token sums. Every rank then clips and
 // applies AdamW to identical gradients: optimizer state stays identical without being sent.
+// With expert parallel and the adapter split (shard.ts), a rank holds only its routed experts'
+// factors: their gradients are complete on the owner (every rank's pairs reached it), so they
+// are not allreduced; with several expert-parallel groups, the ranks holding the same experts
+// sum them among themselves (one alltoallv, in rank order, so they stay equal). The global
+// gradient norm is then the replicated gradients' own plus the first group's expert Σ g²
+// (summed by the step's scalar allreduce), the same number on every rank.
 import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DatasetRow } from '../data/dataset.js';
@@ -22,6 +28,7 @@ import { NonFiniteError } from '../errors.js';
 import { countedPositions, packRows, type EvaluateFn, type StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
 import type { ExpertParallel } from './expert-parallel.js';
+import { routedExpertOf, type AdapterShards } from './shard.js';
 
 /** Floats per allreduce bucket (16 MiB). */
 export const BUCKET = 4 << 20;
@@ -39,7 +46,7 @@ export function microBatchesOf(rank: number, size: number, gradAccum: number): n
 /** One step's traffic, summed over ranks (rank 0 logs it). */
 export interface StepTraffic {
   step: number;
-  /** gradient allreduce payload per rank */
+  /** gradient synchronisation payload per rank: the allreduce (and, with several expert-parallel groups, the expert sums) */
   allreduce_bytes: number;
   /** expert-parallel alltoallv bytes sent, all ranks together */
   alltoallv_bytes: number;
@@ -48,6 +55,10 @@ export interface StepTraffic {
   pairs_kept: number;
   /** tokens fed forward, all ranks together */
   tokens: number;
+  /** expert parallel: which rank holds which routed experts */
+  placement?: string;
+  /** LoRA values each rank holds (and as many AdamW moment pairs), by rank */
+  lora_values_held?: number[];
 }
 
 export interface DataParallelOptions {
@@ -57,6 +68,29 @@ export interface DataParallelOptions {
   logDir: string | null;
   /** the step the run starts at (a resume's), to number the log lines */
   startStep: number;
+  /** set when each rank holds only its routed experts' factors (expert parallel, shard.ts) */
+  shards?: AdapterShards | null;
+}
+
+/** Σ x² in float64. */
+function sumSq(x: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i]! * x[i]!;
+  return s;
+}
+
+/**
+ * held ← Σ over the ranks holding the same routed experts (one per expert-parallel group) of
+ * their `held`, summed in rank order on each of them.
+ */
+async function sumOverGroups(c: Collective, ep: number, held: Float32Array): Promise<void> {
+  const peers = Array.from({ length: c.size }, (_, q) => (q % ep === c.rank % ep ? held.length : 0));
+  const G = c.size / ep;
+  const send = new Float32Array(G * held.length);
+  for (let g = 0; g < G; g++) send.set(held, g * held.length);
+  const { recv } = await c.alltoallv(send, peers);
+  held.fill(0);
+  for (let g = 0; g < G; g++) for (let i = 0; i < held.length; i++) held[i] += recv[g * held.length + i]!;
 }
 
 /** Keep the log lines of steps ≤ step (a resume drops what came after its checkpoint). */
@@ -80,6 +114,7 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
   const c = o.collective;
   const ep = o.expert;
   let step = o.startStep;
+  const shards = o.shards ?? null;
   const logPath = o.logDir !== null && c.rank === 0 ? join(o.logDir, DISTRIBUTED_LOG) : null;
   if (logPath) truncateLog(logPath, step);
   return async (model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false, dropoutSeed = () => 0, mtpWeight = 0) => {
@@ -92,20 +127,38 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
     const counts = Float64Array.of(packed.reduce((n, mb) => n + mb.count, 0));
     await c.allreduceSum(counts);
     const count = counts[0]!;
-    // every factor's gradient, a view into one flat buffer, in the adapter's module order
+    // every factor's gradient, a view into one of two flat buffers, in the adapter's module
+    // order: `flat` allreduced over every rank; `held` (split adapter) this rank's routed experts
+    const split = (m: string) => shards !== null && routedExpertOf(m) !== null;
+    if (shards) {
+      const other = adapter.modules().find((m) => !shards.holds(m));
+      if (other) throw new RangeError(`expert parallel: rank ${c.rank} holds LoRA factors of ${other}, another rank's expert (create the adapter with the run's holds())`);
+    }
     let n = 0;
-    for (const m of adapter.modules()) n += adapter.factors(m)!.A.length + adapter.factors(m)!.B.length;
+    let nHeld = 0;
+    for (const m of adapter.modules()) {
+      const len = adapter.factors(m)!.A.length + adapter.factors(m)!.B.length;
+      if (split(m)) nHeld += len;
+      else n += len;
+    }
     const flat = new Float32Array(n);
+    const held = new Float32Array(nHeld);
     const grads = new Map<string, Float32Array>();
     const expertKey = new Set<string>();
     let off = 0;
+    let offHeld = 0;
     for (const m of adapter.modules()) {
       const f = adapter.factors(m)!;
       for (const [which, len] of [['A', f.A.length], ['B', f.B.length]] as const) {
         const k = peftKey(m, which);
-        grads.set(k, flat.subarray(off, off + len));
-        if (ep && /\.ffn\.experts\.\d+\./.test(m)) expertKey.add(k);
-        off += len;
+        if (split(m)) {
+          grads.set(k, held.subarray(offHeld, offHeld + len));
+          offHeld += len;
+        } else {
+          grads.set(k, flat.subarray(off, off + len));
+          off += len;
+        }
+        if (ep && routedExpertOf(m) !== null) expertKey.add(k);
       }
     }
     const sums = new Float64Array(4); // lossSum, tokens, mtpLossSum, mtpCount
@@ -134,18 +187,28 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
         for (let i = 0; i < g.length; i++) a[i] += wk * g[i]!;
       }
     }
-    // the step's sums and this step's dispatch traffic, in one allreduce after the gradients'
-    const reduced = Float64Array.of(sums[0]!, sums[1]!, sums[2]!, sums[3]!, c.traffic.bytes - before, ep?.stats.pairsSent ?? 0, ep?.stats.pairsKept ?? 0);
+    const dispatched = c.traffic.bytes - before;
     const beforeReduce = c.traffic.bytes;
     if (count > 0) for (let s = 0; s < flat.length; s += BUCKET) await c.allreduceSum(flat.subarray(s, Math.min(flat.length, s + BUCKET)));
+    if (count > 0 && shards && c.size > shards.placement.ep) await sumOverGroups(c, shards.placement.ep, held);
+    // the step's sums, this step's dispatch traffic, the first group's expert Σ g² and what
+    // each rank holds, in one allreduce after the gradients'
+    const reduced = new Float64Array(8 + c.size);
+    reduced.set([sums[0]!, sums[1]!, sums[2]!, sums[3]!, dispatched, ep?.stats.pairsSent ?? 0, ep?.stats.pairsKept ?? 0]);
+    if (shards && c.rank < shards.placement.ep) reduced[7] = sumSq(held);
+    reduced[8 + c.rank] = flat.length + held.length;
     await c.allreduceSum(reduced);
     if (logPath) {
       const line: StepTraffic = {
         step, allreduce_bytes: c.traffic.bytes - beforeReduce, alltoallv_bytes: reduced[4]!, pairs_sent: reduced[5]!, pairs_kept: reduced[6]!, tokens: reduced[1]!,
+        ...(ep ? { placement: ep.placement.describe(), lora_values_held: Array.from(reduced.subarray(8)) } : {}),
       };
       appendFileSync(logPath, `${JSON.stringify(line)}\n`);
     }
-    return { grads, lossSum: reduced[0]!, count, tokens: reduced[1]!, mtpLossSum: reduced[2]!, mtpCount: reduced[3]! };
+    return {
+      grads, lossSum: reduced[0]!, count, tokens: reduced[1]!, mtpLossSum: reduced[2]!, mtpCount: reduced[3]!,
+      ...(shards ? { normSq: sumSq(flat) + reduced[7]! } : {}),
+    };
   };
 }
 

@@ -9,16 +9,19 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBackend } from '../backend/index.js';
+import { openRowReader, type Dataset, type RowReader } from '../data/dataset.js';
 import { InputError } from '../errors.js';
 import { openModelSource, type LoadModelOptions } from '../model/load.js';
 import { V4Model } from '../model/v4/model.js';
 import type { LoadedRecipe } from '../recipe/load.js';
+import type { RunTrainingOptions } from '../train/run.js';
 import type { EvaluateFn, StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
-import { dataParallelEvaluate, dataParallelGradients } from './data-parallel.js';
+import { dataParallelEvaluate, dataParallelGradients, microBatchesOf } from './data-parallel.js';
 import { ExpertParallel, ExpertPlacement } from './expert-parallel.js';
 import { HcclCollective, joinHccl } from './hccl.js';
 import { MpiCollective, mpiUnavailableReason } from './mpi.js';
+import { AdapterShards } from './shard.js';
 
 /**
  * The world a launcher gave this process, from its environment (Open MPI's mpirun, a PMI
@@ -54,7 +57,20 @@ export interface DistributedRun {
   readonly expert: ExpertParallel | null;
   /** the model with this rank's share of the routed experts (all of them without expert parallel) */
   loadModel(dir: string, opts: LoadModelOptions): Promise<V4Model>;
-  /** the trainer's step-gradient function; `startStep`: the step the run starts at */
+  /**
+   * The LoRA modules this rank holds: every one but, with expert parallel, other ranks' routed
+   * experts. The train stage passes it to createAdapter, loadCheckpoint and warmStart.
+   */
+  holds(module: string): boolean;
+  /** the train split read row by row: this rank reads only the rows of its own micro-batches */
+  trainRows(ds: Dataset): Promise<RowReader>;
+  /**
+   * runTraining's options for this rank (`startStep`: the step the run starts at; `output`: the
+   * run folder): the split gradients and eval, its micro-batches, where it writes, and (expert
+   * parallel) how rank 0 gathers the complete adapter. The adapter must be made with holds().
+   */
+  trainOptions(startStep: number, output: string): Required<Pick<RunTrainingOptions, 'gradients' | 'evaluate' | 'runs' | 'output' | 'writesCheckpoints'>> & Pick<RunTrainingOptions, 'shards'>;
+  /** the trainer's step-gradient function for an adapter every rank holds whole; `startStep`: the step the run starts at */
   gradients(startStep: number, output: string): StepGradientsFn;
   /** the trainer's eval: rows split across ranks, sums reduced */
   evaluate(): EvaluateFn;
@@ -72,6 +88,7 @@ const silent = { update: () => {}, stop: () => {} };
 
 class MpiRun implements DistributedRun {
   expert: ExpertParallel | null = null;
+  shards: AdapterShards | null = null;
   private scratch: string | null = null;
 
   constructor(readonly collective: Collective, private readonly recipe: LoadedRecipe, private readonly ep: number) {
@@ -98,11 +115,31 @@ class MpiRun implements DistributedRun {
       if (this.ep > 1) {
         this.expert = new ExpertParallel(this.collective, new ExpertPlacement(src.config.n_routed_experts, this.ep, this.rank, this.size));
         backend = this.expert.wrap(backend);
+        this.shards = new AdapterShards(this.collective, this.expert.placement);
       }
       return await V4Model.load(src, backend);
     } finally {
       await src.close();
     }
+  }
+
+  holds(module: string): boolean {
+    return this.shards?.holds(module) ?? true;
+  }
+
+  trainRows(ds: Dataset): Promise<RowReader> {
+    return openRowReader(ds, 'train');
+  }
+
+  trainOptions(startStep: number, output: string): ReturnType<DistributedRun['trainOptions']> {
+    return {
+      gradients: dataParallelGradients({ collective: this.collective, expert: this.expert, logDir: output, startStep, shards: this.shards }),
+      evaluate: this.evaluate(),
+      runs: (gradAccum) => microBatchesOf(this.rank, this.size, gradAccum),
+      output: this.runOutput(output),
+      writesCheckpoints: this.rank === 0,
+      ...(this.shards ? { shards: this.shards } : {}),
+    };
   }
 
   gradients(startStep: number, output: string): StepGradientsFn {

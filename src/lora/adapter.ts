@@ -97,15 +97,17 @@ export interface AdapterBase {
  * A fresh adapter on the modules `targets` selects, initialised as PEFT does: A Kaiming-uniform
  * with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)) (or normal with std 1/r with init "gaussian"), B = 0,
  * so the adapted model starts equal to the base. Seeded per module: the same options give the
- * same adapter whatever the order of modules.
+ * same adapter whatever the order of modules. `holds`: create only the modules it accepts (a rank
+ * of an expert-parallel run holds only its routed experts'); each is the one the whole adapter has.
  */
-export function createAdapter(base: AdapterBase, opts: LoraOptions): Adapter {
+export function createAdapter(base: AdapterBase, opts: LoraOptions, holds: (module: string) => boolean = () => true): Adapter {
   const o = resolveLoraOptions(opts);
   const layers = new Map<string, LoraLayer>();
   for (const m of selectTargets(o.targets, base.config)) {
     const ex = /^((?:layers|mtp)\.\d+)\.ffn\.experts\.(\d+)\./.exec(m.name);
     const allowed = ex ? o.expertSubset[ex[1]!] : undefined;
     if (allowed && !allowed.includes(Number(ex![2]))) continue;
+    if (!holds(m.name)) continue;
     const r = patternValue(o.rankPattern, m.name, o.r);
     if (r > Math.min(m.in, m.out)) {
       throw new InputError(`lora.${r === o.r ? 'r' : 'rank_pattern'}: rank ${r} exceeds what ${m.name} (${m.out} × ${m.in}) can use: at most ${Math.min(m.in, m.out)} (lower it, or leave the module out of lora.targets)`);

@@ -131,6 +131,8 @@ export async function saveAdapter(a: Adapter, dir: string, opts: SaveAdapterOpti
 export interface LoadAdapterOptions {
   /** where the one-line warning goes (adapter without a base fingerprint); default stderr */
   warn?: (line: string) => void;
+  /** read only the modules it accepts (a rank of an expert-parallel run: its routed experts and the replicated modules) */
+  holds?: (module: string) => boolean;
 }
 
 function toF32(f: SafetensorsFile, key: string): Float32Array {
@@ -229,6 +231,7 @@ export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): P
       }, cfgPath);
       layers = new Map<string, LoraLayer>();
       for (const [module, k] of modules) {
+        if (opts.holds && !opts.holds(module)) continue;
         const sa = f.entries.get(k.A!)!.shape;
         const sb = f.entries.get(k.B!)!.shape;
         const r = sa[0]!;
@@ -238,6 +241,7 @@ export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): P
         layers.set(module, { A: toF32(f, k.A!), B: toF32(f, k.B!), r, alpha, scaling: loraScaling(alpha, r, options.rsLoRA), in: sa[1]!, out: sb[0]! });
       }
     }
+    if (opts.holds) for (const m of [...layers.keys()]) if (!opts.holds(m)) layers.delete(m);
     if (layers.size === 0) throw new InputError(`${wPath}: holds no LoRA factors`);
     assertFiniteFactors(layers, wPath);
     return new Adapter(options, layers, typeof cfg.base_model_name_or_path === 'string' ? cfg.base_model_name_or_path : '', fingerprint);

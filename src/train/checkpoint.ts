@@ -168,11 +168,15 @@ export function readCheckpointState(dir: string): CheckpointState {
   return state;
 }
 
-/** Read `<root>/step-N/` (InputError naming the file on anything malformed). */
-export async function loadCheckpoint(dir: string): Promise<TrainCheckpoint> {
+/**
+ * Read `<root>/step-N/` (InputError naming the file on anything malformed). `holds`: read only
+ * the factors and moments of the modules it accepts (a rank of an expert-parallel run).
+ */
+export async function loadCheckpoint(dir: string, holds?: (module: string) => boolean): Promise<TrainCheckpoint> {
   const state = readCheckpointState(dir);
-  const adapter = await loadAdapter(join(dir, ADAPTER));
+  const adapter = await loadAdapter(join(dir, ADAPTER), { holds });
   const optPath = join(dir, OPTIMIZER);
+      if (holds && !holds(m[1]!.replace(/^base_model\.model\./, '').replace(/\.lora_[AB]\.weight$/, ''))) continue;
   const f = SafetensorsFile.open(optPath);
   const moments = new Map<string, Moments>();
   try {

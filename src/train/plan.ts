@@ -25,9 +25,10 @@ export function resolveSteps(t: { steps?: number; epochs?: number; batch_rows: n
  * Copy a saved adapter's factors into `fresh` (made from the recipe's `lora`): every module must
  * be in both with the same shapes, so the warm-started run trains exactly what the recipe names.
  */
-export async function warmStart(fresh: Adapter, dir: string, where: string, warn: (l: string) => void): Promise<void> {
+export async function warmStart(fresh: Adapter, dir: string, where: string, warn: (l: string) => void, holds?: (module: string) => boolean): Promise<void> {
   if (!existsSync(join(dir, 'adapter_config.json'))) throw new InputError(`${where}: train.warm_start ${dir} is not an adapter folder (no adapter_config.json)`);
-  const from = await loadAdapter(dir, { warn });
+  // `holds`: fresh is one rank's part of the adapter (expert parallel); the rest stays unread
+  const from = await loadAdapter(dir, { warn, holds });
   const have = new Set(from.modules());
   for (const m of fresh.modules()) {
     const a = from.factors(m);

@@ -27,7 +27,8 @@ import type { V4Model } from '../model/v4/model.js';
 import { checkpointsDir, pruneCheckpoints, removeLeftovers, saveCheckpoint, type RunEval, type RunIdentity, type RunProgress, type TrainCheckpoint } from './checkpoint.js';
 import { learningRate } from './schedule.js';
 import { EventWriter } from './tensorboard.js';
-import { Trainer, type EvalResult, type EvaluateFn, type StepGradientsFn, type StepRecord, type TrainSettings } from './trainer.js';
+import type { Moments } from './adamw.js';
+import { Trainer, type EvalResult, type EvaluateFn, type StepGradientsFn, type StepRecord, type TrainRows, type TrainSettings } from './trainer.js';
 
 export const TRAIN_LOG = 'train-log.jsonl';
 export const TRAIN_SUMMARY = 'train.json';
@@ -57,11 +58,20 @@ export interface Sample {
   completion: string;
 }
 
+/**
+ * An adapter held in parts by the ranks of a run (src/distributed/shard.ts): every rank calls
+ * gather at the same points (each checkpoint, the final adapter); the writing rank gets the
+ * complete adapter and moments, the others null.
+ */
+export interface AdapterGather {
+  gather(adapter: Adapter, moments: ReadonlyMap<string, Moments>): Promise<{ adapter: Adapter; moments: Map<string, Moments> } | null>;
+}
+
 export interface RunTrainingOptions {
   model: V4Model;
   /** a fresh adapter (or a warm start's), or the checkpoint to resume from */
   start: { adapter: Adapter } | { checkpoint: TrainCheckpoint };
-  train: readonly DatasetRow[];
+  train: TrainRows;
   eval: readonly DatasetRow[];
   settings: TrainSettings;
   /** evaluate every N steps (0: only at the end) */
@@ -91,6 +101,10 @@ export interface RunTrainingOptions {
   adapterLayout?: AdapterLayout;
   /** false on every rank of a distributed run but rank 0: no checkpoint or adapter is written (rank 0 writes them) */
   writesCheckpoints?: boolean;
+  /** the micro-batches of a step this process runs (src/distributed; default: all of them) */
+  runs?: (gradAccum: number) => readonly number[];
+  /** set when this process holds only part of the adapter (expert parallel): how the whole is put together to be written */
+  shards?: AdapterGather;
 }
 
 export interface TrainResult {
@@ -210,7 +224,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
       lossTokensSeen: resumed.state.loss_tokens_seen,
     },
     moments: resumed.moments,
-  } : undefined, o.gradients, o.evaluate);
+  } : undefined, o.gradients, o.evaluate, o.runs);
   const prior: RunProgress = resumed ? (resumed.state.run ?? legacyProgress(resumed)) : {
     steps: s.steps, eval_before: null, eval_last: null, last_loss: null, train_seconds: 0, wall_seconds: 0, best: null, evals_since_best: 0, resumes: [],
   };
@@ -221,12 +235,15 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   const minDelta = o.earlyStopping?.minDelta ?? 0;
   let lastCheckpoint: string | null = resumed?.dir ?? null;
   let lastCheckpointStep = resumed?.state.step ?? -1;
+  // the adapter and moments to write: this process's, or (shards) the whole, put together on the writing rank
+  const whole = async () => (o.shards ? o.shards.gather(adapter, trainer.moments) : { adapter, moments: trainer.moments });
   const checkpoint = async () => {
-    if (o.writesCheckpoints === false) return;
     const st = trainer.state();
-    progress.wall_seconds = elapsed();
-    lastCheckpoint = await saveCheckpoint(ckRoot, adapter, trainer.moments, st, s.seed, o.identity, { ...progress });
+    const w = await whole();
     lastCheckpointStep = st.step;
+    if (o.writesCheckpoints === false || !w) return;
+    progress.wall_seconds = elapsed();
+    lastCheckpoint = await saveCheckpoint(ckRoot, w.adapter, w.moments, st, s.seed, o.identity, { ...progress });
     pruneCheckpoints(ckRoot, keep, progress.best?.step ?? null);
   };
   const tb = o.logTo?.includes('tensorboard') ? new EventWriter(join(o.output, 'tensorboard'), (resumed?.state.step ?? 0) + 1) : null;
@@ -329,9 +346,10 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   }
   if (finished && o.samples && samples.length === 0) samples = await generateSamples(o.model, adapter, o.samples);
   let adapterDir: string | null = null;
-  if (finished && o.writesCheckpoints !== false) {
+  const final = finished ? await whole() : null;
+  if (final && o.writesCheckpoints !== false) {
     adapterDir = join(o.output, 'adapter');
-    await saveAdapter(adapter, adapterDir, { layout: o.adapterLayout, config: o.model.config });
+    await saveAdapter(final.adapter, adapterDir, { layout: o.adapterLayout, config: o.model.config });
   }
   const best = progress.best;
   const bestDir = best ? join(ckRoot, `step-${best.step}`) : null;
@@ -349,7 +367,8 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
     evalAfter,
     best: best ? { step: best.step, evalLoss: best.eval_loss, checkpoint: bestDir !== null && existsSync(bestDir) ? bestDir : null } : null,
     samples,
-    trainableParameters: trainer.parameterCount(),
+    // the whole adapter's (with shards, this rank's Trainer holds only part of it)
+    trainableParameters: final ? final.adapter.modules().reduce((n, m) => n + final.adapter.factors(m)!.A.length + final.adapter.factors(m)!.B.length, 0) : trainer.parameterCount(),
     tokens: st.tokensSeen,
     trainSeconds: progress.train_seconds,
     wallSeconds: elapsed(),

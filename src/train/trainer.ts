@@ -113,6 +113,21 @@ export function dropoutSeedFor(seed: number, step: number, micro: number): numbe
   return fmix32(h ^ Math.imul(micro + 1, 0x85ebca77));
 }
 
+/** A step's gradients and sums (what stepGradients and its distributed counterparts return). */
+export interface StepGradients {
+  grads: Map<string, Float32Array>;
+  lossSum: number;
+  count: number;
+  tokens: number;
+  mtpLossSum: number;
+  mtpCount: number;
+  /**
+   * Σ g² over every gradient of the step, where `grads` holds only this process's share of them
+   * (expert parallel: other ranks' routed experts); absent: the global norm is `grads`' own.
+   */
+  normSq?: number;
+}
+
 /**
  * The gradient of one optimizer step: the mean loss over every counted token of all its
  * micro-batches. Micro-batch b (its rows packed as segments) has mean loss L_b over c_b counted
@@ -123,7 +138,7 @@ export function dropoutSeedFor(seed: number, step: number, micro: number): numbe
 export async function stepGradients(
   model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false,
   dropoutSeed: (b: number) => number = () => 0, mtpWeight = 0,
-): Promise<{ grads: Map<string, Float32Array>; lossSum: number; count: number; tokens: number; mtpLossSum: number; mtpCount: number }> {
+): Promise<StepGradients> {
   const packed = micro.map((rows) => {
     const p = packRows(rows);
     return { ...p, count: countedPositions(p.ids, p.mask, p.segments) };
@@ -153,6 +168,12 @@ export async function stepGradients(
  */
 export type StepGradientsFn = typeof stepGradients;
 
+/**
+ * The train split as the trainer reads it: an array, or rows decoded when asked for (a rank of
+ * a distributed run reads only the rows of its own micro-batches, data/dataset.ts openRowReader).
+ */
+export type TrainRows = readonly DatasetRow[] | { readonly length: number; get(i: number): DatasetRow };
+
 /** How `evaluate` runs its rows (src/distributed splits them across ranks and sums). */
 export type EvaluateFn = (model: V4Model, adapter: Adapter, rows: readonly DatasetRow[], mtp: boolean) => Promise<EvalResult>;
 
@@ -166,11 +187,13 @@ export class Trainer {
   constructor(
     readonly model: V4Model,
     readonly adapter: Adapter,
-    readonly train: readonly DatasetRow[],
+    readonly train: TrainRows,
     readonly settings: TrainSettings,
     resume?: { state: TrainerState; moments: Map<string, Moments> },
     private readonly gradients: StepGradientsFn = stepGradients,
     private readonly evaluator: EvaluateFn | null = null,
+    /** the micro-batches of a step this process runs (the others' rows are not read; default: all) */
+    private readonly runs: ((gradAccum: number) => readonly number[]) | null = null,
   ) {
     for (const module of adapter.modules()) {
       const l = adapter.factors(module)!;
@@ -204,9 +227,16 @@ export class Trainer {
     const s = this.settings;
     const t0 = performance.now();
     const micro: DatasetRow[][] = [];
-    for (let a = 0; a < s.gradAccum; a++) micro.push(this.order.take(s.batchRows).map((i) => this.train[i]!));
+    const mine = new Set(this.runs ? this.runs(s.gradAccum) : Array.from({ length: s.gradAccum }, (_, a) => a));
+    const train = this.train;
+    const row = 'get' in train ? (i: number) => train.get(i) : (i: number) => train[i]!;
+    // every micro-batch's rows are drawn (the order is the run's); only this process's are read
+    for (let a = 0; a < s.gradAccum; a++) {
+      const ids = this.order.take(s.batchRows);
+      micro.push(mine.has(a) ? ids.map(row) : []);
+    }
     const update = this.st.step;
-    const { grads, lossSum, count, tokens, mtpLossSum, mtpCount } = await this.gradients(
+    const { grads, lossSum, count, tokens, mtpLossSum, mtpCount, normSq } = await this.gradients(
       this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b), s.mtpWeight ?? 0,
     );
     const lr = learningRate(this.st.step, s);
@@ -214,7 +244,7 @@ export class Trainer {
     if (count > 0 && !Number.isFinite(lossSum)) throw new NonFiniteError(`step ${update + 1}: the loss is ${lossSum / count}`);
     let gradNorm = 0;
     if (count > 0) {
-      gradNorm = globalNorm(grads.values());
+      gradNorm = normSq !== undefined ? Math.sqrt(normSq) : globalNorm(grads.values());
       if (!Number.isFinite(gradNorm)) throw new NonFiniteError(`step ${update + 1}: the gradient norm is ${gradNorm} (loss ${lossSum / count})`);
       const clip = clipCoefficient(gradNorm, s.maxGradNorm);
       const h = { lr, ...ADAMW_DEFAULTS, weightDecay: s.weightDecay };
