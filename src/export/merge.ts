@@ -2,9 +2,11 @@
 // stored bytes by byte range, and if the adapter adapts its module, dequantise it (FP8 128×128
 // block scales, FP4 per-32 scales, BF16/F16/F32), add ΔW = scaling·B·A in float32 and write it
 // back requantised to the format it came in (fresh E8M0 scales) or as BF16. Other tensors are
-// copied as stored (or, with dtype bf16, FP8/FP4 weights are dequantised to BF16 too, so the
-// whole output is one consistent BF16 checkpoint). Memory stays bounded by a few tensors (one
-// stacked expert tensor in the transformers layout); the output folder appears whole or not at all.
+// copied as stored, streamed from shard to shard through one buffer without being decoded (or,
+// with dtype bf16, FP8/FP4 weights are dequantised to BF16 too, so the whole output is one
+// consistent BF16 checkpoint). The next tensor is merged (native, on the kernel threads) while
+// this one is written; memory stays bounded by two tensors in flight (one stacked expert tensor
+// in the transformers layout); the output folder appears whole or not at all.
 import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve, isAbsolute } from 'node:path';
 import { InputError, NonFiniteError, firstNonFinite } from '../errors.js';
@@ -13,7 +15,7 @@ import { LOCK_FILE } from '../lock.js';
 import { mergeRequantNative } from '../backend/native/requant.js';
 import type { Adapter } from '../lora/adapter.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
-import { Checkpoint, writeCheckpointFiles, type RawTensor, type TensorBytes, type TensorMeta, type TensorPlan } from '../model/checkpoint.js';
+import { Checkpoint, writeCheckpointFiles, type RawTensor, type StoredBytes, type TensorBytes, type TensorMeta, type TensorPlan } from '../model/checkpoint.js';
 import {
   bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes,
   fp8e4m3Encode, FP8_BLOCK, quantFp4, quantFp8Block,
@@ -96,8 +98,12 @@ export interface MergeSummary {
   bytesRead: number;
   /** stored bytes written to the output's shards (weights + scales) */
   bytesWritten: number;
-  /** the largest single read from the base, bytes */
+  /** stored bytes of the copied tensors, streamed from the base's shards to the output's (never held whole) */
+  bytesStreamed: number;
+  /** the largest tensor (or scale) read whole into memory, bytes: merged and converted tensors only */
   largestReadBytes: number;
+  /** the most tensors produced (or being produced) and not yet written at one time (the writer runs one ahead) */
+  peakTensorsHeld: number;
   shards: string[];
   /** other files and folders of the base copied as they are (config.json is rewritten with dtype bf16) */
   extraFiles: string[];
@@ -311,6 +317,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
   let bytesRead = 0;
   let bytesWritten = 0;
   let largestRead = 0;
+  let bytesStreamed = 0;
+  let peakHeld = 0;
   let done = 0;
   try {
     const extra = extraEntries(plan.base);
@@ -324,46 +332,66 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         else copyFileSync(src, join(tmp, n));
       }
       stampChatTemplate(tmp); // the chat template the adapter was trained with (src/chat)
+      // produce runs one tensor ahead of the writer (the native merge of the next tensor overlaps
+      // the writing of this one); its events still come in the writer's order
+      let turn: Promise<void> = Promise.resolve();
+      let failed = false;
       return writeCheckpointFiles(tmp, outPlans, async (name) => {
-        const r = await ck.raw(name);
-        const read = r.data.length + (r.scale?.length ?? 0);
-        bytesRead += read;
-        largestRead = Math.max(largestRead, r.data.length, r.scale?.length ?? 0);
-        const action = actions.get(name)!;
-        let bytes: TensorBytes;
-        if (action === 'copied') bytes = { data: r.data, scale: r.scale };
-        else {
-          const nonFinite = (v: number, at: number): NonFiniteError =>
-            new NonFiniteError(`${plan.base}: tensor ${name} holds ${v} at element ${at}${action === 'merged' ? ' after adding the adapter' : ''}; nothing merged`);
-          // the native addon writes the same bytes (kernels/cpu/requant.cpp) where it is built
-          const fast = await mergeRequantNative(r, action === 'merged' ? adapter.layers.get(moduleOf(name)!)! : null, plan.dtype);
-          if (fast) {
-            if (fast.bad) throw nonFinite(fast.bad.value, fast.bad.index);
-            bytes = fast.bytes;
+        const prev = turn;
+        let myTurnDone = (): void => {};
+        turn = new Promise<void>((res) => { myTurnDone = res; });
+        try {
+          const action = actions.get(name)!;
+          let bytes: StoredBytes;
+          if (action === 'copied') {
+            // left in the base's shard: the writer streams it through one buffer, nothing decoded
+            bytes = ck.stored(name);
+            const n = bytes.data.length + (bytes.scale?.length ?? 0);
+            bytesRead += n;
+            bytesStreamed += n;
           } else {
-            const x = dequantStored(r);
-            if (action === 'merged') {
-              const d = adapter.delta(moduleOf(name)!);
-              for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+            const r = await ck.raw(name);
+            bytesRead += r.data.length + (r.scale?.length ?? 0);
+            largestRead = Math.max(largestRead, r.data.length, r.scale?.length ?? 0);
+            const nonFinite = (v: number, at: number): NonFiniteError =>
+              new NonFiniteError(`${plan.base}: tensor ${name} holds ${v} at element ${at}${action === 'merged' ? ' after adding the adapter' : ''}; nothing merged`);
+            // the native addon writes the same bytes (kernels/cpu/requant.cpp) where it is built
+            const fast = await mergeRequantNative(r, action === 'merged' ? adapter.layers.get(moduleOf(name)!)! : null, plan.dtype);
+            if (fast) {
+              if (fast.bad) throw nonFinite(fast.bad.value, fast.bad.index);
+              bytes = fast.bytes;
+            } else {
+              const x = dequantStored(r);
+              if (action === 'merged') {
+                const d = adapter.delta(moduleOf(name)!);
+                for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
+              }
+              const bad = firstNonFinite(x);
+              if (bad >= 0) throw nonFinite(x[bad]!, bad);
+              bytes = plan.dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, r.meta, r.scale !== null);
             }
-            const bad = firstNonFinite(x);
-            if (bad >= 0) throw nonFinite(x[bad]!, bad);
-            bytes = plan.dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, r.meta, r.scale !== null);
           }
+          await prev;
+          if (failed) return bytes;
+          const wrote = bytes.data.length + (bytes.scale?.length ?? 0);
+          bytesWritten += wrote;
+          sample();
+          opts.onTensor?.({ name, index: ++done, total: outPlans.length, action, bytes: wrote });
+          await new Promise<void>((res) => setImmediate(res)); // keep Ctrl-C and the progress bar responsive
+          return bytes;
+        } catch (e) {
+          failed = true;
+          throw e;
+        } finally {
+          myTurnDone();
         }
-        const wrote = bytes.data.length + (bytes.scale?.length ?? 0);
-        bytesWritten += wrote;
-        sample();
-        opts.onTensor?.({ name, index: ++done, total: outPlans.length, action, bytes: wrote });
-        await new Promise<void>((res) => setImmediate(res)); // keep Ctrl-C and the progress bar responsive
-        return bytes;
-      }, { layout: ck.layout, maxShardBytes: plan.maxShardBytes });
+      }, { layout: ck.layout, maxShardBytes: plan.maxShardBytes, ahead: 1, onHeld: (n) => { peakHeld = Math.max(peakHeld, n); } });
     }, { kind: 'merged', overwrite: opts.overwrite, inputs: [plan.base, plan.adapter], note: opts.warn });
     sample();
     return {
       base: plan.base, adapter: plan.adapter, out: plan.out, dtype: plan.dtype, layout: plan.layout,
       tensors: plan.tensors, merged: plan.merged.length, converted: plan.converted, copied: plan.copied,
-      bytesRead, bytesWritten, largestReadBytes: largestRead, shards, extraFiles: extra,
+      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, shards, extraFiles: extra,
       seconds: (performance.now() - t0) / 1000, peakRssBytes: peakRss,
     };
   } finally {

@@ -7,7 +7,7 @@ import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
 import { detectLayout, expectedTensors, mapTransformersLayout, officialToTransformers, scaleNameOf, type Layout, type TensorSource } from './layout.js';
-import { numel, SafetensorsSet, SafetensorsWriter, type Dtype, type TensorEntry, type TensorSpec } from './safetensors.js';
+import { numel, SafetensorsSet, SafetensorsWriter, type ByteSource, type Dtype, type TensorEntry, type TensorSpec } from './safetensors.js';
 import { stampChatTemplate } from '../chat/config.js';
 
 export type WeightFormat = 'fp8' | 'fp4' | 'bf16' | 'f16' | 'f32' | 'int';
@@ -193,6 +193,14 @@ export class Checkpoint {
     return { meta: r.meta, data, scale, scaleShape };
   }
 
+  /** where the stored bytes (and the scale's) lie, read only when the writer streams them (a copy as stored) */
+  stored(name: string): StoredBytes {
+    const r = this.get(name);
+    const rowDiv = r.meta.format === 'fp8' ? FP8_BLOCK : 1;
+    const src = (e: TensorEntry, div: number): ByteSource => this.set.source(e.name, ...sliceRange(e, r.src, div));
+    return { data: src(r.entry, 1), scale: r.scaleEntry ? src(r.scaleEntry, rowDiv) : null };
+  }
+
   private readRaw(r: Resolved): { data: Uint8Array; scale: Uint8Array | null; scaleShape: number[] | null } {
     const data = readSlice(this.set, r.entry, r.src, 1);
     if (!r.scaleEntry) return { data, scale: null, scaleShape: null };
@@ -226,6 +234,11 @@ function sliceShape(shape: number[], src: TensorSource, rowDiv: number): number[
 
 function readSlice(set: SafetensorsSet, e: TensorEntry, src: TensorSource, rowDiv: number): Uint8Array {
   if (src.expert === null && !src.rows) return set.read(e.name);
+  return set.readSlice(e.name, ...sliceRange(e, src, rowDiv));
+}
+
+// the byte range [from, to) of a tensor's data that a source selects (one expert, a row range)
+function sliceRange(e: TensorEntry, src: TensorSource, rowDiv: number): [number, number] {
   const bytes = e.end - e.begin;
   const per = src.expert !== null ? bytes / e.shape[0]! : bytes;
   const inner = src.expert !== null ? e.shape.slice(1) : e.shape;
@@ -238,7 +251,7 @@ function readSlice(set: SafetensorsSet, e: TensorEntry, src: TensorSource, rowDi
     to = from + r1 * rowBytes;
     from += r0 * rowBytes;
   }
-  return set.readSlice(e.name, from, to);
+  return [from, to];
 }
 
 // the format, logical shape and scale checks of one tensor
@@ -306,11 +319,25 @@ export interface TensorBytes {
   scale: Uint8Array | null;
 }
 
+/** a tensor's bytes for the writer: in memory, or still in a file (streamed, see Checkpoint.stored) */
+export interface StoredBytes {
+  data: Uint8Array | ByteSource;
+  scale: Uint8Array | ByteSource | null;
+}
+
 export interface WriteOptions {
   /** official (default) or transformers names (stacked experts, `_scale_inv` scales) */
   layout?: Layout;
   /** shard size limit in bytes (default 4 GiB) */
   maxShardBytes?: number;
+  /**
+   * how many tensors `produce` is called for ahead of the one being written (default 0), so an
+   * asynchronous produce (a native kernel) runs while the writer writes; at most 1 + ahead tensors
+   * are held at a time in the official layout
+   */
+  ahead?: number;
+  /** called whenever the number of tensors produced (or being produced) and not yet written changes */
+  onHeld?: (tensors: number) => void;
 }
 
 interface Piece {
@@ -324,15 +351,16 @@ interface Piece {
 
 /**
  * Write the safetensors shards and index of a checkpoint into `dir` (an existing folder, e.g. the
- * temp folder of writeDirAtomic), pulling each tensor's bytes from `produce` one at a time.
- * Official layout: `X.weight` + `X.scale`, sorted by name like the release. Transformers layout:
- * renamed, routed experts stacked per layer (all experts of one stacked tensor are in memory at
- * once while it is written). Returns the shard file names.
+ * temp folder of writeDirAtomic), pulling each tensor's bytes from `produce` in order (up to
+ * `opts.ahead` tensors early); bytes still in a file are streamed, not held. Official layout:
+ * `X.weight` + `X.scale`, sorted by name like the release. Transformers layout: renamed, routed
+ * experts stacked per layer (all experts of one stacked tensor are held at once while it is
+ * written). Returns the shard file names.
  */
 export async function writeCheckpointFiles(
   dir: string,
   plans: ReadonlyArray<TensorPlan>,
-  produce: (name: string) => Promise<TensorBytes> | TensorBytes,
+  produce: (name: string) => Promise<StoredBytes> | StoredBytes,
   opts: WriteOptions = {},
 ): Promise<string[]> {
   const layout = opts.layout ?? 'official';
@@ -369,13 +397,33 @@ export async function writeCheckpointFiles(
   }
   const specs = [...targets.values()].map((t) => t.spec).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const writer = new SafetensorsWriter(dir, specs, { maxShardBytes: opts.maxShardBytes });
-  // a produced tensor stays cached until both its weight and its scale piece are written
-  const cache = new Map<string, { bytes: TensorBytes; left: number }>();
-  const piece = async (x: Piece): Promise<Uint8Array> => {
+  // the official tensors in the order the writer first needs them (the order produce is called in)
+  const position = new Map<string, number>();
+  for (const spec of specs) for (const x of targets.get(spec.name)!.pieces) if (!position.has(x.official)) position.set(x.official, position.size);
+  const order = [...position.keys()];
+  const ahead = Math.max(0, Math.floor(opts.ahead ?? 0));
+  // produce calls started and not yet taken, and produced tensors whose weight or scale piece is
+  // still to be written
+  const started = new Map<string, Promise<StoredBytes>>();
+  const cache = new Map<string, { bytes: StoredBytes; left: number }>();
+  const held = (): void => opts.onHeld?.(started.size + cache.size);
+  const start = (name: string): void => {
+    if (started.has(name) || cache.has(name)) return;
+    const p = (async () => produce(name))();
+    p.catch(() => {}); // a failure surfaces when the tensor is taken
+    started.set(name, p);
+    held();
+  };
+  const piece = async (x: Piece): Promise<Uint8Array | ByteSource> => {
     let c = cache.get(x.official);
     if (!c) {
+      const i = position.get(x.official)!;
+      start(x.official);
+      for (let k = 1; k <= ahead && i + k < order.length; k++) start(order[i + k]!);
+      const bytes = await started.get(x.official)!;
+      started.delete(x.official);
       const plan = byName.get(x.official)!;
-      c = { bytes: await produce(x.official), left: plan.scaleShape ? 2 : 1 };
+      c = { bytes, left: plan.scaleShape ? 2 : 1 };
       cache.set(x.official, c);
     }
     const out = x.scale ? c.bytes.scale : c.bytes.data;
@@ -385,13 +433,10 @@ export async function writeCheckpointFiles(
   };
   try {
     for (const spec of specs) {
-      const t = targets.get(spec.name)!;
-      if (t.pieces.length === 1) writer.add(spec.name, await piece(t.pieces[0]!));
-      else {
-        const parts: Uint8Array[] = [];
-        for (const x of t.pieces) parts.push(await piece(x));
-        writer.add(spec.name, Buffer.concat(parts));
-      }
+      const parts: Array<Uint8Array | ByteSource> = [];
+      for (const x of targets.get(spec.name)!.pieces) parts.push(await piece(x));
+      writer.addParts(spec.name, parts);
+      held();
     }
     return writer.finish();
   } catch (e) {
@@ -403,8 +448,7 @@ export async function writeCheckpointFiles(
 /**
  * Copy a checkpoint folder tensor by tensor into `out` (written atomically), in the official or
  * the transformers layout: config.json and the tokenizer files are copied as they are, the
- * stored bytes (FP8/FP4 with their scales) are kept. Memory stays bounded by one tensor (one
- * stacked expert tensor in the transformers layout).
+ * stored bytes (FP8/FP4 with their scales) are kept, streamed from file to file.
  */
 export async function copyCheckpoint(src: Checkpoint, out: string, opts: WriteOptions & { overwrite?: boolean } = {}): Promise<string[]> {
   const plans = src.names().map((n) => src.plan(n));
@@ -412,9 +456,6 @@ export async function copyCheckpoint(src: Checkpoint, out: string, opts: WriteOp
     writeFileSync(join(tmp, 'config.json'), readFileSync(join(src.dir, 'config.json')));
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(src.dir, f))) copyFileSync(join(src.dir, f), join(tmp, f));
     stampChatTemplate(tmp);
-    return writeCheckpointFiles(tmp, plans, async (n) => {
-      const r = await src.raw(n);
-      return { data: r.data, scale: r.scale };
-    }, opts);
+    return writeCheckpointFiles(tmp, plans, (n) => src.stored(n), opts);
   }, { kind: 'model', overwrite: opts.overwrite, inputs: [src.dir] });
 }

@@ -31,6 +31,16 @@ export interface TensorEntry {
   end: number;
 }
 
+/**
+ * Bytes still in a file, read on demand: `read(into, at)` fills `into` with the bytes from offset
+ * `at` of the slice. The writer streams these through one buffer (a tensor copied as stored is
+ * never held in memory whole).
+ */
+export interface ByteSource {
+  readonly length: number;
+  read(into: Uint8Array, at: number): void;
+}
+
 export function numel(shape: ReadonlyArray<number>): number {
   let n = 1;
   for (const d of shape) n *= d;
@@ -77,15 +87,20 @@ export class SafetensorsFile {
   }
 
   readRange(pos: number, len: number, what: string): Uint8Array {
-    if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
     const out = new Uint8Array(len);
+    this.readInto(pos, out, what);
+    return out;
+  }
+
+  /** fill `into` with the bytes at `pos` (a positioned read; every read of the file goes through here) */
+  readInto(pos: number, into: Uint8Array, what: string): void {
+    if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
     let done = 0;
-    while (done < len) {
-      const n = readSync(this.fd, out, done, len - done, pos + done);
+    while (done < into.length) {
+      const n = readSync(this.fd, into, done, into.length - done, pos + done);
       if (n === 0) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
       done += n;
     }
-    return out;
   }
 
   close(): void {
@@ -239,6 +254,13 @@ export class SafetensorsSet {
     return this.files.get(e.file)!.readRange(e.begin + from, to - from, name);
   }
 
+  /** bytes [from, to) of a tensor's data as a source read on demand (nothing is read now) */
+  source(name: string, from: number, to: number): ByteSource {
+    const e = this.entry(name);
+    const f = this.files.get(e.file)!;
+    return { length: to - from, read: (into, at) => f.readInto(e.begin + from + at, into, name) };
+  }
+
   close(): void {
     for (const f of this.files.values()) f.close();
   }
@@ -283,6 +305,9 @@ export interface WriterOptions {
   prefix?: string;
   metadata?: Record<string, string>;
 }
+
+/** the largest read a ByteSource is streamed with (the plain copy bench/merge.mjs compares with uses the same) */
+export const STREAM_CHUNK = 16 * 1024 * 1024;
 
 interface ShardPlan {
   file: string;
@@ -335,6 +360,8 @@ export class SafetensorsWriter {
   private fd: number | null = null;
   private readonly temps: string[] = [];
   private totalSize = 0;
+  /** the buffer ByteSources are streamed through */
+  private chunk: Uint8Array | null = null;
 
   constructor(dir: string, specs: TensorSpec[], opts: WriterOptions = {}) {
     this.dir = dir;
@@ -366,15 +393,39 @@ export class SafetensorsWriter {
 
   /** append the next tensor (its spec must be the next one in the order given) */
   add(name: string, data: Uint8Array): void {
+    this.addParts(name, [data]);
+  }
+
+  /**
+   * append the next tensor as the concatenation of `parts`: bytes in memory are written as they
+   * are, a ByteSource is streamed through one reused buffer of STREAM_CHUNK bytes
+   */
+  addParts(name: string, parts: ReadonlyArray<Uint8Array | ByteSource>): void {
     if (this.shard < 0 || this.inShard >= this.plans[this.shard]!.specs.length) this.openNext();
     const spec = this.plans[this.shard]!.specs[this.inShard]!;
     if (spec.name !== name) throw new Error(`SafetensorsWriter: expected tensor ${spec.name} next, got ${name}`);
     const want = numel(spec.shape) * DTYPE_BYTES[spec.dtype];
-    if (data.length !== want) throw new Error(`SafetensorsWriter: ${name} has ${data.length} bytes, its spec needs ${want}`);
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done);
+    const got = parts.reduce((a, p) => a + p.length, 0);
+    if (got !== want) throw new Error(`SafetensorsWriter: ${name} has ${got} bytes, its spec needs ${want}`);
+    for (const p of parts) {
+      if (p instanceof Uint8Array) {
+        this.write(p);
+        continue;
+      }
+      this.chunk ??= new Uint8Array(STREAM_CHUNK);
+      for (let at = 0; at < p.length; at += this.chunk.length) {
+        const piece = this.chunk.subarray(0, Math.min(this.chunk.length, p.length - at));
+        p.read(piece, at);
+        this.write(piece);
+      }
+    }
     this.inShard += 1;
     this.totalSize += want;
+  }
+
+  private write(data: Uint8Array): void {
+    let done = 0;
+    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done);
   }
 
   /** rename every shard into place, then write the index; returns the shard file names */

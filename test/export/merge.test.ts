@@ -11,12 +11,12 @@ import { InputError } from '../../src/errors.js';
 import { mergeAdapter, type MergeSummary } from '../../src/export/merge.js';
 import { Adapter, createAdapter } from '../../src/lora/adapter.js';
 import { loadAdapter, saveAdapter } from '../../src/lora/peft.js';
-import { Checkpoint, copyCheckpoint, type RawTensor } from '../../src/model/checkpoint.js';
+import { Checkpoint, copyCheckpoint, writeCheckpointFiles, type RawTensor } from '../../src/model/checkpoint.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, e8m0Decode, f32ToBf16Bytes, FP4_E2M1_MAX, FP8_E4M3_MAX } from '../../src/model/formats.js';
 import { loadModel } from '../../src/model/load.js';
 import { initModel } from '../../src/model/init.js';
 import { tensorRng } from '../../src/random.js';
-import { SafetensorsFile, INDEX_FILE } from '../../src/model/safetensors.js';
+import { SafetensorsFile, INDEX_FILE, STREAM_CHUNK, type ByteSource } from '../../src/model/safetensors.js';
 import { cases, FIXTURE, readI32, relMaxErr } from '../model/fixture.js';
 
 const BASE = join(FIXTURE, 'checkpoint');
@@ -63,16 +63,16 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
   /** byte count of every read from the base's shards */
   const reads: number[] = [];
   beforeAll(async () => {
-    // count every read from the base's shards (the checkpoint reads by byte range through readRange)
-    const orig = SafetensorsFile.prototype.readRange;
-    SafetensorsFile.prototype.readRange = function (this: SafetensorsFile, pos: number, len: number, what: string): Uint8Array {
-      if (this.path.startsWith(BASE)) reads.push(len);
-      return orig.call(this, pos, len, what);
+    // count every read from the base's shards (every read, whole tensor or streamed chunk, is a positioned readInto)
+    const orig = SafetensorsFile.prototype.readInto;
+    SafetensorsFile.prototype.readInto = function (this: SafetensorsFile, pos: number, into: Uint8Array, what: string): void {
+      if (this.path.startsWith(BASE)) reads.push(into.length);
+      orig.call(this, pos, into, what);
     };
     try {
       summary = await mergeAdapter({ base: BASE, adapter: ADAPTER, out, dtype: 'bf16', warn: quiet });
     } finally {
-      SafetensorsFile.prototype.readRange = orig;
+      SafetensorsFile.prototype.readInto = orig;
     }
   }, 60_000);
 
@@ -126,14 +126,20 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
     }
   });
 
-  it('reads the base tensor by tensor: no read exceeds the largest tensor, each byte is read once', () => {
+  it('reads the base tensor by tensor: no read exceeds the largest tensor, each byte is read once; copies are streamed, at most 2 tensors held', () => {
     let largest = 0;
+    let largestDecoded = 0;
     let total = 0;
+    let copied = 0;
     for (const n of base.names()) {
       const p = base.plan(n);
       const bytes = (base.meta(n).shape.reduce((a, b) => a * b, 1) * ({ F8_E4M3: 1, I8: 1, BF16: 2, F32: 4, I64: 8 } as Record<string, number>)[p.dtype]!);
+      const scale = p.scaleShape ? p.scaleShape.reduce((a, b) => a * b, 1) : 0;
       largest = Math.max(largest, bytes);
-      total += bytes + (p.scaleShape ? p.scaleShape.reduce((a, b) => a * b, 1) : 0);
+      total += bytes + scale;
+      // dtype bf16: adapted and FP8/FP4 weights are decoded, the rest copied as stored
+      if (adapter.layers.has(n.replace(/\.weight$/, '')) || ['fp8', 'fp4'].includes(base.meta(n).format)) largestDecoded = Math.max(largestDecoded, bytes);
+      else copied += bytes + scale;
     }
     const shardBytes = readdirSync(BASE).filter((f) => f.endsWith('.safetensors')).map((f) => readFileSync(join(BASE, f)).length);
     expect(reads.length).toBeGreaterThan(base.names().length);
@@ -141,7 +147,11 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
     expect(Math.max(...reads)).toBeLessThan(Math.min(...shardBytes));
     expect(reads.reduce((a, b) => a + b, 0)).toBe(total);
     expect(summary.bytesRead).toBe(total);
-    expect(summary.largestReadBytes).toBe(Math.max(...reads));
+    expect(copied).toBeGreaterThan(0);
+    expect(summary.bytesStreamed).toBe(copied);
+    expect(summary.largestReadBytes).toBe(largestDecoded);
+    expect(summary.peakTensorsHeld).toBeGreaterThanOrEqual(1);
+    expect(summary.peakTensorsHeld).toBeLessThanOrEqual(2);
   });
 });
 
@@ -392,6 +402,57 @@ describe('transformers layout', { timeout: 60_000 }, () => {
     } finally {
       await a.close();
       await b.close();
+    }
+  });
+});
+
+describe('writeCheckpointFiles: streamed copies and the look-ahead bound', () => {
+  it('a tensor left in a file is streamed in chunks of at most STREAM_CHUNK bytes; with ahead 1 at most 2 tensors are produced and not yet written', async () => {
+    const dir = join(root, 'stream');
+    mkdirSync(dir);
+    // 3 tensors of 2.5 chunks each, as sources that record every read (the writer's reads); byte
+    // value: the tensor's index and the chunk's offset
+    const n = 3;
+    const len = STREAM_CHUNK * 2 + STREAM_CHUNK / 2;
+    const plans = Array.from({ length: n }, (_, i) => ({ name: `t${i}.weight`, dtype: 'U8' as const, shape: [len], scaleShape: null }));
+    const events: string[] = [];
+    const readSizes: number[] = [];
+    let producedNotWritten = 0;
+    let peak = 0;
+    const written = new Set<number>();
+    const shards = await writeCheckpointFiles(dir, plans, async (name) => {
+      const i = Number(name.slice(1, -'.weight'.length));
+      events.push(`produce ${i}`);
+      peak = Math.max(peak, ++producedNotWritten);
+      await new Promise<void>((res) => setImmediate(res));
+      const data: ByteSource = {
+        length: len,
+        read(into, at) {
+          readSizes.push(into.length);
+          into.fill((i * 31 + at / STREAM_CHUNK) & 255);
+          if (at + into.length === len && !written.has(i)) {
+            written.add(i);
+            producedNotWritten--;
+          }
+        },
+      };
+      return { data, scale: null };
+    }, { ahead: 1, maxShardBytes: 3 * len });
+    expect(events).toEqual(plans.map((_, i) => `produce ${i}`));
+    expect(peak).toBe(2);
+    expect(Math.max(...readSizes)).toBe(STREAM_CHUNK);
+    expect(readSizes.length).toBe(n * 3);
+    const files = shards.map((f) => SafetensorsFile.open(join(dir, f)));
+    try {
+      for (let i = 0; i < n; i++) {
+        const f = files.find((x) => x.entries.has(`t${i}.weight`))!;
+        const got = f.read(`t${i}.weight`);
+        const want = new Uint8Array(len);
+        for (let c = 0; c * STREAM_CHUNK < len; c++) want.fill((i * 31 + c) & 255, c * STREAM_CHUNK, (c + 1) * STREAM_CHUNK);
+        expect(Buffer.from(got).equals(Buffer.from(want)), `t${i}`).toBe(true);
+      }
+    } finally {
+      for (const f of files) f.close();
     }
   });
 });
