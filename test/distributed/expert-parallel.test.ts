@@ -72,9 +72,10 @@ describe.skipIf(skipWithoutMpi())('expert parallel under mpirun -np 2', () => {
     expect(e2.rows).toBe(3);
     expect(e2.tokens).toBe(e1.tokens);
     expect(Math.abs(e2.loss - e1.loss) / e1.loss).toBeLessThan(1e-4);
-    const log = readFileSync(join(fx.dir, 'out-ep', 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const log = readFileSync(join(fx.dir, 'out-ep', 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number> & { placement: string });
     expect(log).toHaveLength(3);
     for (const s of log) {
+      expect(s.placement).toBe('8 routed experts per layer: 0–3 on rank 0, 4–7 on rank 1');
       expect(s.alltoallv_bytes).toBeGreaterThan(0);
       expect(s.pairs_sent).toBeGreaterThan(0);
       // every (token, expert) pair of the step is routed once per MoE layer: 2 per token (k = 2)
