@@ -44,36 +44,58 @@ bool bf16_mode() { return g_bf16.load(std::memory_order_relaxed) && isa() == Isa
 void set_bf16_mode(bool on) { g_bf16 = on && cpu_has_bf16(); }
 
 // ---- thread pool ----
+// A job is (function, task count, generation). Workers claim task indices from one 64-bit
+// word holding (generation << 32 | next index), so a worker that wakes late, after its job
+// ended, fails the generation check and never runs a task of a job that is gone or of the
+// next one. The caller returns once every task has finished (done == n), without waiting
+// for sleeping workers to check in: on a loaded machine a worker may get its core only
+// milliseconds later, and most ops last less than that. Workers and the caller spin briefly
+// before sleeping, since ops come back to back.
 namespace {
+inline void cpu_relax() { __builtin_ia32_pause(); }
 struct Pool {
-  std::mutex m;                      // guards the job fields below
+  std::mutex m;                      // guards job and the condition variables
   std::condition_variable cv_work, cv_done;
   std::vector<std::thread> workers;
   const std::function<void(int)>* job = nullptr;
-  int ntasks = 0;
-  std::atomic<int> next{0};
-  int active = 0;                    // workers still inside the current job
-  long generation = 0;
+  std::atomic<uint64_t> claim{0};    // generation << 32 | next task index
+  std::atomic<int> ntasks{0};
+  std::atomic<int> done{0};
+  std::atomic<uint32_t> generation{0};
   bool stop = false;
   std::mutex run_mutex;              // one parallel_run at a time
   int size = 1;
+  static constexpr int kSpin = 4000; // pause iterations (≈ 0.1 ms) before sleeping
 
-  static void drain(const std::function<void(int)>& f, std::atomic<int>& next, int n) {
-    for (int i; (i = next.fetch_add(1)) < n;) f(i);
+  // Run tasks of generation gen while there are any.
+  void drain(uint32_t gen, const std::function<void(int)>& f, int n) {
+    for (;;) {
+      uint64_t c = claim.load(std::memory_order_acquire);
+      if (uint32_t(c >> 32) != gen || int(uint32_t(c)) >= n) return;
+      if (!claim.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) continue;
+      f(int(uint32_t(c)));
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {  // the last task: wake the caller if it sleeps
+        std::lock_guard<std::mutex> lk(m);
+        cv_done.notify_one();
+      }
+    }
   }
   void worker() {
-    long seen = 0;
-    std::unique_lock<std::mutex> lk(m);
+    uint32_t seen = 0;
     for (;;) {
-      cv_work.wait(lk, [&] { return stop || generation != seen; });
-      if (stop) return;
-      seen = generation;
-      const std::function<void(int)>* f = job;
-      int n = ntasks;
-      lk.unlock();
-      drain(*f, next, n);
-      lk.lock();
-      if (--active == 0) cv_done.notify_one();
+      for (int i = 0; i < kSpin && generation.load(std::memory_order_acquire) == seen; i++) cpu_relax();
+      const std::function<void(int)>* f;
+      int n;
+      uint32_t gen;
+      {
+        std::unique_lock<std::mutex> lk(m);
+        cv_work.wait(lk, [&] { return stop || generation.load(std::memory_order_relaxed) != seen; });
+        if (stop) return;
+        gen = seen = generation.load(std::memory_order_relaxed);
+        f = job;
+        n = ntasks.load(std::memory_order_relaxed);
+      }
+      if (f) drain(gen, *f, n);  // f is only called for a claimed task of generation gen, whose caller is still waiting
     }
   }
   void resize(int n) {
@@ -105,19 +127,27 @@ struct Pool {
         if (!err) err = std::current_exception();
       }
     };
+    uint32_t gen;
     {
       std::lock_guard<std::mutex> lk(m);
       job = &guarded;
-      ntasks = n;
-      next = 0;
-      active = int(workers.size());
-      generation++;
+      ntasks.store(n, std::memory_order_relaxed);
+      done.store(0, std::memory_order_relaxed);
+      gen = generation.load(std::memory_order_relaxed) + 1;
+      claim.store(uint64_t(gen) << 32, std::memory_order_release);
+      generation.store(gen, std::memory_order_release);
     }
     cv_work.notify_all();
-    drain(guarded, next, n);
-    std::unique_lock<std::mutex> lk(m);
-    cv_done.wait(lk, [&] { return active == 0; });
-    job = nullptr;
+    drain(gen, guarded, n);
+    for (int i = 0; i < kSpin && done.load(std::memory_order_acquire) < n; i++) cpu_relax();
+    if (done.load(std::memory_order_acquire) < n) {
+      std::unique_lock<std::mutex> lk(m);
+      cv_done.wait(lk, [&] { return done.load(std::memory_order_acquire) >= n; });
+    }
+    {
+      std::lock_guard<std::mutex> lk(m);
+      job = nullptr;
+    }
     if (err) std::rethrow_exception(err);
   }
   ~Pool() {

@@ -109,27 +109,17 @@ V4_AVX512 static inline __m512i round_bf16(__m512 v) {  // fp32 bits rounded to 
   __m512i u = _mm512_castps_si512(v);
   return _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
 }
+// src is a packed strip or panel [kc][W] (W ≤ 32 floats per k), dst its pairs [cdiv(kc, 2)][W]
 V4_AVX512 static void to_bf16_pairs(const float* src, long kc, int W, uint32_t* dst) {
-  long kp = 0;
-  for (; 2 * kp < kc; kp++) {
+  for (long kp = 0; 2 * kp < kc; kp++) {
     for (int j = 0; j < W; j += 16) {
-      __m512 lo = _mm512_loadu_ps(src + 2 * kp * W + j);
-      __m512 hi = 2 * kp + 1 < kc ? _mm512_loadu_ps(src + (2 * kp + 1) * W + j) : _mm512_setzero_ps();
+      const __mmask16 m = W - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (W - j)) - 1);
+      __m512 lo = _mm512_maskz_loadu_ps(m, src + 2 * kp * W + j);
+      __m512 hi = 2 * kp + 1 < kc ? _mm512_maskz_loadu_ps(m, src + (2 * kp + 1) * W + j) : _mm512_setzero_ps();
       __m512i w = _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
-      _mm512_storeu_si512(dst + kp * W + j, w);
+      _mm512_mask_storeu_epi32(dst + kp * W + j, m, w);
     }
   }
-}
-
-static inline uint32_t bf16_round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-static void pairs_scalar(const float* src, long kc, int W, uint32_t* dst) {
-  for (long kp = 0; 2 * kp < kc; kp++)
-    for (int j = 0; j < W; j++)
-      dst[kp * W + j] = bf16_round(src[2 * kp * W + j]) | (2 * kp + 1 < kc ? bf16_round(src[(2 * kp + 1) * W + j]) << 16 : 0u);
 }
 
 V4_AVX512BF16 static void micro_bf16(long kc2, const uint32_t* A, const uint32_t* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
@@ -401,14 +391,22 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   mchunks = cdiv(M, MB);
   long NB = cdiv(npanels, nchunks) * NR;
   nchunks = cdiv(N, NB);
-  thread_local Scratch sshared;
+  thread_local Scratch sshared, sshared16;
   float* Ashared = shareA ? sshared.get(Mp * K) : nullptr;
+  // bf16: the shared A also as pairs, converted once per call: block k0 at A16shared + (k0/2)*Mp
+  uint32_t* A16shared = shareA && bf16 ? (uint32_t*)sshared16.get(Mp * cdiv(K, 2)) : nullptr;
   if (shareA) {
     // one packing task per (K block, group of strips): enough tasks for the threads even when K is short
     const long kblocks = cdiv(K, KC), groups = std::min(strips, cdiv(4L * threads, kblocks)), per = cdiv(strips, groups);
     auto pack_block = [&](int task) {
       long k0 = (task / groups) * KC, s0 = (task % groups) * per, s1 = std::min(strips, s0 + per), kc = std::min(KC, K - k0);
-      if (s0 < s1) pack_A(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, MR, Ashared + k0 * Mp + s0 * kc * MR);
+      if (s0 >= s1) return;
+      float* Ak = Ashared + k0 * Mp;
+      pack_A(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, MR, Ak + s0 * kc * MR);
+      if (A16shared) {
+        const long kc2 = cdiv(kc, 2);
+        for (long is = s0; is < s1; is++) to_bf16_pairs(Ak + is * kc * MR, kc, MR, A16shared + (k0 / 2) * Mp + is * kc2 * MR);
+      }
     };
     if (parallel) parallel_run(int(kblocks * groups), pack_block);
     else
@@ -437,9 +435,15 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
       pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
       if (bf16) {
         long kc2 = cdiv(kc, 2);
-        uint32_t* A16 = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
+        const uint32_t* A16;
+        if (A16shared) {
+          A16 = A16shared + (k0 / 2) * Mp + (m0 / MR) * kc2 * MR;
+        } else {
+          uint32_t* p = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
+          for (long is = 0; is * MR < mb; is++) to_bf16_pairs(Ap + is * kc * MR, kc, MR, p + is * kc2 * MR);
+          A16 = p;
+        }
         uint32_t* B16 = (uint32_t*)sb16.get(cdiv(nb, NR) * NR * kc2);
-        for (long is = 0; is * MR < mb; is++) pairs_scalar(Ap + is * kc * MR, kc, MR, A16 + is * kc2 * MR);
         for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);
         for (long jp = 0; jp * NR < nb; jp++)
           for (long is = 0; is * MR < mb; is++)

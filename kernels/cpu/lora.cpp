@@ -4,7 +4,9 @@
 #include "common.h"
 #include "gemm.h"
 #include "vecmath.h"
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <vector>
 
@@ -33,20 +35,26 @@ V4_AVX512 static long dropout_row_512(float* o, const float* v, uint32_t key, lo
   return c;
 }
 
+// rows [p0, p1) of dropout_apply
+static void dropout_rows(float* out, long ldo, const float* in, long ldi, const int* rows, long row0, long p0, long p1, long C,
+                         const Dropout& dr, bool accumulate) {
+  for (long p = p0; p < p1; p++) {
+    const uint32_t key = dropout_row_key(dr.seed, uint32_t(rows ? long(rows[p]) : row0 + p));
+    float* o = out + p * ldo;
+    const float* v = in + p * ldi;
+    long c = isa() == Isa::avx512 ? dropout_row_512(o, v, key, 0, C, dr, accumulate) : 0;
+    for (; c < C; c++) {
+      float m = (dropout_hash(key, uint32_t(c)) >> 8) >= dr.threshold ? dr.scale : 0.f;
+      o[c] = accumulate ? o[c] + v[c] * m : v[c] * m;
+    }
+  }
+}
+
 void dropout_apply(float* out, long ldo, const float* in, long ldi, const int* rows, long row0, long n, long C,
                    const Dropout& dr, bool accumulate) {
   const long grain = std::max(1L, 16384 / std::max(C, 1L));
   parallel_run(int(cdiv(n, grain)), [&](int t) {
-    for (long p = t * grain; p < std::min(n, (t + 1) * grain); p++) {
-      const uint32_t key = dropout_row_key(dr.seed, uint32_t(rows ? long(rows[p]) : row0 + p));
-      float* o = out + p * ldo;
-      const float* v = in + p * ldi;
-      long c = isa() == Isa::avx512 ? dropout_row_512(o, v, key, 0, C, dr, accumulate) : 0;
-      for (; c < C; c++) {
-        float m = (dropout_hash(key, uint32_t(c)) >> 8) >= dr.threshold ? dr.scale : 0.f;
-        o[c] = accumulate ? o[c] + v[c] * m : v[c] * m;
-      }
-    }
+    dropout_rows(out, ldo, in, ldi, rows, row0, t * grain, std::min(n, (t + 1) * grain), C, dr, accumulate);
   });
 }
 
@@ -103,31 +111,52 @@ static float* grow(std::vector<float>& v, long n) {
   return v.data();
 }
 
-// f(p) for p in [0, n) across the pool (rows are independent: a token appears once per expert)
-static void for_rows(long n, const std::function<void(long)>& f) {
-  const long grain = 16;
-  parallel_run(int(cdiv(n, grain)), [&](int t) {
-    for (long p = t * grain; p < std::min(n, (t + 1) * grain); p++) f(p);
-  });
-}
+// Where one expert's work runs: its GEMMs and loops across the pool (par), or all of it on the
+// calling thread, inside a pool task that holds the whole expert. Both do the same arithmetic
+// in the same order, so the result does not depend on which.
+struct Exec {
+  bool par;
+  void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak, const WeightRef& W, bool transB,
+            float beta, float* c, long ldc) const {
+    (par ? v4::gemm : v4::gemm_serial)(M, N, K, alpha, a, sam, sak, W, transB, beta, c, ldc);
+  }
+  // f(t) for t in [0, n)
+  void run(long n, const std::function<void(int)>& f) const {
+    if (par) parallel_run(int(n), f);
+    else
+      for (long t = 0; t < n; t++) f(int(t));
+  }
+  // f(p) for p in [0, n) (rows are independent: a token appears once per expert)
+  void rows(long n, const std::function<void(long)>& f) const {
+    const long grain = 16;
+    run(cdiv(n, grain), [&](int t) {
+      for (long p = t * grain; p < std::min(n, (t + 1) * grain); p++) f(p);
+    });
+  }
+  void dropout(float* out, long ldo, const float* in, long ldi, const int* rows, long n, long C, const Dropout& dr,
+               bool accumulate) const {
+    if (par) dropout_apply(out, ldo, in, ldi, rows, 0, n, C, dr, accumulate);
+    else dropout_rows(out, ldo, in, ldi, rows, 0, 0, n, C, dr, accumulate);
+  }
+};
 
 // h = x Wᵀ + s (x̃ Aᵀ) Bᵀ for n rows (xl: the LoRA path's input x̃); u (n, r) keeps x̃ Aᵀ.
-static void project(float* h, float* u, const float* xe, const float* xl, long n, const WeightRef& W, const float* A,
-                    const float* B, long r, float s) {
+static void project(const Exec& X, float* h, float* u, const float* xe, const float* xl, long n, const WeightRef& W,
+                    const float* A, const float* B, long r, float s) {
   long in = W.cols, out = W.rows;
-  gemm(n, out, in, 1.f, xe, in, 1, W, true, 0.f, h, out);
+  X.gemm(n, out, in, 1.f, xe, in, 1, W, true, 0.f, h, out);
   if (!A || r == 0) return;
-  gemm(n, r, in, 1.f, xl, in, 1, f32_matrix(A, r, in), true, 0.f, u, r);
-  gemm(n, out, r, s, u, r, 1, f32_matrix(B, out, r), true, 1.f, h, out);
+  X.gemm(n, r, in, 1.f, xl, in, 1, f32_matrix(A, r, in), true, 0.f, u, r);
+  X.gemm(n, out, r, s, u, r, 1, f32_matrix(B, out, r), true, 1.f, h, out);
 }
 
 // The LoRA input of a projection with n rows of width C: v itself, or v ⊙ mask (rows: the
 // tokens) in the scratch `buf` when its dropout is on.
-static const float* lora_input(std::vector<float>& buf, const float* v, const int* rows, long n, long C, const Dropout& dr,
-                               bool adapted) {
+static const float* lora_input(const Exec& X, std::vector<float>& buf, const float* v, const int* rows, long n, long C,
+                               const Dropout& dr, bool adapted) {
   if (!adapted || !dr.on) return v;
   float* m = grow(buf, n * C);
-  dropout_apply(m, C, v, C, rows, 0, n, C, dr, false);
+  X.dropout(m, C, v, C, rows, n, C, dr, false);
   return m;
 }
 
@@ -160,9 +189,9 @@ V4_AVX512 static long swiglu_backward_512(float* h1, float* h3, const float* G, 
   return i;
 }
 
-static void swiglu(float* act, const float* h1, const float* h3, long n, float L) {
+static void swiglu(const Exec& X, float* act, const float* h1, const float* h3, long n, float L) {
   const long grain = 16384;
-  parallel_run(int(cdiv(n, grain)), [&](int t) {
+  X.run(cdiv(n, grain), [&](int t) {
     long i = t * grain, end = std::min(n, (t + 1) * grain);
     if (isa() == Isa::avx512) i = swiglu_512(act, h1, h3, i, end, L);
     for (; i < end; i++) {
@@ -172,25 +201,70 @@ static void swiglu(float* act, const float* h1, const float* h3, long n, float L
   });
 }
 
+// Small experts (the `small` preset: d·I of 512·256) run one expert per pool task with serial
+// GEMMs: one expert's products last tens of microseconds, less than handing each of its ~30
+// GEMMs to the pool. Large ones (V4's 4096·2048) run one after another, each GEMM across the
+// pool. In the per-task mode each pair's result goes to a (P, d) buffer, added into the
+// token's row afterwards in pair order — the order the one-after-another mode adds in.
+static bool experts_per_task(long P, long d, long I) { return d * I <= (1L << 20) && P * d <= (16L << 20); }
+
+// Experts in order of decreasing pair count (the per-task mode starts the longest first).
+static std::vector<long> by_size(const int* off, long E) {
+  std::vector<long> order;
+  for (long e = 0; e < E; e++)
+    if (off[e + 1] > off[e]) order.push_back(e);
+  std::stable_sort(order.begin(), order.end(), [&](long a, long b) { return off[a + 1] - off[a] > off[b + 1] - off[b]; });
+  return order;
+}
+
+// dst[idx[p]] += a_p · src[p] for p in [0, P), in increasing p (a_p = w[p], or 1 when w is null),
+// split over column blocks so each element is summed by one task in pair order.
+static void scatter_add(float* dst, const float* src, const int* idx, const float* w, long P, long d) {
+  const long cb = 128;
+  parallel_run(int(cdiv(d, cb)), [&](int t) {
+    const long c0 = t * cb, c1 = std::min(d, c0 + cb);
+    for (long p = 0; p < P; p++) axpy(dst + long(idx[p]) * d + c0, w ? w[p] : 1.f, src + p * d + c0, c1 - c0);
+  });
+}
+
+// One expert's forward: y (n, d) = expert_e(x[rows]).
+static void expert_forward_one(const Exec& X, float* y, const float* x, long d, long I, const int* rows, long n, const Expert& ex,
+                               float L) {
+  thread_local std::vector<float> sx, s1, s3, su, sd1, sd3, sd2;
+  long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
+  float *xe = grow(sx, n * d), *h1 = grow(s1, n * I), *h3 = grow(s3, n * I), *u = grow(su, n * std::max(rmax, 1L));
+  X.rows(n, [&](long p) { std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4); });
+  project(X, h1, u, xe, lora_input(X, sd1, xe, rows, n, d, ex.d1, ex.a1 && ex.r1), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
+  project(X, h3, u, xe, lora_input(X, sd3, xe, rows, n, d, ex.d3, ex.a3 && ex.r3), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
+  swiglu(X, h1, h1, h3, n * I, L);  // h1 now holds act
+  project(X, y, u, h1, lora_input(X, sd2, h1, rows, n, I, ex.d2, ex.a2 && ex.r2), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
+}
+
 void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                     const Expert* experts, long E, float L) {
   (void)T;
-  thread_local std::vector<float> sx, s1, s3, su, sy, sd1, sd3, sd2;
+  const long P = off[E];
+  if (experts_per_task(P, d, I)) {
+    thread_local std::vector<float> sy;
+    float* Y = grow(sy, P * d);
+    const std::vector<long> order = by_size(off, E);
+    parallel_run(int(order.size()), [&](int t) {
+      check_cancel();
+      const long e = order[t], p0 = off[e];
+      expert_forward_one(Exec{false}, Y + p0 * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L);
+    });
+    scatter_add(out, Y, idx, w, P, d);
+    return;
+  }
+  thread_local std::vector<float> sy;
+  const Exec X{true};
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
     if (n == 0) continue;
     check_cancel();
-    const Expert& ex = experts[e];
-    const int* rows = idx + p0;
-    long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
-    float *xe = grow(sx, n * d), *h1 = grow(s1, n * I), *h3 = grow(s3, n * I), *u = grow(su, n * std::max(rmax, 1L)),
-          *y = grow(sy, n * d);
-    for_rows(n, [&](long p) { std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4); });
-    project(h1, u, xe, lora_input(sd1, xe, rows, n, d, ex.d1, ex.a1 && ex.r1), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
-    project(h3, u, xe, lora_input(sd3, xe, rows, n, d, ex.d3, ex.a3 && ex.r3), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
-    swiglu(h1, h1, h3, n * I, L);  // h1 now holds act
-    project(y, u, h1, lora_input(sd2, h1, rows, n, I, ex.d2, ex.a2 && ex.r2), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
-    for_rows(n, [&](long p) { axpy(out + long(rows[p]) * d, w[p0 + p], &y[p * d], d); });
+    float* y = grow(sy, n * d);
+    expert_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L);
+    X.rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
   }
 }
 
@@ -201,90 +275,122 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
 //   dw += g·y = G·act,  dact = w G,  dB2 += s (w g)ᵀ (ãct A2ᵀ),  dA2 += s (w g B2)ᵀ ãct
 //   dh1 = dact · clamp(h3) · silu'(h1) where h1 <= L,  dh3 = dact · silu(min(h1,L)) where |h3| <= L
 //   dx += dh1 W1 + (s (dh1 B1) A1) ⊙ m1 + (same for 3),  dA1 += s (dh1 B1)ᵀ x̃1,  dB1 += s dh1ᵀ (x̃1 A1ᵀ)
+// One expert's backward: dxe (n, d) = this expert's part of dx at its rows (overwritten); dw
+// (n) and the expert's LoRA gradients accumulate.
+static void expert_backward_one(const Exec& X, float* dxe, float* dw, const ExpertGrads& gr, const float* dout,
+                                const float* x, long d, long I, const int* rows, long n, const float* w, const Expert& ex,
+                                float L) {
+  thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sd1, sd3, sd2, sdl;
+  long r1 = ex.a1 ? ex.r1 : 0, r2 = ex.a2 ? ex.r2 : 0, r3 = ex.a3 ? ex.r3 : 0;
+  float *xe = grow(sxe, n * d), *ge = grow(sge, n * d), *h1 = grow(sh1, n * I), *h3 = grow(sh3, n * I);
+  float *act = grow(sact, n * I), *G = grow(sG, n * I);
+  float *u1 = grow(su1, n * std::max(r1, 1L)), *u3 = grow(su3, n * std::max(r3, 1L)), *u2 = grow(su2, n * std::max(r2, 1L));
+  float *g2 = grow(sg2, n * std::max(r2, 1L)), *g1 = grow(sg1, n * std::max(std::max(r1, r3), 1L));
+  X.rows(n, [&](long p) {
+    std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4);
+    std::memcpy(&ge[p * d], dout + long(rows[p]) * d, d * 4);
+  });
+  // recompute the forward up to act (the LoRA inputs masked as the forward masked them)
+  const float* x1 = lora_input(X, sd1, xe, rows, n, d, ex.d1, r1);
+  const float* x3 = lora_input(X, sd3, xe, rows, n, d, ex.d3, r3);
+  project(X, h1, u1, xe, x1, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
+  project(X, h3, u3, xe, x3, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
+  swiglu(X, act, h1, h3, n * I, L);
+  const float* act2 = lora_input(X, sd2, act, rows, n, I, ex.d2, r2);
+  // G = g W2 + (s (g B2) A2) ⊙ m2
+  X.gemm(n, I, d, 1.f, ge, d, 1, ex.w2, false, 0.f, G, I);
+  if (r2) {
+    X.gemm(n, r2, d, 1.f, ge, d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2, r2);
+    if (ex.d2.on) {
+      float* Gl = grow(sdl, n * I);
+      X.gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 0.f, Gl, I);
+      X.dropout(G, I, Gl, I, rows, n, I, ex.d2, true);
+    } else {
+      X.gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G, I);
+    }
+  }
+  X.rows(n, [&](long p) {
+    if (dw) dw[p] += dot(&G[p * I], &act[p * I], I);
+    float wp = w[p];
+    for (long i = 0; i < I; i++) G[p * I + i] *= wp;   // G is now dact
+    for (long j = 0; j < d; j++) ge[p * d + j] *= wp;  // ge is now dy
+    for (long j = 0; j < r2; j++) g2[p * r2 + j] *= wp;  // g2 is now dy B2
+  });
+  if (r2) {
+    if (gr.db2) {
+      X.gemm(n, r2, I, 1.f, act2, I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2, r2);
+      X.gemm(d, r2, n, ex.s2, ge, 1, d, f32_matrix(u2, n, r2), false, 1.f, gr.db2, r2);
+    }
+    if (gr.da2) X.gemm(r2, I, n, ex.s2, g2, 1, r2, f32_matrix(act2, n, I), false, 1.f, gr.da2, I);
+  }
+  // dh1, dh3 in place of h1, h3
+  const long grain = 16384;
+  X.run(cdiv(n * I, grain), [&](int t) {
+    long i = t * grain, end = std::min(n * I, (t + 1) * grain);
+    if (isa() == Isa::avx512) i = swiglu_backward_512(h1, h3, G, i, end, L);
+    for (; i < end; i++) {
+      float a = h1[i], b = h3[i], da = G[i];
+      float am = std::fmin(a, L), bc = std::fmax(-L, std::fmin(b, L));
+      float sg = sigmoidf(am);
+      h1[i] = a <= L ? da * bc * sg * (1.f + am * (1.f - sg)) : 0.f;
+      h3[i] = (b >= -L && b <= L) ? da * am * sg : 0.f;
+    }
+  });
+  X.gemm(n, d, I, 1.f, h1, I, 1, ex.w1, false, 0.f, dxe, d);
+  X.gemm(n, d, I, 1.f, h3, I, 1, ex.w3, false, 1.f, dxe, d);
+  struct Side { const float *a, *b; float *da, *db; long r; float s; float* h; float* u; const float* x; const Dropout& dr; };
+  for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1, u1, x1, ex.d1},
+                         Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3, u3, x3, ex.d3}}) {
+    if (!sd.r) continue;
+    X.gemm(n, sd.r, I, 1.f, sd.h, I, 1, f32_matrix(sd.b, I, sd.r), false, 0.f, g1, sd.r);  // dh B
+    if (sd.dr.on) {
+      float* dxl = grow(sdl, n * d);
+      X.gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 0.f, dxl, d);
+      X.dropout(dxe, d, dxl, d, rows, n, d, sd.dr, true);
+    } else {
+      X.gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe, d);
+    }
+    if (sd.da) X.gemm(sd.r, d, n, sd.s, g1, 1, sd.r, f32_matrix(sd.x, n, d), false, 1.f, sd.da, d);
+    if (sd.db) X.gemm(I, sd.r, n, sd.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
+  }
+}
+
+// Whether no two experts share a gradient buffer (then experts may run at the same time).
+static bool grads_disjoint(const ExpertGrads* grads, long E) {
+  std::vector<const float*> ps;
+  for (long e = 0; e < E; e++)
+    for (const float* q : {grads[e].da1, grads[e].db1, grads[e].da2, grads[e].db2, grads[e].da3, grads[e].db3})
+      if (q) ps.push_back(q);
+  std::sort(ps.begin(), ps.end());
+  return std::adjacent_find(ps.begin(), ps.end()) == ps.end();
+}
+
 void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
                      long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L) {
   (void)T;
-  thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sdx, sd1, sd3, sd2, sdl;
+  const long P = off[E];
+  if (experts_per_task(P, d, I) && grads_disjoint(grads, E)) {
+    thread_local std::vector<float> sdx;
+    float* DX = grow(sdx, P * d);
+    const std::vector<long> order = by_size(off, E);
+    parallel_run(int(order.size()), [&](int t) {
+      check_cancel();
+      const long e = order[t], p0 = off[e];
+      expert_backward_one(Exec{false}, DX + p0 * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
+                          off[e + 1] - p0, w + p0, experts[e], L);
+    });
+    if (dx) scatter_add(dx, DX, idx, nullptr, P, d);
+    return;
+  }
+  thread_local std::vector<float> sdx;
+  const Exec X{true};
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
     if (n == 0) continue;
     check_cancel();
-    const Expert& ex = experts[e];
-    const ExpertGrads& gr = grads[e];
-    const int* rows = idx + p0;
-    long r1 = ex.a1 ? ex.r1 : 0, r2 = ex.a2 ? ex.r2 : 0, r3 = ex.a3 ? ex.r3 : 0;
-    float *xe = grow(sxe, n * d), *ge = grow(sge, n * d), *h1 = grow(sh1, n * I), *h3 = grow(sh3, n * I);
-    float *act = grow(sact, n * I), *G = grow(sG, n * I), *dxe = grow(sdx, n * d);
-    float *u1 = grow(su1, n * std::max(r1, 1L)), *u3 = grow(su3, n * std::max(r3, 1L)), *u2 = grow(su2, n * std::max(r2, 1L));
-    float *g2 = grow(sg2, n * std::max(r2, 1L)), *g1 = grow(sg1, n * std::max(std::max(r1, r3), 1L));
-    for_rows(n, [&](long p) {
-      std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4);
-      std::memcpy(&ge[p * d], dout + long(rows[p]) * d, d * 4);
-    });
-    // recompute the forward up to act (the LoRA inputs masked as the forward masked them)
-    const float* x1 = lora_input(sd1, xe, rows, n, d, ex.d1, r1);
-    const float* x3 = lora_input(sd3, xe, rows, n, d, ex.d3, r3);
-    project(h1, u1, xe, x1, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
-    project(h3, u3, xe, x3, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
-    swiglu(act, h1, h3, n * I, L);
-    const float* act2 = lora_input(sd2, act, rows, n, I, ex.d2, r2);
-    // G = g W2 + (s (g B2) A2) ⊙ m2
-    gemm(n, I, d, 1.f, ge, d, 1, ex.w2, false, 0.f, G, I);
-    if (r2) {
-      gemm(n, r2, d, 1.f, ge, d, 1, f32_matrix(ex.b2, d, r2), false, 0.f, g2, r2);
-      if (ex.d2.on) {
-        float* Gl = grow(sdl, n * I);
-        gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 0.f, Gl, I);
-        dropout_apply(G, I, Gl, I, rows, 0, n, I, ex.d2, true);
-      } else {
-        gemm(n, I, r2, ex.s2, g2, r2, 1, f32_matrix(ex.a2, r2, I), false, 1.f, G, I);
-      }
-    }
-    for_rows(n, [&](long p) {
-      if (dw) dw[p0 + p] += dot(&G[p * I], &act[p * I], I);
-      float wp = w[p0 + p];
-      for (long i = 0; i < I; i++) G[p * I + i] *= wp;   // G is now dact
-      for (long j = 0; j < d; j++) ge[p * d + j] *= wp;  // ge is now dy
-      for (long j = 0; j < r2; j++) g2[p * r2 + j] *= wp;  // g2 is now dy B2
-    });
-    if (r2) {
-      if (gr.db2) {
-        gemm(n, r2, I, 1.f, act2, I, 1, f32_matrix(ex.a2, r2, I), true, 0.f, u2, r2);
-        gemm(d, r2, n, ex.s2, ge, 1, d, f32_matrix(u2, n, r2), false, 1.f, gr.db2, r2);
-      }
-      if (gr.da2) gemm(r2, I, n, ex.s2, g2, 1, r2, f32_matrix(act2, n, I), false, 1.f, gr.da2, I);
-    }
-    // dh1, dh3 in place of h1, h3
-    const long grain = 16384;
-    parallel_run(int(cdiv(n * I, grain)), [&](int t) {
-      long i = t * grain, end = std::min(n * I, (t + 1) * grain);
-      if (isa() == Isa::avx512) i = swiglu_backward_512(h1, h3, G, i, end, L);
-      for (; i < end; i++) {
-        float a = h1[i], b = h3[i], da = G[i];
-        float am = std::fmin(a, L), bc = std::fmax(-L, std::fmin(b, L));
-        float sg = sigmoidf(am);
-        h1[i] = a <= L ? da * bc * sg * (1.f + am * (1.f - sg)) : 0.f;
-        h3[i] = (b >= -L && b <= L) ? da * am * sg : 0.f;
-      }
-    });
-    gemm(n, d, I, 1.f, h1, I, 1, ex.w1, false, 0.f, dxe, d);
-    gemm(n, d, I, 1.f, h3, I, 1, ex.w3, false, 1.f, dxe, d);
-    struct Side { const float *a, *b; float *da, *db; long r; float s; float* h; float* u; const float* x; const Dropout& dr; };
-    for (const Side& sd : {Side{ex.a1, ex.b1, gr.da1, gr.db1, r1, ex.s1, h1, u1, x1, ex.d1},
-                           Side{ex.a3, ex.b3, gr.da3, gr.db3, r3, ex.s3, h3, u3, x3, ex.d3}}) {
-      if (!sd.r) continue;
-      gemm(n, sd.r, I, 1.f, sd.h, I, 1, f32_matrix(sd.b, I, sd.r), false, 0.f, g1, sd.r);  // dh B
-      if (sd.dr.on) {
-        float* dxl = grow(sdl, n * d);
-        gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 0.f, dxl, d);
-        dropout_apply(dxe, d, dxl, d, rows, 0, n, d, sd.dr, true);
-      } else {
-        gemm(n, d, sd.r, sd.s, g1, sd.r, 1, f32_matrix(sd.a, sd.r, d), false, 1.f, dxe, d);
-      }
-      if (sd.da) gemm(sd.r, d, n, sd.s, g1, 1, sd.r, f32_matrix(sd.x, n, d), false, 1.f, sd.da, d);
-      if (sd.db) gemm(I, sd.r, n, sd.s, sd.h, 1, I, f32_matrix(sd.u, n, sd.r), false, 1.f, sd.db, sd.r);
-    }
-    if (dx) for_rows(n, [&](long p) { axpy(dx + long(rows[p]) * d, 1.f, &dxe[p * d], d); });
+    float* dxe = grow(sdx, n * d);
+    expert_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L);
+    if (dx) X.rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
   }
 }
 
