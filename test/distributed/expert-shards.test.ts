@@ -12,7 +12,7 @@
 import { cpSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openDataset } from '../../src/data/dataset.js';
+import { openDataset, openRowReader } from '../../src/data/dataset.js';
 import { routedExpertOf } from '../../src/distributed/shard.js';
 import { createAdapter } from '../../src/lora/adapter.js';
 import { loadModel } from '../../src/model/load.js';
@@ -98,6 +98,20 @@ describe.skipIf(skipWithoutMpi())('expert parallel with the adapter split across
     expect([...m2.keys()].sort()).toEqual([...m1.keys()].sort());
     expect(maxDiff(m1, m2).diff).toBeLessThanOrEqual(1e-4);
   }, 300_000);
+
+  it('the row reader gives every row of the split as the whole-shard reader does, in any order, counting what it read', async () => {
+    const ds = openDataset(join(fx.dir, 'data'));
+    const all = [...ds.rows('train')];
+    const rows = await openRowReader(ds, 'train');
+    try {
+      expect(rows.length).toBe(all.length);
+      for (let i = all.length - 1; i >= 0; i--) expect(rows.get(i)).toEqual(all[i]);
+      expect(rows.stats.rows).toBe(all.length);
+      expect(() => rows.get(all.length)).toThrow(RangeError);
+    } finally {
+      rows.close();
+    }
+  });
 
   it('resumes at another world size: a 2-rank checkpoint in one process, a 1-rank checkpoint on 2 ranks', async () => {
     const one = join(fx.dir, 'out-resume-one');
