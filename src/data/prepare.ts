@@ -23,6 +23,7 @@ import { cpus } from 'node:os';
 import { InputError } from '../errors.js';
 import { claimOutput, writeDirAtomic, writeFileAtomic, type OutputClaim } from '../fsutil.js';
 import { VERSION } from '../version.js';
+import { silentSink, type Sink } from '../sink.js';
 import { chatTokenIds, encodeDocument, type ChatTokenIds, type Document } from './documents.js';
 import { FingerprintMap, seededUniform } from './dedup.js';
 import { datasetCard, writeHfMetadata } from './hf.js';
@@ -69,12 +70,6 @@ export interface PrepareOptions {
   recipe?: { file: string; text: string };
 }
 
-/** What `prepare` reports to a caller: the CLI context satisfies it. */
-export interface ProgressSink {
-  log(line: string): void;
-  progress(label: string, total: number, unit?: string): { update(done: number, note?: string): void; stop(): void };
-}
-
 export interface PrepareSummary {
   output: string;
   /** True when an existing output with the same inputs was reused. */
@@ -85,8 +80,6 @@ export interface PrepareSummary {
   /** Wall seconds: all of it, and from the first batch sent to the tokenizer to the last result (reading, packing and writing overlap it). */
   seconds: { total: number; tokenize: number };
 }
-
-const silent: ProgressSink = { log: () => {}, progress: () => ({ update: () => {}, stop: () => {} }) };
 
 /** The longest seq_len v4tune takes without a model to bound it (DeepSeek V4's 1M context). */
 export const MAX_SEQ_LEN = 1 << 20;
@@ -199,7 +192,7 @@ interface Pending {
 }
 
 /** Build (or reuse) the dataset folder `opts.output`. */
-export async function prepareDataset(opts: PrepareOptions, sink: ProgressSink = silent): Promise<PrepareSummary> {
+export async function prepareDataset(opts: PrepareOptions, sink: Sink = silentSink): Promise<PrepareSummary> {
   const t0 = performance.now();
   checkOptions(opts);
   const root = opts.root ?? process.cwd();

@@ -9,8 +9,9 @@ import { InputError } from '../errors.js';
 import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 import type { RoutingObserver, V4Model } from '../model/v4/model.js';
 import { mulberry32 } from '../random.js';
+import { RUN_FILES } from '../recipe/layout.js';
 
-export const PROFILE_FILE = 'expert-profile.json';
+export const PROFILE_FILE = RUN_FILES.profile;
 export const PROFILE_FORMAT = 'v4tune-expert-profile/1';
 export const SAMPLE_METHOD = 'seeded systematic';
 export const SAMPLE_BY_SOURCE = 'seeded systematic per source';

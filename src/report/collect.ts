@@ -7,13 +7,14 @@ import type { DatasetManifest } from '../data/manifest.js';
 import { InputError } from '../errors.js';
 import { formatOutput, QUANT_FORMATS, type KindStats, type LinearKind, type QuantFormat } from '../export/quantize.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loadAdapter } from '../lora/peft.js';
-import { PROFILE_FILE, readProfile } from '../lora/profile.js';
+import { readProfile } from '../lora/profile.js';
 import { gptqLayerErrors } from './int4-layers.js';
 import { inspectModel } from '../model/inspect.js';
+import { recipeModelDir, runPath } from '../recipe/layout.js';
 import type { LoadedRecipe } from '../recipe/load.js';
-import { recipeModelDir } from '../cli/commands/prepare.js';
+import type { TrainSummary } from '../train/summary.js';
 import type {
-  AdapterSection, DataSection, EvalNumbers, ExpertsSection, ExportSection, MergeSection, ModelSection, NotRun, QuantOutputSection,
+  AdapterSection, DataSection, ExpertsSection, ExportSection, MergeSection, ModelSection, NotRun, QuantOutputSection,
   RecipeSection, Section, TrainingSection,
 } from './types.js';
 import { readJsonFile } from '../fsutil.js';
@@ -90,29 +91,9 @@ export function dataSection(recipe: LoadedRecipe): Section<DataSection> {
 }
 
 /** train.json of a run (what `train` writes at its end), or null */
-export interface TrainJson {
-  ok: boolean;
-  backend: string;
-  interrupted: boolean;
-  step: number;
-  steps: number;
-  train_rows: number;
-  eval_rows: number;
-  last_loss: number | null;
-  eval_before: EvalNumbers | null;
-  eval_after: EvalNumbers | null;
-  tokens: number;
-  train_seconds: number;
-  tokens_per_s: number;
-  stopped_early?: boolean;
-  best?: { step: number; eval_loss: number; checkpoint: string | null } | null;
-  resumes?: number[];
-  extended_from?: number | null;
-}
-
-export function readTrainJson(recipe: LoadedRecipe): TrainJson | null {
-  const path = join(recipe.output, 'train.json');
-  return existsSync(path) ? readJson<TrainJson>(path) : null;
+export function readTrainJson(recipe: LoadedRecipe): TrainSummary | null {
+  const path = runPath(recipe.output, 'trainSummary');
+  return existsSync(path) ? readJson<TrainSummary>(path) : null;
 }
 
 interface LogRecord {
@@ -135,9 +116,9 @@ export function evenlySpaced<T>(xs: readonly T[], n: number): T[] {
   return [...picks].sort((a, b) => a - b).map((i) => xs[i]!);
 }
 
-export function trainingSection(recipe: LoadedRecipe, t: TrainJson | null): Section<TrainingSection> {
+export function trainingSection(recipe: LoadedRecipe, t: TrainSummary | null): Section<TrainingSection> {
   if (t === null) return notRun(`no train.json in ${recipe.output} (\`v4tune train ${recipe.file}\` makes it)`);
-  const logPath = join(recipe.output, 'train-log.jsonl');
+  const logPath = runPath(recipe.output, 'trainLog');
   const log: LogRecord[] = [];
   if (existsSync(logPath)) {
     for (const [i, line] of readFileSync(logPath, 'utf8').split('\n').entries()) {
@@ -183,7 +164,7 @@ export function trainingSection(recipe: LoadedRecipe, t: TrainJson | null): Sect
  * per MoE block; not run without a trained adapter.
  */
 export async function expertsSection(recipe: LoadedRecipe): Promise<Section<ExpertsSection>> {
-  const dir = join(recipe.output, 'adapter');
+  const dir = runPath(recipe.output, 'adapter');
   if (!existsSync(join(dir, ADAPTER_CONFIG))) return notRun(`no trained adapter in ${dir} (\`v4tune train ${recipe.file}\` makes it)`);
   const cfgPath = join(recipeModelDir(recipe), 'config.json');
   if (!existsSync(cfgPath)) return notRun(`no model config in ${cfgPath}`);
@@ -205,7 +186,7 @@ export async function expertsSection(recipe: LoadedRecipe): Promise<Section<Expe
   const count = blocks.reduce((s, b) => s + b.adapted.length, 0);
   return {
     status: 'ok',
-    profile: profile ? join(recipe.output, PROFILE_FILE) : null,
+    profile: profile ? runPath(recipe.output, 'profile') : null,
     rows: profile?.rows ?? null,
     splitRows: profile?.sample?.split_rows ?? null,
     experts: E,
@@ -216,7 +197,7 @@ export async function expertsSection(recipe: LoadedRecipe): Promise<Section<Expe
 
 /** The trained adapter as v4tune reads it (either PEFT layout): modules and factors in official names. */
 export async function adapterSection(recipe: LoadedRecipe): Promise<Section<AdapterSection>> {
-  const dir = join(recipe.output, 'adapter');
+  const dir = runPath(recipe.output, 'adapter');
   if (!existsSync(join(dir, ADAPTER_CONFIG)) || !existsSync(join(dir, ADAPTER_WEIGHTS))) return notRun(`no trained adapter in ${dir} (\`v4tune train ${recipe.file}\` makes it)`);
   const a = await loadAdapter(dir, { warn: () => {} });
   let params = 0;
@@ -235,7 +216,7 @@ export async function adapterSection(recipe: LoadedRecipe): Promise<Section<Adap
 }
 
 async function mergeSection(recipe: LoadedRecipe): Promise<Section<MergeSection>> {
-  const dir = join(recipe.output, 'merged');
+  const dir = runPath(recipe.output, 'merged');
   if (!existsSync(join(dir, 'config.json'))) {
     return notRun(recipe.export.merge ? `no merged model in ${dir} (\`v4tune merge ${recipe.file}\` makes it)` : `export.merge is off and ${dir} does not exist`);
   }
@@ -253,7 +234,7 @@ interface QuantStatsJson {
 }
 
 function quantOutputSection(recipe: LoadedRecipe, format: QuantFormat): QuantOutputSection {
-  const path = formatOutput(join(recipe.output, 'quantized'), format);
+  const path = formatOutput(runPath(recipe.output, 'quantized'), format);
   const statsPath = format === 'gptq' ? join(path, 'v4tune-quantize.json') : `${path}.json`;
   if (!existsSync(path) || !existsSync(statsPath)) {
     return { format, path, status: 'not run', reason: `no ${format} output at ${path} (\`v4tune quantize ${recipe.file}\` makes it)` };
@@ -277,7 +258,7 @@ function quantOutputSection(recipe: LoadedRecipe, format: QuantFormat): QuantOut
 }
 
 export async function exportSection(recipe: LoadedRecipe): Promise<ExportSection> {
-  const formats = ALL_FORMATS.filter((f) => recipe.export.quantize.includes(f) || existsSync(formatOutput(join(recipe.output, 'quantized'), f)));
+  const formats = ALL_FORMATS.filter((f) => recipe.export.quantize.includes(f) || existsSync(formatOutput(runPath(recipe.output, 'quantized'), f)));
   const quantized = formats.map((f) => quantOutputSection(recipe, f));
   // the GPTQ folder read back against its source, per layer (the stats file holds kinds only)
   for (const q of quantized) {

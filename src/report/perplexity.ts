@@ -5,17 +5,17 @@
 // GGUF outputs are not run (v4tune has no GGUF reader); their weight errors are in the report.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { evaluate } from '../cli/commands/eval.js';
-import { recipeModelDir } from '../cli/commands/prepare.js';
-import type { CliContext } from '../cli/context.js';
 import { openDataset } from '../data/dataset.js';
 import { formatOutput } from '../export/quantize.js';
 import { loadAdapter } from '../lora/peft.js';
 import { loadModel } from '../model/load.js';
 import type { ModelAdapter } from '../model/v4/model.js';
+import { recipeModelDir, runPath } from '../recipe/layout.js';
 import type { LoadedRecipe } from '../recipe/load.js';
-import type { TrainJson } from './collect.js';
-import type { EvalNumbers, PerplexityRow, PerplexitySection, PerplexityStage } from './types.js';
+import type { Sink } from '../sink.js';
+import { evaluate, type EvalResult } from '../train/evaluate.js';
+import type { TrainSummary } from '../train/summary.js';
+import type { PerplexityRow, PerplexitySection, PerplexityStage } from './types.js';
 
 export interface PerplexityOptions {
   /** evaluate at most this many eval rows (default: what train evaluated, else the whole split) */
@@ -30,18 +30,18 @@ interface StagePlan {
   /** why the stage cannot be evaluated, or null */
   missing: string | null;
   /** train.json's numbers for this stage on the same rows, or null */
-  reuse: EvalNumbers | null;
+  reuse: EvalResult | null;
 }
 
 const GGUF_NOTE = 'GGUF outputs are not evaluated (v4tune does not run GGUF files); their weight error stats are under Export.';
 
-export async function measurePerplexity(recipe: LoadedRecipe, train: TrainJson | null, ctx: CliContext, opts: PerplexityOptions = {}): Promise<PerplexitySection> {
+export async function measurePerplexity(recipe: LoadedRecipe, train: TrainSummary | null, sink: Sink, opts: PerplexityOptions = {}): Promise<PerplexitySection> {
   const modelDir = recipeModelDir(recipe);
-  const adapterDir = join(recipe.output, 'adapter');
-  const mergedDir = join(recipe.output, 'merged');
-  const gptqDir = formatOutput(join(recipe.output, 'quantized'), 'gptq');
+  const adapterDir = runPath(recipe.output, 'adapter');
+  const mergedDir = runPath(recipe.output, 'merged');
+  const gptqDir = formatOutput(runPath(recipe.output, 'quantized'), 'gptq');
   const notes: string[] = [];
-  if (recipe.export.quantize.some((f) => f !== 'gptq') || existsSync(formatOutput(join(recipe.output, 'quantized'), 'gguf-q4_0'))) notes.push(GGUF_NOTE);
+  if (recipe.export.quantize.some((f) => f !== 'gptq') || existsSync(formatOutput(runPath(recipe.output, 'quantized'), 'gguf-q4_0'))) notes.push(GGUF_NOTE);
 
   const dataDir = recipe.data.output;
   const plans: StagePlan[] = [
@@ -79,20 +79,20 @@ export async function measurePerplexity(recipe: LoadedRecipe, train: TrainJson |
         rows.push({ ...head, status: 'ok', from: 'train.json', loss: p.reuse.loss, perplexity: p.reuse.perplexity, tokens: p.reuse.tokens, rows: p.reuse.rows });
         continue;
       }
-      ctx.log(`report: eval ${p.label}: ${head.model} on ${evalRows} eval rows`);
-      let n: EvalNumbers;
+      sink.log(`report: eval ${p.label}: ${head.model} on ${evalRows} eval rows`);
+      let n: EvalResult;
       if (p.stage === 'base' || p.stage === 'adapter') {
-        base ??= await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
-        const adapter: ModelAdapter | undefined = p.adapter ? await loadAdapter(p.adapter, { warn: (l) => ctx.warn(l) }) : undefined;
-        n = await evaluate(base, dataDir, ctx, evalRows, adapter);
+        base ??= await loadModel(modelDir, { backend: recipe.train.backend, note: (l) => sink.log(l) });
+        const adapter: ModelAdapter | undefined = p.adapter ? await loadAdapter(p.adapter, { warn: (l) => sink.warn(l) }) : undefined;
+        n = await evaluate(base, dataDir, { maxRows: evalRows, adapter, sink });
       } else {
         if (base !== null) {
           base.dispose();
           base = null;
         }
-        const model = await loadModel(p.model, { backend: recipe.train.backend, note: (l) => ctx.log(l) });
+        const model = await loadModel(p.model, { backend: recipe.train.backend, note: (l) => sink.log(l) });
         try {
-          n = await evaluate(model, dataDir, ctx, evalRows);
+          n = await evaluate(model, dataDir, { maxRows: evalRows, sink });
         } finally {
           model.dispose();
         }

@@ -1,9 +1,9 @@
 // The run report of a recipe: every section from the run folder, and the perplexity of each
 // stage (src/report/perplexity.ts). A recipe whose output folder does not exist is an InputError.
 import { existsSync, statSync } from 'node:fs';
-import type { CliContext } from '../cli/context.js';
 import { InputError } from '../errors.js';
 import type { LoadedRecipe } from '../recipe/load.js';
+import type { Sink } from '../sink.js';
 import { VERSION } from '../version.js';
 import { adapterSection, dataSection, expertsSection, exportSection, modelSection, readTrainJson, recipeSection, trainingSection } from './collect.js';
 import { measurePerplexity, type PerplexityOptions } from './perplexity.js';
@@ -16,7 +16,7 @@ export function assertRunFolder(recipe: LoadedRecipe): void {
   }
 }
 
-export async function buildReport(recipe: LoadedRecipe, ctx: CliContext, opts: PerplexityOptions = {}): Promise<RunReport> {
+export async function buildReport(recipe: LoadedRecipe, sink: Sink, opts: PerplexityOptions = {}): Promise<RunReport> {
   assertRunFolder(recipe);
   const train = readTrainJson(recipe);
   return {
@@ -29,6 +29,6 @@ export async function buildReport(recipe: LoadedRecipe, ctx: CliContext, opts: P
     adapter: await adapterSection(recipe),
     experts: await expertsSection(recipe),
     export: await exportSection(recipe),
-    perplexity: await measurePerplexity(recipe, train, ctx, opts),
+    perplexity: await measurePerplexity(recipe, train, sink, opts),
   };
 }

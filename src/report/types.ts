@@ -3,6 +3,7 @@
 // folder or "not run" with the reason. `report.md` renders it; `--json` prints it as is.
 import type { KindStats, LinearKind, QuantFormat } from '../export/quantize.js';
 import type { WeightFormat } from '../model/checkpoint.js';
+import type { EvalResult } from '../train/evaluate.js';
 import type { LayerError } from './int4-layers.js';
 
 /** A stage whose outputs are not in the run folder. */
@@ -60,15 +61,6 @@ export interface DataSection {
   tokenizer: { kind: string; file: string; vocabSize: number; encoder: string | null };
 }
 
-export interface EvalNumbers {
-  loss: number;
-  perplexity: number;
-  /** counted (predicted) tokens */
-  tokens: number;
-  rows: number;
-  /** the MTP head's next-next-token top-1 agreement with the main head (train.eval_mtp) */
-  mtpAgreement?: number;
-}
 
 export interface TrainingSection {
   step: number;
@@ -86,8 +78,8 @@ export interface TrainingSection {
   lossCurve: Array<{ step: number; loss: number }>;
   /** every eval the run logged (step 0: before training) */
   evals: Array<{ step: number; loss: number; perplexity: number; tokens: number }>;
-  evalBefore: EvalNumbers | null;
-  evalAfter: EvalNumbers | null;
+  evalBefore: EvalResult | null;
+  evalAfter: EvalResult | null;
   /** every logged step (the report page's charts) */
   curve: Array<{ step: number; loss: number | null; lr: number; gradNorm: number; tokensPerSecond: number | null }>;
   /** the eval prompts' continuations at each eval (train.eval_prompts) */
@@ -156,7 +148,7 @@ export interface ExportSection {
 
 export type PerplexityStage = 'base' | 'adapter' | 'merged' | 'gptq';
 
-export type PerplexityRow = { stage: PerplexityStage; label: string; model: string } & Section<EvalNumbers & {
+export type PerplexityRow = { stage: PerplexityStage; label: string; model: string } & Section<EvalResult & {
   /** `train.json` when the numbers are the train stage's own eval on the same rows */
   from: 'train.json' | 'computed';
 }>;

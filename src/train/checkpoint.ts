@@ -8,13 +8,14 @@ import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { writeDirAtomic } from '../fsutil.js';
+import { runPath } from '../recipe/layout.js';
 import type { Adapter } from '../lora/adapter.js';
 import { loadAdapter, saveAdapter } from '../lora/peft.js';
 import { f32BytesToF32, f32ToBytes } from '../model/formats.js';
 import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
 import { VERSION } from '../version.js';
 import { ADAMW_DEFAULTS, type Moments } from './adamw.js';
-import type { TrainerState } from './trainer.js';
+import type { EvalResult, TrainerState } from './trainer.js';
 
 export const CHECKPOINT_FORMAT = 'v4tune-train-checkpoint';
 export const CHECKPOINT_FORMAT_VERSION = 1;
@@ -62,15 +63,8 @@ export interface RunProgress {
   resumes: number[];
 }
 
-export interface RunEval {
-  loss: number;
-  perplexity: number;
-  tokens: number;
-  rows: number;
-  /** the MTP block's top-1 agreement with the main head, when measured */
-  mtpAgreement?: number;
-  mtpPairs?: number;
-}
+/** An eval as a checkpoint records it. */
+export type RunEval = EvalResult;
 
 export interface TrainCheckpoint {
   dir: string;
@@ -80,7 +74,7 @@ export interface TrainCheckpoint {
 }
 
 export function checkpointsDir(output: string): string {
-  return join(output, 'checkpoints');
+  return runPath(output, 'checkpoints');
 }
 
 /** Write `<root>/step-N/` atomically. */
@@ -176,13 +170,13 @@ export async function loadCheckpoint(dir: string, holds?: (module: string) => bo
   const state = readCheckpointState(dir);
   const adapter = await loadAdapter(join(dir, ADAPTER), { holds });
   const optPath = join(dir, OPTIMIZER);
-      if (holds && !holds(m[1]!.replace(/^base_model\.model\./, '').replace(/\.lora_[AB]\.weight$/, ''))) continue;
   const f = SafetensorsFile.open(optPath);
   const moments = new Map<string, Moments>();
   try {
     for (const [name, e] of f.entries) {
       const m = /^(.+)\.(exp_avg|exp_avg_sq)$/.exec(name);
       if (!m || e.dtype !== 'F32') throw new InputError(`${optPath}: tensor ${name} is not an F32 <key>.exp_avg / .exp_avg_sq moment`);
+      if (holds && !holds(m[1]!.replace(/^base_model\.model\./, '').replace(/\.lora_[AB]\.weight$/, ''))) continue;
       const mom = moments.get(m[1]!) ?? { m: new Float32Array(0), v: new Float32Array(0) };
       if (m[2] === 'exp_avg') mom.m = f32BytesToF32(f.read(name));
       else mom.v = f32BytesToF32(f.read(name));

@@ -17,7 +17,7 @@
 // (more steps): the schedule is then the new length's.
 import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { generateTokens } from '../chat/generate.js';
+import { generateTokens } from '../model/generate.js';
 import type { DatasetRow } from '../data/dataset.js';
 import { NonFiniteError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { sampleToken, seededRandom, textStreamer } from '../../src/chat/generate.js';
+import { sampleToken, seededRandom, textStreamer } from '../../src/model/generate.js';
 import { readChatTemplate } from '../../src/chat/config.js';
 import { V4_CHAT_TEMPLATE } from '../../src/chat/template.js';
 import { mergeAdapter } from '../../src/export/merge.js';

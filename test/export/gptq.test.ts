@@ -9,7 +9,9 @@ import { openDataset } from '../../src/data/dataset.js';
 import { gptqRows, int4Quantizer, q4_0Quantizer } from '../../src/export/gptq.js';
 import { quantizeQ4_0 } from '../../src/export/gguf.js';
 import { dequantizeInt4, quantizeRtn } from '../../src/export/int4.js';
-import { linearKind, quantizeRecipe, type QuantizeSummary } from '../../src/export/quantize.js';
+import { linearKind, type QuantizeSummary } from '../../src/export/quantize.js';
+import { lineSink, silentSink } from '../../src/sink.js';
+import { quantizeRecipe } from '../../src/stages/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { f16Decode } from '../../src/model/formats.js';
 import { initModel } from '../../src/model/init.js';
@@ -256,8 +258,8 @@ describe('method gptq on the tiny preset', () => {
   it('writes a GPTQ folder that reads back, with a lower output error than RTN and an eval loss nearer the unquantised model\'s', async () => {
     const recipe = loadRecipe(join(dir, 'r.yaml'));
     const warns: string[] = [];
-    const [g] = await quantizeRecipe(recipe, { out: join(dir, 'q-gptq'), warn: (l) => warns.push(l) });
-    const [rt] = await quantizeRecipe(recipe, { out: join(dir, 'q-rtn'), method: 'rtn' });
+    const [g] = await quantizeRecipe(recipe, lineSink(() => {}, (l) => warns.push(l)), { out: join(dir, 'q-gptq') });
+    const [rt] = await quantizeRecipe(recipe, silentSink, { out: join(dir, 'q-rtn'), method: 'rtn' });
     const have = openDataset(join(dir, 'out', 'data')).rowCount('train');
     expect(warns.join('\n')).toContain(`export.calibration_rows is 1000 but the train split of ${join(dir, 'out', 'data')} has ${have} rows`);
     expect(g!.calibration).toMatchObject({ rows: have, damp: 0.01, passes: 1 });
@@ -294,7 +296,7 @@ describe('method gptq on the tiny preset', () => {
   it('calibrates once for several formats: the GGUF format reuses the gptq format\'s Hessians (GPTQ output error still below RTN\'s)', async () => {
     const recipe = loadRecipe(join(dir, 'r.yaml'));
     // listed GGUF first: the stage still calibrates for gptq first, whose linears cover the GGUF's
-    const [q, g] = await quantizeRecipe(recipe, { out: join(dir, 'q-both'), formats: ['gguf-q4_0', 'gptq'] });
+    const [q, g] = await quantizeRecipe(recipe, silentSink, { out: join(dir, 'q-both'), formats: ['gguf-q4_0', 'gptq'] });
     expect([q!.format, g!.format]).toEqual(['gguf-q4_0', 'gptq']);
     expect(g!.calibration).toMatchObject({ passes: 1, reused: false });
     expect(q!.calibration).toMatchObject({ passes: 0, reused: true });
@@ -305,12 +307,12 @@ describe('method gptq on the tiny preset', () => {
 
   it('refuses a missing dataset and an empty train split, naming the recipe', async () => {
     const recipe = loadRecipe(join(dir, 'r.yaml'));
-    await expect(quantizeRecipe({ ...recipe, data: { ...recipe.data, output: join(dir, 'nowhere') } }, { out: join(dir, 'x') }))
+    await expect(quantizeRecipe({ ...recipe, data: { ...recipe.data, output: join(dir, 'nowhere') } }, silentSink, { out: join(dir, 'x') }))
       .rejects.toThrow(new RegExp(`${recipe.file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: export.method gptq calibrates on the prepared dataset`));
     const empty = join(dir, 'empty');
     cpSync(join(dir, 'out', 'data'), empty, { recursive: true });
     const manifest = openDataset(join(dir, 'out', 'data')).manifest;
     writeFileSync(join(empty, 'manifest.json'), JSON.stringify({ ...manifest, splits: { ...manifest.splits, train: { ...manifest.splits.train, rows: 0, shards: [] } } }));
-    await expect(quantizeRecipe({ ...recipe, data: { ...recipe.data, output: empty } }, { out: join(dir, 'y') })).rejects.toThrow(/export.method gptq needs calibration rows, but the train split .* is empty/);
+    await expect(quantizeRecipe({ ...recipe, data: { ...recipe.data, output: empty } }, silentSink, { out: join(dir, 'y') })).rejects.toThrow(/export.method gptq needs calibration rows, but the train split .* is empty/);
   });
 });

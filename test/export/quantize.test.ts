@@ -3,7 +3,10 @@
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { linearKind, quantizeCheckpoint, quantizeRecipe, type QuantizeSummary } from '../../src/export/quantize.js';
+import { linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+import { parseRecipe } from '../../src/recipe/load.js';
+import { silentSink } from '../../src/sink.js';
+import { quantizeRecipe } from '../../src/stages/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { SafetensorsSet } from '../../src/model/safetensors.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -235,12 +238,12 @@ describe('quantize → GPTQ-layout safetensors (method rtn, group 32, v4-tiny-re
   it('the recipe stage takes <output>/merged when present and refuses an empty export.quantize', async () => {
     const output = join(dir, 'run');
     cpSync(src, join(output, 'merged'), { recursive: true });
-    const recipe = { file: 'r.yaml', output, model: { path: '/nonexistent' }, export: { quantize: [] as never[], method: 'rtn' as const, group_size: 32 } };
+    const recipe = parseRecipe(JSON.stringify({ model: { path: '/nonexistent' }, data: { sources: [{ path: 'corpus.txt' }] }, output, export: { quantize: [], method: 'rtn', group_size: 32 } }), join(dir, 'r.yaml'));
     await expect(quantizeRecipe(recipe)).rejects.toThrow(/export.quantize is empty/);
     const [s] = await quantizeRecipe({ ...recipe, export: { ...recipe.export, quantize: ['gptq'] } });
     expect(s!.model).toBe(join(output, 'merged'));
     expect(s!.out).toBe(join(output, 'quantized', 'gptq'));
-    const [g] = await quantizeRecipe({ ...recipe, output: join(dir, 'run2') }, { model: src, formats: ['gguf-q4_0'] });
+    const [g] = await quantizeRecipe({ ...recipe, output: join(dir, 'run2') }, silentSink, { model: src, formats: ['gguf-q4_0'] });
     expect(existsSync(join(dir, 'run2', 'quantized', 'model-Q4_0.gguf'))).toBe(true);
     expect(g!.format).toBe('gguf-q4_0');
   });

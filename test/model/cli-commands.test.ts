@@ -5,15 +5,14 @@ import { Command } from 'commander';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { register as registerGenerate, sampleToken, seededRandom } from '../../src/cli/commands/generate.js';
-import { evaluate } from '../../src/cli/commands/eval.js';
-import type { CliContext } from '../../src/cli/context.js';
+import { register as registerGenerate } from '../../src/cli/commands/generate.js';
+import { sampleToken, seededRandom } from '../../src/model/generate.js';
+import { evaluate } from '../../src/train/evaluate.js';
 import { prepareDataset } from '../../src/data/prepare.js';
 import { initModel } from '../../src/model/init.js';
 import { loadModel } from '../../src/model/load.js';
 import { FIXTURE } from './fixture.js';
 
-const quiet: CliContext = { json: false, quiet: true, log: () => {}, warn: () => {}, progress: () => ({ update: () => {}, stop: () => {} }) };
 
 async function runGenerate(args: string[]): Promise<{ code: number; out: string; err: string }> {
   const program = new Command('v4tune').exitOverride().option('--json').option('-q, --quiet');
@@ -90,7 +89,7 @@ describe('generate and eval on a tiny preset model', { timeout: 120_000 }, () =>
     });
     const model = await loadModel(join(dir, 'model'), { backend: 'tfjs' });
     try {
-      const s = await evaluate(model, data, quiet);
+      const s = await evaluate(model, data);
       expect(s.rows).toBeGreaterThan(0);
       expect(s.tokens).toBeGreaterThan(0);
       expect(Number.isFinite(s.loss)).toBe(true);

@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { trainRecipe } from '../../src/cli/commands/train.js';
+import { trainRecipe } from '../../src/stages/train.js';
 import { V4tuneError } from '../../src/errors.js';
 import { readTrainJson, trainingSection } from '../../src/report/collect.js';
 import { learningRate } from '../../src/train/schedule.js';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { prepareDataset } from '../../src/data/prepare.js';
 import { initModel } from '../../src/model/init.js';
 import { parseRecipe, type LoadedRecipe } from '../../src/recipe/load.js';
-import type { CliContext } from '../../src/cli/context.js';
+import type { Sink } from '../../src/sink.js';
 
 export interface Fixture {
   dir: string;
@@ -64,13 +64,11 @@ export function fixtureRecipe(fx: Fixture, output: string, train: Record<string,
   return parseRecipe(text, join(fx.dir, 'recipe.yaml'));
 }
 
-/** A context that records its lines and calls `onProgress` on every progress update. */
-export function quietContext(onProgress?: (done: number) => void): CliContext & { lines: string[]; warnings: string[] } {
+/** A sink that records its lines and calls `onProgress` on every progress update. */
+export function quietContext(onProgress?: (done: number) => void): Sink & { lines: string[]; warnings: string[] } {
   const lines: string[] = [];
   const warnings: string[] = [];
   return {
-    json: false,
-    quiet: true,
     lines,
     warnings,
     log: (l) => { lines.push(l); },

@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { evaluate } from '../../src/cli/commands/eval.js';
-import { trainRecipe } from '../../src/cli/commands/train.js';
+import { evaluate } from '../../src/train/evaluate.js';
+import { trainRecipe } from '../../src/stages/train.js';
 import { openDataset, type DatasetRow } from '../../src/data/dataset.js';
 import { createAdapter, type Adapter } from '../../src/lora/adapter.js';
 import { loadAdapter } from '../../src/lora/peft.js';
@@ -127,9 +127,9 @@ describe('MTP loss', () => {
       agree += x.agree;
       pairs += x.pairs;
     }
-    const s = await evaluate(model, fx.dataDir, quietContext(), 2, a, true);
+    const s = await evaluate(model, fx.dataDir, { maxRows: 2, adapter: a, mtp: true });
     expect(s).toMatchObject({ rows: 2, mtpPairs: pairs, mtpAgreement: agree / pairs });
-    expect((await evaluate(model, fx.dataDir, quietContext(), 2, a)).mtpAgreement).toBeUndefined();
+    expect((await evaluate(model, fx.dataDir, { maxRows: 2, adapter: a })).mtpAgreement).toBeUndefined();
   });
 
   it('train.mtp_loss_weight trains the MTP LoRA and logs its loss; eval reports MTP agreement before and after, with and without it', async () => {

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { trainRecipe } from '../../src/cli/commands/train.js';
+import { trainRecipe } from '../../src/stages/train.js';
 import { cli } from '../cli/capture.js';
 import { openDataset, type DatasetRow } from '../../src/data/dataset.js';
 import { InputError, V4tuneError } from '../../src/errors.js';

@@ -5,7 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { trainRecipe } from '../../src/cli/commands/train.js';
+import { trainRecipe } from '../../src/stages/train.js';
 import { crc32c, maskedCrc32c } from '../../src/train/tensorboard.js';
 import { runPython, skipPython } from '../interop/python.js';
 import { fixtureRecipe, makeFixture, quietContext, type Fixture } from './helpers.js';
@@ -63,7 +63,7 @@ describe('watching a run', () => {
     const evals = logLines(out).filter((l) => 'eval_loss' in l);
     expect(evals.map((l) => l.step)).toEqual([0, 2, 4]);
     for (const l of evals) expect((l.samples as Json[]).map((x) => x.prompt)).toEqual(['pump P-1 pressure', 'Status of P-2?']);
-    expect((r.samples as Json[]).length).toBe(2);
+    expect(r.samples.length).toBe(2);
     expect(typeof (logLines(out)[1]!.elapsed)).toBe('number');
   });
 

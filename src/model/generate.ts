@@ -1,6 +1,6 @@
 // Generation: the next token from logits (greedy, or sampled with temperature, top-k and top-p,
 // seeded), and a decode loop over the model with an optional adapter, streaming each token.
-import type { ModelAdapter, V4Model } from '../model/v4/model.js';
+import type { ModelAdapter, V4Model } from './v4/model.js';
 import { mulberry32 } from '../random.js';
 
 /** A seeded uniform generator in [0, 1) (the sampler's randomness). */
