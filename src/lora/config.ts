@@ -1,13 +1,7 @@
 // What the user sets for a LoRA adapter (the recipe's `lora` section, and createAdapter's options).
 // Each adapted module W (out x in) gets W + scaling · B A with A (r x in), B (out x r).
 import { InputError } from '../errors.js';
-
-/** The default targets: every attention projection, the shared expert and every routed expert. */
-export const DEFAULT_TARGETS: ReadonlyArray<string> = [
-  'attn.wq_a', 'attn.wq_b', 'attn.wkv', 'attn.wo_a', 'attn.wo_b',
-  'ffn.shared_experts.w1', 'ffn.shared_experts.w2', 'ffn.shared_experts.w3',
-  'ffn.experts.*.w1', 'ffn.experts.*.w2', 'ffn.experts.*.w3',
-];
+import { DEFAULT_TARGETS } from '../model/layout.js';
 
 export type LoraInit = 'kaiming' | 'gaussian';
 

@@ -4,6 +4,16 @@
 import type { V4Config } from './config.js';
 
 /** How a weight is stored in the official release. */
+/**
+ * The linears LoRA adapts by default (patterns over the module names without `layers.N.`):
+ * every attention projection but the indexer's, and the shared and routed experts.
+ */
+export const DEFAULT_TARGETS: ReadonlyArray<string> = [
+  'attn.wq_a', 'attn.wq_b', 'attn.wkv', 'attn.wo_a', 'attn.wo_b',
+  'ffn.shared_experts.w1', 'ffn.shared_experts.w2', 'ffn.shared_experts.w3',
+  'ffn.experts.*.w1', 'ffn.experts.*.w2', 'ffn.experts.*.w3',
+];
+
 export type StoredKind = 'fp8' | 'fp4' | 'bf16' | 'f32' | 'i64';
 
 export interface ExpectedTensor {

@@ -2,14 +2,11 @@
 // `.describe()`; the README's recipe reference is generated from this file (`npm run docs`).
 // Relative paths are resolved against the recipe's folder by the loader (src/recipe/load.ts).
 import { z } from 'zod';
+import { DEFAULT_TARGETS } from '../model/layout.js';
+
+export { DEFAULT_TARGETS };
 
 const int = () => z.number().int();
-
-export const DEFAULT_TARGETS = [
-  'attn.wq_a', 'attn.wq_b', 'attn.wkv', 'attn.wo_a', 'attn.wo_b',
-  'ffn.shared_experts.w1', 'ffn.shared_experts.w2', 'ffn.shared_experts.w3',
-  'ffn.experts.*.w1', 'ffn.experts.*.w2', 'ffn.experts.*.w3',
-];
 
 export const modelSchema = z.object({
   path: z.string().min(1).optional()
@@ -73,7 +70,7 @@ export const loraSchema = z.object({
     .describe('LoRA rank.'),
   alpha: z.number().positive().default(16)
     .describe('LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with `rslora`).'),
-  targets: z.array(z.string().min(1)).min(1).default(DEFAULT_TARGETS)
+  targets: z.array(z.string().min(1)).min(1).default([...DEFAULT_TARGETS])
     .describe('Module patterns to adapt: dotted globs (`*` = one name component) over official module names without the `layers.N.` prefix, e.g. `attn.wq_a`, `ffn.experts.*.w1`; `mtp.` patterns reach the MTP block.'),
   rank_pattern: z.record(z.string(), int().min(1)).default({})
     .describe('Per-pattern rank overrides (pattern → r).'),
