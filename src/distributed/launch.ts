@@ -14,6 +14,7 @@ import { InputError } from '../errors.js';
 import { openModelSource, type LoadModelOptions } from '../model/load.js';
 import { V4Model } from '../model/v4/model.js';
 import type { LoadedRecipe } from '../recipe/load.js';
+import { silentSink, type Sink } from '../sink.js';
 import type { RunTrainingOptions } from '../train/run.js';
 import type { EvaluateFn, StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
@@ -39,14 +40,6 @@ export function launcherWorld(env: NodeJS.ProcessEnv = process.env): { size: num
     if (Number.isInteger(size) && size >= 1 && Number.isInteger(rank) && rank >= 0 && rank < size) return { size, rank, launcher };
   }
   return null;
-}
-
-/** What a rank says through (the CLI's context satisfies it). */
-export interface RankSink {
-  quiet: boolean;
-  log(line: string): void;
-  warn(line: string): void;
-  progress(label: string, total: number, unit?: string): { update(done: number, note?: string): void; stop(): void };
 }
 
 export interface DistributedRun {
@@ -76,15 +69,13 @@ export interface DistributedRun {
   evaluate(): EvaluateFn;
   /** where this rank's runTraining writes: the run folder on rank 0, a scratch folder elsewhere */
   runOutput(output: string): string;
-  /** rank 0: ctx; another rank: silent but for warnings that are its own */
-  context<S extends RankSink>(ctx: S): S;
+  /** what a rank says through: rank 0 the stage's sink, another rank nothing */
+  context(sink: Sink): Sink;
   /** `2 ranks (MPI (Open MPI v4.1.4)): data parallel ×2, …` */
   describe(): string;
   /** After the run, on success: leave the job cleanly. */
   finish(): void;
 }
-
-const silent = { update: () => {}, stop: () => {} };
 
 class MpiRun implements DistributedRun {
   expert: ExpertParallel | null = null;
@@ -156,9 +147,8 @@ class MpiRun implements DistributedRun {
     return this.scratch;
   }
 
-  context<S extends RankSink>(ctx: S): S {
-    if (this.rank === 0) return ctx;
-    return { ...ctx, quiet: true, log: () => {}, warn: () => {}, progress: () => silent };
+  context(sink: Sink): Sink {
+    return this.rank === 0 ? sink : silentSink;
   }
 
   describe(): string {

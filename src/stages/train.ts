@@ -143,8 +143,7 @@ function fmtInt(n: number): string {
  */
 export async function trainRecipe(recipe: LoadedRecipe, sink: Sink = silentSink, opts: TrainRecipeOptions = {}): Promise<TrainSummary> {
   const dist = await joinDistributed(recipe, (l) => sink.warn(l));
-  // (a rank other than 0 says nothing but its own warnings)
-  const rankSink: Sink = dist ? dist.context({ quiet: false, log: (l) => sink.log(l), warn: (l) => sink.warn(l), progress: (l, t, u) => sink.progress(l, t, u) }) : sink;
+  const rankSink = dist ? dist.context(sink) : sink;
   const train = () => trainLocked(recipe, rankSink, opts, dist);
   const summary = await (dist && dist.rank !== 0 ? train() : withRunLock(recipe.output, `v4tune train ${recipe.file}`, train, (l) => sink.warn(l)));
   dist?.finish();

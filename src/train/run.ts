@@ -21,6 +21,8 @@ import { generateTokens } from '../model/generate.js';
 import type { DatasetRow } from '../data/dataset.js';
 import { NonFiniteError } from '../errors.js';
 import { writeFileAtomic } from '../fsutil.js';
+import { RUN_FILES, runPath } from '../recipe/layout.js';
+import { silentSink, type Sink } from '../sink.js';
 import type { Adapter } from '../lora/adapter.js';
 import { saveAdapter, type AdapterLayout } from '../lora/peft.js';
 import type { V4Model } from '../model/v4/model.js';
@@ -30,14 +32,8 @@ import { EventWriter } from './tensorboard.js';
 import type { Moments } from './adamw.js';
 import { Trainer, type EvalResult, type EvaluateFn, type StepGradientsFn, type StepRecord, type TrainRows, type TrainSettings } from './trainer.js';
 
-export const TRAIN_LOG = 'train-log.jsonl';
-export const TRAIN_SUMMARY = 'train.json';
-
-/** How a run talks to its caller (the CLI context satisfies it). */
-export interface TrainSink {
-  log(line: string): void;
-  progress(label: string, total: number, unit?: string): { update(done: number, note?: string): void; stop(): void };
-}
+export const TRAIN_LOG = RUN_FILES.trainLog;
+export const TRAIN_SUMMARY = RUN_FILES.trainSummary;
 
 /** A prompt whose greedy continuation is logged at every eval (`train.eval_prompts`). */
 export interface SamplePrompt {
@@ -207,13 +203,13 @@ async function generateSamples(model: V4Model, adapter: Adapter, s: SampleSettin
   return out;
 }
 
-export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promise<TrainResult> {
+export async function runTraining(o: RunTrainingOptions, sink: Sink = silentSink): Promise<TrainResult> {
   const s = o.settings;
   const t0 = performance.now();
   const ckRoot = checkpointsDir(o.output);
   const logPath = join(o.output, TRAIN_LOG);
   removeLeftovers(ckRoot);
-  removeLeftovers(o.output, ['adapter', TRAIN_LOG, TRAIN_SUMMARY]);
+  removeLeftovers(o.output, [RUN_FILES.adapter, TRAIN_LOG, TRAIN_SUMMARY]);
   const resumed = 'checkpoint' in o.start ? o.start.checkpoint : null;
   const adapter = resumed ? resumed.adapter : (o.start as { adapter: Adapter }).adapter;
   const trainer = new Trainer(o.model, adapter, o.train, s, resumed ? {
@@ -246,7 +242,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
     lastCheckpoint = await saveCheckpoint(ckRoot, w.adapter, w.moments, st, s.seed, o.identity, { ...progress });
     pruneCheckpoints(ckRoot, keep, progress.best?.step ?? null);
   };
-  const tb = o.logTo?.includes('tensorboard') ? new EventWriter(join(o.output, 'tensorboard'), (resumed?.state.step ?? 0) + 1) : null;
+  const tb = o.logTo?.includes('tensorboard') ? new EventWriter(runPath(o.output, 'tensorboard'), (resumed?.state.step ?? 0) + 1) : null;
   const logSamples = (step: number, samples: Sample[]) => {
     for (const x of samples) sink.log(`  sample @${step}: ${JSON.stringify(x.prompt)} → ${JSON.stringify(x.completion)}`);
     tb?.text(step, 'samples', samples.map((x) => `**${x.prompt}** → ${x.completion}`).join('\n\n'));
@@ -348,7 +344,7 @@ export async function runTraining(o: RunTrainingOptions, sink: TrainSink): Promi
   let adapterDir: string | null = null;
   const final = finished ? await whole() : null;
   if (final && o.writesCheckpoints !== false) {
-    adapterDir = join(o.output, 'adapter');
+    adapterDir = runPath(o.output, 'adapter');
     await saveAdapter(final.adapter, adapterDir, { layout: o.adapterLayout, config: o.model.config });
   }
   const best = progress.best;
