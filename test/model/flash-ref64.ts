@@ -25,9 +25,32 @@ export interface Lora64 {
  */
 const asA = (w: Float32Array): R.A => w as unknown as R.A;
 
+/** The last result of one product, with what it was computed from. */
+interface Memo {
+  x: Float64Array;
+  lora: readonly (Lora64 | undefined)[];
+  y: Float64Array;
+}
+
 export class FlashRef64 {
   private readonly cache = new Map<string, Float32Array>();
+  /**
+   * Per module (a linear, or a whole expert): its last input, LoRA factor objects and output.
+   * A finite difference moves one module family's factors (new objects) and keeps the others'
+   * objects, so every product upstream of the moved family, and every expert it does not
+   * touch, is taken from here instead of recomputed; a hit needs the same factor objects and an
+   * equal input, so the result is the one recomputing would give.
+   */
+  private readonly memo = new Map<string, Memo>();
   constructor(private readonly ck: Checkpoint, private readonly c: V4Config) {}
+
+  private remembered(key: string, x: Float64Array, lora: readonly (Lora64 | undefined)[], f: () => Float64Array): Float64Array {
+    const m = this.memo.get(key);
+    if (m && m.x.length === x.length && m.lora.every((l, i) => l === lora[i]) && m.x.every((v, i) => v === x[i])) return m.y;
+    const y = f();
+    this.memo.set(key, { x: x.slice(), lora, y });
+    return y;
+  }
 
   private async w(name: string): Promise<R.A> {
     let v = this.cache.get(name);
@@ -132,7 +155,8 @@ export class FlashRef64 {
   }
 
   private async lin(x: Float64Array, mod: string, N: number, inF: number, outF: number, lora: Map<string, Lora64>): Promise<Float64Array> {
-    return R.linear(x, await this.w(`${mod}.weight`), N, inF, outF, lora.get(mod));
+    const W = await this.w(`${mod}.weight`);
+    return this.remembered(mod, x, [lora.get(mod)], () => R.linear(x, W, N, inF, outF, lora.get(mod)));
   }
 
   private async attention(x: Float64Array, p: string, ids: Int32Array, lora: Map<string, Lora64>, ratio: number): Promise<Float64Array> {
@@ -177,7 +201,8 @@ export class FlashRef64 {
     const oc = R.rope(o, pos, freqs, T, H, hd, rd, true);
     const G = c.o_groups;
     const woa = lora.get(`${m}.wo_a`);
-    const oa = R.groupedLinear(oc, await this.w(`${m}.wo_a.weight`), T, G, (H * hd) / G, c.o_lora_rank, woa);
+    const woaW = await this.w(`${m}.wo_a.weight`);
+    const oa = this.remembered(`${m}.wo_a`, oc, [woa], () => R.groupedLinear(oc, woaW, T, G, (H * hd) / G, c.o_lora_rank, woa));
     return this.lin(oa, `${m}.wo_b`, T, G * c.o_lora_rank, d, lora);
   }
 
@@ -188,6 +213,13 @@ export class FlashRef64 {
       w3: await this.w(`${mod}.w3.weight`),
       lora: { w1: lora.get(`${mod}.w1`), w2: lora.get(`${mod}.w2`), w3: lora.get(`${mod}.w3`) },
     };
+  }
+
+  /** one expert's clamped SwiGLU on N rows */
+  private async swiglu(x: Float64Array, mod: string, lora: Map<string, Lora64>, N: number): Promise<Float64Array> {
+    const e = await this.expert(mod, lora);
+    const c = this.c;
+    return this.remembered(mod, x, [e.lora?.w1, e.lora?.w2, e.lora?.w3], () => R.swiglu(x, e, N, c.hidden_size, c.moe_intermediate_size, c.swiglu_limit));
   }
 
   private async moe(x: Float64Array, p: string, lora: Map<string, Lora64>): Promise<Float64Array> {
@@ -209,10 +241,21 @@ export class FlashRef64 {
       idx.set(order.slice(0, k), t * k);
     }
     const { weights } = R.routerWeights(x, gate, idx, T, d, E, k, c.routed_scaling_factor);
-    const experts: R.Expert64[] = [];
-    for (let e = 0; e < E; e++) experts.push(await this.expert(`${p}.ffn.experts.${e}`, lora));
-    const routed = R.moe(x, idx, weights, experts, T, d, I, k, c.swiglu_limit);
-    const shared = R.swiglu(x, await this.expert(`${p}.ffn.shared_experts`, lora), T, d, I, c.swiglu_limit);
+    // each expert on the rows routed to it (R.moe's sum, grouped by expert)
+    const routed = new Float64Array(T * d);
+    for (let e = 0; e < E; e++) {
+      const rows: number[] = [];
+      for (let j = 0; j < T * k; j++) if (idx[j] === e) rows.push(j);
+      if (rows.length === 0) continue;
+      const xe = new Float64Array(rows.length * d);
+      rows.forEach((j, r) => xe.set(x.subarray(Math.floor(j / k) * d, (Math.floor(j / k) + 1) * d), r * d));
+      const ye = await this.swiglu(xe, `${p}.ffn.experts.${e}`, lora, rows.length);
+      rows.forEach((j, r) => {
+        const t = Math.floor(j / k);
+        for (let cc = 0; cc < d; cc++) routed[t * d + cc]! += weights[j]! * ye[r * d + cc]!;
+      });
+    }
+    const shared = await this.swiglu(x, `${p}.ffn.shared_experts`, lora, T);
     for (let i = 0; i < routed.length; i++) routed[i]! += shared[i]!;
     return routed;
   }
