@@ -2,6 +2,7 @@
 #include "norm.h"
 #include "common.h"
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace v4 {
@@ -44,16 +45,21 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
 }
 
 void rope_forward(float* x, const int* pos, const float* cos, const float* sin, long T, long H, long D, long rd,
-                  bool inverse) {
+                  bool inverse, const float* src) {
   const float sg = inverse ? -1.f : 1.f;
   long half = rd / 2;
+  if (src == x) src = nullptr;
   for_rows(T, 16, [&](long t0, long t1) {
     for (long t = t0; t < t1; t++)
       for (long h = 0; h < H; h++) {
-        float* v = x + (t * H + h) * D + (D - rd);
+        float* row = x + (t * H + h) * D;
+        const float* in = src ? src + (t * H + h) * D : row;
+        if (src) std::memcpy(row, in, (D - rd) * 4);
+        float* v = row + (D - rd);
+        const float* u = in + (D - rd);
         for (long k = 0; k < half; k++) {
           float c = cos[pos[t] * half + k], s = sg * sin[pos[t] * half + k];
-          float x0 = v[2 * k], x1 = v[2 * k + 1];
+          float x0 = u[2 * k], x1 = u[2 * k + 1];
           v[2 * k] = x0 * c - x1 * s;
           v[2 * k + 1] = x0 * s + x1 * c;
         }

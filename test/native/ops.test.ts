@@ -197,6 +197,12 @@ describe.skipIf(skipNative)('native op kernels', () => {
           want[o + 1] = x[o] * s + x[o + 1] * c;
         }
     expect(relErr(y, want)).toBeLessThan(1e-6);
+    // out of place (y2 = x rotated, x untouched) gives the same bits as in place
+    const y2 = new Float32Array(x.length);
+    const x0 = x.slice();
+    await A().rope(y2, pos, cos, sin, maxPos, T, H, D, rd, false, x);
+    expect(y2).toEqual(y);
+    expect(x).toEqual(x0);
     await A().rope(y, pos, cos, sin, maxPos, T, H, D, rd, true);
     expect(relErr(y, x)).toBeLessThan(1e-6);
   });

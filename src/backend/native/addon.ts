@@ -85,7 +85,8 @@ export interface NativeAddon {
   rmsnormForward(out: F32, rstd: F32, inp: F32, weight: F32 | null, T: number, C: number, eps: number): Promise<void>;
   rmsnormBackward(dinp: F32, dweight: F32 | null, dout: F32, inp: F32, weight: F32 | null, rstd: F32, T: number, C: number): Promise<void>;
   /** x [T, H, D] rotated in place; cos/sin [maxPos, rd/2] */
-  rope(x: F32, pos: I32, cos: F32, sin: F32, maxPos: number, T: number, H: number, D: number, rd: number, inverse: boolean): Promise<void>;
+  /** x rotated in place, or x = src rotated (one pass, no copy beforehand) */
+  rope(x: F32, pos: I32, cos: F32, sin: F32, maxPos: number, T: number, H: number, D: number, rd: number, inverse: boolean, src?: F32): Promise<void>;
   embedding(out: F32, ids: I32, E: RawWeight, T: number): Promise<void>;
   /** loss [T] per counted position (weights ≠ 0); dh [T, d] += weights·(softmax·W − W[target]) */
   lmheadCe(loss: F32, dh: F32 | null, h: F32, W: RawWeight, targets: I32, weights: F32, T: number, chunk: number): Promise<void>;

@@ -250,16 +250,16 @@ export class NativeBackend implements Backend {
   }
 
   async ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<{ y: F32; saved: Saved }> {
-    const y = x.slice();
-    await this.addon.rope(y, pos, table.cos, table.sin, table.maxPos, N, nh, hd, table.rd, inverse);
+    const y = new Float32Array(x.length);
+    await this.addon.rope(y, pos, table.cos, table.sin, table.maxPos, N, nh, hd, table.rd, inverse, x);
     const saved: RopeSaved = { op: 'rope', pos, table, N, nh, hd, inverse };
     return { y, saved };
   }
   // the rotation is orthogonal: dx is the opposite rotation of dy
   async ropeBackward(saved: Saved, dy: F32): Promise<{ dx: F32 }> {
     const s = expectSaved<RopeSaved>(saved, 'rope');
-    const dx = dy.slice();
-    await this.addon.rope(dx, s.pos, s.table.cos, s.table.sin, s.table.maxPos, s.N, s.nh, s.hd, s.table.rd, !s.inverse);
+    const dx = new Float32Array(dy.length);
+    await this.addon.rope(dx, s.pos, s.table.cos, s.table.sin, s.table.maxPos, s.N, s.nh, s.hd, s.table.rd, !s.inverse, dy);
     return { dx };
   }
 
