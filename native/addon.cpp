@@ -2,6 +2,7 @@
 // kernel on a libuv worker thread (Napi::AsyncWorker) so the JS thread stays responsive.
 // Every kernel entry returns a Promise; the sync entries are configuration and tiny helpers.
 #include <napi.h>
+#include <sys/mman.h>
 #include <algorithm>
 #include <functional>
 #include <memory>
@@ -60,7 +61,18 @@ class Args {
                      " elements, needs " + std::to_string(need));
     keep.push_back(Napi::Persistent(v.As<Napi::Object>()));
     Napi::ArrayBuffer buf = ta.ArrayBuffer();
-    return reinterpret_cast<T*>(static_cast<uint8_t*>(buf.Data()) + ta.ByteOffset());
+    T* p = reinterpret_cast<T*>(static_cast<uint8_t*>(buf.Data()) + ta.ByteOffset());
+    huge_pages(p, ta.ByteLength());
+    return p;
+  }
+  // Large arrays are mostly fresh outputs (new Float32Array: zero pages not yet touched); asking
+  // for transparent huge pages makes their first write fault once per 2 MB instead of once per
+  // 4 KB (a 268 MB activation of V4-Flash at 4096 tokens: 65536 faults). Advice only.
+  static void huge_pages(void* p, size_t bytes) {
+    const uintptr_t huge = uintptr_t(2) << 20;
+    if (bytes < 4 * huge) return;
+    uintptr_t lo = (uintptr_t(p) + huge - 1) & ~(huge - 1), hi = (uintptr_t(p) + bytes) & ~(huge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
   }
   float* f32(size_t i, size_t need, bool nullable = false) {
     return typed<float>(info_[i], napi_float32_array, need, "argument " + std::to_string(i), nullable);
