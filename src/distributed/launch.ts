@@ -13,6 +13,7 @@ import { openRowReader, type Dataset, type RowReader } from '../data/dataset.js'
 import { InputError } from '../errors.js';
 import { openModelSource, type LoadModelOptions } from '../model/load.js';
 import { V4Model } from '../model/v4/model.js';
+import { runPath } from '../recipe/layout.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { silentSink, type Sink } from '../sink.js';
 import type { RunTrainingOptions } from '../train/run.js';
@@ -83,7 +84,7 @@ class MpiRun implements DistributedRun {
   private scratch: string | null = null;
 
   constructor(readonly collective: Collective, private readonly recipe: LoadedRecipe, private readonly ep: number) {
-    const ckRoot = join(recipe.output, 'checkpoints');
+    const ckRoot = runPath(recipe.output, 'checkpoints');
     process.on('SIGTERM', () => {
       process.stderr.write(`v4tune: rank ${this.rank} of ${this.size}: ended by the launcher (another rank failed or the job was cancelled); the last complete checkpoint in ${ckRoot} is kept\n`);
       process.exit(143);
