@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <immintrin.h>
+#include <memory>
 #include <vector>
 #include "common.h"
 
@@ -183,8 +184,25 @@ V4_AVX512 float absmax_512(const float* x, long n) {
   return r;
 }
 
-// inverse of the E8M0 scale 2^(sb−127) as a float (2^−127 .. 2^127, all exact)
-inline float inv_scale_f(int sb) { return std::ldexp(1.0f, 127 - sb); }
+// inverse of the E8M0 scale 2^(sb−127) as a float (2^−127 .. 2^127, all exact): exponent field
+// 254 − sb, or the subnormal 2^−127 for sb = 254
+inline float inv_scale_f(int sb) {
+  const uint32_t u = sb >= 254 ? 0x00400000u : uint32_t(254 - sb) << 23;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// e8m0_scale_for on the bits: r = amax/qmax is a normal double for every float amax > 0, so
+// ilogb(r) is its exponent field − 1023, and 2^e < r exactly when its mantissa is not zero
+inline int e8m0_scale_for_fast(double amax, double qmax) {
+  if (!(amax > 0) || !std::isfinite(amax)) return 127;
+  const double r = amax / qmax;
+  uint64_t u;
+  std::memcpy(&u, &r, 8);
+  const int e = int((u >> 52) & 0x7ff) - 1023 + ((u & 0xfffffffffffffull) != 0);
+  return std::min(254, std::max(0, e + 127));
+}
 
 // the encoders of one task's rows [r0, r0+n) of x (n × cols), as the scalar block below
 V4_AVX512 void encode_block_512(const float* x, long n, long cols, long r0, OutFmt fmt, uint8_t* out_data, uint8_t* out_scale, long b) {
@@ -202,7 +220,7 @@ V4_AVX512 void encode_block_512(const float* x, long n, long cols, long r0, OutF
       const long j0 = bj * 128, j1 = std::min(cols, j0 + 128);
       float amax = 0;
       for (long i = 0; i < n; i++) amax = std::max(amax, absmax_512(x + i * cols + j0, j1 - j0));
-      const int sb = e8m0_scale_for(double(amax), 448);
+      const int sb = e8m0_scale_for_fast(double(amax), 448);
       out_scale[b * sc + bj] = uint8_t(sb);
       const __m512 inv = _mm512_set1_ps(inv_scale_f(sb));
       for (long i = 0; i < n; i++) {
@@ -221,7 +239,7 @@ V4_AVX512 void encode_block_512(const float* x, long n, long cols, long r0, OutF
         const float* xg = x + i * cols + g * 32;
         const __m512 v0 = _mm512_loadu_ps(xg), v1 = _mm512_loadu_ps(xg + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        const int sb = e8m0_scale_for(double(amax), 6);
+        const int sb = e8m0_scale_for_fast(double(amax), 6);
         out_scale[(r0 + i) * groups + g] = uint8_t(sb);
         const __m512 inv = _mm512_set1_ps(inv_scale_f(sb));
         uint8_t* o = out_data + (((r0 + i) * cols + g * 32) >> 1);
@@ -248,11 +266,13 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
   if (wide && A && B) Ad.assign(A, A + r * cols);
   parallel_run(int(nblk), [&](int b) {
     const long r0 = b * RB, r1 = std::min(rows, r0 + RB), n = r1 - r0;
-    std::vector<float> x(size_t(n) * cols), d(wide ? 0 : cols);
+    std::unique_ptr<float[]> xbuf(new float[size_t(n) * cols]);  // every element is decoded into: no zero fill
+    float* const x = xbuf.get();
+    std::vector<float> d(wide ? 0 : cols);
     std::vector<double> bk(r);
     std::vector<long> ks(r);
     for (long i = r0; i < r1; i++) {
-      float* xr = x.data() + (i - r0) * cols;
+      float* xr = x + (i - r0) * cols;
       decode_row(W, i, 0, cols, xr);
       if (A && B && wide) {
         long nk = 0;
@@ -285,7 +305,7 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
     }
     if (bad[b] >= 0) return;
     if (wide) {
-      encode_block_512(x.data(), n, cols, r0, fmt, out_data, out_scale, b);
+      encode_block_512(x, n, cols, r0, fmt, out_data, out_scale, b);
       return;
     }
     if (fmt == OutFmt::bf16) {
@@ -311,7 +331,7 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
       const long groups = cols / 32;
       for (long i = 0; i < n; i++) {
         for (long g = 0; g < groups; g++) {
-          const float* xg = x.data() + i * cols + g * 32;
+          const float* xg = x + i * cols + g * 32;
           double amax = 0;
           for (long j = 0; j < 32; j++) amax = std::max(amax, double(std::fabs(xg[j])));
           const int sb = e8m0_scale_for(amax, 6);

@@ -27,6 +27,9 @@ import { stampChatTemplate } from '../chat/config.js';
 
 export type MergeDtype = 'original' | 'bf16';
 
+/** the default MergeOptions.aheadBytes: 256 MiB */
+export const MERGE_AHEAD_BYTES = 256 * 1024 * 1024;
+
 /** what happens to one tensor of the base */
 export type TensorAction = 'merged' | 'copied' | 'converted';
 
@@ -45,6 +48,11 @@ export interface MergeOptions {
   maxShardBytes?: number;
   /** the one-line warning of an adapter without a base fingerprint (default stderr) */
   warn?: (line: string) => void;
+  /**
+   * buffer bytes the merge may hold for tensors merged ahead of the writer (default
+   * MERGE_AHEAD_BYTES): the native merge of the next tensors runs while copies are written
+   */
+  aheadBytes?: number;
   /** called once, after every input check and before anything is written */
   onPlan?: (plan: MergePlan) => void;
   /** called after each tensor is produced */
@@ -102,8 +110,10 @@ export interface MergeSummary {
   bytesStreamed: number;
   /** the largest tensor (or scale) read whole into memory, bytes: merged and converted tensors only */
   largestReadBytes: number;
-  /** the most tensors produced (or being produced) and not yet written at one time (the writer runs one ahead) */
+  /** the most tensors produced (or being produced) and not yet written at one time */
   peakTensorsHeld: number;
+  /** the most bytes those tensors held at one time (stored input + output of each merged or converted one): at most aheadBytes, or one tensor more */
+  peakHeldBytes: number;
   shards: string[];
   /** other files and folders of the base copied as they are (config.json is rewritten with dtype bf16) */
   extraFiles: string[];
@@ -295,6 +305,23 @@ async function prepare(opts: MergeOptions): Promise<Prepared> {
   }
 }
 
+/**
+ * Free byte buffers kept for reuse, by exact length: at most `keep` of them (the oldest dropped),
+ * so the pool never holds more than `keep` tensors' worth of memory.
+ */
+class BufferPool {
+  private readonly free: Uint8Array[] = [];
+  constructor(private readonly keep: number) {}
+  take = (n: number): Uint8Array => {
+    const i = this.free.findIndex((b) => b.length === n);
+    return i >= 0 ? this.free.splice(i, 1)[0]! : new Uint8Array(n);
+  };
+  give = (b: Uint8Array): void => {
+    this.free.push(b);
+    if (this.free.length > this.keep) this.free.shift();
+  };
+}
+
 // the base's other files and folders (tokenizer, generation config, code, ...): everything but
 // the shards, their index and config.json
 function extraEntries(base: string): string[] {
@@ -319,6 +346,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
   let largestRead = 0;
   let bytesStreamed = 0;
   let peakHeld = 0;
+  let peakHeldBytes = 0;
+  const aheadBytes = opts.aheadBytes ?? MERGE_AHEAD_BYTES;
   let done = 0;
   try {
     const extra = extraEntries(plan.base);
@@ -336,6 +365,14 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
       // the writing of this one); its events still come in the writer's order
       let turn: Promise<void> = Promise.resolve();
       let failed = false;
+      const pool = new BufferPool(4);
+      // the bytes a tensor holds while in flight: its stored input and its output (0 for a copy)
+      const heldEstimate = new Map<string, number>();
+      outPlans.forEach((q) => {
+        if (actions.get(q.name) !== 'copied') heldEstimate.set(q.name, planBytes(ck.plan(q.name)) + planBytes(q));
+      });
+      // native outputs given back to the pool once written
+      const pending = new Map<string, StoredBytes>();
       return writeCheckpointFiles(tmp, outPlans, async (name) => {
         const prev = turn;
         let myTurnDone = (): void => {};
@@ -350,15 +387,25 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
             bytesRead += n;
             bytesStreamed += n;
           } else {
-            const r = await ck.raw(name);
+            // read into pooled buffers (the next tensor of the same shape reuses them: no fresh
+            // multi-MB allocation, and so no garbage collection, per tensor)
+            const src = ck.stored(name);
+            const data = pool.take(src.data.length);
+            src.data.read(data, 0);
+            const scale = src.scale ? pool.take(src.scale.length) : null;
+            if (scale) src.scale!.read(scale, 0);
+            const r: RawTensor = { meta: ck.meta(name), data, scale, scaleShape: ck.plan(name).scaleShape };
             bytesRead += r.data.length + (r.scale?.length ?? 0);
             largestRead = Math.max(largestRead, r.data.length, r.scale?.length ?? 0);
             const nonFinite = (v: number, at: number): NonFiniteError =>
               new NonFiniteError(`${plan.base}: tensor ${name} holds ${v} at element ${at}${action === 'merged' ? ' after adding the adapter' : ''}; nothing merged`);
             // the native addon writes the same bytes (kernels/cpu/requant.cpp) where it is built
-            const fast = await mergeRequantNative(r, action === 'merged' ? adapter.layers.get(moduleOf(name)!)! : null, plan.dtype);
+            const fast = await mergeRequantNative(r, action === 'merged' ? adapter.layers.get(moduleOf(name)!)! : null, plan.dtype, { data: pool.take, scale: pool.take });
             if (fast) {
+              pool.give(data);
+              if (scale) pool.give(scale);
               if (fast.bad) throw nonFinite(fast.bad.value, fast.bad.index);
+              pending.set(name, fast.bytes);
               bytes = fast.bytes;
             } else {
               const x = dequantStored(r);
@@ -385,13 +432,28 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         } finally {
           myTurnDone();
         }
-      }, { layout: ck.layout, maxShardBytes: plan.maxShardBytes, ahead: 1, onHeld: (n) => { peakHeld = Math.max(peakHeld, n); } });
+      }, {
+        layout: ck.layout, maxShardBytes: plan.maxShardBytes, ahead: 1,
+        // merges run ahead while the writer streams copies, within aheadBytes of buffers
+        aheadBytes: { budget: aheadBytes, heldBytes: (n) => heldEstimate.get(n) ?? 0 },
+        onHeld: (n, b) => {
+          peakHeld = Math.max(peakHeld, n);
+          peakHeldBytes = Math.max(peakHeldBytes, b);
+        },
+        onWritten: (name) => {
+          const b = pending.get(name);
+          if (!b) return;
+          pending.delete(name);
+          pool.give(b.data as Uint8Array);
+          if (b.scale) pool.give(b.scale as Uint8Array);
+        },
+      });
     }, { kind: 'merged', overwrite: opts.overwrite, inputs: [plan.base, plan.adapter], note: opts.warn });
     sample();
     return {
       base: plan.base, adapter: plan.adapter, out: plan.out, dtype: plan.dtype, layout: plan.layout,
       tensors: plan.tensors, merged: plan.merged.length, converted: plan.converted, copied: plan.copied,
-      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, shards, extraFiles: extra,
+      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, shards, extraFiles: extra,
       seconds: (performance.now() - t0) / 1000, peakRssBytes: peakRss,
     };
   } finally {

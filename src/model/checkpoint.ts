@@ -194,7 +194,7 @@ export class Checkpoint {
   }
 
   /** where the stored bytes (and the scale's) lie, read only when the writer streams them (a copy as stored) */
-  stored(name: string): StoredBytes {
+  stored(name: string): { data: ByteSource; scale: ByteSource | null } {
     const r = this.get(name);
     const rowDiv = r.meta.format === 'fp8' ? FP8_BLOCK : 1;
     const src = (e: TensorEntry, div: number): ByteSource => this.set.source(e.name, ...sliceRange(e, r.src, div));
@@ -336,8 +336,16 @@ export interface WriteOptions {
    * are held at a time in the official layout
    */
   ahead?: number;
-  /** called whenever the number of tensors produced (or being produced) and not yet written changes */
-  onHeld?: (tensors: number) => void;
+  /**
+   * run further ahead by memory: the next tensors are started while the bytes they hold
+   * (`heldBytes(name)`: 0 for one left in a file) summed over every tensor produced (or being
+   * produced) and not yet written stay within `budget`
+   */
+  aheadBytes?: { budget: number; heldBytes: (name: string) => number };
+  /** called whenever the tensors produced (or being produced) and not yet written change: their number and heldBytes */
+  onHeld?: (tensors: number, bytes: number) => void;
+  /** called once a tensor's bytes (weight and scale) are all written: its buffers may be reused */
+  onWritten?: (name: string) => void;
 }
 
 interface Piece {
@@ -406,20 +414,31 @@ export async function writeCheckpointFiles(
   // still to be written
   const started = new Map<string, Promise<StoredBytes>>();
   const cache = new Map<string, { bytes: StoredBytes; left: number }>();
-  const held = (): void => opts.onHeld?.(started.size + cache.size);
-  const start = (name: string): void => {
-    if (started.has(name) || cache.has(name)) return;
-    const p = (async () => produce(name))();
-    p.catch(() => {}); // a failure surfaces when the tensor is taken
-    started.set(name, p);
+  const cost = (name: string): number => opts.aheadBytes?.heldBytes(name) ?? 0;
+  let heldBytes = 0;
+  const held = (): void => opts.onHeld?.(started.size + cache.size, heldBytes);
+  // tensors whose last piece was just taken: written once the current addParts returns
+  const done: string[] = [];
+  // order[next] is the first tensor not yet started; taking order[i] starts it and those after it
+  // that `ahead` and `aheadBytes` allow
+  let next = 0;
+  const fill = (i: number): void => {
+    next = Math.max(next, i);
+    while (next < order.length) {
+      const name = order[next]!;
+      if (next > i + ahead && !(opts.aheadBytes && heldBytes + cost(name) <= opts.aheadBytes.budget)) break;
+      const p = (async () => produce(name))();
+      p.catch(() => {}); // a failure surfaces when the tensor is taken
+      started.set(name, p);
+      heldBytes += cost(name);
+      next++;
+    }
     held();
   };
   const piece = async (x: Piece): Promise<Uint8Array | ByteSource> => {
     let c = cache.get(x.official);
     if (!c) {
-      const i = position.get(x.official)!;
-      start(x.official);
-      for (let k = 1; k <= ahead && i + k < order.length; k++) start(order[i + k]!);
+      fill(position.get(x.official)!);
       const bytes = await started.get(x.official)!;
       started.delete(x.official);
       const plan = byName.get(x.official)!;
@@ -428,7 +447,10 @@ export async function writeCheckpointFiles(
     }
     const out = x.scale ? c.bytes.scale : c.bytes.data;
     if (!out) throw new Error(`writeCheckpointFiles: ${x.official} was produced without its scale`);
-    if (--c.left === 0) cache.delete(x.official);
+    if (--c.left === 0) {
+      cache.delete(x.official);
+      done.push(x.official);
+    }
     return out;
   };
   try {
@@ -436,6 +458,10 @@ export async function writeCheckpointFiles(
       const parts: Array<Uint8Array | ByteSource> = [];
       for (const x of targets.get(spec.name)!.pieces) parts.push(await piece(x));
       writer.addParts(spec.name, parts);
+      for (const n of done.splice(0)) {
+        heldBytes -= cost(n);
+        opts.onWritten?.(n);
+      }
       held();
     }
     return writer.finish();

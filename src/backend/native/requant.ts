@@ -20,21 +20,27 @@ export interface Requantised {
   bad: { index: number; value: number } | null;
 }
 
+/** where the output bytes go: a buffer of exactly n bytes each (e.g. from a pool; default fresh) */
+export interface OutputBuffers {
+  data?: (n: number) => Uint8Array;
+  scale?: (n: number) => Uint8Array;
+}
+
 const IN: Partial<Record<string, NativeFormat>> = { fp8: 'fp8', fp4: 'fp4', bf16: 'bf16' };
 
 /**
  * `t` dequantised (+ scaling·B·A when `delta` is given), written as BF16 (`dtype` bf16) or in its
  * own stored format with fresh scales (`original`); null when the native path does not apply.
  */
-export async function mergeRequantNative(t: RawTensor, delta: DeltaFactors | null, dtype: 'original' | 'bf16'): Promise<Requantised | null> {
+export async function mergeRequantNative(t: RawTensor, delta: DeltaFactors | null, dtype: 'original' | 'bf16', into?: OutputBuffers): Promise<Requantised | null> {
   const addon = tryLoadAddon();
   const m = t.meta;
   const fmt = IN[m.format];
   if (!addon || !fmt || m.logicalShape.length !== 2 || (fmt === 'fp8' && !t.scale)) return null;
   const [rows, cols] = m.logicalShape as [number, number];
   const out = dtype === 'bf16' || fmt === 'bf16' ? 1 : fmt === 'fp8' ? 2 : 3;
-  const data = new Uint8Array(out === 1 ? 2 * rows * cols : out === 2 ? rows * cols : (rows * cols) / 2);
-  const scale = out === 1 ? null : new Uint8Array(out === 2 ? Math.ceil(rows / 128) * Math.ceil(cols / 128) : (rows * cols) / 32);
+  const data = (into?.data ?? ((n) => new Uint8Array(n)))(out === 1 ? 2 * rows * cols : out === 2 ? rows * cols : (rows * cols) / 2);
+  const scale = out === 1 ? null : (into?.scale ?? ((n) => new Uint8Array(n)))(out === 2 ? Math.ceil(rows / 128) * Math.ceil(cols / 128) : (rows * cols) / 32);
   const status = new Float64Array(2);
   await addon.mergeRequant(data, scale, status, rawWeight(fmt, t.data, t.scale, rows, cols), delta?.A ?? null, delta?.B ?? null, delta?.r ?? 0, delta?.scaling ?? 0, out);
   return { bytes: { data, scale }, bad: status[0]! >= 0 ? { index: status[0]!, value: status[1]! } : null };
