@@ -76,7 +76,7 @@ export function parseRecipe(text: string, path: string): LoadedRecipe {
     name,
     output,
     model: { ...model, path: model.path === undefined ? undefined : abs(model.path) },
-    // `deepseek-v4` names the embedded tokenizer (src/data/recipe.ts), not a file
+    // `deepseek-v4` names the embedded tokenizer (src/recipe/model.ts), not a file
     tokenizer: r.tokenizer === undefined || r.tokenizer === 'deepseek-v4' ? r.tokenizer : abs(r.tokenizer),
     train: { ...r.train, warm_start: r.train.warm_start === undefined ? undefined : abs(r.train.warm_start) },
     data: {
