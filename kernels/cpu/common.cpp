@@ -49,10 +49,9 @@ void set_bf16_mode(bool on) { g_bf16 = on && cpu_has_bf16(); }
 // ended, fails the generation check and never runs a task of a job that is gone or of the
 // next one. The caller returns once every task has finished (done == n), without waiting
 // for sleeping workers to check in: on a loaded machine a worker may get its core only
-// milliseconds later, and most ops last less than that. Workers and the caller spin briefly
-// before sleeping, since ops come back to back.
+// milliseconds later, and most ops last less than that. Nobody spins: on a shared machine a
+// spinning thread takes the core from the one with work.
 namespace {
-inline void cpu_relax() { __builtin_ia32_pause(); }
 struct Pool {
   std::mutex m;                      // guards job and the condition variables
   std::condition_variable cv_work, cv_done;
@@ -65,7 +64,6 @@ struct Pool {
   bool stop = false;
   std::mutex run_mutex;              // one parallel_run at a time
   int size = 1;
-  static constexpr int kSpin = 4000; // pause iterations (≈ 0.1 ms) before sleeping
 
   // Run tasks of generation gen while there are any.
   void drain(uint32_t gen, const std::function<void(int)>& f, int n) {
@@ -83,7 +81,6 @@ struct Pool {
   void worker() {
     uint32_t seen = 0;
     for (;;) {
-      for (int i = 0; i < kSpin && generation.load(std::memory_order_acquire) == seen; i++) cpu_relax();
       const std::function<void(int)>* f;
       int n;
       uint32_t gen;
@@ -139,7 +136,6 @@ struct Pool {
     }
     cv_work.notify_all();
     drain(gen, guarded, n);
-    for (int i = 0; i < kSpin && done.load(std::memory_order_acquire) < n; i++) cpu_relax();
     if (done.load(std::memory_order_acquire) < n) {
       std::unique_lock<std::mutex> lk(m);
       cv_done.wait(lk, [&] { return done.load(std::memory_order_acquire) >= n; });
