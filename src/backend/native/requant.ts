@@ -3,8 +3,21 @@
 // writes (test/native/requant.test.ts), at memory speed. null where the addon is not built or
 // the format is one it does not take (F16/F32 stored, FP8 without block scales): the caller then
 // runs the TypeScript path.
-import type { RawTensor, TensorBytes } from '../../model/checkpoint.js';
 import { rawWeight, tryLoadAddon, type NativeFormat } from './addon.js';
+
+/** A stored weight as the model layer reads it (model/checkpoint.ts RawTensor has this shape). */
+export interface StoredWeight {
+  readonly meta: { readonly format: string; readonly logicalShape: readonly number[] };
+  readonly data: Uint8Array;
+  /** FP8 block / FP4 group scales, or null */
+  readonly scale: Uint8Array | null;
+}
+
+/** A weight's bytes as written: data, and scales where the format has them (model/checkpoint.ts TensorBytes). */
+export interface EncodedBytes {
+  data: Uint8Array;
+  scale: Uint8Array | null;
+}
 
 /** A LoRA pair: A [r, in], B [out, r], scaling. */
 export interface DeltaFactors {
@@ -15,7 +28,7 @@ export interface DeltaFactors {
 }
 
 export interface Requantised {
-  bytes: TensorBytes;
+  bytes: EncodedBytes;
   /** the first non-finite merged value (nothing is to be written then), or null */
   bad: { index: number; value: number } | null;
 }
@@ -32,7 +45,7 @@ const IN: Partial<Record<string, NativeFormat>> = { fp8: 'fp8', fp4: 'fp4', bf16
  * `t` dequantised (+ scaling·B·A when `delta` is given), written as BF16 (`dtype` bf16) or in its
  * own stored format with fresh scales (`original`); null when the native path does not apply.
  */
-export async function mergeRequantNative(t: RawTensor, delta: DeltaFactors | null, dtype: 'original' | 'bf16', into?: OutputBuffers): Promise<Requantised | null> {
+export async function mergeRequantNative(t: StoredWeight, delta: DeltaFactors | null, dtype: 'original' | 'bf16', into?: OutputBuffers): Promise<Requantised | null> {
   const addon = tryLoadAddon();
   const m = t.meta;
   const fmt = IN[m.format];
