@@ -343,6 +343,43 @@ static void pack_B_scalar(const WeightRef& W, bool transB, long N, long n0, long
   }
 }
 
+// BF16 weights in bf16 mode: the pairs are the weight's own bits, no fp32 panel in between.
+// transB: pair (W[n][k0+2kp], W[n][k0+2kp+1]) is one 32-bit word of row n, so 16 rows × 16
+// words are loaded and transposed; else the pair interleaves rows k0+2kp and k0+2kp+1. Past
+// N, past kc (odd kc: the last pair's high half) the pairs hold zeros, as to_bf16_pairs gives.
+V4_AVX512 static void pack_B_pairs_bf16(const WeightRef& W, bool transB, long n0, long nb, long k0, long kc, int NR, uint32_t* Bp) {
+  const uint16_t* w = (const uint16_t*)W.data;
+  const long kc2 = cdiv(kc, 2), full = kc / 2;
+  for (long p = 0; p < cdiv(nb, NR); p++) {
+    uint32_t* dst = Bp + p * kc2 * NR;
+    for (int jb = 0; jb < NR; jb += 16) {
+      const long nbase = n0 + p * NR + jb, live = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
+      if (transB) {
+        for (long kp = 0; kp < kc2; kp += 16) {
+          const long wds = std::min<long>(16, full - kp);  // whole words in this group (may be ≤ 0)
+          __m512 r[16];
+          for (int j = 0; j < 16; j++) {
+            const uint16_t* row = w + (nbase + j + W.row0) * W.cols + k0;
+            r[j] = j < live && wds > 0 ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi32(lanes(wds), row + 2 * kp)) : _mm512_setzero_ps();
+            if (j < live && kc % 2 && kp + 16 >= kc2)  // the odd tail: low half only
+              r[j] = _mm512_castsi512_ps(_mm512_mask_set1_epi32(_mm512_castps_si512(r[j]), __mmask16(1u << (full - kp)), int(row[kc - 1])));
+          }
+          transpose16_regs(r);
+          for (long i = 0; i < std::min<long>(16, kc2 - kp); i++) _mm512_store_ps((float*)dst + (kp + i) * NR + jb, r[i]);
+        }
+      } else {
+        const __mmask16 m = lanes(live);
+        for (long kp = 0; kp < kc2; kp++) {
+          const uint16_t* a = w + (k0 + 2 * kp + W.row0) * W.cols + nbase;
+          __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, a));
+          __m512i hi = 2 * kp + 1 < kc ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, a + W.cols)) : _mm512_setzero_si512();
+          _mm512_store_si512(dst + kp * NR + jb, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+      }
+    }
+  }
+}
+
 static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, Scratch& row) {
   if (isa() == Isa::avx512 && NR % 16 == 0) {
     if (W.fmt == Fmt::bf16) return transB ? pack_B_T_direct<true>(W, n0, nb, k0, kc, NR, Bp) : pack_B_N_direct<true>(W, n0, nb, k0, kc, NR, Bp);
@@ -431,10 +468,8 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         pack_A(a, sam, sak, M, m0, mb, k0, kc, MR, p);
         Ap = p;
       }
-      float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
-      pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
       if (bf16) {
-        long kc2 = cdiv(kc, 2);
+        const long kc2 = cdiv(kc, 2);
         const uint32_t* A16;
         if (A16shared) {
           A16 = A16shared + (k0 / 2) * Mp + (m0 / MR) * kc2 * MR;
@@ -444,13 +479,21 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
           A16 = p;
         }
         uint32_t* B16 = (uint32_t*)sb16.get(cdiv(nb, NR) * NR * kc2);
-        for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);
+        if (W.fmt == Fmt::bf16 && NR % 16 == 0) {
+          pack_B_pairs_bf16(W, transB, n0, nb, k0, kc, NR, B16);
+        } else {
+          float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
+          pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
+          for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);
+        }
         for (long jp = 0; jp * NR < nb; jp++)
           for (long is = 0; is * MR < mb; is++)
             micro_bf16(kc2, A16 + is * kc2 * MR, B16 + jp * kc2 * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
                        int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha, add);
         continue;
       }
+      float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
+      pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
       for (long jp = 0; jp * NR < nb; jp++)
         for (long is = 0; is * MR < mb; is++)
           kern.micro(kc, Ap + is * kc * MR, Bp + jp * kc * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,

@@ -197,6 +197,29 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
   // bf16 mode (opt-in): inputs rounded to bf16 (8-bit mantissa), fp32 accumulation. Stated
   // tolerance: max|Δ|/max|C| ≤ 1e-2 against the exact product; and it must equal the float64
   // product of the bf16-rounded inputs to 1e-5 (so only the rounding differs).
+  // BF16 weights in bf16 mode are packed into pairs straight from their bits: the same result,
+  // bit for bit, as the F32 copy of those values (rounding a bf16 value to bf16 is exact), in
+  // both orientations, odd K (the last pair's high half), N past the 16-column groups.
+  it.skipIf(!addon?.info().cpuBf16)('bf16 mode on BF16 weights equals bf16 mode on their F32 copy, bit for bit', async () => {
+    const r = rng(6);
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      for (const [M, N, K] of [[50, 70, 515], [13, 600, 257], [200, 33, 31], [5, 17, 1]] as const)
+        for (const transB of [true, false]) {
+          const a = randn(M * K, r);
+          const [rows, cols] = transB ? [N, K] : [K, N];
+          const b16 = f32ToBf16Bytes(randn(rows * cols, r));
+          const yb = new Float32Array(M * N);
+          const yf = new Float32Array(M * N);
+          await A().gemm(M, N, K, 1, a, K, 1, rawWeight('bf16', b16, null, rows, cols), transB, 0, yb, N);
+          await A().gemm(M, N, K, 1, a, K, 1, rawWeight('f32', bf16BytesToF32(b16), null, rows, cols), transB, 0, yf, N);
+          expect(yb, `${M}×${N}×${K} transB ${transB}`).toEqual(yf);
+        }
+    } finally {
+      A().setBf16(false);
+    }
+  });
+
   // Shapes where A is packed once for all tasks (and converted to bf16 pairs once) and where
   // each task packs its own rows (N in one chunk), odd K (a half pair at the end), M past the
   // 12-row strip.
