@@ -1,10 +1,10 @@
 // The chat template in a model folder's tokenizer_config.json (`chat_template`, the field
 // transformers' apply_chat_template and GGUF converters read). Every model, merged and quantized
 // folder v4tune writes carries V4_CHAT_TEMPLATE, the template training renders through.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { writeFileAtomic } from '../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 import { V4_CHAT_TEMPLATE } from './template.js';
 
 export const TOKENIZER_CONFIG = 'tokenizer_config.json';
@@ -23,11 +23,7 @@ export function stampChatTemplate(dir: string): boolean {
   const path = join(dir, TOKENIZER_CONFIG);
   let config: Record<string, unknown> = {};
   if (existsSync(path)) {
-    try {
-      config = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
-    } catch (e) {
-      throw new InputError(`${path}: not valid JSON (${(e as Error).message})`);
-    }
+    config = readJsonFile(path) as Record<string, unknown>;
     if (config === null || typeof config !== 'object' || Array.isArray(config)) throw new InputError(`${path}: not a JSON object`);
   } else if (!existsSync(join(dir, 'tokenizer.json'))) {
     return false;
@@ -40,6 +36,6 @@ export function stampChatTemplate(dir: string): boolean {
 export function readChatTemplate(dir: string): string | null {
   const path = join(dir, TOKENIZER_CONFIG);
   if (!existsSync(path)) return null;
-  const t = (JSON.parse(readFileSync(path, 'utf8')) as { chat_template?: unknown }).chat_template;
+  const t = (readJsonFile(path) as { chat_template?: unknown }).chat_template;
   return typeof t === 'string' ? t : null;
 }

@@ -1,9 +1,9 @@
 // A chat prompt for generation: the messages rendered by the model folder's chat template (the
 // one v4tune writes into tokenizer_config.json, or another tool's), with the assistant turn opened.
-import { readFileSync } from 'node:fs';
 import { chatBosEos } from '../data/documents.js';
 import type { TextTokenizer } from '../data/tokenizer.js';
 import { InputError } from '../errors.js';
+import { readJsonFile } from '../fsutil.js';
 import { readChatTemplate } from './config.js';
 import { chatRefusal, renderChat, type ChatMessage, type ChatRole } from './template.js';
 
@@ -25,12 +25,7 @@ export function chatPrompt(modelDir: string, tok: TextTokenizer, messages: reado
 
 /** Messages from a JSON file: an array of {role, content}, or {messages: [...]}. */
 export function readMessages(path: string): ChatMessage[] {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new InputError(`${path}: cannot read the messages (${(e as Error).message})`);
-  }
+  const raw = readJsonFile(path);
   const list = Array.isArray(raw) ? raw : (raw as { messages?: unknown })?.messages;
   if (!Array.isArray(list)) throw new InputError(`${path}: expected a JSON array of {role, content} or {"messages": [...]}`);
   return list.map((m: unknown, i) => {

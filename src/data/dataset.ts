@@ -4,6 +4,7 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Message, RecordBatchReader, type AsyncRecordBatchFileReader } from 'apache-arrow';
 import { InputError } from '../errors.js';
+import { readJsonFile } from '../fsutil.js';
 import { readShard, type DatasetRow } from './arrow.js';
 import { DATASET_FORMAT, type DatasetManifest } from './manifest.js';
 import { segmentLengths } from './pack.js';
@@ -28,12 +29,7 @@ export interface Dataset {
 export function openDataset(dir: string): Dataset {
   const mpath = join(dir, 'manifest.json');
   if (!existsSync(mpath)) throw new InputError(`${dir}: not a v4tune dataset (no manifest.json)`);
-  let manifest: DatasetManifest;
-  try {
-    manifest = JSON.parse(readFileSync(mpath, 'utf8')) as DatasetManifest;
-  } catch (e) {
-    throw new InputError(`${mpath}: not valid JSON (${(e as Error).message})`);
-  }
+  const manifest = readJsonFile(mpath) as DatasetManifest;
   if (manifest.format !== DATASET_FORMAT) throw new InputError(`${mpath}: format is ${JSON.stringify(manifest.format)}, expected "${DATASET_FORMAT}"`);
   for (const f of [...manifest.splits.train.shards, ...manifest.splits.eval.shards]) {
     if (!existsSync(join(dir, f))) throw new InputError(`${join(dir, f)}: shard listed in the manifest is missing`);

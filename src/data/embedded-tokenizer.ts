@@ -3,11 +3,10 @@
 // V4's `<think>` (128821) and `</think>` (128822) as special added tokens
 // (../shared/docs/v4-architecture.md, "Tokenizer"); its tokenizer_config.json carries V4's chat
 // template (src/chat/template.ts) instead of the package's V3 one.
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { withChatTemplate } from '../chat/config.js';
-import { writeFileAtomic } from '../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 
 const require = createRequire(import.meta.url);
 
@@ -39,7 +38,7 @@ let cachedText: string | null = null;
 /** The embedded tokenizer.json as text (built once per process). */
 export function embeddedTokenizerText(): string {
   if (cachedText !== null) return cachedText;
-  const base = JSON.parse(readFileSync(packageFile('tokenizer.json'), 'utf8')) as {
+  const base = readJsonFile(packageFile('tokenizer.json')) as {
     added_tokens: AddedTokenJson[];
   } & Record<string, unknown>;
   const have = new Set(base.added_tokens.map((t) => t.content));
@@ -88,7 +87,7 @@ export function embeddedTokenizerJson(): object {
 }
 
 function embeddedTokenizerConfigText(): string {
-  const cfg = JSON.parse(readFileSync(packageFile('tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
+  const cfg = readJsonFile(packageFile('tokenizer_config.json')) as Record<string, unknown>;
   const decoder: Record<string, unknown> = {};
   for (const t of [...V4_PLACEHOLDERS, ...V4_THINK_TOKENS]) {
     decoder[String(t.id)] = {

@@ -9,6 +9,7 @@ import { basename, dirname, extname, join } from 'node:path';
 import { createRequire } from 'node:module';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../errors.js';
+import { readJsonFile } from '../fsutil.js';
 import { byteLevelBpe } from './bpe.js';
 
 export type TokenizerKind = 'hf' | 'sentencepiece';
@@ -196,9 +197,7 @@ function hfTokenizer(path: string, bytes: Buffer, identity: TokenizerIdentity): 
   const configPath = join(dirname(path), 'tokenizer_config.json');
   let config: Record<string, unknown> = {};
   if (basename(path) === 'tokenizer.json' && existsSync(configPath)) {
-    try { config = JSON.parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>; } catch {
-      throw new InputError(`${configPath}: not valid JSON`);
-    }
+    config = readJsonFile(configPath) as Record<string, unknown>;
   }
   // The library's Tokenizer takes half a second to build: with v4tune's encoder it is built
   // on the first decode only (bpe.ts takes a file only when the library loads it too).

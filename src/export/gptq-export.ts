@@ -6,11 +6,11 @@
 // BF16 (F32 where they are F32, integers as they are). config.json gets `quantization_config`
 // {quant_method: gptq, bits: 4, group_size, desc_act: false, sym: false, checkpoint_format: gptq},
 // and quantize_config.json holds the same (what GPTQModel's and AutoGPTQ's loaders read).
-import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { stampChatTemplate } from '../chat/config.js';
-import { writeDirAtomic } from '../fsutil.js';
+import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { configJsonText } from '../model/config-json.js';
 import { f32ToBf16Bytes } from '../model/formats.js';
@@ -64,7 +64,7 @@ function quantizeConfig(groupSize: number, damp: number): Record<string, unknown
 }
 
 function gptqConfigJson(src: string, groupSize: number, damp: number): string {
-  const cfg = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const cfg = readJsonFile(join(src, 'config.json')) as Record<string, unknown>;
   delete cfg.expert_dtype;
   cfg.torch_dtype = 'bfloat16';
   cfg.quantization_config = quantizeConfig(groupSize, damp);

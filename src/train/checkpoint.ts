@@ -4,10 +4,10 @@
 //   state.json                step, data-order position and seed, tokens seen, and the settings
 //                             the run was made with (a resume must use the same ones)
 // The folder is written under a temporary name and renamed: a step-N folder is whole or absent.
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { writeDirAtomic } from '../fsutil.js';
+import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import { runPath } from '../recipe/layout.js';
 import type { Adapter } from '../lora/adapter.js';
 import { loadAdapter, saveAdapter } from '../lora/peft.js';
@@ -147,12 +147,7 @@ export function removeLeftovers(root: string, targets?: readonly string[]): void
 /** Read and check `<dir>/state.json` of a checkpoint (InputError naming the file). */
 export function readCheckpointState(dir: string): CheckpointState {
   const statePath = join(dir, STATE);
-  let state: CheckpointState;
-  try {
-    state = JSON.parse(readFileSync(statePath, 'utf8')) as CheckpointState;
-  } catch (e) {
-    throw new InputError(`${statePath}: cannot read the checkpoint state (${(e as Error).message})`);
-  }
+  const state = readJsonFile(statePath) as CheckpointState;
   if (state.format !== CHECKPOINT_FORMAT) throw new InputError(`${statePath}: format is ${JSON.stringify(state.format)}, expected "${CHECKPOINT_FORMAT}"`);
   if (state.format_version !== CHECKPOINT_FORMAT_VERSION) throw new InputError(`${statePath}: format_version ${state.format_version} is not one this v4tune reads (${CHECKPOINT_FORMAT_VERSION})`);
   for (const [f, v] of [['step', state.step], ['data.epoch', state.data?.epoch], ['data.cursor', state.data?.cursor]] as const) {
