@@ -15,7 +15,8 @@ import { f32BytesToF32, f32ToBytes } from '../model/formats.js';
 import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
 import { VERSION } from '../version.js';
 import { ADAMW_DEFAULTS, type Moments } from './adamw.js';
-import type { EvalResult, TrainerState } from './trainer.js';
+import type { EvalResult } from './evaluate.js';
+import type { TrainerState } from './trainer.js';
 
 export const CHECKPOINT_FORMAT = 'v4tune-train-checkpoint';
 export const CHECKPOINT_FORMAT_VERSION = 1;

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { TRAIN_LOG, type Sample, type TrainResult } from './run.js';
-import type { EvalResult } from './trainer.js';
+import type { EvalResult } from './evaluate.js';
 
 export interface TrainSummary {
   ok: boolean;

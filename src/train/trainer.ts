@@ -13,6 +13,7 @@ import type { Adapter } from '../lora/adapter.js';
 import { peftKey } from '../lora/peft.js';
 import type { V4Model } from '../model/v4/model.js';
 import { ADAMW_DEFAULTS, adamwUpdate, zeroMoments, type Moments } from './adamw.js';
+import { evalResult, evalSums, type EvalResult } from './evaluate.js';
 import { accumulateGrads, clipCoefficient, globalNorm } from './grads.js';
 import { nextTokenTargets } from '../model/loss.js';
 import { DataOrder, type OrderState } from './order.js';
@@ -63,16 +64,7 @@ export interface StepRecord {
   mtpLoss?: number | null;
 }
 
-export interface EvalResult {
-  loss: number;
-  perplexity: number;
-  /** counted tokens */
-  tokens: number;
-  rows: number;
-  /** with `mtp`: the MTP block's next-next-token top-1 agreement with the main head (model.mtpAgreement) */
-  mtpAgreement?: number;
-  mtpPairs?: number;
-}
+export type { EvalResult } from './evaluate.js';
 
 /** A micro-batch: its rows concatenated into one packed sequence, each row's segments kept. */
 export function packRows(rows: readonly DatasetRow[]): { ids: Int32Array; mask: Uint8Array; segments: number[] } {
@@ -280,22 +272,8 @@ export class Trainer {
    */
   async evaluate(rows: readonly DatasetRow[], mtp = false): Promise<EvalResult> {
     if (this.evaluator) return this.evaluator(this.model, this.adapter, rows, mtp);
-    let lossSum = 0;
-    let tokens = 0;
-    let agree = 0;
-    let pairs = 0;
-    for (const row of rows) {
-      const r = await this.model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter: this.adapter });
-      lossSum += r.lossSum;
-      tokens += r.count;
-      if (mtp) {
-        const a = await this.model.mtpAgreement(row.input_ids, { segments: row.segments, adapter: this.adapter });
-        agree += a.agree;
-        pairs += a.pairs;
-      }
-    }
-    const loss = tokens > 0 ? lossSum / tokens : NaN;
-    if (tokens > 0 && !Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens is ${loss}`);
-    return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length, ...(mtp ? { mtpAgreement: pairs > 0 ? agree / pairs : 0, mtpPairs: pairs } : {}) };
+    const r = evalResult(await evalSums(this.model, rows, { adapter: this.adapter, mtp }), mtp);
+    if (r.tokens > 0 && !Number.isFinite(r.loss)) throw new NonFiniteError(`eval: the loss over ${r.tokens} tokens is ${r.loss}`);
+    return r;
   }
 }
