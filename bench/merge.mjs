@@ -5,7 +5,8 @@
 // expert shapes (w1/w3 [2048, 4096], w2 [4096, 2048], Hessian from 2048 tokens): the time per
 // expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
 // Usage (after `npm run build` and `npm run build:native`):
-//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--out bench/results/merge-flash.json]
+//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--out bench/results/merge-flash.json] [--skip-gptq]
+// --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file.
 // Without --model the flash preset is created in a temp folder first (minutes).
 import { spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -29,6 +30,8 @@ const { values } = parseArgs({
     experts: { type: 'string', default: '32' },
     out: { type: 'string', default: 'bench/results/merge-flash.json' },
     'gptq-tokens': { type: 'string', default: '2048' },
+    // keep the gptq section of the existing --out file (measured before, dated) and rerun only the merges
+    'skip-gptq': { type: 'boolean', default: false },
   },
 });
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
@@ -72,8 +75,13 @@ function cliMerge(model, adapter, out, dtype) {
   if (r.status !== 0) throw new Error(`merge failed (${r.status}): ${r.stderr}`);
   const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
   const written = shards(out).bytes;
+  const summary = JSON.parse(r.stdout);
+  // a merge that ran without the addon (e.g. native/build being rebuilt while it started) is not this bench's figure
+  if (summary.nativeTensors !== summary.merged + summary.converted) {
+    throw new Error(`bench/merge: the ${dtype} merge produced ${summary.nativeTensors} of ${summary.merged + summary.converted} tensors natively (addon not loaded in the merge process?); rerun`);
+  }
   rmSync(out, { recursive: true, force: true });
-  return { seconds, peakMB, written };
+  return { seconds, peakMB, written, summary };
 }
 
 /** normal-ish values (sum of 4 uniforms), seeded */
@@ -123,6 +131,42 @@ async function gptqLinear(out, n, tokens, seed) {
   return { shape: [out, n], tokens, hessian_s: round(hessian, 3), gptq_s: round(gptq, 3), output_error_s: round(outputError, 3), rel_output_error: round(Math.sqrt(err / ref), 4), H, w };
 }
 
+/** native GPTQ on V4-Flash's expert shapes, the TypeScript GPTQ on a slice, the full-model projection */
+async function benchGptq() {
+  // GPTQ on the expert shapes of V4-Flash
+  const tokens = Number(values['gptq-tokens']);
+  const d = 4096;
+  const I = 2048;
+  const w1 = await gptqLinear(I, d, tokens, 11);
+  const w2 = await gptqLinear(d, I, tokens, 21);
+  const perExpert = 2 * (w1.gptq_s + w1.hessian_s + 3 * w1.output_error_s) + w2.gptq_s + w2.hessian_s + 3 * w2.output_error_s;
+  // the TypeScript reference on a slice (128 rows of w2's shape) for the speed-up on the same rows
+  const sliceRows = 128;
+  let t0 = performance.now();
+  gptqRows(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128), { damp: 0.01 });
+  const tsSlice = (performance.now() - t0) / 1000;
+  t0 = performance.now();
+  await gptqInt4Native(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128).result, 0.01);
+  const natSlice = (performance.now() - t0) / 1000;
+  const flashExperts = 43 * 256;
+  const gptq = {
+    threads: tryLoadAddon().info().threads,
+    w1_w3: { ...w1, H: undefined, w: undefined },
+    w2: { ...w2, H: undefined, w: undefined },
+    per_expert_s: round(perExpert, 2),
+    note_per_expert: 'w1 and w3 each: Hessian accumulation + GPTQ (Cholesky, inverse, column loop) + the 3 output-error traces the export reports; w2 the same at its shape. w1 and w3 read the same input, so a Hessian shared between them would save one accumulation and one factorisation.',
+    slice_rows: sliceRows,
+    typescript_slice_s: round(tsSlice, 2),
+    native_slice_s: round(natSlice, 3),
+    native_speedup_on_slice: round(tsSlice / natSlice, 1),
+    v4_flash_routed_experts: flashExperts,
+    v4_flash_experts_hours: round((perExpert * flashExperts) / 3600, 1),
+  };
+  console.log(`GPTQ per expert ${gptq.per_expert_s} s (${gptq.threads} threads); V4-Flash's ${flashExperts} routed experts: ${gptq.v4_flash_experts_hours} h; TS/native on a ${sliceRows}-row slice: ${gptq.native_speedup_on_slice}×`);
+  return gptq;
+}
+
+const loadavgStart = loadavg();
 try {
   const addon = tryLoadAddon();
   if (!addon) throw new Error('bench/merge: the native addon is not built (npm run build:native)');
@@ -144,51 +188,34 @@ try {
   const copy2 = plainCopy(base.files, join(tmp, 'copy'));
   const copyS = (copy1 + copy2) / 2;
   const mbs = (bytes, s) => round(bytes / 1e6 / s);
+  const row = (m) => ({
+    seconds: round(m.seconds, 2), mb_per_s: mbs(base.bytes, m.seconds), of_copy: round(copyS / m.seconds, 3), peak_rss_mb: round(m.peakMB), bytes_written: m.written,
+    bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
+  });
   const merge = {
     base_bytes: base.bytes,
     copy: { seconds: [round(copy1, 2), round(copy2, 2)], mb_per_s: mbs(base.bytes, copyS) },
-    original: { seconds: round(original.seconds, 2), mb_per_s: mbs(base.bytes, original.seconds), of_copy: round(copyS / original.seconds, 3), peak_rss_mb: round(original.peakMB), bytes_written: original.written },
-    bf16: { seconds: round(bf16.seconds, 2), mb_per_s: mbs(base.bytes, bf16.seconds), of_copy: round(copyS / bf16.seconds, 3), peak_rss_mb: round(bf16.peakMB), bytes_written: bf16.written },
+    original: row(original),
+    bf16: row(bf16),
   };
   console.log(`copy ${merge.copy.mb_per_s} MB/s; merge original ${merge.original.mb_per_s} MB/s (${merge.original.of_copy} of copy, peak RSS ${merge.original.peak_rss_mb} MB); bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
 
-  // GPTQ on the expert shapes of V4-Flash
-  const tokens = Number(values['gptq-tokens']);
-  const d = 4096;
-  const I = 2048;
-  const w1 = await gptqLinear(I, d, tokens, 11);
-  const w2 = await gptqLinear(d, I, tokens, 21);
-  const perExpert = 2 * (w1.gptq_s + w1.hessian_s + 3 * w1.output_error_s) + w2.gptq_s + w2.hessian_s + 3 * w2.output_error_s;
-  // the TypeScript reference on a slice (128 rows of w2's shape) for the speed-up on the same rows
-  const sliceRows = 128;
-  let t0 = performance.now();
-  gptqRows(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128), { damp: 0.01 });
-  const tsSlice = (performance.now() - t0) / 1000;
-  t0 = performance.now();
-  await gptqInt4Native(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128).result, 0.01);
-  const natSlice = (performance.now() - t0) / 1000;
-  const flashExperts = 43 * 256;
-  const gptq = {
-    threads: addon.info().threads,
-    w1_w3: { ...w1, H: undefined, w: undefined },
-    w2: { ...w2, H: undefined, w: undefined },
-    per_expert_s: round(perExpert, 2),
-    note_per_expert: 'w1 and w3 each: Hessian accumulation + GPTQ (Cholesky, inverse, column loop) + the 3 output-error traces the export reports; w2 the same at its shape. w1 and w3 read the same input, so a Hessian shared between them would save one accumulation and one factorisation.',
-    slice_rows: sliceRows,
-    typescript_slice_s: round(tsSlice, 2),
-    native_slice_s: round(natSlice, 3),
-    native_speedup_on_slice: round(tsSlice / natSlice, 1),
-    v4_flash_routed_experts: flashExperts,
-    v4_flash_experts_hours: round((perExpert * flashExperts) / 3600, 1),
-  };
-  console.log(`GPTQ per expert ${gptq.per_expert_s} s (${gptq.threads} threads); V4-Flash's ${flashExperts} routed experts: ${gptq.v4_flash_experts_hours} h; TS/native on a ${sliceRows}-row slice: ${gptq.native_speedup_on_slice}×`);
+  let gptq;
+  if (values['skip-gptq']) {
+    const prev = JSON.parse(readFileSync(values.out, 'utf8'));
+    if (!prev.gptq) throw new Error(`bench/merge: --skip-gptq but ${values.out} holds no gptq section`);
+    gptq = { ...prev.gptq, measured: prev.gptq.measured ?? prev.date, note_measured: 'carried over from an earlier run of this bench (--skip-gptq); not re-measured with the merge figures' };
+  } else {
+    gptq = await benchGptq();
+  }
 
   const result = {
     bench: 'merge',
     model: values.model ?? `created (flash, ${values.layers} layers, ${values.experts} experts, seed 0)`,
     merge,
     gptq,
-    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk, before and after the merges (page cache as the merges see it). Peak RSS: getrusage of the merge process.',
+    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk, before and after the merges (page cache as the merges see it). Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
+    loadavg_start: loadavgStart,
     loadavg_end: loadavg(),
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',

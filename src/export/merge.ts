@@ -112,6 +112,8 @@ export interface MergeSummary {
   largestReadBytes: number;
   /** the most tensors produced (or being produced) and not yet written at one time */
   peakTensorsHeld: number;
+  /** merged and converted tensors the native addon produced (the rest: the TypeScript path, where the addon is not built or the format is one it does not take) */
+  nativeTensors: number;
   /** the most bytes those tensors held at one time (stored input + output of each merged or converted one): at most aheadBytes, or one tensor more */
   peakHeldBytes: number;
   shards: string[];
@@ -347,6 +349,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
   let bytesStreamed = 0;
   let peakHeld = 0;
   let peakHeldBytes = 0;
+  let nativeTensors = 0;
   const aheadBytes = opts.aheadBytes ?? MERGE_AHEAD_BYTES;
   let done = 0;
   try {
@@ -402,6 +405,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
             // the native addon writes the same bytes (kernels/cpu/requant.cpp) where it is built
             const fast = await mergeRequantNative(r, action === 'merged' ? adapter.layers.get(moduleOf(name)!)! : null, plan.dtype, { data: pool.take, scale: pool.take });
             if (fast) {
+              nativeTensors++;
               pool.give(data);
               if (scale) pool.give(scale);
               if (fast.bad) throw nonFinite(fast.bad.value, fast.bad.index);
@@ -453,7 +457,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
     return {
       base: plan.base, adapter: plan.adapter, out: plan.out, dtype: plan.dtype, layout: plan.layout,
       tensors: plan.tensors, merged: plan.merged.length, converted: plan.converted, copied: plan.copied,
-      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, shards, extraFiles: extra,
+      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, nativeTensors, shards, extraFiles: extra,
       seconds: (performance.now() - t0) / 1000, peakRssBytes: peakRss,
     };
   } finally {

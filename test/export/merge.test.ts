@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { register as registerMerge } from '../../src/cli/commands/merge.js';
 import { InputError } from '../../src/errors.js';
+import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { MERGE_AHEAD_BYTES, mergeAdapter, type MergeSummary } from '../../src/export/merge.js';
 import { Adapter, createAdapter } from '../../src/lora/adapter.js';
 import { loadAdapter, saveAdapter } from '../../src/lora/peft.js';
@@ -153,6 +154,8 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
     // copies hold nothing (they are streamed), so they may be started early; the bytes are bounded:
     // a BF16 output of the largest decoded tensor is 2 bytes an element: at most 2 · (in + out) held
     expect(summary.peakHeldBytes).toBeGreaterThan(0);
+    // every tensor here is a format the native merge takes: all of them native where the addon is built
+    expect(summary.nativeTensors).toBe(tryLoadAddon() ? summary.merged + summary.converted : 0);
     expect(summary.peakHeldBytes).toBeLessThanOrEqual(2 * (largestDecoded + 2 * largest));
   });
 });
