@@ -14,9 +14,16 @@ function rne(v: number): number {
   return f % 2 === 0 ? f : f + 1;
 }
 
-// exponent e with 2^e <= a < 2^(e+1), a > 0 finite
+const f64buf = new Float64Array(1);
+const f64words = new Uint32Array(f64buf.buffer); // little-endian: [low, high]
+
+// exponent e with 2^e <= a < 2^(e+1), a > 0 finite: a normal double's exponent field (the
+// encoders call this once per value, and Math.log2 made F16 export of a large tensor slow)
 function floorLog2(a: number): number {
-  let e = Math.floor(Math.log2(a));
+  f64buf[0] = a;
+  const biased = (f64words[1]! >>> 20) & 0x7ff;
+  if (biased !== 0) return biased - 1023;
+  let e = Math.floor(Math.log2(a)); // a subnormal double
   if (2 ** e > a) e -= 1;
   else if (2 ** (e + 1) <= a) e += 1;
   return e;
@@ -188,12 +195,38 @@ export function f16BytesToF32(bytes: Uint8Array): Float32Array {
 
 export function f32ToF16Bytes(x: Float32Array): Uint8Array {
   const out = new Uint8Array(x.length * 2);
+  const bits = new Uint32Array(x.buffer, x.byteOffset, x.length);
   for (let i = 0; i < x.length; i++) {
-    const h = f16Encode(x[i]!);
+    const h = f16FromF32Bits(bits[i]!);
     out[2 * i] = h & 0xff;
     out[2 * i + 1] = h >> 8;
   }
   return out;
+}
+
+/** f16Encode of the f32 with these bits, from the bits alone (the same codes; a tensor's worth of calls stays fast) */
+function f16FromF32Bits(u: number): number {
+  const sign = (u >>> 16) & 0x8000;
+  const a = u & 0x7fffffff;
+  if (a >= 0x7f800000) return a > 0x7f800000 ? 0x7e00 : sign | 0x7c00;
+  const exp = a >>> 23;
+  const mant = a & 0x7fffff;
+  if (exp >= 113) {
+    // normal in f16 (or overflowing): 10 of the 23 mantissa bits, nearest, ties to even
+    let h = ((exp - 112) << 10) | (mant >>> 13);
+    const rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h++;
+    return sign | Math.min(h, 0x7c00);
+  }
+  // below 2^-14: a multiple of 2^-24 (f16's subnormals), nearest, ties to even
+  const shift = 126 - exp;
+  if (shift > 24) return sign;
+  const m = mant | 0x800000;
+  let h = m >>> shift;
+  const rest = m & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  if (rest > half || (rest === half && (h & 1) === 1)) h++;
+  return sign | h;
 }
 
 /** little-endian F32 bytes -> Float32Array (copied, so any alignment works) */
