@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GgmlType, GgufType, GgufWriter, quantizeQ4_0, readGgufHeader } from '../../src/export/gguf.js';
 import { ggufName, linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
+import { f16Decode, f16Encode, f32ToF16Bytes } from '../../src/model/formats.js';
 import { writeSmallBpeTokenizer } from './bpe-fixture.js';
 
 const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
@@ -107,6 +108,29 @@ describe('Q4_0 blocks (llama.cpp layout and rounding)', () => {
     }
     const { w } = dequantBlocks(b, 96);
     for (let i = 64; i < 96; i++) expect(w[i] === 0).toBe(true); // ±0: d = −0/8 is stored as f16 −0, like llama.cpp
+  });
+});
+
+describe('F16 tensors (gguf-f16, and the F16 matrices of the other formats)', () => {
+  it('f32ToF16Bytes (from the f32 bits) gives f16Encode\'s code for every 4099th f32 bit pattern and around every f16 code (nearest, ties to even, subnormals, overflow to inf)', () => {
+    const u = new Uint32Array(1_048_576 + 6 * 0x7c00 + 8);
+    let k = 0;
+    for (let b = 0; b < 2 ** 32 && k < 1_048_576; b += 4099) u[k++] = b;
+    const f = new Float32Array(u.buffer);
+    const one = new Float32Array(1);
+    const oneBits = new Uint32Array(one.buffer);
+    for (let h = 0; h < 0x7c00; h++) {
+      one[0] = f16Decode(h);
+      // the code's value, the f32 just below and just above it, both signs
+      for (const d of [-1, 0, 1]) for (const sign of [0, 0x80000000]) u[k++] = ((oneBits[0]! + d) | sign) >>> 0;
+    }
+    // halfway cases: 1 + 2^-11 (tie, to even 1), 1 + 3·2^-11 (tie, up), 2^-25 (tie, to 0), 65520 (to inf)
+    for (const x of [1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -25, 3 * 2 ** -25, 65520, 65519, Infinity, NaN]) f[k++] = x;
+    const bytes = f32ToF16Bytes(f.subarray(0, k));
+    let bad = 0;
+    for (let i = 0; i < k; i++) if ((bytes[2 * i]! | (bytes[2 * i + 1]! << 8)) !== f16Encode(f[i]!)) bad++;
+    expect(bad).toBe(0);
+    expect(k).toBeGreaterThan(1_100_000);
   });
 });
 
