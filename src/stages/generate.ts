@@ -13,6 +13,7 @@ import { InputError } from '../errors.js';
 import { loadAdapter } from '../lora/peft.js';
 import { loadModel } from '../model/load.js';
 import { silentSink, type Sink } from '../sink.js';
+import { readModelConfig } from './inputs.js';
 
 export interface GenerateRequest {
   /** V4 model folder, with its tokenizer */
@@ -62,7 +63,7 @@ function tokenizerFile(dir: string): string {
 }
 
 export async function generateText(req: GenerateRequest, sink: Sink = silentSink): Promise<GenerateResult> {
-  if (!existsSync(join(req.model, 'config.json'))) throw new InputError(`${req.model}: not a model folder (no config.json)`);
+  readModelConfig(req.model);
   const chat = req.chat === true || req.messages !== undefined;
   if (req.messages === undefined && req.prompt === undefined) throw new InputError('generate needs --prompt <text> (or --messages <file>)');
   if (!chat && (req.system !== undefined || req.think)) throw new InputError('--system and --think apply with --chat only');
