@@ -1,10 +1,10 @@
 // The layers of src/, bottom to top. A module may import its own layer and the layers below it,
-// never one above: leaves (errors, fs rules, locks, random, nearest names, version) and the
+// never one above: leaves (errors, fs rules, locks, random, nearest names, the stages' sink, version) and the
 // compute backends sit under the data, the model, LoRA, training, export, the report, the
 // stages (one library function per CLI verb) and the CLI on top. Type-only imports count too,
 // except the recipe's parsed type, which every stage takes as its argument. Checked by dependency-cruiser in test/architecture/layers.test.ts.
 const LAYERS = [
-  ['leaves', '^src/(errors|fsutil|lock|random|nearest|version)\\.ts$'],
+  ['leaves', '^src/(errors|fsutil|lock|random|nearest|sink|version)\\.ts$'],
   ['backend', '^src/backend/'],
   ['data', '^src/(data|chat)/'],
   ['model', '^src/model/'],
