@@ -53,6 +53,7 @@ const addon = tryLoadAddon();
 if (!addon) throw new Error('bench/step: the native addon is not built (npm run build:native)');
 const threads = addon.info().threads;
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-step-'));
+const load0 = loadavg();
 
 // ---------------------------------------------------------------- FLOPs per op
 const count = (a) => a.reduce((s, v) => s + (v >= 0 ? 1 : 0), 0);
@@ -140,21 +141,24 @@ async function nativeRuns(model, prof, peak) {
     const modes = values.bf16 && addon.info().cpuBf16 ? ['fp32', 'bf16'] : ['fp32'];
     // the step that measures the activation bytes is also the warm-up (weights packed, pages touched)
     const { savedPeakBytes } = await model.lossAndGrads(ids, mask, { adapter, checkpointing, measureSavedBytes: true });
-    for (const mode of modes) {
-      addon.setBf16(mode === 'bf16');
-      const times = [];
-      const perRep = [];
-      let loss = 0;
-      for (let r = 0; r < reps; r++) {
+    // the modes take turns rep by rep, so a change in the machine's load reaches both alike
+    const byMode = new Map(modes.map((m) => [m, { times: [], perRep: [], loss: 0 }]));
+    for (let r = 0; r < reps; r++) {
+      for (const mode of modes) {
+        const m = byMode.get(mode);
+        addon.setBf16(mode === 'bf16');
         prof.reset();
         prof.on = true;
         const t0 = performance.now();
-        loss = (await model.lossAndGrads(ids, mask, { adapter, checkpointing })).loss;
-        times.push((performance.now() - t0) / 1000);
+        m.loss = (await model.lossAndGrads(ids, mask, { adapter, checkpointing })).loss;
+        m.times.push((performance.now() - t0) / 1000);
         prof.on = false;
-        perRep.push(new Map([...prof.stats].map(([k, v]) => [k, { ...v }])));
+        m.perRep.push(new Map([...prof.stats].map(([k, v]) => [k, { ...v }])));
       }
-      addon.setBf16(false);
+    }
+    addon.setBf16(false);
+    for (const mode of modes) {
+      const { times, perRep, loss } = byMode.get(mode);
       const sec = median(times);
       const rep = perRep[times.indexOf(sec)];
       let flops = 0;
@@ -249,7 +253,8 @@ try {
     peft,
     ratios,
     note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (expert backward, activation checkpointing) not counted. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers float32 compute on the BF16 copy of the same checkpoint, same rank, targets and threads, same run.',
-    loadavg_start: loadavg(),
+    loadavg_start: load0,
+    loadavg_end: loadavg(),
     cpus: cpus().length,
     cpu: cpus()[0]?.model ?? 'unknown',
     node: process.version,
