@@ -59,6 +59,9 @@ export interface StepTraffic {
   placement?: string;
   /** LoRA values each rank holds (and as many AdamW moment pairs), by rank */
   lora_values_held?: number[];
+  /** train rows each rank read from the shards for this step, and their bytes (a row reader was given) */
+  rows_read?: number[];
+  bytes_read?: number[];
 }
 
 export interface DataParallelOptions {
@@ -70,6 +73,8 @@ export interface DataParallelOptions {
   startStep: number;
   /** set when each rank holds only its routed experts' factors (expert parallel, shard.ts) */
   shards?: AdapterShards | null;
+  /** the train split's row reader (data/dataset.ts RowReader): what it read per step is logged */
+  reads?: { readonly stats: { readonly rows: number; readonly bytes: number } } | null;
 }
 
 /** Σ x² in float64. */
@@ -117,6 +122,8 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
   const shards = o.shards ?? null;
   const logPath = o.logDir !== null && c.rank === 0 ? join(o.logDir, DISTRIBUTED_LOG) : null;
   if (logPath) truncateLog(logPath, step);
+  const reads = o.reads ?? null;
+  let readBefore = { rows: reads?.stats.rows ?? 0, bytes: reads?.stats.bytes ?? 0 };
   return async (model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false, dropoutSeed = () => 0, mtpWeight = 0) => {
     step++;
     const mine = microBatchesOf(c.rank, c.size, micro.length);
@@ -191,17 +198,26 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
     const beforeReduce = c.traffic.bytes;
     if (count > 0) for (let s = 0; s < flat.length; s += BUCKET) await c.allreduceSum(flat.subarray(s, Math.min(flat.length, s + BUCKET)));
     if (count > 0 && shards && c.size > shards.placement.ep) await sumOverGroups(c, shards.placement.ep, held);
-    // the step's sums, this step's dispatch traffic, the first group's expert Σ g² and what
-    // each rank holds, in one allreduce after the gradients'
-    const reduced = new Float64Array(8 + c.size);
+    // the step's sums, this step's dispatch traffic, the first group's expert Σ g², and by rank
+    // what it holds and (a row reader given) the train rows and bytes it read for this step, in
+    // one allreduce after the gradients'
+    const P = c.size;
+    const reduced = new Float64Array(8 + (reads ? 3 : 1) * P);
     reduced.set([sums[0]!, sums[1]!, sums[2]!, sums[3]!, dispatched, ep?.stats.pairsSent ?? 0, ep?.stats.pairsKept ?? 0]);
     if (shards && c.rank < shards.placement.ep) reduced[7] = sumSq(held);
     reduced[8 + c.rank] = flat.length + held.length;
+    if (reads) {
+      reduced[8 + P + c.rank] = reads.stats.rows - readBefore.rows;
+      reduced[8 + 2 * P + c.rank] = reads.stats.bytes - readBefore.bytes;
+      readBefore = { rows: reads.stats.rows, bytes: reads.stats.bytes };
+    }
     await c.allreduceSum(reduced);
     if (logPath) {
+      const byRank = (k: number) => Array.from(reduced.subarray(8 + k * P, 8 + (k + 1) * P));
       const line: StepTraffic = {
         step, allreduce_bytes: c.traffic.bytes - beforeReduce, alltoallv_bytes: reduced[4]!, pairs_sent: reduced[5]!, pairs_kept: reduced[6]!, tokens: reduced[1]!,
-        ...(ep ? { placement: ep.placement.describe(), lora_values_held: Array.from(reduced.subarray(8)) } : {}),
+        ...(ep ? { placement: ep.placement.describe(), lora_values_held: byRank(0) } : {}),
+        ...(reads ? { rows_read: byRank(1), bytes_read: byRank(2) } : {}),
       };
       appendFileSync(logPath, `${JSON.stringify(line)}\n`);
     }
@@ -213,23 +229,47 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
 }
 
 /**
- * The trainer's eval for this rank: rank r of P takes the r-th contiguous ⌈n/P⌉ of the rows, and
- * the loss sums (and MTP agreement counts) are summed by one allreduce, so every rank gets the
- * same result (the early-stopping and best-checkpoint decisions agree). With expert parallel a
- * rank short of rows runs its last row again, uncounted: every rank must run every forward.
+ * The eval rows rank `rank` of `size` runs, as indices into the first `n` rows of the split: the
+ * rank-th contiguous ⌈n/size⌉, the first `counted` of them counted. A rank short of rows is
+ * padded with row n − 1, uncounted: with expert parallel every rank must run every forward, and
+ * without it every rank must still take part in the eval's allreduce.
  */
-export function dataParallelEvaluate(c: Collective, expert: ExpertParallel | null): EvaluateFn {
+export function evalShareOf(rank: number, size: number, n: number): { indices: number[]; counted: number } {
+  const per = Math.ceil(n / size);
+  const first = Math.min(n, rank * per);
+  const counted = Math.min(n, first + per) - first;
+  return { indices: Array.from({ length: per }, (_, i) => (i < counted ? first + i : n - 1)), counted };
+}
+
+/** A rank's share of the eval rows, read alone (launch.ts evalRows): the rows it runs, how many of them count, of how many. */
+export interface EvalShare {
+  rows: DatasetRow[];
+  counted: number;
+  total: number;
+}
+
+/**
+ * The trainer's eval for this rank: its share of the rows (evalShareOf), the loss sums (and MTP
+ * agreement counts) summed by one allreduce, so every rank gets the same result (the
+ * early-stopping and best-checkpoint decisions agree). Given `share`, the rows the trainer passes
+ * are the share's (each rank read only those); without it, the whole split's, cut here.
+ */
+export function dataParallelEvaluate(c: Collective, expert: ExpertParallel | null, share: Omit<EvalShare, 'rows'> | null = null): EvaluateFn {
   return async (model, adapter, rows, mtp) => {
-    const per = Math.ceil(rows.length / c.size);
+    let run = rows;
+    let counted = share?.counted ?? 0;
+    if (!share) {
+      const s = evalShareOf(c.rank, c.size, rows.length);
+      run = s.indices.map((j) => rows[j]!);
+      counted = s.counted;
+    }
     const sums = new Float64Array(4); // lossSum, tokens, agree, pairs
-    for (let i = 0; i < per; i++) {
-      const j = c.rank * per + i;
-      const counted = j < rows.length;
-      if (!counted && !expert) break;
-      const row = rows[Math.min(j, rows.length - 1)]!;
+    for (let i = 0; i < run.length; i++) {
+      if (i >= counted && !expert) break;
+      const row = run[i]!;
       const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter });
       const a = mtp ? await model.mtpAgreement(row.input_ids, { segments: row.segments, adapter }) : null;
-      if (!counted) continue;
+      if (i >= counted) continue;
       sums[0] += r.lossSum;
       sums[1] += r.count;
       sums[2] += a?.agree ?? 0;
@@ -239,6 +279,6 @@ export function dataParallelEvaluate(c: Collective, expert: ExpertParallel | nul
     const [lossSum, tokens, agree, pairs] = sums as unknown as [number, number, number, number];
     const loss = tokens > 0 ? lossSum / tokens : NaN;
     if (tokens > 0 && !Number.isFinite(loss)) throw new NonFiniteError(`eval: the loss over ${tokens} tokens is ${loss}`);
-    return { loss, perplexity: Math.exp(loss), tokens, rows: rows.length, ...(mtp ? { mtpAgreement: pairs > 0 ? agree / pairs : 0, mtpPairs: pairs } : {}) };
+    return { loss, perplexity: Math.exp(loss), tokens, rows: share?.total ?? rows.length, ...(mtp ? { mtpAgreement: pairs > 0 ? agree / pairs : 0, mtpPairs: pairs } : {}) };
   };
 }

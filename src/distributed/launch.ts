@@ -11,19 +11,19 @@ import { join } from 'node:path';
 import { createBackend } from '../backend/index.js';
 import { openRowReader, type Dataset, type RowReader } from '../data/dataset.js';
 import { InputError } from '../errors.js';
+import type { Adapter } from '../lora/adapter.js';
 import { openModelSource, type LoadModelOptions } from '../model/load.js';
 import { V4Model } from '../model/v4/model.js';
 import { runPath } from '../recipe/layout.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { silentSink, type Sink } from '../sink.js';
 import type { RunTrainingOptions } from '../train/run.js';
-import type { EvaluateFn, StepGradientsFn } from '../train/trainer.js';
 import type { Collective } from './collective.js';
-import { dataParallelEvaluate, dataParallelGradients, microBatchesOf } from './data-parallel.js';
+import { dataParallelEvaluate, dataParallelGradients, evalShareOf, microBatchesOf, type EvalShare } from './data-parallel.js';
 import { ExpertParallel, ExpertPlacement } from './expert-parallel.js';
 import { HcclCollective, joinHccl } from './hccl.js';
 import { MpiCollective, mpiUnavailableReason } from './mpi.js';
-import { AdapterShards } from './shard.js';
+import { AdapterShards, routedExpertOf } from './shard.js';
 
 /**
  * The world a launcher gave this process, from its environment (Open MPI's mpirun, a PMI
@@ -59,17 +59,19 @@ export interface DistributedRun {
   /** the train split read row by row: this rank reads only the rows of its own micro-batches */
   trainRows(ds: Dataset): Promise<RowReader>;
   /**
+   * This rank's share of the eval split's first `cap` rows (data-parallel.ts evalShareOf), read
+   * alone: `rows` is what runTraining's eval gets, `total` the rows evaluated by all ranks.
+   */
+  evalRows(ds: Dataset, cap: number): Promise<EvalShare>;
+  /** the whole adapter's modules and trainable parameters, on every rank (the split one's summed over the first expert-parallel group) */
+  adapterSize(adapter: Adapter): Promise<{ modules: number; parameters: number }>;
+  /**
    * runTraining's options for this rank (`startStep`: the step the run starts at; `output`: the
-   * run folder): the split gradients and eval, its micro-batches, where it writes, and (expert
-   * parallel) how rank 0 gathers the complete adapter. The adapter must be made with holds().
+   * run folder), after trainRows and evalRows: the split gradients (logging what each rank held
+   * and read per step) and eval, its micro-batches, where it writes, and (expert parallel) how
+   * rank 0 gathers the complete adapter. The adapter must be made with holds().
    */
   trainOptions(startStep: number, output: string): Required<Pick<RunTrainingOptions, 'gradients' | 'evaluate' | 'runs' | 'output' | 'writesCheckpoints'>> & Pick<RunTrainingOptions, 'shards'>;
-  /** the trainer's step-gradient function for an adapter every rank holds whole; `startStep`: the step the run starts at */
-  gradients(startStep: number, output: string): StepGradientsFn;
-  /** the trainer's eval: rows split across ranks, sums reduced */
-  evaluate(): EvaluateFn;
-  /** where this rank's runTraining writes: the run folder on rank 0, a scratch folder elsewhere */
-  runOutput(output: string): string;
   /** what a rank says through: rank 0 the stage's sink, another rank nothing */
   context(sink: Sink): Sink;
   /** `2 ranks (MPI (Open MPI v4.1.4)): data parallel ×2, …` */
@@ -82,6 +84,8 @@ class MpiRun implements DistributedRun {
   expert: ExpertParallel | null = null;
   shards: AdapterShards | null = null;
   private scratch: string | null = null;
+  private reader: RowReader | null = null;
+  private evalShare: EvalShare | null = null;
 
   constructor(readonly collective: Collective, private readonly recipe: LoadedRecipe, private readonly ep: number) {
     const ckRoot = runPath(recipe.output, 'checkpoints');
@@ -119,14 +123,41 @@ class MpiRun implements DistributedRun {
     return this.shards?.holds(module) ?? true;
   }
 
-  trainRows(ds: Dataset): Promise<RowReader> {
-    return openRowReader(ds, 'train');
+  async trainRows(ds: Dataset): Promise<RowReader> {
+    this.reader = await openRowReader(ds, 'train');
+    return this.reader;
+  }
+
+  async evalRows(ds: Dataset, cap: number): Promise<EvalShare> {
+    const reader = await openRowReader(ds, 'eval');
+    try {
+      const total = Math.min(cap, reader.length);
+      const { indices, counted } = evalShareOf(this.rank, this.size, total);
+      this.evalShare = { rows: indices.map((i) => reader.get(i)), counted, total };
+      return this.evalShare;
+    } finally {
+      reader.close();
+    }
+  }
+
+  async adapterSize(adapter: Adapter): Promise<{ modules: number; parameters: number }> {
+    const n = new Float64Array(2);
+    for (const m of adapter.modules()) {
+      // without the split every rank holds the whole; with it rank 0 counts the replicated
+      // modules and each rank of the first group its routed experts
+      const counts = this.shards ? (routedExpertOf(m) === null ? this.rank === 0 : this.rank < this.shards.placement.ep) : true;
+      if (!counts) continue;
+      n[0] += 1;
+      n[1] += adapter.factors(m)!.A.length + adapter.factors(m)!.B.length;
+    }
+    if (this.shards) await this.collective.allreduceSum(n);
+    return { modules: n[0]!, parameters: n[1]! };
   }
 
   trainOptions(startStep: number, output: string): ReturnType<DistributedRun['trainOptions']> {
     return {
-      gradients: dataParallelGradients({ collective: this.collective, expert: this.expert, logDir: output, startStep, shards: this.shards }),
-      evaluate: this.evaluate(),
+      gradients: dataParallelGradients({ collective: this.collective, expert: this.expert, logDir: output, startStep, shards: this.shards, reads: this.reader }),
+      evaluate: dataParallelEvaluate(this.collective, this.expert, this.evalShare),
       runs: (gradAccum) => microBatchesOf(this.rank, this.size, gradAccum),
       output: this.runOutput(output),
       writesCheckpoints: this.rank === 0,
@@ -134,15 +165,8 @@ class MpiRun implements DistributedRun {
     };
   }
 
-  gradients(startStep: number, output: string): StepGradientsFn {
-    return dataParallelGradients({ collective: this.collective, expert: this.expert, logDir: output, startStep });
-  }
-
-  evaluate(): EvaluateFn {
-    return dataParallelEvaluate(this.collective, this.expert);
-  }
-
-  runOutput(output: string): string {
+  /** where this rank's runTraining writes: the run folder on rank 0, a scratch folder elsewhere */
+  private runOutput(output: string): string {
     if (this.rank === 0) return output;
     this.scratch ??= mkdtempSync(join(tmpdir(), `v4tune-rank${this.rank}-`));
     return this.scratch;

@@ -8,7 +8,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tryLoadAddon } from '../backend/native/addon.js';
 import { cancelNativeKernels } from '../backend/native/index.js';
-import type { DatasetRow } from '../data/dataset.js';
+import type { Dataset, DatasetRow, RowReader, Split } from '../data/dataset.js';
 import { loadTokenizer } from '../data/tokenizer.js';
 import { joinDistributed, type DistributedRun } from '../distributed/launch.js';
 import { InputError, V4tuneError } from '../errors.js';
@@ -131,6 +131,16 @@ function nativeSettings(recipe: LoadedRecipe, sink: Sink): () => void {
   };
 }
 
+/** The first `cap` rows of a split. */
+function firstRows(ds: Dataset, split: Split, cap: number): DatasetRow[] {
+  const rows: DatasetRow[] = [];
+  for (const r of ds.rows(split)) {
+    if (rows.length >= cap) break;
+    rows.push(r);
+  }
+  return rows;
+}
+
 function fmtInt(n: number): string {
   return n.toLocaleString('en-US');
 }
@@ -158,14 +168,8 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
     file: recipe.file, seqLen: recipe.data.seq_len, batchRows: recipe.train.batch_rows, threads: recipe.train.threads, checkpointing: recipe.train.activation_checkpointing,
   });
   const ds = requireDataset(recipe);
-  requireTrainRows(ds);
+  const trainCount = requireTrainRows(ds);
   const evalCap = opts.evalRows ?? Infinity;
-  const trainRows: DatasetRow[] = [...ds.rows('train')];
-  const evalRows: DatasetRow[] = [];
-  for (const r of ds.rows('eval')) {
-    if (evalRows.length >= evalCap) break;
-    evalRows.push(r);
-  }
 
   const fingerprint = configFingerprint(config);
   const profiled = recipe.lora.experts === 'profiled' ? profiledSubset(recipe, { datasetCacheKey: ds.manifest.cache_key, modelFingerprint: fingerprint }) : null;
@@ -187,7 +191,7 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
       overwrite = true;
     } else if (existsSync(join(adapterDir, 'adapter_model.safetensors')) && existsSync(summaryPath)) {
       const done = readJsonFile(summaryPath) as TrainSummary;
-      if (done.ok === true && done.step === last && (last === resolveSteps(recipe.train, trainRows.length) || done.stopped_early === true)) {
+      if (done.ok === true && done.step === last && (last === resolveSteps(recipe.train, trainCount) || done.stopped_early === true)) {
         sink.log(`train: reusing the finished run in ${out} (settings unchanged)`);
         return { ...done, reused: true };
       }
@@ -217,13 +221,21 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
   };
   process.on('SIGINT', onSigint);
   let model: V4Model | null = null;
+  let trainRows: DatasetRow[] | RowReader = [];
   try {
     model = await (dist ?? { loadModel }).loadModel(modelDir, { backend: recipe.train.backend, note: (l) => sink.log(l) });
+    // a rank of a distributed run reads only its own micro-batches' train rows and its share of
+    // the eval rows; with expert parallel it holds only its routed experts' LoRA factors
+    trainRows = dist ? await dist.trainRows(ds) : [...ds.rows('train')];
+    const evalShare = dist ? await dist.evalRows(ds, evalCap) : null;
+    const evalRows = evalShare?.rows ?? firstRows(ds, 'eval', evalCap);
+    const evalCount = evalShare?.total ?? evalRows.length;
+    const holds = dist ? (m: string) => dist.holds(m) : undefined;
     const settings = trainSettings(recipe, trainRows.length);
     if (recipe.train.mtp_loss_weight > 0 && model.config.num_nextn_predict_layers === 0) throw new InputError(`${recipe.file}: train.mtp_loss_weight needs a model with an MTP block (${modelDir} has num_nextn_predict_layers 0)`);
     let start: Parameters<typeof runTraining>[0]['start'];
     if (resume) {
-      const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`));
+      const checkpoint = await loadCheckpoint(join(ckRoot, `step-${have[have.length - 1]}`), holds);
       // (checkpoints from before runs could be extended recorded train.steps in their identity)
       assertSameIdentity({ ...checkpoint, state: { ...checkpoint.state, identity: withoutRunLength(checkpoint.state.identity) } }, identity, recipe.file);
       if (checkpoint.state.step > settings.steps) {
@@ -237,25 +249,25 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
         adapter: createAdapter({ config: model.config, dir: modelDir }, {
           r: l.r, alpha: l.alpha, targets: l.targets, rankPattern: l.rank_pattern, alphaPattern: l.alpha_pattern,
           rsLoRA: l.rslora, dropout: l.dropout, seed: l.seed, expertSubset: profiled?.subset,
-        }),
+        }, holds),
       };
       if (recipe.train.warm_start !== undefined) {
-        await warmStart(start.adapter, recipe.train.warm_start, recipe.file, (l) => sink.warn(l));
+        await warmStart(start.adapter, recipe.train.warm_start, recipe.file, (l) => sink.warn(l), holds);
         sink.log(`  warm start: the adapter in ${recipe.train.warm_start} (optimizer state fresh, step 0)`);
       }
     }
     const adapter = 'checkpoint' in start ? start.checkpoint.adapter : start.adapter;
-    let params = 0;
-    for (const m of adapter.modules()) params += adapter.factors(m)!.A.length + adapter.factors(m)!.B.length;
+    // the whole adapter's size (with expert parallel each rank holds only part of it)
+    const size = dist ? await dist.adapterSize(adapter) : { modules: adapter.modules().length, parameters: adapter.modules().reduce((n, m) => n + adapter.factors(m)!.A.length + adapter.factors(m)!.B.length, 0) };
     const t = recipe.train;
     const rowsPerStep = t.batch_rows * t.grad_accum;
     sink.log(`train ${recipe.name}: model ${modelDir}${recipe.model.preset ? ` (${recipe.model.preset} preset)` : ''} on ${model.backend.name}`);
-    sink.log(`  adapter: ${adapter.modules().length} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(params)} trainable parameters; written in the ${recipe.lora.adapter_layout} layout (lora.adapter_layout)`);
+    sink.log(`  adapter: ${size.modules} modules, r ${recipe.lora.r}, alpha ${recipe.lora.alpha}${recipe.lora.rslora ? ' (rsLoRA)' : ''}: ${fmtInt(size.parameters)} trainable parameters; written in the ${recipe.lora.adapter_layout} layout (lora.adapter_layout)`);
     if (profiled) {
       const adapted = Object.entries(profiled.selection).filter(([b]) => adapter.modules().some((m) => m.startsWith(`${b}.ffn.experts.`)));
       sink.log(`  experts: profiled — ${describeSelection(Object.fromEntries(adapted), model.config.n_routed_experts)} (${runPath(out, 'profile')})`);
     }
-    sink.log(`  data: ${fmtInt(trainRows.length)} train rows, ${fmtInt(evalRows.length)} eval rows${evalRows.length < ds.rowCount('eval') ? ` (of ${fmtInt(ds.rowCount('eval'))})` : ''}, seq_len ${ds.manifest.seq_len}`);
+    sink.log(`  data: ${fmtInt(trainRows.length)} train rows, ${fmtInt(evalCount)} eval rows${evalCount < ds.rowCount('eval') ? ` (of ${fmtInt(ds.rowCount('eval'))})` : ''}, seq_len ${ds.manifest.seq_len}`);
     sink.log(`  steps: ${settings.steps}${t.epochs !== undefined ? ` (train.epochs ${t.epochs})` : ''} × ${rowsPerStep} rows (${t.batch_rows} per micro-batch × ${t.grad_accum}) = ${fmtInt(rowsPerStep * ds.manifest.seq_len)} tokens/step, ${(settings.steps * rowsPerStep / trainRows.length).toFixed(2)} epochs`);
     sink.log(`  AdamW lr ${t.lr} (${t.schedule}, warmup ${t.warmup_steps}), weight_decay ${t.weight_decay}, max_grad_norm ${t.max_grad_norm}; ${t.eval_every ? `eval every ${t.eval_every} steps` : 'eval at the end'}, ${t.checkpoint_every ? `checkpoint every ${t.checkpoint_every} steps` : 'checkpoint at the end'}`);
     sink.log(`  output: ${out}${t.activation_checkpointing ? ' (activation checkpointing on)' : ''}`);
@@ -273,15 +285,13 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
       logTo: t.log_to,
       samples: t.eval_prompts.length > 0 ? samplePrompts(recipe, await loadTokenizer(recipeTokenizer(recipe))) : undefined,
       evalMtp: t.eval_mtp && model.config.num_nextn_predict_layers > 0,
-      output: dist ? dist.runOutput(out) : out,
+      output: out,
       identity,
       shouldStop: () => stop,
       adapterLayout: recipe.lora.adapter_layout,
-      gradients: dist?.gradients('checkpoint' in start ? start.checkpoint.state.step : 0, out),
-      writesCheckpoints: (dist?.rank ?? 0) === 0,
-      evaluate: dist?.evaluate(),
+      ...(dist ? dist.trainOptions('checkpoint' in start ? start.checkpoint.state.step : 0, out) : {}),
     }, sink);
-    const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalRows.length);
+    const summary = trainSummary(recipe, r, model.backend.name, trainRows.length, evalCount);
     if ((dist?.rank ?? 0) === 0) writeFileAtomic(summaryPath, `${JSON.stringify(summary, null, 2)}\n`);
     if (r.interrupted) {
       throw new V4tuneError(`train: stopped at step ${r.step} of ${r.steps}; checkpoint ${r.lastCheckpoint} (continue with \`v4tune train ${recipe.file} --resume\`)`, EXIT_INTERRUPTED);
@@ -289,6 +299,7 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
     sink.log(`train: ${r.step} steps${r.stoppedEarly ? ` (stopped early; best eval at step ${r.best?.step})` : ''}${r.resumedFrom !== null ? ` (resumed at ${r.resumedFrom})` : ''}, last loss ${r.lastLoss?.toFixed(4) ?? '—'}${r.evalAfter ? `, eval loss ${r.evalAfter.loss.toFixed(4)}${r.evalBefore ? ` (before ${r.evalBefore.loss.toFixed(4)})` : ''}` : ''}, ${Math.round(r.tokensPerSecond)} tokens/s → ${r.adapterDir}`);
     return summary;
   } finally {
+    if ('close' in trainRows) trainRows.close();
     process.off('SIGINT', onSigint);
     model?.dispose();
     restore();

@@ -49,10 +49,12 @@ describe.skipIf(skipWithoutMpi())('data parallel under mpirun', () => {
     expect(e2.tokens).toBe(e1.tokens);
     expect(e2.rows).toBe(e1.rows);
     expect(Math.abs(e2.loss - e1.loss) / e1.loss).toBeLessThan(1e-4);
-    const traffic = readFileSync(join(fx.dir, 'out-two', 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const traffic = readFileSync(join(fx.dir, 'out-two', 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number> & { rows_read: number[] });
     expect(traffic.map((t) => t.step)).toEqual([1, 2, 3]);
-    expect(traffic[0]!.allreduce_bytes).toBe(4 * params + 8 * (8 + 2)); // the sums: 8 scalars and one per rank
+    expect(traffic[0]!.allreduce_bytes).toBe(4 * params + 8 * (8 + 3 * 2)); // the sums: 8 scalars and 3 per rank
     expect(traffic[0]!.tokens).toBe(4 * 32);
+    // each rank read its one micro-batch's 2 rows per step from the shards, no other train row
+    for (const t of traffic) expect(t.rows_read).toEqual([2, 2]);
   }, 300_000);
 
   it('resumes at another world size: 2 ranks to step 2, then one process to step 3, gives the 1-rank adapter', async () => {

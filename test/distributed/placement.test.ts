@@ -1,7 +1,7 @@
 // placement.test.ts: which micro-batches a rank runs and which experts it holds — pure functions
 // every rank must agree on, checked without MPI.
 import { describe, expect, it } from 'vitest';
-import { microBatchesOf } from '../../src/distributed/data-parallel.js';
+import { evalShareOf, microBatchesOf } from '../../src/distributed/data-parallel.js';
 import { ExpertPlacement } from '../../src/distributed/expert-parallel.js';
 import { launcherWorld } from '../../src/distributed/launch.js';
 
@@ -10,6 +10,19 @@ describe('data-parallel shares', () => {
     expect([0, 1, 2].map((r) => microBatchesOf(r, 3, 6))).toEqual([[0, 1], [2, 3], [4, 5]]);
     expect(microBatchesOf(0, 1, 4)).toEqual([0, 1, 2, 3]);
     expect(() => microBatchesOf(0, 2, 3)).toThrow(/grad_accum \(3\) must be a multiple of the 2 data-parallel ranks/);
+  });
+
+  it('split the eval rows into contiguous shares that count each row once, every rank running as many', () => {
+    const shares = (size: number, n: number) => Array.from({ length: size }, (_, r) => evalShareOf(r, size, n));
+    // 3 rows on 2 ranks: rank 1 counts row 2 and runs it again uncounted (a forward beside rank 0's second)
+    expect(shares(2, 3)).toEqual([{ indices: [0, 1], counted: 2 }, { indices: [2, 2], counted: 1 }]);
+    // fewer rows than ranks: the last ranks count none but still take part
+    expect(shares(4, 2)).toEqual([{ indices: [0], counted: 1 }, { indices: [1], counted: 1 }, { indices: [1], counted: 0 }, { indices: [1], counted: 0 }]);
+    expect(shares(2, 0)).toEqual([{ indices: [], counted: 0 }, { indices: [], counted: 0 }]);
+    for (const [size, n] of [[2, 7], [3, 10], [4, 4]] as const) {
+      const counted = shares(size, n).flatMap((s) => s.indices.slice(0, s.counted));
+      expect(counted).toEqual(Array.from({ length: n }, (_, i) => i));
+    }
   });
 });
 
