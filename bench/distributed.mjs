@@ -6,14 +6,16 @@
 // routed experts included; grad_accum 4 micro-batches of one 128-token row; median of --steps
 // optimizer steps after one warm-up step):
 //   1 rank × 1 thread, 1 rank × 2 threads, 2 ranks × 1 thread data parallel, 2 ranks × 1 thread
-//   data + expert parallel ×2: tokens/s, scaling efficiency = tokens/s of P ranks / (P × tokens/s
+//   data + expert parallel ×2 (each rank holding only its routed experts' LoRA factors and
+//   moments): tokens/s, scaling efficiency = tokens/s of P ranks / (P × tokens/s
 //   of 1 rank with the same threads per rank), bytes per step (allreduce payload per rank;
 //   alltoallv bytes of all ranks together).
 // Projection (see `projection` in the JSON for every assumption): per-token training FLOPs from
 // each config's matmul sizes (forward + the base's input gradients = 2 × forward; attention
 // scores, compressor and indexer left out), the achieved FLOP/s of one core from the 1-rank
 // measurement, a machine's compute = cores × that, the gradient allreduce as a ring
-// (2(N−1)/N × LoRA gradient bytes), the expert-parallel alltoallv as measured per remote
+// (2(N−1)/N × the replicated LoRA gradient bytes: with expert_parallel = N each routed expert's
+// factors are on one machine and their gradients are not allreduced), the expert-parallel alltoallv as measured per remote
 // (token, expert) pair ((4d + 3) × 4 bytes forward and backward, checked against the measurement
 // here) with uniform routing ((N−1)/N of the pairs remote), no overlap of communication and
 // compute (v4tune does not overlap them).
@@ -40,7 +42,7 @@ function forwardFlops(c) {
   return 2 * (c.num_hidden_layers * (attn + moe) + d * c.vocab_size);
 }
 
-/** LoRA parameters of the default targets at rank r (every routed expert adapted). */
+/** LoRA parameters of the default targets at rank r (every routed expert adapted): all, and the routed experts' part. */
 function loraParams(c, r) {
   const d = c.hidden_size;
   const H = c.num_attention_heads;
@@ -49,7 +51,7 @@ function loraParams(c, r) {
   const inG = (H * hd) / c.o_groups;
   const attn = r * (d + c.q_lora_rank) + r * (c.q_lora_rank + H * hd) + r * (d + hd) + r * (inG + c.o_groups * c.o_lora_rank) + r * (c.o_groups * c.o_lora_rank + d);
   const expert = 3 * r * (d + I);
-  return c.num_hidden_layers * (attn + (c.n_routed_experts + 1) * expert);
+  return { all: c.num_hidden_layers * (attn + (c.n_routed_experts + 1) * expert), routed: c.num_hidden_layers * c.n_routed_experts * expert };
 }
 
 /** Base weight bytes as shipped: routed experts FP4 (+ a scale byte per 32), the rest FP8 (+ scales per 128×128), embedding and head BF16. */
@@ -92,14 +94,14 @@ try {
   const project = (N, gbps) => {
     const bw = (gbps * 1e9) / 8;
     const compute = (tokensPerStep * 2 * forwardFlops(flash)) / (N * cores * perCore);
-    const allreduce = N > 1 ? (2 * (N - 1) / N) * 4 * lora / bw : 0;
+    const allreduce = N > 1 ? (2 * (N - 1) / N) * 4 * (lora.all - lora.routed) / bw : 0;
     const a2aBytes = (tokensPerStep / N) * moeLayers * flash.num_experts_per_tok * ((N - 1) / N) * model.perPairBytes;
     const alltoallv = a2aBytes / bw;
     const step = compute + allreduce + alltoallv;
     return {
       machines: N, network_gbps: gbps, seconds_per_step: step, compute_s: compute, allreduce_s: allreduce, alltoallv_s: alltoallv,
       tokens_per_s: tokensPerStep / step, efficiency: compute / step, alltoallv_bytes_per_machine: a2aBytes,
-      base_bytes_per_machine: base.rest + base.experts / N, lora_and_adam_bytes_per_machine: 3 * 4 * lora,
+      base_bytes_per_machine: base.rest + base.experts / N, lora_and_adam_bytes_per_machine: 3 * 4 * (lora.all - lora.routed + lora.routed / N),
     };
   };
   const result = {
@@ -127,8 +129,9 @@ try {
         cores_per_machine: cores,
         tokens_per_step: tokensPerStep,
         lora_rank: r,
-        lora_parameters: lora,
-        data_parallel_and_expert_parallel: 'both over all N machines (expert_parallel = N)',
+        lora_parameters: lora.all,
+        lora_parameters_routed_experts: lora.routed,
+        data_parallel_and_expert_parallel: 'both over all N machines (expert_parallel = N): each machine holds 1/N of the routed experts\' base weights, LoRA factors and AdamW moments; only the replicated LoRA gradients are allreduced',
         overlap: 'none (v4tune runs the collectives between compute)',
         routing: 'uniform: (N−1)/N of the (token, expert) pairs go to another machine',
       },
