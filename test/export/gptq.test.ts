@@ -269,7 +269,7 @@ describe('method gptq on the tiny preset', () => {
     }
     expect(rt!.errors.attention!.relOutputError).toBeUndefined();
     const evalLoss = async (m: string): Promise<number> => {
-      const model = await loadModel(m, { backend: 'tfjs', note: () => {} });
+      const model = await loadModel(m, { backend: 'auto', note: () => {} });
       let sum = 0;
       let count = 0;
       try {
