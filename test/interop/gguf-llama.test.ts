@@ -44,7 +44,7 @@ const V = 129280;
  * flip); the logits themselves are bounded by the test before, on the same model. This random
  * model's next-token distributions are flat (top-2 margins of 0.1-10 % of the largest logit), so
  * such near-ties do occur: the free-running continuations agree token for token for at least
- * MIN_GREEDY tokens (measured: 15 for both formats, the 16th a near-tie at a 0.6 % margin; 12
+ * MIN_GREEDY tokens (measured: 15 for both formats, the 16th a near-tie at 0.6 % / 0.3 %; 12
  * leaves room for the other CPU kernels llama.cpp picks on another machine).
  */
 const GREEDY = 64;
