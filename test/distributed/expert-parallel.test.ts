@@ -2,7 +2,8 @@
 // base weights) give the single-process step's loss and LoRA gradients, with and without
 // activation checkpointing; a 2-rank expert-parallel `v4tune train` ends with the 1-rank adapter,
 // each rank holding only its routed experts' LoRA factors and reading only its own train rows
-// (the per-step distributed log says so), and logs placement, tokens and bytes moved per step.
+// (the per-step distributed log says so), and logs placement, tokens and bytes moved per step;
+// with 4 ranks (two expert-parallel groups) and resumed from a 1-process checkpoint, likewise.
 //
 // Tolerances: the step's loss to 1e-6 relative; every gradient to 1e-5 of the largest gradient
 // of its kind (routed experts / the rest). The two computations differ only in the order of
@@ -11,11 +12,12 @@
 // Measured here: loss 7e-9 relative, gradients 5e-7 of their scale. The trained adapter: max |Δ|
 // ≤ 1e-3 after 3 AdamW steps at lr 0.01, as data-parallel.test.ts (only the order of float32 sums
 // differs, which AdamW's g/√v can amplify up to about lr where a gradient is near 0). Measured
-// here: 5.2e-4 (max |factor| 0.18); each rank held 36,352 of the 54,784 LoRA values and read 2
+// here: 6.9e-4 (max |factor| 0.19); each rank held 36,352 of the 54,784 LoRA values and read 2
 // rows (540 bytes of the 8,754-byte train shard) per step. With 4 ranks (expert parallel ×2,
 // two groups): the adapter 6.9e-4 after 2 steps, the first step's loss 8e-10 and gradient norm
-// 1.3e-8 relative (tolerances 1e-5), the eval loss 4e-8 relative (tolerance 1e-4).
-import { readFileSync, statSync } from 'node:fs';
+// 1.3e-8 relative (tolerances 1e-5), the eval loss 4e-8 relative (tolerance 1e-4). A 1-process
+// checkpoint resumed by 2 ranks: the adapter 2.8e-7 from the straight 1-process run's (tolerance 1e-3).
+import { cpSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDataset } from '../../src/data/dataset.js';
@@ -66,7 +68,8 @@ describe.skipIf(skipWithoutMpi())('expert parallel under mpirun -np 2', () => {
   }
 
   it('`mpirun -np 2 v4tune train` with expert parallel ×2 ends with the 1-rank adapter; each rank holds only its experts\' factors and reads only its rows', async () => {
-    const train = 'steps: 3, batch_rows: 2, grad_accum: 2';
+    // (a constant schedule and a checkpoint every step: the resume test below continues the 1-rank run from its step 2)
+    const train = 'steps: 3, batch_rows: 2, grad_accum: 2, schedule: constant, checkpoint_every: 1';
     // 3 eval rows: rank 1 evaluates one and runs it again, uncounted, beside rank 0's second
     const one = await v4tune(1, ['train', writeRecipe(fx, 'one.yaml', 'out-one', train), '--eval-rows', '3'], { cwd: fx.dir });
     expect(one.code, one.stderr).toBe(0);
@@ -151,5 +154,24 @@ describe.skipIf(skipWithoutMpi())('expert parallel under mpirun -np 2', () => {
     expect(e4.rows).toBe(2);
     expect(e4.tokens).toBe(e1.tokens);
     expect(Math.abs(e4.loss - e1.loss) / e1.loss).toBeLessThan(1e-4);
+  }, 300_000);
+
+  it('`mpirun -np 2 v4tune train --resume` with expert parallel ×2 continues a 1-process checkpoint, each rank reading only its experts\' part', async () => {
+    // the 1-rank run of the test above, cut back to its step-2 checkpoint
+    const out = join(fx.dir, 'out-resume');
+    cpSync(join(fx.dir, 'out-one'), out, { recursive: true });
+    for (const p of ['checkpoints/step-3', 'adapter', 'train.json']) rmSync(join(out, p), { recursive: true, force: true });
+    const train = 'steps: 3, batch_rows: 2, grad_accum: 2, schedule: constant, checkpoint_every: 1';
+    const two = await v4tune(2, ['train', writeRecipe(fx, 'resume-ep.yaml', 'out-resume', train, 'distributed: { expert_parallel: 2 }'), '--resume', '--eval-rows', '3'], { cwd: fx.dir });
+    expect(two.code, two.stderr).toBe(0);
+    expect(two.stdout).toMatch(/resuming from .*step-2/);
+    const a = readSafetensors(join(fx.dir, 'out-one', 'adapter', 'adapter_model.safetensors'));
+    const b = readSafetensors(join(out, 'adapter', 'adapter_model.safetensors'));
+    const { diff, scale } = maxDiff(a, b);
+    expect(scale).toBeGreaterThan(0.01);
+    expect(diff).toBeLessThanOrEqual(1e-3);
+    const log = readFileSync(join(out, 'distributed-log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; lora_values_held: number[] });
+    expect(log.map((l) => l.step)).toEqual([3]);
+    expect(log[0]!.lora_values_held).toEqual([36_352, 36_352]);
   }, 300_000);
 });
