@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { getLlama, type Llama, type LlamaModel } from 'node-llama-cpp';
+import { getLlama, LlamaLogLevel, type ControlledEvaluateInputItem, type Llama, type LlamaModel, type Token } from 'node-llama-cpp';
 import { quantizeCheckpoint } from '../../src/export/quantize.js';
 import { GgmlType, readGgufHeader } from '../../src/export/gguf.js';
 import { mtpGgufPath, type GgufFormat } from '../../src/export/gguf-export.js';
@@ -86,7 +86,7 @@ beforeAll(async () => {
     await quantizeCheckpoint({ model: join(dir, modelOf(format)), out, format, method: 'rtn', groupSize: 32 });
     files.set(format, out);
   }
-  llama = await getLlama({ gpu: false, build: 'never', logLevel: 'info', logger: (_level, message) => { llamaLog.push(message); } });
+  llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.info, logger: (_level: LlamaLogLevel, message: string) => { llamaLog.push(message); } });
 }, 300_000);
 
 const llamaModels = new Map<string, LlamaModel>();
@@ -118,7 +118,7 @@ async function llamaLogits(model: LlamaModel, ids: number[]): Promise<Float32Arr
     const seq = ctx.getSequence();
     const out = new Float32Array(ids.length * V).fill(NaN);
     for (let from = 0; from < ids.length; from += 25) {
-      const res = await seq.controlledEvaluate(ids.slice(from, from + 25).map((t) => [t, { generateNext: { logits: true } }]));
+      const res = await seq.controlledEvaluate(ids.slice(from, from + 25).map((t): ControlledEvaluateInputItem => [t as Token, { generateNext: { logits: true } }]));
       res.forEach((r, i) => {
         const l = r?.next?.logits;
         if (!l || l.size !== V) throw new Error(`llama.cpp gave ${l?.size ?? 0} logits at position ${from + i}`);
@@ -139,7 +139,7 @@ async function llamaGreedy(model: LlamaModel, prompt: number[], n: number): Prom
     const ids: number[] = [];
     let input: number[] = prompt;
     for (let i = 0; i < n; i++) {
-      const res = await seq.controlledEvaluate(input.map((t, j) => (j === input.length - 1 ? [t, { generateNext: { token: true, options: { temperature: 0 } } }] : t)));
+      const res = await seq.controlledEvaluate(input.map((t, j): ControlledEvaluateInputItem => (j === input.length - 1 ? [t as Token, { generateNext: { token: true, options: { temperature: 0 } } }] : t as Token)));
       const next = res[res.length - 1]?.next?.token;
       if (next === undefined || next === null) throw new Error('llama.cpp gave no token');
       ids.push(next);
