@@ -65,6 +65,16 @@ function plainCopy(files, outDir) {
   return s;
 }
 
+/** read every shard through a 16 MiB buffer (into the page cache) */
+function warmRead(files) {
+  const buf = Buffer.allocUnsafe(16 << 20);
+  for (const f of files) {
+    const src = openSync(f, 'r');
+    while (readSync(src, buf, 0, buf.length, null) > 0);
+    closeSync(src);
+  }
+}
+
 /** `v4tune merge` in a child process: seconds and peak RSS (MB) */
 function cliMerge(model, adapter, out, dtype) {
   writeFileSync(join(tmp, 'rss.cjs'), "process.on('exit', () => { if (require('node:worker_threads').isMainThread) require('node:fs').writeFileSync(process.env.V4TUNE_RSS_OUT, String(process.resourceUsage().maxRSS)); });\n");
@@ -182,6 +192,8 @@ try {
   await saveAdapter(adapter, join(tmp, 'adapter'));
   console.log(`merge: ${model}, ${(base.bytes / 1e9).toFixed(2)} GB in ${base.files.length} shards, ${adapter.layers.size} adapted modules`);
 
+  // read the shards once, untimed, so the first copy does not pay cold reads the merges then skip
+  warmRead(base.files);
   const copy1 = plainCopy(base.files, join(tmp, 'copy'));
   const original = cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original');
   const bf16 = cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16');
@@ -189,7 +201,8 @@ try {
   const copyS = (copy1 + copy2) / 2;
   const mbs = (bytes, s) => round(bytes / 1e6 / s);
   const row = (m) => ({
-    seconds: round(m.seconds, 2), mb_per_s: mbs(base.bytes, m.seconds), of_copy: round(copyS / m.seconds, 3), peak_rss_mb: round(m.peakMB), bytes_written: m.written,
+    seconds: round(m.seconds, 2), mb_per_s: mbs(base.bytes, m.seconds), of_copy: round(copyS / m.seconds, 3),
+    of_copy_before_after: [round(copy1 / m.seconds, 3), round(copy2 / m.seconds, 3)], peak_rss_mb: round(m.peakMB), bytes_written: m.written,
     bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
   });
   const merge = {
@@ -214,7 +227,7 @@ try {
     model: values.model ?? `created (flash, ${values.layers} layers, ${values.experts} experts, seed 0)`,
     merge,
     gptq,
-    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk, before and after the merges (page cache as the merges see it). Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
+    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk, before and after the merges, after one untimed read of the shards (page cache as the merges see it); of_copy against their mean, of_copy_before_after against each (the speed of a copy swings with how much free memory the page cache has for its writes: disk-bound ≈ 0.4–0.5 GB/s, memory-bound ≈ 1.7 GB/s). Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
     loadavg_start: loadavgStart,
     loadavg_end: loadavg(),
     cpus: cpus().length,
