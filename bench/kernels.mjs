@@ -145,9 +145,9 @@ const bwdFlops = P * (5 * 2 * d * I + 3 * loraF);
 for (const th of threadCounts) {
   nat.setThreads(th);
   const pf = peakNow(th);
-  const tf = await timed(() => nat.expertForward(out, xt, T, d, I, idx, off, wr, experts, 10));
+  const tf = await timed(() => nat.routedExpertsForward(out, xt, T, d, I, idx, off, wr, experts, 10));
   const pb = peakNow(th);
-  const tb = await timed(() => nat.expertBackward(dx, dw, grads, dout, xt, T, d, I, idx, off, wr, experts, 10));
+  const tb = await timed(() => nat.routedExpertsBackward(dx, dw, grads, dout, xt, T, d, I, idx, off, wr, experts, 10));
   const gf = fwdFlops / tf.best / 1e9;
   const gb = bwdFlops / tb.best / 1e9;
   result.expert[`threads${th}`] = {
@@ -159,7 +159,7 @@ for (const th of threadCounts) {
 if (nat.info().cpuBf16) {
   nat.setThreads(threadCounts[threadCounts.length - 1]);
   nat.setBf16(true);
-  const tf = await timed(() => nat.expertForward(out, xt, T, d, I, idx, off, wr, experts, 10));
+  const tf = await timed(() => nat.routedExpertsForward(out, xt, T, d, I, idx, off, wr, experts, 10));
   nat.setBf16(false);
   result.expert.bf16_forward = { threads: threadCounts[threadCounts.length - 1], gflops: +(fwdFlops / tf.best / 1e9).toFixed(1), note: 'opt-in bf16 dot products (vdpbf16ps); ratio is to the fp32 FMA peak' };
   result.expert.bf16_forward.ratio_to_fp32_peak = +(result.expert.bf16_forward.gflops / peakNow(threadCounts[threadCounts.length - 1])).toFixed(3);

@@ -62,7 +62,7 @@ const loraF = (l, N, inF, outF) => (l ? 2 * N * l.r * (inF + outF) : 0);
 const FLOPS = {
   linearForward: (x, W, l, N, inF, outF) => ({ base: 2 * N * inF * outF, lora: loraF(l, N, inF, outF) }),
   groupedLinearForward: (x, W, l, N, G, inG, outG) => ({ base: 2 * N * G * inG * outG, lora: l ? 2 * N * G * l.r * (inG + outG) : 0 }),
-  moeForward: (x, idx, w, experts, lora, N, d, I) => {
+  routedExpertsForward: (x, idx, w, experts, lora, N, d, I) => {
     const P = count(idx);
     const r = lora.find((e) => e && (e.w1 || e.w2 || e.w3));
     const rr = r ? (r.w1 ?? r.w2 ?? r.w3).r : 0;

@@ -339,9 +339,9 @@ void checkRouting(long T, long P, long E, const int* idx, const int* off) {
   for (long p = 0; p < P; p++)
     if (idx[p] < 0 || idx[p] >= T) throw ArgError("expert token index out of range");
 }
-// expertForward(out, x, T, d, I, idx, off, w, experts, L)
-Napi::Value ExpertForward(const Napi::CallbackInfo& info) {
-  return async(info, "expertForward", [](Args& a) {
+// routedExpertsForward(out, x, T, d, I, idx, off, w, experts, L)
+Napi::Value RoutedExpertsForward(const Napi::CallbackInfo& info) {
+  return async(info, "routedExpertsForward", [](Args& a) {
     long T = a.integer(2), d = a.integer(3), I = a.integer(4);
     std::vector<Expert> ex = parseExperts(a, a.at(8), d, I);
     long E = long(ex.size());
@@ -353,12 +353,12 @@ Napi::Value ExpertForward(const Napi::CallbackInfo& info) {
     float* out = a.f32(0, T * d);
     float* x = a.f32(1, T * d);
     float L = float(a.num(9));
-    return std::function<void()>([=] { expert_forward(out, x, T, d, I, idx, off, w, ex.data(), E, L); });
+    return std::function<void()>([=] { routed_experts_forward(out, x, T, d, I, idx, off, w, ex.data(), E, L); });
   });
 }
-// expertBackward(dx, dw, grads, dout, x, T, d, I, idx, off, w, experts, L)
-Napi::Value ExpertBackward(const Napi::CallbackInfo& info) {
-  return async(info, "expertBackward", [](Args& a) {
+// routedExpertsBackward(dx, dw, grads, dout, x, T, d, I, idx, off, w, experts, L)
+Napi::Value RoutedExpertsBackward(const Napi::CallbackInfo& info) {
+  return async(info, "routedExpertsBackward", [](Args& a) {
     long T = a.integer(5), d = a.integer(6), I = a.integer(7);
     std::vector<Expert> ex = parseExperts(a, a.at(11), d, I);
     long E = long(ex.size());
@@ -372,7 +372,7 @@ Napi::Value ExpertBackward(const Napi::CallbackInfo& info) {
     float* dout = a.f32(3, T * d);
     float* x = a.f32(4, T * d);
     float L = float(a.num(12));
-    if (!a.at(2).IsArray() || a.at(2).As<Napi::Array>().Length() != uint32_t(E)) throw ArgError("expertBackward: grads must have one entry per expert");
+    if (!a.at(2).IsArray() || a.at(2).As<Napi::Array>().Length() != uint32_t(E)) throw ArgError("routedExpertsBackward: grads must have one entry per expert");
     Napi::Array ga = a.at(2).As<Napi::Array>();
     std::vector<ExpertGrads> gr(E);
     for (long e = 0; e < E; e++) {
@@ -381,7 +381,7 @@ Napi::Value ExpertBackward(const Napi::CallbackInfo& info) {
       gr[e] = ExpertGrads{a.f32In(o, "da1", x.r1 * d), a.f32In(o, "db1", I * x.r1), a.f32In(o, "da2", x.r2 * I),
                           a.f32In(o, "db2", d * x.r2), a.f32In(o, "da3", x.r3 * d), a.f32In(o, "db3", I * x.r3)};
     }
-    return std::function<void()>([=] { expert_backward(dx, dw, gr.data(), dout, x, T, d, I, idx, off, w, ex.data(), E, L); });
+    return std::function<void()>([=] { routed_experts_backward(dx, dw, gr.data(), dout, x, T, d, I, idx, off, w, ex.data(), E, L); });
   });
 }
 
@@ -417,8 +417,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeWeight", Napi::Function::New(env, DecodeWeight));
   exports.Set("linearForward", Napi::Function::New(env, LinearForward));
   exports.Set("linearBackward", Napi::Function::New(env, LinearBackward));
-  exports.Set("expertForward", Napi::Function::New(env, ExpertForward));
-  exports.Set("expertBackward", Napi::Function::New(env, ExpertBackward));
+  exports.Set("routedExpertsForward", Napi::Function::New(env, RoutedExpertsForward));
+  exports.Set("routedExpertsBackward", Napi::Function::New(env, RoutedExpertsBackward));
   exports.Set("dropoutMask", Napi::Function::New(env, DropoutMask));
   registerOps(env, exports);
   registerAscend(env, exports);

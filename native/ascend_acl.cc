@@ -152,8 +152,8 @@ AclLoad load_acl(const std::string& kernelLib) {
     r.reason = "the v4tune Ascend kernels are not built (" + kernelLib + "; build them with cmake in kernels/ascend)";
     return r;
   }
-  V4_SYM(k, expertForward, "aclrtlaunch_v4_expert_forward");
-  V4_SYM(k, expertBackward, "aclrtlaunch_v4_expert_backward");
+  V4_SYM(k, routedExpertsForward, "aclrtlaunch_v4_routed_experts_forward");
+  V4_SYM(k, routedExpertsBackward, "aclrtlaunch_v4_routed_experts_backward");
   V4_SYM(k, linearForward, "aclrtlaunch_v4_linear_forward");
   V4_SYM(k, linearBackward, "aclrtlaunch_v4_linear_backward");
   V4_SYM(k, sinkhornBackward, "aclrtlaunch_v4_sinkhorn_backward");

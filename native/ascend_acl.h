@@ -61,7 +61,7 @@ struct AclApi {
       uint64_t* workspaceSize, aclOpExecutor** executor);
   aclError (*aclnnGroupedMatmulV4)(void* workspace, uint64_t workspaceSize, aclOpExecutor* executor, aclrtStream stream);
   // the project's kernels (kernels/ascend/)
-  KernelLaunch expertForward, expertBackward, linearForward, linearBackward, sinkhornBackward;
+  KernelLaunch routedExpertsForward, routedExpertsBackward, linearForward, linearBackward, sinkhornBackward;
 };
 
 // An ACL call that failed: the call, the code's name and what it means, and CANN's own message.

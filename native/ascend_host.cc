@@ -287,7 +287,7 @@ WeightDesc Device::weight(const v4::WeightRef& W, const char* what) {
   return d;
 }
 
-void Device::expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
+void Device::routed_experts_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                             const v4::Expert* experts, long E, float L) {
   check_dims(d, 8, "d"), check_dims(I, 8, "I");
   const long P = off[E];
@@ -324,10 +324,10 @@ void Device::expert_forward(float* out, const float* x, long T, long d, long I, 
   std::vector<uint8_t> db(ds.size() * sizeof(ExpertDesc));
   std::memcpy(db.data(), ds.data(), db.size());
   a.experts = op.stage(std::move(db));
-  op.run(api_.expertForward, "aclrtlaunch_v4_expert_forward", blocks, a, tiling);
+  op.run(api_.routedExpertsForward, "aclrtlaunch_v4_routed_experts_forward", blocks, a, tiling);
 }
 
-void Device::expert_backward(float* dx, float* dw, const v4::ExpertGrads* grads, const float* dout, const float* x, long T,
+void Device::routed_experts_backward(float* dx, float* dw, const v4::ExpertGrads* grads, const float* dout, const float* x, long T,
                              long d, long I, const int* idx, const int* off, const float* w, const v4::Expert* experts, long E,
                              float L) {
   check_dims(d, 8, "d"), check_dims(I, 8, "I");
@@ -369,7 +369,7 @@ void Device::expert_backward(float* dx, float* dw, const v4::ExpertGrads* grads,
   std::vector<uint8_t> db(ds.size() * sizeof(ExpertDesc));
   std::memcpy(db.data(), ds.data(), db.size());
   a.experts = op.stage(std::move(db));
-  op.run(api_.expertBackward, "aclrtlaunch_v4_expert_backward", blocks, a, tiling);
+  op.run(api_.routedExpertsBackward, "aclrtlaunch_v4_routed_experts_backward", blocks, a, tiling);
 }
 
 namespace {

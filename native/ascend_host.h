@@ -38,9 +38,9 @@ class Device {
 
   Tiling tiling = default_tiling();
 
-  void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
+  void routed_experts_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                       const v4::Expert* experts, long E, float L);
-  void expert_backward(float* dx, float* dw, const v4::ExpertGrads* grads, const float* dout, const float* x, long T, long d,
+  void routed_experts_backward(float* dx, float* dw, const v4::ExpertGrads* grads, const float* dout, const float* x, long T, long d,
                        long I, const int* idx, const int* off, const float* w, const v4::Expert* experts, long E, float L);
   void linear_forward(float* y, const float* x, const v4::WeightRef& W, const float* A, const float* B, long r, float s,
                       long T, long G);

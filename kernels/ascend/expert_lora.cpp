@@ -1,5 +1,5 @@
 // The grouped routed-expert SwiGLU with LoRA on an Ascend AI core: the math and the fusion of
-// kernels/cpu/lora.cpp expert_forward / expert_backward (that file is the reference).
+// kernels/cpu/lora.cpp routed_experts_forward / routed_experts_backward (that file is the reference).
 //
 // x is (T, d); the P (token, expert) pairs are sorted by expert: pairs off[e] .. off[e+1]-1
 // belong to expert e, idx[p] is the token, w[p] its routing weight. Block b takes the experts
@@ -105,7 +105,7 @@ __aicore__ inline void swiglu_backward(Core& c, uint64_t h1, uint64_t h3, uint64
                   });
 }
 
-__aicore__ inline void expert_forward_block(const ExpertArgs& a, const TCubeTiling* cube, const VecTiling& vt) {
+__aicore__ inline void routed_experts_forward_block(const ExpertArgs& a, const TCubeTiling* cube, const VecTiling& vt) {
   Core c;
   c.Init(cube, vt);
   __gm__ const ExpertDesc* exs = reinterpret_cast<__gm__ const ExpertDesc*>(a.experts);
@@ -133,7 +133,7 @@ __aicore__ inline void expert_forward_block(const ExpertArgs& a, const TCubeTili
 //   dw += G·act,  dact = w G,  dB2 += s2 (w g)ᵀ (act A2ᵀ),  dA2 += s2 (w g B2)ᵀ act
 //   dh1, dh3 from dact (swiglu_backward)
 //   dx += dh1 W1 + s1 (dh1 B1) A1 + (same for 3),  dA1 += s1 (dh1 B1)ᵀ x,  dB1 += s1 dh1ᵀ (x A1ᵀ)
-__aicore__ inline void expert_backward_block(const ExpertArgs& a, const TCubeTiling* cube, const VecTiling& vt) {
+__aicore__ inline void routed_experts_backward_block(const ExpertArgs& a, const TCubeTiling* cube, const VecTiling& vt) {
   Core c;
   c.Init(cube, vt);
   __gm__ const ExpertDesc* exs = reinterpret_cast<__gm__ const ExpertDesc*>(a.experts);
@@ -193,17 +193,17 @@ __aicore__ inline void expert_backward_block(const ExpertArgs& a, const TCubeTil
 }  // namespace v4ascend
 
 // Kernel entries: args (ExpertArgs) and tiling (Tiling), both in GM.
-extern "C" __global__ __aicore__ void v4_expert_forward(GM_ADDR args, GM_ADDR tiling) {
+extern "C" __global__ __aicore__ void v4_routed_experts_forward(GM_ADDR args, GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_1);
   const v4ascend::ExpertArgs a = *reinterpret_cast<__gm__ v4ascend::ExpertArgs*>(args);
   const v4ascend::Tiling t = v4ascend::read_tiling(tiling);
   const AscendC::TCubeTiling cube = v4ascend::cube_tiling(t.cube);
-  v4ascend::expert_forward_block(a, &cube, t.vec);
+  v4ascend::routed_experts_forward_block(a, &cube, t.vec);
 }
-extern "C" __global__ __aicore__ void v4_expert_backward(GM_ADDR args, GM_ADDR tiling) {
+extern "C" __global__ __aicore__ void v4_routed_experts_backward(GM_ADDR args, GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_1);
   const v4ascend::ExpertArgs a = *reinterpret_cast<__gm__ v4ascend::ExpertArgs*>(args);
   const v4ascend::Tiling t = v4ascend::read_tiling(tiling);
   const AscendC::TCubeTiling cube = v4ascend::cube_tiling(t.cube);
-  v4ascend::expert_backward_block(a, &cube, t.vec);
+  v4ascend::routed_experts_backward_block(a, &cube, t.vec);
 }

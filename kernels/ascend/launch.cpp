@@ -10,8 +10,8 @@
     kernel<<<blockDim, nullptr, stream>>>(reinterpret_cast<GM_ADDR>(args), reinterpret_cast<GM_ADDR>(tiling)); \
     return 0;                                                                                      \
   }
-V4_LAUNCHER(v4_expert_forward)
-V4_LAUNCHER(v4_expert_backward)
+V4_LAUNCHER(v4_routed_experts_forward)
+V4_LAUNCHER(v4_routed_experts_backward)
 V4_LAUNCHER(v4_linear_forward)
 V4_LAUNCHER(v4_linear_backward)
 V4_LAUNCHER(v4_sinkhorn_backward)

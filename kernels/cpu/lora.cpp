@@ -228,7 +228,7 @@ static void scatter_add(float* dst, const float* src, const int* idx, const floa
 }
 
 // One expert's forward: y (n, d) = expert_e(x[rows]).
-static void expert_forward_one(const Exec& X, float* y, const float* x, long d, long I, const int* rows, long n, const Expert& ex,
+static void routed_experts_forward_one(const Exec& X, float* y, const float* x, long d, long I, const int* rows, long n, const Expert& ex,
                                float L) {
   thread_local std::vector<float> sx, s1, s3, su, sd1, sd3, sd2;
   long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
@@ -240,7 +240,7 @@ static void expert_forward_one(const Exec& X, float* y, const float* x, long d, 
   project(X, y, u, h1, lora_input(X, sd2, h1, rows, n, I, ex.d2, ex.a2 && ex.r2), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
 }
 
-void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
+void routed_experts_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                     const Expert* experts, long E, float L) {
   (void)T;
   const long P = off[E];
@@ -251,7 +251,7 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
     parallel_run(int(order.size()), [&](int t) {
       check_cancel();
       const long e = order[t], p0 = off[e];
-      expert_forward_one(Exec{false}, Y + p0 * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L);
+      routed_experts_forward_one(Exec{false}, Y + p0 * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L);
     });
     scatter_add(out, Y, idx, w, P, d);
     return;
@@ -263,7 +263,7 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
     if (n == 0) continue;
     check_cancel();
     float* y = grow(sy, n * d);
-    expert_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L);
+    routed_experts_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L);
     X.rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
   }
 }
@@ -277,7 +277,7 @@ void expert_forward(float* out, const float* x, long T, long d, long I, const in
 //   dx += dh1 W1 + (s (dh1 B1) A1) ⊙ m1 + (same for 3),  dA1 += s (dh1 B1)ᵀ x̃1,  dB1 += s dh1ᵀ (x̃1 A1ᵀ)
 // One expert's backward: dxe (n, d) = this expert's part of dx at its rows (overwritten); dw
 // (n) and the expert's LoRA gradients accumulate.
-static void expert_backward_one(const Exec& X, float* dxe, float* dw, const ExpertGrads& gr, const float* dout,
+static void routed_experts_backward_one(const Exec& X, float* dxe, float* dw, const ExpertGrads& gr, const float* dout,
                                 const float* x, long d, long I, const int* rows, long n, const float* w, const Expert& ex,
                                 float L) {
   thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sd1, sd3, sd2, sdl;
@@ -365,7 +365,7 @@ static bool grads_disjoint(const ExpertGrads* grads, long E) {
   return std::adjacent_find(ps.begin(), ps.end()) == ps.end();
 }
 
-void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
+void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
                      long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L) {
   (void)T;
   const long P = off[E];
@@ -376,7 +376,7 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     parallel_run(int(order.size()), [&](int t) {
       check_cancel();
       const long e = order[t], p0 = off[e];
-      expert_backward_one(Exec{false}, DX + p0 * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
+      routed_experts_backward_one(Exec{false}, DX + p0 * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
                           off[e + 1] - p0, w + p0, experts[e], L);
     });
     if (dx) scatter_add(dx, DX, idx, nullptr, P, d);
@@ -389,7 +389,7 @@ void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float
     if (n == 0) continue;
     check_cancel();
     float* dxe = grow(sdx, n * d);
-    expert_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L);
+    routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L);
     if (dx) X.rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
   }
 }

@@ -65,11 +65,11 @@ struct ExpertGrads {
 //   act = silu(min(h1, L)) · clamp(h3, -L, L)
 //   expert(x) = act W2ᵀ + s2 (ãct2 A2ᵀ) B2ᵀ
 // x̃k = x ⊙ (dk's mask at row idx[p]), ãct2 = act ⊙ (d2's mask at row idx[p]); = x, act when off.
-void expert_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
+void routed_experts_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
                     const Expert* experts, long E, float L);
 // dx (T, d) and dw (P) accumulate; grads[e] accumulate. Nothing (P, I)-sized is kept between
 // the passes: the backward recomputes h1, h3 and act expert by expert.
-void expert_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
+void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
                      long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L);
 
 }  // namespace v4

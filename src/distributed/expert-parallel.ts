@@ -96,7 +96,7 @@ export class ExpertParallel {
     return !m || this.mine.has(Number(m[1]));
   }
 
-  /** `inner` with routed experts placed across the group (prepareWeight, moeForward, moeBackward). */
+  /** `inner` with routed experts placed across the group (prepareWeight, routedExpertsForward, routedExpertsBackward). */
   wrap(inner: Backend): Backend {
     const overrides: Partial<Backend> = {
       name: `${inner.name}, expert parallel ×${this.placement.ep}`,
@@ -105,8 +105,8 @@ export class ExpertParallel {
         // another rank's expert: its shape only (never read, never handed to a kernel)
         return { name, shape: src.meta(name).logicalShape.slice() };
       },
-      moeForward: (x, idx, weights, experts, lora, N, d, I, k, limit) => this.forward(inner, x, idx, weights, experts, lora, N, d, I, k, limit),
-      moeBackward: (saved, dy) => this.backward(inner, saved, dy),
+      routedExpertsForward: (x, idx, weights, experts, lora, N, d, I, k, limit) => this.forward(inner, x, idx, weights, experts, lora, N, d, I, k, limit),
+      routedExpertsBackward: (saved, dy) => this.backward(inner, saved, dy),
     };
     return new Proxy(inner, {
       get(target, prop, receiver) {
@@ -170,7 +170,7 @@ export class ExpertParallel {
         X.set(got.recv.subarray(i * stride + 2, (i + 1) * stride), i * d);
       }
       const local = pl.local();
-      const r = await inner.moeForward(X, idxL, wL, local.map((e) => experts[e]!), local.map((e) => lora[e] ?? {}), R, d, I, 1, limit);
+      const r = await inner.routedExpertsForward(X, idxL, wL, local.map((e) => experts[e]!), local.map((e) => lora[e] ?? {}), R, d, I, 1, limit);
       yR = r.y;
       inner_ = r.saved;
     }
@@ -186,7 +186,7 @@ export class ExpertParallel {
   }
 
   private async backward(inner: Backend, saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }> {
-    if (saved.op !== 'ep-moe') throw new TypeError(`expert parallel: moeBackward got a context of op ${saved.op}`);
+    if (saved.op !== 'ep-moe') throw new TypeError(`expert parallel: routedExpertsBackward got a context of op ${saved.op}`);
     const s = saved as EpSaved;
     const c = this.collective;
     const d = s.d;
@@ -203,7 +203,7 @@ export class ExpertParallel {
     const stride = d + 1;
     const out = new Float32Array(s.R * stride);
     if (s.R > 0 && s.inner) {
-      const r = await inner.moeBackward(s.inner, got.recv);
+      const r = await inner.routedExpertsBackward(s.inner, got.recv);
       for (let i = 0; i < s.R; i++) {
         out.set(r.dx.subarray(i * d, (i + 1) * d), i * stride);
         out[i * stride + d] = r.dweights[i]!;

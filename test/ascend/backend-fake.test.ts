@@ -55,10 +55,10 @@ describe.skipIf(skipNative || onDevice)('the ascend backend on the fake runtime'
   it('routed experts: forward, dx, the routing-weight gradient and every LoRA gradient equal the native backend', async () => {
     expect(asc.name).toMatch(/^ascend /);
     expect(idx.includes(2)).toBe(false);
-    const a = await asc.moeForward(x, idx, gate, experts(asc), adapters, N, d, I, k, limit);
-    const b = await nat.moeForward(x, idx, gate, experts(nat), adapters, N, d, I, k, limit);
+    const a = await asc.routedExpertsForward(x, idx, gate, experts(asc), adapters, N, d, I, k, limit);
+    const b = await nat.routedExpertsForward(x, idx, gate, experts(nat), adapters, N, d, I, k, limit);
     expect(relErr(a.y, b.y), 'y').toBeLessThan(TOL);
-    const ga = await asc.moeBackward(a.saved, dy), gb = await nat.moeBackward(b.saved, dy);
+    const ga = await asc.routedExpertsBackward(a.saved, dy), gb = await nat.routedExpertsBackward(b.saved, dy);
     expect(relErr(ga.dx, gb.dx), 'dx').toBeLessThan(TOL);
     expect(relErr(ga.dweights, gb.dweights), 'dweights').toBeLessThan(TOL);
     let n = 0;

@@ -7,8 +7,8 @@
 #include <map>
 #include <memory>
 
-extern "C" void v4_expert_forward(GM_ADDR args, GM_ADDR tiling);
-extern "C" void v4_expert_backward(GM_ADDR args, GM_ADDR tiling);
+extern "C" void v4_routed_experts_forward(GM_ADDR args, GM_ADDR tiling);
+extern "C" void v4_routed_experts_backward(GM_ADDR args, GM_ADDR tiling);
 extern "C" void v4_linear_forward(GM_ADDR args, GM_ADDR tiling);
 extern "C" void v4_linear_backward(GM_ADDR args, GM_ADDR tiling);
 extern "C" void v4_sinkhorn_backward(GM_ADDR args, GM_ADDR tiling);
@@ -311,8 +311,8 @@ uint32_t launch(uint32_t blockDim, void* stream, void* args, void* tiling, const
     return aclError(0);
   }));
 }
-uint32_t launch_ef(uint32_t b, void* s, void* a, void* t) { return launch<v4_expert_forward>(b, s, a, t, "v4_expert_forward"); }
-uint32_t launch_eb(uint32_t b, void* s, void* a, void* t) { return launch<v4_expert_backward>(b, s, a, t, "v4_expert_backward"); }
+uint32_t launch_ef(uint32_t b, void* s, void* a, void* t) { return launch<v4_routed_experts_forward>(b, s, a, t, "v4_routed_experts_forward"); }
+uint32_t launch_eb(uint32_t b, void* s, void* a, void* t) { return launch<v4_routed_experts_backward>(b, s, a, t, "v4_routed_experts_backward"); }
 uint32_t launch_lf(uint32_t b, void* s, void* a, void* t) { return launch<v4_linear_forward>(b, s, a, t, "v4_linear_forward"); }
 uint32_t launch_lb(uint32_t b, void* s, void* a, void* t) { return launch<v4_linear_backward>(b, s, a, t, "v4_linear_backward"); }
 uint32_t launch_sb(uint32_t b, void* s, void* a, void* t) { return launch<v4_sinkhorn_backward>(b, s, a, t, "v4_sinkhorn_backward"); }
@@ -328,7 +328,7 @@ v4ascend::AclApi make_api(const Options& o) {
   a.aclrtCreateStream = aclrtCreateStream, a.aclrtDestroyStream = aclrtDestroyStream, a.aclrtSynchronizeStream = aclrtSynchronizeStream;
   a.aclrtCreateEvent = aclrtCreateEvent, a.aclrtDestroyEvent = aclrtDestroyEvent, a.aclrtRecordEvent = aclrtRecordEvent;
   a.aclrtStreamWaitEvent = aclrtStreamWaitEvent, a.aclGetRecentErrMsg = aclGetRecentErrMsg;
-  a.expertForward = launch_ef, a.expertBackward = launch_eb, a.linearForward = launch_lf, a.linearBackward = launch_lb;
+  a.routedExpertsForward = launch_ef, a.routedExpertsBackward = launch_eb, a.linearForward = launch_lf, a.linearBackward = launch_lb;
   a.sinkhornBackward = launch_sb;
   if (o.groupedMatmul) {
     a.aclCreateTensor = aclCreateTensor, a.aclCreateTensorList = aclCreateTensorList, a.aclDestroyTensorList = aclDestroyTensorList;

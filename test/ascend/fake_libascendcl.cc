@@ -40,8 +40,8 @@ int32_t aclnnGroupedMatmulV4GetWorkspaceSize(const void* x, const void* w, const
   return api().aclnnGroupedMatmulV4GetWorkspaceSize(x, w, b, sc, of, aqs, aqo, pts, gl, ai, aqs2, aqo2, si, gt, glt, at, out, afo, dqs, ws, ex);
 }
 int32_t aclnnGroupedMatmulV4(void* ws, uint64_t n, void* ex, void* s) { return api().aclnnGroupedMatmulV4(ws, n, ex, s); }
-uint32_t aclrtlaunch_v4_expert_forward(uint32_t b, void* s, void* a, void* t) { return api().expertForward(b, s, a, t); }
-uint32_t aclrtlaunch_v4_expert_backward(uint32_t b, void* s, void* a, void* t) { return api().expertBackward(b, s, a, t); }
+uint32_t aclrtlaunch_v4_routed_experts_forward(uint32_t b, void* s, void* a, void* t) { return api().routedExpertsForward(b, s, a, t); }
+uint32_t aclrtlaunch_v4_routed_experts_backward(uint32_t b, void* s, void* a, void* t) { return api().routedExpertsBackward(b, s, a, t); }
 uint32_t aclrtlaunch_v4_linear_forward(uint32_t b, void* s, void* a, void* t) { return api().linearForward(b, s, a, t); }
 uint32_t aclrtlaunch_v4_linear_backward(uint32_t b, void* s, void* a, void* t) { return api().linearBackward(b, s, a, t); }
 uint32_t aclrtlaunch_v4_sinkhorn_backward(uint32_t b, void* s, void* a, void* t) { return api().sinkhornBackward(b, s, a, t); }

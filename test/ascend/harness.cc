@@ -98,7 +98,7 @@ int run(const std::string& dir) {
   Device dev(api, 0, uint32_t(c.num("blockDim", 4)));
   apply_tiling(c, dev.tiling);
   const std::string op = c.kv["op"];
-  if (op == "expert_forward" || op == "expert_backward") {
+  if (op == "routed_experts_forward" || op == "routed_experts_backward") {
     const long T = long(c.num("T")), d = long(c.num("d")), I = long(c.num("I")), E = long(c.num("E"));
     const float L = float(c.num("L"));
     int* off = c.arr<int>("off.i32");
@@ -134,13 +134,13 @@ int run(const std::string& dir) {
     float* x = c.arr<float>("x.f32");
     int* idx = c.arr<int>("idx.i32");
     float* w = c.arr<float>("w.f32");
-    if (op == "expert_forward") {
+    if (op == "routed_experts_forward") {
       std::vector<float> out(size_t(T * d), 0.f);
-      dev.expert_forward(out.data(), x, T, d, I, idx, off, w, ex.data(), E, L);
+      dev.routed_experts_forward(out.data(), x, T, d, I, idx, off, w, ex.data(), E, L);
       write(dir, "out.f32", out);
     } else {
       std::vector<float> dx(size_t(T * d), 0.f), dw(size_t(P), 0.f);
-      dev.expert_backward(dx.data(), dw.data(), gr.data(), c.arr<float>("dout.f32"), x, T, d, I, idx, off, w, ex.data(), E, L);
+      dev.routed_experts_backward(dx.data(), dw.data(), gr.data(), c.arr<float>("dout.f32"), x, T, d, I, idx, off, w, ex.data(), E, L);
       write(dir, "dx.f32", dx), write(dir, "dw.f32", dw);
       for (long e = 0; e < E; e++)
         for (int k = 0; k < 3; k++)
@@ -602,7 +602,7 @@ int host_selftest() {
       int idx[1] = {0}, off[2] = {0, 1};
       float w[1] = {1.f};
       std::vector<float> out(size_t(T * inG));
-      dev.expert_forward(out.data(), x.data(), T, inG, outG, idx, off, w, &ex, 1, 7.f);
+      dev.routed_experts_forward(out.data(), x.data(), T, inG, outG, idx, off, w, &ex, 1, 7.f);
     }, "ascend: LoRA dropout (expert 0) is not built into the Ascend kernels");
     throws("BF16 base weights are refused by name", [&] {
       v4::WeightRef b = f32w(W, outG, inG);

@@ -85,12 +85,12 @@ function expertCase(fmt: Fmt, seed: number): ExpertCase {
   return { T, d, I, E, L, x, dout, idx, off, w, experts, kv, arrays, ranks };
 }
 
-async function cpuExpertForward(c: ExpertCase): Promise<Float32Array> {
+async function cpuRoutedExpertsForward(c: ExpertCase): Promise<Float32Array> {
   const out = new Float32Array(c.T * c.d);
-  await A().expertForward(out, c.x, c.T, c.d, c.I, c.idx, c.off, c.w, c.experts, c.L);
+  await A().routedExpertsForward(out, c.x, c.T, c.d, c.I, c.idx, c.off, c.w, c.experts, c.L);
   return out;
 }
-async function cpuExpertBackward(c: ExpertCase): Promise<{ dx: Float32Array; dw: Float32Array; grads: RawExpertGrads[] }> {
+async function cpuRoutedExpertsBackward(c: ExpertCase): Promise<{ dx: Float32Array; dw: Float32Array; grads: RawExpertGrads[] }> {
   const dx = new Float32Array(c.T * c.d), dw = new Float32Array(c.idx.length);
   const dims = [[c.d, c.I], [c.I, c.d], [c.d, c.I]];
   const grads: RawExpertGrads[] = c.ranks.map((rk) => {
@@ -100,7 +100,7 @@ async function cpuExpertBackward(c: ExpertCase): Promise<{ dx: Float32Array; dw:
     });
     return g;
   });
-  await A().expertBackward(dx, dw, grads, c.dout, c.x, c.T, c.d, c.I, c.idx, c.off, c.w, c.experts, c.L);
+  await A().routedExpertsBackward(dx, dw, grads, c.dout, c.x, c.T, c.d, c.I, c.idx, c.off, c.w, c.experts, c.L);
   return { dx, dw, grads };
 }
 function gradFiles(c: ExpertCase): string[] {
@@ -120,16 +120,16 @@ describe.skipIf(skipNative)('Ascend grouped expert LoRA kernels equal the CPU ke
       const c = expertCase(fmt, 11);
       expect(c.off[3] - c.off[2]).toBe(0);
       expect(c.off[6] - c.off[5]).toBe(0);
-      const ref = await cpuExpertForward(c);
+      const ref = await cpuRoutedExpertsForward(c);
       for (const blockDim of [1, 4, 16]) {
-        const out = ascend(c, 'expert_forward', ['out.f32'], { blockDim })['out.f32'];
+        const out = ascend(c, 'routed_experts_forward', ['out.f32'], { blockDim })['out.f32'];
         expect(relErr(out, ref), `blockDim ${blockDim}`).toBeLessThan(TOL);
       }
     }, 600_000);
     it(`backward: dx, dw and every dA / dB, ${fmt} base`, async () => {
       const c = expertCase(fmt, 23);
-      const ref = await cpuExpertBackward(c);
-      const got = ascend(c, 'expert_backward', ['dx.f32', 'dw.f32', ...gradFiles(c)], { blockDim: 4 });
+      const ref = await cpuRoutedExpertsBackward(c);
+      const got = ascend(c, 'routed_experts_backward', ['dx.f32', 'dw.f32', ...gradFiles(c)], { blockDim: 4 });
       expect(relErr(got['dx.f32'], ref.dx), 'dx').toBeLessThan(TOL);
       expect(relErr(got['dw.f32'], ref.dw), 'dw').toBeLessThan(TOL);
       let checked = 0;
@@ -145,18 +145,18 @@ describe.skipIf(skipNative)('Ascend grouped expert LoRA kernels equal the CPU ke
   }
   it.skipIf(onDevice)('the A3 (Ascend910_93) limits run the same kernels', async () => {
     const c = expertCase('fp8', 5);
-    const out = ascend(c, 'expert_forward', ['out.f32'], { chip: 1 })['out.f32'];
-    expect(relErr(out, await cpuExpertForward(c))).toBeLessThan(TOL);
+    const out = ascend(c, 'routed_experts_forward', ['out.f32'], { chip: 1 })['out.f32'];
+    expect(relErr(out, await cpuRoutedExpertsForward(c))).toBeLessThan(TOL);
   }, 600_000);
   it.skipIf(onDevice)('a vector tiling that overflows the Unified Buffer fails naming the queue', () => {
     const c = expertCase('f32', 5);
-    const res = runCase({ op: 'expert_forward', ...c.kv, 'tiling.cols': 16384 }, c.arrays, []);
+    const res = runCase({ op: 'routed_experts_forward', ...c.kv, 'tiling.cols': 16384 }, c.arrays, []);
     expect(res.error).toContain('ACL_ERROR_RT_AICORE_EXCEPTION (507015)');
     expect(res.error).toContain('UB overflow on Ascend910B: VECIN buffer inQ[1] needs 196608 B, 0 B of 196608 B left');
   }, 600_000);
   it.skipIf(onDevice)('a Cube tiling that overflows L1 fails naming the matmul tiles', () => {
     const c = expertCase('f32', 5);
-    const res = runCase({ op: 'expert_backward', ...c.kv, 'tiling.depthA1': 16 }, c.arrays, []);
+    const res = runCase({ op: 'routed_experts_backward', ...c.kv, 'tiling.depthA1': 16 }, c.arrays, []);
     expect(res.error).toContain('L1 overflow on Ascend910B: Matmul mm A1/B1 tiles');
   }, 600_000);
 });

@@ -209,10 +209,10 @@ describe.each(BACKENDS)('ops with dropout on the %s backend', (name) => {
       const wts = rnd(N * k, 71);
       const masks = ex.map((_, i) => masksOf(i));
       const ref = (xx: Float64Array, ee: E64[], ww: Float64Array) => moeDrop(xx, idx, ww, ee, masks, N, d, I, k, L);
-      const { y, saved } = await be.moeForward(f32(x), idx, f32(wts), ex.map(handles), ex.map(loraOf), N, d, I, k, L);
+      const { y, saved } = await be.routedExpertsForward(f32(x), idx, f32(wts), ex.map(handles), ex.map(loraOf), N, d, I, k, L);
       expect(R.rel(y, ref(x, ex, wts))).toBeLessThan(FWD);
       const dy = rnd(N * d, 72);
-      const g = await be.moeBackward(saved, f32(dy));
+      const g = await be.routedExpertsBackward(saved, f32(dy));
       expect(R.rel(g.dx, R.fdGrad((v) => ref(v, ex, wts), x, dy))).toBeLessThan(BWD);
       expect(R.rel(g.dweights, R.fdGrad((v) => ref(x, ex, v), wts, dy))).toBeLessThan(BWD);
       for (const e of [0, 2]) {

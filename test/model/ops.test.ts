@@ -291,10 +291,10 @@ describe('experts (clamped SwiGLU with LoRA)', () => {
     const x = rnd(N * d, 100, 2);
     const idx = Int32Array.from([0, 2, 2, 0, 0, 2, 2, 0]); // expert 1 unused
     const weights = rnd(N * k, 101);
-    const { y, saved } = await be.moeForward(f32(x), idx, f32(weights), ex.map(handles), ex.map(loraOf), N, d, I, k, L);
+    const { y, saved } = await be.routedExpertsForward(f32(x), idx, f32(weights), ex.map(handles), ex.map(loraOf), N, d, I, k, L);
     expect(R.rel(y, R.moe(x, idx, weights, ex, N, d, I, k, L))).toBeLessThan(FWD);
     const dy = rnd(N * d, 102);
-    const g = await be.moeBackward(saved, f32(dy));
+    const g = await be.routedExpertsBackward(saved, f32(dy));
     expect(R.rel(g.dx, R.fdGrad((v) => R.moe(v, idx, weights, ex, N, d, I, k, L), x, dy))).toBeLessThan(BWD);
     expect(R.rel(g.dweights, R.fdGrad((v) => R.moe(x, idx, v, ex, N, d, I, k, L), weights, dy))).toBeLessThan(BWD);
     expect(g.lora[1]).toEqual({});

@@ -93,12 +93,12 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
     const rb = await tfb.routerForward(x, gt, bt, null, N, d, E, k, 1.5);
     expect(Array.from(ra.idx)).toEqual(Array.from(rb.idx));
     expect(relErr(ra.weights, rb.weights)).toBeLessThan(1e-5);
-    const ma = await nat.moeForward(x, ra.idx, ra.weights, en, lo, N, d, I, k, L);
-    const mb = await tfb.moeForward(x, rb.idx, rb.weights, et, lo, N, d, I, k, L);
+    const ma = await nat.routedExpertsForward(x, ra.idx, ra.weights, en, lo, N, d, I, k, L);
+    const mb = await tfb.routedExpertsForward(x, rb.idx, rb.weights, et, lo, N, d, I, k, L);
     expect(relErr(ma.y, mb.y)).toBeLessThan(1e-5);
     const dy = randn(N * d, r);
-    const ga = await nat.moeBackward(ma.saved, dy);
-    const gb = await tfb.moeBackward(mb.saved, dy);
+    const ga = await nat.routedExpertsBackward(ma.saved, dy);
+    const gb = await tfb.routedExpertsBackward(mb.saved, dy);
     expect(relErr(ga.dx, gb.dx)).toBeLessThan(1e-4);
     expect(relErr(ga.dweights, gb.dweights)).toBeLessThan(1e-4);
     for (let e = 0; e < E; e++)

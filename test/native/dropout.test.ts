@@ -106,8 +106,8 @@ describe.skipIf(skipNative)('LoRA dropout on the native backend', { timeout: 120
       const w = Float32Array.from({ length: N * k }, () => 0.2 + r());
       const dy = randn(N * d, r);
       const [a, b] = await both(async (be, i) => {
-        const f = await be.moeForward(x, idx, w, ex[i], lo, N, d, I, k, L);
-        return { y: f.y, ...(await be.moeBackward(f.saved, dy)) };
+        const f = await be.routedExpertsForward(x, idx, w, ex[i], lo, N, d, I, k, L);
+        return { y: f.y, ...(await be.routedExpertsBackward(f.saved, dy)) };
       });
       near(a.y, b.y, FWD, 'moe y');
       near(a.dx, b.dx, BWD, 'moe dx');

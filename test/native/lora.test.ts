@@ -136,7 +136,7 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
     for (let e = 0; e < E; e++) off[e + 1] += off[e];
     const x = randn(T * d, r);
     const out = new Float32Array(T * d);
-    await A().expertForward(out, x, T, d, I, idx, off, w, raw, L);
+    await A().routedExpertsForward(out, x, T, d, I, idx, off, w, raw, L);
     expect(relErr(out, expertRef(x, T, d, I, pairs, ex, L))).toBeLessThan(1e-5);
 
     const g = randn(T * d, r);
@@ -146,7 +146,7 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
       da1: new Float32Array(e.a1!.length), db1: new Float32Array(e.b1!.length), da2: new Float32Array(e.a2!.length),
       db2: new Float32Array(e.b2!.length), da3: new Float32Array(e.a3!.length), db3: new Float32Array(e.b3!.length),
     }));
-    await A().expertBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, raw, L);
+    await A().routedExpertsBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, raw, L);
     const lossX = (v: ArrayLike<number>): number => contract(expertRef(v, T, d, I, pairs, ex, L), g);
     expect(relErr(dx, fdGrad(lossX, x))).toBeLessThan(1e-4);
     const wantDw = fdGrad((v) => contract(expertRef(x, T, d, I, pairs.map((p, i) => ({ ...p, w: v[i] })), ex, L), g), w);

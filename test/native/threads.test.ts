@@ -47,7 +47,7 @@ describe.skipIf(skipNative)('native thread-count and instruction-set independenc
       const dx = new Float32Array(T * d);
       const dw = new Float32Array(P);
       const grads = ex.map(() => ({ da1: new Float32Array(rk * d), db1: new Float32Array(I * rk), da2: new Float32Array(rk * I), db2: new Float32Array(d * rk), da3: new Float32Array(rk * d), db3: new Float32Array(I * rk) }));
-      await A().expertBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, ex, 10);
+      await A().routedExpertsBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, ex, 10);
       return [dx, dw, ...grads.flatMap((gg) => Object.values(gg))];
     };
     const one = await withThreads(1, run);
@@ -117,7 +117,7 @@ describe.skipIf(skipNative)('native thread-count and instruction-set independenc
     const aidx = Int32Array.from({ length: T * K }, (_, i) => ((i * 5) % (M + 2)) - 2);
     const run = async (): Promise<Float32Array[]> => {
       const out = new Float32Array(T * d);
-      await A().expertForward(out, x, T, d, I, idx, off, w, ex, 1.5);
+      await A().routedExpertsForward(out, x, T, d, I, idx, off, w, ex, 1.5);
       const o = new Float32Array(T * H * D);
       const lse = new Float32Array(T * H);
       await A().attentionForward(o, lse, q, kv, aidx, sink, T, H, D, M, K, 0.3);

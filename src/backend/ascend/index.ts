@@ -16,8 +16,8 @@ interface AscendAddon extends NativeAddon {
   ascendProbe(kernelLib: string): { available: boolean; devices: number; reason: string };
   ascendOpen(kernelLib: string, deviceId: number, blockDim: number): void;
   ascendClose(): void;
-  ascendExpertForward: NativeAddon['expertForward'];
-  ascendExpertBackward: NativeAddon['expertBackward'];
+  ascendRoutedExpertsForward: NativeAddon['routedExpertsForward'];
+  ascendRoutedExpertsBackward: NativeAddon['routedExpertsBackward'];
   ascendLinearForward: NativeAddon['linearForward'];
   ascendLinearBackward: NativeAddon['linearBackward'];
   ascendSinkhornBackward(dL: F32, dC: F32, L: F32, T: number, n: number, iters: number, eps: number): Promise<void>;
@@ -45,8 +45,8 @@ class AscendBackend extends NativeBackend {
   constructor(addon: AscendAddon, device: number, cores: number) {
     super({
       ...addon,
-      expertForward: addon.ascendExpertForward,
-      expertBackward: addon.ascendExpertBackward,
+      routedExpertsForward: addon.ascendRoutedExpertsForward,
+      routedExpertsBackward: addon.ascendRoutedExpertsBackward,
       linearForward: addon.ascendLinearForward,
       linearBackward: addon.ascendLinearBackward,
     });

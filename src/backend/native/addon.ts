@@ -40,7 +40,7 @@ export function rawWeight(format: NativeFormat, data: Buf, scale: Uint8Array | n
 export interface RawDropout { threshold: number; scale: number; seed: number }
 
 /**
- * One routed expert for expertForward/Backward; a missing aN means no adapter on that projection,
+ * One routed expert for routedExpertsForward/Backward; a missing aN means no adapter on that projection,
  * a missing dN no dropout on its LoRA input (x for 1 and 3, act for 2; row = the token index).
  */
 export interface RawExpert {
@@ -79,9 +79,9 @@ export interface NativeAddon {
   /** m [N, C] = the kernels' dropout multipliers (scale kept, 0 dropped) at rows rows[i] (null: i); for tests */
   dropoutMask(m: F32, rows: I32 | null, N: number, C: number, dropout: RawDropout): void;
   /** pairs sorted by expert: off [E+1], idx [P] tokens, w [P] routing weights; out [T, d] += */
-  expertForward(out: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
+  routedExpertsForward(out: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
   /** dx [T, d], dw [P], grads += */
-  expertBackward(dx: F32 | null, dw: F32 | null, grads: RawExpertGrads[], dout: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
+  routedExpertsBackward(dx: F32 | null, dw: F32 | null, grads: RawExpertGrads[], dout: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
   rmsnormForward(out: F32, rstd: F32, inp: F32, weight: F32 | null, T: number, C: number, eps: number): Promise<void>;
   rmsnormBackward(dinp: F32, dweight: F32 | null, dout: F32, inp: F32, weight: F32 | null, rstd: F32, T: number, C: number): Promise<void>;
   /** x [T, H, D] rotated in place; cos/sin [maxPos, rd/2] */

@@ -346,21 +346,21 @@ export class NativeBackend implements Backend {
     return { dx };
   }
 
-  async moeForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }> {
+  async routedExpertsForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }> {
     const plan = moePlan(idx, weights, N, k, experts.length);
     const raw = experts.map((w, e) => rawExpert(w, lora[e] ?? {}));
     const L = limit > 0 ? limit : Infinity;
     const y = new Float32Array(N * d);
-    await this.addon.expertForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L);
+    await this.addon.routedExpertsForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L);
     const saved: MoeSaved = { op: 'moe', x, plan, experts: raw, N, d, I, k, limit: L, lora };
     return { y, saved };
   }
-  async moeBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }> {
+  async routedExpertsBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }> {
     const s = expectSaved<MoeSaved>(saved, 'moe');
     const dx = new Float32Array(s.N * s.d);
     const dw = new Float32Array(s.plan.idx.length);
     const grads = s.experts.map((_, e) => gradBuffers(s.lora[e] ?? {}));
-    await this.addon.expertBackward(dx, dw, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit);
+    await this.addon.routedExpertsBackward(dx, dw, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit);
     const dweights = new Float32Array(s.N * s.k);
     for (let p = 0; p < dw.length; p++) dweights[s.plan.slot[p]] = dw[p];
     return { dx, dweights, lora: grads.map(loraGrads) };
@@ -371,7 +371,7 @@ export class NativeBackend implements Backend {
     const raw = [rawExpert(w, lora)];
     const L = limit > 0 ? limit : Infinity;
     const y = new Float32Array(N * d);
-    await this.addon.expertForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L);
+    await this.addon.routedExpertsForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L);
     const saved: MoeSaved = { op: 'swiglu', x, plan, experts: raw, N, d, I, k: 1, limit: L, lora: [lora] };
     return { y, saved };
   }
@@ -379,7 +379,7 @@ export class NativeBackend implements Backend {
     const s = expectSaved<MoeSaved>(saved, 'swiglu');
     const dx = new Float32Array(s.N * s.d);
     const grads = [gradBuffers(s.lora[0])];
-    await this.addon.expertBackward(dx, null, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit);
+    await this.addon.routedExpertsBackward(dx, null, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit);
     return { dx, lora: loraGrads(grads[0]) };
   }
 

@@ -680,7 +680,7 @@ export class TfjsBackend implements Backend {
     for (const e of used) for (const f of loraList(s.lora[e] ?? {}).host) out.push(f32(f.A, [f.A.length]), f32(f.B, [f.B.length]));
     return out;
   }
-  async moeForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }> {
+  async routedExpertsForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }> {
     const saved: MoeSaved = { op: 'moe', x, idx, weights, experts, lora, N, d, I, k, limit };
     const y = tf.tidy(() => {
       const plan = this.moePlan(saved);
@@ -688,7 +688,7 @@ export class TfjsBackend implements Backend {
     });
     return { y, saved };
   }
-  async moeBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }> {
+  async routedExpertsBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }> {
     const s = expectSaved<MoeSaved>(saved, 'moe');
     return this.withTensors(() => {
       const plan = this.moePlan(s);

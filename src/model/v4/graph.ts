@@ -246,11 +246,11 @@ export class Graph {
   }
 
   /** Routed experts of `module` (e.g. `layers.3.ffn.experts`): LoRA per expert `module.E.wN`. */
-  async moe(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], module: string, N: number, d: number, I: number, k: number, limit: number): Promise<F32> {
+  async routedExperts(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], module: string, N: number, d: number, I: number, k: number, limit: number): Promise<F32> {
     const lora = experts.map((_, e) => this.expertLora(`${module}.${e}`));
-    const { y, saved } = await this.be.moeForward(x, idx, weights, experts, lora, N, d, I, k, limit);
+    const { y, saved } = await this.be.routedExpertsForward(x, idx, weights, experts, lora, N, d, I, k, limit);
     this.tape?.record([x, weights], [y], async ([dy]) => {
-      const r = await this.be.moeBackward(saved, dy);
+      const r = await this.be.routedExpertsBackward(saved, dy);
       r.lora.forEach((g, e) => this.addExpertGrads(`${module}.${e}`, g));
       return [r.dx, r.dweights];
     }, [saved]);

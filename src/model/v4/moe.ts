@@ -23,7 +23,7 @@ export async function moe(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: 
   const { weights, idx } = await g.router(x, F.gate, F.bias, hashIdx, T, d, E, k, c.routed_scaling_factor);
   g.routing?.(prefix, idx, weights, T, k);
   if (g.linearInput) await observeExpertInputs(g, F, prefix, x, idx, T, c);
-  const routed = await g.moe(x, idx, weights, F.experts, `${prefix}.ffn.experts`, T, d, I, k, c.swiglu_limit);
+  const routed = await g.routedExperts(x, idx, weights, F.experts, `${prefix}.ffn.experts`, T, d, I, k, c.swiglu_limit);
   const shared = await g.swiglu(x, F.shared, `${prefix}.ffn.shared_experts`, T, d, I, c.swiglu_limit);
   return g.add(routed, shared);
 }
