@@ -81,7 +81,7 @@ const FLOPS = {
 const FAMILY = {
   linear: 'attention', groupedLinear: 'attention', attention: 'attention', rope: 'attention', compressor: 'attention', indexerTopk: 'attention',
   mhcPre: 'mHC', mhcPost: 'mHC', hcHead: 'mHC',
-  moe: 'routed experts', router: 'routed experts',
+  routedExperts: 'routed experts', router: 'routed experts',
   swiglu: 'shared expert',
   lmHeadLoss: 'head', logits: 'head',
   rmsnorm: 'norms, embedding', embedding: 'norms, embedding',
@@ -90,7 +90,7 @@ const FAMILY = {
 /** The ops of the backend interface (src/backend/ops.ts); helpers they call are not timed apart. */
 const OPS = [
   'embedding', 'logits', 'indexerTopk', 'lmHeadLossForward', 'lmHeadLossBackward',
-  ...['rmsnorm', 'linear', 'groupedLinear', 'mhcPre', 'mhcPost', 'hcHead', 'rope', 'compressor', 'attention', 'router', 'moe', 'swiglu']
+  ...['rmsnorm', 'linear', 'groupedLinear', 'mhcPre', 'mhcPost', 'hcHead', 'rope', 'compressor', 'attention', 'router', 'routedExperts', 'swiglu']
     .flatMap((op) => [`${op}Forward`, `${op}Backward`]),
 ];
 
