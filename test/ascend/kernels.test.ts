@@ -11,7 +11,8 @@
 import { describe, expect, it } from 'vitest';
 import { rawWeight, type RawExpert, type RawExpertGrads, type RawWeight } from '../../src/backend/native/addon.js';
 import { quantFp4, quantFp8Block } from '../../src/model/formats.js';
-import { A, fdGrad, randn, relErr, rng, skipNative } from '../native/helpers.js';
+import { A, randn, rng, skipNative } from '../native/helpers.js';
+import { fdGrad, relErr } from '../ref64.js';
 import { onDevice, runCase, type Arr } from './harness.js';
 
 const TOL = 1e-4;

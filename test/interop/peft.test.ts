@@ -25,6 +25,7 @@ import { corpus } from '../train/helpers.js';
 import { capture } from '../cli/capture.js';
 import { writeTinyModel } from './fixtures.js';
 import { runPython, skipPython } from './python.js';
+import { relErrRows } from '../ref64.js';
 
 const T = 200;
 const V = 129280;
@@ -95,20 +96,7 @@ function sequence(n: number, seed: number): number[] {
 }
 
 /** max over positions of max |a − b| / max |b| */
-function relErr(a: Float32Array, b: Float32Array): number {
-  let worst = 0;
-  for (let t = 0; t < a.length / V; t++) {
-    let mx = 0;
-    let d = 0;
-    for (let v = 0; v < V; v++) {
-      mx = Math.max(mx, Math.abs(b[t * V + v]!));
-      d = Math.max(d, Math.abs(a[t * V + v]! - b[t * V + v]!));
-    }
-    worst = Math.max(worst, d / mx);
-  }
-  return worst;
-}
-
+const relErr = (a: Float32Array, b: Float32Array): number => relErrRows(a, b, V);
 const readF32 = (p: string): Float32Array => {
   const b = readFileSync(p);
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4).slice();

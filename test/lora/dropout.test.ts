@@ -17,7 +17,7 @@ import { createAdapter, type Adapter } from '../../src/lora/adapter.js';
 import { initModel } from '../../src/model/init.js';
 import { loadModel } from '../../src/model/load.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
-import * as R from '../model/ref64.js';
+import * as R from '../ref64.js';
 
 const FWD = 2e-5;
 const BWD = 1e-4;
@@ -134,12 +134,12 @@ describe.each(BACKENDS)('ops with dropout on the %s backend', (name) => {
     const ref = (xx: Float64Array, ll: L64) => linearDrop(xx, Wt, N, inF, outF, ll, m);
     const Wh = W('W', Wt, [outF, inF]);
     const { y, saved } = await be.linearForward(f32(x), Wh, factors(l, d), N, inF, outF);
-    expect(R.rel(y, ref(x, l))).toBeLessThan(FWD);
+    expect(R.relErr(y, ref(x, l))).toBeLessThan(FWD);
     const dy = rnd(N * outF, 5);
     const g = await be.linearBackward(saved, f32(dy));
-    expect(R.rel(g.dx, R.fdGrad((v) => ref(v, l), x, dy))).toBeLessThan(BWD);
-    expect(R.rel(g.lora!.dA, R.fdGrad((v) => ref(x, { ...l, A: v }), l.A, dy))).toBeLessThan(BWD);
-    expect(R.rel(g.lora!.dB, R.fdGrad((v) => ref(x, { ...l, B: v }), l.B, dy))).toBeLessThan(BWD);
+    expect(R.relErr(g.dx, R.fdGrad((v) => ref(v, l), x, dy))).toBeLessThan(BWD);
+    expect(R.relErr(g.lora!.dA, R.fdGrad((v) => ref(x, { ...l, A: v }), l.A, dy))).toBeLessThan(BWD);
+    expect(R.relErr(g.lora!.dB, R.fdGrad((v) => ref(x, { ...l, B: v }), l.B, dy))).toBeLessThan(BWD);
 
     const none = await be.linearForward(f32(x), Wh, factors(l), N, inF, outF);
     const zero = await be.linearForward(f32(x), Wh, factors(l, loraDropout(0, 11)), N, inF, outF);
@@ -158,12 +158,12 @@ describe.each(BACKENDS)('ops with dropout on the %s backend', (name) => {
     const m = mixed(dropoutMask(d, null, N, G * inG));
     const ref = (xx: Float64Array, ll: L64) => groupedDrop(xx, Wt, N, G, inG, outG, ll, m);
     const { y, saved } = await be.groupedLinearForward(f32(x), W('W', Wt, [G * outG, inG]), factors(l, d), N, G, inG, outG);
-    expect(R.rel(y, ref(x, l))).toBeLessThan(FWD);
+    expect(R.relErr(y, ref(x, l))).toBeLessThan(FWD);
     const dy = rnd(N * G * outG, 10);
     const g = await be.groupedLinearBackward(saved, f32(dy));
-    expect(R.rel(g.dx, R.fdGrad((v) => ref(v, l), x, dy))).toBeLessThan(BWD);
-    expect(R.rel(g.lora!.dA, R.fdGrad((v) => ref(x, { ...l, A: v }), l.A, dy))).toBeLessThan(BWD);
-    expect(R.rel(g.lora!.dB, R.fdGrad((v) => ref(x, { ...l, B: v }), l.B, dy))).toBeLessThan(BWD);
+    expect(R.relErr(g.dx, R.fdGrad((v) => ref(v, l), x, dy))).toBeLessThan(BWD);
+    expect(R.relErr(g.lora!.dA, R.fdGrad((v) => ref(x, { ...l, A: v }), l.A, dy))).toBeLessThan(BWD);
+    expect(R.relErr(g.lora!.dB, R.fdGrad((v) => ref(x, { ...l, B: v }), l.B, dy))).toBeLessThan(BWD);
   });
 
   describe('experts', () => {
@@ -191,13 +191,13 @@ describe.each(BACKENDS)('ops with dropout on the %s backend', (name) => {
       for (const m of [ms.w1!, ms.w2!, ms.w3!]) mixed(m);
       const ref = (xx: Float64Array, ee: E64) => swigluDrop(xx, ee, N, d, I, L, ms);
       const { y, saved } = await be.swigluForward(f32(x), handles(e, 0), loraOf(e, 0), N, d, I, L);
-      expect(R.rel(y, ref(x, e))).toBeLessThan(FWD);
+      expect(R.relErr(y, ref(x, e))).toBeLessThan(FWD);
       const dy = rnd(N * d, 31);
       const g = await be.swigluBackward(saved, f32(dy));
-      expect(R.rel(g.dx, R.fdGrad((v) => ref(v, e), x, dy))).toBeLessThan(BWD);
+      expect(R.relErr(g.dx, R.fdGrad((v) => ref(v, e), x, dy))).toBeLessThan(BWD);
       for (const p of ['w1', 'w2', 'w3'] as const) {
-        expect(R.rel(g.lora[p]!.dA, R.fdGrad((v) => ref(x, withFactor(e, p, 'A', v)), e.lora[p].A, dy)), `${p} A`).toBeLessThan(BWD);
-        expect(R.rel(g.lora[p]!.dB, R.fdGrad((v) => ref(x, withFactor(e, p, 'B', v)), e.lora[p].B, dy)), `${p} B`).toBeLessThan(BWD);
+        expect(R.relErr(g.lora[p]!.dA, R.fdGrad((v) => ref(x, withFactor(e, p, 'A', v)), e.lora[p].A, dy)), `${p} A`).toBeLessThan(BWD);
+        expect(R.relErr(g.lora[p]!.dB, R.fdGrad((v) => ref(x, withFactor(e, p, 'B', v)), e.lora[p].B, dy)), `${p} B`).toBeLessThan(BWD);
       }
     });
 
@@ -210,16 +210,16 @@ describe.each(BACKENDS)('ops with dropout on the %s backend', (name) => {
       const masks = ex.map((_, i) => masksOf(i));
       const ref = (xx: Float64Array, ee: E64[], ww: Float64Array) => moeDrop(xx, idx, ww, ee, masks, N, d, I, k, L);
       const { y, saved } = await be.routedExpertsForward(f32(x), idx, f32(wts), ex.map(handles), ex.map(loraOf), N, d, I, k, L);
-      expect(R.rel(y, ref(x, ex, wts))).toBeLessThan(FWD);
+      expect(R.relErr(y, ref(x, ex, wts))).toBeLessThan(FWD);
       const dy = rnd(N * d, 72);
       const g = await be.routedExpertsBackward(saved, f32(dy));
-      expect(R.rel(g.dx, R.fdGrad((v) => ref(v, ex, wts), x, dy))).toBeLessThan(BWD);
-      expect(R.rel(g.dweights, R.fdGrad((v) => ref(x, ex, v), wts, dy))).toBeLessThan(BWD);
+      expect(R.relErr(g.dx, R.fdGrad((v) => ref(v, ex, wts), x, dy))).toBeLessThan(BWD);
+      expect(R.relErr(g.dweights, R.fdGrad((v) => ref(x, ex, v), wts, dy))).toBeLessThan(BWD);
       for (const e of [0, 2]) {
         for (const p of ['w1', 'w2', 'w3'] as const) {
           const at = (which: 'A' | 'B') => (v: Float64Array) => ref(x, ex.map((ee, i) => (i === e ? withFactor(ee, p, which, v) : ee)), wts);
-          expect(R.rel(g.lora[e][p]!.dA, R.fdGrad(at('A'), ex[e].lora[p].A, dy)), `expert ${e} ${p} A`).toBeLessThan(BWD);
-          expect(R.rel(g.lora[e][p]!.dB, R.fdGrad(at('B'), ex[e].lora[p].B, dy)), `expert ${e} ${p} B`).toBeLessThan(BWD);
+          expect(R.relErr(g.lora[e][p]!.dA, R.fdGrad(at('A'), ex[e].lora[p].A, dy)), `expert ${e} ${p} A`).toBeLessThan(BWD);
+          expect(R.relErr(g.lora[e][p]!.dB, R.fdGrad(at('B'), ex[e].lora[p].B, dy)), `expert ${e} ${p} B`).toBeLessThan(BWD);
         }
       }
     });

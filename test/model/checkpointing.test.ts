@@ -14,7 +14,8 @@ import type { BackendName } from '../../src/backend/ops.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
 import { ChoiceLog } from '../../src/model/v4/graph.js';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { cases, FIXTURE, readI32, readU8, relMaxErr } from './fixture.js';
+import { cases, FIXTURE, readI32, readU8 } from './fixture.js';
+import { relErr } from '../ref64.js';
 
 const skipNative = tryLoadAddon() === null && process.env.CI !== 'true';
 
@@ -53,7 +54,7 @@ function suite(backend: BackendName): void {
       let identical = 0;
       for (const [k, g] of full.grads) {
         const h = ckpt.grads.get(k) as Float32Array;
-        const e = relMaxErr(h, g);
+        const e = relErr(h, g);
         if (!(e <= 1e-6)) worst.push(`${k}: ${e}`);
         if (h.every((v, i) => Object.is(v, g[i]))) identical++;
       }

@@ -4,7 +4,8 @@ import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { loadModel } from '../../src/model/load.js';
 import type { V4Model } from '../../src/model/v4/model.js';
-import { cases, FIXTURE, readF32, readI32, relMaxErr } from './fixture.js';
+import { cases, FIXTURE, readF32, readI32 } from './fixture.js';
+import { relErr } from '../ref64.js';
 
 describe('v4-tiny-ref logits (tfjs backend)', { timeout: 60_000 }, () => {
   let model: V4Model;
@@ -19,7 +20,7 @@ describe('v4-tiny-ref logits (tfjs backend)', { timeout: 60_000 }, () => {
       const ref = readF32(c.logits);
       const out = await model.logits(ids, { segments: c.segments });
       expect(out.length).toBe(c.logits_shape[0] * c.logits_shape[1]);
-      const err = relMaxErr(out, ref);
+      const err = relErr(out, ref);
       expect(err).toBeLessThanOrEqual(1e-4);
     });
   }

@@ -31,19 +31,8 @@ export const readF32 = (f: string): Float32Array => {
 };
 export const readU8 = (f: string): Uint8Array => new Uint8Array(bytes(f));
 
-/** max |a − b| / max |b| */
-export function relMaxErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / den;
-}
-
 import { SafetensorsFile } from '../../src/model/safetensors.js';
+import { relErr } from '../ref64.js';
 
 /** Every F32 tensor of a safetensors file. */
 export function readF32Tensors(path: string): Map<string, { shape: number[]; data: Float32Array }> {
@@ -72,7 +61,7 @@ export function loraGradMismatches(grads: Map<string, Float32Array>, bound = 1e-
   if (keys !== [...ref.keys()].sort().join(',')) bad.push(`keys differ from the reference's (${grads.size} vs ${ref.size})`);
   for (const [k, r] of ref) {
     const g = grads.get(k);
-    const e = g ? relMaxErr(g, r.data) : Infinity;
+    const e = g ? relErr(g, r.data) : Infinity;
     if (!(e <= bound)) bad.push(`${k}: ${e}`);
   }
   return bad;

@@ -9,7 +9,7 @@
 import type { Checkpoint } from '../../src/model/checkpoint.js';
 import type { V4Config } from '../../src/model/config.js';
 import { ropeFreqs, ropeParamsFor } from '../../src/model/v4/rope.js';
-import * as R from './ref64.js';
+import * as R from '../ref64.js';
 
 /** LoRA factors of one module (official module name), float64. */
 export interface Lora64 {

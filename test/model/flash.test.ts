@@ -21,7 +21,7 @@ import { loadModel } from '../../src/model/load.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
 import { skipNative } from '../native/helpers.js';
 import { FlashRef64, type Lora64 } from './flash-ref64.js';
-import { rand, rel } from './ref64.js';
+import { rand, relErr } from '../ref64.js';
 
 const R = 2;
 const SCALING = 2;
@@ -98,7 +98,7 @@ describe.skipIf(skipNative)('flash preset: native backend vs a float64 forward',
   it('logits with LoRA on every target equal the float64 forward (1e-4)', async () => {
     const out = await model.logits(ids, { adapter: adapter() });
     const want = await ref.logits(ids, lora64);
-    expect(rel(out, want)).toBeLessThanOrEqual(1e-4);
+    expect(relErr(out, want)).toBeLessThanOrEqual(1e-4);
   });
 
   it('loss (1e-5) and the LoRA gradients of every module family equal float64 finite differences (1e-3)', async () => {

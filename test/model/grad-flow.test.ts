@@ -10,7 +10,7 @@ import type { LoraFactors } from '../../src/backend/ops.js';
 import { loadModel } from '../../src/model/load.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
 import { cases, FIXTURE, readI32 } from './fixture.js';
-import { rand } from './ref64.js';
+import { rand } from '../ref64.js';
 
 /** module, in, out */
 const MODULES: [string, number, number][] = [

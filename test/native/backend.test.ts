@@ -5,7 +5,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { Backend, ExpertLora, LoraFactors, RopeTable, WeightSource } from '../../src/backend/ops.js';
 import { createTfjsBackend } from '../../src/backend/tfjs/index.js';
 import { dequantFp4, dequantFp8Block, quantFp4, quantFp8Block } from '../../src/model/formats.js';
-import { addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+import { addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import { relErr } from '../ref64.js';
 
 let nat: Backend;
 let tfb: Backend;

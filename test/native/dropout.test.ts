@@ -10,7 +10,8 @@ import { createNativeBackend } from '../../src/backend/native/index.js';
 import type { Backend, ExpertLora, ExpertWeights, LoraFactors } from '../../src/backend/ops.js';
 import { createTfjsBackend } from '../../src/backend/tfjs/index.js';
 import { createAdapter } from '../../src/lora/adapter.js';
-import { A, addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import { relErr } from '../ref64.js';
 import { tinyPresetPair } from './model-pair.js';
 
 const FWD = 2e-5;

@@ -4,19 +4,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { rawWeight, type RawWeight } from '../../src/backend/native/addon.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../src/model/formats.js';
-import { A, addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
-
-// C = beta·C + alpha·A·B in float64; B(k,n) = W[n][k] when transB
-function gemmRef(M: number, N: number, K: number, alpha: number, a: Float32Array, sam: number, sak: number, W: Float32Array, transB: boolean, beta: number, c: Float32Array): Float64Array {
-  const out = new Float64Array(M * N);
-  for (let m = 0; m < M; m++)
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let k = 0; k < K; k++) s += a[m * sam + k * sak] * (transB ? W[n * K + k] : W[k * N + n]);
-      out[m * N + n] = beta * c[m * N + n] + alpha * s;
-    }
-  return out;
-}
+import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import { gemm as gemmRef, relErr } from '../ref64.js';
 
 describe.skipIf(skipNative)('native packed GEMM', () => {
   it('the addon is built (required under CI)', () => {

@@ -1,46 +1,20 @@
 // Linear-with-LoRA (plain and grouped) and the grouped routed-expert kernel: forwards against
-// float64 references, backwards against float64 central differences of those references.
+// their float64 references (test/ref64.ts), backwards against float64 central differences of
+// those references.
 import { describe, expect, it } from 'vitest';
 import { rawWeight, type RawExpert, type RawExpertGrads } from '../../src/backend/native/addon.js';
 import { dequantFp8Block, quantFp4, quantFp8Block } from '../../src/model/formats.js';
-import { A, addon, contract, fdGrad, f64, randn, relErr, rng, sigmoid, skipNative, whyUnavailable } from './helpers.js';
-
-// y_g = x_g W_gᵀ + s (x_g Aᵀ) B_gᵀ; x [T, G, inG], W [G·outG, inG], A [r, inG], B [G·outG, r]
-function linearRef(x: ArrayLike<number>, W: ArrayLike<number>, Al: ArrayLike<number>, B: ArrayLike<number>, r: number, s: number, T: number, G: number, inG: number, outG: number): Float64Array {
-  const y = new Float64Array(T * G * outG);
-  for (let t = 0; t < T; t++)
-    for (let g = 0; g < G; g++) {
-      const xo = (t * G + g) * inG;
-      const u = new Float64Array(r);
-      for (let k = 0; k < r; k++) for (let i = 0; i < inG; i++) u[k] += x[xo + i] * Al[k * inG + i];
-      for (let o = 0; o < outG; o++) {
-        const row = g * outG + o;
-        let v = 0;
-        for (let i = 0; i < inG; i++) v += x[xo + i] * W[row * inG + i];
-        for (let k = 0; k < r; k++) v += s * u[k] * B[row * r + k];
-        y[t * G * outG + row] = v;
-      }
-    }
-  return y;
-}
+import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import * as R from '../ref64.js';
+import { contract, fdGrad, f64, relErr } from '../ref64.js';
 
 interface ExpertRef { w1: Float32Array; w2: Float32Array; w3: Float32Array; lora: { A: Float64Array; B: Float64Array; r: number; s: number }[] }
-// out[t] += w_p · (act W2ᵀ + s (act A2ᵀ) B2ᵀ), act = silu(min(h1, L)) · clamp(h3, −L, L)
+// the grouped kernel's (token, expert, weight) pairs: out[t] += w · swiglu_e(x[t]) (test/ref64.ts swiglu)
 function expertRef(x: ArrayLike<number>, T: number, d: number, I: number, pairs: { t: number; e: number; w: number }[], ex: ExpertRef[], L: number): Float64Array {
   const out = new Float64Array(T * d);
-  const proj = (v: ArrayLike<number>, W: Float32Array, l: { A: Float64Array; B: Float64Array; r: number; s: number }, inF: number, outF: number): Float64Array =>
-    linearRef(v, W, l.A, l.B, l.r, l.s, 1, 1, inF, outF);
   for (const p of pairs) {
     const e = ex[p.e];
-    const xv = Array.from({ length: d }, (_, i) => x[p.t * d + i]);
-    const h1 = proj(xv, e.w1, e.lora[0], d, I);
-    const h3 = proj(xv, e.w3, e.lora[2], d, I);
-    const act = new Float64Array(I);
-    for (let i = 0; i < I; i++) {
-      const a = Math.min(h1[i], L);
-      act[i] = a * sigmoid(a) * Math.max(-L, Math.min(h3[i], L));
-    }
-    const y = proj(act, e.w2, e.lora[1], I, d);
+    const y = R.swiglu(f64(x).subarray(p.t * d, (p.t + 1) * d), { w1: f64(e.w1), w2: f64(e.w2), w3: f64(e.w3), lora: { w1: e.lora[0], w2: e.lora[1], w3: e.lora[2] } }, 1, d, I, L);
     for (let j = 0; j < d; j++) out[p.t * d + j] += p.w * y[j];
   }
   return out;
@@ -63,13 +37,13 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
       const w = rawWeight('f32', W, null, G * outG, inG);
       const y = new Float32Array(T * G * outG);
       await A().linearForward(y, x, w, Al, B, rk, s, T, G);
-      expect(relErr(y, linearRef(x, W, Al, B, rk, s, T, G, inG, outG))).toBeLessThan(1e-5);
+      expect(relErr(y, R.groupedLinear(x, W, T, G, inG, outG, { A: Al, B, r: rk, s }))).toBeLessThan(1e-5);
       const dy = randn(y.length, r);
       const dx = new Float32Array(x.length);
       const dA = new Float32Array(Al.length);
       const dB = new Float32Array(B.length);
       await A().linearBackward(dx, dA, dB, dy, x, w, Al, B, rk, s, T, G);
-      const loss = (xx: ArrayLike<number>, aa: ArrayLike<number>, bb: ArrayLike<number>): number => contract(linearRef(xx, W, aa, bb, rk, s, T, G, inG, outG), dy);
+      const loss = (xx: ArrayLike<number>, aa: ArrayLike<number>, bb: ArrayLike<number>): number => contract(R.groupedLinear(xx, W, T, G, inG, outG, { A: aa, B: bb, r: rk, s }), dy);
       expect(relErr(dx, fdGrad((v) => loss(v, Al, B), x))).toBeLessThan(1e-4);
       expect(relErr(dA, fdGrad((v) => loss(x, v, B), Al))).toBeLessThan(1e-4);
       expect(relErr(dB, fdGrad((v) => loss(x, Al, v), B))).toBeLessThan(1e-4);
@@ -88,11 +62,11 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
     const B = randn(G * outG * rk, r);
     const y = new Float32Array(T * G * outG);
     await A().linearForward(y, x, rawWeight('fp8', q.weight, q.scale, G * outG, inG), Al, B, rk, 0.5, T, G);
-    expect(relErr(y, linearRef(x, deq, Al, B, rk, 0.5, T, G, inG, outG))).toBeLessThan(1e-5);
+    expect(relErr(y, R.groupedLinear(x, deq, T, G, inG, outG, { A: Al, B, r: rk, s: 0.5 }))).toBeLessThan(1e-5);
     const dy = randn(y.length, r);
     const dx = new Float32Array(x.length);
     await A().linearBackward(dx, null, null, dy, x, rawWeight('fp8', q.weight, q.scale, G * outG, inG), Al, B, rk, 0.5, T, G);
-    expect(relErr(dx, fdGrad((v) => contract(linearRef(v, deq, Al, B, rk, 0.5, T, G, inG, outG), dy), x))).toBeLessThan(1e-4);
+    expect(relErr(dx, fdGrad((v) => contract(R.groupedLinear(v, deq, T, G, inG, outG, { A: Al, B, r: rk, s: 0.5 }), dy), x))).toBeLessThan(1e-4);
   });
 
   it('grouped experts with fused LoRA on FP4 weights: forward vs float64, dx/dw/dA/dB vs float64 finite differences', async () => {

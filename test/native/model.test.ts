@@ -7,8 +7,9 @@ import { loadModel } from '../../src/model/load.js';
 import { createAdapter } from '../../src/lora/adapter.js';
 import { loadAdapter } from '../../src/lora/peft.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
-import { cases, FIXTURE, readF32, readI32, readU8, loraGradMismatches, relMaxErr } from '../model/fixture.js';
-import { addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+import { cases, FIXTURE, readF32, readI32, readU8, loraGradMismatches } from '../model/fixture.js';
+import { addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import { relErr } from '../ref64.js';
 import { tinyPresetPair } from './model-pair.js';
 
 describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_000 }, () => {
@@ -32,7 +33,7 @@ describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_
 
     it('logits with the adapter within 1e-4 of the reference', async () => {
       const out = await model.logits(readI32(L.ids), { segments: L.segments, adapter });
-      expect(relMaxErr(out, readF32(L.logits))).toBeLessThanOrEqual(1e-4);
+      expect(relErr(out, readF32(L.logits))).toBeLessThanOrEqual(1e-4);
     });
 
     it('loss within 1e-5 and every LoRA gradient within 1e-3 of the reference', async () => {

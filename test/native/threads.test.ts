@@ -3,7 +3,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { rawWeight, type RawExpert } from '../../src/backend/native/addon.js';
 import { quantFp4, quantFp8Block } from '../../src/model/formats.js';
-import { A, addon, randn, relErr, rng, skipNative, whyUnavailable } from './helpers.js';
+import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import { relErr } from '../ref64.js';
 
 async function withThreads<T>(n: number, f: () => Promise<T>): Promise<T> {
   A().setThreads(n);

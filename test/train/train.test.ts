@@ -18,6 +18,7 @@ import { loadModel } from '../../src/model/load.js';
 import type { V4Model } from '../../src/model/v4/model.js';
 import { stepGradients, Trainer } from '../../src/train/trainer.js';
 import { fixtureRecipe, makeFixture, quietContext, type Fixture } from './helpers.js';
+import { relErr } from '../ref64.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -42,17 +43,6 @@ afterAll(() => {
   model?.dispose();
   fx?.cleanup();
 });
-
-/** max |a − b| / max |b| */
-function relErr(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / m;
-}
 
 function seededAdapter() {
   const adapter = createAdapter(model, { r: 4, alpha: 8, seed: 1 });

@@ -1,12 +1,20 @@
-// Float64 reference implementations of the V4 ops, written independently of the backends, with
-// the same shapes and conventions as src/backend/ops.ts. Used for forward checks and as the
-// function whose finite differences check each backward.
+// The float64 reference of every op, written independently of the backends, with the same
+// shapes and conventions as src/backend/ops.ts, and the one error measure and finite-difference
+// gradient the tests use: the tfjs backend's tests (test/backend/tfjs), the native kernels'
+// (test/backend/native), the whole-model tests at flash width (test/model/flash-ref64.ts) and the
+// LoRA dropout tests all check against these. A forward is compared with relErr; a backward with
+// relErr against fdGrad of its reference.
 export type A = Float64Array;
+/** an input: float64 or float32 values */
+export type Arr = ArrayLike<number>;
+
+/** a copy in float64 */
+export const f64 = (a: ArrayLike<number>): Float64Array => Float64Array.from(a);
 
 export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
 
 /** y [N, C] = x / sqrt(mean(x²) + eps) ⊙ w */
-export function rmsnorm(x: A, w: A | null, N: number, C: number, eps: number): A {
+export function rmsnorm(x: Arr, w: Arr | null, N: number, C: number, eps: number): A {
   const y = new Float64Array(N * C);
   for (let n = 0; n < N; n++) {
     let ss = 0;
@@ -18,7 +26,7 @@ export function rmsnorm(x: A, w: A | null, N: number, C: number, eps: number): A
 }
 
 /** y [N, out] = x Wᵀ (+ s (x Aᵀ) Bᵀ) */
-export function linear(x: A, W: A, N: number, inF: number, outF: number, lora?: { A: A; B: A; r: number; s: number }): A {
+export function linear(x: Arr, W: Arr, N: number, inF: number, outF: number, lora?: { A: Arr; B: Arr; r: number; s: number }): A {
   const y = new Float64Array(N * outF);
   for (let n = 0; n < N; n++) {
     for (let o = 0; o < outF; o++) {
@@ -40,8 +48,8 @@ export function linear(x: A, W: A, N: number, inF: number, outF: number, lora?: 
 }
 
 /** grouped: x [N, G, inG], W [G·outG, inG] → [N, G·outG]; LoRA delta s·B A has W's shape */
-export function groupedLinear(x: A, W: A, N: number, G: number, inG: number, outG: number, lora?: { A: A; B: A; r: number; s: number }): A {
-  const Wd = W.slice();
+export function groupedLinear(x: Arr, W: Arr, N: number, G: number, inG: number, outG: number, lora?: { A: Arr; B: Arr; r: number; s: number }): A {
+  const Wd = f64(W);
   if (lora) {
     for (let o = 0; o < G * outG; o++) {
       for (let i = 0; i < inG; i++) {
@@ -64,8 +72,34 @@ export function groupedLinear(x: A, W: A, N: number, G: number, inG: number, out
   return y;
 }
 
+/** Sinkhorn of L [n, n]: row softmax + eps, columns / (sum + eps), then iters − 1 × (rows, columns) */
+export function sinkhorn(L: ArrayLike<number>, n: number, iters: number, eps: number): A {
+  const c = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    let mx = -Infinity;
+    for (let j = 0; j < n; j++) mx = Math.max(mx, L[i * n + j]);
+    let s = 0;
+    for (let j = 0; j < n; j++) s += (c[i * n + j] = Math.exp(L[i * n + j] - mx));
+    for (let j = 0; j < n; j++) c[i * n + j] = c[i * n + j] / s + eps;
+  }
+  const norm = (cols: boolean): void => {
+    for (let a = 0; a < n; a++) {
+      let s = 0;
+      for (let b = 0; b < n; b++) s += cols ? c[b * n + a] : c[a * n + b];
+      for (let b = 0; b < n; b++) (cols ? (c[b * n + a] /= s + eps) : (c[a * n + b] /= s + eps));
+    }
+  };
+  norm(true);
+  for (let it = 1; it < iters; it++) {
+    norm(false);
+    norm(true);
+  }
+  return c;
+}
+
 /** mHC pre: y [N, d], post [N, hc], comb [N, hc, hc] */
-export function mhcPre(X: A, fn: A, scale: A, base: A, N: number, hc: number, d: number, iters: number, hcEps: number, normEps: number): { y: A; post: A; comb: A } {
+export function mhcPre(Xin: Arr, fn: Arr, scale: Arr, base: Arr, N: number, hc: number, d: number, iters: number, hcEps: number, normEps: number): { y: A; post: A; comb: A } {
+  const X = f64(Xin);
   const D = hc * d;
   const mix = (2 + hc) * hc;
   const y = new Float64Array(N * d);
@@ -87,41 +121,16 @@ export function mhcPre(X: A, fn: A, scale: A, base: A, N: number, hc: number, d:
       pre[i] = sigmoid(m[i] * scale[0] + base[i]) + hcEps;
       post[n * hc + i] = 2 * sigmoid(m[hc + i] * scale[1] + base[hc + i]);
     }
-    const c = new Float64Array(hc * hc);
-    for (let i = 0; i < hc; i++) {
-      let mx = -Infinity;
-      for (let j = 0; j < hc; j++) mx = Math.max(mx, m[2 * hc + i * hc + j] * scale[2] + base[2 * hc + i * hc + j]);
-      let s = 0;
-      for (let j = 0; j < hc; j++) s += (c[i * hc + j] = Math.exp(m[2 * hc + i * hc + j] * scale[2] + base[2 * hc + i * hc + j] - mx));
-      for (let j = 0; j < hc; j++) c[i * hc + j] = c[i * hc + j] / s + hcEps;
-    }
-    const cols = (): void => {
-      for (let j = 0; j < hc; j++) {
-        let s = 0;
-        for (let i = 0; i < hc; i++) s += c[i * hc + j];
-        for (let i = 0; i < hc; i++) c[i * hc + j] /= s + hcEps;
-      }
-    };
-    const rows = (): void => {
-      for (let i = 0; i < hc; i++) {
-        let s = 0;
-        for (let j = 0; j < hc; j++) s += c[i * hc + j];
-        for (let j = 0; j < hc; j++) c[i * hc + j] /= s + hcEps;
-      }
-    };
-    cols();
-    for (let it = 1; it < iters; it++) {
-      rows();
-      cols();
-    }
-    comb.set(c, n * hc * hc);
+    const L = new Float64Array(hc * hc);
+    for (let k = 0; k < hc * hc; k++) L[k] = m[2 * hc + k] * scale[2] + base[2 * hc + k];
+    comb.set(sinkhorn(L, hc, iters, hcEps), n * hc * hc);
     for (let i = 0; i < hc; i++) for (let k = 0; k < d; k++) y[n * d + k] += pre[i] * x[i * d + k];
   }
   return { y, post, comb };
 }
 
 /** out[n, j] = post[n, j] f[n] + Σ_i comb[n, i, j] res[n, i] */
-export function mhcPost(f: A, res: A, post: A, comb: A, N: number, hc: number, d: number): A {
+export function mhcPost(f: Arr, res: Arr, post: Arr, comb: Arr, N: number, hc: number, d: number): A {
   const out = new Float64Array(N * hc * d);
   for (let n = 0; n < N; n++) {
     for (let j = 0; j < hc; j++) {
@@ -135,7 +144,8 @@ export function mhcPost(f: A, res: A, post: A, comb: A, N: number, hc: number, d
   return out;
 }
 
-export function hcHead(X: A, fn: A, scale: A, base: A, N: number, hc: number, d: number, hcEps: number, normEps: number): A {
+export function hcHead(Xin: Arr, fn: Arr, scale: Arr, base: Arr, N: number, hc: number, d: number, hcEps: number, normEps: number): A {
+  const X = f64(Xin);
   const D = hc * d;
   const y = new Float64Array(N * d);
   for (let n = 0; n < N; n++) {
@@ -172,7 +182,7 @@ export function rope(x: A, pos: Int32Array, freqs: ArrayLike<number>, N: number,
 }
 
 /** compressor pooling per segment (see ops.ts) */
-export function compressor(a: A, z: A, ape: A, segs: number[], m: number, hd: number, overlap: boolean): A {
+export function compressor(a: Arr, z: Arr, ape: Arr, segs: number[], m: number, hd: number, overlap: boolean): A {
   const cw = overlap ? 2 * hd : hd;
   const out: number[] = [];
   let s0 = 0;
@@ -206,7 +216,7 @@ export function compressor(a: A, z: A, ape: A, segs: number[], m: number, hd: nu
 }
 
 /** sparse attention with sink: q [N, H, D], kv [M, D], idx [N, K] */
-export function attention(q: A, kv: A, sink: A, idx: Int32Array, N: number, H: number, D: number, K: number, scale: number): A {
+export function attention(q: Arr, kv: Arr, sink: Arr, idx: Int32Array, N: number, H: number, D: number, K: number, scale: number): A {
   const o = new Float64Array(N * H * D);
   for (let n = 0; n < N; n++) {
     for (let h = 0; h < H; h++) {
@@ -259,7 +269,7 @@ export interface Expert64 {
 export const silu = (x: number): number => x * sigmoid(x);
 
 /** clamped SwiGLU on every row: x [N, d] → [N, d] */
-export function swiglu(x: A, e: Expert64, N: number, d: number, I: number, L: number): A {
+export function swiglu(x: Arr, e: Expert64, N: number, d: number, I: number, L: number): A {
   const g = linear(x, e.w1, N, d, I, e.lora?.w1);
   const u = linear(x, e.w3, N, d, I, e.lora?.w3);
   const h = new Float64Array(N * I);
@@ -283,18 +293,41 @@ export function moe(x: A, idx: Int32Array, weights: A, experts: Expert64[], N: n
   return y;
 }
 
-/** Σ_counted logsumexp(x Wᵀ) − x·W[target] */
-export function lmHeadLoss(x: A, W: A, targets: Int32Array, N: number, d: number, V: number): number {
-  let loss = 0;
+/** per position: logsumexp(x Wᵀ) − x·W[target] (0 where target < 0) */
+export function crossEntropyRows(x: ArrayLike<number>, W: ArrayLike<number>, targets: Int32Array, N: number, d: number, V: number): A {
+  const loss = new Float64Array(N);
+  const l = new Float64Array(V);
   for (let n = 0; n < N; n++) {
     if (targets[n] < 0) continue;
-    const l = linear(x.subarray(n * d, (n + 1) * d), W, 1, d, V);
-    const mx = Math.max(...l);
+    let mx = -Infinity;
+    for (let v = 0; v < V; v++) {
+      let acc = 0;
+      for (let c = 0; c < d; c++) acc += x[n * d + c] * W[v * d + c];
+      mx = Math.max(mx, (l[v] = acc));
+    }
     let s = 0;
-    for (const v of l) s += Math.exp(v - mx);
-    loss += mx + Math.log(s) - l[targets[n]];
+    for (let v = 0; v < V; v++) s += Math.exp(l[v] - mx);
+    loss[n] = mx + Math.log(s) - l[targets[n]];
   }
   return loss;
+}
+
+/** Σ_counted logsumexp(x Wᵀ) − x·W[target] */
+export function lmHeadLoss(x: A, W: A, targets: Int32Array, N: number, d: number, V: number): number {
+  return crossEntropyRows(x, W, targets, N, d, V).reduce((a, b) => a + b, 0);
+}
+
+/** C [M, N] = beta·C + alpha·A·B with A(m, k) = a[m·sam + k·sak] and B(k, n) = W[n, k] (transB) or W[k, n] */
+export function gemm(M: number, N: number, K: number, alpha: number, a: ArrayLike<number>, sam: number, sak: number, W: ArrayLike<number>, transB: boolean, beta: number, c: ArrayLike<number>): A {
+  const out = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += a[m * sam + k * sak] * (transB ? W[n * K + k] : W[k * N + n]);
+      out[m * N + n] = beta * c[m * N + n] + alpha * s;
+    }
+  }
+  return out;
 }
 
 /** deterministic pseudo-random numbers in [−1, 1) (mulberry32) */
@@ -311,8 +344,8 @@ export function rand(n: number, seed: number, scale = 1): Float64Array {
   return out;
 }
 
-/** max |a − b| / max |b| */
-export function rel(a: ArrayLike<number>, b: ArrayLike<number>): number {
+/** max |a − b| / max |b| (b the reference; max |a − b| where b is all zero): the one error measure */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
   let num = 0;
   let den = 0;
@@ -323,24 +356,48 @@ export function rel(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return den === 0 ? num : num / den;
 }
 
+/** relErr of each row of `cols` values (logits: one row per position), the worst row's */
+export function relErrRows(a: ArrayLike<number>, b: ArrayLike<number>, cols: number): number {
+  if (a.length !== b.length || b.length % cols !== 0) throw new Error(`length ${a.length} vs ${b.length} (rows of ${cols})`);
+  let worst = 0;
+  for (let r = 0; r < b.length / cols; r++) {
+    let num = 0;
+    let den = 0;
+    for (let c = r * cols; c < (r + 1) * cols; c++) {
+      num = Math.max(num, Math.abs(a[c] - b[c]));
+      den = Math.max(den, Math.abs(b[c]));
+    }
+    worst = Math.max(worst, den === 0 ? num : num / den);
+  }
+  return worst;
+}
+
+/** Σ out·g: the scalar whose gradient a backward with upstream gradient g computes */
+export function contract(out: ArrayLike<number>, g: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < out.length; i++) s += out[i] * g[i];
+  return s;
+}
+
 /**
- * Central finite differences of ⟨dy, f(x)⟩ with respect to every element of x (float64):
- * the reference for a backward's dx.
+ * Central finite differences (float64, h = 1e-6: about 1e-9 relative for smooth f) of f at x —
+ * f a scalar, or an array contracted with `dy` (⟨dy, f(x)⟩): the reference for every backward.
  */
-export function fdGrad(f: (x: A) => A | number, x: A, dy: A | null, h = 1e-6): A {
-  const g = new Float64Array(x.length);
-  const dot = (y: A | number): number => {
+export function fdGrad(f: (x: A) => A | number, x: ArrayLike<number>, dy: ArrayLike<number> | null = null, h = 1e-6): A {
+  const xx = f64(x);
+  const g = new Float64Array(xx.length);
+  const scalar = (y: A | number): number => {
     if (typeof y === 'number') return y;
-    let s = 0;
-    for (let i = 0; i < y.length; i++) s += y[i] * (dy as A)[i];
-    return s;
+    if (!dy) throw new Error('fdGrad: f returns an array, so dy is needed');
+    return contract(y, dy);
   };
-  for (let i = 0; i < x.length; i++) {
-    const xp = x.slice();
-    const xm = x.slice();
+  // f gets a fresh array each time (a reference may cache products by the identity of its input)
+  for (let i = 0; i < xx.length; i++) {
+    const xp = xx.slice();
+    const xm = xx.slice();
     xp[i] += h;
     xm[i] -= h;
-    g[i] = (dot(f(xp)) - dot(f(xm))) / (2 * h);
+    g[i] = (scalar(f(xp)) - scalar(f(xm))) / (2 * h);
   }
   return g;
 }
