@@ -1,7 +1,7 @@
 // The slice of CANN's ACL runtime that the Ascend backend calls, as a table of function pointers
 // filled at run time (dlopen of libascendcl.so and of the kernel library that
 // kernels/ascend/CMakeLists.txt builds), so the addon compiles and loads without CANN. Tests fill
-// the same table with a fake (host memory, the shim-built kernels) — test/ascend/fake_acl.cc.
+// the same table with a fake (host memory, the shim-built kernels) — test/backend/ascend/fake_acl.cc.
 #pragma once
 #include <cstddef>
 #include <cstdint>

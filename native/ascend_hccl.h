@@ -3,7 +3,7 @@
 // runs the collectives of src/distributed/collective.ts on host buffers: each goes up to the NPU
 // on the communicator's ACL stream, the HCCL operator runs in stream order after it, the result
 // comes down after the operator, and the call returns when the stream has finished. Tests load a
-// fake libhccl.so the same way (test/ascend/hccl_fake.cc: two processes exchange through files).
+// fake libhccl.so the same way (test/backend/ascend/hccl_fake.cc: two processes exchange through files).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -2,7 +2,7 @@
 // src/export/gptq.ts gives it, in the same order: loops are interchanged so that the vectorised
 // index is one the reference never sums over, and products are never fused into FMAs (ISO C++
 // mode: -ffp-contract=off; the pragma keeps it so under the target attributes). The TypeScript
-// functions are the readable reference; test/native/gptq.test.ts checks codes and Q against them.
+// functions are the readable reference; test/backend/native/gptq.test.ts checks codes and Q against them.
 #pragma GCC optimize("fp-contract=off")
 #include "gptq.h"
 #include <algorithm>

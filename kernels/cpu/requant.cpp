@@ -2,7 +2,7 @@
 // order of adapter.ts `delta` (f32 accumulator, products in double), then encode with the
 // encoders of src/model/formats.ts ported operation for operation (nearest, ties to even,
 // saturating; E8M0 scale = the smallest power of two keeping amax/scale ≤ qmax).
-// test/native/requant.test.ts checks the bytes against merge.ts's TypeScript path.
+// test/backend/native/requant.test.ts checks the bytes against merge.ts's TypeScript path.
 #pragma GCC optimize("fp-contract=off")
 #include "requant.h"
 #include <algorithm>
@@ -89,7 +89,7 @@ void delta_row(float* d, double b, const float* a, long n) {
 // wherever the code depends on its value (|y| ≥ 2^-126; below that every encoder gives ±0, and
 // the sign survives the underflow), and the bit arithmetic below is the scalar rounding rule
 // (nearest, ties to even, saturating). They were compared with fp8_encode / fp4_encode /
-// bf16_encode on all 2^32 float inputs when written; test/native/requant.test.ts checks the bytes.
+// bf16_encode on all 2^32 float inputs when written; test/backend/native/requant.test.ts checks the bytes.
 
 // e4m3 codes of 16 floats (fp8_encode): NaN → 0x7f, |y| ≥ 448 → 0x7e, |y| < 2^-6 → rne(|y|·512),
 // else the float's exponent and top 3 mantissa bits rounded to nearest even, capped at 0x7e.

@@ -1,7 +1,7 @@
 // LoRA dropout (PEFT's lora_dropout: y = W x + s·B A dropout(x), on the LoRA input only, in
 // training only). The mask is a counter-based hash of (seed, row, col): its keep rate is 1 − p,
 // each op applies it to its LoRA input (forward against a float64 reference with the same fixed
-// mask, backward against float64 central differences: 2e-5 / 1e-4 as test/model/ops.test.ts),
+// mask, backward against float64 central differences: 2e-5 / 1e-4 as test/backend/tfjs/ops.test.ts),
 // p = 0 is no dropout, and on the tiny preset: logits never drop, checkpointing draws the same
 // masks, and the dropout seed alone decides the masks. Every backend: tfjs always, native when
 // its addon is built (under CI=true it must be).

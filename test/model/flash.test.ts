@@ -19,7 +19,7 @@ import { Checkpoint } from '../../src/model/checkpoint.js';
 import { initModel } from '../../src/model/init.js';
 import { loadModel } from '../../src/model/load.js';
 import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
-import { skipNative } from '../native/helpers.js';
+import { skipNative } from '../backend/native/helpers.js';
 import { FlashRef64, type Lora64 } from './flash-ref64.js';
 import { rand, relErr } from '../ref64.js';
 

@@ -1,7 +1,7 @@
 // GPTQ on the native addon (kernels/cpu/gptq.cpp): the Hessian accumulation, the INT4-grid
 // column loop and the output error of src/export/gptq.ts and calibrate.ts, in float64 with the
 // same operations in the same order per element, so the codes are the TypeScript reference's
-// (test/native/gptq.test.ts). Each function returns null when the addon is not built (the caller
+// (test/backend/native/gptq.test.ts). Each function returns null when the addon is not built (the caller
 // then runs the TypeScript reference).
 import { tryLoadAddon } from './addon.js';
 

@@ -1,6 +1,6 @@
 // Merging on the native addon (kernels/cpu/requant.cpp): a shipped weight dequantised, the LoRA
 // delta added and the result encoded again — the bytes src/export/merge.ts's TypeScript path
-// writes (test/native/requant.test.ts), at memory speed. null where the addon is not built or
+// writes (test/backend/native/requant.test.ts), at memory speed. null where the addon is not built or
 // the format is one it does not take (F16/F32 stored, FP8 without block scales): the caller then
 // runs the TypeScript path.
 import { rawWeight, tryLoadAddon, type NativeFormat } from './addon.js';

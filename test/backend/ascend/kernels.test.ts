@@ -9,10 +9,10 @@
 // with different summation orders; the measured gap is near 1e-6). Sinkhorn: ≤ 1e-4 against
 // float64 central differences (h = 1e-6) of a float64 forward.
 import { describe, expect, it } from 'vitest';
-import { rawWeight, type RawExpert, type RawExpertGrads, type RawWeight } from '../../src/backend/native/addon.js';
-import { quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import { rawWeight, type RawExpert, type RawExpertGrads, type RawWeight } from '../../../src/backend/native/addon.js';
+import { quantFp4, quantFp8Block } from '../../../src/model/formats.js';
 import { A, randn, rng, skipNative } from '../native/helpers.js';
-import { fdGrad, relErr } from '../ref64.js';
+import { fdGrad, relErr } from '../../ref64.js';
 import { onDevice, runCase, type Arr } from './harness.js';
 
 const TOL = 1e-4;

@@ -5,11 +5,11 @@
 // worker threads, through the host code) equal the native backend's; LoRA dropout is refused by name.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../src/backend/index.js';
-import { createNativeBackend } from '../../src/backend/native/index.js';
-import type { Backend, ExpertLora, ExpertWeights, LoraFactors } from '../../src/backend/ops.js';
+import { createBackend } from '../../../src/backend/index.js';
+import { createNativeBackend } from '../../../src/backend/native/index.js';
+import type { Backend, ExpertLora, ExpertWeights, LoraFactors } from '../../../src/backend/ops.js';
 import { randn, rng, skipNative } from '../native/helpers.js';
-import { relErr } from '../ref64.js';
+import { relErr } from '../../ref64.js';
 import { fakeAscendHome, onDevice } from './harness.js';
 
 const TOL = 1e-4;

@@ -1,5 +1,5 @@
 // The test driver for the Ascend backend on a host: the shim-built kernels behind the fake ACL
-// table, driven through the real host code (native/ascend_host.cc). test/ascend/harness.ts builds
+// table, driven through the real host code (native/ascend_host.cc). test/backend/ascend/harness.ts builds
 // it with g++ and runs it:
 //   harness run DIR       one op from DIR/case.txt ("key value" lines) and DIR/*.f32|i32|u8
 //                         arrays; writes its outputs as DIR/<name>.f32, prints "ok" or "error: …"

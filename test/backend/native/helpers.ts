@@ -1,8 +1,8 @@
 // Shared pieces of the native kernel tests: the addon (skipped only when it is not built and
 // CI is not 'true') and seeded random inputs. The float64 references, the error measure and
 // finite differences are test/ref64.ts's.
-import { tryLoadAddon, nativeUnavailableReason, type NativeAddon } from '../../src/backend/native/addon.js';
-import { mulberry32 } from '../../src/random.js';
+import { tryLoadAddon, nativeUnavailableReason, type NativeAddon } from '../../../src/backend/native/addon.js';
+import { mulberry32 } from '../../../src/random.js';
 
 export const addon: NativeAddon | null = tryLoadAddon();
 /** Skip the native suites only off CI with no addon; under CI=true a missing addon fails. */

@@ -2,9 +2,9 @@
 // missing; `auto` takes ascend only where a device is visible, and elsewhere keeps today's choice
 // and says in the same one line why ascend was not taken.
 import { describe, expect, it } from 'vitest';
-import { createBackend } from '../../src/backend/index.js';
-import { ascendAvailability } from '../../src/backend/ascend/index.js';
-import { trainSchema } from '../../src/recipe/schema.js';
+import { createBackend } from '../../../src/backend/index.js';
+import { ascendAvailability } from '../../../src/backend/ascend/index.js';
+import { trainSchema } from '../../../src/recipe/schema.js';
 import { skipNative } from '../native/helpers.js';
 
 describe('the ascend backend choice', () => {

@@ -5,15 +5,15 @@
 // same step in one process (trainer.ts stepGradients). The compute backend is the native one:
 // what is under test is the collective. Each rank prints one JSON line.
 import { join } from 'node:path';
-import { createBackend } from '../../dist/backend/index.js';
-import { openDataset } from '../../dist/data/dataset.js';
-import { dataParallelGradients } from '../../dist/distributed/data-parallel.js';
-import { ExpertParallel, ExpertPlacement } from '../../dist/distributed/expert-parallel.js';
-import { ascendWorld, HcclCollective } from '../../dist/distributed/hccl.js';
-import { createAdapter } from '../../dist/lora/adapter.js';
-import { loadModel, openModelSource } from '../../dist/model/load.js';
-import { V4Model } from '../../dist/model/v4/model.js';
-import { stepGradients } from '../../dist/train/trainer.js';
+import { createBackend } from '../../../dist/backend/index.js';
+import { openDataset } from '../../../dist/data/dataset.js';
+import { dataParallelGradients } from '../../../dist/distributed/data-parallel.js';
+import { ExpertParallel, ExpertPlacement } from '../../../dist/distributed/expert-parallel.js';
+import { ascendWorld, HcclCollective } from '../../../dist/distributed/hccl.js';
+import { createAdapter } from '../../../dist/lora/adapter.js';
+import { loadModel, openModelSource } from '../../../dist/model/load.js';
+import { V4Model } from '../../../dist/model/v4/model.js';
+import { stepGradients } from '../../../dist/train/trainer.js';
 
 const dir = process.argv[2];
 const c = HcclCollective.init(ascendWorld());

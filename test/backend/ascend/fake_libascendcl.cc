@@ -1,7 +1,7 @@
 // A stand-in libascendcl.so for the backend test: the fake ACL runtime and aclnn grouped matmul
 // (fake_acl.cc) and launchers of the shim-built kernels, exported under CANN's C names, so
 // native/ascend_acl.cc finds and loads it with dlopen exactly as it loads the real runtime, aclnn
-// (test/ascend/harness.ts links it as libnnopbase.so and libopapi.so too) and the kernel library.
+// (test/backend/ascend/harness.ts links it as libnnopbase.so and libopapi.so too) and the kernel library.
 #include "fake_acl.h"
 
 namespace {

@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildOnce, fakeAscendHome, kernelSources } from './harness.js';
 
-export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 
 /**
  * A folder holding lib64/libascendcl.so (the fake ACL runtime and kernels, harness.ts) and
@@ -14,7 +14,7 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
  */
 export function fakeHcclHome(): string {
   const home = fakeAscendHome();
-  const lib = buildOnce('libhccl.so', ['test/ascend/hccl_fake.cc'], ['-shared', '-fPIC']);
+  const lib = buildOnce('libhccl.so', ['test/backend/ascend/hccl_fake.cc'], ['-shared', '-fPIC']);
   const link = join(home, 'lib64', 'libhccl.so');
   if (!existsSync(link) || readlinkSync(link) !== lib) {
     const tmp = `${link}.${process.pid}`;
@@ -93,6 +93,6 @@ export function rankDevices(rankTable: string): number[] {
  * one process, under AddressSanitizer like the Ascend test driver.
  */
 export function hcclOrderDriver(): string {
-  const sources = [...kernelSources, 'test/ascend/fake_acl.cc', 'native/ascend_acl.cc', 'native/ascend_hccl.cc', 'test/ascend/hccl_fake.cc', 'test/ascend/hccl_order.cc'];
+  const sources = [...kernelSources, 'test/backend/ascend/fake_acl.cc', 'native/ascend_acl.cc', 'native/ascend_hccl.cc', 'test/backend/ascend/hccl_fake.cc', 'test/backend/ascend/hccl_order.cc'];
   return buildOnce('hccl_order', sources, ['-fsanitize=address', '-fno-omit-frame-pointer', '-rdynamic']);
 }

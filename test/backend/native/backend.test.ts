@@ -2,11 +2,11 @@
 // forwards and backwards through the Backend interface of src/backend/ops.ts. Both compute in
 // float32 with different summation orders; bounds are stated per op.
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { Backend, ExpertLora, LoraFactors, RopeTable, WeightSource } from '../../src/backend/ops.js';
-import { createTfjsBackend } from '../../src/backend/tfjs/index.js';
-import { dequantFp4, dequantFp8Block, quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import type { Backend, ExpertLora, LoraFactors, RopeTable, WeightSource } from '../../../src/backend/ops.js';
+import { createTfjsBackend } from '../../../src/backend/tfjs/index.js';
+import { dequantFp4, dequantFp8Block, quantFp4, quantFp8Block } from '../../../src/model/formats.js';
 import { addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import { relErr } from '../ref64.js';
+import { relErr } from '../../ref64.js';
 
 let nat: Backend;
 let tfb: Backend;
@@ -35,7 +35,7 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
     expect(addon, whyUnavailable).not.toBeNull();
   });
   beforeAll(async () => {
-    const { createNativeBackend } = await import('../../src/backend/native/index.js');
+    const { createNativeBackend } = await import('../../../src/backend/native/index.js');
     nat = await createNativeBackend();
     tfb = await createTfjsBackend();
   });

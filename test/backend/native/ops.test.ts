@@ -1,11 +1,11 @@
 // Per-op kernels: each forward against its float64 reference (test/ref64.ts), each backward
 // against float64 central differences of that reference. Bounds are stated per op.
 import { describe, expect, it } from 'vitest';
-import { rawWeight } from '../../src/backend/native/addon.js';
-import { f32ToBf16Bytes, bf16BytesToF32 } from '../../src/model/formats.js';
+import { rawWeight } from '../../../src/backend/native/addon.js';
+import { f32ToBf16Bytes, bf16BytesToF32 } from '../../../src/model/formats.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import * as R from '../ref64.js';
-import { contract, fdGrad, f64, relErr } from '../ref64.js';
+import * as R from '../../ref64.js';
+import { contract, fdGrad, f64, relErr } from '../../ref64.js';
 
 type Arr = ArrayLike<number>;
 

@@ -12,16 +12,16 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const onDevice = process.env.V4TUNE_ASCEND_DEVICE === '1';
 
 export const kernelSources = ['expert_lora.cpp', 'linear_lora.cpp', 'sinkhorn.cpp'].map((f) => `kernels/ascend/${f}`);
 const hostSources = ['native/ascend_acl.cc', 'native/ascend_host.cc'];
-const testSources = onDevice ? ['test/ascend/harness.cc'] : ['test/ascend/fake_acl.cc', 'test/ascend/harness.cc'];
+const testSources = onDevice ? ['test/backend/ascend/harness.cc'] : ['test/backend/ascend/fake_acl.cc', 'test/backend/ascend/harness.cc'];
 const headers = [
   ...readdirSync(join(root, 'kernels/ascend')).filter((f) => f.endsWith('.h')).map((f) => `kernels/ascend/${f}`),
   'kernels/ascend/shim/ascendc_shim.h', 'native/ascend_acl.h', 'native/ascend_host.h', 'kernels/cpu/lora.h',
-  'kernels/cpu/weights.h', 'test/ascend/fake_acl.h', 'native/ascend_hccl.h',
+  'kernels/cpu/weights.h', 'test/backend/ascend/fake_acl.h', 'native/ascend_hccl.h',
 ];
 // The shim-built driver runs under AddressSanitizer: a kernel or host read or write outside the
 // fake's device memory (or any host buffer) fails the run instead of passing unnoticed.
@@ -81,7 +81,7 @@ export function harness(): string {
  * kernel library.
  */
 export function fakeAscendHome(): string {
-  const lib = buildOnce('lib64/libascendcl.so', [...kernelSources, 'test/ascend/fake_acl.cc', 'test/ascend/fake_libascendcl.cc'], ['-shared', '-fPIC']);
+  const lib = buildOnce('lib64/libascendcl.so', [...kernelSources, 'test/backend/ascend/fake_acl.cc', 'test/backend/ascend/fake_libascendcl.cc'], ['-shared', '-fPIC']);
   for (const alias of ['libnnopbase.so', 'libopapi.so']) {
     const p = join(dirname(lib), alias);
     if (!existsSync(p)) {

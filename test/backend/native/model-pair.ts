@@ -4,9 +4,9 @@ import { afterAll, beforeAll } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { initModel } from '../../src/model/init.js';
-import { loadModel } from '../../src/model/load.js';
-import type { V4Model } from '../../src/model/v4/model.js';
+import { initModel } from '../../../src/model/init.js';
+import { loadModel } from '../../../src/model/load.js';
+import type { V4Model } from '../../../src/model/v4/model.js';
 
 export function tinyPresetPair(prefix: string): { nat: () => V4Model; tfm: () => V4Model } {
   let dir = '';

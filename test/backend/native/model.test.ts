@@ -3,13 +3,13 @@
 // 1e-3), and the tiny preset's whole-model LoRA gradients native vs tfjs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { loadModel } from '../../src/model/load.js';
-import { createAdapter } from '../../src/lora/adapter.js';
-import { loadAdapter } from '../../src/lora/peft.js';
-import type { ModelAdapter, V4Model } from '../../src/model/v4/model.js';
-import { cases, FIXTURE, readF32, readI32, readU8, loraGradMismatches } from '../model/fixture.js';
+import { loadModel } from '../../../src/model/load.js';
+import { createAdapter } from '../../../src/lora/adapter.js';
+import { loadAdapter } from '../../../src/lora/peft.js';
+import type { ModelAdapter, V4Model } from '../../../src/model/v4/model.js';
+import { cases, FIXTURE, readF32, readI32, readU8, loraGradMismatches } from '../../model/fixture.js';
 import { addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import { relErr } from '../ref64.js';
+import { relErr } from '../../ref64.js';
 import { tinyPresetPair } from './model-pair.js';
 
 describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_000 }, () => {

@@ -2,11 +2,11 @@
 // their float64 references (test/ref64.ts), backwards against float64 central differences of
 // those references.
 import { describe, expect, it } from 'vitest';
-import { rawWeight, type RawExpert, type RawExpertGrads } from '../../src/backend/native/addon.js';
-import { dequantFp8Block, quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import { rawWeight, type RawExpert, type RawExpertGrads } from '../../../src/backend/native/addon.js';
+import { dequantFp8Block, quantFp4, quantFp8Block } from '../../../src/model/formats.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import * as R from '../ref64.js';
-import { contract, fdGrad, f64, relErr } from '../ref64.js';
+import * as R from '../../ref64.js';
+import { contract, fdGrad, f64, relErr } from '../../ref64.js';
 
 interface ExpertRef { w1: Float32Array; w2: Float32Array; w3: Float32Array; lora: { A: Float64Array; B: Float64Array; r: number; s: number }[] }
 // the grouped kernel's (token, expert, weight) pairs: out[t] += w · swiglu_e(x[t]) (test/ref64.ts swiglu)

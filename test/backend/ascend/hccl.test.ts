@@ -12,8 +12,8 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, joinHccl } from '../../src/distributed/hccl.js';
-import { makeFixture, mpirunArgs, run, skipWithoutMpi, type Fixture } from '../distributed/helpers.js';
+import { HcclCollective, ascendWorld, hcclErrorText, hcclUnavailableReason, joinHccl } from '../../../src/distributed/hccl.js';
+import { makeFixture, mpirunArgs, run, skipWithoutMpi, type Fixture } from '../../distributed/helpers.js';
 import { skipNative } from '../native/helpers.js';
 import { onDevice } from './harness.js';
 import { fakeCannEnv, fakeHcclHome, hcclOrderDriver, rankDevices, ranksMissing, runRanks, writeRankTable, type RankResult } from './hccl-harness.js';
@@ -65,14 +65,14 @@ describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
     mkdirSync(join(bare, 'lib64'), { recursive: true });
     symlinkSync(join(home, 'lib64', 'libascendcl.so'), join(bare, 'lib64', 'libascendcl.so'));
     const script = "import('./dist/distributed/hccl.js').then((m) => console.log(JSON.stringify(m.hcclUnavailableReason())))";
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: join(import.meta.dirname, '..', '..'), encoding: 'utf8', env: { ...process.env, ...fakeCannEnv(bare), V4TUNE_ASCEND_KERNELS: join(home, 'lib64', 'libascendcl.so') } });
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: join(import.meta.dirname, '..', '..', '..'), encoding: 'utf8', env: { ...process.env, ...fakeCannEnv(bare), V4TUNE_ASCEND_KERNELS: join(home, 'lib64', 'libascendcl.so') } });
     expect(r.status, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toBe('HCCL (libhccl.so) is not installed or not on the library path (source set_env.sh)');
   });
 
   it.skipIf(ranksMissing() !== '')('3 ranks: allreduce (f32, f64, i32), allgatherv, alltoallv, broadcast and barrier give their definitions on every rank', async () => {
     const table = writeRankTable(tmp, 3);
-    checkCollectives(await runRanks('test/ascend/hccl-check.mjs', [], 3, table, home), `HCCL (${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0)`);
+    checkCollectives(await runRanks('test/backend/ascend/hccl-check.mjs', [], 3, table, home), `HCCL (${join(home, 'lib64', 'libhccl.so')}, rank table ${table}, NPU 0)`);
   }, 300_000);
 
   it('stream order: the collective runs after its upload and before its download, on one stream; the fake shows the wrong orders', () => {
@@ -119,7 +119,7 @@ describe.skipIf(skip)('the HCCL collective on the fake libhccl.so', () => {
     const dir = mkdtempSync(join(tmp, 'alone-'));
     const table = writeRankTable(dir, 2);
     // only rank 0 of the table's 2 starts
-    const [r0] = await runRanks('test/ascend/hccl-check.mjs', [], 1, table, home, { env: { RANK_SIZE: '2', V4TUNE_FAKE_HCCL_TIMEOUT_MS: '300' } });
+    const [r0] = await runRanks('test/backend/ascend/hccl-check.mjs', [], 1, table, home, { env: { RANK_SIZE: '2', V4TUNE_FAKE_HCCL_TIMEOUT_MS: '300' } });
     expect(r0!.code).not.toBe(0);
     expect(r0!.stderr).toContain('HcclAllReduce failed: HCCL_E_TIMEOUT (9): timed out waiting for the other ranks');
   }, 120_000);
@@ -138,7 +138,7 @@ describe.skipIf(skip || ranksMissing() !== '')('a training step over the fake HC
   // the order of the gradient sum differs (float32 rounding).
   it('2 processes, data parallel and expert parallel ×2: the step\'s loss and LoRA gradients equal one process\'s', async () => {
     const table = writeRankTable(fx.dir, 2);
-    const ranks = await runRanks('test/ascend/hccl-step-check.mjs', [fx.dir], 2, table, home, { timeoutMs: 240_000 });
+    const ranks = await runRanks('test/backend/ascend/hccl-step-check.mjs', [fx.dir], 2, table, home, { timeoutMs: 240_000 });
     for (const x of ranks) expect(x.code, `rank ${x.rank}: ${x.stderr}`).toBe(0);
     for (const [me, r] of ranks.entries()) {
       const x = JSON.parse(r.stdout.trim().split('\n').pop()!) as {
@@ -178,7 +178,7 @@ describe.skipIf(skip || ranksMissing() !== '')('which engine a distributed run t
 
   it('train.backend ascend under an Ascend launch: HCCL, named in the run\'s one-line description', async () => {
     const table = writeRankTable(tmp, 2);
-    const ranks = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'ascend'], 2, table, home);
+    const ranks = await runRanks('test/backend/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'ascend'], 2, table, home);
     for (const [me, r] of ranks.entries()) {
       const x = parse(r);
       expect(x.rank).toBe(me);
@@ -190,7 +190,7 @@ describe.skipIf(skip || ranksMissing() !== '')('which engine a distributed run t
 
   it('another backend under the same launch does not take HCCL (one process each, no MPI launcher: single-process)', async () => {
     const table = writeRankTable(tmp, 2);
-    const [r] = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'native'], 1, table, home, { env: { RANK_SIZE: '2' } });
+    const [r] = await runRanks('test/backend/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'native'], 1, table, home, { env: { RANK_SIZE: '2' } });
     expect(parse(r!)).toEqual({ rank: null, describe: null, timeoutS: null, notes: [] });
   }, 120_000);
 
@@ -199,14 +199,14 @@ describe.skipIf(skip || ranksMissing() !== '')('which engine a distributed run t
     mkdirSync(join(bare, 'lib64'), { recursive: true });
     symlinkSync(join(home, 'lib64', 'libascendcl.so'), join(bare, 'lib64', 'libascendcl.so'));
     const table = writeRankTable(tmp, 2);
-    const [r] = await runRanks('test/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'ascend'], 1, table, bare, { env: { RANK_SIZE: '2' } });
+    const [r] = await runRanks('test/backend/ascend/hccl-join-check.mjs', [join(tmp, 'out'), 'ascend'], 1, table, bare, { env: { RANK_SIZE: '2' } });
     expect(r!.code).not.toBe(0);
     expect(r!.stderr).toContain(`v4tune: rank 0 of the Ascend launch in ${table}: HCCL (libhccl.so) is not installed or not on the library path (source set_env.sh); HCCL is needed (or start the ranks with mpirun)`);
   }, 120_000);
 
   it.skipIf(skipWithoutMpi())('train.backend ascend under mpirun without a rank table: MPI, saying in one line why not HCCL', async () => {
-    const r = await run('mpirun', [...mpirunArgs(2), process.execPath, 'test/ascend/hccl-join-check.mjs', join(tmp, 'out-mpi'), 'ascend'], {
-      cwd: join(import.meta.dirname, '..', '..'), timeoutMs: 120_000, env: { ...fakeCannEnv(home), RANK_TABLE_FILE: '' },
+    const r = await run('mpirun', [...mpirunArgs(2), process.execPath, 'test/backend/ascend/hccl-join-check.mjs', join(tmp, 'out-mpi'), 'ascend'], {
+      cwd: join(import.meta.dirname, '..', '..', '..'), timeoutMs: 120_000, env: { ...fakeCannEnv(home), RANK_TABLE_FILE: '' },
     });
     expect(r.code, r.stderr).toBe(0);
     const xs = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { rank: number; describe: string; notes: string[] }).sort((a, b) => a.rank - b.rank);
@@ -224,7 +224,7 @@ const deviceTable = process.env.V4TUNE_HCCL_RANK_TABLE;
 describe.runIf(onDevice && deviceTable !== undefined)('the HCCL collective on the NPUs of V4TUNE_HCCL_RANK_TABLE', () => {
   it('allreduce, allgatherv, alltoallv, broadcast and barrier give their definitions on every rank', async () => {
     const devices = rankDevices(deviceTable!);
-    const ranks = await runRanks('test/ascend/hccl-check.mjs', [], devices.length, deviceTable!, null, { rankEnv: (r) => ({ V4TUNE_ASCEND_DEVICE_ID: String(devices[r]) }), timeoutMs: 600_000 });
+    const ranks = await runRanks('test/backend/ascend/hccl-check.mjs', [], devices.length, deviceTable!, null, { rankEnv: (r) => ({ V4TUNE_ASCEND_DEVICE_ID: String(devices[r]) }), timeoutMs: 600_000 });
     checkCollectives(ranks, /^HCCL \(/);
   }, 600_000);
 });

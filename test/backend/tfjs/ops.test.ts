@@ -2,10 +2,10 @@
 // forward on fresh random inputs, backward against central finite differences in float64.
 // Tolerances (max|Δ|/max|ref|): forward 2e-5, backward 1e-4 (float32 compute vs float64).
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { Backend, LoraFactors } from '../../src/backend/ops.js';
-import { createTfjsBackend } from '../../src/backend/tfjs/index.js';
-import { ropeFreqs, ropeTable } from '../../src/model/v4/rope.js';
-import * as R from '../ref64.js';
+import type { Backend, LoraFactors } from '../../../src/backend/ops.js';
+import { createTfjsBackend } from '../../../src/backend/tfjs/index.js';
+import { ropeFreqs, ropeTable } from '../../../src/model/v4/rope.js';
+import * as R from '../../ref64.js';
 
 const FWD = 2e-5;
 const BWD = 1e-4;

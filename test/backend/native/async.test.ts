@@ -1,7 +1,7 @@
 // Kernels run off the JS thread: the event loop keeps turning while one runs, a cancelled
 // kernel rejects cleanly, and argument errors surface as TypeErrors before anything runs.
 import { describe, expect, it } from 'vitest';
-import { rawWeight } from '../../src/backend/native/addon.js';
+import { rawWeight } from '../../../src/backend/native/addon.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
 
 describe.skipIf(skipNative)('native kernels are asynchronous', () => {

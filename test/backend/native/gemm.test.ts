@@ -2,10 +2,10 @@
 // inside the packing step) equal the GEMM on the dequantised weights; every ISA path and
 // thread count agrees.
 import { afterAll, describe, expect, it } from 'vitest';
-import { rawWeight, type RawWeight } from '../../src/backend/native/addon.js';
-import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import { rawWeight, type RawWeight } from '../../../src/backend/native/addon.js';
+import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../../src/model/formats.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import { gemm as gemmRef, relErr } from '../ref64.js';
+import { gemm as gemmRef, relErr } from '../../ref64.js';
 
 describe.skipIf(skipNative)('native packed GEMM', () => {
   it('the addon is built (required under CI)', () => {

@@ -1,7 +1,7 @@
 // Run as one process of a launch, with an output folder and a train.backend as arguments: the
 // distributed run joinDistributed makes of this process (the engine it picked and the lines it
 // said), as one JSON line (hccl.test.ts checks it).
-import { joinDistributed } from '../../dist/distributed/launch.js';
+import { joinDistributed } from '../../../dist/distributed/launch.js';
 
 const [output, backend] = process.argv.slice(2);
 const recipe = {

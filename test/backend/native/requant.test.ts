@@ -4,11 +4,11 @@
 // BF16 weights, written in their own format and as BF16; a non-finite merged value is reported at
 // the same element.
 import { describe, expect, it } from 'vitest';
-import { mergeRequantNative } from '../../src/backend/native/requant.js';
-import { dequantStored, requantise } from '../../src/export/merge.js';
-import { f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../src/model/formats.js';
-import type { RawTensor, TensorMeta } from '../../src/model/checkpoint.js';
-import { firstNonFinite } from '../../src/errors.js';
+import { mergeRequantNative } from '../../../src/backend/native/requant.js';
+import { dequantStored, requantise } from '../../../src/export/merge.js';
+import { f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../../src/model/formats.js';
+import type { RawTensor, TensorMeta } from '../../../src/model/checkpoint.js';
+import { firstNonFinite } from '../../../src/errors.js';
 import { randn, rng, skipNative } from './helpers.js';
 
 /** a stored tensor of `format` holding x [rows, cols] */

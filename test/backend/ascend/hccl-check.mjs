@@ -1,7 +1,7 @@
 // Run as one rank of a fake-HCCL world (RANK_TABLE_FILE, RANK_ID, RANK_SIZE; ASCEND_HOME_PATH
 // holding the fake libascendcl.so and libhccl.so): every collective of the HCCL engine on uneven
 // buffers; prints one JSON line of what this rank received (hccl.test.ts checks them).
-import { ascendWorld, HcclCollective } from '../../dist/distributed/hccl.js';
+import { ascendWorld, HcclCollective } from '../../../dist/distributed/hccl.js';
 
 const c = HcclCollective.init(ascendWorld());
 const { rank: r, size: P } = c;

@@ -3,15 +3,15 @@
 // tfjs backend (same masks, float32 both: forward 2e-5, backward 1e-4 of the largest entry), at
 // widths that run the vector paths and several threads; and the tiny preset's whole-model loss
 // and every LoRA gradient with dropout agree native vs tfjs within the tolerances of
-// test/native/model.test.ts (loss 1e-5, gradients 1e-3).
+// test/backend/native/model.test.ts (loss 1e-5, gradients 1e-3).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dropoutMask, dropoutScale, loraDropout } from '../../src/backend/dropout.js';
-import { createNativeBackend } from '../../src/backend/native/index.js';
-import type { Backend, ExpertLora, ExpertWeights, LoraFactors } from '../../src/backend/ops.js';
-import { createTfjsBackend } from '../../src/backend/tfjs/index.js';
-import { createAdapter } from '../../src/lora/adapter.js';
+import { dropoutMask, dropoutScale, loraDropout } from '../../../src/backend/dropout.js';
+import { createNativeBackend } from '../../../src/backend/native/index.js';
+import type { Backend, ExpertLora, ExpertWeights, LoraFactors } from '../../../src/backend/ops.js';
+import { createTfjsBackend } from '../../../src/backend/tfjs/index.js';
+import { createAdapter } from '../../../src/lora/adapter.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import { relErr } from '../ref64.js';
+import { relErr } from '../../ref64.js';
 import { tinyPresetPair } from './model-pair.js';
 
 const FWD = 2e-5;

@@ -3,9 +3,9 @@
 // model's ops go to the ascend backend.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { initModel } from '../../src/model/init.js';
-import { cli } from '../cli/capture.js';
-import { tempDir } from '../data/helpers.js';
+import { initModel } from '../../../src/model/init.js';
+import { cli } from '../../cli/capture.js';
+import { tempDir } from '../../data/helpers.js';
 import { skipNative } from '../native/helpers.js';
 import { fakeAscendHome, onDevice } from './harness.js';
 

@@ -4,8 +4,8 @@
 // the same codes, scales, zeros and the same Q bits, with no tie tolerance. The output error
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
-import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../src/backend/native/gptq.js';
-import { gptqRows, int4Quantizer, outputErrorSq } from '../../src/export/gptq.js';
+import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
+import { gptqRows, int4Quantizer, outputErrorSq } from '../../../src/export/gptq.js';
 import { addon, randn, rng, skipNative } from './helpers.js';
 
 /** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */

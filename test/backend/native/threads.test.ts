@@ -1,10 +1,10 @@
 // Results do not depend on the thread count: 1 and 2 threads agree to 1e-6 relative (the
 // kernels never split a reduction across threads, so in practice they agree exactly).
 import { afterAll, describe, expect, it } from 'vitest';
-import { rawWeight, type RawExpert } from '../../src/backend/native/addon.js';
-import { quantFp4, quantFp8Block } from '../../src/model/formats.js';
+import { rawWeight, type RawExpert } from '../../../src/backend/native/addon.js';
+import { quantFp4, quantFp8Block } from '../../../src/model/formats.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
-import { relErr } from '../ref64.js';
+import { relErr } from '../../ref64.js';
 
 async function withThreads<T>(n: number, f: () => Promise<T>): Promise<T> {
   A().setThreads(n);
