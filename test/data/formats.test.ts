@@ -151,7 +151,7 @@ describe('bad records', () => {
     const dir = join(tmp.dir, 'bad-ok');
     const file = write(join(dir, 'd.jsonl'), lines);
     const logs: string[] = [];
-    const sink = { log: (l: string) => logs.push(l), progress: () => ({ update: () => {}, stop: () => {} }) };
+    const sink = { log: (l: string) => logs.push(l), warn: (l: string) => logs.push(l), progress: () => ({ update: () => {}, stop: () => {} }) };
     const s = await prepareDataset(prepareOptions(tokPath, out(), { sources: [src(file, { name: 'orders' })], max_bad_records: 2, root: dir }), sink);
     const m = s.manifest.sources[0]!;
     expect([m.read, m.bad, m.documents]).toEqual([3, 2, 3]);

@@ -36,7 +36,7 @@ const COLUMNS = ['input_ids', 'loss_mask', 'segment_ids', 'source_ids', 'doc_ids
 
 /** Every row of a split as v4tune's reader gives it, as plain arrays. */
 function v4tuneRows(dir: string, split: 'train' | 'eval'): Record<string, number[]>[] {
-  return [...openDataset(dir).rows(split)].map((r) => Object.fromEntries(COLUMNS.map((c) => [c, [...(r[c] as ArrayLike<number>)]])));
+  return [...openDataset(dir).rows(split)].map((r) => Object.fromEntries(COLUMNS.map((c) => [c, Array.from(r[c] as ArrayLike<number>)])));
 }
 
 describe.skipIf(skipPython)('HF datasets, pyarrow and polars read a prepared dataset', () => {

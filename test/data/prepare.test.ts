@@ -195,7 +195,7 @@ describe('prepare cache', () => {
     const out = join(tmp.dir, 'cache-out');
     const opts = prepareOptions(tokPath, out, { sources: sources(dir), seq_len: 32 });
     const lines: string[] = [];
-    const sink = { log: (l: string) => lines.push(l), progress: () => ({ update: () => {}, stop: () => {} }) };
+    const sink = { log: (l: string) => lines.push(l), warn: (l: string) => lines.push(l), progress: () => ({ update: () => {}, stop: () => {} }) };
     const first = await prepareDataset(opts, sink);
     const mtime = statSync(join(out, 'manifest.json')).mtimeMs;
 

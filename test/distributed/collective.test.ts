@@ -2,12 +2,12 @@
 // their definitions say (uneven and empty blocks included); the single-process engine is the
 // identity.
 import { describe, expect, it } from 'vitest';
-import { SingleProcess } from '../../src/distributed/collective.js';
+import { SingleProcess, type Collective } from '../../src/distributed/collective.js';
 import { ROOT, run, mpirunArgs, skipWithoutMpi } from './helpers.js';
 
 describe('the single-process collective', () => {
   it('is rank 0 of 1, and every collective hands back what it was given', async () => {
-    const c = new SingleProcess();
+    const c: Collective = new SingleProcess();
     const x = Float32Array.of(1, 2, 3);
     await c.allreduceSum(x);
     expect(Array.from(x)).toEqual([1, 2, 3]);

@@ -24,7 +24,7 @@ import { makeFixture, maxDiff, mpirunArgs, readSafetensors, ROOT, run, skipWitho
 import { SETTINGS } from './shard-settings.mjs';
 
 const TOL = 1e-3;
-const sink = { log: () => {}, progress: () => ({ update: () => {}, stop: () => {} }) };
+const sink = { log: () => {}, warn: () => {}, progress: () => ({ update: () => {}, stop: () => {} }) };
 
 interface RankLine {
   rank: number; step: number; local: number[]; experts: number[]; values: number; momentKeys: number | null; moduleKeys: number;

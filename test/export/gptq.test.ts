@@ -172,7 +172,7 @@ describe('method gptq on the tiny preset', () => {
         const [, inF] = ckpt.meta(n).logicalShape as [number, number];
         const e = /^(.+)\.ffn\.experts\.(\d+)\.w[123]$/.exec(m);
         const calls = seen.get(m) ?? [];
-        const blockRows = m.startsWith('mtp.') ? T - row.segments.filter((s) => s >= 2).length : T;
+        const blockRows = m.startsWith('mtp.') ? T - row.segments.filter((s: number) => s >= 2).length : T;
         if (e) {
           const idx = routed.get(e[1]!)!;
           const mine: number[] = [];

@@ -86,7 +86,7 @@ describe('bad safetensors input', () => {
   it('a truncated shard names the file and the tensor that runs past its end', () => {
     const d = tmp();
     const p = join(d, 'model.safetensors');
-    writeSafetensorsFile(p, [{ name: 'first', dtype: 'F32', shape: [4] }, { name: 'layers.0.big', dtype: 'F32', shape: [64] }].map((s, k) => ({ ...s, data: bytes(s.shape[0]! * 4, k) })));
+    writeSafetensorsFile(p, [{ name: 'first', dtype: 'F32' as const, shape: [4] }, { name: 'layers.0.big', dtype: 'F32' as const, shape: [64] }].map((s, k) => ({ ...s, data: bytes(s.shape[0]! * 4, k) })));
     truncateSync(p, readFileSync(p).length - 10);
     expectInputError(() => SafetensorsSet.open(d), p, 'layers.0.big', 'truncated');
   });
