@@ -16,8 +16,9 @@
 //
 // The main file holds the trunk; a checkpoint with an MTP block also gets `mtp-<file>` beside it
 // (the converter's `--mtp` output, see llama-deepseek4.ts).
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { readJsonFile } from '../fsutil.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { GgmlType, GgufWriter, type GgmlTypeId, type GgufTensorInfo } from './gguf.js';
@@ -132,7 +133,7 @@ function concatColumns(x: Float32Array, ca: number, y: Float32Array, cb: number)
 interface FileResult { quantized: number; kept: number; bytes: number }
 
 async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFormat, rounder: Rounder, part: GgufPart, path: string, items: Item[], progress: (name: string) => void): Promise<FileResult> {
-  const cfgJson = JSON.parse(readFileSync(join(opts.model, 'config.json'), 'utf8')) as { _name_or_path?: unknown; max_position_embeddings?: unknown };
+  const cfgJson = readJsonFile(join(opts.model, 'config.json')) as { _name_or_path?: unknown; max_position_embeddings?: unknown };
   const name = typeof cfgJson._name_or_path === 'string' ? cfgJson._name_or_path : 'DeepSeek V4 (v4tune)';
   const maxPos = typeof cfgJson.max_position_embeddings === 'number' ? cfgJson.max_position_embeddings : undefined;
   const kvs = [

@@ -15,6 +15,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError, V4tuneError } from '../errors.js';
+import { readJsonFile } from '../fsutil.js';
 import type { V4Config } from '../model/config.js';
 import { GgufType, type GgufKv } from './gguf.js';
 
@@ -222,7 +223,7 @@ function tokenContent(v: unknown): string | null {
 export function deepseek4Vocab(dir: string, vocabSize: number): GgufKv[] {
   const tokPath = join(dir, 'tokenizer.json');
   if (!existsSync(tokPath)) throw new InputError(`${dir}: no tokenizer.json; llama.cpp needs the vocabulary inside the GGUF (put the model's tokenizer.json in the folder)`);
-  const tok = JSON.parse(readFileSync(tokPath, 'utf8')) as TokenizerJson;
+  const tok = readJsonFile(tokPath) as TokenizerJson;
   if (tok.model?.type !== 'BPE' || !tok.model.vocab || !Array.isArray(tok.model.merges)) {
     throw new InputError(`${tokPath}: model.type must be BPE with vocab and merges (llama.cpp's gpt2 tokenizer), got ${JSON.stringify(tok.model?.type)}`);
   }
@@ -245,7 +246,7 @@ export function deepseek4Vocab(dir: string, vocabSize: number): GgufKv[] {
     { key: 'tokenizer.ggml.merges', type: GgufType.ARRAY, itemType: GgufType.STRING, value: merges },
   ];
   const cfgPath = join(dir, 'tokenizer_config.json');
-  const cfg = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : {};
+  const cfg = existsSync(cfgPath) ? (readJsonFile(cfgPath) as Record<string, unknown>) : {};
   const added = new Map((tok.added_tokens ?? []).map((a) => [a.content, a.id]));
   for (const [typ, key] of [['bos', 'bos_token_id'], ['eos', 'eos_token_id'], ['unk', 'unknown_token_id'], ['pad', 'padding_token_id']] as const) {
     const content = tokenContent(cfg[`${typ}_token`]);

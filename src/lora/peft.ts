@@ -7,10 +7,10 @@
 // Saved F32, atomically (the folder appears whole or not at all); F32, F16 and BF16 load.
 // adapter_config.json also records the base's config fingerprint (`v4tune.base_config_fingerprint`),
 // the layout, and v4tune's own options (so v4tune reads its adapter back as it was).
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { writeDirAtomic } from '../fsutil.js';
+import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import { bf16BytesToF32, f16BytesToF32, f32BytesToF32, f32ToBytes } from '../model/formats.js';
 import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
 import { VERSION } from '../version.js';
@@ -155,12 +155,7 @@ export async function loadAdapter(dir: string, opts: LoadAdapterOptions = {}): P
   const wPath = join(dir, ADAPTER_WEIGHTS);
   if (!existsSync(cfgPath)) throw new InputError(`${dir}: no ${ADAPTER_CONFIG} (not a PEFT adapter folder)`);
   if (!existsSync(wPath)) throw new InputError(`${dir}: no ${ADAPTER_WEIGHTS}`);
-  let cfg: Record<string, unknown>;
-  try {
-    cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
-  } catch {
-    throw new InputError(`${cfgPath}: not valid JSON`);
-  }
+  const cfg = readJsonFile(cfgPath) as Record<string, unknown>;
   if (typeof cfg !== 'object' || cfg === null) throw new InputError(`${cfgPath}: not a JSON object`);
   if (cfg.peft_type !== 'LORA') throw new InputError(`${cfgPath}: peft_type is ${JSON.stringify(cfg.peft_type)}, v4tune reads LORA adapters`);
   const v4 = (cfg.v4tune ?? {}) as { base_config_fingerprint?: unknown; seed?: unknown; options?: Record<string, unknown>; modules?: unknown };

@@ -5,10 +5,10 @@
 // File format: u64 LE header length N, N bytes of JSON header
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data
 // (offsets relative to the byte after the header).
-import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { tempNameBeside, writeFileAtomic } from '../fsutil.js';
+import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
 
 export type Dtype = 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E8M0' | 'I8' | 'I32' | 'I64' | 'U8' | 'F64' | 'I16' | 'BOOL';
 
@@ -272,12 +272,7 @@ function listSafetensors(dir: string): string[] {
 
 
 function readIndex(indexPath: string): Map<string, string> {
-  let j: unknown;
-  try {
-    j = JSON.parse(readFileSync(indexPath, 'utf8'));
-  } catch {
-    throw new InputError(`${indexPath}: not valid JSON`);
-  }
+  const j = readJsonFile(indexPath);
   const wm = (j as { weight_map?: unknown } | null)?.weight_map;
   if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) throw new InputError(`${indexPath}: missing weight_map`);
   const out = new Map<string, string>();

@@ -1,11 +1,13 @@
 // GGUF export: the file is read back by a GGUF v3 parser written here from the spec (ggml
 // docs/gguf.md), and Q4_0 blocks are checked against llama.cpp's rounding re-derived here.
-import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GgmlType, GgufType, GgufWriter, quantizeQ4_0, readGgufHeader } from '../../src/export/gguf.js';
 import { ggufName, linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+import { deepseek4Vocab } from '../../src/export/llama-deepseek4.js';
+import { InputError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { f16Decode, f16Encode, f32ToF16Bytes } from '../../src/model/formats.js';
 import { writeSmallBpeTokenizer } from './bpe-fixture.js';
@@ -131,6 +133,22 @@ describe('F16 tensors (gguf-f16, and the F16 matrices of the other formats)', ()
     for (let i = 0; i < k; i++) if ((bytes[2 * i]! | (bytes[2 * i + 1]! << 8)) !== f16Encode(f[i]!)) bad++;
     expect(bad).toBe(0);
     expect(k).toBeGreaterThan(1_100_000);
+  });
+});
+
+describe('GGUF vocabulary input', () => {
+  it('a tokenizer.json or tokenizer_config.json that is not JSON is refused naming the file', () => {
+    const d = mkdtempSync(join(tmpdir(), 'v4tune-gguf-vocab-'));
+    try {
+      writeFileSync(join(d, 'tokenizer.json'), '{"model": {"type": "BPE"');
+      expect(() => deepseek4Vocab(d, 16)).toThrow(InputError);
+      expect(() => deepseek4Vocab(d, 16)).toThrow(`${join(d, 'tokenizer.json')}: not valid JSON`);
+      writeSmallBpeTokenizer(d);
+      writeFileSync(join(d, 'tokenizer_config.json'), '{"bos_token": ');
+      expect(() => deepseek4Vocab(d, 1 << 20)).toThrow(`${join(d, 'tokenizer_config.json')}: not valid JSON`);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
   });
 });
 

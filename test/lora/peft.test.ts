@@ -154,5 +154,7 @@ describe('saveAdapter / loadAdapter', () => {
     const notLora = variant('ia3', (d) => writeFileSync(join(d, 'adapter_config.json'), JSON.stringify({ peft_type: 'IA3' })));
     await expect(loadAdapter(notLora)).rejects.toThrow(InputError);
     await expect(loadAdapter(join(root, 'nowhere'))).rejects.toThrow(/no adapter_config\.json/);
+    const broken = variant('broken', (d) => writeFileSync(join(d, 'adapter_config.json'), '{"peft_type": "LORA", '));
+    await expect(loadAdapter(broken)).rejects.toThrow(new RegExp(`${join(broken, 'adapter_config.json').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: not valid JSON`));
   });
 });
