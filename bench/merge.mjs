@@ -5,7 +5,7 @@
 // expert shapes (w1/w3 [2048, 4096], w2 [4096, 2048], Hessian from 2048 tokens): the time per
 // expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
 // Usage (after `npm run build` and `npm run build:native`):
-//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--out bench/results/merge-flash.json] [--skip-gptq]
+//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--out bench/results/merge-flash.json] [--skip-gptq]
 // --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file.
 // Without --model the flash preset is created in a temp folder first (minutes).
 import { spawnSync } from 'node:child_process';
@@ -32,6 +32,7 @@ const { values } = parseArgs({
     'gptq-tokens': { type: 'string', default: '2048' },
     // keep the gptq section of the existing --out file (measured before, dated) and rerun only the merges
     'skip-gptq': { type: 'boolean', default: false },
+    reps: { type: 'string', default: '3' },
   },
 });
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
@@ -43,8 +44,8 @@ function shards(dir) {
   return { files, bytes: files.reduce((s, f) => s + statSync(f).size, 0) };
 }
 
-/** copy every shard through a 16 MiB buffer; seconds */
-function plainCopy(files, outDir) {
+/** copy every shard through a 16 MiB buffer; seconds (the copy removed after, unless remove is false) */
+function plainCopy(files, outDir, remove = true) {
   mkdirSync(outDir, { recursive: true });
   const buf = Buffer.allocUnsafe(16 << 20);
   const t0 = performance.now();
@@ -61,7 +62,7 @@ function plainCopy(files, outDir) {
     closeSync(dst);
   }
   const s = (performance.now() - t0) / 1000;
-  rmSync(outDir, { recursive: true, force: true });
+  if (remove) rmSync(outDir, { recursive: true, force: true });
   return s;
 }
 
@@ -76,7 +77,7 @@ function warmRead(files) {
 }
 
 /** `v4tune merge` in a child process: seconds and peak RSS (MB) */
-function cliMerge(model, adapter, out, dtype) {
+function cliMerge(model, adapter, out, dtype, remove = true) {
   writeFileSync(join(tmp, 'rss.cjs'), "process.on('exit', () => { if (require('node:worker_threads').isMainThread) require('node:fs').writeFileSync(process.env.V4TUNE_RSS_OUT, String(process.resourceUsage().maxRSS)); });\n");
   const t0 = performance.now();
   const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), '--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype],
@@ -90,7 +91,7 @@ function cliMerge(model, adapter, out, dtype) {
   if (summary.nativeTensors !== summary.merged + summary.converted) {
     throw new Error(`bench/merge: the ${dtype} merge produced ${summary.nativeTensors} of ${summary.merged + summary.converted} tensors natively (addon not loaded in the merge process?); rerun`);
   }
-  rmSync(out, { recursive: true, force: true });
+  if (remove) rmSync(out, { recursive: true, force: true });
   return { seconds, peakMB, written, summary };
 }
 
@@ -192,26 +193,61 @@ try {
   await saveAdapter(adapter, join(tmp, 'adapter'));
   console.log(`merge: ${model}, ${(base.bytes / 1e9).toFixed(2)} GB in ${base.files.length} shards, ${adapter.layers.size} adapted modules`);
 
-  // read the shards once, untimed, so the first copy does not pay cold reads the merges then skip
+  // read the shards once, untimed, so no run pays cold reads the others skip; then copy and merge
+  // take turns, `reps` times, each starting with nothing dirty in the page cache (sync, untimed)
+  // and timed twice: to the end of the process (the writes in the page cache) and to the end of
+  // the `sync` after it (the bytes on disk)
   warmRead(base.files);
-  const copy1 = plainCopy(base.files, join(tmp, 'copy'));
-  const original = cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original');
-  const bf16 = cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16');
-  const copy2 = plainCopy(base.files, join(tmp, 'copy'));
-  const copyS = (copy1 + copy2) / 2;
-  const mbs = (bytes, s) => round(bytes / 1e6 / s);
-  const row = (m) => ({
-    seconds: round(m.seconds, 2), mb_per_s: mbs(base.bytes, m.seconds), of_copy: round(copyS / m.seconds, 3),
-    of_copy_before_after: [round(copy1 / m.seconds, 3), round(copy2 / m.seconds, 3)], peak_rss_mb: round(m.peakMB), bytes_written: m.written,
-    bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
-  });
+  const reps = Number(values.reps);
+  const runs = { copy: [], original: [], bf16: [] };
+  const timed = (f) => {
+    spawnSync('sync');
+    const t0 = performance.now();
+    const r = f();
+    const t1 = performance.now();
+    spawnSync('sync');
+    return { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
+  };
+  for (let rep = 0; rep < reps; rep++) {
+    const c = timed(() => plainCopy(base.files, join(tmp, 'copy'), false));
+    rmSync(join(tmp, 'copy'), { recursive: true, force: true });
+    runs.copy.push(c);
+    const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
+    rmSync(join(tmp, 'merged'), { recursive: true, force: true });
+    runs.original.push(m);
+    if (rep === 0) {
+      const b16 = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16', false));
+      rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
+      runs.bf16.push(b16);
+    }
+    console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s)`);
+  }
+  const median = (xs) => { const v = [...xs].sort((p, q) => p - q); return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2; };
+  const mbs = (bytes, sec) => round(bytes / 1e6 / sec);
+  const copyCache = median(runs.copy.map((x) => x.cache));
+  const copyDisk = median(runs.copy.map((x) => x.disk));
+  const row = (list) => {
+    const cache = median(list.map((x) => x.cache));
+    const disk = median(list.map((x) => x.disk));
+    const m = list[0].r;
+    return {
+      seconds: list.map((x) => round(x.cache, 2)), seconds_to_disk: list.map((x) => round(x.disk, 2)),
+      mb_per_s: mbs(base.bytes, cache), of_copy: round(copyCache / cache, 3),
+      mb_per_s_to_disk: mbs(base.bytes, disk), of_copy_to_disk: round(copyDisk / disk, 3),
+      // each rep against the copy run just before it
+      of_copy_per_rep: list.map((x, i) => round(runs.copy[i].cache / x.cache, 3)),
+      peak_rss_mb: round(Math.max(...list.map((x) => x.r.peakMB))), bytes_written: m.written,
+      bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
+    };
+  };
   const merge = {
     base_bytes: base.bytes,
-    copy: { seconds: [round(copy1, 2), round(copy2, 2)], mb_per_s: mbs(base.bytes, copyS) },
-    original: row(original),
-    bf16: row(bf16),
+    reps,
+    copy: { seconds: runs.copy.map((x) => round(x.cache, 2)), seconds_to_disk: runs.copy.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, copyCache), mb_per_s_to_disk: mbs(base.bytes, copyDisk) },
+    original: row(runs.original),
+    bf16: row(runs.bf16),
   };
-  console.log(`copy ${merge.copy.mb_per_s} MB/s; merge original ${merge.original.mb_per_s} MB/s (${merge.original.of_copy} of copy, peak RSS ${merge.original.peak_rss_mb} MB); bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
+  console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
 
   let gptq;
   if (values['skip-gptq']) {
@@ -227,7 +263,7 @@ try {
     model: values.model ?? `created (flash, ${values.layers} layers, ${values.experts} experts, seed 0)`,
     merge,
     gptq,
-    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk, before and after the merges, after one untimed read of the shards (page cache as the merges see it); of_copy against their mean, of_copy_before_after against each (the speed of a copy swings with how much free memory the page cache has for its writes: disk-bound ≈ 0.4–0.5 GB/s, memory-bound ≈ 1.7 GB/s). Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
+    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
     loadavg_start: loadavgStart,
     loadavg_end: loadavg(),
     cpus: cpus().length,

@@ -1,5 +1,5 @@
 // merge_requant (requant.h): per row block, decode the shipped weight, add the LoRA delta in the
-// order of adapter.ts `delta` (f32 accumulator, products in double), then encode with the
+// order of adapter.ts `delta` (products and sum in double, one rounding to f32), then encode with the
 // encoders of src/model/formats.ts ported operation for operation (nearest, ties to even,
 // saturating; E8M0 scale = the smallest power of two keeping amax/scale ≤ qmax).
 // test/backend/native/requant.test.ts checks the bytes against merge.ts's TypeScript path.
@@ -79,9 +79,10 @@ inline uint16_t bf16_encode(float x) {
   return uint16_t((u + 0x7fffu + lsb) >> 16);
 }
 
-// d[i] = f32(d[i] + b·a[i]) for i < n (adapter.ts delta: a double product rounded into f32)
-void delta_row(float* d, double b, const float* a, long n) {
-  for (long i = 0; i < n; i++) d[i] = float(double(d[i]) + b * double(a[i]));
+// d[i] += b·a[i] for i < n, in double (adapter.ts delta: a double product added to a double
+// accumulator; the row is rounded to f32 once, after its last term)
+void delta_row(double* d, double b, const float* a, long n) {
+  for (long i = 0; i < n; i++) d[i] += b * double(a[i]);
 }
 
 // ---- AVX-512 paths: the same bytes as the scalar code above, element for element ----
@@ -142,25 +143,39 @@ V4_AVX512 inline __m256i bf16_encode16(__m512 x) {
   return _mm512_cvtepi32_epi16(h);
 }
 
-// xr[j] += Σ_k f32-accumulated (b_k·A[k][j]) over the k with b_k ≠ 0, in k order, 64 columns a
-// pass so the f32 → f64 → f32 chain of one column overlaps seven others'
-V4_AVX512 void delta_add_row_512(float* xr, const double* bk, const long* ks, long nk, const double* Ad, long cols) {
+// x[i][j] += f32(Σ_k b[i][k]·A[k][j]) for 4 rows i at once (4 × 32 columns of double
+// accumulators, each A vector loaded once for the 4 rows): the products and the sum in double,
+// k in order, mul then add (no FMA: -std=c++17 keeps them apart), one rounding to f32 at the
+// end — adapter.ts `delta` exactly. bk is [4][r] with b = 0 where B·scaling is 0: adding 0·A
+// (A finite, which the caller checks) leaves a sum that started at +0 unchanged, as skipping does.
+V4_AVX512 void delta_add_rows4_512(float* x, long cols, const double* bk, long r, const double* Ad) {
   long j = 0;
-  for (; j + 64 <= cols; j += 64) {
-    __m256 acc[8];
-    for (int v = 0; v < 8; v++) acc[v] = _mm256_setzero_ps();
-    for (long t = 0; t < nk; t++) {
-      const __m512d b = _mm512_set1_pd(bk[t]);
-      const double* a = Ad + ks[t] * cols + j;
-      for (int v = 0; v < 8; v++)
-        acc[v] = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_cvtps_pd(acc[v]), _mm512_mul_pd(b, _mm512_loadu_pd(a + 8 * v))));
+  for (; j + 32 <= cols; j += 32) {
+    __m512d acc[4][4];
+    for (int i = 0; i < 4; i++)
+      for (int v = 0; v < 4; v++) acc[i][v] = _mm512_setzero_pd();
+    for (long k = 0; k < r; k++) {
+      const double* a = Ad + k * cols + j;
+      const __m512d a0 = _mm512_loadu_pd(a), a1 = _mm512_loadu_pd(a + 8), a2 = _mm512_loadu_pd(a + 16), a3 = _mm512_loadu_pd(a + 24);
+      for (int i = 0; i < 4; i++) {
+        const __m512d b = _mm512_set1_pd(bk[i * r + k]);
+        acc[i][0] = _mm512_add_pd(acc[i][0], _mm512_mul_pd(b, a0));
+        acc[i][1] = _mm512_add_pd(acc[i][1], _mm512_mul_pd(b, a1));
+        acc[i][2] = _mm512_add_pd(acc[i][2], _mm512_mul_pd(b, a2));
+        acc[i][3] = _mm512_add_pd(acc[i][3], _mm512_mul_pd(b, a3));
+      }
     }
-    for (int v = 0; v < 8; v++) _mm256_storeu_ps(xr + j + 8 * v, _mm256_add_ps(_mm256_loadu_ps(xr + j + 8 * v), acc[v]));
+    for (int i = 0; i < 4; i++) {
+      float* xr = x + i * cols + j;
+      for (int v = 0; v < 4; v++) _mm256_storeu_ps(xr + 8 * v, _mm256_add_ps(_mm256_loadu_ps(xr + 8 * v), _mm512_cvtpd_ps(acc[i][v])));
+    }
   }
   for (; j < cols; j++) {
-    float d = 0;
-    for (long t = 0; t < nk; t++) d = float(double(d) + bk[t] * Ad[ks[t] * cols + j]);
-    xr[j] = xr[j] + d;
+    for (int i = 0; i < 4; i++) {
+      double d = 0;
+      for (long k = 0; k < r; k++) d += bk[i * r + k] * Ad[k * cols + j];
+      x[i * cols + j] = x[i * cols + j] + float(d);
+    }
   }
 }
 
@@ -261,47 +276,50 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
   const bool wide = isa() == Isa::avx512;
   std::vector<long> bad(nblk, -1);
   std::vector<double> badv(nblk, 0);
-  // A widened to double once (the products are taken in double)
+  // A widened to double once (the products are taken in double); the 4-row kernel needs it finite
   std::vector<double> Ad;
-  if (wide && A && B) Ad.assign(A, A + r * cols);
+  bool rows4 = false;
+  if (wide && A && B) {
+    Ad.assign(A, A + r * cols);
+    rows4 = std::all_of(Ad.begin(), Ad.end(), [](double v) { return std::isfinite(v); });
+  }
   parallel_run(int(nblk), [&](int b) {
     const long r0 = b * RB, r1 = std::min(rows, r0 + RB), n = r1 - r0;
     std::unique_ptr<float[]> xbuf(new float[size_t(n) * cols]);  // every element is decoded into: no zero fill
     float* const x = xbuf.get();
-    std::vector<float> d(wide ? 0 : cols);
-    std::vector<double> bk(r);
-    std::vector<long> ks(r);
-    for (long i = r0; i < r1; i++) {
-      float* xr = x + (i - r0) * cols;
-      decode_row(W, i, 0, cols, xr);
-      if (A && B && wide) {
-        long nk = 0;
-        for (long k = 0; k < r; k++) {
-          const double v = double(B[i * r + k]) * scaling;
-          if (v == 0) continue;
-          bk[nk] = v;
-          ks[nk++] = k;
+    for (long i = r0; i < r1; i++) decode_row(W, i, 0, cols, x + (i - r0) * cols);
+    if (A && B) {
+      long i = r0;
+      if (rows4) {
+        std::vector<double> bk(4 * r);
+        for (; i + 4 <= r1; i += 4) {
+          for (long q = 0; q < 4 * r; q++) bk[q] = double(B[i * r + q]) * scaling;
+          delta_add_rows4_512(x + (i - r0) * cols, cols, bk.data(), r, Ad.data());
         }
-        delta_add_row_512(xr, bk.data(), ks.data(), nk, Ad.data(), cols);
-      } else if (A && B) {
-        std::fill(d.begin(), d.end(), 0.0f);
+      }
+      std::vector<double> d(i < r1 ? cols : 0);
+      for (; i < r1; i++) {
+        std::fill(d.begin(), d.end(), 0.0);
         for (long k = 0; k < r; k++) {
           const double bk = double(B[i * r + k]) * scaling;
           if (bk == 0) continue;
           delta_row(d.data(), bk, A + k * cols, cols);
         }
-        for (long j = 0; j < cols; j++) xr[j] = xr[j] + d[j];
+        float* xr = x + (i - r0) * cols;
+        for (long j = 0; j < cols; j++) xr[j] = xr[j] + float(d[j]);
       }
+    }
+    for (long i = r0; i < r1; i++) {
+      const float* xr = x + (i - r0) * cols;
       if (wide && all_finite_512(xr, cols)) continue;
       for (long j = 0; j < cols; j++) {
         if (!std::isfinite(xr[j])) {
-          if (bad[b] < 0) {
-            bad[b] = i * cols + j;
-            badv[b] = xr[j];
-          }
+          bad[b] = i * cols + j;
+          badv[b] = xr[j];
           break;
         }
       }
+      if (bad[b] >= 0) break;
     }
     if (bad[b] >= 0) return;
     if (wide) {

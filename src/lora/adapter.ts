@@ -49,19 +49,25 @@ export class Adapter {
     return this.layers.get(module);
   }
 
-  /** ΔW = scaling · B A, [out, in] row-major (what a merge adds to the base weight) */
+  /**
+   * ΔW = scaling · B A, [out, in] row-major (what a merge adds to the base weight): each element
+   * summed in double over k in order (products b·A[k][i] with b = B[o][k]·scaling, terms with
+   * b = 0 skipped) and rounded to float32 once; kernels/cpu/requant.cpp computes the same bits
+   */
   delta(module: string): Float32Array {
     const l = this.layers.get(module);
     if (!l) throw new InputError(`adapter has no module ${module}`);
     const out = new Float32Array(l.out * l.in);
+    const acc = new Float64Array(l.in);
     for (let o = 0; o < l.out; o++) {
+      acc.fill(0);
       for (let k = 0; k < l.r; k++) {
         const b = l.B[o * l.r + k]! * l.scaling;
         if (b === 0) continue;
         const arow = k * l.in;
-        const orow = o * l.in;
-        for (let i = 0; i < l.in; i++) out[orow + i] += b * l.A[arow + i]!;
+        for (let i = 0; i < l.in; i++) acc[i] += b * l.A[arow + i]!;
       }
+      out.set(acc, o * l.in);
     }
     return out;
   }

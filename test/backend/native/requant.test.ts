@@ -29,13 +29,17 @@ function stored(format: 'fp8' | 'fp4' | 'bf16', x: Float32Array, rows: number, c
 function reference(t: RawTensor, l: { A: Float32Array; B: Float32Array; r: number; scaling: number } | null, dtype: 'original' | 'bf16', rows: number, cols: number) {
   const x = dequantStored(t);
   if (l) {
+    // each ΔW element summed in double over k in order (b = 0 skipped), rounded to f32 once
     const d = new Float32Array(rows * cols);
+    const acc = new Float64Array(cols);
     for (let o = 0; o < rows; o++) {
+      acc.fill(0);
       for (let k = 0; k < l.r; k++) {
         const b = l.B[o * l.r + k]! * l.scaling;
         if (b === 0) continue;
-        for (let i = 0; i < cols; i++) d[o * cols + i] += b * l.A[k * cols + i]!;
+        for (let i = 0; i < cols; i++) acc[i] += b * l.A[k * cols + i]!;
       }
+      d.set(acc, o * cols);
     }
     for (let i = 0; i < x.length; i++) x[i] = x[i]! + d[i]!;
   }
@@ -51,6 +55,9 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
     { format: 'fp8', rows: 300, cols: 200 },
     { format: 'fp4', rows: 96, cols: 256 },
     { format: 'bf16', rows: 64, cols: 160 },
+    // rows not a multiple of 4 (the 4-row kernel's scalar tail), columns not a multiple of 32
+    { format: 'fp4', rows: 99, cols: 96 },
+    { format: 'bf16', rows: 67, cols: 200 },
   ] as const;
   for (const c of cases) {
     for (const dtype of ['original', 'bf16'] as const) {
@@ -59,8 +66,10 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
         const x = randn(c.rows * c.cols, r, 0.05);
         for (let i = 0; i < 50; i++) x[Math.floor(r() * x.length)] = (r() - 0.5) * 400; // outliers set the scales
         const t = stored(c.format, x, c.rows, c.cols);
-        const l = { A: randn(4 * c.cols, r, 0.3), B: randn(c.rows * 4, r, 0.02), r: 4, scaling: 2 };
+        // scaling 4/3: the double products are rounded, so mul-then-add and FMA would differ
+        const l = { A: randn(4 * c.cols, r, 0.3), B: randn(c.rows * 4, r, 0.02), r: 4, scaling: 4 / 3 };
         l.B[5] = 0;
+        l.B[4 * 9 + 2] = 0;
         for (const delta of [l, null]) {
           const want = reference(t, delta, dtype, c.rows, c.cols);
           const got = await mergeRequantNative(t, delta, dtype);
@@ -72,6 +81,27 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
       });
     }
   }
+
+  it('an adapter whose A holds inf: terms with B = 0 are skipped (the row stays finite), the others report inf', async () => {
+    const rows = 40;
+    const cols = 64;
+    const x = randn(rows * cols, rng(5), 1);
+    const t = stored('bf16', x, rows, cols);
+    const A = randn(2 * cols, rng(6), 0.3);
+    A[cols + 3] = Infinity; // row k = 1
+    const B = randn(rows * 2, rng(7), 0.02);
+    for (let o = 0; o < rows; o++) if (o !== 37) B[o * 2 + 1] = 0; // only row 37 uses k = 1
+    const l = { A, B, r: 2, scaling: 2 };
+    const want = reference(t, l, 'original', rows, cols);
+    const got = await mergeRequantNative(t, l, 'original');
+    expect(want.bad).toBe(37 * cols + 3);
+    expect(got!.bad?.index).toBe(want.bad);
+    B[37 * 2 + 1] = 0;
+    const want2 = reference(t, l, 'bf16', rows, cols);
+    const got2 = await mergeRequantNative(t, l, 'bf16');
+    expect(got2!.bad).toBeNull();
+    expect(same(got2!.bytes.data, want2.bytes!.data)).toBe(true);
+  });
 
   it('a merged value that overflows is reported at the first such element', async () => {
     const rows = 256;
