@@ -380,6 +380,94 @@ V4_AVX512 static void pack_B_pairs_bf16(const WeightRef& W, bool transB, long n0
   }
 }
 
+// FP4 / FP8 weights in bf16 mode: decoded straight into pairs, with the products decode_row
+// forms (table value × E8M0 scale in fp32) rounded as to_bf16_pairs rounds them, so the pairs
+// are the bits the fp32 panel + to_bf16_pairs path gives — without the fp32 panel, its
+// transpose and its second pass. Taken where every 16-pair group lies inside one scale group:
+// transB needs kc % 32 == 0 (K blocks start at multiples of KC); otherwise the caller falls back.
+struct ScaleLut {
+  float v[256];
+  ScaleLut() {
+    for (int i = 0; i < 256; i++) v[i] = e8m0(uint8_t(i));
+  }
+};
+static const ScaleLut kE8;
+static const float kFp4Table[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+
+V4_AVX512 static inline __m512i pair_words(__m512 lo, __m512 hi) {
+  return _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
+}
+// e4m3 codes (16 bits each, code in the low byte) as fp16 bits: exact, 2^8 off in scale (decode_row_512's trick)
+V4_AVX512 static inline __m256i fp8_as_f16(__m256i b) {
+  return _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
+                         _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f)), 7));
+}
+// 16 values of W's absolute row r from column c (c % 16 == 0; live of them, the rest 0) as fp32
+V4_AVX512 static inline __m512 load_q16(const WeightRef& W, long r, long c, long live) {
+  if (live <= 0) return _mm512_setzero_ps();
+  if (W.fmt == Fmt::fp4) {
+    const uint8_t* p = (const uint8_t*)W.data + r * (W.cols / 2) + c / 2;
+    const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i shift = _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << cdiv(std::min<long>(live, 16), 2)) - 1), p));
+    const __m512i nib = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(dup, b), shift), _mm512_set1_epi32(15));
+    const __m512 f = _mm512_mul_ps(_mm512_permutexvar_ps(nib, _mm512_loadu_ps(kFp4Table)), _mm512_set1_ps(kE8.v[W.scale[r * (W.cols / 32) + c / 32]]));
+    return _mm512_maskz_mov_ps(lanes(live), f);
+  }
+  const uint8_t* p = (const uint8_t*)W.data + r * W.cols + c;
+  const __m256i b = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(lanes(live), p));
+  const float s = 256.0f * kE8.v[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]];
+  return _mm512_mul_ps(_mm512_cvtph_ps(fp8_as_f16(b)), _mm512_set1_ps(s));
+}
+// 16 pairs (W[r][c+2i], W[r][c+2i+1]), i < 16, of absolute row r from column c (c % 32 == 0, c + 32 ≤ cols)
+V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) {
+  if (W.fmt == Fmt::fp4) {
+    const uint8_t* p = (const uint8_t*)W.data + r * (W.cols / 2) + c / 2;
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+    const __m512 t = _mm512_loadu_ps(kFp4Table), s = _mm512_set1_ps(kE8.v[W.scale[r * (W.cols / 32) + c / 32]]);
+    const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)), t), s);
+    const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), t), s);
+    return pair_words(lo, hi);
+  }
+  const uint8_t* p = (const uint8_t*)W.data + r * W.cols + c;
+  const __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)p));  // 32 codes, 16 bits each
+  const __m512i f16 = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(h, _mm512_set1_epi16(0x80)), 8),
+                                      _mm512_slli_epi16(_mm512_and_si512(h, _mm512_set1_epi16(0x7f)), 7));
+  const __m512 s = _mm512_set1_ps(256.0f * kE8.v[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]]);
+  const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(f16)), s);
+  const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(f16, 16))), s);
+  return pair_words(lo, hi);
+}
+
+V4_AVX512 static bool pack_B_pairs_q(const WeightRef& W, bool transB, long n0, long nb, long k0, long kc, int NR, uint32_t* Bp) {
+  if ((W.fmt != Fmt::fp4 && W.fmt != Fmt::fp8) || NR % 16 != 0 || k0 % 32 != 0) return false;
+  if (transB && kc % 32 != 0) return false;
+  const long kc2 = cdiv(kc, 2);
+  for (long p = 0; p < cdiv(nb, NR); p++) {
+    uint32_t* dst = Bp + p * kc2 * NR;
+    for (int jb = 0; jb < NR; jb += 16) {
+      const long nbase = n0 + p * NR + jb, live = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
+      if (transB) {
+        for (long kp = 0; kp < kc2; kp += 16) {
+          __m512 r[16];
+          for (int j = 0; j < 16; j++)
+            r[j] = j < live ? _mm512_castsi512_ps(row_pairs16(W, nbase + j + W.row0, k0 + 2 * kp)) : _mm512_setzero_ps();
+          transpose16_regs(r);
+          for (int i = 0; i < 16; i++) _mm512_store_ps((float*)dst + (kp + i) * NR + jb, r[i]);
+        }
+      } else {
+        for (long kp = 0; kp < kc2; kp++) {
+          const long ra = k0 + 2 * kp + W.row0;
+          const __m512 lo = load_q16(W, ra, nbase, live);
+          const __m512 hi = 2 * kp + 1 < kc ? load_q16(W, ra + 1, nbase, live) : _mm512_setzero_ps();
+          _mm512_store_si512(dst + kp * NR + jb, pair_words(lo, hi));
+        }
+      }
+    }
+  }
+  return true;
+}
+
 static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, float* Bp, Scratch& row) {
   if (isa() == Isa::avx512 && NR % 16 == 0) {
     if (W.fmt == Fmt::bf16) return transB ? pack_B_T_direct<true>(W, n0, nb, k0, kc, NR, Bp) : pack_B_N_direct<true>(W, n0, nb, k0, kc, NR, Bp);
@@ -481,6 +569,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         uint32_t* B16 = (uint32_t*)sb16.get(cdiv(nb, NR) * NR * kc2);
         if (W.fmt == Fmt::bf16 && NR % 16 == 0) {
           pack_B_pairs_bf16(W, transB, n0, nb, k0, kc, NR, B16);
+        } else if (pack_B_pairs_q(W, transB, n0, nb, k0, kc, NR, B16)) {
         } else {
           float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
           pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);

@@ -209,6 +209,45 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     }
   });
 
+  // FP4 and FP8 weights in bf16 mode are decoded straight into pairs (where a 16-pair group lies
+  // in one scale group; other K blocks take the fp32 panel): the same bits as bf16 mode on their
+  // dequantised F32 copy, in both orientations, with K blocks of 256 and shorter ones (FP8 K 515:
+  // a 3-column block that falls back), odd K (the last pair's high half), N past the 16-column
+  // groups, scales spread over many exponents.
+  it.skipIf(!addon?.info().cpuBf16)('bf16 mode on FP4 / FP8 weights equals bf16 mode on their dequantised F32 copy, bit for bit', async () => {
+    const r = rng(9);
+    const weight = (fmt: 'fp4' | 'fp8', rows: number, cols: number): [RawWeight, Float32Array] => {
+      const x = randn(rows * cols, r, 0.02);
+      for (let i = 0; i < rows; i++) x[i * cols + Math.floor(r() * cols)] *= 2 ** Math.floor(r() * 24 - 8);
+      if (fmt === 'fp4') {
+        const q = quantFp4(x, rows, cols);
+        return [rawWeight('fp4', q.weight, q.scale, rows, cols), dequantFp4(q.weight, q.scale, rows, cols)];
+      }
+      const q = quantFp8Block(x, rows, cols);
+      return [rawWeight('fp8', q.weight, q.scale, rows, cols), dequantFp8Block(q.weight, q.scale, rows, cols)];
+    };
+    const cases = [
+      ['fp4', true, 50, 70, 544], ['fp4', true, 13, 600, 256], ['fp4', true, 5, 17, 32],
+      ['fp8', true, 50, 70, 515], ['fp8', true, 13, 600, 288],
+      ['fp4', false, 50, 96, 515], ['fp4', false, 13, 608, 257], ['fp4', false, 200, 32, 31],
+      ['fp8', false, 50, 70, 515], ['fp8', false, 13, 600, 257],
+    ] as const;
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      for (const [fmt, transB, M, N, K] of cases) {
+        const a = randn(M * K, r);
+        const [w, deq] = weight(fmt, transB ? N : K, transB ? K : N);
+        const yq = new Float32Array(M * N);
+        const yf = new Float32Array(M * N);
+        await A().gemm(M, N, K, 1, a, K, 1, w, transB, 0, yq, N);
+        await A().gemm(M, N, K, 1, a, K, 1, rawWeight('f32', deq, null, transB ? N : K, transB ? K : N), transB, 0, yf, N);
+        expect(yq, `${fmt} ${M}×${N}×${K} transB ${transB}`).toEqual(yf);
+      }
+    } finally {
+      A().setBf16(false);
+    }
+  });
+
   // Shapes where A is packed once for all tasks (and converted to bf16 pairs once) and where
   // each task packs its own rows (N in one chunk), odd K (a half pair at the end), M past the
   // 12-row strip.
