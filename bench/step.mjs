@@ -13,11 +13,11 @@
 // Usage (after `npm run build` and `npm run build:native`):
 //   node bench/step.mjs --preset flash|small [--layers 2 --experts 32] [--model DIR]
 //     [--tokens 512,4096] [--reps 2] [--rank 16] [--checkpointing-from 4096] [--bf16]
-//     [--peft DIR|make|none] [--peft-tokens 512] [--out bench/results/step-flash.json]
+//     [--peft DIR|make|none] [--peft-tokens 512] [--peft-dtype float32|bfloat16|both] [--out bench/results/step-flash.json]
 // --model reuses a checkpoint folder (else the preset is created in a temp folder); --peft make
 // writes the BF16 copy transformers needs (v4tune merge --dtype bf16 of a zero adapter).
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,7 @@ import { createAdapter, loadModel, saveAdapter } from '../dist/index.js';
 import { tryLoadAddon } from '../dist/backend/native/addon.js';
 import { initModel } from '../dist/model/init.js';
 import { mergeAdapter } from '../dist/export/merge.js';
+import { parseConfig } from '../dist/model/config.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({
@@ -41,6 +42,7 @@ const { values } = parseArgs({
     bf16: { type: 'boolean', default: false },
     peft: { type: 'string', default: 'none' },
     'peft-tokens': { type: 'string', default: '512' },
+    'peft-dtype': { type: 'string', default: 'float32' },
     out: { type: 'string' },
   },
 });
@@ -193,13 +195,13 @@ async function nativeRuns(model, prof, peak) {
   return runs;
 }
 
-function peftRun(dir, T) {
+function peftRun(dir, T, dtype) {
   const py = spawnSync('bash', [join(here, '..', 'test', 'interop', 'python-env.sh')], { encoding: 'utf8' }).stdout.trim().split('\n').pop();
   if (!py || !existsSync(py)) return { error: 'the interop Python venv is missing (bash test/interop/python-env.sh)' };
-  const r = spawnSync(py, [join(here, 'peft_step.py'), dir, String(T), String(reps), String(threads), String(rank)], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (r.status !== 0) return { tokens: T, error: `python exited ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}` };
+  const r = spawnSync(py, [join(here, 'peft_step.py'), dir, String(T), String(reps), String(threads), String(rank), dtype], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (r.status !== 0) return { tokens: T, dtype, error: `python exited ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().split('\n').slice(-3).join(' | ')}` };
   const res = JSON.parse(r.stdout.trim().split('\n').pop());
-  console.log(`PEFT + transformers ${T} tokens: ${round(res.tokens_per_s)} tokens/s`);
+  console.log(`PEFT + transformers ${T} tokens, ${dtype}: ${round(res.tokens_per_s)} tokens/s (peak RSS ${round(res.peak_rss_mb)} MB)`);
   return res;
 }
 
@@ -210,27 +212,36 @@ try {
     const sizes = values.preset === 'flash' ? { layers: Number(values.layers ?? 2), experts: Number(values.experts ?? 32) } : {};
     await initModel({ preset: values.preset, out: dir, seed: 0, ...sizes });
   }
+  // PEFT first, before this process loads anything: at flash width its float32 step peaks near
+  // 23 GB on a 24 GB machine, so it runs while this process is still small
+  let peftDir = values.peft;
+  if (peftDir === 'make') {
+    peftDir = join(tmp, 'bf16');
+    const config = parseConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')), join(dir, 'config.json'));
+    const zero = createAdapter({ config }, { r: rank, alpha: 2 * rank, seed: 1 });
+    await saveAdapter(zero, join(tmp, 'zero-adapter'));
+    await mergeAdapter({ base: dir, adapter: join(tmp, 'zero-adapter'), out: peftDir, dtype: 'bf16' });
+  }
+  const peftDtypes = values['peft-dtype'] === 'both' ? ['float32', 'bfloat16'] : [values['peft-dtype']];
+  if (!peftDtypes.every((d) => d === 'float32' || d === 'bfloat16')) throw new Error(`bench/step: --peft-dtype must be float32, bfloat16 or both (got ${values['peft-dtype']})`);
+  const peft = peftDir && peftDir !== 'none' ? peftDtypes.flatMap((dt) => values['peft-tokens'].split(',').map((t) => peftRun(peftDir, Number(t), dt))) : [];
   const peak0 = addon.fmaPeak(threads, 1.0);
   const model = await loadModel(dir, { backend: 'native', note: () => {} });
   const prof = profile(model.backend);
   const runs = await nativeRuns(model, prof, peak0);
-  let peftDir = values.peft;
-  if (peftDir === 'make') {
-    peftDir = join(tmp, 'bf16');
-    const zero = createAdapter(model, { r: rank, alpha: 2 * rank, seed: 1 });
-    await saveAdapter(zero, join(tmp, 'zero-adapter'));
-    await mergeAdapter({ base: dir, adapter: join(tmp, 'zero-adapter'), out: peftDir, dtype: 'bf16' });
-  }
   const config = model.config;
   model.dispose();
-  const peft = peftDir && peftDir !== 'none' ? values['peft-tokens'].split(',').map((t) => peftRun(peftDir, Number(t))) : [];
   const peak1 = addon.fmaPeak(threads, 1.0);
   const peak = Math.max(peak0, peak1);
   for (const r of runs) r.fraction_of_fma_peak = round(r.gflops / peak, 3);
   const ratios = {};
   for (const p of peft) {
-    const nat = runs.find((r) => r.tokens === p.tokens && r.mode === 'fp32');
-    if (nat && p.tokens_per_s) ratios[`native_fp32_over_peft_${p.tokens}`] = round(nat.tokens_per_s / p.tokens_per_s, 2);
+    // float32 PEFT against native fp32 (and bf16); bfloat16 PEFT against native bf16
+    const mode = p.dtype === 'bfloat16' ? 'bf16' : 'fp32';
+    const nat = runs.find((r) => r.tokens === p.tokens && r.mode === mode);
+    if (nat && p.tokens_per_s) ratios[mode === 'bf16' ? `native_bf16_over_peft_bf16_${p.tokens}` : `native_fp32_over_peft_${p.tokens}`] = round(nat.tokens_per_s / p.tokens_per_s, 2);
+    const nb = runs.find((r) => r.tokens === p.tokens && r.mode === 'bf16');
+    if (mode === 'fp32' && nb && p.tokens_per_s) ratios[`native_bf16_over_peft_${p.tokens}`] = round(nb.tokens_per_s / p.tokens_per_s, 2);
   }
   for (const T of tokenList) {
     const a = runs.find((r) => r.tokens === T && r.mode === 'fp32');
@@ -252,7 +263,7 @@ try {
     runs,
     peft,
     ratios,
-    note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (expert backward, activation checkpointing) not counted. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers float32 compute on the BF16 copy of the same checkpoint, same rank, targets and threads, same run.',
+    note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (expert backward, activation checkpointing) not counted. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers on the BF16 copy of the same checkpoint (dtype float32: loaded and computed in float32; bfloat16: loaded in bfloat16, LoRA weights in float32 as PEFT keeps them), same rank, targets and threads, same run.',
     loadavg_start: load0,
     loadavg_end: loadavg(),
     cpus: cpus().length,

@@ -419,12 +419,27 @@ V4_AVX512 static inline __m512 load_q16(const WeightRef& W, long r, long c, long
   const float s = 256.0f * kE8.v[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]];
   return _mm512_mul_ps(_mm512_cvtph_ps(fp8_as_f16(b)), _mm512_set1_ps(s));
 }
+// bf16 bits of the 16 e2m1 codes, twice (so vpermw's 5-bit index reads code & 15 from either half)
+static const uint16_t kFp4Bf16x2[32] = {
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+
 // 16 pairs (W[r][c+2i], W[r][c+2i+1]), i < 16, of absolute row r from column c (c % 32 == 0, c + 32 ≤ cols)
 V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) {
   if (W.fmt == Fmt::fp4) {
     const uint8_t* p = (const uint8_t*)W.data + r * (W.cols / 2) + c / 2;
+    const uint8_t sb = W.scale[r * (W.cols / 32) + c / 32];
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
-    const __m512 t = _mm512_loadu_ps(kFp4Table), s = _mm512_set1_ps(kE8.v[W.scale[r * (W.cols / 32) + c / 32]]);
+    if (sb >= 2 && sb <= 252) {
+      // e2m1 · 2^(sb−127) is a normal bf16 for every code here (|v| in 0.5 … 6): the code's bf16
+      // bits with sb − 127 added to the exponent of the non-zero ones — the bits the rounded
+      // fp32 product has
+      const __m512i idx = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(15)), _mm512_slli_epi32(_mm512_srli_epi32(b, 4), 16));
+      const __m512i pair = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(kFp4Bf16x2));
+      const __mmask32 nz = _mm512_test_epi16_mask(pair, _mm512_set1_epi16(0x7fff));
+      return _mm512_mask_add_epi16(pair, nz, pair, _mm512_set1_epi16(short((int(sb) - 127) * 128)));
+    }
+    const __m512 t = _mm512_loadu_ps(kFp4Table), s = _mm512_set1_ps(kE8.v[sb]);
     const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)), t), s);
     const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), t), s);
     return pair_words(lo, hi);
@@ -439,15 +454,32 @@ V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) 
   return pair_words(lo, hi);
 }
 
+// bytes of row r (absolute) of an FP4 / FP8 weight from column c, and of its scale byte for column c
+static inline const char* q_row_addr(const WeightRef& W, long r, long c) {
+  return W.fmt == Fmt::fp4 ? (const char*)W.data + r * (W.cols / 2) + c / 2 : (const char*)W.data + r * W.cols + c;
+}
+static inline const char* q_scale_addr(const WeightRef& W, long r, long c) {
+  return W.fmt == Fmt::fp4 ? (const char*)W.scale + r * (W.cols / 32) + c / 32 : (const char*)W.scale + (r / 128) * cdiv(W.cols, 128) + c / 128;
+}
+
 V4_AVX512 static bool pack_B_pairs_q(const WeightRef& W, bool transB, long n0, long nb, long k0, long kc, int NR, uint32_t* Bp) {
   if ((W.fmt != Fmt::fp4 && W.fmt != Fmt::fp8) || NR % 16 != 0 || k0 % 32 != 0) return false;
   if (transB && kc % 32 != 0) return false;
-  const long kc2 = cdiv(kc, 2);
-  for (long p = 0; p < cdiv(nb, NR); p++) {
-    uint32_t* dst = Bp + p * kc2 * NR;
-    for (int jb = 0; jb < NR; jb += 16) {
-      const long nbase = n0 + p * NR + jb, live = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
-      if (transB) {
+  const long kc2 = cdiv(kc, 2), npan = cdiv(nb, NR);
+  if (transB) {
+    // each row n is read kc values at a time (64 or 128 bytes): fetch the next 16 rows' bytes
+    // and scales while this group of 16 is decoded, so the weight streams without stalls
+    const long rowBytes = W.fmt == Fmt::fp4 ? kc / 2 : kc;
+    for (long p = 0; p < npan; p++) {
+      uint32_t* dst = Bp + p * kc2 * NR;
+      for (int jb = 0; jb < NR; jb += 16) {
+        const long nbase = n0 + p * NR + jb, live = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
+        const long ahead = std::min<long>(16, std::max<long>(0, n0 + nb - nbase - 16));
+        for (long j = 0; j < ahead; j++) {
+          const char* a = q_row_addr(W, nbase + 16 + j + W.row0, k0);
+          for (long off = 0; off < rowBytes; off += 64) _mm_prefetch(a + off, _MM_HINT_T0);
+          _mm_prefetch(q_scale_addr(W, nbase + 16 + j + W.row0, k0), _MM_HINT_T0);
+        }
         for (long kp = 0; kp < kc2; kp += 16) {
           __m512 r[16];
           for (int j = 0; j < 16; j++)
@@ -455,15 +487,29 @@ V4_AVX512 static bool pack_B_pairs_q(const WeightRef& W, bool transB, long n0, l
           transpose16_regs(r);
           for (int i = 0; i < 16; i++) _mm512_store_ps((float*)dst + (kp + i) * NR + jb, r[i]);
         }
-      } else {
-        for (long kp = 0; kp < kc2; kp++) {
-          const long ra = k0 + 2 * kp + W.row0;
-          const __m512 lo = load_q16(W, ra, nbase, live);
-          const __m512 hi = 2 * kp + 1 < kc ? load_q16(W, ra + 1, nbase, live) : _mm512_setzero_ps();
-          _mm512_store_si512(dst + kp * NR + jb, pair_words(lo, hi));
-        }
       }
     }
+    return true;
+  }
+  // a pair interleaves rows k0+2kp and k0+2kp+1: walk the rows in order, each read along its
+  // columns n0 … n0+nb (a short run of bytes per row: the rows four pairs ahead are fetched)
+  const long runBytes = W.fmt == Fmt::fp4 ? (nb + 1) / 2 : nb;
+  for (long kp = 0; kp < kc2; kp++) {
+    const long ra = k0 + 2 * kp + W.row0;
+    const bool two = 2 * kp + 1 < kc;
+    for (long q = 0; q < 2; q++) {
+      if (2 * (kp + 4) + q >= kc) break;
+      const char* a = q_row_addr(W, ra + 8 + q, n0);
+      for (long off = 0; off < runBytes; off += 64) _mm_prefetch(a + off, _MM_HINT_T0);
+      _mm_prefetch(q_scale_addr(W, ra + 8 + q, n0), _MM_HINT_T0);
+    }
+    for (long p = 0; p < npan; p++)
+      for (int jb = 0; jb < NR; jb += 16) {
+        const long nbase = n0 + p * NR + jb, live = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
+        const __m512 lo = load_q16(W, ra, nbase, live);
+        const __m512 hi = two ? load_q16(W, ra + 1, nbase, live) : _mm512_setzero_ps();
+        _mm512_store_si512(Bp + p * kc2 * NR + kp * NR + jb, pair_words(lo, hi));
+      }
   }
   return true;
 }

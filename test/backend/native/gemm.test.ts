@@ -216,20 +216,22 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
   // groups, scales spread over many exponents.
   it.skipIf(!addon?.info().cpuBf16)('bf16 mode on FP4 / FP8 weights equals bf16 mode on their dequantised F32 copy, bit for bit', async () => {
     const r = rng(9);
-    const weight = (fmt: 'fp4' | 'fp8', rows: number, cols: number): [RawWeight, Float32Array] => {
+    const weight = (fmt: 'fp4' | 'fp4-any-scale' | 'fp8', rows: number, cols: number): [RawWeight, Float32Array] => {
       const x = randn(rows * cols, r, 0.02);
       for (let i = 0; i < rows; i++) x[i * cols + Math.floor(r() * cols)] *= 2 ** Math.floor(r() * 24 - 8);
-      if (fmt === 'fp4') {
+      if (fmt !== 'fp8') {
         const q = quantFp4(x, rows, cols);
+        // every E8M0 scale byte but NaN (255), extremes included: products from 2^-128 (subnormal) to 6·2^127
+        if (fmt === 'fp4-any-scale') for (let i = 0; i < q.scale.length; i++) q.scale[i] = i % 7 === 0 ? [0, 1, 2, 252, 253, 254][i % 6]! : Math.floor(r() * 255);
         return [rawWeight('fp4', q.weight, q.scale, rows, cols), dequantFp4(q.weight, q.scale, rows, cols)];
       }
       const q = quantFp8Block(x, rows, cols);
       return [rawWeight('fp8', q.weight, q.scale, rows, cols), dequantFp8Block(q.weight, q.scale, rows, cols)];
     };
     const cases = [
-      ['fp4', true, 50, 70, 544], ['fp4', true, 13, 600, 256], ['fp4', true, 5, 17, 32],
+      ['fp4', true, 50, 70, 544], ['fp4', true, 13, 600, 256], ['fp4', true, 5, 17, 32], ['fp4-any-scale', true, 20, 40, 320],
       ['fp8', true, 50, 70, 515], ['fp8', true, 13, 600, 288],
-      ['fp4', false, 50, 96, 515], ['fp4', false, 13, 608, 257], ['fp4', false, 200, 32, 31],
+      ['fp4', false, 50, 96, 515], ['fp4', false, 13, 608, 257], ['fp4', false, 200, 32, 31], ['fp4-any-scale', false, 20, 64, 99],
       ['fp8', false, 50, 70, 515], ['fp8', false, 13, 600, 257],
     ] as const;
     expect(A().setBf16(true)).toBe(true);
