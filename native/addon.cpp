@@ -339,7 +339,7 @@ void checkRouting(long T, long P, long E, const int* idx, const int* off) {
   for (long p = 0; p < P; p++)
     if (idx[p] < 0 || idx[p] >= T) throw ArgError("expert token index out of range");
 }
-// routedExpertsForward(out, x, T, d, I, idx, off, w, experts, L)
+// routedExpertsForward(out, x, T, d, I, idx, off, w, experts, L, h13?) — h13 (2·P·I) keeps h1, h3 for the backward
 Napi::Value RoutedExpertsForward(const Napi::CallbackInfo& info) {
   return async(info, "routedExpertsForward", [](Args& a) {
     long T = a.integer(2), d = a.integer(3), I = a.integer(4);
@@ -353,10 +353,11 @@ Napi::Value RoutedExpertsForward(const Napi::CallbackInfo& info) {
     float* out = a.f32(0, T * d);
     float* x = a.f32(1, T * d);
     float L = float(a.num(9));
-    return std::function<void()>([=] { routed_experts_forward(out, x, T, d, I, idx, off, w, ex.data(), E, L); });
+    float* h13 = a.f32(10, 2 * P * I, true);
+    return std::function<void()>([=] { routed_experts_forward(out, x, T, d, I, idx, off, w, ex.data(), E, L, h13); });
   });
 }
-// routedExpertsBackward(dx, dw, grads, dout, x, T, d, I, idx, off, w, experts, L)
+// routedExpertsBackward(dx, dw, grads, dout, x, T, d, I, idx, off, w, experts, L, h13?) — the forward's h13, or recompute
 Napi::Value RoutedExpertsBackward(const Napi::CallbackInfo& info) {
   return async(info, "routedExpertsBackward", [](Args& a) {
     long T = a.integer(5), d = a.integer(6), I = a.integer(7);
@@ -372,6 +373,7 @@ Napi::Value RoutedExpertsBackward(const Napi::CallbackInfo& info) {
     float* dout = a.f32(3, T * d);
     float* x = a.f32(4, T * d);
     float L = float(a.num(12));
+    const float* h13 = a.f32(13, 2 * P * I, true);
     if (!a.at(2).IsArray() || a.at(2).As<Napi::Array>().Length() != uint32_t(E)) throw ArgError("routedExpertsBackward: grads must have one entry per expert");
     Napi::Array ga = a.at(2).As<Napi::Array>();
     std::vector<ExpertGrads> gr(E);
@@ -381,7 +383,7 @@ Napi::Value RoutedExpertsBackward(const Napi::CallbackInfo& info) {
       gr[e] = ExpertGrads{a.f32In(o, "da1", x.r1 * d), a.f32In(o, "db1", I * x.r1), a.f32In(o, "da2", x.r2 * I),
                           a.f32In(o, "db2", d * x.r2), a.f32In(o, "da3", x.r3 * d), a.f32In(o, "db3", I * x.r3)};
     }
-    return std::function<void()>([=] { routed_experts_backward(dx, dw, gr.data(), dout, x, T, d, I, idx, off, w, ex.data(), E, L); });
+    return std::function<void()>([=] { routed_experts_backward(dx, dw, gr.data(), dout, x, T, d, I, idx, off, w, ex.data(), E, L, h13); });
   });
 }
 

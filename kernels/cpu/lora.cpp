@@ -227,23 +227,28 @@ static void scatter_add(float* dst, const float* src, const int* idx, const floa
   });
 }
 
-// One expert's forward: y (n, d) = expert_e(x[rows]).
+// One expert's forward: y (n, d) = expert_e(x[rows]); h1k / h3k, when not null, keep h1 and h3.
 static void routed_experts_forward_one(const Exec& X, float* y, const float* x, long d, long I, const int* rows, long n, const Expert& ex,
-                               float L) {
-  thread_local std::vector<float> sx, s1, s3, su, sd1, sd3, sd2;
+                               float L, float* h1k = nullptr, float* h3k = nullptr) {
+  thread_local std::vector<float> sx, s1, s3, su, sd1, sd3, sd2, sact;
   long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
-  float *xe = grow(sx, n * d), *h1 = grow(s1, n * I), *h3 = grow(s3, n * I), *u = grow(su, n * std::max(rmax, 1L));
+  float *xe = grow(sx, n * d), *u = grow(su, n * std::max(rmax, 1L));
+  float *h1 = h1k ? h1k : grow(s1, n * I), *h3 = h3k ? h3k : grow(s3, n * I);
+  float* act = h1k ? grow(sact, n * I) : h1;  // in place of h1 unless h1 is kept
   X.rows(n, [&](long p) { std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4); });
   project(X, h1, u, xe, lora_input(X, sd1, xe, rows, n, d, ex.d1, ex.a1 && ex.r1), n, ex.w1, ex.a1, ex.b1, ex.r1, ex.s1);
   project(X, h3, u, xe, lora_input(X, sd3, xe, rows, n, d, ex.d3, ex.a3 && ex.r3), n, ex.w3, ex.a3, ex.b3, ex.r3, ex.s3);
-  swiglu(X, h1, h1, h3, n * I, L);  // h1 now holds act
-  project(X, y, u, h1, lora_input(X, sd2, h1, rows, n, I, ex.d2, ex.a2 && ex.r2), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
+  swiglu(X, act, h1, h3, n * I, L);
+  project(X, y, u, act, lora_input(X, sd2, act, rows, n, I, ex.d2, ex.a2 && ex.r2), n, ex.w2, ex.a2, ex.b2, ex.r2, ex.s2);
 }
 
 void routed_experts_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
-                    const Expert* experts, long E, float L) {
+                    const Expert* experts, long E, float L, float* h13) {
   (void)T;
   const long P = off[E];
+  // pair p's kept h1 and h3 (null when not kept)
+  auto k1 = [&](long p) { return h13 ? h13 + p * I : nullptr; };
+  auto k3 = [&](long p) { return h13 ? h13 + (P + p) * I : nullptr; };
   if (experts_per_task(P, d, I)) {
     thread_local std::vector<float> sy;
     float* Y = grow(sy, P * d);
@@ -251,7 +256,7 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
     parallel_run(int(order.size()), [&](int t) {
       check_cancel();
       const long e = order[t], p0 = off[e];
-      routed_experts_forward_one(Exec{false}, Y + p0 * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L);
+      routed_experts_forward_one(Exec{false}, Y + p0 * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L, k1(p0), k3(p0));
     });
     scatter_add(out, Y, idx, w, P, d);
     return;
@@ -263,7 +268,7 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
     if (n == 0) continue;
     check_cancel();
     float* y = grow(sy, n * d);
-    routed_experts_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L);
+    routed_experts_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L, k1(p0), k3(p0));
     X.rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
   }
 }
@@ -279,7 +284,7 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
 // (n) and the expert's LoRA gradients accumulate.
 static void routed_experts_backward_one(const Exec& X, float* dxe, float* dw, const ExpertGrads& gr, const float* dout,
                                 const float* x, long d, long I, const int* rows, long n, const float* w, const Expert& ex,
-                                float L) {
+                                float L, const float* h1k = nullptr, const float* h3k = nullptr) {
   thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sd1, sd3, sd2, sdl;
   long r1 = ex.a1 ? ex.r1 : 0, r2 = ex.a2 ? ex.r2 : 0, r3 = ex.a3 ? ex.r3 : 0;
   float *xe = grow(sxe, n * d), *ge = grow(sge, n * d), *h1 = grow(sh1, n * I), *h3 = grow(sh3, n * I);
@@ -290,11 +295,21 @@ static void routed_experts_backward_one(const Exec& X, float* dxe, float* dw, co
     std::memcpy(&xe[p * d], x + long(rows[p]) * d, d * 4);
     std::memcpy(&ge[p * d], dout + long(rows[p]) * d, d * 4);
   });
-  // recompute the forward up to act (the LoRA inputs masked as the forward masked them)
+  // h1 and h3 as the forward kept them (copied: they are overwritten below), or recomputed; the
+  // LoRA inputs masked as the forward masked them, and u = x̃ Aᵀ for dB
   const float* x1 = lora_input(X, sd1, xe, rows, n, d, ex.d1, r1);
   const float* x3 = lora_input(X, sd3, xe, rows, n, d, ex.d3, r3);
-  project(X, h1, u1, xe, x1, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
-  project(X, h3, u3, xe, x3, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
+  if (h1k) {
+    X.rows(n, [&](long p) {
+      std::memcpy(&h1[p * I], h1k + p * I, I * 4);
+      std::memcpy(&h3[p * I], h3k + p * I, I * 4);
+    });
+    if (r1) X.gemm(n, r1, d, 1.f, x1, d, 1, f32_matrix(ex.a1, r1, d), true, 0.f, u1, r1);
+    if (r3) X.gemm(n, r3, d, 1.f, x3, d, 1, f32_matrix(ex.a3, r3, d), true, 0.f, u3, r3);
+  } else {
+    project(X, h1, u1, xe, x1, n, ex.w1, ex.a1, ex.b1, r1, ex.s1);
+    project(X, h3, u3, xe, x3, n, ex.w3, ex.a3, ex.b3, r3, ex.s3);
+  }
   swiglu(X, act, h1, h3, n * I, L);
   const float* act2 = lora_input(X, sd2, act, rows, n, I, ex.d2, r2);
   // G = g W2 + (s (g B2) A2) ⊙ m2
@@ -366,9 +381,12 @@ static bool grads_disjoint(const ExpertGrads* grads, long E) {
 }
 
 void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
-                     long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L) {
+                     long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L,
+                     const float* h13) {
   (void)T;
   const long P = off[E];
+  auto k1 = [&](long p) -> const float* { return h13 ? h13 + p * I : nullptr; };
+  auto k3 = [&](long p) -> const float* { return h13 ? h13 + (P + p) * I : nullptr; };
   if (experts_per_task(P, d, I) && grads_disjoint(grads, E)) {
     thread_local std::vector<float> sdx;
     float* DX = grow(sdx, P * d);
@@ -377,7 +395,7 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
       check_cancel();
       const long e = order[t], p0 = off[e];
       routed_experts_backward_one(Exec{false}, DX + p0 * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
-                          off[e + 1] - p0, w + p0, experts[e], L);
+                          off[e + 1] - p0, w + p0, experts[e], L, k1(p0), k3(p0));
     });
     if (dx) scatter_add(dx, DX, idx, nullptr, P, d);
     return;
@@ -389,7 +407,7 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
     if (n == 0) continue;
     check_cancel();
     float* dxe = grow(sdx, n * d);
-    routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L);
+    routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L, k1(p0), k3(p0));
     if (dx) X.rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
   }
 }

@@ -65,11 +65,14 @@ struct ExpertGrads {
 //   act = silu(min(h1, L)) · clamp(h3, -L, L)
 //   expert(x) = act W2ᵀ + s2 (ãct2 A2ᵀ) B2ᵀ
 // x̃k = x ⊙ (dk's mask at row idx[p]), ãct2 = act ⊙ (d2's mask at row idx[p]); = x, act when off.
+// h13, when not null (2·P·I floats), receives h1 of pair p at [p·I] and h3 at [(P + p)·I], for
+// the backward (a training forward keeps them).
 void routed_experts_forward(float* out, const float* x, long T, long d, long I, const int* idx, const int* off, const float* w,
-                    const Expert* experts, long E, float L);
-// dx (T, d) and dw (P) accumulate; grads[e] accumulate. Nothing (P, I)-sized is kept between
-// the passes: the backward recomputes h1, h3 and act expert by expert.
+                    const Expert* experts, long E, float L, float* h13 = nullptr);
+// dx (T, d) and dw (P) accumulate; grads[e] accumulate. With h13 (the forward's, unchanged) the
+// backward reads h1 and h3 from it; without, it recomputes them (w1·x and w3·x) expert by expert.
 void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, const float* dout, const float* x, long T, long d,
-                     long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L);
+                     long I, const int* idx, const int* off, const float* w, const Expert* experts, long E, float L,
+                     const float* h13 = nullptr);
 
 }  // namespace v4

@@ -186,11 +186,12 @@ export interface Backend {
   // ---- routed experts, clamped SwiGLU with LoRA. x [N, d]; idx, weights [N, k].
   // y [N, d] = Σ_slots weights[n,j] · w2_e( silu(min(w1_e x, L)) ⊙ clamp(w3_e x, −L, L) ), e = idx[n,j].
   // experts[e], lora[e] (may be empty). I = moe_intermediate_size.
-  routedExpertsForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }>;
+  /** train: a forward whose backward follows (a backend may keep more for it, e.g. the experts' hidden activations) */
+  routedExpertsForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number, train?: boolean): Promise<{ y: F32; saved: Saved }>;
   routedExpertsBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }>;
 
   // ---- one clamped SwiGLU expert on every row (the shared expert): x [N, d] → y [N, d].
-  swigluForward(x: F32, w: ExpertWeights, lora: ExpertLora, N: number, d: number, I: number, limit: number): Promise<{ y: F32; saved: Saved }>;
+  swigluForward(x: F32, w: ExpertWeights, lora: ExpertLora, N: number, d: number, I: number, limit: number, train?: boolean): Promise<{ y: F32; saved: Saved }>;
   swigluBackward(saved: Saved, dy: F32): Promise<{ dx: F32; lora: ExpertLoraGrads }>;
 
   // ---- lm head logits: x [N, d]; W [V, d] → [N, V].

@@ -42,6 +42,8 @@ export function ascendAvailability(): { available: boolean; reason: string } {
 
 class AscendBackend extends NativeBackend {
   override readonly name: string;
+  // the NPU kernels recompute h1 and h3 in the backward (they take no kept activations)
+  protected override readonly keepExpertHidden = false;
   constructor(addon: AscendAddon, device: number, cores: number) {
     super({
       ...addon,

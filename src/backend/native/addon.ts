@@ -79,9 +79,11 @@ export interface NativeAddon {
   /** m [N, C] = the kernels' dropout multipliers (scale kept, 0 dropped) at rows rows[i] (null: i); for tests */
   dropoutMask(m: F32, rows: I32 | null, N: number, C: number, dropout: RawDropout): void;
   /** pairs sorted by expert: off [E+1], idx [P] tokens, w [P] routing weights; out [T, d] += */
-  routedExpertsForward(out: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
+  /** h13 (2·P·I), when given, receives each pair's h1 (at p·I) and h3 (at (P + p)·I) for the backward */
+  routedExpertsForward(out: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number, h13?: F32 | null): Promise<void>;
   /** dx [T, d], dw [P], grads += */
-  routedExpertsBackward(dx: F32 | null, dw: F32 | null, grads: RawExpertGrads[], dout: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number): Promise<void>;
+  /** h13: the forward's (read, not changed), or null to recompute h1 and h3 */
+  routedExpertsBackward(dx: F32 | null, dw: F32 | null, grads: RawExpertGrads[], dout: F32, x: F32, T: number, d: number, I: number, idx: I32, off: I32, w: F32, experts: RawExpert[], limit: number, h13?: F32 | null): Promise<void>;
   rmsnormForward(out: F32, rstd: F32, inp: F32, weight: F32 | null, T: number, C: number, eps: number): Promise<void>;
   rmsnormBackward(dinp: F32, dweight: F32 | null, dout: F32, inp: F32, weight: F32 | null, rstd: F32, T: number, C: number): Promise<void>;
   /** x [T, H, D] rotated in place; cos/sin [maxPos, rd/2] */

@@ -58,7 +58,8 @@ interface RopeSaved extends Saved { pos: I32; table: RopeTable; N: number; nh: n
 interface CompSaved extends Saved { a: F32; z: F32; ape: F32; segs: I32; N: number; m: number; hd: number; overlap: boolean }
 interface AttnSaved extends Saved { q: F32; kv: F32; o: F32; lse: F32; sink: F32; idx: I32; N: number; H: number; D: number; M: number; K: number; scale: number }
 interface RouterSaved extends Saved { x: F32; W: NativeWeight; sc: F32; idx: I32; N: number; d: number; E: number; k: number; routeScale: number }
-interface MoeSaved extends Saved { x: F32; plan: MoePlan; experts: RawExpert[]; N: number; d: number; I: number; k: number; limit: number; lora: readonly ExpertLora[] }
+/** h13: the experts' h1 and h3 per pair, kept by a training forward (null: the backward recomputes them) */
+interface MoeSaved extends Saved { x: F32; plan: MoePlan; experts: RawExpert[]; N: number; d: number; I: number; k: number; limit: number; lora: readonly ExpertLora[]; h13: F32 | null }
 /** dx1: d(lossSum)/dx computed in the forward's pass (withGrad), else null */
 interface LossSaved extends Saved { x: F32; W: NativeWeight; targets: I32; N: number; d: number; dx1: F32 | null }
 
@@ -119,6 +120,11 @@ function loraGrads(g: RawExpertGrads): ExpertLoraGrads {
 export class NativeBackend implements Backend {
   readonly name: string;
   private readonly weights = new Set<NativeWeight>();
+  /**
+   * whether a training forward of the routed experts and the shared expert keeps h1 and h3 for
+   * the backward (2·pairs·I floats) instead of the backward recomputing w1·x and w3·x
+   */
+  protected readonly keepExpertHidden: boolean = true;
 
   constructor(readonly addon: NativeAddon) {
     const i = addon.info();
@@ -346,13 +352,15 @@ export class NativeBackend implements Backend {
     return { dx };
   }
 
-  async routedExpertsForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number): Promise<{ y: F32; saved: Saved }> {
+  async routedExpertsForward(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], lora: readonly ExpertLora[], N: number, d: number, I: number, k: number, limit: number, train = false): Promise<{ y: F32; saved: Saved }> {
     const plan = moePlan(idx, weights, N, k, experts.length);
     const raw = experts.map((w, e) => rawExpert(w, lora[e] ?? {}));
     const L = limit > 0 ? limit : Infinity;
     const y = new Float32Array(N * d);
-    await this.addon.routedExpertsForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L);
-    const saved: MoeSaved = { op: 'moe', x, plan, experts: raw, N, d, I, k, limit: L, lora };
+    // a training forward keeps h1 and h3 (2·P·I floats), so the backward skips w1·x and w3·x
+    const h13 = train && this.keepExpertHidden ? new Float32Array(2 * plan.idx.length * I) : null;
+    await this.addon.routedExpertsForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L, h13);
+    const saved: MoeSaved = { op: 'moe', x, plan, experts: raw, N, d, I, k, limit: L, lora, h13 };
     return { y, saved };
   }
   async routedExpertsBackward(saved: Saved, dy: F32): Promise<{ dx: F32; dweights: F32; lora: ExpertLoraGrads[] }> {
@@ -360,26 +368,27 @@ export class NativeBackend implements Backend {
     const dx = new Float32Array(s.N * s.d);
     const dw = new Float32Array(s.plan.idx.length);
     const grads = s.experts.map((_, e) => gradBuffers(s.lora[e] ?? {}));
-    await this.addon.routedExpertsBackward(dx, dw, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit);
+    await this.addon.routedExpertsBackward(dx, dw, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit, s.h13);
     const dweights = new Float32Array(s.N * s.k);
     for (let p = 0; p < dw.length; p++) dweights[s.plan.slot[p]] = dw[p];
     return { dx, dweights, lora: grads.map(loraGrads) };
   }
 
-  async swigluForward(x: F32, w: ExpertWeights, lora: ExpertLora, N: number, d: number, I: number, limit: number): Promise<{ y: F32; saved: Saved }> {
+  async swigluForward(x: F32, w: ExpertWeights, lora: ExpertLora, N: number, d: number, I: number, limit: number, train = false): Promise<{ y: F32; saved: Saved }> {
     const plan = moePlan(new Int32Array(N), new Float32Array(N).fill(1), N, 1, 1);
     const raw = [rawExpert(w, lora)];
     const L = limit > 0 ? limit : Infinity;
     const y = new Float32Array(N * d);
-    await this.addon.routedExpertsForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L);
-    const saved: MoeSaved = { op: 'swiglu', x, plan, experts: raw, N, d, I, k: 1, limit: L, lora: [lora] };
+    const h13 = train && this.keepExpertHidden ? new Float32Array(2 * N * I) : null;
+    await this.addon.routedExpertsForward(y, x, N, d, I, plan.idx, plan.off, plan.w, raw, L, h13);
+    const saved: MoeSaved = { op: 'swiglu', x, plan, experts: raw, N, d, I, k: 1, limit: L, lora: [lora], h13 };
     return { y, saved };
   }
   async swigluBackward(saved: Saved, dy: F32): Promise<{ dx: F32; lora: ExpertLoraGrads }> {
     const s = expectSaved<MoeSaved>(saved, 'swiglu');
     const dx = new Float32Array(s.N * s.d);
     const grads = [gradBuffers(s.lora[0])];
-    await this.addon.routedExpertsBackward(dx, null, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit);
+    await this.addon.routedExpertsBackward(dx, null, grads, dy, s.x, s.N, s.d, s.I, s.plan.idx, s.plan.off, s.plan.w, s.experts, s.limit, s.h13);
     return { dx, lora: loraGrads(grads[0]) };
   }
 

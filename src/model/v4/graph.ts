@@ -248,7 +248,7 @@ export class Graph {
   /** Routed experts of `module` (e.g. `layers.3.ffn.experts`): LoRA per expert `module.E.wN`. */
   async routedExperts(x: F32, idx: I32, weights: F32, experts: readonly ExpertWeights[], module: string, N: number, d: number, I: number, k: number, limit: number): Promise<F32> {
     const lora = experts.map((_, e) => this.expertLora(`${module}.${e}`));
-    const { y, saved } = await this.be.routedExpertsForward(x, idx, weights, experts, lora, N, d, I, k, limit);
+    const { y, saved } = await this.be.routedExpertsForward(x, idx, weights, experts, lora, N, d, I, k, limit, this.tape != null);
     this.tape?.record([x, weights], [y], async ([dy]) => {
       const r = await this.be.routedExpertsBackward(saved, dy);
       r.lora.forEach((g, e) => this.addExpertGrads(`${module}.${e}`, g));
@@ -260,7 +260,7 @@ export class Graph {
   /** One SwiGLU expert (the shared expert, `module` e.g. `layers.3.ffn.shared_experts`). */
   async swiglu(x: F32, w: ExpertWeights, module: string, N: number, d: number, I: number, limit: number): Promise<F32> {
     const lora = this.expertLora(module);
-    const { y, saved } = await this.be.swigluForward(x, w, lora, N, d, I, limit);
+    const { y, saved } = await this.be.swigluForward(x, w, lora, N, d, I, limit, this.tape != null);
     this.tape?.record([x], [y], async ([dy]) => {
       const r = await this.be.swigluBackward(saved, dy);
       this.addExpertGrads(module, r.lora);

@@ -142,4 +142,70 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
       }
     }
   });
+
+  // A training forward keeps h1 and h3 (2·P·I floats) and the backward reads them instead of
+  // recomputing w1·x and w3·x: the same bits for out, dx, dw and every LoRA gradient as the
+  // recomputing backward, with one expert per pool task (d·I ≤ 2^20) and each GEMM across the
+  // pool (d·I > 2^20), LoRA dropout on, an expert without adapters and one without tokens.
+  it('the backward from the forward\'s kept h1/h3 equals the recomputing backward, bit for bit', async () => {
+    const r = rng(12);
+    for (const [d, I] of [[32, 64], [1024, 1152]] as const) {
+      const T = 7;
+      const E = 4;
+      const rk = 3;
+      const drop = (seed: number) => ({ threshold: Math.floor(0.2 * 2 ** 24), scale: 1.25, seed });
+      const raw: RawExpert[] = [];
+      for (let e = 0; e < E; e++) {
+        const w = (rows: number, cols: number) => rawWeight('f32', randn(rows * cols, r, 0.05), null, rows, cols);
+        const ex: RawExpert = { w1: w(I, d), w2: w(d, I), w3: w(I, d) };
+        if (e !== 1) {
+          Object.assign(ex, {
+            a1: randn(rk * d, r, 0.1), b1: randn(I * rk, r, 0.1), r1: rk, s1: 0.5, d1: drop(10 + e),
+            a2: randn(rk * I, r, 0.1), b2: randn(d * rk, r, 0.1), r2: rk, s2: 0.25, d2: drop(20 + e),
+            a3: randn(rk * d, r, 0.1), b3: randn(I * rk, r, 0.1), r3: rk, s3: 0.75,
+          });
+        }
+        raw.push(ex);
+      }
+      // every token to 2 of experts 0–2; expert 3 gets none
+      const pairs: { t: number; e: number; w: number }[] = [];
+      for (let t = 0; t < T; t++) for (const e of [t % 3, (t + 1) % 3]) pairs.push({ t, e, w: 0.3 + 0.1 * t });
+      pairs.sort((a, b) => a.e - b.e || a.t - b.t);
+      const idx = Int32Array.from(pairs, (p) => p.t);
+      const w = Float32Array.from(pairs, (p) => p.w);
+      const off = new Int32Array(E + 1);
+      for (const p of pairs) off[p.e + 1]++;
+      for (let e = 0; e < E; e++) off[e + 1] += off[e];
+      const P = pairs.length;
+      const x = randn(T * d, r);
+      const g = randn(T * d, r);
+      const run = async (keep: boolean) => {
+        const out = new Float32Array(T * d);
+        const h13 = keep ? new Float32Array(2 * P * I) : null;
+        await A().routedExpertsForward(out, x, T, d, I, idx, off, w, raw, 2, h13);
+        const dx = new Float32Array(T * d);
+        const dw = new Float32Array(P);
+        const grads: RawExpertGrads[] = raw.map((e) => (e.a1 ? {
+          da1: new Float32Array(e.a1.length), db1: new Float32Array(e.b1!.length), da2: new Float32Array(e.a2!.length),
+          db2: new Float32Array(e.b2!.length), da3: new Float32Array(e.a3!.length), db3: new Float32Array(e.b3!.length),
+        } : {}));
+        await A().routedExpertsBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, raw, 2, h13);
+        return { out, dx, dw, grads, h13 };
+      };
+      const kept = await run(true);
+      const recomputed = await run(false);
+      expect(kept.h13!.some((v) => v !== 0), `${d}×${I}: h13 filled`).toBe(true);
+      expect(kept.out, `${d}×${I} out`).toEqual(recomputed.out);
+      expect(kept.dx, `${d}×${I} dx`).toEqual(recomputed.dx);
+      expect(kept.dw, `${d}×${I} dw`).toEqual(recomputed.dw);
+      expect(kept.grads, `${d}×${I} LoRA gradients`).toEqual(recomputed.grads);
+      // h1 of pair 0 is x[idx[0]] W1ᵀ + its LoRA term: check its base part on the expert without adapters
+      const p1 = off[1];
+      const t1 = idx[p1]!;
+      const W1 = raw[1]!.w1.data as Float32Array;
+      let h = 0;
+      for (let j = 0; j < d; j++) h += x[t1 * d + j]! * W1[j]!;
+      expect(Math.abs(kept.h13![p1 * I]! - h)).toBeLessThan(1e-4 * (1 + Math.abs(h)));
+    }
+  });
 });
