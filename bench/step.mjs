@@ -6,9 +6,9 @@
 // FLOPs are the model's: each frozen linear counts 2·rows·in·out forward and the same again
 // backward (dx only; base weights get no gradient), LoRA its forward and twice that backward,
 // attention 4·(visible keys)·H·D forward and 8·… backward, mHC its mixes and sums, the head
-// 2·T·d·V forward and again for dh. Work a kernel repeats (the expert backward recomputes
-// w1·x and w3·x; activation checkpointing re-runs each block's forward) is not counted, so
-// the fraction of peak is conservative. Element-wise ops (norms, RoPE, routing softmax) count 0.
+// 2·T·d·V forward and again for dh. Work repeated (activation checkpointing re-runs each
+// block's forward) is not counted, so the fraction of peak is conservative; the experts'
+// backward reads h1 and h3 from the training forward, so it repeats nothing. Element-wise ops (norms, RoPE, routing softmax) count 0.
 //
 // Usage (after `npm run build` and `npm run build:native`):
 //   node bench/step.mjs --preset flash|small [--layers 2 --experts 32] [--model DIR]
@@ -263,7 +263,7 @@ try {
     runs,
     peft,
     ratios,
-    note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (expert backward, activation checkpointing) not counted. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers on the BF16 copy of the same checkpoint (dtype float32: loaded and computed in float32; bfloat16: loaded in bfloat16, LoRA weights in float32 as PEFT keeps them), same rank, targets and threads, same run.',
+    note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (activation checkpointing) not counted; the expert backward reads h1 and h3 kept by the forward. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers on the BF16 copy of the same checkpoint (dtype float32: loaded and computed in float32; bfloat16: loaded in bfloat16, LoRA weights in float32 as PEFT keeps them), same rank, targets and threads, same run.',
     loadavg_start: load0,
     loadavg_end: loadavg(),
     cpus: cpus().length,
