@@ -20,6 +20,18 @@ function expertRef(x: ArrayLike<number>, T: number, d: number, I: number, pairs:
   return out;
 }
 
+// The grouped kernel's routing: every token t to experts t % used and (t + 1) % used (weight
+// 0.3 + 0.1·t), the pairs sorted by expert; experts ≥ used get none.
+function routing(T: number, E: number, used: number) {
+  const pairs: { t: number; e: number; w: number }[] = [];
+  for (let t = 0; t < T; t++) for (const e of [t % used, (t + 1) % used]) pairs.push({ t, e, w: 0.3 + 0.1 * t });
+  pairs.sort((a, b) => a.e - b.e || a.t - b.t);
+  const off = new Int32Array(E + 1);
+  for (const p of pairs) off[p.e + 1]++;
+  for (let e = 0; e < E; e++) off[e + 1] += off[e];
+  return { pairs, idx: Int32Array.from(pairs, (p) => p.t), w: Float32Array.from(pairs, (p) => p.w), off };
+}
+
 describe.skipIf(skipNative)('native LoRA kernels', () => {
   it('the addon is built (required under CI)', () => {
     expect(addon, whyUnavailable).not.toBeNull();
@@ -100,14 +112,7 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
       raw.push({ w1, w2, w3, a1: lora[0].A, b1: lora[0].B, r1: rk, s1: 0.5, a2: lora[1].A, b2: lora[1].B, r2: rk, s2: 0.25, a3: lora[2].A, b3: lora[2].B, r3: rk, s3: 0.75 });
     }
     // every token to 2 experts; expert 2 gets none of some tokens
-    const pairs: { t: number; e: number; w: number }[] = [];
-    for (let t = 0; t < T; t++) for (const e of [t % E, (t + 1) % E]) pairs.push({ t, e, w: 0.3 + 0.1 * t });
-    pairs.sort((a, b) => a.e - b.e || a.t - b.t);
-    const idx = Int32Array.from(pairs, (p) => p.t);
-    const w = Float32Array.from(pairs, (p) => p.w);
-    const off = new Int32Array(E + 1);
-    for (const p of pairs) off[p.e + 1]++;
-    for (let e = 0; e < E; e++) off[e + 1] += off[e];
+    const { pairs, idx, w, off } = routing(T, E, E);
     const x = randn(T * d, r);
     const out = new Float32Array(T * d);
     await A().routedExpertsForward(out, x, T, d, I, idx, off, w, raw, L);
@@ -168,14 +173,7 @@ describe.skipIf(skipNative)('native LoRA kernels', () => {
         raw.push(ex);
       }
       // every token to 2 of experts 0–2; expert 3 gets none
-      const pairs: { t: number; e: number; w: number }[] = [];
-      for (let t = 0; t < T; t++) for (const e of [t % 3, (t + 1) % 3]) pairs.push({ t, e, w: 0.3 + 0.1 * t });
-      pairs.sort((a, b) => a.e - b.e || a.t - b.t);
-      const idx = Int32Array.from(pairs, (p) => p.t);
-      const w = Float32Array.from(pairs, (p) => p.w);
-      const off = new Int32Array(E + 1);
-      for (const p of pairs) off[p.e + 1]++;
-      for (let e = 0; e < E; e++) off[e + 1] += off[e];
+      const { pairs, idx, w, off } = routing(T, E, 3);
       const P = pairs.length;
       const x = randn(T * d, r);
       const g = randn(T * d, r);
