@@ -385,14 +385,7 @@ V4_AVX512 static void pack_B_pairs_bf16(const WeightRef& W, bool transB, long n0
 // are the bits the fp32 panel + to_bf16_pairs path gives — without the fp32 panel, its
 // transpose and its second pass. Taken where every 16-pair group lies inside one scale group:
 // transB needs kc % 32 == 0 (K blocks start at multiples of KC); otherwise the caller falls back.
-struct ScaleLut {
-  float v[256];
-  ScaleLut() {
-    for (int i = 0; i < 256; i++) v[i] = e8m0(uint8_t(i));
-  }
-};
-static const ScaleLut kE8;
-static const float kFp4Table[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+// The tables are weights.cpp's, which decode_row uses.
 
 V4_AVX512 static inline __m512i pair_words(__m512 lo, __m512 hi) {
   return _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
@@ -411,12 +404,12 @@ V4_AVX512 static inline __m512 load_q16(const WeightRef& W, long r, long c, long
     const __m512i shift = _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
     const __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(__mmask16((1u << cdiv(std::min<long>(live, 16), 2)) - 1), p));
     const __m512i nib = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(dup, b), shift), _mm512_set1_epi32(15));
-    const __m512 f = _mm512_mul_ps(_mm512_permutexvar_ps(nib, _mm512_loadu_ps(kFp4Table)), _mm512_set1_ps(kE8.v[W.scale[r * (W.cols / 32) + c / 32]]));
+    const __m512 f = _mm512_mul_ps(_mm512_permutexvar_ps(nib, _mm512_loadu_ps(fp4_e2m1_table())), _mm512_set1_ps(e8m0_table()[W.scale[r * (W.cols / 32) + c / 32]]));
     return _mm512_maskz_mov_ps(lanes(live), f);
   }
   const uint8_t* p = (const uint8_t*)W.data + r * W.cols + c;
   const __m256i b = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(lanes(live), p));
-  const float s = 256.0f * kE8.v[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]];
+  const float s = 256.0f * e8m0_table()[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]];
   return _mm512_mul_ps(_mm512_cvtph_ps(fp8_as_f16(b)), _mm512_set1_ps(s));
 }
 // bf16 bits of the 16 e2m1 codes, twice (so vpermw's 5-bit index reads code & 15 from either half)
@@ -439,18 +432,19 @@ V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) 
       const __mmask32 nz = _mm512_test_epi16_mask(pair, _mm512_set1_epi16(0x7fff));
       return _mm512_mask_add_epi16(pair, nz, pair, _mm512_set1_epi16(short((int(sb) - 127) * 128)));
     }
-    const __m512 t = _mm512_loadu_ps(kFp4Table), s = _mm512_set1_ps(kE8.v[sb]);
+    const __m512 t = _mm512_loadu_ps(fp4_e2m1_table()), s = _mm512_set1_ps(e8m0_table()[sb]);
     const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)), t), s);
     const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), t), s);
     return pair_words(lo, hi);
   }
   const uint8_t* p = (const uint8_t*)W.data + r * W.cols + c;
-  const __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)p));  // 32 codes, 16 bits each
-  const __m512i f16 = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(h, _mm512_set1_epi16(0x80)), 8),
-                                      _mm512_slli_epi16(_mm512_and_si512(h, _mm512_set1_epi16(0x7f)), 7));
-  const __m512 s = _mm512_set1_ps(256.0f * kE8.v[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]]);
-  const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(f16)), s);
-  const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(f16, 16))), s);
+  // 32 codes: the even columns' and the odd columns' as fp16 bits
+  const __m512i codes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)p));
+  const __m512 s = _mm512_set1_ps(256.0f * e8m0_table()[W.scale[(r / 128) * cdiv(W.cols, 128) + c / 128]]);
+  const __m256i lo16 = fp8_as_f16(_mm512_cvtepi32_epi16(codes));
+  const __m256i hi16 = fp8_as_f16(_mm512_cvtepi32_epi16(_mm512_srli_epi32(codes, 16)));
+  const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(lo16), s);
+  const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(hi16), s);
   return pair_words(lo, hi);
 }
 
@@ -615,8 +609,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         uint32_t* B16 = (uint32_t*)sb16.get(cdiv(nb, NR) * NR * kc2);
         if (W.fmt == Fmt::bf16 && NR % 16 == 0) {
           pack_B_pairs_bf16(W, transB, n0, nb, k0, kc, NR, B16);
-        } else if (pack_B_pairs_q(W, transB, n0, nb, k0, kc, NR, B16)) {
-        } else {
+        } else if (!pack_B_pairs_q(W, transB, n0, nb, k0, kc, NR, B16)) {
           float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
           pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
           for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);

@@ -30,6 +30,8 @@ struct Luts {
   }
 };
 static const Luts kLut;
+const float* e8m0_table() { return kLut.e8; }
+const float* fp4_e2m1_table() { return kFp4; }
 
 long weight_data_bytes(Fmt f, long rows, long cols) {
   switch (f) {

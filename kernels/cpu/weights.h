@@ -41,5 +41,8 @@ long weight_scale_bytes(Fmt f, long rows, long cols);
 float e8m0(uint8_t b);
 float fp8_e4m3(uint8_t b);
 float fp4_e2m1(uint8_t nib);
+// the decoders' tables: e8m0(b) for every byte b, and the 16 e2m1 values by code
+const float* e8m0_table();
+const float* fp4_e2m1_table();
 
 }  // namespace v4
