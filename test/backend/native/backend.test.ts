@@ -109,6 +109,15 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
         expect(relErr(ga.lora[e][p]!.dA, gb.lora[e][p]!.dA), `expert ${e} ${p} dA`).toBeLessThan(1e-4);
         expect(relErr(ga.lora[e][p]!.dB, gb.lora[e][p]!.dB), `expert ${e} ${p} dB`).toBeLessThan(1e-4);
       }
+    // a training forward keeps h1/h3 and its backward reads them: the same bits as recomputing
+    const mk = await nat.routedExpertsForward(x, ra.idx, ra.weights, en, lo, N, d, I, k, L, true);
+    expect((mk.saved as { h13?: Float32Array | null }).h13?.length).toBe(2 * N * k * I);
+    expect(mk.y).toEqual(ma.y);
+    const gk = await nat.routedExpertsBackward(mk.saved, dy);
+    expect(gk.dx).toEqual(ga.dx);
+    expect(gk.dweights).toEqual(ga.dweights);
+    expect(gk.lora).toEqual(ga.lora);
+    expect((ma.saved as { h13?: Float32Array | null }).h13).toBeNull();
     const dr = await nat.routerBackward(ra.saved, ga.dweights);
     const dt = await tfb.routerBackward(rb.saved, gb.dweights);
     expect(relErr(dr.dx, dt.dx)).toBeLessThan(1e-4);
@@ -122,6 +131,11 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
     const sgb = await tfb.swigluBackward(sb.saved, dy);
     expect(relErr(sga.dx, sgb.dx)).toBeLessThan(1e-4);
     expect(relErr(sga.lora.w2!.dB, sgb.lora.w2!.dB)).toBeLessThan(1e-4);
+    const sk = await nat.swigluForward(x, sh, ls, N, d, I, L, true);
+    expect((sk.saved as { h13?: Float32Array | null }).h13?.length).toBe(2 * N * I);
+    const sgk = await nat.swigluBackward(sk.saved, dy);
+    expect(sgk.dx).toEqual(sga.dx);
+    expect(sgk.lora).toEqual(sga.lora);
   });
 
   it('rmsnorm, rope, mHC pre/post, hc_head: outputs 1e-5, gradients 1e-4', async () => {
