@@ -19,8 +19,8 @@ const benches = {
   checkpointing: [['checkpointing.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/checkpointing.json']],
   distributed: [['distributed.mjs', '--out', 'bench/results/distributed.json']],
   step: [
-    ['step.mjs', '--preset', 'small', '--tokens', '512', '--reps', '3', '--bf16', '--peft', 'make', '--out', 'bench/results/step-small.json'],
-    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '512,4096', '--reps', '1', '--bf16', '--peft', 'make', '--peft-tokens', '512', '--out', 'bench/results/step-flash.json'],
+    ['step.mjs', '--preset', 'small', '--tokens', '512', '--reps', '3', '--bf16', '--peft', 'make', '--peft-dtype', 'both', '--out', 'bench/results/step-small.json'],
+    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '512,4096', '--reps', '2', '--bf16', '--peft', 'make', '--peft-tokens', '512', '--peft-dtype', 'both', '--out', 'bench/results/step-flash.json'],
   ],
   merge: [['merge.mjs', ...flashModel, '--out', 'bench/results/merge-flash.json']],
 };
