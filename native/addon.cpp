@@ -2,7 +2,12 @@
 // kernel on a libuv worker thread (Napi::AsyncWorker) so the JS thread stays responsive.
 // Every kernel entry returns a Promise; the sync entries are configuration and tiny helpers.
 #include <napi.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
 #include <algorithm>
 #include <functional>
 #include <memory>

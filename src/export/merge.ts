@@ -2,12 +2,12 @@
 // stored bytes by byte range, and if the adapter adapts its module, dequantise it (FP8 128×128
 // block scales, FP4 per-32 scales, BF16/F16/F32), add ΔW = scaling·B·A (summed in float64,
 // rounded to float32 once: adapter.ts `delta`) and write it back requantised to the format it
-// came in (fresh E8M0 scales) or as BF16. Other tensors are
-// copied as stored, streamed from shard to shard through one buffer without being decoded (or,
-// with dtype bf16, FP8/FP4 weights are dequantised to BF16 too, so the whole output is one
-// consistent BF16 checkpoint). The next tensor is merged (native, on the kernel threads) while
-// this one is written; memory stays bounded by two tensors in flight (one stacked expert tensor
-// in the transformers layout); the output folder appears whole or not at all.
+// came in (fresh E8M0 scales) or as BF16. Other tensors are copied as stored, file to file in the
+// kernel (copy_file_range, native addon) or through one buffer, never decoded (or, with dtype
+// bf16, FP8/FP4 weights are dequantised to BF16 too, so the whole output is one consistent BF16
+// checkpoint). The copies stream in order while the merges run on the kernel threads, each merged
+// tensor written at its place as soon as it is done (writeCheckpointFiles' two lanes); memory stays
+// bounded by aheadBytes of merges in flight; the output folder appears whole or not at all.
 import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve, isAbsolute } from 'node:path';
 import { InputError, NonFiniteError, firstNonFinite } from '../errors.js';
@@ -365,9 +365,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         else copyFileSync(src, join(tmp, n));
       }
       stampChatTemplate(tmp); // the chat template the adapter was trained with (src/chat)
-      // produce runs one tensor ahead of the writer (the native merge of the next tensor overlaps
-      // the writing of this one); its events still come in the writer's order
-      let turn: Promise<void> = Promise.resolve();
+      // copies stream in order while the merges run on the kernel threads, within aheadBytes of
+      // buffers, each written as soon as it is merged (writeCheckpointFiles' two lanes)
       let failed = false;
       const pool = new BufferPool(4);
       // the bytes a tensor holds while in flight: its stored input and its output (0 for a copy)
@@ -377,10 +376,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
       });
       // native outputs given back to the pool once written
       const pending = new Map<string, StoredBytes>();
+      const producedBytes = new Map<string, number>();
       return writeCheckpointFiles(tmp, outPlans, async (name) => {
-        const prev = turn;
-        let myTurnDone = (): void => {};
-        turn = new Promise<void>((res) => { myTurnDone = res; });
         try {
           const action = actions.get(name)!;
           let bytes: StoredBytes;
@@ -423,29 +420,27 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
               bytes = plan.dtype === 'bf16' ? { data: f32ToBf16Bytes(x), scale: null } : requantise(x, r.meta, r.scale !== null);
             }
           }
-          await prev;
-          if (failed) return bytes;
-          const wrote = bytes.data.length + (bytes.scale?.length ?? 0);
-          bytesWritten += wrote;
-          sample();
-          opts.onTensor?.({ name, index: ++done, total: outPlans.length, action, bytes: wrote });
-          await new Promise<void>((res) => setImmediate(res)); // keep Ctrl-C and the progress bar responsive
+          producedBytes.set(name, bytes.data.length + (bytes.scale?.length ?? 0));
           return bytes;
         } catch (e) {
           failed = true;
           throw e;
-        } finally {
-          myTurnDone();
         }
       }, {
         layout: ck.layout, maxShardBytes: plan.maxShardBytes, ahead: 1,
-        // merges run ahead while the writer streams copies, within aheadBytes of buffers
-        aheadBytes: { budget: aheadBytes, heldBytes: (n) => heldEstimate.get(n) ?? 0 },
+        // two merges at a time (one on the kernel threads, the next read and queued): more would
+        // only wait in the libuv pool ahead of the copies' copy_file_range jobs
+        aheadBytes: { budget: aheadBytes, heldBytes: (n) => heldEstimate.get(n) ?? 0, concurrency: 2 },
         onHeld: (n, b) => {
           peakHeld = Math.max(peakHeld, n);
           peakHeldBytes = Math.max(peakHeldBytes, b);
         },
         onWritten: (name) => {
+          const wrote = producedBytes.get(name)!;
+          producedBytes.delete(name);
+          bytesWritten += wrote;
+          sample();
+          if (!failed) opts.onTensor?.({ name, index: ++done, total: outPlans.length, action: actions.get(name)!, bytes: wrote });
           const b = pending.get(name);
           if (!b) return;
           pending.delete(name);

@@ -7,7 +7,7 @@ import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, FP4_GROUP, FP8_BLOCK } from './formats.js';
 import { detectLayout, expectedTensors, mapTransformersLayout, officialToTransformers, scaleNameOf, type Layout, type TensorSource } from './layout.js';
-import { numel, SafetensorsSet, SafetensorsWriter, type ByteSource, type Dtype, type TensorEntry, type TensorSpec } from './safetensors.js';
+import { DTYPE_BYTES, numel, SafetensorsSet, SafetensorsWriter, type ByteSource, type Dtype, type TensorEntry, type TensorSpec } from './safetensors.js';
 import { stampChatTemplate } from '../chat/config.js';
 
 export type WeightFormat = 'fp8' | 'fp4' | 'bf16' | 'f16' | 'f32' | 'int';
@@ -341,7 +341,15 @@ export interface WriteOptions {
    * (`heldBytes(name)`: 0 for one left in a file) summed over every tensor produced (or being
    * produced) and not yet written stay within `budget`
    */
-  aheadBytes?: { budget: number; heldBytes: (name: string) => number };
+  aheadBytes?: {
+    budget: number;
+    heldBytes: (name: string) => number;
+    /**
+     * at most this many of them produced at a time (default: as many as the budget allows); a
+     * producer that queues native jobs keeps the libuv pool free for the other lane's file copies
+     */
+    concurrency?: number;
+  };
   /** called whenever the tensors produced (or being produced) and not yet written change: their number and heldBytes */
   onHeld?: (tensors: number, bytes: number) => void;
   /** called once a tensor's bytes (weight and scale) are all written: its buffers may be reused */
@@ -359,11 +367,18 @@ interface Piece {
 
 /**
  * Write the safetensors shards and index of a checkpoint into `dir` (an existing folder, e.g. the
- * temp folder of writeDirAtomic), pulling each tensor's bytes from `produce` in order (up to
- * `opts.ahead` tensors early); bytes still in a file are streamed, not held. Official layout:
- * `X.weight` + `X.scale`, sorted by name like the release. Transformers layout: renamed, routed
- * experts stacked per layer (all experts of one stacked tensor are held at once while it is
- * written). Returns the shard file names.
+ * temp folder of writeDirAtomic). Official layout: `X.weight` + `X.scale`, sorted by name like the
+ * release. Transformers layout: renamed, routed experts stacked per layer. Returns the shard file
+ * names.
+ *
+ * Every tensor's place in its shard is fixed by the plans, so tensors are written as they are
+ * produced, in any order, along two lanes:
+ * - in order: `produce` is called in the header order (up to `opts.ahead` tensors early) for
+ *   tensors that hold no memory (`aheadBytes.heldBytes` 0, or every tensor without aheadBytes);
+ *   bytes still in a file are streamed through one buffer, the other lane served between chunks;
+ * - by memory (with `opts.aheadBytes`): the other tensors are produced in order too, as many at a
+ *   time as their heldBytes fit in the budget (one at least), each written as soon as it is
+ *   produced, so a native merge runs while the first lane streams copies.
  */
 export async function writeCheckpointFiles(
   dir: string,
@@ -405,70 +420,117 @@ export async function writeCheckpointFiles(
   }
   const specs = [...targets.values()].map((t) => t.spec).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const writer = new SafetensorsWriter(dir, specs, { maxShardBytes: opts.maxShardBytes });
-  // the official tensors in the order the writer first needs them (the order produce is called in)
+  // where each official tensor's weight and scale go: the on-disk tensor and the byte offset in it
+  const where = new Map<string, { data?: Place; scale?: Place }>();
+  for (const t of targets.values()) {
+    let at = 0;
+    for (const x of t.pieces) {
+      const plan = byName.get(x.official)!;
+      const bytes = x.scale ? numel(plan.scaleShape!) : numel(plan.shape) * DTYPE_BYTES[plan.dtype];
+      const w = where.get(x.official) ?? {};
+      w[x.scale ? 'scale' : 'data'] = { tensor: t.spec.name, at, bytes };
+      where.set(x.official, w);
+      at += bytes;
+    }
+  }
+  // the official tensors in the order the header first needs them (the order produce is called in)
   const position = new Map<string, number>();
   for (const spec of specs) for (const x of targets.get(spec.name)!.pieces) if (!position.has(x.official)) position.set(x.official, position.size);
   const order = [...position.keys()];
-  const ahead = Math.max(0, Math.floor(opts.ahead ?? 0));
-  // produce calls started and not yet taken, and produced tensors whose weight or scale piece is
-  // still to be written
-  const started = new Map<string, Promise<StoredBytes>>();
-  const cache = new Map<string, { bytes: StoredBytes; left: number }>();
   const cost = (name: string): number => opts.aheadBytes?.heldBytes(name) ?? 0;
+  const byMemory = (name: string): boolean => opts.aheadBytes !== undefined && cost(name) > 0;
+
+  let failure: { error: unknown } | null = null;
+  let inFlight = 0;
   let heldBytes = 0;
-  const held = (): void => opts.onHeld?.(started.size + cache.size, heldBytes);
-  // tensors whose last piece was just taken: written once the current addParts returns
-  const done: string[] = [];
-  // order[next] is the first tensor not yet started; taking order[i] starts it and those after it
-  // that `ahead` and `aheadBytes` allow
-  let next = 0;
-  const fill = (i: number): void => {
-    next = Math.max(next, i);
-    while (next < order.length) {
-      const name = order[next]!;
-      if (next > i + ahead && !(opts.aheadBytes && heldBytes + cost(name) <= opts.aheadBytes.budget)) break;
-      const p = (async () => produce(name))();
-      p.catch(() => {}); // a failure surfaces when the tensor is taken
-      started.set(name, p);
-      heldBytes += cost(name);
-      next++;
+  const held = (): void => opts.onHeld?.(inFlight, heldBytes);
+  // one official tensor's produced bytes to their places (a ByteSource copied file to file, or
+  // streamed chunk by chunk with the event loop served between chunks)
+  const write = async (name: string, bytes: StoredBytes): Promise<void> => {
+    const w = where.get(name)!;
+    for (const [what, src] of [['data', bytes.data], ['scale', bytes.scale]] as const) {
+      const place = w[what];
+      if (!place) continue;
+      if (!src) throw new Error(`writeCheckpointFiles: ${name} was produced without its scale`);
+      if (src.length !== place.bytes) throw new Error(`writeCheckpointFiles: ${name} produced ${src.length} ${what} bytes, its plan needs ${place.bytes}`);
+      if (src instanceof Uint8Array) writer.writeAt(place.tensor, place.at, src);
+      else await writer.streamAt(place.tensor, place.at, src);
     }
+  };
+  const written = (name: string): void => {
+    inFlight--;
+    heldBytes -= cost(name);
+    opts.onWritten?.(name);
     held();
   };
-  const piece = async (x: Piece): Promise<Uint8Array | ByteSource> => {
-    let c = cache.get(x.official);
-    if (!c) {
-      fill(position.get(x.official)!);
-      const bytes = await started.get(x.official)!;
-      started.delete(x.official);
-      const plan = byName.get(x.official)!;
-      c = { bytes, left: plan.scaleShape ? 2 : 1 };
-      cache.set(x.official, c);
-    }
-    const out = x.scale ? c.bytes.scale : c.bytes.data;
-    if (!out) throw new Error(`writeCheckpointFiles: ${x.official} was produced without its scale`);
-    if (--c.left === 0) {
-      cache.delete(x.official);
-      done.push(x.official);
-    }
-    return out;
-  };
-  try {
-    for (const spec of specs) {
-      const parts: Array<Uint8Array | ByteSource> = [];
-      for (const x of targets.get(spec.name)!.pieces) parts.push(await piece(x));
-      writer.addParts(spec.name, parts);
-      for (const n of done.splice(0)) {
-        heldBytes -= cost(n);
-        opts.onWritten?.(n);
+
+  // lane 1: in order, `ahead` tensors early
+  const inOrder = order.filter((n) => !byMemory(n));
+  const ahead = Math.max(0, Math.floor(opts.ahead ?? 0));
+  const laneInOrder = async (): Promise<void> => {
+    const started: Array<Promise<StoredBytes>> = [];
+    let next = 0;
+    for (let i = 0; i < inOrder.length && !failure; i++) {
+      while (next < inOrder.length && next <= i + ahead) {
+        const p = (async () => produce(inOrder[next]!))();
+        p.catch(() => {}); // a failure surfaces when the tensor is taken
+        started.push(p);
+        next++;
+        inFlight++;
+        held();
       }
-      held();
+      const bytes = await started[i]!;
+      delete started[i];
+      if (failure) return;
+      await write(inOrder[i]!, bytes);
+      written(inOrder[i]!);
     }
+  };
+
+  // lane 2: by memory, each tensor written as soon as it is produced
+  const laneByMemory = async (): Promise<void> => {
+    const running = new Set<Promise<void>>();
+    for (const name of order.filter(byMemory)) {
+      const limit = opts.aheadBytes!.concurrency ?? Infinity;
+      while (running.size > 0 && (heldBytes + cost(name) > opts.aheadBytes!.budget || running.size >= limit) && !failure) await Promise.race(running);
+      if (failure) break;
+      inFlight++;
+      heldBytes += cost(name);
+      held();
+      const task = (async () => {
+        try {
+          const bytes = await produce(name);
+          if (failure) return;
+          await write(name, bytes);
+          written(name);
+        } catch (e) {
+          failure ??= { error: e };
+        }
+      })();
+      running.add(task);
+      void task.then(() => running.delete(task));
+    }
+    await Promise.all(running);
+  };
+
+  await Promise.all([laneInOrder(), laneByMemory()].map((lane) => lane.catch((e: unknown) => { failure ??= { error: e }; })));
+  if (failure) {
+    writer.abort();
+    throw (failure as { error: unknown }).error;
+  }
+  try {
     return writer.finish();
   } catch (e) {
     writer.abort();
     throw e;
   }
+}
+
+/** where one piece of an official tensor goes: the on-disk tensor and the byte range in it */
+interface Place {
+  tensor: string;
+  at: number;
+  bytes: number;
 }
 
 /**

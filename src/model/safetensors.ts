@@ -9,6 +9,7 @@ import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync, rena
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
+import { tryLoadAddon } from '../backend/native/addon.js';
 
 export type Dtype = 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E8M0' | 'I8' | 'I32' | 'I64' | 'U8' | 'F64' | 'I16' | 'BOOL';
 
@@ -39,6 +40,11 @@ export interface TensorEntry {
 export interface ByteSource {
   readonly length: number;
   read(into: Uint8Array, at: number): void;
+  /**
+   * copy all `length` bytes to position `pos` of the open file `fd` in the kernel, off the JS
+   * thread (native addon: copy_file_range); resolves false where that is not available (no addon)
+   */
+  copyTo?(fd: number, pos: number): Promise<boolean>;
 }
 
 export function numel(shape: ReadonlyArray<number>): number {
@@ -101,6 +107,23 @@ export class SafetensorsFile {
       if (n === 0) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
       done += n;
     }
+  }
+
+  /**
+   * copy the `len` bytes at `pos` to position `outPos` of the open file `outFd` in the kernel
+   * (native addon, off the JS thread); false where the addon is not built
+   */
+  async copyRangeTo(pos: number, len: number, outFd: number, outPos: number, what: string): Promise<boolean> {
+    if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
+    const addon = tryLoadAddon();
+    if (!addon) return false;
+    try {
+      await addon.copyRange(this.fd, pos, outFd, outPos, len);
+    } catch (e) {
+      const why = (e as Error).message.replace(/^copyRange: /, '');
+      throw new InputError(`${this.path}: copying tensor ${what}: ${/short$/.test(why) ? `${why} (file truncated?)` : why}`);
+    }
+    return true;
   }
 
   close(): void {
@@ -258,7 +281,11 @@ export class SafetensorsSet {
   source(name: string, from: number, to: number): ByteSource {
     const e = this.entry(name);
     const f = this.files.get(e.file)!;
-    return { length: to - from, read: (into, at) => f.readInto(e.begin + from + at, into, name) };
+    return {
+      length: to - from,
+      read: (into, at) => f.readInto(e.begin + from + at, into, name),
+      copyTo: (fd, pos) => f.copyRangeTo(e.begin + from, to - from, fd, pos, name),
+    };
   }
 
   close(): void {
@@ -343,17 +370,22 @@ function planShards(specs: TensorSpec[], maxBytes: number, prefix: string, metad
 }
 
 /**
- * Streams tensors into shards: construct with every tensor's spec (the order they will be added),
- * then add() each tensor's bytes in that order, then finish() to rename the shards into place and
- * write model.safetensors.index.json. abort() removes the temp files.
+ * Writes tensors into shards whose headers are fixed up front: construct with every tensor's spec
+ * (the header order), then either add() each tensor's bytes in that order, or writeAt() any byte
+ * range of any tensor in any order (each tensor's place in its shard is known from the specs), then
+ * finish() to check every byte was written, rename the shards into place and write
+ * model.safetensors.index.json. abort() removes the temp files.
  */
 export class SafetensorsWriter {
   readonly dir: string;
   private readonly plans: ShardPlan[];
-  private shard = -1;
-  private inShard = 0;
-  private fd: number | null = null;
-  private readonly temps: string[] = [];
+  /** each tensor's shard, the file offset of its first byte, its length and the bytes written so far */
+  private readonly place = new Map<string, { shard: number; at: number; bytes: number; written: number; touched: boolean }>();
+  /** the specs in header order, for add()'s order check */
+  private readonly order: TensorSpec[];
+  private next = 0;
+  private readonly fds: Array<number | null>;
+  private readonly temps: Array<string | null>;
   private totalSize = 0;
   /** the buffer ByteSources are streamed through */
   private chunk: Uint8Array | null = null;
@@ -366,87 +398,156 @@ export class SafetensorsWriter {
       seen.add(s.name);
     }
     this.plans = planShards(specs, opts.maxShardBytes ?? 4 * 1024 ** 3, opts.prefix ?? 'model', opts.metadata ?? { format: 'pt' });
+    this.order = this.plans.flatMap((p) => p.specs);
+    this.plans.forEach((p, shard) => {
+      let at = 8 + p.header.length;
+      for (const s of p.specs) {
+        const bytes = numel(s.shape) * DTYPE_BYTES[s.dtype];
+        this.place.set(s.name, { shard, at, bytes, written: 0, touched: false });
+        at += bytes;
+      }
+    });
+    this.fds = this.plans.map(() => null);
+    this.temps = this.plans.map(() => null);
   }
 
   get shardFiles(): string[] {
     return this.plans.map((p) => p.file);
   }
 
-  private openNext(): void {
-    if (this.fd !== null) closeSync(this.fd);
-    this.shard += 1;
-    this.inShard = 0;
-    const plan = this.plans[this.shard]!;
+  // the shard's temp file, created with its header on first use
+  private fdOf(shard: number): number {
+    const open = this.fds[shard];
+    if (open !== null && open !== undefined) return open;
+    const plan = this.plans[shard]!;
     const tmp = tempNameBeside(join(this.dir, plan.file));
-    this.temps.push(tmp);
-    this.fd = openSync(tmp, 'w');
+    this.temps[shard] = tmp;
+    const fd = openSync(tmp, 'w');
+    this.fds[shard] = fd;
     const len = Buffer.alloc(8);
     len.writeBigUInt64LE(BigInt(plan.header.length));
-    writeSync(this.fd, len);
-    writeSync(this.fd, plan.header);
+    writeAll(fd, len, 0);
+    writeAll(fd, plan.header, 8);
+    return fd;
   }
 
-  /** append the next tensor (its spec must be the next one in the order given) */
+  /** the tensor's length in bytes */
+  bytesOf(name: string): number {
+    const p = this.place.get(name);
+    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
+    return p.bytes;
+  }
+
+  /**
+   * write `data` at byte `offset` of tensor `name` (any tensor, in any order; each byte of a
+   * tensor is to be written once)
+   */
+  writeAt(name: string, offset: number, data: Uint8Array): void {
+    const p = this.place.get(name);
+    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
+    if (offset < 0 || offset + data.length > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + data.length} lie outside ${name} (${p.bytes} bytes)`);
+    writeAll(this.fdOf(p.shard), data, p.at + offset);
+    p.written += data.length;
+    p.touched = true;
+  }
+
+  /**
+   * write all of `src` at byte `offset` of tensor `name`: copied file to file in the kernel where
+   * the source can (ByteSource.copyTo), else read through one reused buffer of STREAM_CHUNK bytes
+   * with the event loop served between chunks
+   */
+  async streamAt(name: string, offset: number, src: ByteSource): Promise<void> {
+    const p = this.place.get(name);
+    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
+    if (offset < 0 || offset + src.length > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + src.length} lie outside ${name} (${p.bytes} bytes)`);
+    if (src.length > 0 && src.copyTo && (await src.copyTo(this.fdOf(p.shard), p.at + offset))) {
+      p.written += src.length;
+      p.touched = true;
+      return;
+    }
+    if (src.length === 0) this.writeAt(name, offset, new Uint8Array(0));
+    this.chunk ??= new Uint8Array(STREAM_CHUNK);
+    for (let at = 0; at < src.length; at += this.chunk.length) {
+      const piece = this.chunk.subarray(0, Math.min(this.chunk.length, src.length - at));
+      src.read(piece, at);
+      this.writeAt(name, offset + at, piece);
+      if (at + piece.length < src.length) await new Promise<void>((res) => setImmediate(res));
+    }
+  }
+
+  /** append the next tensor (its spec must be the next one in the header order) */
   add(name: string, data: Uint8Array): void {
     this.addParts(name, [data]);
   }
 
   /**
-   * append the next tensor as the concatenation of `parts`: bytes in memory are written as they
-   * are, a ByteSource is streamed through one reused buffer of STREAM_CHUNK bytes
+   * append the next tensor in the header order as the concatenation of `parts`: bytes in memory
+   * are written as they are, a ByteSource is streamed through one reused buffer of STREAM_CHUNK bytes
    */
   addParts(name: string, parts: ReadonlyArray<Uint8Array | ByteSource>): void {
-    if (this.shard < 0 || this.inShard >= this.plans[this.shard]!.specs.length) this.openNext();
-    const spec = this.plans[this.shard]!.specs[this.inShard]!;
+    const spec = this.order[this.next];
+    if (!spec) throw new Error(`SafetensorsWriter: ${name} added after every tensor was`);
     if (spec.name !== name) throw new Error(`SafetensorsWriter: expected tensor ${spec.name} next, got ${name}`);
-    const want = numel(spec.shape) * DTYPE_BYTES[spec.dtype];
+    const want = this.bytesOf(name);
     const got = parts.reduce((a, p) => a + p.length, 0);
     if (got !== want) throw new Error(`SafetensorsWriter: ${name} has ${got} bytes, its spec needs ${want}`);
+    this.writeAt(name, 0, new Uint8Array(0)); // added, even with no bytes
+    let off = 0;
     for (const p of parts) {
       if (p instanceof Uint8Array) {
-        this.write(p);
+        this.writeAt(name, off, p);
+        off += p.length;
         continue;
       }
       this.chunk ??= new Uint8Array(STREAM_CHUNK);
       for (let at = 0; at < p.length; at += this.chunk.length) {
         const piece = this.chunk.subarray(0, Math.min(this.chunk.length, p.length - at));
         p.read(piece, at);
-        this.write(piece);
+        this.writeAt(name, off + at, piece);
       }
+      off += p.length;
     }
-    this.inShard += 1;
-    this.totalSize += want;
+    this.next += 1;
   }
 
-  private write(data: Uint8Array): void {
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done);
-  }
-
-  /** rename every shard into place, then write the index; returns the shard file names */
+  /** check every tensor was written whole, rename every shard into place, then write the index; returns the shard file names */
   finish(): string[] {
-    if (this.shard < 0) this.openNext();
-    const last = this.plans.length - 1;
-    if (this.shard !== last || this.inShard !== this.plans[last]!.specs.length) {
-      const missing = this.plans[this.shard]!.specs[this.inShard] ?? this.plans[this.shard + 1]!.specs[0]!;
-      throw new Error(`SafetensorsWriter: tensor ${missing.name} was never added`);
+    for (const s of this.order) {
+      const p = this.place.get(s.name)!;
+      if (!p.touched) throw new Error(`SafetensorsWriter: tensor ${s.name} was never added`);
+      if (p.written !== p.bytes) throw new Error(`SafetensorsWriter: tensor ${s.name} got ${p.written} of its ${p.bytes} bytes`);
     }
-    if (this.fd !== null) closeSync(this.fd);
-    this.fd = null;
+    this.plans.forEach((_, i) => this.fdOf(i)); // a shard of no tensors still gets its header
+    for (let i = 0; i < this.fds.length; i++) {
+      closeSync(this.fds[i]!);
+      this.fds[i] = null;
+    }
     const weightMap: Record<string, string> = {};
+    this.totalSize = 0;
     this.plans.forEach((p, i) => {
       renameSync(this.temps[i]!, join(this.dir, p.file));
-      for (const s of p.specs) weightMap[s.name] = p.file;
+      for (const s of p.specs) {
+        weightMap[s.name] = p.file;
+        this.totalSize += this.bytesOf(s.name);
+      }
     });
     writeFileAtomic(join(this.dir, INDEX_FILE), JSON.stringify({ metadata: { total_size: this.totalSize }, weight_map: weightMap }, null, 2) + '\n');
     return this.shardFiles;
   }
 
   abort(): void {
-    if (this.fd !== null) closeSync(this.fd);
-    this.fd = null;
-    for (const t of this.temps) rmSync(t, { force: true });
+    for (let i = 0; i < this.fds.length; i++) {
+      if (this.fds[i] !== null) closeSync(this.fds[i]!);
+      this.fds[i] = null;
+      if (this.temps[i]) rmSync(this.temps[i]!, { force: true });
+    }
   }
+}
+
+// every byte of data at file position `pos`
+function writeAll(fd: number, data: Uint8Array, pos: number): void {
+  let done = 0;
+  while (done < data.length) done += writeSync(fd, data, done, data.length - done, pos + done);
 }
 
 /** Write one small safetensors file atomically (e.g. an adapter): tensors in the given order. */

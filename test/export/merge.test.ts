@@ -64,17 +64,30 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
   let summary: MergeSummary;
   /** byte count of every read from the base's shards */
   const reads: number[] = [];
+  /** byte count of every copy from the base's shards to the output's in the kernel */
+  const kernelCopies: number[] = [];
   beforeAll(async () => {
     // count every read from the base's shards (every read, whole tensor or streamed chunk, is a positioned readInto)
+    // and every copy file to file in the kernel (copyRangeTo, where the native addon is built)
     const orig = SafetensorsFile.prototype.readInto;
+    const origCopy = SafetensorsFile.prototype.copyRangeTo;
     SafetensorsFile.prototype.readInto = function (this: SafetensorsFile, pos: number, into: Uint8Array, what: string): void {
       if (this.path.startsWith(BASE)) reads.push(into.length);
       orig.call(this, pos, into, what);
+    };
+    SafetensorsFile.prototype.copyRangeTo = async function (this: SafetensorsFile, pos: number, len: number, fd: number, outPos: number, what: string): Promise<boolean> {
+      const copied = await origCopy.call(this, pos, len, fd, outPos, what);
+      if (copied && this.path.startsWith(BASE)) {
+        reads.push(len);
+        kernelCopies.push(len);
+      }
+      return copied;
     };
     try {
       summary = await mergeAdapter({ base: BASE, adapter: ADAPTER, out, dtype: 'bf16', warn: quiet, aheadBytes: 0 });
     } finally {
       SafetensorsFile.prototype.readInto = orig;
+      SafetensorsFile.prototype.copyRangeTo = origCopy;
     }
   }, 60_000);
 
@@ -151,6 +164,8 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
     expect(summary.bytesRead).toBe(total);
     expect(copied).toBeGreaterThan(0);
     expect(summary.bytesStreamed).toBe(copied);
+    // with the native addon every copy goes file to file in the kernel, never through JS memory
+    expect(kernelCopies.reduce((a, b) => a + b, 0)).toBe(tryLoadAddon() ? copied : 0);
     expect(summary.largestReadBytes).toBe(largestDecoded);
     // copies hold nothing (they are streamed), so they may be started early; the bytes are bounded:
     // a BF16 output of the largest decoded tensor is 2 bytes an element: at most 2 · (in + out) held

@@ -1,7 +1,7 @@
 // Checkpoint: the reference fixture (written by an independent implementation) loads with the
 // release's names, dtypes and shapes; both layouts read to identical tensors; bad checkpoints
 // and configs end in one InputError naming the file and the tensor or field.
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -158,6 +158,58 @@ describe('layouts', () => {
       expect(b.scale).toEqual(a.scale);
     }
     await c2.close();
+  });
+});
+
+describe('writeCheckpointFiles with aheadBytes', () => {
+  const len = (i: number): number => 1000 + 37 * i;
+  const fill = (i: number, n: number): Uint8Array => new Uint8Array(n).map((_, k) => (k * 7 + i * 13) & 255);
+  const plans: TensorPlan[] = Array.from({ length: 6 }, (_, i) => ({ name: `t${i}.weight`, dtype: 'U8', shape: [len(i)], scaleShape: null }));
+  const index = (name: string): number => Number(name.slice(1, -'.weight'.length));
+  // t1, t3 and t4 hold memory (produced in memory, each later one sooner); the others are sources read on demand
+  const heldOnes = new Set(['t1.weight', 't3.weight', 't4.weight']);
+  const source = (i: number) => ({ length: len(i), read: (into: Uint8Array, at: number) => into.set(fill(i, len(i)).subarray(at, at + into.length)) });
+
+  it('writes the tensors that hold memory as soon as each is produced, in any order, and the files equal an in-order write', async () => {
+    const ref = tmp();
+    const refShards = await writeCheckpointFiles(ref, plans, (n) => ({ data: fill(index(n), len(index(n))), scale: null }), { maxShardBytes: 3000 });
+    const out = tmp();
+    const writtenOrder: string[] = [];
+    const shards = await writeCheckpointFiles(out, plans, async (n) => {
+      const i = index(n);
+      if (!heldOnes.has(n)) return { data: source(i), scale: null };
+      await new Promise((res) => setTimeout(res, 60 - 12 * i));
+      return { data: fill(i, len(i)), scale: null };
+    }, { ahead: 1, maxShardBytes: 3000, aheadBytes: { budget: 1 << 20, heldBytes: (n) => (heldOnes.has(n) ? len(index(n)) : 0) }, onWritten: (n) => writtenOrder.push(n) });
+    expect(shards).toEqual(refShards);
+    expect(shards.length).toBeGreaterThan(1);
+    for (const f of [...shards, 'model.safetensors.index.json']) expect(readFileSync(join(out, f)).equals(readFileSync(join(ref, f))), f).toBe(true);
+    // the later held tensors were produced sooner and written first
+    expect(writtenOrder.filter((n) => heldOnes.has(n))).toEqual(['t4.weight', 't3.weight', 't1.weight']);
+    expect(writtenOrder.filter((n) => !heldOnes.has(n))).toEqual(['t0.weight', 't2.weight', 't5.weight']);
+  });
+
+  it('a failure in either lane ends the write with that error once the other lane has stopped, and leaves no file', async () => {
+    for (const bad of ['t3.weight', 't2.weight']) {
+      const out = tmp();
+      let settledAfter = 0;
+      let failedAt = 0;
+      const p = writeCheckpointFiles(out, plans, async (n) => {
+        const i = index(n);
+        if (n === bad) {
+          failedAt = Date.now();
+          throw new InputError(`bad tensor ${n}`);
+        }
+        if (!heldOnes.has(n)) return { data: source(i), scale: null };
+        await new Promise((res) => setTimeout(res, 30));
+        settledAfter = Date.now();
+        return { data: fill(i, len(i)), scale: null };
+      }, { ahead: 1, aheadBytes: { budget: 1 << 20, heldBytes: (n) => (heldOnes.has(n) ? len(index(n)) : 0) } });
+      await rejects(p, `bad tensor ${bad}`);
+      expect(failedAt).toBeGreaterThan(0);
+      expect(settledAfter).toBeGreaterThan(0);
+      expect(readdirSync(out)).toEqual([]);
+    }
   });
 });
 

@@ -73,6 +73,73 @@ describe('safetensors writer and reader', () => {
     expect(readdirSync(d)).toEqual([]);
   });
 
+  it('writeAt: tensors written in any order, in pieces, give the same files as add() in order; a tensor written in part is refused', () => {
+    const specs = [
+      { name: 'a', dtype: 'F32' as const, shape: [4, 8] },
+      { name: 'b', dtype: 'BF16' as const, shape: [16] },
+      { name: 'c', dtype: 'U8' as const, shape: [100] },
+      { name: 'e', dtype: 'U8' as const, shape: [0] },
+    ];
+    const data = specs.map((s, k) => bytes(s.shape.reduce((a, b) => a * b, 1) * { F32: 4, BF16: 2, U8: 1 }[s.dtype], k));
+    const inOrder = tmp();
+    const w1 = new SafetensorsWriter(inOrder, specs, { maxShardBytes: 150 });
+    specs.forEach((s, k) => w1.add(s.name, data[k]!));
+    const shards = w1.finish();
+    const anyOrder = tmp();
+    const w2 = new SafetensorsWriter(anyOrder, specs, { maxShardBytes: 150 });
+    w2.writeAt('c', 60, data[2]!.subarray(60));
+    w2.writeAt('e', 0, new Uint8Array(0));
+    w2.writeAt('b', 0, data[1]!);
+    w2.writeAt('c', 0, data[2]!.subarray(0, 60));
+    w2.writeAt('a', 0, data[0]!);
+    expect(w2.finish()).toEqual(shards);
+    for (const f of [...shards, 'model.safetensors.index.json']) expect(readFileSync(join(anyOrder, f)).equals(readFileSync(join(inOrder, f))), f).toBe(true);
+    const part = tmp();
+    const w3 = new SafetensorsWriter(part, specs);
+    for (const [k, s] of specs.entries()) w3.writeAt(s.name, 0, s.name === 'c' ? data[k]!.subarray(0, 99) : data[k]!);
+    expect(() => w3.finish()).toThrow(/tensor c got 99 of its 100 bytes/);
+    expect(() => w3.writeAt('c', 99, bytes(2, 0))).toThrow(/lie outside c/);
+    w3.abort();
+    expect(readdirSync(part)).toEqual([]);
+  });
+
+  it('streamAt copies a file range file to file (copy_file_range where the addon is built, a buffer otherwise, across file systems too); a short source names the file', async () => {
+    const src = tmp();
+    const payload = bytes(3 * 1024 * 1024 + 17, 5);
+    writeSafetensorsFile(join(src, 'model.safetensors'), [{ name: 'w', dtype: 'U8', shape: [payload.length], data: payload }]);
+    // /dev/shm is another file system (tmpfs): copy_file_range refuses, the buffer copy takes over
+    const outs = [tmp(), ...(existsSync('/dev/shm') ? [mkdtempSync('/dev/shm/v4tune-st-')] : [])];
+    for (const out of outs.slice(1)) dirs.push(out);
+    for (const out of outs) {
+      const set = SafetensorsSet.open(src);
+      const w = new SafetensorsWriter(out, [{ name: 'x', dtype: 'U8', shape: [5] }, { name: 'w', dtype: 'U8', shape: [payload.length + 10] }]);
+      await w.streamAt('w', 10, set.source('w', 0, payload.length));
+      w.writeAt('w', 0, bytes(10, 9));
+      w.writeAt('x', 0, bytes(5, 1));
+      w.finish();
+      set.close();
+      const back = SafetensorsSet.open(out);
+      expect(Buffer.from(back.read('w').subarray(10)).equals(Buffer.from(payload)), out).toBe(true);
+      expect(back.read('w').subarray(0, 10)).toEqual(bytes(10, 9));
+      back.close();
+    }
+    // a source cut short after its header was read: the copy fails naming the file and the tensor
+    const set = SafetensorsSet.open(src);
+    truncateSync(join(src, 'model.safetensors'), 1000);
+    const w = new SafetensorsWriter(tmp(), [{ name: 'w', dtype: 'U8', shape: [payload.length] }]);
+    let err: unknown;
+    try {
+      await w.streamAt('w', 0, set.source('w', 0, payload.length));
+    } catch (e) {
+      err = e;
+    }
+    w.abort();
+    set.close();
+    expect(err).toBeInstanceOf(InputError);
+    expect((err as Error).message).toContain(join(src, 'model.safetensors'));
+    expect((err as Error).message).toMatch(/tensor w.*truncated/);
+  });
+
   it('reads a single-file checkpoint written by writeSafetensorsFile', () => {
     const d = tmp();
     writeSafetensorsFile(join(d, 'model.safetensors'), [{ name: 't', dtype: 'F16', shape: [3], data: bytes(6, 1) }]);

@@ -115,6 +115,11 @@ export interface NativeAddon {
    * scales) | 3 fp4 (per-32 scales) into outData / outScale; status = [first non-finite index or −1, its value]
    */
   mergeRequant(outData: Uint8Array, outScale: Uint8Array | null, status: Float64Array, W: RawWeight, A: F32 | null, B: F32 | null, r: number, scaling: number, outFmt: number): Promise<void>;
+  /**
+   * copy `length` bytes at `offIn` of the open file `fdIn` to `offOut` of `fdOut`, in the kernel
+   * (copy_file_range) where the file systems allow, else through a buffer, off the JS thread
+   */
+  copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): Promise<void>;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
