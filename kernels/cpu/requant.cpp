@@ -143,12 +143,14 @@ V4_AVX512 inline __m256i bf16_encode16(__m512 x) {
   return _mm512_cvtepi32_epi16(h);
 }
 
-// x[i][j] += f32(Σ_k b[i][k]·A[k][j]) for 4 rows i at once (4 × 32 columns of double
-// accumulators, each A vector loaded once for the 4 rows): the products and the sum in double,
-// k in order, mul then add (no FMA: -std=c++17 keeps them apart), one rounding to f32 at the
-// end — adapter.ts `delta` exactly. bk is [4][r] with b = 0 where B·scaling is 0: adding 0·A
-// (A finite, which the caller checks) leaves a sum that started at +0 unchanged, as skipping does.
-V4_AVX512 void delta_add_rows4_512(float* x, long cols, const double* bk, long r, const double* Ad) {
+// x[i][j] += f32(scaling · Σ_k b[i][k]·A[k][j]) for 4 rows i at once (4 × 32 columns of double
+// accumulators, each A vector loaded once for the 4 rows): b and A are float32 values, so each
+// product is exact in double and a fused multiply-add rounds only the sum, as a separate add does;
+// k in order, then times scaling, one rounding to f32 at the end — adapter.ts `delta` exactly. bk
+// is [4][r] (B's rows, widened); a zero b adds 0·A = +0 (A finite, which the caller checks) to a
+// sum that started at +0, leaving it unchanged, as skipping does.
+V4_AVX512 void delta_add_rows4_512(float* x, long cols, const double* bk, long r, const double* Ad, double scaling) {
+  const __m512d s = _mm512_set1_pd(scaling);
   long j = 0;
   for (; j + 32 <= cols; j += 32) {
     __m512d acc[4][4];
@@ -159,22 +161,22 @@ V4_AVX512 void delta_add_rows4_512(float* x, long cols, const double* bk, long r
       const __m512d a0 = _mm512_loadu_pd(a), a1 = _mm512_loadu_pd(a + 8), a2 = _mm512_loadu_pd(a + 16), a3 = _mm512_loadu_pd(a + 24);
       for (int i = 0; i < 4; i++) {
         const __m512d b = _mm512_set1_pd(bk[i * r + k]);
-        acc[i][0] = _mm512_add_pd(acc[i][0], _mm512_mul_pd(b, a0));
-        acc[i][1] = _mm512_add_pd(acc[i][1], _mm512_mul_pd(b, a1));
-        acc[i][2] = _mm512_add_pd(acc[i][2], _mm512_mul_pd(b, a2));
-        acc[i][3] = _mm512_add_pd(acc[i][3], _mm512_mul_pd(b, a3));
+        acc[i][0] = _mm512_fmadd_pd(b, a0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_pd(b, a1, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_pd(b, a2, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_pd(b, a3, acc[i][3]);
       }
     }
     for (int i = 0; i < 4; i++) {
       float* xr = x + i * cols + j;
-      for (int v = 0; v < 4; v++) _mm256_storeu_ps(xr + 8 * v, _mm256_add_ps(_mm256_loadu_ps(xr + 8 * v), _mm512_cvtpd_ps(acc[i][v])));
+      for (int v = 0; v < 4; v++) _mm256_storeu_ps(xr + 8 * v, _mm256_add_ps(_mm256_loadu_ps(xr + 8 * v), _mm512_cvtpd_ps(_mm512_mul_pd(acc[i][v], s))));
     }
   }
   for (; j < cols; j++) {
     for (int i = 0; i < 4; i++) {
       double d = 0;
       for (long k = 0; k < r; k++) d += bk[i * r + k] * Ad[k * cols + j];
-      x[i * cols + j] = x[i * cols + j] + float(d);
+      x[i * cols + j] = x[i * cols + j] + float(d * scaling);
     }
   }
 }
@@ -293,20 +295,20 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
       if (rows4) {
         std::vector<double> bk(4 * r);
         for (; i + 4 <= r1; i += 4) {
-          for (long q = 0; q < 4 * r; q++) bk[q] = double(B[i * r + q]) * scaling;
-          delta_add_rows4_512(x + (i - r0) * cols, cols, bk.data(), r, Ad.data());
+          for (long q = 0; q < 4 * r; q++) bk[q] = double(B[i * r + q]);
+          delta_add_rows4_512(x + (i - r0) * cols, cols, bk.data(), r, Ad.data(), scaling);
         }
       }
       std::vector<double> d(i < r1 ? cols : 0);
       for (; i < r1; i++) {
         std::fill(d.begin(), d.end(), 0.0);
         for (long k = 0; k < r; k++) {
-          const double bk = double(B[i * r + k]) * scaling;
+          const double bk = double(B[i * r + k]);
           if (bk == 0) continue;
           delta_row(d.data(), bk, A + k * cols, cols);
         }
         float* xr = x + (i - r0) * cols;
-        for (long j = 0; j < cols; j++) xr[j] = xr[j] + float(d[j]);
+        for (long j = 0; j < cols; j++) xr[j] = xr[j] + float(d[j] * scaling);
       }
     }
     for (long i = r0; i < r1; i++) {

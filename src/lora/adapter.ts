@@ -51,25 +51,14 @@ export class Adapter {
 
   /**
    * ΔW = scaling · B A, [out, in] row-major (what a merge adds to the base weight): each element
-   * summed in double over k in order (products b·A[k][i] with b = B[o][k]·scaling, terms with
-   * b = 0 skipped) and rounded to float32 once; kernels/cpu/requant.cpp computes the same bits
+   * Σ_k B[o][k]·A[k][i] summed in double over k in order (each product of two float32 values is
+   * exact in double; terms with B[o][k] = 0 skipped), times scaling in double, rounded to float32
+   * once; kernels/cpu/requant.cpp computes the same bits
    */
   delta(module: string): Float32Array {
     const l = this.layers.get(module);
     if (!l) throw new InputError(`adapter has no module ${module}`);
-    const out = new Float32Array(l.out * l.in);
-    const acc = new Float64Array(l.in);
-    for (let o = 0; o < l.out; o++) {
-      acc.fill(0);
-      for (let k = 0; k < l.r; k++) {
-        const b = l.B[o * l.r + k]! * l.scaling;
-        if (b === 0) continue;
-        const arow = k * l.in;
-        for (let i = 0; i < l.in; i++) acc[i] += b * l.A[arow + i]!;
-      }
-      out.set(acc, o * l.in);
-    }
-    return out;
+    return loraDelta(l);
   }
 
   /**
@@ -145,4 +134,25 @@ export function assertFiniteFactors(layers: ReadonlyMap<string, LoraLayer>, file
       if (bad >= 0) throw new InputError(`${file}: ${module}.${which} holds ${x[bad]} at element ${bad}; the adapter is unusable (a diverged run?)`);
     }
   }
+}
+
+/**
+ * scaling · B A of one LoRA module, [out, in] row-major, as Adapter.delta defines it (and
+ * kernels/cpu/requant.cpp computes it): Σ_k B[o][k]·A[k][i] in double over k in order (terms with
+ * B[o][k] = 0 skipped), times scaling, rounded to float32 once
+ */
+export function loraDelta(l: { A: Float32Array; B: Float32Array; r: number; in: number; out: number; scaling: number }): Float32Array {
+  const out = new Float32Array(l.out * l.in);
+  const acc = new Float64Array(l.in);
+  for (let o = 0; o < l.out; o++) {
+    acc.fill(0);
+    for (let k = 0; k < l.r; k++) {
+      const b = l.B[o * l.r + k]!;
+      if (b === 0) continue;
+      const arow = k * l.in;
+      for (let i = 0; i < l.in; i++) acc[i] += b * l.A[arow + i]!;
+    }
+    for (let i = 0; i < l.in; i++) out[o * l.in + i] = acc[i]! * l.scaling;
+  }
+  return out;
 }
