@@ -3,9 +3,14 @@
 // taken); under CI=true a missing native addon is an error, so CI never passes on the fallback alone.
 import { V4tuneError } from '../errors.js';
 import type { Backend, BackendName } from './ops.js';
-import { createTfjsBackend } from './tfjs/index.js';
 
 let noted = false;
+
+// tfjs loaded on first use: a command on the native backend (or none) starts without it
+async function createTfjsBackend(): Promise<Backend> {
+  const mod = await import('./tfjs/index.js');
+  return mod.createTfjsBackend();
+}
 
 async function tryNative(): Promise<{ backend: Backend | null; reason: string }> {
   try {

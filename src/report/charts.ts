@@ -1,8 +1,7 @@
 // The report page's charts: Vega-Lite specs compiled to Vega and rendered to SVG in Node
 // (no browser, no canvas: renderer "none" and vega's own text metrics). Each chart is built from
 // the RunReport only, so report.html shows what report.md states.
-import * as vega from 'vega';
-import * as vl from 'vega-lite';
+import type * as vl from 'vega-lite';
 import type { RunReport } from './types.js';
 
 export interface Chart {
@@ -26,7 +25,9 @@ const base = (title: string, width = 400, height = 170): Partial<Spec> & object 
 
 /** SVG of a Vega-Lite spec. */
 export async function renderSvg(spec: Spec): Promise<string> {
-  const view = new vega.View(vega.parse(vl.compile(spec).spec), { renderer: 'none' });
+  // loaded on first use: the other commands start without them
+  const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
+  const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), { renderer: 'none' });
   try {
     return await view.toSVG();
   } finally {
