@@ -1,7 +1,8 @@
 // Export at flash width: `v4tune merge` of a rank-16 adapter (default targets, non-zero B) into a
 // multi-GB flash checkpoint (FP8/FP4 requantised, and BF16), in a child process with its peak RSS
-// (getrusage), against a plain copy of the same shard bytes (read and write through a 16 MiB
-// buffer, the copy timed before and after the merges: the mean); then native GPTQ on V4-Flash's
+// (getrusage), against two plain copies of the same shard bytes taking turns with it: read and
+// write through a 16 MiB buffer, and `cp` (copy_file_range, file to file in the kernel, as the
+// merge copies the tensors it leaves untouched); medians of --reps turns. Then native GPTQ on V4-Flash's
 // expert shapes (w1/w3 [2048, 4096], w2 [4096, 2048], Hessian from 2048 tokens): the time per
 // expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
 // Usage (after `npm run build` and `npm run build:native`):
@@ -64,6 +65,15 @@ function plainCopy(files, outDir, remove = true) {
   const s = (performance.now() - t0) / 1000;
   if (remove) rmSync(outDir, { recursive: true, force: true });
   return s;
+}
+
+/** `cp` (coreutils: copy_file_range, file to file in the kernel, as the merge copies untouched tensors); seconds */
+function kernelCopy(files, outDir) {
+  mkdirSync(outDir, { recursive: true });
+  const t0 = performance.now();
+  const r = spawnSync('cp', ['--reflink=never', ...files, outDir], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cp failed (${r.status}): ${r.stderr}`);
+  return (performance.now() - t0) / 1000;
 }
 
 /** read every shard through a 16 MiB buffer (into the page cache) */
@@ -199,7 +209,7 @@ try {
   // the `sync` after it (the bytes on disk)
   warmRead(base.files);
   const reps = Number(values.reps);
-  const runs = { copy: [], original: [], bf16: [] };
+  const runs = { copy: [], cp: [], original: [], bf16: [] };
   const timed = (f) => {
     spawnSync('sync');
     const t0 = performance.now();
@@ -212,6 +222,9 @@ try {
     const c = timed(() => plainCopy(base.files, join(tmp, 'copy'), false));
     rmSync(join(tmp, 'copy'), { recursive: true, force: true });
     runs.copy.push(c);
+    const k = timed(() => kernelCopy(base.files, join(tmp, 'cp')));
+    rmSync(join(tmp, 'cp'), { recursive: true, force: true });
+    runs.cp.push(k);
     const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
     rmSync(join(tmp, 'merged'), { recursive: true, force: true });
     runs.original.push(m);
@@ -220,12 +233,14 @@ try {
       rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
       runs.bf16.push(b16);
     }
-    console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s)`);
+    console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s)`);
   }
   const median = (xs) => { const v = [...xs].sort((p, q) => p - q); return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2; };
   const mbs = (bytes, sec) => round(bytes / 1e6 / sec);
   const copyCache = median(runs.copy.map((x) => x.cache));
   const copyDisk = median(runs.copy.map((x) => x.disk));
+  const cpCache = median(runs.cp.map((x) => x.cache));
+  const cpDisk = median(runs.cp.map((x) => x.disk));
   const row = (list) => {
     const cache = median(list.map((x) => x.cache));
     const disk = median(list.map((x) => x.disk));
@@ -236,6 +251,9 @@ try {
       mb_per_s_to_disk: mbs(base.bytes, disk), of_copy_to_disk: round(copyDisk / disk, 3),
       // each rep against the copy run just before it
       of_copy_per_rep: list.map((x, i) => round(runs.copy[i].cache / x.cache, 3)),
+      // against `cp` (copy_file_range)
+      of_cp: round(cpCache / cache, 3), of_cp_to_disk: round(cpDisk / disk, 3),
+      of_cp_per_rep: list.map((x, i) => round(runs.cp[i].cache / x.cache, 3)),
       peak_rss_mb: round(Math.max(...list.map((x) => x.r.peakMB))), bytes_written: m.written,
       bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
     };
@@ -244,10 +262,11 @@ try {
     base_bytes: base.bytes,
     reps,
     copy: { seconds: runs.copy.map((x) => round(x.cache, 2)), seconds_to_disk: runs.copy.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, copyCache), mb_per_s_to_disk: mbs(base.bytes, copyDisk) },
+    cp: { seconds: runs.cp.map((x) => round(x.cache, 2)), seconds_to_disk: runs.cp.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, cpCache), mb_per_s_to_disk: mbs(base.bytes, cpDisk) },
     original: row(runs.original),
     bf16: row(runs.bf16),
   };
-  console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
+  console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
 
   let gptq;
   if (values['skip-gptq']) {
