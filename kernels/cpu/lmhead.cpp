@@ -19,9 +19,12 @@ void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const
   }
   long R = long(rows.size());
   if (R == 0) return;
-  // At most 512K logits (2 MB) per chunk, whatever the caller allows: the chunk of W the first
-  // GEMM reads is then still in cache when the second GEMM reads it again.
-  chunk = std::min(chunk, (1L << 19) / R);
+  // At most 2M logits (8 MB) per chunk, whatever the caller allows: the logits block stays in the
+  // L3 cache from the first GEMM through the softmax to the second, and the second GEMM's inner
+  // dimension (the chunk) stays long enough at 4096 rows (512 vocabulary entries) that acc is not
+  // streamed through once per 128 entries (a 512K cap: 174 → 197 GFLOP/s fp32, 263 → 310 bf16 at
+  // 4096 × 4096 rows; unchanged at 512)
+  chunk = std::min(chunk, (1L << 21) / R);
   chunk = std::max<long>(128, (chunk / 128) * 128);
   // Buffers kept between calls (no fresh pages to fault in every step); the pool tasks below
   // reach them through these pointers, not by name (they are thread_local).

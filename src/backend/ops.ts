@@ -152,7 +152,9 @@ export interface Backend {
   // ---- interleaved RoPE on the last rd dims of each head: x [N, nh, hd]; pos [N].
   // Pair k = (x[hd-rd+2k], x[hd-rd+2k+1]) is multiplied by e^{±iθ(pos, k)} (− when inverse).
   // Linear and orthogonal: the backward is the opposite rotation of dy.
-  ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<{ y: F32; saved: Saved }>;
+  // inPlace: the caller gives up x (nothing else reads it after): y may be x's memory rotated in
+  // place (a new view of it, so the tape still tells them apart), only the rd dims touched.
+  ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean, inPlace?: boolean): Promise<{ y: F32; saved: Saved }>;
   ropeBackward(saved: Saved, dy: F32): Promise<{ dx: F32 }>;
 
   // ---- compressor pooling. a, z [N, cw] (cw = hd, or 2·hd when overlap, i.e. ratio 4);

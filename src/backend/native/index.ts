@@ -255,8 +255,9 @@ export class NativeBackend implements Backend {
     return { dX };
   }
 
-  async ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<{ y: F32; saved: Saved }> {
-    const y = new Float32Array(x.length);
+  async ropeForward(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean, inPlace = false): Promise<{ y: F32; saved: Saved }> {
+    // in place: a new view of x's memory (the kernel rotates the rd dims where they lie)
+    const y = inPlace ? new Float32Array(x.buffer, x.byteOffset, x.length) : new Float32Array(x.length);
     await this.addon.rope(y, pos, table.cos, table.sin, table.maxPos, N, nh, hd, table.rd, inverse, x);
     const saved: RopeSaved = { op: 'rope', pos, table, N, nh, hd, inverse };
     return { y, saved };

@@ -59,9 +59,10 @@ export async function attention(
   const mod = `${prefix}.attn`;
   const qr = await g.rmsnorm(await g.linear(x, A.wq_a, `${mod}.wq_a`, T, d, c.q_lora_rank), A.q_norm, T, c.q_lora_rank, eps);
   const q0 = await g.linear(qr, A.wq_b, `${mod}.wq_b`, T, c.q_lora_rank, H * hd);
-  const q = await g.rope(await g.rmsnorm(q0, null, T * H, hd, eps), seq.pos, table, T, H, hd, false);
+  // the rmsnorm outputs are read by the RoPE alone (rmsnorm keeps its input): rotated in place
+  const q = await g.rope(await g.rmsnorm(q0, null, T * H, hd, eps), seq.pos, table, T, H, hd, false, true);
   const kvRaw = await g.rmsnorm(await g.linear(x, A.wkv, `${mod}.wkv`, T, d, hd), A.kv_norm, T, hd, eps);
-  const kv = await g.rope(kvRaw, seq.pos, table, T, 1, hd, false);
+  const kv = await g.rope(kvRaw, seq.pos, table, T, 1, hd, false, true);
 
   let keys = kv;
   let rows = T;
@@ -78,7 +79,7 @@ export async function attention(
   }
   const { idx, K } = attentionIndex(seq, c.sliding_window, ratio, segEntryStart, sel);
   const o = await g.attention(q, keys, A.attn_sink, idx, T, H, hd, rows, K, Math.pow(hd, -0.5));
-  const oc = await g.rope(o, seq.pos, table, T, H, hd, true);
+  const oc = await g.rope(o, seq.pos, table, T, H, hd, true); // not in place: attention keeps o for its backward
   const G = c.o_groups;
   const oa = await g.groupedLinear(oc, A.wo_a, `${mod}.wo_a`, T, G, (H * hd) / G, c.o_lora_rank);
   return g.linear(oa, A.wo_b, `${mod}.wo_b`, T, G * c.o_lora_rank, d);

@@ -39,6 +39,6 @@ export async function compress(
   seq.segs.forEach((len, s) => {
     for (let i = 0; i < Math.floor(len / m); i++) pos[segEntryStart[s] + i] = i * m;
   });
-  const ent = await g.rope(normed, pos, table, M, 1, hd, false);
+  const ent = await g.rope(normed, pos, table, M, 1, hd, false, true); // normed: read by the RoPE alone
   return { ent, M, segEntryStart };
 }

@@ -211,8 +211,9 @@ export class Graph {
     return y;
   }
 
-  async rope(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean): Promise<F32> {
-    const { y, saved } = await this.be.ropeForward(x, pos, table, N, nh, hd, inverse);
+  /** RoPE of x; `inPlace`: x is a temporary nothing else reads (not saved by the op that made it), rotated where it lies */
+  async rope(x: F32, pos: I32, table: RopeTable, N: number, nh: number, hd: number, inverse: boolean, inPlace = false): Promise<F32> {
+    const { y, saved } = await this.be.ropeForward(x, pos, table, N, nh, hd, inverse, inPlace);
     this.tape?.record([x], [y], async ([dy]) => [(await this.be.ropeBackward(saved, dy)).dx], [saved]);
     return y;
   }

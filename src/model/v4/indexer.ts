@@ -26,7 +26,7 @@ async function topk(
   const nh = c.index_n_heads;
   const hd = c.index_head_dim;
   const T = seq.T;
-  const q = await u.rope(await u.linear(qr, W.wq_b, null, T, c.q_lora_rank, nh * hd), seq.pos, table, T, nh, hd, false);
+  const q = await u.rope(await u.linear(qr, W.wq_b, null, T, c.q_lora_rank, nh * hd), seq.pos, table, T, nh, hd, false, true);
   const k = await compress(u, W.compressor, null, x, seq, c, m, hd, table);
   const w = await u.linear(x, W.weights_proj, null, T, c.hidden_size, nh);
   const ws = Math.fround(Math.pow(hd, -0.5) * Math.pow(nh, -0.5));

@@ -158,6 +158,13 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
     expect(relErr(ra.y, rb.y)).toBeLessThan(1e-6);
     const dq = randn(q.length, r);
     expect(relErr((await nat.ropeBackward(ra.saved, dq)).dx, (await tfb.ropeBackward(rb.saved, dq)).dx)).toBeLessThan(1e-6);
+    // in place: the same values in q's own memory, under a new identity (the tape tells them apart)
+    const qCopy = q.slice();
+    const rc = await nat.ropeForward(qCopy, pos, table, N, 2, 8, false, true);
+    expect(rc.y).not.toBe(qCopy);
+    expect(rc.y.buffer).toBe(qCopy.buffer);
+    expect(Buffer.from(rc.y.buffer).equals(Buffer.from(ra.y.buffer))).toBe(true);
+    expect(Buffer.from((await nat.ropeBackward(rc.saved, dq)).dx.buffer).equals(Buffer.from((await nat.ropeBackward(ra.saved, dq)).dx.buffer))).toBe(true);
 
     const nm = (2 + hc) * hc;
     const X = randn(N * hc * d, r);
