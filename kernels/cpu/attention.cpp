@@ -52,10 +52,12 @@ void attention_forward(float* o, float* lse, const float* q, const float* kv, co
   });
 }
 
-// in the forward pass this was: O = P Kt with P = softmax(scale·Q Ktᵀ, sink); so, with Dt = dout·o:
+// in the forward pass this was: O = P Kt with P = softmax(scale·Q Ktᵀ, sink); so, with
+// Dt = dO·O = Σ_j P_j (dO·Kt_j) = Σ_j P_j dP_j (the sink carries no value; taken from P and dP, so
+// the forward's O need not be kept):
 //   dP = dO Ktᵀ,  dS = P ∘ (dP − Dt),  dsink −= p_sink·Dt
 //   dQ += scale·dS Kt,  dKt = scale·dSᵀ Q + Pᵀ dO   (kv is key and value), scattered to its rows
-void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, const float* o, const float* lse,
+void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, const float* lse,
                         const float* q, const float* kv, const int* idx, const float* sink, long T, long H, long D,
                         long K, long M, float scale) {
   const long G = std::max(1L, std::min<long>(T, 8));  // query blocks, fixed
@@ -64,27 +66,30 @@ void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, 
     gkv[g].assign(M * D, 0.f);
     gsink[g].assign(H, 0.f);
     std::vector<int> js;
-    std::vector<float> Kt, P, dP, dK, Dt(H);
+    // SP [2H, nk]: rows 0..H scale·dS, rows H..2H P; QG [2H, D]: Q_t then dO_t, so that
+    // dKt = scale·dSᵀ Q + Pᵀ dO is one GEMM with inner dimension 2H
+    std::vector<float> Kt, SP, QG(2 * H * D), dK, Dt(H);
     for (long t = g * T / G; t < (g + 1) * T / G; t++) {
       if ((t & 15) == 0) check_cancel();
       long nk = gather_keys(t, idx, K, kv, D, js, Kt);
       const float* qt = q + t * H * D;
       const float* gt = dout + t * H * D;
-      for (long h = 0; h < H; h++) {
-        Dt[h] = dot(gt + h * D, o + (t * H + h) * D, D);
-        gsink[g][h] -= std::exp(sink[h] - lse[t * H + h]) * Dt[h];
-      }
-      if (nk == 0) continue;
-      P.resize(H * nk), dP.resize(H * nk), dK.resize(nk * D);
+      if (nk == 0) continue;  // O = 0: Dt = 0, no gradient
+      SP.resize(2 * H * nk), dK.resize(nk * D);
+      float *dS = SP.data(), *P = SP.data() + H * nk;
       const WeightRef Kw = f32_matrix(Kt.data(), nk, D);
-      gemm_serial(H, nk, D, scale, qt, D, 1, Kw, true, 0.f, P.data(), nk);
+      gemm_serial(H, nk, D, scale, qt, D, 1, Kw, true, 0.f, P, nk);
       for (long h = 0; h < H; h++) exp_sub_sum(&P[h * nk], nk, lse[t * H + h]);  // P = e^{s − lse}
-      gemm_serial(H, nk, D, 1.f, gt, D, 1, Kw, true, 0.f, dP.data(), nk);       // dP = dO Ktᵀ
-      for (long h = 0; h < H; h++)
-        for (long j = 0; j < nk; j++) dP[h * nk + j] = P[h * nk + j] * (dP[h * nk + j] - Dt[h]);  // dS
-      gemm_serial(H, D, nk, scale, dP.data(), nk, 1, Kw, false, 1.f, dq + t * H * D, D);
-      gemm_serial(nk, D, H, scale, dP.data(), 1, nk, f32_matrix(qt, H, D), false, 0.f, dK.data(), D);
-      gemm_serial(nk, D, H, 1.f, P.data(), 1, nk, f32_matrix(gt, H, D), false, 1.f, dK.data(), D);
+      gemm_serial(H, nk, D, 1.f, gt, D, 1, Kw, true, 0.f, dS, nk);              // dP = dO Ktᵀ
+      for (long h = 0; h < H; h++) {
+        Dt[h] = dot(&P[h * nk], &dS[h * nk], nk);
+        gsink[g][h] -= std::exp(sink[h] - lse[t * H + h]) * Dt[h];
+        for (long j = 0; j < nk; j++) dS[h * nk + j] = scale * (P[h * nk + j] * (dS[h * nk + j] - Dt[h]));  // scale·dS
+      }
+      gemm_serial(H, D, nk, 1.f, dS, nk, 1, Kw, false, 1.f, dq + t * H * D, D);  // dQ += scale·dS Kt
+      std::copy(qt, qt + H * D, QG.data());
+      std::copy(gt, gt + H * D, QG.data() + H * D);
+      gemm_serial(nk, D, 2 * H, 1.f, SP.data(), 1, nk, f32_matrix(QG.data(), 2 * H, D), false, 0.f, dK.data(), D);
       for (long j = 0; j < nk; j++) axpy(&gkv[g][long(js[j]) * D], 1.f, &dK[j * D], D);
     }
   });

@@ -12,7 +12,7 @@ void attention_forward(float* o, float* lse, const float* q, const float* kv, co
                        long T, long H, long D, long K, float scale);
 
 // dq (T, H, D), dkv (M, D), dsink (H, may be null) accumulate.
-void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, const float* o, const float* lse,
+void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, const float* lse,
                         const float* q, const float* kv, const int* idx, const float* sink, long T, long H, long D,
                         long K, long M, float scale);
 

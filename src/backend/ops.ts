@@ -175,7 +175,8 @@ export interface Backend {
 
   // ---- sparse attention with a sink. q [N, H, D]; kv [M, D] (key = value); sink [H];
   // idx [N, K] rows of kv, −1 = none. s = q·kv[idx]·scale;
-  // p = e^s / (Σ e^s + e^sink[h]); o [N, H, D] = Σ p·kv[idx].
+  // p = e^s / (Σ e^s + e^sink[h]); o [N, H, D] = Σ p·kv[idx]. saved never holds o: the op after
+  // may overwrite o in place (the backward needs q, kv and what the forward computed beside o).
   attentionForward(q: F32, kv: F32, sink: WeightHandle, idx: I32, N: number, H: number, D: number, M: number, K: number, scale: number): Promise<{ o: F32; saved: Saved }>;
   attentionBackward(saved: Saved, dout: F32): Promise<{ dq: F32; dkv: F32 }>;
 

@@ -94,7 +94,7 @@ export interface NativeAddon {
   lmheadCe(loss: F32, dh: F32 | null, h: F32, W: RawWeight, targets: I32, weights: F32, T: number, chunk: number): Promise<void>;
   /** q [T, H, D], kv [M, D], idx [T, K] (−1 none) → o [T, H, D], lse [T, H] */
   attentionForward(o: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;
-  attentionBackward(dq: F32, dkv: F32, dsink: F32 | null, dout: F32, o: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;
+  attentionBackward(dq: F32, dkv: F32, dsink: F32 | null, dout: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;
   indexerTopk(idx: I32, q: F32, k: F32, w: F32, kStart: I32, kCount: I32, T: number, M: number, nh: number, hd: number, K: number): Promise<void>;
   /** full: y, post, comb, mix; hc_head (full = false): y, mix */
   mhcPreForward(y: F32, post: F32 | null, comb: F32 | null, mix: F32, X: F32, fn: F32, scale: F32, base: F32, T: number, hc: number, d: number, full: boolean, iters: number, eps: number, normEps: number): Promise<void>;

@@ -56,7 +56,7 @@ interface MhcPostSaved extends Saved { f: F32; res: F32; post: F32; comb: F32; N
 interface HcHeadSaved extends Saved { X: F32; mix: F32; fn: F32; scale: F32; base: F32; N: number; hc: number; d: number; hcEps: number; normEps: number }
 interface RopeSaved extends Saved { pos: I32; table: RopeTable; N: number; nh: number; hd: number; inverse: boolean }
 interface CompSaved extends Saved { a: F32; z: F32; ape: F32; segs: I32; N: number; m: number; hd: number; overlap: boolean }
-interface AttnSaved extends Saved { q: F32; kv: F32; o: F32; lse: F32; sink: F32; idx: I32; N: number; H: number; D: number; M: number; K: number; scale: number }
+interface AttnSaved extends Saved { q: F32; kv: F32; lse: F32; sink: F32; idx: I32; N: number; H: number; D: number; M: number; K: number; scale: number }
 interface RouterSaved extends Saved { x: F32; W: NativeWeight; sc: F32; idx: I32; N: number; d: number; E: number; k: number; routeScale: number }
 /** h13: the experts' h1 and h3 per pair, kept by a training forward (null: the backward recomputes them) */
 interface MoeSaved extends Saved { x: F32; plan: MoePlan; experts: RawExpert[]; N: number; d: number; I: number; k: number; limit: number; lora: readonly ExpertLora[]; h13: F32 | null }
@@ -306,14 +306,15 @@ export class NativeBackend implements Backend {
     const lse = new Float32Array(N * H);
     const sk = nw(sink).host(this.addon);
     await this.addon.attentionForward(o, lse, q, kv, idx, sk, N, H, D, M, K, scale);
-    const saved: AttnSaved = { op: 'attention', q, kv, o, lse, sink: sk, idx, N, H, D, M, K, scale };
+    // o is not kept: the backward takes dO·O from P and dP (so a RoPE after may rotate o in place)
+    const saved: AttnSaved = { op: 'attention', q, kv, lse, sink: sk, idx, N, H, D, M, K, scale };
     return { o, saved };
   }
   async attentionBackward(saved: Saved, dout: F32): Promise<{ dq: F32; dkv: F32 }> {
     const s = expectSaved<AttnSaved>(saved, 'attention');
     const dq = new Float32Array(s.q.length);
     const dkv = new Float32Array(s.kv.length);
-    await this.addon.attentionBackward(dq, dkv, null, dout, s.o, s.lse, s.q, s.kv, s.idx, s.sink, s.N, s.H, s.D, s.M, s.K, s.scale);
+    await this.addon.attentionBackward(dq, dkv, null, dout, s.lse, s.q, s.kv, s.idx, s.sink, s.N, s.H, s.D, s.M, s.K, s.scale);
     return { dq, dkv };
   }
 

@@ -79,7 +79,7 @@ export async function attention(
   }
   const { idx, K } = attentionIndex(seq, c.sliding_window, ratio, segEntryStart, sel);
   const o = await g.attention(q, keys, A.attn_sink, idx, T, H, hd, rows, K, Math.pow(hd, -0.5));
-  const oc = await g.rope(o, seq.pos, table, T, H, hd, true); // not in place: attention keeps o for its backward
+  const oc = await g.rope(o, seq.pos, table, T, H, hd, true, true); // o: read by the RoPE alone (attention's saved never holds it)
   const G = c.o_groups;
   const oa = await g.groupedLinear(oc, A.wo_a, `${mod}.wo_a`, T, G, (H * hd) / G, c.o_lora_rank);
   return g.linear(oa, A.wo_b, `${mod}.wo_b`, T, G * c.o_lora_rank, d);

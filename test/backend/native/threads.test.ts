@@ -82,7 +82,7 @@ describe.skipIf(skipNative)('native thread-count and instruction-set independenc
       const dq = new Float32Array(q.length);
       const dkv = new Float32Array(kv.length);
       const ds = new Float32Array(H);
-      await A().attentionBackward(dq, dkv, ds, g, o, lse, q, kv, idx, sink, T, H, D, M, K, 0.2);
+      await A().attentionBackward(dq, dkv, ds, g, lse, q, kv, idx, sink, T, H, D, M, K, 0.2);
       const dx = new Float32Array(xl.length);
       const dA = new Float32Array(Al.length);
       const dB = new Float32Array(Bl.length);
