@@ -12,7 +12,7 @@
 //
 // Usage (after `npm run build` and `npm run build:native`):
 //   node bench/step.mjs --preset flash|small [--layers 2 --experts 32] [--model DIR]
-//     [--tokens 512,4096] [--reps 2] [--rank 16] [--checkpointing-from 4096] [--bf16]
+//     [--tokens 512,4096] [--reps 2] [--rank 16] [--checkpointing-from 4096] [--bf16] [--modes fp32,bf16]
 //     [--peft DIR|make|none] [--peft-tokens 512] [--peft-dtype float32|bfloat16|both] [--out bench/results/step-flash.json]
 // --model reuses a checkpoint folder (else the preset is created in a temp folder); --peft make
 // writes the BF16 copy transformers needs (v4tune merge --dtype bf16 of a zero adapter).
@@ -40,6 +40,8 @@ const { values } = parseArgs({
     rank: { type: 'string', default: '16' },
     'checkpointing-from': { type: 'string', default: '4096' },
     bf16: { type: 'boolean', default: false },
+    // the modes to time, e.g. bf16 alone for a long sequence (default fp32, and bf16 with --bf16)
+    modes: { type: 'string' },
     peft: { type: 'string', default: 'none' },
     'peft-tokens': { type: 'string', default: '512' },
     'peft-dtype': { type: 'string', default: 'float32' },
@@ -140,8 +142,10 @@ async function nativeRuns(model, prof, peak) {
     const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919 + 13) % model.config.vocab_size);
     const mask = new Uint8Array(T).fill(1);
     const checkpointing = T >= ckFrom;
-    const modes = values.bf16 && addon.info().cpuBf16 ? ['fp32', 'bf16'] : ['fp32'];
-    // the step that measures the activation bytes is also the warm-up (weights packed, pages touched)
+    const modes = values.modes ? values.modes.split(',') : values.bf16 && addon.info().cpuBf16 ? ['fp32', 'bf16'] : ['fp32'];
+    if (modes.includes('bf16') && !addon.info().cpuBf16) throw new Error('bench/step: --modes bf16 needs a CPU with AVX512_BF16');
+    // the step that measures the activation bytes is also the warm-up (weights packed, pages touched), in the first mode
+    addon.setBf16(modes[0] === 'bf16');
     const { savedPeakBytes } = await model.lossAndGrads(ids, mask, { adapter, checkpointing, measureSavedBytes: true });
     // the modes take turns rep by rep, so a change in the machine's load reaches both alike
     const byMode = new Map(modes.map((m) => [m, { times: [], perRep: [], loss: 0 }]));
