@@ -21,6 +21,8 @@ const benches = {
   step: [
     ['step.mjs', '--preset', 'small', '--tokens', '512', '--reps', '3', '--bf16', '--peft', 'make', '--peft-dtype', 'both', '--out', 'bench/results/step-small.json'],
     ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '512,4096', '--reps', '2', '--bf16', '--peft', 'make', '--peft-tokens', '512', '--peft-dtype', 'both', '--out', 'bench/results/step-flash.json'],
+    // a long sequence: activations per token and the process's peak RSS, bf16 alone
+    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '8192', '--reps', '1', '--modes', 'bf16', '--peft', 'none', '--out', 'bench/results/step-flash-8k.json'],
   ],
   merge: [['merge.mjs', ...flashModel, '--out', 'bench/results/merge-flash.json']],
 };

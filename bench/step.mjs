@@ -268,6 +268,8 @@ try {
     peft,
     ratios,
     note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (activation checkpointing) not counted; the expert backward reads h1 and h3 kept by the forward. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers on the BF16 copy of the same checkpoint (dtype float32: loaded and computed in float32; bfloat16: loaded in bfloat16, LoRA weights in float32 as PEFT keeps them), same rank, targets and threads, same run.',
+    // the bench process's peak resident set (getrusage): the weights as shipped, every mode's steps and the PEFT child excluded
+    peak_rss_mb: round(process.resourceUsage().maxRSS / 1024),
     loadavg_start: load0,
     loadavg_end: loadavg(),
     cpus: cpus().length,
