@@ -7,7 +7,7 @@
 // (offsets relative to the byte after the header).
 import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { InputError } from '../errors.js';
+import { InputError, V4tuneError } from '../errors.js';
 import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
 import { tryLoadAddon } from '../backend/native/addon.js';
 
@@ -121,7 +121,9 @@ export class SafetensorsFile {
       await addon.copyRange(this.fd, pos, outFd, outPos, len);
     } catch (e) {
       const why = (e as Error).message.replace(/^copyRange: /, '');
-      throw new InputError(`${this.path}: copying tensor ${what}: ${/short$/.test(why) ? `${why} (file truncated?)` : why}`);
+      // a short source is this file's fault; anything else (a full disk) may be the output's
+      if (/short$/.test(why)) throw new InputError(`${this.path}: copying tensor ${what}: ${why} (file truncated?)`);
+      throw new V4tuneError(`${this.path}: copying tensor ${what} into the output failed: ${why}`);
     }
     return true;
   }

@@ -1,10 +1,11 @@
 // safetensors reader/writer: round trips, lazy byte-range reads, and each kind of bad file
 // ending in one InputError that names the file and the tensor.
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { InputError } from '../../src/errors.js';
+import { InputError, V4tuneError } from '../../src/errors.js';
+import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { MAX_HEADER, SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile } from '../../src/model/safetensors.js';
 
 const dirs: string[] = [];
@@ -138,6 +139,25 @@ describe('safetensors writer and reader', () => {
     expect(err).toBeInstanceOf(InputError);
     expect((err as Error).message).toContain(join(src, 'model.safetensors'));
     expect((err as Error).message).toMatch(/tensor w.*truncated/);
+  });
+
+  it.skipIf(!tryLoadAddon() || !existsSync('/dev/full'))('a kernel copy into a full output fails naming the tensor and the output, not as bad input', async () => {
+    const src = tmp();
+    writeSafetensorsFile(join(src, 'model.safetensors'), [{ name: 'w', dtype: 'U8', shape: [1 << 20], data: bytes(1 << 20, 3) }]);
+    const f = SafetensorsFile.open(join(src, 'model.safetensors'));
+    const full = openSync('/dev/full', 'w');
+    let err: unknown;
+    try {
+      await f.copyRangeTo(f.entries.get('w')!.begin, 1 << 20, full, 0, 'w');
+    } catch (e) {
+      err = e;
+    } finally {
+      closeSync(full);
+      f.close();
+    }
+    expect(err).toBeInstanceOf(V4tuneError);
+    expect(err).not.toBeInstanceOf(InputError);
+    expect((err as Error).message).toMatch(/tensor w into the output failed: .*No space left on device/);
   });
 
   it('reads a single-file checkpoint written by writeSafetensorsFile', () => {
