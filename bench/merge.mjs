@@ -8,9 +8,10 @@
 // Usage (after `npm run build` and `npm run build:native`):
 //   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--out bench/results/merge-flash.json] [--skip-gptq]
 // --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file.
+// --quantize also times `v4tune quantize --format gptq --method rtn` (INT4, round to nearest) of the whole checkpoint.
 // Without --model the flash preset is created in a temp folder first (minutes).
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,6 +34,8 @@ const { values } = parseArgs({
     'gptq-tokens': { type: 'string', default: '2048' },
     // keep the gptq section of the existing --out file (measured before, dated) and rerun only the merges
     'skip-gptq': { type: 'boolean', default: false },
+    // also time `v4tune quantize --format gptq --method rtn` of the whole checkpoint (minutes; else an earlier quantize section of --out is kept)
+    quantize: { type: 'boolean', default: false },
     reps: { type: 'string', default: '3' },
   },
 });
@@ -103,6 +106,21 @@ function cliMerge(model, adapter, out, dtype, remove = true) {
   }
   if (remove) rmSync(out, { recursive: true, force: true });
   return { seconds, peakMB, written, summary };
+}
+
+/** `v4tune quantize --format gptq --method rtn` of the whole checkpoint in a child process: seconds and peak RSS (MB) */
+function cliQuantize(model, out) {
+  const recipe = join(tmp, 'quantize.yaml');
+  writeFileSync(recipe, `name: bench-quantize\nmodel:\n  path: ${model}\ndata:\n  sources:\n    - path: ${join(root, 'datasets')}/*/*.txt\noutput: ${join(tmp, 'runs')}\nexport:\n  quantize: [gptq]\n  method: rtn\n  group_size: 32\n`);
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), 'quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'rtn'],
+    { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`quantize failed (${r.status}): ${r.stderr}`);
+  const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
+  const written = shards(join(out, 'gptq')).bytes;
+  rmSync(out, { recursive: true, force: true });
+  return { seconds, peakMB, written };
 }
 
 /** normal-ish values (sum of 4 uniforms), seeded */
@@ -268,6 +286,20 @@ try {
   };
   console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
 
+  let quantize;
+  if (values.quantize) {
+    spawnSync('sync');
+    const q = cliQuantize(model, join(tmp, 'quantized'));
+    quantize = {
+      format: 'gptq (INT4, group 32)', method: 'rtn', seconds: round(q.seconds, 1), mb_per_s: mbs(base.bytes, q.seconds),
+      of_copy: round(copyCache / q.seconds, 3), peak_rss_mb: round(q.peakMB), bytes_written: q.written,
+    };
+    console.log(`quantize gptq rtn: ${quantize.seconds} s, ${quantize.mb_per_s} MB/s (${quantize.of_copy} of copy), peak RSS ${quantize.peak_rss_mb} MB`);
+  } else if (existsSync(values.out)) {
+    const prev = JSON.parse(readFileSync(values.out, 'utf8'));
+    if (prev.quantize) quantize = { ...prev.quantize, measured: prev.quantize.measured ?? prev.date, note_measured: 'carried over from an earlier run of this bench (no --quantize)' };
+  }
+
   let gptq;
   if (values['skip-gptq']) {
     const prev = JSON.parse(readFileSync(values.out, 'utf8'));
@@ -281,6 +313,7 @@ try {
     bench: 'merge',
     model: values.model ?? `created (flash, ${values.layers} layers, ${values.experts} experts, seed 0)`,
     merge,
+    quantize,
     gptq,
     note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
     loadavg_start: loadavgStart,
