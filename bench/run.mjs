@@ -24,7 +24,7 @@ const benches = {
     // a long sequence: activations per token and the process's peak RSS, bf16 alone
     ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '8192', '--reps', '1', '--modes', 'bf16', '--peft', 'none', '--out', 'bench/results/step-flash-8k.json'],
   ],
-  merge: [['merge.mjs', ...flashModel, '--out', 'bench/results/merge-flash.json']],
+  merge: [['merge.mjs', ...flashModel, '--quantize', '--out', 'bench/results/merge-flash.json']],
 };
 const wanted = process.argv.slice(2);
 for (const name of wanted) {
