@@ -75,8 +75,11 @@ export function fp8e4m3Encode(x: number): number {
 // ---------------------------------------------------------------- E8M0
 // an unsigned biased exponent: byte b means 2^(b-127); 0xff is NaN.
 
+// every byte's value, exact in double (2^-127 … 2^127, NaN): a table lookup instead of a pow per element
+const E8M0_VALUES = Float64Array.from({ length: 256 }, (_, b) => (b === 0xff ? NaN : 2 ** (b - 127)));
+
 export function e8m0Decode(b: number): number {
-  return b === 0xff ? NaN : 2 ** (b - 127);
+  return E8M0_VALUES[b] ?? (b === 0xff ? NaN : 2 ** (b - 127));
 }
 
 /** byte of the power of two 2^e (e clamped to -127..127) */

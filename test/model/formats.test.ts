@@ -44,6 +44,8 @@ describe('E8M0', () => {
     expect(e8m0Decode(120)).toBe(2 ** -7);
     expect(e8m0Decode(0)).toBe(2 ** -127);
     expect(e8m0Decode(255)).toBeNaN();
+    // the decode table holds exactly the formula's value for every byte
+    for (let b = 0; b < 255; b++) expect(e8m0Decode(b), `byte ${b}`).toBe(2 ** (b - 127));
   });
   it('picks the smallest power of two that fits the block max', () => {
     expect(e8m0ScaleFor(448, 448)).toBe(127);
