@@ -160,6 +160,27 @@ describe('safetensors writer and reader', () => {
     expect((err as Error).message).toMatch(/tensor w into the output failed: .*No space left on device/);
   });
 
+  it.skipIf(!tryLoadAddon())('a kernel copy into an output opened for appending fails and writes nothing (pwrite there would ignore the offset)', async () => {
+    const src = tmp();
+    writeSafetensorsFile(join(src, 'model.safetensors'), [{ name: 'w', dtype: 'U8', shape: [4096], data: bytes(4096, 3) }]);
+    const f = SafetensorsFile.open(join(src, 'model.safetensors'));
+    const dst = join(tmp(), 'out');
+    writeFileSync(dst, Buffer.alloc(100));
+    const fd = openSync(dst, 'a');
+    let err: unknown;
+    try {
+      await f.copyRangeTo(f.entries.get('w')!.begin, 4096, fd, 0, 'w');
+    } catch (e) {
+      err = e;
+    } finally {
+      closeSync(fd);
+      f.close();
+    }
+    expect(err).toBeInstanceOf(V4tuneError);
+    expect((err as Error).message).toMatch(/tensor w into the output failed: Bad file descriptor/);
+    expect(readFileSync(dst).length).toBe(100);
+  });
+
   it('reads a single-file checkpoint written by writeSafetensorsFile', () => {
     const d = tmp();
     writeSafetensorsFile(join(d, 'model.safetensors'), [{ name: 't', dtype: 'F16', shape: [3], data: bytes(6, 1) }]);
