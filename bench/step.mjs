@@ -12,7 +12,7 @@
 //
 // Usage (after `npm run build` and `npm run build:native`):
 //   node bench/step.mjs --preset flash|small [--layers 2 --experts 32] [--model DIR]
-//     [--tokens 512,4096] [--reps 2] [--rank 16] [--checkpointing-from 4096] [--bf16] [--modes fp32,bf16]
+//     [--tokens 512,4096] [--reps 2] [--rank 16] [--checkpointing-from 4096] [--attention-chunk 0] [--bf16] [--modes fp32,bf16]
 //     [--peft DIR|make|none] [--peft-tokens 512] [--peft-dtype float32|bfloat16|both] [--out bench/results/step-flash.json]
 // --model reuses a checkpoint folder (else the preset is created in a temp folder); --peft make
 // writes the BF16 copy transformers needs (v4tune merge --dtype bf16 of a zero adapter).
@@ -39,6 +39,8 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '2' },
     rank: { type: 'string', default: '16' },
     'checkpointing-from': { type: 'string', default: '4096' },
+    // query rows per chunk of attention's per-query path (train.attention_chunk) for sequences longer than it; 0: none
+    'attention-chunk': { type: 'string', default: '0' },
     bf16: { type: 'boolean', default: false },
     // the modes to time, e.g. bf16 alone for a long sequence (default fp32, and bf16 with --bf16)
     modes: { type: 'string' },
@@ -51,6 +53,7 @@ const { values } = parseArgs({
 const reps = Number(values.reps);
 const rank = Number(values.rank);
 const ckFrom = Number(values['checkpointing-from']);
+const qChunk = Number(values['attention-chunk']);
 const tokenList = values.tokens.split(',').map(Number);
 const out = values.out ?? `bench/results/step-${values.preset}.json`;
 const addon = tryLoadAddon();
@@ -142,11 +145,12 @@ async function nativeRuns(model, prof, peak) {
     const ids = Int32Array.from({ length: T }, (_, i) => (i * 7919 + 13) % model.config.vocab_size);
     const mask = new Uint8Array(T).fill(1);
     const checkpointing = T >= ckFrom;
+    const queryChunk = qChunk > 0 && T > qChunk ? qChunk : 0;
     const modes = values.modes ? values.modes.split(',') : values.bf16 && addon.info().cpuBf16 ? ['fp32', 'bf16'] : ['fp32'];
     if (modes.includes('bf16') && !addon.info().cpuBf16) throw new Error('bench/step: --modes bf16 needs a CPU with AVX512_BF16');
     // the step that measures the activation bytes is also the warm-up (weights packed, pages touched), in the first mode
     addon.setBf16(modes[0] === 'bf16');
-    const { savedPeakBytes } = await model.lossAndGrads(ids, mask, { adapter, checkpointing, measureSavedBytes: true });
+    const { savedPeakBytes } = await model.lossAndGrads(ids, mask, { adapter, checkpointing, queryChunk, measureSavedBytes: true });
     // the modes take turns rep by rep, so a change in the machine's load reaches both alike
     const byMode = new Map(modes.map((m) => [m, { times: [], perRep: [], loss: 0 }]));
     for (let r = 0; r < reps; r++) {
@@ -156,7 +160,7 @@ async function nativeRuns(model, prof, peak) {
         prof.reset();
         prof.on = true;
         const t0 = performance.now();
-        m.loss = (await model.lossAndGrads(ids, mask, { adapter, checkpointing })).loss;
+        m.loss = (await model.lossAndGrads(ids, mask, { adapter, checkpointing, queryChunk })).loss;
         m.times.push((performance.now() - t0) / 1000);
         prof.on = false;
         m.perRep.push(new Map([...prof.stats].map(([k, v]) => [k, { ...v }])));
@@ -188,11 +192,11 @@ async function nativeRuns(model, prof, peak) {
       }
       families['host (JS between ops)'] = { seconds: round(sec - opSeconds, 4), share: round((sec - opSeconds) / sec, 3) };
       const run = {
-        tokens: T, mode, checkpointing, seconds_median: round(sec, 4), seconds: times.map((t) => round(t, 4)), tokens_per_s: round(T / sec),
+        tokens: T, mode, checkpointing, attention_chunk: queryChunk, seconds_median: round(sec, 4), seconds: times.map((t) => round(t, 4)), tokens_per_s: round(T / sec),
         loss, gflop_per_step: round(flops / 1e9, 1), gflops: round(flops / 1e9 / sec), fraction_of_fma_peak: round(flops / 1e9 / sec / peak, 3),
         activation_bytes: savedPeakBytes, activation_bytes_per_token: Math.round(savedPeakBytes / T), families, ops,
       };
-      console.log(`native ${T} tokens ${mode}${checkpointing ? ' (checkpointing)' : ''}: ${run.tokens_per_s} tokens/s, ${run.gflops} GFLOP/s = ${run.fraction_of_fma_peak} of the FMA peak`);
+      console.log(`native ${T} tokens ${mode}${checkpointing ? ' (checkpointing)' : ''}${queryChunk ? ` (attention chunks of ${queryChunk})` : ''}: ${run.tokens_per_s} tokens/s, ${run.gflops} GFLOP/s = ${run.fraction_of_fma_peak} of the FMA peak`);
       runs.push(run);
     }
   }
@@ -267,7 +271,7 @@ try {
     runs,
     peft,
     ratios,
-    note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (activation checkpointing) not counted; the expert backward reads h1 and h3 kept by the forward. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers on the BF16 copy of the same checkpoint (dtype float32: loaded and computed in float32; bfloat16: loaded in bfloat16, LoRA weights in float32 as PEFT keeps them), same rank, targets and threads, same run.',
+    note: 'FLOPs: model FLOPs (frozen linears forward + dx backward, LoRA forward + 2× backward); recomputation (activation checkpointing, and the second forward of the attention query path under attention_chunk) not counted; the expert backward reads h1 and h3 kept by the forward. fraction_of_fma_peak: against the fp32 FMA peak measured at the start and end of this run (the larger), also for the bf16 mode. PEFT: transformers on the BF16 copy of the same checkpoint (dtype float32: loaded and computed in float32; bfloat16: loaded in bfloat16, LoRA weights in float32 as PEFT keeps them), same rank, targets and threads, same run.',
     // the bench process's peak resident set (getrusage): the weights as shipped, every mode's steps and the PEFT child excluded
     peak_rss_mb: round(process.resourceUsage().maxRSS / 1024),
     loadavg_start: load0,

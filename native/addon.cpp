@@ -119,7 +119,7 @@ class Args {
     }
     return w;
   }
-  // {threshold, scale, seed} (a LoRA input's dropout) or null / undefined (none)
+  // {threshold, scale, seed, row0?} (a LoRA input's dropout) or null / undefined (none)
   Dropout dropout(Napi::Value v, const std::string& what) {
     Dropout d;
     if (v.IsNull() || v.IsUndefined()) return d;
@@ -139,6 +139,13 @@ class Args {
     d.threshold = uint32_t(thr);
     d.scale = float(scale);
     d.seed = uint32_t(seed);
+    Napi::Value r0 = o.Get("row0");
+    if (!r0.IsUndefined()) {
+      double row0 = r0.IsNumber() ? r0.As<Napi::Number>().DoubleValue() : -1;
+      if (!(row0 >= 0 && row0 <= 4294967295.0) || row0 != double(long(row0)))
+        throw ArgError(std::string(fn_) + ": " + what + ".row0 must be an integer in [0, 2^32)");
+      d.row0 = long(row0);
+    }
     return d;
   }
   Napi::Value at(size_t i) { return info_[i]; }

@@ -6,7 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #define V4_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define V4_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -49,5 +52,61 @@ float max_of(const float* x, long n);                        // max x[i] (−inf
 float exp_sub_sum(float* x, long n, float m);                // x[i] = e^(x[i] − m); returns Σ x[i]
 
 inline long cdiv(long a, long b) { return (a + b - 1) / b; }
+
+// ---- scratch kept between calls ----
+// The reusable buffers of one call site, shared by every thread: a call borrows one for its
+// length and puts it back, so a buffer keeps its pages from call to call (no zero-fill, no page
+// faults) and there are only as many as calls run at once. thread_local buffers would be kept
+// once per thread that ever ran the call, and node's libuv pool runs addon jobs on four threads:
+// at 4096 tokens that held the shared expert's and the GEMM's row-sized scratch four times over.
+// A buffer over kShelfKeepBytes is freed when put back: buffers that large scale with the
+// sequence (rows × width), and kept they would sit idle beside the activations of a long one,
+// while faulting them in again costs about 1 % of the work done on them.
+constexpr size_t kShelfKeepBytes = size_t(32) << 20;
+inline size_t shelf_bytes(const std::vector<float>& v) { return v.capacity() * sizeof(float); }
+template <class Buf>
+class Shelf {
+ public:
+  Buf take() {
+    std::lock_guard<std::mutex> lock(m_);
+    if (free_.empty()) return Buf{};
+    Buf b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  void give(Buf&& b) {
+    if (shelf_bytes(b) > kShelfKeepBytes) return;  // freed with b
+    std::lock_guard<std::mutex> lock(m_);
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  std::mutex m_;
+  std::vector<Buf> free_;
+};
+
+// A buffer borrowed from a shelf for the life of this object.
+template <class Buf>
+class Borrowed {
+ public:
+  explicit Borrowed(Shelf<Buf>& s) : shelf_(s), buf_(s.take()) {}
+  ~Borrowed() { shelf_.give(std::move(buf_)); }
+  Borrowed(const Borrowed&) = delete;
+  Borrowed& operator=(const Borrowed&) = delete;
+  Buf& operator*() { return buf_; }
+  Buf* operator->() { return &buf_; }
+
+ private:
+  Shelf<Buf>& shelf_;
+  Buf buf_;
+};
+using FloatShelf = Shelf<std::vector<float>>;
+using FloatScratch = Borrowed<std::vector<float>>;
+// `V4_SCRATCH_ONE(a)` declares std::vector<float>& a: a buffer borrowed from this line's own
+// shelf until the end of the enclosing scope.
+#define V4_SCRATCH_ONE(name) \
+  static ::v4::FloatShelf name##_shelf; \
+  ::v4::FloatScratch name##_lease(name##_shelf); \
+  std::vector<float>& name = *name##_lease;
 
 }  // namespace v4

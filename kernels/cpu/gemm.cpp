@@ -16,10 +16,17 @@ namespace v4 {
 
 static const long KC = 256;
 
-// A thread-local, 64-byte aligned scratch buffer that only grows.
+// A 64-byte aligned scratch buffer that only grows (thread_local in the pool's workers, borrowed
+// from a Shelf on the calling thread).
 struct Scratch {
   float* p = nullptr;
   long cap = 0;
+  Scratch() = default;
+  Scratch(Scratch&& o) noexcept : p(o.p), cap(o.cap) { o.p = nullptr, o.cap = 0; }
+  Scratch& operator=(Scratch&& o) noexcept {
+    std::swap(p, o.p), std::swap(cap, o.cap);
+    return *this;
+  }
   float* get(long n) {
     if (n > cap) {
       std::free(p);
@@ -30,6 +37,7 @@ struct Scratch {
   }
   ~Scratch() { std::free(p); }
 };
+inline size_t shelf_bytes(const Scratch& s) { return size_t(s.cap) * sizeof(float); }
 
 // C rows [0, mr) = (add ? C : 0) + alpha * (c0 | c1), columns masked by m0 | m1
 V4_AVX512 static inline void store_tile_512(float* C, long ldc, int mr, __mmask16 m0, __mmask16 m1, float alpha, bool add,
@@ -556,10 +564,13 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   mchunks = cdiv(M, MB);
   long NB = cdiv(npanels, nchunks) * NR;
   nchunks = cdiv(N, NB);
-  thread_local Scratch sshared, sshared16;
-  float* Ashared = shareA ? sshared.get(Mp * K) : nullptr;
+  // the whole packed A ([M, K], and its pairs): borrowed, so that it is kept once, not once per
+  // libuv thread that ever ran a GEMM
+  static Shelf<Scratch> shared_shelf, shared16_shelf;
+  Borrowed<Scratch> sshared(shared_shelf), sshared16(shared16_shelf);
+  float* Ashared = shareA ? sshared->get(Mp * K) : nullptr;
   // bf16: the shared A also as pairs, converted once per call: block k0 at A16shared + (k0/2)*Mp
-  uint32_t* A16shared = shareA && bf16 ? (uint32_t*)sshared16.get(Mp * cdiv(K, 2)) : nullptr;
+  uint32_t* A16shared = shareA && bf16 ? (uint32_t*)sshared16->get(Mp * cdiv(K, 2)) : nullptr;
   if (shareA) {
     // one packing task per (K block, group of strips): enough tasks for the threads even when K is short
     const long kblocks = cdiv(K, KC), groups = std::min(strips, cdiv(4L * threads, kblocks)), per = cdiv(strips, groups);

@@ -26,9 +26,10 @@ void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const
   // 4096 × 4096 rows; unchanged at 512)
   chunk = std::min(chunk, (1L << 21) / R);
   chunk = std::max<long>(128, (chunk / 128) * 128);
-  // Buffers kept between calls (no fresh pages to fault in every step); the pool tasks below
-  // reach them through these pointers, not by name (they are thread_local).
-  thread_local std::vector<float> hr_keep, acc_keep, buf_keep;
+  // Buffers kept between calls (no fresh pages to fault in every step), borrowed for this call
+  V4_SCRATCH_ONE(hr_keep)
+  V4_SCRATCH_ONE(acc_keep)
+  V4_SCRATCH_ONE(buf_keep)
   hr_keep.resize(R * d);
   acc_keep.resize(dh ? R * d : 0);
   buf_keep.resize(R * std::min(chunk, V));

@@ -63,7 +63,7 @@ void linear_lora_forward(float* y, const float* x, const WeightRef& W, const flo
   const long inG = W.cols, outG = W.rows / G, ldx = G * inG, ldy = G * outG;
   const bool drop = dr.on && A && r;
   std::vector<float> u(A && r ? T * r : 0), xd(drop ? T * ldx : 0);
-  if (drop) dropout_apply(xd.data(), ldx, x, ldx, nullptr, 0, T, ldx, dr, false);
+  if (drop) dropout_apply(xd.data(), ldx, x, ldx, nullptr, dr.row0, T, ldx, dr, false);
   const float* xl = drop ? xd.data() : x;  // the LoRA path's input
   for (long g = 0; g < G; g++) {
     const float* xg = x + g * inG;
@@ -82,7 +82,7 @@ void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, cons
   const long inG = W.cols, outG = W.rows / G, ldx = G * inG, ldy = G * outG;
   const bool drop = dr.on && A && r;
   std::vector<float> g_(A && r ? T * r : 0), u(A && r ? T * r : 0), xd(drop ? T * ldx : 0), dxd(drop && dx ? T * ldx : 0);
-  if (drop) dropout_apply(xd.data(), ldx, x, ldx, nullptr, 0, T, ldx, dr, false);
+  if (drop) dropout_apply(xd.data(), ldx, x, ldx, nullptr, dr.row0, T, ldx, dr, false);
   const float* xl = drop ? xd.data() : x;  // the LoRA path's input
   float* dxl = drop ? dxd.data() : dx;     // where the LoRA path's part of dx goes (masked below)
   for (long g = 0; g < G; g++) {
@@ -99,7 +99,7 @@ void linear_lora_backward(float* dx, float* dA, float* dB, const float* dy, cons
       gemm(outG, r, T, s, dyg, 1, ldy, f32_matrix(u.data(), T, r), false, 1.f, dB + g * outG * r, r);
     }
   }
-  if (drop && dx) dropout_apply(dx, ldx, dxl, ldx, nullptr, 0, T, ldx, dr, true);
+  if (drop && dx) dropout_apply(dx, ldx, dxl, ldx, nullptr, dr.row0, T, ldx, dr, true);
 }
 
 static inline float sigmoidf(float v) { return 1.f / (1.f + std::exp(-v)); }
@@ -230,7 +230,14 @@ static void scatter_add(float* dst, const float* src, const int* idx, const floa
 // One expert's forward: y (n, d) = expert_e(x[rows]); h1k / h3k, when not null, keep h1 and h3.
 static void routed_experts_forward_one(const Exec& X, float* y, const float* x, long d, long I, const int* rows, long n, const Expert& ex,
                                float L, float* h1k = nullptr, float* h3k = nullptr) {
-  thread_local std::vector<float> sx, s1, s3, su, sd1, sd3, sd2, sact;
+  V4_SCRATCH_ONE(sx)
+  V4_SCRATCH_ONE(s1)
+  V4_SCRATCH_ONE(s3)
+  V4_SCRATCH_ONE(su)
+  V4_SCRATCH_ONE(sd1)
+  V4_SCRATCH_ONE(sd3)
+  V4_SCRATCH_ONE(sd2)
+  V4_SCRATCH_ONE(sact)
   long rmax = std::max(ex.r1, std::max(ex.r2, ex.r3));
   float *xe = grow(sx, n * d), *u = grow(su, n * std::max(rmax, 1L));
   float *h1 = h1k ? h1k : grow(s1, n * I), *h3 = h3k ? h3k : grow(s3, n * I);
@@ -250,7 +257,7 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
   auto k1 = [&](long p) { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) { return h13 ? h13 + (P + p) * I : nullptr; };
   if (experts_per_task(P, d, I)) {
-    thread_local std::vector<float> sy;
+    V4_SCRATCH_ONE(sy)
     float* Y = grow(sy, P * d);
     const std::vector<long> order = by_size(off, E);
     parallel_run(int(order.size()), [&](int t) {
@@ -261,7 +268,7 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
     scatter_add(out, Y, idx, w, P, d);
     return;
   }
-  thread_local std::vector<float> sy;
+  V4_SCRATCH_ONE(sy)
   const Exec X{true};
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];
@@ -285,7 +292,21 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
 static void routed_experts_backward_one(const Exec& X, float* dxe, float* dw, const ExpertGrads& gr, const float* dout,
                                 const float* x, long d, long I, const int* rows, long n, const float* w, const Expert& ex,
                                 float L, const float* h1k = nullptr, const float* h3k = nullptr) {
-  thread_local std::vector<float> sxe, sge, sh1, sh3, sact, sG, su1, su3, su2, sg2, sg1, sd1, sd3, sd2, sdl;
+  V4_SCRATCH_ONE(sxe)
+  V4_SCRATCH_ONE(sge)
+  V4_SCRATCH_ONE(sh1)
+  V4_SCRATCH_ONE(sh3)
+  V4_SCRATCH_ONE(sact)
+  V4_SCRATCH_ONE(sG)
+  V4_SCRATCH_ONE(su1)
+  V4_SCRATCH_ONE(su3)
+  V4_SCRATCH_ONE(su2)
+  V4_SCRATCH_ONE(sg2)
+  V4_SCRATCH_ONE(sg1)
+  V4_SCRATCH_ONE(sd1)
+  V4_SCRATCH_ONE(sd3)
+  V4_SCRATCH_ONE(sd2)
+  V4_SCRATCH_ONE(sdl)
   long r1 = ex.a1 ? ex.r1 : 0, r2 = ex.a2 ? ex.r2 : 0, r3 = ex.a3 ? ex.r3 : 0;
   float *xe = grow(sxe, n * d), *ge = grow(sge, n * d), *h1 = grow(sh1, n * I), *h3 = grow(sh3, n * I);
   float *act = grow(sact, n * I), *G = grow(sG, n * I);
@@ -388,7 +409,7 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
   auto k1 = [&](long p) -> const float* { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) -> const float* { return h13 ? h13 + (P + p) * I : nullptr; };
   if (experts_per_task(P, d, I) && grads_disjoint(grads, E)) {
-    thread_local std::vector<float> sdx;
+    V4_SCRATCH_ONE(sdx)
     float* DX = grow(sdx, P * d);
     const std::vector<long> order = by_size(off, E);
     parallel_run(int(order.size()), [&](int t) {
@@ -400,7 +421,7 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
     if (dx) scatter_add(dx, DX, idx, nullptr, P, d);
     return;
   }
-  thread_local std::vector<float> sdx;
+  V4_SCRATCH_ONE(sdx)
   const Exec X{true};
   for (long e = 0; e < E; e++) {
     long p0 = off[e], n = off[e + 1] - off[e];

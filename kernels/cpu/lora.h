@@ -16,6 +16,7 @@ struct Dropout {
   uint32_t threshold = 0;
   float scale = 1.f;
   uint32_t seed = 0;
+  long row0 = 0;  // model row of x's row 0 (plain and grouped linears; routed experts name their rows)
 };
 inline uint32_t fmix32(uint32_t h) {
   h ^= h >> 16;

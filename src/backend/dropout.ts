@@ -38,9 +38,9 @@ export function dropoutScale(p: number): number {
   return Math.fround(1 / (1 - p));
 }
 
-/** The dropout of one LoRA site: probability p with the site's own seed. */
-export function loraDropout(p: number, seed: number): LoraDropout {
-  return { p, threshold: dropoutThreshold(p), seed: seed >>> 0 };
+/** The dropout of one LoRA site: probability p with the site's own seed; input row 0 is model row `row0`. */
+export function loraDropout(p: number, seed: number, row0 = 0): LoraDropout {
+  return row0 === 0 ? { p, threshold: dropoutThreshold(p), seed: seed >>> 0 } : { p, threshold: dropoutThreshold(p), seed: seed >>> 0, row0 };
 }
 
 /**
@@ -56,14 +56,14 @@ export function moduleDropoutSeed(stepSeed: number, module: string): number {
 
 /**
  * The mask as multipliers m [N, C] (1/(1−p) kept, 0 dropped) for the rows of an op's input:
- * row i of the input is model row rows[i] (rows null: row i itself).
+ * row i of the input is model row rows[i] (rows null: row d.row0 + i).
  */
 export function dropoutMask(d: LoraDropout, rows: ArrayLike<number> | null, N: number, C: number): Float32Array {
   const m = new Float32Array(N * C);
   const scale = dropoutScale(d.p);
   const thr = d.threshold;
   for (let i = 0; i < N; i++) {
-    const key = dropoutRowKey(d.seed, rows ? rows[i]! : i);
+    const key = dropoutRowKey(d.seed, rows ? rows[i]! : (d.row0 ?? 0) + i);
     const o = i * C;
     for (let c = 0; c < C; c++) if (fmix32(key ^ Math.imul(c, 0x85ebca77)) >>> 8 >= thr) m[o + c] = scale;
   }

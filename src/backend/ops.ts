@@ -49,6 +49,12 @@ export interface LoraDropout {
   readonly threshold: number;
   /** uint32 seed of this module's mask in this forward */
   readonly seed: number;
+  /**
+   * The model row of the op's input row 0 (default 0): row i of a plain or grouped linear's
+   * input is model row row0 + i, so an op run on the rows t0 … t1−1 alone (a query chunk)
+   * draws the mask the whole sequence's op draws there. Routed experts name their rows.
+   */
+  readonly row0?: number;
 }
 
 /** One adapted module: y += scaling · (dropout(x) Aᵀ) Bᵀ; A is [r, in], B is [out, r]. */

@@ -124,7 +124,7 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
   if (logPath) truncateLog(logPath, step);
   const reads = o.reads ?? null;
   let readBefore = { rows: reads?.stats.rows ?? 0, bytes: reads?.stats.bytes ?? 0 };
-  return async (model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false, dropoutSeed = () => 0, mtpWeight = 0) => {
+  return async (model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false, dropoutSeed = () => 0, mtpWeight = 0, queryChunk = 0) => {
     step++;
     const mine = microBatchesOf(c.rank, c.size, micro.length);
     const packed = mine.map((b) => {
@@ -179,7 +179,7 @@ export function dataParallelGradients(o: DataParallelOptions): StepGradientsFn {
       const w = mb.count / count;
       const mask = mb.count === 0 ? new Uint8Array(mb.mask.length).fill(1) : mb.mask;
       if (ep) ep.gradScale = w;
-      const r = await model.lossAndGrads(mb.ids, mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(mb.b), mtpWeight });
+      const r = await model.lossAndGrads(mb.ids, mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(mb.b), mtpWeight, queryChunk });
       if (mb.count > 0) {
         sums[0] += r.lossSum;
         sums[1] += mb.ids.length;

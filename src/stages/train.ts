@@ -65,6 +65,7 @@ export function trainSettings(recipe: LoadedRecipe, trainRows: number): TrainSet
     maxGradNorm: t.max_grad_norm,
     seed: t.seed,
     activationCheckpointing: t.activation_checkpointing,
+    attentionChunk: t.attention_chunk,
     mtpWeight: t.mtp_loss_weight,
   };
 }
@@ -166,6 +167,7 @@ async function trainLocked(recipe: LoadedRecipe, sink: Sink, opts: TrainRecipeOp
   const { dir: modelDir, config } = requireModel(recipe);
   checkTrainBounds(config, {
     file: recipe.file, seqLen: recipe.data.seq_len, batchRows: recipe.train.batch_rows, threads: recipe.train.threads, checkpointing: recipe.train.activation_checkpointing,
+    attentionChunk: recipe.train.attention_chunk,
   });
   const ds = requireDataset(recipe);
   const trainCount = requireTrainRows(ds);

@@ -33,6 +33,8 @@ export interface TrainSettings {
   seed: number;
   /** recompute each block in the backward instead of keeping its activations (same numbers, less memory) */
   activationCheckpointing?: boolean;
+  /** query rows per chunk of attention's per-query path (model.lossAndGrads queryChunk; 0 or absent: none) */
+  attentionChunk?: number;
   /** weight of the MTP loss (model.lossAndGrads mtpWeight; 0 or absent: none) */
   mtpWeight?: number;
 }
@@ -125,11 +127,12 @@ export interface StepGradients {
  * micro-batches. Micro-batch b (its rows packed as segments) has mean loss L_b over c_b counted
  * tokens; the step's loss is Σ_b c_b·L_b / Σ_b c_b, so its gradient is Σ_b (c_b / Σ c)·∇L_b.
  * A micro-batch with no counted token adds nothing (and is not run). `dropoutSeed(b)`: the
- * LoRA dropout seed of micro-batch b (used only when the adapter has dropout).
+ * LoRA dropout seed of micro-batch b (used only when the adapter has dropout); `queryChunk`:
+ * model.lossAndGrads's.
  */
 export async function stepGradients(
   model: V4Model, adapter: Adapter, micro: readonly (readonly DatasetRow[])[], checkpointing = false,
-  dropoutSeed: (b: number) => number = () => 0, mtpWeight = 0,
+  dropoutSeed: (b: number) => number = () => 0, mtpWeight = 0, queryChunk = 0,
 ): Promise<StepGradients> {
   const packed = micro.map((rows) => {
     const p = packRows(rows);
@@ -144,7 +147,7 @@ export async function stepGradients(
   for (const [b, mb] of packed.entries()) {
     if (mb.count === 0) continue;
     tokens += mb.ids.length;
-    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(b), mtpWeight });
+    const r = await model.lossAndGrads(mb.ids, mb.mask, { segments: mb.segments, adapter, checkpointing, dropoutSeed: dropoutSeed(b), mtpWeight, queryChunk });
     lossSum += r.lossSum;
     mtpLossSum += r.mtp?.lossSum ?? 0;
     mtpCount += r.mtp?.count ?? 0;
@@ -229,7 +232,7 @@ export class Trainer {
     }
     const update = this.st.step;
     const { grads, lossSum, count, tokens, mtpLossSum, mtpCount, normSq } = await this.gradients(
-      this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b), s.mtpWeight ?? 0,
+      this.model, this.adapter, micro, s.activationCheckpointing ?? false, (b) => dropoutSeedFor(s.seed, update, b), s.mtpWeight ?? 0, s.attentionChunk ?? 0,
     );
     const lr = learningRate(this.st.step, s);
     // a non-finite loss, gradient or updated factor stops the run before anything is saved

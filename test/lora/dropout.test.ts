@@ -5,7 +5,7 @@
 // p = 0 is no dropout, and on the tiny preset: logits never drop, checkpointing draws the same
 // masks, and the dropout seed alone decides the masks. Every backend: tfjs always, native when
 // its addon is built (under CI=true it must be).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -291,5 +291,47 @@ describe.each(BACKENDS)('the tiny preset with lora dropout on the %s backend', (
 
   it('a dropoutSeed that is not a uint32 is refused by name', async () => {
     await expect(model.lossAndGrads(ids, mask, { segments, adapter, dropoutSeed: -1 })).rejects.toThrow(/dropoutSeed must be an integer/);
+  });
+});
+
+describe.each(BACKENDS)('attention query chunks with lora dropout on the %s backend', (name) => {
+  let dir: string;
+  let model: V4Model;
+  let adapter: Adapter;
+  const T = 40;
+  const segments = [25, 15];
+  const mask = Uint8Array.from({ length: T }, (_, i) => (i % 5 === 0 ? 0 : 1));
+  let ids: Int32Array;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'v4tune-qchunk-'));
+    await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
+    model = await loadModel(join(dir, 'm'), { backend: name, note: () => {} });
+    adapter = createAdapter(model, { r: 4, alpha: 8, seed: 3, dropout: 0.2 });
+    const r = R.rand(1 << 16, 9, 0.05);
+    let o = 0;
+    for (const l of adapter.layers.values()) for (let i = 0; i < l.B.length; i++) l.B[i] = r[o++ % r.length];
+    ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % model.config.vocab_size);
+  }, 120_000);
+  afterAll(() => {
+    model?.dispose();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  // A chunk's linears draw the masks of their model rows (row0): drawn at the chunk's own rows
+  // 0 … n−1 instead, every chunk but the first would drop other elements and the gradients of
+  // wq_b, wo_a and wo_b would move by far more than 1e-5.
+  it.each([false, true])('chunks of 7 rows (checkpointing %s): the same loss and gradients as the whole sequence (1e-5)', async (checkpointing) => {
+    const whole = await model.lossAndGrads(ids, mask, { segments, adapter, dropoutSeed: 99, checkpointing });
+    const spy = vi.spyOn(model.backend, 'attentionForward');
+    const chunked = await model.lossAndGrads(ids, mask, { segments, adapter, dropoutSeed: 99, checkpointing, queryChunk: 7 });
+    // ⌈40 / 7⌉ = 6 chunks per layer forward, run again in the backward (and in the recompute)
+    const L = model.config.num_hidden_layers;
+    expect(spy.mock.calls.length).toBe(L * 6 * (checkpointing ? 3 : 2));
+    expect(spy.mock.calls.every((a) => a[4] <= 7)).toBe(true);
+    spy.mockRestore();
+    expect(Math.abs(chunked.loss - whole.loss)).toBeLessThanOrEqual(1e-6 * Math.abs(whole.loss));
+    const worst = [...whole.grads].map(([k, g]) => [k, R.relErr(chunked.grads.get(k)!, g)] as const).filter(([, e]) => !(e <= 1e-5));
+    expect(worst).toEqual([]);
+    expect([...whole.grads].filter(([k]) => /wq_b|wo_a|wo_b/.test(k)).every(([, g]) => g.some((v) => v !== 0))).toBe(true);
   });
 });

@@ -37,7 +37,8 @@ export function rawWeight(format: NativeFormat, data: Buf, scale: Uint8Array | n
  * Dropout on a LoRA input (kernels/cpu/lora.h `Dropout`): element (row, col) kept iff
  * hash32(seed, row, col) >>> 8 ≥ threshold, kept values times scale (1/(1−p)); null: none.
  */
-export interface RawDropout { threshold: number; scale: number; seed: number }
+/** row0: the model row of the input's row 0 (linears; routed experts name their rows) */
+export interface RawDropout { threshold: number; scale: number; seed: number; row0?: number }
 
 /**
  * One routed expert for routedExpertsForward/Backward; a missing aN means no adapter on that projection,

@@ -92,7 +92,7 @@ function moePlan(idx: I32, weights: F32, N: number, k: number, E: number): MoePl
 /** A module's dropout as the kernels take it; null when there is none (or p = 0). */
 function rawDropout(l: LoraFactors | null | undefined): RawDropout | null {
   const d = l?.dropout;
-  return d && d.p > 0 ? { threshold: d.threshold, scale: dropoutScale(d.p), seed: d.seed } : null;
+  return d && d.p > 0 ? { threshold: d.threshold, scale: dropoutScale(d.p), seed: d.seed, row0: d.row0 ?? 0 } : null;
 }
 
 function rawExpert(w: ExpertWeights, l: ExpertLora): RawExpert {

@@ -53,14 +53,10 @@ export async function attention(
 ): Promise<F32> {
   const T = seq.T;
   const d = c.hidden_size;
-  const H = c.num_attention_heads;
   const hd = c.head_dim;
   const eps = c.rms_norm_eps;
   const mod = `${prefix}.attn`;
   const qr = await g.rmsnorm(await g.linear(x, A.wq_a, `${mod}.wq_a`, T, d, c.q_lora_rank), A.q_norm, T, c.q_lora_rank, eps);
-  const q0 = await g.linear(qr, A.wq_b, `${mod}.wq_b`, T, c.q_lora_rank, H * hd);
-  // the rmsnorm outputs are read by the RoPE alone (rmsnorm keeps its input): rotated in place
-  const q = await g.rope(await g.rmsnorm(q0, null, T * H, hd, eps), seq.pos, table, T, H, hd, false, true);
   const kvRaw = await g.rmsnorm(await g.linear(x, A.wkv, `${mod}.wkv`, T, d, hd), A.kv_norm, T, hd, eps);
   const kv = await g.rope(kvRaw, seq.pos, table, T, 1, hd, false, true);
 
@@ -78,9 +74,68 @@ export async function attention(
     if (A.indexer) sel = await indexerSelect(g, A.indexer, x, qr, seq, c, ratio, table);
   }
   const { idx, K } = attentionIndex(seq, c.sliding_window, ratio, segEntryStart, sel);
-  const o = await g.attention(q, keys, A.attn_sink, idx, T, H, hd, rows, K, Math.pow(hd, -0.5));
-  const oc = await g.rope(o, seq.pos, table, T, H, hd, true, true); // o: read by the RoPE alone (attention's saved never holds it)
+  const chunk = g.queryChunk;
+  if (chunk > 0 && T > chunk) return chunkedQueryPath(g, A, mod, qr, keys, idx, K, rows, seq, c, table, chunk);
+  return queryPath(g, A, mod, qr, keys, idx, seq.pos, T, rows, K, c, table);
+}
+
+/**
+ * The per-query part of attention on n query rows: q from qr [n, q_lora] (wq_b, a weightless
+ * RMSNorm per head, RoPE at positions pos [n]), sparse attention over all of `keys` [M, hd] along
+ * idx [n, K], RoPE⁻¹, and the output projections → [n, d]. Row-wise but for the keys.
+ */
+async function queryPath(
+  g: Graph, A: AttentionWeights, mod: string, qr: F32, keys: F32, idx: I32, pos: I32, n: number, M: number, K: number,
+  c: V4Config, table: RopeTable,
+): Promise<F32> {
+  const H = c.num_attention_heads;
+  const hd = c.head_dim;
+  const q0 = await g.linear(qr, A.wq_b, `${mod}.wq_b`, n, c.q_lora_rank, H * hd);
+  // the rmsnorm output is read by the RoPE alone (rmsnorm keeps its input): rotated in place
+  const q = await g.rope(await g.rmsnorm(q0, null, n * H, hd, c.rms_norm_eps), pos, table, n, H, hd, false, true);
+  const o = await g.attention(q, keys, A.attn_sink, idx, n, H, hd, M, K, Math.pow(hd, -0.5));
+  const oc = await g.rope(o, pos, table, n, H, hd, true, true); // o: read by the RoPE alone (attention's saved never holds it)
   const G = c.o_groups;
-  const oa = await g.groupedLinear(oc, A.wo_a, `${mod}.wo_a`, T, G, (H * hd) / G, c.o_lora_rank);
-  return g.linear(oa, A.wo_b, `${mod}.wo_b`, T, G * c.o_lora_rank, d);
+  const oa = await g.groupedLinear(oc, A.wo_a, `${mod}.wo_a`, n, G, (H * hd) / G, c.o_lora_rank);
+  return g.linear(oa, A.wo_b, `${mod}.wo_b`, n, G * c.o_lora_rank, c.hidden_size);
+}
+
+/**
+ * `queryPath` over chunks of `chunk` query rows, so that its [rows, H·hd] tensors (q before and
+ * after the norm, o and their gradients: 4·H·hd floats a row each) exist for one chunk at a time.
+ * Taped, it is one record over (qr, keys): its backward runs each chunk's forward again on a fresh
+ * tape and replays it at once, the dropout masks drawn at the chunk's model rows, so the
+ * gradients are the whole-sequence path's up to the order of the sums over rows (LoRA factors,
+ * keys). The price is one more forward of the path in the backward.
+ */
+async function chunkedQueryPath(
+  g: Graph, A: AttentionWeights, mod: string, qr: F32, keys: F32, idx: I32, K: number, M: number, seq: Seq,
+  c: V4Config, table: RopeTable, chunk: number,
+): Promise<F32> {
+  const T = seq.T;
+  const d = c.hidden_size;
+  const qd = c.q_lora_rank;
+  const run = (cg: Graph, t0: number, t1: number): Promise<F32> =>
+    queryPath(cg, A, mod, qr.subarray(t0 * qd, t1 * qd), keys, idx.subarray(t0 * K, t1 * K), seq.pos.subarray(t0, t1), t1 - t0, M, K, c, table);
+  const y = new Float32Array(T * d);
+  for (let t0 = 0; t0 < T; t0 += chunk) y.set(await run(g.atRows(null, t0), t0, Math.min(T, t0 + chunk)), t0 * d);
+  const tape = g.tape;
+  tape?.record([qr, keys], [y], async ([dy]) => {
+    const dqr = new Float32Array(qr.length);
+    const dkeys = new Float32Array(keys.length);
+    for (let t0 = 0; t0 < T; t0 += chunk) {
+      const t1 = Math.min(T, t0 + chunk);
+      const sub = tape.child();
+      const cg = g.atRows(sub, t0);
+      const qrRows = qr.subarray(t0 * qd, t1 * qd);
+      const yc = await queryPath(cg, A, mod, qrRows, keys, idx.subarray(t0 * K, t1 * K), seq.pos.subarray(t0, t1), t1 - t0, M, K, c, table);
+      const grads = await sub.backward([[yc, dy.subarray(t0 * d, t1 * d)]]);
+      const gq = grads.get(qrRows);
+      if (gq) dqr.set(gq, t0 * qd);
+      const gk = grads.get(keys);
+      if (gk) for (let i = 0; i < gk.length; i++) dkeys[i] += gk[i];
+    }
+    return [dqr, dkeys];
+  });
+  return y;
 }

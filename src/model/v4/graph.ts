@@ -95,28 +95,40 @@ export class Graph {
    * one step); `choices`: where discrete choices are recorded or replayed from (null: neither);
    * `dropout`: the LoRA dropout of a training forward (null: none, as in every inference forward);
    * `routing`: told every MoE layer's routing (null: nobody listens); `linearInput`: told the
-   * input of every named linear (null: nobody listens).
+   * input of every named linear (null: nobody listens); `queryChunk`: in a taped forward,
+   * attention's per-query path runs over chunks of this many rows (0: the whole sequence at once;
+   * attention.ts); `row0`: the model row of row 0 of the ops' inputs (a chunk's graph), for the
+   * LoRA dropout masks.
    */
   constructor(
     readonly be: Backend, readonly tape: Tape | null, readonly adapter: AdapterView | null,
     readonly loraGrads: Map<string, LoraGrads> = new Map(), readonly choices: ChoiceLog | null = null,
     readonly dropout: DropoutPlan | null = null, readonly routing: RoutingSink | null = null,
-    readonly linearInput: LinearInputSink | null = null,
+    readonly linearInput: LinearInputSink | null = null, readonly queryChunk = 0, readonly row0 = 0,
   ) {}
 
   /** The same backend, adapter, dropout and sinks with nothing recorded (the indexer's discrete path). */
   untaped(): Graph {
-    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout, this.routing, this.linearInput);
+    return new Graph(this.be, null, this.adapter, new Map(), null, this.dropout, this.routing, this.linearInput, this.queryChunk, this.row0);
   }
 
   /** The same backend, adapter, dropout, sinks and gradient sums on another tape and choice log. */
   with(tape: Tape | null, choices: ChoiceLog | null): Graph {
-    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout, this.routing, this.linearInput);
+    return new Graph(this.be, tape, this.adapter, this.loraGrads, choices, this.dropout, this.routing, this.linearInput, this.queryChunk, this.row0);
   }
 
   /** The same graph with another routing sink (the MTP block maps its rows back to token positions). */
   withRouting(routing: RoutingSink | null): Graph {
-    return new Graph(this.be, this.tape, this.adapter, this.loraGrads, this.choices, this.dropout, routing, this.linearInput);
+    return new Graph(this.be, this.tape, this.adapter, this.loraGrads, this.choices, this.dropout, routing, this.linearInput, this.queryChunk, this.row0);
+  }
+
+  /**
+   * The graph of the rows row0 … of the sequence run alone on `tape` (no choices: a chunk of
+   * row-wise ops makes none): same backend, adapter, dropout and gradient sums; the dropout masks
+   * are the ones the whole sequence's ops draw on those rows.
+   */
+  atRows(tape: Tape | null, row0: number): Graph {
+    return new Graph(this.be, tape, this.adapter, this.loraGrads, null, this.dropout, null, null, 0, row0);
   }
 
   /** An indexer selection: made by `make`, or the recorded one when replaying. */
@@ -132,7 +144,7 @@ export class Graph {
     const f = module && this.adapter ? this.adapter.factors(module) : undefined;
     if (!module || !f) return null;
     if (!this.dropout) return f;
-    const dropout = loraDropout(this.dropout.p, moduleDropoutSeed(this.dropout.seed, module));
+    const dropout = loraDropout(this.dropout.p, moduleDropoutSeed(this.dropout.seed, module), this.row0);
     return { A: f.A, B: f.B, r: f.r, scaling: f.scaling, dropout };
   }
 

@@ -71,6 +71,14 @@ export interface GradOptions extends ForwardOptions {
    * it. Same loss and gradients; saved memory of one block instead of all. Default false.
    */
   checkpointing?: boolean;
+  /**
+   * Query rows per chunk of attention's per-query path (q, the attention core, the output
+   * projections): its [rows, heads·head_dim] tensors then exist for one chunk at a time, in the
+   * forward and in the backward, which runs each chunk's forward once more (attention.ts
+   * `chunkedQueryPath`). Same loss; gradients equal up to the order of sums over rows. 0 (the
+   * default) or ≥ the sequence: the whole sequence at once.
+   */
+  queryChunk?: number;
   /** Report `savedPeakBytes` (walks the saved contexts; for tests and benchmarks). Default false. */
   measureSavedBytes?: boolean;
   /**
@@ -170,7 +178,9 @@ export class V4Model {
     const seq = makeSeq(ids, opts.segments);
     const account = opts.measureSavedBytes ? new SavedBytes() : null;
     const tape = new Tape(account);
-    const g = this.graph(tape, opts.adapter, this.dropoutPlan(opts));
+    const chunk = opts.queryChunk ?? 0;
+    if (!Number.isInteger(chunk) || chunk < 0) throw new InputError(`queryChunk: ${chunk} is not a whole number ≥ 0`);
+    const g = this.graph(tape, opts.adapter, this.dropoutPlan(opts), null, null, chunk);
     const X = await this.trunk(g, seq, opts.checkpointing ?? false);
     const hn = await this.headInput(g, X, seq);
     const c = this.config;
@@ -289,11 +299,11 @@ export class V4Model {
 
   private graph(
     tape: Tape | null, adapter: ModelAdapter | null | undefined, dropout: DropoutPlan | null = null,
-    onRouting: RoutingObserver | null = null, onLinearInput: LinearInputObserver | null = null,
+    onRouting: RoutingObserver | null = null, onLinearInput: LinearInputObserver | null = null, queryChunk = 0,
   ): Graph {
     adapter?.assertFits?.(this.config, 'adapter');
     const routing: RoutingSink | null = onRouting ? (b, idx, w, N, k) => onRouting(b, idx, w, N, k, null) : null;
-    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout, routing, onLinearInput);
+    return new Graph(this.backend, tape, adapter ?? null, new Map(), null, dropout, routing, onLinearInput, queryChunk);
   }
 
   /** The LoRA dropout of a training forward: the adapter's dropout with `dropoutSeed`; null when p = 0. */
