@@ -21,8 +21,10 @@ const benches = {
   step: [
     ['step.mjs', '--preset', 'small', '--tokens', '512', '--reps', '3', '--bf16', '--peft', 'make', '--peft-dtype', 'both', '--out', 'bench/results/step-small.json'],
     ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '512,4096', '--reps', '2', '--bf16', '--peft', 'make', '--peft-tokens', '512', '--peft-dtype', 'both', '--out', 'bench/results/step-flash.json'],
-    // a long sequence: activations per token and the process's peak RSS, bf16 alone
-    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '8192', '--reps', '1', '--modes', 'bf16', '--peft', 'none', '--out', 'bench/results/step-flash-8k.json'],
+    // long sequences: activations per token and the process's peak RSS, bf16 alone, attention in
+    // query chunks of 1024 (train.attention_chunk), one process per length so each peak is its own
+    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '8192', '--reps', '1', '--modes', 'bf16', '--attention-chunk', '1024', '--peft', 'none', '--out', 'bench/results/step-flash-8k.json'],
+    ['step.mjs', '--preset', 'flash', ...flashModel, '--tokens', '16384', '--reps', '1', '--modes', 'bf16', '--attention-chunk', '1024', '--peft', 'none', '--out', 'bench/results/step-flash-16k.json'],
   ],
   merge: [['merge.mjs', ...flashModel, '--quantize', '--out', 'bench/results/merge-flash.json']],
 };

@@ -60,9 +60,11 @@ inline long cdiv(long a, long b) { return (a + b - 1) / b; }
 // once per thread that ever ran the call, and node's libuv pool runs addon jobs on four threads:
 // at 4096 tokens that held the shared expert's and the GEMM's row-sized scratch four times over.
 // A buffer over kShelfKeepBytes is freed when put back: buffers that large scale with the
-// sequence (rows × width), and kept they would sit idle beside the activations of a long one,
-// while faulting them in again costs about 1 % of the work done on them.
-constexpr size_t kShelfKeepBytes = size_t(32) << 20;
+// sequence (rows × width) and kept they would sit idle beside the activations of a long one
+// (at flash width the largest, the GEMM's packed A for wq_b's input gradient, is 512 MB at 4096
+// tokens: kept, as everything up to 4096 tokens; at 16384 tokens the routed experts' and most
+// row-sized buffers are freed and faulted in again, about 2 % of the step).
+constexpr size_t kShelfKeepBytes = size_t(512) << 20;
 inline size_t shelf_bytes(const std::vector<float>& v) { return v.capacity() * sizeof(float); }
 template <class Buf>
 class Shelf {

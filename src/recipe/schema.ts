@@ -142,7 +142,7 @@ export const trainSchema = z.object({
   activation_checkpointing: z.boolean().default(false)
     .describe('Recompute each block in the backward pass instead of keeping its activations.'),
   attention_chunk: int().min(0).default(0)
-    .describe('Query rows per chunk of attention\'s per-query path (q, the attention core, the output projections) in training: its heads × head_dim-wide tensors then exist for one chunk at a time, and the backward runs each chunk\'s forward once more (about 10 % slower at flash width). With `activation_checkpointing` it is what lets 16k-token sequences fit (1024 is a good value); 0 runs the whole sequence at once.'),
+    .describe('Query rows per chunk of attention\'s per-query path (q, the attention core, the output projections) in training: its heads × head_dim-wide tensors then exist for one chunk at a time, and the backward runs each chunk\'s forward once more; under `activation_checkpointing` that rerun takes the place of the recompute\'s, whose chunks reuse the output kept by the forward (a 8192-token flash step: 8 % slower, 12.5 instead of 18.5 GB peak). With `activation_checkpointing` it is what lets 16k-token sequences fit (1024 is a good value); 0 runs the whole sequence at once.'),
   threads: int().min(0).default(0)
     .describe('Native kernel threads; 0 uses every core.'),
   precision: z.enum(['fp32', 'bf16']).default('fp32')

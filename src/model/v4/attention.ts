@@ -106,7 +106,9 @@ async function queryPath(
  * Taped, it is one record over (qr, keys): its backward runs each chunk's forward again on a fresh
  * tape and replays it at once, the dropout masks drawn at the chunk's model rows, so the
  * gradients are the whole-sequence path's up to the order of the sums over rows (LoRA factors,
- * keys). The price is one more forward of the path in the backward.
+ * keys). The price is one more forward of the path in the backward; under activation
+ * checkpointing the block's recompute takes y from its first forward (kept in the choice log,
+ * d floats a row), so the path still runs twice in all, as it does unchunked.
  */
 async function chunkedQueryPath(
   g: Graph, A: AttentionWeights, mod: string, qr: F32, keys: F32, idx: I32, K: number, M: number, seq: Seq,
@@ -117,8 +119,16 @@ async function chunkedQueryPath(
   const qd = c.q_lora_rank;
   const run = (cg: Graph, t0: number, t1: number): Promise<F32> =>
     queryPath(cg, A, mod, qr.subarray(t0 * qd, t1 * qd), keys, idx.subarray(t0 * K, t1 * K), seq.pos.subarray(t0, t1), t1 - t0, M, K, c, table);
-  const y = new Float32Array(T * d);
-  for (let t0 = 0; t0 < T; t0 += chunk) y.set(await run(g.atRows(null, t0), t0, Math.min(T, t0 + chunk)), t0 * d);
+  // a checkpointed block's recompute takes y as its first forward computed it (the same bits):
+  // the backward below reruns every chunk anyway
+  let y: F32;
+  if (g.choices?.replaying) {
+    y = g.choices.nextOutput(T * d);
+  } else {
+    y = new Float32Array(T * d);
+    for (let t0 = 0; t0 < T; t0 += chunk) y.set(await run(g.atRows(null, t0), t0, Math.min(T, t0 + chunk)), t0 * d);
+    g.choices?.keepOutput(y);
+  }
   const tape = g.tape;
   tape?.record([qr, keys], [y], async ([dy]) => {
     const dqr = new Float32Array(qr.length);

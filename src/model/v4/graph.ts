@@ -43,19 +43,38 @@ export interface Choice {
 /**
  * The discrete choices of a forward in the order it made them. A log records while it is fresh;
  * after `replay()` it hands the same choices back in the same order, so a recomputed forward
- * routes and selects exactly as the first one did (activation checkpointing).
+ * routes and selects exactly as the first one did (activation checkpointing). It also keeps the
+ * outputs a recompute may take as the first forward computed them instead of computing them
+ * again (attention's chunked query path, whose backward reruns it anyway).
  */
 export class ChoiceLog {
   readonly made: Choice[] = [];
+  readonly outputs: F32[] = [];
   private cursor = -1;
+  private outputCursor = 0;
 
   get replaying(): boolean {
     return this.cursor >= 0;
   }
 
-  /** From now on, hand back the recorded choices from the first. */
+  /** From now on, hand back the recorded choices (and kept outputs) from the first. */
   replay(): void {
     this.cursor = 0;
+    this.outputCursor = 0;
+  }
+
+  /** Recording: keep an output for the recompute. */
+  keepOutput(y: F32): void {
+    this.outputs.push(y);
+  }
+
+  /** Replaying: the next kept output, which must have `length` elements. */
+  nextOutput(length: number): F32 {
+    const y = this.outputs[this.outputCursor++];
+    if (!y || y.length !== length) {
+      throw new V4tuneError(`activation checkpointing: the recomputed forward asked for a kept output of ${length} elements where the first forward kept ${y ? `${y.length}` : 'none'}`);
+    }
+    return y;
   }
 
   /** Recording: keep `c`. */
