@@ -227,6 +227,21 @@ describe.each(BACKENDS)('ops with dropout on the %s backend', (name) => {
 });
 
 // ---- the whole model (tiny preset): where dropout applies and what decides its masks
+interface TinyWithDropout { dir: string; model: V4Model; adapter: Adapter; ids: Int32Array }
+/** A tiny preset in a temporary folder, a rank-4 adapter with dropout 0.2 and B ≠ 0 (so that
+ *  dropout on the input of A changes the output and every gradient), and T token ids. */
+async function tinyWithDropout(name: BackendName, prefix: string, T: number): Promise<TinyWithDropout> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
+  const model = await loadModel(join(dir, 'm'), { backend: name, note: () => {} });
+  const adapter = createAdapter(model, { r: 4, alpha: 8, seed: 3, dropout: 0.2 });
+  const r = R.rand(1 << 16, 9, 0.05);
+  let o = 0;
+  for (const l of adapter.layers.values()) for (let i = 0; i < l.B.length; i++) l.B[i] = r[o++ % r.length];
+  const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % model.config.vocab_size);
+  return { dir, model, adapter, ids };
+}
+
 describe.each(BACKENDS)('the tiny preset with lora dropout on the %s backend', (name) => {
   let dir: string;
   let model: V4Model;
@@ -241,15 +256,7 @@ describe.each(BACKENDS)('the tiny preset with lora dropout on the %s backend', (
   const allSame = (a: Map<string, Float32Array>, b: Map<string, Float32Array>) => [...a].every(([k, g]) => same(g, b.get(k)!));
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'v4tune-dropout-'));
-    await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
-    model = await loadModel(join(dir, 'm'), { backend: name, note: () => {} });
-    adapter = createAdapter(model, { r: 4, alpha: 8, seed: 3, dropout: 0.2 });
-    const r = R.rand(1 << 16, 9, 0.05);
-    let o = 0;
-    // B ≠ 0 so that dropout on the input of A changes the output and every gradient
-    for (const l of adapter.layers.values()) for (let i = 0; i < l.B.length; i++) l.B[i] = r[o++ % r.length];
-    ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % model.config.vocab_size);
+    ({ dir, model, adapter, ids } = await tinyWithDropout(name, 'v4tune-dropout-', T));
   }, 120_000);
   afterAll(() => {
     model?.dispose();
@@ -303,14 +310,7 @@ describe.each(BACKENDS)('attention query chunks with lora dropout on the %s back
   const mask = Uint8Array.from({ length: T }, (_, i) => (i % 5 === 0 ? 0 : 1));
   let ids: Int32Array;
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'v4tune-qchunk-'));
-    await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 5 });
-    model = await loadModel(join(dir, 'm'), { backend: name, note: () => {} });
-    adapter = createAdapter(model, { r: 4, alpha: 8, seed: 3, dropout: 0.2 });
-    const r = R.rand(1 << 16, 9, 0.05);
-    let o = 0;
-    for (const l of adapter.layers.values()) for (let i = 0; i < l.B.length; i++) l.B[i] = r[o++ % r.length];
-    ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 11) % model.config.vocab_size);
+    ({ dir, model, adapter, ids } = await tinyWithDropout(name, 'v4tune-qchunk-', T));
   }, 120_000);
   afterAll(() => {
     model?.dispose();
