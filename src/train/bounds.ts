@@ -36,7 +36,9 @@ export function activationBytesPerToken(c: V4Config, checkpointing: boolean, que
     + (c.num_experts_per_tok + c.n_shared_experts) * 3 * c.moe_intermediate_size // SwiGLU gate, up, product
     + c.n_routed_experts; // router scores
   const blocks = c.num_hidden_layers + c.num_nextn_predict_layers;
-  const perToken = checkpointing ? blocks * hc * d + block : blocks * block;
+  // checkpointed with a chunked query path, each block also keeps that path's output (d floats a
+  // token) for its recompute
+  const perToken = checkpointing ? blocks * (hc * d + (queryChunked ? d : 0)) + block : blocks * block;
   return 4 * (perToken + 4 * hc * d); // + embedding, head norm and the head's chunked logits per token
 }
 

@@ -16,7 +16,10 @@ describe('activation estimate', () => {
     const chunked = activationBytesPerToken(flash, true, true);
     // 3 · 64 heads · 512 + 64 heads · (128 window + 512 selected), in floats
     expect(queryPathBytesPerRow(flash)).toBe(4 * (3 * 64 * 512 + 64 * 640));
-    expect(whole - chunked).toBe(queryPathBytesPerRow(flash));
+    // less the attention output each checkpointed block keeps for its recompute (d floats a token)
+    const blocks = flash.num_hidden_layers + flash.num_nextn_predict_layers;
+    expect(whole - chunked).toBe(queryPathBytesPerRow(flash) - 4 * blocks * flash.hidden_size);
+    expect(activationBytesPerToken(flash, false) - activationBytesPerToken(flash, false, true)).toBe(blocks * queryPathBytesPerRow(flash));
     expect(chunked).toBeLessThan(0.75 * whole);
   });
 
