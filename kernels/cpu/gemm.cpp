@@ -117,6 +117,20 @@ V4_AVX512 static inline __m512i round_bf16(__m512 v) {  // fp32 bits rounded to 
   __m512i u = _mm512_castps_si512(v);
   return _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
 }
+V4_AVX512 static void round_to_bf16_512(const float* x, long n, uint16_t* out) {
+  long i = 0;
+  for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bf16(_mm512_loadu_ps(x + i)), 16)));
+  const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+  if (m) _mm256_mask_storeu_epi16(out + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bf16(_mm512_maskz_loadu_ps(m, x + i)), 16)));
+}
+void round_to_bf16(const float* x, long n, uint16_t* out) {
+  if (isa() == Isa::avx512) return round_to_bf16_512(x, n, out);
+  for (long i = 0; i < n; i++) {  // round_bf16's arithmetic, one value at a time
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    out[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
 // src is a packed strip or panel [kc][W] (W ≤ 32 floats per k), dst its pairs [cdiv(kc, 2)][W]
 V4_AVX512 static void to_bf16_pairs(const float* src, long kc, int W, uint32_t* dst) {
   for (long kp = 0; 2 * kp < kc; kp++) {

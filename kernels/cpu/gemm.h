@@ -17,6 +17,10 @@ void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sa
 void gemm_serial(long M, long N, long K, float alpha, const float* a, long sam, long sak,
                  const WeightRef& W, bool transB, float beta, float* c, long ldc);
 
+// x[0:n] rounded to bf16 bits as bf16 mode rounds every GEMM operand (nearest even at bit 16):
+// a BF16 weight made of them packs into the very pairs x itself would, without an fp32 panel.
+void round_to_bf16(const float* x, long n, uint16_t* out);
+
 // The clean reference: one dot product per output element, fp32, no packing.
 void gemm_reference(long M, long N, long K, float alpha, const float* a, long sam, long sak,
                     const WeightRef& W, bool transB, float beta, float* c, long ldc);

@@ -111,6 +111,51 @@ describe.skipIf(skipNative)('native op kernels', () => {
     expect(relErr(dsink, fdGrad((v) => contract(R.attention(q, kv, v, idx, T, H, D, K, scale), g), sink))).toBeLessThan(1e-4);
   });
 
+  // bf16 mode gathers kv as bf16 rounded once per call, packed straight into the GEMM's pairs:
+  // the bits bf16 mode gives on kv rounded to bf16 beforehand (rounding twice is rounding once),
+  // which fails if the per-call rounding is not the GEMM's own (nearest even at bit 16). The
+  // backward's per-block dkv accumulators are kept between calls and only the rows a block
+  // touches are zeroed: a call after one on other inputs gives the same bits as before it.
+  it('sparse sink attention: bf16 mode on kv equals bf16 mode on bf16(kv) bit for bit, within 2e-2 of fp32; backward repeatable across calls', async () => {
+    const r = rng(31);
+    const [T, H, D, M, K] = [14, 4, 96, 40, 12];
+    const scale = 1 / Math.sqrt(D);
+    const inputs = () => {
+      const q = randn(T * H * D, r);
+      const kv = randn(M * D, r);
+      const sink = randn(H, r);
+      const g = randn(T * H * D, r);
+      const idx = new Int32Array(T * K).fill(-1);
+      for (let t = 0; t < T; t++) for (let k = 0; k < K; k++) if ((t + k) % 5 !== 4) idx[t * K + k] = (t * 7 + k * 3) % (t < 6 ? 17 : M);
+      return { q, kv, sink, g, idx };
+    };
+    const run = async (x: ReturnType<typeof inputs>, kv = x.kv) => {
+      const o = new Float32Array(T * H * D);
+      const lse = new Float32Array(T * H);
+      await A().attentionForward(o, lse, x.q, kv, x.idx, x.sink, T, H, D, M, K, scale);
+      const dq = new Float32Array(T * H * D);
+      const dkv = new Float32Array(M * D);
+      const dsink = new Float32Array(H);
+      await A().attentionBackward(dq, dkv, dsink, x.g, lse, x.q, kv, x.idx, x.sink, T, H, D, M, K, scale);
+      return { o, lse, dq, dkv, dsink };
+    };
+    const X = inputs();
+    const Y = inputs();
+    const first = await run(X);
+    await run(Y);
+    expect(await run(X)).toEqual(first);
+    if (!addon?.info().cpuBf16) return;
+    const bf = (v: Float32Array): Float32Array => bf16BytesToF32(f32ToBf16Bytes(v));
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      const b = await run(X);
+      expect(await run(X, bf(X.kv))).toEqual(b);
+      for (const k of ['o', 'dq', 'dkv'] as const) expect(relErr(b[k], first[k]), k).toBeLessThan(2e-2);
+    } finally {
+      A().setBf16(false);
+    }
+  });
+
   it('mHC pre with the 20-round Sinkhorn: forward 1e-5; dX through pre, post and comb 2e-4 vs float64 differences', async () => {
     const r = rng(24);
     const T = 3;
