@@ -161,6 +161,10 @@ void attention_backward(float* dq, float* dkv, float* dsink, const float* dout, 
   if (dsink)
     for (long g = 0; g < G; g++)
       for (long h = 0; h < H; h++) dsink[h] += gsink[g][h];
+  // a long sequence's accumulators (over 16 MB each: 8192 kv rows at D 512, 8 of them) are freed
+  // rather than kept beside its activations until the next call
+  if (size_t(M) * D * sizeof(float) > (size_t(16) << 20))
+    for (auto& b : gkv) std::vector<float>().swap(**b);
 }
 
 }  // namespace v4

@@ -1,0 +1,132 @@
+// The sparse sink attention core at V4-Flash's width, alone: forward and backward of the ratio-4
+// layer's shape (64 heads × 512, a 128-row window plus the indexer's top 512 of the compressed
+// entries, so up to 640 keys a query), fp32 against the opt-in bf16 mode, fp32 FMA peak measured
+// in the same run. The keys each query sees are drawn as a training step draws them: the 128
+// window rows before it and 512 distinct compressed entries among those already complete.
+// Usage (after `npm run build:native`):
+//   node bench/attention.mjs [--tokens 4096] [--reps 3] [--out bench/results/attention-flash.json]
+import { createRequire } from 'node:module';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    tokens: { type: 'string', default: '4096' },
+    reps: { type: 'string', default: '3' },
+    out: { type: 'string', default: 'bench/results/attention-flash.json' },
+  },
+});
+const here = dirname(fileURLToPath(import.meta.url));
+const addonPath = join(here, '..', 'native', 'build', 'Release', 'v4tune_native.node');
+if (!existsSync(addonPath)) {
+  console.error(`bench/attention.mjs: the native addon is not built (${addonPath}); run npm run build:native`);
+  process.exit(1);
+}
+const nat = createRequire(import.meta.url)(addonPath);
+if (!nat.info().cpuBf16) {
+  console.error('bench/attention.mjs: this CPU has no AVX512_BF16 (the bf16 mode needs it)');
+  process.exit(1);
+}
+
+// V4-Flash's attention: 64 heads of 512, window 128, compress ratio 4, indexer top 512
+const T = Number(values.tokens);
+const [H, D, window, ratio, topk] = [64, 512, 128, 4, 512];
+const C = Math.floor(T / ratio); // compressed entries
+const M = T + C; // kv rows: the raw window rows, then the compressed entries
+const K = window + topk;
+const reps = Number(values.reps);
+
+// mulberry32, so every run times the same numbers
+let seed = 7;
+const uniform = () => {
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  let t = seed;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+};
+const randn = (n, scale) => Float32Array.from({ length: n }, () => (uniform() + uniform() + uniform() - 1.5) * 2 * scale);
+const q = randn(T * H * D, 1);
+const kv = randn(M * D, 1);
+const sink = randn(H, 1);
+const dout = randn(T * H * D, 1);
+// query t: the window rows max(0, t−127) .. t, and min(topk, complete) distinct compressed
+// entries among the (t + 1) / ratio complete ones (−1 fills the rest)
+const idx = new Int32Array(T * K).fill(-1);
+let visible = 0;
+for (let t = 0; t < T; t++) {
+  let k = 0;
+  for (let j = Math.max(0, t - window + 1); j <= t; j++) idx[t * K + k++] = j;
+  const complete = Math.floor((t + 1) / ratio);
+  const pick = Math.min(topk, complete);
+  const chosen = new Set();
+  while (chosen.size < pick) chosen.add(Math.floor(uniform() * complete));
+  for (const c of chosen) idx[t * K + k++] = T + c;
+  visible += k;
+}
+const scale = 1 / Math.sqrt(D);
+// FLOPs as bench/step.mjs counts them: 4·keys·H·D forward, 8·keys·H·D backward
+const fwdFlop = 4 * visible * H * D;
+const bwdFlop = 8 * visible * H * D;
+
+const o = new Float32Array(T * H * D);
+const lse = new Float32Array(T * H);
+const dq = new Float32Array(T * H * D);
+const dkv = new Float32Array(M * D);
+const dsink = new Float32Array(H);
+const threads = nat.info().threads;
+const result = {
+  bench: 'attention',
+  shape: { tokens: T, heads: H, head_dim: D, kv_rows: M, keys_per_query_max: K, keys_per_query_mean: +(visible / T).toFixed(1) },
+  threads,
+  note: 'sparse sink attention core alone (native addon attentionForward / attentionBackward), V4-Flash ratio-4 layer; each mode timed reps times after one warm-up, fp32 and bf16 taking turns; seconds: best of the reps; FLOPs 4·keys·H·D forward and 8·keys·H·D backward (bench/step.mjs); FMA peak measured right before each mode',
+  fp32: {},
+  bf16: {},
+  loadavg_start: loadavg(),
+};
+const times = { fp32: { fwd: [], bwd: [] }, bf16: { fwd: [], bwd: [] } };
+const peaks = { fp32: [], bf16: [] };
+for (let rep = -1; rep < reps; rep++) {
+  for (const mode of ['fp32', 'bf16']) {
+    if (rep >= 0) peaks[mode].push(nat.fmaPeak(threads, 0.3));
+    nat.setBf16(mode === 'bf16');
+    let t0 = performance.now();
+    await nat.attentionForward(o, lse, q, kv, idx, sink, T, H, D, M, K, scale);
+    const fwd = (performance.now() - t0) / 1000;
+    dq.fill(0);
+    dkv.fill(0);
+    dsink.fill(0);
+    t0 = performance.now();
+    await nat.attentionBackward(dq, dkv, dsink, dout, lse, q, kv, idx, sink, T, H, D, M, K, scale);
+    const bwd = (performance.now() - t0) / 1000;
+    nat.setBf16(false);
+    if (rep >= 0) times[mode].fwd.push(fwd), times[mode].bwd.push(bwd);
+  }
+}
+const round = (x, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+for (const mode of ['fp32', 'bf16']) {
+  const f = Math.min(...times[mode].fwd);
+  const b = Math.min(...times[mode].bwd);
+  const peak = Math.max(...peaks[mode]);
+  result[mode] = {
+    forward_s: round(f), backward_s: round(b), forward_gflops: round(fwdFlop / f / 1e9, 1), backward_gflops: round(bwdFlop / b / 1e9, 1),
+    fma_peak_gflops: round(peak, 1), forward_of_fp32_peak: round(fwdFlop / f / 1e9 / peak), backward_of_fp32_peak: round(bwdFlop / b / 1e9 / peak),
+    forward_s_all: times[mode].fwd.map((x) => round(x)), backward_s_all: times[mode].bwd.map((x) => round(x)),
+  };
+}
+result.bf16_over_fp32 = {
+  forward: round(result.fp32.forward_s / result.bf16.forward_s, 2),
+  backward: round(result.fp32.backward_s / result.bf16.backward_s, 2),
+  step: round((result.fp32.forward_s + result.fp32.backward_s) / (result.bf16.forward_s + result.bf16.backward_s), 2),
+};
+result.loadavg_end = loadavg();
+result.cpus = cpus().length;
+result.cpu = cpus()[0]?.model ?? 'unknown';
+result.node = process.version;
+result.date = new Date().toISOString();
+console.log(`attention ${T} tokens (${result.shape.keys_per_query_mean} keys a query): fp32 forward ${result.fp32.forward_s} s (${result.fp32.forward_gflops} GFLOP/s), backward ${result.fp32.backward_s} s (${result.fp32.backward_gflops}); bf16 forward ${result.bf16.forward_s} s (${result.bf16.forward_gflops}), backward ${result.bf16.backward_s} s (${result.bf16.backward_gflops}); bf16 over fp32: ${result.bf16_over_fp32.forward}x / ${result.bf16_over_fp32.backward}x`);
+mkdirSync(dirname(values.out), { recursive: true });
+writeFileSync(values.out, `${JSON.stringify(result, null, 2)}\n`);
