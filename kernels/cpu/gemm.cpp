@@ -470,6 +470,29 @@ V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) 
   return pair_words(lo, hi);
 }
 
+// 16 pairs (W[ra][c+i], W[ra+1][c+i]), i < 16, of two FP4 rows from column c (c % 16 == 0,
+// c + 16 ≤ cols) — what pair_words(load_q16(ra), load_q16(ra + 1)) gives — by row_pairs16's
+// exponent trick, where both rows' scales for these columns lie in 2 … 252; false otherwise.
+// The 16 bytes (8 a row) become 32 nibble words, put in pair order by one word permutation:
+// low nibbles are the even columns, high nibbles the odd ones.
+static const uint16_t kRowPairOrder[32] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27,
+                                           4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31};
+V4_AVX512 static inline bool fp4_row_pairs16(const WeightRef& W, long ra, long c, __m512i& out) {
+  const long groups = W.cols / 32;
+  const int sa = W.scale[ra * groups + c / 32], sb = W.scale[(ra + 1) * groups + c / 32];
+  if (sa < 2 || sa > 252 || sb < 2 || sb > 252) return false;
+  const uint8_t* p = (const uint8_t*)W.data + ra * (W.cols / 2) + c / 2;
+  const __m128i bytes = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i*)p), _mm_loadl_epi64((const __m128i*)(p + W.cols / 2)));
+  const __m256i w = _mm256_cvtepu8_epi16(bytes);  // words 0-7: row ra's bytes, 8-15: row ra+1's
+  const __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(w, _mm256_set1_epi16(15))), _mm256_srli_epi16(w, 4), 1);
+  const __m512i codes = _mm512_permutexvar_epi16(_mm512_loadu_si512(kRowPairOrder), nib);
+  const __m512i bits = _mm512_permutexvar_epi16(codes, _mm512_loadu_si512(kFp4Bf16x2));
+  const __mmask32 nz = _mm512_test_epi16_mask(bits, _mm512_set1_epi16(0x7fff));
+  const __m512i add = _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_set1_epi16(short((sa - 127) * 128)), _mm512_set1_epi16(short((sb - 127) * 128)));
+  out = _mm512_mask_add_epi16(bits, nz, bits, add);
+  return true;
+}
+
 // bytes of row r (absolute) of an FP4 / FP8 weight from column c, and of its scale byte for column c
 static inline const char* q_row_addr(const WeightRef& W, long r, long c) {
   return W.fmt == Fmt::fp4 ? (const char*)W.data + r * (W.cols / 2) + c / 2 : (const char*)W.data + r * W.cols + c;
@@ -522,6 +545,11 @@ V4_AVX512 static bool pack_B_pairs_q(const WeightRef& W, bool transB, long n0, l
     for (long p = 0; p < npan; p++)
       for (int jb = 0; jb < NR; jb += 16) {
         const long nbase = n0 + p * NR + jb, live = std::max<long>(0, std::min<long>(16, n0 + nb - nbase));
+        __m512i words;
+        if (W.fmt == Fmt::fp4 && two && live == 16 && fp4_row_pairs16(W, ra, nbase, words)) {
+          _mm512_store_si512(Bp + p * kc2 * NR + kp * NR + jb, words);
+          continue;
+        }
         const __m512 lo = load_q16(W, ra, nbase, live);
         const __m512 hi = two ? load_q16(W, ra + 1, nbase, live) : _mm512_setzero_ps();
         _mm512_store_si512(Bp + p * kc2 * NR + kp * NR + jb, pair_words(lo, hi));
