@@ -3,14 +3,13 @@
 // entries, so up to 640 keys a query), fp32 against the opt-in bf16 mode, fp32 FMA peak measured
 // in the same run. The keys each query sees are drawn as a training step draws them: the 128
 // window rows before it and 512 distinct compressed entries among those already complete.
-// Usage (after `npm run build:native`):
+// Usage (after `npm run build` and `npm run build:native`):
 //   node bench/attention.mjs [--tokens 4096] [--reps 3] [--out bench/results/attention-flash.json]
-import { createRequire } from 'node:module';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
+import { tryLoadAddon } from '../dist/backend/native/addon.js';
 
 const { values } = parseArgs({
   options: {
@@ -19,13 +18,11 @@ const { values } = parseArgs({
     out: { type: 'string', default: 'bench/results/attention-flash.json' },
   },
 });
-const here = dirname(fileURLToPath(import.meta.url));
-const addonPath = join(here, '..', 'native', 'build', 'Release', 'v4tune_native.node');
-if (!existsSync(addonPath)) {
-  console.error(`bench/attention.mjs: the native addon is not built (${addonPath}); run npm run build:native`);
+const nat = tryLoadAddon();
+if (!nat) {
+  console.error('bench/attention.mjs: the native addon is not built (npm run build:native)');
   process.exit(1);
 }
-const nat = createRequire(import.meta.url)(addonPath);
 if (!nat.info().cpuBf16) {
   console.error('bench/attention.mjs: this CPU has no AVX512_BF16 (the bf16 mode needs it)');
   process.exit(1);
