@@ -1,6 +1,6 @@
 // `npm run bench`: every benchmark, one after another (never in parallel: they would share the
 // cores), each writing its JSON into bench/results/. Needs the compiled package (npm ci / npm run build).
-// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, attention, checkpointing, distributed, step, merge; default all)
+// Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, bf16, checkpointing, distributed, step, merge; default all)
 // step and merge create a flash checkpoint (2 layers, 32 experts, ~3.7 GB; tens of minutes on 2
 // cores): V4TUNE_BENCH_FLASH=<dir> reuses one made by `v4tune init-model --preset flash --out <dir>`.
 import { spawnSync } from 'node:child_process';
@@ -16,7 +16,7 @@ const benches = {
     ['forward.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/forward-native.json'],
   ],
   kernels: [['kernels.mjs', '--model', 'small']],
-  attention: [['attention.mjs', '--out', 'bench/results/attention-flash.json']],
+  bf16: [['bf16.mjs', '--out', 'bench/results/bf16-flash.json']],
   checkpointing: [['checkpointing.mjs', '--preset', 'small', '--backend', 'native', '--out', 'bench/results/checkpointing.json']],
   distributed: [['distributed.mjs', '--out', 'bench/results/distributed.json']],
   step: [

@@ -1,10 +1,14 @@
-// The sparse sink attention core at V4-Flash's width, alone: forward and backward of the ratio-4
-// layer's shape (64 heads × 512, a 128-row window plus the indexer's top 512 of the compressed
-// entries, so up to 640 keys a query), fp32 against the opt-in bf16 mode, fp32 FMA peak measured
-// in the same run. The keys each query sees are drawn as a training step draws them: the 128
-// window rows before it and 512 distinct compressed entries among those already complete.
+// The bf16 mode against fp32, kernel by kernel, at V4-Flash's width, fp32 FMA peak measured in
+// the same run:
+// - the sparse sink attention core, forward and backward, at the ratio-4 layer's shape (64 heads
+//   × 512, a 128-row window plus the indexer's top 512 of the compressed entries, so up to 640
+//   keys a query), the keys each query sees drawn as a training step draws them: the 128 window
+//   rows before it and 512 distinct compressed entries among those already complete;
+// - the routed experts' GEMMs on an FP4 weight (d 4096, I 2048): x·W1ᵀ (the forward) and dH·W2
+//   (the backward's dX, the weight untransposed), at 96 rows an expert (512 tokens, 32 experts,
+//   top-6) and 768 (4096 tokens).
 // Usage (after `npm run build` and `npm run build:native`):
-//   node bench/attention.mjs [--tokens 4096] [--reps 3] [--out bench/results/attention-flash.json]
+//   node bench/bf16.mjs [--tokens 4096] [--reps 3] [--out bench/results/bf16-flash.json]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname } from 'node:path';
@@ -15,16 +19,16 @@ const { values } = parseArgs({
   options: {
     tokens: { type: 'string', default: '4096' },
     reps: { type: 'string', default: '3' },
-    out: { type: 'string', default: 'bench/results/attention-flash.json' },
+    out: { type: 'string', default: 'bench/results/bf16-flash.json' },
   },
 });
 const nat = tryLoadAddon();
 if (!nat) {
-  console.error('bench/attention.mjs: the native addon is not built (npm run build:native)');
+  console.error('bench/bf16.mjs: the native addon is not built (npm run build:native)');
   process.exit(1);
 }
 if (!nat.info().cpuBf16) {
-  console.error('bench/attention.mjs: this CPU has no AVX512_BF16 (the bf16 mode needs it)');
+  console.error('bench/bf16.mjs: this CPU has no AVX512_BF16 (the bf16 mode needs it)');
   process.exit(1);
 }
 
@@ -76,10 +80,10 @@ const dkv = new Float32Array(M * D);
 const dsink = new Float32Array(H);
 const threads = nat.info().threads;
 const result = {
-  bench: 'attention',
+  bench: 'bf16',
   shape: { tokens: T, heads: H, head_dim: D, kv_rows: M, keys_per_query_max: K, keys_per_query_mean: +(visible / T).toFixed(1) },
   threads,
-  note: 'sparse sink attention core alone (native addon attentionForward / attentionBackward), V4-Flash ratio-4 layer; each mode timed reps times after one warm-up, fp32 and bf16 taking turns; seconds: best of the reps; FLOPs 4·keys·H·D forward and 8·keys·H·D backward (bench/step.mjs); FMA peak measured right before each mode',
+  note: 'fp32 and bf16: the sparse sink attention core alone (native addon attentionForward / attentionBackward), V4-Flash ratio-4 layer; each mode timed reps times after one warm-up, fp32 and bf16 taking turns; seconds: best of the reps; FLOPs 4·keys·H·D forward and 8·keys·H·D backward (bench/step.mjs); FMA peak measured right before each mode. gemm: the same for one GEMM on an FP4 weight (random codes, scales 2^-7), 2·M·N·K FLOPs',
   fp32: {},
   bf16: {},
   loadavg_start: loadavg(),
@@ -119,6 +123,41 @@ result.bf16_over_fp32 = {
   backward: round(result.fp32.backward_s / result.bf16.backward_s, 2),
   step: round((result.fp32.forward_s + result.fp32.backward_s) / (result.bf16.forward_s + result.bf16.backward_s), 2),
 };
+
+// the routed experts' GEMMs on an FP4 weight, fp32 and bf16 taking turns
+const fp4 = (rows, cols) => {
+  const data = new Uint8Array((rows * cols) / 2);
+  for (let i = 0; i < data.length; i++) data[i] = Math.floor(uniform() * 256);
+  return { fmt: 3, data, scale: new Uint8Array((rows * cols) / 32).fill(120), rows, cols };
+};
+const [d, I] = [4096, 2048];
+const W1 = fp4(I, d); // w1 [I, d]: h = x W1ᵀ
+const W2 = fp4(d, I); // w2 [d, I]: dX of the second projection's input = dY W2
+result.gemm = {};
+for (const rowsPerExpert of [96, 768]) {
+  for (const [name, N, K, W, transB] of [['forward x·W1ᵀ', I, d, W1, true], ['backward dY·W2', I, d, W2, false]]) {
+    const M = rowsPerExpert;
+    const a = randn(M * K, 1);
+    const y = new Float32Array(M * N);
+    const best = { fp32: Infinity, bf16: Infinity };
+    for (let rep = -1; rep < reps * 3; rep++) {
+      for (const mode of ['fp32', 'bf16']) {
+        nat.setBf16(mode === 'bf16');
+        const t0 = performance.now();
+        await nat.gemm(M, N, K, 1, a, K, 1, W, transB, 0, y, N);
+        const t = (performance.now() - t0) / 1000;
+        nat.setBf16(false);
+        if (rep >= 0) best[mode] = Math.min(best[mode], t);
+      }
+    }
+    const flop = 2 * M * N * K;
+    result.gemm[`${name}, ${M} rows`] = {
+      M, N, K, transB, fp32_s: round(best.fp32, 5), bf16_s: round(best.bf16, 5),
+      fp32_gflops: round(flop / best.fp32 / 1e9, 1), bf16_gflops: round(flop / best.bf16 / 1e9, 1), bf16_over_fp32: round(best.fp32 / best.bf16, 2),
+    };
+    console.log(`FP4 GEMM ${name}, ${M} × ${N} × ${K}: fp32 ${result.gemm[`${name}, ${M} rows`].fp32_gflops} GFLOP/s, bf16 ${result.gemm[`${name}, ${M} rows`].bf16_gflops}: ${result.gemm[`${name}, ${M} rows`].bf16_over_fp32}x`);
+  }
+}
 result.loadavg_end = loadavg();
 result.cpus = cpus().length;
 result.cpu = cpus()[0]?.model ?? 'unknown';
