@@ -100,18 +100,26 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
     });
   }
 
-  it('the output error tr(E H Eᵀ) equals the TypeScript sum (1e-12)', async () => {
-    const n = 192;
-    const rows = 37;
-    const x = inputs(100, n, 9, 3);
-    const H = new Float64Array(n * n);
-    accumulateRef(H, x, 100, n, n, 0);
-    finish(H, n, 100);
-    const E = Float64Array.from(randn(rows * n, rng(5), 0.01));
-    E[5] = 0;
-    const want = outputErrorSq(E, rows, n, H);
-    const got = await outputErrorSqNative(E, rows, n, H);
-    expect(Math.abs(got! - want) / want).toBeLessThan(1e-12);
+  // Each row's e H eᵀ bit for bit (t = e H over i ascending, then e·t over j ascending, products
+  // and sums rounded apart; the rows' sums then added in order, where the reference runs one sum
+  // through all rows: 1e-12). Shapes: rows past a 64-row task and not a multiple of the 4-row
+  // tile, n past a 256-column block and not a multiple of 32, zeros in E (skipped by the
+  // reference, added as ±0 by the tiles).
+  it('the output error tr(E H Eᵀ): each row bit for bit as the TypeScript sum, the total within 1e-12', async () => {
+    for (const [n, rows, seed] of [[192, 37, 5], [300, 70, 6], [33, 5, 7]] as const) {
+      const x = inputs(100, n, 9, 3);
+      const H = new Float64Array(n * n);
+      accumulateRef(H, x, 100, n, n, 0);
+      finish(H, n, 100);
+      const E = Float64Array.from(randn(rows * n, rng(seed), 0.01));
+      for (let i = 5; i < E.length; i += 11) E[i] = 0;
+      let byRow = 0;
+      for (let r = 0; r < rows; r++) byRow += outputErrorSq(E.subarray(r * n, (r + 1) * n), 1, n, H);
+      const want = outputErrorSq(E, rows, n, H);
+      const got = await outputErrorSqNative(E, rows, n, H);
+      expect(got, `${rows} × ${n}`).toBe(byRow);
+      expect(Math.abs(got! - want) / want).toBeLessThan(1e-12);
+    }
   });
 
   it('an indefinite Hessian is refused like the TypeScript GPTQ refuses it', async () => {
