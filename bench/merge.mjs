@@ -7,7 +7,8 @@
 // expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
 // Usage (after `npm run build` and `npm run build:native`):
 //   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--out bench/results/merge-flash.json] [--skip-gptq]
-// --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file.
+// --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file;
+// --skip-merge reruns only GPTQ and keeps the (dated) merge and quantize sections.
 // --quantize also times `v4tune quantize --format gptq --method rtn` (INT4, round to nearest) of the whole checkpoint.
 // Without --model the flash preset is created in a temp folder first (minutes).
 import { spawnSync } from 'node:child_process';
@@ -34,6 +35,8 @@ const { values } = parseArgs({
     'gptq-tokens': { type: 'string', default: '2048' },
     // keep the gptq section of the existing --out file (measured before, dated) and rerun only the merges
     'skip-gptq': { type: 'boolean', default: false },
+    // keep the merge (and quantize) sections of the existing --out file and rerun only GPTQ
+    'skip-merge': { type: 'boolean', default: false },
     // also time `v4tune quantize --format gptq --method rtn` of the whole checkpoint (minutes; else an earlier quantize section of --out is kept)
     quantize: { type: 'boolean', default: false },
     reps: { type: 'string', default: '3' },
@@ -41,6 +44,8 @@ const { values } = parseArgs({
 });
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
 const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+const median = (xs) => { const v = [...xs].sort((p, q) => p - q); return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2; };
+const mbs = (bytes, sec) => round(bytes / 1e6 / sec);
 
 /** the shard files of a checkpoint folder and their total bytes */
 function shards(dir) {
@@ -209,83 +214,93 @@ const loadavgStart = loadavg();
 try {
   const addon = tryLoadAddon();
   if (!addon) throw new Error('bench/merge: the native addon is not built (npm run build:native)');
+  const carried = (section) => {
+    const prev = JSON.parse(readFileSync(values.out, 'utf8'));
+    if (!prev[section]) throw new Error(`bench/merge: --skip-${section === 'gptq' ? 'gptq' : 'merge'} but ${values.out} holds no ${section} section`);
+    return { ...prev[section], measured: prev[section].measured ?? prev.date, note_measured: `carried over from an earlier run of this bench (--skip-${section === 'gptq' ? 'gptq' : 'merge'}); not re-measured with the other figures` };
+  };
+  let merge;
   let model = values.model;
-  if (!model) {
-    model = join(tmp, 'flash');
-    await initModel({ preset: 'flash', layers: Number(values.layers), experts: Number(values.experts), out: model, seed: 0 });
-  }
-  const config = parseConfig(JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')), 'config.json');
-  const base = shards(model);
-  const adapter = createAdapter({ config }, { r: 16, alpha: 32, seed: 1 });
-  for (const l of adapter.layers.values()) l.B.fill(0.001);
-  await saveAdapter(adapter, join(tmp, 'adapter'));
-  console.log(`merge: ${model}, ${(base.bytes / 1e9).toFixed(2)} GB in ${base.files.length} shards, ${adapter.layers.size} adapted modules`);
-
-  // read the shards once, untimed, so no run pays cold reads the others skip; then copy and merge
-  // take turns, `reps` times, each starting with nothing dirty in the page cache (sync, untimed)
-  // and timed twice: to the end of the process (the writes in the page cache) and to the end of
-  // the `sync` after it (the bytes on disk)
-  warmRead(base.files);
-  const reps = Number(values.reps);
-  const runs = { copy: [], cp: [], original: [], bf16: [] };
-  const timed = (f) => {
-    spawnSync('sync');
-    const t0 = performance.now();
-    const r = f();
-    const t1 = performance.now();
-    spawnSync('sync');
-    return { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
-  };
-  for (let rep = 0; rep < reps; rep++) {
-    const c = timed(() => plainCopy(base.files, join(tmp, 'copy'), false));
-    rmSync(join(tmp, 'copy'), { recursive: true, force: true });
-    runs.copy.push(c);
-    const k = timed(() => kernelCopy(base.files, join(tmp, 'cp')));
-    rmSync(join(tmp, 'cp'), { recursive: true, force: true });
-    runs.cp.push(k);
-    const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
-    rmSync(join(tmp, 'merged'), { recursive: true, force: true });
-    runs.original.push(m);
-    if (rep === 0) {
-      const b16 = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16', false));
-      rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
-      runs.bf16.push(b16);
+  let copyCache = 0;
+  let base;
+  if (values['skip-merge'] && values.quantize) throw new Error('bench/merge: --quantize needs the merge run (not --skip-merge)');
+  if (values['skip-merge']) {
+    merge = carried('merge');
+  } else {
+    if (!model) {
+      model = join(tmp, 'flash');
+      await initModel({ preset: 'flash', layers: Number(values.layers), experts: Number(values.experts), out: model, seed: 0 });
     }
-    console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s)`);
-  }
-  const median = (xs) => { const v = [...xs].sort((p, q) => p - q); return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2; };
-  const mbs = (bytes, sec) => round(bytes / 1e6 / sec);
-  const copyCache = median(runs.copy.map((x) => x.cache));
-  const copyDisk = median(runs.copy.map((x) => x.disk));
-  const cpCache = median(runs.cp.map((x) => x.cache));
-  const cpDisk = median(runs.cp.map((x) => x.disk));
-  const row = (list) => {
-    const cache = median(list.map((x) => x.cache));
-    const disk = median(list.map((x) => x.disk));
-    const m = list[0].r;
-    return {
-      seconds: list.map((x) => round(x.cache, 2)), seconds_to_disk: list.map((x) => round(x.disk, 2)),
-      mb_per_s: mbs(base.bytes, cache), of_copy: round(copyCache / cache, 3),
-      mb_per_s_to_disk: mbs(base.bytes, disk), of_copy_to_disk: round(copyDisk / disk, 3),
-      // each rep against the copy run just before it
-      of_copy_per_rep: list.map((x, i) => round(runs.copy[i].cache / x.cache, 3)),
-      // against `cp` (copy_file_range)
-      of_cp: round(cpCache / cache, 3), of_cp_to_disk: round(cpDisk / disk, 3),
-      of_cp_per_rep: list.map((x, i) => round(runs.cp[i].cache / x.cache, 3)),
-      peak_rss_mb: round(Math.max(...list.map((x) => x.r.peakMB))), bytes_written: m.written,
-      bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
-    };
-  };
-  const merge = {
-    base_bytes: base.bytes,
-    reps,
-    copy: { seconds: runs.copy.map((x) => round(x.cache, 2)), seconds_to_disk: runs.copy.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, copyCache), mb_per_s_to_disk: mbs(base.bytes, copyDisk) },
-    cp: { seconds: runs.cp.map((x) => round(x.cache, 2)), seconds_to_disk: runs.cp.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, cpCache), mb_per_s_to_disk: mbs(base.bytes, cpDisk) },
-    original: row(runs.original),
-    bf16: row(runs.bf16),
-  };
-  console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
+    const config = parseConfig(JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')), 'config.json');
+    base = shards(model);
+    const adapter = createAdapter({ config }, { r: 16, alpha: 32, seed: 1 });
+    for (const l of adapter.layers.values()) l.B.fill(0.001);
+    await saveAdapter(adapter, join(tmp, 'adapter'));
+    console.log(`merge: ${model}, ${(base.bytes / 1e9).toFixed(2)} GB in ${base.files.length} shards, ${adapter.layers.size} adapted modules`);
 
+    // read the shards once, untimed, so no run pays cold reads the others skip; then copy and merge
+    // take turns, `reps` times, each starting with nothing dirty in the page cache (sync, untimed)
+    // and timed twice: to the end of the process (the writes in the page cache) and to the end of
+    // the `sync` after it (the bytes on disk)
+    warmRead(base.files);
+    const reps = Number(values.reps);
+    const runs = { copy: [], cp: [], original: [], bf16: [] };
+    const timed = (f) => {
+      spawnSync('sync');
+      const t0 = performance.now();
+      const r = f();
+      const t1 = performance.now();
+      spawnSync('sync');
+      return { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
+    };
+    for (let rep = 0; rep < reps; rep++) {
+      const c = timed(() => plainCopy(base.files, join(tmp, 'copy'), false));
+      rmSync(join(tmp, 'copy'), { recursive: true, force: true });
+      runs.copy.push(c);
+      const k = timed(() => kernelCopy(base.files, join(tmp, 'cp')));
+      rmSync(join(tmp, 'cp'), { recursive: true, force: true });
+      runs.cp.push(k);
+      const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
+      rmSync(join(tmp, 'merged'), { recursive: true, force: true });
+      runs.original.push(m);
+      if (rep === 0) {
+        const b16 = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16', false));
+        rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
+        runs.bf16.push(b16);
+      }
+      console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s)`);
+    }
+    copyCache = median(runs.copy.map((x) => x.cache));
+    const copyDisk = median(runs.copy.map((x) => x.disk));
+    const cpCache = median(runs.cp.map((x) => x.cache));
+    const cpDisk = median(runs.cp.map((x) => x.disk));
+    const row = (list) => {
+      const cache = median(list.map((x) => x.cache));
+      const disk = median(list.map((x) => x.disk));
+      const m = list[0].r;
+      return {
+        seconds: list.map((x) => round(x.cache, 2)), seconds_to_disk: list.map((x) => round(x.disk, 2)),
+        mb_per_s: mbs(base.bytes, cache), of_copy: round(copyCache / cache, 3),
+        mb_per_s_to_disk: mbs(base.bytes, disk), of_copy_to_disk: round(copyDisk / disk, 3),
+        // each rep against the copy run just before it
+        of_copy_per_rep: list.map((x, i) => round(runs.copy[i].cache / x.cache, 3)),
+        // against `cp` (copy_file_range)
+        of_cp: round(cpCache / cache, 3), of_cp_to_disk: round(cpDisk / disk, 3),
+        of_cp_per_rep: list.map((x, i) => round(runs.cp[i].cache / x.cache, 3)),
+        peak_rss_mb: round(Math.max(...list.map((x) => x.r.peakMB))), bytes_written: m.written,
+        bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
+      };
+    };
+    merge = {
+      base_bytes: base.bytes,
+      reps,
+      copy: { seconds: runs.copy.map((x) => round(x.cache, 2)), seconds_to_disk: runs.copy.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, copyCache), mb_per_s_to_disk: mbs(base.bytes, copyDisk) },
+      cp: { seconds: runs.cp.map((x) => round(x.cache, 2)), seconds_to_disk: runs.cp.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, cpCache), mb_per_s_to_disk: mbs(base.bytes, cpDisk) },
+      original: row(runs.original),
+      bf16: row(runs.bf16),
+    };
+    console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
+  }
   let quantize;
   if (values.quantize) {
     spawnSync('sync');
@@ -302,9 +317,7 @@ try {
 
   let gptq;
   if (values['skip-gptq']) {
-    const prev = JSON.parse(readFileSync(values.out, 'utf8'));
-    if (!prev.gptq) throw new Error(`bench/merge: --skip-gptq but ${values.out} holds no gptq section`);
-    gptq = { ...prev.gptq, measured: prev.gptq.measured ?? prev.date, note_measured: 'carried over from an earlier run of this bench (--skip-gptq); not re-measured with the merge figures' };
+    gptq = carried('gptq');
   } else {
     gptq = await benchGptq();
   }
