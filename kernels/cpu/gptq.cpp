@@ -169,6 +169,30 @@ bool gptq_cholesky_upper(double* U, const double* A, long n) {
   return true;
 }
 
+// s[d][c] = Σ_k v_d[k]·B[k][c] for d < 4, c < w ≤ 32, k in [k0, k1) ascending, from +0 (products
+// and sums rounded apart, as add_scaled); v_d rows ldv apart, B rows ldb apart, s rows lds apart
+V4_AVX512 static void vvt_tile4_512(double* s, long lds, const double* v, long ldv, const double* B, long ldb, long k0, long k1, long w) {
+  __mmask8 m[4];
+  for (int q = 0; q < 4; q++) m[q] = w - 8 * q >= 8 ? __mmask8(0xff) : w - 8 * q <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * q)) - 1);
+  __m512d acc[4][4];
+  for (int d = 0; d < 4; d++)
+    for (int q = 0; q < 4; q++) acc[d][q] = _mm512_setzero_pd();
+  for (long k = k0; k < k1; k++) {
+    const double* b = B + k * ldb;
+    const __m512d b0 = _mm512_maskz_loadu_pd(m[0], b), b1 = _mm512_maskz_loadu_pd(m[1], b + 8);
+    const __m512d b2 = _mm512_maskz_loadu_pd(m[2], b + 16), b3 = _mm512_maskz_loadu_pd(m[3], b + 24);
+    for (int d = 0; d < 4; d++) {
+      const __m512d a = _mm512_set1_pd(v[d * ldv + k]);
+      acc[d][0] = _mm512_add_pd(acc[d][0], _mm512_mul_pd(a, b0));
+      acc[d][1] = _mm512_add_pd(acc[d][1], _mm512_mul_pd(a, b1));
+      acc[d][2] = _mm512_add_pd(acc[d][2], _mm512_mul_pd(a, b2));
+      acc[d][3] = _mm512_add_pd(acc[d][3], _mm512_mul_pd(a, b3));
+    }
+  }
+  for (int d = 0; d < 4; d++)
+    for (int q = 0; q < 4; q++) _mm512_mask_storeu_pd(s + d * lds + 8 * q, m[q], acc[d][q]);
+}
+
 // ---- A⁻¹ = V Vᵀ, V = U⁻¹ ----
 //   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=i+1..j} U[i][k]·V[k][j]) / U[i][i], k ascending
 //   inv[i][j] = Σ_{k=j..n−1} V[i][k]·V[j][k], k ascending (j ≥ i), mirrored
@@ -199,10 +223,22 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
     for (long k = 0; k < n; k++) Vt[k * n + i] = V[i * n + k];
   const long IT = 64;
   const long itiles = cdiv(n, IT);
+  const bool wide = isa() == Isa::avx512;
   parallel_run(int(itiles), [&](int tile) {
     const long i0 = tile * IT, i1 = std::min(n, i0 + IT), w = i1 - i0;
-    std::vector<double> s(w);
-    for (long j = i0; j < n; j++) {
+    std::vector<double> s(w), s4(4 * size_t(w));
+    long j = i0;
+    // with AVX-512, four j at once: their sums start at the first one's k, where the others'
+    // V[j][k] are exactly 0 (V is upper triangular) and add ±0 to a +0 sum, which leaves it +0
+    for (; wide && j + 4 <= n; j += 4) {
+      for (long c = 0; c < w; c += 32) vvt_tile4_512(s4.data() + c, w, V.data() + j * n, n, Vt.data() + i0 + c, n, j, n, std::min(32L, w - c));
+      for (long d = 0; d < 4; d++)
+        for (long i = i0; i < std::min(i1, j + d + 1); i++) {
+          inv[i * n + j + d] = s4[d * w + (i - i0)];
+          inv[(j + d) * n + i] = s4[d * w + (i - i0)];
+        }
+    }
+    for (; j < n; j++) {
       std::fill(s.begin(), s.end(), 0.0);
       for (long k = j; k < n; k++) add_scaled(s.data(), V[j * n + k], Vt.data() + k * n + i0, w);
       for (long i = i0; i < std::min(i1, j + 1); i++) {
