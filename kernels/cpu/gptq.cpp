@@ -169,28 +169,29 @@ bool gptq_cholesky_upper(double* U, const double* A, long n) {
   return true;
 }
 
-// s[d][c] = Σ_k v_d[k]·B[k][c] for d < 4, c < w ≤ 32, k in [k0, k1) ascending, from +0 (products
-// and sums rounded apart, as add_scaled); v_d rows ldv apart, B rows ldb apart, s rows lds apart
-V4_AVX512 static void vvt_tile4_512(double* s, long lds, const double* v, long ldv, const double* B, long ldb, long k0, long k1, long w) {
+// t[r][c] (r < 4, c < w ≤ 32; t rows ldt apart) += e_r[i]·H[i][c] for i in [i0, i1) ascending,
+// each product and sum rounded apart (add_scaled's arithmetic), with 4 × 32 sums in registers:
+// the output error's e H and the inverse's V Vᵀ
+V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w) {
   __mmask8 m[4];
-  for (int q = 0; q < 4; q++) m[q] = w - 8 * q >= 8 ? __mmask8(0xff) : w - 8 * q <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * q)) - 1);
+  for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
   __m512d acc[4][4];
-  for (int d = 0; d < 4; d++)
-    for (int q = 0; q < 4; q++) acc[d][q] = _mm512_setzero_pd();
-  for (long k = k0; k < k1; k++) {
-    const double* b = B + k * ldb;
-    const __m512d b0 = _mm512_maskz_loadu_pd(m[0], b), b1 = _mm512_maskz_loadu_pd(m[1], b + 8);
-    const __m512d b2 = _mm512_maskz_loadu_pd(m[2], b + 16), b3 = _mm512_maskz_loadu_pd(m[3], b + 24);
-    for (int d = 0; d < 4; d++) {
-      const __m512d a = _mm512_set1_pd(v[d * ldv + k]);
-      acc[d][0] = _mm512_add_pd(acc[d][0], _mm512_mul_pd(a, b0));
-      acc[d][1] = _mm512_add_pd(acc[d][1], _mm512_mul_pd(a, b1));
-      acc[d][2] = _mm512_add_pd(acc[d][2], _mm512_mul_pd(a, b2));
-      acc[d][3] = _mm512_add_pd(acc[d][3], _mm512_mul_pd(a, b3));
+  for (int r = 0; r < 4; r++)
+    for (int v = 0; v < 4; v++) acc[r][v] = _mm512_maskz_loadu_pd(m[v], t + r * ldt + 8 * v);
+  for (long i = i0; i < i1; i++) {
+    const double* h = H + i * ldh;
+    const __m512d h0 = _mm512_maskz_loadu_pd(m[0], h), h1 = _mm512_maskz_loadu_pd(m[1], h + 8);
+    const __m512d h2 = _mm512_maskz_loadu_pd(m[2], h + 16), h3 = _mm512_maskz_loadu_pd(m[3], h + 24);
+    for (int r = 0; r < 4; r++) {
+      const __m512d e = _mm512_set1_pd(E[r * lde + i]);
+      acc[r][0] = _mm512_add_pd(acc[r][0], _mm512_mul_pd(e, h0));
+      acc[r][1] = _mm512_add_pd(acc[r][1], _mm512_mul_pd(e, h1));
+      acc[r][2] = _mm512_add_pd(acc[r][2], _mm512_mul_pd(e, h2));
+      acc[r][3] = _mm512_add_pd(acc[r][3], _mm512_mul_pd(e, h3));
     }
   }
-  for (int d = 0; d < 4; d++)
-    for (int q = 0; q < 4; q++) _mm512_mask_storeu_pd(s + d * lds + 8 * q, m[q], acc[d][q]);
+  for (int r = 0; r < 4; r++)
+    for (int v = 0; v < 4; v++) _mm512_mask_storeu_pd(t + r * ldt + 8 * v, m[v], acc[r][v]);
 }
 
 // ---- A⁻¹ = V Vᵀ, V = U⁻¹ ----
@@ -231,7 +232,8 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
     // with AVX-512, four j at once: their sums start at the first one's k, where the others'
     // V[j][k] are exactly 0 (V is upper triangular) and add ±0 to a +0 sum, which leaves it +0
     for (; wide && j + 4 <= n; j += 4) {
-      for (long c = 0; c < w; c += 32) vvt_tile4_512(s4.data() + c, w, V.data() + j * n, n, Vt.data() + i0 + c, n, j, n, std::min(32L, w - c));
+      std::fill(s4.begin(), s4.end(), 0.0);
+      for (long c = 0; c < w; c += 32) tile4_512(s4.data() + c, w, V.data() + j * n, n, Vt.data() + i0 + c, n, j, n, std::min(32L, w - c));
       for (long d = 0; d < 4; d++)
         for (long i = i0; i < std::min(i1, j + d + 1); i++) {
           inv[i * n + j + d] = s4[d * w + (i - i0)];
@@ -345,29 +347,6 @@ bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
 // task: H is read from memory once per 64 rows of E instead of once per 8.
 namespace {
 
-// t[r][c] (r < 4, c < w ≤ 32; t rows ldt apart) += e_r[i]·H[i][c] for i in [i0, i1)
-V4_AVX512 void eh_tile4_512(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w) {
-  __mmask8 m[4];
-  for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
-  __m512d acc[4][4];
-  for (int r = 0; r < 4; r++)
-    for (int v = 0; v < 4; v++) acc[r][v] = _mm512_maskz_loadu_pd(m[v], t + r * ldt + 8 * v);
-  for (long i = i0; i < i1; i++) {
-    const double* h = H + i * ldh;
-    const __m512d h0 = _mm512_maskz_loadu_pd(m[0], h), h1 = _mm512_maskz_loadu_pd(m[1], h + 8);
-    const __m512d h2 = _mm512_maskz_loadu_pd(m[2], h + 16), h3 = _mm512_maskz_loadu_pd(m[3], h + 24);
-    for (int r = 0; r < 4; r++) {
-      const __m512d e = _mm512_set1_pd(E[r * lde + i]);
-      acc[r][0] = _mm512_add_pd(acc[r][0], _mm512_mul_pd(e, h0));
-      acc[r][1] = _mm512_add_pd(acc[r][1], _mm512_mul_pd(e, h1));
-      acc[r][2] = _mm512_add_pd(acc[r][2], _mm512_mul_pd(e, h2));
-      acc[r][3] = _mm512_add_pd(acc[r][3], _mm512_mul_pd(e, h3));
-    }
-  }
-  for (int r = 0; r < 4; r++)
-    for (int v = 0; v < 4; v++) _mm512_mask_storeu_pd(t + r * ldt + 8 * v, m[v], acc[r][v]);
-}
-
 // e H eᵀ of one row, the reference's loops
 double eh_row(const double* e, const double* H, long n, std::vector<double>& tmp) {
   tmp.assign(n, 0.0);
@@ -397,7 +376,7 @@ double gptq_output_error(const double* E, const double* H, long rows, long n) {
         for (long ib = 0; ib < n; ib += IB)
           for (long r = ra; r < r4; r += 4)
             for (long c = 0; c < w; c += 32)
-              eh_tile4_512(tmp.data() + (r - ra) * JB + c, JB, E + r * n, n, H + jb + c, n, ib, std::min(n, ib + IB), std::min(32L, w - c));
+              tile4_512(tmp.data() + (r - ra) * JB + c, JB, E + r * n, n, H + jb + c, n, ib, std::min(n, ib + IB), std::min(32L, w - c));
         for (long r = ra; r < r4; r++)
           for (long j = 0; j < w; j++) per[r] += tmp[(r - ra) * JB + j] * E[r * n + jb + j];
       }
