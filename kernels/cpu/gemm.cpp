@@ -439,6 +439,16 @@ static const uint16_t kFp4Bf16x2[32] = {
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
     0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
 
+// bf16 bits of 32 e2m1 codes (one a 16-bit lane, code & 15 read) times 2^(sb − 127), with
+// exp_add = (sb − 127)·128 in each lane: e2m1 · 2^(sb−127) is a normal bf16 for every code when
+// sb lies in 2 … 252 (|v| in 0.5 … 6), so adding sb − 127 to the exponent of the code's bf16
+// bits (the non-zero ones) gives the bits the rounded fp32 product has
+V4_AVX512 static inline __m512i fp4_bf16_scaled(__m512i codes, __m512i exp_add) {
+  const __m512i bits = _mm512_permutexvar_epi16(codes, _mm512_loadu_si512(kFp4Bf16x2));
+  const __mmask32 nz = _mm512_test_epi16_mask(bits, _mm512_set1_epi16(0x7fff));
+  return _mm512_mask_add_epi16(bits, nz, bits, exp_add);
+}
+
 // 16 pairs (W[r][c+2i], W[r][c+2i+1]), i < 16, of absolute row r from column c (c % 32 == 0, c + 32 ≤ cols)
 V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) {
   if (W.fmt == Fmt::fp4) {
@@ -446,13 +456,9 @@ V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) 
     const uint8_t sb = W.scale[r * (W.cols / 32) + c / 32];
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
     if (sb >= 2 && sb <= 252) {
-      // e2m1 · 2^(sb−127) is a normal bf16 for every code here (|v| in 0.5 … 6): the code's bf16
-      // bits with sb − 127 added to the exponent of the non-zero ones — the bits the rounded
-      // fp32 product has
+      // each 32-bit lane's two codes: the low nibble in its low half, the high one in its high half
       const __m512i idx = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(15)), _mm512_slli_epi32(_mm512_srli_epi32(b, 4), 16));
-      const __m512i pair = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(kFp4Bf16x2));
-      const __mmask32 nz = _mm512_test_epi16_mask(pair, _mm512_set1_epi16(0x7fff));
-      return _mm512_mask_add_epi16(pair, nz, pair, _mm512_set1_epi16(short((int(sb) - 127) * 128)));
+      return fp4_bf16_scaled(idx, _mm512_set1_epi16(short((int(sb) - 127) * 128)));
     }
     const __m512 t = _mm512_loadu_ps(fp4_e2m1_table()), s = _mm512_set1_ps(e8m0_table()[sb]);
     const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)), t), s);
@@ -471,8 +477,8 @@ V4_AVX512 static inline __m512i row_pairs16(const WeightRef& W, long r, long c) 
 }
 
 // 16 pairs (W[ra][c+i], W[ra+1][c+i]), i < 16, of two FP4 rows from column c (c % 16 == 0,
-// c + 16 ≤ cols) — what pair_words(load_q16(ra), load_q16(ra + 1)) gives — by row_pairs16's
-// exponent trick, where both rows' scales for these columns lie in 2 … 252; false otherwise.
+// c + 16 ≤ cols) — what pair_words(load_q16(ra), load_q16(ra + 1)) gives — through
+// fp4_bf16_scaled, where both rows' scales for these columns lie in 2 … 252; false otherwise.
 // The 16 bytes (8 a row) become 32 nibble words, put in pair order by one word permutation:
 // low nibbles are the even columns, high nibbles the odd ones.
 static const uint16_t kRowPairOrder[32] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27,
@@ -486,10 +492,7 @@ V4_AVX512 static inline bool fp4_row_pairs16(const WeightRef& W, long ra, long c
   const __m256i w = _mm256_cvtepu8_epi16(bytes);  // words 0-7: row ra's bytes, 8-15: row ra+1's
   const __m512i nib = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(w, _mm256_set1_epi16(15))), _mm256_srli_epi16(w, 4), 1);
   const __m512i codes = _mm512_permutexvar_epi16(_mm512_loadu_si512(kRowPairOrder), nib);
-  const __m512i bits = _mm512_permutexvar_epi16(codes, _mm512_loadu_si512(kFp4Bf16x2));
-  const __mmask32 nz = _mm512_test_epi16_mask(bits, _mm512_set1_epi16(0x7fff));
-  const __m512i add = _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_set1_epi16(short((sa - 127) * 128)), _mm512_set1_epi16(short((sb - 127) * 128)));
-  out = _mm512_mask_add_epi16(bits, nz, bits, add);
+  out = fp4_bf16_scaled(codes, _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_set1_epi16(short((sa - 127) * 128)), _mm512_set1_epi16(short((sb - 127) * 128))));
   return true;
 }
 
