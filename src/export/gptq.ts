@@ -49,7 +49,7 @@ export function choleskyUpper(A: Float64Array, n: number): Float64Array | null {
 }
 
 /** A⁻¹ of a symmetric positive definite A from its upper Cholesky factor U: A⁻¹ = U⁻¹ U⁻ᵀ */
-function inverseFromCholesky(U: Float64Array, n: number): Float64Array {
+export function inverseFromCholesky(U: Float64Array, n: number): Float64Array {
   // V = U⁻¹ (upper triangular), by back substitution column by column
   const V = new Float64Array(n * n);
   for (let j = 0; j < n; j++) {

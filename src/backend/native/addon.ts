@@ -110,6 +110,8 @@ export interface NativeAddon {
   gptqInt4(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, H: Float64Array, n: number, group: number, damp: number): Promise<void>;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;
+  /** U = A's upper Cholesky factor, inv = A⁻¹ from it: the two steps gptqInt4 runs on H + damp (exposed so tests compare their bits with gptq.ts) */
+  gptqFactorInverse(U: Float64Array, inv: Float64Array, A: Float64Array, n: number): Promise<void>;
   /**
    * Merge (kernels/cpu/requant.h, bit for bit src/export/merge.ts): W dequantised + scaling·B·A
    * (A [r, cols], B [rows, r], or both null), encoded as outFmt 1 bf16 | 2 fp8 (128×128 block

@@ -5,8 +5,8 @@
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
 import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
-import { gptqRows, int4Quantizer, outputErrorSq } from '../../../src/export/gptq.js';
-import { addon, randn, rng, skipNative } from './helpers.js';
+import { choleskyUpper, gptqRows, int4Quantizer, inverseFromCholesky, outputErrorSq } from '../../../src/export/gptq.js';
+import { A, addon, randn, rng, skipNative } from './helpers.js';
 
 /** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */
 function accumulateRef(H: Float64Array, x: Float32Array, rows: number, n: number, width: number, g: number): void {
@@ -119,6 +119,26 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
       const got = await outputErrorSqNative(E, rows, n, H);
       expect(got, `${rows} × ${n}`).toBe(byRow);
       expect(Math.abs(got! - want) / want).toBeLessThan(1e-12);
+    }
+  });
+
+  // The factor and the inverse gptqInt4 runs on H + damp, bit for bit: codes and Q hide a last-bit
+  // change there (a fused multiply-add in the inverse leaves them as they were). Sizes past the
+  // 32-row Cholesky panels and the inverse's 64-column tiles, with n not a multiple of its
+  // 4-column steps (the tail runs the one-column loop).
+  it('the Cholesky factor and the inverse equal the TypeScript ones bit for bit', async () => {
+    for (const [n, seed] of [[70, 11], [130, 12], [257, 13]] as const) {
+      const x = inputs(3 * n, n, seed, 0);
+      const H = new Float64Array(n * n);
+      accumulateRef(H, x, 3 * n, n, n, 0);
+      finish(H, n, 3 * n);
+      for (let i = 0; i < n; i++) H[i * n + i]! += 0.01;
+      const U = new Float64Array(n * n);
+      const inv = new Float64Array(n * n);
+      await A().gptqFactorInverse(U, inv, H, n);
+      const Uref = choleskyUpper(H, n)!;
+      expect(U, `U, n ${n}`).toEqual(Uref);
+      expect(inv, `inverse, n ${n}`).toEqual(inverseFromCholesky(Uref, n));
     }
   });
 
