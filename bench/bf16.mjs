@@ -13,7 +13,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { tryLoadAddon } from '../dist/backend/native/addon.js';
+import { rawWeight, tryLoadAddon } from '../dist/backend/native/addon.js';
 
 const { values } = parseArgs({
   options: {
@@ -128,7 +128,7 @@ result.bf16_over_fp32 = {
 const fp4 = (rows, cols) => {
   const data = new Uint8Array((rows * cols) / 2);
   for (let i = 0; i < data.length; i++) data[i] = Math.floor(uniform() * 256);
-  return { fmt: 3, data, scale: new Uint8Array((rows * cols) / 32).fill(120), rows, cols };
+  return rawWeight('fp4', data, new Uint8Array((rows * cols) / 32).fill(120), rows, cols);
 };
 const [d, I] = [4096, 2048];
 const W1 = fp4(I, d); // w1 [I, d]: h = x W1ᵀ
