@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createAdapter, saveAdapter } from '../dist/index.js';
 import { tryLoadAddon } from '../dist/backend/native/addon.js';
-import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../dist/backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../dist/backend/native/gptq.js';
 import { gptqRows, int4Quantizer } from '../dist/export/gptq.js';
 import { parseConfig } from '../dist/model/config.js';
 import { initModel } from '../dist/model/init.js';
@@ -146,8 +146,12 @@ function randn(n, seed, scale) {
   return out;
 }
 
-/** native GPTQ of one linear [out, n] with a Hessian from `tokens` correlated inputs: seconds per phase */
-async function gptqLinear(out, n, tokens, seed) {
+/**
+ * native GPTQ of `users` linears [out, n] reading one input (an expert's w1 and w3: one Hessian
+ * and factor, as the export shares them) with a Hessian from `tokens` correlated inputs:
+ * seconds per phase, the column loop and the output errors summed over the users
+ */
+async function gptqLinear(out, n, tokens, seed, users = 1) {
   const f = 16;
   const z = randn(tokens * f, seed, 1);
   const mix = randn(f * n, seed + 1, 1);
@@ -161,18 +165,31 @@ async function gptqLinear(out, n, tokens, seed) {
   hessianAccumulateNative(H, x, 0, tokens, n, n);
   const hessian = (performance.now() - t0) / 1000;
   for (let i = 0; i < n; i++) for (let j = i; j < n; j++) H[j * n + i] = H[i * n + j] *= 2 / tokens;
-  const w = randn(out * n, seed + 3, 1 / Math.sqrt(n));
-  const qz = int4Quantizer(out, n, 128);
   t0 = performance.now();
-  const Q = await gptqInt4Native(w, n, 0, out, H, qz.result, 0.01);
-  const gptq = (performance.now() - t0) / 1000;
-  const E = new Float64Array(out * n);
-  for (let i = 0; i < E.length; i++) E[i] = w[i] - Q[i];
-  t0 = performance.now();
-  const err = await outputErrorSqNative(E, out, n, H);
-  const outputError = (performance.now() - t0) / 1000;
-  const ref = await outputErrorSqNative(Float64Array.from(w), out, n, H);
-  return { shape: [out, n], tokens, hessian_s: round(hessian, 3), gptq_s: round(gptq, 3), output_error_s: round(outputError, 3), rel_output_error: round(Math.sqrt(err / ref), 4), H, w };
+  const factor = await gptqFactorNative(H, n, 0.01);
+  const factorS = (performance.now() - t0) / 1000;
+  let loop = 0;
+  let outputError = 0;
+  let err = 0;
+  let ref = 0;
+  let w;
+  for (let u = 0; u < users; u++) {
+    w = randn(out * n, seed + 3 + u, 1 / Math.sqrt(n));
+    const qz = int4Quantizer(out, n, 128);
+    t0 = performance.now();
+    const Q = await gptqInt4Native(w, n, 0, out, factor, qz.result);
+    loop += (performance.now() - t0) / 1000;
+    const E = new Float64Array(out * n);
+    for (let i = 0; i < E.length; i++) E[i] = w[i] - Q[i];
+    t0 = performance.now();
+    err += await outputErrorSqNative(E, out, n, H);
+    outputError += (performance.now() - t0) / 1000;
+    ref += await outputErrorSqNative(Float64Array.from(w), out, n, H);
+  }
+  return {
+    shape: [out, n], tokens, linears: users, hessian_s: round(hessian, 3), factor_s: round(factorS, 3), column_loop_s: round(loop, 3), output_error_s: round(outputError, 3),
+    rel_output_error: round(Math.sqrt(err / ref), 4), total_s: round(hessian + factorS + loop + 3 * outputError, 2), H, w, factor,
+  };
 }
 
 /** native GPTQ on V4-Flash's expert shapes, the TypeScript GPTQ on a slice, the full-model projection */
@@ -181,24 +198,24 @@ async function benchGptq() {
   const tokens = Number(values['gptq-tokens']);
   const d = 4096;
   const I = 2048;
-  const w1 = await gptqLinear(I, d, tokens, 11);
+  const w1 = await gptqLinear(I, d, tokens, 11, 2);
   const w2 = await gptqLinear(d, I, tokens, 21);
-  const perExpert = 2 * (w1.gptq_s + w1.hessian_s + 3 * w1.output_error_s) + w2.gptq_s + w2.hessian_s + 3 * w2.output_error_s;
+  const perExpert = w1.total_s + w2.total_s;
   // the TypeScript reference on a slice (128 rows of w2's shape) for the speed-up on the same rows
   const sliceRows = 128;
   let t0 = performance.now();
   gptqRows(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128), { damp: 0.01 });
   const tsSlice = (performance.now() - t0) / 1000;
   t0 = performance.now();
-  await gptqInt4Native(w2.w, I, 0, sliceRows, w2.H, int4Quantizer(d, I, 128).result, 0.01);
+  await gptqInt4Native(w2.w, I, 0, sliceRows, await gptqFactorNative(w2.H, I, 0.01), int4Quantizer(d, I, 128).result);
   const natSlice = (performance.now() - t0) / 1000;
   const flashExperts = 43 * 256;
   const gptq = {
     threads: tryLoadAddon().info().threads,
-    w1_w3: { ...w1, H: undefined, w: undefined },
-    w2: { ...w2, H: undefined, w: undefined },
+    w1_w3: { ...w1, H: undefined, w: undefined, factor: undefined },
+    w2: { ...w2, H: undefined, w: undefined, factor: undefined },
     per_expert_s: round(perExpert, 2),
-    note_per_expert: 'w1 and w3 each: Hessian accumulation + GPTQ (Cholesky, inverse, column loop) + the 3 output-error traces the export reports; w2 the same at its shape. w1 and w3 read the same input, so a Hessian shared between them would save one accumulation and one factorisation.',
+    note_per_expert: 'w1 and w3 share one Hessian accumulation and one factor (Cholesky, inverse, Cholesky), as the export shares them; then each its column loop and the 3 output-error traces the export reports (GPTQ, round to nearest, the weight itself); w2 the same at its shape on its own input. The TypeScript slice runs the whole gptqRows (factor included) against the native factor plus column loop.',
     slice_rows: sliceRows,
     typescript_slice_s: round(tsSlice, 2),
     native_slice_s: round(natSlice, 3),

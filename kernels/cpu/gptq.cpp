@@ -251,34 +251,33 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
   });
 }
 
-// ---- the column loop ----
-bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
-               const float* Wsrc, long r0, long r1, const double* H, long n, long gs, double damp) {
-  const long rows = r1 - r0, G = n / gs;
-  const long B = (gs <= 128 && 128 % gs == 0) ? 128 : gs;
-  std::vector<double> W(size_t(rows) * n);
-  for (long i = 0; i < rows * n; i++) W[i] = Wsrc[r0 * n + i];
-  // dead inputs, then the dampening
+// ---- the factor: dead inputs, the dampening, U = upper Cholesky factor of (H + damp)⁻¹ ----
+bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp) {
   std::vector<double> Hd(H, H + n * n);
   double mean_diag = 0;
   for (long i = 0; i < n; i++) {
-    if (Hd[i * n + i] == 0) {
-      Hd[i * n + i] = 1;
-      for (long r = 0; r < rows; r++) W[r * n + i] = 0;
-    }
+    dead[i] = Hd[i * n + i] == 0;
+    if (dead[i]) Hd[i * n + i] = 1;
     mean_diag += Hd[i * n + i];
   }
   const double dv = damp * (mean_diag / n);
   for (long i = 0; i < n; i++) Hd[i * n + i] += dv;
-  // U = upper Cholesky factor of (H + damp)⁻¹
-  std::vector<double> L(size_t(n) * n), U(size_t(n) * n);
+  std::vector<double> L(size_t(n) * n);
   if (!gptq_cholesky_upper(L.data(), Hd.data(), n)) return false;
   gptq_inverse_from_cholesky(Hd.data(), L.data(), n);
-  if (!gptq_cholesky_upper(U.data(), Hd.data(), n)) return false;
-  L.clear();
-  L.shrink_to_fit();
-  Hd.clear();
-  Hd.shrink_to_fit();
+  return gptq_cholesky_upper(U, Hd.data(), n);
+}
+
+// ---- the column loop ----
+void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
+               const float* Wsrc, long r0, long r1, const double* U, const uint8_t* dead, long n, long gs) {
+  const long rows = r1 - r0, G = n / gs;
+  const long B = (gs <= 128 && 128 % gs == 0) ? 128 : gs;
+  std::vector<double> W(size_t(rows) * n);
+  for (long i = 0; i < rows * n; i++) W[i] = Wsrc[r0 * n + i];
+  for (long i = 0; i < n; i++)
+    if (dead[i])
+      for (long r = 0; r < rows; r++) W[r * n + i] = 0;
 
   // rows are independent: a task owns a range of them
   const int ntask = int(std::min<long>(rows, 4L * num_threads()));
@@ -317,7 +316,7 @@ bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
           const double e = (wi - q) / d;
           err[(r - ra) * B + (i - i1)] = e;
           if (e == 0) continue;
-          sub_scaled(W.data() + r * n + i + 1, e, U.data() + i * n + i + 1, i2 - i - 1);
+          sub_scaled(W.data() + r * n + i + 1, e, U + i * n + i + 1, i2 - i - 1);
         }
       }
       // lazy batch update W[:, i2:] −= E·U[i1:i2, i2:], per element i ascending; U's block strip
@@ -329,13 +328,12 @@ bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
           for (long i = i1; i < i2; i++) {
             const double e = err[(r - ra) * B + (i - i1)];
             if (e == 0) continue;
-            sub_scaled(W.data() + r * n + jc, e, U.data() + i * n + jc, je - jc);
+            sub_scaled(W.data() + r * n + jc, e, U + i * n + jc, je - jc);
           }
         }
       }
     }
   });
-  return true;
 }
 
 // ---- tr(E H Eᵀ): per row e H eᵀ (tasks own rows; the sum over rows in order) ----

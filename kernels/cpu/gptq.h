@@ -17,13 +17,17 @@ bool gptq_cholesky_upper(double* U, const double* A, long n);
 // inv is (n, n) = A⁻¹ from A's upper Cholesky factor U: V = U⁻¹, inv = V Vᵀ.
 void gptq_inverse_from_cholesky(double* inv, const double* U, long n);
 
-// GPTQ of rows r0 … r1−1 of W (out, n) against H (n, n) (full symmetric, not changed), damp the
-// fraction of mean(diag H) added to the diagonal, group columns per grid (n % group == 0).
-// Fills rows r0 … r1−1 of codes (out, n), scales / scale_bits / zeros (out, n/group) (the
-// int4.ts grid: fp16 scale rounded up, zero in 1..15) and Q ((r1−r0), n) = the quantised weights.
-// Returns false when H + damp is not positive definite.
-bool gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
-               const float* W, long r0, long r1, const double* H, long n, long group, double damp);
+// GPTQ's factor of H (n, n) (full symmetric, not changed): dead[i] = (H_ii == 0); U (n, n) = the
+// upper Cholesky factor of (H + damp)⁻¹, where the dead diagonal is set to 1 and damp·mean(diag H)
+// is added to the diagonal. Returns false when H + damp is not positive definite.
+bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp);
+
+// GPTQ of rows r0 … r1−1 of W (out, n) on the factor of gptq_factor, group columns per grid
+// (n % group == 0). Fills rows r0 … r1−1 of codes (out, n), scales / scale_bits / zeros
+// (out, n/group) (the int4.ts grid: fp16 scale rounded up, zero in 1..15) and Q ((r1−r0), n) = the
+// quantised weights.
+void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
+               const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n, long group);
 
 // tr(E H Eᵀ) for E (rows, n), H (n, n) symmetric: the layer output error ‖E Xᵀ‖²·(2/n_tokens).
 double gptq_output_error(const double* E, const double* H, long rows, long n);

@@ -10,6 +10,10 @@
 // tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per attention or expert w1)
 // needs a pass per few dozen linears.
 //
+// Linears that read the same input tensor (an expert's w1 and w3, attention's wq_a and wkv:
+// `CalibratedLinear.input`) share one Hessian: it is accumulated once per input, counted once in
+// a window's memory, and the same object is handed to each of them.
+//
 // Several formats of one quantize stage share a CalibrationSession: when the previous format's
 // Hessians were one window holding every linear the next format asks for, they are reused (no
 // forward); otherwise the next format collects its own windows (the memory bound holds).
@@ -28,7 +32,11 @@ export interface CalibratedLinear {
   module: string;
   cols: number;
   groups: number;
+  /** the module whose input this linear reads when others read it too (linears.ts linearInput); default: its own */
+  input?: string;
 }
+
+const inputOf = (l: CalibratedLinear): string => l.input ?? l.module;
 
 export interface Hessian {
   cols: number;
@@ -84,11 +92,25 @@ function finish(h: Hessian): void {
 /**
  * Hessians of the given linears from forwards of `model` over `rows`: every row's forward
  * (`route`: the trunk and the MTP block, no LM head) reports the inputs of the wanted linears.
+ * Linears of one `input` get one Hessian object: each input tensor is accumulated once, however
+ * many of them are told it, and a linear told another tensor than its partner's is an error.
  */
 export async function collectHessians(model: V4Model, rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[]): Promise<Map<string, Hessian>> {
   const want = new Map(linears.map((l) => [l.module, l]));
+  const byInput = new Map<string, Hessian>();
   const out = new Map<string, Hessian>();
-  for (const l of linears) out.set(l.module, { cols: l.cols, H: Array.from({ length: l.groups }, () => new Float64Array(l.cols * l.cols)), tokens: 0 });
+  for (const l of linears) {
+    let h = byInput.get(inputOf(l));
+    if (!h) {
+      h = { cols: l.cols, H: Array.from({ length: l.groups }, () => new Float64Array(l.cols * l.cols)), tokens: 0 };
+      byInput.set(inputOf(l), h);
+    } else if (h.cols !== l.cols || h.H.length !== l.groups) {
+      throw new V4tuneError(`GPTQ calibration: ${l.module} is planned to read ${inputOf(l)}'s input (${h.H.length} × ${h.cols}) but its weight reads ${l.groups} × ${l.cols}`);
+    }
+    out.set(l.module, h);
+  }
+  // per input: the tensor last accumulated and the linears told it since
+  const last = new Map<string, { x: Float32Array; told: Set<string> }>();
   for (const row of rows) {
     await model.route(row.input_ids, {
       segments: row.segments ?? null,
@@ -96,11 +118,19 @@ export async function collectHessians(model: V4Model, rows: readonly Calibration
         const l = want.get(module);
         if (!l) return;
         if (cols !== l.groups * l.cols) throw new V4tuneError(`GPTQ calibration: ${module} was given inputs of width ${cols}, its weight reads ${l.groups} × ${l.cols}`);
-        accumulate(out.get(module)!, l.groups, x, n);
+        const key = inputOf(l);
+        const seen = last.get(key);
+        if (seen && !seen.told.has(module)) {
+          if (seen.x !== x) throw new V4tuneError(`GPTQ calibration: ${module} is planned to share ${key}'s Hessian but was given another input tensor`);
+          seen.told.add(module);
+          return;
+        }
+        last.set(key, { x, told: new Set([module]) });
+        accumulate(byInput.get(key)!, l.groups, x, n);
       },
     });
   }
-  for (const h of out.values()) finish(h);
+  for (const h of byInput.values()) finish(h);
   return out;
 }
 
@@ -120,15 +150,19 @@ export class CalibratedHessians {
 
   constructor(private readonly model: V4Model, private readonly rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[], budgetBytes = HESSIAN_BUDGET_BYTES) {
     let win: CalibratedLinear[] = [];
+    let inputs = new Set<string>();
     let bytes = 0;
     for (const l of linears) {
-      const b = hessianBytes(l);
-      if (win.length > 0 && bytes + b > budgetBytes) {
+      // a linear whose input's Hessian the window holds already costs nothing more
+      const b = inputs.has(inputOf(l)) ? 0 : hessianBytes(l);
+      if (win.length > 0 && b > 0 && bytes + b > budgetBytes) {
         this.windows.push(win);
         win = [];
+        inputs = new Set();
         bytes = 0;
       }
       win.push(l);
+      inputs.add(inputOf(l));
       bytes += b;
       this.windowOf.set(l.module, this.windows.length);
       this.planned.set(l.module, l);
@@ -146,7 +180,7 @@ export class CalibratedHessians {
     if (this.windows.length !== 1) return false;
     return linears.every((l) => {
       const p = this.planned.get(l.module);
-      return p !== undefined && p.cols === l.cols && p.groups === l.groups;
+      return p !== undefined && p.cols === l.cols && p.groups === l.groups && inputOf(p) === inputOf(l);
     });
   }
 

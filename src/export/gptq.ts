@@ -80,24 +80,27 @@ export interface GptqOptions {
 }
 
 /**
- * GPTQ of rows r0 … r1−1 of W [out, inF] (row-major) against H [inF, inF] (float64, not changed):
- * the quantizer keeps the codes and grids; the return value is the quantised weights Q of those
- * rows [(r1 − r0), inF]. Throws when H + damp is not positive definite.
+ * GPTQ's factor of one Hessian H [n, n]: which inputs are dead (H_ii = 0: their weights are
+ * zeroed) and U, the upper Cholesky factor of (H + damp)⁻¹ with the dead diagonal set to 1. It
+ * depends on H and the dampening only, so linears that read the same input (w1 and w3, wq_a and
+ * wkv) share it.
  */
-export function gptqRows(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, qz: ColumnQuantizer, o: GptqOptions = {}): Float64Array {
-  const n = inF;
-  const rows = r1 - r0;
-  const gs = qz.groupSize;
-  if (n % gs !== 0) throw new Error(`gptq: input size ${n} is not a multiple of the group size ${gs}`);
-  const B = gs <= 128 && 128 % gs === 0 ? 128 : gs;
-  const W = new Float64Array(rows * n);
-  for (let i = 0; i < W.length; i++) W[i] = w[r0 * n + i]!;
+export interface GptqFactor {
+  n: number;
+  U: Float64Array;
+  /** 1 where H_ii = 0 */
+  dead: Uint8Array;
+}
+
+/** the GptqFactor of H [n, n] (not changed); throws a RangeError when H + damp is not positive definite */
+export function gptqFactor(H: Float64Array, n: number, o: GptqOptions = {}): GptqFactor {
   const Hd = H.slice();
+  const dead = new Uint8Array(n);
   let meanDiag = 0;
   for (let i = 0; i < n; i++) {
     if (Hd[i * n + i] === 0) {
       Hd[i * n + i] = 1;
-      for (let r = 0; r < rows; r++) W[r * n + i] = 0;
+      dead[i] = 1;
     }
     meanDiag += Hd[i * n + i]!;
   }
@@ -106,6 +109,32 @@ export function gptqRows(w: Float32Array, inF: number, r0: number, r1: number, H
   const L = choleskyUpper(Hd, n);
   const U = L && choleskyUpper(inverseFromCholesky(L, n), n);
   if (!U) throw new RangeError(`${o.name ?? 'gptq'}: the calibration Hessian is not positive definite after dampening (raise export.gptq_damp)`);
+  return { n, U, dead };
+}
+
+/**
+ * GPTQ of rows r0 … r1−1 of W [out, inF] (row-major) against H [inF, inF] (float64, not changed):
+ * the quantizer keeps the codes and grids; the return value is the quantised weights Q of those
+ * rows [(r1 − r0), inF]. Throws when H + damp is not positive definite.
+ */
+export function gptqRows(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, qz: ColumnQuantizer, o: GptqOptions = {}): Float64Array {
+  return gptqRowsFactored(w, inF, r0, r1, gptqFactor(H, inF, o), qz);
+}
+
+/** gptqRows on H's factor (gptqFactor): the column loop */
+export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, qz: ColumnQuantizer): Float64Array {
+  const n = inF;
+  const rows = r1 - r0;
+  const gs = qz.groupSize;
+  if (f.n !== n) throw new Error(`gptq: a factor of ${f.n} inputs for a weight of ${n}`);
+  if (n % gs !== 0) throw new Error(`gptq: input size ${n} is not a multiple of the group size ${gs}`);
+  const B = gs <= 128 && 128 % gs === 0 ? 128 : gs;
+  const W = new Float64Array(rows * n);
+  for (let i = 0; i < W.length; i++) W[i] = w[r0 * n + i]!;
+  for (let i = 0; i < n; i++) {
+    if (f.dead[i]) for (let r = 0; r < rows; r++) W[r * n + i] = 0;
+  }
+  const U = f.U;
 
   const Q = new Float64Array(rows * n);
   const err = new Float64Array(rows * B);

@@ -16,5 +16,14 @@ export function linearKind(name: string): LinearKind | null {
   return mod.startsWith('attn.') ? 'attention' : mod.startsWith('ffn.shared_experts.') ? 'shared_expert' : 'routed_expert';
 }
 
+/**
+ * The module whose input a quantised linear reads, where two of them read one tensor: an expert's
+ * (routed or shared) w3 reads its w1's, attention's wkv reads wq_a's (both x after attn_norm);
+ * otherwise the module itself. Such linears share one GPTQ Hessian and factor (calibrate.ts).
+ */
+export function linearInput(module: string): string {
+  return module.replace(/(\.ffn\.(?:shared_experts|experts\.\d+))\.w3$/, '$1.w1').replace(/\.attn\.wkv$/, '.attn.wq_a');
+}
+
 /** let the event loop run (Ctrl-C, progress) between tensors */
 export const yieldLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));

@@ -92,6 +92,9 @@ export interface CalibrationSummary {
   reused: boolean;
   /** linears no calibration input reached (routed experts never chosen): rounded to nearest */
   rtnFallback: string[];
+  /** linears GPTQ ran on, and the factorisations of their Hessians it ran (w3 reuses w1's factor, wkv wq_a's; wo_a one per group) */
+  linears: number;
+  factorizations: number;
 }
 
 /** what a format's writer reports (quantizeCheckpoint adds the rest of the summary) */

@@ -2,16 +2,16 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
-import { gptqInt4Native, outputErrorSqNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, outputErrorSqNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4Model } from '../model/v4/model.js';
 import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
-import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer } from './gptq.js';
+import { gptqFactor, gptqRowsFactored, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer, type GptqFactor } from './gptq.js';
 import { dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
-import type { LinearKind } from './linears.js';
+import { linearInput, type LinearKind } from './linears.js';
 import type { CalibrationOptions, CalibrationSummary, KindStats } from './quantize-types.js';
 
 /** per-kind weight errors and (method gptq) output errors of the quantised linears */
@@ -157,9 +157,21 @@ export async function openCalibration(model: string, cal: CalibrationOptions): P
   }
 }
 
+/** memory bound of the GPTQ factors kept for a linear that reads the same input later (w3 after w1) */
+export const FACTOR_BUDGET_BYTES = 2 ** 30;
+
 export class GptqRounder implements Rounder {
   private hessians: CalibratedHessians | null = null;
   private passesBefore = 0;
+  /** the planned linears not yet quantised, per input (calibrate.ts: linears of one input share its Hessian) */
+  private readonly pending = new Map<string, number>();
+  /** factors of the Hessians of inputs with pending linears, within FACTOR_BUDGET_BYTES */
+  private readonly factors = new Map<Hessian, { input: string; f: GptqFactor[] }>();
+  private factorBytes = 0;
+  /** the calibration pass the kept factors' Hessians came from */
+  private factorsPass = -1;
+  private gptqLinears = 0;
+  private factorizations = 0;
   private reused = false;
   private readonly fallback: string[] = [];
 
@@ -178,17 +190,70 @@ export class GptqRounder implements Rounder {
 
   plan(order: readonly { name: string; out: number; inF: number }[]): void {
     const G = this.session.model.config.o_groups;
-    const linears: CalibratedLinear[] = order.map((l) => ({ module: l.name.slice(0, -'.weight'.length), cols: l.inF, groups: l.name.endsWith('.attn.wo_a.weight') ? G : 1 }));
+    const linears: CalibratedLinear[] = order.map((l) => {
+      const module = l.name.slice(0, -'.weight'.length);
+      return { module, cols: l.inF, groups: l.name.endsWith('.attn.wo_a.weight') ? G : 1, input: linearInput(module) };
+    });
+    this.pending.clear();
+    this.gptqLinears = 0;
+    this.factorizations = 0;
+    for (const l of linears) this.pending.set(l.input!, (this.pending.get(l.input!) ?? 0) + 1);
+    this.dropFactors();
     const { hessians, reused } = this.session.hessians(linears);
     this.hessians = hessians;
     this.reused = reused;
     this.passesBefore = hessians.passes;
   }
 
+  private dropFactors(): void {
+    this.factors.clear();
+    this.factorBytes = 0;
+  }
+
+  /**
+   * GPTQ's factor of group g of h: kept from an earlier linear of the same input, or computed (on
+   * the native addon when it is built: the same bits) and kept while another linear of that input
+   * is still to come and FACTOR_BUDGET_BYTES allows
+   */
+  private async factor(name: string, h: Hessian, g: number): Promise<GptqFactor> {
+    const kept = this.factors.get(h)?.f[g];
+    if (kept) return kept;
+    const n = h.cols;
+    this.factorizations++;
+    const f = (await gptqFactorNative(h.H[g]!, n, this.cal.damp, `tensor ${name}`)) ?? gptqFactor(h.H[g]!, n, { damp: this.cal.damp, name: `tensor ${name}` });
+    const input = linearInput(name.slice(0, -'.weight'.length));
+    const bytes = f.U.byteLength + f.dead.byteLength;
+    if ((this.pending.get(input) ?? 0) > 1 && this.factorBytes + bytes <= FACTOR_BUDGET_BYTES) {
+      const e = this.factors.get(h) ?? { input, f: [] };
+      e.f[g] = f;
+      this.factors.set(h, e);
+      this.factorBytes += bytes;
+    }
+    return f;
+  }
+
+  /** one planned linear of `name`'s input is done: drop the input's factors when it was the last */
+  private done(name: string): void {
+    const input = linearInput(name.slice(0, -'.weight'.length));
+    const left = (this.pending.get(input) ?? 1) - 1;
+    this.pending.set(input, left);
+    if (left > 0) return;
+    for (const [h, e] of this.factors) {
+      if (e.input !== input) continue;
+      for (const f of e.f) if (f) this.factorBytes -= f.U.byteLength + f.dead.byteLength;
+      this.factors.delete(h);
+    }
+  }
+
   /** the Hessian of a linear, or null when no calibration input reached it (then: RTN) */
   private async hessian(name: string): Promise<Hessian | null> {
     if (!this.hessians) throw new V4tuneError('GPTQ: plan() was not called before quantising');
     const h = await this.hessians.get(name.slice(0, -'.weight'.length));
+    // another window's Hessians are other objects: the kept factors belong to the dropped ones
+    if (this.hessians.passes !== this.factorsPass) {
+      this.dropFactors();
+      this.factorsPass = this.hessians.passes;
+    }
     if (h.tokens > 0) return h;
     this.fallback.push(name);
     return null;
@@ -210,8 +275,8 @@ export class GptqRounder implements Rounder {
     for (let g = 0; g < groups; g++) {
       let Q: Float64Array;
       try {
-        const opts = { damp: this.cal.damp, name: `tensor ${name}` };
-        Q = (int4 && await gptqInt4Native(w, inF, g * rows, (g + 1) * rows, h.H[g]!, int4, opts.damp, opts.name)) || gptqRows(w, inF, g * rows, (g + 1) * rows, h.H[g]!, qz, opts);
+        const f = await this.factor(name, h, g);
+        Q = (int4 && await gptqInt4Native(w, inF, g * rows, (g + 1) * rows, f, int4)) || gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz);
       } catch (e) {
         if (e instanceof RangeError) throw new InputError(e.message);
         throw e;
@@ -253,16 +318,19 @@ export class GptqRounder implements Rounder {
   ): Promise<T> {
     const h = await this.hessian(name);
     if (!h) {
+      this.done(name);
       this.errs.add(kind, w, dequant(rtn));
       return rtn;
     }
     const qz = quantizer();
     await this.run(name, kind, w, out, inF, h, qz, dequant(rtn), int4Grid ? (qz.result as Int4Weight) : undefined);
+    this.gptqLinears++;
+    this.done(name);
     return qz.result;
   }
 
   calibration(): CalibrationSummary {
-    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, reused: this.reused, rtnFallback: this.fallback };
+    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, reused: this.reused, rtnFallback: this.fallback, linears: this.gptqLinears, factorizations: this.factorizations };
   }
 
   close(): void {

@@ -9,6 +9,8 @@ import { openDataset } from '../../src/data/dataset.js';
 import { gptqRows, int4Quantizer, q4_0Quantizer } from '../../src/export/gptq.js';
 import { quantizeQ4_0 } from '../../src/export/gguf.js';
 import { dequantizeInt4, quantizeRtn } from '../../src/export/int4.js';
+import { CalibratedHessians, collectHessians, type CalibratedLinear } from '../../src/export/calibrate.js';
+import { linearInput } from '../../src/export/linears.js';
 import { linearKind, type QuantizeSummary } from '../../src/export/quantize.js';
 import { lineSink, silentSink } from '../../src/sink.js';
 import { quantizeRecipe } from '../../src/stages/quantize.js';
@@ -263,6 +265,14 @@ describe('method gptq on the tiny preset', () => {
     const have = openDataset(join(dir, 'out', 'data')).rowCount('train');
     expect(warns.join('\n')).toContain(`export.calibration_rows is 1000 but the train split of ${join(dir, 'out', 'data')} has ${have} rows`);
     expect(g!.calibration).toMatchObject({ rows: have, damp: 0.01, passes: 1 });
+    // w3 reuses w1's factor (routed and shared experts), wkv wq_a's: one factorisation per input
+    const ck = await Checkpoint.open(modelDir);
+    const fallback = new Set(g!.calibration!.rtnFallback);
+    const ran = ck.names().filter((n) => linearKind(n) && !n.endsWith('.attn.wo_a.weight') && !fallback.has(n));
+    await ck.close();
+    expect(g!.calibration!.linears).toBe(ran.length);
+    expect(g!.calibration!.factorizations).toBe(new Set(ran.map((n) => linearInput(n.slice(0, -'.weight'.length)))).size);
+    expect(g!.calibration!.factorizations).toBeLessThan(ran.length * 0.7);
     const s: QuantizeSummary = g!;
     for (const k of ['attention', 'shared_expert', 'routed_expert'] as const) {
       expect(s.errors[k]!.relOutputError!).toBeLessThan(s.errors[k]!.rtnRelOutputError!);
@@ -304,6 +314,39 @@ describe('method gptq on the tiny preset', () => {
       expect(q!.errors[k]!.relOutputError!).toBeLessThan(q!.errors[k]!.rtnRelOutputError!);
     }
   }, 600_000);
+
+  it('linears that read one input (w1 and w3, wq_a and wkv) share one Hessian: the bits of each collected alone, counted once in a window', async () => {
+    const ckpt = await Checkpoint.open(modelDir);
+    const model = await V4Model.load(ckpt, await createBackend('tfjs'));
+    const d = model.config.hidden_size;
+    const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 2);
+    const mods = ['layers.0.ffn.shared_experts.w1', 'layers.0.ffn.shared_experts.w3', 'layers.1.attn.wq_a', 'layers.1.attn.wkv'];
+    const lin = (module: string): CalibratedLinear => ({ module, cols: d, groups: 1, input: linearInput(module) });
+    try {
+      expect(mods.map(linearInput)).toEqual(['layers.0.ffn.shared_experts.w1', 'layers.0.ffn.shared_experts.w1', 'layers.1.attn.wq_a', 'layers.1.attn.wq_a']);
+      expect(linearInput('mtp.0.ffn.experts.12.w3')).toBe('mtp.0.ffn.experts.12.w1');
+      expect(linearInput('layers.3.ffn.experts.12.w2')).toBe('layers.3.ffn.experts.12.w2');
+      const shared = await collectHessians(model, rows, mods.map(lin));
+      expect(shared.get(mods[0]!)).toBe(shared.get(mods[1]!));
+      expect(shared.get(mods[2]!)).toBe(shared.get(mods[3]!));
+      expect(shared.get(mods[0]!)).not.toBe(shared.get(mods[2]!));
+      for (const m of mods) {
+        const alone = (await collectHessians(model, rows, [{ module: m, cols: d, groups: 1 }])).get(m)!;
+        expect(alone.tokens, m).toBe(shared.get(m)!.tokens);
+        expect(Buffer.from(alone.H[0]!.buffer).equals(Buffer.from(shared.get(m)!.H[0]!.buffer)), m).toBe(true);
+      }
+      // a window of two inputs' Hessians holds the four linears; planned apart they need two
+      const bytes = 2 * d * d * 8;
+      expect(new CalibratedHessians(model, rows, mods.map(lin), bytes).windowCount).toBe(1);
+      expect(new CalibratedHessians(model, rows, mods.map((m) => ({ module: m, cols: d, groups: 1 })), bytes).windowCount).toBe(2);
+      // partners that are told different tensors (two layers' shared experts) are refused
+      const wrong = [lin('layers.0.ffn.shared_experts.w1'), { ...lin('layers.1.ffn.shared_experts.w1'), input: 'layers.0.ffn.shared_experts.w1' }];
+      await expect(collectHessians(model, rows, wrong)).rejects.toThrow(/layers\.1\.ffn\.shared_experts\.w1 is planned to share layers\.0\.ffn\.shared_experts\.w1's Hessian but was given another input tensor/);
+    } finally {
+      model.dispose();
+      await ckpt.close();
+    }
+  }, 120_000);
 
   it('refuses a missing dataset and an empty train split, naming the recipe', async () => {
     const recipe = loadRecipe(join(dir, 'r.yaml'));

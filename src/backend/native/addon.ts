@@ -106,11 +106,13 @@ export interface NativeAddon {
   compressorBackward(da: F32 | null, dz: F32 | null, dout: F32, a: F32, z: F32, ape: F32, segs: I32, ratio: number, hd: number, overlap: boolean): Promise<void>;
   /** GPTQ (kernels/cpu/gptq.h, float64, the operations of src/export/gptq.ts in its order): H [n, n] upper triangle += Σ_t x_tᵀ x_t over X [rows, ldx] */
   gptqHessianAccumulate(H: Float64Array, X: F32, rows: number, n: number, ldx: number): void;
-  /** GPTQ of rows r0 … r1−1 of W [out, n] on the INT4 group grid: fills those rows of codes/scales/scaleBits/zeros, Q [r1−r0, n]; rejects when H + damp is not positive definite */
-  gptqInt4(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, H: Float64Array, n: number, group: number, damp: number): Promise<void>;
+  /** GPTQ's factor of H: U = upper Cholesky factor of (H + damp)⁻¹, dead = inputs with H_ii = 0 (gptq.ts gptqFactor); rejects when H + damp is not positive definite */
+  gptqFactor(U: Float64Array, dead: Uint8Array, H: Float64Array, n: number, damp: number): Promise<void>;
+  /** GPTQ of rows r0 … r1−1 of W [out, n] on the INT4 group grid from gptqFactor's U and dead: fills those rows of codes/scales/scaleBits/zeros, Q [r1−r0, n] */
+  gptqInt4(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, U: Float64Array, dead: Uint8Array, n: number, group: number): Promise<void>;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;
-  /** U = A's upper Cholesky factor, inv = A⁻¹ from it: the two steps gptqInt4 runs on H + damp (exposed so tests compare their bits with gptq.ts) */
+  /** U = A's upper Cholesky factor, inv = A⁻¹ from it: the first two steps gptqFactor runs on H + damp (exposed so tests compare their bits with gptq.ts) */
   gptqFactorInverse(U: Float64Array, inv: Float64Array, A: Float64Array, n: number): Promise<void>;
   /**
    * Merge (kernels/cpu/requant.h, bit for bit src/export/merge.ts): W dequantised + scaling·B·A

@@ -25,23 +25,43 @@ export function hessianAccumulateNative(H: Float64Array, x: Float32Array, offset
   return true;
 }
 
+/** GPTQ's factor of a Hessian (export/gptq.ts GptqFactor has this shape): U [n, n], dead [n]. */
+export interface GptqFactor {
+  n: number;
+  U: Float64Array;
+  dead: Uint8Array;
+}
+
 /**
- * GPTQ of rows r0 … r1−1 of W [out, inF] against H [inF, inF] on the INT4 grid of `result`
- * (int4.ts: its groupSize, codes, scales, zeros filled for those rows); returns Q [(r1 − r0), inF],
- * or null without the addon. Throws a RangeError when H + damp is not positive definite.
+ * GPTQ's factor of H [n, n] (gptq.ts gptqFactor, the same bits), or null without the addon.
+ * Throws a RangeError when H + damp is not positive definite.
  */
-export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, result: Int4Grid, damp: number, name = 'gptq'): Promise<Float64Array | null> {
+export async function gptqFactorNative(H: Float64Array, n: number, damp: number, name = 'gptq'): Promise<GptqFactor | null> {
   const addon = tryLoadAddon();
   if (!addon) return null;
-  const Q = new Float64Array((r1 - r0) * inF);
+  const f: GptqFactor = { n, U: new Float64Array(n * n), dead: new Uint8Array(n) };
   try {
-    await addon.gptqInt4(result.q, result.scales, result.scaleBits, result.zeros, Q, w, r0, r1, H, inF, result.groupSize, damp);
+    await addon.gptqFactor(f.U, f.dead, H, n, damp);
   } catch (e) {
     if (e instanceof Error && e.message.includes('not positive definite')) {
       throw new RangeError(`${name}: the calibration Hessian is not positive definite after dampening (raise export.gptq_damp)`);
     }
     throw e;
   }
+  return f;
+}
+
+/**
+ * GPTQ of rows r0 … r1−1 of W [out, inF] on the INT4 grid of `result` (int4.ts: its groupSize,
+ * codes, scales, zeros filled for those rows) from the factor of its Hessian (gptqFactor); returns
+ * Q [(r1 − r0), inF], or null without the addon.
+ */
+export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, result: Int4Grid): Promise<Float64Array | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  if (f.n !== inF) throw new Error(`gptq: a factor of ${f.n} inputs for a weight of ${inF}`);
+  const Q = new Float64Array((r1 - r0) * inF);
+  await addon.gptqInt4(result.q, result.scales, result.scaleBits, result.zeros, Q, w, r0, r1, f.U, f.dead, inF, result.groupSize);
   return Q;
 }
 

@@ -4,8 +4,8 @@
 // the same codes, scales, zeros and the same Q bits, with no tie tolerance. The output error
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
-import { gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
-import { choleskyUpper, gptqRows, int4Quantizer, inverseFromCholesky, outputErrorSq } from '../../../src/export/gptq.js';
+import { gptqFactorNative, gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
+import { choleskyUpper, gptqFactor, gptqRows, int4Quantizer, inverseFromCholesky, outputErrorSq } from '../../../src/export/gptq.js';
 import { A, addon, randn, rng, skipNative } from './helpers.js';
 
 /** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */
@@ -80,10 +80,16 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
       const w = Float32Array.from(randn(c.out * c.n, rng(c.seed + 100), 0.05));
       const ref = int4Quantizer(c.out, c.n, c.gs);
       const nat = int4Quantizer(c.out, c.n, c.gs);
+      // the factor (dead inputs, U) bit for bit, then the column loop on it
+      const fn = await gptqFactorNative(Href, c.n, 0.01);
+      const fr = gptqFactor(Href, c.n, { damp: 0.01 });
+      expect(Array.from(fn!.dead)).toEqual(Array.from(fr.dead));
+      expect(fn!.dead[7]).toBe(1);
+      expect(Buffer.from(fn!.U.buffer).equals(Buffer.from(fr.U.buffer))).toBe(true);
       const half = c.out / 2;
       for (const [r0, r1] of [[0, half], [half, c.out]] as const) {
         const Qr = gptqRows(w, c.n, r0, r1, Href, ref, { damp: 0.01 });
-        const Qn = await gptqInt4Native(w, c.n, r0, r1, Href, nat.result, 0.01);
+        const Qn = await gptqInt4Native(w, c.n, r0, r1, fn!, nat.result);
         expect(Qn).not.toBeNull();
         expect(Buffer.from(Qn!.buffer).equals(Buffer.from(Qr.buffer))).toBe(true);
       }
@@ -122,7 +128,7 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
     }
   });
 
-  // The factor and the inverse gptqInt4 runs on H + damp, bit for bit: codes and Q hide a last-bit
+  // The Cholesky factor and the inverse gptqFactor runs on H + damp, bit for bit: codes and Q hide a last-bit
   // change there (a fused multiply-add in the inverse leaves them as they were). Sizes past the
   // 32-row Cholesky panels and the inverse's 64-column tiles, with n not a multiple of its
   // 4-column steps (the tail runs the one-column loop).
@@ -148,6 +154,7 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
     for (let i = 0; i < n; i++) H[i * n + i] = -1;
     const w = Float32Array.from(randn(8 * n, rng(1), 0.1));
     expect(() => gptqRows(w, n, 0, 8, H, int4Quantizer(8, n, 32), { name: 'tensor t' })).toThrow(/not positive definite/);
-    await expect(gptqInt4Native(w, n, 0, 8, H, int4Quantizer(8, n, 32).result, 0.01, 'tensor t')).rejects.toThrow(RangeError);
+    await expect(gptqFactorNative(H, n, 0.01, 'tensor t')).rejects.toThrow(/tensor t: .*not positive definite/);
+    await expect(gptqFactorNative(H, n, 0.01, 'tensor t')).rejects.toThrow(RangeError);
   });
 });
