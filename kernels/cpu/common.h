@@ -65,7 +65,8 @@ inline long cdiv(long a, long b) { return (a + b - 1) / b; }
 // tokens: kept, as everything up to 4096 tokens; at 16384 tokens the routed experts' and most
 // row-sized buffers are freed and faulted in again, about 2 % of the step).
 constexpr size_t kShelfKeepBytes = size_t(512) << 20;
-inline size_t shelf_bytes(const std::vector<float>& v) { return v.capacity() * sizeof(float); }
+template <class T>
+size_t shelf_bytes(const std::vector<T>& v) { return v.capacity() * sizeof(T); }
 template <class Buf>
 class Shelf {
  public:
@@ -104,6 +105,8 @@ class Borrowed {
 };
 using FloatShelf = Shelf<std::vector<float>>;
 using FloatScratch = Borrowed<std::vector<float>>;
+using DoubleShelf = Shelf<std::vector<double>>;
+using DoubleScratch = Borrowed<std::vector<double>>;
 // `V4_SCRATCH_ONE(a)` declares std::vector<float>& a: a buffer borrowed from this line's own
 // shelf until the end of the enclosing scope.
 #define V4_SCRATCH_ONE(name) \

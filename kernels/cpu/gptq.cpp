@@ -18,6 +18,17 @@ namespace {
 
 #define V4_INLINE static inline __attribute__((always_inline))
 
+// The factor's and the column loop's [n, n] and [rows, n] float64 buffers (128 MB each at
+// n = 4096), kept between calls (common.h Shelf): a quantize runs GPTQ on hundreds of linears of
+// one shape, and a fresh buffer costs its page faults (about 0.25 s per 128 MB on this VM). Up to
+// four are out at once (the factor's H + damp and L, the inverse's V and Vᵀ).
+DoubleShelf big_shelf;
+// `n` elements of a borrowed buffer, their values unspecified
+std::vector<double>& sized(DoubleScratch& b, size_t n) {
+  if (b->size() < n) b->resize(n);
+  return *b;
+}
+
 // y[j] -= a·x[j], j < n (each element: one product, one subtraction)
 V4_INLINE void sub_scaled_body(double* y, double a, const double* x, long n) {
   for (long j = 0; j < n; j++) y[j] -= a * x[j];
@@ -198,7 +209,9 @@ V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, 
 //   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=i+1..j} U[i][k]·V[k][j]) / U[i][i], k ascending
 //   inv[i][j] = Σ_{k=j..n−1} V[i][k]·V[j][k], k ascending (j ≥ i), mirrored
 void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
-  std::vector<double> V(size_t(n) * n, 0.0);
+  DoubleScratch V_lease(big_shelf);
+  std::vector<double>& V = *V_lease;
+  V.assign(size_t(n) * n, 0.0);
   const long JT = 64;  // a task computes V's columns [j0, j1) in a contiguous strip
   const long ntiles = cdiv(n, JT);
   parallel_run(int(ntiles), [&](int tile) {
@@ -219,7 +232,8 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
   });
   check_cancel();
   // Vt[k][i] = V[i][k]; a task owns inv's rows [i0, i1): s_i = Σ_k Vt[k][i]·V[j][k] for each j ≥ i0
-  std::vector<double> Vt(size_t(n) * n);
+  DoubleScratch Vt_lease(big_shelf);
+  std::vector<double>& Vt = sized(Vt_lease, size_t(n) * n);
   for (long i = 0; i < n; i++)
     for (long k = 0; k < n; k++) Vt[k * n + i] = V[i * n + k];
   const long IT = 64;
@@ -253,7 +267,9 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
 
 // ---- the factor: dead inputs, the dampening, U = upper Cholesky factor of (H + damp)⁻¹ ----
 bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp) {
-  std::vector<double> Hd(H, H + n * n);
+  DoubleScratch Hd_lease(big_shelf), L_lease(big_shelf);
+  std::vector<double>& Hd = *Hd_lease;
+  Hd.assign(H, H + n * n);
   double mean_diag = 0;
   for (long i = 0; i < n; i++) {
     dead[i] = Hd[i * n + i] == 0;
@@ -262,7 +278,7 @@ bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp)
   }
   const double dv = damp * (mean_diag / n);
   for (long i = 0; i < n; i++) Hd[i * n + i] += dv;
-  std::vector<double> L(size_t(n) * n);
+  std::vector<double>& L = sized(L_lease, size_t(n) * n);
   if (!gptq_cholesky_upper(L.data(), Hd.data(), n)) return false;
   gptq_inverse_from_cholesky(Hd.data(), L.data(), n);
   return gptq_cholesky_upper(U, Hd.data(), n);
@@ -273,13 +289,15 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
                const float* Wsrc, long r0, long r1, const double* U, const uint8_t* dead, long n, long gs) {
   const long rows = r1 - r0, G = n / gs;
   const long B = (gs <= 128 && 128 % gs == 0) ? 128 : gs;
-  std::vector<double> W(size_t(rows) * n);
+  DoubleScratch W_lease(big_shelf);
+  std::vector<double>& W = sized(W_lease, size_t(rows) * n);
   for (long i = 0; i < rows * n; i++) W[i] = Wsrc[r0 * n + i];
   for (long i = 0; i < n; i++)
     if (dead[i])
       for (long r = 0; r < rows; r++) W[r * n + i] = 0;
 
   // rows are independent: a task owns a range of them
+  const bool wide = isa() == Isa::avx512;
   const int ntask = int(std::min<long>(rows, 4L * num_threads()));
   parallel_run(ntask, [&](int task) {
     const long ra = rows * task / ntask, rb = rows * (task + 1) / ntask;
@@ -314,21 +332,29 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
           const double q = (qc - z) * s;
           Q[r * n + i] = q;
           const double e = (wi - q) / d;
-          err[(r - ra) * B + (i - i1)] = e;
+          err[(r - ra) * B + (i - i1)] = -e;
           if (e == 0) continue;
           sub_scaled(W.data() + r * n + i + 1, e, U + i * n + i + 1, i2 - i - 1);
         }
       }
-      // lazy batch update W[:, i2:] −= E·U[i1:i2, i2:], per element i ascending; U's block strip
-      // of JC columns stays in cache across the task's rows
+      // lazy batch update W[:, i2:] −= E·U[i1:i2, i2:], per element i ascending, as W + (−e)·U
+      // (the same bits: negation is exact and x + (−p) is x − p). With AVX-512, 4 rows × 32
+      // columns of W stay in registers over the block's i; an e = 0 then adds a ±0 product, which
+      // changes at most the sign of a zero weight (codes and Q never depend on it). A 256-column
+      // strip of U's block (256 KB) stays in the cache across the task's rows.
       const long JC = 256;
       for (long jc = i2; jc < n; jc += JC) {
         const long je = std::min(n, jc + JC);
-        for (long r = ra; r < rb; r++) {
+        long r = ra;
+        if (wide)
+          for (long c = jc; c < je; c += 32)
+            for (r = ra; r + 4 <= rb; r += 4)
+              tile4_512(W.data() + r * n + c, n, err.data() + (r - ra) * B, B, U + i1 * n + c, n, 0, i2 - i1, std::min(32L, je - c));
+        for (; r < rb; r++) {
           for (long i = i1; i < i2; i++) {
-            const double e = err[(r - ra) * B + (i - i1)];
-            if (e == 0) continue;
-            sub_scaled(W.data() + r * n + jc, e, U + i * n + jc, je - jc);
+            const double ne = err[(r - ra) * B + (i - i1)];
+            if (ne == 0) continue;
+            add_scaled(W.data() + r * n + jc, ne, U + i * n + jc, je - jc);
           }
         }
       }
@@ -336,23 +362,51 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
   });
 }
 
-// ---- tr(E H Eᵀ): per row e H eᵀ (tasks own rows; the sum over rows in order) ----
-// Per row r: t = e H, t[j] = Σ_i e[i]·H[i][j] summed over i ascending (one product, one sum),
-// then e·t summed over j ascending, as gptq.ts outputErrorSq. The reference skips e[i] = 0; here
-// 0·H[i][j] = ±0 is added instead, which leaves every partial sum as it was (a sum that starts at
-// +0 never becomes −0, and H is finite). With AVX-512, 4 rows × 32 columns of t stay in
-// registers while i runs over a block of H's rows that stays in the cache for every row of the
-// task: H is read from memory once per 64 rows of E instead of once per 8.
+// ---- tr(E H Eᵀ): per row e H eᵀ from H's upper triangle (tasks own rows; rows summed in order) ----
+// Per row r, as gptq.ts outputErrorSq: t[j] = Σ_{i<j} e[i]·H[i][j] over i ascending (one product,
+// one sum), then Σ_j e[j]·(H[j][j]·e[j] + 2·t[j]) over j ascending. The reference skips
+// e[i] = 0; here 0·H[i][j] = ±0 is added instead, which leaves every partial sum as it was (a sum
+// that starts at +0 never becomes −0, and H is finite). With AVX-512, 4 rows × 32 columns of t
+// stay in registers while i runs over a block of H's rows that stays in the cache for every row
+// of the task (H read from memory once per 64 rows of E); the lanes with j ≤ i of the diagonal's
+// blocks are masked.
 namespace {
 
 // e H eᵀ of one row, the reference's loops
 double eh_row(const double* e, const double* H, long n, std::vector<double>& tmp) {
   tmp.assign(n, 0.0);
   for (long i = 0; i < n; i++)
-    if (e[i] != 0) add_scaled(tmp.data(), e[i], H + i * n, n);
+    if (e[i] != 0) add_scaled(tmp.data() + i + 1, e[i], H + i * n + i + 1, n - i - 1);
   double s = 0;
-  for (long j = 0; j < n; j++) s += tmp[j] * e[j];
+  for (long j = 0; j < n; j++) s += e[j] * (H[j * n + j] * e[j] + 2 * tmp[j]);
   return s;
+}
+
+// tile4_512 where lane l of the tile is column col0 + l of H and only i < col0 + l adds
+V4_AVX512 void tile4_512_upper(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w, long col0) {
+  const long iu = std::min(i1, col0);  // rows above the tile's first column: every lane
+  if (iu > i0) tile4_512(t, ldt, E, lde, H, ldh, i0, iu, w);
+  __mmask8 m[4];
+  for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
+  __m512d acc[4][4];
+  for (int r = 0; r < 4; r++)
+    for (int v = 0; v < 4; v++) acc[r][v] = _mm512_maskz_loadu_pd(m[v], t + r * ldt + 8 * v);
+  for (long i = std::max(i0, col0); i < i1; i++) {
+    const double* h = H + i * ldh;
+    __mmask8 mi[4];
+    __m512d hv[4];
+    for (int v = 0; v < 4; v++) {
+      const long k = i - col0 - 8 * v;  // lanes l > k add
+      mi[v] = k < 0 ? m[v] : k >= 7 ? __mmask8(0) : __mmask8(m[v] & (0xffu << (k + 1)));
+      hv[v] = _mm512_maskz_loadu_pd(mi[v], h + 8 * v);
+    }
+    for (int r = 0; r < 4; r++) {
+      const __m512d e = _mm512_set1_pd(E[r * lde + i]);
+      for (int v = 0; v < 4; v++) acc[r][v] = _mm512_mask_add_pd(acc[r][v], mi[v], acc[r][v], _mm512_mul_pd(e, hv[v]));
+    }
+  }
+  for (int r = 0; r < 4; r++)
+    for (int v = 0; v < 4; v++) _mm512_mask_storeu_pd(t + r * ldt + 8 * v, m[v], acc[r][v]);
 }
 
 }  // namespace
@@ -371,12 +425,18 @@ double gptq_output_error(const double* E, const double* H, long rows, long n) {
       for (long jb = 0; jb < n; jb += JB) {
         const long w = std::min(JB, n - jb);
         std::fill(tmp.begin(), tmp.end(), 0.0);
-        for (long ib = 0; ib < n; ib += IB)
+        for (long ib = 0; ib < jb + w; ib += IB)
           for (long r = ra; r < r4; r += 4)
-            for (long c = 0; c < w; c += 32)
-              tile4_512(tmp.data() + (r - ra) * JB + c, JB, E + r * n, n, H + jb + c, n, ib, std::min(n, ib + IB), std::min(32L, w - c));
+            for (long c = 0; c < w; c += 32) {
+              const long cw = std::min(32L, w - c), col0 = jb + c;
+              const long ie = std::min(ib + IB, col0 + cw - 1);  // the last lane's column takes rows i < it
+              if (ie > ib) tile4_512_upper(tmp.data() + (r - ra) * JB + c, JB, E + r * n, n, H + col0, n, ib, ie, cw, col0);
+            }
         for (long r = ra; r < r4; r++)
-          for (long j = 0; j < w; j++) per[r] += tmp[(r - ra) * JB + j] * E[r * n + jb + j];
+          for (long j = 0; j < w; j++) {
+            const double e = E[r * n + jb + j];
+            per[r] += e * (H[(jb + j) * n + jb + j] * e + 2 * tmp[(r - ra) * JB + j]);
+          }
       }
     }
     for (long r = r4; r < rb; r++) per[r] = eh_row(E + r * n, H, n, tmp);

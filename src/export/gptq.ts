@@ -290,7 +290,11 @@ export function q4kQuantizer(out: number, inF: number): ColumnQuantizer & { resu
   };
 }
 
-/** ‖E Xᵀ‖² / (n/2) = tr(E H Eᵀ) for E [rows, n] (float64 H [n, n]): the layer output error */
+/**
+ * ‖E Xᵀ‖² / (n/2) = tr(E H Eᵀ) for E [rows, n] (float64 H [n, n], symmetric): the layer output
+ * error. Per row from H's upper triangle, half the products of e·H·eᵀ: t_j = Σ_{i<j} e_i·H_ij
+ * (i ascending), then Σ_j e_j·(H_jj·e_j + 2·t_j) (j ascending); rows in order.
+ */
 export function outputErrorSq(E: ArrayLike<number>, rows: number, n: number, H: Float64Array): number {
   let s = 0;
   const tmp = new Float64Array(n);
@@ -299,9 +303,12 @@ export function outputErrorSq(E: ArrayLike<number>, rows: number, n: number, H: 
     for (let i = 0; i < n; i++) {
       const e = E[r * n + i]!;
       if (e === 0) continue;
-      for (let j = 0; j < n; j++) tmp[j] += e * H[i * n + j]!;
+      for (let j = i + 1; j < n; j++) tmp[j] += e * H[i * n + j]!;
     }
-    for (let j = 0; j < n; j++) s += tmp[j]! * E[r * n + j]!;
+    for (let j = 0; j < n; j++) {
+      const e = E[r * n + j]!;
+      s += e * (H[j * n + j]! * e + 2 * tmp[j]!);
+    }
   }
   return s;
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../src/backend/index.js';
 import { openDataset } from '../../src/data/dataset.js';
-import { gptqRows, int4Quantizer, q4_0Quantizer } from '../../src/export/gptq.js';
+import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer } from '../../src/export/gptq.js';
 import { quantizeQ4_0 } from '../../src/export/gguf.js';
 import { dequantizeInt4, quantizeRtn } from '../../src/export/int4.js';
 import { CalibratedHessians, collectHessians, type CalibratedLinear } from '../../src/export/calibrate.js';
@@ -84,6 +84,11 @@ describe('GPTQ of one weight against round to nearest', () => {
     for (const q of x.q) expect(q).toBeLessThanOrEqual(15);
     // the returned weights are exactly the codes on their grids (what the GPTQ writer packs)
     expect(Array.from(dequantizeInt4(x))).toEqual(Array.from(Q));
+    // the export's output error tr(E H Eᵀ) (from H's upper triangle) is ‖(W − Q)Xᵀ‖² · 2/T
+    for (const q of [Q, rtn]) {
+      const E = Float64Array.from(W, (w, i) => w - q[i]!);
+      expect(Math.abs(outputErrorSq(E, out, n, H) / ((outputError(W, q, X, out, n, T) ** 2 * 2) / T) - 1)).toBeLessThan(1e-12);
+    }
   });
 
   it('equals RTN exactly when H is diagonal (no error propagates): codes, scales and zeros', () => {
