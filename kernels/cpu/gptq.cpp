@@ -23,6 +23,8 @@ namespace {
 // one shape, and a fresh buffer costs its page faults (about 0.25 s per 128 MB on this VM). Up to
 // four are out at once (the factor's H + damp and L, the inverse's V and Vᵀ).
 DoubleShelf big_shelf;
+// the inverse's per-task sums (up to n × 64)
+DoubleShelf sums_shelf;
 // `n` elements of a borrowed buffer, their values unspecified
 std::vector<double>& sized(DoubleScratch& b, size_t n) {
   if (b->size() < n) b->resize(n);
@@ -126,63 +128,9 @@ Grid group_grid(double lo, double hi) {
 
 }  // namespace
 
-// ---- Hessian: H[i][j] += Σ_t x_t[i] x_t[j], j ≥ i ----
-// Tasks own rows i of H; per element the rows t are added in order, as calibrate.ts does.
-void gptq_hessian_accumulate(double* H, const float* X, long rows, long n, long ldx) {
-  const long TB = 64;  // rows of X converted to float64 at a time (per task)
-  parallel_run(int(std::min<long>(n, 64)), [&](int task) {
-    const int ntask = int(std::min<long>(n, 64));
-    std::vector<double> xt(size_t(TB) * n);
-    for (long t0 = 0; t0 < rows; t0 += TB) {
-      long t1 = std::min(rows, t0 + TB);
-      for (long t = t0; t < t1; t++)
-        for (long j = 0; j < n; j++) xt[(t - t0) * n + j] = double(X[t * ldx + j]);
-      // rows i interleaved across tasks balance the triangle
-      for (long i = task; i < n; i += ntask) {
-        double* Hi = H + i * n;
-        for (long t = t0; t < t1; t++) {
-          const double* x = xt.data() + (t - t0) * n;
-          add_scaled(Hi + i, x[i], x + i, n - i);
-        }
-      }
-    }
-  });
-}
-
-// ---- Cholesky: right-looking in panels; element (i, j) gets −U[k][i]·U[k][j] for k ascending ----
-bool gptq_cholesky_upper(double* U, const double* A, long n) {
-  for (long i = 0; i < n; i++) {
-    std::fill(U + i * n, U + i * n + i, 0.0);
-    std::memcpy(U + i * n + i, A + i * n + i, sizeof(double) * (n - i));
-  }
-  const long KB = 32;
-  for (long k0 = 0; k0 < n; k0 += KB) {
-    const long k1 = std::min(n, k0 + KB);
-    // the panel's rows, each updated by the panel rows above it
-    for (long k = k0; k < k1; k++) {
-      double s = U[k * n + k];
-      if (!(s > 0)) return false;
-      double dkk = std::sqrt(s);
-      U[k * n + k] = dkk;
-      for (long j = k + 1; j < n; j++) U[k * n + j] = U[k * n + j] / dkk;
-      for (long i = k + 1; i < k1; i++) sub_scaled(U + i * n + i, U[k * n + i], U + k * n + i, n - i);
-    }
-    // the trailing rows i ≥ k1: the panel's updates in order k0 … k1−1
-    const long rest = n - k1;
-    if (rest <= 0) continue;
-    const int ntask = int(std::min<long>(rest, 4L * num_threads()));
-    parallel_run(ntask, [&](int task) {
-      for (long i = k1 + task; i < n; i += ntask)
-        for (long k = k0; k < k1; k++) sub_scaled(U + i * n + i, U[k * n + i], U + k * n + i, n - i);
-    });
-    check_cancel();
-  }
-  return true;
-}
-
 // t[r][c] (r < 4, c < w ≤ 32; t rows ldt apart) += e_r[i]·H[i][c] for i in [i0, i1) ascending,
 // each product and sum rounded apart (add_scaled's arithmetic), with 4 × 32 sums in registers:
-// the output error's e H and the inverse's V Vᵀ
+// the Cholesky's trailing update, the inverse's V Vᵀ, GPTQ's lazy batch update, the output error's e H
 V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w) {
   __mmask8 m[4];
   for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
@@ -205,24 +153,130 @@ V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, 
     for (int v = 0; v < 4; v++) _mm512_mask_storeu_pd(t + r * ldt + 8 * v, m[v], acc[r][v]);
 }
 
+// ---- Hessian: H[i][j] += Σ_t x_t[i] x_t[j], j ≥ i ----
+// Per element the rows t are added in order, as calibrate.ts does (which skips x_t[i] = 0: here
+// that adds ±0 to a sum that started at +0, leaving it as it was). X's rows are converted to
+// float64 TB at a time, row-major (xt) and transposed (xT), once for all tasks. A task owns 64
+// rows i of H: with AVX-512, 4 rows × 32 columns stay in registers over the TB rows of X (tiles
+// from column i + 4 on, the first row's diagonal block added row by row, so nothing below the
+// diagonal is written); without it, each row one t at a time.
+void gptq_hessian_accumulate(double* H, const float* X, long rows, long n, long ldx) {
+  const long TB = 64, IB = 64;
+  const bool wide = isa() == Isa::avx512;
+  DoubleScratch xt_lease(sums_shelf), xT_lease(sums_shelf);
+  std::vector<double>& xt = sized(xt_lease, size_t(TB) * n);  // xt[t][j]
+  std::vector<double>& xT = sized(xT_lease, size_t(TB) * n);  // xT[i][t]
+  const int ntask = int(cdiv(n, IB));
+  for (long t0 = 0; t0 < rows; t0 += TB) {
+    const long tb = std::min(rows, t0 + TB) - t0;
+    for (long t = 0; t < tb; t++)
+      for (long j = 0; j < n; j++) xt[t * n + j] = xT[j * TB + t] = double(X[(t0 + t) * ldx + j]);
+    parallel_run(ntask, [&](int task) {
+      const long i0 = task * IB, i1 = std::min(n, i0 + IB);
+      long i = i0;
+      if (wide) {
+        for (; i + 4 <= i1; i += 4)
+          for (long r = 0; r < 4; r++)
+            for (long t = 0; t < tb; t++) add_scaled(H + (i + r) * n + i + r, xT[(i + r) * TB + t], xt.data() + t * n + i + r, 4 - r);
+        // columns from the block's quads' ends on, in chunks that every quad of the block shares
+        for (long j = i0 + 4; j < n; j += 32) {
+          const long w = std::min(32L, n - j);
+          for (long q = i0; q + 4 <= i1 && q + 4 < j + w; q += 4) {
+            const long jq = std::max(j, q + 4), wq = j + w - jq;  // a quad's columns start at q + 4
+            if (wq > 0) tile4_512(H + q * n + jq, n, xT.data() + q * TB, TB, xt.data() + jq, n, 0, tb, wq);
+          }
+        }
+      }
+      for (; i < i1; i++)
+        for (long t = 0; t < tb; t++) add_scaled(H + i * n + i, xT[i * TB + t], xt.data() + t * n + i, n - i);
+    });
+  }
+}
+
+// ---- Cholesky: right-looking in panels; element (i, j) gets −U[k][i]·U[k][j] for k ascending ----
+bool gptq_cholesky_upper(double* U, const double* A, long n) {
+  for (long i = 0; i < n; i++) {
+    std::fill(U + i * n, U + i * n + i, 0.0);
+    std::memcpy(U + i * n + i, A + i * n + i, sizeof(double) * (n - i));
+  }
+  const long KB = 32;
+  for (long k0 = 0; k0 < n; k0 += KB) {
+    const long k1 = std::min(n, k0 + KB);
+    // the panel's rows, each updated by the panel rows above it
+    for (long k = k0; k < k1; k++) {
+      double s = U[k * n + k];
+      if (!(s > 0)) return false;
+      double dkk = std::sqrt(s);
+      U[k * n + k] = dkk;
+      for (long j = k + 1; j < n; j++) U[k * n + j] = U[k * n + j] / dkk;
+      for (long i = k + 1; i < k1; i++) sub_scaled(U + i * n + i, U[k * n + i], U + k * n + i, n - i);
+    }
+    // the trailing rows i ≥ k1: the panel's updates in order k0 … k1−1. With AVX-512, 4 rows at a
+    // time in 4 × 32 register tiles on the panel's negated column (x + (−a)·b is x − a·b bit for
+    // bit); the tile's columns start at its first row's diagonal, so rows 2–4 get values below
+    // their diagonals, which nothing reads and the end sets to 0.
+    const long rest = n - k1, kp = k1 - k0;
+    const long quads = isa() == Isa::avx512 ? rest / 4 : 0;
+    const int ntask = int(std::min<long>(std::max(quads, rest - 4 * quads), 4L * num_threads()));
+    parallel_run(ntask, [&](int task) {
+      double P[4 * 32];
+      for (long q = task; q < quads; q += ntask) {
+        const long i = k1 + 4 * q;
+        for (long r = 0; r < 4; r++)
+          for (long k = k0; k < k1; k++) P[r * kp + (k - k0)] = -U[k * n + i + r];
+        for (long j = i; j < n; j += 32) tile4_512(U + i * n + j, n, P, kp, U + k0 * n + j, n, 0, kp, std::min(32L, n - j));
+      }
+      for (long i = k1 + 4 * quads + task; i < n; i += ntask)
+        for (long k = k0; k < k1; k++) sub_scaled(U + i * n + i, U[k * n + i], U + k * n + i, n - i);
+    });
+    check_cancel();
+  }
+  for (long i = 1; i < n; i++) std::fill(U + i * n, U + i * n + i, 0.0);
+  return true;
+}
+
 // ---- A⁻¹ = V Vᵀ, V = U⁻¹ ----
 //   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=i+1..j} U[i][k]·V[k][j]) / U[i][i], k ascending
 //   inv[i][j] = Σ_{k=j..n−1} V[i][k]·V[j][k], k ascending (j ≥ i), mirrored
+// s[c] = Σ_{k=k0..k1−1} u[k]·x[k][c] for c < w ≤ 64 (x rows w apart), k ascending, each product and
+// sum rounded apart, the 64 sums in registers
+V4_AVX512 static void rowsum64_512(double* s, const double* u, const double* x, long w, long k0, long k1) {
+  __mmask8 m[8];
+  for (int v = 0; v < 8; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
+  __m512d acc[8];
+  for (int v = 0; v < 8; v++) acc[v] = _mm512_setzero_pd();
+  for (long k = k0; k < k1; k++) {
+    const __m512d a = _mm512_set1_pd(u[k]);
+    const double* xk = x + k * w;
+    for (int v = 0; v < 8; v++) acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(a, _mm512_maskz_loadu_pd(m[v], xk + 8 * v)));
+  }
+  for (int v = 0; v < 8; v++) _mm512_mask_storeu_pd(s + 8 * v, m[v], acc[v]);
+}
+
 void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
   DoubleScratch V_lease(big_shelf);
   std::vector<double>& V = *V_lease;
   V.assign(size_t(n) * n, 0.0);
   const long JT = 64;  // a task computes V's columns [j0, j1) in a contiguous strip
   const long ntiles = cdiv(n, JT);
+  const bool wide = isa() == Isa::avx512;
   parallel_run(int(ntiles), [&](int tile) {
     const long j0 = tile * JT, j1 = std::min(n, j0 + JT), w = j1 - j0;
-    std::vector<double> strip(size_t(j1) * w, 0.0);  // strip[k][j − j0] = V[k][j]
+    DoubleScratch strip_lease(sums_shelf);
+    std::vector<double>& strip = *strip_lease;  // strip[k][j − j0] = V[k][j]
+    strip.assign(size_t(j1) * w, 0.0);
     std::vector<double> s(w);
     for (long i = j1 - 1; i >= 0; i--) {
-      std::fill(s.begin(), s.end(), 0.0);
-      for (long k = i + 1; k < j1; k++) {
-        const long js = std::max(k, j0);
-        add_scaled(s.data() + (js - j0), U[i * n + k], strip.data() + k * w + (js - j0), j1 - js);
+      if (wide) {
+        // every lane from k = i + 1: a lane j < k adds U[i][k]·0 = ±0 (the strip's row k is 0
+        // left of its diagonal) after its own terms, which leaves its sum as it was
+        rowsum64_512(s.data(), U + i * n, strip.data(), w, i + 1, j1);
+      } else {
+        std::fill(s.begin(), s.end(), 0.0);
+        for (long k = i + 1; k < j1; k++) {
+          const long js = std::max(k, j0);
+          add_scaled(s.data() + (js - j0), U[i * n + k], strip.data() + k * w + (js - j0), j1 - js);
+        }
       }
       for (long j = std::max(i, j0); j < j1; j++)
         strip[i * w + (j - j0)] = j == i ? 1 / U[i * n + i] : -s[j - j0] / U[i * n + i];
@@ -231,29 +285,44 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
       for (long j = j0; j < j1; j++) V[k * n + j] = strip[k * w + (j - j0)];
   });
   check_cancel();
-  // Vt[k][i] = V[i][k]; a task owns inv's rows [i0, i1): s_i = Σ_k Vt[k][i]·V[j][k] for each j ≥ i0
+  // Vt[k][i] = V[i][k], transposed in 32 × 32 blocks
   DoubleScratch Vt_lease(big_shelf);
   std::vector<double>& Vt = sized(Vt_lease, size_t(n) * n);
-  for (long i = 0; i < n; i++)
-    for (long k = 0; k < n; k++) Vt[k * n + i] = V[i * n + k];
+  for (long ib = 0; ib < n; ib += 32)
+    for (long kb = 0; kb < n; kb += 32)
+      for (long i = ib; i < std::min(n, ib + 32); i++)
+        for (long k = kb; k < std::min(n, kb + 32); k++) Vt[k * n + i] = V[i * n + k];
+  // a task owns inv's rows [i0, i1): s_i = Σ_k Vt[k][i]·V[j][k] for each j ≥ i0, k ascending
   const long IT = 64;
   const long itiles = cdiv(n, IT);
-  const bool wide = isa() == Isa::avx512;
   parallel_run(int(itiles), [&](int tile) {
     const long i0 = tile * IT, i1 = std::min(n, i0 + IT), w = i1 - i0;
-    std::vector<double> s(w), s4(4 * size_t(w));
     long j = i0;
     // with AVX-512, four j at once: their sums start at the first one's k, where the others'
-    // V[j][k] are exactly 0 (V is upper triangular) and add ±0 to a +0 sum, which leaves it +0
-    for (; wide && j + 4 <= n; j += 4) {
-      std::fill(s4.begin(), s4.end(), 0.0);
-      for (long c = 0; c < w; c += 32) tile4_512(s4.data() + c, w, V.data() + j * n, n, Vt.data() + i0 + c, n, j, n, std::min(32L, w - c));
-      for (long d = 0; d < 4; d++)
-        for (long i = i0; i < std::min(i1, j + d + 1); i++) {
-          inv[i * n + j + d] = s4[d * w + (i - i0)];
-          inv[(j + d) * n + i] = s4[d * w + (i - i0)];
+    // V[j][k] are exactly 0 (V is upper triangular) and add ±0 to a +0 sum, which leaves it +0.
+    // k runs in blocks of KB: Vt's block (KB × the task's 64 columns, 128 KB) stays in the cache
+    // while every j adds its part, the sums kept in S between blocks.
+    const long quads = wide ? (n - i0) / 4 : 0;
+    if (quads > 0) {
+      DoubleScratch S_lease(sums_shelf);
+      std::vector<double>& S = *S_lease;
+      S.assign(size_t(quads) * 4 * w, 0.0);
+      const long KB = 256;
+      for (long kb = i0; kb < n; kb += KB) {
+        const long ke = std::min(n, kb + KB);
+        for (long q = 0; q < quads && i0 + 4 * q < ke; q++) {
+          const long jq = i0 + 4 * q, ks = std::max(jq, kb);
+          for (long c = 0; c < w; c += 32) tile4_512(S.data() + 4 * q * w + c, w, V.data() + jq * n, n, Vt.data() + i0 + c, n, ks, ke, std::min(32L, w - c));
         }
+      }
+      for (long jd = i0; jd < i0 + 4 * quads; jd++)
+        for (long i = i0; i < std::min(i1, jd + 1); i++) {
+          inv[i * n + jd] = S[(jd - i0) * w + (i - i0)];
+          inv[jd * n + i] = S[(jd - i0) * w + (i - i0)];
+        }
+      j = i0 + 4 * quads;
     }
+    std::vector<double> s(w);
     for (; j < n; j++) {
       std::fill(s.begin(), s.end(), 0.0);
       for (long k = j; k < n; k++) add_scaled(s.data(), V[j * n + k], Vt.data() + k * n + i0, w);

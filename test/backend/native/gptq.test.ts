@@ -128,15 +128,20 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
     }
   });
 
-  // The Cholesky factor and the inverse gptqFactor runs on H + damp, bit for bit: codes and Q hide a last-bit
-  // change there (a fused multiply-add in the inverse leaves them as they were). Sizes past the
-  // 32-row Cholesky panels and the inverse's 64-column tiles, with n not a multiple of its
-  // 4-column steps (the tail runs the one-column loop).
-  it('the Cholesky factor and the inverse equal the TypeScript ones bit for bit', async () => {
+  // The Cholesky factor and the inverse gptqFactor runs on H + damp, bit for bit: codes and Q
+  // hide a last-bit change there (a fused multiply-add in the inverse leaves them as they were).
+  // Sizes past the 32-row Cholesky panels, the inverse's 64-column strips and the Hessian's
+  // 64-row blocks, with n not a multiple of the 4-row and 4-column tiles (the tails run the
+  // one-row and one-column loops).
+  it('the Hessian, the Cholesky factor and the inverse equal the TypeScript ones bit for bit', async () => {
     for (const [n, seed] of [[70, 11], [130, 12], [257, 13]] as const) {
       const x = inputs(3 * n, n, seed, 0);
       const H = new Float64Array(n * n);
       accumulateRef(H, x, 3 * n, n, n, 0);
+      // the Hessian too at these sizes (n not a multiple of the 4-row tiles)
+      const Hn = new Float64Array(n * n);
+      hessianAccumulateNative(Hn, x, 0, 3 * n, n, n);
+      expect(Buffer.from(Hn.buffer).equals(Buffer.from(H.buffer)), `H, n ${n}`).toBe(true);
       finish(H, n, 3 * n);
       for (let i = 0; i < n; i++) H[i * n + i]! += 0.01;
       const U = new Float64Array(n * n);
