@@ -130,7 +130,10 @@ Grid group_grid(double lo, double hi) {
 
 // t[r][c] (r < 4, c < w ≤ 32; t rows ldt apart) += e_r[i]·H[i][c] for i in [i0, i1) ascending,
 // each product and sum rounded apart (add_scaled's arithmetic), with 4 × 32 sums in registers:
-// the Cholesky's trailing update, the inverse's V Vᵀ, GPTQ's lazy batch update, the output error's e H
+// the Cholesky's trailing update, the inverse's V Vᵀ, GPTQ's lazy batch update, the output error's
+// e H. With SkipZero an e_r[i] = 0 adds nothing to row r (as the reference's `if (e == 0)
+// continue`), not a ±0 product: the lazy update's weights may be −0.
+template <bool SkipZero = false>
 V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w) {
   __mmask8 m[4];
   for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
@@ -143,10 +146,18 @@ V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, 
     const __m512d h2 = _mm512_maskz_loadu_pd(m[2], h + 16), h3 = _mm512_maskz_loadu_pd(m[3], h + 24);
     for (int r = 0; r < 4; r++) {
       const __m512d e = _mm512_set1_pd(E[r * lde + i]);
-      acc[r][0] = _mm512_add_pd(acc[r][0], _mm512_mul_pd(e, h0));
-      acc[r][1] = _mm512_add_pd(acc[r][1], _mm512_mul_pd(e, h1));
-      acc[r][2] = _mm512_add_pd(acc[r][2], _mm512_mul_pd(e, h2));
-      acc[r][3] = _mm512_add_pd(acc[r][3], _mm512_mul_pd(e, h3));
+      if (SkipZero) {
+        const __mmask8 nz = _mm512_cmp_pd_mask(e, _mm512_setzero_pd(), _CMP_NEQ_UQ);
+        acc[r][0] = _mm512_mask_add_pd(acc[r][0], nz, acc[r][0], _mm512_mul_pd(e, h0));
+        acc[r][1] = _mm512_mask_add_pd(acc[r][1], nz, acc[r][1], _mm512_mul_pd(e, h1));
+        acc[r][2] = _mm512_mask_add_pd(acc[r][2], nz, acc[r][2], _mm512_mul_pd(e, h2));
+        acc[r][3] = _mm512_mask_add_pd(acc[r][3], nz, acc[r][3], _mm512_mul_pd(e, h3));
+      } else {
+        acc[r][0] = _mm512_add_pd(acc[r][0], _mm512_mul_pd(e, h0));
+        acc[r][1] = _mm512_add_pd(acc[r][1], _mm512_mul_pd(e, h1));
+        acc[r][2] = _mm512_add_pd(acc[r][2], _mm512_mul_pd(e, h2));
+        acc[r][3] = _mm512_add_pd(acc[r][3], _mm512_mul_pd(e, h3));
+      }
     }
   }
   for (int r = 0; r < 4; r++)
@@ -353,6 +364,42 @@ bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp)
   return gptq_cholesky_upper(U, Hd.data(), n);
 }
 
+// lazy batch update W[:, i2:] −= E·U[i1:i2, i2:] of W (rows, n), per element i ascending, as
+// W + (−e)·U with ne = −e (rows, ldne) (the same bits: negation is exact and x + (−p) is x − p), an
+// ne = 0 skipped. With AVX-512, 4 rows × 32 columns of W stay in registers over the block's i; a
+// 256-column strip of U's block (256 KB) stays in the cache across the rows.
+void lazy_update(double* W, long rows, long n, const double* ne, long ldne, const double* U, long i1, long i2) {
+  const bool wide = isa() == Isa::avx512;
+  const long JC = 256;
+  for (long jc = i2; jc < n; jc += JC) {
+    const long je = std::min(n, jc + JC);
+    long r = 0;
+    if (wide)
+      for (long c = jc; c < je; c += 32)
+        for (r = 0; r + 4 <= rows; r += 4)
+          tile4_512<true>(W + r * n + c, n, ne + r * ldne, ldne, U + i1 * n + c, n, 0, i2 - i1, std::min(32L, je - c));
+    for (; r < rows; r++) {
+      for (long i = i1; i < i2; i++) {
+        const double a = ne[r * ldne + (i - i1)];
+        if (a == 0) continue;
+        add_scaled(W + r * n + jc, a, U + i * n + jc, je - jc);
+      }
+    }
+  }
+}
+
+void gptq_lazy_update(double* W, long rows, long n, const double* err, long lderr, const double* U, long i1, long i2) {
+  const int ntask = int(std::min<long>(rows, 4L * num_threads()));
+  const long B = i2 - i1;
+  parallel_run(ntask, [&](int task) {
+    const long ra = rows * task / ntask, rb = rows * (task + 1) / ntask;
+    std::vector<double> ne(size_t(rb - ra) * B);
+    for (long r = ra; r < rb; r++)
+      for (long i = 0; i < B; i++) ne[(r - ra) * B + i] = -err[r * lderr + i];
+    lazy_update(W + ra * n, rb - ra, n, ne.data(), B, U, i1, i2);
+  });
+}
+
 // ---- the column loop ----
 void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
                const float* Wsrc, long r0, long r1, const double* U, const uint8_t* dead, long n, long gs) {
@@ -366,7 +413,6 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
       for (long r = 0; r < rows; r++) W[r * n + i] = 0;
 
   // rows are independent: a task owns a range of them
-  const bool wide = isa() == Isa::avx512;
   const int ntask = int(std::min<long>(rows, 4L * num_threads()));
   parallel_run(ntask, [&](int task) {
     const long ra = rows * task / ntask, rb = rows * (task + 1) / ntask;
@@ -406,27 +452,7 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
           sub_scaled(W.data() + r * n + i + 1, e, U + i * n + i + 1, i2 - i - 1);
         }
       }
-      // lazy batch update W[:, i2:] −= E·U[i1:i2, i2:], per element i ascending, as W + (−e)·U
-      // (the same bits: negation is exact and x + (−p) is x − p). With AVX-512, 4 rows × 32
-      // columns of W stay in registers over the block's i; an e = 0 then adds a ±0 product, which
-      // changes at most the sign of a zero weight (codes and Q never depend on it). A 256-column
-      // strip of U's block (256 KB) stays in the cache across the task's rows.
-      const long JC = 256;
-      for (long jc = i2; jc < n; jc += JC) {
-        const long je = std::min(n, jc + JC);
-        long r = ra;
-        if (wide)
-          for (long c = jc; c < je; c += 32)
-            for (r = ra; r + 4 <= rb; r += 4)
-              tile4_512(W.data() + r * n + c, n, err.data() + (r - ra) * B, B, U + i1 * n + c, n, 0, i2 - i1, std::min(32L, je - c));
-        for (; r < rb; r++) {
-          for (long i = i1; i < i2; i++) {
-            const double ne = err[(r - ra) * B + (i - i1)];
-            if (ne == 0) continue;
-            add_scaled(W.data() + r * n + jc, ne, U + i * n + jc, je - jc);
-          }
-        }
-      }
+      lazy_update(W.data() + ra * n, rb - ra, n, err.data(), B, U, i1, i2);
     }
   });
 }

@@ -121,8 +121,16 @@ export function gptqRows(w: Float32Array, inF: number, r0: number, r1: number, H
   return gptqRowsFactored(w, inF, r0, r1, gptqFactor(H, inF, o), qz);
 }
 
-/** gptqRows on H's factor (gptqFactor): the column loop */
-export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, qz: ColumnQuantizer): Float64Array {
+/**
+ * GPTQ's lazy batch update after the columns i1 … i2−1 of a block: W [rows, n] −= E·U[i1:i2, i2:]
+ * on the columns i2 … n−1, E = err [rows, lderr] (column i − i1), per element i ascending, an
+ * e = 0 skipped. gptqRowsFactored runs its own loop; the native addon's (backend/native/gptq.ts
+ * gptqLazyUpdateNative) gives the same bits.
+ */
+export type GptqLazyUpdate = (W: Float64Array, err: Float64Array, U: Float64Array, rows: number, n: number, lderr: number, i1: number, i2: number) => void;
+
+/** gptqRows on H's factor (gptqFactor): the column loop; `lazy` replaces its lazy batch update */
+export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, qz: ColumnQuantizer, lazy?: GptqLazyUpdate | null): Float64Array {
   const n = inF;
   const rows = r1 - r0;
   const gs = qz.groupSize;
@@ -160,6 +168,10 @@ export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: n
       }
     }
     // W[:, i2:] −= E · U[i1:i2, i2:]
+    if (lazy) {
+      if (i2 < n) lazy(W, err, U, rows, n, B, i1, i2);
+      continue;
+    }
     for (let r = 0; r < rows; r++) {
       for (let i = i1; i < i2; i++) {
         const e = err[r * B + (i - i1)]!;

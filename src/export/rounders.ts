@@ -2,7 +2,7 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
-import { gptqFactorNative, gptqInt4Native, outputErrorSqNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, outputErrorSqNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4Model } from '../model/v4/model.js';
@@ -276,7 +276,7 @@ export class GptqRounder implements Rounder {
       let Q: Float64Array;
       try {
         const f = await this.factor(name, h, g);
-        Q = (int4 && await gptqInt4Native(w, inF, g * rows, (g + 1) * rows, f, int4)) || gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz);
+        Q = (int4 && await gptqInt4Native(w, inF, g * rows, (g + 1) * rows, f, int4)) || gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz, gptqLazyUpdateNative());
       } catch (e) {
         if (e instanceof RangeError) throw new InputError(e.message);
         throw e;

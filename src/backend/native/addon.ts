@@ -110,6 +110,8 @@ export interface NativeAddon {
   gptqFactor(U: Float64Array, dead: Uint8Array, H: Float64Array, n: number, damp: number): Promise<void>;
   /** GPTQ of rows r0 … r1−1 of W [out, n] on the INT4 group grid from gptqFactor's U and dead: fills those rows of codes/scales/scaleBits/zeros, Q [r1−r0, n] */
   gptqInt4(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, U: Float64Array, dead: Uint8Array, n: number, group: number): Promise<void>;
+  /** W [rows, n] −= E·U[i1:i2, i2:] on columns i2 … n−1, E = err [rows, lderr] (GPTQ's lazy batch update, gptq.ts's order; synchronous) */
+  gptqLazyUpdate(W: Float64Array, err: Float64Array, U: Float64Array, rows: number, n: number, lderr: number, i1: number, i2: number): void;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;
   /** U = A's upper Cholesky factor, inv = A⁻¹ from it: the first two steps gptqFactor runs on H + damp (exposed so tests compare their bits with gptq.ts) */

@@ -65,6 +65,16 @@ export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r
   return Q;
 }
 
+/**
+ * GPTQ's lazy batch update on the addon (gptq.ts GptqLazyUpdate: the same bits), or null without
+ * it: for gptqRowsFactored's column loop on grids the addon does not round (Q4_0, Q4_K).
+ */
+export function gptqLazyUpdateNative(): ((W: Float64Array, err: Float64Array, U: Float64Array, rows: number, n: number, lderr: number, i1: number, i2: number) => void) | null {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  return (W, err, U, rows, n, lderr, i1, i2) => addon.gptqLazyUpdate(W, err, U, rows, n, lderr, i1, i2);
+}
+
 /** tr(E H Eᵀ) for E [rows, n] (gptq.ts outputErrorSq, summed in another order), or null without the addon */
 export async function outputErrorSqNative(E: Float64Array, rows: number, n: number, H: Float64Array): Promise<number | null> {
   const addon = tryLoadAddon();

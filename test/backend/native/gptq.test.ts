@@ -4,8 +4,8 @@
 // the same codes, scales, zeros and the same Q bits, with no tie tolerance. The output error
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
-import { gptqFactorNative, gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
-import { choleskyUpper, gptqFactor, gptqRows, int4Quantizer, inverseFromCholesky, outputErrorSq } from '../../../src/export/gptq.js';
+import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
+import { choleskyUpper, gptqFactor, gptqRows, gptqRowsFactored, int4Quantizer, inverseFromCholesky, outputErrorSq, q4_0Quantizer, q4kQuantizer } from '../../../src/export/gptq.js';
 import { A, addon, randn, rng, skipNative } from './helpers.js';
 
 /** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */
@@ -151,6 +151,55 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
       expect(U, `U, n ${n}`).toEqual(Uref);
       expect(inv, `inverse, n ${n}`).toEqual(inverseFromCholesky(Uref, n));
     }
+  });
+
+  // Q4_0 and Q4_K round in gptq.ts's column loop, with the addon's lazy batch update between its
+  // blocks: the same bytes and Q as the loop's own update. Weights of −0 and exact zeros (codes
+  // with e = 0, which the update must skip rather than add ±0 to a −0 weight), a dead input, and
+  // 37 rows.
+  it('the lazy batch update for the Q4_0 / Q4_K column loop equals gptq.ts\'s own, byte for byte', async () => {
+    const n = 512;
+    const out = 37; // 4–5 rows a task: the 4-row tiles and the tails
+    const x = inputs(400, n, 21, 9);
+    const H = new Float64Array(n * n);
+    accumulateRef(H, x, 400, n, n, 0);
+    finish(H, n, 400);
+    const w = Float32Array.from(randn(out * n, rng(22), 0.05));
+    for (let i = 3; i < w.length; i += 17) w[i] = i % 2 ? -0 : 0;
+    const f = gptqFactor(H, n, { damp: 0.01 });
+    const lazy = gptqLazyUpdateNative();
+    expect(lazy).not.toBeNull();
+    for (const make of [() => q4_0Quantizer(out, n), () => q4kQuantizer(out, n), () => int4Quantizer(out, n, 32)]) {
+      const a = make();
+      const b = make();
+      const Qa = gptqRowsFactored(w, n, 0, out, f, a);
+      const Qb = gptqRowsFactored(w, n, 0, out, f, b, lazy);
+      expect(Buffer.from(Qb.buffer).equals(Buffer.from(Qa.buffer))).toBe(true);
+      const bytes = (r: typeof a): Buffer => Buffer.from(r.result instanceof Uint8Array ? r.result : (r.result as { q: Uint8Array }).q);
+      expect(bytes(b).equals(bytes(a))).toBe(true);
+    }
+  });
+
+  it('the lazy batch update alone: W\'s bytes as gptq.ts\'s loop leaves them, −0 weights kept where e = 0', () => {
+    const [rows, n, i1, i2] = [37, 300, 32, 96]; // 4–5 rows a task: the 4-row tiles and the tails
+    const r = rng(31);
+    const U = Float64Array.from(randn(n * n, r, 0.2));
+    const W = Float64Array.from(randn(rows * n, r, 1));
+    const err = Float64Array.from(randn(rows * (i2 - i1), r, 0.1));
+    for (let i = 0; i < W.length; i += 7) W[i] = -0;
+    for (let i = 0; i < err.length; i += 3) err[i] = 0;
+    err.fill(0, 2 * (i2 - i1), 3 * (i2 - i1)); // row 2: every column exact, its weights untouched
+    const want = W.slice();
+    for (let row = 0; row < rows; row++) {
+      for (let i = i1; i < i2; i++) {
+        const e = err[row * (i2 - i1) + (i - i1)]!;
+        if (e === 0) continue;
+        for (let j = i2; j < n; j++) want[row * n + j] -= e * U[i * n + j]!;
+      }
+    }
+    gptqLazyUpdateNative()!(W, err, U, rows, n, i2 - i1, i1, i2);
+    expect(Buffer.from(W.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    expect(Array.from(W).filter((v) => Object.is(v, -0)).length).toBeGreaterThan(0);
   });
 
   it('an indefinite Hessian is refused like the TypeScript GPTQ refuses it', async () => {
