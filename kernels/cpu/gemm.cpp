@@ -113,9 +113,14 @@ static void micro_scalar(long kc, const float* A, const float* B, float* C, long
 // ---- bf16 dot-product mode (opt-in): A and B rounded to bf16 (nearest even), fp32 accumulate ----
 // Pair layout: word [kp][i] holds (X(2kp, i), X(2kp+1, i)) as two bf16, low half first, which is
 // what vdpbf16ps multiplies and adds into one fp32 lane.
-V4_AVX512 static inline __m512i round_bf16(__m512 v) {  // fp32 bits rounded to nearest even at bit 16
+// fp32 bits rounded to nearest even at bit 16 (the bf16 value in the high half); a NaN gives its
+// sign and the quiet NaN 0x7fc0 (formats.ts f32ToBf16), not what the carry makes of its payload
+// (0x7fffffff would round to −0, 0x7f800001 to infinity)
+V4_AVX512 static inline __m512i round_bf16(__m512 v) {
   __m512i u = _mm512_castps_si512(v);
-  return _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(u, _mm512_set1_epi32(int(0x80000000u))), _mm512_set1_epi32(0x7fc00000)));
 }
 V4_AVX512 static void round_to_bf16_512(const float* x, long n, uint16_t* out) {
   long i = 0;
@@ -128,7 +133,7 @@ void round_to_bf16(const float* x, long n, uint16_t* out) {
   for (long i = 0; i < n; i++) {  // round_bf16's arithmetic, one value at a time
     uint32_t u;
     std::memcpy(&u, x + i, 4);
-    out[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    out[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t(((u >> 16) & 0x8000u) | 0x7fc0u) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
   }
 }
 // src is a packed strip or panel [kc][W] (W ≤ 32 floats per k), dst its pairs [cdiv(kc, 2)][W]

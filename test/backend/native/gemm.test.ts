@@ -209,6 +209,37 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     }
   });
 
+  // A NaN stays a NaN when bf16 mode rounds it: the carry of round-to-nearest-even would turn the
+  // payload 0x7fffffff into −0 and 0x7f800001 into infinity (formats.ts f32ToBf16 keeps the sign
+  // and gives 0x7fc0). A NaN in a row of A makes that output row NaN, in a row of W its column;
+  // shapes with A packed once for all tasks and per task.
+  it.skipIf(!addon?.info().cpuBf16)('bf16 mode keeps a NaN in A or in an F32 weight a NaN (no payload rounds to a finite value)', async () => {
+    const r = rng(8);
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      for (const [M, N, K] of [[50, 70, 515], [13, 600, 257]] as const) {
+        const a = randn(M * K, r);
+        const W = randn(N * K, r);
+        const au = new Uint32Array(a.buffer);
+        const wu = new Uint32Array(W.buffer);
+        au[2 * K + 5] = 0x7fffffff;
+        au[7 * K + 100] = 0xffffffff;
+        au[9 * K + 7] = 0x7f800001;
+        wu[3 * K + 9] = 0x7fffffff;
+        const y = new Float32Array(M * N);
+        await A().gemm(M, N, K, 1, a, K, 1, rawWeight('f32', W, null, N, K), true, 0, y, N);
+        for (let i = 0; i < M; i++) {
+          for (let j = 0; j < N; j++) {
+            const nan = i === 2 || i === 7 || i === 9 || j === 3;
+            expect(Number.isNaN(y[i * N + j]!), `${M}×${N}×${K} (${i}, ${j})`).toBe(nan);
+          }
+        }
+      }
+    } finally {
+      A().setBf16(false);
+    }
+  });
+
   // FP4 and FP8 weights in bf16 mode are decoded straight into pairs (where a 16-pair group lies
   // in one scale group; other K blocks take the fp32 panel): the same bits as bf16 mode on their
   // dequantised F32 copy, in both orientations, with K blocks of 256 and shorter ones (FP8 K 515:
