@@ -9,7 +9,8 @@
 //   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--out bench/results/merge-flash.json] [--skip-gptq]
 // --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file;
 // --skip-merge reruns only GPTQ and keeps the (dated) merge and quantize sections.
-// --quantize also times `v4tune quantize --format gptq --method rtn` (INT4, round to nearest) of the whole checkpoint.
+// --quantize also times `v4tune quantize --format gptq --method rtn` (INT4, round to nearest) of the whole checkpoint;
+// --quantize-gptq (with --model) `v4tune quantize --format gptq --method gptq` on --calibration-rows rows of 512 tokens.
 // Without --model the flash preset is created in a temp folder first (minutes).
 import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -39,10 +40,17 @@ const { values } = parseArgs({
     'skip-merge': { type: 'boolean', default: false },
     // also time `v4tune quantize --format gptq --method rtn` of the whole checkpoint (minutes; else an earlier quantize section of --out is kept)
     quantize: { type: 'boolean', default: false },
+    // also time `v4tune prepare` + `v4tune quantize --format gptq --method gptq` (calibration on
+    // --calibration-rows rows of 512 tokens) of the --model checkpoint (minutes; else an earlier
+    // quantize_gptq section of --out is kept)
+    'quantize-gptq': { type: 'boolean', default: false },
+    'calibration-rows': { type: 'string', default: '8' },
     reps: { type: 'string', default: '3' },
   },
 });
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
+// -r hook of the timed child processes: their peak RSS (getrusage) into $V4TUNE_RSS_OUT
+writeFileSync(join(tmp, 'rss.cjs'), "process.on('exit', () => { if (require('node:worker_threads').isMainThread) require('node:fs').writeFileSync(process.env.V4TUNE_RSS_OUT, String(process.resourceUsage().maxRSS)); });\n");
 const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 const median = (xs) => { const v = [...xs].sort((p, q) => p - q); return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2; };
 const mbs = (bytes, sec) => round(bytes / 1e6 / sec);
@@ -96,7 +104,6 @@ function warmRead(files) {
 
 /** `v4tune merge` in a child process: seconds and peak RSS (MB) */
 function cliMerge(model, adapter, out, dtype, remove = true) {
-  writeFileSync(join(tmp, 'rss.cjs'), "process.on('exit', () => { if (require('node:worker_threads').isMainThread) require('node:fs').writeFileSync(process.env.V4TUNE_RSS_OUT, String(process.resourceUsage().maxRSS)); });\n");
   const t0 = performance.now();
   const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), '--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype],
     { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
@@ -126,6 +133,29 @@ function cliQuantize(model, out) {
   const written = shards(join(out, 'gptq')).bytes;
   rmSync(out, { recursive: true, force: true });
   return { seconds, peakMB, written };
+}
+
+/**
+ * `v4tune prepare` of the bench's corpora (512-token rows, the checkpoint's tokenizer), then
+ * `v4tune quantize --format gptq --method gptq` of the whole checkpoint on `rows` calibration rows,
+ * in a child process: seconds, peak RSS (MB) and the calibration summary
+ */
+function cliQuantizeGptq(model, out, rows) {
+  const recipe = join(tmp, 'quantize-gptq.yaml');
+  writeFileSync(recipe, `name: bench-quantize-gptq\nmodel:\n  path: ${model}\ndata:\n  sources:\n    - path: ${join(root, 'datasets')}/*/*.txt\n  seq_len: 512\n  eval_fraction: 0\noutput: ${join(tmp, 'runs-gptq')}\nexport:\n  quantize: [gptq]\n  method: gptq\n  group_size: 32\n  calibration_rows: ${rows}\n`);
+  const bin = join(root, 'bin', 'v4tune.js');
+  const p = spawnSync(process.execPath, [bin, 'prepare', recipe], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (p.status !== 0) throw new Error(`prepare failed (${p.status}): ${p.stderr}`);
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), bin, 'quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'gptq'],
+    { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`quantize failed (${r.status}): ${r.stderr}`);
+  const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
+  const summary = JSON.parse(readFileSync(join(out, 'gptq', 'v4tune-quantize.json'), 'utf8'));
+  const written = shards(join(out, 'gptq')).bytes;
+  rmSync(out, { recursive: true, force: true });
+  return { seconds, peakMB, written, summary, log: r.stdout };
 }
 
 /** normal-ish values (sum of 4 uniforms), seeded */
@@ -337,6 +367,24 @@ try {
     if (prev.quantize) quantize = { ...prev.quantize, measured: prev.quantize.measured ?? prev.date, note_measured: 'carried over from an earlier run of this bench (no --quantize)' };
   }
 
+  let quantizeGptq;
+  if (values['quantize-gptq']) {
+    if (!model) throw new Error('bench/merge: --quantize-gptq needs --model (or the merge run that makes one)');
+    spawnSync('sync');
+    const rows = Number(values['calibration-rows']);
+    const q = cliQuantizeGptq(model, join(tmp, 'quantized-gptq'), rows);
+    const c = q.summary.calibration;
+    quantizeGptq = {
+      format: 'gptq (INT4, group 32)', method: 'gptq', calibration_rows: rows, tokens_per_row: 512, seconds: round(q.seconds, 1),
+      peak_rss_mb: round(q.peakMB), bytes_written: q.written, calibration: c,
+      note: 'prepare (untimed), then the whole quantize process: the calibration forwards over the rows (one per window of Hessians, 4 GiB each), every quantised linear\'s GPTQ on the native addon and its three output-error traces, and the writing of the GPTQ folder.',
+    };
+    console.log(`quantize gptq gptq: ${quantizeGptq.seconds} s, peak RSS ${quantizeGptq.peak_rss_mb} MB, calibration ${JSON.stringify(c)}`);
+  } else if (existsSync(values.out)) {
+    const prev = JSON.parse(readFileSync(values.out, 'utf8'));
+    if (prev.quantize_gptq) quantizeGptq = { ...prev.quantize_gptq, measured: prev.quantize_gptq.measured ?? prev.date, note_measured: 'carried over from an earlier run of this bench (no --quantize-gptq)' };
+  }
+
   let gptq;
   if (values['skip-gptq']) {
     gptq = carried('gptq');
@@ -349,6 +397,7 @@ try {
     model: values.model ?? `created (flash, ${values.layers} layers, ${values.experts} experts, seed 0)`,
     merge,
     quantize,
+    quantize_gptq: quantizeGptq,
     gptq,
     note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
     loadavg_start: loadavgStart,
