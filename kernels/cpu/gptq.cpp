@@ -23,7 +23,7 @@ namespace {
 // one shape, and a fresh buffer costs its page faults (about 0.25 s per 128 MB on this VM). Up to
 // four are out at once (the factor's H + damp and L, the inverse's V and Vᵀ).
 DoubleShelf big_shelf;
-// the inverse's per-task sums (up to n × 64)
+// smaller scratch, up to n × 64: the Hessian's converted rows of X, the inverse's strips and sums
 DoubleShelf sums_shelf;
 // `n` elements of a borrowed buffer, their values unspecified
 std::vector<double>& sized(DoubleScratch& b, size_t n) {
@@ -128,6 +128,11 @@ Grid group_grid(double lo, double hi) {
 
 }  // namespace
 
+// the lanes of the v-th 8-double vector of a row of w doubles
+static inline __mmask8 lanes8(long w, int v) {
+  return w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
+}
+
 // t[r][c] (r < 4, c < w ≤ 32; t rows ldt apart) += e_r[i]·H[i][c] for i in [i0, i1) ascending,
 // each product and sum rounded apart (add_scaled's arithmetic), with 4 × 32 sums in registers:
 // the Cholesky's trailing update, the inverse's V Vᵀ, GPTQ's lazy batch update, the output error's
@@ -136,7 +141,7 @@ Grid group_grid(double lo, double hi) {
 template <bool SkipZero = false>
 V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w) {
   __mmask8 m[4];
-  for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
+  for (int v = 0; v < 4; v++) m[v] = lanes8(w, v);
   __m512d acc[4][4];
   for (int r = 0; r < 4; r++)
     for (int v = 0; v < 4; v++) acc[r][v] = _mm512_maskz_loadu_pd(m[v], t + r * ldt + 8 * v);
@@ -253,7 +258,7 @@ bool gptq_cholesky_upper(double* U, const double* A, long n) {
 // sum rounded apart, the 64 sums in registers
 V4_AVX512 static void rowsum64_512(double* s, const double* u, const double* x, long w, long k0, long k1) {
   __mmask8 m[8];
-  for (int v = 0; v < 8; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
+  for (int v = 0; v < 8; v++) m[v] = lanes8(w, v);
   __m512d acc[8];
   for (int v = 0; v < 8; v++) acc[v] = _mm512_setzero_pd();
   for (long k = k0; k < k1; k++) {
@@ -482,7 +487,7 @@ V4_AVX512 void tile4_512_upper(double* t, long ldt, const double* E, long lde, c
   const long iu = std::min(i1, col0);  // rows above the tile's first column: every lane
   if (iu > i0) tile4_512(t, ldt, E, lde, H, ldh, i0, iu, w);
   __mmask8 m[4];
-  for (int v = 0; v < 4; v++) m[v] = w - 8 * v >= 8 ? __mmask8(0xff) : w - 8 * v <= 0 ? __mmask8(0) : __mmask8((1u << (w - 8 * v)) - 1);
+  for (int v = 0; v < 4; v++) m[v] = lanes8(w, v);
   __m512d acc[4][4];
   for (int r = 0; r < 4; r++)
     for (int v = 0; v < 4; v++) acc[r][v] = _mm512_maskz_loadu_pd(m[v], t + r * ldt + 8 * v);

@@ -165,11 +165,9 @@ export class GptqRounder implements Rounder {
   private passesBefore = 0;
   /** the planned linears not yet quantised, per input (calibrate.ts: linears of one input share its Hessian) */
   private readonly pending = new Map<string, number>();
-  /** factors of the Hessians of inputs with pending linears, within FACTOR_BUDGET_BYTES */
-  private readonly factors = new Map<Hessian, { input: string; f: GptqFactor[] }>();
+  /** per input with pending linears: its Hessian's factors (one per group), within FACTOR_BUDGET_BYTES */
+  private readonly factors = new Map<string, { h: Hessian; f: GptqFactor[] }>();
   private factorBytes = 0;
-  /** the calibration pass the kept factors' Hessians came from */
-  private factorsPass = -1;
   private gptqLinears = 0;
   private factorizations = 0;
   private reused = false;
@@ -205,28 +203,33 @@ export class GptqRounder implements Rounder {
     this.passesBefore = hessians.passes;
   }
 
-  private dropFactors(): void {
-    this.factors.clear();
-    this.factorBytes = 0;
+  private dropFactors(input?: string): void {
+    for (const [k, e] of this.factors) {
+      if (input !== undefined && k !== input) continue;
+      for (const f of e.f) if (f) this.factorBytes -= f.U.byteLength + f.dead.byteLength;
+      this.factors.delete(k);
+    }
   }
 
   /**
-   * GPTQ's factor of group g of h: kept from an earlier linear of the same input, or computed (on
-   * the native addon when it is built: the same bits) and kept while another linear of that input
-   * is still to come and FACTOR_BUDGET_BYTES allows
+   * GPTQ's factor of group g of h: kept from an earlier linear of the same input (and the same
+   * Hessian: another calibration window collects new ones), or computed (on the native addon when
+   * it is built: the same bits) and kept while another linear of that input is still to come and
+   * FACTOR_BUDGET_BYTES allows
    */
   private async factor(name: string, h: Hessian, g: number): Promise<GptqFactor> {
-    const kept = this.factors.get(h)?.f[g];
-    if (kept) return kept;
+    const input = linearInput(name.slice(0, -'.weight'.length));
+    const kept = this.factors.get(input);
+    if (kept?.h === h && kept.f[g]) return kept.f[g];
+    if (kept && kept.h !== h) this.dropFactors(input);
     const n = h.cols;
     this.factorizations++;
     const f = (await gptqFactorNative(h.H[g]!, n, this.cal.damp, `tensor ${name}`)) ?? gptqFactor(h.H[g]!, n, { damp: this.cal.damp, name: `tensor ${name}` });
-    const input = linearInput(name.slice(0, -'.weight'.length));
     const bytes = f.U.byteLength + f.dead.byteLength;
     if ((this.pending.get(input) ?? 0) > 1 && this.factorBytes + bytes <= FACTOR_BUDGET_BYTES) {
-      const e = this.factors.get(h) ?? { input, f: [] };
+      const e = this.factors.get(input) ?? { h, f: [] };
       e.f[g] = f;
-      this.factors.set(h, e);
+      this.factors.set(input, e);
       this.factorBytes += bytes;
     }
     return f;
@@ -237,23 +240,13 @@ export class GptqRounder implements Rounder {
     const input = linearInput(name.slice(0, -'.weight'.length));
     const left = (this.pending.get(input) ?? 1) - 1;
     this.pending.set(input, left);
-    if (left > 0) return;
-    for (const [h, e] of this.factors) {
-      if (e.input !== input) continue;
-      for (const f of e.f) if (f) this.factorBytes -= f.U.byteLength + f.dead.byteLength;
-      this.factors.delete(h);
-    }
+    if (left === 0) this.dropFactors(input);
   }
 
   /** the Hessian of a linear, or null when no calibration input reached it (then: RTN) */
   private async hessian(name: string): Promise<Hessian | null> {
     if (!this.hessians) throw new V4tuneError('GPTQ: plan() was not called before quantising');
     const h = await this.hessians.get(name.slice(0, -'.weight'.length));
-    // another window's Hessians are other objects: the kept factors belong to the dropped ones
-    if (this.hessians.passes !== this.factorsPass) {
-      this.dropFactors();
-      this.factorsPass = this.hessians.passes;
-    }
     if (h.tokens > 0) return h;
     this.fallback.push(name);
     return null;

@@ -108,9 +108,9 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
 
   // Each row's e H eᵀ bit for bit (t_j = Σ_{i<j} e_i·H_ij over i ascending, then
   // Σ_j e_j·(H_jj·e_j + 2·t_j) over j ascending, products and sums rounded apart; the rows' sums
-  // then added in order, where the reference runs one sum through all rows: 1e-12). Shapes: rows past a 64-row task and not a multiple of the 4-row
-  // tile, n past a 256-column block and not a multiple of 32, zeros in E (skipped by the
-  // reference, added as ±0 by the tiles).
+  // then added in order, where the reference runs one sum through all rows: 1e-12). Shapes: rows
+  // past a 64-row task and not a multiple of the 4-row tile, n past a 256-column block and not a
+  // multiple of 32, zeros in E (skipped by the reference, added as ±0 by the tiles).
   it('the output error tr(E H Eᵀ): each row bit for bit as the TypeScript sum, the total within 1e-12', async () => {
     for (const [n, rows, seed] of [[192, 37, 5], [300, 70, 6], [33, 5, 7]] as const) {
       const x = inputs(100, n, 9, 3);
