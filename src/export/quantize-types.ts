@@ -1,7 +1,8 @@
 // The types of the quantize stage shared by its parts: the options and summary of
 // quantizeCheckpoint (quantize.ts), what each writer returns (gptq-export.ts, gguf-export.ts) and
-// the error and calibration statistics the rounders keep (rounders.ts). Types only, so that the
-// writers and rounders never import the module that drives them.
+// the error and calibration statistics the rounders keep (rounders.ts). Types only (and the list
+// of formats, which the CLI shows without loading the writers), so that the writers and rounders
+// never import the module that drives them.
 import type { BackendName } from '../backend/ops.js';
 import type { CalibrationRow, CalibrationSession } from './calibrate.js';
 import type { LinearKind } from './linears.js';
@@ -12,6 +13,9 @@ export type GgufFormat = 'gguf-f32' | 'gguf-f16' | 'gguf-bf16' | 'gguf-q8_0' | '
 export type QuantMethod = 'rtn' | 'gptq';
 
 export type QuantFormat = 'gptq' | GgufFormat;
+
+/** every format the quantize stage writes (here, not in quantize.ts, so the CLI lists them without loading the writers) */
+export const QUANT_FORMATS: readonly QuantFormat[] = ['gptq', 'gguf-f32', 'gguf-f16', 'gguf-bf16', 'gguf-q8_0', 'gguf-q4_0', 'gguf-q4_k'];
 
 export interface QuantizeOptions {
   /** checkpoint folder (config.json + safetensors) */

@@ -25,7 +25,7 @@ import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { GGUF_FORMATS, isGgufFormat, writeGguf, type GgufFormat } from './gguf-export.js';
 import { writeGptq } from './gptq-export.js';
-import type { QuantFormat, QuantizeOptions, QuantizeSummary, QuantMethod, WriteResult } from './quantize-types.js';
+import { QUANT_FORMATS, type QuantFormat, type QuantizeOptions, type QuantizeSummary, type QuantMethod, type WriteResult } from './quantize-types.js';
 import { ErrorAccumulator, GptqRounder, RtnRounder, type Rounder } from './rounders.js';
 
 export { linearKind, type LinearKind } from './linears.js';
@@ -34,8 +34,7 @@ export { openCalibration } from './rounders.js';
 export { packGptq } from './gptq-export.js';
 export type { CalibrationOptions, CalibrationSummary, GgufFormat, KindStats, QuantFormat, QuantizeOptions, QuantizeSummary, QuantMethod, WriteResult } from './quantize-types.js';
 
-/** every format the quantize stage writes */
-export const QUANT_FORMATS: readonly QuantFormat[] = ['gptq', ...(Object.keys(GGUF_FORMATS) as GgufFormat[])];
+export { QUANT_FORMATS };
 
 /** the checkpoint's safetensors bytes (what the shards hold) */
 function checkpointBytes(dir: string): number {

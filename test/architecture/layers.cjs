@@ -52,6 +52,13 @@ forbidden.push({
   to: { path: '^src/backend/tfjs/' },
 });
 forbidden.push({
+  name: 'cli-commands-load-lazily',
+  comment: 'a command module loads what its verb runs (stages, recipe loading, the model) inside its action, by import(): starting the CLI, or any one verb, never loads the others',
+  severity: 'error',
+  from: { path: '^src/cli/commands/' },
+  to: { path: '^src/', pathNot: '^src/(cli/|errors\\.ts$|export/quantize-types\\.ts$)', dynamic: false, dependencyTypesNot: ['type-only'] },
+});
+forbidden.push({
   name: 'no-cycles',
   severity: 'error',
   from: { path: '^src/' },

@@ -1,7 +1,8 @@
 // layers.test.ts: src/ imports point one way (test/architecture/layers.cjs, checked by
 // dependency-cruiser): leaves and backends, data, model, recipe, LoRA, training, export, the
 // report, the stages, the CLI, the package root — no module imports a layer above its own, one
-// backend never imports another, and there are no import cycles.
+// backend never imports another, there are no import cycles, and a CLI command loads its stage
+// only when it runs.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -37,7 +38,7 @@ describe('layers', () => {
     expect(found).toEqual([]);
   });
 
-  it('the rules catch an upward import, a backend importing another and a cycle (on a scratch tree)', () => {
+  it('the rules catch an upward import, a backend importing another, a cycle and a command loading its stage up front (on a scratch tree)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-layers-'));
     scratch.push(dir);
     const put = (rel: string, text: string) => {
@@ -52,10 +53,15 @@ describe('layers', () => {
     put('src/backend/native/index.ts', "import { tf } from '../tfjs/index.js';\nexport const native = tf;\n");
     put('src/data/a.ts', "import { b } from './b.js';\nexport const a = () => b;\n");
     put('src/data/b.ts', "import { a } from './a.js';\nexport const b = () => a;\n");
+    put('src/stages/train.ts', 'export const train = 1;\n');
+    put('src/stages/eval.ts', 'export const evaluate = 1;\n');
+    put('src/cli/commands/train.ts', "import { train } from '../../stages/train.js';\nexport const t = train;\n");
+    put('src/cli/commands/eval.ts', "export const e = async () => (await import('../../stages/eval.js')).evaluate;\n");
     const names = violations(dir).map((v) => `${v.rule.name}: ${v.from} → ${v.to}`).sort();
     // a cycle is reported once, from the module where the cruise first meets it
     expect(names.filter((n) => !n.startsWith('no-cycles'))).toEqual([
       'backends-independent: src/backend/native/index.ts → src/backend/tfjs/index.ts',
+      'cli-commands-load-lazily: src/cli/commands/train.ts → src/stages/train.ts',
       'model-imports-upward: src/model/load.ts → src/cli/main.ts',
     ]);
     expect(names.filter((n) => n.startsWith('no-cycles')).length).toBe(1);

@@ -3,7 +3,9 @@
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+import { linearKind, QUANT_FORMATS, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
+import { GGUF_FORMATS } from '../../src/export/gguf-export.js';
+import { recipeSchema } from '../../src/recipe/schema.js';
 import { parseRecipe } from '../../src/recipe/load.js';
 import { silentSink } from '../../src/sink.js';
 import { quantizeRecipe } from '../../src/stages/quantize.js';
@@ -37,6 +39,17 @@ function refGrid(vals: number[]): { s: number; z: number } {
 }
 
 const rng = mulberry32;
+
+describe('the list of quantize formats', () => {
+  // the CLI reads QUANT_FORMATS from quantize-types.ts without loading the writers: it must name
+  // exactly the formats the writers and the recipe take
+  it('is gptq and every GGUF writer format, as the recipe schema lists them', () => {
+    expect([...QUANT_FORMATS]).toEqual(['gptq', ...Object.keys(GGUF_FORMATS)]);
+    const parsed = recipeSchema.shape.export.parse({ quantize: [...QUANT_FORMATS] });
+    expect(parsed.quantize).toEqual([...QUANT_FORMATS]);
+    expect(() => recipeSchema.shape.export.parse({ quantize: ['gguf-q2_k'] })).toThrow();
+  });
+});
 
 describe('INT4 round-to-nearest, group-wise over the input dimension', () => {
   const out = 12;

@@ -2,8 +2,6 @@
 // prepared dataset (src/stages/eval.ts).
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { loadRecipe } from '../../recipe/load.js';
-import { evalRecipe } from '../../stages/eval.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -14,6 +12,7 @@ export function register(program: Command): void {
     .option('--max-rows <n>', 'evaluate at most N eval rows')
     .option('--adapter <dir>', 'evaluate with this PEFT adapter applied (e.g. <output>/adapter after train)')
     .action(action(async (ctx: CliContext, file: string, opts: { maxRows?: string; adapter?: string }) => {
+      const [{ loadRecipe }, { evalRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/eval.js')]);
       const recipe = loadRecipe(file);
       let maxRows: number | undefined;
       if (opts.maxRows !== undefined) {

@@ -3,9 +3,7 @@
 // printed as they come (not with --json, which prints the summary).
 import type { Command } from 'commander';
 import type { BackendName } from '../../backend/ops.js';
-import { readMessages } from '../../chat/prompt.js';
 import { InputError } from '../../errors.js';
-import { generateText } from '../../stages/generate.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -54,6 +52,7 @@ export function register(program: Command): void {
       const topK = num(opts.topK, 'top-k', (x) => Number.isInteger(x) && x >= 0);
       const seed = num(opts.seed, 'seed', Number.isInteger);
       if (!['auto', 'native', 'tfjs', 'ascend'].includes(opts.backend)) throw new InputError(`--backend: must be auto, native, tfjs or ascend (got ${opts.backend})`);
+      const [{ readMessages }, { generateText }] = await Promise.all([import('../../chat/prompt.js'), import('../../stages/generate.js')]);
       const print = !ctx.json;
       const r = await generateText({
         model: opts.model,

@@ -3,9 +3,7 @@
 // well-conditioned DeepSeek V4 checkpoint in the official layout as shipped.
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { parseConfig } from '../../model/config.js';
-import { initModel, presetConfigJson, PRESETS, type Preset } from '../../model/init.js';
-import { expectedTensors } from '../../model/layout.js';
+import type { Preset } from '../../model/init.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -30,6 +28,9 @@ export function register(program: Command): void {
     .option('--experts <n>', 'flash: routed experts, top-6 (default 32; V4-Flash has 256)')
     .option('--overwrite', 'replace an output folder that v4tune did not write as a model')
     .action(action(async (ctx: CliContext, flags: InitModelFlags) => {
+      const [{ parseConfig }, { initModel, presetConfigJson, PRESETS }, { expectedTensors }] = await Promise.all([
+        import('../../model/config.js'), import('../../model/init.js'), import('../../model/layout.js'),
+      ]);
       if (!Object.prototype.hasOwnProperty.call(PRESETS, flags.preset)) {
         throw new InputError(`--preset: unknown preset "${flags.preset}" (tiny, small or flash)`);
       }

@@ -2,9 +2,8 @@
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { inspectDataset, renderDatasetSummary, type InspectOptions } from '../../data/inspect.js';
+import type { InspectOptions } from '../../data/inspect.js';
 import { InputError } from '../../errors.js';
-import { inspectModel, renderModelSummary } from '../../model/inspect.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -44,11 +43,13 @@ export function register(program: Command): void {
     .action(action(async (ctx: CliContext, dir: string, opts: Flags) => {
       if (!existsSync(dir)) throw new InputError(`${dir}: no such folder`);
       if (existsSync(join(dir, 'manifest.json'))) {
+        const { inspectDataset, renderDatasetSummary } = await import('../../data/inspect.js');
         const s = await inspectDataset(dir, datasetOptions(opts));
         ctx.log(renderDatasetSummary(s, { color: !ctx.json && process.stdout.isTTY === true }));
         return { ok: true, kind: 'dataset', ...s };
       }
       if (existsSync(join(dir, 'config.json'))) {
+        const { inspectModel, renderModelSummary } = await import('../../model/inspect.js');
         const s = await inspectModel(dir);
         ctx.log(renderModelSummary(s));
         return { ok: true, kind: 'model', ...s };

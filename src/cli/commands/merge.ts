@@ -5,8 +5,6 @@
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
 import type { MergeDtype } from '../../export/merge.js';
-import { loadRecipe } from '../../recipe/load.js';
-import { mergeModel, mergeRecipe } from '../../stages/merge.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -35,6 +33,7 @@ export function register(program: Command): void {
     .option('--max-shard-mb <n>', 'output shard size limit in MiB (default: the base\'s largest shard)')
     .option('--overwrite', 'replace an output folder that v4tune did not write as a merged model')
     .action(action(async (ctx: CliContext, file: string | undefined, opts: MergeFlags) => {
+      const [{ loadRecipe }, { mergeModel, mergeRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/merge.js')]);
       const recipe = file !== undefined ? loadRecipe(file) : null;
       if (!recipe) {
         for (const k of ['model', 'adapter', 'out'] as const) {

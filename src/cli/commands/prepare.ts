@@ -1,8 +1,6 @@
 // `v4tune prepare <recipe>`: the recipe's corpus → tokenized, packed Arrow shards + manifest
 // (src/stages/prepare.ts).
 import type { Command } from 'commander';
-import { loadRecipe } from '../../recipe/load.js';
-import { preparedJson, prepareRecipe } from '../../stages/prepare.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -12,6 +10,7 @@ export function register(program: Command): void {
     .argument('<recipe>', 'recipe .yaml file')
     .option('--overwrite', 'replace a data.output folder that v4tune did not write as a dataset')
     .action(action(async (ctx: CliContext, file: string, o: { overwrite?: boolean }) => {
+      const [{ loadRecipe }, { preparedJson, prepareRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/prepare.js')]);
       const recipe = loadRecipe(file);
       ctx.log(`prepare: ${recipe.data.sources.length} source(s) → ${recipe.data.output} (seq_len ${recipe.data.seq_len}, packing ${recipe.data.packing ? 'on' : 'off'})`);
       return preparedJson(await prepareRecipe(recipe, ctx, { overwrite: o.overwrite === true }));

@@ -3,8 +3,6 @@
 // `lora.experts: profiled`.
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { loadRecipe } from '../../recipe/load.js';
-import { profileRecipe } from '../../stages/profile.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -14,6 +12,7 @@ export function register(program: Command): void {
     .argument('<recipe>', 'recipe .yaml file')
     .option('--rows <n>', 'route N train rows sampled across the split (default: the recipe\'s lora.profile_rows)')
     .action(action(async (ctx: CliContext, file: string, o: { rows?: string }) => {
+      const [{ loadRecipe }, { profileRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/profile.js')]);
       const recipe = loadRecipe(file);
       let rows: number | undefined;
       if (o.rows !== undefined) {

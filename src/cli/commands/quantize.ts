@@ -2,9 +2,7 @@
 // merged model, else the base (src/stages/quantize.ts).
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { QUANT_FORMATS, type QuantFormat, type QuantMethod } from '../../export/quantize.js';
-import { loadRecipe } from '../../recipe/load.js';
-import { quantizeRecipe } from '../../stages/quantize.js';
+import { QUANT_FORMATS, type QuantFormat, type QuantMethod } from '../../export/quantize-types.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -30,6 +28,7 @@ export function register(program: Command): void {
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
     .option('--overwrite', 'replace an output folder that v4tune did not write')
     .action(action(async (ctx: CliContext, file: string, flags: QuantizeFlags) => {
+      const [{ loadRecipe }, { quantizeRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/quantize.js')]);
       const recipe = loadRecipe(file);
       if (flags.format !== undefined && !QUANT_FORMATS.includes(flags.format as QuantFormat)) throw new InputError(`--format must be one of ${QUANT_FORMATS.join(', ')} (got "${flags.format}")`);
       if (flags.method !== undefined && !METHODS.includes(flags.method as QuantMethod)) throw new InputError(`--method must be rtn or gptq (got "${flags.method}")`);

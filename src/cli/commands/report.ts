@@ -2,8 +2,6 @@
 // (src/stages/report.ts); `--json` prints the same content.
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { loadRecipe } from '../../recipe/load.js';
-import { reportRecipe } from '../../stages/report.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -13,6 +11,7 @@ export function register(program: Command): void {
     .argument('<recipe>', 'recipe .yaml file')
     .option('--eval-rows <n>', 'evaluate at most N eval rows (default: what train evaluated, else the whole eval split)')
     .action(action(async (ctx: CliContext, file: string, opts: { evalRows?: string }) => {
+      const [{ loadRecipe }, { reportRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/report.js')]);
       let evalRows: number | undefined;
       if (opts.evalRows !== undefined) {
         evalRows = Number(opts.evalRows);

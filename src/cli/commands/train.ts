@@ -3,8 +3,6 @@
 // continues from the last checkpoint to the same result as a run never stopped.
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { loadRecipe } from '../../recipe/load.js';
-import { trainRecipe } from '../../stages/train.js';
 import { action } from '../action.js';
 import type { CliContext } from '../context.js';
 
@@ -16,6 +14,7 @@ export function register(program: Command): void {
     .option('--overwrite', 'delete an earlier run\'s checkpoints, log and adapter and start over')
     .option('--eval-rows <n>', 'evaluate on at most N eval rows (default: the whole eval split)')
     .action(action(async (ctx: CliContext, file: string, o: { resume?: boolean; overwrite?: boolean; evalRows?: string }) => {
+      const [{ loadRecipe }, { trainRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/train.js')]);
       const recipe = loadRecipe(file);
       let evalRows: number | undefined;
       if (o.evalRows !== undefined) {
