@@ -1,5 +1,5 @@
 // merge_requant (requant.h): per row block, decode the shipped weight, add the LoRA delta in the
-// order of adapter.ts `delta` (products and sum in double, one rounding to f32), then encode with the
+// order of adapter.ts `delta` (float fused multiply-adds over the rank, times scaling), then encode with the
 // encoders of src/model/formats.ts ported operation for operation (nearest, ties to even,
 // saturating; E8M0 scale = the smallest power of two keeping amax/scale ≤ qmax).
 // test/backend/native/requant.test.ts checks the bytes against merge.ts's TypeScript path.
@@ -79,10 +79,9 @@ inline uint16_t bf16_encode(float x) {
   return uint16_t((u + 0x7fffu + lsb) >> 16);
 }
 
-// d[i] += b·a[i] for i < n, in double (adapter.ts delta: a double product added to a double
-// accumulator; the row is rounded to f32 once, after its last term)
-void delta_row(double* d, double b, const float* a, long n) {
-  for (long i = 0; i < n; i++) d[i] += b * double(a[i]);
+// d[i] = fma(b, a[i], d[i]) for i < n, in float (adapter.ts `delta`: one fused multiply-add a term)
+void delta_row(float* d, float b, const float* a, long n) {
+  for (long i = 0; i < n; i++) d[i] = std::fmaf(b, a[i], d[i]);
 }
 
 // ---- AVX-512 paths: the same bytes as the scalar code above, element for element ----
@@ -133,6 +132,26 @@ V4_AVX512 inline __m128i fp4_encode16_packed(__m512 y) {
   return _mm512_cvtepi64_epi8(pair);
 }
 
+// the same codes as fp4_encode16_packed from the bits: |y| < 1 (e2m1's subnormals 0, 0.5) is
+// rne(2|y|), exact; |y| ≥ 1 is e2m1's exponent (the float's − 126) and its one mantissa bit
+// rounded to nearest even — the float's bits above bit 22, rounded like fp8_encode16's — capped
+// at 7 (6.0); a NaN gets code 0 without its sign
+V4_AVX512 inline __m128i fp4_encode16_packed_bits(__m512 y) {
+  const __m512i u = _mm512_castps_si512(y);
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, 22), _mm512_set1_epi32(1));
+  __m512i code = _mm512_srli_epi32(_mm512_add_epi32(_mm512_sub_epi32(a, _mm512_set1_epi32(126 << 23)), _mm512_add_epi32(lsb, _mm512_set1_epi32(0x1fffff))), 22);
+  code = _mm512_min_epi32(code, _mm512_set1_epi32(7));
+  const __mmask16 sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32(0x3f800000));  // |y| < 1
+  const __m512 twice = _mm512_add_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(a));
+  code = _mm512_mask_mov_epi32(code, sub, _mm512_cvt_roundps_epi32(twice, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __mmask16 num = _mm512_cmple_epi32_mask(a, _mm512_set1_epi32(0x7f800000));
+  code = _mm512_maskz_or_epi32(num, code, _mm512_and_si512(_mm512_srli_epi32(u, 28), _mm512_set1_epi32(8)));
+  code = _mm512_sllv_epi32(code, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
+  const __m512i pair = _mm512_and_si512(_mm512_add_epi64(code, _mm512_srli_epi64(code, 32)), _mm512_set1_epi64(0xff));
+  return _mm512_cvtepi64_epi8(pair);
+}
+
 // bf16 bits of 16 floats (bf16_encode)
 V4_AVX512 inline __m256i bf16_encode16(__m512 x) {
   const __m512i u = _mm512_castps_si512(x);
@@ -143,40 +162,43 @@ V4_AVX512 inline __m256i bf16_encode16(__m512 x) {
   return _mm512_cvtepi32_epi16(h);
 }
 
-// x[i][j] += f32(scaling · Σ_k b[i][k]·A[k][j]) for 4 rows i at once (4 × 32 columns of double
-// accumulators, each A vector loaded once for the 4 rows): b and A are float32 values, so each
-// product is exact in double and a fused multiply-add rounds only the sum, as a separate add does;
-// k in order, then times scaling, one rounding to f32 at the end — adapter.ts `delta` exactly. bk
-// is [4][r] (B's rows, widened); a zero b adds 0·A = +0 (A finite, which the caller checks) to a
-// sum that started at +0, leaving it unchanged, as skipping does.
-V4_AVX512 void delta_add_rows4_512(float* x, long cols, const double* bk, long r, const double* Ad, double scaling) {
-  const __m512d s = _mm512_set1_pd(scaling);
+// x[i][j] += scaling · d[i][j], d[i][j] = fma(B[i][r−1], A[r−1][j], … fma(B[i][0], A[0][j], 0)),
+// all in float, for rows4 × 4 rows i (4 × 64 columns of sums in registers, each A vector loaded
+// once for the 4 rows) — adapter.ts `delta` exactly: k in order, one fused multiply-add a term,
+// then the product with scaling and the sum with x each rounded once (no contraction in this file).
+// The 64-column strip is the outer loop, so its r × 64 floats of A stay in L1 for all the rows. A
+// zero B adds fma(0, a, d) = d (A finite, which the caller checks), as skipping the term does.
+V4_AVX512 void delta_add_rows4_512(float* x, long rows4, long cols, const float* B, long r, const float* A, float scaling) {
+  const __m512 s = _mm512_set1_ps(scaling);
   long j = 0;
-  for (; j + 32 <= cols; j += 32) {
-    __m512d acc[4][4];
-    for (int i = 0; i < 4; i++)
-      for (int v = 0; v < 4; v++) acc[i][v] = _mm512_setzero_pd();
-    for (long k = 0; k < r; k++) {
-      const double* a = Ad + k * cols + j;
-      const __m512d a0 = _mm512_loadu_pd(a), a1 = _mm512_loadu_pd(a + 8), a2 = _mm512_loadu_pd(a + 16), a3 = _mm512_loadu_pd(a + 24);
+  for (; j + 64 <= cols; j += 64) {
+    for (long q = 0; q < rows4; q++) {
+      const float* b4 = B + q * 4 * r;
+      __m512 acc[4][4];
+      for (int i = 0; i < 4; i++)
+        for (int v = 0; v < 4; v++) acc[i][v] = _mm512_setzero_ps();
+      for (long k = 0; k < r; k++) {
+        const float* a = A + k * cols + j;
+        const __m512 a0 = _mm512_loadu_ps(a), a1 = _mm512_loadu_ps(a + 16), a2 = _mm512_loadu_ps(a + 32), a3 = _mm512_loadu_ps(a + 48);
+        for (int i = 0; i < 4; i++) {
+          const __m512 b = _mm512_set1_ps(b4[i * r + k]);
+          acc[i][0] = _mm512_fmadd_ps(b, a0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(b, a1, acc[i][1]);
+          acc[i][2] = _mm512_fmadd_ps(b, a2, acc[i][2]);
+          acc[i][3] = _mm512_fmadd_ps(b, a3, acc[i][3]);
+        }
+      }
       for (int i = 0; i < 4; i++) {
-        const __m512d b = _mm512_set1_pd(bk[i * r + k]);
-        acc[i][0] = _mm512_fmadd_pd(b, a0, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_pd(b, a1, acc[i][1]);
-        acc[i][2] = _mm512_fmadd_pd(b, a2, acc[i][2]);
-        acc[i][3] = _mm512_fmadd_pd(b, a3, acc[i][3]);
+        float* xr = x + (q * 4 + i) * cols + j;
+        for (int v = 0; v < 4; v++) _mm512_storeu_ps(xr + 16 * v, _mm512_add_ps(_mm512_loadu_ps(xr + 16 * v), _mm512_mul_ps(acc[i][v], s)));
       }
     }
-    for (int i = 0; i < 4; i++) {
-      float* xr = x + i * cols + j;
-      for (int v = 0; v < 4; v++) _mm256_storeu_ps(xr + 8 * v, _mm256_add_ps(_mm256_loadu_ps(xr + 8 * v), _mm512_cvtpd_ps(_mm512_mul_pd(acc[i][v], s))));
-    }
   }
-  for (; j < cols; j++) {
-    for (int i = 0; i < 4; i++) {
-      double d = 0;
-      for (long k = 0; k < r; k++) d += bk[i * r + k] * Ad[k * cols + j];
-      x[i * cols + j] = x[i * cols + j] + float(d * scaling);
+  for (long i = 0; i < 4 * rows4 && j < cols; i++) {
+    for (long c = j; c < cols; c++) {
+      float d = 0;
+      for (long k = 0; k < r; k++) d = std::fmaf(B[i * r + k], A[k * cols + c], d);
+      x[i * cols + c] = x[i * cols + c] + d * scaling;
     }
   }
 }
@@ -221,6 +243,68 @@ inline int e8m0_scale_for_fast(double amax, double qmax) {
   return std::min(254, std::max(0, e + 127));
 }
 
+// 16 vectors reduced to the largest lane of each at once, by halving: 8 vectors of two inputs'
+// 8-lane maxima, 4 of four inputs' 4, 2 of eight inputs' 2, one of all 16, in an interleaved lane order
+V4_AVX512 inline __m512 max16_interleaved(const __m512* m) {
+  __m512 h[8], q[4], e[2];
+  for (int t = 0; t < 8; t++)
+    h[t] = _mm512_max_ps(_mm512_shuffle_f32x4(m[2 * t], m[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(m[2 * t], m[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int t = 0; t < 4; t++)
+    q[t] = _mm512_max_ps(_mm512_shuffle_f32x4(h[2 * t], h[2 * t + 1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(h[2 * t], h[2 * t + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int t = 0; t < 2; t++)
+    e[t] = _mm512_max_ps(_mm512_shuffle_ps(q[2 * t], q[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(q[2 * t], q[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_max_ps(_mm512_shuffle_ps(e[0], e[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(e[0], e[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// lane[g]: the lane where max16_interleaved puts the maximum of its input g (found by running it
+// on vectors labelled by their index)
+V4_AVX512 void max16_lanes(int* lane) {
+  __m512 lab[16];
+  for (int g = 0; g < 16; g++) lab[g] = _mm512_set1_ps(float(g));
+  alignas(64) float at[16];
+  _mm512_store_ps(at, max16_interleaved(lab));
+  for (int l = 0; l < 16; l++) lane[int(at[l])] = l;
+}
+
+struct Max16Order {
+  alignas(64) int lane[16];
+  Max16Order() { max16_lanes(lane); }
+};
+
+// lane g: the largest lane of m[g]
+V4_AVX512 inline __m512 max16_transposed(const __m512* m) {
+  static const Max16Order order;
+  return _mm512_permutexvar_ps(_mm512_load_si512(order.lane), max16_interleaved(m));
+}
+
+// FP4 of 16 groups of 32 inputs (x[0:512], one row): the group maxima reduced together, the 16
+// E8M0 scales from their bits (e8m0_scale_for_fast for qmax 6: a = m·2^f, m in [1, 2), gives
+// ceil(log2(a/6)) = f − 2 + (m > 1.5), as the double division does, a/6 being a power of two
+// only for m = 1.5), then each group times its inverse scale (inv_scale_f) and encoded. x is
+// finite (merge_requant checks before encoding); an all-zero group gets scale 127.
+V4_AVX512 inline void fp4_encode_groups16(const float* x, uint8_t* out, uint8_t* scale) {
+  __m512 m[16];
+  for (int g = 0; g < 16; g++)
+    m[g] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + 32 * g)), _mm512_abs_ps(_mm512_loadu_ps(x + 32 * g + 16)));
+  const __m512 amax = max16_transposed(m);
+  const __m512i f = _mm512_cvtps_epi32(_mm512_getexp_ps(amax));
+  const __mmask16 up = _mm512_cmp_ps_mask(_mm512_getmant_ps(amax, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero), _mm512_set1_ps(1.5f), _CMP_GT_OQ);
+  __m512i sb = _mm512_add_epi32(f, _mm512_set1_epi32(125));
+  sb = _mm512_mask_add_epi32(sb, up, sb, _mm512_set1_epi32(1));
+  sb = _mm512_min_epi32(_mm512_max_epi32(sb, _mm512_setzero_si512()), _mm512_set1_epi32(254));
+  sb = _mm512_mask_mov_epi32(sb, _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_EQ_OQ), _mm512_set1_epi32(127));
+  _mm_storeu_si128((__m128i*)scale, _mm512_cvtepi32_epi8(sb));
+  // 2^(127 − sb): exponent field 254 − sb, the subnormal 2^−127 for sb = 254
+  __m512i invb = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(254), sb), 23);
+  invb = _mm512_mask_mov_epi32(invb, _mm512_cmpeq_epi32_mask(sb, _mm512_set1_epi32(254)), _mm512_set1_epi32(0x00400000));
+  const __m512 inv = _mm512_castsi512_ps(invb);
+  for (int g = 0; g < 16; g++) {
+    const __m512 s = _mm512_permutexvar_ps(_mm512_set1_epi32(g), inv);
+    _mm_storel_epi64((__m128i*)(out + 16 * g), fp4_encode16_packed_bits(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * g), s)));
+    _mm_storel_epi64((__m128i*)(out + 16 * g + 8), fp4_encode16_packed_bits(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * g + 16), s)));
+  }
+}
+
 // the encoders of one task's rows [r0, r0+n) of x (n × cols), as the scalar block below
 V4_AVX512 void encode_block_512(const float* x, long n, long cols, long r0, OutFmt fmt, uint8_t* out_data, uint8_t* out_scale, long b) {
   if (fmt == OutFmt::bf16) {
@@ -252,7 +336,10 @@ V4_AVX512 void encode_block_512(const float* x, long n, long cols, long r0, OutF
   } else {
     const long groups = cols / 32;
     for (long i = 0; i < n; i++) {
-      for (long g = 0; g < groups; g++) {
+      long g = 0;
+      for (; g + 16 <= groups; g += 16)
+        fp4_encode_groups16(x + i * cols + g * 32, out_data + (((r0 + i) * cols + g * 32) >> 1), out_scale + (r0 + i) * groups + g);
+      for (; g < groups; g++) {
         const float* xg = x + i * cols + g * 32;
         const __m512 v0 = _mm512_loadu_ps(xg), v1 = _mm512_loadu_ps(xg + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -278,13 +365,9 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
   const bool wide = isa() == Isa::avx512;
   std::vector<long> bad(nblk, -1);
   std::vector<double> badv(nblk, 0);
-  // A widened to double once (the products are taken in double); the 4-row kernel needs it finite
-  std::vector<double> Ad;
-  bool rows4 = false;
-  if (wide && A && B) {
-    Ad.assign(A, A + r * cols);
-    rows4 = std::all_of(Ad.begin(), Ad.end(), [](double v) { return std::isfinite(v); });
-  }
+  // the 4-row kernel adds every term (a zero B included), so it needs A finite
+  const bool rows4 = wide && A && B && std::all_of(A, A + r * cols, [](float v) { return std::isfinite(v); });
+  const float s32 = float(scaling);
   parallel_run(int(nblk), [&](int b) {
     const long r0 = b * RB, r1 = std::min(rows, r0 + RB), n = r1 - r0;
     std::unique_ptr<float[]> xbuf(new float[size_t(n) * cols]);  // every element is decoded into: no zero fill
@@ -292,23 +375,20 @@ long merge_requant(uint8_t* out_data, uint8_t* out_scale, double* bad_value, con
     for (long i = r0; i < r1; i++) decode_row(W, i, 0, cols, x + (i - r0) * cols);
     if (A && B) {
       long i = r0;
-      if (rows4) {
-        std::vector<double> bk(4 * r);
-        for (; i + 4 <= r1; i += 4) {
-          for (long q = 0; q < 4 * r; q++) bk[q] = double(B[i * r + q]);
-          delta_add_rows4_512(x + (i - r0) * cols, cols, bk.data(), r, Ad.data(), scaling);
-        }
+      if (rows4 && n >= 4) {
+        delta_add_rows4_512(x, n / 4, cols, B + r0 * r, r, A, s32);
+        i = r0 + 4 * (n / 4);
       }
-      std::vector<double> d(i < r1 ? cols : 0);
+      std::vector<float> d(i < r1 ? cols : 0);
       for (; i < r1; i++) {
-        std::fill(d.begin(), d.end(), 0.0);
+        std::fill(d.begin(), d.end(), 0.0f);
         for (long k = 0; k < r; k++) {
-          const double bk = double(B[i * r + k]);
+          const float bk = B[i * r + k];
           if (bk == 0) continue;
           delta_row(d.data(), bk, A + k * cols, cols);
         }
         float* xr = x + (i - r0) * cols;
-        for (long j = 0; j < cols; j++) xr[j] = xr[j] + float(d[j] * scaling);
+        for (long j = 0; j < cols; j++) xr[j] = xr[j] + d[j] * s32;
       }
     }
     for (long i = r0; i < r1; i++) {

@@ -1,7 +1,7 @@
 // Merge a LoRA adapter into its base checkpoint by streaming, tensor by tensor: read a tensor's
 // stored bytes by byte range, and if the adapter adapts its module, dequantise it (FP8 128×128
-// block scales, FP4 per-32 scales, BF16/F16/F32), add ΔW = scaling·B·A (summed in float64,
-// rounded to float32 once: adapter.ts `delta`) and write it back requantised to the format it
+// block scales, FP4 per-32 scales, BF16/F16/F32), add ΔW = scaling·B·A (float32 fused
+// multiply-adds over the rank: adapter.ts `delta`) and write it back requantised to the format it
 // came in (fresh E8M0 scales) or as BF16. Other tensors are copied as stored, file to file in the
 // kernel (copy_file_range, native addon) or through one buffer, never decoded (or, with dtype
 // bf16, FP8/FP4 weights are dequantised to BF16 too, so the whole output is one consistent BF16

@@ -51,9 +51,9 @@ export class Adapter {
 
   /**
    * ΔW = scaling · B A, [out, in] row-major (what a merge adds to the base weight): each element
-   * Σ_k B[o][k]·A[k][i] summed in double over k in order (each product of two float32 values is
-   * exact in double; terms with B[o][k] = 0 skipped), times scaling in double, rounded to float32
-   * once; kernels/cpu/requant.cpp computes the same bits
+   * Σ_k B[o][k]·A[k][i] in float32, one fused multiply-add a term over k in order (terms with
+   * B[o][k] = 0 skipped), times scaling rounded once (loraDelta); kernels/cpu/requant.cpp computes
+   * the same bits
    */
   delta(module: string): Float32Array {
     const l = this.layers.get(module);
@@ -136,23 +136,49 @@ export function assertFiniteFactors(layers: ReadonlyMap<string, LoraLayer>, file
   }
 }
 
+// the largest float32, and the value halfway from it to 2^128, where rounding to float32 overflows
+const F32_MAX = 3.4028234663852886e38;
+const F32_HALFWAY_TO_INF = 3.4028235677973366e38;
+
+/**
+ * The float32 nearest a·b + c for float32 values a, b, c, ties to even — one fused multiply-add as
+ * float32 hardware rounds it. a·b is exact in double (two 24-bit significands) and s = a·b + c is
+ * rounded once in double; rounding s again to float32 gives the once-rounded result except where s
+ * is exactly halfway between two float32 values and was itself rounded: then the sign of its
+ * rounding error (TwoSum) picks the neighbour.
+ */
+export function fma32(a: number, b: number, c: number): number {
+  const p = a * b;
+  const s = p + c;
+  const r = Math.fround(s);
+  if (r === s || !Number.isFinite(s)) return r;
+  const bb = s - p;
+  const t = (p - (s - bb)) + (c - bb);
+  if (t === 0) return r;
+  if (!Number.isFinite(r)) return Math.abs(s) === F32_HALFWAY_TO_INF && Math.sign(t) !== Math.sign(s) ? Math.sign(s) * F32_MAX : r;
+  const other = 2 * s - r; // the other float32 neighbour, when s is halfway between the two
+  if (Math.fround(other) !== other) return r;
+  return (t > 0) === (other > r) ? other : r;
+}
+
 /**
  * scaling · B A of one LoRA module, [out, in] row-major, as Adapter.delta defines it (and
- * kernels/cpu/requant.cpp computes it): Σ_k B[o][k]·A[k][i] in double over k in order (terms with
- * B[o][k] = 0 skipped), times scaling, rounded to float32 once
+ * kernels/cpu/requant.cpp computes it), all in float32: d = fma(B[o][k], A[k][i], d) over k in
+ * order from 0 (terms with B[o][k] = 0 skipped), then d · f32(scaling) rounded once
  */
 export function loraDelta(l: { A: Float32Array; B: Float32Array; r: number; in: number; out: number; scaling: number }): Float32Array {
   const out = new Float32Array(l.out * l.in);
-  const acc = new Float64Array(l.in);
+  const acc = new Float32Array(l.in);
+  const s = Math.fround(l.scaling);
   for (let o = 0; o < l.out; o++) {
     acc.fill(0);
     for (let k = 0; k < l.r; k++) {
       const b = l.B[o * l.r + k]!;
       if (b === 0) continue;
       const arow = k * l.in;
-      for (let i = 0; i < l.in; i++) acc[i] += b * l.A[arow + i]!;
+      for (let i = 0; i < l.in; i++) acc[i] = fma32(b, l.A[arow + i]!, acc[i]!);
     }
-    for (let i = 0; i < l.in; i++) out[o * l.in + i] = acc[i]! * l.scaling;
+    for (let i = 0; i < l.in; i++) out[o * l.in + i] = acc[i]! * s;
   }
   return out;
 }

@@ -1,16 +1,77 @@
 // createAdapter: PEFT's initialisation (Kaiming-uniform A with a = sqrt 5, zero B), seeded,
-// shaped from the base's logical shapes; ΔW = scaling·B·A against a float64 reference.
+// shaped from the base's logical shapes; ΔW = scaling·B·A against a float64 reference; fma32
+// (ΔW's float32 fused multiply-add) against exact integer arithmetic.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
-import { Adapter, createAdapter } from '../../src/lora/adapter.js';
+import { Adapter, createAdapter, fma32 } from '../../src/lora/adapter.js';
+import { mulberry32 } from '../../src/random.js';
 import { loraScaling, resolveLoraOptions } from '../../src/lora/config.js';
 import { parseConfig } from '../../src/model/config.js';
 
 const FIX = join(__dirname, '../../../shared/fixtures/v4-tiny-ref');
 const config = parseConfig(JSON.parse(readFileSync(join(FIX, 'checkpoint/config.json'), 'utf8')), 'config.json');
 const base = { config, dir: 'checkpoint' };
+
+// exact values as integers in units of 2^-600 (every float32 and every product of two is a
+// multiple), and the float32 nearest such a value, ties to even, from its bits alone
+const UNIT = 600n;
+function exact(x: number): bigint {
+  if (x === 0) return 0n;
+  const v = new DataView(new ArrayBuffer(8));
+  v.setFloat64(0, x);
+  const bits = v.getBigUint64(0);
+  const e = Number((bits >> 52n) & 0x7ffn);
+  const m = (bits & ((1n << 52n) - 1n)) | (e ? 1n << 52n : 0n);
+  const shift = BigInt((e || 1) - 1075) + UNIT;
+  const mag = m << shift; // float32 values and their products sit far above 2^-600
+  return x < 0 ? -mag : mag;
+}
+function nearestF32(v: bigint): number {
+  const neg = v < 0n;
+  let a = neg ? -v : v;
+  const bitLen = a.toString(2).length;
+  // the unit of the last of 24 significant bits, never below float32's smallest subnormal 2^-149
+  const lsb = BigInt(Math.max(bitLen - 24, Number(UNIT) - 149));
+  const q = a >> lsb;
+  const rem = a - (q << lsb);
+  const half = 1n << (lsb - 1n);
+  const up = rem > half || (rem === half && (q & 1n) === 1n);
+  a = (q + (up ? 1n : 0n));
+  const out = Number(a) * 2 ** (Number(lsb) - Number(UNIT));
+  const r = out >= 2 ** 128 ? Infinity : out;
+  return neg ? -r : r;
+}
+// an exact zero sum is +0 unless both terms are −0 (IEEE 754, rounding to nearest)
+function fmaRef(a: number, b: number, c: number): number {
+  const v = exact(a) * exact(b) / (1n << UNIT) + exact(c);
+  if (v === 0n) return Object.is(a * b, -0) && Object.is(c, -0) ? -0 : 0;
+  return nearestF32(v);
+}
+
+describe('fma32: the float32 fused multiply-add of loraDelta', () => {
+  it('equals exact a·b + c rounded once to float32 on random values of every scale and on halfway cases', () => {
+    const rnd = mulberry32(11);
+    const f32 = (): number => Math.fround((rnd() - 0.5) * 2 ** Math.floor(rnd() * 60 - 30));
+    const cases: Array<[number, number, number]> = [];
+    for (let i = 0; i < 20000; i++) cases.push([f32(), f32(), f32()]);
+    // a·b + c where a·b is c's float32 halfway step plus or minus a sliver the double sum drops
+    const hi = Math.fround(2 ** -24 * (1 + 2 ** -12));
+    const lo = Math.fround(1 - 2 ** -12 + 2 ** -24); // hi·lo = 2^-24 + 2^-60
+    for (const sc of [1, 2 ** -20, 2 ** 20, 2 ** -100, 2 ** 100]) {
+      cases.push([hi * sc, lo, sc], [-hi * sc, lo, -sc], [hi * sc, -lo, sc], [hi * sc, lo, Math.fround(sc * (1 + 2 ** -23))]);
+      cases.push([Math.fround(2 ** -24 * (1 - 2 ** -12)) * sc, Math.fround(1 + 2 ** -12), sc]); // 2^-24 − 2^-48: below halfway
+    }
+    cases.push([2 ** -140, 2 ** -9, 2 ** -149], [3.4028234663852886e38, 1, 2 ** 103], [3.4028234663852886e38, 1, 2 ** 102], [0, -1, 0], [-0, 1, -0], [1, 1, -1], [2 ** -100, 2 ** -60, 0]);
+    let wrong = 0;
+    for (const [a, b, c] of cases) if (!Object.is(fma32(a, b, c), fmaRef(a, b, c))) wrong++;
+    expect(wrong).toBe(0);
+    // the halfway case really needs the correction: rounding the double sum gives the other answer
+    expect(fma32(hi, lo, 1)).toBe(1 + 2 ** -23);
+    expect(Math.fround(hi * lo + 1)).toBe(1);
+  });
+});
 
 describe('createAdapter', () => {
   it('default targets give the fixture adapter modules with its shapes (PEFT keys)', () => {

@@ -1,13 +1,14 @@
 // Native merge (kernels/cpu/requant.cpp) against the TypeScript path of src/export/merge.ts it
 // replaces: dequantise, add the adapter's delta (adapter.ts `delta`), encode (formats.ts) — the
-// same bytes and scales, exactly, for FP8 (128×128 blocks, a partial block at the edge), FP4 and
+// same bytes and scales, exactly, for FP8 (128×128 blocks, a partial block at the edge), FP4 (16
+// groups of a row at a time, and alone) and
 // BF16 weights, written in their own format and as BF16; a non-finite merged value is reported at
 // the same element.
 import { describe, expect, it } from 'vitest';
 import { mergeRequantNative } from '../../../src/backend/native/requant.js';
 import { loraDelta } from '../../../src/lora/adapter.js';
 import { dequantStored, requantise } from '../../../src/export/merge.js';
-import { f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../../src/model/formats.js';
+import { bf16BytesToF32, f32ToBf16Bytes, quantFp4, quantFp8Block } from '../../../src/model/formats.js';
 import type { RawTensor, TensorMeta } from '../../../src/model/checkpoint.js';
 import { firstNonFinite } from '../../../src/errors.js';
 import { randn, rng, skipNative } from './helpers.js';
@@ -47,6 +48,9 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
     { format: 'bf16', rows: 64, cols: 160 },
     // rows not a multiple of 4 (the 4-row kernel's scalar tail), columns not a multiple of 32
     { format: 'fp4', rows: 99, cols: 96 },
+    // 33 groups of 32 a row: two batches of 16 groups encoded together, one group alone; columns
+    // not a multiple of the 4-row kernel's 64
+    { format: 'fp4', rows: 37, cols: 1056 },
     { format: 'bf16', rows: 67, cols: 200 },
   ] as const;
   for (const c of cases) {
@@ -55,6 +59,18 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
         const r = rng(c.rows + c.cols);
         const x = randn(c.rows * c.cols, r, 0.05);
         for (let i = 0; i < 50; i++) x[Math.floor(r() * x.length)] = (r() - 0.5) * 400; // outliers set the scales
+        // FP4 groups of zeros, of ±0, of subnormal floats and of tiny normal ones (scales 0 and 127 and
+        // the clamp at 0), and one group whose maximum is 6·2^k exactly (a power-of-two amax/6)
+        if (c.cols >= 256) {
+          for (let j = 0; j < 32; j++) {
+            x[j] = 0;
+            x[32 + j] = j % 2 ? -0 : 0;
+            x[64 + j] = (r() - 0.5) * 2 ** -140;
+            x[96 + j] = (r() - 0.5) * 2 ** -120;
+            x[128 + j] = (r() - 0.5) * 0.75;
+          }
+          x[128 + 5] = 6 * 2 ** -3;
+        }
         const t = stored(c.format, x, c.rows, c.cols);
         // scaling 4/3: not a power of two, so where it is applied shows in the rounding
         const l = { A: randn(4 * c.cols, r, 0.3), B: randn(c.rows * 4, r, 0.02), r: 4, scaling: 4 / 3 };
@@ -91,6 +107,31 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
     const got2 = await mergeRequantNative(t, l, 'bf16');
     expect(got2!.bad).toBeNull();
     expect(same(got2!.bytes.data, want2.bytes!.data)).toBe(true);
+  });
+
+  it('ΔW sums in float32 with one rounding a term (a fused multiply-add), as loraDelta does', async () => {
+    // one element's terms: 1·1, then (2^-24 + 2^-36·2^-24)·(1 − 2^-12 + 2^-24) = 2^-24 + 2^-60, so
+    // the sum 1 + 2^-24 + 2^-60 rounds once to 1 + 2^-23; rounding it first to double (1 + 2^-24,
+    // halfway) and then to float32 would give 1. x = −1 makes the difference survive the BF16 output.
+    const rows = 4;
+    const cols = 64;
+    const x = new Float32Array(rows * cols).fill(0.5);
+    x[0] = -1;
+    const t = stored('bf16', x, rows, cols);
+    const A = new Float32Array(2 * cols);
+    const B = new Float32Array(rows * 2);
+    A[0] = 1;
+    A[cols] = Math.fround(2 ** -24 * (1 + 2 ** -12));
+    B[0] = 1;
+    B[1] = Math.fround(1 - 2 ** -12 + 2 ** -24);
+    expect(B[1]).toBe(1 - 2 ** -12 + 2 ** -24);
+    expect(A[cols]).toBe(2 ** -24 * (1 + 2 ** -12));
+    const l = { A, B, r: 2, scaling: 1 };
+    expect(loraDelta({ ...l, in: cols, out: rows })[0]).toBe(1 + 2 ** -23);
+    const want = reference(t, l, 'original', rows, cols);
+    const got = await mergeRequantNative(t, l, 'original');
+    expect(same(got!.bytes.data, want.bytes!.data)).toBe(true);
+    expect(bf16BytesToF32(got!.bytes.data)[0]).toBe(2 ** -23);
   });
 
   it('a merged value that overflows is reported at the first such element', async () => {
