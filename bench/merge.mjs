@@ -102,11 +102,23 @@ function warmRead(files) {
   }
 }
 
+/**
+ * `v4tune <args>` in a child process, run as users run it: the bin file as a command, so its #!
+ * line sets glibc's malloc.hugetlb tunable (or, with smallPages, `node bin/v4tune.js`, without it);
+ * the rss hook preloaded through NODE_OPTIONS
+ */
+function cli(args, { smallPages = false } = {}) {
+  const bin = join(root, 'bin', 'v4tune.js');
+  const env = { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss'), NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} -r ${join(tmp, 'rss.cjs')}`.trim() };
+  return smallPages
+    ? spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...env, GLIBC_TUNABLES: '' }, maxBuffer: 1 << 26 })
+    : spawnSync(bin, args, { encoding: 'utf8', env, maxBuffer: 1 << 26 });
+}
+
 /** `v4tune merge` in a child process: seconds and peak RSS (MB) */
-function cliMerge(model, adapter, out, dtype, remove = true) {
+function cliMerge(model, adapter, out, dtype, remove = true, smallPages = false) {
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), '--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype],
-    { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+  const r = cli(['--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype], { smallPages });
   const seconds = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`merge failed (${r.status}): ${r.stderr}`);
   const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
@@ -125,8 +137,7 @@ function cliQuantize(model, out) {
   const recipe = join(tmp, 'quantize.yaml');
   writeFileSync(recipe, `name: bench-quantize\nmodel:\n  path: ${model}\ndata:\n  sources:\n    - path: ${join(root, 'datasets')}/*/*.txt\noutput: ${join(tmp, 'runs')}\nexport:\n  quantize: [gptq]\n  method: rtn\n  group_size: 32\n`);
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), join(root, 'bin', 'v4tune.js'), 'quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'rtn'],
-    { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+  const r = cli(['quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'rtn']);
   const seconds = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`quantize failed (${r.status}): ${r.stderr}`);
   const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
@@ -143,12 +154,10 @@ function cliQuantize(model, out) {
 function cliQuantizeGptq(model, out, rows) {
   const recipe = join(tmp, 'quantize-gptq.yaml');
   writeFileSync(recipe, `name: bench-quantize-gptq\nmodel:\n  path: ${model}\ndata:\n  sources:\n    - path: ${join(root, 'datasets')}/*/*.txt\n  seq_len: 512\n  eval_fraction: 0\noutput: ${join(tmp, 'runs-gptq')}\nexport:\n  quantize: [gptq]\n  method: gptq\n  group_size: 32\n  calibration_rows: ${rows}\n`);
-  const bin = join(root, 'bin', 'v4tune.js');
-  const p = spawnSync(process.execPath, [bin, 'prepare', recipe], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  const p = cli(['prepare', recipe]);
   if (p.status !== 0) throw new Error(`prepare failed (${p.status}): ${p.stderr}`);
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, ['-r', join(tmp, 'rss.cjs'), bin, 'quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'gptq'],
-    { encoding: 'utf8', env: { ...process.env, V4TUNE_RSS_OUT: join(tmp, 'rss') }, maxBuffer: 1 << 26 });
+  const r = cli(['quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'gptq']);
   const seconds = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`quantize failed (${r.status}): ${r.stderr}`);
   const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
@@ -296,7 +305,7 @@ try {
     // the `sync` after it (the bytes on disk)
     warmRead(base.files);
     const reps = Number(values.reps);
-    const runs = { copy: [], cp: [], original: [], bf16: [] };
+    const runs = { copy: [], cp: [], original: [], original_small_pages: [], bf16: [] };
     const timed = (f) => {
       spawnSync('sync');
       const t0 = performance.now();
@@ -315,12 +324,15 @@ try {
       const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
       rmSync(join(tmp, 'merged'), { recursive: true, force: true });
       runs.original.push(m);
+      const m4k = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, true));
+      rmSync(join(tmp, 'merged'), { recursive: true, force: true });
+      runs.original_small_pages.push(m4k);
       if (rep === 0) {
         const b16 = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16', false));
         rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
         runs.bf16.push(b16);
       }
-      console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s)`);
+      console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s), merge without huge pages ${round(m4k.cache, 2)} s`);
     }
     copyCache = median(runs.copy.map((x) => x.cache));
     const copyDisk = median(runs.copy.map((x) => x.disk));
@@ -349,6 +361,7 @@ try {
       copy: { seconds: runs.copy.map((x) => round(x.cache, 2)), seconds_to_disk: runs.copy.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, copyCache), mb_per_s_to_disk: mbs(base.bytes, copyDisk) },
       cp: { seconds: runs.cp.map((x) => round(x.cache, 2)), seconds_to_disk: runs.cp.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, cpCache), mb_per_s_to_disk: mbs(base.bytes, cpDisk) },
       original: row(runs.original),
+      original_small_pages: row(runs.original_small_pages),
       bf16: row(runs.bf16),
     };
     console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
@@ -399,7 +412,7 @@ try {
     quantize,
     quantize_gptq: quantizeGptq,
     gptq,
-    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
+    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. The merges run bin/v4tune.js as a command, as npx does (its #! line sets glibc\'s malloc.hugetlb tunable: huge pages for large buffers); original_small_pages: the same merge started as `node bin/v4tune.js`, without it, once a rep right after. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
     loadavg_start: loadavgStart,
     loadavg_end: loadavg(),
     cpus: cpus().length,

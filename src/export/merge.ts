@@ -23,7 +23,7 @@ import {
 } from '../model/formats.js';
 import { configJsonText } from '../model/config-json.js';
 import type { Layout } from '../model/layout.js';
-import { DTYPE_BYTES, INDEX_FILE, numel } from '../model/safetensors.js';
+import { DTYPE_BYTES, INDEX_FILE, numel, type ByteSource } from '../model/safetensors.js';
 import { stampChatTemplate } from '../chat/config.js';
 
 export type MergeDtype = 'original' | 'bf16';
@@ -309,20 +309,30 @@ async function prepare(opts: MergeOptions): Promise<Prepared> {
 }
 
 /**
- * Free byte buffers kept for reuse, by exact length: at most `keep` of them (the oldest dropped),
- * so the pool never holds more than `keep` tensors' worth of memory.
+ * Free byte buffers kept for reuse, by exact length, at most `keepBytes` of them (the oldest
+ * dropped): a tensor of a shape seen before reads into pages already faulted in.
  */
 class BufferPool {
   private readonly free: Uint8Array[] = [];
-  constructor(private readonly keep: number) {}
+  private bytes = 0;
+  constructor(private readonly keepBytes: number) {}
   take = (n: number): Uint8Array => {
     const i = this.free.findIndex((b) => b.length === n);
-    return i >= 0 ? this.free.splice(i, 1)[0]! : new Uint8Array(n);
+    if (i < 0) return new Uint8Array(n);
+    this.bytes -= n;
+    return this.free.splice(i, 1)[0]!;
   };
   give = (b: Uint8Array): void => {
     this.free.push(b);
-    if (this.free.length > this.keep) this.free.shift();
+    this.bytes += b.length;
+    while (this.bytes > this.keepBytes) this.bytes -= this.free.shift()!.length;
   };
+}
+
+// a source's bytes into `into`, off the JS thread where the source can
+async function readAll(src: ByteSource, into: Uint8Array): Promise<void> {
+  if (src.readAsync) await src.readAsync(into, 0);
+  else src.read(into, 0);
 }
 
 // the base's other files and folders (tokenizer, generation config, code, ...): everything but
@@ -368,7 +378,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
       // copies stream in order while the merges run on the kernel threads, within aheadBytes of
       // buffers, each written as soon as it is merged (writeCheckpointFiles' two lanes)
       let failed = false;
-      const pool = new BufferPool(4);
+      const pool = new BufferPool(aheadBytes / 2);
       // the bytes a tensor holds while in flight: its stored input and its output (0 for a copy)
       const heldEstimate = new Map<string, number>();
       outPlans.forEach((q) => {
@@ -390,11 +400,11 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
           } else {
             // read into pooled buffers (the next tensor of the same shape reuses them: no fresh
             // multi-MB allocation, and so no garbage collection, per tensor)
+            // (off the JS thread, so the copies' next chunks are issued meanwhile)
             const src = ck.stored(name);
             const data = pool.take(src.data.length);
-            src.data.read(data, 0);
             const scale = src.scale ? pool.take(src.scale.length) : null;
-            if (scale) src.scale!.read(scale, 0);
+            await Promise.all([readAll(src.data, data), scale ? readAll(src.scale!, scale) : null]);
             const r: RawTensor = { meta: ck.meta(name), data, scale, scaleShape: ck.plan(name).scaleShape };
             bytesRead += r.data.length + (r.scale?.length ?? 0);
             largestRead = Math.max(largestRead, r.data.length, r.scale?.length ?? 0);

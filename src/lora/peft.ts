@@ -137,9 +137,15 @@ export interface LoadAdapterOptions {
 
 function toF32(f: SafetensorsFile, key: string): Float32Array {
   const e = f.entries.get(key)!;
+  if (e.dtype === 'F32') {
+    // read straight into the float array (safetensors and the host are little-endian): one fresh
+    // buffer, not two and a copy
+    const out = new Float32Array((e.end - e.begin) >> 2);
+    f.readInto(e.begin, new Uint8Array(out.buffer), key);
+    return out;
+  }
   const b = f.read(key);
   switch (e.dtype) {
-    case 'F32': return f32BytesToF32(b);
     case 'F16': return f16BytesToF32(b);
     case 'BF16': return bf16BytesToF32(b);
     default: throw new InputError(`${f.path}: tensor ${key} is ${e.dtype}; adapters must be F32, F16 or BF16`);

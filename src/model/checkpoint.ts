@@ -453,7 +453,7 @@ export async function writeCheckpointFiles(
       if (!place) continue;
       if (!src) throw new Error(`writeCheckpointFiles: ${name} was produced without its scale`);
       if (src.length !== place.bytes) throw new Error(`writeCheckpointFiles: ${name} produced ${src.length} ${what} bytes, its plan needs ${place.bytes}`);
-      if (src instanceof Uint8Array) writer.writeAt(place.tensor, place.at, src);
+      if (src instanceof Uint8Array) await writer.writeAtAsync(place.tensor, place.at, src);
       else await writer.streamAt(place.tensor, place.at, src);
     }
   };

@@ -5,7 +5,7 @@
 // File format: u64 LE header length N, N bytes of JSON header
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data
 // (offsets relative to the byte after the header).
-import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, read, readdirSync, readSync, renameSync, rmSync, statSync, write, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError, V4tuneError } from '../errors.js';
 import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
@@ -40,6 +40,8 @@ export interface TensorEntry {
 export interface ByteSource {
   readonly length: number;
   read(into: Uint8Array, at: number): void;
+  /** read as `read` does, off the JS thread (the libuv pool), so the event loop runs meanwhile */
+  readAsync?(into: Uint8Array, at: number): Promise<void>;
   /**
    * copy all `length` bytes to position `pos` of the open file `fd` in the kernel, off the JS
    * thread (native addon: copy_file_range); resolves false where that is not available (no addon)
@@ -104,6 +106,17 @@ export class SafetensorsFile {
     let done = 0;
     while (done < into.length) {
       const n = readSync(this.fd, into, done, into.length - done, pos + done);
+      if (n === 0) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
+      done += n;
+    }
+  }
+
+  /** readInto off the JS thread (positioned reads on the libuv pool) */
+  async readIntoAsync(pos: number, into: Uint8Array, what: string): Promise<void> {
+    let done = 0;
+    while (done < into.length) {
+      if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
+      const n = await readAt(this.fd, into, done, into.length - done, pos + done);
       if (n === 0) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
       done += n;
     }
@@ -286,6 +299,7 @@ export class SafetensorsSet {
     return {
       length: to - from,
       read: (into, at) => f.readInto(e.begin + from + at, into, name),
+      readAsync: (into, at) => f.readIntoAsync(e.begin + from + at, into, name),
       copyTo: (fd, pos) => f.copyRangeTo(e.begin + from, to - from, fd, pos, name),
     };
   }
@@ -453,6 +467,18 @@ export class SafetensorsWriter {
     p.touched = true;
   }
 
+  /** writeAt off the JS thread (positioned writes on the libuv pool); `data` must stay unchanged until it resolves */
+  async writeAtAsync(name: string, offset: number, data: Uint8Array): Promise<void> {
+    const p = this.place.get(name);
+    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
+    if (offset < 0 || offset + data.length > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + data.length} lie outside ${name} (${p.bytes} bytes)`);
+    const fd = this.fdOf(p.shard);
+    p.touched = true;
+    let done = 0;
+    while (done < data.length) done += await writeAtPos(fd, data, done, data.length - done, p.at + offset + done);
+    p.written += data.length;
+  }
+
   /**
    * write all of `src` at byte `offset` of tensor `name`: copied file to file in the kernel where
    * the source can (ByteSource.copyTo), else read through one reused buffer of STREAM_CHUNK bytes
@@ -547,6 +573,12 @@ export class SafetensorsWriter {
 }
 
 // every byte of data at file position `pos`
+// fs.read / fs.write as promises (positioned, on the libuv pool)
+const readAt = (fd: number, into: Uint8Array, off: number, len: number, pos: number): Promise<number> =>
+  new Promise((res, rej) => read(fd, into, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
+const writeAtPos = (fd: number, data: Uint8Array, off: number, len: number, pos: number): Promise<number> =>
+  new Promise((res, rej) => write(fd, data, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
+
 function writeAll(fd: number, data: Uint8Array, pos: number): void {
   let done = 0;
   while (done < data.length) done += writeSync(fd, data, done, data.length - done, pos + done);

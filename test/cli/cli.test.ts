@@ -1,5 +1,8 @@
 import { describe, it, expect, afterEach, vi } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { buildProgram } from '../../src/cli/main.js';
 import { cli } from './capture.js';
 import { recipeReference, cliReference, replaceBetween } from '../../src/cli/docs.js';
@@ -29,6 +32,21 @@ describe('cli', () => {
       const r = await cli(v, '--help');
       expect(r.code, v).toBe(0);
       expect(r.out, v).toContain(`Usage: v4tune ${v}`);
+    }
+  });
+
+  it('run as a command (its #! line), starts node with glibc\'s malloc.hugetlb tunable', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'v4tune-bin-'));
+    try {
+      // a preload that records, at exit, the tunables the process started with
+      const hook = join(dir, 'hook.cjs');
+      writeFileSync(hook, "process.on('exit', () => require('node:fs').writeFileSync(process.env.V4TUNE_TEST_OUT, JSON.stringify({ tunables: process.env.GLIBC_TUNABLES ?? null })));\n");
+      const out = join(dir, 'out.json');
+      const version = execFileSync(join('bin', 'v4tune.js'), ['--version'], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: `-r ${hook}`, V4TUNE_TEST_OUT: out } });
+      expect(version.trim()).toBe(JSON.parse(readFileSync('package.json', 'utf8')).version);
+      expect(JSON.parse(readFileSync(out, 'utf8'))).toEqual({ tunables: 'glibc.malloc.hugetlb=1' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

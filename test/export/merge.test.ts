@@ -67,13 +67,19 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
   /** byte count of every copy from the base's shards to the output's in the kernel */
   const kernelCopies: number[] = [];
   beforeAll(async () => {
-    // count every read from the base's shards (every read, whole tensor or streamed chunk, is a positioned readInto)
-    // and every copy file to file in the kernel (copyRangeTo, where the native addon is built)
+    // count every read from the base's shards (every read, whole tensor or streamed chunk, is a
+    // positioned readInto, or readIntoAsync off the JS thread) and every copy file to file in the
+    // kernel (copyRangeTo, where the native addon is built)
     const orig = SafetensorsFile.prototype.readInto;
+    const origAsync = SafetensorsFile.prototype.readIntoAsync;
     const origCopy = SafetensorsFile.prototype.copyRangeTo;
     SafetensorsFile.prototype.readInto = function (this: SafetensorsFile, pos: number, into: Uint8Array, what: string): void {
       if (this.path.startsWith(BASE)) reads.push(into.length);
       orig.call(this, pos, into, what);
+    };
+    SafetensorsFile.prototype.readIntoAsync = async function (this: SafetensorsFile, pos: number, into: Uint8Array, what: string): Promise<void> {
+      if (this.path.startsWith(BASE)) reads.push(into.length);
+      await origAsync.call(this, pos, into, what);
     };
     SafetensorsFile.prototype.copyRangeTo = async function (this: SafetensorsFile, pos: number, len: number, fd: number, outPos: number, what: string): Promise<boolean> {
       const copied = await origCopy.call(this, pos, len, fd, outPos, what);
@@ -87,6 +93,7 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
       summary = await mergeAdapter({ base: BASE, adapter: ADAPTER, out, dtype: 'bf16', warn: quiet, aheadBytes: 0 });
     } finally {
       SafetensorsFile.prototype.readInto = orig;
+      SafetensorsFile.prototype.readIntoAsync = origAsync;
       SafetensorsFile.prototype.copyRangeTo = origCopy;
     }
   }, 60_000);

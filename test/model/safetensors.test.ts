@@ -104,6 +104,29 @@ describe('safetensors writer and reader', () => {
     expect(readdirSync(part)).toEqual([]);
   });
 
+  it('readAsync and writeAtAsync read and write off the JS thread: the same bytes as read and writeAt; a short source names the file and the tensor', async () => {
+    const src = tmp();
+    const payload = bytes(1024 * 1024 + 3, 7);
+    writeSafetensorsFile(join(src, 'model.safetensors'), [{ name: 'w', dtype: 'U8', shape: [payload.length], data: payload }]);
+    const set = SafetensorsSet.open(src);
+    const got = new Uint8Array(payload.length - 100);
+    await set.source('w', 0, payload.length).readAsync!(got, 100);
+    expect(Buffer.from(got).equals(Buffer.from(payload.subarray(100)))).toBe(true);
+    const out = tmp();
+    const w = new SafetensorsWriter(out, [{ name: 'w', dtype: 'U8', shape: [payload.length] }]);
+    await Promise.all([w.writeAtAsync('w', 0, payload.subarray(0, 100)), w.writeAtAsync('w', 100, got)]);
+    w.finish();
+    const back = SafetensorsSet.open(out);
+    expect(Buffer.from(back.read('w')).equals(Buffer.from(payload))).toBe(true);
+    back.close();
+    truncateSync(join(src, 'model.safetensors'), 1000);
+    const err = await set.source('w', 0, payload.length).readAsync!(new Uint8Array(payload.length), 0).catch((e: unknown) => e);
+    set.close();
+    expect(err).toBeInstanceOf(InputError);
+    expect((err as Error).message).toContain(join(src, 'model.safetensors'));
+    expect((err as Error).message).toMatch(/tensor w.*truncated/);
+  });
+
   it('streamAt copies a file range file to file (copy_file_range where the addon is built, a buffer otherwise, across file systems too); a short source names the file', async () => {
     const src = tmp();
     const payload = bytes(3 * 1024 * 1024 + 17, 5);
