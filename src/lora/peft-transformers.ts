@@ -315,9 +315,15 @@ function splitExperts(out: Map<string, LoraLayer>, layer: string, param: string,
   const inF = f.aShape[1]!;
   const outF = f.bShape[0]!;
   const Ae = (e: number, k0: number, k1: number): Float32Array => f.A.slice((e * R + k0) * inF, (e * R + k1) * inF);
+  // B's column k·E + e is expert e's column k: each expert's [outF, R] gathered in one pass over B
+  // (in memory order; gathering one expert at a time reads B E times, a cache line per element)
+  const Bt = Array.from({ length: E }, () => new Float32Array(outF * R));
+  for (let o = 0, i = 0; o < outF; o++) for (let k = 0; k < R; k++) for (let e = 0; e < E; e++, i++) Bt[e]![o * R + k] = f.B[i]!;
   const Be = (e: number, o0: number, o1: number, k0: number, k1: number): Float32Array => {
+    const src = Bt[e]!;
+    if (o0 === 0 && o1 === outF && k0 === 0 && k1 === R) return src; // the whole block: no other module shares it
     const b = new Float32Array((o1 - o0) * (k1 - k0));
-    for (let o = o0; o < o1; o++) for (let k = k0; k < k1; k++) b[(o - o0) * (k1 - k0) + k - k0] = f.B[o * R * E + k * E + e]!;
+    for (let o = o0; o < o1; o++) b.set(src.subarray(o * R + k0, o * R + k1), (o - o0) * (k1 - k0));
     return b;
   };
   const add = (mod: string, A: Float32Array, B: Float32Array, r: number, o: number, sc: number): void => {
