@@ -399,8 +399,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
             bytesStreamed += n;
           } else {
             // read into pooled buffers (the next tensor of the same shape reuses them: no fresh
-            // multi-MB allocation, and so no garbage collection, per tensor)
-            // (off the JS thread, so the copies' next chunks are issued meanwhile)
+            // multi-MB allocation, and so no garbage collection, per tensor), off the JS thread
+            // so that the copies' next chunks are issued meanwhile
             const src = ck.stored(name);
             const data = pool.take(src.data.length);
             const scale = src.scale ? pool.take(src.scale.length) : null;
