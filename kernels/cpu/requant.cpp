@@ -110,33 +110,11 @@ V4_AVX512 inline __m128i fp8_encode16(__m512 y) {
   return _mm512_cvtepi32_epi8(code);
 }
 
-// e2m1 codes of 16 floats (fp4_encode) packed two a byte, low nibble first: the code is the
-// number of midpoints 0.25 .. 5 below |y|, a tie counting when it rounds up to the even code
+// e2m1 codes of 16 floats (fp4_encode) packed two a byte, low nibble first, from the bits: |y| < 1
+// (e2m1's subnormals 0, 0.5) is rne(2|y|), exact; |y| ≥ 1 is e2m1's exponent (the float's − 126)
+// and its one mantissa bit rounded to nearest even — the float's bits above bit 22, rounded like
+// fp8_encode16's — capped at 7 (6.0); a NaN gets code 0 without its sign
 V4_AVX512 inline __m128i fp4_encode16_packed(__m512 y) {
-  const __m512i u = _mm512_castps_si512(y);
-  const __m512 a = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)));
-  __m512i code = _mm512_setzero_si512();
-  const __m512i one = _mm512_set1_epi32(1);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.25f), _CMP_GT_OQ), code, one);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.75f), _CMP_GE_OQ), code, one);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.25f), _CMP_GT_OQ), code, one);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.75f), _CMP_GE_OQ), code, one);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(2.5f), _CMP_GT_OQ), code, one);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.5f), _CMP_GE_OQ), code, one);
-  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(a, _mm512_set1_ps(5.0f), _CMP_GT_OQ), code, one);
-  const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
-  code = _mm512_mask_or_epi32(code, ~nan, code, _mm512_and_si512(_mm512_srli_epi32(u, 28), _mm512_set1_epi32(8)));
-  // odd lanes << 4, then each 64-bit pair summed into its low byte
-  code = _mm512_sllv_epi32(code, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
-  const __m512i pair = _mm512_and_si512(_mm512_add_epi64(code, _mm512_srli_epi64(code, 32)), _mm512_set1_epi64(0xff));
-  return _mm512_cvtepi64_epi8(pair);
-}
-
-// the same codes as fp4_encode16_packed from the bits: |y| < 1 (e2m1's subnormals 0, 0.5) is
-// rne(2|y|), exact; |y| ≥ 1 is e2m1's exponent (the float's − 126) and its one mantissa bit
-// rounded to nearest even — the float's bits above bit 22, rounded like fp8_encode16's — capped
-// at 7 (6.0); a NaN gets code 0 without its sign
-V4_AVX512 inline __m128i fp4_encode16_packed_bits(__m512 y) {
   const __m512i u = _mm512_castps_si512(y);
   const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, 22), _mm512_set1_epi32(1));
@@ -300,8 +278,8 @@ V4_AVX512 inline void fp4_encode_groups16(const float* x, uint8_t* out, uint8_t*
   const __m512 inv = _mm512_castsi512_ps(invb);
   for (int g = 0; g < 16; g++) {
     const __m512 s = _mm512_permutexvar_ps(_mm512_set1_epi32(g), inv);
-    _mm_storel_epi64((__m128i*)(out + 16 * g), fp4_encode16_packed_bits(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * g), s)));
-    _mm_storel_epi64((__m128i*)(out + 16 * g + 8), fp4_encode16_packed_bits(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * g + 16), s)));
+    _mm_storel_epi64((__m128i*)(out + 16 * g), fp4_encode16_packed(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * g), s)));
+    _mm_storel_epi64((__m128i*)(out + 16 * g + 8), fp4_encode16_packed(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * g + 16), s)));
   }
 }
 

@@ -23,9 +23,9 @@ import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { readJsonFile, writeFileAtomic } from '../fsutil.js';
 import { Checkpoint } from '../model/checkpoint.js';
-import { GGUF_FORMATS, isGgufFormat, writeGguf, type GgufFormat } from './gguf-export.js';
+import { GGUF_FORMATS, isGgufFormat, writeGguf } from './gguf-export.js';
 import { writeGptq } from './gptq-export.js';
-import { QUANT_FORMATS, type QuantFormat, type QuantizeOptions, type QuantizeSummary, type QuantMethod, type WriteResult } from './quantize-types.js';
+import { QUANT_FORMATS, type QuantFormat, type QuantizeOptions, type QuantizeSummary, type WriteResult } from './quantize-types.js';
 import { ErrorAccumulator, GptqRounder, RtnRounder, type Rounder } from './rounders.js';
 
 export { linearKind, type LinearKind } from './linears.js';

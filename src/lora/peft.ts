@@ -11,7 +11,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { readJsonFile, writeDirAtomic } from '../fsutil.js';
-import { bf16BytesToF32, f16BytesToF32, f32BytesToF32, f32ToBytes } from '../model/formats.js';
+import { bf16BytesToF32, f16BytesToF32, f32ToBytes } from '../model/formats.js';
 import { SafetensorsFile, writeSafetensorsFile, type TensorSpec } from '../model/safetensors.js';
 import { VERSION } from '../version.js';
 import type { V4Config } from '../model/config.js';

@@ -7,6 +7,7 @@
 // (offsets relative to the byte after the header).
 import { closeSync, existsSync, fstatSync, openSync, read, readdirSync, readSync, renameSync, rmSync, statSync, write, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { InputError, V4tuneError } from '../errors.js';
 import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
 import { tryLoadAddon } from '../backend/native/addon.js';
@@ -116,7 +117,7 @@ export class SafetensorsFile {
     let done = 0;
     while (done < into.length) {
       if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
-      const n = await readAt(this.fd, into, done, into.length - done, pos + done);
+      const n = (await readAsync(this.fd, into, done, into.length - done, pos + done)).bytesRead;
       if (n === 0) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
       done += n;
     }
@@ -392,11 +393,20 @@ function planShards(specs: TensorSpec[], maxBytes: number, prefix: string, metad
  * finish() to check every byte was written, rename the shards into place and write
  * model.safetensors.index.json. abort() removes the temp files.
  */
+/** where SafetensorsWriter puts one tensor, and how much of it is written */
+interface TensorPlace {
+  shard: number;
+  at: number;
+  bytes: number;
+  written: number;
+  touched: boolean;
+}
+
 export class SafetensorsWriter {
   readonly dir: string;
   private readonly plans: ShardPlan[];
   /** each tensor's shard, the file offset of its first byte, its length and the bytes written so far */
-  private readonly place = new Map<string, { shard: number; at: number; bytes: number; written: number; touched: boolean }>();
+  private readonly place = new Map<string, TensorPlace>();
   /** the specs in header order, for add()'s order check */
   private readonly order: TensorSpec[];
   private next = 0;
@@ -459,9 +469,7 @@ export class SafetensorsWriter {
    * tensor is to be written once)
    */
   writeAt(name: string, offset: number, data: Uint8Array): void {
-    const p = this.place.get(name);
-    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
-    if (offset < 0 || offset + data.length > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + data.length} lie outside ${name} (${p.bytes} bytes)`);
+    const p = this.placeOf(name, offset, data.length);
     writeAll(this.fdOf(p.shard), data, p.at + offset);
     p.written += data.length;
     p.touched = true;
@@ -469,14 +477,19 @@ export class SafetensorsWriter {
 
   /** writeAt off the JS thread (positioned writes on the libuv pool); `data` must stay unchanged until it resolves */
   async writeAtAsync(name: string, offset: number, data: Uint8Array): Promise<void> {
-    const p = this.place.get(name);
-    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
-    if (offset < 0 || offset + data.length > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + data.length} lie outside ${name} (${p.bytes} bytes)`);
+    const p = this.placeOf(name, offset, data.length);
     const fd = this.fdOf(p.shard);
     p.touched = true;
-    let done = 0;
-    while (done < data.length) done += await writeAtPos(fd, data, done, data.length - done, p.at + offset + done);
+    for (let done = 0; done < data.length;) done += (await writeAsync(fd, data, done, data.length - done, p.at + offset + done)).bytesWritten;
     p.written += data.length;
+  }
+
+  // tensor `name`'s place, where bytes offset … offset + len − 1 must lie
+  private placeOf(name: string, offset: number, len: number): TensorPlace {
+    const p = this.place.get(name);
+    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
+    if (offset < 0 || offset + len > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + len} lie outside ${name} (${p.bytes} bytes)`);
+    return p;
   }
 
   /**
@@ -485,9 +498,7 @@ export class SafetensorsWriter {
    * with the event loop served between chunks
    */
   async streamAt(name: string, offset: number, src: ByteSource): Promise<void> {
-    const p = this.place.get(name);
-    if (!p) throw new Error(`SafetensorsWriter: no tensor ${name}`);
-    if (offset < 0 || offset + src.length > p.bytes) throw new Error(`SafetensorsWriter: bytes ${offset}..${offset + src.length} lie outside ${name} (${p.bytes} bytes)`);
+    const p = this.placeOf(name, offset, src.length);
     if (src.length > 0 && src.copyTo && (await src.copyTo(this.fdOf(p.shard), p.at + offset))) {
       p.written += src.length;
       p.touched = true;
@@ -572,13 +583,11 @@ export class SafetensorsWriter {
   }
 }
 
-// every byte of data at file position `pos`
-// fs.read / fs.write as promises (positioned, on the libuv pool)
-const readAt = (fd: number, into: Uint8Array, off: number, len: number, pos: number): Promise<number> =>
-  new Promise((res, rej) => read(fd, into, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
-const writeAtPos = (fd: number, data: Uint8Array, off: number, len: number, pos: number): Promise<number> =>
-  new Promise((res, rej) => write(fd, data, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
+// positioned fs.read / fs.write as promises (on the libuv pool)
+const readAsync = promisify(read);
+const writeAsync = promisify(write);
 
+// every byte of data at file position `pos`
 function writeAll(fd: number, data: Uint8Array, pos: number): void {
   let done = 0;
   while (done < data.length) done += writeSync(fd, data, done, data.length - done, pos + done);
