@@ -263,6 +263,47 @@ V4_AVX512 static void pack_A_512(const float* a, long sam, long sak, long M, lon
   }
 }
 
+// bf16 mode: A's block straight into pairs (strip s at A16 + s·cdiv(kc, 2)·MR, word [kp][i]),
+// the bits pack_A followed by to_bf16_pairs gives, without the fp32 strip in between. A
+// row-major row's 32 values from k0 + 2kp are rounded and their bf16 halves gathered in k order,
+// which as 16 words are its pairs; 16 rows of those are transposed in registers.
+V4_AVX512 static void pack_A_pairs_512(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, uint32_t* A16) {
+  const __mmask16 strip = lanes(MR);
+  const long kc2 = cdiv(kc, 2);
+  alignas(64) static const uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+                                                       33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i high = _mm512_load_si512(kHighHalves);
+  for (long s = 0; s * MR < mb; s++) {
+    uint32_t* dst = A16 + s * kc2 * MR;
+    const long r0 = m0 + s * MR, rows = std::max<long>(0, std::min<long>(MR, std::min(mb - s * MR, M - r0)));
+    if (sak == 1) {
+      for (long kp = 0; kp < kc2; kp += 16) {
+        const long w = kc - 2 * kp;  // values left in the row from k0 + 2kp
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) {
+          if (i >= rows) {
+            r[i] = _mm512_setzero_ps();
+            continue;
+          }
+          const float* src = a + (r0 + i) * sam + k0 + 2 * kp;
+          const __m512i lo = round_bf16(_mm512_maskz_loadu_ps(lanes(w), src));
+          const __m512i hi = round_bf16(_mm512_maskz_loadu_ps(lanes(w - 16), src + 16));
+          r[i] = _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, high, hi));
+        }
+        transpose16_regs(r);
+        for (long j = 0; j < std::min<long>(16, kc2 - kp); j++) _mm512_mask_storeu_ps((float*)dst + (kp + j) * MR, strip, r[j]);
+      }
+    } else {  // sam == 1: a k's MR values are contiguous
+      for (long kp = 0; kp < kc2; kp++) {
+        const __m512 lo = _mm512_maskz_loadu_ps(lanes(rows), a + r0 + (k0 + 2 * kp) * sak);
+        const __m512 hi = 2 * kp + 1 < kc ? _mm512_maskz_loadu_ps(lanes(rows), a + r0 + (k0 + 2 * kp + 1) * sak) : _mm512_setzero_ps();
+        const __m512i w = _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
+        _mm512_mask_storeu_epi32(dst + kp * MR, strip, w);
+      }
+    }
+  }
+}
+
 static void pack_A(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, float* Ap) {
   if (isa() == Isa::avx512 && MR <= 16 && (sak == 1 || sam == 1)) pack_A_512(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
   else pack_A_scalar(a, sam, sak, M, m0, mb, k0, kc, MR, Ap);
@@ -592,19 +633,25 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
   // A packed once for the whole call: block k0 at Ashared + k0*Mp, its strip s at + s*kc*MR
   // (unless N is not split, where each task packs its own rows of A right before using them).
-  bool shareA = Mp * K <= kSharedA;
+  // In bf16 mode only its pairs are kept (half the bytes: twice the rows under the same bound).
+  const bool pairsDirect = bf16 && isa() == Isa::avx512 && MR <= 16 && (sak == 1 || sam == 1);
+  bool shareA = (pairsDirect ? Mp * cdiv(K, 2) : Mp * K) <= kSharedA;
   // Split C into mchunks × nchunks tasks. B (with its dequantisation) is packed once per M
   // chunk and A, unless shared, once per N chunk, so pick the split that minimises packing plus
-  // compute over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8 panels).
+  // compute over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8
+  // panels; 960 rows of bf16 pairs take the bytes of 480 fp32 rows, and the dot products
+  // retire twice the FLOPs an instruction).
   const int threads = parallel ? num_threads() : 1;
-  long mchunks = cdiv(M, 480), nchunks = cdiv(npanels, 8);
+  const long maxMB = bf16 ? 960 : 480;
+  const double flopsPerUnit = bf16 ? 128.0 : 64.0;
+  long mchunks = cdiv(M, maxMB), nchunks = cdiv(npanels, 8);
   if (parallel) {
     double best = 1e300;
     const long m_lo = mchunks, n_lo = nchunks;
     for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
       for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
         long tasks = mc * nc, waves = cdiv(tasks, threads);
-        double work = 2.0 * M * N * K / 64.0 + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
+        double work = 2.0 * M * N * K / flopsPerUnit + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
         double t = work / double(tasks) * double(waves);
         if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
       }
@@ -618,8 +665,9 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   // libuv thread that ever ran a GEMM
   static Shelf<Scratch> shared_shelf, shared16_shelf;
   Borrowed<Scratch> sshared(shared_shelf), sshared16(shared16_shelf);
-  float* Ashared = shareA ? sshared->get(Mp * K) : nullptr;
-  // bf16: the shared A also as pairs, converted once per call: block k0 at A16shared + (k0/2)*Mp
+  // bf16: the shared A as pairs only, block k0 at A16shared + (k0/2)*Mp (pack_A_pairs_512 where
+  // AVX-512 packs A; else through the fp32 strips, converted once per call)
+  float* Ashared = shareA && !pairsDirect ? sshared->get(Mp * K) : nullptr;
   uint32_t* A16shared = shareA && bf16 ? (uint32_t*)sshared16->get(Mp * cdiv(K, 2)) : nullptr;
   if (shareA) {
     // one packing task per (K block, group of strips): enough tasks for the threads even when K is short
@@ -627,6 +675,10 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
     auto pack_block = [&](int task) {
       long k0 = (task / groups) * KC, s0 = (task % groups) * per, s1 = std::min(strips, s0 + per), kc = std::min(KC, K - k0);
       if (s0 >= s1) return;
+      if (pairsDirect) {
+        pack_A_pairs_512(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, MR, A16shared + (k0 / 2) * Mp + s0 * cdiv(kc, 2) * MR);
+        return;
+      }
       float* Ak = Ashared + k0 * Mp;
       pack_A(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, MR, Ak + s0 * kc * MR);
       if (A16shared) {
@@ -649,8 +701,10 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
     for (long k0 = 0; k0 < K; k0 += KC) {
       long kc = std::min(KC, K - k0);
       const bool add = beta != 0.f || k0 > 0;  // beta 0: the first K block overwrites C
-      const float* Ap;
-      if (shareA) {
+      const float* Ap = nullptr;
+      if (pairsDirect) {
+        // bf16 with its pairs packed straight from A (below)
+      } else if (shareA) {
         Ap = Ashared + k0 * Mp + (m0 / MR) * kc * MR;
       } else {
         float* p = sa.get(cdiv(mb, MR) * MR * kc);
@@ -662,6 +716,10 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         const uint32_t* A16;
         if (A16shared) {
           A16 = A16shared + (k0 / 2) * Mp + (m0 / MR) * kc2 * MR;
+        } else if (pairsDirect) {
+          uint32_t* p = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
+          pack_A_pairs_512(a, sam, sak, M, m0, mb, k0, kc, MR, p);
+          A16 = p;
         } else {
           uint32_t* p = (uint32_t*)sa16.get(cdiv(mb, MR) * MR * kc2);
           for (long is = 0; is * MR < mb; is++) to_bf16_pairs(Ap + is * kc * MR, kc, MR, p + is * kc2 * MR);

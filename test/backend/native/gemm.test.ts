@@ -281,6 +281,38 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     }
   });
 
+  // In bf16 mode a row-major or transposed A is packed straight into bf16 pairs
+  // (pack_A_pairs_512); an A with other strides still goes through fp32 strips and their
+  // conversion. Both must give the same bits: odd K (a half pair), K past one block, rows past
+  // the 12-row strip, A shared by the tasks and packed per task, NaN and subnormal values.
+  it.skipIf(!addon?.info().cpuBf16)('bf16 mode: A packed straight into pairs gives the bits of the fp32 strips converted', async () => {
+    const r = rng(9);
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      for (const [M, N, K] of [[50, 70, 515], [13, 600, 515], [200, 30, 257], [37, 64, 33], [1, 300, 1]] as const) {
+        const a = randn(M * K, r);
+        a[(7 * K + 5) % a.length] = 1e-40; // subnormal: rounds to a bf16 subnormal, not flushed
+        a[3 % a.length] = Number.NaN;
+        const W = rawWeight('f32', randn(N * K, r), null, N, K);
+        const rowMajor = new Float32Array(M * N);
+        await A().gemm(M, N, K, 1, a, K, 1, W, true, 0, rowMajor, N);
+        const t = new Float32Array(M * K); // A transposed: a k's M values contiguous
+        for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) t[k * M + m] = a[m * K + k];
+        const transposed = new Float32Array(M * N);
+        await A().gemm(M, N, K, 1, t, 1, M, W, true, 0, transposed, N);
+        const s = new Float32Array(2 * M * K); // every other float: neither stride is 1
+        for (let i = 0; i < M * K; i++) s[2 * i] = a[i];
+        const strided = new Float32Array(M * N);
+        await A().gemm(M, N, K, 1, s, 2 * K, 2, W, true, 0, strided, N);
+        expect(Buffer.from(rowMajor.buffer).equals(Buffer.from(strided.buffer)), `${M}×${N}×${K} row-major`).toBe(true);
+        expect(Buffer.from(transposed.buffer).equals(Buffer.from(strided.buffer)), `${M}×${N}×${K} transposed`).toBe(true);
+        expect(rowMajor.some(Number.isNaN)).toBe(true);
+      }
+    } finally {
+      A().setBf16(false);
+    }
+  });
+
   // Shapes where A is packed once for all tasks (and converted to bf16 pairs once) and where
   // each task packs its own rows (N in one chunk), odd K (a half pair at the end), M past the
   // 12-row strip.
