@@ -53,7 +53,11 @@ export interface RawExpert {
 export interface RawExpertGrads { da1?: F32; db1?: F32; da2?: F32; db2?: F32; da3?: F32; db3?: F32 }
 
 export interface NativeAddon {
-  info(): { isa: 'avx512' | 'avx2' | 'scalar'; threads: number; cpuBf16: boolean; bf16: boolean };
+  /**
+   * keepFreed: glibc keeps freed memory in the process for reuse (no mmap for large blocks, no
+   * heap trim), set when the addon loads unless V4TUNE_MALLOC=system.
+   */
+  info(): { isa: 'avx512' | 'avx2' | 'scalar'; threads: number; cpuBf16: boolean; bf16: boolean; keepFreed: boolean };
   /** Resize the kernel thread pool (0: the default, V4TUNE_THREADS or the core count). */
   setThreads(n: number): number;
   setIsa(isa: 'avx512' | 'avx2' | 'scalar'): string;
