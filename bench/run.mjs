@@ -40,7 +40,10 @@ let failed = 0;
 for (const name of wanted.length > 0 ? wanted : Object.keys(benches)) {
   for (const [script, ...args] of benches[name]) {
     console.log(`bench ${name}: node bench/${script} ${args.join(' ')}`);
-    const r = spawnSync(process.execPath, [join(here, script), ...args], { stdio: 'inherit', cwd: join(here, '..') });
+    // with the glibc tunable the v4tune command's #! line sets (huge pages for large buffers), so
+    // the figures are the CLI's; a GLIBC_TUNABLES of your own is kept
+    const env = { ...process.env, GLIBC_TUNABLES: process.env.GLIBC_TUNABLES ?? 'glibc.malloc.hugetlb=1' };
+    const r = spawnSync(process.execPath, [join(here, script), ...args], { stdio: 'inherit', cwd: join(here, '..'), env });
     if (r.status !== 0) {
       console.error(`bench ${name}: bench/${script} failed (exit ${r.status})`);
       failed++;
