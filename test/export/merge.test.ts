@@ -409,6 +409,29 @@ describe('v4tune merge (CLI)', { timeout: 60_000 }, () => {
     expect(bad.out).toMatch(/--adapter: required without a recipe/);
     expect(existsSync(join(root, 'cli2'))).toBe(false);
   });
+
+  // ΔW = scaling · B·A past float32's range: the merge's finite check refuses the tensor before
+  // anything is encoded, the verb exits 1 (a runtime failure, not bad flags) naming the base, the
+  // tensor and the element, and the output folder is never made (the native requantisation for
+  // the FP8/FP4 output where the addon is built, the TypeScript path for BF16)
+  it('an adapter whose ΔW overflows float32 exits 1 naming the tensor; nothing is written', async () => {
+    const name = 'layers.0.attn.wq_a';
+    const l = adapter.layers.get(name)!;
+    const huge = new Map(adapter.layers);
+    huge.set(name, { ...l, A: new Float32Array(l.A.length).fill(1e20), B: new Float32Array(l.B.length).fill(1e20) });
+    const dir = join(root, 'overflow');
+    await saveAdapter(new Adapter(adapter.options, huge, '', adapter.fingerprint), join(dir, 'adapter'));
+    for (const dtype of ['original', 'bf16']) {
+      const before = readdirSync(dir).sort();
+      const r = await run(['--json', 'merge', '--model', BASE, '--adapter', join(dir, 'adapter'), '--out', join(dir, `merged-${dtype}`), '--dtype', dtype]);
+      expect(r.code, dtype).toBe(1);
+      const s = JSON.parse(r.out) as { ok: boolean; exitCode: number; error: string };
+      expect(s.ok).toBe(false);
+      expect(s.exitCode).toBe(1);
+      expect(s.error).toMatch(/checkpoint: tensor layers\.0\.attn\.wq_a\.weight holds -?Infinity at element \d+ after adding the adapter; nothing merged/);
+      expect(readdirSync(dir).sort(), dtype).toEqual(before);
+    }
+  });
 });
 
 describe('transformers layout', { timeout: 60_000 }, () => {
