@@ -16,6 +16,7 @@
 // "current" weights are the block's working copy. (AutoGPTQ with static_groups = false reads a
 // group's grid from the block-start weights; for groups smaller than the block this takes the
 // weights after the block's earlier columns propagated their errors, which is what the loss wants.)
+import type { GptqLazyUpdate } from '../backend/native/gptq.js';
 import { f16Decode, f16Encode } from '../model/formats.js';
 import { groupGrid, quantCode, type Int4Weight } from './int4.js';
 import { nearestInt, q4kGrid, q4kNibble, quantizeQ4KBlock, Q4_K_BLOCK, Q4_K_BYTES } from './q4k.js';
@@ -120,14 +121,6 @@ export function gptqFactor(H: Float64Array, n: number, o: GptqOptions = {}): Gpt
 export function gptqRows(w: Float32Array, inF: number, r0: number, r1: number, H: Float64Array, qz: ColumnQuantizer, o: GptqOptions = {}): Float64Array {
   return gptqRowsFactored(w, inF, r0, r1, gptqFactor(H, inF, o), qz);
 }
-
-/**
- * GPTQ's lazy batch update after the columns i1 … i2−1 of a block: W [rows, n] −= E·U[i1:i2, i2:]
- * on the columns i2 … n−1, E = err [rows, lderr] (column i − i1), per element i ascending, an
- * e = 0 skipped. gptqRowsFactored runs its own loop; the native addon's (backend/native/gptq.ts
- * gptqLazyUpdateNative) gives the same bits.
- */
-export type GptqLazyUpdate = (W: Float64Array, err: Float64Array, U: Float64Array, rows: number, n: number, lderr: number, i1: number, i2: number) => void;
 
 /** gptqRows on H's factor (gptqFactor): the column loop; `lazy` replaces its lazy batch update */
 export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, qz: ColumnQuantizer, lazy?: GptqLazyUpdate | null): Float64Array {
