@@ -122,6 +122,10 @@ V4_AVX512 static inline __m512i round_bf16(__m512 v) {
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(u, _mm512_set1_epi32(int(0x80000000u))), _mm512_set1_epi32(0x7fc00000)));
 }
+// 16 pairs from their low and high values: bf16(lo) in each word's low half, bf16(hi) in its high one
+V4_AVX512 static inline __m512i pair_words(__m512 lo, __m512 hi) {
+  return _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
+}
 V4_AVX512 static void round_to_bf16_512(const float* x, long n, uint16_t* out) {
   long i = 0;
   for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bf16(_mm512_loadu_ps(x + i)), 16)));
@@ -143,8 +147,7 @@ V4_AVX512 static void to_bf16_pairs(const float* src, long kc, int W, uint32_t* 
       const __mmask16 m = W - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (W - j)) - 1);
       __m512 lo = _mm512_maskz_loadu_ps(m, src + 2 * kp * W + j);
       __m512 hi = 2 * kp + 1 < kc ? _mm512_maskz_loadu_ps(m, src + (2 * kp + 1) * W + j) : _mm512_setzero_ps();
-      __m512i w = _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
-      _mm512_mask_storeu_epi32(dst + kp * W + j, m, w);
+      _mm512_mask_storeu_epi32(dst + kp * W + j, m, pair_words(lo, hi));
     }
   }
 }
@@ -297,8 +300,7 @@ V4_AVX512 static void pack_A_pairs_512(const float* a, long sam, long sak, long 
       for (long kp = 0; kp < kc2; kp++) {
         const __m512 lo = _mm512_maskz_loadu_ps(lanes(rows), a + r0 + (k0 + 2 * kp) * sak);
         const __m512 hi = 2 * kp + 1 < kc ? _mm512_maskz_loadu_ps(lanes(rows), a + r0 + (k0 + 2 * kp + 1) * sak) : _mm512_setzero_ps();
-        const __m512i w = _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
-        _mm512_mask_storeu_epi32(dst + kp * MR, strip, w);
+        _mm512_mask_storeu_epi32(dst + kp * MR, strip, pair_words(lo, hi));
       }
     }
   }
@@ -455,9 +457,6 @@ V4_AVX512 static void pack_B_pairs_bf16(const WeightRef& W, bool transB, long n0
 // transB needs kc % 32 == 0 (K blocks start at multiples of KC); otherwise the caller falls back.
 // The tables are weights.cpp's, which decode_row uses.
 
-V4_AVX512 static inline __m512i pair_words(__m512 lo, __m512 hi) {
-  return _mm512_or_si512(_mm512_srli_epi32(round_bf16(lo), 16), _mm512_and_si512(round_bf16(hi), _mm512_set1_epi32(int(0xffff0000u))));
-}
 // e4m3 codes (16 bits each, code in the low byte) as fp16 bits: exact, 2^8 off in scale (decode_row_512's trick)
 V4_AVX512 static inline __m256i fp8_as_f16(__m256i b) {
   return _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8),
