@@ -234,6 +234,35 @@ float dot(const float* a, const float* b, long n) {
   }
 }
 
+// dot_512's accumulation for four right-hand sides at once: each keeps its own s0 / s1 and its
+// order, so every result is dot_512's bits; a is loaded once for the four
+V4_AVX512 static void dot4_512(const float* a, const float* const* b, long n, float* out) {
+  __m512 s0[4], s1[4];
+  for (int j = 0; j < 4; j++) s0[j] = s1[j] = _mm512_setzero_ps();
+  long i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16);
+    for (int j = 0; j < 4; j++) {
+      s0[j] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b[j] + i), s0[j]);
+      s1[j] = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b[j] + i + 16), s1[j]);
+    }
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a0 = _mm512_loadu_ps(a + i);
+    for (int j = 0; j < 4; j++) s0[j] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b[j] + i), s0[j]);
+  }
+  if (i < n) {
+    __mmask16 k = __mmask16((1u << (n - i)) - 1);
+    const __m512 a0 = _mm512_maskz_loadu_ps(k, a + i);
+    for (int j = 0; j < 4; j++) s1[j] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(k, b[j] + i), s1[j]);
+  }
+  for (int j = 0; j < 4; j++) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(s0[j], s1[j]));
+}
+void dot4(const float* a, const float* const* b, long n, float* out) {
+  if (isa() == Isa::avx512) return dot4_512(a, b, n, out);
+  for (int j = 0; j < 4; j++) out[j] = dot(a, b[j], n);
+}
+
 V4_AVX512 static void axpy_512(float* y, float a, const float* x, long n) {
   __m512 va = _mm512_set1_ps(a);
   long i = 0;

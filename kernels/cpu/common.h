@@ -47,6 +47,8 @@ void check_cancel();
 
 // ---- vector helpers (dispatched) ----
 float dot(const float* a, const float* b, long n);          // Σ a[i] b[i]
+// out[j] = dot(a, b[j], n) for j < 4, bit for bit, with a read once for the four
+void dot4(const float* a, const float* const* b, long n, float* out);
 void axpy(float* y, float a, const float* x, long n);       // y += a x
 float max_of(const float* x, long n);                        // max x[i] (−inf when n = 0)
 float exp_sub_sum(float* x, long n, float m);                // x[i] = e^(x[i] − m); returns Σ x[i]

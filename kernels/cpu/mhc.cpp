@@ -68,11 +68,20 @@ void mhc_pre_forward(float* y, float* post, float* comb, float* mix, const float
   const long nm = full ? (2 + hc) * hc : hc, n = hc * d;
   parallel_run(int(cdiv(T, 4)), [&](int task) {
     std::vector<float> L(hc * hc);
-    for (long t = task * 4L; t < std::min(T, task * 4L + 4); t++) {
+    // the mixes m = (fn·x)·r of the task's four tokens: each row of fn (n floats) read once for
+    // the four (dot4: dot's bits), not once a token (fn is nm·n floats, 1.5 MB at flash width)
+    const long t0 = task * 4L, t1 = std::min(T, t0 + 4);
+    const float* xs[4];
+    float r[4], v[4];
+    for (long q = 0; q < 4; q++) xs[q] = X + std::min(t0 + q, t1 - 1) * n;
+    for (long q = 0; q < t1 - t0; q++) r[q] = 1.f / std::sqrt(dot(xs[q], xs[q], n) / float(n) + norm_eps);
+    for (long k = 0; k < nm; k++) {
+      dot4(fn + k * n, xs, n, v);
+      for (long q = 0; q < t1 - t0; q++) mix[(t0 + q) * nm + k] = v[q] * r[q];
+    }
+    for (long t = t0; t < t1; t++) {
       const float* x = X + t * n;
-      float r = 1.f / std::sqrt(dot(x, x, n) / float(n) + norm_eps);
-      float* m = mix + t * nm;
-      for (long k = 0; k < nm; k++) m[k] = dot(fn + k * n, x, n) * r;
+      const float* m = mix + t * nm;
       float* yt = y + t * d;
       std::fill(yt, yt + d, 0.f);
       for (long i = 0; i < hc; i++) axpy(yt, sigm(m[i] * scale[0] + base[i]) + eps, x + i * d, d);
@@ -92,13 +101,18 @@ void mhc_pre_backward(float* dX, const float* dy, const float* dpost, const floa
                       long d, bool full, int iters, float eps, float norm_eps) {
   const long nm = full ? (2 + hc) * hc : hc, n = hc * d;
   parallel_run(int(cdiv(T, 4)), [&](int task) {
-    std::vector<float> dm(nm), L(hc * hc), dL(hc * hc);
-    for (long t = task * 4L; t < std::min(T, task * 4L + 4); t++) {
+    // per token as written below; the fnᵀdv step runs row by row of fn over the task's four
+    // tokens (each token's updates in the same order), so a row is read once for the four
+    const long t0 = task * 4L, t1 = std::min(T, t0 + 4);
+    std::vector<float> dms(4 * nm), L(hc * hc), dL(hc * hc);
+    float rs[4], drs[4];
+    for (long t = t0; t < t1; t++) {
       const float* x = X + t * n;
       const float* m = mix + t * nm;
       const float* g = dy + t * d;
       float* dx = dX + t * n;
-      std::fill(dm.begin(), dm.end(), 0.f);
+      float* dm = dms.data() + (t - t0) * nm;
+      std::fill(dm, dm + nm, 0.f);
       for (long i = 0; i < hc; i++) {
         float sg = sigm(m[i] * scale[0] + base[i]);
         axpy(dx + i * d, sg + eps, g, d);
@@ -115,14 +129,19 @@ void mhc_pre_backward(float* dX, const float* dy, const float* dpost, const floa
         sinkhorn_backward(dL.data(), dcomb + t * hc * hc, L.data(), int(hc), iters, eps);
         for (long k = 0; k < hc * hc; k++) dm[2 * hc + k] = dL[k] * scale[2];
       }
-      float r = 1.f / std::sqrt(dot(x, x, n) / float(n) + norm_eps);
-      float dr = 0.f;
-      for (long k = 0; k < nm; k++) {
-        if (dm[k] == 0.f) continue;
-        dr += dm[k] * m[k] / r;  // m = v·r, so v = m / r
-        axpy(dx, dm[k] * r, fn + k * n, n);
+      rs[t - t0] = 1.f / std::sqrt(dot(x, x, n) / float(n) + norm_eps);
+      drs[t - t0] = 0.f;
+    }
+    for (long k = 0; k < nm; k++)
+      for (long t = t0; t < t1; t++) {
+        const float dmk = dms[(t - t0) * nm + k], r = rs[t - t0];
+        if (dmk == 0.f) continue;
+        drs[t - t0] += dmk * mix[t * nm + k] / r;  // m = v·r, so v = m / r
+        axpy(dX + t * n, dmk * r, fn + k * n, n);
       }
-      axpy(dx, -dr * r * r * r / float(n), x, n);
+    for (long t = t0; t < t1; t++) {
+      const float r = rs[t - t0];
+      axpy(dX + t * n, -drs[t - t0] * r * r * r / float(n), X + t * n, n);
     }
   });
 }

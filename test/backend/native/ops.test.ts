@@ -188,6 +188,35 @@ describe.skipIf(skipNative)('native op kernels', () => {
     expect(relErr(dX, fdGrad(loss, X))).toBeLessThan(2e-4);
   });
 
+  // mhc_pre runs its tokens four at a time (each row of fn read once for the four): a token's
+  // bits must not depend on its neighbours, so T = 9 at once (groups of 4, 4, 1) equals nine
+  // single-token calls, forward and backward, with n = hc·d = 400 (the vector body and a tail)
+  it('mHC pre: a token\'s mixes, output and dX do not depend on the tokens beside it (bit for bit)', async () => {
+    const r = rng(26);
+    const [T, hc, d, iters, eps, ne] = [9, 4, 100, 20, 1e-6, 1e-6];
+    const nm = (2 + hc) * hc;
+    const n = hc * d;
+    const X = randn(T * n, r);
+    const fn = randn(nm * n, r, 0.05);
+    const scale = Float32Array.from([0.8, 1.1, 0.9]);
+    const base = randn(nm, r, 0.5);
+    const gy = randn(T * d, r);
+    const gp = randn(T * hc, r);
+    const gc = randn(T * hc * hc, r);
+    const run = async (t0: number, t1: number) => {
+      const k = t1 - t0;
+      const [y, post, comb, mix, dX] = [new Float32Array(k * d), new Float32Array(k * hc), new Float32Array(k * hc * hc), new Float32Array(k * nm), new Float32Array(k * n)];
+      const Xs = X.slice(t0 * n, t1 * n);
+      await A().mhcPreForward(y, post, comb, mix, Xs, fn, scale, base, k, hc, d, true, iters, eps, ne);
+      await A().mhcPreBackward(dX, gy.slice(t0 * d, t1 * d), gp.slice(t0 * hc, t1 * hc), gc.slice(t0 * hc * hc, t1 * hc * hc), mix, Xs, fn, scale, base, k, hc, d, true, iters, eps, ne);
+      return [y, post, comb, mix, dX];
+    };
+    const all = await run(0, T);
+    const alone = [[], [], [], [], []] as number[][];
+    for (let t = 0; t < T; t++) (await run(t, t + 1)).forEach((a, i) => alone[i]!.push(...a));
+    all.forEach((a, i) => expect(Buffer.from(a.buffer).equals(Buffer.from(Float32Array.from(alone[i]!).buffer)), `output ${i}`).toBe(true));
+  });
+
   it('hc_head: forward 1e-5, dX 1e-4 vs float64 differences', async () => {
     const r = rng(25);
     const T = 3;
