@@ -215,9 +215,9 @@ void sync(const Napi::CallbackInfo& info, const char* name, const Parser& parse)
 // free is a munmap, and the next step's arrays fault fresh zeroed pages in again) and no trim of
 // the heap's top. A training step allocates and frees GBs of activations and gradients; on
 // virtual machines mapping fresh pages costs more than some of the ops writing them (the flash
-// step at 512 tokens spent 1.8-2.1 s of system time in page faults, 0.25-0.33 s with this, and
-// its steps took 1.1-1.6 s less). The process keeps its peak heap. glibc only; set once when
-// the addon loads, unless V4TUNE_MALLOC=system.
+// step at 512 tokens spent 1.8-2.1 s of system time in page faults, 0.16-0.33 s with this; its
+// bf16 step took 6.0-6.5 s instead of 7.9-8.0, fp32 9.9-10.0 instead of 10.8-11.0). The process
+// keeps its peak heap. glibc only; set once when the addon loads, unless V4TUNE_MALLOC=system.
 static bool keep_freed_memory() {
 #ifdef __GLIBC__
   const char* e = std::getenv("V4TUNE_MALLOC");
