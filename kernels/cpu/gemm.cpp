@@ -615,7 +615,8 @@ static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, lo
   pack_B_scalar(W, transB, N, n0, nb, k0, kc, NR, Bp, row.get(std::max(kc, nb)));
 }
 
-// A is packed once per call, shared by every task, when it takes at most this many floats.
+// A is packed once per call, shared by every task, when it takes at most this many floats (in
+// bf16 mode, where only its pairs are kept: this many pair words).
 static const long kSharedA = 8L << 20;
 
 static void gemm_impl(long M, long N, long K, float alpha, const float* a, long sam, long sak,

@@ -289,7 +289,8 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     const r = rng(9);
     expect(A().setBf16(true)).toBe(true);
     try {
-      for (const [M, N, K] of [[50, 70, 515], [13, 600, 515], [200, 30, 257], [37, 64, 33], [1, 300, 1]] as const) {
+      // 1000 rows: more than one 960-row M block, so pairs are packed per task from row m0 > 0
+      for (const [M, N, K] of [[50, 70, 515], [13, 600, 515], [200, 30, 257], [37, 64, 33], [1, 300, 1], [1000, 40, 70]] as const) {
         const a = randn(M * K, r);
         a[(7 * K + 5) % a.length] = 1e-40; // subnormal: rounds to a bf16 subnormal, not flushed
         a[3 % a.length] = Number.NaN;
