@@ -44,10 +44,11 @@ export interface ByteSource {
   /** read as `read` does, off the JS thread (the libuv pool), so the event loop runs meanwhile */
   readAsync?(into: Uint8Array, at: number): Promise<void>;
   /**
-   * copy all `length` bytes to position `pos` of the open file `fd` in the kernel, off the JS
-   * thread (native addon: copy_file_range); resolves false where that is not available (no addon)
+   * copy the `len` bytes from offset `at` of the slice (default: all of it) to position `pos` of
+   * the open file `fd` in the kernel, off the JS thread (native addon: copy_file_range); resolves
+   * false where that is not available (no addon)
    */
-  copyTo?(fd: number, pos: number): Promise<boolean>;
+  copyTo?(fd: number, pos: number, at?: number, len?: number): Promise<boolean>;
 }
 
 export function numel(shape: ReadonlyArray<number>): number {
@@ -301,7 +302,7 @@ export class SafetensorsSet {
       length: to - from,
       read: (into, at) => f.readInto(e.begin + from + at, into, name),
       readAsync: (into, at) => f.readIntoAsync(e.begin + from + at, into, name),
-      copyTo: (fd, pos) => f.copyRangeTo(e.begin + from, to - from, fd, pos, name),
+      copyTo: (fd, pos, at = 0, len = to - from - at) => f.copyRangeTo(e.begin + from + at, len, fd, pos, name),
     };
   }
 
@@ -343,10 +344,15 @@ export interface WriterOptions {
   /** shard file prefix: `<prefix>-00001-of-0000N.safetensors` */
   prefix?: string;
   metadata?: Record<string, string>;
+  /** the piece streamAt copies a source in, file to file (default COPY_CHUNK) */
+  copyChunk?: number;
 }
 
 /** the largest read a ByteSource is streamed with (the plain copy bench/merge.mjs compares with uses the same) */
 export const STREAM_CHUNK = 16 * 1024 * 1024;
+
+/** the piece a tensor left in a file is copied in, file to file in the kernel (SafetensorsWriter.streamAt) */
+export const COPY_CHUNK = 64 * 1024 * 1024;
 
 interface ShardPlan {
   file: string;
@@ -415,6 +421,13 @@ export class SafetensorsWriter {
   private totalSize = 0;
   /** the buffer ByteSources are streamed through */
   private chunk: Uint8Array | null = null;
+  /**
+   * per shard, the end of its queue of asynchronous writes: they run one at a time, in the order
+   * asked. Two writes into one file at once serialise on the file's lock in the kernel anyway, and
+   * the one waiting spins for it there, taking a core from the work that runs meanwhile.
+   */
+  private readonly queues: Array<Promise<unknown>>;
+  private readonly copyChunk: number;
 
   constructor(dir: string, specs: TensorSpec[], opts: WriterOptions = {}) {
     this.dir = dir;
@@ -435,6 +448,15 @@ export class SafetensorsWriter {
     });
     this.fds = this.plans.map(() => null);
     this.temps = this.plans.map(() => null);
+    this.queues = this.plans.map(() => Promise.resolve());
+    this.copyChunk = Math.max(1, Math.floor(opts.copyChunk ?? COPY_CHUNK));
+  }
+
+  // run `job` when the shard's earlier asynchronous writes are done (failed ones included)
+  private queued<T>(shard: number, job: () => Promise<T>): Promise<T> {
+    const run = this.queues[shard]!.then(job, job);
+    this.queues[shard] = run.catch(() => {});
+    return run;
   }
 
   get shardFiles(): string[] {
@@ -475,12 +497,21 @@ export class SafetensorsWriter {
     p.touched = true;
   }
 
-  /** writeAt off the JS thread (positioned writes on the libuv pool); `data` must stay unchanged until it resolves */
+  /**
+   * writeAt off the JS thread (positioned writes on the libuv pool, in pieces of STREAM_CHUNK
+   * bytes queued with the shard's other asynchronous writes); `data` must stay unchanged until it
+   * resolves
+   */
   async writeAtAsync(name: string, offset: number, data: Uint8Array): Promise<void> {
     const p = this.placeOf(name, offset, data.length);
     const fd = this.fdOf(p.shard);
     p.touched = true;
-    for (let done = 0; done < data.length;) done += (await writeAsync(fd, data, done, data.length - done, p.at + offset + done)).bytesWritten;
+    for (let at = 0; at < data.length; at += STREAM_CHUNK) {
+      const piece = data.subarray(at, Math.min(data.length, at + STREAM_CHUNK));
+      await this.queued(p.shard, async () => {
+        for (let done = 0; done < piece.length;) done += (await writeAsync(fd, piece, done, piece.length - done, p.at + offset + at + done)).bytesWritten;
+      });
+    }
     p.written += data.length;
   }
 
@@ -494,15 +525,27 @@ export class SafetensorsWriter {
 
   /**
    * write all of `src` at byte `offset` of tensor `name`: copied file to file in the kernel where
-   * the source can (ByteSource.copyTo), else read through one reused buffer of STREAM_CHUNK bytes
-   * with the event loop served between chunks
+   * the source can (ByteSource.copyTo, in pieces of WriterOptions.copyChunk bytes queued with the
+   * shard's other asynchronous writes, so a merged tensor is written between two pieces of a large
+   * copy), else read through one reused buffer of STREAM_CHUNK bytes with the event loop served
+   * between chunks
    */
   async streamAt(name: string, offset: number, src: ByteSource): Promise<void> {
     const p = this.placeOf(name, offset, src.length);
-    if (src.length > 0 && src.copyTo && (await src.copyTo(this.fdOf(p.shard), p.at + offset))) {
-      p.written += src.length;
-      p.touched = true;
-      return;
+    const copyTo = src.copyTo;
+    if (src.length > 0 && copyTo) {
+      const fd = this.fdOf(p.shard);
+      let copied = true;
+      for (let at = 0; at < src.length && copied; at += this.copyChunk) {
+        const len = Math.min(this.copyChunk, src.length - at);
+        copied = await this.queued(p.shard, () => copyTo(fd, p.at + offset + at, at, len));
+        if (!copied && at > 0) throw new Error(`SafetensorsWriter: the kernel copy of ${name} stopped being available after ${at} bytes`);
+      }
+      if (copied) {
+        p.written += src.length;
+        p.touched = true;
+        return;
+      }
     }
     if (src.length === 0) this.writeAt(name, offset, new Uint8Array(0));
     this.chunk ??= new Uint8Array(STREAM_CHUNK);

@@ -1,12 +1,12 @@
 // safetensors reader/writer: round trips, lazy byte-range reads, and each kind of bad file
 // ending in one InputError that names the file and the tensor.
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InputError, V4tuneError } from '../../src/errors.js';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
-import { MAX_HEADER, SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile } from '../../src/model/safetensors.js';
+import { MAX_HEADER, SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile, type ByteSource } from '../../src/model/safetensors.js';
 
 const dirs: string[] = [];
 function tmp(): string {
@@ -162,6 +162,64 @@ describe('safetensors writer and reader', () => {
     expect(err).toBeInstanceOf(InputError);
     expect((err as Error).message).toContain(join(src, 'model.safetensors'));
     expect((err as Error).message).toMatch(/tensor w.*truncated/);
+  });
+
+  it('asynchronous writes into one shard run one at a time, in the order asked; a large copy goes in pieces with other writes between them', async () => {
+    const out = tmp();
+    const big = bytes(10_000, 3);
+    const small = bytes(3000, 7);
+    const other = bytes(2000, 11);
+    // m, w and v share the first shard, o has the second (maxShardBytes)
+    const big2 = bytes(10_000, 5);
+    const w = new SafetensorsWriter(out, [
+      { name: 'm', dtype: 'U8', shape: [small.length] }, { name: 'w', dtype: 'U8', shape: [big.length] }, { name: 'v', dtype: 'U8', shape: [big2.length] },
+      { name: 'o', dtype: 'U8', shape: [other.length] },
+    ], { maxShardBytes: 24_000, copyChunk: 1024 });
+    expect(w.shardFiles).toHaveLength(2);
+    const active = [0, 0];
+    const most = [0, 0];
+    const events: string[] = [];
+    // a source in memory that "copies" into fd as the kernel copy would, slowly, counting the
+    // writes in progress on each shard's fd
+    const fdShard = new Map<number, number>();
+    const source = (data: Uint8Array, shard: number, tag: string): ByteSource => ({
+      length: data.length,
+      read: (into, at) => into.set(data.subarray(at, at + into.length)),
+      copyTo: async (fd, pos, at = 0, len = data.length - at) => {
+        fdShard.set(fd, shard);
+        active[shard]!++;
+        most[shard] = Math.max(most[shard]!, active[shard]!);
+        events.push(`${tag}${at}`);
+        if (len > 1024) throw new Error(`a piece of ${len} bytes, more than copyChunk`);
+        await new Promise((res) => setTimeout(res, 2));
+        writeSync(fd, data, at, len, pos);
+        active[shard]!--;
+        return true;
+      },
+    });
+    // two copies into the first shard at once: their pieces take turns
+    const copy = w.streamAt('w', 0, source(big, 0, 'w'));
+    const again = w.streamAt('v', 0, source(big2, 0, 'v'));
+    const copyOther = w.streamAt('o', 0, source(other, 1, 'o'));
+    await new Promise((res) => setTimeout(res, 5)); // the first piece or two of w are under way
+    let copyDone = false;
+    void copy.then(() => { copyDone = true; });
+    await w.writeAtAsync('m', 0, small);
+    events.push('m');
+    expect(copyDone).toBe(false); // m went in between two pieces of w, not after all of them
+    await Promise.all([copy, again, copyOther]);
+    expect(most[0]).toBe(1); // never two writes on one shard at once
+    const pieces = events.filter((e) => /^[vw]/.test(e));
+    expect(pieces.slice(0, 6)).toEqual(['w0', 'v0', 'w1024', 'v1024', 'w2048', 'v2048']);
+    expect(pieces.filter((e) => e.startsWith('w'))).toEqual(Array.from({ length: 10 }, (_, i) => `w${i * 1024}`));
+    expect(events.indexOf('o0')).toBeLessThan(events.indexOf('m')); // another shard's copy did not wait
+    w.finish();
+    const back = SafetensorsSet.open(out);
+    expect(back.read('w')).toEqual(big);
+    expect(back.read('v')).toEqual(big2);
+    expect(back.read('m')).toEqual(small);
+    expect(back.read('o')).toEqual(other);
+    back.close();
   });
 
   it.skipIf(!tryLoadAddon() || !existsSync('/dev/full'))('a kernel copy into a full output fails naming the tensor and the output, not as bad input', async () => {
