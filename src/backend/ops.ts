@@ -114,6 +114,11 @@ export interface Backend {
   prepareWeight(src: WeightSource, name: string): Promise<WeightHandle>;
   /** A weight from host values (tests, presets): [shape], row-major. */
   weightFromArray(name: string, data: F32, shape: number[]): WeightHandle;
+  /**
+   * Free these weights (a streamed model drops a block it is done with: V4BlockStream); handles
+   * this backend did not make are ignored.
+   */
+  releaseWeights(handles: Iterable<WeightHandle>): void;
   /** Free everything this backend holds. */
   dispose(): void;
 

@@ -4,11 +4,19 @@
 // The grouped wo_a gets one Hessian per group of its input (rows of group g read only columns
 // g·inG … (g+1)·inG), so its GPTQ runs per group of output rows.
 //
-// Memory: the Hessians take Σ groups·in²·8 bytes. They are collected for a window of linears at
-// a time (in the order they are asked for), each window at most `budgetBytes` (one linear when
-// a single one is larger): every window is one more forward over the calibration rows. The
-// tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per attention or expert w1)
-// needs a pass per few dozen linears.
+// The forward runs one block at a time (model/v4/model.ts V4BlockStream): every calibration row's
+// streams are kept at the input of the next block to run, so memory holds the frame (embedding,
+// head), one block's weights and rows × T × hc × d floats of streams, never the whole checkpoint.
+// Each block sees the inputs the whole model's forward gives it (the unquantised model's: this
+// is not AutoGPTQ's sequential mode, where later layers see the quantised earlier ones).
+//
+// Memory of the Hessians: Σ groups·in²·8 bytes. They are collected for a window of linears at a
+// time (in the order they are asked for), each window at most `budgetBytes` (one linear when a
+// single one is larger). Collecting a window runs the blocks its linears lie in, from the rows'
+// streams at the first of them (a window that starts in an earlier block than the streams have
+// reached starts again from the embedding). The tiny/small presets fit in one window; V4-Flash
+// (d = 4096: 128 MiB per attention or expert w1 Hessian) needs ten or so windows per layer, each
+// running one block over the rows (a whole-model forward per window would run all 43).
 //
 // Linears that read the same input tensor (an expert's w1 and w3, attention's wq_a and wkv:
 // `CalibratedLinear.input`) share one Hessian: it is accumulated once per input, counted once in
@@ -17,9 +25,10 @@
 // Several formats of one quantize stage share a CalibrationSession: when the previous format's
 // Hessians were one window holding every linear the next format asks for, they are reused (no
 // forward); otherwise the next format collects its own windows (the memory bound holds).
+import type { F32 } from '../backend/ops.js';
 import { hessianAccumulateNative } from '../backend/native/gptq.js';
 import { V4tuneError } from '../errors.js';
-import type { V4Model } from '../model/v4/model.js';
+import type { LinearInputObserver, StreamRow, V4BlockStream } from '../model/v4/model.js';
 
 /** One calibration row: token ids and, for a packed row, its segment lengths. */
 export interface CalibrationRow {
@@ -90,12 +99,12 @@ function finish(h: Hessian): void {
 }
 
 /**
- * Hessians of the given linears from forwards of `model` over `rows`: every row's forward
- * (`route`: the trunk and the MTP block, no LM head) reports the inputs of the wanted linears.
- * Linears of one `input` get one Hessian object: each input tensor is accumulated once, however
- * many of them are told it, and a linear told another tensor than its partner's is an error.
+ * The Hessians of `linears` (one object per input: linears of one `input` share it), and the
+ * observer that accumulates them from a forward's linear inputs. Each input tensor is accumulated
+ * once, however many of its linears are told it; a linear told another tensor than its partner's
+ * is an error.
  */
-export async function collectHessians(model: V4Model, rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[]): Promise<Map<string, Hessian>> {
+function hessianSet(linears: readonly CalibratedLinear[]): { out: Map<string, Hessian>; observe: LinearInputObserver; finish: () => void } {
   const want = new Map(linears.map((l) => [l.module, l]));
   const byInput = new Map<string, Hessian>();
   const out = new Map<string, Hessian>();
@@ -111,27 +120,82 @@ export async function collectHessians(model: V4Model, rows: readonly Calibration
   }
   // per input: the tensor last accumulated and the linears told it since
   const last = new Map<string, { x: Float32Array; told: Set<string> }>();
-  for (const row of rows) {
-    await model.route(row.input_ids, {
-      segments: row.segments ?? null,
-      onLinearInput: (module, x, n, cols) => {
-        const l = want.get(module);
-        if (!l) return;
-        if (cols !== l.groups * l.cols) throw new V4tuneError(`GPTQ calibration: ${module} was given inputs of width ${cols}, its weight reads ${l.groups} × ${l.cols}`);
-        const key = inputOf(l);
-        const seen = last.get(key);
-        if (seen && !seen.told.has(module)) {
-          if (seen.x !== x) throw new V4tuneError(`GPTQ calibration: ${module} is planned to share ${key}'s Hessian but was given another input tensor`);
-          seen.told.add(module);
-          return;
-        }
-        last.set(key, { x, told: new Set([module]) });
-        accumulate(byInput.get(key)!, l.groups, x, n);
-      },
-    });
+  const observe: LinearInputObserver = (module, x, n, cols) => {
+    const l = want.get(module);
+    if (!l) return;
+    if (cols !== l.groups * l.cols) throw new V4tuneError(`GPTQ calibration: ${module} was given inputs of width ${cols}, its weight reads ${l.groups} × ${l.cols}`);
+    const key = inputOf(l);
+    const seen = last.get(key);
+    if (seen && !seen.told.has(module)) {
+      if (seen.x !== x) throw new V4tuneError(`GPTQ calibration: ${module} is planned to share ${key}'s Hessian but was given another input tensor`);
+      seen.told.add(module);
+      return;
+    }
+    last.set(key, { x, told: new Set([module]) });
+    accumulate(byInput.get(key)!, l.groups, x, n);
+  };
+  return { out, observe, finish: () => { for (const h of byInput.values()) finish(h); } };
+}
+
+/** the block of each linear (V4BlockStream.blockOf), or an error naming the one outside every block */
+function blocksOf(stream: V4BlockStream, linears: readonly CalibratedLinear[]): number[] {
+  return linears.map((l) => {
+    const b = stream.blockOf(l.module);
+    if (b === null) throw new V4tuneError(`GPTQ calibration: ${l.module} lies in no block of the model`);
+    return b;
+  });
+}
+
+/**
+ * The calibration rows' place in the model: their streams at the input of block `at` (-1: not
+ * started). `advance(b)` brings them to block b's input, starting again from the embedding when
+ * they are past it; `pass(b0, b1, observe, keep)` runs blocks b0..b1 over every row with the
+ * observer, ending at b1's input (`keep`) or past it.
+ */
+class StreamPosition {
+  at = -1;
+  private rows: StreamRow[] = [];
+  /** blocks run over every row so far (the MTP block counted as one) */
+  blockRuns = 0;
+
+  constructor(private readonly stream: V4BlockStream, private readonly calibration: readonly CalibrationRow[]) {}
+
+  private async runAll(b: number, observe: LinearInputObserver | null, advance: boolean): Promise<void> {
+    for (const row of this.rows) {
+      const y: F32 = await this.stream.run(b, row, observe);
+      if (advance) row.X = y;
+    }
+    this.blockRuns++;
+    if (advance) this.at = b + 1;
   }
-  for (const h of byInput.values()) finish(h);
-  return out;
+
+  async advance(b: number): Promise<void> {
+    if (this.at < 0 || this.at > b) {
+      this.rows = [];
+      for (const r of this.calibration) this.rows.push(await this.stream.start(r.input_ids, r.segments ?? null));
+      this.at = 0;
+    }
+    while (this.at < b) await this.runAll(this.at, null, true);
+  }
+
+  async pass(b0: number, b1: number, observe: LinearInputObserver, keep: boolean): Promise<void> {
+    await this.advance(b0);
+    const L = this.stream.config.num_hidden_layers;
+    for (let b = b0; b <= b1; b++) await this.runAll(b, observe, b < b1 || (!keep && b < L));
+  }
+}
+
+/**
+ * Hessians of the given linears from one pass of `stream` over `rows`: the blocks from the first
+ * to the last that holds one of them, every row's forward reporting their inputs (the same
+ * Hessians a whole-model forward's inputs give).
+ */
+export async function collectHessians(stream: V4BlockStream, rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[]): Promise<Map<string, Hessian>> {
+  const blocks = blocksOf(stream, linears);
+  const set = hessianSet(linears);
+  if (linears.length > 0) await new StreamPosition(stream, rows).pass(Math.min(...blocks), Math.max(...blocks), set.observe, true);
+  set.finish();
+  return set.out;
 }
 
 /**
@@ -141,38 +205,55 @@ export async function collectHessians(model: V4Model, rows: readonly Calibration
  */
 export class CalibratedHessians {
   private readonly windows: CalibratedLinear[][] = [];
+  /** each window's first and last block */
+  private readonly spans: Array<[number, number]> = [];
   private readonly planned = new Map<string, CalibratedLinear>();
   private readonly windowOf = new Map<string, number>();
+  private readonly position: StreamPosition;
   private current = -1;
   private held = new Map<string, Hessian>();
-  /** forwards over the calibration rows so far */
+  /** windows collected so far (each one pass of the rows over its blocks) */
   passes = 0;
 
-  constructor(private readonly model: V4Model, private readonly rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[], budgetBytes = HESSIAN_BUDGET_BYTES) {
+  constructor(private readonly stream: V4BlockStream, rows: readonly CalibrationRow[], linears: readonly CalibratedLinear[], budgetBytes = HESSIAN_BUDGET_BYTES) {
+    const blocks = blocksOf(stream, linears);
     let win: CalibratedLinear[] = [];
+    let span: [number, number] = [Infinity, -Infinity];
     let inputs = new Set<string>();
     let bytes = 0;
-    for (const l of linears) {
+    linears.forEach((l, i) => {
       // a linear whose input's Hessian the window holds already costs nothing more
       const b = inputs.has(inputOf(l)) ? 0 : hessianBytes(l);
       if (win.length > 0 && b > 0 && bytes + b > budgetBytes) {
         this.windows.push(win);
+        this.spans.push(span);
         win = [];
+        span = [Infinity, -Infinity];
         inputs = new Set();
         bytes = 0;
       }
       win.push(l);
+      span = [Math.min(span[0], blocks[i]!), Math.max(span[1], blocks[i]!)];
       inputs.add(inputOf(l));
       bytes += b;
       this.windowOf.set(l.module, this.windows.length);
       this.planned.set(l.module, l);
+    });
+    if (win.length > 0) {
+      this.windows.push(win);
+      this.spans.push(span);
     }
-    if (win.length > 0) this.windows.push(win);
+    this.position = new StreamPosition(stream, rows);
   }
 
   /** number of windows (calibration passes when the linears are asked for in order) */
   get windowCount(): number {
     return this.windows.length;
+  }
+
+  /** blocks run over every calibration row so far (a whole-model forward runs every block once) */
+  get blockRuns(): number {
+    return this.position.blockRuns;
   }
 
   /** whether these Hessians are one window holding every one of `linears` (with the same shapes) */
@@ -189,7 +270,13 @@ export class CalibratedHessians {
     if (w === undefined) throw new V4tuneError(`GPTQ calibration: no Hessian planned for ${module}`);
     if (w !== this.current) {
       this.held = new Map();
-      this.held = await collectHessians(this.model, this.rows, this.windows[w]!);
+      const set = hessianSet(this.windows[w]!);
+      const [b0, b1] = this.spans[w]!;
+      // stay at the last block's input when the next window starts in it
+      const next = this.spans[w + 1];
+      await this.position.pass(b0, b1, set.observe, next !== undefined && next[0] === b1);
+      set.finish();
+      this.held = set.out;
       this.current = w;
       this.passes++;
     }
@@ -205,13 +292,13 @@ export class CalibrationSession {
   private last: CalibratedHessians | null = null;
   private earlier = 0;
 
-  constructor(readonly model: V4Model, readonly rows: readonly CalibrationRow[], private readonly budgetBytes = HESSIAN_BUDGET_BYTES) {}
+  constructor(readonly stream: V4BlockStream, readonly rows: readonly CalibrationRow[], private readonly budgetBytes = HESSIAN_BUDGET_BYTES) {}
 
   /** the Hessians of `linears`, and whether they are the previous list's (collected already) */
   hessians(linears: readonly CalibratedLinear[]): { hessians: CalibratedHessians; reused: boolean } {
     if (this.last && this.last.covers(linears)) return { hessians: this.last, reused: true };
     this.earlier += this.last?.passes ?? 0;
-    this.last = new CalibratedHessians(this.model, this.rows, linears, this.budgetBytes);
+    this.last = new CalibratedHessians(this.stream, this.rows, linears, this.budgetBytes);
     return { hessians: this.last, reused: false };
   }
 

@@ -24,7 +24,7 @@ import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { GgmlType, GgufWriter, type GgmlTypeId, type GgufTensorInfo } from './gguf.js';
 import { dequantizeQ5_0, dequantizeQ8_0, quantizeQ5_0, quantizeQ8_0 } from './ggml-quants.js';
 import { deepseek4Metadata, deepseek4Vocab, ggufName, MTP_EH_PARTS, type GgufPart } from './llama-deepseek4.js';
-import { linearKind, yieldLoop, type LinearKind } from './linears.js';
+import { blockOrder, linearKind, yieldLoop, type LinearKind } from './linears.js';
 import { Q4_K_BLOCK } from './q4k.js';
 import type { GgufFormat, QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
@@ -84,7 +84,8 @@ interface Item {
 function plan(ckpt: Checkpoint, format: GgufFormat, part: GgufPart, fallback: string[]): Item[] {
   const c = ckpt.config;
   const items = new Map<string, Item>();
-  for (const n of ckpt.names()) {
+  // block order, as llama.cpp's converter writes them; calibration goes through the blocks once
+  for (const n of blockOrder(ckpt.names())) {
     const hashBias = /^layers\.(\d+)\.ffn\.gate\.bias$/.exec(n);
     if (hashBias && Number(hashBias[1]) < c.num_hash_layers) continue;
     const g = ggufName(n, part, c.num_hidden_layers);

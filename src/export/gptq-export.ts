@@ -17,7 +17,7 @@ import { f32ToBf16Bytes } from '../model/formats.js';
 import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
 import { gptqModelName, gptqQuantises } from './gptq-names.js';
 import { checkGroupable, type Int4Weight } from './int4.js';
-import { linearKind, yieldLoop } from './linears.js';
+import { blockOrder, linearKind, yieldLoop } from './linears.js';
 import type { QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
 
@@ -74,7 +74,8 @@ function gptqConfigJson(src: string, groupSize: number, damp: number): string {
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json'];
 
 export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder: Rounder): Promise<WriteResult> {
-  const names = ckpt.names();
+  // block order: calibration goes through the blocks once (linears.ts blockOrder)
+  const names = blockOrder(ckpt.names());
   // plan every output tensor first (refusing shapes the layout cannot hold before writing anything)
   const specs: TensorSpec[] = [];
   const order: { name: string; out: number; inF: number }[] = [];

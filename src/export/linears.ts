@@ -25,5 +25,29 @@ export function linearInput(module: string): string {
   return module.replace(/(\.ffn\.(?:shared_experts|experts\.\d+))\.w3$/, '$1.w1').replace(/\.attn\.wkv$/, '.attn.wq_a');
 }
 
+/**
+ * Tensor names in block order: numbers compared as numbers (`layers.2` before `layers.10`,
+ * `experts.9` before `experts.10`), the rest as text. The exports write and quantise in this
+ * order, which is also llama.cpp's converter's, so that GPTQ calibration, which runs the model
+ * one block at a time (calibrate.ts), goes through the blocks once, in order.
+ */
+export function blockOrder(names: readonly string[]): string[] {
+  const key = (n: string): Array<string | number> => n.split(/(\d+)/).map((p, i) => (i % 2 === 1 ? Number(p) : p));
+  const keys = new Map(names.map((n) => [n, key(n)]));
+  const cmp = (a: string, b: string): number => {
+    const x = keys.get(a)!;
+    const y = keys.get(b)!;
+    for (let i = 0; i < Math.min(x.length, y.length); i++) {
+      const p = x[i]!;
+      const q = y[i]!;
+      if (p === q) continue;
+      if (typeof p === 'number' && typeof q === 'number') return p - q;
+      return String(p) < String(q) ? -1 : 1;
+    }
+    return x.length - y.length;
+  };
+  return [...names].sort(cmp);
+}
+
 /** let the event loop run (Ctrl-C, progress) between tensors */
 export const yieldLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));

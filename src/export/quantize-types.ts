@@ -90,8 +90,14 @@ export interface QuantizeSummary {
 export interface CalibrationSummary {
   rows: number;
   damp: number;
-  /** forwards over the calibration rows for this format (one per window of Hessians; 0 when reused) */
+  /** passes over the calibration rows for this format (one per window of Hessians; 0 when reused) */
   passes: number;
+  /**
+   * blocks those passes ran over the calibration rows (calibrate.ts: a window runs the blocks its
+   * linears lie in, one block's weights in memory at a time; a whole-model forward runs every
+   * block once)
+   */
+  blockRuns: number;
   /** the Hessians of the previous format of the stage were reused (no forward of its own) */
   reused: boolean;
   /** linears no calibration input reached (routed experts never chosen): rounded to nearest */

@@ -5,7 +5,7 @@ import { createBackend } from '../backend/index.js';
 import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, outputErrorSqNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
-import { V4Model } from '../model/v4/model.js';
+import { V4BlockStream } from '../model/v4/model.js';
 import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
 import { gptqFactor, gptqRowsFactored, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer, type GptqFactor } from './gptq.js';
@@ -135,7 +135,8 @@ function checkDamp(cal: CalibrationOptions): void {
 /** the calibration model of `ckpt` on the calibration backend, as a session */
 async function loadSession(ckpt: Checkpoint, cal: CalibrationOptions): Promise<CalibrationSession> {
   const backend = await createBackend(cal.backend ?? 'auto', cal.note);
-  return new CalibrationSession(await V4Model.load(ckpt, backend), cal.rows, cal.hessianBudgetBytes ?? HESSIAN_BUDGET_BYTES);
+  // the model one block at a time: calibration holds the frame and one block, never the whole checkpoint
+  return new CalibrationSession(await V4BlockStream.open(ckpt, backend), cal.rows, cal.hessianBudgetBytes ?? HESSIAN_BUDGET_BYTES);
 }
 
 /** A calibration session for the formats of one stage; close() frees its model and checkpoint. */
@@ -147,7 +148,7 @@ export async function openCalibration(model: string, cal: CalibrationOptions): P
     return {
       session,
       close: async () => {
-        session.model.dispose();
+        session.stream.dispose();
         await ckpt.close();
       },
     };
@@ -163,6 +164,7 @@ export const FACTOR_BUDGET_BYTES = 2 ** 30;
 export class GptqRounder implements Rounder {
   private hessians: CalibratedHessians | null = null;
   private passesBefore = 0;
+  private blockRunsBefore = 0;
   /** the planned linears not yet quantised, per input (calibrate.ts: linears of one input share its Hessian) */
   private readonly pending = new Map<string, number>();
   /** per input with pending linears: its Hessian's factors (one per group), within FACTOR_BUDGET_BYTES */
@@ -187,7 +189,7 @@ export class GptqRounder implements Rounder {
   }
 
   plan(order: readonly { name: string; out: number; inF: number }[]): void {
-    const G = this.session.model.config.o_groups;
+    const G = this.session.stream.config.o_groups;
     const linears: CalibratedLinear[] = order.map((l) => {
       const module = l.name.slice(0, -'.weight'.length);
       return { module, cols: l.inF, groups: l.name.endsWith('.attn.wo_a.weight') ? G : 1, input: linearInput(module) };
@@ -201,6 +203,7 @@ export class GptqRounder implements Rounder {
     this.hessians = hessians;
     this.reused = reused;
     this.passesBefore = hessians.passes;
+    this.blockRunsBefore = hessians.blockRuns;
   }
 
   private dropFactors(input?: string): void {
@@ -323,11 +326,11 @@ export class GptqRounder implements Rounder {
   }
 
   calibration(): CalibrationSummary {
-    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, reused: this.reused, rtnFallback: this.fallback, linears: this.gptqLinears, factorizations: this.factorizations };
+    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, blockRuns: (this.hessians?.blockRuns ?? 0) - this.blockRunsBefore, reused: this.reused, rtnFallback: this.fallback, linears: this.gptqLinears, factorizations: this.factorizations };
   }
 
   close(): void {
-    if (this.owned) this.session.model.dispose();
+    if (this.owned) this.session.stream.dispose();
   }
 }
 

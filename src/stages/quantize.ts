@@ -74,7 +74,7 @@ export async function quantizeRecipe(recipe: LoadedRecipe, sink: Sink = silentSi
     }
     if (s.calibration) {
       const c = s.calibration;
-      sink.log(`  GPTQ: ${c.rows} calibration rows, damp ${c.damp}, ${c.reused ? 'Hessians of the previous format reused' : `${c.passes} calibration pass${c.passes === 1 ? '' : 'es'}`}, ${c.linears} linears on ${c.factorizations} factorisations${c.rtnFallback.length ? `; ${c.rtnFallback.length} linears no calibration token reached, rounded to nearest` : ''}`);
+      sink.log(`  GPTQ: ${c.rows} calibration rows, damp ${c.damp}, ${c.reused ? 'Hessians of the previous format reused' : `${c.passes} calibration pass${c.passes === 1 ? '' : 'es'} (${c.blockRuns} block run${c.blockRuns === 1 ? '' : 's'})`}, ${c.linears} linears on ${c.factorizations} factorisations${c.rtnFallback.length ? `; ${c.rtnFallback.length} linears no calibration token reached, rounded to nearest` : ''}`);
     }
   }
   return summaries;

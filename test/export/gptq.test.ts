@@ -1,6 +1,6 @@
 // GPTQ (src/export/gptq.ts): against round to nearest on a float64 reference written here, the
 // model's linear-input observer, and `method: gptq` end to end on the tiny preset.
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,8 +10,8 @@ import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer } from '../../src
 import { quantizeQ4_0 } from '../../src/export/gguf.js';
 import { dequantizeInt4, quantizeRtn } from '../../src/export/int4.js';
 import { CalibratedHessians, collectHessians, type CalibratedLinear } from '../../src/export/calibrate.js';
-import { linearInput } from '../../src/export/linears.js';
-import { linearKind, type QuantizeSummary } from '../../src/export/quantize.js';
+import { blockOrder, linearInput } from '../../src/export/linears.js';
+import { linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
 import { lineSink, silentSink } from '../../src/sink.js';
 import { quantizeRecipe } from '../../src/stages/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
@@ -19,7 +19,8 @@ import { f16Decode } from '../../src/model/formats.js';
 import { initModel } from '../../src/model/init.js';
 import { createAdapter } from '../../src/lora/adapter.js';
 import { loadModel } from '../../src/model/load.js';
-import { V4Model } from '../../src/model/v4/model.js';
+import { V4BlockStream, V4Model } from '../../src/model/v4/model.js';
+import type { Backend, WeightHandle } from '../../src/backend/ops.js';
 import { mulberry32 } from '../../src/random.js';
 import { loadRecipe } from '../../src/recipe/load.js';
 import { cli } from '../cli/capture.js';
@@ -134,6 +135,17 @@ describe('GPTQ of one weight against round to nearest', () => {
 
 // ---------------------------------------------------------------- the observer and the recipe stage
 
+
+describe('blockOrder', () => {
+  it('puts layers and experts in numeric order, the rest by name', () => {
+    const names = ['layers.10.attn.wq_a.weight', 'layers.2.ffn.experts.10.w1.weight', 'mtp.0.e_proj.weight', 'layers.2.ffn.experts.9.w1.weight', 'embed.weight', 'layers.2.attn.wq_a.weight', 'norm.weight', 'layers.1.ffn.gate.weight', 'head.weight'];
+    expect(blockOrder(names)).toEqual([
+      'embed.weight', 'head.weight', 'layers.1.ffn.gate.weight', 'layers.2.attn.wq_a.weight', 'layers.2.ffn.experts.9.w1.weight',
+      'layers.2.ffn.experts.10.w1.weight', 'layers.10.attn.wq_a.weight', 'mtp.0.e_proj.weight', 'norm.weight',
+    ]);
+    expect(names[0]).toBe('layers.10.attn.wq_a.weight'); // the input is left as it was
+  });
+});
 
 describe('method gptq on the tiny preset', () => {
   let dir: string;
@@ -270,6 +282,8 @@ describe('method gptq on the tiny preset', () => {
     const have = openDataset(join(dir, 'out', 'data')).rowCount('train');
     expect(warns.join('\n')).toContain(`export.calibration_rows is 1000 but the train split of ${join(dir, 'out', 'data')} has ${have} rows`);
     expect(g!.calibration).toMatchObject({ rows: have, damp: 0.01, passes: 1 });
+    const layers = (JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { num_hidden_layers: number }).num_hidden_layers;
+    expect(g!.calibration!.blockRuns).toBe(layers + 1); // one window: every block once, the MTP block too
     // w3 reuses w1's factor (routed and shared experts), wkv wq_a's: one factorisation per input
     const ck = await Checkpoint.open(modelDir);
     const fallback = new Set(g!.calibration!.rtnFallback);
@@ -322,7 +336,7 @@ describe('method gptq on the tiny preset', () => {
 
   it('linears that read one input (w1 and w3, wq_a and wkv) share one Hessian: the bits of each collected alone, counted once in a window', async () => {
     const ckpt = await Checkpoint.open(modelDir);
-    const model = await V4Model.load(ckpt, await createBackend('tfjs'));
+    const model = await V4BlockStream.open(ckpt, await createBackend('tfjs'));
     const d = model.config.hidden_size;
     const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 2);
     const mods = ['layers.0.ffn.shared_experts.w1', 'layers.0.ffn.shared_experts.w3', 'layers.1.attn.wq_a', 'layers.1.attn.wkv'];
@@ -351,6 +365,118 @@ describe('method gptq on the tiny preset', () => {
       model.dispose();
       await ckpt.close();
     }
+  }, 120_000);
+
+  it('the model one block at a time: every linear gets the inputs of the whole-model forward, bit for bit, with one block in memory', async () => {
+    const ckpt = await Checkpoint.open(modelDir);
+    const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 2);
+    const copyInputs = (into: Map<string, Float32Array[]>) => (m: string, x: Float32Array, n: number, cols: number): void => {
+      into.set(m, [...(into.get(m) ?? []), x.slice(0, n * cols)]);
+    };
+    const whole = new Map<string, Float32Array[]>();
+    const model = await V4Model.load(ckpt, await createBackend('auto', () => {}));
+    try {
+      for (const r of rows) await model.route(r.input_ids, { segments: r.segments, onLinearInput: copyInputs(whole) });
+    } finally {
+      model.dispose();
+    }
+    // the stream's backend, counting the weights it holds
+    const inner = await createBackend('auto', () => {});
+    const live = new Set<WeightHandle>();
+    let most = 0;
+    const counting = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'prepareWeight') {
+          return async (src: Parameters<Backend['prepareWeight']>[0], name: string) => {
+            const h = await target.prepareWeight(src, name);
+            live.add(h);
+            most = Math.max(most, live.size);
+            return h;
+          };
+        }
+        if (prop === 'releaseWeights') return (hs: Iterable<WeightHandle>) => { for (const h of hs) live.delete(h); target.releaseWeights(hs); };
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as Backend;
+    const stream = await V4BlockStream.open(ckpt, counting);
+    const frame = live.size;
+    const streamed = new Map<string, Float32Array[]>();
+    try {
+      expect(stream.blocks).toBe(stream.config.num_hidden_layers + 1); // the tiny preset has an MTP block
+      for (const r of rows) {
+        const row = await stream.start(r.input_ids, r.segments);
+        for (let b = 0; b < stream.blocks; b++) {
+          const y = await stream.run(b, row, copyInputs(streamed));
+          if (b < stream.config.num_hidden_layers) row.X = y;
+        }
+      }
+      expect(stream.loads).toBe(2 * stream.blocks);
+      const perBlock = ckpt.names().filter((n) => n.startsWith('layers.1.')).length;
+      expect(most).toBeLessThanOrEqual(frame + perBlock + 16); // the frame and one block (its scales not counted as weights)
+      expect(most).toBeLessThan(ckpt.names().length / 2);
+    } finally {
+      stream.dispose();
+      await ckpt.close();
+    }
+    const modules = [...whole.keys()].sort();
+    expect(modules.length).toBeGreaterThan(20);
+    expect([...streamed.keys()].sort()).toEqual(modules);
+    expect(modules.some((m) => m.startsWith('mtp.0.'))).toBe(true);
+    for (const m of modules) {
+      const a = whole.get(m)!;
+      const b = streamed.get(m)!;
+      expect(b.length, m).toBe(a.length);
+      a.forEach((x, i) => expect(Buffer.from(b[i]!.buffer).equals(Buffer.from(x.buffer)), `${m} call ${i}`).toBe(true));
+    }
+  }, 120_000);
+
+  it('Hessians collected in small windows, asked for out of block order (the stream starting again), equal those of one window, bit for bit', async () => {
+    const ckpt = await Checkpoint.open(modelDir);
+    const stream = await V4BlockStream.open(ckpt, await createBackend('auto', () => {}));
+    const d = stream.config.hidden_size;
+    const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 3);
+    const lin = (module: string): CalibratedLinear => ({ module, cols: d, groups: 1, input: linearInput(module) });
+    // layers.1, then layers.0 (behind the streams: a restart), the MTP block, layers.1 again
+    const mods = ['layers.1.attn.wq_a', 'layers.1.ffn.shared_experts.w1', 'layers.0.attn.wq_a', 'layers.0.ffn.shared_experts.w1', 'mtp.0.attn.wq_a', 'mtp.0.ffn.shared_experts.w1', 'layers.1.attn.wkv'];
+    try {
+      const one = new CalibratedHessians(stream, rows, mods.map(lin));
+      expect(one.windowCount).toBe(1);
+      // one input's Hessian per window: seven windows (1.wkv, planned last, is apart from 1.wq_a)
+      const small = new CalibratedHessians(stream, rows, mods.map(lin), d * d * 8);
+      expect(small.windowCount).toBe(7);
+      for (const m of mods) {
+        const a = await one.get(m);
+        const b = await small.get(m);
+        expect(b.tokens, m).toBe(a.tokens);
+        expect(a.tokens, m).toBeGreaterThan(0);
+        expect(Buffer.from(b.H[0]!.buffer).equals(Buffer.from(a.H[0]!.buffer)), m).toBe(true);
+      }
+      const L = stream.config.num_hidden_layers;
+      expect(one.passes).toBe(1);
+      expect(one.blockRuns).toBe(L + 1); // every block once
+      expect(small.passes).toBe(7);
+      // blocks run: 0 and 1 (its streams kept at 1's input: the next window is in block 1), 1
+      // (advancing), 0 after a restart (kept), 0 (advancing), 1 … L−1 then the MTP block (kept),
+      // the MTP block, then a restart for block 1: 0 and 1
+      expect(small.blockRuns).toBe(2 + 1 + 1 + 1 + L + 1 + 2);
+    } finally {
+      stream.dispose();
+      await ckpt.close();
+    }
+  }, 120_000);
+
+  it('quantizes block by block: with a Hessian window per input, each window runs its own block and the streams never start again', async () => {
+    const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 2).map((r) => ({ input_ids: r.input_ids, segments: r.segments }));
+    const cfg = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { hidden_size: number };
+    const s = await quantizeCheckpoint({
+      model: modelDir, out: join(dir, 'q-windows.gguf'), format: 'gguf-q4_0', method: 'gptq', groupSize: 32,
+      calibration: { rows, damp: 0.01, backend: 'auto', hessianBudgetBytes: cfg.hidden_size * cfg.hidden_size * 8, note: () => {} },
+    });
+    const c = s.calibration!;
+    expect(c.passes).toBeGreaterThan(10);
+    // each pass ran the one block its window lies in; moving on to the next block is the last window's own run
+    expect(c.blockRuns).toBe(c.passes);
   }, 120_000);
 
   it('refuses a missing dataset and an empty train split, naming the recipe', async () => {

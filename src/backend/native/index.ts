@@ -153,6 +153,10 @@ export class NativeBackend implements Backend {
     return h;
   }
 
+  releaseWeights(handles: Iterable<WeightHandle>): void {
+    for (const h of handles) this.weights.delete(h as NativeWeight);
+  }
+
   dispose(): void {
     this.weights.clear();
   }

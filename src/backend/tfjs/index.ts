@@ -386,12 +386,17 @@ export class TfjsBackend implements Backend {
     return h;
   }
 
-  dispose(): void {
-    for (const h of this.weights) {
-      if (h.chunks && h.chunks.length > 1) tf.dispose(h.chunks);
-      h.t.dispose();
+  releaseWeights(handles: Iterable<WeightHandle>): void {
+    for (const h of handles) {
+      const w = h as TfWeight;
+      if (!this.weights.delete(w)) continue;
+      if (w.chunks && w.chunks.length > 1) tf.dispose(w.chunks);
+      w.t.dispose();
     }
-    this.weights.clear();
+  }
+
+  dispose(): void {
+    this.releaseWeights([...this.weights]);
   }
 
   async embedding(W: WeightHandle, ids: I32, N: number, d: number): Promise<F32> {

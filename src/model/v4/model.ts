@@ -13,7 +13,7 @@ import { hcHead } from './mhc.js';
 import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
 import { makeSeq, nextTokenTargets, type Seq } from './seq.js';
-import { loadWeights, type ModelSource, type V4Weights } from './weights.js';
+import { hasMtp, loadFrame, loadLayer, loadMtp, loadWeights, weightHandles, type BlockWeights, type ModelSource, type MtpWeights, type V4Weights } from './weights.js';
 import { peftKey } from '../layout.js';
 
 /** An adapter as the model applies it: module name → LoRA factors, and the list of modules. */
@@ -130,10 +130,69 @@ export function mtpTargets(seq: Seq, rows: Int32Array, lossMask: Uint8Array | nu
   return Int32Array.from(rows, (t) => (t + 2 < seq.T && seq.segOf[t + 2] === seq.segOf[t] && (lossMask === null || lossMask[t + 2] === 1) ? seq.ids[t + 2]! : -1));
 }
 
-export class V4Model {
+/** Float32 RoPE tables of a model, one for the plain layers and one for the compressed, grown as needed. */
+class RopeTables {
   private readonly tables = new Map<string, RopeTable>();
+  constructor(private readonly config: V4Config) {}
 
-  private constructor(readonly config: V4Config, readonly backend: Backend, readonly weights: V4Weights) {}
+  /** the table for a layer's ratio covering positions < len */
+  get(ratio: number, len: number): RopeTable {
+    const key = ratio === 0 ? 'plain' : 'compressed';
+    const have = this.tables.get(key);
+    if (have && have.maxPos >= len) return have;
+    const t = ropeTable(ropeParamsFor(this.config, ratio), Math.max(len, 2 * (have?.maxPos ?? 0), 256));
+    this.tables.set(key, t);
+    return t;
+  }
+
+  values(): RopeTable[] {
+    return [...this.tables.values()];
+  }
+}
+
+/**
+ * The MTP block on the trunk's streams X [T, hc, d]: its normed hidden state per pair row (row i
+ * pairs token t = rows[i] with t+1; pairs never cross a segment). `frame`: the embedding.
+ */
+async function mtpPairs(
+  g: Graph, W: MtpWeights, frame: V4Weights, ids: Int32Array, seq: Seq, X: F32, c: V4Config, tables: RopeTables, onRouting: RoutingObserver | null | undefined,
+): Promise<{ hn: F32; rows: Int32Array }> {
+  const rowsL: number[] = [];
+  const segs: number[] = [];
+  seq.segs.forEach((len, s) => {
+    if (len < 2) return;
+    segs.push(len - 1);
+    for (let p = 0; p < len - 1; p++) rowsL.push(seq.segStart[s] + p);
+  });
+  const rows = Int32Array.from(rowsL);
+  if (rows.length === 0) return { hn: new Float32Array(0), rows };
+  const hcd = c.hc_mult * c.hidden_size;
+  const Xr = new Float32Array(rows.length * hcd);
+  rows.forEach((t, i) => Xr.set(X.subarray(t * hcd, (t + 1) * hcd), i * hcd));
+  const seqNext = makeSeq(Int32Array.from(rows, (t) => ids[t + 1]), segs);
+  const at = Int32Array.from(rows, (t) => t + 1);
+  const gm = onRouting ? g.withRouting((b, idx, w, N, k) => onRouting(b, idx, w, N, k, at)) : g;
+  const hn = await mtpHidden(gm, W, frame, Xr, seqNext, c, tables.get(W.block.ratio, seqNext.maxLen));
+  return { hn, rows };
+}
+
+/** an untaped graph without an adapter that tells `onLinearInput` the named linears' inputs */
+function observingGraph(backend: Backend, onLinearInput: LinearInputObserver | null): Graph {
+  return new Graph(backend, null, null, new Map(), null, null, null, onLinearInput, 0);
+}
+
+/** the streams entering the first block: the embedding repeated hc times, [T, hc, d] */
+async function streamsIn(g: Graph, frame: V4Weights, seq: Seq, c: V4Config): Promise<F32> {
+  const emb = await g.embedding(frame.embed, seq.ids, seq.T, c.hidden_size);
+  return g.untaped().repeatStreams(emb, seq.T, c.hc_mult, c.hidden_size);
+}
+
+export class V4Model {
+  private readonly tables: RopeTables;
+
+  private constructor(readonly config: V4Config, readonly backend: Backend, readonly weights: V4Weights) {
+    this.tables = new RopeTables(config);
+  }
 
   /** Prepare every base weight of `src` on `backend`. */
   static async load(src: ModelSource, backend: Backend): Promise<V4Model> {
@@ -213,7 +272,7 @@ export class V4Model {
     const res: LossAndGrads = { loss: lossSum / count, lossSum, count, grads, ...(mtp ? { mtp } : {}) };
     if (account) {
       const factors = [...opts.adapter.modules()].map((m) => opts.adapter.factors(m));
-      res.savedPeakBytes = account.peak([this.weights, factors, [...this.tables.values()], seq]);
+      res.savedPeakBytes = account.peak([this.weights, factors, this.tables.values(), seq]);
     }
     return res;
   }
@@ -275,26 +334,8 @@ export class V4Model {
   }
 
   /** The MTP block on the trunk's streams X [T, hc, d]: its normed hidden state per pair row. */
-  private async mtpForward(g: Graph, ids: Int32Array, seq: Seq, X: F32, onRouting: RoutingObserver | null | undefined): Promise<{ hn: F32; rows: Int32Array }> {
-    const W = this.weights.mtp[0]!;
-    const c = this.config;
-    const rowsL: number[] = [];
-    const segs: number[] = [];
-    seq.segs.forEach((len, s) => {
-      if (len < 2) return;
-      segs.push(len - 1);
-      for (let p = 0; p < len - 1; p++) rowsL.push(seq.segStart[s] + p);
-    });
-    const rows = Int32Array.from(rowsL);
-    if (rows.length === 0) return { hn: new Float32Array(0), rows };
-    const hcd = c.hc_mult * c.hidden_size;
-    const Xr = new Float32Array(rows.length * hcd);
-    rows.forEach((t, i) => Xr.set(X.subarray(t * hcd, (t + 1) * hcd), i * hcd));
-    const seqNext = makeSeq(Int32Array.from(rows, (t) => ids[t + 1]), segs);
-    const at = Int32Array.from(rows, (t) => t + 1);
-    const gm = onRouting ? g.withRouting((b, idx, w, N, k) => onRouting(b, idx, w, N, k, at)) : g;
-    const hn = await mtpHidden(gm, W, this.weights, Xr, seqNext, c, this.table(W.block.ratio, seqNext.maxLen));
-    return { hn, rows };
+  private mtpForward(g: Graph, ids: Int32Array, seq: Seq, X: F32, onRouting: RoutingObserver | null | undefined): Promise<{ hn: F32; rows: Int32Array }> {
+    return mtpPairs(g, this.weights.mtp[0]!, this.weights, ids, seq, X, this.config, this.tables, onRouting);
   }
 
   private graph(
@@ -325,20 +366,13 @@ export class V4Model {
 
   /** Float32 RoPE table for a layer's ratio covering positions < len. */
   private table(ratio: number, len: number): RopeTable {
-    const key = ratio === 0 ? 'plain' : 'compressed';
-    const have = this.tables.get(key);
-    if (have && have.maxPos >= len) return have;
-    const t = ropeTable(ropeParamsFor(this.config, ratio), Math.max(len, 2 * (have?.maxPos ?? 0), 256));
-    this.tables.set(key, t);
-    return t;
+    return this.tables.get(ratio, len);
   }
 
   /** Streams after the last layer: [T, hc, d]; `checkpointing`: per block (see checkpointedBlock). */
   private async trunk(g: Graph, seq: Seq, checkpointing = false): Promise<F32> {
     const c = this.config;
-    const d = c.hidden_size;
-    const emb = await g.embedding(this.weights.embed, seq.ids, seq.T, d);
-    let X = g.untaped().repeatStreams(emb, seq.T, c.hc_mult, d);
+    let X = await streamsIn(g, this.weights, seq, c);
     const run = checkpointing ? checkpointedBlock : block;
     for (const B of this.weights.layers) X = await run(g, B, X, seq, c, this.table(B.ratio, seq.maxLen));
     return X;
@@ -354,5 +388,101 @@ export class V4Model {
     const c = this.config;
     const y = await hcHead(g, this.weights.hcHead, X, seq.T, c);
     return g.rmsnorm(y, this.weights.norm, seq.T, c.hidden_size, c.rms_norm_eps);
+  }
+}
+
+/** One calibration row's place in a V4BlockStream pass: its layout and the streams entering the next block. */
+export interface StreamRow {
+  readonly ids: Int32Array;
+  readonly seq: Seq;
+  /** the streams entering block `next` [T, hc, d] (for the MTP block: the trunk's output) */
+  X: F32;
+}
+
+/**
+ * The model one block at a time, for passes that need every block's inputs but not every block
+ * in memory at once (streamed GPTQ calibration, export/calibrate.ts). The frame (embedding,
+ * head, final norms) stays loaded; a block's weights are loaded when it first runs and released
+ * when another block is loaded, so memory holds the frame and one block. Block b <
+ * num_hidden_layers is `layers.b`; b = num_hidden_layers is the MTP block `mtp.0` where the
+ * checkpoint has one, run on the trunk's output as V4Model's `route` runs it. Each block sees the
+ * inputs the whole model's forward gives it (the same ops on the same values).
+ */
+export class V4BlockStream {
+  private readonly tables: RopeTables;
+  private loaded: { b: number; w: BlockWeights | MtpWeights } | null = null;
+  /** block loads so far */
+  loads = 0;
+
+  private constructor(private readonly src: ModelSource, readonly backend: Backend, private readonly frame: V4Weights) {
+    this.tables = new RopeTables(src.config);
+  }
+
+  static async open(src: ModelSource, backend: Backend): Promise<V4BlockStream> {
+    return new V4BlockStream(src, backend, await loadFrame(backend, src));
+  }
+
+  get config(): V4Config {
+    return this.src.config;
+  }
+
+  /** blocks: the layers, then the MTP block where the checkpoint has one */
+  get blocks(): number {
+    return this.config.num_hidden_layers + (hasMtp(this.src, 0) ? 1 : 0);
+  }
+
+  /** the block a module (`layers.3.attn.wq_a`, `mtp.0.ffn.experts.1.w1`) belongs to, or null */
+  blockOf(module: string): number | null {
+    const m = /^(layers|mtp)\.(\d+)\./.exec(module);
+    if (!m) return null;
+    const i = Number(m[2]);
+    if (m[1] === 'layers') return i < this.config.num_hidden_layers ? i : null;
+    return i === 0 && hasMtp(this.src, 0) ? this.config.num_hidden_layers : null;
+  }
+
+  /** a row at the start of a pass: the streams entering block 0 */
+  async start(ids: Int32Array, segments?: ArrayLike<number> | null): Promise<StreamRow> {
+    const seq = makeSeq(ids, segments);
+    return { ids, seq, X: await streamsIn(observingGraph(this.backend, null), this.frame, seq, this.config) };
+  }
+
+  /**
+   * Block b on the row's streams X (for the MTP block: the trunk's output), its weights loaded
+   * first if they are not; returns the streams leaving a layer (for the MTP block, the MTP hidden
+   * state). `onLinearInput` is told the inputs of the block's linears.
+   */
+  async run(b: number, row: StreamRow, onLinearInput: LinearInputObserver | null = null): Promise<F32> {
+    const w = await this.load(b);
+    const g = observingGraph(this.backend, onLinearInput);
+    const c = this.config;
+    if (b < c.num_hidden_layers) {
+      const B = w as BlockWeights;
+      return block(g, B, row.X, row.seq, c, this.tables.get(B.ratio, row.seq.maxLen));
+    }
+    return (await mtpPairs(g, w as MtpWeights, this.frame, row.ids, row.seq, row.X, c, this.tables, null)).hn;
+  }
+
+  /** block b's weights, loaded (and the block loaded before released) if they are not */
+  private async load(b: number): Promise<BlockWeights | MtpWeights> {
+    if (this.loaded?.b === b) return this.loaded.w;
+    if (b < 0 || b >= this.blocks) throw new InputError(`V4BlockStream: no block ${b} (the model has ${this.blocks})`);
+    this.release();
+    const c = this.config;
+    const w = b < c.num_hidden_layers ? await loadLayer(this.backend, this.src, b) : await loadMtp(this.backend, this.src, 0);
+    this.loaded = { b, w };
+    this.loads++;
+    return w;
+  }
+
+  private release(): void {
+    if (!this.loaded) return;
+    this.backend.releaseWeights(weightHandles(this.loaded.w));
+    this.loaded = null;
+  }
+
+  /** Free every weight (the backend's too). */
+  dispose(): void {
+    this.release();
+    this.backend.dispose();
   }
 }

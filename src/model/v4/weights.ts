@@ -147,32 +147,70 @@ export async function loadBlock(be: Backend, src: ModelSource, prefix: string, l
   };
 }
 
-/** Every base weight of the model (MTP blocks included when the checkpoint has them). */
-export async function loadWeights(be: Backend, src: ModelSource): Promise<V4Weights> {
+/** Layer `i`'s block (`layers.i`). */
+export function loadLayer(be: Backend, src: ModelSource, i: number): Promise<BlockWeights> {
+  return loadBlock(be, src, `layers.${i}`, i, src.config.compress_ratios[i]!);
+}
+
+/** whether the checkpoint has MTP block `i` */
+export function hasMtp(src: ModelSource, i: number): boolean {
+  return i < src.config.num_nextn_predict_layers && src.has(`mtp.${i}.e_proj.weight`);
+}
+
+/** MTP block `i` (`mtp.i`): its block and its own projections and norms. */
+export async function loadMtp(be: Backend, src: ModelSource, i: number): Promise<MtpWeights> {
   const c = src.config;
-  const layers: BlockWeights[] = [];
-  for (let i = 0; i < c.num_hidden_layers; i++) layers.push(await loadBlock(be, src, `layers.${i}`, i, c.compress_ratios[i]));
-  const mtp: MtpWeights[] = [];
-  for (let i = 0; i < c.num_nextn_predict_layers; i++) {
-    const p = `mtp.${i}`;
-    if (!src.has(`${p}.e_proj.weight`)) break;
-    const w = (n: string): Promise<WeightHandle> => be.prepareWeight(src, `${p}.${n}`);
-    mtp.push({
-      block: await loadBlock(be, src, p, c.num_hidden_layers + i, c.mtp_compress_ratio),
-      e_proj: await w('e_proj.weight'),
-      h_proj: await w('h_proj.weight'),
-      enorm: await w('enorm.weight'),
-      hnorm: await w('hnorm.weight'),
-      norm: await w('norm.weight'),
-      hcHead: await hc(be, src, `${p}.hc_head`),
-    });
-  }
+  const p = `mtp.${i}`;
+  const w = (n: string): Promise<WeightHandle> => be.prepareWeight(src, `${p}.${n}`);
+  return {
+    block: await loadBlock(be, src, p, c.num_hidden_layers + i, c.mtp_compress_ratio),
+    e_proj: await w('e_proj.weight'),
+    h_proj: await w('h_proj.weight'),
+    enorm: await w('enorm.weight'),
+    hnorm: await w('hnorm.weight'),
+    norm: await w('norm.weight'),
+    hcHead: await hc(be, src, `${p}.hc_head`),
+  };
+}
+
+/** The weights outside the blocks: the embedding, the head, the final norm and hc_head. */
+export async function loadFrame(be: Backend, src: ModelSource): Promise<V4Weights> {
   return {
     embed: await be.prepareWeight(src, 'embed.weight'),
     head: await be.prepareWeight(src, 'head.weight'),
     norm: await be.prepareWeight(src, 'norm.weight'),
     hcHead: await hc(be, src, 'hc_head'),
-    layers,
-    mtp,
+    layers: [],
+    mtp: [],
   };
+}
+
+/** Every base weight of the model (MTP blocks included when the checkpoint has them). */
+export async function loadWeights(be: Backend, src: ModelSource): Promise<V4Weights> {
+  const c = src.config;
+  const layers: BlockWeights[] = [];
+  for (let i = 0; i < c.num_hidden_layers; i++) layers.push(await loadLayer(be, src, i));
+  const mtp: MtpWeights[] = [];
+  for (let i = 0; hasMtp(src, i); i++) mtp.push(await loadMtp(be, src, i));
+  return { ...(await loadFrame(be, src)), layers, mtp };
+}
+
+/** every weight handle inside a block's (or an MTP block's) weights, for Backend.releaseWeights */
+export function weightHandles(w: BlockWeights | MtpWeights): WeightHandle[] {
+  const out: WeightHandle[] = [];
+  const walk = (v: unknown): void => {
+    if (v === null || typeof v !== 'object' || ArrayBuffer.isView(v)) return;
+    if (Array.isArray(v)) {
+      for (const x of v) walk(x);
+      return;
+    }
+    const o = v as Record<string, unknown>;
+    if (typeof o.name === 'string' && Array.isArray(o.shape)) {
+      out.push(o as unknown as WeightHandle);
+      return;
+    }
+    for (const x of Object.values(o)) walk(x);
+  };
+  walk(w);
+  return out;
 }
