@@ -390,7 +390,7 @@ try {
     quantizeGptq = {
       format: 'gptq (INT4, group 32)', method: 'gptq', calibration_rows: rows, tokens_per_row: 512, seconds: round(q.seconds, 1),
       peak_rss_mb: round(q.peakMB), bytes_written: q.written, calibration: c,
-      note: 'prepare (untimed), then the whole quantize process: the calibration forwards over the rows (one per window of Hessians, 4 GiB each), every quantised linear\'s GPTQ on the native addon and its three output-error traces, and the writing of the GPTQ folder.',
+      note: 'prepare (untimed), then the whole quantize process: the calibration passes over the rows (one per window of Hessians, 4 GiB each, each running the blocks its linears lie in with one block\'s weights loaded: calibration.blockRuns), every quantised linear\'s GPTQ on the native addon and its three output-error traces, and the writing of the GPTQ folder.',
     };
     console.log(`quantize gptq gptq: ${quantizeGptq.seconds} s, peak RSS ${quantizeGptq.peak_rss_mb} MB, calibration ${JSON.stringify(c)}`);
   } else if (existsSync(values.out)) {

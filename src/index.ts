@@ -25,7 +25,7 @@ export { openDataset, type Dataset, type DatasetRow, type Split } from './data/d
 export { loadTokenizer, type TextTokenizer } from './data/tokenizer.js';
 // model
 export { loadModel, type LoadModelOptions } from './model/load.js';
-export { V4Model, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver, type LinearInputObserver, type MtpAgreement } from './model/v4/model.js';
+export { V4BlockStream, V4Model, type StreamRow, type ForwardOptions, type GradOptions, type LossResult, type LossAndGrads, type ModelAdapter, type RoutingObserver, type LinearInputObserver, type MtpAgreement } from './model/v4/model.js';
 export { Checkpoint } from './model/checkpoint.js';
 export { parseConfig, type V4Config } from './model/config.js';
 export { initModel, type InitOptions } from './model/init.js';

@@ -14,9 +14,12 @@
 // time (in the order they are asked for), each window at most `budgetBytes` (one linear when a
 // single one is larger). Collecting a window runs the blocks its linears lie in, from the rows'
 // streams at the first of them (a window that starts in an earlier block than the streams have
-// reached starts again from the embedding). The tiny/small presets fit in one window; V4-Flash
-// (d = 4096: 128 MiB per attention or expert w1 Hessian) needs ten or so windows per layer, each
-// running one block over the rows (a whole-model forward per window would run all 43).
+// reached starts again from the embedding). A window that leaves the streams where they are (the
+// next window starts in the same block) only observes the block: it stops after the MoE's routing
+// and computes an expert's activation (its w2's input) only for the window's experts (the
+// observer's `wants`). The tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per
+// attention or expert w1 Hessian) needs ten or so windows per layer, each observing one block
+// (a whole-model forward per window would run all 43, whole).
 //
 // Linears that read the same input tensor (an expert's w1 and w3, attention's wq_a and wkv:
 // `CalibratedLinear.input`) share one Hessian: it is accumulated once per input, counted once in
@@ -120,7 +123,7 @@ function hessianSet(linears: readonly CalibratedLinear[]): { out: Map<string, He
   }
   // per input: the tensor last accumulated and the linears told it since
   const last = new Map<string, { x: Float32Array; told: Set<string> }>();
-  const observe: LinearInputObserver = (module, x, n, cols) => {
+  const observe: LinearInputObserver = Object.assign((module: string, x: Float32Array, n: number, cols: number): void => {
     const l = want.get(module);
     if (!l) return;
     if (cols !== l.groups * l.cols) throw new V4tuneError(`GPTQ calibration: ${module} was given inputs of width ${cols}, its weight reads ${l.groups} × ${l.cols}`);
@@ -133,7 +136,7 @@ function hessianSet(linears: readonly CalibratedLinear[]): { out: Map<string, He
     }
     last.set(key, { x, told: new Set([module]) });
     accumulate(byInput.get(key)!, l.groups, x, n);
-  };
+  }, { wants: (module: string) => want.has(module) });
   return { out, observe, finish: () => { for (const h of byInput.values()) finish(h); } };
 }
 
@@ -162,8 +165,12 @@ class StreamPosition {
 
   private async runAll(b: number, observe: LinearInputObserver | null, advance: boolean): Promise<void> {
     for (const row of this.rows) {
-      const y: F32 = await this.stream.run(b, row, observe);
-      if (advance) row.X = y;
+      if (advance || !observe) {
+        const y: F32 = await this.stream.run(b, row, observe);
+        if (advance) row.X = y;
+      } else {
+        await this.stream.observe(b, row, observe); // the inputs only: no expert outputs
+      }
     }
     this.blockRuns++;
     if (advance) this.at = b + 1;

@@ -412,6 +412,15 @@ describe('method gptq on the tiny preset', () => {
         }
       }
       expect(stream.loads).toBe(2 * stream.blocks);
+      // an observer that wants some linears only is told those only (the others' expert
+      // activations are not computed); observing block 1 alone tells it the same bits
+      const wanted = new Set(['layers.1.ffn.experts.0.w2', 'layers.1.ffn.shared_experts.w2', 'layers.1.attn.wq_b']);
+      const only = new Map<string, Float32Array[]>();
+      const row = await stream.start(rows[0]!.input_ids, rows[0]!.segments);
+      row.X = await stream.run(0, row);
+      await stream.observe(1, row, Object.assign(copyInputs(only), { wants: (m: string) => wanted.has(m) }));
+      expect([...only.keys()].sort()).toEqual([...wanted].filter((m) => whole.has(m)).sort());
+      for (const [m, xs] of only) expect(Buffer.from(xs[0]!.buffer).equals(Buffer.from(whole.get(m)![0]!.buffer)), m).toBe(true);
       const perBlock = ckpt.names().filter((n) => n.startsWith('layers.1.')).length;
       expect(most).toBeLessThanOrEqual(frame + perBlock + 16); // the frame and one block (its scales not counted as weights)
       expect(most).toBeLessThan(ckpt.names().length / 2);
@@ -436,15 +445,19 @@ describe('method gptq on the tiny preset', () => {
     const stream = await V4BlockStream.open(ckpt, await createBackend('auto', () => {}));
     const d = stream.config.hidden_size;
     const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 3);
-    const lin = (module: string): CalibratedLinear => ({ module, cols: d, groups: 1, input: linearInput(module) });
-    // layers.1, then layers.0 (behind the streams: a restart), the MTP block, layers.1 again
-    const mods = ['layers.1.attn.wq_a', 'layers.1.ffn.shared_experts.w1', 'layers.0.attn.wq_a', 'layers.0.ffn.shared_experts.w1', 'mtp.0.attn.wq_a', 'mtp.0.ffn.shared_experts.w1', 'layers.1.attn.wkv'];
+    // layers.1 (three windows: the first two only observe the block, the third runs it whole),
+    // then layers.0 (behind the streams: a restart), the MTP block, layers.1 again
+    const mods = [
+      'layers.1.ffn.shared_experts.w1', 'layers.1.ffn.experts.0.w2', 'layers.1.attn.wq_a', 'layers.0.attn.wq_a', 'layers.0.ffn.shared_experts.w1',
+      'mtp.0.attn.wq_a', 'mtp.0.ffn.shared_experts.w1', 'layers.1.attn.wkv',
+    ];
+    const lin = (module: string): CalibratedLinear => ({ module, cols: module.endsWith('.w2') ? stream.config.moe_intermediate_size : d, groups: 1, input: linearInput(module) });
     try {
       const one = new CalibratedHessians(stream, rows, mods.map(lin));
       expect(one.windowCount).toBe(1);
-      // one input's Hessian per window: seven windows (1.wkv, planned last, is apart from 1.wq_a)
+      // one input's Hessian per window: eight windows (1.wkv, planned last, is apart from 1.wq_a)
       const small = new CalibratedHessians(stream, rows, mods.map(lin), d * d * 8);
-      expect(small.windowCount).toBe(7);
+      expect(small.windowCount).toBe(8);
       for (const m of mods) {
         const a = await one.get(m);
         const b = await small.get(m);
@@ -455,11 +468,11 @@ describe('method gptq on the tiny preset', () => {
       const L = stream.config.num_hidden_layers;
       expect(one.passes).toBe(1);
       expect(one.blockRuns).toBe(L + 1); // every block once
-      expect(small.passes).toBe(7);
-      // blocks run: 0 and 1 (its streams kept at 1's input: the next window is in block 1), 1
-      // (advancing), 0 after a restart (kept), 0 (advancing), 1 … L−1 then the MTP block (kept),
-      // the MTP block, then a restart for block 1: 0 and 1
-      expect(small.blockRuns).toBe(2 + 1 + 1 + 1 + L + 1 + 2);
+      expect(small.passes).toBe(8);
+      // blocks run: 0 then 1 observed (the streams stay at 1's input: the next window is in
+      // block 1), 1 observed again, 1 whole (advancing), 0 observed after a restart, 0 (advancing),
+      // 1 … L−1 then the MTP block, the MTP block, then a restart for block 1: 0 and 1
+      expect(small.blockRuns).toBe(2 + 1 + 1 + 1 + 1 + L + 1 + 2);
     } finally {
       stream.dispose();
       await ckpt.close();

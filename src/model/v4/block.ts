@@ -6,11 +6,29 @@ import type { V4Config } from '../config.js';
 import { attention } from './attention.js';
 import { ChoiceLog, type Graph } from './graph.js';
 import { hcPost, hcPre } from './mhc.js';
-import { moe } from './moe.js';
+import { moe, moeRoute } from './moe.js';
 import type { Seq } from './seq.js';
 import type { BlockWeights } from './weights.js';
 
 export async function block(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable): Promise<F32> {
+  const m = await moeInput(g, B, X, seq, c, table);
+  const fo = await moe(g, B.ffn, B.prefix, m.fx, seq, c);
+  return hcPost(g, fo, m.X1, m.f.post, m.f.comb, seq.T, c);
+}
+
+/**
+ * `block` up to the MoE's routing: every linear's input is told to `g.linearInput` and every
+ * routing to `g.routing`, but the experts' outputs and the block's output are not computed (a
+ * calibration pass that stays at this block's input, export/calibrate.ts).
+ */
+export async function blockObserved(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable): Promise<void> {
+  const m = await moeInput(g, B, X, seq, c, table);
+  await moeRoute(g, B.ffn, B.prefix, m.fx, seq, c);
+}
+
+// the block through attention and the second hc_pre: X1 (streams after attention), the MoE's
+// hc_pre f and its normed input fx
+async function moeInput(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable) {
   const T = seq.T;
   const d = c.hidden_size;
   const eps = c.rms_norm_eps;
@@ -20,8 +38,7 @@ export async function block(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Co
   const X1 = await hcPost(g, ao, X, a.post, a.comb, T, c);
   const f = await hcPre(g, B.hcFfn, X1, T, c);
   const fx = await g.rmsnorm(f.y, B.ffnNorm, T, d, eps);
-  const fo = await moe(g, B.ffn, B.prefix, fx, seq, c);
-  return hcPost(g, fo, X1, f.post, f.comb, T, c);
+  return { X1, f, fx };
 }
 
 /**

@@ -106,7 +106,14 @@ export type RoutingSink = (block: string, idx: I32, weights: F32, N: number, k: 
  * Routed experts: only the rows routed to the expert, `tokenIdx` [rows] their row in the block's
  * input; null for every other linear (row t is row t). Expert w2: the clamped SwiGLU activation.
  */
-export type LinearInputSink = (module: string, x: F32, rows: number, cols: number, tokenIdx: I32 | null) => void;
+export type LinearInputSink = ((module: string, x: F32, rows: number, cols: number, tokenIdx: I32 | null) => void) & {
+  /**
+   * the linears the sink listens to (absent: all): it is told only those, and an input computed
+   * only to be told (an expert w2's activation, recomputed from its w1 and w3) is not computed
+   * for the others
+   */
+  wants?: (module: string) => boolean;
+};
 
 export class Graph {
   /**
@@ -193,9 +200,15 @@ export class Graph {
     return y;
   }
 
+  // a linear's input to the linearInput sink, if it listens to that linear
+  private tell(module: string, x: F32, N: number, cols: number): void {
+    const sink = this.linearInput;
+    if (sink && (sink.wants?.(module) ?? true)) sink(module, x, N, cols, null);
+  }
+
   /** y = x Wᵀ (+ LoRA of `module` when the adapter has one). */
   async linear(x: F32, W: WeightHandle, module: string | null, N: number, inF: number, outF: number): Promise<F32> {
-    if (module) this.linearInput?.(module, x, N, inF, null);
+    if (module) this.tell(module, x, N, inF);
     const lora = this.lora(module);
     const { y, saved } = await this.be.linearForward(x, W, lora, N, inF, outF);
     this.tape?.record([x], [y], async ([dy]) => {
@@ -207,7 +220,7 @@ export class Graph {
   }
 
   async groupedLinear(x: F32, W: WeightHandle, module: string | null, N: number, G: number, inG: number, outG: number): Promise<F32> {
-    if (module) this.linearInput?.(module, x, N, G * inG, null);
+    if (module) this.tell(module, x, N, G * inG);
     const lora = this.lora(module);
     const { y, saved } = await this.be.groupedLinearForward(x, W, lora, N, G, inG, outG);
     this.tape?.record([x], [y], async ([dy]) => {

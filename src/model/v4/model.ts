@@ -7,7 +7,7 @@ import { SavedBytes, Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
 import { meanLoss } from '../loss.js';
 import type { V4Config } from '../config.js';
-import { block, checkpointedBlock } from './block.js';
+import { block, blockObserved, checkpointedBlock } from './block.js';
 import { Graph, type AdapterView, type DropoutPlan, type LinearInputSink, type RoutingSink } from './graph.js';
 import { hcHead } from './mhc.js';
 import { mtpHidden } from './mtp.js';
@@ -460,6 +460,20 @@ export class V4BlockStream {
       return block(g, B, row.X, row.seq, c, this.tables.get(B.ratio, row.seq.maxLen));
     }
     return (await mtpPairs(g, w as MtpWeights, this.frame, row.ids, row.seq, row.X, c, this.tables, null)).hn;
+  }
+
+  /**
+   * `run` for the linears' inputs only: a layer stops after its MoE's routing (no expert outputs,
+   * no streams out); the MTP block runs whole.
+   */
+  async observe(b: number, row: StreamRow, onLinearInput: LinearInputObserver): Promise<void> {
+    const c = this.config;
+    if (b >= c.num_hidden_layers) {
+      await this.run(b, row, onLinearInput);
+      return;
+    }
+    const B = (await this.load(b)) as BlockWeights;
+    await blockObserved(observingGraph(this.backend, onLinearInput), B, row.X, row.seq, c, this.tables.get(B.ratio, row.seq.maxLen));
   }
 
   /** block b's weights, loaded (and the block loaded before released) if they are not */

@@ -11,9 +11,23 @@ import type { FfnWeights } from './weights.js';
 export async function moe(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: Seq, c: V4Config): Promise<F32> {
   const T = seq.T;
   const d = c.hidden_size;
-  const E = c.n_routed_experts;
   const k = c.num_experts_per_tok;
   const I = c.moe_intermediate_size;
+  const { weights, idx } = await moeRoute(g, F, prefix, x, seq, c);
+  const routed = await g.routedExperts(x, idx, weights, F.experts, `${prefix}.ffn.experts`, T, d, I, k, c.swiglu_limit);
+  const shared = await g.swiglu(x, F.shared, `${prefix}.ffn.shared_experts`, T, d, I, c.swiglu_limit);
+  return g.add(routed, shared);
+}
+
+/**
+ * The MoE sublayer's routing of x [T, d] (told to `g.routing`), and its expert linears' inputs
+ * told to `g.linearInput`: all of `moe` but the experts' outputs.
+ */
+export async function moeRoute(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: Seq, c: V4Config): Promise<{ weights: F32; idx: Int32Array }> {
+  const T = seq.T;
+  const d = c.hidden_size;
+  const E = c.n_routed_experts;
+  const k = c.num_experts_per_tok;
   let hashIdx: Int32Array | null = null;
   if (F.tid2eid) {
     const tid = F.tid2eid;
@@ -23,9 +37,7 @@ export async function moe(g: Graph, F: FfnWeights, prefix: string, x: F32, seq: 
   const { weights, idx } = await g.router(x, F.gate, F.bias, hashIdx, T, d, E, k, c.routed_scaling_factor);
   g.routing?.(prefix, idx, weights, T, k);
   if (g.linearInput) await observeExpertInputs(g, F, prefix, x, idx, T, c);
-  const routed = await g.routedExperts(x, idx, weights, F.experts, `${prefix}.ffn.experts`, T, d, I, k, c.swiglu_limit);
-  const shared = await g.swiglu(x, F.shared, `${prefix}.ffn.shared_experts`, T, d, I, c.swiglu_limit);
-  return g.add(routed, shared);
+  return { weights, idx };
 }
 
 /**
@@ -57,6 +69,7 @@ async function swigluHidden(g: Graph, w: ExpertWeights, mod: string, x: F32, N: 
  */
 async function observeExpertInputs(g: Graph, F: FfnWeights, prefix: string, x: F32, idx: Int32Array, T: number, c: V4Config): Promise<void> {
   const sink = g.linearInput!;
+  const wants = sink.wants ?? ((): boolean => true);
   const d = c.hidden_size;
   const I = c.moe_intermediate_size;
   const k = c.num_experts_per_tok;
@@ -70,18 +83,19 @@ async function observeExpertInputs(g: Graph, F: FfnWeights, prefix: string, x: F
   }
   for (let e = 0; e < F.experts.length; e++) {
     const rows = rowsOf[e]!;
-    if (rows.length === 0) continue;
+    const mod = `${prefix}.ffn.experts.${e}`;
+    const [w1, w3, w2] = ['w1', 'w3', 'w2'].map((w) => wants(`${mod}.${w}`));
+    if (rows.length === 0 || !(w1 || w3 || w2)) continue;
     const n = rows.length;
     const tokenIdx = Int32Array.from(rows);
     const xe = new Float32Array(n * d);
     rows.forEach((t, i) => xe.set(x.subarray(t * d, (t + 1) * d), i * d));
-    const mod = `${prefix}.ffn.experts.${e}`;
-    sink(`${mod}.w1`, xe, n, d, tokenIdx);
-    sink(`${mod}.w3`, xe, n, d, tokenIdx);
-    sink(`${mod}.w2`, await swigluHidden(g, F.experts[e]!, mod, xe, n, d, I, L), n, I, tokenIdx);
+    if (w1) sink(`${mod}.w1`, xe, n, d, tokenIdx);
+    if (w3) sink(`${mod}.w3`, xe, n, d, tokenIdx);
+    if (w2) sink(`${mod}.w2`, await swigluHidden(g, F.experts[e]!, mod, xe, n, d, I, L), n, I, tokenIdx);
   }
   const mod = `${prefix}.ffn.shared_experts`;
-  sink(`${mod}.w1`, x, T, d, null);
-  sink(`${mod}.w3`, x, T, d, null);
-  sink(`${mod}.w2`, await swigluHidden(g, F.shared, mod, x, T, d, I, L), T, I, null);
+  if (wants(`${mod}.w1`)) sink(`${mod}.w1`, x, T, d, null);
+  if (wants(`${mod}.w3`)) sink(`${mod}.w3`, x, T, d, null);
+  if (wants(`${mod}.w2`)) sink(`${mod}.w2`, await swigluHidden(g, F.shared, mod, x, T, d, I, L), T, I, null);
 }
