@@ -17,7 +17,9 @@
 // reached starts again from the embedding). A window that leaves the streams where they are (the
 // next window starts in the same block) only observes the block: it stops after the MoE's routing
 // and computes an expert's activation (its w2's input) only for the window's experts (the
-// observer's `wants`). The tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per
+// observer's `wants`); a window of expert linears only takes the MoE input and routing that the
+// block's previous window in the same place left (V4BlockStream.observe `moeOnly`), so attention
+// runs once per block and place, not once per window. The tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per
 // attention or expert w1 Hessian) needs ten or so windows per layer, each observing one block
 // (a whole-model forward per window would run all 43, whole).
 //
@@ -57,6 +59,9 @@ export interface Hessian {
   /** input rows seen */
   tokens: number;
 }
+
+/** a routed or shared expert's linear: a window of only these reuses the MoE input of the block's last observation */
+const MOE_LINEAR = /\.ffn\.(?:experts\.\d+|shared_experts)\.w[123]$/;
 
 /** default memory bound of one window of Hessians */
 export const HESSIAN_BUDGET_BYTES = 4 * 2 ** 30;
@@ -163,13 +168,13 @@ class StreamPosition {
 
   constructor(private readonly stream: V4BlockStream, private readonly calibration: readonly CalibrationRow[]) {}
 
-  private async runAll(b: number, observe: LinearInputObserver | null, advance: boolean): Promise<void> {
+  private async runAll(b: number, observe: LinearInputObserver | null, advance: boolean, moeOnly = false): Promise<void> {
     for (const row of this.rows) {
       if (advance || !observe) {
         const y: F32 = await this.stream.run(b, row, observe);
         if (advance) row.X = y;
       } else {
-        await this.stream.observe(b, row, observe); // the inputs only: no expert outputs
+        await this.stream.observe(b, row, observe, moeOnly); // the inputs only: no expert outputs
       }
     }
     this.blockRuns++;
@@ -185,10 +190,10 @@ class StreamPosition {
     while (this.at < b) await this.runAll(this.at, null, true);
   }
 
-  async pass(b0: number, b1: number, observe: LinearInputObserver, keep: boolean): Promise<void> {
+  async pass(b0: number, b1: number, observe: LinearInputObserver, keep: boolean, moeOnly = false): Promise<void> {
     await this.advance(b0);
     const L = this.stream.config.num_hidden_layers;
-    for (let b = b0; b <= b1; b++) await this.runAll(b, observe, b < b1 || (!keep && b < L));
+    for (let b = b0; b <= b1; b++) await this.runAll(b, observe, b < b1 || (!keep && b < L), moeOnly);
   }
 }
 
@@ -281,7 +286,8 @@ export class CalibratedHessians {
       const [b0, b1] = this.spans[w]!;
       // stay at the last block's input when the next window starts in it
       const next = this.spans[w + 1];
-      await this.position.pass(b0, b1, set.observe, next !== undefined && next[0] === b1);
+      const moeOnly = this.windows[w]!.every((l) => MOE_LINEAR.test(l.module));
+      await this.position.pass(b0, b1, set.observe, next !== undefined && next[0] === b1, moeOnly);
       set.finish();
       this.held = set.out;
       this.current = w;

@@ -19,11 +19,14 @@ export async function block(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Co
 /**
  * `block` up to the MoE's routing: every linear's input is told to `g.linearInput` and every
  * routing to `g.routing`, but the experts' outputs and the block's output are not computed (a
- * calibration pass that stays at this block's input, export/calibrate.ts).
+ * calibration pass that stays at this block's input, export/calibrate.ts). Returns the MoE's
+ * input fx [T, d] and its routing idx [T, k], from which moe.ts `observeExpertInputs` tells the
+ * MoE's linears again.
  */
-export async function blockObserved(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable): Promise<void> {
+export async function blockObserved(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable): Promise<{ fx: F32; idx: Int32Array }> {
   const m = await moeInput(g, B, X, seq, c, table);
-  await moeRoute(g, B.ffn, B.prefix, m.fx, seq, c);
+  const { idx } = await moeRoute(g, B.ffn, B.prefix, m.fx, seq, c);
+  return { fx: m.fx, idx };
 }
 
 // the block through attention and the second hc_pre: X1 (streams after attention), the MoE's

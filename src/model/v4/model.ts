@@ -10,6 +10,7 @@ import type { V4Config } from '../config.js';
 import { block, blockObserved, checkpointedBlock } from './block.js';
 import { Graph, type AdapterView, type DropoutPlan, type LinearInputSink, type RoutingSink } from './graph.js';
 import { hcHead } from './mhc.js';
+import { observeExpertInputs } from './moe.js';
 import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
 import { makeSeq, nextTokenTargets, type Seq } from './seq.js';
@@ -397,6 +398,8 @@ export interface StreamRow {
   readonly seq: Seq;
   /** the streams entering block `next` [T, hc, d] (for the MTP block: the trunk's output) */
   X: F32;
+  /** the MoE input fx [T, d] and routing of the block last observed on these streams (V4BlockStream.observe) */
+  moe?: { block: number; X: F32; fx: F32; idx: Int32Array };
 }
 
 /**
@@ -452,6 +455,7 @@ export class V4BlockStream {
    * state). `onLinearInput` is told the inputs of the block's linears.
    */
   async run(b: number, row: StreamRow, onLinearInput: LinearInputObserver | null = null): Promise<F32> {
+    row.moe = undefined; // the caller moves the row on: what observe kept goes stale
     const w = await this.load(b);
     const g = observingGraph(this.backend, onLinearInput);
     const c = this.config;
@@ -464,16 +468,25 @@ export class V4BlockStream {
 
   /**
    * `run` for the linears' inputs only: a layer stops after its MoE's routing (no expert outputs,
-   * no streams out); the MTP block runs whole.
+   * no streams out); the MTP block runs whole. `moeOnly`: the observer wants only the MoE's
+   * linears (routed and shared experts), so the MoE input and routing kept from this row's last
+   * observation of block b are told again without running attention (the same values).
    */
-  async observe(b: number, row: StreamRow, onLinearInput: LinearInputObserver): Promise<void> {
+  async observe(b: number, row: StreamRow, onLinearInput: LinearInputObserver, moeOnly = false): Promise<void> {
     const c = this.config;
     if (b >= c.num_hidden_layers) {
       await this.run(b, row, onLinearInput);
       return;
     }
     const B = (await this.load(b)) as BlockWeights;
-    await blockObserved(observingGraph(this.backend, onLinearInput), B, row.X, row.seq, c, this.tables.get(B.ratio, row.seq.maxLen));
+    const g = observingGraph(this.backend, onLinearInput);
+    const kept = row.moe;
+    if (moeOnly && kept && kept.block === b && kept.X === row.X) {
+      await observeExpertInputs(g, B.ffn, B.prefix, kept.fx, kept.idx, row.seq.T, c);
+      return;
+    }
+    const { fx, idx } = await blockObserved(g, B, row.X, row.seq, c, this.tables.get(B.ratio, row.seq.maxLen));
+    row.moe = { block: b, X: row.X, fx, idx };
   }
 
   /** block b's weights, loaded (and the block loaded before released) if they are not */

@@ -67,7 +67,7 @@ async function swigluHidden(g: Graph, w: ExpertWeights, mod: string, x: F32, N: 
  * expert's w1/w3 get the rows routed to it (tokenIdx: their rows), its w2 their activation;
  * the shared expert's w1/w3 get x, its w2 the activation on every row.
  */
-async function observeExpertInputs(g: Graph, F: FfnWeights, prefix: string, x: F32, idx: Int32Array, T: number, c: V4Config): Promise<void> {
+export async function observeExpertInputs(g: Graph, F: FfnWeights, prefix: string, x: F32, idx: Int32Array, T: number, c: V4Config): Promise<void> {
   const sink = g.linearInput!;
   const wants = sink.wants ?? ((): boolean => true);
   const d = c.hidden_size;
