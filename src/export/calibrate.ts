@@ -19,9 +19,9 @@
 // and computes an expert's activation (its w2's input) only for the window's experts (the
 // observer's `wants`); a window of expert linears only takes the MoE input and routing that the
 // block's previous window in the same place left (V4BlockStream.observe `moeOnly`), so attention
-// runs once per block and place, not once per window. The tiny/small presets fit in one window; V4-Flash (d = 4096: 128 MiB per
-// attention or expert w1 Hessian) needs ten or so windows per layer, each observing one block
-// (a whole-model forward per window would run all 43, whole).
+// runs once per block and place, not once per window. The tiny/small presets fit in one window;
+// V4-Flash (d = 4096: 128 MiB per attention or expert w1 Hessian) needs ten or so windows per
+// layer, each observing one block (a whole-model forward per window would run all 43, whole).
 //
 // Linears that read the same input tensor (an expert's w1 and w3, attention's wq_a and wkv:
 // `CalibratedLinear.input`) share one Hessian: it is accumulated once per input, counted once in

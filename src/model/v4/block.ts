@@ -31,7 +31,7 @@ export async function blockObserved(g: Graph, B: BlockWeights, X: F32, seq: Seq,
 
 // the block through attention and the second hc_pre: X1 (streams after attention), the MoE's
 // hc_pre f and its normed input fx
-async function moeInput(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable) {
+async function moeInput(g: Graph, B: BlockWeights, X: F32, seq: Seq, c: V4Config, table: RopeTable): Promise<{ X1: F32; f: { y: F32; post: F32; comb: F32 }; fx: F32 }> {
   const T = seq.T;
   const d = c.hidden_size;
   const eps = c.rms_norm_eps;
