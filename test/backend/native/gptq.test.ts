@@ -131,7 +131,7 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
   // The Cholesky factor and the inverse gptqFactor runs on H + damp, bit for bit: codes and Q
   // hide a last-bit change there (a fused multiply-add in the inverse leaves them as they were).
   // Sizes past the 32-row Cholesky panels, the inverse's 64-column strips and the Hessian's
-  // 64-row blocks, with n not a multiple of the 4-row and 4-column tiles (the tails run the
+  // 256-row blocks, with n not a multiple of the 4-row and 4-column tiles (the tails run the
   // one-row and one-column loops).
   it('the Hessian, the Cholesky factor and the inverse equal the TypeScript ones bit for bit', async () => {
     for (const [n, seed] of [[70, 11], [130, 12], [257, 13]] as const) {
