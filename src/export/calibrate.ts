@@ -5,8 +5,8 @@
 // g·inG … (g+1)·inG), so its GPTQ runs per group of output rows.
 //
 // The forward runs one block at a time (model/v4/model.ts V4BlockStream): every calibration row's
-// streams are kept at the input of the next block to run, so memory holds the frame (embedding,
-// head), one block's weights and rows × T × hc × d floats of streams, never the whole checkpoint.
+// streams are kept at the input of the next block to run, so memory holds the embedding, one
+// block's weights and rows × T × hc × d floats of streams, never the whole checkpoint.
 // Each block sees the inputs the whole model's forward gives it (the unquantised model's: this
 // is not AutoGPTQ's sequential mode, where later layers see the quantised earlier ones).
 //

@@ -2,7 +2,7 @@
 // `logits` runs the graph untaped; `lossAndGrads` records it on a tape and replays it backward
 // for the LoRA gradients, optionally with activation checkpointing per block (block.ts
 // `checkpointedBlock`). Packed rows: every segment behaves as if run alone.
-import type { Backend, F32, LoraFactors, RopeTable } from '../../backend/ops.js';
+import type { Backend, F32, LoraFactors, RopeTable, WeightHandle } from '../../backend/ops.js';
 import { SavedBytes, Tape } from '../../backend/tape.js';
 import { InputError } from '../../errors.js';
 import { meanLoss } from '../loss.js';
@@ -14,7 +14,7 @@ import { observeExpertInputs } from './moe.js';
 import { mtpHidden } from './mtp.js';
 import { ropeParamsFor, ropeTable } from './rope.js';
 import { makeSeq, nextTokenTargets, type Seq } from './seq.js';
-import { hasMtp, loadFrame, loadLayer, loadMtp, loadWeights, weightHandles, type BlockWeights, type ModelSource, type MtpWeights, type V4Weights } from './weights.js';
+import { hasMtp, loadLayer, loadMtp, loadWeights, weightHandles, type BlockWeights, type ModelSource, type MtpWeights, type V4Weights } from './weights.js';
 import { peftKey } from '../layout.js';
 
 /** An adapter as the model applies it: module name → LoRA factors, and the list of modules. */
@@ -153,10 +153,10 @@ class RopeTables {
 
 /**
  * The MTP block on the trunk's streams X [T, hc, d]: its normed hidden state per pair row (row i
- * pairs token t = rows[i] with t+1; pairs never cross a segment). `frame`: the embedding.
+ * pairs token t = rows[i] with t+1; pairs never cross a segment). `embed`: the embedding.
  */
 async function mtpPairs(
-  g: Graph, W: MtpWeights, frame: V4Weights, ids: Int32Array, seq: Seq, X: F32, c: V4Config, tables: RopeTables, onRouting: RoutingObserver | null | undefined,
+  g: Graph, W: MtpWeights, embed: WeightHandle, ids: Int32Array, seq: Seq, X: F32, c: V4Config, tables: RopeTables, onRouting: RoutingObserver | null | undefined,
 ): Promise<{ hn: F32; rows: Int32Array }> {
   const rowsL: number[] = [];
   const segs: number[] = [];
@@ -173,7 +173,7 @@ async function mtpPairs(
   const seqNext = makeSeq(Int32Array.from(rows, (t) => ids[t + 1]), segs);
   const at = Int32Array.from(rows, (t) => t + 1);
   const gm = onRouting ? g.withRouting((b, idx, w, N, k) => onRouting(b, idx, w, N, k, at)) : g;
-  const hn = await mtpHidden(gm, W, frame, Xr, seqNext, c, tables.get(W.block.ratio, seqNext.maxLen));
+  const hn = await mtpHidden(gm, W, embed, Xr, seqNext, c, tables.get(W.block.ratio, seqNext.maxLen));
   return { hn, rows };
 }
 
@@ -183,8 +183,8 @@ function observingGraph(backend: Backend, onLinearInput: LinearInputObserver | n
 }
 
 /** the streams entering the first block: the embedding repeated hc times, [T, hc, d] */
-async function streamsIn(g: Graph, frame: V4Weights, seq: Seq, c: V4Config): Promise<F32> {
-  const emb = await g.embedding(frame.embed, seq.ids, seq.T, c.hidden_size);
+async function streamsIn(g: Graph, embed: WeightHandle, seq: Seq, c: V4Config): Promise<F32> {
+  const emb = await g.embedding(embed, seq.ids, seq.T, c.hidden_size);
   return g.untaped().repeatStreams(emb, seq.T, c.hc_mult, c.hidden_size);
 }
 
@@ -336,7 +336,7 @@ export class V4Model {
 
   /** The MTP block on the trunk's streams X [T, hc, d]: its normed hidden state per pair row. */
   private mtpForward(g: Graph, ids: Int32Array, seq: Seq, X: F32, onRouting: RoutingObserver | null | undefined): Promise<{ hn: F32; rows: Int32Array }> {
-    return mtpPairs(g, this.weights.mtp[0]!, this.weights, ids, seq, X, this.config, this.tables, onRouting);
+    return mtpPairs(g, this.weights.mtp[0]!, this.weights.embed, ids, seq, X, this.config, this.tables, onRouting);
   }
 
   private graph(
@@ -373,7 +373,7 @@ export class V4Model {
   /** Streams after the last layer: [T, hc, d]; `checkpointing`: per block (see checkpointedBlock). */
   private async trunk(g: Graph, seq: Seq, checkpointing = false): Promise<F32> {
     const c = this.config;
-    let X = await streamsIn(g, this.weights, seq, c);
+    let X = await streamsIn(g, this.weights.embed, seq, c);
     const run = checkpointing ? checkpointedBlock : block;
     for (const B of this.weights.layers) X = await run(g, B, X, seq, c, this.table(B.ratio, seq.maxLen));
     return X;
@@ -404,9 +404,10 @@ export interface StreamRow {
 
 /**
  * The model one block at a time, for passes that need every block's inputs but not every block
- * in memory at once (streamed GPTQ calibration, export/calibrate.ts). The frame (embedding,
- * head, final norms) stays loaded; a block's weights are loaded when it first runs and released
- * when another block is loaded, so memory holds the frame and one block. Block b <
+ * in memory at once (streamed GPTQ calibration, export/calibrate.ts). The embedding stays loaded
+ * (the head and the final norms are never loaded: no pass of this reaches the logits); a block's
+ * weights are loaded when it first runs and released when another block is loaded, so memory
+ * holds the embedding and one block. Block b <
  * num_hidden_layers is `layers.b`; b = num_hidden_layers is the MTP block `mtp.0` where the
  * checkpoint has one, run on the trunk's output as V4Model's `route` runs it. Each block sees the
  * inputs the whole model's forward gives it (the same ops on the same values).
@@ -417,12 +418,12 @@ export class V4BlockStream {
   /** block loads so far */
   loads = 0;
 
-  private constructor(private readonly src: ModelSource, readonly backend: Backend, private readonly frame: V4Weights) {
+  private constructor(private readonly src: ModelSource, readonly backend: Backend, private readonly embed: WeightHandle) {
     this.tables = new RopeTables(src.config);
   }
 
   static async open(src: ModelSource, backend: Backend): Promise<V4BlockStream> {
-    return new V4BlockStream(src, backend, await loadFrame(backend, src));
+    return new V4BlockStream(src, backend, await backend.prepareWeight(src, 'embed.weight'));
   }
 
   get config(): V4Config {
@@ -446,7 +447,7 @@ export class V4BlockStream {
   /** a row at the start of a pass: the streams entering block 0 */
   async start(ids: Int32Array, segments?: ArrayLike<number> | null): Promise<StreamRow> {
     const seq = makeSeq(ids, segments);
-    return { ids, seq, X: await streamsIn(observingGraph(this.backend, null), this.frame, seq, this.config) };
+    return { ids, seq, X: await streamsIn(observingGraph(this.backend, null), this.embed, seq, this.config) };
   }
 
   /**
@@ -463,7 +464,7 @@ export class V4BlockStream {
       const B = w as BlockWeights;
       return block(g, B, row.X, row.seq, c, this.tables.get(B.ratio, row.seq.maxLen));
     }
-    return (await mtpPairs(g, w as MtpWeights, this.frame, row.ids, row.seq, row.X, c, this.tables, null)).hn;
+    return (await mtpPairs(g, w as MtpWeights, this.embed, row.ids, row.seq, row.X, c, this.tables, null)).hn;
   }
 
   /**

@@ -173,18 +173,6 @@ export async function loadMtp(be: Backend, src: ModelSource, i: number): Promise
   };
 }
 
-/** The weights outside the blocks: the embedding, the head, the final norm and hc_head. */
-export async function loadFrame(be: Backend, src: ModelSource): Promise<V4Weights> {
-  return {
-    embed: await be.prepareWeight(src, 'embed.weight'),
-    head: await be.prepareWeight(src, 'head.weight'),
-    norm: await be.prepareWeight(src, 'norm.weight'),
-    hcHead: await hc(be, src, 'hc_head'),
-    layers: [],
-    mtp: [],
-  };
-}
-
 /** Every base weight of the model (MTP blocks included when the checkpoint has them). */
 export async function loadWeights(be: Backend, src: ModelSource): Promise<V4Weights> {
   const c = src.config;
@@ -192,7 +180,14 @@ export async function loadWeights(be: Backend, src: ModelSource): Promise<V4Weig
   for (let i = 0; i < c.num_hidden_layers; i++) layers.push(await loadLayer(be, src, i));
   const mtp: MtpWeights[] = [];
   for (let i = 0; hasMtp(src, i); i++) mtp.push(await loadMtp(be, src, i));
-  return { ...(await loadFrame(be, src)), layers, mtp };
+  return {
+    embed: await be.prepareWeight(src, 'embed.weight'),
+    head: await be.prepareWeight(src, 'head.weight'),
+    norm: await be.prepareWeight(src, 'norm.weight'),
+    hcHead: await hc(be, src, 'hc_head'),
+    layers,
+    mtp,
+  };
 }
 
 /** every weight handle inside a block's (or an MTP block's) weights, for Backend.releaseWeights */
