@@ -165,6 +165,8 @@ class StreamPosition {
   private rows: StreamRow[] = [];
   /** blocks run over every row so far (the MTP block counted as one) */
   blockRuns = 0;
+  /** times the rows started from the embedding */
+  starts = 0;
 
   constructor(private readonly stream: V4BlockStream, private readonly calibration: readonly CalibrationRow[]) {}
 
@@ -186,6 +188,7 @@ class StreamPosition {
       this.rows = [];
       for (const r of this.calibration) this.rows.push(await this.stream.start(r.input_ids, r.segments ?? null));
       this.at = 0;
+      this.starts++;
     }
     while (this.at < b) await this.runAll(this.at, null, true);
   }
@@ -236,7 +239,12 @@ export class CalibratedHessians {
     linears.forEach((l, i) => {
       // a linear whose input's Hessian the window holds already costs nothing more
       const b = inputs.has(inputOf(l)) ? 0 : hessianBytes(l);
-      if (win.length > 0 && b > 0 && bytes + b > budgetBytes) {
+      // past the first window, a linear of an earlier block than the one before it starts a new
+      // window: a window reaching back would take the rows back to the embedding when collected
+      // (the gptq export plans the wo_a it keeps after every other linear, for a GGUF format to
+      // reuse; the MTP block's last window must not hold the first layers' wo_a)
+      const back = this.windows.length > 0 && i > 0 && blocks[i]! < blocks[i - 1]!;
+      if (win.length > 0 && ((b > 0 && bytes + b > budgetBytes) || back)) {
         this.windows.push(win);
         this.spans.push(span);
         win = [];
@@ -266,6 +274,11 @@ export class CalibratedHessians {
   /** blocks run over every calibration row so far (a whole-model forward runs every block once) */
   get blockRuns(): number {
     return this.position.blockRuns;
+  }
+
+  /** times the calibration rows started from the embedding (once when the windows come in block order) */
+  get starts(): number {
+    return this.position.starts;
   }
 
   /** whether these Hessians are one window holding every one of `linears` (with the same shapes) */

@@ -98,6 +98,8 @@ export interface CalibrationSummary {
    * block once)
    */
   blockRuns: number;
+  /** times those passes started again from the embedding (1 when the linears are asked for in block order, as the exports do) */
+  starts: number;
   /** the Hessians of the previous format of the stage were reused (no forward of its own) */
   reused: boolean;
   /** linears no calibration input reached (routed experts never chosen): rounded to nearest */

@@ -165,6 +165,7 @@ export class GptqRounder implements Rounder {
   private hessians: CalibratedHessians | null = null;
   private passesBefore = 0;
   private blockRunsBefore = 0;
+  private startsBefore = 0;
   /** the planned linears not yet quantised, per input (calibrate.ts: linears of one input share its Hessian) */
   private readonly pending = new Map<string, number>();
   /** per input with pending linears: its Hessian's factors (one per group), within FACTOR_BUDGET_BYTES */
@@ -204,6 +205,7 @@ export class GptqRounder implements Rounder {
     this.reused = reused;
     this.passesBefore = hessians.passes;
     this.blockRunsBefore = hessians.blockRuns;
+    this.startsBefore = hessians.starts;
   }
 
   private dropFactors(input?: string): void {
@@ -326,7 +328,7 @@ export class GptqRounder implements Rounder {
   }
 
   calibration(): CalibrationSummary {
-    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, blockRuns: (this.hessians?.blockRuns ?? 0) - this.blockRunsBefore, reused: this.reused, rtnFallback: this.fallback, linears: this.gptqLinears, factorizations: this.factorizations };
+    return { rows: this.cal.rows.length, damp: this.cal.damp, passes: (this.hessians?.passes ?? 0) - this.passesBefore, blockRuns: (this.hessians?.blockRuns ?? 0) - this.blockRunsBefore, starts: (this.hessians?.starts ?? 0) - this.startsBefore, reused: this.reused, rtnFallback: this.fallback, linears: this.gptqLinears, factorizations: this.factorizations };
   }
 
   close(): void {

@@ -467,6 +467,14 @@ describe('method gptq on the tiny preset', () => {
         expect(Buffer.from(b.H[0]!.buffer).equals(Buffer.from(a.H[0]!.buffer)), m).toBe(true);
       }
       const L = stream.config.num_hidden_layers;
+      // a plan that goes back to layers.0 after the MTP block (as the gptq export plans the wo_a
+      // it keeps, last): the MTP window does not take layers.0 with it, so collecting only what
+      // comes before never starts again from the embedding
+      const back = ['layers.0.attn.wq_a', 'layers.1.attn.wq_a', 'mtp.0.attn.wq_a', 'layers.0.ffn.shared_experts.w1'];
+      const tail = new CalibratedHessians(stream, rows, back.map(lin), 2 * d * d * 8);
+      expect(tail.windowCount).toBe(3);
+      for (const m of back.slice(0, 3)) await tail.get(m);
+      expect(tail.starts).toBe(1);
       expect(one.passes).toBe(1);
       expect(one.blockRuns).toBe(L + 1); // every block once
       expect(small.passes).toBe(8);
@@ -480,17 +488,21 @@ describe('method gptq on the tiny preset', () => {
     }
   }, 120_000);
 
-  it('quantizes block by block: with a Hessian window per input, each window runs its own block and the streams never start again', async () => {
+  it('quantizes block by block: whatever the Hessian windows, the calibration rows go through the blocks once, in order', async () => {
     const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 2).map((r) => ({ input_ids: r.input_ids, segments: r.segments }));
     const cfg = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')) as { hidden_size: number };
-    const s = await quantizeCheckpoint({
-      model: modelDir, out: join(dir, 'q-windows.gguf'), format: 'gguf-q4_0', method: 'gptq', groupSize: 32,
-      calibration: { rows, damp: 0.01, backend: 'auto', hessianBudgetBytes: cfg.hidden_size * cfg.hidden_size * 8, note: () => {} },
-    });
-    const c = s.calibration!;
-    expect(c.passes).toBeGreaterThan(10);
-    // each pass ran the one block its window lies in; moving on to the next block is the last window's own run
-    expect(c.blockRuns).toBe(c.passes);
+    // windows of one input's Hessian and more: windows that span two blocks, and (gptq) wo_a,
+    // planned in its layer's place though the gptq format keeps it
+    for (const [format, k] of [['gguf-q4_0', 1], ['gptq', 1], ['gptq', 3], ['gptq', 5], ['gptq', 8]] as const) {
+      const s = await quantizeCheckpoint({
+        model: modelDir, out: join(dir, `q-windows-${format}-${k}${format === 'gptq' ? '' : '.gguf'}`), format, method: 'gptq', groupSize: 32,
+        calibration: { rows, damp: 0.01, backend: 'auto', hessianBudgetBytes: k * cfg.hidden_size * cfg.hidden_size * 8, note: () => {} },
+      });
+      const c = s.calibration!;
+      expect(c.passes, `${format} ${k}`).toBeGreaterThan(5);
+      expect(c.starts, `${format} ${k}`).toBe(1);
+      if (k === 1) expect(c.blockRuns, format).toBe(c.passes); // each pass ran the one block its window lies in
+    }
   }, 120_000);
 
   it('refuses a missing dataset and an empty train split, naming the recipe', async () => {
