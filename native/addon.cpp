@@ -296,8 +296,13 @@ Napi::Value DecodeWeight(const Napi::CallbackInfo& info) {
   sync(info, "decodeWeight", [](Args& a) {
     WeightRef W = a.weight(a.at(0), "W");
     float* out = a.f32(1, size_t(W.rows * W.cols));
+    // rows split across the pool (a quantize decodes every FP8 / FP4 linear it exports)
     return std::function<void()>([=] {
-      for (long r = 0; r < W.rows; r++) decode_row(W, r, 0, W.cols, out + r * W.cols);
+      const int ntask = int(std::min<long>(W.rows, std::max<long>(1, W.rows * W.cols >> 16)));
+      parallel_run(std::min(ntask, 8 * num_threads()), [&](int t) {
+        const int nt = std::min(ntask, 8 * num_threads());
+        for (long r = W.rows * t / nt; r < W.rows * (t + 1) / nt; r++) decode_row(W, r, 0, W.cols, out + r * W.cols);
+      });
     });
   });
   return info.Env().Undefined();

@@ -554,4 +554,202 @@ double gptq_output_error(const double* E, const double* H, long rows, long n) {
   return s;
 }
 
+// ---- round to nearest on the grid, with the export's error sums (int4.ts quantizeRtn, rowErrorSums) ----
+namespace {
+
+// one group of row r: codes, recon error e[c] = |w − float((q − z)·s)| (dequantizeInt4's float32)
+V4_INLINE void rtn_group_body(uint8_t* codes, double* e, const float* w, long gs, double s, int z) {
+  for (long c = 0; c < gs; c++) {
+    const double wi = w[c];
+    double qc = std::floor(wi / s);
+    qc = wi / s - qc >= 0.5 ? qc + 1 : qc;  // js_round
+    qc += z;
+    qc = qc < 0 ? 0 : qc > 15 ? 15 : qc;
+    codes[c] = uint8_t(qc);
+    const float recon = float((qc - z) * double(float(s)));
+    e[c] = std::fabs(wi - double(recon));
+  }
+}
+// the same operations 8 weights at a time (a division, floor, compare, add each correctly rounded
+// as the scalar ones)
+V4_AVX512 void rtn_group_512(uint8_t* codes, double* e, const float* w, long gs, double s, int z) {
+  const __m512d vs = _mm512_set1_pd(s), vz = _mm512_set1_pd(double(z)), sf = _mm512_set1_pd(double(float(s)));
+  const __m512d half = _mm512_set1_pd(0.5), one = _mm512_set1_pd(1.0), lo = _mm512_setzero_pd(), hi = _mm512_set1_pd(15.0);
+  long c = 0;
+  for (; c + 8 <= gs; c += 8) {
+    const __m512d wi = _mm512_cvtps_pd(_mm256_loadu_ps(w + c));
+    const __m512d d = _mm512_div_pd(wi, vs);
+    const __m512d f = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __mmask8 up = _mm512_cmp_pd_mask(_mm512_sub_pd(d, f), half, _CMP_GE_OQ);
+    __m512d q = _mm512_add_pd(_mm512_mask_add_pd(f, up, f, one), vz);
+    q = _mm512_min_pd(_mm512_max_pd(q, lo), hi);
+    _mm_storel_epi64((__m128i*)(codes + c), _mm256_cvtepi32_epi8(_mm512_cvttpd_epi32(q)));
+    const __m512d recon = _mm512_cvtps_pd(_mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(q, vz), sf)));
+    _mm512_storeu_pd(e + c, _mm512_abs_pd(_mm512_sub_pd(wi, recon)));
+  }
+  if (c < gs) rtn_group_body(codes + c, e + c, w + c, gs - c, s, z);
+}
+V4_AVX2 void rtn_group_256(uint8_t* codes, double* e, const float* w, long gs, double s, int z) { rtn_group_body(codes, e, w, gs, s, z); }
+void rtn_group_any(uint8_t* codes, double* e, const float* w, long gs, double s, int z) { rtn_group_body(codes, e, w, gs, s, z); }
+
+// the first c < n with w[c] not finite, or -1
+long first_nonfinite_any(const float* w, long n) {
+  for (long c = 0; c < n; c++)
+    if (!std::isfinite(w[c])) return c;
+  return -1;
+}
+V4_AVX512 long first_nonfinite_512(const float* w, long n) {
+  const __m512i expo = _mm512_set1_epi32(0x7f800000);
+  long c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const __m512i x = _mm512_loadu_si512(w + c);
+    if (_mm512_cmpeq_epi32_mask(_mm512_and_si512(x, expo), expo)) return c + first_nonfinite_any(w + c, 16);
+  }
+  const long t = first_nonfinite_any(w + c, n - c);
+  return t < 0 ? -1 : c + t;
+}
+long first_nonfinite(const float* w, long n) { return isa() == Isa::avx512 ? first_nonfinite_512(w, n) : first_nonfinite_any(w, n); }
+
+// min and max of w[0 … n) (finite). A zero's sign may differ from the reference's first-wins
+// comparisons; group_grid gives the same grid for either (it reads them through min(lo, 0),
+// max(hi, 0), differences and comparisons).
+void min_max_any(const float* w, long n, double& lo, double& hi) {
+  lo = INFINITY;
+  hi = -INFINITY;
+  for (long c = 0; c < n; c++) {
+    const double x = w[c];
+    if (x < lo) lo = x;
+    if (x > hi) hi = x;
+  }
+}
+V4_AVX512 void min_max_512(const float* w, long n, double& lo, double& hi) {
+  if (n < 16) return min_max_any(w, n, lo, hi);
+  __m512 a = _mm512_loadu_ps(w), b = a;
+  long c = 16;
+  for (; c + 16 <= n; c += 16) {
+    const __m512 x = _mm512_loadu_ps(w + c);
+    a = _mm512_min_ps(a, x);
+    b = _mm512_max_ps(b, x);
+  }
+  double l = _mm512_reduce_min_ps(a), h = _mm512_reduce_max_ps(b), tl, th;
+  min_max_any(w + c, n - c, tl, th);
+  lo = std::min(l, tl);
+  hi = std::max(h, th);
+}
+void min_max(const float* w, long n, double& lo, double& hi) {
+  if (isa() == Isa::avx512) return min_max_512(w, n, lo, hi);
+  min_max_any(w, n, lo, hi);
+}
+
+// Σ|e|, Σe², max|e|, Σw² of one row (int4.ts rowErrorSums): column c adds into lane c mod 8 in
+// column order, the lanes summed as ((0+1)+(2+3))+((4+5)+(6+7))
+double lanes_total(const double* l) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
+void row_sums_any(double* sums, const double* e, const float* w, long n) {
+  double la[8] = {}, lq[8] = {}, lw[8] = {}, mx = 0;
+  for (long c = 0; c < n; c++) {
+    const double x = w[c];
+    if (e[c] > mx) mx = e[c];
+    la[c & 7] += e[c];
+    lq[c & 7] += e[c] * e[c];
+    lw[c & 7] += x * x;
+  }
+  sums[0] = lanes_total(la);
+  sums[1] = lanes_total(lq);
+  sums[2] = mx;
+  sums[3] = lanes_total(lw);
+}
+V4_AVX512 void row_sums_512(double* sums, const double* e, const float* w, long n) {
+  __m512d a = _mm512_setzero_pd(), q = a, ww = a, mx = a;
+  for (long c = 0; c < n; c += 8) {
+    const __mmask8 m = n - c >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - c)) - 1);
+    const __m512d ev = _mm512_maskz_loadu_pd(m, e + c), wv = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, w + c));
+    mx = _mm512_max_pd(mx, ev);
+    a = _mm512_add_pd(a, ev);  // a masked-off lane adds +0: its sum, never −0, stays as it was
+    q = _mm512_add_pd(q, _mm512_mul_pd(ev, ev));
+    ww = _mm512_add_pd(ww, _mm512_mul_pd(wv, wv));
+  }
+  double l[8];
+  _mm512_storeu_pd(l, a);
+  sums[0] = lanes_total(l);
+  _mm512_storeu_pd(l, q);
+  sums[1] = lanes_total(l);
+  sums[2] = _mm512_reduce_max_pd(mx);
+  _mm512_storeu_pd(l, ww);
+  sums[3] = lanes_total(l);
+}
+
+// row r of W: its grid and codes, its sums; the column of its first non-finite weight, or -1.
+// e: n doubles of scratch.
+long rtn_row(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* sums, const float* w, long n, long gs, double* e) {
+  const long bad = first_nonfinite(w, n);
+  if (bad >= 0) return bad;
+  const Isa i = isa();
+  for (long g = 0; g < n / gs; g++) {
+    const float* wg = w + g * gs;
+    double lo, hi;
+    min_max(wg, gs, lo, hi);
+    const Grid grid = group_grid(lo, hi);
+    scales[g] = float(grid.scale);
+    scale_bits[g] = uint16_t(grid.bits);
+    zeros[g] = uint8_t(grid.zero);
+    if (i == Isa::avx512) rtn_group_512(codes + g * gs, e + g * gs, wg, gs, grid.scale, grid.zero);
+    else if (i == Isa::avx2) rtn_group_256(codes + g * gs, e + g * gs, wg, gs, grid.scale, grid.zero);
+    else rtn_group_any(codes + g * gs, e + g * gs, wg, gs, grid.scale, grid.zero);
+  }
+  if (i == Isa::avx512) row_sums_512(sums, e, w, n);
+  else row_sums_any(sums, e, w, n);
+  return -1;
+}
+
+}  // namespace
+
+long int4_rtn(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* sums, const float* W, long out, long n, long group) {
+  const long G = n / group;
+  const int ntask = int(std::min<long>(out, 8L * num_threads()));
+  std::vector<long> bad(size_t(std::max(ntask, 1)), -1);
+  parallel_run(ntask, [&](int task) {
+    const long ra = out * task / ntask, rb = out * (task + 1) / ntask;
+    std::vector<double> e(static_cast<size_t>(n));
+    for (long r = ra; r < rb; r++) {
+      const long c = rtn_row(codes + r * n, scales + r * G, scale_bits + r * G, zeros + r * G, sums + 4 * r, W + r * n, n, group, e.data());
+      if (c >= 0) {
+        bad[size_t(task)] = r * n + c;
+        return;
+      }
+    }
+  });
+  for (long b : bad)
+    if (b >= 0) return b;  // tasks own ascending row ranges: the first is the lowest index
+  return -1;
+}
+
+void int4_pack_gptq(int32_t* qweight, int32_t* qzeros, uint16_t* scales16, const uint8_t* codes, const uint8_t* zeros, const uint16_t* scale_bits, long out, long n, long group) {
+  const long G = n / group, words = n / 8;
+  const int ntask = int(std::min<long>(words, 8L * num_threads()));
+  parallel_run(ntask, [&](int task) {
+    const long wa = words * task / ntask, wb = words * (task + 1) / ntask;
+    // 64 output columns at a time: their rows' 8-code runs stay in the cache across the words
+    for (long j0 = 0; j0 < out; j0 += 64) {
+      const long j1 = std::min(out, j0 + 64);
+      for (long i8 = wa; i8 < wb; i8++) {
+        int32_t* dst = qweight + i8 * out;
+        for (long j = j0; j < j1; j++) {
+          const uint8_t* q = codes + j * n + 8 * i8;
+          uint32_t word = 0;
+          for (int k = 0; k < 8; k++) word |= uint32_t(q[k] & 15) << (4 * k);
+          dst[j] = int32_t(word);
+        }
+      }
+    }
+  });
+  for (long g = 0; g < G; g++) {
+    for (long j8 = 0; j8 < out / 8; j8++) {
+      uint32_t word = 0;
+      for (int k = 0; k < 8; k++) word |= uint32_t((zeros[(8 * j8 + k) * G + g] - 1) & 15) << (4 * k);
+      qzeros[g * (out / 8) + j8] = int32_t(word);
+    }
+    for (long j = 0; j < out; j++) scales16[g * out + j] = scale_bits[j * G + g];
+  }
+}
+
 }  // namespace v4

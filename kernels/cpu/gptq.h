@@ -37,4 +37,16 @@ void gptq_lazy_update(double* W, long rows, long n, const double* err, long lder
 // tr(E H Eᵀ) for E (rows, n), H (n, n) symmetric: the layer output error ‖E Xᵀ‖²·(2/n_tokens).
 double gptq_output_error(const double* E, const double* H, long rows, long n);
 
+// Round to nearest on the int4.ts grid (quantizeRtn) of W (out, n), group columns per grid
+// (n % group == 0): codes (out, n), scales / scale_bits / zeros (out, n/group), and per row the
+// export's error sums against the dequantised codes (int4.ts rowErrorSums): sums (out, 4) =
+// Σ|e|, Σe², max|e|, Σw², each over the row's columns in order. Returns the row-major index of the
+// first non-finite weight (then the outputs are unspecified), or -1.
+long int4_rtn(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* sums, const float* W, long out, long n, long group);
+
+// AutoGPTQ's packing of an INT4 grid (gptq-export.ts packGptq): qweight (n/8, out) with code k of
+// a word in bits 4k..4k+3, qzeros (n/group, out/8) holding zero − 1, scales16 (n/group, out) the
+// fp16 scale bits. out and n are multiples of 8.
+void int4_pack_gptq(int32_t* qweight, int32_t* qzeros, uint16_t* scales16, const uint8_t* codes, const uint8_t* zeros, const uint16_t* scale_bits, long out, long n, long group);
+
 }  // namespace v4

@@ -8,6 +8,7 @@
 // and quantize_config.json holds the same (what GPTQModel's and AutoGPTQ's loaders read).
 import { copyFileSync, existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { packGptqNative } from '../backend/native/gptq.js';
 import { InputError } from '../errors.js';
 import { stampChatTemplate } from '../chat/config.js';
 import { readJsonFile, writeDirAtomic } from '../fsutil.js';
@@ -116,6 +117,13 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.model, f))) copyFileSync(join(opts.model, f), join(tmp, f));
     stampChatTemplate(tmp);
     const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes });
+    // a tensor's bytes are written off the JS thread while the next one is read and quantised
+    // (one tensor in flight bounds the memory held for the writes)
+    let writing: Promise<unknown> = Promise.resolve();
+    const put = async (parts: [string, Uint8Array][]): Promise<void> => {
+      await writing;
+      writing = Promise.all(parts.map(([name, data]) => writer.writeAtAsync(name, 0, data)));
+    };
     try {
       let done = 0;
       for (const n of names) {
@@ -125,22 +133,21 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
           const [out, inF] = m.logicalShape as [number, number];
           const w = await ckpt.f32(n);
           const x = await rounder.int4(n, kind, w, out, inF, opts.groupSize);
-          const p = packGptq(x);
+          const p = (await packGptqNative(x)) ?? packGptq(x);
           const base = disk(n).slice(0, -'.weight'.length);
-          writer.add(`${base}.qweight`, bytesOf(p.qweight));
-          writer.add(`${base}.qzeros`, bytesOf(p.qzeros));
-          writer.add(`${base}.scales`, bytesOf(p.scales));
-          writer.add(`${base}.g_idx`, bytesOf(p.gIdx));
+          await put([[`${base}.qweight`, bytesOf(p.qweight)], [`${base}.qzeros`, bytesOf(p.qzeros)], [`${base}.scales`, bytesOf(p.scales)], [`${base}.g_idx`, bytesOf(p.gIdx)]]);
           quantized++;
         } else {
-          writer.add(disk(n), await keptBytes(ckpt, n));
+          await put([[disk(n), await keptBytes(ckpt, n)]]);
           kept++;
         }
         opts.onTensor?.(++done, names.length, n);
         await yieldLoop();
       }
+      await writing;
       writer.finish();
     } catch (e) {
+      await writing.catch(() => undefined);
       writer.abort();
       throw e;
     }

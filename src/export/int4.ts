@@ -119,15 +119,35 @@ export interface ErrorStats {
   count: number;
 }
 
-export function errorStats(orig: Float32Array, recon: Float32Array): ErrorStats {
-  let maxAbs = 0;
-  let sumAbs = 0;
-  let sumSq = 0;
-  for (let i = 0; i < orig.length; i++) {
-    const e = Math.abs(orig[i]! - recon[i]!);
-    if (e > maxAbs) maxAbs = e;
-    sumAbs += e;
-    sumSq += e * e;
+/** lane sums of rowErrorSums: ((0+1)+(2+3))+((4+5)+(6+7)) */
+const lanesTotal = (l: Float64Array): number => ((l[0]! + l[1]!) + (l[2]! + l[3]!)) + ((l[4]! + l[5]!) + (l[6]! + l[7]!));
+
+/**
+ * Per row of `cols` weights (e = orig − recon): [Σ|e|, Σe², max|e|, Σorig²] (rows × 4 values).
+ * Each sum runs in 8 lanes, column c adding into lane c mod 8 in column order, the lanes then
+ * summed pairwise (lanesTotal): the order the native round to nearest vectorises in
+ * (kernels/cpu/gptq.cpp int4_rtn returns the same sums, bit for bit).
+ */
+export function rowErrorSums(orig: Float32Array, recon: Float32Array, cols: number): Float64Array {
+  const rows = orig.length / cols;
+  const sums = new Float64Array(rows * 4);
+  const la = new Float64Array(8);
+  const lq = new Float64Array(8);
+  const lw = new Float64Array(8);
+  for (let r = 0; r < rows; r++) {
+    la.fill(0);
+    lq.fill(0);
+    lw.fill(0);
+    let maxAbs = 0;
+    for (let c = 0; c < cols; c++) {
+      const i = r * cols + c;
+      const e = Math.abs(orig[i]! - recon[i]!);
+      if (e > maxAbs) maxAbs = e;
+      la[c & 7] += e;
+      lq[c & 7] += e * e;
+      lw[c & 7] += orig[i]! * orig[i]!;
+    }
+    sums.set([lanesTotal(la), lanesTotal(lq), maxAbs, lanesTotal(lw)], 4 * r);
   }
-  return { maxAbs, sumAbs, sumSq, count: orig.length };
+  return sums;
 }

@@ -2,14 +2,14 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
-import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, outputErrorSqNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4BlockStream } from '../model/v4/model.js';
 import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
 import { gptqFactor, gptqRowsFactored, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer, type GptqFactor } from './gptq.js';
-import { dequantizeInt4, errorStats, quantizeRtn, type ErrorStats, type Int4Weight } from './int4.js';
+import { dequantizeInt4, quantizeRtn, rowErrorSums, type ErrorStats, type Int4Weight } from './int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
 import { linearInput, type LinearKind } from './linears.js';
 import type { CalibrationOptions, CalibrationSummary, KindStats } from './quantize-types.js';
@@ -26,10 +26,20 @@ export class ErrorAccumulator {
     a.ref += ref;
     this.outAcc.set(kind, a);
   }
-  add(kind: LinearKind, w: Float32Array, recon: Float32Array): void {
-    const e = errorStats(w, recon);
+  /** the weight errors of one linear W [rows, cols] against its reconstruction */
+  add(kind: LinearKind, w: Float32Array, recon: Float32Array, cols: number): void {
+    this.addRows(kind, rowErrorSums(w, recon, cols), w.length);
+  }
+  /** the weight errors of one linear of `count` weights from its per-row sums (int4.ts rowErrorSums), added row by row */
+  addRows(kind: LinearKind, rowSums: Float64Array, count: number): void {
+    const e: ErrorStats = { maxAbs: 0, sumAbs: 0, sumSq: 0, count };
     let sumSqW = 0;
-    for (let i = 0; i < w.length; i++) sumSqW += w[i]! * w[i]!;
+    for (let r = 0; r < rowSums.length; r += 4) {
+      e.sumAbs += rowSums[r]!;
+      e.sumSq += rowSums[r + 1]!;
+      if (rowSums[r + 2]! > e.maxAbs) e.maxAbs = rowSums[r + 2]!;
+      sumSqW += rowSums[r + 3]!;
+    }
     const a = this.acc.get(kind);
     if (!a) {
       this.acc.set(kind, { tensors: 1, s: e, sumSqW });
@@ -103,19 +113,31 @@ function rtnQ4_K(name: string, w: Float32Array): Uint8Array {
 
 export class RtnRounder implements Rounder {
   constructor(readonly errs: ErrorAccumulator) {}
+  /** on the native addon when it is built (int4_rtn: the same grid and error sums), else int4.ts */
   async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
+    let native;
+    try {
+      native = await int4RtnNative(w, out, inF, gs);
+    } catch (e) {
+      if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
+      throw e;
+    }
+    if (native) {
+      this.errs.addRows(kind, native.rowSums, w.length);
+      return native;
+    }
     const x = rtnInt4(name, w, out, inF, gs);
-    this.errs.add(kind, w, dequantizeInt4(x));
+    this.errs.add(kind, w, dequantizeInt4(x), inF);
     return x;
   }
-  async q4_0(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
+  async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
     const q = rtnQ4_0(name, w);
-    this.errs.add(kind, w, dequantizeQ4_0(q, w.length));
+    this.errs.add(kind, w, dequantizeQ4_0(q, w.length), inF);
     return q;
   }
-  async q4_k(name: string, kind: LinearKind, w: Float32Array): Promise<Uint8Array> {
+  async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
     const q = rtnQ4_K(name, w);
-    this.errs.add(kind, w, dequantizeQ4_K(q, w.length));
+    this.errs.add(kind, w, dequantizeQ4_K(q, w.length), inF);
     return q;
   }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
@@ -293,7 +315,7 @@ export class GptqRounder implements Rounder {
       errRtn += await outErr(Er);
       ref += await outErr(W);
     }
-    this.errs.add(kind, w, recon);
+    this.errs.add(kind, w, recon, inF);
     this.errs.addOutput(kind, err, errRtn, ref);
   }
 
@@ -317,7 +339,7 @@ export class GptqRounder implements Rounder {
     const h = await this.hessian(name);
     if (!h) {
       this.done(name);
-      this.errs.add(kind, w, dequant(rtn));
+      this.errs.add(kind, w, dequant(rtn), inF);
       return rtn;
     }
     const qz = quantizer();
@@ -339,6 +361,6 @@ export class GptqRounder implements Rounder {
 function rtnBlocks(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
   if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
   const q = quantize(w);
-  errs.add(kind, w, dequantize(q, w.length));
+  errs.add(kind, w, dequantize(q, w.length), w.length);
   return q;
 }

@@ -91,3 +91,50 @@ export async function outputErrorSqNative(E: Float64Array, rows: number, n: numb
   await addon.gptqOutputError(out, E, H, rows, n);
   return out[0]!;
 }
+
+/** An INT4 grid of W [out, inF] rounded to nearest, with its per-row error sums. */
+export interface Int4Rtn extends Int4Grid {
+  out: number;
+  inF: number;
+  /** [out, 4]: per row Σ|e|, Σe², max|e|, Σw² over its columns in order (int4.ts rowErrorSums of W against the dequantised grid) */
+  rowSums: Float64Array;
+}
+
+/**
+ * int4.ts quantizeRtn of W [out, inF] on the addon (the same codes, scales and zeros) with the
+ * error sums the export reports, or null without the addon. Throws quantizeRtn's RangeError on
+ * a non-finite weight.
+ */
+export async function int4RtnNative(w: Float32Array, out: number, inF: number, groupSize: number): Promise<Int4Rtn | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  if (w.length !== out * inF) throw new Error(`int4Rtn: ${w.length} weights, expected ${out}×${inF}`);
+  if (inF % groupSize !== 0) throw new Error(`int4Rtn: input size ${inF} is not a multiple of the group size ${groupSize}`);
+  const G = inF / groupSize;
+  const x: Int4Rtn = {
+    out, inF, groupSize, q: new Uint8Array(out * inF), scales: new Float32Array(out * G), scaleBits: new Uint16Array(out * G),
+    zeros: new Uint8Array(out * G), rowSums: new Float64Array(out * 4),
+  };
+  const bad = new Float64Array(1);
+  await addon.int4Rtn(x.q, x.scales, x.scaleBits, x.zeros, x.rowSums, bad, w, out, inF, groupSize);
+  if (bad[0]! >= 0) {
+    const i = bad[0]!;
+    throw new RangeError(`non-finite weight ${w[i]} at row ${Math.floor(i / inF)}, column ${i % inF}`);
+  }
+  return x;
+}
+
+/** AutoGPTQ's packing (gptq-export.ts packGptq, the same bytes) on the addon, or null without it */
+export async function packGptqNative(x: Int4Grid & { out: number; inF: number }): Promise<{ qweight: Int32Array; qzeros: Int32Array; scales: Uint16Array; gIdx: Int32Array } | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  const { out, inF, groupSize } = x;
+  const G = inF / groupSize;
+  const qweight = new Int32Array((inF / 8) * out);
+  const qzeros = new Int32Array(G * (out / 8));
+  const scales = new Uint16Array(G * out);
+  await addon.int4PackGptq(qweight, qzeros, scales, x.q, x.zeros, x.scaleBits, out, inF, groupSize);
+  const gIdx = new Int32Array(inF);
+  for (let i = 0; i < inF; i++) gIdx[i] = Math.floor(i / groupSize);
+  return { qweight, qzeros, scales, gIdx };
+}
