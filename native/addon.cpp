@@ -26,6 +26,7 @@
 #include "compressor.h"
 #include "gemm.h"
 #include "gptq.h"
+#include "q4k.h"
 #include "requant.h"
 #include "indexer.h"
 #include "lmhead.h"

@@ -15,6 +15,7 @@
       "../kernels/cpu/lmhead.cpp",
       "../kernels/cpu/gptq.cpp",
       "../kernels/cpu/requant.cpp",
+      "../kernels/cpu/q4k.cpp",
       "../kernels/cpu/bench.cpp",
       "ascend_acl.cc",
       "ascend_hccl.cc",

@@ -75,6 +75,8 @@ double js_round(double x) {
   double r = std::floor(x);
   return x - r >= 0.5 ? r + 1 : r;
 }
+}  // namespace
+
 // formats.ts f16Encode: through float32, then nearest-even half bits (overflow → inf)
 int f16_encode(double x) {
   float f = float(x);
@@ -98,6 +100,8 @@ double f16_decode(int h) {
   if (e == 31) return m ? NAN : s * INFINITY;
   return s * (1 + m / 1024.0) * std::ldexp(1.0, e - 15);
 }
+namespace {
+
 int f16_round_up(double x) {
   int h = f16_encode(x);
   if (f16_decode(h) < x) h += 1;
@@ -702,6 +706,11 @@ long rtn_row(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros
 }
 
 }  // namespace
+
+void row_error_sums(double* sums, const double* e, const float* w, long n) {
+  if (isa() == Isa::avx512) row_sums_512(sums, e, w, n);
+  else row_sums_any(sums, e, w, n);
+}
 
 long int4_rtn(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* sums, const float* W, long out, long n, long group) {
   const long G = n / group;

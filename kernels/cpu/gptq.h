@@ -49,4 +49,12 @@ long int4_rtn(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zero
 // fp16 scale bits. out and n are multiples of 8.
 void int4_pack_gptq(int32_t* qweight, int32_t* qzeros, uint16_t* scales16, const uint8_t* codes, const uint8_t* zeros, const uint16_t* scale_bits, long out, long n, long group);
 
+// formats.ts f16Encode (through float32, then nearest-even half bits, overflow → inf) and f16Decode
+int f16_encode(double x);
+double f16_decode(int h);
+
+// int4.ts rowErrorSums of one row of n weights w with errors e[c] = |w − recon|: sums[0..3] =
+// Σ|e|, Σe², max|e|, Σw², column c in lane c mod 8, lanes summed ((0+1)+(2+3))+((4+5)+(6+7))
+void row_error_sums(double* sums, const double* e, const float* w, long n);
+
 }  // namespace v4

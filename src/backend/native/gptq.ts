@@ -138,3 +138,20 @@ export async function packGptqNative(x: Int4Grid & { out: number; inF: number })
   for (let i = 0; i < inF; i++) gIdx[i] = Math.floor(i / groupSize);
   return { qweight, qzeros, scales, gIdx };
 }
+
+/**
+ * llama.cpp's Q4_K of W [out, inF] (inF a multiple of 256) rounded to nearest on the addon
+ * (q4k.ts quantizeQ4_K: the same bytes), with the per-row error sums against its dequantised values
+ * (int4.ts rowErrorSums), or null without the addon. Throws a RangeError on a non-finite weight.
+ */
+export async function q4kRtnNative(w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  if (w.length !== out * inF || inF % 256 !== 0) throw new Error(`q4kRtn: ${w.length} weights as ${out}×${inF} (a multiple of 256 columns)`);
+  const bytes = new Uint8Array(out * (inF / 256) * 144);
+  const rowSums = new Float64Array(out * 4);
+  const bad = new Float64Array(1);
+  await addon.q4kRtn(bytes, rowSums, bad, w, out, inF);
+  if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
+  return { bytes, rowSums };
+}

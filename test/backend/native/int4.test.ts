@@ -1,6 +1,7 @@
 // The quantize stage's native pieces against the TypeScript they replace: round to nearest on the
 // INT4 group grid (int4.ts quantizeRtn) with the export's per-row error sums (int4.ts
-// rowErrorSums), AutoGPTQ's packing (gptq-export.ts packGptq) and the checkpoint's decode of
+// rowErrorSums), llama.cpp's Q4_K rounded to nearest (q4k.ts quantizeQ4_K, its float32 sub-block
+// fits), AutoGPTQ's packing (gptq-export.ts packGptq) and the checkpoint's decode of
 // FP8 / FP4 / BF16 tensors (formats.ts). All exact: the same codes, scales, zeros, sums and bytes,
 // on every instruction-set path, on fresh random weights and on the grid's edge cases (all-zero,
 // one-signed and tiny groups, exact half-step ties of either sign, signed zeros).
@@ -8,9 +9,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { int4RtnNative, packGptqNative } from '../../../src/backend/native/gptq.js';
+import { int4RtnNative, packGptqNative, q4kRtnNative } from '../../../src/backend/native/gptq.js';
 import { packGptq } from '../../../src/export/gptq-export.js';
 import { dequantizeInt4, quantizeRtn, rowErrorSums } from '../../../src/export/int4.js';
+import { dequantizeQ4_K, quantizeQ4_K } from '../../../src/export/q4k.js';
 import { Checkpoint } from '../../../src/model/checkpoint.js';
 import { bf16BytesToF32, dequantFp4, dequantFp8Block, FP8_BLOCK } from '../../../src/model/formats.js';
 import { initModel } from '../../../src/model/init.js';
@@ -105,6 +107,46 @@ describe.skipIf(skipNative)('the quantize stage\'s native pieces equal the TypeS
       expect(want).toContain('row 4, column 37');
       await expect(int4RtnNative(w, 9, 64, 32)).rejects.toThrow(new RangeError(want));
     }
+  });
+
+  it('Q4_K rounded to nearest: the bytes of quantizeQ4_K and the per-row error sums bit for bit, on every ISA path', async () => {
+    // rows of 3 super-blocks (the 16-lane path's two blocks, then one) and of 2
+    const cases = [{ out: 7, n: 768, seed: 7 }, { out: 5, n: 512, seed: 8 }];
+    const cpu = A().info().isa;
+    try {
+      for (const isa of ISAS) {
+        A().setIsa(isa);
+        for (const { out, n, seed } of cases) {
+          const r = rng(seed);
+          const w = randn(out * n, r, 0.03);
+          const sub = (row: number, s: number, f: (i: number) => number): void => {
+            for (let i = 0; i < 32; i++) w[row * n + s * 32 + i] = f(i);
+          };
+          for (let s = 0; s < 8; s++) sub(0, s, () => 0); // an all-zero super-block: every fit flat
+          sub(1, 0, () => 0.02); // flat and positive: min clamped to 0
+          sub(1, 1, () => -0.02); // flat and negative
+          sub(1, 2, (i) => 0.001 * (i + 1)); // positive only
+          sub(1, 3, (i) => -0.001 * (i + 1)); // negative only
+          sub(2, 0, (i) => 1e-40 * (i - 16)); // subnormal weights: the fit's inverse scale overflows
+          sub(2, 9, (i) => (i % 2 ? 3 : -3) * (1 + i / 64)); // one loud sub-block beside quiet ones
+          sub(3, 4, (i) => (i === 5 ? 0.5 : 1e-4 * i)); // one outlier
+          sub(4, 1, (i) => (i % 3 === 0 ? -0 : 0.01)); // signed zeros
+          const want = quantizeQ4_K(w);
+          const got = (await q4kRtnNative(w, out, n))!;
+          const at = `${isa} ${out}×${n}`;
+          expect(got.bytes, at).toEqual(want);
+          expect(Array.from(got.rowSums), at).toEqual(Array.from(rowErrorSums(w, dequantizeQ4_K(want, w.length), n)));
+        }
+      }
+    } finally {
+      A().setIsa(cpu);
+    }
+  });
+
+  it('Q4_K refuses a non-finite weight naming its row and column', async () => {
+    const w = randn(3 * 256, rng(9), 0.02);
+    w[2 * 256 + 17] = Infinity;
+    await expect(q4kRtnNative(w, 3, 256)).rejects.toThrow('non-finite weight Infinity at row 2, column 17');
   });
 
   it('the GPTQ packing equals packGptq byte for byte', async () => {

@@ -1,0 +1,288 @@
+// llama.cpp's Q4_K rounded to nearest as src/export/q4k.ts quantizeQ4_K computes it (see q4k.h):
+// float32 arithmetic, every operation of the reference in its order and rounded once (no FMA
+// contraction: the pragma), so the bytes are the TypeScript reference's. The sub-block fit
+// (makeQkx2Quants: 21 trial grids, each refit by weighted least squares) is most of the work; its
+// sums run over a sub-block's 32 weights in order, so the AVX-512 path puts one sub-block in each
+// of 16 lanes (two super-blocks at once) and runs the reference's loop in every lane.
+#pragma GCC optimize("fp-contract=off")
+#include "q4k.h"
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <immintrin.h>
+#include <vector>
+#include "common.h"
+#include "gptq.h"
+
+namespace v4 {
+
+namespace {
+
+constexpr int kBlock = 256, kSub = 32, kBytes = 144, kSteps = 20;
+constexpr float kNmax = 15, kRmin = -1, kRdelta = 0.1f;
+
+// q4k.ts nearestInt: round to nearest, ties to even, through 1.5·2²³
+inline float nearest_int(float x) { return (x + 12582912.f) - 12582912.f; }
+// Math.max(0, Math.min(hi, v)): NaN stays NaN, −0 becomes +0
+inline float clamp_js(float v, float hi) {
+  if (std::isnan(v)) return v;
+  if (!(v > 0)) return 0.f;
+  return v > hi ? hi : v;
+}
+// a value stored into a Uint8Array code (NaN → 0)
+inline float code_of(float v) { return std::isnan(v) ? 0.f : v; }
+// Math.min(a, v): NaN when v is
+inline float js_min(float a, float v) { return std::isnan(v) ? v : std::min(a, v); }
+// an integer-valued float as JavaScript's bit operators take it (NaN → 0)
+inline int js_int(float v) { return std::isnan(v) ? 0 : int(v); }
+
+struct Fit {
+  float scale, min;  // min: the value subtracted (≥ 0 unless the fit says otherwise)
+};
+
+// makeQkx2Quants for one sub-block of 32 (codes into L as floats 0..15)
+Fit make_qkx2(const float* x, const float* w, float* L) {
+  float min = x[0], max = min, sumW = w[0], sumX = sumW * min;
+  for (int i = 1; i < kSub; i++) {
+    const float xi = x[i];
+    if (xi < min) min = xi;
+    if (xi > max) max = xi;
+    sumW = sumW + w[i];
+    sumX = sumX + w[i] * xi;
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    for (int i = 0; i < kSub; i++) L[i] = 0;
+    return {0.f, -min};
+  }
+  const float range = max - min;
+  float iscale = kNmax / range, scale = 1.f / iscale, best = 0;
+  for (int i = 0; i < kSub; i++) {
+    L[i] = code_of(clamp_js(nearest_int(iscale * (x[i] - min)), kNmax));
+    const float diff = ((scale * L[i]) + min) - x[i];
+    best = best + w[i] * (diff * diff);
+  }
+  float Laux[kSub];
+  for (int is = 0; is <= kSteps; is++) {
+    iscale = ((kRmin + kRdelta * float(is)) + kNmax) / range;
+    float sumL = 0, sumL2 = 0, sumXL = 0;
+    for (int i = 0; i < kSub; i++) {
+      const float l = clamp_js(nearest_int(iscale * (x[i] - min)), kNmax);
+      Laux[i] = code_of(l);
+      const float wl = w[i] * l;
+      sumL = sumL + wl;
+      sumL2 = sumL2 + wl * l;
+      sumXL = sumXL + wl * x[i];
+    }
+    const float D = sumW * sumL2 - sumL * sumL;
+    if (!(D > 0)) continue;
+    float thisScale = (sumW * sumXL - sumX * sumL) / D;
+    float thisMin = (sumL2 * sumX - sumL * sumXL) / D;
+    if (thisMin > 0) {
+      thisMin = 0;
+      thisScale = sumXL / sumL2;
+    }
+    float err = 0;
+    for (int i = 0; i < kSub; i++) {
+      const float diff = ((thisScale * Laux[i]) + thisMin) - x[i];
+      err = err + w[i] * (diff * diff);
+    }
+    if (err < best) {
+      std::memcpy(L, Laux, sizeof Laux);
+      best = err;
+      scale = thisScale;
+      min = thisMin;
+    }
+  }
+  return {scale, -min};
+}
+
+// the fit's weights of one sub-block: av_x + |x|, av_x its RMS
+void fit_weights(const float* x, float* w) {
+  float sumX2 = 0;
+  for (int i = 0; i < kSub; i++) sumX2 = sumX2 + x[i] * x[i];
+  const float avX = std::sqrt(sumX2 / float(kSub));
+  for (int i = 0; i < kSub; i++) w[i] = avX + std::fabs(x[i]);
+}
+
+// the 8 sub-block fits of `nb` super-blocks (scalar): codes L (nb·256), scales and mins (nb·8)
+void fits_any(const float* x, long nb, float* L, float* scales, float* mins) {
+  float w[kSub];
+  for (long s = 0; s < nb * 8; s++) {
+    fit_weights(x + s * kSub, w);
+    const Fit f = make_qkx2(x + s * kSub, w, L + s * kSub);
+    scales[s] = f.scale;
+    mins[s] = f.min;
+  }
+}
+
+// the same, 16 sub-blocks (lanes) at a time: lane k runs make_qkx2 on sub-block k
+V4_AVX512 void fits_512(const float* x, long nb, float* L, float* scales, float* mins) {
+  const long subs = nb * 8;
+  for (long s0 = 0; s0 < subs; s0 += 16) {
+    const int live = int(std::min<long>(16, subs - s0));
+    const __mmask16 m = __mmask16((1u << live) - 1);
+    // xt[i] lane k = x of sub-block s0 + k, element i
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(kSub));
+    __m512 X[kSub], W[kSub], Lb[kSub], La[kSub];
+    const float* base = x + s0 * kSub;
+    for (int i = 0; i < kSub; i++) X[i] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base + i, 4);
+    const __m512 zero = _mm512_setzero_ps(), nmax = _mm512_set1_ps(kNmax), magic = _mm512_set1_ps(12582912.f);
+    const __m512 absMask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    auto nearest = [&](__m512 v) { return _mm512_sub_ps(_mm512_add_ps(v, magic), magic); };
+    // clamp_js: max(min(v, 15), 0) gives +0 for −0; NaN lanes kept NaN (sums) or 0 (codes)
+    auto clampv = [&](__m512 v, __m512& code) {
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      const __m512 c = _mm512_max_ps(_mm512_min_ps(v, nmax), zero);
+      code = _mm512_mask_blend_ps(nan, c, zero);
+      return _mm512_mask_blend_ps(nan, c, v);
+    };
+    __m512 sumX2 = zero;
+    for (int i = 0; i < kSub; i++) sumX2 = _mm512_add_ps(sumX2, _mm512_mul_ps(X[i], X[i]));
+    const __m512 avX = _mm512_sqrt_ps(_mm512_div_ps(sumX2, _mm512_set1_ps(float(kSub))));
+    for (int i = 0; i < kSub; i++) W[i] = _mm512_add_ps(avX, _mm512_and_ps(X[i], absMask));
+    __m512 mn = X[0], mx = X[0], sumW = W[0], sumX = _mm512_mul_ps(W[0], X[0]);
+    for (int i = 1; i < kSub; i++) {
+      mn = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(X[i], mn, _CMP_LT_OQ), mn, X[i]);
+      mx = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(X[i], mx, _CMP_GT_OQ), mx, X[i]);
+      sumW = _mm512_add_ps(sumW, W[i]);
+      sumX = _mm512_add_ps(sumX, _mm512_mul_ps(W[i], X[i]));
+    }
+    mn = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mn, zero, _CMP_GT_OQ), mn, zero);
+    const __mmask16 flat = _mm512_cmp_ps_mask(mx, mn, _CMP_EQ_OQ);
+    const __m512 flatMin = mn;
+    const __m512 range = _mm512_sub_ps(mx, mn);
+    __m512 iscale = _mm512_div_ps(nmax, range);
+    __m512 scale = _mm512_div_ps(_mm512_set1_ps(1.f), iscale), best = zero;
+    for (int i = 0; i < kSub; i++) {
+      clampv(nearest(_mm512_mul_ps(iscale, _mm512_sub_ps(X[i], mn))), Lb[i]);
+      const __m512 diff = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(scale, Lb[i]), mn), X[i]);
+      best = _mm512_add_ps(best, _mm512_mul_ps(W[i], _mm512_mul_ps(diff, diff)));
+    }
+    for (int is = 0; is <= kSteps; is++) {
+      const __m512 it = _mm512_div_ps(_mm512_set1_ps((kRmin + kRdelta * float(is)) + kNmax), range);
+      __m512 sumL = zero, sumL2 = zero, sumXL = zero;
+      for (int i = 0; i < kSub; i++) {
+        const __m512 l = clampv(nearest(_mm512_mul_ps(it, _mm512_sub_ps(X[i], mn))), La[i]);
+        const __m512 wl = _mm512_mul_ps(W[i], l);
+        sumL = _mm512_add_ps(sumL, wl);
+        sumL2 = _mm512_add_ps(sumL2, _mm512_mul_ps(wl, l));
+        sumXL = _mm512_add_ps(sumXL, _mm512_mul_ps(wl, X[i]));
+      }
+      const __m512 D = _mm512_sub_ps(_mm512_mul_ps(sumW, sumL2), _mm512_mul_ps(sumL, sumL));
+      const __mmask16 ok = _mm512_cmp_ps_mask(D, zero, _CMP_GT_OQ);
+      if (!ok) continue;
+      __m512 ts = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sumW, sumXL), _mm512_mul_ps(sumX, sumL)), D);
+      __m512 tm = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sumL2, sumX), _mm512_mul_ps(sumL, sumXL)), D);
+      const __mmask16 pos = _mm512_cmp_ps_mask(tm, zero, _CMP_GT_OQ);
+      tm = _mm512_mask_blend_ps(pos, tm, zero);
+      ts = _mm512_mask_blend_ps(pos, ts, _mm512_div_ps(sumXL, sumL2));
+      __m512 err = zero;
+      for (int i = 0; i < kSub; i++) {
+        const __m512 diff = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(ts, La[i]), tm), X[i]);
+        err = _mm512_add_ps(err, _mm512_mul_ps(W[i], _mm512_mul_ps(diff, diff)));
+      }
+      const __mmask16 better = ok & _mm512_cmp_ps_mask(err, best, _CMP_LT_OQ);
+      if (!better) continue;
+      for (int i = 0; i < kSub; i++) Lb[i] = _mm512_mask_blend_ps(better, Lb[i], La[i]);
+      best = _mm512_mask_blend_ps(better, best, err);
+      scale = _mm512_mask_blend_ps(better, scale, ts);
+      mn = _mm512_mask_blend_ps(better, mn, tm);
+    }
+    // flat sub-blocks: codes 0, scale 0, min the clamped minimum
+    for (int i = 0; i < kSub; i++) Lb[i] = _mm512_mask_blend_ps(flat, Lb[i], zero);
+    scale = _mm512_mask_blend_ps(flat, scale, zero);
+    mn = _mm512_mask_blend_ps(flat, mn, flatMin);
+    float lt[kSub][16], sc[16], mi[16];
+    for (int i = 0; i < kSub; i++) _mm512_storeu_ps(lt[i], Lb[i]);
+    _mm512_storeu_ps(sc, scale);
+    _mm512_storeu_ps(mi, mn);
+    for (int k = 0; k < live; k++) {
+      for (int i = 0; i < kSub; i++) L[(s0 + k) * kSub + i] = lt[i][k];
+      scales[s0 + k] = sc[k];
+      mins[s0 + k] = -mi[k];
+    }
+  }
+}
+
+// one super-block from its sub-block fits: d, dmin, the 6-bit scales, the codes on the final grid
+// (into dst), and the dequantised values (recon: q4k.ts dequantizeQ4_K's float32 values)
+void finish_block(const float* x, float* L, const float* scales, const float* mins, uint8_t* dst, float* recon) {
+  float maxScale = 0, maxMin = 0;
+  for (int j = 0; j < 8; j++) {
+    if (scales[j] > maxScale) maxScale = scales[j];
+    if (mins[j] > maxMin) maxMin = mins[j];
+  }
+  std::memset(dst, 0, kBytes);
+  const float invScale = maxScale > 0 ? 63.f / maxScale : 0.f, invMin = maxMin > 0 ? 63.f / maxMin : 0.f;
+  uint8_t* q = dst + 4;
+  for (int j = 0; j < 8; j++) {
+    const int ls = js_int(js_min(63.f, nearest_int(invScale * scales[j]))), lm = js_int(js_min(63.f, nearest_int(invMin * mins[j])));
+    if (j < 4) {
+      q[j] = uint8_t(q[j] | ls);
+      q[j + 4] = uint8_t(q[j + 4] | lm);
+    } else {
+      q[j + 4] = uint8_t((ls & 0xf) | ((lm & 0xf) << 4));
+      q[j - 4] = uint8_t(q[j - 4] | (uint32_t(ls >> 4) << 6));
+      q[j] = uint8_t(q[j] | (uint32_t(lm >> 4) << 6));
+    }
+  }
+  const int hd = f16_encode(maxScale / 63.f), hm = f16_encode(maxMin / 63.f);
+  dst[0] = uint8_t(hd & 0xff);
+  dst[1] = uint8_t(hd >> 8);
+  dst[2] = uint8_t(hm & 0xff);
+  dst[3] = uint8_t(hm >> 8);
+  const double d = f16_decode(hd), dmin = f16_decode(hm);
+  for (int j = 0; j < 8; j++) {
+    int sc, m;
+    if (j < 4) {
+      sc = q[j] & 63;
+      m = q[j + 4] & 63;
+    } else {
+      sc = (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4);
+      m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+    const float step = float(d * sc), offset = float(dmin * m);
+    for (int i = kSub * j; i < kSub * (j + 1); i++) {
+      if (step != 0) L[i] = code_of(clamp_js(nearest_int((x[i] + offset) / step), 15.f));
+      recon[i] = float(double(step) * double(L[i]) - double(offset));
+    }
+  }
+  for (int i = 0; i < kBlock; i++) {
+    const int within = i & 63, byte = 16 + (i >> 6) * 32 + (within & 31);
+    dst[byte] = uint8_t(dst[byte] | (within >= 32 ? int(L[i]) << 4 : int(L[i])));
+  }
+}
+
+}  // namespace
+
+long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
+  const long nb = n / kBlock;
+  const int ntask = int(std::min<long>(rows, 8L * num_threads()));
+  std::vector<long> bad(size_t(std::max(ntask, 1)), -1);
+  const bool wide = isa() == Isa::avx512;
+  parallel_run(ntask, [&](int task) {
+    const size_t len = size_t(n), fits = size_t(nb) * 8;
+    std::vector<float> L(len), sc(fits), mi(fits), recon(len);
+    std::vector<double> e(len);
+    for (long r = task * rows / ntask; r < (task + 1) * rows / ntask; r++) {
+      const float* x = W + r * n;
+      for (long c = 0; c < n; c++)
+        if (!std::isfinite(x[c])) {
+          bad[size_t(task)] = r * n + c;
+          return;
+        }
+      if (wide) fits_512(x, nb, L.data(), sc.data(), mi.data());
+      else fits_any(x, nb, L.data(), sc.data(), mi.data());
+      for (long b = 0; b < nb; b++)
+        finish_block(x + b * kBlock, L.data() + b * kBlock, sc.data() + b * 8, mi.data() + b * 8, dst + (r * nb + b) * kBytes, recon.data() + b * kBlock);
+      for (long c = 0; c < n; c++) e[size_t(c)] = std::fabs(double(x[c]) - double(recon[size_t(c)]));
+      row_error_sums(sums + 4 * r, e.data(), x, n);
+    }
+  });
+  for (long b : bad)
+    if (b >= 0) return b;
+  return -1;
+}
+
+}  // namespace v4

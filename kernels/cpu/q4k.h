@@ -1,0 +1,15 @@
+// llama.cpp's Q4_K (super-blocks of 256 weights: f16 d and dmin, eight 6-bit sub-block scales and
+// mins, 4-bit codes; 144 bytes), rounded to nearest exactly as src/export/q4k.ts quantizeQ4_K does
+// (its make_qkx2 sub-block fits in float32), with the export's error sums.
+#pragma once
+#include <cstdint>
+
+namespace v4 {
+
+// W (rows, n), n a multiple of 256: dst (rows · n/256 · 144 bytes) = the Q4_K blocks of each row in
+// order; sums (rows, 4) = per row Σ|e|, Σe², max|e|, Σw² against q4k.ts dequantizeQ4_K's values
+// (gptq.h row_error_sums). Returns the row-major index of the first non-finite weight (then the
+// outputs are unspecified), or -1.
+long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);
+
+}  // namespace v4
