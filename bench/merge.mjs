@@ -9,7 +9,8 @@
 //   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--out bench/results/merge-flash.json] [--skip-gptq]
 // --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file;
 // --skip-merge reruns only GPTQ and keeps the (dated) merge and quantize sections.
-// --quantize also times `v4tune quantize --format gptq --method rtn` (INT4, round to nearest) of the whole checkpoint;
+// --quantize also times `v4tune quantize --method rtn` of the whole checkpoint to gptq (INT4) and to a Q4_K GGUF, and
+// one expert linear's round to nearest in TypeScript against the addon;
 // --quantize-gptq (with --model) `v4tune quantize --format gptq --method gptq` on --calibration-rows rows of 512 tokens.
 // Without --model the flash preset is created in a temp folder first (minutes).
 import { spawnSync } from 'node:child_process';
@@ -20,8 +21,11 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createAdapter, saveAdapter } from '../dist/index.js';
 import { tryLoadAddon } from '../dist/backend/native/addon.js';
-import { gptqFactorNative, gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../dist/backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, hessianAccumulateNative, int4RtnNative, outputErrorSqNative, packGptqNative, q4kRtnNative } from '../dist/backend/native/gptq.js';
 import { gptqRows, int4Quantizer } from '../dist/export/gptq.js';
+import { packGptq } from '../dist/export/gptq-export.js';
+import { dequantizeInt4, quantizeRtn, rowErrorSums } from '../dist/export/int4.js';
+import { dequantizeQ4_K, quantizeQ4_K } from '../dist/export/q4k.js';
 import { parseConfig } from '../dist/model/config.js';
 import { initModel } from '../dist/model/init.js';
 
@@ -132,18 +136,58 @@ function cliMerge(model, adapter, out, dtype, remove = true, smallPages = false)
   return { seconds, peakMB, written, summary };
 }
 
-/** `v4tune quantize --format gptq --method rtn` of the whole checkpoint in a child process: seconds and peak RSS (MB) */
-function cliQuantize(model, out) {
+/**
+ * `v4tune quantize --format <format> --method rtn` (gptq: INT4 group 32; gguf-q4_k: llama.cpp's
+ * Q4_K) of the whole checkpoint in a child process: seconds, peak RSS (MB), bytes written
+ */
+function cliQuantize(model, out, format) {
   const recipe = join(tmp, 'quantize.yaml');
   writeFileSync(recipe, `name: bench-quantize\nmodel:\n  path: ${model}\ndata:\n  sources:\n    - path: ${join(root, 'datasets')}/*/*.txt\noutput: ${join(tmp, 'runs')}\nexport:\n  quantize: [gptq]\n  method: rtn\n  group_size: 32\n`);
   const t0 = performance.now();
-  const r = cli(['quantize', recipe, '--model', model, '--out', out, '--format', 'gptq', '--method', 'rtn']);
+  const r = cli(['quantize', recipe, '--model', model, '--out', out, '--format', format, '--method', 'rtn']);
   const seconds = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`quantize failed (${r.status}): ${r.stderr}`);
   const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
-  const written = shards(join(out, 'gptq')).bytes;
+  const written = format === 'gptq' ? shards(join(out, 'gptq')).bytes : readdirSync(out).filter((f) => f.endsWith('.gguf')).reduce((a, f) => a + statSync(join(out, f)).size, 0);
   rmSync(out, { recursive: true, force: true });
   return { seconds, peakMB, written };
+}
+
+/**
+ * Round to nearest of one routed expert's w1 [2048, 4096] (FP4's range): the TypeScript of
+ * int4.ts / q4k.ts (grid, error sums, packing) against the addon's, in the same run; the outputs
+ * compared byte for byte
+ */
+async function quantPerLinear() {
+  const out = 2048;
+  const n = 4096;
+  const w = randn(out * n, 11, 0.02);
+  const time = async (f) => {
+    const t0 = performance.now();
+    const r = await f();
+    return { r, s: (performance.now() - t0) / 1000 };
+  };
+  const same = (a, b) => a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
+  await int4RtnNative(w, out, n, 32); // warm the pool and the pages
+  const tsInt4 = await time(() => {
+    const x = quantizeRtn(w, out, n, 32);
+    rowErrorSums(w, dequantizeInt4(x), n);
+    return packGptq(x);
+  });
+  const natInt4 = await time(async () => packGptqNative(await int4RtnNative(w, out, n, 32)));
+  const tsQ4k = await time(() => {
+    const b = quantizeQ4_K(w);
+    rowErrorSums(w, dequantizeQ4_K(b, w.length), n);
+    return b;
+  });
+  const natQ4k = await time(() => q4kRtnNative(w, out, n));
+  if (!same(tsInt4.r.qweight, natInt4.r.qweight) || !same(tsQ4k.r, natQ4k.r.bytes)) throw new Error('bench/merge: the native round to nearest differs from the TypeScript one');
+  const row = (ts, nat) => ({ typescript_s: round(ts.s, 3), native_s: round(nat.s, 4), speedup: round(ts.s / nat.s), native_ns_per_weight: round((nat.s * 1e9) / (out * n), 2) });
+  return {
+    shape: [out, n], threads: cpus().length,
+    int4_group32: row(tsInt4, natInt4), q4_k: row(tsQ4k, natQ4k),
+    note: 'one linear, 2 threads for the addon, one for the TypeScript: the grid and codes, the per-row error sums the export reports and (INT4) the GPTQ packing; the same bytes from both',
+  };
 }
 
 /**
@@ -368,13 +412,16 @@ try {
   }
   let quantize;
   if (values.quantize) {
-    spawnSync('sync');
-    const q = cliQuantize(model, join(tmp, 'quantized'));
-    quantize = {
-      format: 'gptq (INT4, group 32)', method: 'rtn', seconds: round(q.seconds, 1), mb_per_s: mbs(base.bytes, q.seconds),
-      of_copy: round(copyCache / q.seconds, 3), peak_rss_mb: round(q.peakMB), bytes_written: q.written,
-    };
-    console.log(`quantize gptq rtn: ${quantize.seconds} s, ${quantize.mb_per_s} MB/s (${quantize.of_copy} of copy), peak RSS ${quantize.peak_rss_mb} MB`);
+    quantize = { per_linear: await quantPerLinear() };
+    for (const format of ['gptq', 'gguf-q4_k']) {
+      spawnSync('sync');
+      const q = cliQuantize(model, join(tmp, 'quantized'), format);
+      quantize[format === 'gptq' ? 'gptq_rtn' : 'gguf_q4_k_rtn'] = {
+        format: format === 'gptq' ? 'gptq (INT4, group 32)' : 'gguf Q4_K (and the MTP file)', method: 'rtn', seconds: round(q.seconds, 1), mb_per_s: mbs(base.bytes, q.seconds),
+        of_copy: round(copyCache / q.seconds, 3), peak_rss_mb: round(q.peakMB), bytes_written: q.written,
+      };
+    }
+    console.log(`quantize: ${JSON.stringify(quantize)}`);
   } else if (existsSync(values.out)) {
     const prev = JSON.parse(readFileSync(values.out, 'utf8'));
     if (prev.quantize) quantize = { ...prev.quantize, measured: prev.quantize.measured ?? prev.date, note_measured: 'carried over from an earlier run of this bench (no --quantize)' };

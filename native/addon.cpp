@@ -309,6 +309,23 @@ Napi::Value DecodeWeight(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// f32ToF16(out u16 [n], x f32 [n]): half bits of x (f32_to_f16), across the pool
+Napi::Value F32ToF16(const Napi::CallbackInfo& info) {
+  sync(info, "f32ToF16", [](Args& a) {
+    const size_t n = a.at(1).As<Napi::TypedArray>().ElementLength();
+    uint16_t* out = a.typed<uint16_t>(a.at(0), napi_uint16_array, long(n), "out", false);
+    float* x = a.f32(1, long(n));
+    return std::function<void()>([=] {
+      const int nt = int(std::min<long>(8L * num_threads(), std::max<long>(1, long(n) >> 16)));
+      parallel_run(nt, [&](int t) {
+        const long i0 = long(n) * t / nt, i1 = long(n) * (t + 1) / nt;
+        f32_to_f16(out + i0, x + i0, i1 - i0);
+      });
+    });
+  });
+  return info.Env().Undefined();
+}
+
 // ---- linear with LoRA ----
 long groups(Args& a, size_t i, const WeightRef& W) {
   long G = a.integer(i);
@@ -458,6 +475,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New(env, Gemm));
   exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
   exports.Set("decodeWeight", Napi::Function::New(env, DecodeWeight));
+  exports.Set("f32ToF16", Napi::Function::New(env, F32ToF16));
   exports.Set("linearForward", Napi::Function::New(env, LinearForward));
   exports.Set("linearBackward", Napi::Function::New(env, LinearBackward));
   exports.Set("routedExpertsForward", Napi::Function::New(env, RoutedExpertsForward));

@@ -3,6 +3,7 @@
 #include "weights.h"
 #include "common.h"
 #include <immintrin.h>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -175,6 +176,52 @@ void decode_row(const WeightRef& w, long r, long c0, long n, float* out) {
   if (c0 % 16 == 0 && i == Isa::avx512) return decode_row_512(w, r, c0, n, out);
   if (c0 % 16 == 0 && i == Isa::avx2) return decode_row_256(w, r, c0, n, out);
   decode_row_scalar(w, r, c0, n, out);
+}
+
+
+// ---- float32 → float16 (formats.ts f32ToF16Bytes: nearest, ties to even, overflow → inf, NaN → 0x7e00) ----
+namespace {
+uint16_t f16_from_f32_bits(uint32_t u) {
+  const uint32_t sign = (u >> 16) & 0x8000, a = u & 0x7fffffff;
+  if (a >= 0x7f800000) return uint16_t(a > 0x7f800000 ? 0x7e00 : sign | 0x7c00);
+  const uint32_t exp = a >> 23, mant = a & 0x7fffff;
+  if (exp >= 113) {
+    uint32_t h = ((exp - 112) << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return uint16_t(sign | std::min<uint32_t>(h, 0x7c00));
+  }
+  const uint32_t shift = 126 - exp;
+  if (shift > 24) return uint16_t(sign);
+  const uint32_t m = mant | 0x800000, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+  uint32_t h = m >> shift;
+  if (rest > half || (rest == half && (h & 1))) h++;
+  return uint16_t(sign | h);
+}
+void f32_to_f16_any(uint16_t* out, const float* x, long n) {
+  for (long i = 0; i < n; i++) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    out[i] = f16_from_f32_bits(u);
+  }
+}
+// F16C's conversion is IEEE's nearest-even with overflow to inf; a NaN keeps its sign and payload
+// there, so NaN lanes are set to the reference's 0x7e00
+V4_AVX512 void f32_to_f16_512(uint16_t* out, const float* x, long n) {
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    _mm256_storeu_si256((__m256i*)(out + i), _mm256_mask_blend_epi16(nan, h, _mm256_set1_epi16(0x7e00)));
+  }
+  f32_to_f16_any(out + i, x + i, n - i);
+}
+}  // namespace
+
+void f32_to_f16(uint16_t* out, const float* x, long n) {
+  if (isa() == Isa::avx512) return f32_to_f16_512(out, x, n);
+  f32_to_f16_any(out, x, n);
 }
 
 }  // namespace v4

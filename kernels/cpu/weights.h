@@ -45,4 +45,8 @@ float fp4_e2m1(uint8_t nib);
 const float* e8m0_table();
 const float* fp4_e2m1_table();
 
+// out[i] = x[i] as IEEE half bits (src/model/formats.ts f32ToF16Bytes: nearest, ties to even,
+// overflow → inf, every NaN → 0x7e00)
+void f32_to_f16(uint16_t* out, const float* x, long n);
+
 }  // namespace v4

@@ -18,6 +18,7 @@
 // (the converter's `--mtp` output, see llama-deepseek4.ts).
 import { mkdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { f32ToF16Native } from '../backend/native/formats.js';
 import { readJsonFile } from '../fsutil.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
@@ -117,7 +118,7 @@ function plan(ckpt: Checkpoint, format: GgufFormat, part: GgufPart, fallback: st
 }
 
 function floatBytes(type: GgmlTypeId, w: Float32Array): Uint8Array {
-  return type === GgmlType.F32 ? f32ToBytes(w) : type === GgmlType.BF16 ? f32ToBf16Bytes(w) : f32ToF16Bytes(w);
+  return type === GgmlType.F32 ? f32ToBytes(w) : type === GgmlType.BF16 ? f32ToBf16Bytes(w) : f32ToF16Native(w) ?? f32ToF16Bytes(w);
 }
 
 /** rows of a [rows, a] and b [rows, cb] side by side: [rows, a + cb] */
@@ -144,6 +145,8 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
   const writer = new GgufWriter(path, kvs, items.map((i) => i.info));
   let quantized = 0;
   let kept = 0;
+  // a tensor's bytes are written off the JS thread while the next one is read and quantised
+  let writing: Promise<unknown> = Promise.resolve();
   try {
     for (const it of items) {
       const chunks: Uint8Array[] = [];
@@ -176,10 +179,13 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
         progress(n);
         await yieldLoop();
       }
-      writer.add(it.info.name, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+      await writing;
+      writing = writer.addAsync(it.info.name, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
     }
+    await writing;
     return { quantized, kept, bytes: writer.finish() };
   } catch (e) {
+    await writing.catch(() => undefined);
     writer.abort();
     throw e;
   }

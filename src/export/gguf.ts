@@ -8,7 +8,8 @@
 //   padding to `general.alignment` (default 32), then the tensor data; each tensor's offset is
 //   relative to the data start and a multiple of the alignment.
 // ne[0] is the innermost (contiguous) dimension: a row-major [out, in] matrix has ne = [in, out].
-import { closeSync, openSync, readSync, renameSync, rmSync, writeSync, fstatSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readSync, renameSync, rmSync, write, writeSync, fstatSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { InputError } from '../errors.js';
 import { sweepTemps, tempNameBeside } from '../fsutil.js';
 import { f16Decode, f16Encode } from '../model/formats.js';
@@ -163,10 +164,14 @@ export function encodeHeader(kvs: ReadonlyArray<GgufKv>, tensors: ReadonlyArray<
   return { header: s.bytes(), offsets, dataBytes: off };
 }
 
+const writeAsync = promisify(write);
+
 /**
  * Streams a GGUF file: construct with every metadata entry and tensor info (in the order the
- * tensors will be added), add() each tensor's bytes in that order, finish() renames the file into
- * place. Written under a temporary name beside `path`; abort() removes it.
+ * tensors will be added), add() (or addAsync(), off the JS thread) each tensor's bytes in that
+ * order, finish() renames the file into place. Each tensor is written at its own offset; the
+ * alignment padding between tensors is left as zeros. Written under a temporary name beside
+ * `path`; abort() removes it.
  */
 export class GgufWriter {
   readonly path: string;
@@ -175,7 +180,8 @@ export class GgufWriter {
   private readonly tmp: string;
   private fd: number | null;
   private next = 0;
-  private pos = 0;
+  /** the end of the bytes placed so far */
+  private end = 0;
   private readonly dataStart: number;
   private readonly offsets: number[];
 
@@ -190,39 +196,48 @@ export class GgufWriter {
     sweepTemps(path);
     this.tmp = tempNameBeside(path);
     this.fd = openSync(this.tmp, 'w');
-    this.write(header);
-    this.dataStart = align(header.length, this.alignment);
-    this.write(Buffer.alloc(this.dataStart - header.length));
-  }
-
-  private write(b: Uint8Array): void {
     let done = 0;
-    while (done < b.length) done += writeSync(this.fd!, b, done, b.length - done);
-    this.pos += b.length;
+    while (done < header.length) done += writeSync(this.fd, header, done, header.length - done, done);
+    this.dataStart = align(header.length, this.alignment);
+    this.end = this.dataStart;
   }
 
-  /** append the next tensor's data (its info must be the next one given) */
-  add(name: string, data: Uint8Array): void {
+  /** the next tensor's place in the file, after checking its name and size */
+  private place(name: string, data: Uint8Array): number {
     const t = this.tensors[this.next];
     if (!t) throw new Error(`GgufWriter: ${name} added after the last tensor`);
     if (t.name !== name) throw new Error(`GgufWriter: expected tensor ${t.name} next, got ${name}`);
     const want = ggmlBytes(t.type, t.dims);
     if (data.length !== want) throw new Error(`GgufWriter: ${name} has ${data.length} bytes, its info needs ${want}`);
     const at = this.dataStart + this.offsets[this.next]!;
-    if (this.pos < at) this.write(Buffer.alloc(at - this.pos));
-    this.write(data);
     this.next += 1;
+    this.end = at + data.length;
+    return at;
   }
 
-  /** pad the last tensor, close, rename into place; returns the file size */
+  /** append the next tensor's data (its info must be the next one given) */
+  add(name: string, data: Uint8Array): void {
+    const at = this.place(name, data);
+    let done = 0;
+    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done, at + done);
+  }
+
+  /** add() with the write on the libuv pool; `data` must stay unchanged until it resolves */
+  async addAsync(name: string, data: Uint8Array): Promise<void> {
+    const at = this.place(name, data);
+    const fd = this.fd!;
+    for (let done = 0; done < data.length;) done += (await writeAsync(fd, data, done, data.length - done, at + done)).bytesWritten;
+  }
+
+  /** pad the last tensor, close, rename into place (every write must have finished); returns the file size */
   finish(): number {
     if (this.next !== this.tensors.length) throw new Error(`GgufWriter: tensor ${this.tensors[this.next]!.name} was never added`);
-    const end = align(this.pos, this.alignment);
-    if (end > this.pos) this.write(Buffer.alloc(end - this.pos));
+    const end = align(this.end, this.alignment);
+    ftruncateSync(this.fd!, end);
     closeSync(this.fd!);
     this.fd = null;
     renameSync(this.tmp, this.path);
-    return this.pos;
+    return end;
   }
 
   abort(): void {

@@ -2,7 +2,7 @@
 // transformers layout, read lazily tensor by tensor and exposed under the official names.
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { rawWeight, tryLoadAddon } from '../backend/native/addon.js';
+import { decodeWeightNative } from '../backend/native/formats.js';
 import { InputError } from '../errors.js';
 import { readJsonFile, writeDirAtomic } from '../fsutil.js';
 import { parseConfigWithWarnings, type V4Config } from './config.js';
@@ -51,17 +51,6 @@ const sameShape = (a: ReadonlyArray<number>, b: ReadonlyArray<number>): boolean 
 
 /** tensors this large are decoded on the native addon when it is built (formats.ts's bits, on every core) */
 const NATIVE_DECODE_MIN = 1 << 16;
-
-/** an FP8 / FP4 / BF16 tensor decoded by the addon (kernels/cpu/weights.cpp: formats.ts's values), or null */
-function nativeDecode(format: string, data: Uint8Array, scale: Uint8Array | null, rows: number, cols: number): Float32Array | null {
-  if (format !== 'fp8' && format !== 'fp4' && format !== 'bf16') return null;
-  const addon = tryLoadAddon();
-  if (!addon) return null;
-  const s = format === 'fp8' ? scale ?? new Uint8Array(Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)).fill(127) : format === 'fp4' ? scale : null;
-  const out = new Float32Array(rows * cols);
-  addon.decodeWeight(rawWeight(format, data, s, rows, cols), out);
-  return out;
-}
 
 export class Checkpoint {
   readonly dir: string;
@@ -157,7 +146,7 @@ export class Checkpoint {
     const { data, scale } = this.readRaw(r);
     const cols = m.logicalShape[m.logicalShape.length - 1] ?? 1;
     const rows = numel(m.logicalShape) / Math.max(cols, 1);
-    const native = rows * cols >= NATIVE_DECODE_MIN ? nativeDecode(m.format, data, scale, rows, cols) : null;
+    const native = rows * cols >= NATIVE_DECODE_MIN ? decodeWeightNative(m.format, data, scale, rows, cols) : null;
     if (native) return native;
     switch (m.format) {
       case 'fp8':

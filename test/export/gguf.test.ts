@@ -189,6 +189,34 @@ describe('GGUF writer', () => {
     }
   });
 
+  it('addAsync writes the bytes add writes (zero padding between and after the tensors), in flight together', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-'));
+    try {
+      const infos = [
+        { name: 'a', dims: [3], type: GgmlType.F32 },
+        { name: 'b', dims: [32, 2], type: GgmlType.Q4_0 },
+        { name: 'c', dims: [5], type: GgmlType.F32 },
+      ];
+      const data = [new Uint8Array(new Float32Array([1, 2, 3]).buffer), quantizeQ4_0(new Float32Array(64).fill(-2)), new Uint8Array(new Float32Array([4, 5, 6, 7, 8]).buffer)];
+      const kvs = [{ key: 'general.alignment', type: GgufType.UINT32, value: 32 }];
+      const sync = new GgufWriter(join(dir, 'sync.gguf'), kvs, infos);
+      infos.forEach((t, i) => sync.add(t.name, data[i]!));
+      const syncSize = sync.finish();
+      const w = new GgufWriter(join(dir, 'async.gguf'), kvs, infos);
+      await Promise.all(infos.map((t, i) => w.addAsync(t.name, data[i]!)));
+      expect(w.finish()).toBe(syncSize);
+      const a = readFileSync(join(dir, 'async.gguf'));
+      expect(a.equals(readFileSync(join(dir, 'sync.gguf')))).toBe(true);
+      const f = parseGguf(a);
+      expect(f.tensors.map((t) => t.offset)).toEqual([0, 32, 96]);
+      expect(a.subarray(f.dataStart + 12, f.dataStart + 32).every((b) => b === 0)).toBe(true);
+      expect(a.length).toBe(f.dataStart + 128);
+      expect(a.readFloatLE(f.dataStart + 96 + 16)).toBe(8);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses tensors added out of order or with the wrong size, and leaves no file behind', () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-'));
     try {

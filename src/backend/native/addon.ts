@@ -77,6 +77,8 @@ export interface NativeAddon {
   gemmReference(M: number, N: number, K: number, alpha: number, a: F32, sam: number, sak: number, W: RawWeight, transB: boolean, beta: number, c: F32, ldc: number): void;
   /** out [rows, cols] = W dequantised */
   decodeWeight(W: RawWeight, out: F32): void;
+  /** out[i] = x[i] as half bits (formats.ts f32ToF16Bytes), across the pool */
+  f32ToF16(out: Uint16Array, x: F32): void;
   /** x [T, G·inG], W [G·outG, inG], A [r, inG], B [G·outG, r] → y [T, G·outG]; dropout over x [T, G·inG] on the LoRA path */
   linearForward(y: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number, dropout?: RawDropout | null): Promise<void>;
   /** dx, dA, dB += */

@@ -14,7 +14,8 @@ import { packGptq } from '../../../src/export/gptq-export.js';
 import { dequantizeInt4, quantizeRtn, rowErrorSums } from '../../../src/export/int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from '../../../src/export/q4k.js';
 import { Checkpoint } from '../../../src/model/checkpoint.js';
-import { bf16BytesToF32, dequantFp4, dequantFp8Block, FP8_BLOCK } from '../../../src/model/formats.js';
+import { f32ToF16Native } from '../../../src/backend/native/formats.js';
+import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToF16Bytes, FP8_BLOCK } from '../../../src/model/formats.js';
 import { initModel } from '../../../src/model/init.js';
 import { A, randn, rng, skipNative } from './helpers.js';
 
@@ -166,6 +167,30 @@ describe.skipIf(skipNative)('the quantize stage\'s native pieces equal the TypeS
       expect(got.qzeros).toEqual(want.qzeros);
       expect(got.scales).toEqual(want.scales);
       expect(got.gIdx).toEqual(want.gIdx);
+    }
+  });
+
+  it('float32 to float16 equals f32ToF16Bytes: ties, subnormals, overflow, infinities and NaNs of either sign', () => {
+    const r = rng(10);
+    const bits = new Uint32Array(4099);
+    for (let i = 0; i < bits.length; i++) bits[i] = Math.floor(r() * 2 ** 32) >>> 0;
+    const special = [
+      0x00000000, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000, 0x7f800001, 0xff812345, // zeros, infinities, NaNs
+      0x477fefff, 0x477ff000, 0x477ff001, 0x47800000, // around f16's largest (65504) and overflow
+      0x38800000, 0x387fffff, 0x33800000, 0x33000000, 0x33000001, 0x00000001, // f16's smallest normal, subnormals, half the smallest
+      0x3f801000, 0x3f803000, 0x3f800fff, 0x3f801001, // ties to even and either side of a tie
+    ];
+    bits.set(special, 0);
+    for (let i = 0; i < special.length; i++) bits[2000 + i] = special[i]!; // inside a 16-wide vector too
+    const x = new Float32Array(bits.buffer);
+    const cpu = A().info().isa;
+    try {
+      for (const isa of ISAS) {
+        A().setIsa(isa);
+        expect(f32ToF16Native(x), isa).toEqual(f32ToF16Bytes(x));
+      }
+    } finally {
+      A().setIsa(cpu);
     }
   });
 
