@@ -565,9 +565,7 @@ namespace {
 V4_INLINE void rtn_group_body(uint8_t* codes, double* e, const float* w, long gs, double s, int z) {
   for (long c = 0; c < gs; c++) {
     const double wi = w[c];
-    double qc = std::floor(wi / s);
-    qc = wi / s - qc >= 0.5 ? qc + 1 : qc;  // js_round
-    qc += z;
+    double qc = js_round(wi / s) + z;
     qc = qc < 0 ? 0 : qc > 15 ? 15 : qc;
     codes[c] = uint8_t(qc);
     const float recon = float((qc - z) * double(float(s)));

@@ -143,14 +143,17 @@ export class Checkpoint {
     if (expectShape && !sameShape(m.logicalShape, expectShape)) {
       throw new InputError(`${m.file}: tensor ${name} has shape ${fmtShape(m.logicalShape)}, expected ${fmtShape(expectShape)}`);
     }
-    const { data, scale } = this.readRaw(r);
     const cols = m.logicalShape[m.logicalShape.length - 1] ?? 1;
     const rows = numel(m.logicalShape) / Math.max(cols, 1);
+    const raw = this.readRaw(r);
+    const data = raw.data;
+    // an FP8 tensor stored without scales has scale 1 (E8M0 127) in every block
+    const scale = m.format === 'fp8' ? raw.scale ?? new Uint8Array(Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)).fill(127) : raw.scale;
     const native = rows * cols >= NATIVE_DECODE_MIN ? decodeWeightNative(m.format, data, scale, rows, cols) : null;
     if (native) return native;
     switch (m.format) {
       case 'fp8':
-        return dequantFp8Block(data, scale ?? new Uint8Array(Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)).fill(127), rows, cols);
+        return dequantFp8Block(data, scale!, rows, cols);
       case 'fp4':
         return dequantFp4(data, scale!, rows, cols);
       case 'bf16':

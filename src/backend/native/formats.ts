@@ -3,14 +3,13 @@
 // pool, or null when the addon is not built (the caller then runs formats.ts).
 import { rawWeight, tryLoadAddon } from './addon.js';
 
-/** FP8 (128×128 E8M0 blocks, scale null: 1), FP4 (per-32 E8M0) or BF16 bytes of [rows, cols] as float32, or null */
+/** FP8 (128×128 E8M0 blocks), FP4 (per-32 E8M0; both with their scales) or BF16 bytes of [rows, cols] as float32, or null */
 export function decodeWeightNative(format: string, data: Uint8Array, scale: Uint8Array | null, rows: number, cols: number): Float32Array | null {
   if (format !== 'fp8' && format !== 'fp4' && format !== 'bf16') return null;
   const addon = tryLoadAddon();
   if (!addon) return null;
-  const s = format === 'fp8' ? scale ?? new Uint8Array(Math.ceil(rows / 128) * Math.ceil(cols / 128)).fill(127) : format === 'fp4' ? scale : null;
   const out = new Float32Array(rows * cols);
-  addon.decodeWeight(rawWeight(format, data, s, rows, cols), out);
+  addon.decodeWeight(rawWeight(format, data, format === 'bf16' ? null : scale, rows, cols), out);
   return out;
 }
 
