@@ -1,7 +1,7 @@
 // Q4_K (llama.cpp's super-blocks of 256): bytes of a block whose grid is exact, checked against
 // the layout worked out by hand; round-trip error against Q4_0; GGUF sizes; the tiny preset (no
 // linear input is a multiple of 256 there) and the small preset (every one is).
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import { dequantizeQ4_K, q4kGrid, Q4_K_BYTES, quantizeQ4_K, scaleMinK4 } from '.
 import { ggufName, linearKind, quantizeCheckpoint, type QuantizeSummary } from '../../src/export/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { initModel } from '../../src/model/init.js';
-import { runPython, skipPython } from '../interop/python.js';
+import { ggufPyTensors, skipPython } from '../interop/python.js';
 import { writeSmallBpeTokenizer } from './bpe-fixture.js';
 
 const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
@@ -239,7 +239,8 @@ describe('quantize → GGUF Q4_K (small preset: every linear input a multiple of
   it.skipIf(skipPython)('gguf-py reads the Q4_K tensors (stacked experts, shared expert, attention) near the source weights and to v4tune\'s values', async () => {
     const f = readGgufHeader(out);
     const names = ['blk.0.attn_q_b.weight', 'blk.1.attn_kv.weight', 'blk.0.ffn_down_exps.weight', 'blk.1.ffn_gate_shexp.weight'];
-    const expected: Record<string, [string, string]> = {};
+    const mine = new Map<string, Float32Array>();
+    const source = new Map<string, Float32Array>();
     const c = await Checkpoint.open(join(dir, 'model'));
     try {
       const expertIdx = (n: string): number => Number(/\.experts\.(\d+)\./.exec(n)?.[1] ?? 0);
@@ -256,36 +257,31 @@ describe('quantize → GGUF Q4_K (small preset: every linear input a multiple of
           o += w.length;
         }
         expect(o, name).toBe(n);
-        expected[name] = [join(dir, `${name}.v4tune.f32`), join(dir, `${name}.source.f32`)];
-        writeFileSync(expected[name][0], dequantizeQ4_K(readGgufTensor(out, f, t), n));
-        writeFileSync(expected[name][1], src);
+        source.set(name, src);
+        mine.set(name, dequantizeQ4_K(readGgufTensor(out, f, t), n));
       }
     } finally {
       await c.close();
     }
-    const PY = String.raw`
-import sys, json, numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
-r = GGUFReader(sys.argv[1])
-ts = {t.name: t for t in r.tensors}
-res = {}
-for name, (mine, source) in json.loads(sys.argv[2]).items():
-    t = ts[name]
-    got = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
-    want = np.fromfile(mine, dtype='<f4')
-    src = np.fromfile(source, dtype='<f4')
-    same = got.size == want.size == src.size
-    res[name] = {'type': t.tensor_type.name, 'n': int(got.size), 'want_n': int(want.size),
-                 'rel': float(np.max(np.abs(got - want)) / np.max(np.abs(want))) if same else None,
-                 'rms': float(np.sqrt(np.mean((got - src) ** 2) / np.mean(src ** 2))) if same else None}
-print(json.dumps(res))
-`;
-    const r = JSON.parse(runPython(PY, [out, JSON.stringify(expected)], 120_000).trim().split('\n').pop()!) as Record<string, { type: string; n: number; want_n: number; rel: number; rms: number }>;
+    const got = ggufPyTensors(out, names, dir);
     for (const name of names) {
-      expect(r[name], name).toMatchObject({ type: 'Q4_K', n: r[name]!.want_n });
-      expect(r[name]!.rel, name).toBeLessThan(1e-6);
-      expect(r[name]!.rms, name).toBeLessThan(0.1);
+      const { type, values } = got.get(name)!;
+      const want = mine.get(name)!;
+      const src = source.get(name)!;
+      expect(type, name).toBe('Q4_K');
+      expect(values.length, name).toBe(want.length);
+      let maxDiff = 0;
+      let maxAbs = 0;
+      let err = 0;
+      let ref = 0;
+      for (let i = 0; i < values.length; i++) {
+        maxDiff = Math.max(maxDiff, Math.abs(values[i]! - want[i]!));
+        maxAbs = Math.max(maxAbs, Math.abs(want[i]!));
+        err += (values[i]! - src[i]!) ** 2;
+        ref += src[i]! ** 2;
+      }
+      expect(maxDiff / maxAbs, name).toBeLessThan(1e-6);
+      expect(Math.sqrt(err / ref), name).toBeLessThan(0.1);
     }
   });
 });

@@ -16,7 +16,7 @@
 //   Q8_K): the Q8_0 bound (measured ~2e-2). Greedy decoding (llama.cpp's incremental decode
 //   path, one token at a time): see GREEDY below.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ControlledEvaluateInputItem, Llama, LlamaLogLevel, LlamaModel, Token } from 'node-llama-cpp';
@@ -30,7 +30,7 @@ import { loadModel } from '../../src/model/load.js';
 import type { V4Model } from '../../src/model/v4/model.js';
 import { INTEROP_OVERRIDES, writeTinyModel } from './fixtures.js';
 import { ggufTypes, ggufWeightsAsCheckpoint } from './gguf-weights.js';
-import { runPython, skipPython } from './python.js';
+import { ggufPyTensors, skipPython } from './python.js';
 
 const T = 200;
 /** the formats whose activations llama.cpp rounds: compared on the first 32 tokens (past the 16-token window; 8 compressed entries per ratio-4 layer) */
@@ -334,7 +334,7 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
   // file here, parsing the 129280-token vocabulary)
   it.skipIf(skipPython)('gguf-py reads the nextn tensors of the F32 MTP file as v4tune\'s MTP weights, exactly', async () => {
     const ck = await Checkpoint.open(join(dir, 'model'));
-    const expected: Record<string, string> = {};
+    const expected = new Map<string, Float32Array>();
     try {
       for (const [parts, name] of MTP_NAMES) {
         const ws = await Promise.all(parts.map((p) => ck.f32(`mtp.0.${p}`)));
@@ -354,30 +354,15 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
           let o = 0;
           for (const w of ws) { data.set(w, o); o += w.length; }
         }
-        const file = join(dir, `${name}.f32`);
-        writeFileSync(file, data);
-        expected[name] = file;
+        expected.set(name, data);
       }
     } finally {
       await ck.close();
     }
-    const PY = String.raw`
-import sys, json, numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
-r = GGUFReader(sys.argv[1])
-ts = {t.name: t for t in r.tensors}
-res = {}
-for name, file in json.loads(sys.argv[2]).items():
-    t = ts[name]
-    got = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
-    want = np.fromfile(file, dtype='<f4')
-    res[name] = {'type': t.tensor_type.name, 'n': int(got.size), 'want_n': int(want.size), 'equal': bool(got.size == want.size and np.array_equal(got, want))}
-print(json.dumps(res))
-`;
-    const r = JSON.parse(runPython(PY, [mtpGgufPath(files.get('gguf-f32')!), JSON.stringify(expected)], 120_000).trim().split('\n').pop()!) as Record<string, { type: string; n: number; want_n: number; equal: boolean }>;
-    for (const [, name] of MTP_NAMES) {
-      expect(r[name], name).toMatchObject({ type: 'F32', n: r[name]!.want_n, equal: true });
+    const got = ggufPyTensors(mtpGgufPath(files.get('gguf-f32')!), [...expected.keys()], dir);
+    for (const [name, want] of expected) {
+      expect(got.get(name)!.type, name).toBe('F32');
+      expect(got.get(name)!.values, name).toEqual(want);
     }
   });
 });

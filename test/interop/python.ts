@@ -33,3 +33,29 @@ export function runPython(script: string, args: string[] = [], timeoutMs = 600_0
   if (r.status !== 0) throw new Error(`python failed (${r.status ?? r.signal}):\n${r.stderr}`);
   return r.stdout;
 }
+
+/**
+ * gguf-py's reading of GGUF tensors (GGUFReader, gguf.quants.dequantize: llama.cpp's Python
+ * reader): each named tensor's ggml type and its values as float32, flattened (through files in `dir`)
+ */
+export function ggufPyTensors(path: string, names: string[], dir: string): Map<string, { type: string; values: Float32Array }> {
+  const files = Object.fromEntries(names.map((n, i) => [n, join(dir, `gguf-py-${i}.f32`)]));
+  const PY = String.raw`
+import sys, json, numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+r = GGUFReader(sys.argv[1])
+ts = {t.name: t for t in r.tensors}
+types = {}
+for name, file in json.loads(sys.argv[2]).items():
+    t = ts[name]
+    dequantize(t.data, t.tensor_type).astype('<f4').reshape(-1).tofile(file)
+    types[name] = t.tensor_type.name
+print(json.dumps(types))
+`;
+  const types = JSON.parse(runPython(PY, [path, JSON.stringify(files)], 120_000).trim().split('\n').pop()!) as Record<string, string>;
+  return new Map(names.map((n) => {
+    const b = readFileSync(files[n]!);
+    return [n, { type: types[n]!, values: new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)) }];
+  }));
+}
