@@ -6,7 +6,12 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadModel } from '../dist/index.js';
+import { setFlagsFromString } from 'node:v8';
+// as bin/v4tune.js does for every command: atomic garbage collections instead of incremental
+// marking beside the kernel pool (see there); and only the modules a training run loads, since
+// each collection marks the whole JS heap
+setFlagsFromString('--no-incremental-marking');
+import { loadModel } from '../dist/model/load.js';
 import { initModel } from '../dist/model/init.js';
 
 const { values } = parseArgs({

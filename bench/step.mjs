@@ -16,13 +16,20 @@
 //     [--peft DIR|make|none] [--peft-tokens 512] [--peft-dtype float32|bfloat16|both] [--out bench/results/step-flash.json]
 // --model reuses a checkpoint folder (else the preset is created in a temp folder); --peft make
 // writes the BF16 copy transformers needs (v4tune merge --dtype bf16 of a zero adapter).
+import { setFlagsFromString } from 'node:v8';
+// as bin/v4tune.js does for every command: atomic garbage collections instead of incremental
+// marking beside the kernel pool (see there); and only the modules a training run loads, since
+// each collection marks the whole JS heap
+setFlagsFromString('--no-incremental-marking');
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createAdapter, loadModel, saveAdapter } from '../dist/index.js';
+import { createAdapter } from '../dist/lora/adapter.js';
+import { saveAdapter } from '../dist/lora/peft.js';
+import { loadModel } from '../dist/model/load.js';
 import { tryLoadAddon } from '../dist/backend/native/addon.js';
 import { initModel } from '../dist/model/init.js';
 import { mergeAdapter } from '../dist/export/merge.js';

@@ -206,7 +206,14 @@ static void swiglu(const Exec& X, float* act, const float* h1, const float* h3, 
 // GEMMs to the pool. Large ones (V4's 4096·2048) run one after another, each GEMM across the
 // pool. In the per-task mode each pair's result goes to a (P, d) buffer, added into the
 // token's row afterwards in pair order — the order the one-after-another mode adds in.
-static bool experts_per_task(long P, long d, long I) { return d * I <= (1L << 20) && P * d <= (16L << 20); }
+// A single expert (the shared one) or fewer experts than two per thread would leave threads
+// idle: those run each GEMM across the pool instead.
+static bool experts_per_task(long P, long d, long I, const int* off, long E) {
+  if (d * I > (1L << 20) || P * d > (16L << 20)) return false;
+  long busy = 0;
+  for (long e = 0; e < E; e++) busy += off[e + 1] > off[e];
+  return busy >= 2L * num_threads();
+}
 
 // Experts in order of decreasing pair count (the per-task mode starts the longest first).
 static std::vector<long> by_size(const int* off, long E) {
@@ -256,7 +263,7 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
   // pair p's kept h1 and h3 (null when not kept)
   auto k1 = [&](long p) { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) { return h13 ? h13 + (P + p) * I : nullptr; };
-  if (experts_per_task(P, d, I)) {
+  if (experts_per_task(P, d, I, off, E)) {
     V4_SCRATCH_ONE(sy)
     float* Y = grow(sy, P * d);
     const std::vector<long> order = by_size(off, E);
@@ -408,7 +415,7 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
   const long P = off[E];
   auto k1 = [&](long p) -> const float* { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) -> const float* { return h13 ? h13 + (P + p) * I : nullptr; };
-  if (experts_per_task(P, d, I) && grads_disjoint(grads, E)) {
+  if (experts_per_task(P, d, I, off, E) && grads_disjoint(grads, E)) {
     V4_SCRATCH_ONE(sdx)
     float* DX = grow(sdx, P * d);
     const std::vector<long> order = by_size(off, E);

@@ -217,6 +217,45 @@ describe.skipIf(skipNative)('native op kernels', () => {
     all.forEach((a, i) => expect(Buffer.from(a.buffer).equals(Buffer.from(Float32Array.from(alone[i]!).buffer)), `output ${i}`).toBe(true));
   });
 
+  // The AVX-512 path runs four tokens' Sinkhorn projections in one set of registers and keeps
+  // dX's rows in registers across fn's rows; each add, divide and FMA is the scalar path's, in
+  // its order. Inputs whose dot products are exact in float32 (small integers, fn in 64ths) take
+  // the one place the paths may differ (the order of a dot product's sum) out of play, so the
+  // outputs must match bit for bit: T = 9 (groups of 4, 4, 1), n = 400 (a half-vector tail).
+  it('mHC pre: every ISA path gives the same bits as the scalar path', async () => {
+    const r = rng(27);
+    const [T, hc, d, iters, eps, ne] = [9, 4, 100, 20, 1e-6, 1e-6];
+    const nm = (2 + hc) * hc;
+    const n = hc * d;
+    const ints = (len: number, k: number, div = 1): Float32Array => Float32Array.from({ length: len }, () => (Math.floor(r() * (2 * k + 1)) - k) / div);
+    const X = ints(T * n, 3);
+    const fn = ints(nm * n, 4, 64);
+    const scale = Float32Array.from([0.8, 1.1, 0.9]);
+    const base = randn(nm, r, 0.5);
+    const [gy, gp, gc] = [ints(T * d, 3), randn(T * hc, r), randn(T * hc * hc, r)];
+    const run = async () => {
+      const [y, post, comb, mix, dX] = [new Float32Array(T * d), new Float32Array(T * hc), new Float32Array(T * hc * hc), new Float32Array(T * nm), new Float32Array(T * n)];
+      await A().mhcPreForward(y, post, comb, mix, X, fn, scale, base, T, hc, d, true, iters, eps, ne);
+      await A().mhcPreBackward(dX, gy, gp, gc, mix, X, fn, scale, base, T, hc, d, true, iters, eps, ne);
+      return { y, post, comb, mix, dX };
+    };
+    const cpu = A().info().isa;
+    const got = new Map<string, Record<string, Float32Array>>();
+    try {
+      for (const isa of ['scalar', 'avx2', 'avx512'] as const) {
+        A().setIsa(isa);
+        got.set(isa, await run());
+      }
+    } finally {
+      A().setIsa(cpu);
+    }
+    const want = got.get('scalar')!;
+    for (const [isa, outs] of got)
+      for (const [name, a] of Object.entries(outs)) expect(Buffer.from(a.buffer).equals(Buffer.from(want[name]!.buffer)), `${isa} ${name}`).toBe(true);
+    // and the comb is a projection (rows and columns sum to about 1), not a copy of zeros
+    expect(Math.abs(want.comb!.slice(0, 4).reduce((s, v) => s + v, 0) - 1)).toBeLessThan(1e-3);
+  });
+
   it('hc_head: forward 1e-5, dX 1e-4 vs float64 differences', async () => {
     const r = rng(25);
     const T = 3;
