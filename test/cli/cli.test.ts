@@ -50,6 +50,20 @@ describe('cli', () => {
     }
   });
 
+  // bin/v4tune.js turns V8's incremental marking off (its collections competed with the kernel
+  // pool for the cores): a command that allocates (init-model) collects atomically, and with the
+  // flag left out V8's trace names incremental marking at once
+  it('collects garbage without incremental marking', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'v4tune-gc-'));
+    try {
+      const trace = execFileSync(process.execPath, ['--trace-gc', join('bin', 'v4tune.js'), 'init-model', '--preset', 'tiny', '--out', join(dir, 'm'), '-q'], { encoding: 'utf8' });
+      expect(trace).toMatch(/Mark-Compact|Scavenge/);
+      expect(trace).not.toMatch(/incremental/i);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('prints its version', async () => {
     const r = await cli('--version');
     expect(r.code).toBe(0);
