@@ -326,6 +326,15 @@ Napi::Value F32ToF16(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// firstNonFinite(x f32): the index of the first NaN or ±Infinity in x, or -1 (the export's
+// check of the tensors it writes as they are)
+Napi::Value FirstNonFinite(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw Napi::TypeError::New(info.Env(), "firstNonFinite: x must be a Float32Array");
+  auto x = info[0].As<Napi::Float32Array>();
+  return Napi::Number::New(info.Env(), double(find_nonfinite(x.Data(), long(x.ElementLength()))));
+}
+
 // ---- linear with LoRA ----
 long groups(Args& a, size_t i, const WeightRef& W) {
   long G = a.integer(i);
@@ -476,6 +485,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmReference", Napi::Function::New(env, GemmReference));
   exports.Set("decodeWeight", Napi::Function::New(env, DecodeWeight));
   exports.Set("f32ToF16", Napi::Function::New(env, F32ToF16));
+  exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("linearForward", Napi::Function::New(env, LinearForward));
   exports.Set("linearBackward", Napi::Function::New(env, LinearBackward));
   exports.Set("routedExpertsForward", Napi::Function::New(env, RoutedExpertsForward));

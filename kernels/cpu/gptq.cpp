@@ -705,6 +705,8 @@ long rtn_row(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros
 
 }  // namespace
 
+long find_nonfinite(const float* x, long n) { return first_nonfinite(x, n); }
+
 void row_error_sums(double* sums, const double* e, const float* w, long n) {
   if (isa() == Isa::avx512) row_sums_512(sums, e, w, n);
   else row_sums_any(sums, e, w, n);

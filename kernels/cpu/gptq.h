@@ -57,4 +57,7 @@ double f16_decode(int h);
 // Σ|e|, Σe², max|e|, Σw², column c in lane c mod 8, lanes summed ((0+1)+(2+3))+((4+5)+(6+7))
 void row_error_sums(double* sums, const double* e, const float* w, long n);
 
+// the index of the first NaN or ±Infinity in x[0:n], or -1 (AVX-512: 16 at a time)
+long find_nonfinite(const float* x, long n);
+
 }  // namespace v4

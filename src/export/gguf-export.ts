@@ -25,6 +25,7 @@ import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { GgmlType, GgufWriter, type GgmlTypeId, type GgufTensorInfo } from './gguf.js';
 import { dequantizeQ5_0, dequantizeQ8_0, quantizeQ5_0, quantizeQ8_0 } from './ggml-quants.js';
 import { deepseek4Metadata, deepseek4Vocab, ggufName, MTP_EH_PARTS, type GgufPart } from './llama-deepseek4.js';
+import { keptF32 } from './kept.js';
 import { blockOrder, linearKind, yieldLoop, type LinearKind } from './linears.js';
 import { Q4_K_BLOCK } from './q4k.js';
 import type { GgufFormat, QuantizeOptions, WriteResult } from './quantize-types.js';
@@ -154,7 +155,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
         const [e, h] = it.parts as [string, string];
         const ce = ckpt.meta(e).logicalShape[1]!;
         const ch = ckpt.meta(h).logicalShape[1]!;
-        chunks.push(floatBytes(it.info.type, concatColumns(await ckpt.f32(e), ce, await ckpt.f32(h), ch)));
+        chunks.push(floatBytes(it.info.type, concatColumns(await keptF32(ckpt, e), ce, await keptF32(ckpt, h), ch)));
         kept += 2;
         progress(e);
         progress(h);
@@ -173,7 +174,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
           if (t === GgmlType.I32) {
             const x = await ckpt.ints(n);
             chunks.push(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
-          } else chunks.push(floatBytes(t, await ckpt.f32(n)));
+          } else chunks.push(floatBytes(t, await keptF32(ckpt, n)));
           kept++;
         }
         progress(n);

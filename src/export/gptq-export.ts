@@ -18,6 +18,7 @@ import { f32ToBf16Bytes } from '../model/formats.js';
 import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
 import { gptqModelName, gptqQuantises } from './gptq-names.js';
 import { checkGroupable, type Int4Weight } from './int4.js';
+import { checkKeptBytes, keptF32 } from './kept.js';
 import { blockOrder, linearKind, yieldLoop } from './linears.js';
 import type { QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
@@ -160,6 +161,10 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
 /** a kept tensor's bytes in the gptq output: BF16 / F32 / F16 / integers as stored, FP8/FP4 dequantised to BF16 */
 async function keptBytes(ckpt: Checkpoint, n: string): Promise<Uint8Array> {
   const m = ckpt.meta(n);
-  if (m.format === 'int' || m.format === 'bf16' || m.format === 'f32') return (await ckpt.raw(n)).data;
-  return f32ToBf16Bytes(await ckpt.f32(n));
+  if (m.format === 'int' || m.format === 'bf16' || m.format === 'f32') {
+    const { data } = await ckpt.raw(n);
+    checkKeptBytes(ckpt, n, data);
+    return data;
+  }
+  return f32ToBf16Bytes(await keptF32(ckpt, n));
 }

@@ -4,7 +4,7 @@
 // a NaN adapter is never merged, and a killed merge leaves no temporary behind its rerun.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -192,6 +192,40 @@ describe('non-finite values stop the work', () => {
     const ev = await cli('eval', r, '--adapter', join(ck, `step-${kept}`, 'adapter'));
     expect(ev.code, ev.err).toBe(1);
     expect(ev.err).toMatch(/eval: the loss over \d+ tokens of .* is NaN/);
+  });
+
+  // the tensors an export writes as they are (norms, hc_head_fn, embedding, head) are checked as
+  // the quantised linears are: stored bytes (gptq keeps BF16 / F32 as stored), decoded float32 (GGUF)
+  it('quantize refuses a checkpoint whose kept tensor holds NaN or Infinity, naming it; nothing is written', async () => {
+    const poisoned = (tag: string, tensor: string, at: number, bits: number[]): string => {
+      const copy = join(dir, `model-${tag}`);
+      cpSync(model, copy, { recursive: true });
+      const index = JSON.parse(readFileSync(join(copy, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+      const file = join(copy, index.weight_map[tensor]!);
+      const b = readFileSync(file);
+      const n = Number(b.readBigUInt64LE(0));
+      const e = (JSON.parse(b.subarray(8, 8 + n).toString('utf8')) as Record<string, { data_offsets: [number, number] }>)[tensor]!;
+      Buffer.from(bits).copy(b, 8 + n + e.data_offsets[0] + at * bits.length);
+      writeFileSync(file, b);
+      return copy;
+    };
+    const nan = poisoned('nan', 'layers.1.attn_norm.weight', 3, [0xc0, 0x7f]); // BF16 NaN
+    const inf = poisoned('inf', 'hc_head_fn', 5, [0x00, 0x00, 0x80, 0x7f]); // F32 +Infinity
+    const rec = recipe('poisoned', ['data: { sources: [{ path: corpus/*.txt }] }', 'export: { group_size: 32 }', 'output: out-poisoned']);
+    const cases: Array<[string, string, string]> = [
+      [nan, 'gptq', 'layers.1.attn_norm.weight holds NaN at element 3; nothing written'],
+      [nan, 'gguf-q4_0', 'layers.1.attn_norm.weight holds NaN at element 3; nothing written'],
+      [inf, 'gptq', 'hc_head_fn holds Infinity at element 5; nothing written'],
+      [inf, 'gguf-f16', 'hc_head_fn holds Infinity at element 5; nothing written'],
+    ];
+    for (const [m, format, want] of cases) {
+      const out = join(dir, `q-${format}`);
+      const res = await cli('quantize', rec, '--model', m, '--out', out, '--format', format, '--method', 'rtn');
+      expect(res.code, `${format}: ${res.err}`).toBe(2);
+      expect(res.err).toContain(want);
+      expect(existsSync(out) ? readdirSync(out) : [], format).toEqual([]); // the folder at most, empty
+      expect(temps(dir)).toEqual([]);
+    }
   });
 
   it('merge refuses an adapter holding NaN, naming the tensor; nothing is written', async () => {

@@ -79,6 +79,8 @@ export interface NativeAddon {
   decodeWeight(W: RawWeight, out: F32): void;
   /** out[i] = x[i] as half bits (formats.ts f32ToF16Bytes), across the pool */
   f32ToF16(out: Uint16Array, x: F32): void;
+  /** the index of the first NaN or ±Infinity in x, or -1 */
+  firstNonFinite(x: F32): number;
   /** x [T, G·inG], W [G·outG, inG], A [r, inG], B [G·outG, r] → y [T, G·outG]; dropout over x [T, G·inG] on the LoRA path */
   linearForward(y: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number, dropout?: RawDropout | null): Promise<void>;
   /** dx, dA, dB += */

@@ -21,3 +21,9 @@ export function f32ToF16Native(x: Float32Array): Uint8Array | null {
   addon.f32ToF16(out, x);
   return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
 }
+
+/** the index of the first NaN or ±Infinity in x (AVX-512 on the addon), or null without the addon */
+export function firstNonFiniteNative(x: Float32Array): number | null {
+  const addon = tryLoadAddon();
+  return addon ? addon.firstNonFinite(x) : null;
+}
