@@ -9,7 +9,10 @@ namespace v4 {
 // dh (T, d, may be null) accumulates weight_t · (Σ_v p_tv W_v − W[target_t]), p = softmax.
 // One pass over the vocabulary: a running max per row rescales the running sum and Σ p W.
 // chunk: vocabulary rows per step, at most; capped so a step holds at most 512K logits.
+// top1 (T, may be null): every row's first index of its largest logit (ties to the lower id; a
+// row whose logits are all NaN gets 0), counted or not; the loss, dh and the chunk sizes of the
+// counted rows are the same bits with or without it.
 void lmhead_ce(float* loss, float* dh, const float* h, const WeightRef& W, const int* targets, const float* weights,
-               long T, long chunk);
+               long T, long chunk, int* top1 = nullptr);
 
 }  // namespace v4

@@ -219,6 +219,12 @@ export interface Backend {
   // (native: two passes over the vocabulary per step instead of three).
   lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number, withGrad?: boolean): Promise<{ lossSum: number; count: number; saved: Saved }>;
   lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }>;
+  /**
+   * Optional (the native backend has it): lmHeadLossForward's loss, the same bits, and every
+   * row's top-1 (the first index of its largest logit, counted or not), in one pass over the head
+   * without N × V logits. Without it the model takes logits() and finds the top-1 itself.
+   */
+  lmHeadLossTop1?(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; top1: I32 }>;
 }
 
 export type BackendName = 'auto' | 'native' | 'tfjs' | 'ascend';

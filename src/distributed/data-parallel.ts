@@ -267,8 +267,7 @@ export function dataParallelEvaluate(c: Collective, expert: ExpertParallel | nul
     for (let i = 0; i < run.length; i++) {
       if (i >= counted && !expert) break;
       const row = run[i]!;
-      const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter });
-      const a = mtp ? await model.mtpAgreement(row.input_ids, { segments: row.segments, adapter }) : null;
+      const { loss: r, agreement: a } = await model.evalRow(row.input_ids, row.loss_mask, { segments: row.segments, adapter, mtp });
       if (i >= counted) continue;
       sums[0] += r.lossSum;
       sums[1] += r.count;

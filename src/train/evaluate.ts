@@ -35,11 +35,11 @@ export async function evalSums(model: V4Model, rows: Iterable<DatasetRow>, o: { 
   const max = o.maxRows ?? Infinity;
   for (const row of rows) {
     if (s.rows >= max) break;
-    const r = await model.loss(row.input_ids, row.loss_mask, { segments: row.segments, adapter: o.adapter });
+    // one trunk forward gives the loss and, with mtp, the agreement
+    const { loss: r, agreement: a } = await model.evalRow(row.input_ids, row.loss_mask, { segments: row.segments, adapter: o.adapter, mtp: o.mtp });
     s.lossSum += r.lossSum;
     s.tokens += r.count;
-    if (o.mtp) {
-      const a = await model.mtpAgreement(row.input_ids, { segments: row.segments, adapter: o.adapter });
+    if (a) {
       s.agree += a.agree;
       s.pairs += a.pairs;
     }

@@ -122,13 +122,20 @@ describe('MTP loss', () => {
     const rows = [...openDataset(fx.dataDir).rows('eval')].slice(0, 2);
     let agree = 0;
     let pairs = 0;
+    let lossSum = 0;
+    let tokens = 0;
     for (const r of rows) {
       const x = await model.mtpAgreement(r.input_ids, { segments: r.segments, adapter: a });
       agree += x.agree;
       pairs += x.pairs;
+      const l = await model.loss(r.input_ids, r.loss_mask, { segments: r.segments, adapter: a });
+      lossSum += l.lossSum;
+      tokens += l.count;
     }
+    // one trunk forward a row gives both (model.evalRow; on the native backend the main head's
+    // top-1 comes from the loss's pass): the same loss bits and the same agreement
     const s = await evaluate(model, fx.dataDir, { maxRows: 2, adapter: a, mtp: true });
-    expect(s).toMatchObject({ rows: 2, mtpPairs: pairs, mtpAgreement: agree / pairs });
+    expect(s).toMatchObject({ rows: 2, mtpPairs: pairs, mtpAgreement: agree / pairs, loss: lossSum / tokens });
     expect((await evaluate(model, fx.dataDir, { maxRows: 2, adapter: a })).mtpAgreement).toBeUndefined();
   });
 

@@ -100,7 +100,8 @@ export interface NativeAddon {
   rope(x: F32, pos: I32, cos: F32, sin: F32, maxPos: number, T: number, H: number, D: number, rd: number, inverse: boolean, src?: F32): Promise<void>;
   embedding(out: F32, ids: I32, E: RawWeight, T: number): Promise<void>;
   /** loss [T] per counted position (weights ≠ 0); dh [T, d] += weights·(softmax·W − W[target]) */
-  lmheadCe(loss: F32, dh: F32 | null, h: F32, W: RawWeight, targets: I32, weights: F32, T: number, chunk: number): Promise<void>;
+  /** top1 (optional): each row's first index of its largest logit, counted rows or not */
+  lmheadCe(loss: F32, dh: F32 | null, h: F32, W: RawWeight, targets: I32, weights: F32, T: number, chunk: number, top1?: I32 | null): Promise<void>;
   /** q [T, H, D], kv [M, D], idx [T, K] (−1 none) → o [T, H, D], lse [T, H] */
   attentionForward(o: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;
   attentionBackward(dq: F32, dkv: F32, dsink: F32 | null, dout: F32, lse: F32, q: F32, kv: F32, idx: I32, sink: F32, T: number, H: number, D: number, M: number, K: number, scale: number): Promise<void>;

@@ -416,6 +416,16 @@ export class NativeBackend implements Backend {
     const saved: LossSaved = { op: 'lmHeadLoss', x, W: nw(W), targets, N, d, dx1 };
     return { lossSum, count, saved };
   }
+  // lmHeadLossForward's pass (the counted rows' chunks unchanged) with every row's top-1 on the way
+  async lmHeadLossTop1(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; top1: I32 }> {
+    const { tg, wts, count } = this.lossRows(targets, N, 1);
+    const loss = new Float32Array(N);
+    const top1 = new Int32Array(N);
+    if (N > 0) await this.addon.lmheadCe(loss, null, x, nw(W).raw, tg, wts, N, this.vocabChunk(count > 0 ? count : N, V), top1);
+    let lossSum = 0;
+    for (let n = 0; n < N; n++) lossSum += loss[n];
+    return { lossSum, count, top1 };
+  }
   // dx_n = g·(Σ_v softmax(x_n Wᵀ)_v W_v − W[target_n]) for counted n
   async lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }> {
     const s = expectSaved<LossSaved>(saved, 'lmHeadLoss');

@@ -298,27 +298,63 @@ export class V4Model {
    * heads. Ties go to the lower id.
    */
   async mtpAgreement(ids: Int32Array, opts: ForwardOptions = {}): Promise<MtpAgreement> {
-    if (!this.weights.mtp[0]) throw new InputError('mtpAgreement: this checkpoint has no MTP block (mtp.0.*)');
-    const c = this.config;
-    const V = c.vocab_size;
+    this.needMtp('mtpAgreement');
     const seq = makeSeq(ids, opts.segments);
     const g = this.graph(null, opts.adapter, null);
     const X = await this.trunk(g, seq);
-    const main = await this.backend.logits(await this.headInput(g, X, seq), this.weights.head, seq.T, c.hidden_size, V);
+    const hn = await this.headInput(g, X, seq);
+    return this.agreement(g, ids, seq, X, (await this.headTop1(hn, seq.T, null)).top1);
+  }
+
+  /**
+   * What an eval needs of one row from a single trunk forward: the loss (as `loss` gives it) and,
+   * with `mtp`, the MTP agreement (as `mtpAgreement` gives it); on a backend with
+   * lmHeadLossTop1 the main head's top-1 comes from the loss's own pass over the head.
+   */
+  async evalRow(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions & { mtp?: boolean } = {}): Promise<{ loss: LossResult; agreement: MtpAgreement | null }> {
+    if (opts.mtp) this.needMtp('mtpAgreement');
+    const seq = makeSeq(ids, opts.segments);
+    const g = this.graph(null, opts.adapter, null);
+    const X = await this.trunk(g, seq);
+    const hn = await this.headInput(g, X, seq);
+    const c = this.config;
+    const targets = nextTokenTargets(seq, lossMask);
+    const r = opts.mtp ? await this.headTop1(hn, seq.T, targets) : null;
+    const { lossSum, count } = r?.loss ?? await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size);
+    const loss = { loss: meanLoss(lossSum, count), lossSum, count };
+    return { loss, agreement: r ? await this.agreement(g, ids, seq, X, r.top1) : null };
+  }
+
+  private needMtp(what: string): void {
+    if (!this.weights.mtp[0]) throw new InputError(`${what}: this checkpoint has no MTP block (mtp.0.*)`);
+  }
+
+  /**
+   * The head's top-1 for each of the N rows of x, and with `targets` the loss as well (null when
+   * not asked for, or when the backend has no lmHeadLossTop1: lmHeadLossForward gives it then).
+   */
+  private async headTop1(x: F32, N: number, targets: Int32Array | null): Promise<{ top1: Int32Array; loss: { lossSum: number; count: number } | null }> {
+    const c = this.config;
+    const V = c.vocab_size;
+    if (this.backend.lmHeadLossTop1) {
+      const r = await this.backend.lmHeadLossTop1(x, this.weights.head, targets ?? new Int32Array(N).fill(-1), N, c.hidden_size, V);
+      return { top1: r.top1, loss: targets ? r : null };
+    }
+    const l = await this.backend.logits(x, this.weights.head, N, c.hidden_size, V);
+    return { top1: Int32Array.from({ length: N }, (_, r) => rowArgmax(l, r, V)), loss: null };
+  }
+
+  /** mtpAgreement on the trunk's streams X, given the main head's top-1 at every position */
+  private async agreement(g: Graph, ids: Int32Array, seq: Seq, X: F32, mainTop: Int32Array): Promise<MtpAgreement> {
     const { hn, rows } = await this.mtpForward(g, ids, seq, X, null);
     if (rows.length === 0) return { agree: 0, pairs: 0 };
-    const draft = await this.backend.logits(hn, this.weights.head, rows.length, c.hidden_size, V);
-    const argmax = (l: Float32Array, r: number): number => {
-      let best = 0;
-      for (let v = 1; v < V; v++) if (l[r * V + v]! > l[r * V + best]!) best = v;
-      return best;
-    };
+    const draft = (await this.headTop1(hn, rows.length, null)).top1;
     let agree = 0;
     let pairs = 0;
     rows.forEach((t, i) => {
       if (t + 2 >= seq.T || seq.segOf[t + 2] !== seq.segOf[t]) return;
       pairs++;
-      if (argmax(draft, i) === argmax(main, t + 1)) agree++;
+      if (draft[i] === mainTop[t + 1]) agree++;
     });
     return { agree, pairs };
   }
@@ -513,4 +549,19 @@ export class V4BlockStream {
     this.release();
     this.backend.dispose();
   }
+}
+
+/** the first index of row r's largest value in l [·, V] (NaN never wins) */
+function rowArgmax(l: Float32Array, r: number, V: number): number {
+  const o = r * V;
+  let best = 0;
+  let top = l[o]!;
+  for (let v = 1; v < V; v++) {
+    const x = l[o + v]!;
+    if (x > top) {
+      top = x;
+      best = v;
+    }
+  }
+  return best;
 }

@@ -262,5 +262,21 @@ describe.skipIf(skipNative)('native backend vs tfjs backend', () => {
     const gc = await nat.lmHeadLossBackward(lc.saved, 0.25);
     expect(relErr(gc.dx, ga.dx)).toBeLessThan(1e-6);
     expect(relErr(gc.dx, gb.dx)).toBeLessThan(1e-4);
+    // the eval's pass: the same loss bits, and each row's top-1 (the positions not counted too)
+    // is the first largest of the tfjs backend's logits; with no target at all, top-1 alone
+    const logits = await tfb.logits(x, wt, N, d, V);
+    const argmax = (row: number): number => {
+      let b = 0;
+      for (let v = 1; v < V; v++) if (logits[row * V + v]! > logits[row * V + b]!) b = v;
+      return b;
+    };
+    const want = Array.from({ length: N }, (_, n) => argmax(n));
+    const lt = await nat.lmHeadLossTop1!(x, wn, tg, N, d, V);
+    expect([lt.lossSum, lt.count]).toEqual([la.lossSum, la.count]);
+    expect(Array.from(lt.top1)).toEqual(want);
+    const none = await nat.lmHeadLossTop1!(x, wn, new Int32Array(N).fill(-1), N, d, V);
+    expect([none.lossSum, none.count]).toEqual([0, 0]);
+    expect(Array.from(none.top1)).toEqual(want);
+    expect(new Set(want).size).toBeGreaterThan(2);
   });
 });

@@ -336,6 +336,36 @@ describe.skipIf(skipNative)('native op kernels', () => {
     expect(relErr(loss, want)).toBeLessThan(1e-5);
     const lossW = (v: Float64Array): number => contract(R.crossEntropyRows(v, W, tg, T, d, V), wts);
     expect(relErr(dh, fdGrad(lossW, h))).toBeLessThan(1e-4);
+    // with top1 (the eval's pass): every row's first largest logit, the uncounted row 2 too, and
+    // the same loss and dh bits. Position 3's largest logit is at vocabulary rows 40, 200 and 260
+    // alike (a tie across the three chunks: the lowest id wins), position 1's at row 0
+    const W2 = W.slice();
+    for (let c = 0; c < d; c++) {
+      W2[40 * d + c] = W2[200 * d + c] = W2[260 * d + c] = 4 * h[3 * d + c]!;
+      W2[c] = 4 * h[d + c]!;
+    }
+    const run = async (top1: Int32Array | null) => {
+      const [l, g] = [new Float32Array(T), new Float32Array(T * d)];
+      await A().lmheadCe(l, g, h, rawWeight('f32', W2, null, V, d), tg, wts, T, 128, top1);
+      return [l, g];
+    };
+    const top1 = new Int32Array(T);
+    const [l1, g1] = await run(top1);
+    const [l0, g0] = await run(null);
+    expect(Buffer.from(l1!.buffer).equals(Buffer.from(l0!.buffer))).toBe(true);
+    expect(Buffer.from(g1!.buffer).equals(Buffer.from(g0!.buffer))).toBe(true);
+    const want1 = Array.from({ length: T }, (_, t) => {
+      let best = 0;
+      let top = -Infinity;
+      for (let v = 0; v < V; v++) {
+        let z = 0;
+        for (let c = 0; c < d; c++) z += h[t * d + c]! * W2[v * d + c]!;
+        if (z > top + 1e-4) [top, best] = [z, v]; // float32 noise aside, the first of equal logits
+      }
+      return best;
+    });
+    expect(Array.from(top1)).toEqual(want1);
+    expect([want1[1], want1[3]]).toEqual([0, 40]);
   });
 
   it('indexer top-k: weighted ReLU scores over each query\'s visible entries, ties toward the lower index', async () => {
