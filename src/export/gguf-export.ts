@@ -148,6 +148,15 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
   let kept = 0;
   // a tensor's bytes are written off the JS thread while the next one is read and quantised
   let writing: Promise<unknown> = Promise.resolve();
+  // one float32 buffer for the tensors decoded in turn (as large as the largest so far): each is
+  // quantised or converted into new bytes before the next is decoded, so the export does not
+  // leave a tensor-sized array behind for the collector per tensor
+  let scratch = new Float32Array(0);
+  const decode = (n: string, kept: boolean): Promise<Float32Array> => {
+    const size = ckpt.meta(n).logicalShape.reduce((a, b) => a * b, 1);
+    if (scratch.length < size) scratch = new Float32Array(size);
+    return kept ? keptF32(ckpt, n, scratch) : ckpt.f32(n, undefined, scratch);
+  };
   try {
     for (const it of items) {
       const chunks: Uint8Array[] = [];
@@ -164,7 +173,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
         const t = it.info.type;
         if (it.quant) {
           const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
-          const w = await ckpt.f32(n);
+          const w = await decode(n, false);
           if (t === GgmlType.Q4_0) chunks.push(await rounder.q4_0(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q4_K) chunks.push(await rounder.q4_k(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q8_0) chunks.push(rounder.rtnBlocks(n, it.quant, w, quantizeQ8_0, dequantizeQ8_0));
@@ -174,14 +183,14 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
           if (t === GgmlType.I32) {
             const x = await ckpt.ints(n);
             chunks.push(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
-          } else chunks.push(floatBytes(t, await keptF32(ckpt, n)));
+          } else chunks.push(floatBytes(t, await decode(n, true)));
           kept++;
         }
         progress(n);
         await yieldLoop();
       }
       await writing;
-      writing = writer.addAsync(it.info.name, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+      writing = writer.addAsync(it.info.name, chunks);
     }
     await writing;
     return { quantized, kept, bytes: writer.finish() };

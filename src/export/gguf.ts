@@ -203,7 +203,7 @@ export class GgufWriter {
   }
 
   /** the next tensor's place in the file, after checking its name and size */
-  private place(name: string, data: Uint8Array): number {
+  private place(name: string, data: { length: number }): number {
     const t = this.tensors[this.next];
     if (!t) throw new Error(`GgufWriter: ${name} added after the last tensor`);
     if (t.name !== name) throw new Error(`GgufWriter: expected tensor ${t.name} next, got ${name}`);
@@ -222,11 +222,18 @@ export class GgufWriter {
     while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done, at + done);
   }
 
-  /** add() with the write on the libuv pool; `data` must stay unchanged until it resolves */
-  async addAsync(name: string, data: Uint8Array): Promise<void> {
-    const at = this.place(name, data);
+  /**
+   * add() with the write on the libuv pool; the data may come in pieces (a stacked tensor's
+   * experts), written one after another; they must stay unchanged until it resolves
+   */
+  async addAsync(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
+    const parts = data instanceof Uint8Array ? [data] : data;
+    let at = this.place(name, { length: parts.reduce((a, p) => a + p.length, 0) });
     const fd = this.fd!;
-    for (let done = 0; done < data.length;) done += (await writeAsync(fd, data, done, data.length - done, at + done)).bytesWritten;
+    for (const p of parts) {
+      for (let done = 0; done < p.length;) done += (await writeAsync(fd, p, done, p.length - done, at + done)).bytesWritten;
+      at += p.length;
+    }
   }
 
   /** pad the last tensor, close, rename into place (every write must have finished); returns the file size */

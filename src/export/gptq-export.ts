@@ -125,6 +125,13 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
       await writing;
       writing = Promise.all(parts.map(([name, data]) => writer.writeAtAsync(name, 0, data)));
     };
+    // one float32 buffer for the tensors decoded in turn (gguf-export.ts does the same)
+    let scratch = new Float32Array(0);
+    const room = (n: string): Float32Array => {
+      const size = ckpt.meta(n).logicalShape.reduce((a, b) => a * b, 1);
+      if (scratch.length < size) scratch = new Float32Array(size);
+      return scratch;
+    };
     try {
       let done = 0;
       for (const n of names) {
@@ -132,14 +139,14 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
         const kind = linearKind(n);
         if (kind && gptqQuantises(n) && m.logicalShape.length === 2) {
           const [out, inF] = m.logicalShape as [number, number];
-          const w = await ckpt.f32(n);
+          const w = await ckpt.f32(n, undefined, room(n));
           const x = await rounder.int4(n, kind, w, out, inF, opts.groupSize);
           const p = (await packGptqNative(x)) ?? packGptq(x);
           const base = disk(n).slice(0, -'.weight'.length);
           await put([[`${base}.qweight`, bytesOf(p.qweight)], [`${base}.qzeros`, bytesOf(p.qzeros)], [`${base}.scales`, bytesOf(p.scales)], [`${base}.g_idx`, bytesOf(p.gIdx)]]);
           quantized++;
         } else {
-          await put([[disk(n), await keptBytes(ckpt, n)]]);
+          await put([[disk(n), await keptBytes(ckpt, n, room)]]);
           kept++;
         }
         opts.onTensor?.(++done, names.length, n);
@@ -159,12 +166,12 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
 }
 
 /** a kept tensor's bytes in the gptq output: BF16 / F32 / F16 / integers as stored, FP8/FP4 dequantised to BF16 */
-async function keptBytes(ckpt: Checkpoint, n: string): Promise<Uint8Array> {
+async function keptBytes(ckpt: Checkpoint, n: string, room: (n: string) => Float32Array): Promise<Uint8Array> {
   const m = ckpt.meta(n);
   if (m.format === 'int' || m.format === 'bf16' || m.format === 'f32') {
     const { data } = await ckpt.raw(n);
     checkKeptBytes(ckpt, n, data);
     return data;
   }
-  return f32ToBf16Bytes(await keptF32(ckpt, n));
+  return f32ToBf16Bytes(await keptF32(ckpt, n, room(n)));
 }

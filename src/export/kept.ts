@@ -10,9 +10,9 @@ function refuse(ckpt: Checkpoint, name: string, value: number, at: number): Inpu
   return new InputError(`${ckpt.meta(name).file}: tensor ${name} holds ${value} at element ${at}; nothing written`);
 }
 
-/** the tensor as float32 (Checkpoint.f32), refused if any element is NaN or ±Infinity */
-export async function keptF32(ckpt: Checkpoint, name: string): Promise<Float32Array> {
-  const x = await ckpt.f32(name);
+/** the tensor as float32 (Checkpoint.f32, `into` as there), refused if any element is NaN or ±Infinity */
+export async function keptF32(ckpt: Checkpoint, name: string, into?: Float32Array): Promise<Float32Array> {
+  const x = await ckpt.f32(name, undefined, into);
   const bad = firstNonFiniteNative(x) ?? firstNonFinite(x);
   if (bad >= 0) throw refuse(ckpt, name, x[bad]!, bad);
   return x;

@@ -136,8 +136,12 @@ export class Checkpoint {
     return { name, dtype: r.entry.dtype, shape: r.meta.shape, scaleShape };
   }
 
-  /** the tensor as float32, dequantised (FP8 block scales, FP4 group scales, BF16, F16, F32) */
-  async f32(name: string, expectShape?: number[]): Promise<Float32Array> {
+  /**
+   * The tensor as float32, dequantised (FP8 block scales, FP4 group scales, BF16, F16, F32).
+   * `into`: a buffer the caller reuses from tensor to tensor (no fresh allocation, so less garbage
+   * to collect); where the addon decodes, the result is its first elements, else a new array.
+   */
+  async f32(name: string, expectShape?: number[], into?: Float32Array): Promise<Float32Array> {
     const r = this.get(name);
     const m = r.meta;
     if (expectShape && !sameShape(m.logicalShape, expectShape)) {
@@ -149,7 +153,7 @@ export class Checkpoint {
     const data = raw.data;
     // an FP8 tensor stored without scales has scale 1 (E8M0 127) in every block
     const scale = m.format === 'fp8' ? raw.scale ?? new Uint8Array(Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)).fill(127) : raw.scale;
-    const native = rows * cols >= NATIVE_DECODE_MIN ? decodeWeightNative(m.format, data, scale, rows, cols) : null;
+    const native = rows * cols >= NATIVE_DECODE_MIN ? decodeWeightNative(m.format, data, scale, rows, cols, into && into.length >= rows * cols ? into : undefined) : null;
     if (native) return native;
     switch (m.format) {
       case 'fp8':

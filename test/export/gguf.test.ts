@@ -212,6 +212,16 @@ describe('GGUF writer', () => {
       expect(a.subarray(f.dataStart + 12, f.dataStart + 32).every((b) => b === 0)).toBe(true);
       expect(a.length).toBe(f.dataStart + 128);
       expect(a.readFloatLE(f.dataStart + 96 + 16)).toBe(8);
+      // a tensor given in pieces (a stacked tensor's experts) lands as the whole does
+      const p = new GgufWriter(join(dir, 'pieces.gguf'), kvs, infos);
+      await p.addAsync('a', [data[0]!.subarray(0, 4), data[0]!.subarray(4, 4), data[0]!.subarray(4)]);
+      await p.addAsync('b', [data[1]!.subarray(0, 18), data[1]!.subarray(18)]);
+      await p.addAsync('c', [data[2]!]);
+      expect(p.finish()).toBe(syncSize);
+      expect(readFileSync(join(dir, 'pieces.gguf')).equals(a)).toBe(true);
+      const q = new GgufWriter(join(dir, 'short.gguf'), kvs, infos);
+      await expect(q.addAsync('a', [data[0]!.subarray(0, 8)])).rejects.toThrow('a has 8 bytes, its info needs 12');
+      q.abort();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

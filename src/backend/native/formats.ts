@@ -3,12 +3,16 @@
 // pool, or null when the addon is not built (the caller then runs formats.ts).
 import { rawWeight, tryLoadAddon } from './addon.js';
 
-/** FP8 (128×128 E8M0 blocks), FP4 (per-32 E8M0; both with their scales) or BF16 bytes of [rows, cols] as float32, or null */
-export function decodeWeightNative(format: string, data: Uint8Array, scale: Uint8Array | null, rows: number, cols: number): Float32Array | null {
+/**
+ * FP8 (128×128 E8M0 blocks), FP4 (per-32 E8M0; both with their scales) or BF16 bytes of [rows,
+ * cols] as float32 (into the start of `into` when given), or null
+ */
+export function decodeWeightNative(format: string, data: Uint8Array, scale: Uint8Array | null, rows: number, cols: number, into?: Float32Array): Float32Array | null {
   if (format !== 'fp8' && format !== 'fp4' && format !== 'bf16') return null;
   const addon = tryLoadAddon();
   if (!addon) return null;
-  const out = new Float32Array(rows * cols);
+  const out = into ? into.subarray(0, rows * cols) : new Float32Array(rows * cols);
+  if (out.length !== rows * cols) throw new RangeError(`decodeWeightNative: into holds ${into!.length} floats, needs ${rows * cols}`);
   addon.decodeWeight(rawWeight(format, data, format === 'bf16' ? null : scale, rows, cols), out);
   return out;
 }

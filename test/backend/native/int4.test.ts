@@ -213,6 +213,12 @@ describe.skipIf(skipNative)('the quantize stage\'s native pieces equal the TypeS
         else continue;
         seen.add(m.format);
         expect(await ckpt.f32(name), name).toEqual(want);
+        // into a longer buffer the exports reuse: the same values in its first elements
+        const into = new Float32Array(rows * cols + 7).fill(Number.NaN);
+        const got = await ckpt.f32(name, undefined, into);
+        expect(got.buffer, name).toBe(into.buffer);
+        expect(got, name).toEqual(want);
+        expect(Number.isNaN(into[rows * cols])).toBe(true);
       }
       expect([...seen].sort()).toEqual(['bf16', 'fp4', 'fp8']);
     } finally {
