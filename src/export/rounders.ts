@@ -2,7 +2,7 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
-import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q4kRtnNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4BlockStream } from '../model/v4/model.js';
@@ -106,6 +106,17 @@ function rtnQ4_0(name: string, w: Float32Array): Uint8Array {
   return quantizeQ4_0(w);
 }
 
+/** the Q4_0 of W on the addon (null without it or for rows the 32-weight blocks do not tile) */
+async function nativeQ4_0(name: string, w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
+  if (inF % 32 !== 0) return null;
+  try {
+    return await q40RtnNative(w, out, inF);
+  } catch (e) {
+    if (e instanceof RangeError) throw new InputError(`tensor ${name}: non-finite weight`);
+    throw e;
+  }
+}
+
 /** the Q4_K of W on the addon (null without it or for rows the 256-weight blocks do not tile) */
 async function nativeQ4_K(name: string, w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
   if (inF % 256 !== 0) return null;
@@ -141,7 +152,13 @@ export class RtnRounder implements Rounder {
     this.errs.add(kind, w, dequantizeInt4(x), inF);
     return x;
   }
+  /** on the native addon when it is built (q40_rtn: the same bytes and error sums), else gguf.ts */
   async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    const native = await nativeQ4_0(name, w, out, inF);
+    if (native) {
+      this.errs.addRows(kind, native.rowSums, w.length);
+      return native.bytes;
+    }
     const q = rtnQ4_0(name, w);
     this.errs.add(kind, w, dequantizeQ4_0(q, w.length), inF);
     return q;
@@ -340,8 +357,9 @@ export class GptqRounder implements Rounder {
     return this.quantize(name, kind, w, out, inF, rtnInt4(name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs), true);
   }
 
-  q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return this.quantize(name, kind, w, out, inF, rtnQ4_0(name, w), (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
+  async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    const rtn = (await nativeQ4_0(name, w, out, inF))?.bytes ?? rtnQ4_0(name, w);
+    return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
   }
 
   async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {

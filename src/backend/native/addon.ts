@@ -126,6 +126,8 @@ export interface NativeAddon {
   /** AutoGPTQ's packing of an INT4 grid (gptq-export.ts packGptq): qweight [n/8, out], qzeros [n/group, out/8], scales16 [n/group, out] */
   /** llama.cpp's Q4_K of W [rows, n] (n % 256 = 0) rounded to nearest as q4k.ts quantizeQ4_K (the same bytes) into dst; sums [rows, 4] as int4Rtn's against dequantizeQ4_K; bad[0] = index of the first non-finite weight or −1 */
   q4kRtn(dst: Uint8Array, sums: Float64Array, bad: Float64Array, W: F32, rows: number, n: number): Promise<void>;
+  /** llama.cpp's Q4_0 of W (rows, n) rounded to nearest (gguf.ts quantizeQ4_0) with the per-row error sums */
+  q40Rtn(dst: Uint8Array, sums: Float64Array, bad: Float64Array, W: F32, rows: number, n: number): Promise<void>;
   int4PackGptq(qweight: Int32Array, qzeros: Int32Array, scales16: Uint16Array, codes: Uint8Array, zeros: Uint8Array, scaleBits: Uint16Array, out: number, n: number, group: number): Promise<void>;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;

@@ -155,3 +155,20 @@ export async function q4kRtnNative(w: Float32Array, out: number, inF: number): P
   if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
   return { bytes, rowSums };
 }
+
+/**
+ * llama.cpp's Q4_0 of W [out, inF] (inF a multiple of 32) rounded to nearest on the addon
+ * (gguf.ts quantizeQ4_0: the same bytes), with the per-row error sums against its dequantised
+ * values, or null without the addon. Throws a RangeError on a non-finite weight.
+ */
+export async function q40RtnNative(w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  if (w.length !== out * inF || inF % 32 !== 0) throw new Error(`q40Rtn: ${w.length} weights as ${out}×${inF} (a multiple of 32 columns)`);
+  const bytes = new Uint8Array(out * (inF / 32) * 18);
+  const rowSums = new Float64Array(out * 4);
+  const bad = new Float64Array(1);
+  await addon.q40Rtn(bytes, rowSums, bad, w, out, inF);
+  if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
+  return { bytes, rowSums };
+}
