@@ -25,7 +25,7 @@ import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { GgmlType, GgufWriter, type GgmlTypeId, type GgufTensorInfo } from './gguf.js';
 import { dequantizeQ5_0, dequantizeQ8_0, quantizeQ5_0, quantizeQ8_0 } from './ggml-quants.js';
 import { deepseek4Metadata, deepseek4Vocab, ggufName, MTP_EH_PARTS, type GgufPart } from './llama-deepseek4.js';
-import { keptF32 } from './kept.js';
+import { keptBf16AsF16, keptF32 } from './kept.js';
 import { blockOrder, linearKind, yieldLoop, type LinearKind } from './linears.js';
 import { Q4_K_BLOCK } from './q4k.js';
 import type { GgufFormat, QuantizeOptions, WriteResult } from './quantize-types.js';
@@ -118,6 +118,10 @@ function plan(ckpt: Checkpoint, format: GgufFormat, part: GgufPart, fallback: st
   return [...items.values()];
 }
 
+/** floats a kept BF16 tensor converts at a time (16 MB): larger tensors go by rows (keptBf16AsF16) */
+const KEPT_CHUNK = 1 << 22;
+const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
 function floatBytes(type: GgmlTypeId, w: Float32Array): Uint8Array {
   return type === GgmlType.F32 ? f32ToBytes(w) : type === GgmlType.BF16 ? f32ToBf16Bytes(w) : f32ToF16Native(w) ?? f32ToF16Bytes(w);
 }
@@ -152,8 +156,10 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
   // quantised or converted into new bytes before the next is decoded, so the export does not
   // leave a tensor-sized array behind for the collector per tensor
   let scratch = new Float32Array(0);
+  // the embedding and head (BF16 stored, F16 written) are converted in row chunks instead
+  let rowChunk: Float32Array | undefined;
   const decode = (n: string, kept: boolean): Promise<Float32Array> => {
-    const size = ckpt.meta(n).logicalShape.reduce((a, b) => a * b, 1);
+    const size = numel(ckpt.meta(n).logicalShape);
     if (scratch.length < size) scratch = new Float32Array(size);
     return kept ? keptF32(ckpt, n, scratch) : ckpt.f32(n, undefined, scratch);
   };
@@ -183,6 +189,8 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
           if (t === GgmlType.I32) {
             const x = await ckpt.ints(n);
             chunks.push(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+          } else if (t === GgmlType.F16 && ckpt.meta(n).format === 'bf16' && numel(ckpt.meta(n).logicalShape) > KEPT_CHUNK) {
+            chunks.push(await keptBf16AsF16(ckpt, n, rowChunk ??= new Float32Array(KEPT_CHUNK)));
           } else chunks.push(floatBytes(t, await decode(n, true)));
           kept++;
         }

@@ -11,6 +11,8 @@ import { InputError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
 import { f16Decode, f16Encode, f32ToF16Bytes } from '../../src/model/formats.js';
 import { writeSmallBpeTokenizer } from './bpe-fixture.js';
+import { keptBf16AsF16 } from '../../src/export/kept.js';
+import { initModel } from '../../src/model/init.js';
 
 const FIXTURE = join(__dirname, '../../../shared/fixtures/v4-tiny-ref/checkpoint');
 
@@ -133,6 +135,40 @@ describe('F16 tensors (gguf-f16, and the F16 matrices of the other formats)', ()
     for (let i = 0; i < k; i++) if ((bytes[2 * i]! | (bytes[2 * i + 1]! << 8)) !== f16Encode(f[i]!)) bad++;
     expect(bad).toBe(0);
     expect(k).toBeGreaterThan(1_100_000);
+  });
+});
+
+describe('kept BF16 tensors converted to F16 in row chunks (the embedding and head)', () => {
+  it('keptBf16AsF16 gives the bytes of the whole-tensor conversion, and names a NaN by its place in the whole', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'v4tune-kept-'));
+    try {
+      await initModel({ preset: 'tiny', out: join(dir, 'm'), seed: 3, vocabSize: 1000, tokenizer: false });
+      const ck = await Checkpoint.open(join(dir, 'm'));
+      try {
+        const want = f32ToF16Bytes(await ck.f32('embed.weight')); // [1000, 64] BF16
+        for (const floats of [64 * 7, 100, 64 * 1000]) { // 7 rows a chunk (a short last one), 1 row, all
+          expect(Buffer.from(await keptBf16AsF16(ck, 'embed.weight', new Float32Array(floats))).equals(Buffer.from(want)), `${floats}`).toBe(true);
+        }
+      } finally {
+        await ck.close();
+      }
+      // a NaN at row 300, column 5 of the stored bytes
+      const index = JSON.parse(readFileSync(join(dir, 'm', 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> };
+      const file = join(dir, 'm', index.weight_map['embed.weight']!);
+      const b = readFileSync(file);
+      const n = Number(b.readBigUInt64LE(0));
+      const e = (JSON.parse(b.subarray(8, 8 + n).toString('utf8')) as Record<string, { data_offsets: [number, number] }>)['embed.weight']!;
+      b.writeUInt16LE(0x7fc0, 8 + n + e.data_offsets[0] + 2 * (300 * 64 + 5));
+      writeFileSync(file, b);
+      const bad = await Checkpoint.open(join(dir, 'm'));
+      try {
+        await expect(keptBf16AsF16(bad, 'embed.weight', new Float32Array(64 * 7))).rejects.toThrow(`tensor embed.weight holds NaN at element ${300 * 64 + 5}; nothing written`);
+      } finally {
+        await bad.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
