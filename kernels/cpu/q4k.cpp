@@ -285,17 +285,17 @@ long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
   return -1;
 }
 
-// Math.min(15, Math.trunc(v)) as the bits JavaScript's `|` and `<<` then see (ToInt32): NaN and
-// ±Infinity become 0, anything else its truncation modulo 2^32 (a block of subnormal weights
-// makes 1/d overflow, so v can be ±Infinity or NaN there)
-static uint32_t js_code(float v) {
-  if (std::isnan(v)) return 0;
-  const double t = std::min(15.0, std::trunc(double(v)));
-  if (std::isinf(t)) return 0;
-  double m = std::fmod(t, 4294967296.0);
+// JavaScript's ToInt32 (what `|`, `<<` and `&` see), as its 32 bits: NaN and ±Infinity become 0,
+// anything else its truncation modulo 2^32 (a block of subnormal weights makes 1/d overflow, so
+// the codes' inputs can be ±Infinity or NaN there)
+static uint32_t js_int32(double t) {
+  if (!std::isfinite(t)) return 0;
+  double m = std::fmod(std::trunc(t), 4294967296.0);
   if (m < 0) m += 4294967296.0;
   return uint32_t(m);
 }
+// Q4_0's Math.min(15, Math.trunc(v)) (Math.min keeps a NaN, which ToInt32 then makes 0)
+static uint32_t js_code(float v) { return std::isnan(v) ? 0 : js_int32(std::min(15.0, std::trunc(double(v)))); }
 
 // Q4_0 (gguf.ts quantizeQ4_0, llama.cpp's quantize_row_q4_0_ref): per block of 32, m = the value
 // of largest magnitude, d = m / −8, id = 1/d, q = min(15, trunc(x·id + 8.5)), all in float32 and
@@ -331,6 +331,47 @@ long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
         for (int j = 0; j < 32; j++) {
           const int code = j < 16 ? p[2 + j] & 15 : p[2 + j - 16] >> 4;
           e[size_t(b * 32 + j)] = std::fabs(double(xb[j]) - double(float(double(code - 8) * dq)));
+        }
+      }
+      row_error_sums(sums + 4 * r, e.data(), x, n);
+    }
+  });
+  for (long b : bad)
+    if (b >= 0) return b;
+  return -1;
+}
+
+// Q8_0 (ggml-quants.ts quantizeQ8_0): per block of 32, d = amax / 127, id = 1/d, q = roundf(x·id)
+// as an int8, in float32; the dequantised value q·f16(d) as dequantizeQ8_0 rounds it
+long q80_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
+  const long nb = n / 32;
+  const int ntask = int(std::min<long>(rows, 8L * num_threads()));
+  std::vector<long> bad(size_t(std::max(ntask, 1)), -1);
+  parallel_run(ntask, [&](int task) {
+    std::vector<double> e(static_cast<size_t>(n));
+    for (long r = task * rows / ntask; r < (task + 1) * rows / ntask; r++) {
+      const float* x = W + r * n;
+      for (long c = 0; c < n; c++)
+        if (!std::isfinite(x[c])) {
+          bad[size_t(task)] = r * n + c;
+          return;
+        }
+      for (long b = 0; b < nb; b++) {
+        const float* xb = x + b * 32;
+        float amax = 0.f;
+        for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xb[j]));
+        const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+        const int h = f16_encode(double(d));
+        const double dq = f16_decode(h);
+        uint8_t* p = dst + (r * nb + b) * 34;
+        p[0] = uint8_t(h & 0xff);
+        p[1] = uint8_t(h >> 8);
+        for (int j = 0; j < 32; j++) {
+          const float v = xb[j] * id;
+          // Math.sign(v) · Math.round(|v|): half away from zero; ±0 and NaN give 0
+          const double q = std::isnan(v) || v == 0.f ? 0.0 : std::copysign(std::floor(double(std::fabs(v)) + 0.5), double(v));
+          p[2 + j] = uint8_t(js_int32(q) & 0xff);
+          e[size_t(b * 32 + j)] = std::fabs(double(xb[j]) - double(float(double(int8_t(p[2 + j])) * dq)));
         }
       }
       row_error_sums(sums + 4 * r, e.data(), x, n);

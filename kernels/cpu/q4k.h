@@ -16,4 +16,7 @@ long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);
 // bytes), n a multiple of 32, the sums against gguf.ts dequantizeQ4_0's values.
 long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);
 
+// The same for ggml's Q8_0 (ggml-quants.ts quantizeQ8_0; blocks of 32: f16 d, 32 int8; 34 bytes).
+long q80_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);
+
 }  // namespace v4

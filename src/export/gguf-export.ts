@@ -23,7 +23,7 @@ import { readJsonFile } from '../fsutil.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes } from '../model/formats.js';
 import { GgmlType, GgufWriter, type GgmlTypeId, type GgufTensorInfo } from './gguf.js';
-import { dequantizeQ5_0, dequantizeQ8_0, quantizeQ5_0, quantizeQ8_0 } from './ggml-quants.js';
+import { dequantizeQ5_0, quantizeQ5_0 } from './ggml-quants.js';
 import { deepseek4Metadata, deepseek4Vocab, ggufName, MTP_EH_PARTS, type GgufPart } from './llama-deepseek4.js';
 import { keptBf16AsF16, keptF32 } from './kept.js';
 import { blockOrder, linearKind, yieldLoop, type LinearKind } from './linears.js';
@@ -182,7 +182,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
           const w = await decode(n, false);
           if (t === GgmlType.Q4_0) chunks.push(await rounder.q4_0(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q4_K) chunks.push(await rounder.q4_k(n, it.quant, w, out, inF));
-          else if (t === GgmlType.Q8_0) chunks.push(rounder.rtnBlocks(n, it.quant, w, quantizeQ8_0, dequantizeQ8_0));
+          else if (t === GgmlType.Q8_0) chunks.push(await rounder.q8_0(n, it.quant, w, out, inF));
           else chunks.push(rounder.rtnBlocks(n, it.quant, w, quantizeQ5_0, dequantizeQ5_0));
           quantized++;
         } else {

@@ -2,12 +2,13 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
-import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4BlockStream } from '../model/v4/model.js';
 import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type Hessian } from './calibrate.js';
 import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
+import { dequantizeQ8_0, quantizeQ8_0 } from './ggml-quants.js';
 import { gptqFactor, gptqRowsFactored, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer, type GptqFactor } from './gptq.js';
 import { dequantizeInt4, quantizeRtn, rowErrorSums, type ErrorStats, type Int4Weight } from './int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
@@ -80,10 +81,9 @@ export interface Rounder {
   q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
   /** the Q4_K bytes of W [out, inF] (GGUF) */
   q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
-  /**
-   * a block type rounded to nearest under either method (Q8_0: GPTQ gains nothing over its
-   * 8-bit grid; Q5_0: the Q4_K fallback of rows not a multiple of 256)
-   */
+  /** the Q8_0 bytes of W [out, inF], rounded to nearest under either method (GPTQ gains nothing over its 8-bit grid) */
+  q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
+  /** a block type rounded to nearest under either method (Q5_0: the Q4_K fallback of rows not a multiple of 256) */
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array;
   /** quantise a list of linears in this order (GPTQ plans its Hessian windows on it) */
   plan(order: readonly { name: string; out: number; inF: number }[]): void;
@@ -174,6 +174,9 @@ export class RtnRounder implements Rounder {
     this.errs.add(kind, w, dequantizeQ4_K(q, w.length), inF);
     return q;
   }
+  q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return rtnQ8_0(this.errs, name, kind, w, out, inF);
+  }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
     return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
   }
@@ -241,6 +244,9 @@ export class GptqRounder implements Rounder {
     return new GptqRounder(errs, await loadSession(ckpt, cal), true, cal);
   }
 
+  q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return rtnQ8_0(this.errs, name, kind, w, out, inF);
+  }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
     return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
   }
@@ -392,6 +398,25 @@ export class GptqRounder implements Rounder {
   close(): void {
     if (this.owned) this.session.stream.dispose();
   }
+}
+
+/** Q8_0 rounded to nearest: on the addon when it is built (q80_rtn: the same bytes and error sums), else ggml-quants.ts */
+async function rtnQ8_0(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+  let native: { bytes: Uint8Array; rowSums: Float64Array } | null = null;
+  try {
+    native = await q80RtnNative(w, out, inF);
+  } catch (e) {
+    if (e instanceof RangeError) throw new InputError(`tensor ${name}: non-finite weight`);
+    throw e;
+  }
+  if (native) {
+    errs.addRows(kind, native.rowSums, w.length);
+    return native.bytes;
+  }
+  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  const q = quantizeQ8_0(w);
+  errs.add(kind, w, dequantizeQ8_0(q, w.length), inF);
+  return q;
 }
 
 function rtnBlocks(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {

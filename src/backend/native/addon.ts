@@ -128,6 +128,8 @@ export interface NativeAddon {
   q4kRtn(dst: Uint8Array, sums: Float64Array, bad: Float64Array, W: F32, rows: number, n: number): Promise<void>;
   /** llama.cpp's Q4_0 of W (rows, n) rounded to nearest (gguf.ts quantizeQ4_0) with the per-row error sums */
   q40Rtn(dst: Uint8Array, sums: Float64Array, bad: Float64Array, W: F32, rows: number, n: number): Promise<void>;
+  /** ggml's Q8_0 of W (rows, n) rounded to nearest (ggml-quants.ts quantizeQ8_0) with the per-row error sums */
+  q80Rtn(dst: Uint8Array, sums: Float64Array, bad: Float64Array, W: F32, rows: number, n: number): Promise<void>;
   int4PackGptq(qweight: Int32Array, qzeros: Int32Array, scales16: Uint16Array, codes: Uint8Array, zeros: Uint8Array, scaleBits: Uint16Array, out: number, n: number, group: number): Promise<void>;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;

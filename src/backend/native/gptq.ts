@@ -172,3 +172,16 @@ export async function q40RtnNative(w: Float32Array, out: number, inF: number): P
   if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
   return { bytes, rowSums };
 }
+
+/** ggml's Q8_0 of W [out, inF] (inF a multiple of 32) on the addon (ggml-quants.ts quantizeQ8_0: the same bytes), as q40RtnNative */
+export async function q80RtnNative(w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  if (w.length !== out * inF || inF % 32 !== 0) throw new Error(`q80Rtn: ${w.length} weights as ${out}×${inF} (a multiple of 32 columns)`);
+  const bytes = new Uint8Array(out * (inF / 32) * 34);
+  const rowSums = new Float64Array(out * 4);
+  const bad = new Float64Array(1);
+  await addon.q80Rtn(bytes, rowSums, bad, w, out, inF);
+  if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
+  return { bytes, rowSums };
+}

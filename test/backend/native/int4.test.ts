@@ -9,7 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { int4RtnNative, packGptqNative, q40RtnNative, q4kRtnNative } from '../../../src/backend/native/gptq.js';
+import { int4RtnNative, packGptqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../../../src/backend/native/gptq.js';
+import { dequantizeQ8_0, quantizeQ8_0 } from '../../../src/export/ggml-quants.js';
 import { dequantizeQ4_0, quantizeQ4_0 } from '../../../src/export/gguf.js';
 import { packGptq } from '../../../src/export/gptq-export.js';
 import { dequantizeInt4, quantizeRtn, rowErrorSums } from '../../../src/export/int4.js';
@@ -167,6 +168,29 @@ describe.skipIf(skipNative)('the quantize stage\'s native pieces equal the TypeS
     const bad = w.slice();
     bad[5 * n + 40] = Number.NaN;
     await expect(q40RtnNative(bad, out, n)).rejects.toThrow('non-finite weight NaN at row 5, column 40');
+  });
+
+  it('Q8_0 rounded to nearest: the bytes of quantizeQ8_0 and the per-row error sums bit for bit', async () => {
+    const [out, n] = [9, 96];
+    const w = randn(out * n, rng(12), 0.03);
+    const block = (row: number, b: number, f: (i: number) => number): void => {
+      for (let i = 0; i < 32; i++) w[row * n + b * 32 + i] = f(i);
+    };
+    block(0, 0, () => 0); // all zero
+    block(1, 1, (i) => 0.001 * (i + 1)); // positive only
+    block(2, 2, (i) => -0.001 * (i + 1)); // negative only
+    block(3, 0, (i) => 1e-40 * (i - 16)); // subnormal weights: 1/d overflows
+    block(4, 1, (i) => (i % 3 === 0 ? -0 : 0.01)); // signed zeros
+    block(5, 2, (i) => (i - 15.5) * (127 / 16.5) / 127); // codes at exact halves: half away from zero
+    block(6, 0, (i) => (i % 2 ? 3 : -3) * (1 + i / 64)); // loud
+    block(7, 1, (i) => 2 ** -140 * (i + 1)); // d underflows to a subnormal or zero
+    const want = quantizeQ8_0(w);
+    const got = (await q80RtnNative(w, out, n))!;
+    expect(Buffer.from(got.bytes).equals(Buffer.from(want))).toBe(true);
+    expect(Array.from(got.rowSums)).toEqual(Array.from(rowErrorSums(w, dequantizeQ8_0(want, w.length), n)));
+    const bad = w.slice();
+    bad[3 * n + 2] = -Infinity;
+    await expect(q80RtnNative(bad, out, n)).rejects.toThrow('non-finite weight -Infinity at row 3, column 2');
   });
 
   it('Q4_K refuses a non-finite weight naming its row and column', async () => {
