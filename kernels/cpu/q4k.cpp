@@ -256,15 +256,17 @@ void finish_block(const float* x, float* L, const float* scales, const float* mi
 
 }  // namespace
 
-long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
-  const long nb = n / kBlock;
+// The row loop of every block type: rows split across the pool, each checked for non-finite
+// weights, then row(x, r, e) writes row r's blocks and its errors |x − x̂| (n doubles), then the
+// row's error sums (gptq.h row_error_sums). make_row() gives each task its own row functor (and
+// scratch). Returns the first non-finite weight's row-major index, or -1.
+template <class MakeRow>
+static long rows_rtn(double* sums, const float* W, long rows, long n, const MakeRow& make_row) {
   const int ntask = int(std::min<long>(rows, 8L * num_threads()));
   std::vector<long> bad(size_t(std::max(ntask, 1)), -1);
-  const bool wide = isa() == Isa::avx512;
   parallel_run(ntask, [&](int task) {
-    const size_t len = size_t(n), fits = size_t(nb) * 8;
-    std::vector<float> L(len), sc(fits), mi(fits), recon(len);
-    std::vector<double> e(len);
+    std::vector<double> e(static_cast<size_t>(n));
+    auto row = make_row();
     for (long r = task * rows / ntask; r < (task + 1) * rows / ntask; r++) {
       const float* x = W + r * n;
       for (long c = 0; c < n; c++)
@@ -272,17 +274,29 @@ long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
           bad[size_t(task)] = r * n + c;
           return;
         }
-      if (wide) fits_512(x, nb, L.data(), sc.data(), mi.data());
-      else fits_any(x, nb, L.data(), sc.data(), mi.data());
-      for (long b = 0; b < nb; b++)
-        finish_block(x + b * kBlock, L.data() + b * kBlock, sc.data() + b * 8, mi.data() + b * 8, dst + (r * nb + b) * kBytes, recon.data() + b * kBlock);
-      for (long c = 0; c < n; c++) e[size_t(c)] = std::fabs(double(x[c]) - double(recon[size_t(c)]));
+      row(x, r, e.data());
       row_error_sums(sums + 4 * r, e.data(), x, n);
     }
   });
   for (long b : bad)
     if (b >= 0) return b;
   return -1;
+}
+
+long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
+  const long nb = n / kBlock;
+  const bool wide = isa() == Isa::avx512;
+  return rows_rtn(sums, W, rows, n, [&] {
+    const size_t fits = size_t(nb) * 8;
+    return [=, L = std::vector<float>(size_t(n)), sc = std::vector<float>(fits), mi = std::vector<float>(fits),
+            recon = std::vector<float>(size_t(n))](const float* x, long r, double* e) mutable {
+      if (wide) fits_512(x, nb, L.data(), sc.data(), mi.data());
+      else fits_any(x, nb, L.data(), sc.data(), mi.data());
+      for (long b = 0; b < nb; b++)
+        finish_block(x + b * kBlock, L.data() + b * kBlock, sc.data() + b * 8, mi.data() + b * 8, dst + (r * nb + b) * kBytes, recon.data() + b * kBlock);
+      for (long c = 0; c < n; c++) e[c] = std::fabs(double(x[c]) - double(recon[size_t(c)]));
+    };
+  });
 }
 
 // JavaScript's ToInt32 (what `|`, `<<` and `&` see), as its 32 bits: NaN and ±Infinity become 0,
@@ -297,89 +311,60 @@ static uint32_t js_int32(double t) {
 // Q4_0's Math.min(15, Math.trunc(v)) (Math.min keeps a NaN, which ToInt32 then makes 0)
 static uint32_t js_code(float v) { return std::isnan(v) ? 0 : js_int32(std::min(15.0, std::trunc(double(v)))); }
 
+// The 32-weight block types: block(xb, dst, e) writes one block's bytes and its 32 errors
+template <class Block>
+static long blocks32_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n, long bytes, const Block& block) {
+  const long nb = n / 32;
+  return rows_rtn(sums, W, rows, n, [&] {
+    return [&](const float* x, long r, double* e) {
+      for (long b = 0; b < nb; b++) block(x + b * 32, dst + (r * nb + b) * bytes, e + b * 32);
+    };
+  });
+}
+
 // Q4_0 (gguf.ts quantizeQ4_0, llama.cpp's quantize_row_q4_0_ref): per block of 32, m = the value
 // of largest magnitude, d = m / −8, id = 1/d, q = min(15, trunc(x·id + 8.5)), all in float32 and
 // rounded once each; the dequantised value (q − 8)·f16(d) as gguf.ts dequantizeQ4_0 rounds it
 long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
-  const long nb = n / 32;
-  const int ntask = int(std::min<long>(rows, 8L * num_threads()));
-  std::vector<long> bad(size_t(std::max(ntask, 1)), -1);
-  parallel_run(ntask, [&](int task) {
-    std::vector<double> e(static_cast<size_t>(n));
-    for (long r = task * rows / ntask; r < (task + 1) * rows / ntask; r++) {
-      const float* x = W + r * n;
-      for (long c = 0; c < n; c++)
-        if (!std::isfinite(x[c])) {
-          bad[size_t(task)] = r * n + c;
-          return;
-        }
-      for (long b = 0; b < nb; b++) {
-        const float* xb = x + b * 32;
-        float amax = 0.f, mx = 0.f;
-        for (int j = 0; j < 32; j++)
-          if (amax < std::fabs(xb[j])) amax = std::fabs(xb[j]), mx = xb[j];
-        const float d = mx / -8.f, id = d != 0.f ? 1.f / d : 0.f;
-        const int h = f16_encode(double(d));
-        const double dq = f16_decode(h);
-        uint8_t* p = dst + (r * nb + b) * 18;
-        p[0] = uint8_t(h & 0xff);
-        p[1] = uint8_t(h >> 8);
-        uint32_t q[32];
-        for (int j = 0; j < 32; j++) q[j] = js_code(xb[j] * id + 8.5f);
-        for (int j = 0; j < 16; j++) p[2 + j] = uint8_t(q[j] | (q[j + 16] << 4));
-        // dequantizeQ4_0 reads the codes back from the bytes' nibbles
-        for (int j = 0; j < 32; j++) {
-          const int code = j < 16 ? p[2 + j] & 15 : p[2 + j - 16] >> 4;
-          e[size_t(b * 32 + j)] = std::fabs(double(xb[j]) - double(float(double(code - 8) * dq)));
-        }
-      }
-      row_error_sums(sums + 4 * r, e.data(), x, n);
+  return blocks32_rtn(dst, sums, W, rows, n, 18, [](const float* xb, uint8_t* p, double* e) {
+    float amax = 0.f, mx = 0.f;
+    for (int j = 0; j < 32; j++)
+      if (amax < std::fabs(xb[j])) amax = std::fabs(xb[j]), mx = xb[j];
+    const float d = mx / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    const int h = f16_encode(double(d));
+    const double dq = f16_decode(h);
+    p[0] = uint8_t(h & 0xff);
+    p[1] = uint8_t(h >> 8);
+    uint32_t q[32];
+    for (int j = 0; j < 32; j++) q[j] = js_code(xb[j] * id + 8.5f);
+    for (int j = 0; j < 16; j++) p[2 + j] = uint8_t(q[j] | (q[j + 16] << 4));
+    // dequantizeQ4_0 reads the codes back from the bytes' nibbles
+    for (int j = 0; j < 32; j++) {
+      const int code = j < 16 ? p[2 + j] & 15 : p[2 + j - 16] >> 4;
+      e[j] = std::fabs(double(xb[j]) - double(float(double(code - 8) * dq)));
     }
   });
-  for (long b : bad)
-    if (b >= 0) return b;
-  return -1;
 }
 
 // Q8_0 (ggml-quants.ts quantizeQ8_0): per block of 32, d = amax / 127, id = 1/d, q = roundf(x·id)
 // as an int8, in float32; the dequantised value q·f16(d) as dequantizeQ8_0 rounds it
 long q80_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
-  const long nb = n / 32;
-  const int ntask = int(std::min<long>(rows, 8L * num_threads()));
-  std::vector<long> bad(size_t(std::max(ntask, 1)), -1);
-  parallel_run(ntask, [&](int task) {
-    std::vector<double> e(static_cast<size_t>(n));
-    for (long r = task * rows / ntask; r < (task + 1) * rows / ntask; r++) {
-      const float* x = W + r * n;
-      for (long c = 0; c < n; c++)
-        if (!std::isfinite(x[c])) {
-          bad[size_t(task)] = r * n + c;
-          return;
-        }
-      for (long b = 0; b < nb; b++) {
-        const float* xb = x + b * 32;
-        float amax = 0.f;
-        for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xb[j]));
-        const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
-        const int h = f16_encode(double(d));
-        const double dq = f16_decode(h);
-        uint8_t* p = dst + (r * nb + b) * 34;
-        p[0] = uint8_t(h & 0xff);
-        p[1] = uint8_t(h >> 8);
-        for (int j = 0; j < 32; j++) {
-          const float v = xb[j] * id;
-          // Math.sign(v) · Math.round(|v|): half away from zero; ±0 and NaN give 0
-          const double q = std::isnan(v) || v == 0.f ? 0.0 : std::copysign(std::floor(double(std::fabs(v)) + 0.5), double(v));
-          p[2 + j] = uint8_t(js_int32(q) & 0xff);
-          e[size_t(b * 32 + j)] = std::fabs(double(xb[j]) - double(float(double(int8_t(p[2 + j])) * dq)));
-        }
-      }
-      row_error_sums(sums + 4 * r, e.data(), x, n);
+  return blocks32_rtn(dst, sums, W, rows, n, 34, [](const float* xb, uint8_t* p, double* e) {
+    float amax = 0.f;
+    for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    const int h = f16_encode(double(d));
+    const double dq = f16_decode(h);
+    p[0] = uint8_t(h & 0xff);
+    p[1] = uint8_t(h >> 8);
+    for (int j = 0; j < 32; j++) {
+      const float v = xb[j] * id;
+      // Math.sign(v) · Math.round(|v|): half away from zero; ±0 and NaN give 0
+      const double q = std::isnan(v) || v == 0.f ? 0.0 : std::copysign(std::floor(double(std::fabs(v)) + 0.5), double(v));
+      p[2 + j] = uint8_t(js_int32(q) & 0xff);
+      e[j] = std::fabs(double(xb[j]) - double(float(double(int8_t(p[2 + j])) * dq)));
     }
   });
-  for (long b : bad)
-    if (b >= 0) return b;
-  return -1;
 }
 
 }  // namespace v4

@@ -139,49 +139,33 @@ export async function packGptqNative(x: Int4Grid & { out: number; inF: number })
   return { qweight, qzeros, scales, gIdx };
 }
 
+type BlockRtn = 'q4kRtn' | 'q40Rtn' | 'q80Rtn';
+/** weights a block holds and its bytes, per block type */
+const BLOCKS: Record<BlockRtn, [number, number]> = { q4kRtn: [256, 144], q40Rtn: [32, 18], q80Rtn: [32, 34] };
+
 /**
- * llama.cpp's Q4_K of W [out, inF] (inF a multiple of 256) rounded to nearest on the addon
- * (q4k.ts quantizeQ4_K: the same bytes), with the per-row error sums against its dequantised values
- * (int4.ts rowErrorSums), or null without the addon. Throws a RangeError on a non-finite weight.
+ * A GGUF block type of W [out, inF] (inF a multiple of the block) rounded to nearest on the addon,
+ * the same bytes as the TypeScript reference (q4kRtn: q4k.ts quantizeQ4_K; q40Rtn: gguf.ts
+ * quantizeQ4_0; q80Rtn: ggml-quants.ts quantizeQ8_0), with the per-row error sums against its
+ * dequantised values (int4.ts rowErrorSums), or null without the addon. Throws a RangeError on a
+ * non-finite weight.
  */
-export async function q4kRtnNative(w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
+async function blockRtnNative(fn: BlockRtn, w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
   const addon = tryLoadAddon();
   if (!addon) return null;
-  if (w.length !== out * inF || inF % 256 !== 0) throw new Error(`q4kRtn: ${w.length} weights as ${out}×${inF} (a multiple of 256 columns)`);
-  const bytes = new Uint8Array(out * (inF / 256) * 144);
+  const [block, size] = BLOCKS[fn];
+  if (w.length !== out * inF || inF % block !== 0) throw new Error(`${fn}: ${w.length} weights as ${out}×${inF} (a multiple of ${block} columns)`);
+  const bytes = new Uint8Array(out * (inF / block) * size);
   const rowSums = new Float64Array(out * 4);
   const bad = new Float64Array(1);
-  await addon.q4kRtn(bytes, rowSums, bad, w, out, inF);
+  await addon[fn](bytes, rowSums, bad, w, out, inF);
   if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
   return { bytes, rowSums };
 }
 
-/**
- * llama.cpp's Q4_0 of W [out, inF] (inF a multiple of 32) rounded to nearest on the addon
- * (gguf.ts quantizeQ4_0: the same bytes), with the per-row error sums against its dequantised
- * values, or null without the addon. Throws a RangeError on a non-finite weight.
- */
-export async function q40RtnNative(w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
-  const addon = tryLoadAddon();
-  if (!addon) return null;
-  if (w.length !== out * inF || inF % 32 !== 0) throw new Error(`q40Rtn: ${w.length} weights as ${out}×${inF} (a multiple of 32 columns)`);
-  const bytes = new Uint8Array(out * (inF / 32) * 18);
-  const rowSums = new Float64Array(out * 4);
-  const bad = new Float64Array(1);
-  await addon.q40Rtn(bytes, rowSums, bad, w, out, inF);
-  if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
-  return { bytes, rowSums };
-}
-
-/** ggml's Q8_0 of W [out, inF] (inF a multiple of 32) on the addon (ggml-quants.ts quantizeQ8_0: the same bytes), as q40RtnNative */
-export async function q80RtnNative(w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
-  const addon = tryLoadAddon();
-  if (!addon) return null;
-  if (w.length !== out * inF || inF % 32 !== 0) throw new Error(`q80Rtn: ${w.length} weights as ${out}×${inF} (a multiple of 32 columns)`);
-  const bytes = new Uint8Array(out * (inF / 32) * 34);
-  const rowSums = new Float64Array(out * 4);
-  const bad = new Float64Array(1);
-  await addon.q80Rtn(bytes, rowSums, bad, w, out, inF);
-  if (bad[0]! >= 0) throw new RangeError(`non-finite weight ${w[bad[0]!]} at row ${Math.floor(bad[0]! / inF)}, column ${bad[0]! % inF}`);
-  return { bytes, rowSums };
-}
+/** llama.cpp's Q4_K of W [out, inF] (inF a multiple of 256): blockRtnNative */
+export const q4kRtnNative = (w: Float32Array, out: number, inF: number) => blockRtnNative('q4kRtn', w, out, inF);
+/** llama.cpp's Q4_0 of W [out, inF] (inF a multiple of 32): blockRtnNative */
+export const q40RtnNative = (w: Float32Array, out: number, inF: number) => blockRtnNative('q40Rtn', w, out, inF);
+/** ggml's Q8_0 of W [out, inF] (inF a multiple of 32): blockRtnNative */
+export const q80RtnNative = (w: Float32Array, out: number, inF: number) => blockRtnNative('q80Rtn', w, out, inF);
