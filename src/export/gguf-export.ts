@@ -26,7 +26,7 @@ import { GgmlType, GgufWriter, type GgmlTypeId, type GgufTensorInfo } from './gg
 import { dequantizeQ5_0, quantizeQ5_0 } from './ggml-quants.js';
 import { deepseek4Metadata, deepseek4Vocab, ggufName, MTP_EH_PARTS, type GgufPart } from './llama-deepseek4.js';
 import { keptBf16AsF16, keptF32 } from './kept.js';
-import { blockOrder, linearKind, yieldLoop, type LinearKind } from './linears.js';
+import { blockOrder, decodeBuffer, linearKind, yieldLoop, type LinearKind } from './linears.js';
 import { Q4_K_BLOCK } from './q4k.js';
 import type { GgufFormat, QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
@@ -152,17 +152,9 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
   let kept = 0;
   // a tensor's bytes are written off the JS thread while the next one is read and quantised
   let writing: Promise<unknown> = Promise.resolve();
-  // one float32 buffer for the tensors decoded in turn (as large as the largest so far): each is
-  // quantised or converted into new bytes before the next is decoded, so the export does not
-  // leave a tensor-sized array behind for the collector per tensor
-  let scratch = new Float32Array(0);
+  const room = decodeBuffer(ckpt);
   // the embedding and head (BF16 stored, F16 written) are converted in row chunks instead
   let rowChunk: Float32Array | undefined;
-  const decode = (n: string, kept: boolean): Promise<Float32Array> => {
-    const size = numel(ckpt.meta(n).logicalShape);
-    if (scratch.length < size) scratch = new Float32Array(size);
-    return kept ? keptF32(ckpt, n, scratch) : ckpt.f32(n, undefined, scratch);
-  };
   try {
     for (const it of items) {
       const chunks: Uint8Array[] = [];
@@ -179,7 +171,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
         const t = it.info.type;
         if (it.quant) {
           const [out, inF] = ckpt.meta(n).logicalShape as [number, number];
-          const w = await decode(n, false);
+          const w = await ckpt.f32(n, undefined, room(n));
           if (t === GgmlType.Q4_0) chunks.push(await rounder.q4_0(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q4_K) chunks.push(await rounder.q4_k(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q8_0) chunks.push(await rounder.q8_0(n, it.quant, w, out, inF));
@@ -191,7 +183,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
             chunks.push(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
           } else if (t === GgmlType.F16 && ckpt.meta(n).format === 'bf16' && numel(ckpt.meta(n).logicalShape) > KEPT_CHUNK) {
             chunks.push(await keptBf16AsF16(ckpt, n, rowChunk ??= new Float32Array(KEPT_CHUNK)));
-          } else chunks.push(floatBytes(t, await decode(n, true)));
+          } else chunks.push(floatBytes(t, await keptF32(ckpt, n, room(n))));
           kept++;
         }
         progress(n);

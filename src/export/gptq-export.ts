@@ -19,7 +19,7 @@ import { SafetensorsWriter, type TensorSpec } from '../model/safetensors.js';
 import { gptqModelName, gptqQuantises } from './gptq-names.js';
 import { checkGroupable, type Int4Weight } from './int4.js';
 import { checkKeptBytes, keptF32 } from './kept.js';
-import { blockOrder, linearKind, yieldLoop } from './linears.js';
+import { blockOrder, decodeBuffer, linearKind, yieldLoop } from './linears.js';
 import type { QuantizeOptions, WriteResult } from './quantize-types.js';
 import type { Rounder } from './rounders.js';
 
@@ -125,13 +125,7 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
       await writing;
       writing = Promise.all(parts.map(([name, data]) => writer.writeAtAsync(name, 0, data)));
     };
-    // one float32 buffer for the tensors decoded in turn (gguf-export.ts does the same)
-    let scratch = new Float32Array(0);
-    const room = (n: string): Float32Array => {
-      const size = ckpt.meta(n).logicalShape.reduce((a, b) => a * b, 1);
-      if (scratch.length < size) scratch = new Float32Array(size);
-      return scratch;
-    };
+    const room = decodeBuffer(ckpt);
     try {
       let done = 0;
       for (const n of names) {

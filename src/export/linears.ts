@@ -2,6 +2,7 @@
 // wo_a, wo_b), the shared expert and every routed expert (w1, w2, w3), in the layers and in the
 // MTP block. Kept: embed, head, norms, the router (ffn.gate), the compressors, the indexer, hc_*,
 // attn_sink, ape, MTP e_proj/h_proj — small or precision-critical tensors.
+import type { Checkpoint } from '../model/checkpoint.js';
 
 /** the kinds of quantised linears, for the error report */
 export type LinearKind = 'attention' | 'shared_expert' | 'routed_expert';
@@ -51,3 +52,17 @@ export function blockOrder(names: readonly string[]): string[] {
 
 /** let the event loop run (Ctrl-C, progress) between tensors */
 export const yieldLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * One float32 buffer for the tensors an export decodes in turn (as large as the largest so far),
+ * for Checkpoint.f32's `into`: each tensor is quantised or converted into new bytes before the
+ * next is decoded, so the export leaves no tensor-sized array per tensor for the collector.
+ */
+export function decodeBuffer(ckpt: Checkpoint): (name: string) => Float32Array {
+  let buf = new Float32Array(0);
+  return (name) => {
+    const size = ckpt.meta(name).logicalShape.reduce((a, b) => a * b, 1);
+    if (buf.length < size) buf = new Float32Array(size);
+    return buf;
+  };
+}

@@ -101,49 +101,49 @@ function rtnInt4(name: string, w: Float32Array, out: number, inF: number, gs: nu
   }
 }
 
-function rtnQ4_0(name: string, w: Float32Array): Uint8Array {
-  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
-  return quantizeQ4_0(w);
-}
-
-/** the Q4_0 of W on the addon (null without it or for rows the 32-weight blocks do not tile) */
-async function nativeQ4_0(name: string, w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
-  if (inF % 32 !== 0) return null;
+/** a non-finite weight (a RangeError from int4.ts or the addon) as the InputError naming the tensor */
+async function namingTensor<T>(name: string, run: () => T | Promise<T>): Promise<T> {
   try {
-    return await q40RtnNative(w, out, inF);
-  } catch (e) {
-    if (e instanceof RangeError) throw new InputError(`tensor ${name}: non-finite weight`);
-    throw e;
-  }
-}
-
-/** the Q4_K of W on the addon (null without it or for rows the 256-weight blocks do not tile) */
-async function nativeQ4_K(name: string, w: Float32Array, out: number, inF: number): Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null> {
-  if (inF % 256 !== 0) return null;
-  try {
-    return await q4kRtnNative(w, out, inF);
+    return await run();
   } catch (e) {
     if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
     throw e;
   }
 }
 
-function rtnQ4_K(name: string, w: Float32Array): Uint8Array {
+/** a GGUF block type's round to nearest: the addon's (the same bytes and per-row error sums) and the TypeScript reference */
+interface BlockRtn {
+  /** weights a block holds: a row not a multiple of it stays in TypeScript */
+  block: number;
+  native: (w: Float32Array, out: number, inF: number) => Promise<{ bytes: Uint8Array; rowSums: Float64Array } | null>;
+  quantize: (w: Float32Array) => Uint8Array;
+  dequantize: (b: Uint8Array, n: number) => Float32Array;
+}
+const Q4_0_RTN: BlockRtn = { block: 32, native: q40RtnNative, quantize: quantizeQ4_0, dequantize: dequantizeQ4_0 };
+const Q4_K_RTN: BlockRtn = { block: 256, native: q4kRtnNative, quantize: quantizeQ4_K, dequantize: dequantizeQ4_K };
+const Q8_0_RTN: BlockRtn = { block: 32, native: q80RtnNative, quantize: quantizeQ8_0, dequantize: dequantizeQ8_0 };
+
+/**
+ * W [out, inF] rounded to nearest on a block grid, on the addon when it is built, else in
+ * TypeScript; the weight errors go to `errs` when given. A non-finite weight is an InputError.
+ */
+async function rtnBlocksOf(t: BlockRtn, name: string, w: Float32Array, out: number, inF: number, errs: { acc: ErrorAccumulator; kind: LinearKind } | null): Promise<Uint8Array> {
+  const native = inF % t.block === 0 ? await namingTensor(name, () => t.native(w, out, inF)) : null;
+  if (native) {
+    errs?.acc.addRows(errs.kind, native.rowSums, w.length);
+    return native.bytes;
+  }
   if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
-  return quantizeQ4_K(w);
+  const q = t.quantize(w);
+  errs?.acc.add(errs.kind, w, t.dequantize(q, w.length), inF);
+  return q;
 }
 
 export class RtnRounder implements Rounder {
   constructor(readonly errs: ErrorAccumulator) {}
   /** on the native addon when it is built (int4_rtn: the same grid and error sums), else int4.ts */
   async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
-    let native;
-    try {
-      native = await int4RtnNative(w, out, inF, gs);
-    } catch (e) {
-      if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
-      throw e;
-    }
+    const native = await namingTensor(name, () => int4RtnNative(w, out, inF, gs));
     if (native) {
       this.errs.addRows(kind, native.rowSums, w.length);
       return native;
@@ -152,30 +152,14 @@ export class RtnRounder implements Rounder {
     this.errs.add(kind, w, dequantizeInt4(x), inF);
     return x;
   }
-  /** on the native addon when it is built (q40_rtn: the same bytes and error sums), else gguf.ts */
-  async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const native = await nativeQ4_0(name, w, out, inF);
-    if (native) {
-      this.errs.addRows(kind, native.rowSums, w.length);
-      return native.bytes;
-    }
-    const q = rtnQ4_0(name, w);
-    this.errs.add(kind, w, dequantizeQ4_0(q, w.length), inF);
-    return q;
+  q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return rtnBlocksOf(Q4_0_RTN, name, w, out, inF, { acc: this.errs, kind });
   }
-  /** on the native addon when it is built (q4k_rtn: the same bytes and error sums), else q4k.ts */
-  async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const native = await nativeQ4_K(name, w, out, inF);
-    if (native) {
-      this.errs.addRows(kind, native.rowSums, w.length);
-      return native.bytes;
-    }
-    const q = rtnQ4_K(name, w);
-    this.errs.add(kind, w, dequantizeQ4_K(q, w.length), inF);
-    return q;
+  q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
+    return rtnBlocksOf(Q4_K_RTN, name, w, out, inF, { acc: this.errs, kind });
   }
   q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return rtnQ8_0(this.errs, name, kind, w, out, inF);
+    return rtnBlocksOf(Q8_0_RTN, name, w, out, inF, { acc: this.errs, kind });
   }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
     return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
@@ -245,7 +229,7 @@ export class GptqRounder implements Rounder {
   }
 
   q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return rtnQ8_0(this.errs, name, kind, w, out, inF);
+    return rtnBlocksOf(Q8_0_RTN, name, w, out, inF, { acc: this.errs, kind });
   }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
     return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
@@ -364,12 +348,12 @@ export class GptqRounder implements Rounder {
   }
 
   async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const rtn = (await nativeQ4_0(name, w, out, inF))?.bytes ?? rtnQ4_0(name, w);
+    const rtn = await rtnBlocksOf(Q4_0_RTN, name, w, out, inF, null);
     return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
   }
 
   async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const rtn = (await nativeQ4_K(name, w, out, inF))?.bytes ?? rtnQ4_K(name, w);
+    const rtn = await rtnBlocksOf(Q4_K_RTN, name, w, out, inF, null);
     return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_K(b, w.length), () => q4kQuantizer(out, inF));
   }
 
@@ -398,25 +382,6 @@ export class GptqRounder implements Rounder {
   close(): void {
     if (this.owned) this.session.stream.dispose();
   }
-}
-
-/** Q8_0 rounded to nearest: on the addon when it is built (q80_rtn: the same bytes and error sums), else ggml-quants.ts */
-async function rtnQ8_0(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-  let native: { bytes: Uint8Array; rowSums: Float64Array } | null = null;
-  try {
-    native = await q80RtnNative(w, out, inF);
-  } catch (e) {
-    if (e instanceof RangeError) throw new InputError(`tensor ${name}: non-finite weight`);
-    throw e;
-  }
-  if (native) {
-    errs.addRows(kind, native.rowSums, w.length);
-    return native.bytes;
-  }
-  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
-  const q = quantizeQ8_0(w);
-  errs.add(kind, w, dequantizeQ8_0(q, w.length), inF);
-  return q;
 }
 
 function rtnBlocks(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {

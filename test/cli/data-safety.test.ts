@@ -211,12 +211,15 @@ describe('non-finite values stop the work', () => {
     };
     const nan = poisoned('nan', 'layers.1.attn_norm.weight', 3, [0xc0, 0x7f]); // BF16 NaN
     const inf = poisoned('inf', 'hc_head_fn', 5, [0x00, 0x00, 0x80, 0x7f]); // F32 +Infinity
+    const lin = poisoned('lin', 'layers.0.attn.wq_a.weight', 3, [0x7f]); // FP8 E4M3 NaN in a quantised linear
     const rec = recipe('poisoned', ['data: { sources: [{ path: corpus/*.txt }] }', 'export: { group_size: 32 }', 'output: out-poisoned']);
     const cases: Array<[string, string, string]> = [
       [nan, 'gptq', 'layers.1.attn_norm.weight holds NaN at element 3; nothing written'],
       [nan, 'gguf-q4_0', 'layers.1.attn_norm.weight holds NaN at element 3; nothing written'],
       [inf, 'gptq', 'hc_head_fn holds Infinity at element 5; nothing written'],
       [inf, 'gguf-f16', 'hc_head_fn holds Infinity at element 5; nothing written'],
+      // the quantised linears: the addon's rounding (INT4, Q4_0, Q8_0) names row and column
+      ...(['gptq', 'gguf-q4_0', 'gguf-q8_0'] as const).map((f): [string, string, string] => [lin, f, 'tensor layers.0.attn.wq_a.weight: non-finite weight NaN at row 0, column 3']),
     ];
     for (const [m, format, want] of cases) {
       const out = join(dir, `q-${format}`);

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
+import type { Backend } from '../../src/backend/ops.js';
 import { evaluate } from '../../src/train/evaluate.js';
 import { trainRecipe } from '../../src/stages/train.js';
 import { openDataset, type DatasetRow } from '../../src/data/dataset.js';
@@ -115,6 +116,26 @@ describe('MTP loss', () => {
     });
     expect(got).toEqual({ agree, pairs });
     expect(pairs).toBeGreaterThan(10);
+  });
+
+  // the pairing itself, where a random model agrees nowhere: with the head's top-1 replaced by
+  // its row index (main) and rows[i] + 1 (the MTP pair i of token t = rows[i]), every pair agrees
+  // exactly when pair (t, t+1) is compared with the main head at t+1
+  it('evalRow compares the MTP top-1 of pair (t, t+1) with the main head\'s top-1 at t+1', async () => {
+    const be = (model as unknown as { backend: Backend }).backend;
+    const { rows } = await model.mtpLogits(row.input_ids, { segments: row.segments });
+    const T = row.input_ids.length;
+    const had = Object.prototype.hasOwnProperty.call(be, 'lmHeadLossTop1');
+    const own = be.lmHeadLossTop1;
+    be.lmHeadLossTop1 = async (_x, _W, _t, N) => ({ lossSum: 0, count: 0, top1: Int32Array.from({ length: N }, (_, r) => (N === T ? r : rows[r]! + 1)) });
+    try {
+      const { agreement } = await model.evalRow(row.input_ids, row.loss_mask, { segments: row.segments, mtp: true });
+      expect(agreement!.pairs).toBeGreaterThan(10);
+      expect(agreement!.agree).toBe(agreement!.pairs);
+    } finally {
+      if (had) be.lmHeadLossTop1 = own;
+      else delete (be as { lmHeadLossTop1?: unknown }).lmHeadLossTop1;
+    }
   });
 
   it('the eval stage (v4tune eval) sums the agreement over the eval rows', async () => {

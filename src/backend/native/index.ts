@@ -406,25 +406,25 @@ export class NativeBackend implements Backend {
 
   // lossSum = Σ_counted logsumexp(x Wᵀ) − x·W[target], one pass over vocabulary chunks
   async lmHeadLossForward(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number, withGrad = false): Promise<{ lossSum: number; count: number; saved: Saved }> {
-    const { tg, wts, count } = this.lossRows(targets, N, 1);
-    const loss = new Float32Array(N);
     // withGrad: the same single pass over W also accumulates Σ p W − W[target] (dLossSum = 1)
-    const dx1 = withGrad && count > 0 ? new Float32Array(N * d) : null;
-    if (count > 0) await this.addon.lmheadCe(loss, dx1, x, nw(W).raw, tg, wts, N, this.vocabChunk(count, V));
-    let lossSum = 0;
-    for (let n = 0; n < N; n++) lossSum += loss[n];
+    const { lossSum, count, dx1 } = await this.headPass(x, W, targets, N, d, V, withGrad, null);
     const saved: LossSaved = { op: 'lmHeadLoss', x, W: nw(W), targets, N, d, dx1 };
     return { lossSum, count, saved };
   }
-  // lmHeadLossForward's pass (the counted rows' chunks unchanged) with every row's top-1 on the way
+  // the same pass (the counted rows' chunks unchanged) with every row's top-1 on the way
   async lmHeadLossTop1(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; top1: I32 }> {
+    const top1 = new Int32Array(N);
+    const { lossSum, count } = await this.headPass(x, W, targets, N, d, V, false, top1);
+    return { lossSum, count, top1 };
+  }
+  private async headPass(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number, withGrad: boolean, top1: I32 | null): Promise<{ lossSum: number; count: number; dx1: F32 | null }> {
     const { tg, wts, count } = this.lossRows(targets, N, 1);
     const loss = new Float32Array(N);
-    const top1 = new Int32Array(N);
-    if (N > 0) await this.addon.lmheadCe(loss, null, x, nw(W).raw, tg, wts, N, this.vocabChunk(count > 0 ? count : N, V), top1);
+    const dx1 = withGrad && count > 0 ? new Float32Array(N * d) : null;
+    if (count > 0 || (top1 && N > 0)) await this.addon.lmheadCe(loss, dx1, x, nw(W).raw, tg, wts, N, this.vocabChunk(count > 0 ? count : N, V), top1);
     let lossSum = 0;
     for (let n = 0; n < N; n++) lossSum += loss[n];
-    return { lossSum, count, top1 };
+    return { lossSum, count, dx1 };
   }
   // dx_n = g·(Σ_v softmax(x_n Wᵀ)_v W_v − W[target_n]) for counted n
   async lmHeadLossBackward(saved: Saved, dLossSum: number): Promise<{ dx: F32 }> {
