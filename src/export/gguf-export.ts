@@ -175,7 +175,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
           if (t === GgmlType.Q4_0) chunks.push(await rounder.q4_0(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q4_K) chunks.push(await rounder.q4_k(n, it.quant, w, out, inF));
           else if (t === GgmlType.Q8_0) chunks.push(await rounder.q8_0(n, it.quant, w, out, inF));
-          else chunks.push(rounder.rtnBlocks(n, it.quant, w, quantizeQ5_0, dequantizeQ5_0));
+          else chunks.push(rounder.rtnBlocks(n, it.quant, w, inF, quantizeQ5_0, dequantizeQ5_0));
           quantized++;
         } else {
           if (t === GgmlType.I32) {

@@ -26,7 +26,7 @@ import { Checkpoint } from '../model/checkpoint.js';
 import { GGUF_FORMATS, isGgufFormat, writeGguf } from './gguf-export.js';
 import { writeGptq } from './gptq-export.js';
 import { QUANT_FORMATS, type QuantFormat, type QuantizeOptions, type QuantizeSummary, type WriteResult } from './quantize-types.js';
-import { ErrorAccumulator, GptqRounder, RtnRounder, type Rounder } from './rounders.js';
+import { checkpointLabel, ErrorAccumulator, GptqRounder, RtnRounder, type Rounder } from './rounders.js';
 
 export { linearKind, type LinearKind } from './linears.js';
 export { ggufName } from './llama-deepseek4.js';
@@ -55,7 +55,7 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
   try {
     const bytesIn = checkpointBytes(opts.model);
     const errs = new ErrorAccumulator();
-    rounder = opts.method === 'gptq' ? await GptqRounder.load(ckpt, opts.calibration!, errs, opts.session) : new RtnRounder(errs);
+    rounder = opts.method === 'gptq' ? await GptqRounder.load(ckpt, opts.calibration!, errs, opts.session) : new RtnRounder(errs, checkpointLabel(ckpt));
     const r = opts.format === 'gptq' ? await writeGptq(ckpt, opts, rounder) : await writeGgufFormat(ckpt, opts, opts.format, rounder);
     const s: QuantizeSummary = { format: opts.format, method: opts.method, model: opts.model, out: opts.out, groupSize: opts.groupSize, bytesIn, compression: bytesIn / r.bytesOut, ...r };
     const cal = rounder.calibration();

@@ -3,7 +3,7 @@
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
 import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
-import { InputError, V4tuneError } from '../errors.js';
+import { InputError, V4tuneError, firstNonFinite } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4BlockStream } from '../model/v4/model.js';
 import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type CalibratedLinear, type Hessian } from './calibrate.js';
@@ -84,7 +84,7 @@ export interface Rounder {
   /** the Q8_0 bytes of W [out, inF], rounded to nearest under either method (GPTQ gains nothing over its 8-bit grid) */
   q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array>;
   /** a block type rounded to nearest under either method (Q5_0: the Q4_K fallback of rows not a multiple of 256) */
-  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array;
+  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array;
   /** quantise a list of linears in this order (GPTQ plans its Hessian windows on it) */
   plan(order: readonly { name: string; out: number; inF: number }[]): void;
   calibration(): CalibrationSummary | null;
@@ -92,21 +92,32 @@ export interface Rounder {
   readonly errs: ErrorAccumulator;
 }
 
-function rtnInt4(name: string, w: Float32Array, out: number, inF: number, gs: number): Int4Weight {
+/**
+ * How an error names a linear: `<shard file>: tensor <name>` for a checkpoint's tensor
+ * (checkpointLabel), `tensor <name>` where no file is known.
+ */
+export type TensorLabel = (name: string) => string;
+const bareLabel: TensorLabel = (name) => `tensor ${name}`;
+/** the shard file holding the tensor, then its name */
+export const checkpointLabel = (ckpt: Checkpoint): TensorLabel => (name) => (ckpt.has(name) ? `${ckpt.meta(name).file}: tensor ${name}` : bareLabel(name));
+
+const refusal = (label: TensorLabel, name: string, what: string): InputError => new InputError(`${label(name)}: ${what}; nothing written`);
+
+function rtnInt4(label: TensorLabel, name: string, w: Float32Array, out: number, inF: number, gs: number): Int4Weight {
   try {
     return quantizeRtn(w, out, inF, gs);
   } catch (e) {
-    if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
+    if (e instanceof RangeError) throw refusal(label, name, e.message);
     throw e;
   }
 }
 
-/** a non-finite weight (a RangeError from int4.ts or the addon) as the InputError naming the tensor */
-async function namingTensor<T>(name: string, run: () => T | Promise<T>): Promise<T> {
+/** a non-finite weight (a RangeError from int4.ts or the addon) as the InputError naming the tensor and its file */
+async function namingTensor<T>(label: TensorLabel, name: string, run: () => T | Promise<T>): Promise<T> {
   try {
     return await run();
   } catch (e) {
-    if (e instanceof RangeError) throw new InputError(`tensor ${name}: ${e.message}`);
+    if (e instanceof RangeError) throw refusal(label, name, e.message);
     throw e;
   }
 }
@@ -127,42 +138,42 @@ const Q8_0_RTN: BlockRtn = { block: 32, native: q80RtnNative, quantize: quantize
  * W [out, inF] rounded to nearest on a block grid, on the addon when it is built, else in
  * TypeScript; the weight errors go to `errs` when given. A non-finite weight is an InputError.
  */
-async function rtnBlocksOf(t: BlockRtn, name: string, w: Float32Array, out: number, inF: number, errs: { acc: ErrorAccumulator; kind: LinearKind } | null): Promise<Uint8Array> {
-  const native = inF % t.block === 0 ? await namingTensor(name, () => t.native(w, out, inF)) : null;
+async function rtnBlocksOf(t: BlockRtn, label: TensorLabel, name: string, w: Float32Array, out: number, inF: number, errs: { acc: ErrorAccumulator; kind: LinearKind } | null): Promise<Uint8Array> {
+  const native = inF % t.block === 0 ? await namingTensor(label, name, () => t.native(w, out, inF)) : null;
   if (native) {
     errs?.acc.addRows(errs.kind, native.rowSums, w.length);
     return native.bytes;
   }
-  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+  checkFinite(label, name, w, inF);
   const q = t.quantize(w);
   errs?.acc.add(errs.kind, w, t.dequantize(q, w.length), inF);
   return q;
 }
 
 export class RtnRounder implements Rounder {
-  constructor(readonly errs: ErrorAccumulator) {}
+  constructor(readonly errs: ErrorAccumulator, private readonly label: TensorLabel = bareLabel) {}
   /** on the native addon when it is built (int4_rtn: the same grid and error sums), else int4.ts */
   async int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
-    const native = await namingTensor(name, () => int4RtnNative(w, out, inF, gs));
+    const native = await namingTensor(this.label, name, () => int4RtnNative(w, out, inF, gs));
     if (native) {
       this.errs.addRows(kind, native.rowSums, w.length);
       return native;
     }
-    const x = rtnInt4(name, w, out, inF, gs);
+    const x = rtnInt4(this.label, name, w, out, inF, gs);
     this.errs.add(kind, w, dequantizeInt4(x), inF);
     return x;
   }
   q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return rtnBlocksOf(Q4_0_RTN, name, w, out, inF, { acc: this.errs, kind });
+    return rtnBlocksOf(Q4_0_RTN, this.label, name, w, out, inF, { acc: this.errs, kind });
   }
   q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return rtnBlocksOf(Q4_K_RTN, name, w, out, inF, { acc: this.errs, kind });
+    return rtnBlocksOf(Q4_K_RTN, this.label, name, w, out, inF, { acc: this.errs, kind });
   }
   q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return rtnBlocksOf(Q8_0_RTN, name, w, out, inF, { acc: this.errs, kind });
+    return rtnBlocksOf(Q8_0_RTN, this.label, name, w, out, inF, { acc: this.errs, kind });
   }
-  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
-    return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
+  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+    return rtnBlocks(this.errs, this.label, name, kind, w, inF, quantize, dequantize);
   }
   plan(): void {}
   calibration(): null {
@@ -219,20 +230,20 @@ export class GptqRounder implements Rounder {
   private reused = false;
   private readonly fallback: string[] = [];
 
-  private constructor(readonly errs: ErrorAccumulator, private readonly session: CalibrationSession, private readonly owned: boolean, private readonly cal: CalibrationOptions) {}
+  private constructor(readonly errs: ErrorAccumulator, private readonly session: CalibrationSession, private readonly owned: boolean, private readonly cal: CalibrationOptions, private readonly label: TensorLabel) {}
 
-  /** the shared session, or the checkpoint's model loaded on the calibration backend */
+  /** the shared session, or the checkpoint's model loaded on the calibration backend; errors name `ckpt`'s shard files */
   static async load(ckpt: Checkpoint, cal: CalibrationOptions, errs: ErrorAccumulator, session?: CalibrationSession): Promise<GptqRounder> {
     checkDamp(cal);
-    if (session) return new GptqRounder(errs, session, false, cal);
-    return new GptqRounder(errs, await loadSession(ckpt, cal), true, cal);
+    if (session) return new GptqRounder(errs, session, false, cal, checkpointLabel(ckpt));
+    return new GptqRounder(errs, await loadSession(ckpt, cal), true, cal, checkpointLabel(ckpt));
   }
 
   q8_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    return rtnBlocksOf(Q8_0_RTN, name, w, out, inF, { acc: this.errs, kind });
+    return rtnBlocksOf(Q8_0_RTN, this.label, name, w, out, inF, { acc: this.errs, kind });
   }
-  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
-    return rtnBlocks(this.errs, name, kind, w, quantize, dequantize);
+  rtnBlocks(name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+    return rtnBlocks(this.errs, this.label, name, kind, w, inF, quantize, dequantize);
   }
 
   plan(order: readonly { name: string; out: number; inF: number }[]): void {
@@ -275,7 +286,7 @@ export class GptqRounder implements Rounder {
     if (kept && kept.h !== h) this.dropFactors(input);
     const n = h.cols;
     this.factorizations++;
-    const f = (await gptqFactorNative(h.H[g]!, n, this.cal.damp, `tensor ${name}`)) ?? gptqFactor(h.H[g]!, n, { damp: this.cal.damp, name: `tensor ${name}` });
+    const f = (await gptqFactorNative(h.H[g]!, n, this.cal.damp, this.label(name))) ?? gptqFactor(h.H[g]!, n, { damp: this.cal.damp, name: this.label(name) });
     const bytes = f.U.byteLength + f.dead.byteLength;
     if ((this.pending.get(input) ?? 0) > 1 && this.factorBytes + bytes <= FACTOR_BUDGET_BYTES) {
       const e = this.factors.get(input) ?? { h, f: [] };
@@ -344,16 +355,16 @@ export class GptqRounder implements Rounder {
   }
 
   int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
-    return this.quantize(name, kind, w, out, inF, rtnInt4(name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs), true);
+    return this.quantize(name, kind, w, out, inF, rtnInt4(this.label, name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs), true);
   }
 
   async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const rtn = await rtnBlocksOf(Q4_0_RTN, name, w, out, inF, null);
+    const rtn = await rtnBlocksOf(Q4_0_RTN, this.label, name, w, out, inF, null);
     return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
   }
 
   async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
-    const rtn = await rtnBlocksOf(Q4_K_RTN, name, w, out, inF, null);
+    const rtn = await rtnBlocksOf(Q4_K_RTN, this.label, name, w, out, inF, null);
     return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_K(b, w.length), () => q4kQuantizer(out, inF));
   }
 
@@ -384,9 +395,15 @@ export class GptqRounder implements Rounder {
   }
 }
 
-function rtnBlocks(errs: ErrorAccumulator, name: string, kind: LinearKind, w: Float32Array, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
-  if (!w.every(Number.isFinite)) throw new InputError(`tensor ${name}: non-finite weight`);
+// the first non-finite weight as a refusal naming it as the addon's rounding does (row, column)
+function checkFinite(label: TensorLabel, name: string, w: Float32Array, inF: number): void {
+  const bad = firstNonFinite(w);
+  if (bad >= 0) throw refusal(label, name, `non-finite weight ${w[bad]} at row ${Math.floor(bad / inF)}, column ${bad % inF}`);
+}
+
+function rtnBlocks(errs: ErrorAccumulator, label: TensorLabel, name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+  checkFinite(label, name, w, inF);
   const q = quantize(w);
-  errs.add(kind, w, dequantize(q, w.length), w.length);
+  errs.add(kind, w, dequantize(q, w.length), inF);
   return q;
 }

@@ -209,6 +209,8 @@ describe('non-finite values stop the work', () => {
       writeFileSync(file, b);
       return copy;
     };
+    const shardOf = (copy: string, tensor: string): string =>
+      join(copy, (JSON.parse(readFileSync(join(copy, 'model.safetensors.index.json'), 'utf8')) as { weight_map: Record<string, string> }).weight_map[tensor]!);
     const nan = poisoned('nan', 'layers.1.attn_norm.weight', 3, [0xc0, 0x7f]); // BF16 NaN
     const inf = poisoned('inf', 'hc_head_fn', 5, [0x00, 0x00, 0x80, 0x7f]); // F32 +Infinity
     const lin = poisoned('lin', 'layers.0.attn.wq_a.weight', 3, [0x7f]); // FP8 E4M3 NaN in a quantised linear
@@ -218,8 +220,10 @@ describe('non-finite values stop the work', () => {
       [nan, 'gguf-q4_0', 'layers.1.attn_norm.weight holds NaN at element 3; nothing written'],
       [inf, 'gptq', 'hc_head_fn holds Infinity at element 5; nothing written'],
       [inf, 'gguf-f16', 'hc_head_fn holds Infinity at element 5; nothing written'],
-      // the quantised linears: the addon's rounding (INT4, Q4_0, Q8_0) names row and column
-      ...(['gptq', 'gguf-q4_0', 'gguf-q8_0'] as const).map((f): [string, string, string] => [lin, f, 'tensor layers.0.attn.wq_a.weight: non-finite weight NaN at row 0, column 3']),
+      // the quantised linears: the shard file, the tensor, its row and column, from the addon's
+      // rounding (INT4, Q4_0, Q8_0) and from the TypeScript one (Q4_K's Q5_0 rows, not a multiple of 256)
+      ...(['gptq', 'gguf-q4_0', 'gguf-q8_0', 'gguf-q4_k'] as const).map((f): [string, string, string] =>
+        [lin, f, `${shardOf(lin, 'layers.0.attn.wq_a.weight')}: tensor layers.0.attn.wq_a.weight: non-finite weight NaN at row 0, column 3; nothing written`]),
     ];
     for (const [m, format, want] of cases) {
       const out = join(dir, `q-${format}`);
