@@ -223,7 +223,10 @@ static bool keep_freed_memory() {
 #ifdef __GLIBC__
   const char* e = std::getenv("V4TUNE_MALLOC");
   if (e && std::string(e) == "system") return false;
-  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1;
+  if (mallopt(M_MMAP_MAX, 0) != 1) return false;
+  if (mallopt(M_TRIM_THRESHOLD, -1) == 1) return true;
+  mallopt(M_MMAP_MAX, 65536);  // glibc's default: not half the policy with keepFreed false
+  return false;
 #else
   return false;
 #endif

@@ -50,6 +50,11 @@ export interface CalibrationOptions {
   backend?: BackendName;
   /** memory bound of one window of Hessians (calibrate.ts; default 4 GiB) */
   hessianBudgetBytes?: number;
+  /**
+   * memory bound of the GPTQ factors kept for a later linear of the same input (w3 reuses w1's,
+   * wkv wq_a's; default 1 GiB): over it a factor is computed again, the same bits
+   */
+  factorBudgetBytes?: number;
   /** where the backend note goes */
   note?: (line: string) => void;
 }

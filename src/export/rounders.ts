@@ -212,7 +212,7 @@ export async function openCalibration(model: string, cal: CalibrationOptions): P
   }
 }
 
-/** memory bound of the GPTQ factors kept for a linear that reads the same input later (w3 after w1) */
+/** memory bound of the GPTQ factors kept for a linear that reads the same input later (w3 after w1): CalibrationOptions.factorBudgetBytes' default */
 export const FACTOR_BUDGET_BYTES = 2 ** 30;
 
 export class GptqRounder implements Rounder {
@@ -288,7 +288,7 @@ export class GptqRounder implements Rounder {
     this.factorizations++;
     const f = (await gptqFactorNative(h.H[g]!, n, this.cal.damp, this.label(name))) ?? gptqFactor(h.H[g]!, n, { damp: this.cal.damp, name: this.label(name) });
     const bytes = f.U.byteLength + f.dead.byteLength;
-    if ((this.pending.get(input) ?? 0) > 1 && this.factorBytes + bytes <= FACTOR_BUDGET_BYTES) {
+    if ((this.pending.get(input) ?? 0) > 1 && this.factorBytes + bytes <= (this.cal.factorBudgetBytes ?? FACTOR_BUDGET_BYTES)) {
       const e = this.factors.get(input) ?? { h, f: [] };
       e.f[g] = f;
       this.factors.set(input, e);

@@ -1,6 +1,6 @@
 // GPTQ (src/export/gptq.ts): against round to nearest on a float64 reference written here, the
 // model's linear-input observer, and `method: gptq` end to end on the tiny preset.
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -502,6 +502,24 @@ describe('method gptq on the tiny preset', () => {
       expect(c.passes, `${format} ${k}`).toBeGreaterThan(5);
       expect(c.starts, `${format} ${k}`).toBe(1);
       if (k === 1) expect(c.blockRuns, format).toBe(c.passes); // each pass ran the one block its window lies in
+    }
+  }, 120_000);
+
+  it('without room for kept factors every linear factors its own Hessian again: the same bytes', async () => {
+    const rows = [...openDataset(join(dir, 'out', 'data')).rows('train')].slice(0, 2).map((r) => ({ input_ids: r.input_ids, segments: r.segments }));
+    const run = (tag: string, factorBudgetBytes?: number) => quantizeCheckpoint({
+      model: modelDir, out: join(dir, `q-factors-${tag}`), format: 'gptq', method: 'gptq', groupSize: 32,
+      calibration: { rows, damp: 0.01, backend: 'auto', factorBudgetBytes, note: () => {} },
+    });
+    const kept = await run('kept');
+    const none = await run('none', 0);
+    // one factor per input with the default budget; with none, one per linear (wo_a excepted: gptq keeps it)
+    expect(kept.calibration!.factorizations).toBeLessThan(none.calibration!.factorizations);
+    expect(none.calibration!.factorizations).toBe(none.calibration!.linears);
+    const written = readdirSync(join(dir, 'q-factors-kept')).filter((f) => f !== 'v4tune-quantize.json'); // the summary counts the factorisations
+    expect(written.some((f) => f.endsWith('.safetensors'))).toBe(true);
+    for (const f of written) {
+      expect(readFileSync(join(dir, 'q-factors-none', f)).equals(readFileSync(join(dir, 'q-factors-kept', f))), f).toBe(true);
     }
   }, 120_000);
 
