@@ -78,8 +78,14 @@ double js_round(double x) {
 }  // namespace
 
 // formats.ts f16Encode: through float32, then nearest-even half bits (overflow → inf)
+// F16C's conversions (AVX2 and AVX-512 machines have them): round to nearest even, subnormal
+// halves included, overflow to infinity, as the arithmetic below
+V4_AVX2 static int f16_of_f32_hw(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+V4_AVX2 static float f32_of_f16_hw(int h) { return _cvtsh_ss(uint16_t(h)); }
+
 int f16_encode(double x) {
   float f = float(x);
+  if (std::isfinite(f) && isa() != Isa::scalar) return f16_of_f32_hw(f);
   int sign = std::signbit(f) ? 0x8000 : 0;
   double a0 = std::fabs(double(f));
   if (std::isinf(a0)) return sign | 0x7c00;
@@ -94,6 +100,7 @@ int f16_encode(double x) {
   return sign | int(code);
 }
 double f16_decode(int h) {
+  if (((h >> 10) & 0x1f) != 31 && isa() != Isa::scalar) return double(f32_of_f16_hw(h));  // exact either way
   double s = h & 0x8000 ? -1 : 1;
   int e = (h >> 10) & 0x1f, m = h & 0x3ff;
   if (e == 0) return s * m * std::ldexp(1.0, -24);

@@ -205,9 +205,30 @@ V4_AVX512 void fits_512(const float* x, long nb, float* L, float* scales, float*
   }
 }
 
+// finish_block's per-weight step for one sub-block, 16 lanes at a time, every operation the
+// scalar loop's: the code min(15, max(0, nearest((x + offset) / step))) with NaN → 0 (kept from
+// the fit when step is 0), then float(double(step)·double(code) − double(offset))
+V4_AVX512 static void finish_sub_512(const float* x, float* L, float* recon, float step, float offset) {
+  const __m512 vs = _mm512_set1_ps(step), vo = _mm512_set1_ps(offset), magic = _mm512_set1_ps(12582912.f);
+  const __m512d ds = _mm512_set1_pd(double(step)), dof = _mm512_set1_pd(double(offset));
+  for (int i = 0; i < kSub; i += 16) {
+    __m512 code = _mm512_loadu_ps(L + i);
+    if (step != 0) {
+      const __m512 v = _mm512_div_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), vo), vs);
+      const __m512 n = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+      // n > 0 is false for NaN and ±0: those give 0, as clamp_js then code_of do
+      code = _mm512_maskz_min_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_GT_OQ), n, _mm512_set1_ps(15.f));
+      _mm512_storeu_ps(L + i, code);
+    }
+    const __m512d lo = _mm512_sub_pd(_mm512_mul_pd(ds, _mm512_cvtps_pd(_mm512_castps512_ps256(code))), dof);
+    const __m512d hi = _mm512_sub_pd(_mm512_mul_pd(ds, _mm512_cvtps_pd(_mm512_extractf32x8_ps(code, 1))), dof);
+    _mm512_storeu_ps(recon + i, _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo)), _mm512_cvtpd_ps(hi), 1));
+  }
+}
+
 // one super-block from its sub-block fits: d, dmin, the 6-bit scales, the codes on the final grid
 // (into dst), and the dequantised values (recon: q4k.ts dequantizeQ4_K's float32 values)
-void finish_block(const float* x, float* L, const float* scales, const float* mins, uint8_t* dst, float* recon) {
+void finish_block(const float* x, float* L, const float* scales, const float* mins, uint8_t* dst, float* recon, bool wide) {
   float maxScale = 0, maxMin = 0;
   for (int j = 0; j < 8; j++) {
     if (scales[j] > maxScale) maxScale = scales[j];
@@ -243,6 +264,10 @@ void finish_block(const float* x, float* L, const float* scales, const float* mi
       m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
     const float step = float(d * sc), offset = float(dmin * m);
+    if (wide) {
+      finish_sub_512(x + kSub * j, L + kSub * j, recon + kSub * j, step, offset);
+      continue;
+    }
     for (int i = kSub * j; i < kSub * (j + 1); i++) {
       if (step != 0) L[i] = code_of(clamp_js(nearest_int((x[i] + offset) / step), 15.f));
       recon[i] = float(double(step) * double(L[i]) - double(offset));
@@ -269,11 +294,11 @@ static long rows_rtn(double* sums, const float* W, long rows, long n, const Make
     auto row = make_row();
     for (long r = task * rows / ntask; r < (task + 1) * rows / ntask; r++) {
       const float* x = W + r * n;
-      for (long c = 0; c < n; c++)
-        if (!std::isfinite(x[c])) {
-          bad[size_t(task)] = r * n + c;
-          return;
-        }
+      const long c = find_nonfinite(x, n);
+      if (c >= 0) {
+        bad[size_t(task)] = r * n + c;
+        return;
+      }
       row(x, r, e.data());
       row_error_sums(sums + 4 * r, e.data(), x, n);
     }
@@ -293,7 +318,7 @@ long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
       if (wide) fits_512(x, nb, L.data(), sc.data(), mi.data());
       else fits_any(x, nb, L.data(), sc.data(), mi.data());
       for (long b = 0; b < nb; b++)
-        finish_block(x + b * kBlock, L.data() + b * kBlock, sc.data() + b * 8, mi.data() + b * 8, dst + (r * nb + b) * kBytes, recon.data() + b * kBlock);
+        finish_block(x + b * kBlock, L.data() + b * kBlock, sc.data() + b * 8, mi.data() + b * 8, dst + (r * nb + b) * kBytes, recon.data() + b * kBlock, wide);
       for (long c = 0; c < n; c++) e[c] = std::fabs(double(x[c]) - double(recon[size_t(c)]));
     };
   });
@@ -303,6 +328,7 @@ long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
 // anything else its truncation modulo 2^32 (a block of subnormal weights makes 1/d overflow, so
 // the codes' inputs can be ±Infinity or NaN there)
 static uint32_t js_int32(double t) {
+  if (t > -2147483649.0 && t < 2147483648.0) return uint32_t(int32_t(t));  // in int32 range: the truncation itself
   if (!std::isfinite(t)) return 0;
   double m = std::fmod(std::trunc(t), 4294967296.0);
   if (m < 0) m += 4294967296.0;
