@@ -638,11 +638,13 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   bool shareA = (pairsDirect ? Mp * cdiv(K, 2) : Mp * K) <= kSharedA;
   // Split C into mchunks × nchunks tasks. B (with its dequantisation) is packed once per M
   // chunk and A, unless shared, once per N chunk, so pick the split that minimises packing plus
-  // compute over the threads, with blocks small enough for the caches (MB ≤ 480 rows, NB ≤ 8
-  // panels; 960 rows of bf16 pairs take the bytes of 480 fp32 rows, and the dot products
+  // compute over the threads, with blocks small enough for the caches (MB ≤ 512 rows: a packed
+  // A block of 512 KB per K block, in L2, and a 512-token row's B packed (decoded) once, not twice
+  // as under the 480 it was: FP8 linears at 512 tokens 5–10 % faster; NB ≤ 8 panels; 960 rows of
+  // bf16 pairs take the bytes of 480 fp32 rows, and the dot products
   // retire twice the FLOPs an instruction).
   const int threads = parallel ? num_threads() : 1;
-  const long maxMB = bf16 ? 960 : 480;
+  const long maxMB = bf16 ? 960 : 512;
   const double flopsPerUnit = bf16 ? 128.0 : 64.0;
   long mchunks = cdiv(M, maxMB), nchunks = cdiv(npanels, 8);
   if (parallel) {
