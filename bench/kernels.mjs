@@ -160,9 +160,13 @@ if (nat.info().cpuBf16) {
   nat.setThreads(threadCounts[threadCounts.length - 1]);
   nat.setBf16(true);
   const tf = await timed(() => nat.routedExpertsForward(out, xt, T, d, I, idx, off, wr, experts, 10));
+  const tb = await timed(() => nat.routedExpertsBackward(dx, dw, grads, dout, xt, T, d, I, idx, off, wr, experts, 10));
   nat.setBf16(false);
-  result.expert.bf16_forward = { threads: threadCounts[threadCounts.length - 1], gflops: +(fwdFlops / tf.best / 1e9).toFixed(1), note: 'opt-in bf16 dot products (vdpbf16ps); ratio is to the fp32 FMA peak' };
-  result.expert.bf16_forward.ratio_to_fp32_peak = +(result.expert.bf16_forward.gflops / peakNow(threadCounts[threadCounts.length - 1])).toFixed(3);
+  const th = threadCounts[threadCounts.length - 1];
+  const pk = peakNow(th);
+  const note = 'opt-in bf16 dot products (vdpbf16ps); ratio is to the fp32 FMA peak';
+  result.expert.bf16_forward = { threads: th, gflops: +(fwdFlops / tf.best / 1e9).toFixed(1), note, ratio_to_fp32_peak: +(fwdFlops / tf.best / 1e9 / pk).toFixed(3) };
+  result.expert.bf16_backward = { threads: th, gflops: +(bwdFlops / tb.best / 1e9).toFixed(1), note, ratio_to_fp32_peak: +(bwdFlops / tb.best / 1e9 / pk).toFixed(3) };
 }
 nat.setThreads(0);
 

@@ -169,6 +169,31 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
     }
   });
 
+  // the LoRA factors' products: N = r (x Aᵀ, dy B, dyᵀ u) or M = r (gᵀ x), long K, strided operands,
+  // beta 0 and 1 — the skinny path on AVX-512 (no packing of the long operand)
+  it('skinny products (N ≤ 16 or M ≤ 16) match the reference (1e-5) and give the same bits on 1 and 2 threads', async () => {
+    const r = rng(11);
+    for (const [M, N, K, transB, transA, beta] of [[512, 16, 1024, false, false, 0], [1024, 16, 512, false, true, 1], [300, 9, 700, true, false, 1],
+      [16, 300, 700, false, true, 1], [5, 77, 129, true, false, 0], [3, 2, 1000, false, false, 1]] as const) {
+      const a = randn(M * K, r);
+      const W = randn(N * K, r, 0.3);
+      const c = randn(M * N, r);
+      const [sam, sak] = transA ? [1, M] : [K, 1];
+      const w = rawWeight('f32', W, null, transB ? N : K, transB ? K : N);
+      const want = gemmRef(M, N, K, 0.5, a, sam, sak, W, transB, beta, c);
+      const run = async (threads: number): Promise<Float32Array> => {
+        A().setThreads(threads);
+        const got = c.slice();
+        await A().gemm(M, N, K, 0.5, a, sam, sak, w, transB, beta, got, N);
+        return got;
+      };
+      const two = await run(2);
+      expect(relErr(two, want), `${M}x${N}x${K}`).toBeLessThan(1e-5);
+      expect(relErr(await run(1), two), `${M}x${N}x${K} threads`).toBe(0);
+    }
+    A().setThreads(0);
+  });
+
   // A of more than 8M floats is packed per task instead of once per call (and M > 480 splits M)
   it('a large A, packed per task over several M blocks, matches the reference (1e-5)', async () => {
     const r = rng(8);
