@@ -171,10 +171,11 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
 
   // the LoRA factors' products: N = r (x Aᵀ, dy B, dyᵀ u) or M = r (gᵀ x), long K, strided operands,
   // beta 0 and 1 — the skinny path on AVX-512 (no packing of the long operand)
-  it('skinny products (N ≤ 16 or M ≤ 16) match the reference (1e-5) and give the same bits on 1 and 2 threads', async () => {
+  it('skinny products (N ≤ 16 or M ≤ 16; and up to 32, on the packed path) match the reference (1e-5) and give the same bits on 1 and 2 threads', async () => {
     const r = rng(11);
     for (const [M, N, K, transB, transA, beta] of [[512, 16, 1024, false, false, 0], [1024, 16, 512, false, true, 1], [300, 9, 700, true, false, 1],
-      [16, 300, 700, false, true, 1], [5, 77, 129, true, false, 0], [3, 2, 1000, false, false, 1]] as const) {
+      [16, 300, 700, false, true, 1], [5, 77, 129, true, false, 0], [3, 2, 1000, false, false, 1],
+      [512, 32, 600, false, true, 1], [200, 21, 300, true, false, 0], [32, 500, 400, false, false, 1], [24, 40, 333, true, true, 0]] as const) {
       const a = randn(M * K, r);
       const W = randn(N * K, r, 0.3);
       const c = randn(M * N, r);
