@@ -348,19 +348,83 @@ static long blocks32_rtn(uint8_t* dst, double* sums, const float* W, long rows, 
   });
 }
 
+// A block's 32 errors |x − x̂| with x̂ = float(double(code + bias)·dq), from its codes as int32
+// (two registers of 16): the scalar loops' operations, 8 doubles at a time
+V4_AVX512 static void block_errors_512(double* e, const float* xb, const __m512i (&codes)[2], int bias, double dq) {
+  const __m512d vdq = _mm512_set1_pd(dq), vb = _mm512_set1_pd(double(bias));
+  for (int h = 0; h < 2; h++)
+    for (int q = 0; q < 2; q++) {
+      const __m256i c = q ? _mm512_extracti64x4_epi64(codes[h], 1) : _mm512_castsi512_si256(codes[h]);
+      const __m512d xh = _mm512_cvtps_pd(_mm256_loadu_ps(xb + 16 * h + 8 * q));
+      const __m512d rec = _mm512_cvtps_pd(_mm512_cvtpd_ps(_mm512_mul_pd(_mm512_add_pd(_mm512_cvtepi32_pd(c), vb), vdq)));
+      _mm512_storeu_pd(e + 16 * h + 8 * q, _mm512_abs_pd(_mm512_sub_pd(xh, rec)));
+    }
+}
+
+// max |x| over a block of 32 (max is exact: any order gives the scalar loop's value)
+V4_AVX512 static float amax32_512(const float* xb) {
+  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), _mm512_abs_ps(_mm512_loadu_ps(xb + 16))));
+}
+
+// Q4_0's codes min(15, trunc(x·id + 8.5)), packed two to a byte, and the errors, for a block
+// whose id is finite; false (nothing written) if a code would be negative, which the scalar
+// loop's ToInt32 arithmetic then handles
+V4_AVX512 static bool q40_codes_512(const float* xb, float id, double dq, uint8_t* bytes, double* e) {
+  __m512i codes[2];
+  for (int h = 0; h < 2; h++) {
+    const __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * h), _mm512_set1_ps(id)), _mm512_set1_ps(8.5f));
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    if (_mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ)) return false;
+    codes[h] = _mm512_cvttps_epi32(_mm512_min_ps(t, _mm512_set1_ps(15.f)));
+  }
+  _mm_storeu_si128((__m128i*)bytes, _mm512_cvtepi32_epi8(_mm512_or_si512(codes[0], _mm512_slli_epi32(codes[1], 4))));
+  block_errors_512(e, xb, codes, -8, dq);
+  return true;
+}
+
+// Q8_0's codes sign(v)·floor(|v| + 0.5), v = x·id (floor(a + 0.5) = trunc(a) + (a − trunc(a) ≥ ½),
+// exact in float32), as int8, and the errors, for a block whose id is finite; false if a code
+// would leave −127 … 127 (the scalar loop's ToInt32 wraps it)
+V4_AVX512 static bool q80_codes_512(const float* xb, float id, double dq, uint8_t* bytes, double* e) {
+  __m512i codes[2];
+  for (int h = 0; h < 2; h++) {
+    const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xb + 16 * h), _mm512_set1_ps(id));
+    const __m512 a = _mm512_abs_ps(v), t = _mm512_roundscale_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_mask_add_ps(t, _mm512_cmp_ps_mask(_mm512_sub_ps(a, t), _mm512_set1_ps(0.5f), _CMP_GE_OQ), t, _mm512_set1_ps(1.f));
+    if (_mm512_cmp_ps_mask(r, _mm512_set1_ps(127.f), _CMP_GT_OQ)) return false;
+    const __m512i mag = _mm512_cvttps_epi32(r);
+    codes[h] = _mm512_mask_sub_epi32(mag, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_si512(), mag);
+  }
+  _mm_storeu_si128((__m128i*)bytes, _mm512_cvtepi32_epi8(codes[0]));
+  _mm_storeu_si128((__m128i*)(bytes + 16), _mm512_cvtepi32_epi8(codes[1]));
+  block_errors_512(e, xb, codes, 0, dq);
+  return true;
+}
+
 // Q4_0 (gguf.ts quantizeQ4_0, llama.cpp's quantize_row_q4_0_ref): per block of 32, m = the value
 // of largest magnitude, d = m / −8, id = 1/d, q = min(15, trunc(x·id + 8.5)), all in float32 and
 // rounded once each; the dequantised value (q − 8)·f16(d) as gguf.ts dequantizeQ4_0 rounds it
 long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
-  return blocks32_rtn(dst, sums, W, rows, n, 18, [](const float* xb, uint8_t* p, double* e) {
+  const bool wide = isa() == Isa::avx512;
+  return blocks32_rtn(dst, sums, W, rows, n, 18, [wide](const float* xb, uint8_t* p, double* e) {
     float amax = 0.f, mx = 0.f;
-    for (int j = 0; j < 32; j++)
-      if (amax < std::fabs(xb[j])) amax = std::fabs(xb[j]), mx = xb[j];
+    if (wide) {  // the first weight of the largest magnitude, as the scalar loop's strict < keeps it
+      amax = amax32_512(xb);
+      for (int j = 0; j < 32 && amax > 0.f; j++)
+        if (std::fabs(xb[j]) == amax) {
+          mx = xb[j];
+          break;
+        }
+    } else {
+      for (int j = 0; j < 32; j++)
+        if (amax < std::fabs(xb[j])) amax = std::fabs(xb[j]), mx = xb[j];
+    }
     const float d = mx / -8.f, id = d != 0.f ? 1.f / d : 0.f;
     const int h = f16_encode(double(d));
     const double dq = f16_decode(h);
     p[0] = uint8_t(h & 0xff);
     p[1] = uint8_t(h >> 8);
+    if (wide && std::isfinite(id) && q40_codes_512(xb, id, dq, p + 2, e)) return;
     uint32_t q[32];
     for (int j = 0; j < 32; j++) q[j] = js_code(xb[j] * id + 8.5f);
     for (int j = 0; j < 16; j++) p[2 + j] = uint8_t(q[j] | (q[j + 16] << 4));
@@ -375,14 +439,18 @@ long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
 // Q8_0 (ggml-quants.ts quantizeQ8_0): per block of 32, d = amax / 127, id = 1/d, q = roundf(x·id)
 // as an int8, in float32; the dequantised value q·f16(d) as dequantizeQ8_0 rounds it
 long q80_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
-  return blocks32_rtn(dst, sums, W, rows, n, 34, [](const float* xb, uint8_t* p, double* e) {
+  const bool wide = isa() == Isa::avx512;
+  return blocks32_rtn(dst, sums, W, rows, n, 34, [wide](const float* xb, uint8_t* p, double* e) {
     float amax = 0.f;
-    for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xb[j]));
+    if (wide) amax = amax32_512(xb);
+    else
+      for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xb[j]));
     const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
     const int h = f16_encode(double(d));
     const double dq = f16_decode(h);
     p[0] = uint8_t(h & 0xff);
     p[1] = uint8_t(h >> 8);
+    if (wide && std::isfinite(id) && q80_codes_512(xb, id, dq, p + 2, e)) return;
     for (int j = 0; j < 32; j++) {
       const float v = xb[j] * id;
       // Math.sign(v) · Math.round(|v|): half away from zero; ±0 and NaN give 0

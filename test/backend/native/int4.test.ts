@@ -161,6 +161,8 @@ describe.skipIf(skipNative)('the quantize stage\'s native pieces equal the TypeS
     block(5, 2, (i) => (i === 7 ? -0.25 : 0.25)); // |m| twice, the first kept (negative)
     block(6, 0, (i) => (i % 2 ? 3 : -3) * (1 + i / 64)); // loud
     block(7, 1, (i) => 2 ** -133 * (i + 1)); // the smallest subnormals: d flushes to zero in float32
+    // m = −8 (d = 1, id = 1): x + 8.5 on integers and halves, 16 and 16.5 clamped to 15, and a later +8 not taken for m
+    block(8, 2, (i) => (i === 0 ? -8 : i === 31 ? 8 : (i % 16) - 8 + (i % 2) * 0.5));
     const want = quantizeQ4_0(w);
     const got = (await q40RtnNative(w, out, n))!;
     expect(Buffer.from(got.bytes).equals(Buffer.from(want))).toBe(true);
@@ -184,6 +186,7 @@ describe.skipIf(skipNative)('the quantize stage\'s native pieces equal the TypeS
     block(5, 2, (i) => (i - 15.5) * (127 / 16.5) / 127); // codes at exact halves: half away from zero
     block(6, 0, (i) => (i % 2 ? 3 : -3) * (1 + i / 64)); // loud
     block(7, 1, (i) => 2 ** -140 * (i + 1)); // d underflows to a subnormal or zero
+    block(8, 2, (i) => (i === 0 ? 127 : (i % 2 ? 1 : -1) * (Math.floor(i / 2) + 0.5))); // d = 1: x·id at ±(k + ½) exactly
     const want = quantizeQ8_0(w);
     const got = (await q80RtnNative(w, out, n))!;
     expect(Buffer.from(got.bytes).equals(Buffer.from(want))).toBe(true);
