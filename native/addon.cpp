@@ -338,6 +338,27 @@ Napi::Value FirstNonFinite(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(find_nonfinite(x.Data(), long(x.ElementLength()))));
 }
 
+// addInto(dst, src): dst[i] += src[i] across the pool (the tape's gradient sums): one float add an
+// element, the bits of the JS loop it replaces
+Napi::Value AddInto(const Napi::CallbackInfo& info) {
+  auto f32 = [&](size_t i) {
+    if (info.Length() <= i || !info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(info.Env(), "addInto: dst and src must be Float32Arrays");
+    return info[i].As<Napi::Float32Array>();
+  };
+  auto dst = f32(0), src = f32(1);
+  const long n = long(dst.ElementLength());
+  if (long(src.ElementLength()) != n) throw Napi::RangeError::New(info.Env(), "addInto: dst and src differ in length");
+  float* d = dst.Data();
+  const float* x = src.Data();
+  constexpr long kChunk = 1L << 16;
+  parallel_run(int(cdiv(n, kChunk)), [&](int t) {
+    const long a = t * kChunk, b = std::min(n, a + kChunk);
+    for (long i = a; i < b; i++) d[i] += x[i];
+  });
+  return info.Env().Undefined();
+}
+
 // ---- linear with LoRA ----
 long groups(Args& a, size_t i, const WeightRef& W) {
   long G = a.integer(i);
@@ -489,6 +510,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeWeight", Napi::Function::New(env, DecodeWeight));
   exports.Set("f32ToF16", Napi::Function::New(env, F32ToF16));
   exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
+  exports.Set("addInto", Napi::Function::New(env, AddInto));
   exports.Set("linearForward", Napi::Function::New(env, LinearForward));
   exports.Set("linearBackward", Napi::Function::New(env, LinearBackward));
   exports.Set("routedExpertsForward", Napi::Function::New(env, RoutedExpertsForward));

@@ -7,6 +7,7 @@
 // inputs, outputs and the op's saved context — and the accountant follows the bytes of the
 // typed-array buffers reachable from them while records hold them. Tapes that share an accountant
 // (a block's recompute tape under activation checkpointing) add to the same total.
+import { addInto } from './host.js';
 import type { F32 } from './ops.js';
 
 interface TapeRecord {
@@ -144,7 +145,7 @@ export class Tape {
         grads.set(buf, g);
         return;
       }
-      for (let i = 0; i < g.length; i++) have[i] += g[i];
+      addInto(have, g);
     };
     for (const [buf, g] of seeds) accumulate(buf, Float32Array.from(g));
     while (this.records.length > 0) {

@@ -81,6 +81,8 @@ export interface NativeAddon {
   f32ToF16(out: Uint16Array, x: F32): void;
   /** the index of the first NaN or ±Infinity in x, or -1 */
   firstNonFinite(x: F32): number;
+  /** dst[i] += src[i] (same length), across the pool */
+  addInto(dst: F32, src: F32): void;
   /** x [T, G·inG], W [G·outG, inG], A [r, inG], B [G·outG, r] → y [T, G·outG]; dropout over x [T, G·inG] on the LoRA path */
   linearForward(y: F32, x: F32, W: RawWeight, A: F32 | null, B: F32 | null, r: number, s: number, T: number, G: number, dropout?: RawDropout | null): Promise<void>;
   /** dx, dA, dB += */

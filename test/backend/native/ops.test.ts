@@ -14,6 +14,22 @@ describe.skipIf(skipNative)('native op kernels', () => {
     expect(addon, whyUnavailable).not.toBeNull();
   });
 
+  // the tape's gradient sums: the same float adds as the JS loop, so the same bits
+  it('addInto sums element-wise across the pool, bit for bit the JS loop; a length mismatch is refused', () => {
+    const r = rng(31);
+    const n = 200_003;
+    const dst = randn(n, r);
+    const src = randn(n, r, 1e-3);
+    dst[5] = 1e30;
+    src[5] = -1e30; // cancels exactly
+    src[7] = Number.NaN;
+    const want = dst.slice();
+    for (let i = 0; i < n; i++) want[i] += src[i];
+    A().addInto(dst, src);
+    expect(Buffer.from(dst.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    expect(() => A().addInto(dst, src.subarray(1))).toThrow('addInto: dst and src differ in length');
+  });
+
   it('rmsnorm: forward 1e-6, dx 1e-4 vs float64 differences', async () => {
     const r = rng(20);
     const T = 5;
