@@ -1,16 +1,10 @@
 // Host-side pieces both backends share, exact in plain TypeScript: the RoPE rotation, the top-k
 // selection with ties toward the lower index, the router's choice of experts and weights from its
 // scores, and the element-wise sum the tape accumulates gradients with.
-import { tryLoadAddon } from './native/addon.js';
 import type { F32, I32, RopeTable } from './ops.js';
 
-/**
- * dst[i] += src[i] (same length): on the native addon's thread pool where it is built and the
- * arrays are long (the same float adds, so the same bits), else in this loop
- */
+/** dst[i] += src[i] (same length) */
 export function addInto(dst: F32, src: F32): void {
-  const addon = src.length >= 1 << 15 ? tryLoadAddon() : null;
-  if (addon) return addon.addInto(dst, src);
   for (let i = 0; i < src.length; i++) dst[i] += src[i];
 }
 

@@ -225,6 +225,11 @@ export interface Backend {
    * without N × V logits. Without it the model takes logits() and finds the top-1 itself.
    */
   lmHeadLossTop1?(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; top1: I32 }>;
+  /**
+   * Optional (the native backend has it): dst[i] += src[i], the tape's gradient sums, with the
+   * bits of host.ts addInto (one float add an element). Without it the tape runs that loop.
+   */
+  addInto?(dst: F32, src: F32): void;
 }
 
 export type BackendName = 'auto' | 'native' | 'tfjs' | 'ascend';

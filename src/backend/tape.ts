@@ -108,12 +108,15 @@ export class SavedBytes {
 export class Tape {
   private readonly records: TapeRecord[] = [];
 
-  /** `account`: where the records' held bytes are counted (none: no accounting). */
-  constructor(readonly account: SavedBytes | null = null) {}
+  /**
+   * `account`: where the records' held bytes are counted (none: no accounting). `add`: how two
+   * gradients of one buffer are summed into the first (the backend's addInto where it has one).
+   */
+  constructor(readonly account: SavedBytes | null = null, private readonly add: (dst: F32, src: F32) => void = addInto) {}
 
-  /** A fresh tape counting into the same accountant. */
+  /** A fresh tape counting into the same accountant, summing the same way. */
   child(): Tape {
-    return new Tape(this.account);
+    return new Tape(this.account, this.add);
   }
 
   /**
@@ -145,7 +148,7 @@ export class Tape {
         grads.set(buf, g);
         return;
       }
-      addInto(have, g);
+      this.add(have, g);
     };
     for (const [buf, g] of seeds) accumulate(buf, Float32Array.from(g));
     while (this.records.length > 0) {

@@ -2,6 +2,7 @@
 // against the linear's Hessian from a calibration forward (gptq.ts, calibrate.ts), with the
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
+import { firstNonFiniteNative } from '../backend/native/formats.js';
 import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError, firstNonFinite } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
@@ -144,10 +145,7 @@ async function rtnBlocksOf(t: BlockRtn, label: TensorLabel, name: string, w: Flo
     errs?.acc.addRows(errs.kind, native.rowSums, w.length);
     return native.bytes;
   }
-  checkFinite(label, name, w, inF);
-  const q = t.quantize(w);
-  errs?.acc.add(errs.kind, w, t.dequantize(q, w.length), inF);
-  return q;
+  return rtnBlocks(errs, label, name, w, inF, t.quantize, t.dequantize);
 }
 
 export class RtnRounder implements Rounder {
@@ -173,7 +171,7 @@ export class RtnRounder implements Rounder {
     return rtnBlocksOf(Q8_0_RTN, this.label, name, w, out, inF, { acc: this.errs, kind });
   }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
-    return rtnBlocks(this.errs, this.label, name, kind, w, inF, quantize, dequantize);
+    return rtnBlocks({ acc: this.errs, kind }, this.label, name, w, inF, quantize, dequantize);
   }
   plan(): void {}
   calibration(): null {
@@ -243,7 +241,7 @@ export class GptqRounder implements Rounder {
     return rtnBlocksOf(Q8_0_RTN, this.label, name, w, out, inF, { acc: this.errs, kind });
   }
   rtnBlocks(name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
-    return rtnBlocks(this.errs, this.label, name, kind, w, inF, quantize, dequantize);
+    return rtnBlocks({ acc: this.errs, kind }, this.label, name, w, inF, quantize, dequantize);
   }
 
   plan(order: readonly { name: string; out: number; inF: number }[]): void {
@@ -397,13 +395,14 @@ export class GptqRounder implements Rounder {
 
 // the first non-finite weight as a refusal naming it as the addon's rounding does (row, column)
 function checkFinite(label: TensorLabel, name: string, w: Float32Array, inF: number): void {
-  const bad = firstNonFinite(w);
+  const bad = firstNonFiniteNative(w) ?? firstNonFinite(w);
   if (bad >= 0) throw refusal(label, name, `non-finite weight ${w[bad]} at row ${Math.floor(bad / inF)}, column ${bad % inF}`);
 }
 
-function rtnBlocks(errs: ErrorAccumulator, label: TensorLabel, name: string, kind: LinearKind, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
+// a block type rounded to nearest in TypeScript; the weight errors go to `errs` when given
+function rtnBlocks(errs: { acc: ErrorAccumulator; kind: LinearKind } | null, label: TensorLabel, name: string, w: Float32Array, inF: number, quantize: (w: Float32Array) => Uint8Array, dequantize: (b: Uint8Array, n: number) => Float32Array): Uint8Array {
   checkFinite(label, name, w, inF);
   const q = quantize(w);
-  errs.add(kind, w, dequantize(q, w.length), inF);
+  errs?.acc.add(errs.kind, w, dequantize(q, w.length), inF);
   return q;
 }

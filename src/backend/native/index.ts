@@ -8,7 +8,7 @@ import type {
   WeightHandle, WeightSource,
 } from '../ops.js';
 import { dropoutScale } from '../dropout.js';
-import { routeFromScores } from '../host.js';
+import { addInto, routeFromScores } from '../host.js';
 import { loadAddon, rawWeight, tryLoadAddon, type NativeAddon, type NativeFormat, type RawDropout, type RawExpert, type RawExpertGrads, type RawWeight } from './addon.js';
 
 export { nativeUnavailableReason, tryLoadAddon, loadAddon } from './addon.js';
@@ -410,6 +410,11 @@ export class NativeBackend implements Backend {
     const { lossSum, count, dx1 } = await this.headPass(x, W, targets, N, d, V, withGrad, null);
     const saved: LossSaved = { op: 'lmHeadLoss', x, W: nw(W), targets, N, d, dx1 };
     return { lossSum, count, saved };
+  }
+  // long gradients on the pool (the same float adds), short ones in the host loop
+  addInto(dst: F32, src: F32): void {
+    if (src.length >= 1 << 15) this.addon.addInto(dst, src);
+    else addInto(dst, src);
   }
   // the same pass (the counted rows' chunks unchanged) with every row's top-1 on the way
   async lmHeadLossTop1(x: F32, W: WeightHandle, targets: I32, N: number, d: number, V: number): Promise<{ lossSum: number; count: number; top1: I32 }> {

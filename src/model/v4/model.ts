@@ -237,7 +237,7 @@ export class V4Model {
   async lossAndGrads(ids: Int32Array, lossMask: Uint8Array, opts: GradOptions): Promise<LossAndGrads> {
     const seq = makeSeq(ids, opts.segments);
     const account = opts.measureSavedBytes ? new SavedBytes() : null;
-    const tape = new Tape(account);
+    const tape = new Tape(account, this.backend.addInto ? (dst, src) => this.backend.addInto!(dst, src) : undefined);
     const chunk = opts.queryChunk ?? 0;
     if (!Number.isInteger(chunk) || chunk < 0) throw new InputError(`queryChunk: ${chunk} is not a whole number ≥ 0`);
     const g = this.graph(tape, opts.adapter, this.dropoutPlan(opts), null, null, chunk);
@@ -312,17 +312,17 @@ export class V4Model {
    * lmHeadLossTop1 the main head's top-1 comes from the loss's own pass over the head.
    */
   async evalRow(ids: Int32Array, lossMask: Uint8Array | null, opts: ForwardOptions & { mtp?: boolean } = {}): Promise<{ loss: LossResult; agreement: MtpAgreement | null }> {
-    if (opts.mtp) this.needMtp('mtpAgreement');
+    if (!opts.mtp) return { loss: await this.loss(ids, lossMask, opts), agreement: null };
+    this.needMtp('mtpAgreement');
     const seq = makeSeq(ids, opts.segments);
     const g = this.graph(null, opts.adapter, null);
     const X = await this.trunk(g, seq);
     const hn = await this.headInput(g, X, seq);
     const c = this.config;
     const targets = nextTokenTargets(seq, lossMask);
-    const r = opts.mtp ? await this.headTop1(hn, seq.T, targets) : null;
-    const { lossSum, count } = r?.loss ?? await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size);
-    const loss = { loss: meanLoss(lossSum, count), lossSum, count };
-    return { loss, agreement: r ? await this.agreement(g, ids, seq, X, r.top1) : null };
+    const r = await this.headTop1(hn, seq.T, targets);
+    const { lossSum, count } = r.loss ?? await this.backend.lmHeadLossForward(hn, this.weights.head, targets, seq.T, c.hidden_size, c.vocab_size);
+    return { loss: { loss: meanLoss(lossSum, count), lossSum, count }, agreement: await this.agreement(g, ids, seq, X, r.top1) };
   }
 
   private needMtp(what: string): void {

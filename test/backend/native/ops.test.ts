@@ -2,6 +2,8 @@
 // against float64 central differences of that reference. Bounds are stated per op.
 import { describe, expect, it } from 'vitest';
 import { rawWeight } from '../../../src/backend/native/addon.js';
+import { NativeBackend } from '../../../src/backend/native/index.js';
+import { Tape } from '../../../src/backend/tape.js';
 import { f32ToBf16Bytes, bf16BytesToF32 } from '../../../src/model/formats.js';
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
 import * as R from '../../ref64.js';
@@ -28,6 +30,29 @@ describe.skipIf(skipNative)('native op kernels', () => {
     A().addInto(dst, src);
     expect(Buffer.from(dst.buffer).equals(Buffer.from(want.buffer))).toBe(true);
     expect(() => A().addInto(dst, src.subarray(1))).toThrow('addInto: dst and src differ in length');
+  });
+
+  it('the tape sums the gradients that meet at a buffer with the backend\'s addInto, the JS loop\'s bits', async () => {
+    const be = new NativeBackend(A());
+    for (const n of [100, 70_001]) { // under and over the length the native backend hands to the pool
+      const r = rng(32 + n);
+      const x = randn(n, r);
+      const [ga, gb] = [randn(n, r), randn(n, r)];
+      const calls: number[] = [];
+      const tape = new Tape(null, (dst, src) => {
+        calls.push(src.length);
+        be.addInto(dst, src);
+      });
+      // x feeds two ops: its gradient is the sum of theirs
+      const [ya, yb] = [new Float32Array(n), new Float32Array(n)];
+      tape.record([x], [ya], async () => [ga.slice()]);
+      tape.record([x], [yb], async () => [gb.slice()]);
+      const grads = await tape.backward([[ya, new Float32Array(n)], [yb, new Float32Array(n)]]);
+      const want = gb.slice();
+      for (let i = 0; i < n; i++) want[i] += ga[i];
+      expect(calls).toEqual([n]);
+      expect(Buffer.from(grads.get(x)!.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    }
   });
 
   it('rmsnorm: forward 1e-6, dx 1e-4 vs float64 differences', async () => {
