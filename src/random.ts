@@ -26,16 +26,20 @@ function hashName(s: string): number {
   return h;
 }
 
-/** sfc32: a small fast PRNG with 128 bits of state; uniform in [0, 1) */
+/**
+ * sfc32: a small fast PRNG with 128 bits of state; uniform in [0, 1). The state lives in an
+ * Int32Array: held in closure variables, words over 2^30 are boxed numbers, and every draw
+ * allocated four of them (≈ 18 ns a draw against ≈ 3). Same arithmetic mod 2^32, same sequence.
+ */
 export function sfc32(a: number, b: number, c: number, d: number): () => number {
+  const s = Int32Array.of(a, b, c, d);
   return () => {
-    a >>>= 0; b >>>= 0; c >>>= 0; d >>>= 0;
-    const t = (((a + b) | 0) + d) | 0;
-    d = (d + 1) | 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) | 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) | 0;
+    const a0 = s[0]!, b0 = s[1]!, c0 = s[2]!, d0 = s[3]!;
+    const t = (((a0 + b0) | 0) + d0) | 0;
+    s[3] = d0 + 1;
+    s[0] = b0 ^ (b0 >>> 9);
+    s[1] = c0 + (c0 << 3);
+    s[2] = (((c0 << 21) | (c0 >>> 11)) + t) | 0;
     return (t >>> 0) / 4294967296;
   };
 }

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
-import { initModel, PRESETS, presetConfigJson } from '../../src/model/init.js';
+import { initModel, initTensorBytes, PRESETS, presetConfigJson, storedPlan } from '../../src/model/init.js';
+import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { parseConfig } from '../../src/model/config.js';
 import { expectedTensors } from '../../src/model/layout.js';
 
@@ -74,6 +75,23 @@ describe('init-model tiny', () => {
     expect(mean(await ck.f32('layers.0.attn_norm.weight'))).toBeCloseTo(1, 1);
     expect(rms(await ck.f32('layers.0.hc_attn_fn')) * 16).toBeCloseTo(1, 1);
     await ck.close();
+  });
+
+  it("every tensor holds the TypeScript encoders' bytes (init-model encodes on the addon where it is built)", async () => {
+    expect(tryLoadAddon() !== null || process.env.CI !== 'true', 'CI builds the addon').toBe(true);
+    for (const [dir, format, seed] of [[A, 'fp8', 7], [F, 'bf16', 7]] as const) {
+      const ck = await Checkpoint.open(dir);
+      let checked = 0;
+      for (const t of expectedTensors(ck.config)) {
+        const want = initTensorBytes(t, storedPlan(t, format), ck.config, seed);
+        const got = await ck.raw(t.name);
+        expect(Buffer.from(got.data).equals(Buffer.from(want.data)), `${format} ${t.name}`).toBe(true);
+        expect(got.scale === null ? null : Buffer.from(got.scale).equals(Buffer.from(want.scale!)), `${format} ${t.name} scale`).toBe(want.scale === null ? null : true);
+        checked++;
+      }
+      expect(checked).toBeGreaterThan(50);
+      await ck.close();
+    }
   });
 
   it('bf16 format stores every weight as BF16 with the same values as fp8 before quantisation', async () => {

@@ -58,3 +58,21 @@ export async function mergeRequantNative(t: StoredWeight, delta: DeltaFactors | 
   await addon.mergeRequant(data, scale, status, rawWeight(fmt, t.data, t.scale, rows, cols), delta?.A ?? null, delta?.B ?? null, delta?.r ?? 0, delta?.scaling ?? 0, out);
   return { bytes: { data, scale }, bad: status[0]! >= 0 ? { index: status[0]!, value: status[1]! } : null };
 }
+
+const OUT_FMT = { bf16: 1, fp8: 2, fp4: 3 } as const;
+
+/**
+ * float32 [rows, cols] encoded with fresh scales, as formats.ts's f32ToBf16Bytes / quantFp8Block
+ * (128×128 blocks) / quantFp4 (per-32 groups) encode it, the same bytes; null where the addon is
+ * not built, fp4 columns are not a multiple of 32, or x holds a non-finite value (the caller
+ * then runs the TypeScript encoder, which has its own rule for those).
+ */
+export async function encodeNative(x: Float32Array, rows: number, cols: number, fmt: keyof typeof OUT_FMT): Promise<EncodedBytes | null> {
+  const addon = tryLoadAddon();
+  if (!addon || rows * cols !== x.length || (fmt === 'fp4' && cols % 32 !== 0)) return null;
+  const data = new Uint8Array(fmt === 'bf16' ? 2 * x.length : fmt === 'fp8' ? x.length : x.length / 2);
+  const scale = fmt === 'bf16' ? null : new Uint8Array(fmt === 'fp8' ? Math.ceil(rows / 128) * Math.ceil(cols / 128) : x.length / 32);
+  const status = new Float64Array(2);
+  await addon.mergeRequant(data, scale, status, rawWeight('f32', x, null, rows, cols), null, null, 0, 0, OUT_FMT[fmt]);
+  return status[0]! >= 0 ? null : { data, scale };
+}
