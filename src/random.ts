@@ -6,11 +6,10 @@
 
 /** A seeded uniform generator in [0, 1): the same seed gives the same sequence on every machine. */
 export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
+  const s = Int32Array.of(seed); // not a closure word: one over 2^30 is boxed on every draw (see sfc32)
   return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
+    const t0 = (s[0] = s[0]! + 0x6d2b79f5);
+    let t = Math.imul(t0 ^ (t0 >>> 15), t0 | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };

@@ -1,4 +1,4 @@
-// The seeded generators: sfc32 against a word-by-word BigInt reference (the published algorithm,
+// The seeded generators: mulberry32 pinned to its earlier draws; sfc32 against a word-by-word BigInt reference (the published algorithm,
 // arithmetic mod 2^32 written out), and tensorRng's streams pinned to the values the closure-state
 // version drew (the words behind every preset checkpoint written so far: a change of the state's
 // representation must not change a single draw).
@@ -32,6 +32,24 @@ describe('seeded generators', () => {
         const r = want();
         if (g !== r) expect.fail(`state ${w.join(', ')}: draw ${i} is ${g}, the reference ${r}`);
       }
+    }
+  });
+
+  it('mulberry32 draws the sequence it drew with its word in a closure (pinned: first three draws and the 100000th)', () => {
+    const pinned: [number, number[]][] = [
+      [0, [1144304738, 1416247, 958946056, 451400699]],
+      [7, [50271532, 266108690, 4195786334, 2876007971]],
+      [4294967295, [3850105811, 813802916, 3073704848, 3542019437]],
+    ];
+    for (const [seed, want] of pinned) {
+      const r = mulberry32(seed);
+      const got: number[] = [];
+      for (let i = 0; i < 100000; i++) {
+        const x = r();
+        if (!(x >= 0 && x < 1)) expect.fail(`${seed}: draw ${i} is ${x}, outside [0, 1)`);
+        if (i < 3 || i === 99999) got.push(x * 4294967296);
+      }
+      expect(got, `${seed}`).toEqual(want);
     }
   });
 
