@@ -1,6 +1,7 @@
 // Builds and runs the Ascend test driver (harness.cc). The driver is compiled with g++ once per
 // content hash of its sources into the system temp folder (a lock folder makes parallel test
-// files wait for one build), so `npm ci`'s addon build is untouched.
+// files wait for one build; each source's object is cached by its own hash and compiled in
+// parallel with the others), so `npm ci`'s addon build is untouched.
 //   default: the shim-built kernels behind the fake ACL table (every CI run)
 //   V4TUNE_ASCEND_DEVICE=1 (npm run test:ascend): the real ACL runtime (dlopen) and the kernel
 //     library that kernels/ascend/CMakeLists.txt builds (V4TUNE_ASCEND_KERNELS, default
@@ -8,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -29,6 +30,32 @@ const flags = ['-std=c++17', '-O2', '-Wall', onDevice ? '-DV4_ASCEND_DEVICE' : '
 
 function sleep(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+// flags that only the link step takes (the rest go to every compile as well)
+const LINK_ONLY = new Set(['-shared', '-rdynamic']);
+const objDir = join(tmpdir(), 'v4tune-ascend-obj');
+
+/**
+ * Each source compiled once per content (the source, every header, the compile flags) into
+ * `<temp>/v4tune-ascend-obj/<hash>.o`, the missing ones in parallel (make -j, one job a core):
+ * the driver and the HCCL stream-order driver share the kernels' and the fake's objects.
+ */
+function objects(sources: string[], compile: string[]): string[] {
+  mkdirSync(objDir, { recursive: true });
+  const hh = createHash('sha256');
+  for (const f of headers) hh.update(f).update(readFileSync(join(root, f)));
+  hh.update(compile.join(' '));
+  const headerHash = hh.digest('hex');
+  const objs = sources.map((f) => join(objDir, `${createHash('sha256').update(headerHash).update(f).update(readFileSync(join(root, f))).digest('hex').slice(0, 16)}.o`));
+  const missing = sources.map((f, i) => [f, objs[i]!] as const).filter(([, o]) => !existsSync(o));
+  if (missing.length > 0) {
+    // each object written under a temporary name, then renamed: a parallel test file compiling the same one never reads half of it
+    const rules = missing.map(([f, o]) => `${o}:\n\tg++ ${compile.join(' ')} -c ${f} -o ${o}.${process.pid}.tmp && mv -f ${o}.${process.pid}.tmp ${o}\n`);
+    const r = spawnSync('make', ['-s', '-j', String(Math.max(1, availableParallelism())), '-f', '-', ...missing.map(([, o]) => o)], { cwd: root, encoding: 'utf8', input: rules.join('') });
+    if (r.status !== 0) throw new Error(`compiling ${missing.map(([f]) => f).join(', ')} for the Ascend tests failed:\n${r.error ?? ''}${r.stderr}`);
+  }
+  return objs;
 }
 
 const built = new Map<string, string>();
@@ -55,8 +82,10 @@ export function buildOnce(name: string, sources: string[], extra: string[]): str
     }
     if (mine) {
       try {
-        const r = spawnSync('g++', [...flags, ...extra, ...sources, '-ldl', '-o', `${out}.tmp`], { cwd: root, encoding: 'utf8' });
-        if (r.status !== 0) throw new Error(`building ${name} for the Ascend tests failed:\n${r.error ?? ''}${r.stderr}`);
+        const all = [...flags, ...extra];
+        const objs = objects(sources, all.filter((f) => !LINK_ONLY.has(f)));
+        const r = spawnSync('g++', [...all, ...objs, '-ldl', '-o', `${out}.tmp`], { cwd: root, encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`linking ${name} for the Ascend tests failed:\n${r.error ?? ''}${r.stderr}`);
         renameSync(`${out}.tmp`, out);
       } finally {
         rmSync(lock, { recursive: true, force: true });
