@@ -73,51 +73,58 @@ const align = (x: number, a: number): number => Math.ceil(x / a) * a;
 
 // ---------------------------------------------------------------- encoding
 
+// the header, written into one growing buffer (a tokenizer's ≈ 10⁶ fields, one small buffer
+// each, were most of a tiny model's export time, in the garbage collector)
 class ByteSink {
-  private parts: Buffer[] = [];
+  buf = Buffer.alloc(1 << 16);
   length = 0;
-  push(b: Buffer): void {
-    this.parts.push(b);
-    this.length += b.length;
+  /** n bytes reserved at the end; their offset in buf (read buf after the call: it may grow) */
+  reserve(n: number): number {
+    if (this.length + n > this.buf.length) {
+      const b = Buffer.alloc(Math.max(2 * this.buf.length, this.length + n));
+      this.buf.copy(b, 0, 0, this.length);
+      this.buf = b;
+    }
+    const at = this.length;
+    this.length += n;
+    return at;
   }
   u32(v: number): void {
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(v);
-    this.push(b);
+    const at = this.reserve(4);
+    this.buf.writeUInt32LE(v, at);
   }
   u64(v: number | bigint): void {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(v));
-    this.push(b);
+    const at = this.reserve(8);
+    this.buf.writeBigUInt64LE(BigInt(v), at);
   }
-  str(s: string): void {
-    const b = Buffer.from(s, 'utf8');
-    this.u64(b.length);
-    this.push(b);
+  str(v: string): void {
+    const n = Buffer.byteLength(v, 'utf8');
+    this.u64(n);
+    const at = this.reserve(n);
+    this.buf.write(v, at, n, 'utf8');
   }
   bytes(): Buffer {
-    return Buffer.concat(this.parts);
+    return this.buf.subarray(0, this.length);
   }
 }
 
 function writeScalar(s: ByteSink, type: GgufTypeId, v: GgufScalar, key: string): void {
-  const b8 = Buffer.alloc(8);
   switch (type) {
-    case GgufType.UINT8: b8.writeUInt8(Number(v)); s.push(b8.subarray(0, 1)); return;
-    case GgufType.INT8: b8.writeInt8(Number(v)); s.push(b8.subarray(0, 1)); return;
-    case GgufType.UINT16: b8.writeUInt16LE(Number(v)); s.push(b8.subarray(0, 2)); return;
-    case GgufType.INT16: b8.writeInt16LE(Number(v)); s.push(b8.subarray(0, 2)); return;
-    case GgufType.UINT32: b8.writeUInt32LE(Number(v)); s.push(b8.subarray(0, 4)); return;
-    case GgufType.INT32: b8.writeInt32LE(Number(v)); s.push(b8.subarray(0, 4)); return;
-    case GgufType.FLOAT32: b8.writeFloatLE(Number(v)); s.push(b8.subarray(0, 4)); return;
-    case GgufType.BOOL: b8.writeUInt8(v ? 1 : 0); s.push(b8.subarray(0, 1)); return;
+    case GgufType.UINT8: { const at = s.reserve(1); s.buf.writeUInt8(Number(v), at); return; }
+    case GgufType.INT8: { const at = s.reserve(1); s.buf.writeInt8(Number(v), at); return; }
+    case GgufType.UINT16: { const at = s.reserve(2); s.buf.writeUInt16LE(Number(v), at); return; }
+    case GgufType.INT16: { const at = s.reserve(2); s.buf.writeInt16LE(Number(v), at); return; }
+    case GgufType.UINT32: { const at = s.reserve(4); s.buf.writeUInt32LE(Number(v), at); return; }
+    case GgufType.INT32: { const at = s.reserve(4); s.buf.writeInt32LE(Number(v), at); return; }
+    case GgufType.FLOAT32: { const at = s.reserve(4); s.buf.writeFloatLE(Number(v), at); return; }
+    case GgufType.BOOL: { const at = s.reserve(1); s.buf.writeUInt8(v ? 1 : 0, at); return; }
     case GgufType.STRING:
       if (typeof v !== 'string') throw new Error(`GGUF ${key}: a STRING value must be a string`);
       s.str(v);
       return;
-    case GgufType.UINT64: b8.writeBigUInt64LE(BigInt(v)); s.push(b8); return;
-    case GgufType.INT64: b8.writeBigInt64LE(BigInt(v)); s.push(b8); return;
-    case GgufType.FLOAT64: b8.writeDoubleLE(Number(v)); s.push(b8); return;
+    case GgufType.UINT64: { const at = s.reserve(8); s.buf.writeBigUInt64LE(BigInt(v), at); return; }
+    case GgufType.INT64: { const at = s.reserve(8); s.buf.writeBigInt64LE(BigInt(v), at); return; }
+    case GgufType.FLOAT64: { const at = s.reserve(8); s.buf.writeDoubleLE(Number(v), at); return; }
     case GgufType.ARRAY: throw new Error(`GGUF ${key}: nested arrays are not written`);
   }
 }
@@ -271,20 +278,42 @@ export interface GgufFile {
   fileSize: number;
 }
 
+/** bytes the header reader reads at a time */
+const READ_CHUNK = 1 << 20;
+
 class ByteReader {
   pos = 0;
+  // the file from bufAt on, read a chunk at a time: a tokenizer's vocabulary and merges are
+  // ≈ 10⁶ fields, and a read call each took 3 s
+  private buf = Buffer.alloc(0);
+  private bufAt = 0;
   constructor(private readonly fd: number, private readonly size: number, private readonly path: string) {}
-  take(n: number): Buffer {
-    if (this.pos + n > this.size) throw new InputError(`${this.path}: GGUF header runs past the end of the file (at byte ${this.pos})`);
-    const b = Buffer.alloc(n);
+  private fill(into: Buffer, at: number): void {
     let done = 0;
-    while (done < n) {
-      const r = readSync(this.fd, b, done, n - done, this.pos + done);
-      if (r === 0) throw new InputError(`${this.path}: short read at byte ${this.pos + done}`);
+    while (done < into.length) {
+      const r = readSync(this.fd, into, done, into.length - done, at + done);
+      if (r === 0) throw new InputError(`${this.path}: short read at byte ${at + done}`);
       done += r;
     }
+  }
+  /** the next n bytes (valid until the next call) */
+  take(n: number): Buffer {
+    if (this.pos + n > this.size) throw new InputError(`${this.path}: GGUF header runs past the end of the file (at byte ${this.pos})`);
+    const off = this.pos - this.bufAt;
+    if (off < 0 || off + n > this.buf.length) {
+      if (n > READ_CHUNK) {
+        const b = Buffer.alloc(n);
+        this.fill(b, this.pos);
+        this.pos += n;
+        return b;
+      }
+      this.buf = Buffer.alloc(Math.min(READ_CHUNK, this.size - this.pos));
+      this.bufAt = this.pos;
+      this.fill(this.buf, this.pos);
+    }
+    const at = this.pos - this.bufAt;
     this.pos += n;
-    return b;
+    return this.buf.subarray(at, at + n);
   }
   u32(): number { return this.take(4).readUInt32LE(); }
   u64(): number {

@@ -8,7 +8,7 @@ import { writeCheckpointFiles } from '../../src/model/checkpoint.js';
 import { parseConfig } from '../../src/model/config.js';
 import { configJsonText } from '../../src/model/config-json.js';
 import { f32ToBytes } from '../../src/model/formats.js';
-import { initTensorBytes, initValues, presetConfigJson, storedPlan, type InitFormat } from '../../src/model/init.js';
+import { initTensorBytesFast, initValues, presetConfigJson, storedPlan, type InitFormat } from '../../src/model/init.js';
 import { expectedTensors } from '../../src/model/layout.js';
 
 /**
@@ -35,7 +35,7 @@ export async function writeTinyModel(dir: string, opts: { format?: InitFormat; s
     await writeCheckpointFiles(tmp, plans, async (name) => {
       const plan = planByName.get(name)!;
       if (opts.f32 && plan.dtype === 'F32') return { data: f32ToBytes(initValues(byName.get(name)!, opts.seed ?? 0)), scale: null };
-      return initTensorBytes(byName.get(name)!, plan, config, opts.seed ?? 0);
+      return initTensorBytesFast(byName.get(name)!, plan, config, opts.seed ?? 0);
     });
   }, { kind: 'model' });
 }
