@@ -41,6 +41,24 @@ describe.skipIf(skipNative)('whole model on the native backend', { timeout: 120_
       expect(Math.abs(loss - L.loss) / Math.abs(L.loss)).toBeLessThanOrEqual(1e-5);
       expect(loraGradMismatches(grads)).toEqual([]);
     });
+
+    it("the gradients that meet are summed with the backend's addInto (the tape is given it), the same loss", async () => {
+      const be = model.backend;
+      const own = be.addInto!.bind(be);
+      let calls = 0;
+      be.addInto = (dst, src) => {
+        calls++;
+        own(dst, src);
+      };
+      try {
+        const { loss } = await model.lossAndGrads(readI32(L.ids), readU8(L.loss_mask), { segments: L.segments, adapter });
+        expect(Math.abs(loss - L.loss) / Math.abs(L.loss)).toBeLessThanOrEqual(1e-5);
+      } finally {
+        delete (be as { addInto?: unknown }).addInto; // the class's method again
+      }
+      expect(be.addInto).toBeTypeOf('function');
+      expect(calls).toBeGreaterThan(0);
+    });
   });
 
   describe('tiny preset (FP8 attention, FP4 experts): native vs tfjs', () => {
