@@ -1,8 +1,8 @@
 // `npm run bench`: every benchmark, one after another (never in parallel: they would share the
 // cores), each writing its JSON into bench/results/. Needs the compiled package (npm ci / npm run build).
 // Usage: node bench/run.mjs [name ...]   (names: prepare, forward, kernels, bf16, checkpointing, distributed, step, merge; default all)
-// step and merge create a flash checkpoint (2 layers, 32 experts, ~3.7 GB; tens of minutes on 2
-// cores): V4TUNE_BENCH_FLASH=<dir> reuses one made by `v4tune init-model --preset flash --out <dir>`.
+// step and merge create a flash checkpoint (2 layers, 32 experts, ~3.9 GB; about 2.5 minutes on
+// 2 cores): V4TUNE_BENCH_FLASH=<dir> reuses one made by `v4tune init-model --preset flash --out <dir>`.
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -222,10 +222,14 @@ function peftRun(dir, T, dtype) {
 
 try {
   let dir = values.model;
+  // seconds init-model took to write the checkpoint (created here only)
+  let initSeconds = null;
   if (!dir) {
     dir = join(tmp, 'model');
     const sizes = values.preset === 'flash' ? { layers: Number(values.layers ?? 2), experts: Number(values.experts ?? 32) } : {};
+    const t0 = performance.now();
     await initModel({ preset: values.preset, out: dir, seed: 0, ...sizes });
+    initSeconds = Number(((performance.now() - t0) / 1000).toFixed(1));
   }
   // PEFT first, before this process loads anything: at flash width its float32 step peaks near
   // 23 GB on a 24 GB machine, so it runs while this process is still small
@@ -267,6 +271,7 @@ try {
     bench: 'step',
     preset: values.preset,
     model: values.model ?? `created (${values.preset}, seed 0)`,
+    init_model_seconds: initSeconds,
     config: {
       hidden_size: config.hidden_size, layers: config.num_hidden_layers, heads: config.num_attention_heads, head_dim: config.head_dim,
       experts: config.n_routed_experts, top_k: config.num_experts_per_tok, moe_intermediate_size: config.moe_intermediate_size,
