@@ -189,10 +189,11 @@ function fillNormal(out: Float32Array, rng: () => number, mean: number, std: num
  * N(0, 1/(hc·d)) with base N(0, 0.5²) and scale in [0.5, 0.8], sinks N(0, 0.3²), ape N(0, 0.5²),
  * router bias N(0, 0.15²).
  */
-export function initValues(t: ExpectedTensor, seed: number): Float32Array {
+export function initValues(t: ExpectedTensor, seed: number, into?: Float32Array): Float32Array {
   const rng = tensorRng(seed, t.name);
   const n = t.shape.reduce((a, b) => a * b, 1);
-  const out = new Float32Array(n);
+  if (into && into.length !== n) throw new Error(`initValues: ${t.name} has ${n} values, the buffer ${into.length}`);
+  const out = into ?? new Float32Array(n); // every element is written below
   const name = t.name;
   const last = name.slice(name.lastIndexOf('.') + 1);
   if (name.endsWith('_scale')) {
@@ -284,15 +285,47 @@ function encodeValues(x: Float32Array, t: ExpectedTensor, plan: TensorPlan): Ten
 const NATIVE_ENCODING: Partial<Record<string, 'fp8' | 'fp4' | 'bf16'>> = { F8_E4M3: 'fp8', I8: 'fp4', BF16: 'bf16' };
 
 /**
+ * Float32 buffers kept for reuse by exact length, at most `keepBytes` of them (the oldest
+ * dropped): the routed experts' tensors come in a few shapes, and writing a fresh buffer's pages
+ * took a third of the time of drawing its values.
+ */
+export class ValueBuffers {
+  private readonly free = new Map<number, Float32Array>();
+  private bytes = 0;
+  constructor(private readonly keepBytes = 1 << 30) {}
+  take(n: number): Float32Array {
+    const b = this.free.get(n);
+    if (!b) return new Float32Array(n);
+    this.free.delete(n);
+    this.bytes -= b.byteLength;
+    return b;
+  }
+  give(b: Float32Array): void {
+    if (b.byteLength > this.keepBytes || this.free.has(b.length)) return;
+    this.free.set(b.length, b);
+    this.bytes += b.byteLength;
+    for (const [n, old] of this.free) {
+      if (this.bytes <= this.keepBytes) break;
+      this.free.delete(n);
+      this.bytes -= old.byteLength;
+    }
+  }
+}
+
+/**
  * initTensorBytes' bytes, encoded on the native addon where it is built (the same encoders,
  * kernels/cpu/requant.cpp, on the kernel threads): at the flash preset's widths the TypeScript
- * encoders took half of init-model's time.
+ * encoders took half of init-model's time. `buffers` lends the float32 values' buffer (given
+ * back once the encoded bytes, which never share it, are made).
  */
-export async function initTensorBytesFast(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number): Promise<TensorBytes> {
+export async function initTensorBytesFast(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number, buffers?: ValueBuffers): Promise<TensorBytes> {
   const fmt = NATIVE_ENCODING[plan.dtype];
   if (!fmt) return initTensorBytes(t, plan, c, seed);
-  const x = initValues(t, seed);
-  return (await encodeNative(x, t.shape[0]!, t.shape[t.shape.length - 1]!, fmt)) ?? encodeValues(x, t, plan);
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const x = initValues(t, seed, buffers?.take(n));
+  const bytes = (await encodeNative(x, t.shape[0]!, t.shape[t.shape.length - 1]!, fmt)) ?? encodeValues(x, t, plan);
+  buffers?.give(x);
+  return bytes;
 }
 
 export interface InitOptions extends PresetOptions {
@@ -344,13 +377,14 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
   const planByName = new Map(plans.map((p) => [p.name, p]));
   const maxShardBytes = opts.maxShardBytes ?? ({ tiny: 16, small: 256, flash: 2048 } as const)[opts.preset] * 1024 * 1024;
   let done = 0;
+  const buffers = new ValueBuffers();
   const shards = await writeDirAtomic(opts.out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));
     if (opts.tokenizer ?? true) writeEmbeddedTokenizer(tmp);
     return writeCheckpointFiles(tmp, plans, async (name) => {
       opts.onTensor?.(++done, plans.length);
       await new Promise<void>((resolve) => setImmediate(resolve)); // keep the event loop (Ctrl-C, progress) responsive
-      return initTensorBytesFast(byName.get(name)!, planByName.get(name)!, config, seed);
+      return initTensorBytesFast(byName.get(name)!, planByName.get(name)!, config, seed, buffers);
     }, { maxShardBytes, layout: opts.layout });
   }, { kind: 'model', overwrite: opts.overwrite });
   return { out: opts.out, preset: opts.preset, format, seed, tensors: plans.length, shards };
