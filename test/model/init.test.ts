@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
-import { initModel, initTensorBytes, PRESETS, presetConfigJson, storedPlan } from '../../src/model/init.js';
+import { initModel, initTensorBytes, initValues, PRESETS, presetConfigJson, storedPlan, ValueBuffers } from '../../src/model/init.js';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { parseConfig } from '../../src/model/config.js';
 import { expectedTensors } from '../../src/model/layout.js';
@@ -92,6 +92,30 @@ describe('init-model tiny', () => {
       expect(checked).toBeGreaterThan(50);
       await ck.close();
     }
+  });
+
+  it('values drawn into a reused buffer (NaN-filled) equal fresh ones for every kind of tensor; the buffers are lent by length within their byte bound', () => {
+    const config = parseConfig(presetConfigJson('tiny', 'fp8'), 'tiny');
+    const kinds = new Map<string, ReturnType<typeof expectedTensors>[number]>();
+    for (const t of expectedTensors(config)) kinds.set(t.name.replace(/\d+/g, 'N').replace(/^.*\./, ''), t);
+    expect(kinds.size).toBeGreaterThan(10);
+    for (const t of kinds.values()) {
+      const fresh = initValues(t, 5);
+      const dirty = new Float32Array(fresh.length).fill(NaN);
+      expect(initValues(t, 5, dirty), t.name).toEqual(fresh);
+    }
+    expect(() => initValues([...kinds.values()][0]!, 5, new Float32Array(3))).toThrow('has');
+    const pool = new ValueBuffers(64);
+    const a = pool.take(8);
+    pool.give(a);
+    expect(pool.take(8)).toBe(a); // the same buffer again
+    expect(pool.take(8)).not.toBe(a); // lent once
+    pool.give(a);
+    pool.give(new Float32Array(12)); // 32 + 48 bytes > 64: the older (a) is dropped
+    expect(pool.take(8)).not.toBe(a);
+    const big = new Float32Array(32); // 128 bytes, over the bound: never kept
+    pool.give(big);
+    expect(pool.take(32)).not.toBe(big);
   });
 
   it('bf16 format stores every weight as BF16 with the same values as fp8 before quantisation', async () => {
