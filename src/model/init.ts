@@ -2,8 +2,11 @@
 // `tiny` (every feature, fast enough for tests), `small` (for benchmarks) and `flash` (V4-Flash's
 // exact widths, with the layer and routed-expert counts as options). The same preset, options,
 // seed and format give byte-identical files (seeded PRNG per tensor, no dates in files).
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { writeEmbeddedTokenizer } from '../data/embedded-tokenizer.js';
 import { InputError } from '../errors.js';
 import { writeDirAtomic } from '../fsutil.js';
@@ -14,7 +17,7 @@ import { parseConfig, type V4Config } from './config.js';
 import { configJsonText } from './config-json.js';
 import { f32ToBf16Bytes, f32ToBytes, FP4_GROUP, FP8_BLOCK, quantFp4, quantFp8Block } from './formats.js';
 import { expectedTensors, type ExpectedTensor, type Layout } from './layout.js';
-import type { Dtype } from './safetensors.js';
+import { DTYPE_BYTES, type Dtype } from './safetensors.js';
 
 export type Preset = 'tiny' | 'small' | 'flash';
 export type InitFormat = 'fp8' | 'bf16';
@@ -312,17 +315,74 @@ export class ValueBuffers {
   }
 }
 
+/** init-worker.ts's messages, main → worker: the tensor, the seed, and a buffer of exactly its element count */
+export interface ValuesRequest { t: ExpectedTensor; seed: number; buf: ArrayBuffer }
+/** worker → main: the buffer back, filled, or why not */
+export type ValuesReply = { buf: ArrayBuffer } | { error: string };
+
+const VALUES_WORKER = fileURLToPath(new URL('./init-worker.js', import.meta.url));
+
+/**
+ * Worker threads that draw tensors' values (init-worker.ts), one tensor a worker at a time; only
+ * where the package runs as compiled JavaScript (the worker file is there).
+ */
+export class ValueWorkers {
+  private readonly all: Worker[];
+  private readonly idle: Worker[];
+  private readonly waiting: Array<(w: Worker) => void> = [];
+  static available(): boolean {
+    return import.meta.url.endsWith('.js') && existsSync(VALUES_WORKER);
+  }
+  constructor(n: number) {
+    this.all = Array.from({ length: n }, () => new Worker(VALUES_WORKER));
+    this.idle = [...this.all];
+  }
+  /** t's values drawn into `into` (a whole buffer, handed over to the worker meanwhile); the filled array */
+  async values(t: ExpectedTensor, seed: number, into: Float32Array): Promise<Float32Array> {
+    if (into.byteOffset !== 0 || into.byteLength !== into.buffer.byteLength) throw new Error('ValueWorkers: the buffer must be a whole ArrayBuffer');
+    const w = this.idle.pop() ?? (await new Promise<Worker>((r) => this.waiting.push(r)));
+    try {
+      return await new Promise<Float32Array>((resolve, reject) => {
+        const done = (): void => {
+          w.off('message', onMessage);
+          w.off('error', onError);
+        };
+        const onMessage = (m: ValuesReply): void => {
+          done();
+          if ('error' in m) reject(new Error(`init-model: drawing ${t.name}: ${m.error}`));
+          else resolve(new Float32Array(m.buf));
+        };
+        const onError = (e: Error): void => {
+          done();
+          reject(e);
+        };
+        w.on('message', onMessage);
+        w.on('error', onError);
+        w.postMessage({ t, seed, buf: into.buffer as ArrayBuffer } satisfies ValuesRequest, [into.buffer as ArrayBuffer]);
+      });
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next(w);
+      else this.idle.push(w);
+    }
+  }
+  async close(): Promise<void> {
+    await Promise.all(this.all.map((w) => w.terminate()));
+  }
+}
+
 /**
  * initTensorBytes' bytes, encoded on the native addon where it is built (the same encoders,
  * kernels/cpu/requant.cpp, on the kernel threads): at the flash preset's widths the TypeScript
  * encoders took half of init-model's time. `buffers` lends the float32 values' buffer (given
- * back once the encoded bytes, which never share it, are made).
+ * back once the encoded bytes, which never share it, are made); `workers` draw the values.
  */
-export async function initTensorBytesFast(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number, buffers?: ValueBuffers): Promise<TensorBytes> {
+export async function initTensorBytesFast(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number, buffers?: ValueBuffers, workers?: ValueWorkers): Promise<TensorBytes> {
   const fmt = NATIVE_ENCODING[plan.dtype];
   if (!fmt) return initTensorBytes(t, plan, c, seed);
   const n = t.shape.reduce((a, b) => a * b, 1);
-  const x = initValues(t, seed, buffers?.take(n));
+  const into = buffers?.take(n) ?? new Float32Array(n);
+  const x = workers ? await workers.values(t, seed, into) : initValues(t, seed, into);
   const bytes = (await encodeNative(x, t.shape[0]!, t.shape[t.shape.length - 1]!, fmt)) ?? encodeValues(x, t, plan);
   buffers?.give(x);
   return bytes;
@@ -348,7 +408,18 @@ export interface InitOptions extends PresetOptions {
   onTensor?: (done: number, total: number) => void;
   /** replace an output folder v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
+  /**
+   * threads drawing the values: 0 (default) one a core where the checkpoint has over
+   * WORKER_MIN_VALUES of them and the package runs compiled, else this thread; 1 this thread.
+   * The bytes are the same either way.
+   */
+  workers?: number;
 }
+
+/** below this many values init-model draws them on its own thread (starting workers costs more) */
+export const WORKER_MIN_VALUES = 64 << 20;
+/** bytes of tensors (values and encoded bytes) produced at once when workers draw them */
+const WORKER_BUDGET_BYTES = 2 ** 31;
 
 export interface InitSummary {
   out: string;
@@ -376,16 +447,34 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
   const plans = expected.map((t) => storedPlan(t, format));
   const planByName = new Map(plans.map((p) => [p.name, p]));
   const maxShardBytes = opts.maxShardBytes ?? ({ tiny: 16, small: 256, flash: 2048 } as const)[opts.preset] * 1024 * 1024;
+  const workersWanted = opts.workers ?? 0;
+  if (!Number.isInteger(workersWanted) || workersWanted < 0) throw new InputError(`initModel: workers must be an integer ≥ 0 (got ${workersWanted})`);
+  const values = expected.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+  const threads = workersWanted === 0 ? (values > WORKER_MIN_VALUES ? availableParallelism() : 1) : workersWanted;
+  const workers = threads > 1 && ValueWorkers.available() ? new ValueWorkers(threads) : null;
+  // the bytes a tensor holds while made: its values (float32) and its stored bytes
+  const held = (name: string): number => {
+    const p = planByName.get(name)!;
+    return 4 * byName.get(name)!.shape.reduce((a, b) => a * b, 1) + p.shape.reduce((a, b) => a * b, 1) * (DTYPE_BYTES[p.dtype] ?? 1) + (p.scaleShape ? p.scaleShape.reduce((a, b) => a * b, 1) : 0);
+  };
   let done = 0;
   const buffers = new ValueBuffers();
-  const shards = await writeDirAtomic(opts.out, async (tmp) => {
-    writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));
-    if (opts.tokenizer ?? true) writeEmbeddedTokenizer(tmp);
-    return writeCheckpointFiles(tmp, plans, async (name) => {
-      opts.onTensor?.(++done, plans.length);
-      await new Promise<void>((resolve) => setImmediate(resolve)); // keep the event loop (Ctrl-C, progress) responsive
-      return initTensorBytesFast(byName.get(name)!, planByName.get(name)!, config, seed, buffers);
-    }, { maxShardBytes, layout: opts.layout });
-  }, { kind: 'model', overwrite: opts.overwrite });
-  return { out: opts.out, preset: opts.preset, format, seed, tensors: plans.length, shards };
+  try {
+    const shards = await writeDirAtomic(opts.out, async (tmp) => {
+      writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));
+      if (opts.tokenizer ?? true) writeEmbeddedTokenizer(tmp);
+      return writeCheckpointFiles(tmp, plans, async (name) => {
+        opts.onTensor?.(++done, plans.length);
+        await new Promise<void>((resolve) => setImmediate(resolve)); // keep the event loop (Ctrl-C, progress) responsive
+        return initTensorBytesFast(byName.get(name)!, planByName.get(name)!, config, seed, buffers, workers ?? undefined);
+      }, {
+        maxShardBytes, layout: opts.layout,
+        // with workers: one tensor a worker at a time, within the byte budget (one at least), each written when made
+        ...(workers ? { aheadBytes: { budget: WORKER_BUDGET_BYTES, heldBytes: held, concurrency: threads } } : {}),
+      });
+    }, { kind: 'model', overwrite: opts.overwrite });
+    return { out: opts.out, preset: opts.preset, format, seed, tensors: plans.length, shards };
+  } finally {
+    await workers?.close();
+  }
 }

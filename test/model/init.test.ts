@@ -118,6 +118,26 @@ describe('init-model tiny', () => {
     expect(pool.take(32)).not.toBe(big);
   });
 
+  it('the compiled package draws on worker threads (3 of them, tiny) and writes the same files; a tensor a worker cannot draw is refused, naming it', async () => {
+    // worker threads load compiled JavaScript: this runs dist/ (built by npm ci / npm run build)
+    const dist = join(import.meta.dirname, '../../dist/model/init.js');
+    if (!existsSync(dist)) throw new Error(`${dist} is missing: run \`npm run build\` first`);
+    const compiled = (await import(dist)) as typeof import('../../src/model/init.js');
+    expect(compiled.ValueWorkers.available()).toBe(true);
+    const W = join(root, 'workers');
+    await compiled.initModel({ preset: 'tiny', out: W, seed: 7, workers: 3 });
+    expect(files(W)).toEqual(files(A));
+    for (const f of files(A)) if (f.endsWith('.safetensors')) expect(readFileSync(join(W, f)).equals(readFileSync(join(A, f))), f).toBe(true);
+    // a tensor the workers cannot draw (a shape whose element count disagrees with its buffer)
+    const pool = new compiled.ValueWorkers(1);
+    try {
+      const t = expectedTensors(parseConfig(presetConfigJson('tiny', 'fp8'), 'tiny')).find((x) => x.shape.length === 2)!;
+      await expect(pool.values(t, 1, new Float32Array(5))).rejects.toThrow(`init-model: drawing ${t.name}: initValues: ${t.name} has`);
+    } finally {
+      await pool.close();
+    }
+  });
+
   it('bf16 format stores every weight as BF16 with the same values as fp8 before quantisation', async () => {
     const ck = await Checkpoint.open(F);
     expect(ck.config.expert_dtype).toBeNull();
