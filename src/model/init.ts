@@ -409,7 +409,7 @@ export interface InitOptions extends PresetOptions {
   /** replace an output folder v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
   /**
-   * threads drawing the values: 0 (default) one a core where the checkpoint has over
+   * threads drawing the values: 0 (default) one a core (at most 8) where the checkpoint has over
    * WORKER_MIN_VALUES of them and the package runs compiled, else this thread; 1 this thread.
    * The bytes are the same either way.
    */
@@ -418,6 +418,8 @@ export interface InitOptions extends PresetOptions {
 
 /** below this many values init-model draws them on its own thread (starting workers costs more) */
 export const WORKER_MIN_VALUES = 64 << 20;
+/** the most workers the default starts (each loads the package; the writes and encoding stay on one thread) */
+const MAX_WORKERS = 8;
 /** bytes of tensors (values and encoded bytes) produced at once when workers draw them */
 const WORKER_BUDGET_BYTES = 2 ** 31;
 
@@ -450,7 +452,7 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
   const workersWanted = opts.workers ?? 0;
   if (!Number.isInteger(workersWanted) || workersWanted < 0) throw new InputError(`initModel: workers must be an integer ≥ 0 (got ${workersWanted})`);
   const values = expected.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
-  const threads = workersWanted === 0 ? (values > WORKER_MIN_VALUES ? availableParallelism() : 1) : workersWanted;
+  const threads = workersWanted === 0 ? (values > WORKER_MIN_VALUES ? Math.min(availableParallelism(), MAX_WORKERS) : 1) : workersWanted;
   const workers = threads > 1 && ValueWorkers.available() ? new ValueWorkers(threads) : null;
   // the bytes a tensor holds while made: its values (float32) and its stored bytes
   const held = (name: string): number => {
