@@ -22,6 +22,7 @@ import {
   bf16BytesToF32, dequantFp4, dequantFp8Block, f16BytesToF32, f32BytesToF32, f32ToBf16Bytes, f32ToBytes, f32ToF16Bytes,
   fp8e4m3Encode, FP8_BLOCK, quantFp4, quantFp8Block,
 } from '../model/formats.js';
+import { BufferPool } from '../model/buffer-pool.js';
 import { configJsonText } from '../model/config-json.js';
 import type { Layout } from '../model/layout.js';
 import { DTYPE_BYTES, INDEX_FILE, numel, type ByteSource } from '../model/safetensors.js';
@@ -313,27 +314,6 @@ async function prepare(opts: MergeOptions): Promise<Prepared> {
   }
 }
 
-/**
- * Free byte buffers kept for reuse, by exact length, at most `keepBytes` of them (the oldest
- * dropped): a tensor of a shape seen before reads into pages already faulted in.
- */
-class BufferPool {
-  private readonly free: Uint8Array[] = [];
-  private bytes = 0;
-  constructor(private readonly keepBytes: number) {}
-  take = (n: number): Uint8Array => {
-    const i = this.free.findIndex((b) => b.length === n);
-    if (i < 0) return new Uint8Array(n);
-    this.bytes -= n;
-    return this.free.splice(i, 1)[0]!;
-  };
-  give = (b: Uint8Array): void => {
-    this.free.push(b);
-    this.bytes += b.length;
-    while (this.bytes > this.keepBytes) this.bytes -= this.free.shift()!.length;
-  };
-}
-
 // a source's bytes into `into`, off the JS thread where the source can
 async function readAll(src: ByteSource, into: Uint8Array): Promise<void> {
   if (src.readAsync) await src.readAsync(into, 0);
@@ -383,7 +363,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
       // copies stream in order while the merges run on the kernel threads, within aheadBytes of
       // buffers, each written as soon as it is merged (writeCheckpointFiles' two lanes)
       let failed = false;
-      const pool = new BufferPool(aheadBytes / 2);
+      const pool = new BufferPool<Uint8Array>((n) => new Uint8Array(n), aheadBytes / 2);
       // the bytes a tensor holds while in flight: its stored input and its output (0 for a copy)
       const heldEstimate = new Map<string, number>();
       outPlans.forEach((q) => {

@@ -12,6 +12,7 @@ import { InputError } from '../errors.js';
 import { writeDirAtomic } from '../fsutil.js';
 import { encodeNative } from '../backend/native/requant.js';
 import { tensorRng } from '../random.js';
+import { BufferPool } from './buffer-pool.js';
 import { writeCheckpointFiles, type TensorBytes, type TensorPlan } from './checkpoint.js';
 import { parseConfig, type V4Config } from './config.js';
 import { configJsonText } from './config-json.js';
@@ -287,34 +288,6 @@ function encodeValues(x: Float32Array, t: ExpectedTensor, plan: TensorPlan): Ten
 
 const NATIVE_ENCODING: Partial<Record<string, 'fp8' | 'fp4' | 'bf16'>> = { F8_E4M3: 'fp8', I8: 'fp4', BF16: 'bf16' };
 
-/**
- * Float32 buffers kept for reuse by exact length, at most `keepBytes` of them (the oldest
- * dropped): the routed experts' tensors come in a few shapes, and writing a fresh buffer's pages
- * took a third of the time of drawing its values.
- */
-export class ValueBuffers {
-  private readonly free = new Map<number, Float32Array>();
-  private bytes = 0;
-  constructor(private readonly keepBytes = 1 << 30) {}
-  take(n: number): Float32Array {
-    const b = this.free.get(n);
-    if (!b) return new Float32Array(n);
-    this.free.delete(n);
-    this.bytes -= b.byteLength;
-    return b;
-  }
-  give(b: Float32Array): void {
-    if (b.byteLength > this.keepBytes || this.free.has(b.length)) return;
-    this.free.set(b.length, b);
-    this.bytes += b.byteLength;
-    for (const [n, old] of this.free) {
-      if (this.bytes <= this.keepBytes) break;
-      this.free.delete(n);
-      this.bytes -= old.byteLength;
-    }
-  }
-}
-
 /** init-worker.ts's messages, main → worker: the tensor, the seed, and a buffer of exactly its element count */
 export interface ValuesRequest { t: ExpectedTensor; seed: number; buf: ArrayBuffer }
 /** worker → main: the buffer back, filled, or why not */
@@ -377,7 +350,7 @@ export class ValueWorkers {
  * encoders took half of init-model's time. `buffers` lends the float32 values' buffer (given
  * back once the encoded bytes, which never share it, are made); `workers` draw the values.
  */
-export async function initTensorBytesFast(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number, buffers?: ValueBuffers, workers?: ValueWorkers): Promise<TensorBytes> {
+export async function initTensorBytesFast(t: ExpectedTensor, plan: TensorPlan, c: V4Config, seed: number, buffers?: BufferPool<Float32Array>, workers?: ValueWorkers): Promise<TensorBytes> {
   const fmt = NATIVE_ENCODING[plan.dtype];
   if (!fmt) return initTensorBytes(t, plan, c, seed);
   const n = t.shape.reduce((a, b) => a * b, 1);
@@ -460,7 +433,9 @@ export async function initModel(opts: InitOptions): Promise<InitSummary> {
     return 4 * byName.get(name)!.shape.reduce((a, b) => a * b, 1) + p.shape.reduce((a, b) => a * b, 1) * (DTYPE_BYTES[p.dtype] ?? 1) + (p.scaleShape ? p.scaleShape.reduce((a, b) => a * b, 1) : 0);
   };
   let done = 0;
-  const buffers = new ValueBuffers();
+  // the routed experts' tensors come in a few shapes; faulting in a fresh buffer's pages took a
+  // third of the time of drawing its values
+  const buffers = new BufferPool<Float32Array>((n) => new Float32Array(n), 1 << 30);
   try {
     const shards = await writeDirAtomic(opts.out, async (tmp) => {
       writeFileSync(join(tmp, 'config.json'), configJsonText(cfgJson));

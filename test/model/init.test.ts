@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
-import { initModel, initTensorBytes, initValues, PRESETS, presetConfigJson, storedPlan, ValueBuffers } from '../../src/model/init.js';
+import { initModel, initTensorBytes, initValues, PRESETS, presetConfigJson, storedPlan } from '../../src/model/init.js';
+import { BufferPool } from '../../src/model/buffer-pool.js';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { parseConfig } from '../../src/model/config.js';
 import { expectedTensors } from '../../src/model/layout.js';
@@ -94,7 +95,7 @@ describe('init-model tiny', () => {
     }
   });
 
-  it('values drawn into a reused buffer (NaN-filled) equal fresh ones for every kind of tensor; the buffers are lent by length within their byte bound', () => {
+  it('values drawn into a reused buffer (NaN-filled) equal fresh ones for every kind of tensor; the buffer pool lends by length within its byte bound', () => {
     const config = parseConfig(presetConfigJson('tiny', 'fp8'), 'tiny');
     const kinds = new Map<string, ReturnType<typeof expectedTensors>[number]>();
     for (const t of expectedTensors(config)) kinds.set(t.name.replace(/\d+/g, 'N').replace(/^.*\./, ''), t);
@@ -105,7 +106,7 @@ describe('init-model tiny', () => {
       expect(initValues(t, 5, dirty), t.name).toEqual(fresh);
     }
     expect(() => initValues([...kinds.values()][0]!, 5, new Float32Array(3))).toThrow('has');
-    const pool = new ValueBuffers(64);
+    const pool = new BufferPool<Float32Array>((n) => new Float32Array(n), 64);
     const a = pool.take(8);
     pool.give(a);
     expect(pool.take(8)).toBe(a); // the same buffer again
