@@ -302,7 +302,9 @@ const VALUES_WORKER = fileURLToPath(new URL('./init-worker.js', import.meta.url)
 export class ValueWorkers {
   private readonly all: Worker[];
   private readonly idle: Worker[];
-  private readonly waiting: Array<(w: Worker) => void> = [];
+  private readonly waiting: Array<{ resolve: (w: Worker) => void; reject: (e: Error) => void }> = [];
+  /** set once a worker stops or fails: every call after it, and every waiting one, rejects */
+  private broken: Error | null = null;
   static available(): boolean {
     return import.meta.url.endsWith('.js') && existsSync(VALUES_WORKER);
   }
@@ -310,36 +312,57 @@ export class ValueWorkers {
     this.all = Array.from({ length: n }, () => new Worker(VALUES_WORKER));
     this.idle = [...this.all];
   }
+  private break(e: Error): void {
+    this.broken ??= e;
+    for (const w of this.waiting.splice(0)) w.reject(this.broken);
+  }
   /** t's values drawn into `into` (a whole buffer, handed over to the worker meanwhile); the filled array */
   async values(t: ExpectedTensor, seed: number, into: Float32Array): Promise<Float32Array> {
     if (into.byteOffset !== 0 || into.byteLength !== into.buffer.byteLength) throw new Error('ValueWorkers: the buffer must be a whole ArrayBuffer');
-    const w = this.idle.pop() ?? (await new Promise<Worker>((r) => this.waiting.push(r)));
+    if (this.broken) throw this.broken;
+    const w = this.idle.pop() ?? (await new Promise<Worker>((resolve, reject) => this.waiting.push({ resolve, reject })));
+    let failed = false;
     try {
       return await new Promise<Float32Array>((resolve, reject) => {
         const done = (): void => {
           w.off('message', onMessage);
           w.off('error', onError);
+          w.off('exit', onExit);
         };
         const onMessage = (m: ValuesReply): void => {
           done();
           if ('error' in m) reject(new Error(`init-model: drawing ${t.name}: ${m.error}`));
           else resolve(new Float32Array(m.buf));
         };
+        // a worker that fails or stops (terminated, out of memory) never answers: its tensor fails
         const onError = (e: Error): void => {
           done();
-          reject(e);
+          failed = true;
+          reject(new Error(`init-model: drawing ${t.name}: the worker failed: ${e.message}`));
+        };
+        const onExit = (code: number): void => {
+          done();
+          failed = true;
+          reject(new Error(`init-model: drawing ${t.name}: the worker stopped (exit code ${code})`));
         };
         w.on('message', onMessage);
         w.on('error', onError);
+        w.on('exit', onExit);
         w.postMessage({ t, seed, buf: into.buffer as ArrayBuffer } satisfies ValuesRequest, [into.buffer as ArrayBuffer]);
       });
+    } catch (e) {
+      if (failed) this.break(e as Error);
+      throw e;
     } finally {
-      const next = this.waiting.shift();
-      if (next) next(w);
-      else this.idle.push(w);
+      if (!failed) {
+        const next = this.waiting.shift();
+        if (next) next.resolve(w);
+        else this.idle.push(w);
+      }
     }
   }
   async close(): Promise<void> {
+    this.break(new Error('init-model: the value workers were closed'));
     await Promise.all(this.all.map((w) => w.terminate()));
   }
 }

@@ -119,7 +119,7 @@ describe('init-model tiny', () => {
     expect(pool.take(32)).not.toBe(big);
   });
 
-  it('the compiled package draws on worker threads (3 of them, tiny) and writes the same files; a tensor a worker cannot draw is refused, naming it', async () => {
+  it('the compiled package draws on worker threads (3 of them, tiny) and writes the same files; a tensor a worker cannot draw is refused, naming it; a worker stopped mid-draw fails its tensor', async () => {
     // worker threads load compiled JavaScript: this runs dist/ (built by npm ci / npm run build)
     const dist = join(import.meta.dirname, '../../dist/model/init.js');
     if (!existsSync(dist)) throw new Error(`${dist} is missing: run \`npm run build\` first`);
@@ -134,6 +134,14 @@ describe('init-model tiny', () => {
     try {
       const t = expectedTensors(parseConfig(presetConfigJson('tiny', 'fp8'), 'tiny')).find((x) => x.shape.length === 2)!;
       await expect(pool.values(t, 1, new Float32Array(5))).rejects.toThrow(`init-model: drawing ${t.name}: initValues: ${t.name} has`);
+      // the worker is still there after a refusal; stopped while drawing, its tensor fails instead of waiting forever
+      const embed = expectedTensors(parseConfig(presetConfigJson('tiny', 'fp8'), 'tiny')).find((x) => x.name === 'embed.weight')!;
+      const n = embed.shape.reduce((a, b) => a * b, 1);
+      expect((await pool.values(t, 1, new Float32Array(t.shape.reduce((a, b) => a * b, 1)))).length).toBeGreaterThan(0);
+      const drawing = pool.values(embed, 1, new Float32Array(n));
+      await pool.close();
+      await expect(drawing).rejects.toThrow('init-model: drawing embed.weight: the worker stopped');
+      await expect(pool.values(embed, 1, new Float32Array(n))).rejects.toThrow('init-model: the value workers were closed');
     } finally {
       await pool.close();
     }
