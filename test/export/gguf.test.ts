@@ -225,6 +225,31 @@ describe('GGUF writer', () => {
     }
   });
 
+  it('the header reader (1 MiB at a time) reads a value longer than its chunk and fields across chunk ends, as the independent parser does', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-'));
+    try {
+      const path = join(dir, 'long.gguf');
+      const long = 'ß'.repeat(1_600_000); // 3.2 MB of UTF-8 in one string
+      const words = Array.from({ length: 200_000 }, (_, i) => `w${i * 7919}`); // ≈ 2.6 MB of short strings
+      const w = new GgufWriter(path, [
+        { key: 'x.long', type: GgufType.STRING, value: long },
+        { key: 'x.words', type: GgufType.ARRAY, itemType: GgufType.STRING, value: words },
+        { key: 'x.ints', type: GgufType.ARRAY, itemType: GgufType.INT32, value: words.map((_, i) => i - 100_000) },
+      ], [{ name: 'a', dims: [3], type: GgmlType.F32 }]);
+      w.add('a', new Uint8Array(new Float32Array([1, 2, 3]).buffer));
+      w.finish();
+      const f = parseGguf(readFileSync(path));
+      const h = readGgufHeader(path);
+      expect(h.kv.get('x.long')!.value).toBe(long);
+      expect(h.kv.get('x.words')!.value).toEqual(words);
+      expect(h.kv.get('x.ints')!.value).toEqual(f.kv.get('x.ints'));
+      expect(h.tensors).toEqual(f.tensors);
+      expect(h.dataStart).toBe(f.dataStart);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('addAsync writes the bytes add writes (zero padding between and after the tensors), in flight together', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-'));
     try {
