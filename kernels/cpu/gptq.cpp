@@ -561,24 +561,33 @@ V4_AVX512 void tile4_512_upper(double* t, long ldt, const double* E, long lde, c
 double gptq_output_error(const double* E, const double* H, long rows, long n) {
   std::vector<double> per(rows, 0.0);
   const bool wide = isa() == Isa::avx512;
-  const long RB = wide ? 64 : 8;  // rows sharing each pass over H
+  // rows sharing each pass over H: H (128 MB at n = 4096) comes from memory once per RB rows, so
+  // as many as keep every thread busy
+  const long RB = !wide ? 8 : rows >= 256 * num_threads() ? 256 : 64;
   const long nblk = cdiv(rows, RB);
   parallel_run(int(nblk), [&](int b) {
     const long ra = b * RB, rb = std::min(rows, ra + RB), r4 = wide ? ra + (rb - ra) / 4 * 4 : ra;
-    std::vector<double> tmp;
+    std::vector<double> tmp, hp;
     if (r4 > ra) {
-      const long JB = 256, IB = 128;  // t is (r4 − ra) × JB; H's block IB × JB stays in the cache
+      // t is (r4 − ra) × JB. H's rows [ib, ie) of a 32-column strip are copied into hp, contiguous
+      // (32 KB: it stays in the L1 cache while every row of the task adds its part, instead of
+      // rows n apart, which evict each other)
+      const long JB = RB > 64 ? 128 : 256, IB = 128;
       tmp.resize(size_t(r4 - ra) * JB);
+      hp.resize(size_t(IB) * 32);
       for (long jb = 0; jb < n; jb += JB) {
         const long w = std::min(JB, n - jb);
         std::fill(tmp.begin(), tmp.end(), 0.0);
         for (long ib = 0; ib < jb + w; ib += IB)
-          for (long r = ra; r < r4; r += 4)
-            for (long c = 0; c < w; c += 32) {
-              const long cw = std::min(32L, w - c), col0 = jb + c;
-              const long ie = std::min(ib + IB, col0 + cw - 1);  // the last lane's column takes rows i < it
-              if (ie > ib) tile4_512_upper(tmp.data() + (r - ra) * JB + c, JB, E + r * n, n, H + col0, n, ib, ie, cw, col0);
-            }
+          for (long c = 0; c < w; c += 32) {
+            const long cw = std::min(32L, w - c), col0 = jb + c;
+            const long ie = std::min(ib + IB, col0 + cw - 1);  // the last lane's column takes rows i < it
+            if (ie <= ib) continue;
+            for (long i = ib; i < ie; i++) std::memcpy(hp.data() + (i - ib) * 32, H + i * n + col0, sizeof(double) * cw);
+            // rows and columns shifted by ib: the lanes' i < column tests are unchanged
+            for (long r = ra; r < r4; r += 4)
+              tile4_512_upper(tmp.data() + (r - ra) * JB + c, JB, E + r * n + ib, n, hp.data(), 32, 0, ie - ib, cw, col0 - ib);
+          }
         for (long r = ra; r < r4; r++)
           for (long j = 0; j < w; j++) {
             const double e = E[r * n + jb + j];
