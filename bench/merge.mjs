@@ -303,7 +303,7 @@ async function benchGptq() {
     w1_w3: { ...w1, H: undefined, w: undefined, factor: undefined },
     w2: { ...w2, H: undefined, w: undefined, factor: undefined },
     per_expert_s: round(perExpert, 2),
-    note_per_expert: 'w1 and w3 share one Hessian accumulation and one factor (Cholesky, inverse, Cholesky), as the export shares them; then each its column loop and the 3 output-error traces the export reports (GPTQ, round to nearest, the weight itself); w2 the same at its shape on its own input. The TypeScript slice runs the whole gptqRows (factor included) against the native factor plus column loop.',
+    note_per_expert: 'w1 and w3 share one Hessian accumulation and one factor (the Cholesky factor of H + damp in reversed index order and its triangular inverse), as the export shares them; then each its column loop and the 3 output-error traces the export reports (GPTQ, round to nearest, the weight itself); w2 the same at its shape on its own input. The TypeScript slice runs the whole gptqRows (factor included) against the native factor plus column loop.',
     slice_rows: sliceRows,
     typescript_slice_s: round(tsSlice, 2),
     native_slice_s: round(natSlice, 3),

@@ -20,10 +20,10 @@ namespace {
 
 // The factor's and the column loop's [n, n] and [rows, n] float64 buffers (128 MB each at
 // n = 4096), kept between calls (common.h Shelf): a quantize runs GPTQ on hundreds of linears of
-// one shape, and a fresh buffer costs its page faults (about 0.25 s per 128 MB on this VM). Up to
-// four are out at once (the factor's H + damp and L, the inverse's V and Vᵀ).
+// one shape, and a fresh buffer costs its page faults (about 0.25 s per 128 MB on this VM). Two are
+// out at once (the factor's reversed H + damp, later its inverse, and L).
 DoubleShelf big_shelf;
-// smaller scratch, up to n × 64: the Hessian's converted rows of X, the inverse's strips and sums
+// smaller scratch, up to n × 64: the Hessian's converted rows of X, the inverse's strips
 DoubleShelf sums_shelf;
 // `n` elements of a borrowed buffer, their values unspecified
 std::vector<double>& sized(DoubleScratch& b, size_t n) {
@@ -302,9 +302,8 @@ bool gptq_cholesky_upper(double* U, const double* A, long n) {
   return true;
 }
 
-// ---- A⁻¹ = V Vᵀ, V = U⁻¹ ----
+// ---- V = U⁻¹ of an upper triangular U ----
 //   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=i+1..j} U[i][k]·V[k][j]) / U[i][i], k ascending
-//   inv[i][j] = Σ_{k=j..n−1} V[i][k]·V[j][k], k ascending (j ≥ i), mirrored
 // s[c] = Σ_{k=k0..k1−1} u[k]·x[k][c] for c < w ≤ 64 (x rows w apart), k ascending, each product and
 // sum rounded apart, the 64 sums in registers
 V4_AVX512 static void rowsum64_512(double* s, const double* u, const double* x, long w, long k0, long k1) {
@@ -320,10 +319,8 @@ V4_AVX512 static void rowsum64_512(double* s, const double* u, const double* x, 
   store_row4(s + 32, hi, b);
 }
 
-void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
-  DoubleScratch V_lease(big_shelf);
-  std::vector<double>& V = *V_lease;
-  V.assign(size_t(n) * n, 0.0);
+void gptq_upper_inverse(double* V, const double* U, long n) {
+  std::fill(V, V + n * n, 0.0);
   const long JT = 64;  // a task computes V's columns [j0, j1) in a contiguous strip
   const long ntiles = cdiv(n, JT);
   const bool wide = isa() == Isa::avx512;
@@ -352,72 +349,43 @@ void gptq_inverse_from_cholesky(double* inv, const double* U, long n) {
       for (long j = j0; j < j1; j++) V[k * n + j] = strip[k * w + (j - j0)];
   });
   check_cancel();
-  // Vt[k][i] = V[i][k], transposed in 32 × 32 blocks
-  DoubleScratch Vt_lease(big_shelf);
-  std::vector<double>& Vt = sized(Vt_lease, size_t(n) * n);
-  for (long ib = 0; ib < n; ib += 32)
-    for (long kb = 0; kb < n; kb += 32)
-      for (long i = ib; i < std::min(n, ib + 32); i++)
-        for (long k = kb; k < std::min(n, kb + 32); k++) Vt[k * n + i] = V[i * n + k];
-  // a task owns inv's rows [i0, i1): s_i = Σ_k Vt[k][i]·V[j][k] for each j ≥ i0, k ascending
-  const long IT = 64;
-  const long itiles = cdiv(n, IT);
-  parallel_run(int(itiles), [&](int tile) {
-    const long i0 = tile * IT, i1 = std::min(n, i0 + IT), w = i1 - i0;
-    long j = i0;
-    // with AVX-512, four j at once: their sums start at the first one's k, where the others'
-    // V[j][k] are exactly 0 (V is upper triangular) and add ±0 to a +0 sum, which leaves it +0.
-    // k runs in blocks of KB: Vt's block (KB × the task's 64 columns, 128 KB) stays in the cache
-    // while every j adds its part, the sums kept in S between blocks.
-    const long quads = wide ? (n - i0) / 4 : 0;
-    if (quads > 0) {
-      DoubleScratch S_lease(sums_shelf);
-      std::vector<double>& S = *S_lease;
-      S.assign(size_t(quads) * 4 * w, 0.0);
-      const long KB = 256;
-      for (long kb = i0; kb < n; kb += KB) {
-        const long ke = std::min(n, kb + KB);
-        for (long q = 0; q < quads && i0 + 4 * q < ke; q++) {
-          const long jq = i0 + 4 * q, ks = std::max(jq, kb);
-          for (long c = 0; c < w; c += 32) tile4_512(S.data() + 4 * q * w + c, w, V.data() + jq * n, n, Vt.data() + i0 + c, n, ks, ke, std::min(32L, w - c));
-        }
-      }
-      for (long jd = i0; jd < i0 + 4 * quads; jd++)
-        for (long i = i0; i < std::min(i1, jd + 1); i++) {
-          inv[i * n + jd] = S[(jd - i0) * w + (i - i0)];
-          inv[jd * n + i] = S[(jd - i0) * w + (i - i0)];
-        }
-      j = i0 + 4 * quads;
-    }
-    std::vector<double> s(w);
-    for (; j < n; j++) {
-      std::fill(s.begin(), s.end(), 0.0);
-      for (long k = j; k < n; k++) add_scaled(s.data(), V[j * n + k], Vt.data() + k * n + i0, w);
-      for (long i = i0; i < std::min(i1, j + 1); i++) {
-        inv[i * n + j] = s[i - i0];
-        inv[j * n + i] = s[i - i0];
-      }
-    }
-  });
 }
 
 // ---- the factor: dead inputs, the dampening, U = upper Cholesky factor of (H + damp)⁻¹ ----
+// As gptq.ts gptqFactor: L = the upper Cholesky factor of H + damp with the index order reversed,
+// U[i][j] = L⁻¹[n−1−j][n−1−i] (two n³ steps where factor, inverse, product and factor took four)
 bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp) {
   DoubleScratch Hd_lease(big_shelf), L_lease(big_shelf);
-  std::vector<double>& Hd = *Hd_lease;
-  Hd.assign(H, H + n * n);
   double mean_diag = 0;
+  std::vector<double>& Hd = sized(Hd_lease, size_t(n) * n);
   for (long i = 0; i < n; i++) {
-    dead[i] = Hd[i * n + i] == 0;
-    if (dead[i]) Hd[i * n + i] = 1;
-    mean_diag += Hd[i * n + i];
+    dead[i] = H[i * n + i] == 0;
+    mean_diag += dead[i] ? 1 : H[i * n + i];
   }
   const double dv = damp * (mean_diag / n);
-  for (long i = 0; i < n; i++) Hd[i * n + i] += dv;
+  // Hd = J (H + damp) J, the dead diagonal 1 + damp
+  parallel_run(int(cdiv(n, 64)), [&](int t) {
+    for (long i = t * 64L; i < std::min(n, t * 64L + 64); i++) {
+      const double* h = H + (n - 1 - i) * n;
+      double* d = Hd.data() + i * n;
+      for (long j = 0; j < n; j++) d[j] = h[n - 1 - j];
+      const long o = n - 1 - i;
+      d[i] = (dead[o] ? 1 : H[o * n + o]) + dv;
+    }
+  });
   std::vector<double>& L = sized(L_lease, size_t(n) * n);
   if (!gptq_cholesky_upper(L.data(), Hd.data(), n)) return false;
-  gptq_inverse_from_cholesky(Hd.data(), L.data(), n);
-  return gptq_cholesky_upper(U, Hd.data(), n);
+  gptq_upper_inverse(Hd.data(), L.data(), n);
+  // U[i][j] = V[n−1−j][n−1−i] (j ≥ i), in 32 × 32 blocks
+  const double* V = Hd.data();
+  parallel_run(int(cdiv(n, 32)), [&](int t) {
+    const long ib = t * 32L, ie = std::min(n, ib + 32);
+    for (long i = ib; i < ie; i++) std::fill(U + i * n, U + i * n + i, 0.0);
+    for (long jb = ib; jb < n; jb += 32)
+      for (long i = ib; i < ie; i++)
+        for (long j = std::max(i, jb); j < std::min(n, jb + 32); j++) U[i * n + j] = V[(n - 1 - j) * n + (n - 1 - i)];
+  });
+  return true;
 }
 
 // lazy batch update W[:, i2:] −= E·U[i1:i2, i2:] of W (rows, n), per element i ascending, as

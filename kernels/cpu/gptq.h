@@ -14,12 +14,13 @@ void gptq_hessian_accumulate(double* H, const float* X, long rows, long n, long 
 // Returns false when A is not positive definite.
 bool gptq_cholesky_upper(double* U, const double* A, long n);
 
-// inv is (n, n) = A⁻¹ from A's upper Cholesky factor U: V = U⁻¹, inv = V Vᵀ.
-void gptq_inverse_from_cholesky(double* inv, const double* U, long n);
+// V (n, n) = U⁻¹ of an upper triangular U with a non-zero diagonal (V upper triangular).
+void gptq_upper_inverse(double* V, const double* U, long n);
 
 // GPTQ's factor of H (n, n) (full symmetric, not changed): dead[i] = (H_ii == 0); U (n, n) = the
 // upper Cholesky factor of (H + damp)⁻¹, where the dead diagonal is set to 1 and damp·mean(diag H)
-// is added to the diagonal. Returns false when H + damp is not positive definite.
+// is added to the diagonal (computed as gptq.ts does: the inverse of the Cholesky factor of H + damp
+// with the index order reversed). Returns false when H + damp is not positive definite.
 bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp);
 
 // GPTQ of rows r0 … r1−1 of W (out, n) on the factor of gptq_factor, group columns per grid

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../src/backend/index.js';
 import { openDataset } from '../../src/data/dataset.js';
-import { gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer } from '../../src/export/gptq.js';
+import { choleskyUpper, gptqFactor, gptqRows, int4Quantizer, outputErrorSq, q4_0Quantizer } from '../../src/export/gptq.js';
 import { quantizeQ4_0 } from '../../src/export/gguf.js';
 import { dequantizeInt4, quantizeRtn } from '../../src/export/int4.js';
 import { CalibratedHessians, collectHessians, type CalibratedLinear } from '../../src/export/calibrate.js';
@@ -116,6 +116,59 @@ describe('GPTQ of one weight against round to nearest', () => {
     const d0 = q4_0Quantizer(out, n);
     const R = gptqRows(W, n, 0, out, D, d0);
     expect(outputError(W, Q, X, out, n, T)).toBeLessThan(outputError(W, R, X, out, n, T));
+  });
+
+  // gptqFactor takes U from the reversed Cholesky factor's inverse; AutoGPTQ's route (factor,
+  // invert, factor the inverse) is written here with a Gauss–Jordan inverse. H has a dead input.
+  it('the factor U is the upper Cholesky factor of (H + damp)⁻¹: Uᵀ·U·(H + damp) = I, and AutoGPTQ\'s three-step U within 1e-10', () => {
+    const Hx = H.slice();
+    for (let j = 0; j < n; j++) Hx[7 * n + j] = Hx[j * n + 7] = 0;
+    const f = gptqFactor(Hx, n, { damp: 0.01 });
+    expect(f.dead[7]).toBe(1);
+    const Hd = Hx.slice();
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += Hd[i * n + i] === 0 ? 1 : Hd[i * n + i]!;
+    for (let i = 0; i < n; i++) Hd[i * n + i] = (Hd[i * n + i] === 0 ? 1 : Hd[i * n + i]!) + 0.01 * (mean / n);
+    // Gauss–Jordan with partial pivoting on [Hd | I]
+    const a = Hd.slice();
+    const inv = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) inv[i * n + i] = 1;
+    for (let c = 0; c < n; c++) {
+      let p = c;
+      for (let r2 = c + 1; r2 < n; r2++) if (Math.abs(a[r2 * n + c]!) > Math.abs(a[p * n + c]!)) p = r2;
+      for (const m of [a, inv]) for (let j = 0; j < n; j++) [m[c * n + j], m[p * n + j]] = [m[p * n + j]!, m[c * n + j]!];
+      const d = a[c * n + c]!;
+      for (const m of [a, inv]) for (let j = 0; j < n; j++) m[c * n + j]! /= d;
+      for (let r2 = 0; r2 < n; r2++) {
+        if (r2 === c) continue;
+        const g = a[r2 * n + c]!;
+        for (const m of [a, inv]) for (let j = 0; j < n; j++) m[r2 * n + j]! -= g * m[c * n + j]!;
+      }
+    }
+    for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) inv[i * n + j] = inv[j * n + i]!;
+    const U3 = choleskyUpper(inv, n)!;
+    let worst = 0;
+    let scale = 0;
+    for (let i = 0; i < n * n; i++) {
+      worst = Math.max(worst, Math.abs(f.U[i]! - U3[i]!));
+      scale = Math.max(scale, Math.abs(U3[i]!));
+    }
+    expect(worst / scale).toBeLessThan(1e-10);
+    // (Uᵀ U) Hd = I
+    const UtU = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+      let t = 0;
+      for (let k2 = 0; k2 <= Math.min(i, j); k2++) t += f.U[k2 * n + i]! * f.U[k2 * n + j]!;
+      UtU[i * n + j] = t;
+    }
+    let off = 0;
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+      let t = 0;
+      for (let k2 = 0; k2 < n; k2++) t += UtU[i * n + k2]! * Hd[k2 * n + j]!;
+      off = Math.max(off, Math.abs(t - (i === j ? 1 : 0)));
+    }
+    expect(off).toBeLessThan(1e-9);
+    for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) expect(f.U[i * n + j]).toBe(0);
   });
 
   it('zeroes a dead input (H_ii = 0) and refuses a Hessian dampening cannot make positive definite', () => {

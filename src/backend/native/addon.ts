@@ -135,8 +135,8 @@ export interface NativeAddon {
   int4PackGptq(qweight: Int32Array, qzeros: Int32Array, scales16: Uint16Array, codes: Uint8Array, zeros: Uint8Array, scaleBits: Uint16Array, out: number, n: number, group: number): Promise<void>;
   /** out[0] = tr(E H Eᵀ), E [rows, n] */
   gptqOutputError(out: Float64Array, E: Float64Array, H: Float64Array, rows: number, n: number): Promise<void>;
-  /** U = A's upper Cholesky factor, inv = A⁻¹ from it: the first two steps gptqFactor runs on H + damp (exposed so tests compare their bits with gptq.ts) */
-  gptqFactorInverse(U: Float64Array, inv: Float64Array, A: Float64Array, n: number): Promise<void>;
+  /** U = A's upper Cholesky factor, V = U⁻¹: the two steps gptqFactor runs on H + damp reversed (exposed so tests compare their bits with gptq.ts) */
+  gptqCholeskyInverse(U: Float64Array, V: Float64Array, A: Float64Array, n: number): Promise<void>;
   /**
    * Merge (kernels/cpu/requant.h, bit for bit src/export/merge.ts): W dequantised + scaling·B·A
    * (A [r, cols], B [rows, r], or both null), encoded as outFmt 1 bf16 | 2 fp8 (128×128 block

@@ -5,7 +5,7 @@
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
 import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
-import { choleskyUpper, gptqFactor, gptqRows, gptqRowsFactored, int4Quantizer, inverseFromCholesky, outputErrorSq, q4_0Quantizer, q4kQuantizer } from '../../../src/export/gptq.js';
+import { choleskyUpper, gptqFactor, gptqRows, gptqRowsFactored, int4Quantizer, outputErrorSq, upperInverse, q4_0Quantizer, q4kQuantizer } from '../../../src/export/gptq.js';
 import { A, addon, randn, rng, skipNative } from './helpers.js';
 
 /** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */
@@ -146,11 +146,11 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
       finish(H, n, 3 * n);
       for (let i = 0; i < n; i++) H[i * n + i]! += 0.01;
       const U = new Float64Array(n * n);
-      const inv = new Float64Array(n * n);
-      await A().gptqFactorInverse(U, inv, H, n);
+      const V = new Float64Array(n * n);
+      await A().gptqCholeskyInverse(U, V, H, n);
       const Uref = choleskyUpper(H, n)!;
       expect(U, `U, n ${n}`).toEqual(Uref);
-      expect(inv, `inverse, n ${n}`).toEqual(inverseFromCholesky(Uref, n));
+      expect(V, `U⁻¹, n ${n}`).toEqual(upperInverse(Uref, n));
     }
   });
 
