@@ -194,12 +194,14 @@ V4_AVX512 inline void add_row4_e(Row4& a, double e, const Row4& h) {
 }
 }  // namespace
 
-template <bool SkipZero = false>
+// Desc: i descending (i1 − 1 down to i0).
+template <bool SkipZero = false, bool Desc = false>
 V4_AVX512 static void tile4_512(double* t, long ldt, const double* E, long lde, const double* H, long ldh, long i0, long i1, long w) {
   const Mask4 m = mask4(w);
   Row4 a0 = load_row4(t, m), a1 = load_row4(t + ldt, m), a2 = load_row4(t + 2 * ldt, m), a3 = load_row4(t + 3 * ldt, m);
   const double *e0 = E, *e1 = E + lde, *e2 = E + 2 * lde, *e3 = E + 3 * lde;
-  for (long i = i0; i < i1; i++) {
+  for (long step = 0; step < i1 - i0; step++) {
+    const long i = Desc ? i1 - 1 - step : i0 + step;
     const Row4 h = load_row4(H + i * ldh, m);
     add_row4_e<SkipZero>(a0, e0[i], h);
     add_row4_e<SkipZero>(a1, e1[i], h);
@@ -303,25 +305,15 @@ bool gptq_cholesky_upper(double* U, const double* A, long n) {
 }
 
 // ---- V = U⁻¹ of an upper triangular U ----
-//   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=i+1..j} U[i][k]·V[k][j]) / U[i][i], k ascending
-// s[c] = Σ_{k=k0..k1−1} u[k]·x[k][c] for c < w ≤ 64 (x rows w apart), k ascending, each product and
-// sum rounded apart, the 64 sums in registers
-V4_AVX512 static void rowsum64_512(double* s, const double* u, const double* x, long w, long k0, long k1) {
-  const Mask4 lo = mask4(w), hi = mask4(w - 32);
-  Row4 a = {}, b = {};  // named sums, not an array (see tile4_512)
-  for (long k = k0; k < k1; k++) {
-    const __m512d uk = _mm512_set1_pd(u[k]);
-    const double* xk = x + k * w;
-    add_row4(a, uk, load_row4(xk, lo));
-    add_row4(b, uk, load_row4(xk + 32, hi));
-  }
-  store_row4(s, lo, a);
-  store_row4(s + 32, hi, b);
-}
-
+//   V[j][j] = 1/U[j][j];  V[i][j] = −(Σ_{k=j…i+1} U[i][k]·V[k][j]) / U[i][i], k descending
+// A task computes V's columns [j0, j1) in a contiguous strip, rows i from the bottom up. k runs
+// descending so that four rows share one pass over the strip's rows above them (4 × 32 tiles,
+// each strip row read once for the four): their last terms, k among the four, are added row by row
+// once the rows below are done. Lanes j < k add U[i][k]·0 = ±0 before their own first term, to a
+// +0 sum, which leaves it +0.
 void gptq_upper_inverse(double* V, const double* U, long n) {
   std::fill(V, V + n * n, 0.0);
-  const long JT = 64;  // a task computes V's columns [j0, j1) in a contiguous strip
+  const long JT = 64;
   const long ntiles = cdiv(n, JT);
   const bool wide = isa() == Isa::avx512;
   parallel_run(int(ntiles), [&](int tile) {
@@ -329,21 +321,31 @@ void gptq_upper_inverse(double* V, const double* U, long n) {
     DoubleScratch strip_lease(sums_shelf);
     std::vector<double>& strip = *strip_lease;  // strip[k][j − j0] = V[k][j]
     strip.assign(size_t(j1) * w, 0.0);
-    std::vector<double> s(w);
-    for (long i = j1 - 1; i >= 0; i--) {
-      if (wide) {
-        // every lane from k = i + 1: a lane j < k adds U[i][k]·0 = ±0 (the strip's row k is 0
-        // left of its diagonal) after its own terms, which leaves its sum as it was
-        rowsum64_512(s.data(), U + i * n, strip.data(), w, i + 1, j1);
-      } else {
-        std::fill(s.begin(), s.end(), 0.0);
-        for (long k = i + 1; k < j1; k++) {
-          const long js = std::max(k, j0);
-          add_scaled(s.data() + (js - j0), U[i * n + k], strip.data() + k * w + (js - j0), j1 - js);
-        }
+    std::vector<double> s(4 * JT);
+    // row i from its partial sums s_i (the terms k > i it has): the rest of its terms in order, then V[i][·]
+    const auto finish = [&](long i, double* si, long kfrom) {
+      for (long k = kfrom; k > i; k--) {
+        const long js = std::max(k, j0);
+        add_scaled(si + (js - j0), U[i * n + k], strip.data() + k * w + (js - j0), j1 - js);
       }
       for (long j = std::max(i, j0); j < j1; j++)
-        strip[i * w + (j - j0)] = j == i ? 1 / U[i * n + i] : -s[j - j0] / U[i * n + i];
+        strip[i * w + (j - j0)] = j == i ? 1 / U[i * n + i] : -si[j - j0] / U[i * n + i];
+    };
+    long i = j1 - 1;
+    if (wide) {
+      for (; i >= 3; i -= 4) {
+        std::fill(s.begin(), s.end(), 0.0);
+        if (j1 > i + 1) {
+          // rows i, i − 1, i − 2, i − 3 (U's rows −n apart): Σ over k = j1 − 1 … i + 1
+          tile4_512<false, true>(s.data(), JT, U + i * n, -n, strip.data(), w, i + 1, j1, std::min(32L, w));
+          if (w > 32) tile4_512<false, true>(s.data() + 32, JT, U + i * n, -n, strip.data() + 32, w, i + 1, j1, w - 32);
+        }
+        for (long r = 0; r < 4; r++) finish(i - r, s.data() + r * JT, i);
+      }
+    }
+    for (; i >= 0; i--) {
+      std::fill(s.begin(), s.begin() + w, 0.0);
+      finish(i, s.data(), j1 - 1);
     }
     for (long k = 0; k < j1; k++)
       for (long j = j0; j < j1; j++) V[k * n + j] = strip[k * w + (j - j0)];

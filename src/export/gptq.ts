@@ -49,14 +49,17 @@ export function choleskyUpper(A: Float64Array, n: number): Float64Array | null {
   return U;
 }
 
-/** V = U⁻¹ of an upper triangular U [n, n] with a non-zero diagonal (V is upper triangular), by back substitution column by column */
+/**
+ * V = U⁻¹ of an upper triangular U [n, n] with a non-zero diagonal (V is upper triangular), by back
+ * substitution column by column, each sum over k descending (the addon shares its passes that way)
+ */
 export function upperInverse(U: Float64Array, n: number): Float64Array {
   const V = new Float64Array(n * n);
   for (let j = 0; j < n; j++) {
     V[j * n + j] = 1 / U[j * n + j]!;
     for (let i = j - 1; i >= 0; i--) {
       let s = 0;
-      for (let k = i + 1; k <= j; k++) s += U[i * n + k]! * V[k * n + j]!;
+      for (let k = j; k > i; k--) s += U[i * n + k]! * V[k * n + j]!;
       V[i * n + j] = -s / U[i * n + i]!;
     }
   }
