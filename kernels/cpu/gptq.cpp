@@ -542,7 +542,7 @@ double gptq_output_error(const double* E, const double* H, long rows, long n) {
       // t is (r4 − ra) × JB. H's rows [ib, ie) of a 32-column strip are copied into hp, contiguous
       // (32 KB: it stays in the L1 cache while every row of the task adds its part, instead of
       // rows n apart, which evict each other)
-      const long JB = RB > 64 ? 128 : 256, IB = 128;
+      const long JB = 256, IB = 128;
       tmp.resize(size_t(r4 - ra) * JB);
       hp.resize(size_t(IB) * 32);
       for (long jb = 0; jb < n; jb += JB) {
