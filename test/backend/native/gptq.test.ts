@@ -111,7 +111,7 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
   // then added in order, where the reference runs one sum through all rows: 1e-12). Shapes: rows
   // past a 64-row task and not a multiple of the 4-row tile, n past a 256-column block and not a
   // multiple of 32, zeros in E (skipped by the reference, added as ±0 by the tiles); 1030 rows
-  // take the 256-row tasks and 128-column blocks on two threads.
+  // take the 256-row tasks on two threads.
   it('the output error tr(E H Eᵀ): each row bit for bit as the TypeScript sum, the total within 1e-12', async () => {
     for (const [n, rows, seed] of [[192, 37, 5], [300, 70, 6], [33, 5, 7], [290, 1030, 8]] as const) {
       const x = inputs(100, n, 9, 3);
