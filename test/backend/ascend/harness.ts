@@ -34,7 +34,9 @@ function sleep(ms: number): void {
 
 // flags that only the link step takes (the rest go to every compile as well)
 const LINK_ONLY = new Set(['-shared', '-rdynamic']);
-const objDir = join(tmpdir(), 'v4tune-ascend-obj');
+// the compiled objects and drivers are kept between runs (test/tmp-setup.ts names the folder)
+const cacheDir = process.env.V4TUNE_TEST_CACHE_DIR ?? tmpdir();
+const objDir = join(cacheDir, 'v4tune-ascend-obj');
 
 /**
  * Each source compiled once per content (the source, every header, the compile flags) into
@@ -67,7 +69,7 @@ export function buildOnce(name: string, sources: string[], extra: string[]): str
   const h = createHash('sha256');
   for (const f of [...sources, ...headers].sort()) h.update(f).update(readFileSync(join(root, f)));
   h.update([...flags, ...extra].join(' '));
-  const dir = join(tmpdir(), `v4tune-ascend-${h.digest('hex').slice(0, 16)}`);
+  const dir = join(cacheDir, `v4tune-ascend-${h.digest('hex').slice(0, 16)}`);
   const out = join(dir, name);
   if (built.has(out)) return out;
   mkdirSync(dirname(out), { recursive: true });
