@@ -5,6 +5,7 @@
 // functions are the readable reference; test/backend/native/gptq.test.ts checks codes and Q against them.
 #pragma GCC optimize("fp-contract=off")
 #include "gptq.h"
+#include "q4k.h"
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -427,9 +428,12 @@ void gptq_lazy_update(double* W, long rows, long n, const double* err, long lder
 }
 
 // ---- the column loop ----
-void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
-               const float* Wsrc, long r0, long r1, const double* U, const uint8_t* dead, long n, long gs) {
-  const long rows = r1 - r0, G = n / gs;
+// gptq.ts gptqRowsFactored on any grid: Grid::fit(row, group, vals) at a group's first column
+// (vals: the row's current weights of the group, float64), Grid::quant(row, column, w) → the
+// quantised value (the grid keeps the code). Rows are independent: a task owns a range of them.
+template <class Grid>
+static void column_loop(Grid& grid, double* Q, const float* Wsrc, long r0, long r1, const double* U, const uint8_t* dead, long n, long gs) {
+  const long rows = r1 - r0;
   const long B = (gs <= 128 && 128 % gs == 0) ? 128 : gs;
   DoubleScratch W_lease(big_shelf);
   std::vector<double>& W = sized(W_lease, size_t(rows) * n);
@@ -438,7 +442,6 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
     if (dead[i])
       for (long r = 0; r < rows; r++) W[r * n + i] = 0;
 
-  // rows are independent: a task owns a range of them
   const int ntask = int(std::min<long>(rows, 4L * num_threads()));
   parallel_run(ntask, [&](int task) {
     const long ra = rows * task / ntask, rb = rows * (task + 1) / ntask;
@@ -446,31 +449,12 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
     for (long i1 = 0; i1 < n; i1 += B) {
       const long i2 = std::min(n, i1 + B);
       for (long i = i1; i < i2; i++) {
-        if (i % gs == 0) {
-          for (long r = ra; r < rb; r++) {
-            double lo = INFINITY, hi = -INFINITY;
-            for (long c = 0; c < gs; c++) {
-              double v = W[r * n + i + c];
-              if (v < lo) lo = v;
-              if (v > hi) hi = v;
-            }
-            Grid g = group_grid(lo, hi);
-            const long k = (r0 + r) * G + i / gs;
-            scales[k] = float(g.scale);
-            scale_bits[k] = uint16_t(g.bits);
-            zeros[k] = uint8_t(g.zero);
-          }
-        }
+        if (i % gs == 0)
+          for (long r = ra; r < rb; r++) grid.fit(r0 + r, i / gs, W.data() + r * n + i);
         const double d = U[i * n + i];
         for (long r = ra; r < rb; r++) {
-          const long k = (r0 + r) * G + i / gs;
-          const double s = scales[k];
-          const int z = zeros[k];
           const double wi = W[r * n + i];
-          double qc = js_round(wi / s) + z;
-          qc = qc < 0 ? 0 : qc > 15 ? 15 : qc;
-          codes[(r0 + r) * n + i] = uint8_t(qc);
-          const double q = (qc - z) * s;
+          const double q = grid.quant(r0 + r, i, wi);
           Q[r * n + i] = q;
           const double e = (wi - q) / d;
           err[(r - ra) * B + (i - i1)] = -e;
@@ -481,6 +465,126 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
       lazy_update(W.data() + ra * n, rb - ra, n, err.data(), B, U, i1, i2);
     }
   });
+}
+
+namespace {
+
+// int4.ts's grid (gptq.ts int4Quantizer)
+struct Int4Grid {
+  uint8_t* codes;
+  float* scales;
+  uint16_t* scale_bits;
+  uint8_t* zeros;
+  long n, gs, G;
+  void fit(long r, long g, const double* v) {
+    double lo = INFINITY, hi = -INFINITY;
+    for (long c = 0; c < gs; c++) {
+      if (v[c] < lo) lo = v[c];
+      if (v[c] > hi) hi = v[c];
+    }
+    const Grid gr = group_grid(lo, hi);
+    const long k = r * G + g;
+    scales[k] = float(gr.scale);
+    scale_bits[k] = uint16_t(gr.bits);
+    zeros[k] = uint8_t(gr.zero);
+  }
+  double quant(long r, long c, double wi) const {
+    const long k = r * G + c / gs;
+    const double s = scales[k];
+    const int z = zeros[k];
+    double qc = js_round(wi / s) + z;
+    qc = qc < 0 ? 0 : qc > 15 ? 15 : qc;
+    codes[r * n + c] = uint8_t(qc);
+    return (qc - z) * s;
+  }
+};
+
+// llama.cpp's nearest_int in float32 (q4k.ts nearestInt)
+inline float nearest_f(float x) { return (x + 12582912.f) - 12582912.f; }
+// Math.max(0, Math.min(15, v)): NaN stays NaN, −0 becomes +0
+inline double clamp15_js(double v) { return std::isnan(v) ? v : v <= 0 ? 0.0 : std::min(15.0, v); }
+// a code as a Uint8Array nibble store sees it (ToInt32: NaN → 0)
+inline int nibble_of(double q) { return std::isnan(q) ? 0 : int(q) & 15; }
+
+// gptq.ts q4kQuantizer: at a super-block's start its bytes fitted as q4k.ts quantizeQ4KBlock
+// fits them (q4k_block), its per-sub-block step d·sc and offset dmin·m kept; each weight then
+// code clamp(nearest((w + offset)/step)) (0 where step is 0), value step·q − offset in float64
+struct Q4kGrid {
+  uint8_t* dst;
+  std::vector<float> step, offset;  // [rows · nb · 8] from row 0
+  long nb;
+  Q4kGrid(uint8_t* d, long rows, long n) : dst(d), step(size_t(rows) * (n / 256) * 8), offset(step.size()), nb(n / 256) {}
+  void fit(long r, long g, const double* v) {
+    float x[256];
+    for (int i = 0; i < 256; i++) x[i] = float(v[i]);
+    uint8_t* b = dst + (r * nb + g) * 144;
+    q4k_block(x, b);
+    const double d = f16_decode(b[0] | (b[1] << 8)), dmin = f16_decode(b[2] | (b[3] << 8));
+    const uint8_t* q = b + 4;
+    for (int j = 0; j < 8; j++) {
+      const int sc = j < 4 ? q[j] & 63 : (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4);
+      const int m = j < 4 ? q[j + 4] & 63 : (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+      step[size_t((r * nb + g) * 8 + j)] = float(d * sc);
+      offset[size_t((r * nb + g) * 8 + j)] = float(dmin * m);
+    }
+  }
+  double quant(long r, long c, double w) {
+    const long b = r * nb + c / 256, i = c % 256, k = b * 8 + (i >> 5);
+    const float d = step[size_t(k)], off = offset[size_t(k)];
+    const double q = d == 0 ? 0.0 : clamp15_js(nearest_f(float(float(w) + off) / d));
+    const int within = int(i & 63);
+    uint8_t& byte = dst[b * 144 + 16 + (i >> 6) * 32 + (within & 31)];
+    byte = within >= 32 ? uint8_t((byte & 0x0f) | (nibble_of(q) << 4)) : uint8_t((byte & 0xf0) | nibble_of(q));
+    return double(d) * q - double(off);
+  }
+};
+
+// gptq.ts q4_0Quantizer: per block of 32 d = x_max/−8 (x_max the first weight of largest
+// magnitude), codes clamp(trunc(w/d + 8.5)), value (q − 8)·f16(d)
+struct Q40Grid {
+  uint8_t* dst;
+  std::vector<float> inv, dq;  // [rows · nb] from row 0
+  long nb;
+  Q40Grid(uint8_t* d, long rows, long n) : dst(d), inv(size_t(rows) * (n / 32)), dq(inv.size()), nb(n / 32) {}
+  void fit(long r, long g, const double* v) {
+    float amax = 0, mx = 0;
+    for (int j = 0; j < 32; j++) {
+      const float x = float(v[j]);
+      if (amax < std::fabs(x)) amax = std::fabs(x), mx = x;
+    }
+    const float d = mx / -8.f;
+    const int h = f16_encode(d);
+    const long b = r * nb + g;
+    inv[size_t(b)] = d != 0 ? 1.f / d : 0.f;
+    dq[size_t(b)] = float(f16_decode(h));
+    dst[b * 18] = uint8_t(h & 0xff);
+    dst[b * 18 + 1] = uint8_t(h >> 8);
+  }
+  double quant(long r, long c, double w) {
+    const long b = r * nb + c / 32, j = c % 32;
+    const double q = clamp15_js(std::trunc(double(float(float(w) * inv[size_t(b)]) + 8.5f)));
+    uint8_t& byte = dst[b * 18 + 2 + (j & 15)];
+    byte = j < 16 ? uint8_t((byte & 0xf0) | nibble_of(q)) : uint8_t((byte & 0x0f) | (nibble_of(q) << 4));
+    return (q - 8) * double(dq[size_t(b)]);
+  }
+};
+
+}  // namespace
+
+void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
+               const float* Wsrc, long r0, long r1, const double* U, const uint8_t* dead, long n, long gs) {
+  Int4Grid grid{codes, scales, scale_bits, zeros, n, gs, n / gs};
+  column_loop(grid, Q, Wsrc, r0, r1, U, dead, n, gs);
+}
+
+void gptq_q4k(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n) {
+  Q4kGrid grid(dst, r1, n);
+  column_loop(grid, Q, W, r0, r1, U, dead, n, 256);
+}
+
+void gptq_q40(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n) {
+  Q40Grid grid(dst, r1, n);
+  column_loop(grid, Q, W, r0, r1, U, dead, n, 32);
 }
 
 // ---- tr(E H Eᵀ): per row e H eᵀ from H's upper triangle (tasks own rows; rows summed in order) ----

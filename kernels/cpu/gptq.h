@@ -30,6 +30,14 @@ bool gptq_factor(double* U, uint8_t* dead, const double* H, long n, double damp)
 void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zeros, double* Q,
                const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n, long group);
 
+// The same column loop on llama.cpp's grids, as gptq.ts q4kQuantizer (Q4_K: super-blocks of 256,
+// their sub-block scales and mins fitted to the current weights when the super-block starts, as
+// q4k.ts quantizeQ4KBlock) and q4_0Quantizer (Q4_0: blocks of 32) fill them: dst holds the GGUF
+// bytes of every row (r1 · n/256 · 144, or r1 · n/32 · 18, bytes); rows r0 … r1−1 are written.
+// n must be a multiple of 256 (Q4_K) or 32 (Q4_0).
+void gptq_q4k(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n);
+void gptq_q40(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n);
+
 // GPTQ's lazy batch update for a column loop run elsewhere (gptq.ts on the Q4_0 / Q4_K grids):
 // W (rows, n) −= E·U[i1:i2, i2:] on columns i2 … n−1, E = err (rows, i2 − i1; rows lderr apart),
 // per element i ascending, an e = 0 skipped (gptq.ts gptqRowsFactored's loop, the same bits).

@@ -308,6 +308,14 @@ static long rows_rtn(double* sums, const float* W, long rows, long n, const Make
   return -1;
 }
 
+void q4k_block(const float* x, uint8_t* dst) {
+  float L[kBlock], sc[8], mi[8], recon[kBlock];
+  const bool wide = isa() == Isa::avx512;
+  if (wide) fits_512(x, 1, L, sc, mi);
+  else fits_any(x, 1, L, sc, mi);
+  finish_block(x, L, sc, mi, dst, recon, wide);
+}
+
 long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
   const long nb = n / kBlock;
   const bool wide = isa() == Isa::avx512;

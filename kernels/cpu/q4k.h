@@ -12,6 +12,9 @@ namespace v4 {
 // outputs are unspecified), or -1.
 long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);
 
+// One super-block x [256] (finite) into dst [144]: the bytes q4k.ts quantizeQ4KBlock writes.
+void q4k_block(const float* x, uint8_t* dst);
+
 // The same for llama.cpp's Q4_0 (gguf.ts quantizeQ4_0; blocks of 32: f16 d, 16 bytes of codes; 18
 // bytes), n a multiple of 32, the sums against gguf.ts dequantizeQ4_0's values.
 long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);

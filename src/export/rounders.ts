@@ -3,7 +3,7 @@
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
 import { firstNonFiniteNative } from '../backend/native/formats.js';
-import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqGgufNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError, firstNonFinite } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4BlockStream } from '../model/v4/model.js';
@@ -11,6 +11,9 @@ import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type
 import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
 import { dequantizeQ8_0, quantizeQ8_0 } from './ggml-quants.js';
 import { gptqFactor, gptqRowsFactored, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer, type GptqFactor } from './gptq.js';
+
+/** the column loop of rows r0 … r1−1 on the native addon into the quantizer's result: Q, or null without the addon */
+type NativeColumns = (r0: number, r1: number, f: GptqFactor) => Promise<Float64Array | null>;
 import { dequantizeInt4, quantizeRtn, rowErrorSums, type ErrorStats, type Int4Weight } from './int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
 import { linearInput, type LinearKind } from './linears.js';
@@ -315,9 +318,10 @@ export class GptqRounder implements Rounder {
   /**
    * GPTQ of W against h (one run per group of output rows: wo_a's row groups read their own
    * input group), then the errors: weights, and tr(E H Eᵀ) of GPTQ and of `rtn` against tr(W H Wᵀ).
-   * The INT4 grid runs on the native addon when it is built (kernels/cpu/gptq.cpp: the same codes).
+   * The column loop runs on the native addon when it is built (`native`, kernels/cpu/gptq.cpp: the
+   * same codes and bytes), else gptq.ts's on `qz`.
    */
-  private async run(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, h: Hessian, qz: ColumnQuantizer, rtn: Float32Array, int4?: Int4Weight): Promise<void> {
+  private async run(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, h: Hessian, qz: ColumnQuantizer, rtn: Float32Array, native: NativeColumns): Promise<void> {
     const groups = h.H.length;
     if (out % groups !== 0) throw new V4tuneError(`GPTQ: ${name} has ${out} output rows, not a multiple of its ${groups} input groups`);
     const rows = out / groups;
@@ -329,7 +333,7 @@ export class GptqRounder implements Rounder {
       let Q: Float64Array;
       try {
         const f = await this.factor(name, h, g);
-        Q = (int4 && await gptqInt4Native(w, inF, g * rows, (g + 1) * rows, f, int4)) || gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz, gptqLazyUpdateNative());
+        Q = (await native(g * rows, (g + 1) * rows, f)) ?? gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz, gptqLazyUpdateNative());
       } catch (e) {
         if (e instanceof RangeError) throw new InputError(e.message);
         throw e;
@@ -353,23 +357,27 @@ export class GptqRounder implements Rounder {
   }
 
   int4(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number, gs: number): Promise<Int4Weight> {
-    return this.quantize(name, kind, w, out, inF, rtnInt4(this.label, name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs), true);
+    return this.quantize(name, kind, w, out, inF, rtnInt4(this.label, name, w, out, inF, gs), dequantizeInt4, () => int4Quantizer(out, inF, gs),
+      (qz) => (r0, r1, f) => gptqInt4Native(w, inF, r0, r1, f, qz.result));
   }
 
   async q4_0(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
     const rtn = await rtnBlocksOf(Q4_0_RTN, this.label, name, w, out, inF, null);
-    return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF));
+    return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_0(b, w.length), () => q4_0Quantizer(out, inF),
+      (qz) => (r0, r1, f) => gptqGgufNative('q4_0', w, inF, r0, r1, f, qz.result));
   }
 
   async q4_k(name: string, kind: LinearKind, w: Float32Array, out: number, inF: number): Promise<Uint8Array> {
     const rtn = await rtnBlocksOf(Q4_K_RTN, this.label, name, w, out, inF, null);
-    return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_K(b, w.length), () => q4kQuantizer(out, inF));
+    return this.quantize(name, kind, w, out, inF, rtn, (b) => dequantizeQ4_K(b, w.length), () => q4kQuantizer(out, inF),
+      (qz) => (r0, r1, f) => gptqGgufNative('q4_k', w, inF, r0, r1, f, qz.result));
   }
 
   /** GPTQ on the grid of `quantizer` when the linear has a Hessian, else its round-to-nearest `rtn`. */
   private async quantize<T>(
     name: string, kind: LinearKind, w: Float32Array, out: number, inF: number,
-    rtn: T, dequant: (q: T) => Float32Array, quantizer: () => ColumnQuantizer & { result: T }, int4Grid = false,
+    rtn: T, dequant: (q: T) => Float32Array, quantizer: () => ColumnQuantizer & { result: T },
+    native: (qz: ColumnQuantizer & { result: T }) => NativeColumns,
   ): Promise<T> {
     const h = await this.hessian(name);
     if (!h) {
@@ -378,7 +386,7 @@ export class GptqRounder implements Rounder {
       return rtn;
     }
     const qz = quantizer();
-    await this.run(name, kind, w, out, inF, h, qz, dequant(rtn), int4Grid ? (qz.result as Int4Weight) : undefined);
+    await this.run(name, kind, w, out, inF, h, qz, dequant(rtn), native(qz));
     this.gptqLinears++;
     this.done(name);
     return qz.result;

@@ -1,5 +1,5 @@
-// GPTQ on the native addon (kernels/cpu/gptq.cpp): the Hessian accumulation, the INT4-grid
-// column loop and the output error of src/export/gptq.ts and calibrate.ts, in float64 with the
+// GPTQ on the native addon (kernels/cpu/gptq.cpp): the Hessian accumulation, the column loop on
+// the INT4, Q4_K and Q4_0 grids and the output error of src/export/gptq.ts and calibrate.ts, in float64 with the
 // same operations in the same order per element, so the codes are the TypeScript reference's
 // (test/backend/native/gptq.test.ts). Each function returns null when the addon is not built (the caller
 // then runs the TypeScript reference).
@@ -62,6 +62,22 @@ export async function gptqInt4Native(w: Float32Array, inF: number, r0: number, r
   if (f.n !== inF) throw new Error(`gptq: a factor of ${f.n} inputs for a weight of ${inF}`);
   const Q = new Float64Array((r1 - r0) * inF);
   await addon.gptqInt4(result.q, result.scales, result.scaleBits, result.zeros, Q, w, r0, r1, f.U, f.dead, inF, result.groupSize);
+  return Q;
+}
+
+/**
+ * GPTQ of rows r0 … r1−1 of W [out, inF] on llama.cpp's Q4_K (`q4_k`, inF a multiple of 256) or
+ * Q4_0 (`q4_0`, a multiple of 32) grid as gptq.ts q4kQuantizer / q4_0Quantizer round it (the same
+ * bytes and Q): `dst` holds the GGUF bytes of every row, those of rows r0 … r1−1 are written; returns
+ * Q [(r1 − r0), inF], or null without the addon.
+ */
+export async function gptqGgufNative(kind: 'q4_k' | 'q4_0', w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, dst: Uint8Array): Promise<Float64Array | null> {
+  const addon = tryLoadAddon();
+  if (!addon) return null;
+  if (f.n !== inF) throw new Error(`gptq: a factor of ${f.n} inputs for a weight of ${inF}`);
+  const Q = new Float64Array((r1 - r0) * inF);
+  if (kind === 'q4_k') await addon.gptqQ4K(dst, Q, w, r0, r1, f.U, f.dead, inF);
+  else await addon.gptqQ40(dst, Q, w, r0, r1, f.U, f.dead, inF);
   return Q;
 }
 

@@ -4,9 +4,11 @@
 // the same codes, scales, zeros and the same Q bits, with no tie tolerance. The output error
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
-import { gptqFactorNative, gptqInt4Native, gptqLazyUpdateNative, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
+import { gptqFactorNative, gptqGgufNative, gptqInt4Native, gptqLazyUpdateNative, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
 import { choleskyUpper, gptqFactor, gptqRows, gptqRowsFactored, int4Quantizer, outputErrorSq, upperInverse, q4_0Quantizer, q4kQuantizer } from '../../../src/export/gptq.js';
 import { A, addon, randn, rng, skipNative } from './helpers.js';
+import { quantizeQ4_0 } from '../../../src/export/gguf.js';
+import { quantizeQ4_K } from '../../../src/export/q4k.js';
 
 /** calibrate.ts: Σ xᵀx of x [rows, groups·n] into the upper triangle of H (group g), rows in order */
 function accumulateRef(H: Float64Array, x: Float32Array, rows: number, n: number, width: number, g: number): void {
@@ -178,6 +180,38 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
       expect(Buffer.from(Qb.buffer).equals(Buffer.from(Qa.buffer))).toBe(true);
       const bytes = (r: typeof a): Buffer => Buffer.from(r.result instanceof Uint8Array ? r.result : (r.result as { q: Uint8Array }).q);
       expect(bytes(b).equals(bytes(a))).toBe(true);
+    }
+  });
+
+  // The Q4_K and Q4_0 column loops on the addon: the GGUF bytes and Q of gptq.ts's q4kQuantizer /
+  // q4_0Quantizer loop (with the addon's lazy update, itself checked above), byte for byte. Two row
+  // ranges into one result (the second starts mid-tensor: the rows before it are the first
+  // range's), a dead input, exact zeros and −0 weights, 37 rows (tasks of 4–5 rows), n = 512
+  // (two Q4_K super-blocks, 16 Q4_0 blocks, Q4_0's 128-column blocks).
+  it('the Q4_K and Q4_0 column loops equal gptq.ts\'s: bytes and Q', async () => {
+    const n = 512;
+    const out = 37;
+    const x = inputs(400, n, 41, 13);
+    const H = new Float64Array(n * n);
+    accumulateRef(H, x, 400, n, n, 0);
+    finish(H, n, 400);
+    const w = Float32Array.from(randn(out * n, rng(42), 0.05));
+    for (let i = 3; i < w.length; i += 17) w[i] = i % 2 ? -0 : 0;
+    const f = gptqFactor(H, n, { damp: 0.01 });
+    const lazy = gptqLazyUpdateNative();
+    for (const [kind, make] of [['q4_k', () => q4kQuantizer(out, n)], ['q4_0', () => q4_0Quantizer(out, n)]] as const) {
+      const ref = make();
+      const nat = make();
+      for (const [r0, r1] of [[0, 20], [20, out]] as const) {
+        const Qr = gptqRowsFactored(w, n, r0, r1, f, ref, lazy);
+        const Qn = await gptqGgufNative(kind, w, n, r0, r1, f, nat.result);
+        expect(Qn, kind).not.toBeNull();
+        expect(Buffer.from(Qn!.buffer).equals(Buffer.from(Qr.buffer)), `${kind} Q rows ${r0}–${r1}`).toBe(true);
+      }
+      expect(Buffer.from(nat.result).equals(Buffer.from(ref.result)), `${kind} bytes`).toBe(true);
+      // GPTQ moved codes off the round-to-nearest ones (not a trivial case)
+      const rtn = kind === 'q4_k' ? quantizeQ4_K(w) : quantizeQ4_0(w);
+      expect(Buffer.from(rtn).equals(Buffer.from(nat.result)), `${kind} differs from RTN`).toBe(false);
     }
   });
 
