@@ -51,6 +51,23 @@ function inputs(tokens: number, n: number, seed: number, dead: number): Float32A
   return x;
 }
 
+/**
+ * 37 rows × 512 inputs (4–5 rows a task: the 4-row tiles and the tails): inputs from `seed` with
+ * input `dead` dead, weights with exact zeros and −0 (codes with e = 0, which an update must skip
+ * rather than add ±0 to a −0 weight), H's factor and the addon's lazy update
+ */
+function gridCase(seed: number, dead: number) {
+  const n = 512;
+  const out = 37;
+  const x = inputs(400, n, seed, dead);
+  const H = new Float64Array(n * n);
+  accumulateRef(H, x, 400, n, n, 0);
+  finish(H, n, 400);
+  const w = Float32Array.from(randn(out * n, rng(seed + 1), 0.05));
+  for (let i = 3; i < w.length; i += 17) w[i] = i % 2 ? -0 : 0;
+  return { n, out, w, f: gptqFactor(H, n, { damp: 0.01 }), lazy: gptqLazyUpdateNative() };
+}
+
 const CASES = [
   { out: 48, n: 256, gs: 128, tokens: 300, seed: 1 },
   { out: 40, n: 256, gs: 32, tokens: 64, seed: 2 }, // fewer tokens than inputs: the dampening keeps H definite
@@ -161,16 +178,7 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
   // with e = 0, which the update must skip rather than add ±0 to a −0 weight), a dead input, and
   // 37 rows.
   it('the lazy batch update for the Q4_0 / Q4_K column loop equals gptq.ts\'s own, byte for byte', async () => {
-    const n = 512;
-    const out = 37; // 4–5 rows a task: the 4-row tiles and the tails
-    const x = inputs(400, n, 21, 9);
-    const H = new Float64Array(n * n);
-    accumulateRef(H, x, 400, n, n, 0);
-    finish(H, n, 400);
-    const w = Float32Array.from(randn(out * n, rng(22), 0.05));
-    for (let i = 3; i < w.length; i += 17) w[i] = i % 2 ? -0 : 0;
-    const f = gptqFactor(H, n, { damp: 0.01 });
-    const lazy = gptqLazyUpdateNative();
+    const { n, out, w, f, lazy } = gridCase(21, 9);
     expect(lazy).not.toBeNull();
     for (const make of [() => q4_0Quantizer(out, n), () => q4kQuantizer(out, n), () => int4Quantizer(out, n, 32)]) {
       const a = make();
@@ -189,16 +197,7 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
   // range's), a dead input, exact zeros and −0 weights, 37 rows (tasks of 4–5 rows), n = 512
   // (two Q4_K super-blocks, 16 Q4_0 blocks, Q4_0's 128-column blocks).
   it('the Q4_K and Q4_0 column loops equal gptq.ts\'s: bytes and Q', async () => {
-    const n = 512;
-    const out = 37;
-    const x = inputs(400, n, 41, 13);
-    const H = new Float64Array(n * n);
-    accumulateRef(H, x, 400, n, n, 0);
-    finish(H, n, 400);
-    const w = Float32Array.from(randn(out * n, rng(42), 0.05));
-    for (let i = 3; i < w.length; i += 17) w[i] = i % 2 ? -0 : 0;
-    const f = gptqFactor(H, n, { damp: 0.01 });
-    const lazy = gptqLazyUpdateNative();
+    const { n, out, w, f, lazy } = gridCase(41, 13);
     for (const [kind, make] of [['q4_k', () => q4kQuantizer(out, n)], ['q4_0', () => q4_0Quantizer(out, n)]] as const) {
       const ref = make();
       const nat = make();
