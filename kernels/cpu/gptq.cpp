@@ -1,8 +1,9 @@
-// GPTQ on the INT4 group grid and llama.cpp's Q4_0 / Q4_K grids in float64 (see gptq.h). Every element gets the operations that
-// src/export/gptq.ts gives it, in the same order: loops are interchanged so that the vectorised
-// index is one the reference never sums over, and products are never fused into FMAs (ISO C++
-// mode: -ffp-contract=off; the pragma keeps it so under the target attributes). The TypeScript
-// functions are the readable reference; test/backend/native/gptq.test.ts checks codes and Q against them.
+// GPTQ on the INT4 group grid and llama.cpp's Q4_0 / Q4_K grids in float64 (see gptq.h). Every
+// element gets the operations that src/export/gptq.ts gives it, in the same order: loops are
+// interchanged so that the vectorised index is one the reference never sums over, and products are
+// never fused into FMAs (ISO C++ mode: -ffp-contract=off; the pragma keeps it so under the target
+// attributes). The TypeScript functions are the readable reference;
+// test/backend/native/gptq.test.ts checks codes and Q against them.
 #pragma GCC optimize("fp-contract=off")
 #include "gptq.h"
 #include "q4k.h"

@@ -1,6 +1,7 @@
-// GPTQ (Frantar et al. 2022) on the INT4 group grid and the Q4_0 / Q4_K grids, float64, as src/export/gptq.ts computes it:
-// the same operations in the same order per element (no FMA contraction), vectorised across the
-// independent index and blocked for cache, so the codes equal the TypeScript reference's.
+// GPTQ (Frantar et al. 2022) on the INT4 group grid and the Q4_0 / Q4_K grids, float64, as
+// src/export/gptq.ts computes it: the same operations in the same order per element (no FMA
+// contraction), vectorised across the independent index and blocked for cache, so the codes equal
+// the TypeScript reference's.
 #pragma once
 #include <cstdint>
 
