@@ -11,13 +11,13 @@ import { CalibrationSession, HESSIAN_BUDGET_BYTES, type CalibratedHessians, type
 import { dequantizeQ4_0, quantizeQ4_0 } from './gguf.js';
 import { dequantizeQ8_0, quantizeQ8_0 } from './ggml-quants.js';
 import { gptqFactor, gptqRowsFactored, int4Quantizer, outputErrorSq, q4_0Quantizer, q4kQuantizer, type ColumnQuantizer, type GptqFactor } from './gptq.js';
-
-/** the column loop of rows r0 … r1−1 on the native addon into the quantizer's result: Q, or null without the addon */
-type NativeColumns = (r0: number, r1: number, f: GptqFactor) => Promise<Float64Array | null>;
 import { dequantizeInt4, quantizeRtn, rowErrorSums, type ErrorStats, type Int4Weight } from './int4.js';
 import { dequantizeQ4_K, quantizeQ4_K } from './q4k.js';
 import { linearInput, type LinearKind } from './linears.js';
 import type { CalibrationOptions, CalibrationSummary, KindStats } from './quantize-types.js';
+
+/** the column loop of rows r0 … r1−1 on the native addon into the quantizer's result: Q, or null without the addon */
+type NativeColumns = (r0: number, r1: number, f: GptqFactor) => Promise<Float64Array | null>;
 
 /** per-kind weight errors and (method gptq) output errors of the quantised linears */
 export class ErrorAccumulator {
