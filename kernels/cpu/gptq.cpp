@@ -507,9 +507,9 @@ inline double clamp15_js(double v) { return std::isnan(v) ? v : v <= 0 ? 0.0 : s
 // a code as a Uint8Array nibble store sees it (ToInt32: NaN → 0)
 inline int nibble_of(double q) { return std::isnan(q) ? 0 : int(q) & 15; }
 
-// gptq.ts q4kQuantizer: at a super-block's start its bytes fitted as q4k.ts quantizeQ4KBlock
-// fits them (q4k_block), its per-sub-block step d·sc and offset dmin·m kept; each weight then
-// code clamp(nearest((w + offset)/step)) (0 where step is 0), value step·q − offset in float64
+// gptq.ts q4kQuantizer: at a super-block's start its bytes fitted as q4k.ts quantizeQ4KBlock fits
+// them (q4k_block, which also gives each sub-block's step d·sc and offset dmin·m); each weight
+// then code clamp(nearest((w + offset)/step)) (0 where step is 0), value step·q − offset in float64
 struct Q4kGrid {
   uint8_t* dst;
   std::vector<float> step, offset;  // [rows · nb · 8] from row 0
@@ -518,16 +518,8 @@ struct Q4kGrid {
   void fit(long r, long g, const double* v) {
     float x[256];
     for (int i = 0; i < 256; i++) x[i] = float(v[i]);
-    uint8_t* b = dst + (r * nb + g) * 144;
-    q4k_block(x, b);
-    const double d = f16_decode(b[0] | (b[1] << 8)), dmin = f16_decode(b[2] | (b[3] << 8));
-    const uint8_t* q = b + 4;
-    for (int j = 0; j < 8; j++) {
-      const int sc = j < 4 ? q[j] & 63 : (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4);
-      const int m = j < 4 ? q[j + 4] & 63 : (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-      step[size_t((r * nb + g) * 8 + j)] = float(d * sc);
-      offset[size_t((r * nb + g) * 8 + j)] = float(dmin * m);
-    }
+    const long b = r * nb + g;
+    q4k_block(x, dst + b * 144, step.data() + b * 8, offset.data() + b * 8);
   }
   double quant(long r, long c, double w) {
     const long b = r * nb + c / 256, i = c % 256, k = b * 8 + (i >> 5);
@@ -540,26 +532,20 @@ struct Q4kGrid {
   }
 };
 
-// gptq.ts q4_0Quantizer: per block of 32 d = x_max/−8 (x_max the first weight of largest
-// magnitude), codes clamp(trunc(w/d + 8.5)), value (q − 8)·f16(d)
+// gptq.ts q4_0Quantizer: per block of 32 the scale of round to nearest (q40_block_scale), codes
+// clamp(trunc(w/d + 8.5)), value (q − 8)·f16(d)
 struct Q40Grid {
   uint8_t* dst;
   std::vector<float> inv, dq;  // [rows · nb] from row 0
   long nb;
   Q40Grid(uint8_t* d, long rows, long n) : dst(d), inv(size_t(rows) * (n / 32)), dq(inv.size()), nb(n / 32) {}
   void fit(long r, long g, const double* v) {
-    float amax = 0, mx = 0;
-    for (int j = 0; j < 32; j++) {
-      const float x = float(v[j]);
-      if (amax < std::fabs(x)) amax = std::fabs(x), mx = x;
-    }
-    const float d = mx / -8.f;
-    const int h = f16_encode(d);
+    float x[32];
+    for (int j = 0; j < 32; j++) x[j] = float(v[j]);
     const long b = r * nb + g;
-    inv[size_t(b)] = d != 0 ? 1.f / d : 0.f;
-    dq[size_t(b)] = float(f16_decode(h));
-    dst[b * 18] = uint8_t(h & 0xff);
-    dst[b * 18 + 1] = uint8_t(h >> 8);
+    const Q40Scale sc = q40_block_scale(x, dst + b * 18, isa() == Isa::avx512);
+    inv[size_t(b)] = sc.id;
+    dq[size_t(b)] = float(sc.dq);
   }
   double quant(long r, long c, double w) {
     const long b = r * nb + c / 32, j = c % 32;

@@ -228,7 +228,8 @@ V4_AVX512 static void finish_sub_512(const float* x, float* L, float* recon, flo
 
 // one super-block from its sub-block fits: d, dmin, the 6-bit scales, the codes on the final grid
 // (into dst), and the dequantised values (recon: q4k.ts dequantizeQ4_K's float32 values)
-void finish_block(const float* x, float* L, const float* scales, const float* mins, uint8_t* dst, float* recon, bool wide) {
+void finish_block(const float* x, float* L, const float* scales, const float* mins, uint8_t* dst, float* recon, bool wide,
+                  float* steps = nullptr, float* offsets = nullptr) {
   float maxScale = 0, maxMin = 0;
   for (int j = 0; j < 8; j++) {
     if (scales[j] > maxScale) maxScale = scales[j];
@@ -264,6 +265,7 @@ void finish_block(const float* x, float* L, const float* scales, const float* mi
       m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
     const float step = float(d * sc), offset = float(dmin * m);
+    if (steps) steps[j] = step, offsets[j] = offset;
     if (wide) {
       finish_sub_512(x + kSub * j, L + kSub * j, recon + kSub * j, step, offset);
       continue;
@@ -308,12 +310,12 @@ static long rows_rtn(double* sums, const float* W, long rows, long n, const Make
   return -1;
 }
 
-void q4k_block(const float* x, uint8_t* dst) {
+void q4k_block(const float* x, uint8_t* dst, float* step, float* offset) {
   float L[kBlock], sc[8], mi[8], recon[kBlock];
   const bool wide = isa() == Isa::avx512;
   if (wide) fits_512(x, 1, L, sc, mi);
   else fits_any(x, 1, L, sc, mi);
-  finish_block(x, L, sc, mi, dst, recon, wide);
+  finish_block(x, L, sc, mi, dst, recon, wide, step, offset);
 }
 
 long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
@@ -412,26 +414,32 @@ V4_AVX512 static bool q80_codes_512(const float* xb, float id, double dq, uint8_
 // Q4_0 (gguf.ts quantizeQ4_0, llama.cpp's quantize_row_q4_0_ref): per block of 32, m = the value
 // of largest magnitude, d = m / −8, id = 1/d, q = min(15, trunc(x·id + 8.5)), all in float32 and
 // rounded once each; the dequantised value (q − 8)·f16(d) as gguf.ts dequantizeQ4_0 rounds it
+Q40Scale q40_block_scale(const float* xb, uint8_t* p, bool wide) {
+  float amax = 0.f, mx = 0.f;
+  if (wide) {  // the first weight of the largest magnitude, as the scalar loop's strict < keeps it
+    amax = amax32_512(xb);
+    for (int j = 0; j < 32 && amax > 0.f; j++)
+      if (std::fabs(xb[j]) == amax) {
+        mx = xb[j];
+        break;
+      }
+  } else {
+    for (int j = 0; j < 32; j++)
+      if (amax < std::fabs(xb[j])) amax = std::fabs(xb[j]), mx = xb[j];
+  }
+  const float d = mx / -8.f;
+  const int h = f16_encode(double(d));
+  p[0] = uint8_t(h & 0xff);
+  p[1] = uint8_t(h >> 8);
+  return {d != 0.f ? 1.f / d : 0.f, f16_decode(h)};
+}
+
 long q40_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n) {
   const bool wide = isa() == Isa::avx512;
   return blocks32_rtn(dst, sums, W, rows, n, 18, [wide](const float* xb, uint8_t* p, double* e) {
-    float amax = 0.f, mx = 0.f;
-    if (wide) {  // the first weight of the largest magnitude, as the scalar loop's strict < keeps it
-      amax = amax32_512(xb);
-      for (int j = 0; j < 32 && amax > 0.f; j++)
-        if (std::fabs(xb[j]) == amax) {
-          mx = xb[j];
-          break;
-        }
-    } else {
-      for (int j = 0; j < 32; j++)
-        if (amax < std::fabs(xb[j])) amax = std::fabs(xb[j]), mx = xb[j];
-    }
-    const float d = mx / -8.f, id = d != 0.f ? 1.f / d : 0.f;
-    const int h = f16_encode(double(d));
-    const double dq = f16_decode(h);
-    p[0] = uint8_t(h & 0xff);
-    p[1] = uint8_t(h >> 8);
+    const Q40Scale sc = q40_block_scale(xb, p, wide);
+    const float id = sc.id;
+    const double dq = sc.dq;
     if (wide && std::isfinite(id) && q40_codes_512(xb, id, dq, p + 2, e)) return;
     uint32_t q[32];
     for (int j = 0; j < 32; j++) q[j] = js_code(xb[j] * id + 8.5f);

@@ -12,8 +12,17 @@ namespace v4 {
 // outputs are unspecified), or -1.
 long q4k_rtn(uint8_t* dst, double* sums, const float* W, long rows, long n);
 
-// One super-block x [256] (finite) into dst [144]: the bytes q4k.ts quantizeQ4KBlock writes.
-void q4k_block(const float* x, uint8_t* dst);
+// One super-block x [256] (finite) into dst [144]: the bytes q4k.ts quantizeQ4KBlock writes, and
+// its grid (q4k.ts q4kGrid): value of code q in sub-block j = step[j]·q − offset[j].
+void q4k_block(const float* x, uint8_t* dst, float* step, float* offset);
+
+// Q4_0's scale of one block xb [32] (gguf.ts quantizeQ4_0): d = the first weight of largest
+// magnitude / −8, its f16 bits written to p[0..1]; id = 1/d (0 when d is 0) and dq = f16(d).
+struct Q40Scale {
+  float id;
+  double dq;
+};
+Q40Scale q40_block_scale(const float* xb, uint8_t* p, bool wide);
 
 // The same for llama.cpp's Q4_0 (gguf.ts quantizeQ4_0; blocks of 32: f16 d, 16 bytes of codes; 18
 // bytes), n a multiple of 32, the sums against gguf.ts dequantizeQ4_0's values.
