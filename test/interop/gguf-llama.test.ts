@@ -66,7 +66,8 @@ let dir = '';
 let llama: Llama;
 /** llama.cpp's log lines (info and above) since the last `llamaLog.length = 0` */
 const llamaLog: string[] = [];
-const files = new Map<GgufFormat, string>();
+/** a format's file rounded to nearest, keyed by the format; GPTQ's (method gptq) keyed `<format>+gptq` */
+const files = new Map<string, string>();
 const FORMATS: GgufFormat[] = ['gguf-f32', 'gguf-f16', 'gguf-bf16', 'gguf-q8_0', 'gguf-q4_0', 'gguf-q4_k'];
 /**
  * F32 and F16 run on the tiny model (index_topk 4, 2 of 8 experts: both top-k choices exercised).
@@ -75,7 +76,13 @@ const FORMATS: GgufFormat[] = ['gguf-f32', 'gguf-f16', 'gguf-bf16', 'gguf-q8_0',
  * token: with a top-k, a score moved by rounding can flip which entries or experts are kept, a
  * discrete change no logit bound covers.
  */
-const modelOf = (f: GgufFormat): string => (f === 'gguf-f32' || f === 'gguf-f16' ? 'model' : 'wide');
+const modelOf = (f: string): string => (f === 'gguf-f32' || f === 'gguf-f16' ? 'model' : 'wide');
+/**
+ * the formats also written by GPTQ (its own column loop: other codes in the same blocks), on a
+ * 64-token calibration row. Only Q4_0: the tiny model has no linear whose input is a multiple of
+ * 256, so its Q4_K file falls back to Q5_0, rounded to nearest either way.
+ */
+const GPTQ_FORMATS = ['gguf-q4_0'] as const;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-llama-'));
@@ -86,6 +93,12 @@ beforeAll(async () => {
     await quantizeCheckpoint({ model: join(dir, modelOf(format)), out, format, method: 'rtn', groupSize: 32 });
     files.set(format, out);
   }
+  for (const format of GPTQ_FORMATS) {
+    const out = join(dir, `${format}-gptq.gguf`);
+    const calibration = { rows: [{ input_ids: Int32Array.from(sequence(64, 4242)) }], damp: 0.01, note: () => {} };
+    await quantizeCheckpoint({ model: join(dir, modelOf(format)), out, format, method: 'gptq', groupSize: 32, calibration });
+    files.set(`${format}+gptq`, out);
+  }
   // node-llama-cpp validates CI at import and throws on an empty one (`CI= npm test`): imported
   // here, after an empty CI is taken as unset
   if (process.env.CI === '') delete process.env.CI;
@@ -94,7 +107,7 @@ beforeAll(async () => {
 }, 300_000);
 
 const llamaModels = new Map<string, LlamaModel>();
-const v4tuneModels = new Map<GgufFormat, V4Model>();
+const v4tuneModels = new Map<string, V4Model>();
 
 afterAll(async () => {
   for (const m of v4tuneModels.values()) m.dispose();
@@ -195,11 +208,11 @@ function compare(a: Float32Array, b: Float32Array, n: number): { worst: number; 
 }
 
 /** v4tune on the weights the GGUF file holds (loaded once per format; disposed after the suite) */
-async function v4tuneOnGgufWeights(format: GgufFormat): Promise<V4Model> {
+async function v4tuneOnGgufWeights(format: string): Promise<V4Model> {
   const have = v4tuneModels.get(format);
   if (have) return have;
   const out = join(dir, `weights-${format}`);
-  await ggufWeightsAsCheckpoint(files.get(format)!, join(dir, modelOf(format)), out);
+  await ggufWeightsAsCheckpoint(files.get(format)!, join(dir, modelOf(format.replace('+gptq', ''))), out);
   const m = await loadModel(out, { backend: 'auto', note: () => {} });
   v4tuneModels.set(format, m);
   return m;
@@ -219,7 +232,7 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     expect(r.argmaxDiffs).toEqual([]);
   });
 
-  for (const [format, tol] of [['gguf-f16', 5e-3], ['gguf-bf16', 5e-2], ['gguf-q8_0', 5e-2], ['gguf-q4_0', Q4_TOL], ['gguf-q4_k', Q4_TOL]] as const) {
+  for (const [format, tol] of [['gguf-f16', 5e-3], ['gguf-bf16', 5e-2], ['gguf-q8_0', 5e-2], ['gguf-q4_0', Q4_TOL], ['gguf-q4_k', Q4_TOL], ['gguf-q4_0+gptq', Q4_TOL]] as const) {
     it(`${format}: logits at every position of ${T_ROUNDED} tokens within ${tol} of v4tune's on the same (dequantised) weights; argmax equal wherever v4tune's top-2 margin exceeds twice that`, async () => {
       const short = ids.slice(0, T_ROUNDED);
       const got = await llamaLogits(await open(files.get(format)!), short);
@@ -230,6 +243,10 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
       expect(r.argmaxDiffs.filter((t) => r.margins[t]! > 2 * tol)).toEqual([]);
     });
   }
+
+  it('the GPTQ-made Q4_0 file (run above) holds other codes than round to nearest\'s', () => {
+    for (const format of GPTQ_FORMATS) expect(readFileSync(files.get(`${format}+gptq`)!).equals(readFileSync(files.get(format)!)), format).toBe(false);
+  });
 
   for (const format of ['gguf-q4_0', 'gguf-q4_k'] as const) {
     it(`${format}: greedy decoding for ${GREEDY} tokens: llama.cpp picks v4tune's argmax at every step but near-ties (top-2 margin ≤ ${2 * Q4_TOL}); the first ${MIN_GREEDY} tokens agree exactly`, async () => {
