@@ -13,7 +13,8 @@
 //   F16 ~1e-3, BF16 ~6e-3, Q8_0 ~2e-2. The layer math itself is what F32 proves (all 200 tokens,
 //   past the 128-token compression of layer 2); these show the rounding of each type stays bounded.
 // - Q4_0 / Q4_K: llama.cpp rounds the activations of these dot products to 8 bits too (Q8_0 /
-//   Q8_K): the Q8_0 bound (measured ~2e-2). Greedy decoding (llama.cpp's incremental decode
+//   Q8_K): the Q8_0 bound (measured ~2e-2). Q4_K on a model 256 wide (WIDE_256), so that its
+//   super-blocks are what llama.cpp runs, not only the Q5_0 fallback. Greedy decoding (llama.cpp's incremental decode
 //   path, one token at a time): see GREEDY below.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -44,7 +45,7 @@ const V = 129280;
  * flip); the logits themselves are bounded by the test before, on the same model. This random
  * model's next-token distributions are flat (top-2 margins of 0.1-10 % of the largest logit), so
  * such near-ties do occur: the free-running continuations agree token for token for at least
- * MIN_GREEDY tokens (measured: 15 for both formats, the 16th a near-tie at 0.6 % / 0.3 %; 12
+ * MIN_GREEDY tokens (measured: 15 for Q4_0, the 16th a near-tie at 0.6 %, 52 for Q4_K; 12
  * leaves room for the other CPU kernels llama.cpp picks on another machine).
  */
 const GREEDY = 64;
@@ -76,18 +77,27 @@ const FORMATS: GgufFormat[] = ['gguf-f32', 'gguf-f16', 'gguf-bf16', 'gguf-q8_0',
  * token: with a top-k, a score moved by rounding can flip which entries or experts are kept, a
  * discrete change no logit bound covers.
  */
-const modelOf = (f: string): string => (f === 'gguf-f32' || f === 'gguf-f16' ? 'model' : 'wide');
+const modelOf = (f: string): string => (f === 'gguf-f32' || f === 'gguf-f16' ? 'model' : f.startsWith('gguf-q4_k') ? 'wide256' : 'wide');
+/**
+ * Q4_K's super-blocks are 256 wide: a linear whose input is not a multiple of 256 falls back to
+ * Q5_0 (as llama.cpp's quantizer does), and no input of the tiny preset is one (hidden 64). So
+ * Q4_K runs on the wide model made 256 wide where it matters — hidden, q_lora, o_groups × o_lora
+ * and the experts' width: every layer's wq_a, wq_b, wkv, wo_b and its routed and shared experts'
+ * w1, w3, w2 are Q4_K — with wo_a's input left at 128, so the file holds the Q5_0 fallback too.
+ */
+const WIDE_256 = { hidden_size: 256, q_lora_rank: 256, o_lora_rank: 128, moe_intermediate_size: 256 } as const;
 /**
  * the formats also written by GPTQ (its own column loop: other codes in the same blocks), on a
- * 64-token calibration row. Only Q4_0: the tiny model has no linear whose input is a multiple of
- * 256, so its Q4_K file falls back to Q5_0, rounded to nearest either way.
+ * 64-token calibration row: Q4_0, and Q4_K on the 256-wide model (GPTQ's Q4_K grid with its
+ * super-block scale and min fits).
  */
-const GPTQ_FORMATS = ['gguf-q4_0'] as const;
+const GPTQ_FORMATS = ['gguf-q4_0', 'gguf-q4_k'] as const;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'v4tune-gguf-llama-'));
   await writeTinyModel(join(dir, 'model'));
   await writeTinyModel(join(dir, 'wide'), { overrides: { ...INTEROP_OVERRIDES, index_topk: 64, num_experts_per_tok: 8 } });
+  await writeTinyModel(join(dir, 'wide256'), { overrides: { ...INTEROP_OVERRIDES, index_topk: 64, num_experts_per_tok: 8, ...WIDE_256 } });
   for (const format of FORMATS) {
     const out = join(dir, `${format}.gguf`);
     await quantizeCheckpoint({ model: join(dir, modelOf(format)), out, format, method: 'rtn', groupSize: 32 });
@@ -232,7 +242,7 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     expect(r.argmaxDiffs).toEqual([]);
   });
 
-  for (const [format, tol] of [['gguf-f16', 5e-3], ['gguf-bf16', 5e-2], ['gguf-q8_0', 5e-2], ['gguf-q4_0', Q4_TOL], ['gguf-q4_k', Q4_TOL], ['gguf-q4_0+gptq', Q4_TOL]] as const) {
+  for (const [format, tol] of [['gguf-f16', 5e-3], ['gguf-bf16', 5e-2], ['gguf-q8_0', 5e-2], ['gguf-q4_0', Q4_TOL], ['gguf-q4_k', Q4_TOL], ['gguf-q4_0+gptq', Q4_TOL], ['gguf-q4_k+gptq', Q4_TOL]] as const) {
     it(`${format}: logits at every position of ${T_ROUNDED} tokens within ${tol} of v4tune's on the same (dequantised) weights; argmax equal wherever v4tune's top-2 margin exceeds twice that`, async () => {
       const short = ids.slice(0, T_ROUNDED);
       const got = await llamaLogits(await open(files.get(format)!), short);
@@ -244,7 +254,7 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     });
   }
 
-  it('the GPTQ-made Q4_0 file (run above) holds other codes than round to nearest\'s', () => {
+  it('the GPTQ-made Q4_0 and Q4_K files (run above) hold other codes than round to nearest\'s', () => {
     for (const format of GPTQ_FORMATS) expect(readFileSync(files.get(`${format}+gptq`)!).equals(readFileSync(files.get(format)!)), format).toBe(false);
   });
 
@@ -266,12 +276,20 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     });
   }
 
-  it('Q4_K: linears whose input is a multiple of 256 are Q4_K; the others Q5_0, as llama.cpp\'s quantizer falls back', () => {
-    const types = ggufTypes(files.get('gguf-q4_k')!);
-    const f = readGgufHeader(files.get('gguf-q4_k')!);
-    for (const t of f.tensors) {
-      if (!/^blk\.\d+\.(attn_(q_a|q_b|kv|output_a|output_b)|ffn_(gate|up|down)_(exps|shexp))\.weight$/.test(t.name)) continue;
-      expect(types.get(t.name), t.name).toBe(t.dims[0]! % 256 === 0 ? GgmlType.Q4_K : GgmlType.Q5_0);
+  it('Q4_K: linears whose input is a multiple of 256 are Q4_K (in both files llama.cpp ran above); the others Q5_0, as llama.cpp\'s quantizer falls back', () => {
+    for (const file of ['gguf-q4_k', 'gguf-q4_k+gptq']) {
+      const types = ggufTypes(files.get(file)!);
+      const f = readGgufHeader(files.get(file)!);
+      const count = new Map<GgmlType, number>();
+      for (const t of f.tensors) {
+        if (!/^blk\.\d+\.(attn_(q_a|q_b|kv|output_a|output_b)|ffn_(gate|up|down)_(exps|shexp))\.weight$/.test(t.name)) continue;
+        const want = t.dims[0]! % 256 === 0 ? GgmlType.Q4_K : GgmlType.Q5_0;
+        expect(types.get(t.name), `${file}: ${t.name}`).toBe(want);
+        count.set(want, (count.get(want) ?? 0) + 1);
+      }
+      // every layer's wq_a, wq_b, wkv, wo_b and six expert tensors are Q4_K, its wo_a Q5_0
+      expect(count.get(GgmlType.Q4_K), file).toBe(4 * 10);
+      expect(count.get(GgmlType.Q5_0), file).toBe(4);
     }
   });
 
