@@ -201,24 +201,38 @@ static void swiglu(const Exec& X, float* act, const float* h1, const float* h3, 
   });
 }
 
-// Small experts (the `small` preset: d·I of 512·256) run one expert per pool task with serial
-// GEMMs: one expert's products last tens of microseconds, less than handing each of its ~30
-// GEMMs to the pool. Large ones (V4's 4096·2048) run one after another, each GEMM across the
-// pool. In the per-task mode each pair's result goes to a (P, d) buffer, added into the
-// token's row afterwards in pair order — the order the one-after-another mode adds in.
-// A single expert (the shared one) or fewer experts than two per thread would leave threads
-// idle: those run each GEMM across the pool instead.
-static bool experts_per_task(long P, long d, long I, const int* off, long E) {
-  if (d * I > (1L << 20) || P * d > (16L << 20)) return false;
+// The experts run in waves: contiguous ranges [e0, e1) whose pairs' output rows (pairs × d
+// floats) fit in kWaveFloats. A wave with at least two busy experts a thread runs one expert per
+// pool task, its GEMMs serial: no hand-off and wait per GEMM, and each core packs its own
+// expert's weight (V4-Flash's experts at 96 rows, bench/kernels.mjs, three interleaved pairs of
+// runs on 2 cores: forward 0.52–0.60 → 0.56–0.61 of the FMA peak, backward 0.44–0.48 →
+// 0.49–0.56, bf16 forward 371–413 → 443–547 GFLOP/s; in the 2-layer flash step at 512 tokens the
+// routed experts 2.87–3.25 → 2.58–2.72 s in fp32; the step's peak RSS 110–125 MB higher: the
+// wave buffers below, 64 MB at most each, forward and backward). Each pair's result
+// goes to a (pairs, d) buffer, added into the token's row after the wave in pair order. Other
+// waves (few experts, or one expert whose pairs alone exceed the budget) run their experts one
+// after another, each GEMM across the pool, adding in pair order too. Waves follow the expert order, so every token's row gets its pairs in increasing pair
+// order whichever way each wave runs: the same bits as one after another throughout.
+static const long kWaveFloats = 16L << 20;
+
+// the end of the wave that starts at expert e0: at least e0 + 1, then while the pairs fit
+static long wave_end(const int* off, long E, long e0, long d) {
+  long e1 = e0 + 1;
+  while (e1 < E && long(off[e1 + 1] - off[e0]) * d <= kWaveFloats) e1++;
+  return e1;
+}
+
+// whether the wave [e0, e1) runs one expert per pool task
+static bool wave_per_task(const int* off, long e0, long e1) {
   long busy = 0;
-  for (long e = 0; e < E; e++) busy += off[e + 1] > off[e];
+  for (long e = e0; e < e1; e++) busy += off[e + 1] > off[e];
   return busy >= 2L * num_threads();
 }
 
-// Experts in order of decreasing pair count (the per-task mode starts the longest first).
-static std::vector<long> by_size(const int* off, long E) {
+// The experts of [e0, e1) in order of decreasing pair count (a per-task wave starts the longest first).
+static std::vector<long> by_size(const int* off, long e0, long e1) {
   std::vector<long> order;
-  for (long e = 0; e < E; e++)
+  for (long e = e0; e < e1; e++)
     if (off[e + 1] > off[e]) order.push_back(e);
   std::stable_sort(order.begin(), order.end(), [&](long a, long b) { return off[a + 1] - off[a] > off[b + 1] - off[b]; });
   return order;
@@ -263,27 +277,31 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
   // pair p's kept h1 and h3 (null when not kept)
   auto k1 = [&](long p) { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) { return h13 ? h13 + (P + p) * I : nullptr; };
-  if (experts_per_task(P, d, I, off, E)) {
-    V4_SCRATCH_ONE(sy)
-    float* Y = grow(sy, P * d);
-    const std::vector<long> order = by_size(off, E);
-    parallel_run(int(order.size()), [&](int t) {
-      check_cancel();
-      const long e = order[t], p0 = off[e];
-      routed_experts_forward_one(Exec{false}, Y + p0 * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L, k1(p0), k3(p0));
-    });
-    scatter_add(out, Y, idx, w, P, d);
-    return;
-  }
   V4_SCRATCH_ONE(sy)
   const Exec X{true};
-  for (long e = 0; e < E; e++) {
-    long p0 = off[e], n = off[e + 1] - off[e];
-    if (n == 0) continue;
+  for (long e0 = 0, e1; e0 < E; e0 = e1) {
+    e1 = wave_end(off, E, e0, d);
     check_cancel();
-    float* y = grow(sy, n * d);
-    routed_experts_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L, k1(p0), k3(p0));
-    X.rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
+    if (wave_per_task(off, e0, e1)) {
+      const long q0 = off[e0], q1 = off[e1];
+      float* Y = grow(sy, (q1 - q0) * d);
+      const std::vector<long> order = by_size(off, e0, e1);
+      parallel_run(int(order.size()), [&](int t) {
+        check_cancel();
+        const long e = order[t], p0 = off[e];
+        routed_experts_forward_one(Exec{false}, Y + (p0 - q0) * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L, k1(p0), k3(p0));
+      });
+      scatter_add(out, Y, idx + q0, w + q0, q1 - q0, d);
+      continue;
+    }
+    for (long e = e0; e < e1; e++) {
+      long p0 = off[e], n = off[e + 1] - off[e];
+      if (n == 0) continue;
+      check_cancel();
+      float* y = grow(sy, n * d);
+      routed_experts_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L, k1(p0), k3(p0));
+      X.rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
+    }
   }
 }
 
@@ -415,28 +433,34 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
   const long P = off[E];
   auto k1 = [&](long p) -> const float* { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) -> const float* { return h13 ? h13 + (P + p) * I : nullptr; };
-  if (experts_per_task(P, d, I, off, E) && grads_disjoint(grads, E)) {
-    V4_SCRATCH_ONE(sdx)
-    float* DX = grow(sdx, P * d);
-    const std::vector<long> order = by_size(off, E);
-    parallel_run(int(order.size()), [&](int t) {
-      check_cancel();
-      const long e = order[t], p0 = off[e];
-      routed_experts_backward_one(Exec{false}, DX + p0 * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
-                          off[e + 1] - p0, w + p0, experts[e], L, k1(p0), k3(p0));
-    });
-    if (dx) scatter_add(dx, DX, idx, nullptr, P, d);
-    return;
-  }
+  // experts run at the same time only where no two share a gradient buffer
+  const bool disjoint = grads_disjoint(grads, E);
   V4_SCRATCH_ONE(sdx)
   const Exec X{true};
-  for (long e = 0; e < E; e++) {
-    long p0 = off[e], n = off[e + 1] - off[e];
-    if (n == 0) continue;
+  for (long e0 = 0, e1; e0 < E; e0 = e1) {
+    e1 = wave_end(off, E, e0, d);
     check_cancel();
-    float* dxe = grow(sdx, n * d);
-    routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L, k1(p0), k3(p0));
-    if (dx) X.rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
+    if (disjoint && wave_per_task(off, e0, e1)) {
+      const long q0 = off[e0], q1 = off[e1];
+      float* DX = grow(sdx, (q1 - q0) * d);
+      const std::vector<long> order = by_size(off, e0, e1);
+      parallel_run(int(order.size()), [&](int t) {
+        check_cancel();
+        const long e = order[t], p0 = off[e];
+        routed_experts_backward_one(Exec{false}, DX + (p0 - q0) * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
+                                    off[e + 1] - p0, w + p0, experts[e], L, k1(p0), k3(p0));
+      });
+      if (dx) scatter_add(dx, DX, idx + q0, nullptr, q1 - q0, d);
+      continue;
+    }
+    for (long e = e0; e < e1; e++) {
+      long p0 = off[e], n = off[e + 1] - off[e];
+      if (n == 0) continue;
+      check_cancel();
+      float* dxe = grow(sdx, n * d);
+      routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L, k1(p0), k3(p0));
+      if (dx) X.rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
+    }
   }
 }
 

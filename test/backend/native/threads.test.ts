@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { rawWeight, type RawExpert } from '../../../src/backend/native/addon.js';
 import { quantFp4, quantFp8Block } from '../../../src/model/formats.js';
-import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
+import { A, addon, bitsDiffer, randn, rng, skipNative, whyUnavailable } from './helpers.js';
 import { relErr } from '../../ref64.js';
 
 async function withThreads<T>(n: number, f: () => Promise<T>): Promise<T> {
@@ -54,6 +54,55 @@ describe.skipIf(skipNative)('native thread-count and instruction-set independenc
     const one = await withThreads(1, run);
     const two = await withThreads(2, run);
     one.forEach((a, i) => expect(relErr(two[i], a), `output ${i}`).toBeLessThan(1e-6));
+  });
+
+  // The experts run in waves of at most 16M floats of pair rows (kernels/cpu/lora.cpp): a wave
+  // with two busy experts a thread or more runs one expert per task, others one expert after
+  // another with each GEMM across the pool. Here d = 4096 and experts of 500 pairs, then one of
+  // 3000: the first four experts make a wave (2000 pairs · 4096 < 16M; with the fifth, 5000
+  // would not fit), the last two another. 1 thread runs both waves per task, 2 threads the first
+  // per task and the second one expert after another, 8 threads both one after another: the
+  // bits must not move (each token's row gets its pairs in pair order either way).
+  it('expert waves, run per task or one expert after another, give the same bits (forward, kept h1/h3, backward)', async () => {
+    const r = rng(44);
+    const [d, I, rk] = [4096, 32, 4];
+    const sizes = [500, 500, 500, 500, 3000, 500];
+    const T = 3000;
+    const E = sizes.length;
+    const ex: RawExpert[] = sizes.map(() => {
+      const q1 = quantFp4(randn(I * d, r, 0.05), I, d);
+      const q2 = quantFp4(randn(d * I, r, 0.2), d, I);
+      const q3 = quantFp4(randn(I * d, r, 0.05), I, d);
+      return {
+        w1: rawWeight('fp4', q1.weight, q1.scale, I, d), w2: rawWeight('fp4', q2.weight, q2.scale, d, I), w3: rawWeight('fp4', q3.weight, q3.scale, I, d),
+        a1: randn(rk * d, r, 0.05), b1: randn(I * rk, r), r1: rk, s1: 0.5, a2: randn(rk * I, r), b2: randn(d * rk, r), r2: rk, s2: 0.5, a3: randn(rk * d, r, 0.05), b3: randn(I * rk, r), r3: rk, s3: 0.5,
+      };
+    });
+    const off = new Int32Array(E + 1);
+    sizes.forEach((n, e) => { off[e + 1] = off[e]! + n; });
+    const P = off[E]!;
+    // expert e takes n tokens from a rotating start, each token at most once per expert
+    const idx = new Int32Array(P);
+    sizes.forEach((n, e) => { for (let j = 0; j < n; j++) idx[off[e]! + j] = (e * 700 + j) % T; });
+    const w = randn(P, r);
+    const x = randn(T * d, r);
+    const g = randn(T * d, r);
+    const run = async (): Promise<Float32Array[]> => {
+      const out = new Float32Array(T * d);
+      const h13 = new Float32Array(2 * P * I);
+      await A().routedExpertsForward(out, x, T, d, I, idx, off, w, ex, 10, h13);
+      const dx = new Float32Array(T * d);
+      const dw = new Float32Array(P);
+      const grads = ex.map(() => ({ da1: new Float32Array(rk * d), db1: new Float32Array(I * rk), da2: new Float32Array(rk * I), db2: new Float32Array(d * rk), da3: new Float32Array(rk * d), db3: new Float32Array(I * rk) }));
+      await A().routedExpertsBackward(dx, dw, grads, g, x, T, d, I, idx, off, w, ex, 10, h13);
+      return [out, h13, dx, dw, ...grads.flatMap((gg) => Object.values(gg))];
+    };
+    const serial = await withThreads(8, run);
+    expect(serial[0]!.some((v) => v !== 0)).toBe(true);
+    for (const n of [1, 2]) {
+      const got = await withThreads(n, run);
+      got.forEach((a, i) => expect(bitsDiffer(a, serial[i]!), `${n} thread(s), output ${i}`).toBeNull());
+    }
   });
 
   it('attention backward, FP8 linear backward and the chunked LM-head agree between 1 and 2 threads', async () => {
