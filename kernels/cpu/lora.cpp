@@ -203,16 +203,17 @@ static void swiglu(const Exec& X, float* act, const float* h1, const float* h3, 
 
 // The experts run in waves: contiguous ranges [e0, e1) whose pairs' output rows (pairs × d
 // floats) fit in kWaveFloats. A wave with at least two busy experts a thread runs one expert per
-// pool task, its GEMMs serial: no hand-off and wait per GEMM, and each core packs its own
-// expert's weight (V4-Flash's experts at 96 rows, bench/kernels.mjs, three interleaved pairs of
-// runs on 2 cores: forward 0.52–0.60 → 0.56–0.61 of the FMA peak, backward 0.44–0.48 →
-// 0.49–0.56, bf16 forward 371–413 → 443–547 GFLOP/s; in the 2-layer flash step at 512 tokens the
-// routed experts 2.87–3.25 → 2.58–2.72 s in fp32; the step's peak RSS 110–125 MB higher: the
-// wave buffers below, 64 MB at most each, forward and backward). Each pair's result
-// goes to a (pairs, d) buffer, added into the token's row after the wave in pair order. Other
-// waves (few experts, or one expert whose pairs alone exceed the budget) run their experts one
-// after another, each GEMM across the pool, adding in pair order too. Waves follow the expert order, so every token's row gets its pairs in increasing pair
-// order whichever way each wave runs: the same bits as one after another throughout.
+// pool task with serial GEMMs: no hand-off and wait per GEMM, and each core packs its own
+// expert's weight. Each pair's result goes to a (pairs, d) buffer, added into the token's row
+// after the wave in pair order. Other waves (few experts, or one expert whose pairs alone exceed
+// the budget) run their experts one after another, each GEMM across the pool, adding in pair
+// order too. Waves follow the expert order, so every token's row gets its pairs in increasing
+// pair order whichever way each wave runs: the same bits as one after another throughout.
+// Measured at V4-Flash's width (96 rows an expert, bench/kernels.mjs, three interleaved pairs of
+// runs on 2 cores) against every GEMM across the pool: forward 0.52–0.60 → 0.56–0.61 of the FMA
+// peak, backward 0.44–0.48 → 0.49–0.56, bf16 forward 371–413 → 443–547 GFLOP/s; in the 2-layer
+// flash step at 512 tokens the routed experts take 2.87–3.25 → 2.58–2.72 s in fp32, and the
+// step's peak RSS is 110–125 MB higher (the wave buffers, at most 64 MB each way).
 static const long kWaveFloats = 16L << 20;
 
 // the end of the wave that starts at expert e0: at least e0 + 1, then while the pairs fit
