@@ -249,6 +249,37 @@ static void scatter_add(float* dst, const float* src, const int* idx, const floa
   });
 }
 
+// The experts wave by wave (above): one(X, rows, e) writes expert e's pair rows (its n pairs ×
+// d) to `rows`; they are added into dst (when not null) at the pairs' tokens, scaled by wts (1
+// where null), in pair order. perTask false keeps every wave one expert after another.
+static void run_waves(float* dst, const float* wts, const int* idx, const int* off, long E, long d, bool perTask,
+                      std::vector<float>& buf, const std::function<void(const Exec&, float*, long)>& one) {
+  const Exec X{true};
+  for (long e0 = 0, e1; e0 < E; e0 = e1) {
+    e1 = wave_end(off, E, e0, d);
+    check_cancel();
+    if (perTask && wave_per_task(off, e0, e1)) {
+      const long q0 = off[e0], q1 = off[e1];
+      float* rows = grow(buf, (q1 - q0) * d);
+      const std::vector<long> order = by_size(off, e0, e1);
+      parallel_run(int(order.size()), [&](int t) {
+        check_cancel();
+        one(Exec{false}, rows + (off[order[t]] - q0) * d, order[t]);
+      });
+      if (dst) scatter_add(dst, rows, idx + q0, wts ? wts + q0 : nullptr, q1 - q0, d);
+      continue;
+    }
+    for (long e = e0; e < e1; e++) {
+      const long p0 = off[e], n = off[e + 1] - off[e];
+      if (n == 0) continue;
+      check_cancel();
+      float* rows = grow(buf, n * d);
+      one(X, rows, e);
+      if (dst) X.rows(n, [&](long p) { axpy(dst + long(idx[p0 + p]) * d, wts ? wts[p0 + p] : 1.f, &rows[p * d], d); });
+    }
+  }
+}
+
 // One expert's forward: y (n, d) = expert_e(x[rows]); h1k / h3k, when not null, keep h1 and h3.
 static void routed_experts_forward_one(const Exec& X, float* y, const float* x, long d, long I, const int* rows, long n, const Expert& ex,
                                float L, float* h1k = nullptr, float* h3k = nullptr) {
@@ -279,31 +310,10 @@ void routed_experts_forward(float* out, const float* x, long T, long d, long I, 
   auto k1 = [&](long p) { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) { return h13 ? h13 + (P + p) * I : nullptr; };
   V4_SCRATCH_ONE(sy)
-  const Exec X{true};
-  for (long e0 = 0, e1; e0 < E; e0 = e1) {
-    e1 = wave_end(off, E, e0, d);
-    check_cancel();
-    if (wave_per_task(off, e0, e1)) {
-      const long q0 = off[e0], q1 = off[e1];
-      float* Y = grow(sy, (q1 - q0) * d);
-      const std::vector<long> order = by_size(off, e0, e1);
-      parallel_run(int(order.size()), [&](int t) {
-        check_cancel();
-        const long e = order[t], p0 = off[e];
-        routed_experts_forward_one(Exec{false}, Y + (p0 - q0) * d, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L, k1(p0), k3(p0));
-      });
-      scatter_add(out, Y, idx + q0, w + q0, q1 - q0, d);
-      continue;
-    }
-    for (long e = e0; e < e1; e++) {
-      long p0 = off[e], n = off[e + 1] - off[e];
-      if (n == 0) continue;
-      check_cancel();
-      float* y = grow(sy, n * d);
-      routed_experts_forward_one(X, y, x, d, I, idx + p0, n, experts[e], L, k1(p0), k3(p0));
-      X.rows(n, [&](long p) { axpy(out + long(idx[p0 + p]) * d, w[p0 + p], &y[p * d], d); });
-    }
-  }
+  run_waves(out, w, idx, off, E, d, true, sy, [&](const Exec& X, float* y, long e) {
+    const long p0 = off[e];
+    routed_experts_forward_one(X, y, x, d, I, idx + p0, off[e + 1] - p0, experts[e], L, k1(p0), k3(p0));
+  });
 }
 
 // in the forward pass this was (per pair p of expert e, x = x[idx[p]], g = dout[idx[p]]):
@@ -435,34 +445,12 @@ void routed_experts_backward(float* dx, float* dw, const ExpertGrads* grads, con
   auto k1 = [&](long p) -> const float* { return h13 ? h13 + p * I : nullptr; };
   auto k3 = [&](long p) -> const float* { return h13 ? h13 + (P + p) * I : nullptr; };
   // experts run at the same time only where no two share a gradient buffer
-  const bool disjoint = grads_disjoint(grads, E);
   V4_SCRATCH_ONE(sdx)
-  const Exec X{true};
-  for (long e0 = 0, e1; e0 < E; e0 = e1) {
-    e1 = wave_end(off, E, e0, d);
-    check_cancel();
-    if (disjoint && wave_per_task(off, e0, e1)) {
-      const long q0 = off[e0], q1 = off[e1];
-      float* DX = grow(sdx, (q1 - q0) * d);
-      const std::vector<long> order = by_size(off, e0, e1);
-      parallel_run(int(order.size()), [&](int t) {
-        check_cancel();
-        const long e = order[t], p0 = off[e];
-        routed_experts_backward_one(Exec{false}, DX + (p0 - q0) * d, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0,
-                                    off[e + 1] - p0, w + p0, experts[e], L, k1(p0), k3(p0));
-      });
-      if (dx) scatter_add(dx, DX, idx + q0, nullptr, q1 - q0, d);
-      continue;
-    }
-    for (long e = e0; e < e1; e++) {
-      long p0 = off[e], n = off[e + 1] - off[e];
-      if (n == 0) continue;
-      check_cancel();
-      float* dxe = grow(sdx, n * d);
-      routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, n, w + p0, experts[e], L, k1(p0), k3(p0));
-      if (dx) X.rows(n, [&](long p) { axpy(dx + long(idx[p0 + p]) * d, 1.f, &dxe[p * d], d); });
-    }
-  }
+  run_waves(dx, nullptr, idx, off, E, d, grads_disjoint(grads, E), sdx, [&](const Exec& X, float* dxe, long e) {
+    const long p0 = off[e];
+    routed_experts_backward_one(X, dxe, dw ? dw + p0 : nullptr, grads[e], dout, x, d, I, idx + p0, off[e + 1] - p0, w + p0, experts[e], L,
+                                k1(p0), k3(p0));
+  });
 }
 
 }  // namespace v4
