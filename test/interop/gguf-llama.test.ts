@@ -280,7 +280,7 @@ describe('llama.cpp (node-llama-cpp 3.22.1) runs v4tune GGUF files', { timeout: 
     for (const file of ['gguf-q4_k', 'gguf-q4_k+gptq']) {
       const types = ggufTypes(files.get(file)!);
       const f = readGgufHeader(files.get(file)!);
-      const count = new Map<GgmlType, number>();
+      const count = new Map<number, number>();
       for (const t of f.tensors) {
         if (!/^blk\.\d+\.(attn_(q_a|q_b|kv|output_a|output_b)|ffn_(gate|up|down)_(exps|shexp))\.weight$/.test(t.name)) continue;
         const want = t.dims[0]! % 256 === 0 ? GgmlType.Q4_K : GgmlType.Q5_0;
