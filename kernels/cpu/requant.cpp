@@ -148,8 +148,8 @@ V4_AVX512 inline __m256i bf16_encode16(__m512 x) {
 // Ap holds A in strips (a64_strips), each strip's r rows of 64 contiguous. Read in place, a
 // strip's rows lie cols floats apart — 16 KB at 4096 columns, all in one L1 set, more lines than
 // its ways — and were fetched from L2 again for every 4 rows (one FP4 expert's [2048, 4096] ΔW
-// on one core, interleaved runs: 118–120 → 153–162 GFLOP/s). A zero B adds fma(0, a, d) = d (A finite, which the caller
-// checks), as skipping the term does.
+// on one core, interleaved runs: 118–120 → 153–162 GFLOP/s). A zero B adds fma(0, a, d) = d
+// (A finite, which the caller checks), as skipping the term does.
 V4_AVX512 void delta_add_rows4_512(float* x, long rows4, long cols, const float* B, long r, const float* A, const float* Ap, float scaling) {
   const __m512 s = _mm512_set1_ps(scaling);
   long j = 0;
