@@ -416,18 +416,6 @@ void lazy_update(double* W, long rows, long n, const double* ne, long ldne, cons
   }
 }
 
-void gptq_lazy_update(double* W, long rows, long n, const double* err, long lderr, const double* U, long i1, long i2) {
-  const int ntask = int(std::min<long>(rows, 4L * num_threads()));
-  const long B = i2 - i1;
-  parallel_run(ntask, [&](int task) {
-    const long ra = rows * task / ntask, rb = rows * (task + 1) / ntask;
-    std::vector<double> ne(size_t(rb - ra) * B);
-    for (long r = ra; r < rb; r++)
-      for (long i = 0; i < B; i++) ne[(r - ra) * B + i] = -err[r * lderr + i];
-    lazy_update(W + ra * n, rb - ra, n, ne.data(), B, U, i1, i2);
-  });
-}
-
 // ---- the column loop ----
 // gptq.ts gptqRowsFactored on any grid: Grid::fit(row, group, vals) at a group's first column
 // (vals: the row's current weights of the group, float64), Grid::quant(row, column, w) → the
@@ -512,17 +500,17 @@ inline int nibble_of(double q) { return std::isnan(q) ? 0 : int(q) & 15; }
 // then code clamp(nearest((w + offset)/step)) (0 where step is 0), value step·q − offset in float64
 struct Q4kGrid {
   uint8_t* dst;
-  std::vector<float> step, offset;  // [rows · nb · 8] from row 0
-  long nb;
-  Q4kGrid(uint8_t* d, long rows, long n) : dst(d), step(size_t(rows) * (n / 256) * 8), offset(step.size()), nb(n / 256) {}
+  std::vector<float> step, offset;  // [(r1 − r0) · nb · 8]: rows r0 … r1−1's sub-blocks
+  long r0, nb;
+  Q4kGrid(uint8_t* d, long r0, long r1, long n) : dst(d), step(size_t(r1 - r0) * (n / 256) * 8), offset(step.size()), r0(r0), nb(n / 256) {}
   void fit(long r, long g, const double* v) {
     float x[256];
     for (int i = 0; i < 256; i++) x[i] = float(v[i]);
-    const long b = r * nb + g;
-    q4k_block(x, dst + b * 144, step.data() + b * 8, offset.data() + b * 8);
+    const long b = r * nb + g, k = ((r - r0) * nb + g) * 8;
+    q4k_block(x, dst + b * 144, step.data() + k, offset.data() + k);
   }
   double quant(long r, long c, double w) {
-    const long b = r * nb + c / 256, i = c % 256, k = b * 8 + (i >> 5);
+    const long b = r * nb + c / 256, i = c % 256, k = ((r - r0) * nb + c / 256) * 8 + (i >> 5);
     const float d = step[size_t(k)], off = offset[size_t(k)];
     const double q = d == 0 ? 0.0 : clamp15_js(nearest_f(float(float(w) + off) / d));
     const int within = int(i & 63);
@@ -536,23 +524,23 @@ struct Q4kGrid {
 // clamp(trunc(w/d + 8.5)), value (q − 8)·f16(d)
 struct Q40Grid {
   uint8_t* dst;
-  std::vector<float> inv, dq;  // [rows · nb] from row 0
-  long nb;
-  Q40Grid(uint8_t* d, long rows, long n) : dst(d), inv(size_t(rows) * (n / 32)), dq(inv.size()), nb(n / 32) {}
+  std::vector<float> inv, dq;  // [(r1 − r0) · nb]: rows r0 … r1−1's blocks
+  long r0, nb;
+  Q40Grid(uint8_t* d, long r0, long r1, long n) : dst(d), inv(size_t(r1 - r0) * (n / 32)), dq(inv.size()), r0(r0), nb(n / 32) {}
   void fit(long r, long g, const double* v) {
     float x[32];
     for (int j = 0; j < 32; j++) x[j] = float(v[j]);
-    const long b = r * nb + g;
+    const long b = r * nb + g, k = (r - r0) * nb + g;
     const Q40Scale sc = q40_block_scale(x, dst + b * 18, isa() == Isa::avx512);
-    inv[size_t(b)] = sc.id;
-    dq[size_t(b)] = float(sc.dq);
+    inv[size_t(k)] = sc.id;
+    dq[size_t(k)] = float(sc.dq);
   }
   double quant(long r, long c, double w) {
-    const long b = r * nb + c / 32, j = c % 32;
-    const double q = clamp15_js(std::trunc(double(float(float(w) * inv[size_t(b)]) + 8.5f)));
+    const long b = r * nb + c / 32, j = c % 32, k = (r - r0) * nb + c / 32;
+    const double q = clamp15_js(std::trunc(double(float(float(w) * inv[size_t(k)]) + 8.5f)));
     uint8_t& byte = dst[b * 18 + 2 + (j & 15)];
     byte = j < 16 ? uint8_t((byte & 0xf0) | nibble_of(q)) : uint8_t((byte & 0x0f) | (nibble_of(q) << 4));
-    return (q - 8) * double(dq[size_t(b)]);
+    return (q - 8) * double(dq[size_t(k)]);
   }
 };
 
@@ -565,12 +553,12 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
 }
 
 void gptq_q4k(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n) {
-  Q4kGrid grid(dst, r1, n);
+  Q4kGrid grid(dst, r0, r1, n);
   column_loop(grid, Q, W, r0, r1, U, dead, n, 256);
 }
 
 void gptq_q40(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n) {
-  Q40Grid grid(dst, r1, n);
+  Q40Grid grid(dst, r0, r1, n);
   column_loop(grid, Q, W, r0, r1, U, dead, n, 32);
 }
 

@@ -39,11 +39,6 @@ void gptq_int4(uint8_t* codes, float* scales, uint16_t* scale_bits, uint8_t* zer
 void gptq_q4k(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n);
 void gptq_q40(uint8_t* dst, double* Q, const float* W, long r0, long r1, const double* U, const uint8_t* dead, long n);
 
-// GPTQ's lazy batch update for a column loop run elsewhere (gptq.ts on the Q4_0 / Q4_K grids):
-// W (rows, n) −= E·U[i1:i2, i2:] on columns i2 … n−1, E = err (rows, i2 − i1; rows lderr apart),
-// per element i ascending, an e = 0 skipped (gptq.ts gptqRowsFactored's loop, the same bits).
-void gptq_lazy_update(double* W, long rows, long n, const double* err, long lderr, const double* U, long i1, long i2);
-
 // tr(E H Eᵀ) for E (rows, n), H (n, n) symmetric: the layer output error ‖E Xᵀ‖²·(2/n_tokens).
 double gptq_output_error(const double* E, const double* H, long rows, long n);
 

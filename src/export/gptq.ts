@@ -16,7 +16,6 @@
 // "current" weights are the block's working copy. (AutoGPTQ with static_groups = false reads a
 // group's grid from the block-start weights; for groups smaller than the block this takes the
 // weights after the block's earlier columns propagated their errors, which is what the loss wants.)
-import type { GptqLazyUpdate } from '../backend/native/gptq.js';
 import { f16Decode, f16Encode } from '../model/formats.js';
 import { groupGrid, quantCode, type Int4Weight } from './int4.js';
 import { nearestInt, q4kGrid, q4kNibble, quantizeQ4KBlock, Q4_K_BLOCK, Q4_K_BYTES } from './q4k.js';
@@ -123,8 +122,8 @@ export function gptqRows(w: Float32Array, inF: number, r0: number, r1: number, H
   return gptqRowsFactored(w, inF, r0, r1, gptqFactor(H, inF, o), qz);
 }
 
-/** gptqRows on H's factor (gptqFactor): the column loop; `lazy` replaces its lazy batch update */
-export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, qz: ColumnQuantizer, lazy?: GptqLazyUpdate | null): Float64Array {
+/** gptqRows on H's factor (gptqFactor): the column loop */
+export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: number, f: GptqFactor, qz: ColumnQuantizer): Float64Array {
   const n = inF;
   const rows = r1 - r0;
   const gs = qz.groupSize;
@@ -162,10 +161,6 @@ export function gptqRowsFactored(w: Float32Array, inF: number, r0: number, r1: n
       }
     }
     // W[:, i2:] −= E · U[i1:i2, i2:]
-    if (lazy) {
-      if (i2 < n) lazy(W, err, U, rows, n, B, i1, i2);
-      continue;
-    }
     for (let r = 0; r < rows; r++) {
       for (let i = i1; i < i2; i++) {
         const e = err[r * B + (i - i1)]!;

@@ -3,7 +3,7 @@
 // per-kind error report both feed.
 import { createBackend } from '../backend/index.js';
 import { firstNonFiniteNative } from '../backend/native/formats.js';
-import { gptqFactorNative, gptqGgufNative, gptqInt4Native, gptqLazyUpdateNative, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
+import { gptqFactorNative, gptqGgufNative, gptqInt4Native, int4RtnNative, outputErrorSqNative, q40RtnNative, q4kRtnNative, q80RtnNative } from '../backend/native/gptq.js';
 import { InputError, V4tuneError, firstNonFinite } from '../errors.js';
 import { Checkpoint } from '../model/checkpoint.js';
 import { V4BlockStream } from '../model/v4/model.js';
@@ -333,7 +333,7 @@ export class GptqRounder implements Rounder {
       let Q: Float64Array;
       try {
         const f = await this.factor(name, h, g);
-        Q = (await native(g * rows, (g + 1) * rows, f)) ?? gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz, gptqLazyUpdateNative());
+        Q = (await native(g * rows, (g + 1) * rows, f)) ?? gptqRowsFactored(w, inF, g * rows, (g + 1) * rows, f, qz);
       } catch (e) {
         if (e instanceof RangeError) throw new InputError(e.message);
         throw e;

@@ -125,8 +125,6 @@ export interface NativeAddon {
   gptqQ4K(dst: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, U: Float64Array, dead: Uint8Array, n: number): Promise<void>;
   /** the same on llama.cpp's Q4_0 grid (gptq.ts q4_0Quantizer) */
   gptqQ40(dst: Uint8Array, Q: Float64Array, W: F32, r0: number, r1: number, U: Float64Array, dead: Uint8Array, n: number): Promise<void>;
-  /** W [rows, n] −= E·U[i1:i2, i2:] on columns i2 … n−1, E = err [rows, lderr] (GPTQ's lazy batch update, gptq.ts's order; synchronous) */
-  gptqLazyUpdate(W: Float64Array, err: Float64Array, U: Float64Array, rows: number, n: number, lderr: number, i1: number, i2: number): void;
   /** round to nearest on the INT4 group grid of W [out, n] (int4.ts quantizeRtn): codes, scales, scaleBits, zeros; sums [out, 4] = per row Σ|e|, Σe², max|e|, Σw² (int4.ts rowErrorSums); bad[0] = index of the first non-finite weight or −1 */
   int4Rtn(codes: Uint8Array, scales: F32, scaleBits: Uint16Array, zeros: Uint8Array, sums: Float64Array, bad: Float64Array, W: F32, out: number, n: number, group: number): Promise<void>;
   /** AutoGPTQ's packing of an INT4 grid (gptq-export.ts packGptq): qweight [n/8, out], qzeros [n/group, out/8], scales16 [n/group, out] */

@@ -81,24 +81,6 @@ export async function gptqGgufNative(kind: 'q4_k' | 'q4_0', w: Float32Array, inF
   return Q;
 }
 
-/**
- * GPTQ's lazy batch update after the columns i1 … i2−1 of a block: W [rows, n] −= E·U[i1:i2, i2:]
- * on the columns i2 … n−1, E = err [rows, lderr] (column i − i1), per element i ascending, an
- * e = 0 skipped. export/gptq.ts's gptqRowsFactored runs its own loop in TypeScript and takes one
- * of these instead where given (gptqLazyUpdateNative: the same bits).
- */
-export type GptqLazyUpdate = (W: Float64Array, err: Float64Array, U: Float64Array, rows: number, n: number, lderr: number, i1: number, i2: number) => void;
-
-/**
- * GPTQ's lazy batch update on the addon (export/gptq.ts's TypeScript one: the same bits), or null
- * without it: for gptqRowsFactored's column loop on grids the addon does not round (Q4_0, Q4_K).
- */
-export function gptqLazyUpdateNative(): GptqLazyUpdate | null {
-  const addon = tryLoadAddon();
-  if (!addon) return null;
-  return (W, err, U, rows, n, lderr, i1, i2) => addon.gptqLazyUpdate(W, err, U, rows, n, lderr, i1, i2);
-}
-
 /** tr(E H Eᵀ) for E [rows, n] (gptq.ts outputErrorSq, summed in another order), or null without the addon */
 export async function outputErrorSqNative(E: Float64Array, rows: number, n: number, H: Float64Array): Promise<number | null> {
   const addon = tryLoadAddon();

@@ -4,7 +4,7 @@
 // the same codes, scales, zeros and the same Q bits, with no tie tolerance. The output error
 // tr(E H Eᵀ) sums in another order: relative 1e-12.
 import { describe, expect, it } from 'vitest';
-import { gptqFactorNative, gptqGgufNative, gptqInt4Native, gptqLazyUpdateNative, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
+import { gptqFactorNative, gptqGgufNative, gptqInt4Native, hessianAccumulateNative, outputErrorSqNative } from '../../../src/backend/native/gptq.js';
 import { choleskyUpper, gptqFactor, gptqRows, gptqRowsFactored, int4Quantizer, outputErrorSq, upperInverse, q4_0Quantizer, q4kQuantizer } from '../../../src/export/gptq.js';
 import { A, addon, randn, rng, skipNative } from './helpers.js';
 import { quantizeQ4_0 } from '../../../src/export/gguf.js';
@@ -54,7 +54,7 @@ function inputs(tokens: number, n: number, seed: number, dead: number): Float32A
 /**
  * 37 rows × 512 inputs (4–5 rows a task: the 4-row tiles and the tails): inputs from `seed` with
  * input `dead` dead, weights with exact zeros and −0 (codes with e = 0, which an update must skip
- * rather than add ±0 to a −0 weight), H's factor and the addon's lazy update
+ * rather than add ±0 to a −0 weight), and H's factor
  */
 function gridCase(seed: number, dead: number) {
   const n = 512;
@@ -65,7 +65,7 @@ function gridCase(seed: number, dead: number) {
   finish(H, n, 400);
   const w = Float32Array.from(randn(out * n, rng(seed + 1), 0.05));
   for (let i = 3; i < w.length; i += 17) w[i] = i % 2 ? -0 : 0;
-  return { n, out, w, f: gptqFactor(H, n, { damp: 0.01 }), lazy: gptqLazyUpdateNative() };
+  return { n, out, w, f: gptqFactor(H, n, { damp: 0.01 }) };
 }
 
 const CASES = [
@@ -173,36 +173,18 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
     }
   });
 
-  // Q4_0 and Q4_K round in gptq.ts's column loop, with the addon's lazy batch update between its
-  // blocks: the same bytes and Q as the loop's own update. Weights of −0 and exact zeros (codes
-  // with e = 0, which the update must skip rather than add ±0 to a −0 weight), a dead input, and
-  // 37 rows.
-  it('the lazy batch update for the Q4_0 / Q4_K column loop equals gptq.ts\'s own, byte for byte', async () => {
-    const { n, out, w, f, lazy } = gridCase(21, 9);
-    expect(lazy).not.toBeNull();
-    for (const make of [() => q4_0Quantizer(out, n), () => q4kQuantizer(out, n), () => int4Quantizer(out, n, 32)]) {
-      const a = make();
-      const b = make();
-      const Qa = gptqRowsFactored(w, n, 0, out, f, a);
-      const Qb = gptqRowsFactored(w, n, 0, out, f, b, lazy);
-      expect(Buffer.from(Qb.buffer).equals(Buffer.from(Qa.buffer))).toBe(true);
-      const bytes = (r: typeof a): Buffer => Buffer.from(r.result instanceof Uint8Array ? r.result : (r.result as { q: Uint8Array }).q);
-      expect(bytes(b).equals(bytes(a))).toBe(true);
-    }
-  });
-
   // The Q4_K and Q4_0 column loops on the addon: the GGUF bytes and Q of gptq.ts's q4kQuantizer /
-  // q4_0Quantizer loop (with the addon's lazy update, itself checked above), byte for byte. Two row
+  // q4_0Quantizer loop, byte for byte (its lazy batch update too: an e = 0 skipped, a −0 kept). Two row
   // ranges into one result (the second starts mid-tensor: the rows before it are the first
   // range's), a dead input, exact zeros and −0 weights, 37 rows (tasks of 4–5 rows), n = 512
   // (two Q4_K super-blocks, 16 Q4_0 blocks, Q4_0's 128-column blocks).
   it('the Q4_K and Q4_0 column loops equal gptq.ts\'s: bytes and Q', async () => {
-    const { n, out, w, f, lazy } = gridCase(41, 13);
+    const { n, out, w, f } = gridCase(41, 13);
     for (const [kind, make] of [['q4_k', () => q4kQuantizer(out, n)], ['q4_0', () => q4_0Quantizer(out, n)]] as const) {
       const ref = make();
       const nat = make();
       for (const [r0, r1] of [[0, 20], [20, out]] as const) {
-        const Qr = gptqRowsFactored(w, n, r0, r1, f, ref, lazy);
+        const Qr = gptqRowsFactored(w, n, r0, r1, f, ref);
         const Qn = await gptqGgufNative(kind, w, n, r0, r1, f, nat.result);
         expect(Qn, kind).not.toBeNull();
         expect(Buffer.from(Qn!.buffer).equals(Buffer.from(Qr.buffer)), `${kind} Q rows ${r0}–${r1}`).toBe(true);
@@ -212,28 +194,6 @@ describe.skipIf(skipNative)('native GPTQ equals the TypeScript GPTQ', { timeout:
       const rtn = kind === 'q4_k' ? quantizeQ4_K(w) : quantizeQ4_0(w);
       expect(Buffer.from(rtn).equals(Buffer.from(nat.result)), `${kind} differs from RTN`).toBe(false);
     }
-  });
-
-  it('the lazy batch update alone: W\'s bytes as gptq.ts\'s loop leaves them, −0 weights kept where e = 0', () => {
-    const [rows, n, i1, i2] = [37, 300, 32, 96]; // 4–5 rows a task: the 4-row tiles and the tails
-    const r = rng(31);
-    const U = Float64Array.from(randn(n * n, r, 0.2));
-    const W = Float64Array.from(randn(rows * n, r, 1));
-    const err = Float64Array.from(randn(rows * (i2 - i1), r, 0.1));
-    for (let i = 0; i < W.length; i += 7) W[i] = -0;
-    for (let i = 0; i < err.length; i += 3) err[i] = 0;
-    err.fill(0, 2 * (i2 - i1), 3 * (i2 - i1)); // row 2: every column exact, its weights untouched
-    const want = W.slice();
-    for (let row = 0; row < rows; row++) {
-      for (let i = i1; i < i2; i++) {
-        const e = err[row * (i2 - i1) + (i - i1)]!;
-        if (e === 0) continue;
-        for (let j = i2; j < n; j++) want[row * n + j] -= e * U[i * n + j]!;
-      }
-    }
-    gptqLazyUpdateNative()!(W, err, U, rows, n, i2 - i1, i1, i2);
-    expect(Buffer.from(W.buffer).equals(Buffer.from(want.buffer))).toBe(true);
-    expect(Array.from(W).filter((v) => Object.is(v, -0)).length).toBeGreaterThan(0);
   });
 
   it('an indefinite Hessian is refused like the TypeScript GPTQ refuses it', async () => {
