@@ -239,6 +239,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", num_threads());
   o.Set("cpuBf16", cpu_has_bf16());
   o.Set("bf16", bf16_mode());
+  o.Set("cpuAmx", cpu_has_amx());
+  o.Set("amx", amx_mode());
   o.Set("keepFreed", kKeepFreed);
   return o;
 }
@@ -260,6 +262,10 @@ Napi::Value SetIsa(const Napi::CallbackInfo& info) {
 Napi::Value SetBf16(const Napi::CallbackInfo& info) {
   set_bf16_mode(info[0].As<Napi::Boolean>().Value());
   return Napi::Boolean::New(info.Env(), bf16_mode());
+}
+Napi::Value SetAmx(const Napi::CallbackInfo& info) {
+  set_amx_mode(info[0].As<Napi::Boolean>().Value());
+  return Napi::Boolean::New(info.Env(), amx_mode());
 }
 Napi::Value Cancel(const Napi::CallbackInfo& info) {
   request_cancel();
@@ -502,6 +508,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa));
   exports.Set("setBf16", Napi::Function::New(env, SetBf16));
+  exports.Set("setAmx", Napi::Function::New(env, SetAmx));
   exports.Set("cancel", Napi::Function::New(env, Cancel));
   exports.Set("clearCancel", Napi::Function::New(env, ClearCancel));
   exports.Set("fmaPeak", Napi::Function::New(env, FmaPeak));

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <thread>
 #include <vector>
 
@@ -42,6 +44,27 @@ static std::atomic<bool> g_bf16{[] {
 }()};
 bool bf16_mode() { return g_bf16.load(std::memory_order_relaxed) && isa() == Isa::avx512; }
 void set_bf16_mode(bool on) { g_bf16 = on && cpu_has_bf16(); }
+
+// AMX-BF16 in the CPU, and the tile data state granted to this process by Linux (5.16+:
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) once, for every thread of the process)
+bool cpu_has_amx() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    if (!cpu_has_bf16() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+static std::atomic<bool> g_amx{[] {
+  const char* e = std::getenv("V4TUNE_AMX");
+  return !(e && std::strcmp(e, "0") == 0);
+}()};
+bool amx_mode() { return bf16_mode() && g_amx.load(std::memory_order_relaxed) && cpu_has_amx(); }
+void set_amx_mode(bool on) { g_amx = on; }
 
 // ---- thread pool ----
 // A job is (function, task count, generation). Workers claim task indices from one 64-bit

@@ -29,6 +29,12 @@ void set_isa(Isa i);  // cap the dispatch (tests compare paths); clamped to what
 bool bf16_mode();
 void set_bf16_mode(bool on);
 
+// AMX tiles for bf16 mode's GEMM (CPUs with AMX-BF16 whose kernel grants the tile state;
+// V4TUNE_AMX=0 at start, or set_amx_mode(false), keeps the AVX512-BF16 dot products).
+bool cpu_has_amx();
+bool amx_mode();  // bf16 mode is on and runs on AMX tiles
+void set_amx_mode(bool on);
+
 // ---- thread pool ----
 // A persistent pool sized to the cores (V4TUNE_THREADS overrides). run(n, f) calls f(i) for
 // i in [0, n) across the pool (the calling thread helps) and returns when all are done.

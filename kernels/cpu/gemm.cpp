@@ -685,6 +685,224 @@ static void skinny(long M, long N, long K, float alpha, const In& A, const In& B
     for (int t = 0; t < int(tasks); t++) run(t);
 }
 
+// ---- bf16 mode on AMX tiles (CPUs with AMX-BF16: amx_mode()) ----
+// The same operands as the dot-product kernel — A and B rounded to bf16 (nearest even), pairs
+// (X(2kp), X(2kp+1)) multiplied and summed in fp32 — on the tile unit: tdpbf16ps multiplies a
+// 16 × 32 bf16 tile of A by a 16-pair × 16 tile of B into a 16 × 16 fp32 tile, 16 384 products
+// an instruction. B is packed as for micro_bf16 ([kp][32] words a panel, K padded with zero
+// pairs to whole tiles); A as tiles: a 32-row strip holds, for each 16-pair step t, its 32 rows'
+// 16 words each (row i's word j = bf16 of A(i, 32t + 2j) and A(i, 32t + 2j + 1)), so a tile is
+// 1 KB of contiguous rows. A micro step is 2 × 2 tiles (32 × 32 of C). Each C element is still
+// summed by one task in a fixed order: the bits do not depend on the thread count. They differ
+// from micro_bf16's in the last places (the tile unit sums a pair and the products of a step in
+// its own order); both are bf16 mode's products summed in fp32.
+#define V4_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+static const int kAmxMR = 32, kAmxNR = 32;
+
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+// every tile 16 rows of 64 bytes (C: 16 fp32, A: 16 pairs, B: 16 words), loaded once per thread
+V4_AMX static void amx_configure() {
+  thread_local bool done = false;
+  if (done) return;
+  TileConfig c;
+  std::memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t < 8; t++) c.colsb[t] = 64, c.rows[t] = 16;
+  // (GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes, which drops the stores above)
+  __asm__ volatile("ldtilecfg %0" : : "m"(c));
+  done = true;
+}
+
+// A's rows [m0, m0 + mb) for K block (k0, kc) as 32-row tile strips (layout above): strip s at
+// dst + s·32·kc2p; rows past M and pairs past kc are zero. Row-major A: 32 values of a row are
+// rounded and their halves gathered in k order (a row of the tile); transposed A: 16 pairs of
+// 16 rows (a k's rows are contiguous) transposed in registers; other strides through a row copy.
+V4_AMX static void pack_A_amx(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, uint32_t* dst) {
+  const long kc2p = cdiv(cdiv(kc, 2), 16) * 16, steps = kc2p / 16;
+  alignas(64) static const uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+                                                       33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i high = _mm512_load_si512(kHighHalves);
+  alignas(64) float row[32];
+  for (long s = 0; s * kAmxMR < mb; s++) {
+    uint32_t* strip = dst + s * kAmxMR * kc2p;
+    const long r0 = m0 + s * kAmxMR, rows = std::max<long>(0, std::min<long>(kAmxMR, std::min(mb - s * kAmxMR, M - r0)));
+    if (sam == 1 && sak != 1) {
+      for (long t = 0; t < steps; t++)
+        for (long g = 0; g < 2; g++) {
+          const long live = std::max<long>(0, std::min<long>(16, rows - 16 * g));
+          __m512 r[16];
+          for (long kp = 0; kp < 16; kp++) {
+            const long k = 32 * t + 2 * kp;
+            const __m512 lo = k < kc && live ? _mm512_maskz_loadu_ps(lanes(live), a + r0 + 16 * g + (k0 + k) * sak) : _mm512_setzero_ps();
+            const __m512 hi = k + 1 < kc && live ? _mm512_maskz_loadu_ps(lanes(live), a + r0 + 16 * g + (k0 + k + 1) * sak) : _mm512_setzero_ps();
+            r[kp] = _mm512_castsi512_ps(pair_words(lo, hi));
+          }
+          transpose16_regs(r);
+          for (int i = 0; i < 16; i++) _mm512_store_ps((float*)strip + t * 16 * kAmxMR + (16 * g + i) * 16, r[i]);
+        }
+      continue;
+    }
+    for (long i = 0; i < kAmxMR; i++)
+      for (long t = 0; t < steps; t++) {
+        uint32_t* out = strip + t * 16 * kAmxMR + i * 16;
+        const long w = std::max<long>(0, std::min<long>(32, kc - 32 * t));  // values of this step inside the block
+        if (i >= rows || w == 0) {
+          _mm512_store_si512(out, _mm512_setzero_si512());
+          continue;
+        }
+        const float* src = a + (r0 + i) * sam + (k0 + 32 * t) * sak;
+        if (sak != 1) {
+          for (long k = 0; k < w; k++) row[k] = src[k * sak];
+          src = row;
+        }
+        const __m512i lo = round_bf16(_mm512_maskz_loadu_ps(lanes(w), src));
+        const __m512i hi = round_bf16(_mm512_maskz_loadu_ps(lanes(w - 16), src + 16));
+        _mm512_store_si512(out, _mm512_permutex2var_epi16(lo, high, hi));
+      }
+  }
+}
+
+// C[mr, nr] = (add ? C : 0) + alpha · A-strip · B-panel over `steps` 16-pair steps
+V4_AMX static void micro_amx(long steps, const uint32_t* A, const uint32_t* B, float* C, long ldc, int mr, int nr, float alpha, bool add) {
+  const bool lower = mr > 16, right = nr > 16;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (long t = 0; t < steps; t++) {
+    const uint32_t* At = A + t * 16 * kAmxMR;
+    const uint32_t* Bt = B + t * 16 * kAmxNR;
+    _tile_loadd(4, At, 64);
+    _tile_loadd(6, Bt, kAmxNR * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    if (right) {
+      _tile_loadd(7, Bt + 16, kAmxNR * 4);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if (lower) {
+      _tile_loadd(5, At + 16 * 16, 64);
+      _tile_dpbf16ps(2, 5, 6);
+      if (right) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  alignas(64) float acc[kAmxMR * kAmxNR];
+  _tile_stored(0, acc, kAmxNR * 4);
+  if (right) _tile_stored(1, acc + 16, kAmxNR * 4);
+  if (lower) {
+    _tile_stored(2, acc + 16 * kAmxNR, kAmxNR * 4);
+    if (right) _tile_stored(3, acc + 16 * kAmxNR + 16, kAmxNR * 4);
+  }
+  const __mmask16 m0 = lanes(nr), m1 = lanes(nr - 16);
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int i = 0; i < mr; i++) {
+    float* p = C + i * ldc;
+    const __m512 o0 = add ? _mm512_maskz_loadu_ps(m0, p) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, _mm512_load_ps(acc + i * kAmxNR), o0));
+    if (m1) {
+      const __m512 o1 = add ? _mm512_maskz_loadu_ps(m1, p + 16) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, _mm512_load_ps(acc + i * kAmxNR + 16), o1));
+    }
+  }
+}
+
+// B's panels for K block (k0, kc) as micro_amx reads them: panel p at B16 + p·kc2p·32, the pairs
+// the dot-product kernel's packing gives, zero pairs from cdiv(kc, 2) to kc2p
+V4_AMX static void pack_B_amx(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, uint32_t* B16, Scratch& fp32, Scratch& row) {
+  const long kc2 = cdiv(kc, 2), kc2p = cdiv(kc2, 16) * 16, npan = cdiv(nb, kAmxNR);
+  auto one = [&](long p0, long p1) {  // panels [p0, p1) at B16 + p0·kc2p·32, packed with stride kc2 (== kc2p or one panel)
+    const long c0 = p0 * kAmxNR, cn = std::min(nb, p1 * kAmxNR) - c0;
+    uint32_t* out = B16 + p0 * kc2p * kAmxNR;
+    if (W.fmt == Fmt::bf16) return pack_B_pairs_bf16(W, transB, n0 + c0, cn, k0, kc, kAmxNR, out);
+    if (pack_B_pairs_q(W, transB, n0 + c0, cn, k0, kc, kAmxNR, out)) return;
+    float* Bp = fp32.get(cdiv(cn, kAmxNR) * kAmxNR * kc);
+    pack_B(W, transB, N, n0 + c0, cn, k0, kc, kAmxNR, Bp, row);
+    for (long jp = 0; jp * kAmxNR < cn; jp++) to_bf16_pairs(Bp + jp * kc * kAmxNR, kc, kAmxNR, out + jp * kc2 * kAmxNR);
+  };
+  if (kc2 == kc2p) return one(0, npan);
+  for (long p = 0; p < npan; p++) {
+    one(p, p + 1);
+    std::memset(B16 + (p * kc2p + kc2) * kAmxNR, 0, (kc2p - kc2) * kAmxNR * 4);
+  }
+}
+
+static void gemm_amx(long M, long N, long K, float alpha, const float* a, long sam, long sak,
+                     const WeightRef& W, bool transB, float beta, float* c, long ldc, bool parallel) {
+  const long MR = kAmxMR, NR = kAmxNR;
+  const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
+  const long Kp2 = cdiv(K, KC) * (KC / 2);  // pair words a row of A takes over every K block (KC % 32 == 0)
+  bool shareA = Mp * Kp2 <= kSharedA;
+  // the split of gemm_impl, with the tile unit's products (1024 flops a unit of packing)
+  const int threads = parallel ? num_threads() : 1;
+  long mchunks = cdiv(M, 1024), nchunks = cdiv(npanels, 8);
+  if (parallel) {
+    double best = 1e300;
+    const long m_lo = mchunks, n_lo = nchunks;
+    for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
+      for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
+        long tasks = mc * nc, waves = cdiv(tasks, threads);
+        double work = 2.0 * M * N * K / 1024.0 + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
+        double t = work / double(tasks) * double(waves);
+        if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
+      }
+  }
+  if (nchunks == 1) shareA = false;
+  long MB = cdiv(cdiv(M, mchunks), MR) * MR;
+  mchunks = cdiv(M, MB);
+  long NB = cdiv(npanels, nchunks) * NR;
+  nchunks = cdiv(N, NB);
+  static Shelf<Scratch> shared_shelf;
+  Borrowed<Scratch> sshared(shared_shelf);
+  // the shared A: K block k0 at A16 + (k0 / 2)·Mp, its strip s at + s·32·kc2p
+  uint32_t* A16 = shareA ? (uint32_t*)sshared->get(Mp * Kp2) : nullptr;
+  if (shareA) {
+    const long kblocks = cdiv(K, KC), groups = std::min(strips, cdiv(4L * threads, kblocks)), per = cdiv(strips, groups);
+    auto pack_block = [&](int task) {
+      long k0 = (task / groups) * KC, s0 = (task % groups) * per, s1 = std::min(strips, s0 + per), kc = std::min(KC, K - k0);
+      if (s0 >= s1) return;
+      const long kc2p = cdiv(cdiv(kc, 2), 16) * 16;
+      pack_A_amx(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, A16 + (k0 / 2) * Mp + s0 * MR * kc2p);
+    };
+    if (parallel) parallel_run(int(kblocks * groups), pack_block);
+    else
+      for (int t = 0; t < int(kblocks * groups); t++) pack_block(t);
+  }
+  auto task_body = [&](int task) {
+    check_cancel();
+    amx_configure();
+    long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
+    long mb = std::min(MB, M - m0), nb = std::min(NB, N - n0);
+    if (beta != 0.f && beta != 1.f)
+      for (long i = 0; i < mb; i++)
+        for (long j = 0; j < nb; j++) c[(m0 + i) * ldc + n0 + j] *= beta;
+    thread_local Scratch sa, sb, sfp32, srow;
+    for (long k0 = 0; k0 < K; k0 += KC) {
+      const long kc = std::min(KC, K - k0), kc2p = cdiv(cdiv(kc, 2), 16) * 16, steps = kc2p / 16;
+      const bool add = beta != 0.f || k0 > 0;  // beta 0: the first K block overwrites C
+      const uint32_t* Ap;
+      if (shareA) {
+        Ap = A16 + (k0 / 2) * Mp + (m0 / MR) * MR * kc2p;
+      } else {
+        uint32_t* p = (uint32_t*)sa.get(cdiv(mb, MR) * MR * kc2p);
+        pack_A_amx(a, sam, sak, M, m0, mb, k0, kc, p);
+        Ap = p;
+      }
+      uint32_t* B16 = (uint32_t*)sb.get(cdiv(nb, NR) * NR * kc2p);
+      pack_B_amx(W, transB, N, n0, nb, k0, kc, B16, sfp32, srow);
+      for (long jp = 0; jp * NR < nb; jp++)
+        for (long is = 0; is * MR < mb; is++)
+          micro_amx(steps, Ap + is * MR * kc2p, B16 + jp * kc2p * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
+                    int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha, add);
+    }
+  };
+  if (parallel) parallel_run(int(mchunks * nchunks), task_body);
+  else
+    for (int t = 0; t < int(mchunks * nchunks); t++) task_body(t);
+}
+
 static void gemm_impl(long M, long N, long K, float alpha, const float* a, long sam, long sak,
                       const WeightRef& W, bool transB, float beta, float* c, long ldc, bool parallel) {
   if (M <= 0 || N <= 0) return;
@@ -702,6 +920,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
     // Cᵀ [N, M] = Bᵀ Aᵀ: rows of C's transpose are its columns
     return skinny(N, M, K, alpha, In{Bs.p, Bs.s1, Bs.s0}, In{a, sak, sam}, beta, Out{c, 1, ldc}, parallel);
   }
+  if (amx_mode()) return gemm_amx(M, N, K, alpha, a, sam, sak, W, transB, beta, c, ldc, parallel);
   const bool bf16 = bf16_mode();
   const Kernel kern = kernel_for(isa(), M, bf16);
   const int MR = kern.MR, NR = kern.NR;

@@ -57,7 +57,7 @@ export interface NativeAddon {
    * keepFreed: glibc keeps freed memory in the process for reuse (no mmap for large blocks, no
    * heap trim), set when the addon loads unless V4TUNE_MALLOC=system.
    */
-  info(): { isa: 'avx512' | 'avx2' | 'scalar'; threads: number; cpuBf16: boolean; bf16: boolean; keepFreed: boolean };
+  info(): { isa: 'avx512' | 'avx2' | 'scalar'; threads: number; cpuBf16: boolean; bf16: boolean; cpuAmx: boolean; amx: boolean; keepFreed: boolean };
   /** Resize the kernel thread pool (0: the default, V4TUNE_THREADS or the core count). */
   setThreads(n: number): number;
   setIsa(isa: 'avx512' | 'avx2' | 'scalar'): string;
@@ -67,6 +67,12 @@ export interface NativeAddon {
    * Returns whether the mode is on.
    */
   setBf16(on: boolean): boolean;
+  /**
+   * bf16 mode's GEMMs on AMX tiles where the CPU has AMX-BF16 (on by default; V4TUNE_AMX=0 at
+   * start turns it off): the same bf16 operands and fp32 sums, summed in the tile unit's order.
+   * Returns whether bf16 mode now runs on AMX (false while bf16 mode is off).
+   */
+  setAmx(on: boolean): boolean;
   /** Ask running kernels to stop; they reject with "v4tune: kernel cancelled". */
   cancel(): void;
   clearCancel(): void;
