@@ -7,6 +7,8 @@ import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToBf16Bytes, quantFp4, 
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
 import { gemm as gemmRef, relErr } from '../../ref64.js';
 
+if (addon && !addon.info().cpuAmx) console.log('AMX GEMM test skipped: this CPU (or its kernel) has no AMX-BF16 tiles; it runs on Intel Xeon 4th generation (Sapphire Rapids) or later');
+
 describe.skipIf(skipNative)('native packed GEMM', () => {
   it('the addon is built (required under CI)', () => {
     expect(addon, whyUnavailable).not.toBeNull();
@@ -336,6 +338,56 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
         expect(rowMajor.some(Number.isNaN)).toBe(true);
       }
     } finally {
+      A().setBf16(false);
+    }
+  });
+
+  // AMX tiles (CPUs with AMX-BF16): the same bf16 operands as the AVX512-BF16 dot products,
+  // summed in the tile unit's order, so within 1e-5 of that kernel (not its bits) and of the
+  // float64 product of the bf16-rounded operands; and the same bits at 1, 2 and 3 threads. Shapes
+  // cover rows past a 32-row strip and past a 16-row tile (M 50, 13, 200, 1), columns past a
+  // 16-column tile (N 70, 608, 30, 17), K not a whole 32-value tile step (515, 257, 31, 70: zero
+  // pairs pad it) and K over several 1024-value blocks (2100, 2080), A shared by the tasks and packed per task, transposed A, both B orientations,
+  // alpha ≠ 1 with beta 1 (accumulate), BF16 and FP4 weights.
+  it.skipIf(!addon?.info().cpuAmx)('bf16 mode on AMX tiles: within 1e-5 of the AVX512-BF16 kernel, the same bits at any thread count', async () => {
+    const r = rng(11);
+    const bf = (v: Float32Array): Float32Array => {
+      const u = new Uint32Array(v.buffer.slice(0));
+      for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
+      return new Float32Array(u.buffer);
+    };
+    expect(A().setBf16(true)).toBe(true);
+    try {
+      const cases = [[50, 70, 515, true, false], [13, 608, 257, false, false], [200, 30, 31, true, true], [1, 17, 70, false, true], [1000, 40, 320, true, false], [40, 64, 2100, false, false], [70, 40, 2080, true, true]] as const;
+      for (const [M, N, K, transB, transA] of cases) {
+        const what = `${M}×${N}×${K} transB ${transB} transA ${transA}`;
+        const a = randn(M * K, r);
+        const [sam, sak] = transA ? [1, M] : [K, 1];
+        const [rows, cols] = transB ? [N, K] : [K, N];
+        const w32 = bf16BytesToF32(f32ToBf16Bytes(randn(rows * cols, r)));
+        const c0 = randn(M * N, r);
+        const run = async (amx: boolean, threads: number, W: RawWeight): Promise<Float32Array> => {
+          expect(A().setAmx(amx)).toBe(amx);
+          A().setThreads(threads);
+          const y = c0.slice();
+          await A().gemm(M, N, K, 0.5, a, sam, sak, W, transB, 1, y, N);
+          return y;
+        };
+        const W = rawWeight('bf16', f32ToBf16Bytes(w32), null, rows, cols);
+        const tiles = await run(true, 2, W);
+        for (const t of [1, 3]) expect(Buffer.from((await run(true, t, W)).buffer).equals(Buffer.from(tiles.buffer)), `${what}: ${t} threads`).toBe(true);
+        expect(relErr(tiles, await run(false, 2, W)), what).toBeLessThan(1e-5);
+        expect(relErr(tiles, gemmRef(M, N, K, 0.5, bf(a), sam, sak, w32, transB, 1, c0)), what).toBeLessThan(1e-5);
+        // FP4 weights (whole 32-value scale groups) decode into the same pairs
+        if (cols % 32 === 0) {
+          const q = quantFp4(w32, rows, cols);
+          const deq = rawWeight('f32', dequantFp4(q.weight, q.scale, rows, cols), null, rows, cols);
+          expect(Buffer.from((await run(true, 2, rawWeight('fp4', q.weight, q.scale, rows, cols))).buffer).equals(Buffer.from((await run(true, 2, deq)).buffer)), `${what} fp4`).toBe(true);
+        }
+      }
+    } finally {
+      A().setAmx(true);
+      A().setThreads(0);
       A().setBf16(false);
     }
   });
