@@ -278,7 +278,7 @@ try {
       compress_ratios: config.compress_ratios, vocab: config.vocab_size,
     },
     lora: { rank, alpha: 2 * rank, targets: 'default (attention projections, shared expert, every routed expert)' },
-    backend: `native (${addon.info().isa}, ${threads} threads)`,
+    backend: `native (${addon.info().isa}, ${threads} threads${addon.info().cpuAmx ? '; bf16 mode on AMX tiles' : addon.info().cpuBf16 ? '; bf16 mode on AVX512-BF16 dot products' : ''})`,
     fma_peak_gflops: { start: round(peak0), end: round(peak1), used: round(peak) },
     runs,
     peft,

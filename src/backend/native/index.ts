@@ -128,7 +128,7 @@ export class NativeBackend implements Backend {
 
   constructor(readonly addon: NativeAddon) {
     const i = addon.info();
-    this.name = `native (${i.isa}${i.bf16 ? ', bf16 dot products' : ''}, ${i.threads} thread${i.threads === 1 ? '' : 's'})`;
+    this.name = `native (${i.isa}${i.amx ? ', bf16 on AMX tiles' : i.bf16 ? ', bf16 dot products' : ''}, ${i.threads} thread${i.threads === 1 ? '' : 's'})`;
   }
 
   async prepareWeight(src: WeightSource, name: string): Promise<WeightHandle> {
