@@ -146,7 +146,7 @@ export const trainSchema = z.object({
   threads: int().min(0).default(0)
     .describe('Native kernel threads; 0 uses every core.'),
   precision: z.enum(['fp32', 'bf16']).default('fp32')
-    .describe('`fp32` (exact to the reference); `bf16` uses bf16 dot products where the CPU has them (faster, looser).'),
+    .describe("`fp32` (exact to the reference); `bf16` rounds every GEMM's inputs to bf16 and sums in fp32 where the CPU can (AVX512-BF16 dot products, or AMX tiles on Intel Xeon 4th generation and later: `V4TUNE_AMX=0` opts out of the tiles); faster, looser (1e-2 of fp32)."),
 }).strict().describe('The training run.');
 
 export const exportSchema = z.object({
