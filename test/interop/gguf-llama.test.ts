@@ -17,6 +17,7 @@
 //   super-blocks are what llama.cpp runs, not only the Q5_0 fallback. Greedy decoding (llama.cpp's incremental decode
 //   path, one token at a time): see GREEDY below.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { importNodeLlamaCpp } from './llama-cpu.js';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -112,7 +113,7 @@ beforeAll(async () => {
   // node-llama-cpp validates CI at import and throws on an empty one (`CI= npm test`): imported
   // here, after an empty CI is taken as unset
   if (process.env.CI === '') delete process.env.CI;
-  const { getLlama, LlamaLogLevel: levels } = await import('node-llama-cpp');
+  const { getLlama, LlamaLogLevel: levels } = await importNodeLlamaCpp();
   llama = await getLlama({ gpu: false, build: 'never', logLevel: levels.info, logger: (_level: LlamaLogLevel, message: string) => { llamaLog.push(message); } });
 }, 300_000);
 
