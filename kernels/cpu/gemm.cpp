@@ -685,6 +685,47 @@ static void skinny(long M, long N, long K, float alpha, const In& A, const In& B
     for (int t = 0; t < int(tasks); t++) run(t);
 }
 
+// How gemm_impl and gemm_amx split C into mchunks × nchunks tasks (MB rows × NB columns each).
+// B (with its dequantisation) is packed once per M chunk and A, unless shared, once per N chunk,
+// so the split minimises packing plus compute over the threads (flopsPerUnit: the products a
+// unit of packing costs as much as), with blocks small enough for the caches: at most maxMB rows
+// and, to start from, 8 panels. A is not shared when N is not split.
+struct Split {
+  long MB, NB, mchunks, nchunks;
+};
+static Split split_tasks(long M, long N, long K, long MR, long NR, bool parallel, long maxMB, double flopsPerUnit, bool& shareA) {
+  const int threads = parallel ? num_threads() : 1;
+  const long strips = cdiv(M, MR), npanels = cdiv(N, NR);
+  long mchunks = cdiv(M, maxMB), nchunks = cdiv(npanels, 8);
+  if (parallel) {
+    double best = 1e300;
+    const long m_lo = mchunks, n_lo = nchunks;
+    for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
+      for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
+        long tasks = mc * nc, waves = cdiv(tasks, threads);
+        double work = 2.0 * M * N * K / flopsPerUnit + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
+        double t = work / double(tasks) * double(waves);
+        if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
+      }
+  }
+  if (nchunks == 1) shareA = false;
+  const long MB = cdiv(cdiv(M, mchunks), MR) * MR, NB = cdiv(npanels, nchunks) * NR;
+  return {MB, NB, cdiv(M, MB), cdiv(N, NB)};
+}
+// C's block [m0, m0 + mb) × [n0, n0 + nb) times beta, where beta is neither 0 (the first K block
+// overwrites C) nor 1 (it adds to C)
+static void scale_block(float* c, long ldc, long m0, long mb, long n0, long nb, float beta) {
+  if (beta == 0.f || beta == 1.f) return;
+  for (long i = 0; i < mb; i++)
+    for (long j = 0; j < nb; j++) c[(m0 + i) * ldc + n0 + j] *= beta;
+}
+// f(0) … f(n−1) on the pool, or in order on this thread
+static void run_tasks(bool parallel, long n, const std::function<void(int)>& f) {
+  if (parallel) parallel_run(int(n), f);
+  else
+    for (int t = 0; t < int(n); t++) f(t);
+}
+
 // ---- bf16 mode on AMX tiles (CPUs with AMX-BF16: amx_mode()) ----
 // The same operands as the dot-product kernel — A and B rounded to bf16 (nearest even), pairs
 // (X(2kp), X(2kp+1)) multiplied and summed in fp32 — on the tile unit: tdpbf16ps multiplies a
@@ -836,28 +877,13 @@ V4_AMX static void pack_B_amx(const WeightRef& W, bool transB, long N, long n0, 
 static void gemm_amx(long M, long N, long K, float alpha, const float* a, long sam, long sak,
                      const WeightRef& W, bool transB, float beta, float* c, long ldc, bool parallel) {
   const long MR = kAmxMR, NR = kAmxNR;
-  const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
+  const long strips = cdiv(M, MR), Mp = strips * MR;
   const long Kp2 = cdiv(K, KCA) * (KCA / 2);  // pair words a row of A takes over every K block (KCA % 32 == 0)
   bool shareA = Mp * Kp2 <= kSharedA;
-  // the split of gemm_impl, with the tile unit's products (1024 flops a unit of packing)
+  // gemm_impl's split, with the tile unit's products (1024 flops a unit of packing)
   const int threads = parallel ? num_threads() : 1;
-  long mchunks = cdiv(M, 1024), nchunks = cdiv(npanels, 8);
-  if (parallel) {
-    double best = 1e300;
-    const long m_lo = mchunks, n_lo = nchunks;
-    for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
-      for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
-        long tasks = mc * nc, waves = cdiv(tasks, threads);
-        double work = 2.0 * M * N * K / 1024.0 + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
-        double t = work / double(tasks) * double(waves);
-        if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
-      }
-  }
-  if (nchunks == 1) shareA = false;
-  long MB = cdiv(cdiv(M, mchunks), MR) * MR;
-  mchunks = cdiv(M, MB);
-  long NB = cdiv(npanels, nchunks) * NR;
-  nchunks = cdiv(N, NB);
+  const Split sp = split_tasks(M, N, K, MR, NR, parallel, 1024, 1024.0, shareA);
+  const long MB = sp.MB, NB = sp.NB, mchunks = sp.mchunks, nchunks = sp.nchunks;
   static Shelf<Scratch> shared_shelf;
   Borrowed<Scratch> sshared(shared_shelf);
   // the shared A: K block k0 at A16 + (k0 / 2)·Mp, its strip s at + s·32·kc2p
@@ -870,18 +896,14 @@ static void gemm_amx(long M, long N, long K, float alpha, const float* a, long s
       const long kc2p = cdiv(cdiv(kc, 2), 16) * 16;
       pack_A_amx(a, sam, sak, M, s0 * MR, (s1 - s0) * MR, k0, kc, A16 + (k0 / 2) * Mp + s0 * MR * kc2p);
     };
-    if (parallel) parallel_run(int(kblocks * groups), pack_block);
-    else
-      for (int t = 0; t < int(kblocks * groups); t++) pack_block(t);
+    run_tasks(parallel, kblocks * groups, pack_block);
   }
   auto task_body = [&](int task) {
     check_cancel();
     amx_configure();
     long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
     long mb = std::min(MB, M - m0), nb = std::min(NB, N - n0);
-    if (beta != 0.f && beta != 1.f)
-      for (long i = 0; i < mb; i++)
-        for (long j = 0; j < nb; j++) c[(m0 + i) * ldc + n0 + j] *= beta;
+    scale_block(c, ldc, m0, mb, n0, nb, beta);
     thread_local Scratch sa, sb, sfp32, srow;
     for (long k0 = 0; k0 < K; k0 += KCA) {
       const long kc = std::min(KCA, K - k0), kc2p = cdiv(cdiv(kc, 2), 16) * 16, steps = kc2p / 16;
@@ -902,9 +924,7 @@ static void gemm_amx(long M, long N, long K, float alpha, const float* a, long s
                     int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha, add);
     }
   };
-  if (parallel) parallel_run(int(mchunks * nchunks), task_body);
-  else
-    for (int t = 0; t < int(mchunks * nchunks); t++) task_body(t);
+  run_tasks(parallel, mchunks * nchunks, task_body);
 }
 
 static void gemm_impl(long M, long N, long K, float alpha, const float* a, long sam, long sak,
@@ -928,39 +948,19 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
   const bool bf16 = bf16_mode();
   const Kernel kern = kernel_for(isa(), M, bf16);
   const int MR = kern.MR, NR = kern.NR;
-  const long strips = cdiv(M, MR), npanels = cdiv(N, NR), Mp = strips * MR;
+  const long strips = cdiv(M, MR), Mp = strips * MR;
   // A packed once for the whole call: block k0 at Ashared + k0*Mp, its strip s at + s*kc*MR
   // (unless N is not split, where each task packs its own rows of A right before using them).
   // In bf16 mode only its pairs are kept (half the bytes: twice the rows under the same bound).
   const bool pairsDirect = bf16 && isa() == Isa::avx512 && MR <= 16 && (sak == 1 || sam == 1);
   bool shareA = (pairsDirect ? Mp * cdiv(K, 2) : Mp * K) <= kSharedA;
-  // Split C into mchunks × nchunks tasks. B (with its dequantisation) is packed once per M
-  // chunk and A, unless shared, once per N chunk, so pick the split that minimises packing plus
-  // compute over the threads, with blocks small enough for the caches (MB ≤ 512 rows: a packed
-  // A block of 512 KB per K block, in L2, and a 512-token row's B packed (decoded) once, not twice
-  // as under the 480 it was: FP8 linears at 512 tokens 5–10 % faster; NB ≤ 8 panels; 960 rows of
-  // bf16 pairs take the bytes of 480 fp32 rows, and the dot products
-  // retire twice the FLOPs an instruction).
+  // Split C into tasks (split_tasks): M blocks of up to 512 rows (a packed A block of 512 KB per
+  // K block, in L2, and a 512-token row's B packed (decoded) once, not twice as under the 480 it
+  // was: FP8 linears at 512 tokens 5–10 % faster), in bf16 mode 960 (bf16 pairs take the bytes of
+  // 480 fp32 rows, and the dot products retire twice the FLOPs an instruction).
   const int threads = parallel ? num_threads() : 1;
-  const long maxMB = bf16 ? 960 : 512;
-  const double flopsPerUnit = bf16 ? 128.0 : 64.0;
-  long mchunks = cdiv(M, maxMB), nchunks = cdiv(npanels, 8);
-  if (parallel) {
-    double best = 1e300;
-    const long m_lo = mchunks, n_lo = nchunks;
-    for (long mc = m_lo; mc <= std::min(strips, m_lo * 8); mc++)
-      for (long nc = n_lo; nc <= std::min(npanels, n_lo * 16); nc++) {
-        long tasks = mc * nc, waves = cdiv(tasks, threads);
-        double work = 2.0 * M * N * K / flopsPerUnit + (shareA ? 0.0 : double(M) * K * nc) + 1.5 * double(N) * K * mc;
-        double t = work / double(tasks) * double(waves);
-        if (t < best * 0.999) best = t, mchunks = mc, nchunks = nc;
-      }
-  }
-  if (nchunks == 1) shareA = false;
-  long MB = cdiv(cdiv(M, mchunks), MR) * MR;
-  mchunks = cdiv(M, MB);
-  long NB = cdiv(npanels, nchunks) * NR;
-  nchunks = cdiv(N, NB);
+  const Split sp = split_tasks(M, N, K, MR, NR, parallel, bf16 ? 960 : 512, bf16 ? 128.0 : 64.0, shareA);
+  const long MB = sp.MB, NB = sp.NB, mchunks = sp.mchunks, nchunks = sp.nchunks;
   // the whole packed A ([M, K], and its pairs): borrowed, so that it is kept once, not once per
   // libuv thread that ever ran a GEMM
   static Shelf<Scratch> shared_shelf, shared16_shelf;
@@ -986,17 +986,13 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
         for (long is = s0; is < s1; is++) to_bf16_pairs(Ak + is * kc * MR, kc, MR, A16shared + (k0 / 2) * Mp + is * kc2 * MR);
       }
     };
-    if (parallel) parallel_run(int(kblocks * groups), pack_block);
-    else
-      for (int t = 0; t < int(kblocks * groups); t++) pack_block(t);
+    run_tasks(parallel, kblocks * groups, pack_block);
   }
   auto task_body = [&](int task) {
     check_cancel();
     long m0 = (task / nchunks) * MB, n0 = (task % nchunks) * NB;
     long mb = std::min(MB, M - m0), nb = std::min(NB, N - n0);
-    if (beta != 0.f && beta != 1.f)
-      for (long i = 0; i < mb; i++)
-        for (long j = 0; j < nb; j++) c[(m0 + i) * ldc + n0 + j] *= beta;
+    scale_block(c, ldc, m0, mb, n0, nb, beta);
     thread_local Scratch sa, sb, srow, sa16, sb16;
     for (long k0 = 0; k0 < K; k0 += KC) {
       long kc = std::min(KC, K - k0);
@@ -1047,9 +1043,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
                      int(std::min<long>(MR, mb - is * MR)), int(std::min<long>(NR, nb - jp * NR)), alpha, add);
     }
   };
-  if (parallel) parallel_run(int(mchunks * nchunks), task_body);
-  else
-    for (int t = 0; t < int(mchunks * nchunks); t++) task_body(t);
+  run_tasks(parallel, mchunks * nchunks, task_body);
 }
 
 void gemm(long M, long N, long K, float alpha, const float* a, long sam, long sak,

@@ -7,6 +7,13 @@ import { bf16BytesToF32, dequantFp4, dequantFp8Block, f32ToBf16Bytes, quantFp4, 
 import { A, addon, randn, rng, skipNative, whyUnavailable } from './helpers.js';
 import { gemm as gemmRef, relErr } from '../../ref64.js';
 
+// v's values rounded to bf16 (nearest even), as bf16 mode rounds every GEMM operand
+function bf(v: Float32Array): Float32Array {
+  const u = new Uint32Array(v.buffer.slice(0));
+  for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
+  return new Float32Array(u.buffer);
+}
+
 if (addon && !addon.info().cpuAmx) console.log('AMX GEMM test skipped: this CPU (or its kernel) has no AMX-BF16 tiles; it runs on Intel Xeon 4th generation (Sapphire Rapids) or later');
 
 describe.skipIf(skipNative)('native packed GEMM', () => {
@@ -351,11 +358,6 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
   // alpha ≠ 1 with beta 1 (accumulate), BF16 and FP4 weights.
   it.skipIf(!addon?.info().cpuAmx)('bf16 mode on AMX tiles: within 1e-5 of the AVX512-BF16 kernel, the same bits at any thread count', async () => {
     const r = rng(11);
-    const bf = (v: Float32Array): Float32Array => {
-      const u = new Uint32Array(v.buffer.slice(0));
-      for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
-      return new Float32Array(u.buffer);
-    };
     expect(A().setBf16(true)).toBe(true);
     try {
       const cases = [[50, 70, 515, true, false], [13, 608, 257, false, false], [200, 30, 31, true, true], [1, 17, 70, false, true], [1000, 40, 320, true, false], [40, 64, 2100, false, false], [70, 40, 2080, true, true]] as const;
@@ -397,11 +399,6 @@ describe.skipIf(skipNative)('native packed GEMM', () => {
   // 12-row strip.
   it.skipIf(!addon?.info().cpuBf16)('bf16 dot-product mode stays within 1e-2 of fp32 and is exactly the bf16-rounded product', async () => {
     const r = rng(5);
-    const bf = (v: Float32Array): Float32Array => {
-      const u = new Uint32Array(v.buffer.slice(0));
-      for (let i = 0; i < u.length; i++) u[i] = ((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16;
-      return new Float32Array(u.buffer);
-    };
     expect(A().setBf16(true)).toBe(true);
     try {
       for (const [M, N, K] of [[50, 70, 515], [13, 600, 515], [200, 30, 257]] as const) {
