@@ -268,6 +268,16 @@ V4_AVX512 static void pack_A_512(const float* a, long sam, long sak, long M, lon
   }
 }
 
+// The 16 pair words of 32 consecutive values src[0 … w) (zero past w): each value rounded to
+// bf16 and the halves gathered in order, so word j holds values 2j (low half) and 2j + 1
+V4_AVX512 static inline __m512i row_pairs32(const float* src, long w) {
+  alignas(64) static const uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+                                                       33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i lo = round_bf16(_mm512_maskz_loadu_ps(lanes(w), src));
+  const __m512i hi = round_bf16(_mm512_maskz_loadu_ps(lanes(w - 16), src + 16));
+  return _mm512_permutex2var_epi16(lo, _mm512_load_si512(kHighHalves), hi);
+}
+
 // bf16 mode: A's block straight into pairs (strip s at A16 + s·cdiv(kc, 2)·MR, word [kp][i]),
 // the bits pack_A followed by to_bf16_pairs gives, without the fp32 strip in between. A
 // row-major row's 32 values from k0 + 2kp are rounded and their bf16 halves gathered in k order,
@@ -275,9 +285,6 @@ V4_AVX512 static void pack_A_512(const float* a, long sam, long sak, long M, lon
 V4_AVX512 static void pack_A_pairs_512(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, int MR, uint32_t* A16) {
   const __mmask16 strip = lanes(MR);
   const long kc2 = cdiv(kc, 2);
-  alignas(64) static const uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
-                                                       33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-  const __m512i high = _mm512_load_si512(kHighHalves);
   for (long s = 0; s * MR < mb; s++) {
     uint32_t* dst = A16 + s * kc2 * MR;
     const long r0 = m0 + s * MR, rows = std::max<long>(0, std::min<long>(MR, std::min(mb - s * MR, M - r0)));
@@ -290,10 +297,7 @@ V4_AVX512 static void pack_A_pairs_512(const float* a, long sam, long sak, long 
             r[i] = _mm512_setzero_ps();
             continue;
           }
-          const float* src = a + (r0 + i) * sam + k0 + 2 * kp;
-          const __m512i lo = round_bf16(_mm512_maskz_loadu_ps(lanes(w), src));
-          const __m512i hi = round_bf16(_mm512_maskz_loadu_ps(lanes(w - 16), src + 16));
-          r[i] = _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, high, hi));
+          r[i] = _mm512_castsi512_ps(row_pairs32(a + (r0 + i) * sam + k0 + 2 * kp, w));
         }
         transpose16_regs(r);
         for (long j = 0; j < std::min<long>(16, kc2 - kp); j++) _mm512_mask_storeu_ps((float*)dst + (kp + j) * MR, strip, r[j]);
@@ -617,6 +621,18 @@ static void pack_B(const WeightRef& W, bool transB, long N, long n0, long nb, lo
   pack_B_scalar(W, transB, N, n0, nb, k0, kc, NR, Bp, row.get(std::max(kc, nb)));
 }
 
+// bf16 mode's B panels for columns [n0, n0 + nb) and K block (k0, kc) as pairs (panel p at
+// B16 + p·cdiv(kc, 2)·NR): BF16, FP8 and FP4 weights straight into pairs where the format allows,
+// else through the fp32 panels (Bp's scratch) and to_bf16_pairs; the same bits either way
+static void pack_B_pairs(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, int NR, uint32_t* B16, Scratch& fp32, Scratch& row) {
+  if (W.fmt == Fmt::bf16 && NR % 16 == 0) return pack_B_pairs_bf16(W, transB, n0, nb, k0, kc, NR, B16);
+  if (pack_B_pairs_q(W, transB, n0, nb, k0, kc, NR, B16)) return;
+  const long kc2 = cdiv(kc, 2);
+  float* Bp = fp32.get(cdiv(nb, NR) * NR * kc);
+  pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, row);
+  for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);
+}
+
 // A is packed once per call, shared by every task, when it takes at most this many floats (in
 // bf16 mode, where only its pairs are kept: this many pair words).
 static const long kSharedA = 8L << 20;
@@ -768,9 +784,6 @@ V4_AMX static void amx_configure() {
 // 16 rows (a k's rows are contiguous) transposed in registers; other strides through a row copy.
 V4_AMX static void pack_A_amx(const float* a, long sam, long sak, long M, long m0, long mb, long k0, long kc, uint32_t* dst) {
   const long kc2p = cdiv(cdiv(kc, 2), 16) * 16, steps = kc2p / 16;
-  alignas(64) static const uint16_t kHighHalves[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
-                                                       33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
-  const __m512i high = _mm512_load_si512(kHighHalves);
   alignas(64) float row[32];
   for (long s = 0; s * kAmxMR < mb; s++) {
     uint32_t* strip = dst + s * kAmxMR * kc2p;
@@ -804,9 +817,7 @@ V4_AMX static void pack_A_amx(const float* a, long sam, long sak, long M, long m
           for (long k = 0; k < w; k++) row[k] = src[k * sak];
           src = row;
         }
-        const __m512i lo = round_bf16(_mm512_maskz_loadu_ps(lanes(w), src));
-        const __m512i hi = round_bf16(_mm512_maskz_loadu_ps(lanes(w - 16), src + 16));
-        _mm512_store_si512(out, _mm512_permutex2var_epi16(lo, high, hi));
+        _mm512_store_si512(out, row_pairs32(src, w));
       }
   }
 }
@@ -834,24 +845,15 @@ V4_AMX static void micro_amx(long steps, const uint32_t* A, const uint32_t* B, f
       if (right) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  alignas(64) float acc[kAmxMR * kAmxNR];
-  _tile_stored(0, acc, kAmxNR * 4);
-  if (right) _tile_stored(1, acc + 16, kAmxNR * 4);
+  // columns 0–15 of the 32 rows into c0, 16–31 into c1 (a tile row is one register's 64 bytes)
+  __m512 c0[kAmxMR], c1[kAmxMR];
+  _tile_stored(0, c0, 64);
+  if (right) _tile_stored(1, c1, 64);
   if (lower) {
-    _tile_stored(2, acc + 16 * kAmxNR, kAmxNR * 4);
-    if (right) _tile_stored(3, acc + 16 * kAmxNR + 16, kAmxNR * 4);
+    _tile_stored(2, c0 + 16, 64);
+    if (right) _tile_stored(3, c1 + 16, 64);
   }
-  const __mmask16 m0 = lanes(nr), m1 = lanes(nr - 16);
-  const __m512 va = _mm512_set1_ps(alpha);
-  for (int i = 0; i < mr; i++) {
-    float* p = C + i * ldc;
-    const __m512 o0 = add ? _mm512_maskz_loadu_ps(m0, p) : _mm512_setzero_ps();
-    _mm512_mask_storeu_ps(p, m0, _mm512_fmadd_ps(va, _mm512_load_ps(acc + i * kAmxNR), o0));
-    if (m1) {
-      const __m512 o1 = add ? _mm512_maskz_loadu_ps(m1, p + 16) : _mm512_setzero_ps();
-      _mm512_mask_storeu_ps(p + 16, m1, _mm512_fmadd_ps(va, _mm512_load_ps(acc + i * kAmxNR + 16), o1));
-    }
-  }
+  store_tile_512(C, ldc, mr, lanes(nr), lanes(nr - 16), alpha, add, c0, c1);
 }
 
 // B's panels for K block (k0, kc) as micro_amx reads them: panel p at B16 + p·kc2p·32, the pairs
@@ -859,13 +861,8 @@ V4_AMX static void micro_amx(long steps, const uint32_t* A, const uint32_t* B, f
 V4_AMX static void pack_B_amx(const WeightRef& W, bool transB, long N, long n0, long nb, long k0, long kc, uint32_t* B16, Scratch& fp32, Scratch& row) {
   const long kc2 = cdiv(kc, 2), kc2p = cdiv(kc2, 16) * 16, npan = cdiv(nb, kAmxNR);
   auto one = [&](long p0, long p1) {  // panels [p0, p1) at B16 + p0·kc2p·32, packed with stride kc2 (== kc2p or one panel)
-    const long c0 = p0 * kAmxNR, cn = std::min(nb, p1 * kAmxNR) - c0;
-    uint32_t* out = B16 + p0 * kc2p * kAmxNR;
-    if (W.fmt == Fmt::bf16) return pack_B_pairs_bf16(W, transB, n0 + c0, cn, k0, kc, kAmxNR, out);
-    if (pack_B_pairs_q(W, transB, n0 + c0, cn, k0, kc, kAmxNR, out)) return;
-    float* Bp = fp32.get(cdiv(cn, kAmxNR) * kAmxNR * kc);
-    pack_B(W, transB, N, n0 + c0, cn, k0, kc, kAmxNR, Bp, row);
-    for (long jp = 0; jp * kAmxNR < cn; jp++) to_bf16_pairs(Bp + jp * kc * kAmxNR, kc, kAmxNR, out + jp * kc2 * kAmxNR);
+    const long c0 = p0 * kAmxNR;
+    pack_B_pairs(W, transB, N, n0 + c0, std::min(nb, p1 * kAmxNR) - c0, k0, kc, kAmxNR, B16 + p0 * kc2p * kAmxNR, fp32, row);
   };
   if (kc2 == kc2p) return one(0, npan);
   for (long p = 0; p < npan; p++) {
@@ -1022,13 +1019,7 @@ static void gemm_impl(long M, long N, long K, float alpha, const float* a, long 
           A16 = p;
         }
         uint32_t* B16 = (uint32_t*)sb16.get(cdiv(nb, NR) * NR * kc2);
-        if (W.fmt == Fmt::bf16 && NR % 16 == 0) {
-          pack_B_pairs_bf16(W, transB, n0, nb, k0, kc, NR, B16);
-        } else if (!pack_B_pairs_q(W, transB, n0, nb, k0, kc, NR, B16)) {
-          float* Bp = sb.get(cdiv(nb, NR) * NR * kc);
-          pack_B(W, transB, N, n0, nb, k0, kc, NR, Bp, srow);
-          for (long jp = 0; jp * NR < nb; jp++) to_bf16_pairs(Bp + jp * kc * NR, kc, NR, B16 + jp * kc2 * NR);
-        }
+        pack_B_pairs(W, transB, N, n0, nb, k0, kc, NR, B16, sb, srow);
         for (long jp = 0; jp * NR < nb; jp++)
           for (long is = 0; is * MR < mb; is++)
             micro_bf16(kc2, A16 + is * kc2 * MR, B16 + jp * kc2 * NR, c + (m0 + is * MR) * ldc + n0 + jp * NR, ldc,
