@@ -2,6 +2,7 @@
 // B (out x r) and a scaling, so the adapted weight is W + scaling · B A (PEFT's lora layer).
 // Module names are the official ones (`layers.3.attn.wo_a`, `layers.0.ffn.experts.7.w1`,
 // `mtp.0.attn.wq_a`); shapes are the base's logical (dequantised) shapes, FP4 included.
+import { firstNonFiniteNative } from '../backend/native/formats.js';
 import { firstNonFinite, InputError } from '../errors.js';
 import { configFingerprint, type V4Config } from '../model/config.js';
 import { tensorRng } from '../random.js';
@@ -130,7 +131,7 @@ export function createAdapter(base: AdapterBase, opts: LoraOptions, holds: (modu
 export function assertFiniteFactors(layers: ReadonlyMap<string, LoraLayer>, file: string): void {
   for (const [module, l] of layers) {
     for (const [which, x] of [['lora_A', l.A], ['lora_B', l.B]] as const) {
-      const bad = firstNonFinite(x);
+      const bad = firstNonFiniteNative(x) ?? firstNonFinite(x);
       if (bad >= 0) throw new InputError(`${file}: ${module}.${which} holds ${x[bad]} at element ${bad}; the adapter is unusable (a diverged run?)`);
     }
   }

@@ -315,10 +315,17 @@ function splitExperts(out: Map<string, LoraLayer>, layer: string, param: string,
   const inF = f.aShape[1]!;
   const outF = f.bShape[0]!;
   const Ae = (e: number, k0: number, k1: number): Float32Array => f.A.slice((e * R + k0) * inF, (e * R + k1) * inF);
-  // B's column k·E + e is expert e's column k: each expert's [outF, R] gathered in one pass over B
-  // (in memory order; gathering one expert at a time reads B E times, a cache line per element)
+  // B's column k·E + e is expert e's column k: each expert's [outF, R] gathered row by row of B
+  // (one row's R·E floats stay in the cache while every expert takes its R of them, each written in
+  // order; gathering one expert at a time reads B E times, a cache line per element)
   const Bt = Array.from({ length: E }, () => new Float32Array(outF * R));
-  for (let o = 0, i = 0; o < outF; o++) for (let k = 0; k < R; k++) for (let e = 0; e < E; e++, i++) Bt[e]![o * R + k] = f.B[i]!;
+  for (let o = 0; o < outF; o++) {
+    const row = o * R * E;
+    for (let e = 0; e < E; e++) {
+      const dst = Bt[e]!;
+      for (let k = 0, d = o * R, i = row + e; k < R; k++, d++, i += E) dst[d] = f.B[i]!;
+    }
+  }
   const Be = (e: number, o0: number, o1: number, k0: number, k1: number): Float32Array => {
     const src = Bt[e]!;
     if (o0 === 0 && o1 === outF && k0 === 0 && k1 === R) return src; // the whole block: no other module shares it

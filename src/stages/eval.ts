@@ -5,7 +5,8 @@ import { loadModel } from '../model/load.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { silentSink, type Sink } from '../sink.js';
 import { evaluate, type EvalResult } from '../train/evaluate.js';
-import { requireDataset, requireModelDir } from './inputs.js';
+import { requireDataset } from './dataset-inputs.js';
+import { requireModelDir } from './inputs.js';
 
 export type { EvalResult } from '../train/evaluate.js';
 

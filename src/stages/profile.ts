@@ -14,7 +14,8 @@ import { runPath } from '../recipe/layout.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { silentSink, type Sink } from '../sink.js';
 import { InputError } from '../errors.js';
-import { requireDataset, requireModel, requireTrainRows } from './inputs.js';
+import { requireDataset, requireTrainRows } from './dataset-inputs.js';
+import { requireModel } from './inputs.js';
 
 /** What the profile-experts stage returns (and `profile-experts --json` prints). */
 export interface ProfileSummary {

@@ -12,7 +12,7 @@ import { withRunLock } from '../lock.js';
 import { recipeModelDir, runPath } from '../recipe/layout.js';
 import type { LoadedRecipe } from '../recipe/load.js';
 import { silentSink, type Progress, type Sink } from '../sink.js';
-import { requireDataset } from './inputs.js';
+import { requireDataset } from './dataset-inputs.js';
 
 export type { QuantizeSummary } from '../export/quantize-types.js';
 

@@ -29,7 +29,8 @@ import { resolveSteps, samplePrompts, warmStart } from '../train/plan.js';
 import { runTraining } from '../train/run.js';
 import { trainSummary, type TrainSummary } from '../train/summary.js';
 import type { TrainSettings } from '../train/trainer.js';
-import { requireDataset, requireModel, requireTrainRows } from './inputs.js';
+import { requireDataset, requireTrainRows } from './dataset-inputs.js';
+import { requireModel } from './inputs.js';
 import { profiledSubset } from './profile.js';
 
 export type { TrainSummary } from '../train/summary.js';

@@ -33,8 +33,11 @@ export function register(program: Command): void {
     .option('--max-shard-mb <n>', 'output shard size limit in MiB (default: the base\'s largest shard)')
     .option('--overwrite', 'replace an output folder that v4tune did not write as a merged model')
     .action(action(async (ctx: CliContext, file: string | undefined, opts: MergeFlags) => {
-      const [{ loadRecipe }, { mergeModel, mergeRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/merge.js')]);
-      const recipe = file !== undefined ? loadRecipe(file) : null;
+      // the recipe's parser (yaml, zod) only with a recipe: merging by paths starts without it
+      const [recipe, { mergeModel, mergeRecipe }] = await Promise.all([
+        file !== undefined ? import('../../recipe/load.js').then((m) => m.loadRecipe(file)) : null,
+        import('../../stages/merge.js'),
+      ]);
       if (!recipe) {
         for (const k of ['model', 'adapter', 'out'] as const) {
           if (opts[k] === undefined) throw new InputError(`--${k}: required without a recipe (v4tune merge --model DIR --adapter DIR --out DIR)`);

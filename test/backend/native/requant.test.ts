@@ -52,6 +52,8 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
     // not a multiple of the 4-row kernel's 64
     { format: 'fp4', rows: 37, cols: 1056 },
     { format: 'bf16', rows: 67, cols: 200 },
+    // 16-row FP4 tasks and a last one of 2 rows (the 4-row kernel's whole-tail case)
+    { format: 'fp4', rows: 98, cols: 512 },
   ] as const;
   for (const c of cases) {
     for (const dtype of ['original', 'bf16'] as const) {
@@ -146,6 +148,20 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
     const want = reference(t, l, 'original', rows, cols);
     const got = await mergeRequantNative(t, l, 'original');
     expect(want.bad).toBe(200 * cols + 7);
+    expect(got!.bad?.index).toBe(want.bad);
+    expect(got!.bad?.value).toBe(Infinity);
+  });
+
+  it('FP4 in and out: a merged value that overflows is reported at its element', async () => {
+    const rows = 64;
+    const cols = 128;
+    const t = stored('fp4', randn(rows * cols, rng(8), 1), rows, cols);
+    const l = { A: new Float32Array(cols).fill(2), B: new Float32Array(rows).fill(0), r: 1, scaling: 3e38 };
+    l.B[41] = 1;
+    l.B[50] = 1;
+    const want = reference(t, l, 'original', rows, cols);
+    const got = await mergeRequantNative(t, l, 'original');
+    expect(want.bad).toBe(41 * cols);
     expect(got!.bad?.index).toBe(want.bad);
     expect(got!.bad?.value).toBe(Infinity);
   });
