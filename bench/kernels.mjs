@@ -1,6 +1,7 @@
 // Native kernel benchmark: the machine's measured fp32 FMA peak (register-only FMA chains, 1 and
 // 2 threads), a plain GEMM, and the grouped LoRA expert kernel forward and backward at V4-Flash
-// expert shapes (d 4096, I 2048, r 16, FP4 weights, a few hundred tokens per expert), each as
+// expert shapes (d 4096, I 2048, r 16, FP4 weights, a few hundred tokens per expert), the LM head
+// with its cross-entropy at the `small` preset's shape (fp32 and bf16 mode), each as
 // GFLOP/s and as a ratio to the peak with the same thread count; optionally (--model) the
 // whole-model loss-and-gradient tokens/s of a preset, native vs tfjs (wasm).
 // Prints one JSON object and writes it to --out (default bench/results/kernels.json).
@@ -167,6 +168,38 @@ if (nat.info().cpuBf16) {
   const note = 'opt-in bf16 dot products (vdpbf16ps); ratio is to the fp32 FMA peak';
   result.expert.bf16_forward = { threads: th, gflops: +(fwdFlops / tf.best / 1e9).toFixed(1), note, ratio_to_fp32_peak: +(fwdFlops / tf.best / 1e9 / pk).toFixed(3) };
   result.expert.bf16_backward = { threads: th, gflops: +(bwdFlops / tb.best / 1e9).toFixed(1), note, ratio_to_fp32_peak: +(bwdFlops / tb.best / 1e9 / pk).toFixed(3) };
+}
+
+// the LM head with its chunked cross-entropy (lmheadCe) at the `small` preset's shape: 512 rows of
+// width 512 against the 129280-row BF16 head, loss and the gradient dh (two GEMMs: 4·T·d·V
+// FLOPs), fp32 and, where the CPU has it, bf16 mode (AVX512-BF16 dot products or AMX tiles)
+{
+  const T = 512;
+  const hd = 512;
+  const V = 129280;
+  const th = threadCounts[threadCounts.length - 1];
+  nat.setThreads(th);
+  const h = randn(T * hd, 11);
+  const w16 = new Uint16Array(V * hd);
+  const wf = randn(V * hd, 12, 0.02);
+  const u32 = new Uint32Array(wf.buffer);
+  for (let i = 0; i < w16.length; i++) w16[i] = u32[i] >>> 16;
+  const head = { fmt: 1, data: new Uint8Array(w16.buffer), scale: null, rows: V, cols: hd };
+  const targets = new Int32Array(T).map((_, i) => (i * 7919) % V);
+  const weights = new Float32Array(T).fill(1 / T);
+  const loss = new Float32Array(T);
+  const dh = new Float32Array(T * hd);
+  const chunk = Math.max(128, Math.min(V, Math.floor((1 << 21) / T)));
+  const flops = 4 * T * hd * V;
+  result.head = { shape: { T, d: hd, V, weights: 'bf16' } };
+  for (const mode of nat.info().cpuBf16 ? ['fp32', 'bf16'] : ['fp32']) {
+    nat.setBf16(mode === 'bf16');
+    const pk = peakNow(th);
+    const t = await timed(() => { dh.fill(0); return nat.lmheadCe(loss, dh, h, head, targets, weights, T, chunk, null); });
+    const gf = flops / t.best / 1e9;
+    result.head[mode] = { threads: th, seconds: +t.best.toFixed(4), gflops: +gf.toFixed(1), median_gflops: +(flops / t.median / 1e9).toFixed(1), peak_gflops: +pk.toFixed(1), ratio_to_fp32_peak: +(gf / pk).toFixed(3) };
+  }
+  nat.setBf16(false);
 }
 nat.setThreads(0);
 
