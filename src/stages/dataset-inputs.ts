@@ -1,6 +1,6 @@
 // The prepared dataset a stage reads, checked here once (a missing or stale one is an InputError
-// naming the recipe and the command that makes it). Apart from inputs.ts so that the stages that
-// read no dataset (merge, quantize to rtn) do not load Apache Arrow and the tokenizers on start.
+// naming the recipe and the command that makes it). Apart from inputs.ts so that a merge, which
+// reads no dataset, does not load Apache Arrow and the tokenizers on start.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { openDataset, type Dataset } from '../data/dataset.js';
