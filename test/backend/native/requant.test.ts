@@ -165,4 +165,34 @@ describe.skipIf(skipNative)('native merge writes the bytes of the TypeScript mer
     expect(got!.bad?.index).toBe(want.bad);
     expect(got!.bad?.value).toBe(Infinity);
   });
+
+  it('FP4 out: every e2m1 midpoint, the floats next to it, both signs, ±0 and subnormals get the TypeScript codes', async () => {
+    // each group of 32 holds 6 (its amax: scale 2^0, so the encoder sees the merged values as they
+    // are) and, from a rank-1 delta with B = 1, scaling 1, the values to encode exactly
+    const f32 = new Float32Array(1);
+    const u32 = new Uint32Array(f32.buffer);
+    const step = (x: number, d: number): number => {
+      f32[0] = x;
+      u32[0] += d;
+      return f32[0]!;
+    };
+    const values: number[] = [0, -0, 2 ** -149, -(2 ** -149), 2 ** -126, 0.5, 1, 1.5, 2, 3, 4, -6];
+    for (const mid of [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5]) {
+      for (const v of [mid, step(mid, 1), step(mid, -1)]) values.push(v, -v);
+    }
+    const rows = 16;
+    const cols = 512; // 16 groups: the 16-group encoder
+    const x = new Float32Array(rows * cols);
+    const A = new Float32Array(cols);
+    for (let g = 0; g < cols / 32; g++) {
+      for (let i = 0; i < rows; i++) x[i * cols + g * 32] = 6;
+      for (let j = 1; j < 32; j++) A[g * 32 + j] = values[(g * 31 + j - 1) % values.length]!;
+    }
+    const t = stored('fp4', x, rows, cols);
+    const l = { A, B: new Float32Array(rows).fill(1), r: 1, scaling: 1 };
+    const want = reference(t, l, 'original', rows, cols);
+    const got = await mergeRequantNative(t, l, 'original');
+    expect(same(got!.bytes.scale, want.bytes!.scale)).toBe(true);
+    expect(same(got!.bytes.data, want.bytes!.data)).toBe(true);
+  });
 });
