@@ -24,6 +24,7 @@
 #include "bench.h"
 #include "common.h"
 #include "compressor.h"
+#include "direct_io.h"
 #include "gemm.h"
 #include "gptq.h"
 #include "q4k.h"

@@ -3,6 +3,7 @@
     "target_name": "v4tune_native",
     "sources": [
       "addon.cpp",
+      "direct_io.cc",
       "../kernels/cpu/common.cpp",
       "../kernels/cpu/weights.cpp",
       "../kernels/cpu/gemm.cpp",

@@ -49,6 +49,11 @@ export interface MergeOptions {
   dtype?: MergeDtype;
   /** output shard size limit in bytes (default: the base's largest shard) */
   maxShardBytes?: number;
+  /**
+   * write the output shards with direct I/O, past the page cache, where the native addon is built
+   * and the file system takes it (default true; model/out-file.ts says why)
+   */
+  directIo?: boolean;
   /** the one-line warning of an adapter without a base fingerprint (default stderr) */
   warn?: (line: string) => void;
   /**
@@ -120,6 +125,8 @@ export interface MergeSummary {
   /** the most bytes those tensors held at one time (stored input + output of each merged or converted one): at most aheadBytes, or one tensor more */
   peakHeldBytes: number;
   shards: string[];
+  /** every output shard was written with direct I/O (false: through the page cache, as asked or where the file system or a missing addon left no choice) */
+  directIo: boolean;
   /** other files and folders of the base copied as they are (config.json is rewritten with dtype bf16) */
   extraFiles: string[];
   seconds: number;
@@ -346,6 +353,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
   let peakHeld = 0;
   let peakHeldBytes = 0;
   let nativeTensors = 0;
+  let direct = true;
   const aheadBytes = opts.aheadBytes ?? MERGE_AHEAD_BYTES;
   let done = 0;
   try {
@@ -423,6 +431,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
         }
       }, {
         layout: ck.layout, maxShardBytes: plan.maxShardBytes, ahead: 1,
+        directIo: opts.directIo ?? true,
+        onShardOpen: (_, d) => { direct &&= d; },
         // two merges at a time (one on the kernel threads, the next read and queued): more would
         // only wait in the libuv pool ahead of the copies' copy_file_range jobs
         aheadBytes: { budget: aheadBytes, heldBytes: (n) => heldEstimate.get(n) ?? 0, concurrency: 2 },
@@ -448,7 +458,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
     return {
       base: plan.base, adapter: plan.adapter, out: plan.out, dtype: plan.dtype, layout: plan.layout,
       tensors: plan.tensors, merged: plan.merged.length, converted: plan.converted, copied: plan.copied,
-      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, nativeTensors, shards, extraFiles: extra,
+      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, nativeTensors, shards, directIo: direct, extraFiles: extra,
       seconds: (performance.now() - t0) / 1000, peakRssBytes: peakRss,
     };
   } finally {

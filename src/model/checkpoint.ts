@@ -341,6 +341,13 @@ export interface StoredBytes {
 export interface WriteOptions {
   /** official (default) or transformers names (stacked experts, `_scale_inv` scales) */
   layout?: Layout;
+  /**
+   * write the shards with direct I/O, past the page cache, where the native addon is built and
+   * the file system takes it (model/out-file.ts; default true); false: through the page cache
+   */
+  directIo?: boolean;
+  /** called as each output shard is begun: whether it is written with direct I/O */
+  onShardOpen?: (file: string, direct: boolean) => void;
   /** shard size limit in bytes (default 4 GiB) */
   maxShardBytes?: number;
   /**
@@ -432,7 +439,7 @@ export async function writeCheckpointFiles(
     t.spec.shape = [experts, parts * t.spec.shape[0]!, ...t.spec.shape.slice(1)];
   }
   const specs = [...targets.values()].map((t) => t.spec).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const writer = new SafetensorsWriter(dir, specs, { maxShardBytes: opts.maxShardBytes });
+  const writer = new SafetensorsWriter(dir, specs, { maxShardBytes: opts.maxShardBytes, directIo: opts.directIo ?? true, onShardOpen: opts.onShardOpen });
   // where each official tensor's weight and scale go: the on-disk tensor and the byte offset in it
   const where = new Map<string, { data?: Place; scale?: Place }>();
   for (const t of targets.values()) {

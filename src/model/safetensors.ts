@@ -5,12 +5,12 @@
 // File format: u64 LE header length N, N bytes of JSON header
 // {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data
 // (offsets relative to the byte after the header).
-import { closeSync, existsSync, fstatSync, openSync, read, readdirSync, readSync, renameSync, rmSync, statSync, write, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, read, readdirSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { InputError, V4tuneError } from '../errors.js';
 import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
-import { tryLoadAddon } from '../backend/native/addon.js';
+import { openOutFile, type OutFile } from './out-file.js';
 
 export type Dtype = 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E8M0' | 'I8' | 'I32' | 'I64' | 'U8' | 'F64' | 'I16' | 'BOOL';
 
@@ -45,10 +45,11 @@ export interface ByteSource {
   readAsync?(into: Uint8Array, at: number): Promise<void>;
   /**
    * copy the `len` bytes from offset `at` of the slice (default: all of it) to position `pos` of
-   * the open file `fd` in the kernel, off the JS thread (native addon: copy_file_range); resolves
-   * false where that is not available (no addon)
+   * the output file `out`, off the JS thread and never through JS memory (native addon:
+   * copy_file_range, or read into the direct writer's aligned buffer); resolves false where that
+   * is not available (no addon)
    */
-  copyTo?(fd: number, pos: number, at?: number, len?: number): Promise<boolean>;
+  copyTo?(out: OutFile, pos: number, at?: number, len?: number): Promise<boolean>;
 }
 
 export function numel(shape: ReadonlyArray<number>): number {
@@ -125,15 +126,13 @@ export class SafetensorsFile {
   }
 
   /**
-   * copy the `len` bytes at `pos` to position `outPos` of the open file `outFd` in the kernel
-   * (native addon, off the JS thread); false where the addon is not built
+   * copy the `len` bytes at `pos` to position `outPos` of the output file `out` (native addon, off
+   * the JS thread); false where the addon is not built
    */
-  async copyRangeTo(pos: number, len: number, outFd: number, outPos: number, what: string): Promise<boolean> {
+  async copyRangeTo(pos: number, len: number, out: OutFile, outPos: number, what: string): Promise<boolean> {
     if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
-    const addon = tryLoadAddon();
-    if (!addon) return false;
     try {
-      await addon.copyRange(this.fd, pos, outFd, outPos, len);
+      if (!(await out.copyFrom(this.fd, pos, len, outPos))) return false;
     } catch (e) {
       const why = (e as Error).message.replace(/^copyRange: /, '');
       // a short source is this file's fault; anything else (a full disk) may be the output's
@@ -302,7 +301,7 @@ export class SafetensorsSet {
       length: to - from,
       read: (into, at) => f.readInto(e.begin + from + at, into, name),
       readAsync: (into, at) => f.readIntoAsync(e.begin + from + at, into, name),
-      copyTo: (fd, pos, at = 0, len = to - from - at) => f.copyRangeTo(e.begin + from + at, len, fd, pos, name),
+      copyTo: (out, pos, at = 0, len = to - from - at) => f.copyRangeTo(e.begin + from + at, len, out, pos, name),
     };
   }
 
@@ -346,6 +345,10 @@ export interface WriterOptions {
   metadata?: Record<string, string>;
   /** the piece streamAt copies a source in, file to file (default COPY_CHUNK) */
   copyChunk?: number;
+  /** write the shards with direct I/O where the addon and the file system allow (out-file.ts; default false: through the page cache) */
+  directIo?: boolean;
+  /** called as each shard's temp file is created: whether it is written with direct I/O */
+  onShardOpen?: (file: string, direct: boolean) => void;
 }
 
 /** the largest read a ByteSource is streamed with (the plain copy bench/merge.mjs compares with uses the same) */
@@ -416,7 +419,7 @@ export class SafetensorsWriter {
   /** the specs in header order, for add()'s order check */
   private readonly order: TensorSpec[];
   private next = 0;
-  private readonly fds: Array<number | null>;
+  private readonly outs: Array<OutFile | null>;
   private readonly temps: Array<string | null>;
   private totalSize = 0;
   /** the buffer ByteSources are streamed through */
@@ -428,6 +431,8 @@ export class SafetensorsWriter {
    */
   private readonly queues: Array<Promise<unknown>>;
   private readonly copyChunk: number;
+  private readonly directIo: boolean;
+  private readonly onShardOpen: ((file: string, direct: boolean) => void) | undefined;
 
   constructor(dir: string, specs: TensorSpec[], opts: WriterOptions = {}) {
     this.dir = dir;
@@ -446,10 +451,12 @@ export class SafetensorsWriter {
         at += bytes;
       }
     });
-    this.fds = this.plans.map(() => null);
+    this.outs = this.plans.map(() => null);
     this.temps = this.plans.map(() => null);
     this.queues = this.plans.map(() => Promise.resolve());
     this.copyChunk = Math.max(1, Math.floor(opts.copyChunk ?? COPY_CHUNK));
+    this.directIo = opts.directIo === true;
+    this.onShardOpen = opts.onShardOpen;
   }
 
   // run `job` when the shard's earlier asynchronous writes are done (failed ones included)
@@ -464,19 +471,21 @@ export class SafetensorsWriter {
   }
 
   // the shard's temp file, created with its header on first use
-  private fdOf(shard: number): number {
-    const open = this.fds[shard];
-    if (open !== null && open !== undefined) return open;
+  private outOf(shard: number): OutFile {
+    const open = this.outs[shard];
+    if (open) return open;
     const plan = this.plans[shard]!;
     const tmp = tempNameBeside(join(this.dir, plan.file));
     this.temps[shard] = tmp;
-    const fd = openSync(tmp, 'w');
-    this.fds[shard] = fd;
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(plan.header.length));
-    writeAll(fd, len, 0);
-    writeAll(fd, plan.header, 8);
-    return fd;
+    const size = plan.specs.reduce((a, s) => a + this.bytesOf(s.name), 8 + plan.header.length);
+    const out = openOutFile(tmp, size, this.directIo);
+    this.outs[shard] = out;
+    this.onShardOpen?.(plan.file, out.direct);
+    const head = Buffer.alloc(8 + plan.header.length);
+    head.writeBigUInt64LE(BigInt(plan.header.length));
+    plan.header.copy(head, 8);
+    out.writeSync(head, 0);
+    return out;
   }
 
   /** the tensor's length in bytes */
@@ -492,7 +501,7 @@ export class SafetensorsWriter {
    */
   writeAt(name: string, offset: number, data: Uint8Array): void {
     const p = this.placeOf(name, offset, data.length);
-    writeAll(this.fdOf(p.shard), data, p.at + offset);
+    this.outOf(p.shard).writeSync(data, p.at + offset);
     p.written += data.length;
     p.touched = true;
   }
@@ -504,13 +513,11 @@ export class SafetensorsWriter {
    */
   async writeAtAsync(name: string, offset: number, data: Uint8Array): Promise<void> {
     const p = this.placeOf(name, offset, data.length);
-    const fd = this.fdOf(p.shard);
+    const out = this.outOf(p.shard);
     p.touched = true;
     for (let at = 0; at < data.length; at += STREAM_CHUNK) {
       const piece = data.subarray(at, Math.min(data.length, at + STREAM_CHUNK));
-      await this.queued(p.shard, async () => {
-        for (let done = 0; done < piece.length;) done += (await writeAsync(fd, piece, done, piece.length - done, p.at + offset + at + done)).bytesWritten;
-      });
+      await this.queued(p.shard, () => out.write(piece, p.at + offset + at));
     }
     p.written += data.length;
   }
@@ -534,11 +541,11 @@ export class SafetensorsWriter {
     const p = this.placeOf(name, offset, src.length);
     const copyTo = src.copyTo;
     if (src.length > 0 && copyTo) {
-      const fd = this.fdOf(p.shard);
+      const out = this.outOf(p.shard);
       let copied = true;
       for (let at = 0; at < src.length && copied; at += this.copyChunk) {
         const len = Math.min(this.copyChunk, src.length - at);
-        copied = await this.queued(p.shard, () => copyTo(fd, p.at + offset + at, at, len));
+        copied = await this.queued(p.shard, () => copyTo(out, p.at + offset + at, at, len));
         if (!copied && at > 0) throw new Error(`SafetensorsWriter: the kernel copy of ${name} stopped being available after ${at} bytes`);
       }
       if (copied) {
@@ -599,10 +606,11 @@ export class SafetensorsWriter {
       if (!p.touched) throw new Error(`SafetensorsWriter: tensor ${s.name} was never added`);
       if (p.written !== p.bytes) throw new Error(`SafetensorsWriter: tensor ${s.name} got ${p.written} of its ${p.bytes} bytes`);
     }
-    this.plans.forEach((_, i) => this.fdOf(i)); // a shard of no tensors still gets its header
-    for (let i = 0; i < this.fds.length; i++) {
-      closeSync(this.fds[i]!);
-      this.fds[i] = null;
+    this.plans.forEach((_, i) => this.outOf(i)); // a shard of no tensors still gets its header
+    for (let i = 0; i < this.outs.length; i++) {
+      const out = this.outs[i]!;
+      this.outs[i] = null; // closed even where close throws: abort() then only removes the temp
+      out.close();
     }
     const weightMap: Record<string, string> = {};
     this.totalSize = 0;
@@ -618,23 +626,16 @@ export class SafetensorsWriter {
   }
 
   abort(): void {
-    for (let i = 0; i < this.fds.length; i++) {
-      if (this.fds[i] !== null) closeSync(this.fds[i]!);
-      this.fds[i] = null;
+    for (let i = 0; i < this.outs.length; i++) {
+      this.outs[i]?.abort();
+      this.outs[i] = null;
       if (this.temps[i]) rmSync(this.temps[i]!, { force: true });
     }
   }
 }
 
-// positioned fs.read / fs.write as promises (on the libuv pool)
+// positioned fs.read as a promise (on the libuv pool)
 const readAsync = promisify(read);
-const writeAsync = promisify(write);
-
-// every byte of data at file position `pos`
-function writeAll(fd: number, data: Uint8Array, pos: number): void {
-  let done = 0;
-  while (done < data.length) done += writeSync(fd, data, done, data.length - done, pos + done);
-}
 
 /** Write one small safetensors file atomically (e.g. an adapter): tensors in the given order. */
 export function writeSafetensorsFile(path: string, tensors: ReadonlyArray<TensorSpec & { data: Uint8Array }>, metadata: Record<string, string> = { format: 'pt' }): void {

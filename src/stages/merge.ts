@@ -26,6 +26,8 @@ export interface MergeModelOptions {
   maxShardBytes?: number;
   /** replace an output folder v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
+  /** write the shards with direct I/O where the file system takes it (default true; false: the user's --no-direct-io) */
+  directIo?: boolean;
 }
 
 const GiB = 1024 ** 3;
@@ -47,6 +49,7 @@ export async function mergeModel(p: MergePaths, sink: Sink = silentSink, o: Merg
     dtype: p.dtype,
     maxShardBytes: o.maxShardBytes,
     overwrite: o.overwrite === true,
+    directIo: o.directIo,
     warn: (l) => sink.warn(l),
     onPlan: (plan: MergePlan) => {
       sink.log(`merge ${plan.adapter} into ${plan.base} (${plan.layout} layout) → ${plan.out}, dtype ${plan.dtype}`);
@@ -57,7 +60,7 @@ export async function mergeModel(p: MergePaths, sink: Sink = silentSink, o: Merg
     onTensor: (e) => bar?.update(e.index, e.action === 'merged' ? e.name : ''),
   });
   bar?.stop();
-  sink.log(`merged ${summary.merged} tensors, converted ${summary.converted}, copied ${summary.copied}; wrote ${fmtBytes(summary.bytesWritten)} in ${summary.shards.length} shards to ${summary.out} in ${summary.seconds.toFixed(1)} s (peak RSS ${fmtBytes(summary.peakRssBytes)})`);
+  sink.log(`merged ${summary.merged} tensors, converted ${summary.converted}, copied ${summary.copied}; wrote ${fmtBytes(summary.bytesWritten)} in ${summary.shards.length} shards to ${summary.out} (${summary.directIo ? 'direct I/O' : 'through the page cache'}) in ${summary.seconds.toFixed(1)} s (peak RSS ${fmtBytes(summary.peakRssBytes)})`);
   return summary;
 }
 

@@ -18,6 +18,7 @@ import { loadModel } from '../../src/model/load.js';
 import { initModel } from '../../src/model/init.js';
 import { tensorRng } from '../../src/random.js';
 import { SafetensorsFile, INDEX_FILE, STREAM_CHUNK, type ByteSource } from '../../src/model/safetensors.js';
+import type { OutFile } from '../../src/model/out-file.js';
 import { cases, FIXTURE, readI32 } from '../model/fixture.js';
 import { relErr } from '../ref64.js';
 
@@ -81,8 +82,8 @@ describe('merge with dtype bf16', { timeout: 60_000 }, () => {
       if (this.path.startsWith(BASE)) reads.push(into.length);
       await origAsync.call(this, pos, into, what);
     };
-    SafetensorsFile.prototype.copyRangeTo = async function (this: SafetensorsFile, pos: number, len: number, fd: number, outPos: number, what: string): Promise<boolean> {
-      const copied = await origCopy.call(this, pos, len, fd, outPos, what);
+    SafetensorsFile.prototype.copyRangeTo = async function (this: SafetensorsFile, pos: number, len: number, out: OutFile, outPos: number, what: string): Promise<boolean> {
+      const copied = await origCopy.call(this, pos, len, out, outPos, what);
       if (copied && this.path.startsWith(BASE)) {
         reads.push(len);
         kernelCopies.push(len);

@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { InputError, V4tuneError } from '../../src/errors.js';
 import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { MAX_HEADER, SafetensorsFile, SafetensorsSet, SafetensorsWriter, writeSafetensorsFile, type ByteSource } from '../../src/model/safetensors.js';
+import { bufferedOutFile } from '../../src/model/out-file.js';
 
 const dirs: string[] = [];
 function tmp(): string {
@@ -179,20 +180,18 @@ describe('safetensors writer and reader', () => {
     const active = [0, 0];
     const most = [0, 0];
     const events: string[] = [];
-    // a source in memory that "copies" into fd as the kernel copy would, slowly, counting the
-    // writes in progress on each shard's fd
-    const fdShard = new Map<number, number>();
+    // a source in memory that "copies" into the output as the kernel copy would, slowly, counting
+    // the writes in progress on each shard's file
     const source = (data: Uint8Array, shard: number, tag: string): ByteSource => ({
       length: data.length,
       read: (into, at) => into.set(data.subarray(at, at + into.length)),
-      copyTo: async (fd, pos, at = 0, len = data.length - at) => {
-        fdShard.set(fd, shard);
+      copyTo: async (out, pos, at = 0, len = data.length - at) => {
         active[shard]!++;
         most[shard] = Math.max(most[shard]!, active[shard]!);
         events.push(`${tag}${at}`);
         if (len > 1024) throw new Error(`a piece of ${len} bytes, more than copyChunk`);
         await new Promise((res) => setTimeout(res, 2));
-        writeSync(fd, data, at, len, pos);
+        out.writeSync(data.subarray(at, at + len), pos);
         active[shard]!--;
         return true;
       },
@@ -229,7 +228,7 @@ describe('safetensors writer and reader', () => {
     const full = openSync('/dev/full', 'w');
     let err: unknown;
     try {
-      await f.copyRangeTo(f.entries.get('w')!.begin, 1 << 20, full, 0, 'w');
+      await f.copyRangeTo(f.entries.get('w')!.begin, 1 << 20, bufferedOutFile(full, '/dev/full'), 0, 'w');
     } catch (e) {
       err = e;
     } finally {
@@ -250,7 +249,7 @@ describe('safetensors writer and reader', () => {
     const fd = openSync(dst, 'a');
     let err: unknown;
     try {
-      await f.copyRangeTo(f.entries.get('w')!.begin, 4096, fd, 0, 'w');
+      await f.copyRangeTo(f.entries.get('w')!.begin, 4096, bufferedOutFile(fd, dst), 0, 'w');
     } catch (e) {
       err = e;
     } finally {

@@ -156,6 +156,21 @@ export interface NativeAddon {
    * (copy_file_range) where the file systems allow, else through a buffer, off the JS thread
    */
   copyRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): Promise<void>;
+  /**
+   * create (or truncate) `file` for direct writes (O_DIRECT, native/direct_io.h) of a file of
+   * `size` bytes: a handle, or −1 where the file system does not take them
+   */
+  directOpen(file: string, size: number): number;
+  /** write `data` at `pos` of a direct file (any range, each byte once), off the JS thread */
+  directWrite(handle: number, data: Uint8Array, pos: number): Promise<void>;
+  /** directWrite on the JS thread */
+  directWriteSync(handle: number, data: Uint8Array, pos: number): void;
+  /** write the `length` bytes at `offIn` of the open file `fdIn` at `pos` of a direct file, off the JS thread */
+  directCopy(handle: number, fdIn: number, offIn: number, pos: number, length: number): Promise<void>;
+  /** write the last block, set the size, close; an error names the first block never written */
+  directClose(handle: number): void;
+  /** close without flushing (the caller removes the file) */
+  directAbort(handle: number): void;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

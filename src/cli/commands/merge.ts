@@ -15,6 +15,7 @@ interface MergeFlags {
   dtype?: string;
   maxShardMb?: string;
   overwrite?: boolean;
+  directIo?: boolean;
 }
 
 function parseDtype(s: string): MergeDtype {
@@ -32,6 +33,7 @@ export function register(program: Command): void {
     .option('--dtype <dtype>', 'original (requantise to the stored FP8/FP4) or bf16 (default: the recipe\'s export.merge_dtype, else original)')
     .option('--max-shard-mb <n>', 'output shard size limit in MiB (default: the base\'s largest shard)')
     .option('--overwrite', 'replace an output folder that v4tune did not write as a merged model')
+    .option('--no-direct-io', 'write the output through the page cache (default: direct I/O, past the page cache, where the file system takes it)')
     .action(action(async (ctx: CliContext, file: string | undefined, opts: MergeFlags) => {
       // the recipe's parser (yaml, zod) only with a recipe: merging by paths starts without it
       const [recipe, { mergeModel, mergeRecipe }] = await Promise.all([
@@ -50,7 +52,7 @@ export function register(program: Command): void {
         if (!Number.isFinite(mb) || mb <= 0) throw new InputError(`--max-shard-mb: must be a positive number (got ${opts.maxShardMb})`);
         maxShardBytes = Math.round(mb * 1024 * 1024);
       }
-      const o = { maxShardBytes, overwrite: opts.overwrite === true };
+      const o = { maxShardBytes, overwrite: opts.overwrite === true, directIo: opts.directIo !== false };
       const s = recipe
         ? await mergeRecipe(recipe, ctx, { ...o, preflight: false, paths: { model: opts.model, adapter: opts.adapter, out: opts.out, dtype } })
         : await mergeModel({ model: opts.model!, adapter: opts.adapter!, out: opts.out!, dtype: dtype ?? 'original' }, ctx, o);
