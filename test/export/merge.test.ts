@@ -191,6 +191,19 @@ describe('merge with dtype original (FP8/FP4 requantised)', { timeout: 60_000 },
     summary = await mergeAdapter({ base: BASE, adapter: ADAPTER, out, warn: quiet });
   }, 60_000);
 
+  // direct I/O where the file system takes it (model/out-file.ts); the page cache gives the same bytes
+  it.skipIf(!tryLoadAddon())('writes its shards with direct I/O; through the page cache (directIo false) they are the same bytes', async () => {
+    const probe = join(root, 'direct-probe');
+    const h = tryLoadAddon()!.directOpen(probe, 0);
+    if (h >= 0) tryLoadAddon()!.directClose(h);
+    expect(summary.directIo).toBe(h >= 0);
+    const buffered = join(root, 'original-buffered');
+    const s = await mergeAdapter({ base: BASE, adapter: ADAPTER, out: buffered, warn: quiet, directIo: false });
+    expect(s.directIo).toBe(false);
+    expect(s.shards).toEqual(summary.shards);
+    for (const f of [...summary.shards, INDEX_FILE]) expect(readFileSync(join(buffered, f)).equals(readFileSync(join(out, f))), f).toBe(true);
+  });
+
   it('writes the same tensors with the same dtypes, shapes and scale shapes; the index lists every one', () => {
     const header = (dir: string): Map<string, string> => {
       const m = new Map<string, string>();
@@ -405,6 +418,9 @@ describe('v4tune merge (CLI)', { timeout: 60_000 }, () => {
     expect(s.dtype).toBe('bf16');
     expect(s.peakRssBytes).toBeGreaterThan(0);
     expect(indexNames(dest).length).toBeGreaterThan(0);
+    const paged = await run(['--json', 'merge', '--model', BASE, '--adapter', ADAPTER, '--out', join(root, 'cli-paged'), '--dtype', 'bf16', '--no-direct-io']);
+    expect((JSON.parse(paged.out) as MergeSummary).directIo).toBe(false);
+    for (const f of s.shards) expect(readFileSync(join(root, 'cli-paged', f)).equals(readFileSync(join(dest, f))), f).toBe(true);
     const bad = await run(['--json', 'merge', '--model', BASE, '--out', join(root, 'cli2')]);
     expect(bad.code).toBe(2);
     expect(bad.out).toMatch(/--adapter: required without a recipe/);
