@@ -2,11 +2,13 @@
 // multi-GB flash checkpoint (FP8/FP4 requantised, and BF16), in a child process with its peak RSS
 // (getrusage), against two plain copies of the same shard bytes taking turns with it: read and
 // write through a 16 MiB buffer, and `cp` (copy_file_range, file to file in the kernel, as the
-// merge copies the tensors it leaves untouched); medians of --reps turns. Then native GPTQ on V4-Flash's
+// merge copies the tensors it leaves untouched); medians of --reps turns. The merge writes its
+// shards with direct I/O, as users run it, and once a turn through the page cache (--no-direct-io).
+// Then native GPTQ on V4-Flash's
 // expert shapes (w1/w3 [2048, 4096], w2 [4096, 2048], Hessian from 2048 tokens): the time per
 // expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
 // Usage (after `npm run build` and `npm run build:native`):
-//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--out bench/results/merge-flash.json] [--skip-gptq]
+//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--settle 5] [--out bench/results/merge-flash.json] [--skip-gptq]
 // --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file;
 // --skip-merge reruns only GPTQ and keeps the (dated) merge and quantize sections.
 // --quantize also times `v4tune quantize --method rtn` of the whole checkpoint to gptq (INT4) and to a Q4_K GGUF, and
@@ -50,6 +52,9 @@ const { values } = parseArgs({
     'quantize-gptq': { type: 'boolean', default: false },
     'calibration-rows': { type: 'string', default: '8' },
     reps: { type: 'string', default: '3' },
+    // seconds each timed run waits after the sync before it starts (the VM's balloon hands the
+    // pages the last run freed back to the host meanwhile, as on a machine that was idle)
+    settle: { type: 'string', default: '5' },
   },
 });
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
@@ -120,9 +125,9 @@ function cli(args, { smallPages = false } = {}) {
 }
 
 /** `v4tune merge` in a child process: seconds and peak RSS (MB) */
-function cliMerge(model, adapter, out, dtype, remove = true, smallPages = false) {
+function cliMerge(model, adapter, out, dtype, remove = true, smallPages = false, directIo = true) {
   const t0 = performance.now();
-  const r = cli(['--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype], { smallPages });
+  const r = cli(['--json', 'merge', '--model', model, '--adapter', adapter, '--out', out, '--dtype', dtype, ...(directIo ? [] : ['--no-direct-io'])], { smallPages });
   const seconds = (performance.now() - t0) / 1000;
   if (r.status !== 0) throw new Error(`merge failed (${r.status}): ${r.stderr}`);
   const peakMB = Number(readFileSync(join(tmp, 'rss'), 'utf8')) / 1024;
@@ -349,9 +354,11 @@ try {
     // the `sync` after it (the bytes on disk)
     warmRead(base.files);
     const reps = Number(values.reps);
-    const runs = { copy: [], cp: [], original: [], original_small_pages: [], bf16: [] };
-    const timed = (f) => {
+    const runs = { copy: [], cp: [], cp_reused_pages: [], original: [], original_paged: [], original_small_pages: [], bf16: [] };
+    const settle = Number(values.settle);
+    const timed = (f, wait = true) => {
       spawnSync('sync');
+      if (wait && settle > 0) spawnSync('sleep', [String(settle)]);
       const t0 = performance.now();
       const r = f();
       const t1 = performance.now();
@@ -365,9 +372,16 @@ try {
       const k = timed(() => kernelCopy(base.files, join(tmp, 'cp')));
       rmSync(join(tmp, 'cp'), { recursive: true, force: true });
       runs.cp.push(k);
+      // cp again at once, into the page-cache pages the last one freed (not yet back with the host)
+      const kr = timed(() => kernelCopy(base.files, join(tmp, 'cp')), false);
+      rmSync(join(tmp, 'cp'), { recursive: true, force: true });
+      runs.cp_reused_pages.push(kr);
       const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
       rmSync(join(tmp, 'merged'), { recursive: true, force: true });
       runs.original.push(m);
+      const mp = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, false, false));
+      rmSync(join(tmp, 'merged'), { recursive: true, force: true });
+      runs.original_paged.push(mp);
       const m4k = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, true));
       rmSync(join(tmp, 'merged'), { recursive: true, force: true });
       runs.original_small_pages.push(m4k);
@@ -376,7 +390,7 @@ try {
         rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
         runs.bf16.push(b16);
       }
-      console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s), merge without huge pages ${round(m4k.cache, 2)} s`);
+      console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), cp into freed pages ${round(kr.cache, 2)} s (${round(kr.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s), through the page cache ${round(mp.cache, 2)} s (${round(mp.disk, 2)} s), without huge pages ${round(m4k.cache, 2)} s`);
     }
     copyCache = median(runs.copy.map((x) => x.cache));
     const copyDisk = median(runs.copy.map((x) => x.disk));
@@ -395,6 +409,10 @@ try {
         // against `cp` (copy_file_range)
         of_cp: round(cpCache / cache, 3), of_cp_to_disk: round(cpDisk / disk, 3),
         of_cp_per_rep: list.map((x, i) => round(runs.cp[i].cache / x.cache, 3)),
+        // against `cp` run at once after the last cp's output was removed (its pages reused)
+        of_cp_reused_pages: round(median(runs.cp_reused_pages.map((x) => x.cache)) / cache, 3),
+        of_cp_reused_pages_to_disk: round(median(runs.cp_reused_pages.map((x) => x.disk)) / disk, 3),
+        direct_io: m.summary.directIo,
         peak_rss_mb: round(Math.max(...list.map((x) => x.r.peakMB))), bytes_written: m.written,
         bytes_streamed: m.summary.bytesStreamed, peak_held_mb: round(m.summary.peakHeldBytes / 2 ** 20), largest_read_mb: round(m.summary.largestReadBytes / 2 ** 20),
       };
@@ -404,11 +422,17 @@ try {
       reps,
       copy: { seconds: runs.copy.map((x) => round(x.cache, 2)), seconds_to_disk: runs.copy.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, copyCache), mb_per_s_to_disk: mbs(base.bytes, copyDisk) },
       cp: { seconds: runs.cp.map((x) => round(x.cache, 2)), seconds_to_disk: runs.cp.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, cpCache), mb_per_s_to_disk: mbs(base.bytes, cpDisk) },
+      cp_reused_pages: {
+        seconds: runs.cp_reused_pages.map((x) => round(x.cache, 2)), seconds_to_disk: runs.cp_reused_pages.map((x) => round(x.disk, 2)),
+        mb_per_s: mbs(base.bytes, median(runs.cp_reused_pages.map((x) => x.cache))), mb_per_s_to_disk: mbs(base.bytes, median(runs.cp_reused_pages.map((x) => x.disk))),
+      },
+      settle_s: settle,
       original: row(runs.original),
+      original_paged: row(runs.original_paged),
       original_small_pages: row(runs.original_small_pages),
       bf16: row(runs.bf16),
     };
-    console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
+    console.log(`copy ${merge.copy.mb_per_s} MB/s (${merge.copy.mb_per_s_to_disk} to disk), cp ${merge.cp.mb_per_s} MB/s (${merge.cp.mb_per_s_to_disk}); merge original ${merge.original.mb_per_s} MB/s = ${merge.original.of_copy} of copy (${merge.original.of_copy_to_disk} to disk), ${merge.original.of_cp} of cp (${merge.original.of_cp_to_disk}), ${merge.original.of_cp_reused_pages} of cp into freed pages (${merge.original.of_cp_reused_pages_to_disk}); through the page cache ${merge.original_paged.of_cp} of cp; peak RSS ${merge.original.peak_rss_mb} MB; bf16 ${merge.bf16.mb_per_s} MB/s (${merge.bf16.of_copy}, ${merge.bf16.peak_rss_mb} MB)`);
   }
   let quantize;
   if (values.quantize) {
@@ -459,7 +483,7 @@ try {
     quantize,
     quantize_gptq: quantizeGptq,
     gptq,
-    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. The merges run bin/v4tune.js as a command, as npx does (its #! line sets glibc\'s malloc.hugetlb tunable: huge pages for large buffers); original_small_pages: the same merge started as `node bin/v4tune.js`, without it, once a rep right after. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
+    note: 'MB/s: base checkpoint bytes (weights + scales) over wall seconds of the whole `v4tune merge` process (start-up included); copy: the same shard files read and written through a 16 MiB buffer to the same disk. After one untimed read of the shards (so every run reads from the page cache), copy and merge take turns reps times; each run starts after a sync (nothing dirty left by the run before, which otherwise throttles its writes) and --settle seconds (settle_s: the VM\'s balloon reports the pages the last run freed back to the host meanwhile, so each run maps fresh pages as on an idle machine) and is timed to its end (seconds: its writes in the page cache) and to the end of a sync after it (seconds_to_disk: the bytes on disk). mb_per_s and of_copy from the medians; of_copy_per_rep against the copy run just before each merge. The merges run bin/v4tune.js as a command, as npx does (its #! line sets glibc\'s malloc.hugetlb tunable: huge pages for large buffers); original: the merge as users run it (its shards written with direct I/O, past the page cache, where the file system takes it: direct_io); original_paged: the same with --no-direct-io (through the page cache); cp_reused_pages: cp again at once after the last cp\'s output was removed, into the page-cache pages it freed (the fastest a copy runs on this VM); original_small_pages: the same merge started as `node bin/v4tune.js`, without it, once a rep right after. Peak RSS: getrusage of the merge process. bytes_streamed: the copied tensors, streamed shard to shard; peak_held_mb: the most buffer bytes of tensors merged ahead of the writer at once.',
     loadavg_start: loadavgStart,
     loadavg_end: loadavg(),
     cpus: cpus().length,
