@@ -147,7 +147,7 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
     ...deepseek4Metadata(ckpt.config, { name, fileType: GGUF_FORMATS[format].fileType, part, maxPositionEmbeddings: maxPos }),
     ...deepseek4Vocab(opts.model, ckpt.config.vocab_size),
   ];
-  const writer = new GgufWriter(path, kvs, items.map((i) => i.info));
+  const writer = new GgufWriter(path, kvs, items.map((i) => i.info), { directIo: opts.directIo ?? true });
   let quantized = 0;
   let kept = 0;
   // a tensor's bytes are written off the JS thread while the next one is read and quantised

@@ -8,8 +8,8 @@
 //   padding to `general.alignment` (default 32), then the tensor data; each tensor's offset is
 //   relative to the data start and a multiple of the alignment.
 // ne[0] is the innermost (contiguous) dimension: a row-major [out, in] matrix has ne = [in, out].
-import { closeSync, ftruncateSync, openSync, readSync, renameSync, rmSync, write, writeSync, fstatSync } from 'node:fs';
-import { promisify } from 'node:util';
+import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { openOutFile, type OutFile } from '../model/out-file.js';
 import { InputError } from '../errors.js';
 import { sweepTemps, tempNameBeside } from '../fsutil.js';
 import { f16Decode, f16Encode } from '../model/formats.js';
@@ -171,42 +171,42 @@ export function encodeHeader(kvs: ReadonlyArray<GgufKv>, tensors: ReadonlyArray<
   return { header: s.bytes(), offsets, dataBytes: off };
 }
 
-const writeAsync = promisify(write);
 
 /**
  * Streams a GGUF file: construct with every metadata entry and tensor info (in the order the
  * tensors will be added), add() (or addAsync(), off the JS thread) each tensor's bytes in that
- * order, finish() renames the file into place. Each tensor is written at its own offset; the
- * alignment padding between tensors is left as zeros. Written under a temporary name beside
- * `path`; abort() removes it.
+ * order, finish() renames the file into place. Each tensor is written at its own offset, the
+ * alignment padding between tensors as zeros. Written under a temporary name beside `path`, with
+ * direct I/O where asked and the file system takes it (model/out-file.ts); abort() removes it.
  */
 export class GgufWriter {
   readonly path: string;
   readonly alignment: number;
   private readonly tensors: ReadonlyArray<GgufTensorInfo>;
   private readonly tmp: string;
-  private fd: number | null;
+  private out: OutFile | null;
+  private readonly size: number;
   private next = 0;
   /** the end of the bytes placed so far */
   private end = 0;
   private readonly dataStart: number;
   private readonly offsets: number[];
 
-  constructor(path: string, kvs: ReadonlyArray<GgufKv>, tensors: ReadonlyArray<GgufTensorInfo>) {
+  constructor(path: string, kvs: ReadonlyArray<GgufKv>, tensors: ReadonlyArray<GgufTensorInfo>, opts: { directIo?: boolean } = {}) {
     this.path = path;
     const alignKv = kvs.find((k) => k.key === 'general.alignment');
     this.alignment = alignKv ? Number(alignKv.value) : GGUF_DEFAULT_ALIGNMENT;
     if (!Number.isInteger(this.alignment) || this.alignment < 1 || this.alignment % 8 !== 0) throw new Error(`GGUF: general.alignment must be a positive multiple of 8 (got ${this.alignment})`);
     this.tensors = tensors;
-    const { header, offsets } = encodeHeader(kvs, tensors, this.alignment);
+    const { header, offsets, dataBytes } = encodeHeader(kvs, tensors, this.alignment);
     this.offsets = offsets;
-    sweepTemps(path);
-    this.tmp = tempNameBeside(path);
-    this.fd = openSync(this.tmp, 'w');
-    let done = 0;
-    while (done < header.length) done += writeSync(this.fd, header, done, header.length - done, done);
     this.dataStart = align(header.length, this.alignment);
     this.end = this.dataStart;
+    this.size = this.dataStart + dataBytes;
+    sweepTemps(path);
+    this.tmp = tempNameBeside(path);
+    this.out = openOutFile(this.tmp, this.size, opts.directIo === true);
+    this.out.writeSync(Buffer.concat([header, Buffer.alloc(this.dataStart - header.length)]), 0);
   }
 
   /** the next tensor's place in the file, after checking its name and size */
@@ -217,6 +217,7 @@ export class GgufWriter {
     const want = ggmlBytes(t.type, t.dims);
     if (data.length !== want) throw new Error(`GgufWriter: ${name} has ${data.length} bytes, its info needs ${want}`);
     const at = this.dataStart + this.offsets[this.next]!;
+    if (at > this.end) this.out!.writeSync(new Uint8Array(at - this.end), this.end); // the padding before it
     this.next += 1;
     this.end = at + data.length;
     return at;
@@ -224,9 +225,7 @@ export class GgufWriter {
 
   /** append the next tensor's data (its info must be the next one given) */
   add(name: string, data: Uint8Array): void {
-    const at = this.place(name, data);
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd!, data, done, data.length - done, at + done);
+    this.out!.writeSync(data, this.place(name, data));
   }
 
   /**
@@ -236,9 +235,9 @@ export class GgufWriter {
   async addAsync(name: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
     const parts = data instanceof Uint8Array ? [data] : data;
     let at = this.place(name, { length: parts.reduce((a, p) => a + p.length, 0) });
-    const fd = this.fd!;
+    const out = this.out!;
     for (const p of parts) {
-      for (let done = 0; done < p.length;) done += (await writeAsync(fd, p, done, p.length - done, at + done)).bytesWritten;
+      await out.write(p, at);
       at += p.length;
     }
   }
@@ -246,17 +245,17 @@ export class GgufWriter {
   /** pad the last tensor, close, rename into place (every write must have finished); returns the file size */
   finish(): number {
     if (this.next !== this.tensors.length) throw new Error(`GgufWriter: tensor ${this.tensors[this.next]!.name} was never added`);
-    const end = align(this.end, this.alignment);
-    ftruncateSync(this.fd!, end);
-    closeSync(this.fd!);
-    this.fd = null;
+    const out = this.out!;
+    if (this.size > this.end) out.writeSync(new Uint8Array(this.size - this.end), this.end); // the last tensor's padding
+    this.out = null; // closed even where close throws: abort() then only removes the temp
+    out.close();
     renameSync(this.tmp, this.path);
-    return end;
+    return this.size;
   }
 
   abort(): void {
-    if (this.fd !== null) closeSync(this.fd);
-    this.fd = null;
+    this.out?.abort();
+    this.out = null;
     rmSync(this.tmp, { force: true });
   }
 }

@@ -117,7 +117,7 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
     writeFileSync(join(tmp, 'quantize_config.json'), `${JSON.stringify(quantizeConfig(opts.groupSize, opts.calibration?.damp ?? 0.01), null, 2)}\n`);
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.model, f))) copyFileSync(join(opts.model, f), join(tmp, f));
     stampChatTemplate(tmp);
-    const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes });
+    const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes, directIo: opts.directIo ?? true });
     // a tensor's bytes are written off the JS thread while the next one is read and quantised
     // (one tensor in flight bounds the memory held for the writes)
     let writing: Promise<unknown> = Promise.resolve();

@@ -27,6 +27,8 @@ export interface QuantizeRecipeOptions {
   groupSize?: number;
   /** replace output folders v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
+  /** write the outputs with direct I/O where the file system takes it (default true; false: the user's --no-direct-io) */
+  directIo?: boolean;
 }
 
 const FORMAT_NOTE: Readonly<Record<GgufFormat, string>> = {
@@ -111,7 +113,7 @@ async function quantizeLocked(recipe: LoadedRecipe, sink: Sink, o: QuantizeRecip
       const how = calibration ? `, ${calibration.rows.length} calibration rows, damp ${calibration.damp}` : '';
       log(`quantize ${model} → ${target} (${format}, method ${method}${format === 'gptq' ? `, group size ${groupSize}` : `, ${FORMAT_NOTE[format]}`}${how})`);
       out.set(format, await quantizeCheckpoint({
-        model, out: target, overwrite: o.overwrite, format, method, groupSize, calibration, session: cal?.session,
+        model, out: target, overwrite: o.overwrite, directIo: o.directIo, format, method, groupSize, calibration, session: cal?.session,
         onTensor: (done, total) => {
           bar ??= sink.progress(format, total, 'tensors');
           bar.update(done);

@@ -280,6 +280,11 @@ describe('GGUF writer', () => {
       await p.addAsync('c', [data[2]!]);
       expect(p.finish()).toBe(syncSize);
       expect(readFileSync(join(dir, 'pieces.gguf')).equals(a)).toBe(true);
+      // with direct I/O (where the addon and the file system take it) the padding is written, not left as a hole: the same bytes
+      const d = new GgufWriter(join(dir, 'direct.gguf'), kvs, infos, { directIo: true });
+      await Promise.all(infos.map((t, i) => d.addAsync(t.name, data[i]!)));
+      expect(d.finish()).toBe(syncSize);
+      expect(readFileSync(join(dir, 'direct.gguf')).equals(a)).toBe(true);
       const q = new GgufWriter(join(dir, 'short.gguf'), kvs, infos);
       await expect(q.addAsync('a', [data[0]!.subarray(0, 8)])).rejects.toThrow('a has 8 bytes, its info needs 12');
       q.abort();
