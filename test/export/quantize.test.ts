@@ -305,6 +305,11 @@ describe('v4tune quantize (the verb, registered on a fresh program)', () => {
       expect(s.outputs[0]!.compression).toBeCloseTo(s.outputs[0]!.bytesIn / s.outputs[0]!.bytesOut, 10);
       expect(s.outputs[1]!.tensorsQuantized).toBe(5 * (5 + 3 + 24)); // the MTP block's linears go to mtp-model-Q4_0.gguf
       expect(existsSync(join(dir, 'out', 'quantized', 'mtp-model-Q4_0.gguf'))).toBe(true);
+      // --no-direct-io: the same files through the page cache
+      expect(await run('--json', 'quantize', join(dir, 'r.yaml'), '--out', join(dir, 'paged'), '--no-direct-io')).toBe(0);
+      for (const f of ['gptq/model-00001-of-00001.safetensors', 'model-Q4_0.gguf', 'mtp-model-Q4_0.gguf']) {
+        expect(readFileSync(join(dir, 'paged', f)).equals(readFileSync(join(dir, 'out', 'quantized', f))), f).toBe(true);
+      }
       writes.length = 0;
       expect(await run('quantize', join(dir, 'r.yaml'), '--format', 'q8')).toBe(2);
       expect(writes.join('')).toContain('--format must be one of gptq, gguf-f32, gguf-f16, gguf-bf16, gguf-q8_0, gguf-q4_0, gguf-q4_k');
