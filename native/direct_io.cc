@@ -2,6 +2,7 @@
 #include "direct_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -250,6 +251,93 @@ void direct_abort(int h) {
   std::unique_ptr<DirectFile> f = release(h);
   free_buffers(*f);
   close(f->fd);
+}
+
+namespace {
+// staging buffers of direct reads, kept for the next read (no fresh pages per call); at most one
+// per thread reading at a time
+std::mutex read_bufs_mu;
+std::vector<uint8_t*> read_bufs;
+constexpr long kReadBuf = kChunk + kBlock;
+
+struct ReadBuf {
+  uint8_t* p;
+  ReadBuf() {
+    std::lock_guard<std::mutex> lock(read_bufs_mu);
+    if (read_bufs.empty()) {
+      p = aligned_bytes(kReadBuf);
+    } else {
+      p = read_bufs.back();
+      read_bufs.pop_back();
+    }
+  }
+  ~ReadBuf() {
+    std::lock_guard<std::mutex> lock(read_bufs_mu);
+    read_bufs.push_back(p);
+  }
+};
+}  // namespace
+
+int direct_read_open(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0 && errno == EINVAL) return -1;
+  if (fd < 0) throw std::runtime_error(std::string("open ") + path + ": " + strerror(errno));
+#ifdef STATX_DIOALIGN
+  struct statx sx;
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+    if (sx.stx_dio_mem_align == 0 || kBlock % sx.stx_dio_mem_align || sx.stx_dio_offset_align == 0 || kBlock % sx.stx_dio_offset_align) {
+      close(fd);
+      return -1;
+    }
+  }
+#endif
+  return fd;
+}
+
+void direct_read(int fd, uint8_t* into, long len, long pos) {
+  ReadBuf buf;
+  const long end = pos + len;
+  long at = pos;
+  while (at < end) {
+    const long a0 = at / kBlock * kBlock;
+    const long a1 = std::min((end + kBlock - 1) / kBlock * kBlock, a0 + kChunk);
+    const long want = std::min(a1, end) - a0;  // bytes of [a0, a1) that are needed
+    long got = 0;
+    while (got < want) {
+      ssize_t m = pread(fd, buf.p + got, size_t(a1 - a0 - got), a0 + got);
+      if (m < 0 && errno == EINTR) continue;
+      if (m < 0) throw std::runtime_error(std::string("read: ") + strerror(errno));
+      if (m == 0) break;
+      got += m;
+      if (got % kBlock) break;  // a short block: the end of the file
+    }
+    if (got < want) throw std::runtime_error("the source ends " + std::to_string(end - std::max(at, a0 + got)) + " bytes short");
+    std::memcpy(into + (at - pos), buf.p + (at - a0), size_t(std::min(a1, end) - at));
+    at = std::min(a1, end);
+  }
+}
+
+double resident_fraction(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) throw std::runtime_error(std::string("fstat: ") + strerror(errno));
+  if (st.st_size == 0) return 1;
+  const long page = sysconf(_SC_PAGESIZE);
+  const size_t len = size_t(st.st_size);
+  void* m = mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) throw std::runtime_error(std::string("mmap: ") + strerror(errno));
+  std::vector<unsigned char> v((len + size_t(page) - 1) / size_t(page));
+  int r = mincore(m, len, v.data());
+  int err = errno;
+  munmap(m, len);
+  if (r != 0) throw std::runtime_error(std::string("mincore: ") + strerror(err));
+  size_t in = 0;
+  for (unsigned char c : v) in += c & 1;
+  return double(in) / double(v.size());
+}
+
+void direct_copy_from_direct(int h, int fd_in, long off_in, long len, long pos) {
+  DirectFile& f = file_of(h);
+  write_range(f, len, pos, [&](uint8_t* dst, long n, long at) { direct_read(fd_in, dst, n, off_in + at); });
 }
 
 }  // namespace v4io

@@ -31,4 +31,17 @@ void direct_close(int h);
 /** close without checking or flushing (the caller removes the file) */
 void direct_abort(int h);
 
+/** open `path` for direct reads (O_RDONLY | O_DIRECT); −1 where the file system refuses them */
+int direct_read_open(const std::string& path);
+/**
+ * `len` bytes at `pos` of `fd` (opened by direct_read_open) into `into`: the aligned blocks around
+ * them read through a staging buffer, then copied out; throws "the source ends N bytes short" at
+ * an early end of file
+ */
+void direct_read(int fd, uint8_t* into, long len, long pos);
+/** the fraction of the file's pages in the page cache (mincore over a mapping of it); 1 for an empty file */
+double resident_fraction(int fd);
+/** direct_copy from `fd_in` opened by direct_read_open (its reads aligned as direct_read's) */
+void direct_copy_from_direct(int h, int fd_in, long off_in, long len, long pos);
+
 }  // namespace v4io

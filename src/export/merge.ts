@@ -125,6 +125,8 @@ export interface MergeSummary {
   /** the most bytes those tensors held at one time (stored input + output of each merged or converted one): at most aheadBytes, or one tensor more */
   peakHeldBytes: number;
   shards: string[];
+  /** base shards read with direct I/O (those mostly not in the page cache when the merge began, with directIo) */
+  shardsReadDirect: number;
   /** every output shard was written with direct I/O (false: through the page cache, as asked or where the file system or a missing addon left no choice) */
   directIo: boolean;
   /** other files and folders of the base copied as they are (config.json is rewritten with dtype bf16) */
@@ -343,6 +345,8 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
   let peakRss = process.memoryUsage().rss;
   const sample = (): void => { peakRss = Math.max(peakRss, process.memoryUsage().rss); };
   const { ck, adapter, plan, outPlans, actions } = await prepare(opts);
+  // a base shard mostly not in the page cache is read past it too: each byte is read once
+  const shardsReadDirect = (opts.directIo ?? true) ? ck.readDirectIfUncached() : 0;
   opts.onPlan?.(plan);
   const timer = setInterval(sample, 200);
   timer.unref();
@@ -458,7 +462,7 @@ export async function mergeAdapter(opts: MergeOptions): Promise<MergeSummary> {
     return {
       base: plan.base, adapter: plan.adapter, out: plan.out, dtype: plan.dtype, layout: plan.layout,
       tensors: plan.tensors, merged: plan.merged.length, converted: plan.converted, copied: plan.copied,
-      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, nativeTensors, shards, directIo: direct, extraFiles: extra,
+      bytesRead, bytesWritten, bytesStreamed, largestReadBytes: largestRead, peakTensorsHeld: peakHeld, peakHeldBytes, nativeTensors, shards, shardsReadDirect, directIo: direct, extraFiles: extra,
       seconds: (performance.now() - t0) / 1000, peakRssBytes: peakRss,
     };
   } finally {

@@ -222,6 +222,14 @@ export class Checkpoint {
     return { data, scale, scaleShape: sliceShape(r.scaleEntry.shape, r.src, rowDiv) };
   }
 
+  /**
+   * Read the shards that are mostly not in the page cache with direct I/O from here on
+   * (SafetensorsFile.readDirectIfUncached): a merge reads each byte once. Returns how many.
+   */
+  readDirectIfUncached(): number {
+    return this.set.readDirectIfUncached();
+  }
+
   async close(): Promise<void> {
     this.set.close();
   }

@@ -11,6 +11,12 @@ import { tryLoadAddon } from '../backend/native/addon.js';
 
 const writeAsync = promisify(write);
 
+/** a file copied from: its descriptor, and where it is read with direct I/O, that descriptor too */
+export interface CopySource {
+  fd: number;
+  directFd: number | null;
+}
+
 export interface OutFile {
   readonly path: string;
   /** true when writes bypass the page cache */
@@ -19,10 +25,11 @@ export interface OutFile {
   /** write off the JS thread; `data` must stay unchanged until it resolves */
   write(data: Uint8Array, pos: number): Promise<void>;
   /**
-   * the `len` bytes at `offIn` of the open file `fdIn` to `pos`, off the JS thread, never through
-   * JS memory; false where that needs the addon and it is not built
+   * the `len` bytes at `offIn` of the open source file to `pos`, off the JS thread, never through
+   * JS memory; false where that needs the addon and it is not built. `src.directFd`, where not
+   * null, is the same file opened for direct reads, which a direct-I/O output reads it through.
    */
-  copyFrom(fdIn: number, offIn: number, len: number, pos: number): Promise<boolean>;
+  copyFrom(src: CopySource, offIn: number, len: number, pos: number): Promise<boolean>;
   /** finish the file (direct: its last block, its size) and close it */
   close(): void;
   /** close without finishing (the caller removes the file) */
@@ -41,8 +48,9 @@ export function openOutFile(path: string, size: number, direct: boolean): OutFil
       path, direct: true,
       writeSync: (data, pos) => addon.directWriteSync(h, data, pos),
       write: (data, pos) => addon.directWrite(h, data, pos),
-      copyFrom: async (fdIn, offIn, len, pos) => {
-        await addon.directCopy(h, fdIn, offIn, pos, len);
+      copyFrom: async (src, offIn, len, pos) => {
+        if (src.directFd !== null) await addon.directCopy(h, src.directFd, offIn, pos, len, true);
+        else await addon.directCopy(h, src.fd, offIn, pos, len);
         return true;
       },
       close: () => addon.directClose(h),
@@ -62,10 +70,10 @@ export function bufferedOutFile(fd: number, path: string): OutFile {
     write: async (data, pos) => {
       for (let done = 0; done < data.length;) done += (await writeAsync(fd, data, done, data.length - done, pos + done)).bytesWritten;
     },
-    copyFrom: async (fdIn, offIn, len, pos) => {
+    copyFrom: async (src, offIn, len, pos) => {
       const a = tryLoadAddon();
       if (!a) return false;
-      await a.copyRange(fdIn, offIn, fd, pos, len);
+      await a.copyRange(src.fd, offIn, fd, pos, len);
       return true;
     },
     close: () => closeSync(fd),

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { InputError, V4tuneError } from '../errors.js';
 import { readJsonFile, tempNameBeside, writeFileAtomic } from '../fsutil.js';
+import { tryLoadAddon } from '../backend/native/addon.js';
 import { openOutFile, type OutFile } from './out-file.js';
 
 export type Dtype = 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E8M0' | 'I8' | 'I32' | 'I64' | 'U8' | 'F64' | 'I16' | 'BOOL';
@@ -70,6 +71,8 @@ export class SafetensorsFile {
   readonly entries: Map<string, TensorEntry>;
   readonly metadata: Record<string, string>;
   private fd: number | null;
+  /** the file opened for direct reads (readDirectIfUncached), else null */
+  private directFd: number | null = null;
 
   private constructor(path: string, fd: number, entries: Map<string, TensorEntry>, metadata: Record<string, string>) {
     this.path = path;
@@ -114,8 +117,32 @@ export class SafetensorsFile {
     }
   }
 
-  /** readInto off the JS thread (positioned reads on the libuv pool) */
+  /**
+   * Read this file with direct I/O from here on (readIntoAsync and copies into direct-I/O
+   * outputs), past the page cache, where less than `threshold` of it is in the page cache and the
+   * addon and the file system allow: a file read once, cold, then costs the disk's time but no
+   * fresh cache pages. Returns whether it now reads direct.
+   */
+  readDirectIfUncached(threshold = 0.5): boolean {
+    if (this.fd === null || this.directFd !== null) return this.directFd !== null;
+    const addon = tryLoadAddon();
+    if (!addon || addon.residentFraction(this.fd) >= threshold) return false;
+    const fd = addon.directReadOpen(this.path);
+    if (fd >= 0) this.directFd = fd;
+    return fd >= 0;
+  }
+
+  /** readInto off the JS thread (positioned reads on the libuv pool, or direct reads on the addon) */
   async readIntoAsync(pos: number, into: Uint8Array, what: string): Promise<void> {
+    if (this.directFd !== null && into.length > 0) {
+      try {
+        await tryLoadAddon()!.directRead(this.directFd, into, pos);
+      } catch (e) {
+        if (/short$/.test((e as Error).message)) throw new InputError(`${this.path}: file ends inside tensor ${what} (truncated?)`);
+        throw new V4tuneError(`${this.path}: reading tensor ${what}: ${(e as Error).message}`);
+      }
+      return;
+    }
     let done = 0;
     while (done < into.length) {
       if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
@@ -132,7 +159,7 @@ export class SafetensorsFile {
   async copyRangeTo(pos: number, len: number, out: OutFile, outPos: number, what: string): Promise<boolean> {
     if (this.fd === null) throw new InputError(`${this.path}: file already closed (reading ${what})`);
     try {
-      if (!(await out.copyFrom(this.fd, pos, len, outPos))) return false;
+      if (!(await out.copyFrom({ fd: this.fd, directFd: this.directFd }, pos, len, outPos))) return false;
     } catch (e) {
       const why = (e as Error).message.replace(/^copyRange: /, '');
       // a short source is this file's fault; anything else (a full disk) may be the output's
@@ -144,7 +171,9 @@ export class SafetensorsFile {
 
   close(): void {
     if (this.fd !== null) closeSync(this.fd);
+    if (this.directFd !== null) closeSync(this.directFd);
     this.fd = null;
+    this.directFd = null;
   }
 }
 
@@ -303,6 +332,13 @@ export class SafetensorsSet {
       readAsync: (into, at) => f.readIntoAsync(e.begin + from + at, into, name),
       copyTo: (out, pos, at = 0, len = to - from - at) => f.copyRangeTo(e.begin + from + at, len, out, pos, name),
     };
+  }
+
+  /** SafetensorsFile.readDirectIfUncached on every file: how many now read direct */
+  readDirectIfUncached(threshold = 0.5): number {
+    let n = 0;
+    for (const f of this.files.values()) if (f.readDirectIfUncached(threshold)) n++;
+    return n;
   }
 
   close(): void {

@@ -2,7 +2,7 @@
 // BF16/F32/I64 rest, an MTP block) with its PEFT adapter (non-zero A and B on every attention
 // projection, the shared expert and every routed expert).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
@@ -202,6 +202,28 @@ describe('merge with dtype original (FP8/FP4 requantised)', { timeout: 60_000 },
     expect(s.directIo).toBe(false);
     expect(s.shards).toEqual(summary.shards);
     for (const f of [...summary.shards, INDEX_FILE]) expect(readFileSync(join(buffered, f)).equals(readFileSync(join(out, f))), f).toBe(true);
+  });
+
+  // a base mostly not in the page cache is read with direct I/O too; the fixture is cached, so
+  // the threshold is raised past 1 to take that path here
+  it.skipIf(!tryLoadAddon())('a base read with direct I/O (as a cold one is) merges to the same bytes', async () => {
+    const orig = SafetensorsFile.prototype.readDirectIfUncached;
+    SafetensorsFile.prototype.readDirectIfUncached = function (this: SafetensorsFile): boolean {
+      return orig.call(this, 1.01);
+    };
+    let s: MergeSummary;
+    const cold = join(root, 'original-direct-reads');
+    try {
+      s = await mergeAdapter({ base: BASE, adapter: ADAPTER, out: cold, warn: quiet });
+    } finally {
+      SafetensorsFile.prototype.readDirectIfUncached = orig;
+    }
+    const probe = join(BASE, readdirSync(BASE).find((f) => f.endsWith('.safetensors'))!);
+    const fd = tryLoadAddon()!.directReadOpen(probe);
+    if (fd >= 0) closeSync(fd);
+    expect(s.shardsReadDirect).toBe(fd >= 0 ? readdirSync(BASE).filter((f) => f.endsWith('.safetensors')).length : 0);
+    expect(summary.shardsReadDirect).toBe(0); // cached: read through the page cache
+    for (const f of [...summary.shards, INDEX_FILE]) expect(readFileSync(join(cold, f)).equals(readFileSync(join(out, f))), f).toBe(true);
   });
 
   it('writes the same tensors with the same dtypes, shapes and scale shapes; the index lists every one', () => {

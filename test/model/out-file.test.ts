@@ -91,6 +91,7 @@ describe.skipIf(!directHere)('direct I/O output files', () => {
     const srcPath = join(root, `src-${size}`);
     writeFileSync(srcPath, Buffer.concat([Buffer.alloc(srcOff, 1), Buffer.from(want), Buffer.alloc(3, 2)]));
     const src = openSync(srcPath, 'r');
+    const srcDirect = addon!.directReadOpen(srcPath); // the same file read past the page cache
     const path = join(root, `out-${size}`);
     const out = openOutFile(path, size, true);
     expect(out.direct).toBe(true);
@@ -102,12 +103,13 @@ describe.skipIf(!directHere)('direct I/O output files', () => {
           const how = r();
           if (how < 0.4) await out.write(want.slice(a, b), a);
           else if (how < 0.6) out.writeSync(want.slice(a, b), a);
-          else expect(await out.copyFrom(src, srcOff + a, b - a, a)).toBe(true);
+          else expect(await out.copyFrom({ fd: src, directFd: how < 0.8 ? null : srcDirect }, srcOff + a, b - a, a)).toBe(true);
         }));
       }
       out.close();
     } finally {
       closeSync(src);
+      if (srcDirect >= 0) closeSync(srcDirect);
     }
     expect(statSync(path).size, `seed ${seed}`).toBe(size);
     expect(Buffer.from(readFileSync(path)).equals(Buffer.from(want)), `seed ${seed}`).toBe(true);
@@ -147,6 +149,37 @@ describe.skipIf(!directHere)('direct I/O output files', () => {
     expect(err).toBeInstanceOf(InputError);
     expect((err as Error).message).toMatch(new RegExp(`${file}: copying tensor w: the source ends \\d+ bytes short \\(file truncated\\?\\)`));
     expect(existsSync(join(dir, 'out'))).toBe(true); // the caller (SafetensorsWriter.abort) removes its temp file
+  });
+});
+
+describe.skipIf(!directHere)('direct reads', () => {
+  it('a file read with direct I/O gives the bytes a buffered read gives, at any offset; past its end is bad input', async () => {
+    const dir = mkdtempSync(join(root, 'reads-'));
+    const file = join(dir, 'model.safetensors');
+    const r = rng(7);
+    const data = randomBytes(3 * 1024 * 1024 + 1234, r);
+    writeSafetensorsFile(file, [{ name: 'w', dtype: 'U8', shape: [data.length], data }]);
+    const f = SafetensorsFile.open(file);
+    try {
+      // just written, so in the page cache: not uncached at the default threshold
+      expect(f.readDirectIfUncached()).toBe(false);
+      expect(f.readDirectIfUncached(1.01)).toBe(true);
+      const begin = f.entries.get('w')!.begin;
+      for (const [a, n] of [[0, data.length], [1, 4095], [4095, 2], [12345, 9 * 1024 * 1024 / 4], [data.length - 7, 7]] as const) {
+        const into = new Uint8Array(n);
+        await f.readIntoAsync(begin + a, into, 'w');
+        expect(Buffer.from(into).equals(Buffer.from(data.subarray(a, a + n))), `${a} + ${n}`).toBe(true);
+      }
+      await expect(f.readIntoAsync(begin + data.length - 10, new Uint8Array(20), 'w')).rejects.toThrow(new RegExp(`${file}: file ends inside tensor w \\(truncated\\?\\)`));
+    } finally {
+      f.close();
+    }
+    const fd = openSync(file, 'r');
+    try {
+      expect(addon!.residentFraction(fd)).toBeGreaterThan(0.5);
+    } finally {
+      closeSync(fd);
+    }
   });
 });
 

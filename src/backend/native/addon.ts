@@ -165,8 +165,17 @@ export interface NativeAddon {
   directWrite(handle: number, data: Uint8Array, pos: number): Promise<void>;
   /** directWrite on the JS thread */
   directWriteSync(handle: number, data: Uint8Array, pos: number): void;
-  /** write the `length` bytes at `offIn` of the open file `fdIn` at `pos` of a direct file, off the JS thread */
-  directCopy(handle: number, fdIn: number, offIn: number, pos: number, length: number): Promise<void>;
+  /**
+   * write the `length` bytes at `offIn` of the open file `fdIn` at `pos` of a direct file, off the
+   * JS thread; `srcDirect`: fdIn was opened by directReadOpen
+   */
+  directCopy(handle: number, fdIn: number, offIn: number, pos: number, length: number, srcDirect?: boolean): Promise<void>;
+  /** open `file` for direct reads (O_DIRECT): a descriptor (closed with fs.closeSync), or −1 where the file system refuses them */
+  directReadOpen(file: string): number;
+  /** fill `into` with the bytes at `pos` of a descriptor from directReadOpen, off the JS thread */
+  directRead(fd: number, into: Uint8Array, pos: number): Promise<void>;
+  /** the fraction of the open file's pages in the page cache */
+  residentFraction(fd: number): number;
   /** write the last block, set the size, close; an error names the first block never written */
   directClose(handle: number): void;
   /** close without flushing (the caller removes the file) */
