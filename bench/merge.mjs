@@ -8,7 +8,8 @@
 // expert shapes (w1/w3 [2048, 4096], w2 [4096, 2048], Hessian from 2048 tokens): the time per
 // expert, the TypeScript GPTQ on a slice for the speed-up, and the projection to a full V4-Flash.
 // Usage (after `npm run build` and `npm run build:native`):
-//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--settle 5] [--out bench/results/merge-flash.json] [--skip-gptq]
+//   node bench/merge.mjs [--model DIR] [--layers 2 --experts 32] [--reps 3] [--settle 5] [--cold] [--out bench/results/merge-flash.json] [--skip-gptq]
+// --cold (root: drops the page cache) adds turns of cp and the merge reading the base from disk.
 // --skip-gptq reruns only the merges and keeps the (dated) gptq section of the --out file;
 // --skip-merge reruns only GPTQ and keeps the (dated) merge and quantize sections.
 // --quantize also times `v4tune quantize --method rtn` of the whole checkpoint to gptq (INT4) and to a Q4_K GGUF, and
@@ -55,6 +56,9 @@ const { values } = parseArgs({
     // seconds each timed run waits after the sync before it starts (the VM's balloon hands the
     // pages the last run freed back to the host meanwhile, as on a machine that was idle)
     settle: { type: 'string', default: '5' },
+    // also time cp and the merge (direct I/O and through the page cache) from a cold page cache:
+    // each run after `sync` and dropping the caches (writes /proc/sys/vm/drop_caches: root only)
+    cold: { type: 'boolean', default: false },
   },
 });
 const tmp = mkdtempSync(join(tmpdir(), 'v4tune-merge-'));
@@ -392,6 +396,33 @@ try {
       }
       console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), cp into freed pages ${round(kr.cache, 2)} s (${round(kr.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s), through the page cache ${round(mp.cache, 2)} s (${round(mp.disk, 2)} s), without huge pages ${round(m4k.cache, 2)} s`);
     }
+    // cold turns: nothing of the base in the page cache, as a checkpoint larger than memory is read
+    const cold = { cp: [], original: [], original_paged: [] };
+    if (values.cold) {
+      const coldTimed = (f) => {
+        spawnSync('sync');
+        writeFileSync('/proc/sys/vm/drop_caches', '3');
+        if (settle > 0) spawnSync('sleep', [String(settle)]);
+        const t0 = performance.now();
+        const r = f();
+        const t1 = performance.now();
+        spawnSync('sync');
+        return { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
+      };
+      for (let rep = 0; rep < reps; rep++) {
+        const k = coldTimed(() => kernelCopy(base.files, join(tmp, 'cp')));
+        rmSync(join(tmp, 'cp'), { recursive: true, force: true });
+        cold.cp.push(k);
+        const m = coldTimed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
+        rmSync(join(tmp, 'merged'), { recursive: true, force: true });
+        cold.original.push(m);
+        const mp = coldTimed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, false, false));
+        rmSync(join(tmp, 'merged'), { recursive: true, force: true });
+        cold.original_paged.push(mp);
+        console.log(`cold rep ${rep + 1}/${reps}: cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s to disk), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s; ${m.r.summary.shardsReadDirect} shards read direct), through the page cache ${round(mp.cache, 2)} s (${round(mp.disk, 2)} s)`);
+      }
+      warmRead(base.files);
+    }
     copyCache = median(runs.copy.map((x) => x.cache));
     const copyDisk = median(runs.copy.map((x) => x.disk));
     const cpCache = median(runs.cp.map((x) => x.cache));
@@ -429,6 +460,22 @@ try {
       settle_s: settle,
       original: row(runs.original),
       original_paged: row(runs.original_paged),
+      cold: values.cold ? (() => {
+        const cpC = median(cold.cp.map((x) => x.cache));
+        const cpD = median(cold.cp.map((x) => x.disk));
+        const coldRow = (list) => ({
+          seconds: list.map((x) => round(x.cache, 2)), seconds_to_disk: list.map((x) => round(x.disk, 2)),
+          mb_per_s: mbs(base.bytes, median(list.map((x) => x.cache))),
+          of_cp: round(cpC / median(list.map((x) => x.cache)), 3), of_cp_to_disk: round(cpD / median(list.map((x) => x.disk)), 3),
+          shards_read_direct: list[0].r.summary.shardsReadDirect, direct_io: list[0].r.summary.directIo, peak_rss_mb: round(Math.max(...list.map((x) => x.r.peakMB))),
+        });
+        return {
+          cp: { seconds: cold.cp.map((x) => round(x.cache, 2)), seconds_to_disk: cold.cp.map((x) => round(x.disk, 2)), mb_per_s: mbs(base.bytes, cpC), mb_per_s_to_disk: mbs(base.bytes, cpD) },
+          original: coldRow(cold.original),
+          original_paged: coldRow(cold.original_paged),
+          note: 'each run after sync, dropping the page cache and --settle seconds: the base is read from disk, as one larger than memory is; original reads the shards with direct I/O (shards_read_direct) and writes with it, original_paged (--no-direct-io) does neither',
+        };
+      })() : undefined,
       original_small_pages: row(runs.original_small_pages),
       bf16: row(runs.bf16),
     };

@@ -33,7 +33,7 @@ export function register(program: Command): void {
     .option('--dtype <dtype>', 'original (requantise to the stored FP8/FP4) or bf16 (default: the recipe\'s export.merge_dtype, else original)')
     .option('--max-shard-mb <n>', 'output shard size limit in MiB (default: the base\'s largest shard)')
     .option('--overwrite', 'replace an output folder that v4tune did not write as a merged model')
-    .option('--no-direct-io', 'write the output through the page cache (default: direct I/O, past the page cache, where the file system takes it)')
+    .option('--no-direct-io', 'read and write through the page cache (default: direct I/O past it, where the file system takes it, for the output and for base shards mostly not cached)')
     .action(action(async (ctx: CliContext, file: string | undefined, opts: MergeFlags) => {
       // the recipe's parser (yaml, zod) only with a recipe: merging by paths starts without it
       const [recipe, { mergeModel, mergeRecipe }] = await Promise.all([
