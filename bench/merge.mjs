@@ -360,65 +360,41 @@ try {
     const reps = Number(values.reps);
     const runs = { copy: [], cp: [], cp_reused_pages: [], original: [], original_paged: [], original_small_pages: [], bf16: [] };
     const settle = Number(values.settle);
-    const timed = (f, wait = true) => {
+    // one timed run into tmp/<dir>: after a sync, (settle) a pause, (cold) the page cache dropped;
+    // timed to its end and to the end of a sync after it; its output removed, its times kept in list
+    const turn = (list, dir, f, { settle: wait = true, cold = false } = {}) => {
       spawnSync('sync');
+      if (cold) writeFileSync('/proc/sys/vm/drop_caches', '3');
       if (wait && settle > 0) spawnSync('sleep', [String(settle)]);
       const t0 = performance.now();
-      const r = f();
+      const r = f(join(tmp, dir));
       const t1 = performance.now();
       spawnSync('sync');
-      return { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
+      const t = { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
+      rmSync(join(tmp, dir), { recursive: true, force: true });
+      list.push(t);
+      return t;
     };
+    const mergeInto = (dtype, smallPages = false, directIo = true) => (out) => cliMerge(model, join(tmp, 'adapter'), out, dtype, false, smallPages, directIo);
+    const cpAll = (out) => kernelCopy(base.files, out);
     for (let rep = 0; rep < reps; rep++) {
-      const c = timed(() => plainCopy(base.files, join(tmp, 'copy'), false));
-      rmSync(join(tmp, 'copy'), { recursive: true, force: true });
-      runs.copy.push(c);
-      const k = timed(() => kernelCopy(base.files, join(tmp, 'cp')));
-      rmSync(join(tmp, 'cp'), { recursive: true, force: true });
-      runs.cp.push(k);
+      const c = turn(runs.copy, 'copy', (out) => plainCopy(base.files, out, false));
+      const k = turn(runs.cp, 'cp', cpAll);
       // cp again at once, into the page-cache pages the last one freed (not yet back with the host)
-      const kr = timed(() => kernelCopy(base.files, join(tmp, 'cp')), false);
-      rmSync(join(tmp, 'cp'), { recursive: true, force: true });
-      runs.cp_reused_pages.push(kr);
-      const m = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
-      rmSync(join(tmp, 'merged'), { recursive: true, force: true });
-      runs.original.push(m);
-      const mp = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, false, false));
-      rmSync(join(tmp, 'merged'), { recursive: true, force: true });
-      runs.original_paged.push(mp);
-      const m4k = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, true));
-      rmSync(join(tmp, 'merged'), { recursive: true, force: true });
-      runs.original_small_pages.push(m4k);
-      if (rep === 0) {
-        const b16 = timed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged-bf16'), 'bf16', false));
-        rmSync(join(tmp, 'merged-bf16'), { recursive: true, force: true });
-        runs.bf16.push(b16);
-      }
+      const kr = turn(runs.cp_reused_pages, 'cp', cpAll, { settle: false });
+      const m = turn(runs.original, 'merged', mergeInto('original'));
+      const mp = turn(runs.original_paged, 'merged', mergeInto('original', false, false));
+      const m4k = turn(runs.original_small_pages, 'merged', mergeInto('original', true));
+      if (rep === 0) turn(runs.bf16, 'merged-bf16', mergeInto('bf16'));
       console.log(`rep ${rep + 1}/${reps}: copy ${round(c.cache, 2)} s (${round(c.disk, 2)} s to disk), cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s), cp into freed pages ${round(kr.cache, 2)} s (${round(kr.disk, 2)} s), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s), through the page cache ${round(mp.cache, 2)} s (${round(mp.disk, 2)} s), without huge pages ${round(m4k.cache, 2)} s`);
     }
     // cold turns: nothing of the base in the page cache, as a checkpoint larger than memory is read
     const cold = { cp: [], original: [], original_paged: [] };
     if (values.cold) {
-      const coldTimed = (f) => {
-        spawnSync('sync');
-        writeFileSync('/proc/sys/vm/drop_caches', '3');
-        if (settle > 0) spawnSync('sleep', [String(settle)]);
-        const t0 = performance.now();
-        const r = f();
-        const t1 = performance.now();
-        spawnSync('sync');
-        return { r, cache: (t1 - t0) / 1000, disk: (performance.now() - t0) / 1000 };
-      };
       for (let rep = 0; rep < reps; rep++) {
-        const k = coldTimed(() => kernelCopy(base.files, join(tmp, 'cp')));
-        rmSync(join(tmp, 'cp'), { recursive: true, force: true });
-        cold.cp.push(k);
-        const m = coldTimed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false));
-        rmSync(join(tmp, 'merged'), { recursive: true, force: true });
-        cold.original.push(m);
-        const mp = coldTimed(() => cliMerge(model, join(tmp, 'adapter'), join(tmp, 'merged'), 'original', false, false, false));
-        rmSync(join(tmp, 'merged'), { recursive: true, force: true });
-        cold.original_paged.push(mp);
+        const k = turn(cold.cp, 'cp', cpAll, { cold: true });
+        const m = turn(cold.original, 'merged', mergeInto('original'), { cold: true });
+        const mp = turn(cold.original_paged, 'merged', mergeInto('original', false, false), { cold: true });
         console.log(`cold rep ${rep + 1}/${reps}: cp ${round(k.cache, 2)} s (${round(k.disk, 2)} s to disk), merge ${round(m.cache, 2)} s (${round(m.disk, 2)} s; ${m.r.summary.shardsReadDirect} shards read direct), through the page cache ${round(mp.cache, 2)} s (${round(mp.disk, 2)} s)`);
       }
       warmRead(base.files);

@@ -176,15 +176,13 @@ void write_range(DirectFile& f, long len, long pos, Fill fill) {
   }
 }
 
-}  // namespace
-
-int direct_open(const std::string& path, long size) {
-  if (size < 0) throw std::runtime_error("direct_open: negative size");
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0666);
+// `path` opened with O_DIRECT and `flags`; −1 where the file system refuses O_DIRECT, or where
+// the kernel says which alignment it needs (statx; 0: none) and 4096 does not satisfy it
+int open_direct(const std::string& path, int flags) {
+  int fd = open(path.c_str(), flags | O_DIRECT | O_CLOEXEC, 0666);
   if (fd < 0 && errno == EINVAL) return -1;
   if (fd < 0) throw std::runtime_error(std::string("open ") + path + ": " + strerror(errno));
 #ifdef STATX_DIOALIGN
-  // where the kernel says which alignment direct I/O needs (0: none), it must divide 4096
   struct statx sx;
   if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
     if (sx.stx_dio_mem_align == 0 || kBlock % sx.stx_dio_mem_align || sx.stx_dio_offset_align == 0 || kBlock % sx.stx_dio_offset_align) {
@@ -193,6 +191,15 @@ int direct_open(const std::string& path, long size) {
     }
   }
 #endif
+  return fd;
+}
+
+}  // namespace
+
+int direct_open(const std::string& path, long size) {
+  if (size < 0) throw std::runtime_error("direct_open: negative size");
+  int fd = open_direct(path, O_WRONLY | O_CREAT | O_TRUNC);
+  if (fd < 0) return -1;
   auto f = std::make_unique<DirectFile>();
   f->fd = fd;
   f->size = size;
@@ -278,21 +285,7 @@ struct ReadBuf {
 };
 }  // namespace
 
-int direct_read_open(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-  if (fd < 0 && errno == EINVAL) return -1;
-  if (fd < 0) throw std::runtime_error(std::string("open ") + path + ": " + strerror(errno));
-#ifdef STATX_DIOALIGN
-  struct statx sx;
-  if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
-    if (sx.stx_dio_mem_align == 0 || kBlock % sx.stx_dio_mem_align || sx.stx_dio_offset_align == 0 || kBlock % sx.stx_dio_offset_align) {
-      close(fd);
-      return -1;
-    }
-  }
-#endif
-  return fd;
-}
+int direct_read_open(const std::string& path) { return open_direct(path, O_RDONLY); }
 
 void direct_read(int fd, uint8_t* into, long len, long pos) {
   ReadBuf buf;
