@@ -50,8 +50,9 @@ export interface MergeOptions {
   /** output shard size limit in bytes (default: the base's largest shard) */
   maxShardBytes?: number;
   /**
-   * write the output shards with direct I/O, past the page cache, where the native addon is built
-   * and the file system takes it (default true; model/out-file.ts says why)
+   * write the output shards, and read base shards mostly not in the page cache, with direct I/O
+   * past it, where the native addon is built and the file system takes it (default true;
+   * model/out-file.ts says why)
    */
   directIo?: boolean;
   /** the one-line warning of an adapter without a base fingerprint (default stderr) */

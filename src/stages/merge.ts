@@ -26,7 +26,7 @@ export interface MergeModelOptions {
   maxShardBytes?: number;
   /** replace an output folder v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
-  /** write the shards with direct I/O where the file system takes it (default true; false: the user's --no-direct-io) */
+  /** direct I/O for the output and for uncached base shards where the file system takes it (default true; false: the user's --no-direct-io) */
   directIo?: boolean;
 }
 
