@@ -2,10 +2,12 @@
 // stored bytes by byte range, and if the adapter adapts its module, dequantise it (FP8 128×128
 // block scales, FP4 per-32 scales, BF16/F16/F32), add ΔW = scaling·B·A (float32 fused
 // multiply-adds over the rank: adapter.ts `delta`) and write it back requantised to the format it
-// came in (fresh E8M0 scales) or as BF16. Other tensors are copied as stored, file to file in the
-// kernel (copy_file_range, native addon) or through one buffer, never decoded (or, with dtype
-// bf16, FP8/FP4 weights are dequantised to BF16 too, so the whole output is one consistent BF16
-// checkpoint). The copies stream in order while the merges run on the kernel threads, each merged
+// came in (fresh E8M0 scales) or as BF16. Other tensors are copied as stored, never decoded: with
+// direct I/O (the default where the file system takes it: model/out-file.ts) through the native
+// writer's aligned buffers, else file to file in the kernel (copy_file_range) or through one
+// buffer (or, with dtype bf16, FP8/FP4 weights are dequantised to BF16 too, so the whole output is
+// one consistent BF16 checkpoint). Base shards mostly not in the page cache are read with direct
+// I/O as well. The copies stream in order while the merges run on the kernel threads, each merged
 // tensor written at its place as soon as it is done (writeCheckpointFiles' two lanes); memory stays
 // bounded by aheadBytes of merges in flight; the output folder appears whole or not at all.
 import { copyFileSync, cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
