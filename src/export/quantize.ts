@@ -51,8 +51,6 @@ export async function quantizeCheckpoint(opts: QuantizeOptions): Promise<Quantiz
     throw new InputError(`quantize ${opts.model}: method gptq needs calibration rows (the recipe's prepared train split)`);
   }
   const ckpt = await Checkpoint.open(opts.model);
-  // a shard mostly not in the page cache is read past it: each tensor is read once
-  if (opts.directIo ?? true) ckpt.readDirectIfUncached();
   let rounder: Rounder | null = null;
   try {
     const bytesIn = checkpointBytes(opts.model);

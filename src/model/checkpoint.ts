@@ -149,7 +149,7 @@ export class Checkpoint {
     }
     const cols = m.logicalShape[m.logicalShape.length - 1] ?? 1;
     const rows = numel(m.logicalShape) / Math.max(cols, 1);
-    const raw = await this.readRawAsync(r);
+    const raw = this.readRaw(r);
     const data = raw.data;
     // an FP8 tensor stored without scales has scale 1 (E8M0 127) in every block
     const scale = m.format === 'fp8' ? raw.scale ?? new Uint8Array(Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)).fill(127) : raw.scale;
@@ -202,7 +202,7 @@ export class Checkpoint {
   /** the bytes as shipped (and the scale's), for a backend that computes on the stored format */
   async raw(name: string): Promise<RawTensor> {
     const r = this.get(name);
-    const { data, scale, scaleShape } = await this.readRawAsync(r);
+    const { data, scale, scaleShape } = this.readRaw(r);
     return { meta: r.meta, data, scale, scaleShape };
   }
 
@@ -212,21 +212,6 @@ export class Checkpoint {
     const rowDiv = r.meta.format === 'fp8' ? FP8_BLOCK : 1;
     const src = (e: TensorEntry, div: number): ByteSource => this.set.source(e.name, ...sliceRange(e, r.src, div));
     return { data: src(r.entry, 1), scale: r.scaleEntry ? src(r.scaleEntry, rowDiv) : null };
-  }
-
-  // readRaw, with the reads off the JS thread where a shard is read with direct I/O (a cold base:
-  // readDirectIfUncached), else as readRaw does
-  private async readRawAsync(r: Resolved): Promise<{ data: Uint8Array; scale: Uint8Array | null; scaleShape: number[] | null }> {
-    if (!this.set.readsDirect(r.entry.name) && !(r.scaleEntry && this.set.readsDirect(r.scaleEntry.name))) return this.readRaw(r);
-    const rowDiv = r.meta.format === 'fp8' ? FP8_BLOCK : 1;
-    const read = async (e: TensorEntry, div: number): Promise<Uint8Array> => {
-      const [from, to] = sliceRange(e, r.src, div);
-      const out = new Uint8Array(to - from);
-      await this.set.source(e.name, from, to).readAsync!(out, 0);
-      return out;
-    };
-    const [data, scale] = await Promise.all([read(r.entry, 1), r.scaleEntry ? read(r.scaleEntry, rowDiv) : null]);
-    return { data, scale, scaleShape: r.scaleEntry ? sliceShape(r.scaleEntry.shape, r.src, rowDiv) : null };
   }
 
   private readRaw(r: Resolved): { data: Uint8Array; scale: Uint8Array | null; scaleShape: number[] | null } {
@@ -241,8 +226,8 @@ export class Checkpoint {
    * Read the shards that are mostly not in the page cache with direct I/O from here on
    * (SafetensorsFile.readDirectIfUncached): a merge reads each byte once. Returns how many.
    */
-  readDirectIfUncached(threshold?: number): number {
-    return this.set.readDirectIfUncached(threshold);
+  readDirectIfUncached(): number {
+    return this.set.readDirectIfUncached();
   }
 
   async close(): Promise<void> {

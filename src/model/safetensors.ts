@@ -132,11 +132,6 @@ export class SafetensorsFile {
     return fd >= 0;
   }
 
-  /** whether the file is read with direct I/O (readDirectIfUncached) */
-  get readsDirect(): boolean {
-    return this.directFd !== null;
-  }
-
   /** readInto off the JS thread (positioned reads on the libuv pool, or direct reads on the addon) */
   async readIntoAsync(pos: number, into: Uint8Array, what: string): Promise<void> {
     if (this.directFd !== null && into.length > 0) {
@@ -337,11 +332,6 @@ export class SafetensorsSet {
       readAsync: (into, at) => f.readIntoAsync(e.begin + from + at, into, name),
       copyTo: (out, pos, at = 0, len = to - from - at) => f.copyRangeTo(e.begin + from + at, len, out, pos, name),
     };
-  }
-
-  /** whether the file holding tensor `name` is read with direct I/O */
-  readsDirect(name: string): boolean {
-    return this.files.get(this.entry(name).file)!.readsDirect;
   }
 
   /** SafetensorsFile.readDirectIfUncached on every file: how many now read direct */

@@ -1,12 +1,11 @@
 // Checkpoint: the reference fixture (written by an independent implementation) loads with the
 // release's names, dtypes and shapes; both layouts read to identical tensors; bad checkpoints
 // and configs end in one InputError naming the file and the tensor or field.
-import { closeSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.js';
-import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { Checkpoint, copyCheckpoint, writeCheckpointFiles, type TensorPlan } from '../../src/model/checkpoint.js';
 import { configFingerprint, parseConfig, parseConfigWithWarnings } from '../../src/model/config.js';
 import { e8m0Decode, fp4e2m1Decode, fp8e4m3Decode } from '../../src/model/formats.js';
@@ -129,33 +128,6 @@ describe('layouts', () => {
       expect(sameBits(a, b), n).toBe(true);
     }
     await hf.close();
-  });
-
-  // a cold base is read with direct I/O (readDirectIfUncached; the fixture is cached, so the
-  // threshold goes past 1 here): the same tensors, whole or one expert's slice of a stacked tensor
-  it.skipIf(!tryLoadAddon())('read with direct I/O, both layouts give the tensors read through the page cache', async () => {
-    const hfDir = join(tmp(), 'hf');
-    await copyCheckpoint(ck, hfDir, { layout: 'transformers' });
-    for (const dir of [FIXTURE, hfDir]) {
-      const direct = await Checkpoint.open(dir);
-      try {
-        const files = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).length;
-        const probe = tryLoadAddon()!.directReadOpen(join(dir, readdirSync(dir).find((f) => f.endsWith('.safetensors'))!));
-        if (probe >= 0) closeSync(probe);
-        expect(direct.readDirectIfUncached(1.01)).toBe(probe >= 0 ? files : 0);
-        for (const name of ck.names()) {
-          const m = ck.meta(name);
-          if (m.format === 'int') continue;
-          const [a, b] = [await ck.raw(name), await direct.raw(name)];
-          expect(Buffer.from(b.data).equals(Buffer.from(a.data)), name).toBe(true);
-          expect(b.scale === null ? null : Buffer.from(b.scale).equals(Buffer.from(a.scale!)), name).toBe(a.scale === null ? null : true);
-          expect(b.scaleShape, name).toEqual(a.scaleShape);
-          expect(await direct.f32(name), name).toEqual(await ck.f32(name));
-        }
-      } finally {
-        await direct.close();
-      }
-    }
   });
 
   it('copyCheckpoint official -> transformers -> official keeps every stored byte', async () => {
