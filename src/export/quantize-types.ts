@@ -30,10 +30,7 @@ export interface QuantizeOptions {
   groupSize: number;
   /** shard size of the gptq output (default 4 GiB) */
   maxShardBytes?: number;
-  /**
-   * write the outputs, and read model shards mostly not in the page cache, with direct I/O past
-   * it, where the addon is built and the file system takes it (default true; model/out-file.ts)
-   */
+  /** write the outputs with direct I/O, past the page cache, where the file system takes it (default true; model/out-file.ts) */
   directIo?: boolean;
   /** called after each tensor */
   onTensor?: (done: number, total: number, name: string) => void;

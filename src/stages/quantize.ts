@@ -27,7 +27,7 @@ export interface QuantizeRecipeOptions {
   groupSize?: number;
   /** replace output folders v4tune did not write (the user's --overwrite) */
   overwrite?: boolean;
-  /** direct I/O for the outputs and for uncached model shards where the file system takes it (default true; false: the user's --no-direct-io) */
+  /** write the outputs with direct I/O where the file system takes it (default true; false: the user's --no-direct-io) */
   directIo?: boolean;
 }
 

@@ -28,7 +28,7 @@ export function register(program: Command): void {
     .option('--method <method>', 'INT4 rounding instead of the recipe\'s export.method: rtn | gptq (calibrates on export.calibration_rows rows of the prepared train split)')
     .option('--group-size <n>', 'INT4 group size of the gptq format instead of the recipe\'s export.group_size')
     .option('--overwrite', 'replace an output folder that v4tune did not write')
-    .option('--no-direct-io', 'read and write through the page cache (default: direct I/O past it, where the file system takes it, for the outputs and for model shards mostly not cached)')
+    .option('--no-direct-io', 'write the outputs through the page cache (default: direct I/O, past the page cache, where the file system takes it)')
     .action(action(async (ctx: CliContext, file: string, flags: QuantizeFlags) => {
       const [{ loadRecipe }, { quantizeRecipe }] = await Promise.all([import('../../recipe/load.js'), import('../../stages/quantize.js')]);
       const recipe = loadRecipe(file);
