@@ -37,10 +37,18 @@ struct DirectFile {
   std::map<long, Edge> edges;
   // staging buffers not in use (kept until close: no fresh pages per call)
   std::vector<uint8_t*> chunks;
+  // the descriptor and the buffers go with the last holder (a write still running keeps them)
+  ~DirectFile() {
+    for (auto& e : edges) std::free(e.second.buf);
+    for (uint8_t* c : chunks) std::free(c);
+    if (fd >= 0) ::close(fd);
+  }
 };
 
 std::mutex registry_mu;
-std::map<int, std::unique_ptr<DirectFile>> registry;
+// shared: a write still running holds its file, so a close or abort meanwhile cannot free it
+// under the write (the write then fails on the closed descriptor)
+std::map<int, std::shared_ptr<DirectFile>> registry;
 int next_handle = 0;
 
 uint8_t* aligned_bytes(long n) {
@@ -53,11 +61,11 @@ uint8_t* aligned_bytes(long n) {
   throw std::runtime_error(std::string(what) + " " + f.path + ": " + strerror(errno));
 }
 
-DirectFile& file_of(int h) {
+std::shared_ptr<DirectFile> file_of(int h) {
   std::lock_guard<std::mutex> lock(registry_mu);
   auto it = registry.find(h);
   if (it == registry.end()) throw std::runtime_error("direct-I/O handle " + std::to_string(h) + " is not open");
-  return *it->second;
+  return it->second;
 }
 
 // every byte of buf (block-aligned address, offset and length) at pos
@@ -200,7 +208,7 @@ int direct_open(const std::string& path, long size) {
   if (size < 0) throw std::runtime_error("direct_open: negative size");
   int fd = open_direct(path, O_WRONLY | O_CREAT | O_TRUNC);
   if (fd < 0) return -1;
-  auto f = std::make_unique<DirectFile>();
+  auto f = std::make_shared<DirectFile>();
   f->fd = fd;
   f->size = size;
   f->path = path;
@@ -211,54 +219,49 @@ int direct_open(const std::string& path, long size) {
 }
 
 void direct_write(int h, const uint8_t* data, long len, long pos) {
-  DirectFile& f = file_of(h);
-  write_range(f, len, pos, [&](uint8_t* dst, long n, long at) { std::memcpy(dst, data + at, size_t(n)); });
+  std::shared_ptr<DirectFile> f = file_of(h);
+  write_range(*f, len, pos, [&](uint8_t* dst, long n, long at) { std::memcpy(dst, data + at, size_t(n)); });
 }
 
 void direct_copy(int h, int fd_in, long off_in, long len, long pos) {
-  DirectFile& f = file_of(h);
-  write_range(f, len, pos, [&](uint8_t* dst, long n, long at) { read_all(fd_in, dst, n, off_in + at); });
+  std::shared_ptr<DirectFile> f = file_of(h);
+  write_range(*f, len, pos, [&](uint8_t* dst, long n, long at) { read_all(fd_in, dst, n, off_in + at); });
 }
 
 namespace {
-std::unique_ptr<DirectFile> release(int h) {
+std::shared_ptr<DirectFile> release(int h) {
   std::lock_guard<std::mutex> lock(registry_mu);
   auto it = registry.find(h);
   if (it == registry.end()) throw std::runtime_error("direct-I/O handle " + std::to_string(h) + " is not open");
-  std::unique_ptr<DirectFile> f = std::move(it->second);
+  std::shared_ptr<DirectFile> f = std::move(it->second);
   registry.erase(it);
   return f;
-}
-
-void free_buffers(DirectFile& f) {
-  for (auto& e : f.edges) std::free(e.second.buf);
-  f.edges.clear();
-  for (uint8_t* c : f.chunks) std::free(c);
-  f.chunks.clear();
 }
 }  // namespace
 
 void direct_close(int h) {
-  std::unique_ptr<DirectFile> f = release(h);
+  std::shared_ptr<DirectFile> f = release(h);
   std::string missing;
-  if (!f->edges.empty()) {
-    const auto& e = *f->edges.begin();
-    missing = f->path + ": bytes of block " + std::to_string(e.first) + " (file offset " + std::to_string(e.first * kBlock) + ") were never written";
+  {
+    std::lock_guard<std::mutex> lock(f->mu);
+    if (!f->edges.empty()) {
+      const auto& e = *f->edges.begin();
+      missing = f->path + ": bytes of block " + std::to_string(e.first) + " (file offset " + std::to_string(e.first * kBlock) + ") were never written";
+    }
   }
-  free_buffers(*f);
-  bool ok = missing.empty();
-  int err = 0;
-  if (ok && ftruncate(f->fd, f->size) != 0) ok = false, err = errno;
-  if (close(f->fd) != 0 && ok) ok = false, err = errno;
   if (!missing.empty()) throw std::runtime_error(missing);
-  if (!ok) throw std::runtime_error(std::string("closing ") + f->path + ": " + strerror(err));
+  int err = 0;
+  if (ftruncate(f->fd, f->size) != 0) err = errno;
+  // the only holder left (no write can take it once released): close here, with its error
+  if (f.use_count() == 1) {
+    int fd = f->fd;
+    f->fd = -1;
+    if (close(fd) != 0 && err == 0) err = errno;
+  }
+  if (err) throw std::runtime_error(std::string("closing ") + f->path + ": " + strerror(err));
 }
 
-void direct_abort(int h) {
-  std::unique_ptr<DirectFile> f = release(h);
-  free_buffers(*f);
-  close(f->fd);
-}
+void direct_abort(int h) { release(h); }
 
 namespace {
 // staging buffers of direct reads, kept for the next read (no fresh pages per call); at most one
@@ -329,8 +332,8 @@ double resident_fraction(int fd) {
 }
 
 void direct_copy_from_direct(int h, int fd_in, long off_in, long len, long pos) {
-  DirectFile& f = file_of(h);
-  write_range(f, len, pos, [&](uint8_t* dst, long n, long at) { direct_read(fd_in, dst, n, off_in + at); });
+  std::shared_ptr<DirectFile> f = file_of(h);
+  write_range(*f, len, pos, [&](uint8_t* dst, long n, long at) { direct_read(fd_in, dst, n, off_in + at); });
 }
 
 }  // namespace v4io

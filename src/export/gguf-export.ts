@@ -137,7 +137,7 @@ function concatColumns(x: Float32Array, ca: number, y: Float32Array, cb: number)
   return out;
 }
 
-interface FileResult { quantized: number; kept: number; bytes: number }
+interface FileResult { quantized: number; kept: number; bytes: number; direct: boolean }
 
 async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFormat, rounder: Rounder, part: GgufPart, path: string, items: Item[], progress: (name: string) => void): Promise<FileResult> {
   const cfgJson = readJsonFile(join(opts.model, 'config.json')) as { _name_or_path?: unknown; max_position_embeddings?: unknown };
@@ -193,7 +193,8 @@ async function writeFile(ckpt: Checkpoint, opts: QuantizeOptions, format: GgufFo
       writing = writer.addAsync(it.info.name, chunks);
     }
     await writing;
-    return { quantized, kept, bytes: writer.finish() };
+    const direct = writer.direct;
+    return { quantized, kept, bytes: writer.finish(), direct };
   } catch (e) {
     await writing.catch(() => undefined);
     writer.abort();
@@ -217,7 +218,7 @@ export async function writeGguf(ckpt: Checkpoint, opts: QuantizeOptions, format:
   mkdirSync(dirname(opts.out), { recursive: true });
   const a = await writeFile(ckpt, opts, format, rounder, 'main', opts.out, main, progress);
   const mtpOut = hasMtp ? mtpGgufPath(opts.out) : null;
-  const b = mtpOut ? await writeFile(ckpt, opts, format, rounder, 'mtp', mtpOut, mtp, progress) : { quantized: 0, kept: 0, bytes: 0 };
+  const b = mtpOut ? await writeFile(ckpt, opts, format, rounder, 'mtp', mtpOut, mtp, progress) : { quantized: 0, kept: 0, bytes: 0, direct: a.direct };
   const skipped = ckpt.names().length - new Set([...main, ...mtp].flatMap((it) => it.parts)).size;
-  return { tensorsQuantized: a.quantized + b.quantized, tensorsKept: a.kept + b.kept, tensorsFallback: [...new Set(fallback)], tensorsSkipped: skipped, bytesOut: a.bytes + b.bytes, errors: rounder.errs.summary(), mtpOut };
+  return { tensorsQuantized: a.quantized + b.quantized, tensorsKept: a.kept + b.kept, tensorsFallback: [...new Set(fallback)], tensorsSkipped: skipped, bytesOut: a.bytes + b.bytes, errors: rounder.errs.summary(), directIo: a.direct && b.direct, mtpOut };
 }

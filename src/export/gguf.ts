@@ -242,6 +242,11 @@ export class GgufWriter {
     }
   }
 
+  /** whether the file is written with direct I/O */
+  get direct(): boolean {
+    return this.out?.direct ?? false;
+  }
+
   /** pad the last tensor, close, rename into place (every write must have finished); returns the file size */
   finish(): number {
     if (this.next !== this.tensors.length) throw new Error(`GgufWriter: tensor ${this.tensors[this.next]!.name} was never added`);

@@ -112,12 +112,13 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
   let quantized = 0;
   let kept = 0;
   let bytesOut = 0;
+  let direct = true;
   await writeDirAtomic(opts.out, async (tmp) => {
     writeFileSync(join(tmp, 'config.json'), gptqConfigJson(opts.model, opts.groupSize, opts.calibration?.damp ?? 0.01));
     writeFileSync(join(tmp, 'quantize_config.json'), `${JSON.stringify(quantizeConfig(opts.groupSize, opts.calibration?.damp ?? 0.01), null, 2)}\n`);
     for (const f of TOKENIZER_FILES) if (existsSync(join(opts.model, f))) copyFileSync(join(opts.model, f), join(tmp, f));
     stampChatTemplate(tmp);
-    const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes, directIo: opts.directIo ?? true });
+    const writer = new SafetensorsWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes, directIo: opts.directIo ?? true, onShardOpen: (_, d) => { direct &&= d; } });
     // a tensor's bytes are written off the JS thread while the next one is read and quantised
     // (one tensor in flight bounds the memory held for the writes)
     let writing: Promise<unknown> = Promise.resolve();
@@ -156,7 +157,7 @@ export async function writeGptq(ckpt: Checkpoint, opts: QuantizeOptions, rounder
     writeFileSync(join(tmp, 'v4tune-quantize.json'), `${JSON.stringify({ format: 'gptq', method: opts.method, group_size: opts.groupSize, source: opts.model, quantized: names.filter((n) => gptqQuantises(n)), errors: errs.summary(), calibration: rounder.calibration() }, null, 2)}\n`);
     bytesOut = writer.shardFiles.reduce((a, f) => a + statSync(join(tmp, f)).size, 0);
   }, { kind: 'quantized', overwrite: opts.overwrite, inputs: [opts.model] });
-  return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: [], tensorsSkipped: 0, bytesOut, errors: errs.summary() };
+  return { tensorsQuantized: quantized, tensorsKept: kept, tensorsFallback: [], tensorsSkipped: 0, bytesOut, errors: errs.summary(), directIo: direct };
 }
 
 /** a kept tensor's bytes in the gptq output: BF16 / F32 / F16 / integers as stored, FP8/FP4 dequantised to BF16 */

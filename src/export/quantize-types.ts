@@ -90,6 +90,8 @@ export interface QuantizeSummary {
   bytesOut: number;
   compression: number;
   errors: Partial<Record<LinearKind, KindStats>>;
+  /** every output file was written with direct I/O (false: through the page cache, as asked or where the file system or a missing addon left no choice) */
+  directIo: boolean;
   /** method gptq: the calibration that fed it */
   calibration?: CalibrationSummary;
 }
@@ -117,4 +119,4 @@ export interface CalibrationSummary {
 }
 
 /** what a format's writer reports (quantizeCheckpoint adds the rest of the summary) */
-export type WriteResult = Pick<QuantizeSummary, 'tensorsQuantized' | 'tensorsKept' | 'tensorsFallback' | 'tensorsSkipped' | 'bytesOut' | 'errors'> & { mtpOut?: string | null };
+export type WriteResult = Pick<QuantizeSummary, 'tensorsQuantized' | 'tensorsKept' | 'tensorsFallback' | 'tensorsSkipped' | 'bytesOut' | 'errors' | 'directIo'> & { mtpOut?: string | null };

@@ -456,6 +456,8 @@ export class SafetensorsWriter {
   private readonly order: TensorSpec[];
   private next = 0;
   private readonly outs: Array<OutFile | null>;
+  /** each shard's file size */
+  private readonly sizes: number[] = [];
   private readonly temps: Array<string | null>;
   private totalSize = 0;
   /** the buffer ByteSources are streamed through */
@@ -486,6 +488,7 @@ export class SafetensorsWriter {
         this.place.set(s.name, { shard, at, bytes, written: 0, touched: false });
         at += bytes;
       }
+      this.sizes.push(at);
     });
     this.outs = this.plans.map(() => null);
     this.temps = this.plans.map(() => null);
@@ -513,8 +516,7 @@ export class SafetensorsWriter {
     const plan = this.plans[shard]!;
     const tmp = tempNameBeside(join(this.dir, plan.file));
     this.temps[shard] = tmp;
-    const size = plan.specs.reduce((a, s) => a + this.bytesOf(s.name), 8 + plan.header.length);
-    const out = openOutFile(tmp, size, this.directIo);
+    const out = openOutFile(tmp, this.sizes[shard]!, this.directIo);
     this.outs[shard] = out;
     this.onShardOpen?.(plan.file, out.direct);
     const head = Buffer.alloc(8 + plan.header.length);

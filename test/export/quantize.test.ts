@@ -10,6 +10,7 @@ import { parseRecipe } from '../../src/recipe/load.js';
 import { silentSink } from '../../src/sink.js';
 import { quantizeRecipe } from '../../src/stages/quantize.js';
 import { Checkpoint } from '../../src/model/checkpoint.js';
+import { tryLoadAddon } from '../../src/backend/native/addon.js';
 import { SafetensorsSet } from '../../src/model/safetensors.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dequantizeInt4, groupGrid, quantizeRtn } from '../../src/export/int4.js';
@@ -305,8 +306,15 @@ describe('v4tune quantize (the verb, registered on a fresh program)', () => {
       expect(s.outputs[0]!.compression).toBeCloseTo(s.outputs[0]!.bytesIn / s.outputs[0]!.bytesOut, 10);
       expect(s.outputs[1]!.tensorsQuantized).toBe(5 * (5 + 3 + 24)); // the MTP block's linears go to mtp-model-Q4_0.gguf
       expect(existsSync(join(dir, 'out', 'quantized', 'mtp-model-Q4_0.gguf'))).toBe(true);
-      // --no-direct-io: the same files through the page cache
+      // written with direct I/O where the addon and the file system take it; --no-direct-io: the same files through the page cache
+      const addon = tryLoadAddon();
+      const h = addon ? addon.directOpen(join(dir, 'probe'), 0) : -1;
+      if (h >= 0) addon!.directClose(h);
+      expect(s.outputs.map((o) => o.directIo)).toEqual([h >= 0, h >= 0]);
+      writes.length = 0;
       expect(await run('--json', 'quantize', join(dir, 'r.yaml'), '--out', join(dir, 'paged'), '--no-direct-io')).toBe(0);
+      const paged = JSON.parse(writes.filter((l) => l.trimStart().startsWith('{')).pop()!) as { outputs: QuantizeSummary[] };
+      expect(paged.outputs.map((o) => o.directIo)).toEqual([false, false]);
       for (const f of ['gptq/model-00001-of-00001.safetensors', 'model-Q4_0.gguf', 'mtp-model-Q4_0.gguf']) {
         expect(readFileSync(join(dir, 'paged', f)).equals(readFileSync(join(dir, 'out', 'quantized', f))), f).toBe(true);
       }
